@@ -1,0 +1,304 @@
+"""Configuration of the ARMHuBERT family of compressed speech encoders.
+
+One configuration class covers every released student: ARMHuBERT and ARMwavLM (attention-map reuse,
+Recycle-and-Distill, Interspeech 2023), MaskHuBERT (masking distillation, same paper) and STaRHuBERT
+(temporal-relation distillation, ICASSP 2024). Field names follow `transformers`' `HubertConfig`
+wherever the meaning is the same, so HuBERT users find what they expect.
+"""
+
+from transformers import AutoConfig, PreTrainedConfig
+
+RELEASE_CONV_LAYERS = "release"
+
+
+def release_conv_layers(width):
+    """The thin 9-layer CNN shared by every released student, as (dims, kernels, strides).
+
+    `[(128, 10, 5)] + [(256, 1, 1)] + [(256, 3, 2)] * 4 + [(width, 1, 1)] + [(width, 2, 2)] * 2`:
+    total stride 320 (20 ms at 16 kHz), receptive field 400 samples.
+    """
+    layers = [(128, 10, 5)] + [(256, 1, 1)] + [(256, 3, 2)] * 4 + [(width, 1, 1)] + [(width, 2, 2)] * 2
+    dims, kernels, strides = (list(column) for column in zip(*layers))
+    return dims, kernels, strides
+
+
+def _release_preset(width, ffn, reuse, heads):
+    dims, kernels, strides = release_conv_layers(width)
+    return {
+        "conv_dim": dims,
+        "conv_kernel": kernels,
+        "conv_stride": strides,
+        "hidden_size": width,
+        "intermediate_size": ffn,
+        "layer_reuses_attention_map": [False, True] * 6 if reuse else [False] * 12,
+        "projection_head_size": 768 if heads else None,
+        # The ARM recipes train with layer_grad_scale; MaskHuBERT and STaR do not.
+        "layer_grad_scale": reuse,
+        # Only masking-distilled students carry a learnable mask embedding.
+        "use_mask_embedding": heads,
+    }
+
+
+# Every released model, by its release name (lower case). Parameter counts are exact and tested.
+PRESETS = {
+    "armhubert-960h": _release_preset(480, 864, reuse=True, heads=True),  # 26,448,448
+    "armhubert-s-100h": _release_preset(432, 816, reuse=True, heads=True),  # 22,394,080
+    "armhubert-s-960h": _release_preset(432, 816, reuse=True, heads=True),
+    "armwavlm-s-100h": _release_preset(432, 816, reuse=True, heads=True),
+    "armwavlm-s-960h": _release_preset(432, 816, reuse=True, heads=True),
+    "maskhubert-960h": _release_preset(480, 640, reuse=False, heads=True),  # 26,635,840
+    "starhubert": _release_preset(432, 976, reuse=False, heads=False),  # 22,308,592
+    # STaRHuBERT-L: the paper reports 26.6 M parameters and 511.9 G MACs. Two shapes of the release
+    # family fit the parameter count (D 432 / FFN 1392: 26,626,672, and D 480 / FFN 1024:
+    # 26,630,752); only the first also matches the MACs, so it is the preset. A real STaR
+    # checkpoint comes with its YAML, which `convert_checkpoint.py` reads instead.
+    "starhubert-l": _release_preset(432, 1392, reuse=False, heads=False),
+}
+
+REUSE_SOFTMAX_MODES = ("resoftmax", "probabilities")
+FEATURE_NORMS = ("group", "layer")
+
+
+class ARMHubertConfig(PreTrainedConfig):
+    r"""Configuration for [`ARMHubertModel`] and its task heads.
+
+    Defaults build ARMHuBERT-960h. `ARMHubertConfig.from_preset(name)` builds any released model.
+
+    Args:
+        conv_dim, conv_kernel, conv_stride (`list[int]`):
+            Output channels, kernel sizes and strides of the CNN feature encoder, one entry per layer.
+        conv_bias (`bool`): Whether the CNN convolutions have a bias (no in the releases).
+        feat_extract_norm (`str`): `"group"`: GroupNorm in the first CNN layer only (fairseq's
+            "default" extractor mode, all releases); `"layer"`: LayerNorm after every CNN layer.
+        feat_extract_activation (`str`): Activation of the CNN layers.
+        hidden_size (`int`): Transformer width D. When it differs from `conv_dim[-1]` a linear
+            feature projection maps the CNN output to it.
+        intermediate_size (`int`): Feed-forward width.
+        num_attention_heads (`int`): Attention heads; must divide `hidden_size`.
+        num_hidden_layers (`int`): Number of transformer layers.
+        layer_reuses_attention_map (`list[bool]`): One entry per layer; `True` means the layer has
+            no query/key projections and reuses the attention map of the most recent layer that
+            computes one. The first layer must compute its own map. `None` means every layer computes.
+        reuse_softmax (`str`): How a reusing layer turns the reused map into weights.
+            `"resoftmax"` (default): the original release applies softmax again to the reused
+            probabilities (padded keys masked); the released weights were trained this way and need
+            it. `"probabilities"`: use the reused probabilities as they are.
+        do_stable_layer_norm (`bool`): Pre-LayerNorm layers (`True`) or post-LayerNorm (`False`,
+            all releases).
+        hidden_act (`str`): Activation of the feed-forward layers.
+        num_conv_pos_embeddings, num_conv_pos_embedding_groups (`int`): Kernel size and groups of the
+            weight-normed convolutional positional embedding.
+        projection_head_size (`int` or `None`): Width of the per-layer projection heads (768 for the
+            ARM/Mask releases, matching the teacher). `None`: no heads (STaR).
+        use_mask_embedding (`bool`): Whether the model has the learnable `mask_emb` that replaces
+            masked frames (masking distillation; no in the STaR releases).
+        hidden_dropout, activation_dropout, attention_dropout (`float`): Dropouts inside the layers.
+        reuse_attention_dropout (`float`): Dropout on the weights of reusing layers (0 in the release).
+        feat_proj_dropout (`float`): Dropout on the CNN features before the encoder ("dropout_input").
+        layerdrop (`float`): Probability of skipping a whole layer in training.
+        layer_norm_eps (`float`): Epsilon of every LayerNorm.
+        layer_grad_scale (`bool`): Training only, forward identity. After layer i of L the gradient
+            flowing into the next layer is scaled by (L-i)/(L-i+1) and the one into projection head i
+            by 1/(L-i+1), as in the ARM recipes. Needs projection heads.
+        feature_grad_mult (`float`): Scale of the gradient reaching the CNN (0 freezes it).
+        crop_seq_to_multiple (`int`): Drop trailing frames so the frame count is a multiple of this.
+        required_seq_len_multiple (`int`): Pad frames inside the encoder to a multiple of this.
+        initializer_range (`float`): Std of the normal init of linear layers.
+        vocab_size, pad_token_id, ctc_loss_reduction, ctc_zero_infinity, final_dropout: CTC head.
+        use_weighted_layer_sum, classifier_proj_size: task heads.
+        apply_spec_augment, mask_time_prob, mask_time_length, mask_time_min_masks, mask_feature_prob,
+        mask_feature_length, mask_feature_min_masks: SpecAugment-style masking of task heads in
+            training, as in `HubertConfig`.
+    """
+
+    model_type = "armhubert"
+
+    def __init__(
+        self,
+        conv_dim=None,
+        conv_kernel=None,
+        conv_stride=None,
+        conv_bias=False,
+        feat_extract_norm="group",
+        feat_extract_activation="gelu",
+        hidden_size=480,
+        intermediate_size=864,
+        num_attention_heads=12,
+        num_hidden_layers=12,
+        layer_reuses_attention_map=None,
+        reuse_softmax="resoftmax",
+        do_stable_layer_norm=False,
+        hidden_act="gelu",
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        projection_head_size=768,
+        use_mask_embedding=True,
+        hidden_dropout=0.1,
+        activation_dropout=0.1,
+        attention_dropout=0.1,
+        reuse_attention_dropout=0.0,
+        feat_proj_dropout=0.05,
+        layerdrop=0.0,
+        layer_norm_eps=1e-5,
+        layer_grad_scale=False,
+        feature_grad_mult=1.0,
+        crop_seq_to_multiple=1,
+        required_seq_len_multiple=1,
+        initializer_range=0.02,
+        vocab_size=32,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        ctc_loss_reduction="mean",
+        ctc_zero_infinity=False,
+        final_dropout=0.1,
+        use_weighted_layer_sum=False,
+        classifier_proj_size=256,
+        apply_spec_augment=True,
+        mask_time_prob=0.05,
+        mask_time_length=10,
+        mask_time_min_masks=2,
+        mask_feature_prob=0.0,
+        mask_feature_length=10,
+        mask_feature_min_masks=0,
+        **kwargs,
+    ):
+        default_dims, default_kernels, default_strides = release_conv_layers(hidden_size)
+        self.conv_dim = list(conv_dim) if conv_dim is not None else default_dims
+        self.conv_kernel = list(conv_kernel) if conv_kernel is not None else default_kernels
+        self.conv_stride = list(conv_stride) if conv_stride is not None else default_strides
+        self.conv_bias = conv_bias
+        self.feat_extract_norm = feat_extract_norm
+        self.feat_extract_activation = feat_extract_activation
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_attention_heads = num_attention_heads
+        self.num_hidden_layers = num_hidden_layers
+        if layer_reuses_attention_map is None:
+            layer_reuses_attention_map = [False] * num_hidden_layers
+        self.layer_reuses_attention_map = [bool(flag) for flag in layer_reuses_attention_map]
+        self.reuse_softmax = reuse_softmax
+        self.do_stable_layer_norm = do_stable_layer_norm
+        self.hidden_act = hidden_act
+        self.num_conv_pos_embeddings = num_conv_pos_embeddings
+        self.num_conv_pos_embedding_groups = num_conv_pos_embedding_groups
+        self.projection_head_size = projection_head_size
+        self.use_mask_embedding = use_mask_embedding
+        self.hidden_dropout = hidden_dropout
+        self.activation_dropout = activation_dropout
+        self.attention_dropout = attention_dropout
+        self.reuse_attention_dropout = reuse_attention_dropout
+        self.feat_proj_dropout = feat_proj_dropout
+        self.layerdrop = layerdrop
+        self.layer_norm_eps = layer_norm_eps
+        self.layer_grad_scale = layer_grad_scale
+        self.feature_grad_mult = feature_grad_mult
+        self.crop_seq_to_multiple = crop_seq_to_multiple
+        self.required_seq_len_multiple = required_seq_len_multiple
+        self.initializer_range = initializer_range
+        self.vocab_size = vocab_size
+        self.ctc_loss_reduction = ctc_loss_reduction
+        self.ctc_zero_infinity = ctc_zero_infinity
+        self.final_dropout = final_dropout
+        self.use_weighted_layer_sum = use_weighted_layer_sum
+        self.classifier_proj_size = classifier_proj_size
+        self.apply_spec_augment = apply_spec_augment
+        self.mask_time_prob = mask_time_prob
+        self.mask_time_length = mask_time_length
+        self.mask_time_min_masks = mask_time_min_masks
+        self.mask_feature_prob = mask_feature_prob
+        self.mask_feature_length = mask_feature_length
+        self.mask_feature_min_masks = mask_feature_min_masks
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+        self._validate()
+
+    def _validate(self):
+        def fail(field, problem, fix):
+            raise ValueError(f"ARMHubertConfig.{field}: {problem}. {fix}")
+
+        layers = (self.conv_dim, self.conv_kernel, self.conv_stride)
+        if len({len(column) for column in layers}) != 1 or not self.conv_dim:
+            fail(
+                "conv_dim/conv_kernel/conv_stride",
+                f"got lists of lengths {[len(column) for column in layers]}",
+                "Give one (equal-length, non-empty) entry per CNN layer in each list.",
+            )
+        if any(int(v) <= 0 for column in layers for v in column):
+            fail("conv_dim/conv_kernel/conv_stride", "every entry must be a positive integer", "Fix the CNN lists.")
+        if self.feat_extract_norm not in FEATURE_NORMS:
+            fail("feat_extract_norm", f"got {self.feat_extract_norm!r}", f"Use one of {FEATURE_NORMS}.")
+        if self.hidden_size % self.num_attention_heads:
+            fail(
+                "hidden_size",
+                f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}",
+                "Choose a width that is a multiple of the number of heads.",
+            )
+        if self.hidden_size % self.num_conv_pos_embedding_groups:
+            fail(
+                "num_conv_pos_embedding_groups",
+                f"{self.num_conv_pos_embedding_groups} does not divide hidden_size={self.hidden_size}",
+                "Choose a group count that divides the width.",
+            )
+        if len(self.layer_reuses_attention_map) != self.num_hidden_layers:
+            fail(
+                "layer_reuses_attention_map",
+                f"has {len(self.layer_reuses_attention_map)} entries for num_hidden_layers={self.num_hidden_layers}",
+                "Give exactly one boolean per layer.",
+            )
+        if self.layer_reuses_attention_map and self.layer_reuses_attention_map[0]:
+            fail(
+                "layer_reuses_attention_map",
+                "the first layer cannot reuse a map (no earlier layer computes one)",
+                "Set its first entry to False.",
+            )
+        if self.reuse_softmax not in REUSE_SOFTMAX_MODES:
+            fail("reuse_softmax", f"got {self.reuse_softmax!r}", f"Use one of {REUSE_SOFTMAX_MODES}.")
+        if self.projection_head_size is not None and int(self.projection_head_size) <= 0:
+            fail("projection_head_size", f"got {self.projection_head_size}", "Use a positive width, or None for no heads.")
+        if self.layer_grad_scale and self.projection_head_size is None:
+            fail("layer_grad_scale", "needs projection heads", "Set projection_head_size or layer_grad_scale=False.")
+        for field in ("crop_seq_to_multiple", "required_seq_len_multiple"):
+            if int(getattr(self, field)) < 1:
+                fail(field, f"got {getattr(self, field)}", "Use 1 (no effect) or a larger integer.")
+        if self.feature_grad_mult < 0:
+            fail("feature_grad_mult", f"got {self.feature_grad_mult}", "Use 0 (frozen CNN) or a positive scale.")
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """Configuration of a released model, by release name (case-insensitive).
+
+        Names: armhubert-960h, armhubert-s-100h, armhubert-s-960h, armwavlm-s-100h, armwavlm-s-960h,
+        maskhubert-960h, starhubert, starhubert-l. `overrides` replace any field.
+        """
+        key = name.lower()
+        if key not in PRESETS:
+            raise ValueError(f"Unknown ARMHubert preset {name!r}. Available presets: {', '.join(PRESETS)}.")
+        return cls(**{**PRESETS[key], **overrides})
+
+    @property
+    def num_feat_extract_layers(self):
+        return len(self.conv_dim)
+
+    @property
+    def inputs_to_logits_ratio(self):
+        """Samples per output frame (320 for the releases)."""
+        ratio = 1
+        for stride in self.conv_stride:
+            ratio *= stride
+        return ratio
+
+    @property
+    def receptive_field(self):
+        """Fewest input samples that yield one output frame (400 for the releases)."""
+        field = 1
+        for kernel, stride in zip(reversed(self.conv_kernel), reversed(self.conv_stride)):
+            field = (field - 1) * stride + kernel
+        return field
+
+    @property
+    def has_projection_heads(self):
+        return self.projection_head_size is not None
+
+
+AutoConfig.register("armhubert", ARMHubertConfig, exist_ok=True)
+ARMHubertConfig.register_for_auto_class()

@@ -1,0 +1,294 @@
+"""convert_checkpoint.py: original-format checkpoints of every family -> Transformers folders."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import ROOT, TINY_CKPT, TINY_IO, TINY_YAML, random_model, tiny_config, waveform
+
+import convert_checkpoint
+from convert_checkpoint import ConversionError, parse_literal_expression
+
+# Our key -> the original release's key (written independently of the converter's own table).
+_TO_ORIGINAL = [
+    (r"^feature_extractor\.conv_layers\.0\.layer_norm\.", "feature_extractor.conv_layers.0.2."),
+    (r"^feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
+    (r"^feature_layer_norm\.", "layer_norm."),
+    (r"^encoder\.pos_conv_embed\.conv\.bias$", "encoder.pos_conv.0.bias"),
+    (r"^encoder\.pos_conv_embed\.conv\.parametrizations\.weight\.original0$", "encoder.pos_conv.0.weight_g"),
+    (r"^encoder\.pos_conv_embed\.conv\.parametrizations\.weight\.original1$", "encoder.pos_conv.0.weight_v"),
+    (r"^encoder\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
+    (r"^encoder\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
+    (r"^encoder\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
+    (r"^encoder\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
+    (r"^projection_heads\.(\d+)\.", r"proj_head.\1.lin_proj."),
+]
+
+
+def to_original(key):
+    for pattern, replacement in _TO_ORIGINAL:
+        key, count = re.subn(pattern, replacement, key)
+        if count:
+            break
+    return key
+
+
+def distiller_section(config):
+    """The original YAML's distiller section for one of our tiny configs."""
+    layers = list(zip(config.conv_dim, config.conv_kernel, config.conv_stride))
+    return {
+        "extractor_mode": "default",
+        "conv_feature_layers": " + ".join(f"[{layer}]" for layer in layers),
+        "conv_bias": False,
+        "conv_pos": config.num_conv_pos_embeddings,
+        "conv_pos_groups": config.num_conv_pos_embedding_groups,
+        "pos_conv_depth": 1,
+        "encoder_layers": config.num_hidden_layers,
+        "encoder_embed_dim": config.hidden_size,
+        "encoder_ffn_embed_dim": config.intermediate_size,
+        "encoder_attention_heads": config.num_attention_heads,
+        "activation_fn": "gelu",
+        "layer_norm_first": config.do_stable_layer_norm,
+        "layer_grad_scale": False,
+        "reuse_pattern": str([not reuses for reuses in config.layer_reuses_attention_map]),
+        "layerwise_proj": config.projection_head_size is not None,
+        "pred_head_final_dim": config.projection_head_size or 768,
+        "pred_head_inter_dim": 0,
+        "required_seq_len_multiple": 1,
+        "crop_seq_to_multiple": 1,
+    }
+
+
+def write_original_checkpoint(path, model, family="armhubert", with_hparams=True, extra_student=None):
+    """Save `model` the way the original training did: teacher tensors first, then `student_model.*`."""
+    state = {"teacher_model.model.mask_emb": torch.randn(768)}
+    state.update({f"student_model.{to_original(k)}": v.clone() for k, v in model.state_dict().items()})
+    state.update({f"student_model.{k}": v for k, v in (extra_student or {}).items()})
+    checkpoint = {"epoch": 1, "global_step": 10, "pytorch-lightning_version": "1.7.7", "state_dict": state}
+    cfg = {"model": family, "distiller": distiller_section(model.config)}
+    if with_hparams:
+        checkpoint["hyper_parameters"] = {"cfg": cfg}
+    torch.save(checkpoint, path)
+    return cfg
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "convert_checkpoint.py"), *map(str, args)],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
+    )
+
+
+def run_main(capsys, *args):
+    """The CLI's code path in this process (each subprocess costs ~10 s of imports)."""
+    code = convert_checkpoint.main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def test_literal_expressions_parse_without_eval():
+    layers = parse_literal_expression("[(128, 10, 5)] + [(256, 1, 1)] + [(256, 3, 2)] * 4")
+    assert layers == [(128, 10, 5), (256, 1, 1)] + [(256, 3, 2)] * 4
+    assert parse_literal_expression("[True, False]") == [True, False]
+    assert parse_literal_expression("[11]") == [11]
+    for hostile in ["__import__('os').system('true')", "[x for x in range(3)]", "open('f')", "(1).real"]:
+        with pytest.raises(ConversionError, match="only list/tuple literals"):
+            parse_literal_expression(hostile)
+
+
+def test_cli_writes_a_complete_folder_that_reproduces_the_fixture(tmp_path):
+    result = run_cli(TINY_CKPT, "--output-dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "configuration_armhubert.py", "model.safetensors", "modeling_armhubert.py",
+        "preprocessor_config.json",
+    ]
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_armhubert.ARMHubertConfig",
+        "AutoModel": "modeling_armhubert.ARMHubertModel",
+    }
+    assert config["layer_reuses_attention_map"] == [False, True, False, True]
+    preprocessor = json.loads((out / "preprocessor_config.json").read_text())
+    assert preprocessor["feature_extractor_type"] == "Wav2Vec2FeatureExtractor"
+    assert preprocessor["sampling_rate"] == 16000
+    assert preprocessor["do_normalize"] is False and preprocessor["return_attention_mask"] is True
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_from_pretrained_round_trip_and_remote_code_in_a_fresh_process(tmp_path):
+    from modeling_armhubert import ARMHubertModel
+
+    out = convert_checkpoint.convert_checkpoint(TINY_CKPT, tmp_path / "model")
+    io = torch.load(TINY_IO, weights_only=True)
+    reloaded = ARMHubertModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(io["input.single.source"]).last_hidden_state, io["single.x"], atol=1e-5, rtol=1e-5)
+    torch.save(io["input.single.source"], tmp_path / "input.pt")
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoModel\n"
+        f"model = AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True).eval()\n"
+        "assert type(model).__module__.startswith('transformers_modules'), type(model).__module__\n"
+        f"x = torch.load({str(tmp_path / 'input.pt')!r}, weights_only=True)\n"
+        "with torch.no_grad(): y = model(x, output_hidden_states=True)\n"
+        f"torch.save([y.last_hidden_state] + list(y.hidden_states), {str(tmp_path / 'out.pt')!r})\n"
+    )
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
+    result = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    remote = torch.load(tmp_path / "out.pt", weights_only=True)
+    with torch.no_grad():
+        local = reloaded(io["input.single.source"], output_hidden_states=True)
+    for got, want in zip(remote, [local.last_hidden_state, *local.hidden_states]):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "family, overrides",
+    [
+        ("maskhubert", dict(layer_reuses_attention_map=[False] * 4)),
+        ("armhubert", dict(do_stable_layer_norm=True, layer_reuses_attention_map=[False, True, True, False])),
+    ],
+)
+def test_other_families_convert_with_identical_outputs(tmp_path, family, overrides):
+    model = random_model(tiny_config(**overrides))
+    write_original_checkpoint(tmp_path / "orig.ckpt", model, family=family)
+    converted = convert_checkpoint.convert(tmp_path / "orig.ckpt")
+    audio = waveform(8000, seed=20)
+    with torch.no_grad():
+        assert torch.equal(converted(audio).last_hidden_state, model(audio).last_hidden_state)
+
+
+def test_star_checkpoint_needs_its_yaml_and_drops_final_proj(tmp_path, capsys):
+    star = random_model(tiny_config(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False))
+    extra = {"final_proj.weight": torch.randn(256, 48), "final_proj.bias": torch.randn(256)}
+    cfg = write_original_checkpoint(tmp_path / "star.ckpt", star, family="starhubert", with_hparams=False, extra_student=extra)
+    cfg["distiller"]["reuse_pattern"] = None  # STaR YAMLs need not list it
+    (tmp_path / "star.yaml").write_text(yaml.safe_dump(cfg))
+
+    code, stderr = run_main(capsys, tmp_path / "star.ckpt", "--output-dir", tmp_path / "no-yaml")
+    assert code == 2 and "--config" in stderr
+    assert not (tmp_path / "no-yaml").exists()
+
+    code, stderr = run_main(capsys, tmp_path / "star.ckpt", "--config", tmp_path / "star.yaml", "--output-dir", tmp_path / "out")
+    assert code == 0, stderr
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["projection_head_size"] is None and config["use_mask_embedding"] is False
+    from modeling_armhubert import ARMHubertModel
+
+    converted = ARMHubertModel.from_pretrained(tmp_path / "out").eval()
+    audio = waveform(8000, seed=21)
+    with torch.no_grad():
+        assert torch.equal(converted(audio).last_hidden_state, star(audio).last_hidden_state)
+
+
+def test_yaml_config_is_used_for_the_fixture(tmp_path):
+    model = convert_checkpoint.convert(TINY_CKPT, TINY_YAML)
+    assert model.config.hidden_size == 48 and model.config.projection_head_size == 64
+
+
+def _bad_checkpoints(tmp_path):
+    """name -> (args, expected message fragment)."""
+    cases = {}
+    text = tmp_path / "notes.ckpt"
+    text.write_text("this is not a checkpoint")
+    cases["not a checkpoint"] = ([text], "not a readable PyTorch checkpoint")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(TINY_CKPT.read_bytes()[:50_000])
+    cases["truncated"] = ([truncated], "not a readable PyTorch checkpoint")
+    teacher_only = tmp_path / "teacher.ckpt"
+    torch.save({"state_dict": {"teacher_model.model.mask_emb": torch.zeros(3)}, "hyper_parameters": {"cfg": {}}}, teacher_only)
+    cases["no student keys"] = ([teacher_only], "no 'student_model.*' tensors")
+    wrong_yaml = tmp_path / "wrong.yaml"
+    cfg = yaml.safe_load(TINY_YAML.read_text())
+    cfg["distiller"]["encoder_ffn_embed_dim"] = 80
+    wrong_yaml.write_text(yaml.safe_dump(cfg))
+    cases["shape mismatch"] = ([TINY_CKPT, "--config", wrong_yaml], "shape mismatch for encoder.layers.0.feed_forward")
+    pattern_yaml = tmp_path / "pattern.yaml"
+    cfg = yaml.safe_load(TINY_YAML.read_text())
+    cfg["distiller"]["reuse_pattern"] = "[True, True, True, True]"
+    pattern_yaml.write_text(yaml.safe_dump(cfg))
+    cases["missing keys"] = ([TINY_CKPT, "--config", pattern_yaml], "missing encoder.layers.1.attention.k_proj.bias")
+    family_yaml = tmp_path / "family.yaml"
+    cfg = yaml.safe_load(TINY_YAML.read_text())
+    cfg["model"] = "fithubert"
+    family_yaml.write_text(yaml.safe_dump(cfg))
+    cases["unknown family"] = ([TINY_CKPT, "--config", family_yaml], "unknown model family 'fithubert'")
+    hostile_yaml = tmp_path / "hostile.yaml"
+    cfg = yaml.safe_load(TINY_YAML.read_text())
+    cfg["distiller"]["conv_feature_layers"] = "__import__('os').getcwd()"
+    hostile_yaml.write_text(yaml.safe_dump(cfg))
+    cases["code in config"] = ([TINY_CKPT, "--config", hostile_yaml], "only list/tuple literals")
+    cases["missing file"] = ([tmp_path / "absent.ckpt"], "does not exist")
+    return cases
+
+
+def test_bad_inputs_exit_2_with_one_line_and_leave_the_output_untouched(tmp_path, capsys):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("user data")
+    for name, (args, message) in _bad_checkpoints(tmp_path).items():
+        for target in (tmp_path / f"new-{name.replace(' ', '-')}", existing):
+            extra = ["--overwrite"] if target == existing else []
+            code, stderr = run_main(capsys, *args, "--output-dir", target, *extra)
+            assert code == 2, (name, stderr)
+            assert message in stderr, (name, stderr)
+            assert len(stderr.strip().splitlines()) == 1, (name, stderr)
+        assert not (tmp_path / f"new-{name.replace(' ', '-')}").exists(), name
+        assert [p.name for p in existing.iterdir()] == ["keep.txt"], name
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_error_is_one_line_without_traceback(tmp_path):
+    (tmp_path / "notes.ckpt").write_text("this is not a checkpoint")
+    result = run_cli(tmp_path / "notes.ckpt", "--output-dir", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("convert_checkpoint.py: error:") and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    code, stderr = run_main(capsys, TINY_CKPT, "--output-dir", target)
+    assert code == 2 and "--overwrite" in stderr
+    assert (target / "old.txt").exists()
+    code, stderr = run_main(capsys, TINY_CKPT, "--output-dir", target, "--overwrite")
+    assert code == 0, stderr
+    assert not (target / "old.txt").exists() and (target / "model.safetensors").exists()
+
+
+def test_interrupted_write_leaves_no_partial_folder(tmp_path, monkeypatch):
+    model = convert_checkpoint.convert(TINY_CKPT)
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert_checkpoint, "feature_extractor_for", fail)
+    with pytest.raises(KeyboardInterrupt):
+        convert_checkpoint.save_model_folder(model, tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_registration_with_auto_classes():
+    from transformers import AutoConfig, AutoModel
+
+    from configuration_armhubert import ARMHubertConfig
+    from modeling_armhubert import ARMHubertModel
+
+    config = AutoConfig.for_model("armhubert", hidden_size=48, num_attention_heads=4)
+    assert isinstance(config, ARMHubertConfig)
+    assert isinstance(AutoModel.from_config(config), ARMHubertModel)

@@ -1,0 +1,275 @@
+"""ARMHubertModel behaviour beyond the fixture: batching, presets, attention paths, training."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import VARIANTS, random_model, tiny_config, waveform
+
+from configuration_armhubert import PRESETS, ARMHubertConfig
+from modeling_armhubert import ARMHubertModel
+
+ATOL = 1e-5
+
+
+def assert_outputs_close(actual, expected, rows=slice(None), frames=slice(None)):
+    torch.testing.assert_close(actual.last_hidden_state[rows, frames], expected.last_hidden_state, atol=ATOL, rtol=1e-5)
+    for got, want in zip(actual.hidden_states, expected.hidden_states):
+        torch.testing.assert_close(got[rows, frames], want, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "preset, expected",
+    [
+        ("armhubert-960h", 26_448_448),
+        ("armhubert-s-100h", 22_394_080),
+        ("armhubert-s-960h", 22_394_080),
+        ("armwavlm-s-100h", 22_394_080),
+        ("armwavlm-s-960h", 22_394_080),
+        ("maskhubert-960h", 26_635_840),
+        ("starhubert", 22_308_592),
+        ("starhubert-l", 26_626_672),
+    ],
+)
+def test_preset_parameter_counts_are_exact(preset, expected):
+    model = ARMHubertModel(ARMHubertConfig.from_preset(preset))
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_every_release_name_has_a_preset_and_unknown_names_fail():
+    assert len(PRESETS) == 8
+    assert ARMHubertConfig.from_preset("ARMHuBERT-S-960h").hidden_size == 432
+    with pytest.raises(ValueError, match="Available presets"):
+        ARMHubertConfig.from_preset("armhubert-xl")
+
+
+def test_release_cnn_geometry():
+    config = ARMHubertConfig.from_preset("armhubert-960h")
+    assert config.inputs_to_logits_ratio == 320
+    assert config.receptive_field == 400
+
+
+def test_equal_length_batch_rows_equal_single_runs(variant_config):
+    model = random_model(variant_config)
+    first, second = waveform(8000, seed=1), waveform(8000, seed=2)
+    with torch.no_grad():
+        batched = model(torch.cat([first, second]), output_hidden_states=True)
+        for row, single in enumerate([first, second]):
+            assert_outputs_close(batched, model(single, output_hidden_states=True), rows=slice(row, row + 1))
+
+
+def test_padded_batch_rows_equal_their_own_runs(variant_config):
+    model = random_model(variant_config)
+    long, short = waveform(8000, seed=3), waveform(5300, seed=4)
+    padded_short = F.pad(short, (0, 8000 - 5300))
+    attention_mask = torch.ones(2, 8000, dtype=torch.long)
+    attention_mask[1, 5300:] = 0
+    with torch.no_grad():
+        batched = model(torch.cat([long, padded_short]), attention_mask=attention_mask, output_hidden_states=True)
+        assert_outputs_close(batched, model(long, output_hidden_states=True), rows=slice(0, 1))
+        alone = model(padded_short, attention_mask=attention_mask[1:], output_hidden_states=True)
+        assert_outputs_close(batched, alone, rows=slice(1, 2))
+    valid_frames = int(model._get_feat_extract_output_lengths(torch.tensor(5300)))
+    valid_frames -= 0 if variant_config.crop_seq_to_multiple == 1 else 0
+    assert int(batched.frame_attention_mask[1].sum()) == min(valid_frames, batched.frame_attention_mask.shape[1])
+
+
+def test_padding_never_leaks_into_real_frames():
+    """Whatever sits in the padded samples, real frames of the encoder are unchanged (no GroupNorm)."""
+    model = random_model(tiny_config(feat_extract_norm="layer"))
+    short = waveform(5300, seed=5)
+    attention_mask = torch.ones(1, 8000, dtype=torch.long)
+    attention_mask[0, 5300:] = 0
+    with torch.no_grad():
+        zeros = model(F.pad(short, (0, 2700)), attention_mask=attention_mask).last_hidden_state
+        noise = model(torch.cat([short, waveform(2700, seed=6)], dim=1), attention_mask=attention_mask).last_hidden_state
+    frames = int(model._get_feat_extract_output_lengths(torch.tensor(5300))) - 2  # last frames see padded samples
+    torch.testing.assert_close(zeros[:, :frames], noise[:, :frames], atol=ATOL, rtol=1e-5)
+
+
+def test_sdpa_path_equals_explicit_path(variant_config):
+    model = random_model(variant_config)
+    audio = torch.cat([waveform(6480, seed=7), waveform(6480, seed=8)])
+    attention_mask = torch.ones_like(audio, dtype=torch.long)
+    attention_mask[1, 4000:] = 0
+    with torch.no_grad():
+        fast = model(audio, attention_mask=attention_mask, output_hidden_states=True)
+        explicit = model(audio, attention_mask=attention_mask, output_hidden_states=True, output_attentions=True)
+        model.config._attn_implementation = "eager"
+        eager = model(audio, attention_mask=attention_mask, output_hidden_states=True)
+    assert_outputs_close(fast, explicit)
+    assert_outputs_close(fast, eager)
+    assert len(explicit.attentions) == variant_config.num_hidden_layers
+    for weights in explicit.attentions:
+        torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
+        assert weights[1, :, :, 13:].abs().max() == 0  # padded keys get no weight
+
+
+def test_reusing_layers_have_no_query_key_and_reuse_the_computed_map():
+    model = random_model(tiny_config(reuse_softmax="probabilities"))
+    layers = model.encoder.layers
+    assert not hasattr(layers[1].attention, "q_proj") and not hasattr(layers[1].attention, "k_proj")
+    assert hasattr(layers[2].attention, "q_proj")
+    with torch.no_grad():
+        attentions = model(waveform(6480, seed=9), output_attentions=True).attentions
+    assert torch.equal(attentions[1], attentions[0])
+    assert torch.equal(attentions[3], attentions[2])
+    assert not torch.allclose(attentions[2], attentions[0])
+
+
+def test_output_fields_and_shapes():
+    model = random_model(tiny_config())
+    with torch.no_grad():
+        output = model(waveform(6480, seed=10), output_hidden_states=True)
+    frames = 20
+    assert output.last_hidden_state.shape == (1, frames, 64)
+    assert output.extract_features.shape == (1, frames, 48)
+    assert len(output.hidden_states) == 5 and output.hidden_states[0].shape == (1, frames, 48)
+    assert len(output.projected_hidden_states) == 4 and output.projected_hidden_states[0].shape == (1, frames, 64)
+    assert output.frame_attention_mask is None
+    assert torch.equal(output.last_hidden_state, output.projected_hidden_states[-1])
+    plain = random_model(tiny_config(**VARIANTS["star"]))
+    with torch.no_grad():
+        star = plain(waveform(6480, seed=10), output_hidden_states=True)
+    assert star.projected_hidden_states is None
+    assert torch.equal(star.last_hidden_state, star.hidden_states[-1])
+    as_tuple = model(waveform(6480, seed=10), return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], model(waveform(6480, seed=10)).last_hidden_state)
+
+
+def test_sequence_multiples_crop_and_pad_without_changing_real_frames():
+    # LayerNorm CNN: GroupNorm statistics would see the cropped-away samples.
+    plain = random_model(tiny_config(feat_extract_norm="layer"))
+    multiples = random_model(tiny_config(feat_extract_norm="layer", crop_seq_to_multiple=4, required_seq_len_multiple=7))
+    multiples.load_state_dict(plain.state_dict())
+    audio = waveform(7120, seed=11)  # 22 frames -> cropped to 20, padded to 21 inside the encoder
+    with torch.no_grad():
+        reference = plain(audio[:, : 20 * 320 + 80], output_hidden_states=True)
+        cropped = multiples(audio, output_hidden_states=True)
+    assert cropped.last_hidden_state.shape[1] == 20
+    assert_outputs_close(cropped, reference)
+
+
+def test_mask_time_indices_replace_encoder_input_by_mask_emb():
+    model = random_model(tiny_config())
+    captured = {}
+    model.encoder.register_forward_pre_hook(lambda module, args: captured.setdefault("input", args[0]))
+    mask = torch.zeros(1, 20, dtype=torch.bool)
+    mask[0, 3:9] = True
+    with torch.no_grad():
+        output = model(waveform(6480, seed=12), mask_time_indices=mask)
+    encoder_input = captured["input"][0]
+    assert torch.equal(encoder_input[3:9], model.mask_emb.expand(6, -1))
+    torch.testing.assert_close(encoder_input[~mask[0]], output.extract_features[0][~mask[0]])
+    star = random_model(tiny_config(**VARIANTS["star"]))
+    with pytest.raises(ValueError, match="use_mask_embedding"):
+        star(waveform(6480, seed=12), mask_time_indices=mask)
+
+
+def test_gradients_reach_every_trainable_parameter(variant_config):
+    model = random_model(variant_config).train()
+    audio = torch.cat([waveform(6480, seed=13), waveform(6480, seed=14)])
+    mask = torch.zeros(2, 20, dtype=torch.bool)
+    mask[:, 4:10] = True
+    use_mask = variant_config.use_mask_embedding
+    output = model(audio, mask_time_indices=mask if use_mask else None, output_hidden_states=True)
+    loss = output.last_hidden_state.pow(2).mean()
+    if output.projected_hidden_states is not None:
+        loss = loss + sum(p.pow(2).mean() for p in output.projected_hidden_states)
+    loss.backward()
+    missing = [name for name, param in model.named_parameters() if param.grad is None or param.grad.abs().sum() == 0]
+    assert missing == []
+
+
+def _layer0_gradient(config, loss_of):
+    model = random_model(config).train()
+    model(waveform(6480, seed=15))  # builds nothing; keeps RNG use identical across calls
+    torch.manual_seed(0)
+    loss_of(model(waveform(6480, seed=15), output_hidden_states=True)).backward()
+    return model.encoder.layers[0].feed_forward.output_dense.weight.grad.clone()
+
+
+def test_layer_grad_scale_is_forward_identity_and_scales_gradients():
+    quiet = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0)
+    last_only = lambda output: output.last_hidden_state.sum()  # noqa: E731
+    plain = _layer0_gradient(tiny_config(**quiet), last_only)
+    scaled = _layer0_gradient(tiny_config(layer_grad_scale=True, **quiet), last_only)
+    # Through layers 1, 2, 3 of 4 the kept fractions are 3/4, 2/3 and 1/2.
+    torch.testing.assert_close(scaled, plain * 0.25, atol=1e-4 * plain.abs().max().item(), rtol=1e-4)
+    first_head = lambda output: output.projected_hidden_states[0].sum()  # noqa: E731
+    plain = _layer0_gradient(tiny_config(**quiet), first_head)
+    scaled = _layer0_gradient(tiny_config(layer_grad_scale=True, **quiet), first_head)
+    torch.testing.assert_close(scaled, plain * 0.25, atol=1e-4 * plain.abs().max().item(), rtol=1e-4)  # head 1 of 4 gets 1/4
+    model_a, model_b = random_model(tiny_config(**quiet)), random_model(tiny_config(layer_grad_scale=True, **quiet))
+    audio = waveform(6480, seed=16)
+    torch.testing.assert_close(model_a.train()(audio).last_hidden_state, model_b.train()(audio).last_hidden_state)
+
+
+def test_feature_grad_mult_scales_and_freezing_stops_cnn_gradients():
+    quiet = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0)
+    grads = {}
+    for mult in (1.0, 0.1, 0.0):
+        model = random_model(tiny_config(feature_grad_mult=mult, **quiet)).train()
+        model(waveform(6480, seed=17)).last_hidden_state.sum().backward()
+        grads[mult] = model.feature_extractor.conv_layers[0].conv.weight.grad
+    torch.testing.assert_close(grads[0.1], grads[1.0] * 0.1, atol=1e-4 * grads[1.0].abs().max().item(), rtol=1e-4)
+    assert grads[0.0] is None
+    model = random_model(tiny_config()).train()
+    model.freeze_feature_encoder()
+    model(waveform(6480, seed=17)).last_hidden_state.sum().backward()
+    assert all(p.grad is None for p in model.feature_extractor.parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    quiet = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0)
+    grads = []
+    for checkpointing in (False, True):
+        model = random_model(tiny_config(**quiet)).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert model.encoder.layers[0].gradient_checkpointing
+        model(waveform(6480, seed=18)).last_hidden_state.sum().backward()
+        grads.append(model.encoder.layers[0].attention.q_proj.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize(
+    "make_input, message",
+    [
+        (lambda: torch.zeros(1, 8000, dtype=torch.long), "floating-point"),
+        (lambda: torch.zeros(8000), r"shape \(batch, samples\)"),
+        (lambda: torch.zeros(1, 2, 8000), r"shape \(batch, samples\)"),
+        (lambda: torch.zeros(1, 399), "receptive field"),
+    ],
+)
+def test_bad_input_values_are_refused_with_a_clear_message(make_input, message):
+    model = random_model(tiny_config())
+    with pytest.raises(ValueError, match=message):
+        model(make_input())
+
+
+def test_bad_attention_masks_are_refused():
+    model = random_model(tiny_config())
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model(torch.zeros(2, 8000), attention_mask=torch.ones(2, 7999, dtype=torch.long))
+    too_short = torch.ones(2, 8000, dtype=torch.long)
+    too_short[1, 300:] = 0
+    with pytest.raises(ValueError, match="receptive field"):
+        model(torch.zeros(2, 8000), attention_mask=too_short)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(layer_reuses_attention_map=[False, True]), "layer_reuses_attention_map"),
+        (dict(layer_reuses_attention_map=[True, False, True, False]), "layer_reuses_attention_map"),
+        (dict(hidden_size=50), "hidden_size"),
+        (dict(conv_kernel=[10, 3]), "conv_dim/conv_kernel/conv_stride"),
+        (dict(reuse_softmax="twice"), "reuse_softmax"),
+        (dict(feat_extract_norm="batch"), "feat_extract_norm"),
+        (dict(projection_head_size=None, layer_grad_scale=True), "layer_grad_scale"),
+        (dict(required_seq_len_multiple=0), "required_seq_len_multiple"),
+    ],
+)
+def test_invalid_configs_name_the_field(overrides, field):
+    with pytest.raises(ValueError, match=f"ARMHubertConfig.{field}"):
+        tiny_config(**overrides)
