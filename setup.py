@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    py_modules=["configuration_armhubert", "modeling_armhubert", "convert_checkpoint", "distill_trainer"],
+    py_modules=["configuration_armhubert", "modeling_armhubert", "convert_checkpoint"],
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0",
@@ -24,6 +24,9 @@ setup(
         "datasets>=3.0",
         "jiwer>=3.0",
     ],
-    extras_require={"dev": ["pytest>=8.0"]},
+    extras_require={
+        # onnx/onnxruntime: scripts/export_onnx.py; matplotlib: benchmark plots.
+        "dev": ["pytest>=8.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2", "matplotlib>=3.7"],
+    },
     entry_points={"console_scripts": ["armhubert-convert=convert_checkpoint:main"]},
 )
