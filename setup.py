@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    py_modules=["configuration_armhubert", "modeling_armhubert", "convert_checkpoint"],
+    py_modules=["configuration_armhubert", "modeling_armhubert", "convert_checkpoint", "distill_trainer"],
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0",
