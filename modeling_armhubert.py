@@ -385,6 +385,8 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, ARMHubertModel) and module.mask_emb is not None:
             init.uniform_(module.mask_emb)
+        elif isinstance(module, (ARMHubertWeightedLayerSum, ARMHubertSpecAugment)):
+            module.reset_parameters()
 
     def _get_feat_extract_output_lengths(self, input_lengths):
         """Frames produced from `input_lengths` samples: L <- floor((L - k) / s) + 1 per CNN layer."""
@@ -551,5 +553,494 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+# --------------------------------------------------------------------------------------------------
+# Task heads
+#
+# CTC and utterance-classification heads (as transformers' `HubertForCTC` /
+# `HubertForSequenceClassification`), SpecAugment for their training, and an audio
+# feature-extraction pipeline (the built-in "feature-extraction" task is text-only). Everything here
+# sits on top of `ARMHubertModel` without changing it; the imports only this section needs are here.
+
+import os  # noqa: E402
+
+import numpy as np  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForAudioClassification,
+    AutoModelForCTC,
+    Pipeline,
+    Wav2Vec2FeatureExtractor,
+)
+from transformers.audio_utils import load_audio  # noqa: E402
+from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput  # noqa: E402
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices  # noqa: E402
+from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
+
+SAMPLING_RATE = 16000
+FEATURE_EXTRACTION_TASK = "audio-feature-extraction"
+
+
+def superb_layer_outputs(config, output):
+    """The per-layer representations behind the published SUPERB numbers (spec 3.7).
+
+    The L projected outputs for models with projection heads (ARM / Mask), else the L raw layer
+    outputs (STaR). `output` is an `ARMHubertModelOutput` computed with `output_hidden_states=True`.
+    """
+    return output.projected_hidden_states if config.has_projection_heads else output.hidden_states[1:]
+
+
+def head_input_size(config):
+    """Width of `last_hidden_state` and of every `superb_layer_outputs` entry."""
+    return config.projection_head_size if config.has_projection_heads else config.hidden_size
+
+
+class ARMHubertWeightedLayerSum(nn.Module):
+    """Softmax-weighted sum of per-layer features with learned weights, as s3prl's SUPERB featurizer."""
+
+    def __init__(self, num_layers):
+        super().__init__()
+        self.layer_weights = nn.Parameter(torch.zeros(num_layers))
+
+    def reset_parameters(self):
+        # Zeros: equal weights after the softmax, as s3prl starts.
+        init.zeros_(self.layer_weights)
+
+    def forward(self, layers):
+        """Sequence of L (B, T, P) tensors -> (B, T, P)."""
+        weights = torch.softmax(self.layer_weights, dim=-1).to(layers[0].dtype)
+        return (torch.stack(tuple(layers)) * weights[:, None, None, None]).sum(dim=0)
+
+
+class ARMHubertSpecAugment(nn.Module):
+    """SpecAugment for fine-tuning, as transformers' HuBERT applies it (training only).
+
+    Spans of frames of the encoder input are replaced by a mask embedding (`config.mask_time_*`) and
+    spans of channels are zeroed (`config.mask_feature_*`). Models with a distilled `mask_emb`
+    (ARM / Mask) mask with it, as HuBERT masks with its pre-trained `masked_spec_embed`; models
+    without one (STaR) get a learnable embedding here.
+    """
+
+    def __init__(self, config, has_mask_embedding):
+        super().__init__()
+        self.config = config
+        if has_mask_embedding or config.mask_time_prob <= 0:
+            self.masked_spec_embed = None
+        else:
+            self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
+
+    def reset_parameters(self):
+        if self.masked_spec_embed is not None:
+            init.uniform_(self.masked_spec_embed)
+
+    def forward(self, hidden_states, key_padding_mask=None, mask_embedding=None):
+        """hidden_states (B, T, D); key_padding_mask (B, T) bool, True = padding (never masked)."""
+        config = self.config
+        batch, frames, channels = hidden_states.shape
+        embedding = mask_embedding if mask_embedding is not None else self.masked_spec_embed
+        if config.mask_time_prob > 0 and embedding is not None and frames >= config.mask_time_length:
+            real_frames = None if key_padding_mask is None else (~key_padding_mask).long()
+            spans = _compute_mask_indices(
+                (batch, frames),
+                mask_prob=config.mask_time_prob,
+                mask_length=config.mask_time_length,
+                attention_mask=real_frames,
+                min_masks=config.mask_time_min_masks,
+            )
+            spans = torch.as_tensor(spans, device=hidden_states.device)
+            hidden_states = torch.where(spans[..., None], embedding.to(hidden_states.dtype), hidden_states)
+        if config.mask_feature_prob > 0 and channels >= config.mask_feature_length:
+            spans = _compute_mask_indices(
+                (batch, channels),
+                mask_prob=config.mask_feature_prob,
+                mask_length=config.mask_feature_length,
+                min_masks=config.mask_feature_min_masks,
+            )
+            spans = torch.as_tensor(spans, device=hidden_states.device)
+            hidden_states = hidden_states.masked_fill(spans[:, None, :], 0.0)
+        return hidden_states
+
+
+class ARMHubertTaskModel(ARMHubertPreTrainedModel):
+    """What the task heads share: the encoder, the optional weighted layer sum and SpecAugment.
+
+    A head reads `last_hidden_state` (the last projection for models with projection heads, else
+    the last layer), or with `config.use_weighted_layer_sum` a learned weighted sum of the
+    representations SUPERB used (`superb_layer_outputs`). Either way its input is
+    `head_input_size(config)` wide.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.armhubert = ARMHubertModel(config)
+        self.output_size = head_input_size(config)
+        self.layer_sum = ARMHubertWeightedLayerSum(config.num_hidden_layers) if config.use_weighted_layer_sum else None
+        if config.apply_spec_augment:
+            self.spec_augment = ARMHubertSpecAugment(config, has_mask_embedding=self.armhubert.mask_emb is not None)
+        else:
+            self.spec_augment = None
+        # Mask where HuBERT masks (the encoder input, after the feature projection), through a hook so
+        # that the encoder's code stays as it is.
+        self.armhubert.encoder.register_forward_pre_hook(self._spec_augment_hook, with_kwargs=True)
+
+    def _spec_augment_hook(self, encoder, args, kwargs):
+        if not self.training or self.spec_augment is None:
+            return None
+        if args:
+            hidden_states, rest = args[0], args[1:]
+            key_padding_mask = rest[0] if rest else kwargs.get("key_padding_mask")
+            hidden_states = self.spec_augment(hidden_states, key_padding_mask, self.armhubert.mask_emb)
+            return (hidden_states, *rest), kwargs
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = self.spec_augment(
+            kwargs["hidden_states"], kwargs.get("key_padding_mask"), self.armhubert.mask_emb
+        )
+        return args, kwargs
+
+    def freeze_feature_encoder(self):
+        """Stop gradients into the CNN feature encoder (the usual set-up for fine-tuning)."""
+        self.armhubert.freeze_feature_encoder()
+
+    def freeze_base_model(self):
+        """Train only the head (and the layer weights), as SUPERB trains on a frozen upstream."""
+        for param in self.armhubert.parameters():
+            param.requires_grad = False
+
+    def _encode(self, input_values, attention_mask, output_hidden_states, output_attentions):
+        """Run the encoder: (its output, the head input (B, T, P), frame mask (B, T) or None)."""
+        outputs = self.armhubert(
+            input_values,
+            attention_mask=attention_mask,
+            output_hidden_states=self.layer_sum is not None or bool(output_hidden_states),
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        if self.layer_sum is not None:
+            features = self.layer_sum(superb_layer_outputs(self.config, outputs))
+        else:
+            features = outputs.last_hidden_state
+        return outputs, features, outputs.frame_attention_mask
+
+    def _output_flags(self, output_hidden_states, return_dict):
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return bool(output_hidden_states), return_dict if return_dict is not None else self.config.return_dict
+
+
+class ARMHubertForCTC(ARMHubertTaskModel):
+    """ARMHubert with a linear CTC head, as `HubertForCTC`.
+
+    `config.vocab_size` outputs, blank = `config.pad_token_id`. One logit frame per
+    `config.inputs_to_logits_ratio` samples (320: 20 ms), which chunked ASR pipelines align to.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        if not config.vocab_size or config.vocab_size < 2:
+            raise ValueError(
+                f"ARMHubertForCTC needs config.vocab_size >= 2 (blank + at least one token), got {config.vocab_size}. "
+                "Pass vocab_size=len(tokenizer) to from_pretrained or the config."
+            )
+        if config.pad_token_id is None or not 0 <= config.pad_token_id < config.vocab_size:
+            raise ValueError(
+                f"ARMHubertForCTC uses config.pad_token_id as the CTC blank; got {config.pad_token_id} for "
+                f"vocab_size={config.vocab_size}. Pass pad_token_id=tokenizer.pad_token_id."
+            )
+        self.dropout = nn.Dropout(config.final_dropout)
+        self.lm_head = nn.Linear(self.output_size, config.vocab_size)
+        self.post_init()
+
+    def _check_labels(self, labels, logit_lengths):
+        """Clear errors for ids outside the vocabulary and for transcripts longer than their audio."""
+        vocab_size, blank = self.config.vocab_size, self.config.pad_token_id
+        ignored = (labels == -100) | (labels == blank)
+        outside = ~ignored & ((labels < 0) | (labels >= vocab_size))
+        if bool(outside.any()):
+            bad = sorted(set(labels[outside].tolist()))[:5]
+            raise ValueError(
+                f"labels hold ids {bad} outside the vocabulary [0, {vocab_size}); pad label rows with -100 and "
+                "encode transcripts with the tokenizer the model was built for."
+            )
+        target_lengths = (~ignored).sum(-1).to(logit_lengths.device)
+        too_long = target_lengths > logit_lengths
+        if bool(too_long.any()) and not self.config.ctc_zero_infinity:
+            row = int(too_long.nonzero()[0, 0])
+            raise ValueError(
+                f"labels row {row} has {int(target_lengths[row])} tokens but its audio gives only "
+                f"{int(logit_lengths[row])} frames ({self.config.inputs_to_logits_ratio} samples each); CTC needs "
+                "at least one frame per token. Drop such utterances or set config.ctc_zero_infinity=True."
+            )
+
+    def forward(
+        self,
+        input_values,
+        attention_mask=None,
+        labels=None,
+        output_hidden_states=None,
+        output_attentions=None,
+        return_dict=None,
+    ):
+        """CTC logits (B, T, vocab_size) for raw 16 kHz audio, and the CTC loss when `labels` are given.
+
+        Args:
+            input_values, attention_mask: as for [`ARMHubertModel`].
+            labels (`(B, U)` long): token ids; positions holding -100 (or the blank id) are padding.
+        """
+        output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
+        outputs, features, frame_mask = self._encode(input_values, attention_mask, output_hidden_states, output_attentions)
+        logits = self.lm_head(self.dropout(features))
+
+        loss = None
+        if labels is not None:
+            if frame_mask is not None:
+                logit_lengths = frame_mask.sum(-1).long()
+            else:
+                logit_lengths = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
+            self._check_labels(labels, logit_lengths)
+            loss = self.loss_function(
+                logits=logits,
+                labels=labels,
+                logit_lengths=logit_lengths,
+                blank_token_id=self.config.pad_token_id,
+                reduction=self.config.ctc_loss_reduction,
+                zero_infinity=self.config.ctc_zero_infinity,
+            )
+
+        output = CausalLMOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class ARMHubertForSequenceClassification(ARMHubertTaskModel):
+    """Utterance classification, as `HubertForSequenceClassification`.
+
+    projector (to `config.classifier_proj_size`) -> mean over the real (unpadded) frames -> linear
+    classifier over `config.num_labels`. The loss follows `config.problem_type` (single-label
+    cross-entropy for integer labels).
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.projector = nn.Linear(self.output_size, config.classifier_proj_size)
+        self.classifier = nn.Linear(config.classifier_proj_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_values,
+        attention_mask=None,
+        labels=None,
+        output_hidden_states=None,
+        output_attentions=None,
+        return_dict=None,
+    ):
+        """Class logits (B, num_labels) for raw 16 kHz audio, and the loss when `labels` (B,) are given."""
+        output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
+        outputs, features, frame_mask = self._encode(input_values, attention_mask, output_hidden_states, output_attentions)
+        hidden_states = self.projector(features)
+        if frame_mask is None:
+            pooled = hidden_states.mean(dim=1)
+        else:
+            weights = frame_mask.to(hidden_states.dtype)[..., None]
+            pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1)
+        logits = self.classifier(pooled)
+
+        loss = None
+        if labels is not None:
+            if not labels.is_floating_point():
+                outside = (labels < 0) | (labels >= self.config.num_labels)
+                if bool(outside.any()):
+                    raise ValueError(
+                        f"labels hold class ids {sorted(set(labels[outside].tolist()))[:5]} outside "
+                        f"[0, {self.config.num_labels}); set num_labels / label2id to cover every class."
+                    )
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+
+        output = SequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class ARMHubertFeatureExtractionPipeline(Pipeline):
+    """Per-layer speech features for downstream models: the "audio-feature-extraction" task.
+
+        extractor = pipeline("audio-feature-extraction", model="converted/armhubert-960h", trust_remote_code=True)
+        out = extractor("speech.flac")   # or a mono float array at 16 kHz
+        out["features"]                   # (num_layers, frames, width) numpy array
+        out["layers"]                     # their layer numbers, 1 = first transformer layer
+
+    Parameters (at construction or per call):
+        representation: `"superb"` (default) the set SUPERB used: projected outputs (1..L) of models
+            with projection heads, raw layer outputs (1..L) otherwise; `"hidden"` raw outputs 0..L
+            (0 = encoder input); `"projected"` projected outputs 1..L (models with heads only).
+        layers: an int or list of layer numbers from that set (default: all of it).
+        return_tensors: `True` returns a torch tensor instead of a numpy array.
+
+    Inputs: a mono float array sampled at 16 kHz; a `{"raw" or "array": ..., "sampling_rate": 16000}`
+    dict (the `datasets` format); or an audio file path, decoded with
+    `transformers.audio_utils.load_audio` (channels averaged, resampled to 16 kHz). Arrays at other
+    rates must be resampled first (e.g. `soxr.resample(audio, rate, 16000)`): this file also runs as
+    Hub remote code, which depends on torch, transformers and numpy only.
+    """
+
+    REPRESENTATIONS = ("superb", "hidden", "projected")
+    _load_feature_extractor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_processor = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.feature_extractor is None:
+            # What the releases expect: raw 16 kHz audio, no normalisation, a mask for padding.
+            self.feature_extractor = Wav2Vec2FeatureExtractor(
+                feature_size=1, sampling_rate=SAMPLING_RATE, padding_value=0.0, do_normalize=False, return_attention_mask=True
+            )
+
+    def _sanitize_parameters(self, layers=None, representation=None, return_tensors=None):
+        forward_params, postprocess_params = {}, {}
+        if representation is not None:
+            if representation not in self.REPRESENTATIONS:
+                raise ValueError(f"representation={representation!r} is unknown; use one of {self.REPRESENTATIONS}.")
+            forward_params["representation"] = representation
+        if layers is not None:
+            forward_params["layers"] = [layers] if isinstance(layers, int) else list(layers)
+        if return_tensors is not None:
+            postprocess_params["return_tensors"] = return_tensors
+        return {}, forward_params, postprocess_params
+
+    def _audio_array(self, inputs):
+        """Any accepted input -> mono float32 array at 16 kHz, or one clear error."""
+        if isinstance(inputs, (str, os.PathLike)):
+            path = os.fspath(inputs)
+            if not os.path.isfile(path):
+                raise ValueError(f"audio file {path} does not exist.")
+            try:
+                inputs = load_audio(path, sampling_rate=SAMPLING_RATE)
+            except Exception as error:  # decoders raise many types for unreadable files
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise ValueError(f"cannot decode audio file {path}: {reason}") from None
+        elif isinstance(inputs, dict):
+            if "sampling_rate" not in inputs or not ("raw" in inputs or "array" in inputs):
+                raise ValueError('an audio dict needs "raw" (or "array") and "sampling_rate" keys.')
+            rate = inputs["sampling_rate"]
+            if rate != SAMPLING_RATE:
+                raise ValueError(
+                    f"audio sampled at {rate} Hz; these models take {SAMPLING_RATE} Hz. Resample it first, "
+                    f"e.g. soxr.resample(audio, {rate}, {SAMPLING_RATE}), or pass the file path."
+                )
+            inputs = inputs["raw"] if "raw" in inputs else inputs["array"]
+        if torch.is_tensor(inputs):
+            inputs = inputs.detach().cpu().numpy()
+        if not isinstance(inputs, np.ndarray):
+            raise TypeError(f"expected a float array, an audio dict or a file path, got {type(inputs).__name__}.")
+        if inputs.ndim != 1:
+            raise ValueError(
+                f"expected mono audio of shape (samples,), got shape {inputs.shape}. Average the channels first "
+                "(audio.mean(axis=1) for soundfile's (samples, channels) arrays), or pass the file path."
+            )
+        if not np.issubdtype(inputs.dtype, np.floating):
+            raise ValueError(
+                f"audio has integer samples ({inputs.dtype}); convert to float in [-1, 1] first, "
+                "e.g. audio / 32768 for 16-bit PCM."
+            )
+        field = self.model.config.receptive_field
+        if inputs.size < field:
+            what = "empty audio (0 samples)" if inputs.size == 0 else f"audio of {inputs.size} samples"
+            raise ValueError(
+                f"{what}: the model needs at least {field} samples ({1000 * field / SAMPLING_RATE:.0f} ms at 16 kHz)."
+            )
+        return inputs.astype(np.float32, copy=False)
+
+    def preprocess(self, inputs):
+        audio = self._audio_array(inputs)
+        return self.feature_extractor(
+            audio, sampling_rate=SAMPLING_RATE, return_attention_mask=True, return_tensors="pt"
+        )
+
+    def _layer_set(self, output, representation):
+        """{layer number: (B, T, D) tensor} of the chosen representation."""
+        config = self.model.config
+        if representation == "superb":
+            representation = "projected" if config.has_projection_heads else "layers"
+        if representation == "projected":
+            if not config.has_projection_heads:
+                raise ValueError('representation="projected" needs a model with projection heads; this one has none.')
+            return dict(enumerate(output.projected_hidden_states, start=1))
+        start = 1 if representation == "layers" else 0
+        return dict(enumerate(output.hidden_states[start:], start=start))
+
+    def _forward(self, model_inputs, layers=None, representation="superb"):
+        encoder = getattr(self.model, "armhubert", self.model)  # a task model's encoder works too
+        output = encoder(
+            model_inputs["input_values"], attention_mask=model_inputs.get("attention_mask"), output_hidden_states=True
+        )
+        available = self._layer_set(output, representation)
+        numbers = sorted(available) if layers is None else layers
+        unknown = [number for number in numbers if number not in available]
+        if unknown:
+            raise ValueError(
+                f"layers {unknown} are not in the {representation!r} representation; "
+                f"choose from {min(available)}..{max(available)}."
+            )
+        features = torch.stack([available[number] for number in numbers], dim=1)  # (B, n, T, D)
+        batch, _, frames, _ = features.shape
+        if output.frame_attention_mask is not None:
+            real_frames = output.frame_attention_mask.sum(-1)
+        else:
+            real_frames = torch.full((batch,), frames, dtype=torch.long, device=features.device)
+        layer_numbers = torch.tensor(numbers, device=features.device).expand(batch, -1)
+        return {"features": features, "frames": real_frames, "layer_numbers": layer_numbers}
+
+    def postprocess(self, model_outputs, return_tensors=False):
+        frames = int(model_outputs["frames"].reshape(-1)[0])
+        features = model_outputs["features"][0, :, :frames]
+        layers = model_outputs["layer_numbers"].reshape(-1).tolist()
+        return {"layers": layers, "features": features if return_tensors else features.float().numpy()}
+
+
+def add_remote_code_entries(config):
+    """Let a folder saved with `config` open through every Auto class and the feature pipeline.
+
+    `save_pretrained` records only the saving class in `config.auto_map`; this adds them all
+    (AutoConfig, AutoModel, AutoModelForCTC, AutoModelForAudioClassification) and the feature
+    pipeline in `config.custom_pipelines`, so that on a converted or distilled encoder folder both
+    `AutoModelForCTC.from_pretrained(folder, trust_remote_code=True, vocab_size=...)` and
+    `pipeline(model=folder, trust_remote_code=True)` work. Call it before saving; returns the config.
+    """
+    module = ARMHubertModel.__module__.split(".")[-1]
+    config_module = ARMHubertConfig.__module__.split(".")[-1]
+    config.auto_map = {
+        **(getattr(config, "auto_map", None) or {}),
+        "AutoConfig": f"{config_module}.ARMHubertConfig",
+        "AutoModel": f"{module}.ARMHubertModel",
+        "AutoModelForCTC": f"{module}.ARMHubertForCTC",
+        "AutoModelForAudioClassification": f"{module}.ARMHubertForSequenceClassification",
+    }
+    config.custom_pipelines = {
+        **(getattr(config, "custom_pipelines", None) or {}),
+        FEATURE_EXTRACTION_TASK: {
+            "impl": f"{module}.ARMHubertFeatureExtractionPipeline",
+            "pt": ["AutoModel"],
+            "type": "audio",
+        },
+    }
+    return config
+
+
 AutoModel.register(ARMHubertConfig, ARMHubertModel, exist_ok=True)
 ARMHubertModel.register_for_auto_class("AutoModel")
+AutoModelForCTC.register(ARMHubertConfig, ARMHubertForCTC, exist_ok=True)
+ARMHubertForCTC.register_for_auto_class("AutoModelForCTC")
+AutoModelForAudioClassification.register(ARMHubertConfig, ARMHubertForSequenceClassification, exist_ok=True)
+ARMHubertForSequenceClassification.register_for_auto_class("AutoModelForAudioClassification")
+PIPELINE_REGISTRY.register_pipeline(
+    FEATURE_EXTRACTION_TASK, pipeline_class=ARMHubertFeatureExtractionPipeline, pt_model=AutoModel, type="audio"
+)

@@ -1,0 +1,229 @@
+"""Character-level CTC fine-tuning of an ARMHuBERT-family encoder on LibriSpeech, with `Trainer`.
+
+    python scripts/finetune_ctc.py --model_name_or_path converted/armhubert-960h --output_dir out/ctc \\
+        [--data_source openslr/librispeech_asr] [--train_split train-clean-100] [--eval_split dev-clean] \\
+        [any TrainingArguments, e.g. --num_train_epochs 20 --learning_rate 1e-4 --per_device_train_batch_size 8]
+
+Data come from a local LibriSpeech tree (default: the bundled corpus) or the Hub copy, through the
+shared loader of `distill_trainer.py`. The vocabulary is built from the training transcripts
+(characters, "|" between words, [PAD] = CTC blank, [UNK]); evaluation reports WER and CER of greedy
+decoding (jiwer). OUTPUT_DIR receives the model, the processor and a README.md model card with the
+result, and opens with `pipeline("automatic-speech-recognition", model=OUTPUT_DIR, trust_remote_code=True)`.
+"""
+
+import json
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jiwer
+import numpy as np
+from transformers import Trainer, Wav2Vec2CTCTokenizer, Wav2Vec2Processor, set_seed
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from finetune_common import (  # noqa: E402  (also puts the repository root on sys.path)
+    ROOT,
+    ModelArguments,
+    UsageError,
+    check_min_duration,
+    decode_audio_batch,
+    load_head_model,
+    parse_arguments,
+    run_cli,
+    save_final_model,
+)
+
+from convert_checkpoint import feature_extractor_for  # noqa: E402
+from distill_trainer import DataError, load_librispeech  # noqa: E402
+from modeling_armhubert import ARMHubertForCTC  # noqa: E402
+
+PROG = "finetune_ctc.py"
+PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
+
+
+@dataclass
+class DataArguments:
+    data_source: str = field(
+        default=str(ROOT / "data" / "LibriSpeech"),
+        metadata={"help": "A local LibriSpeech folder (default: the bundled corpus) or openslr/librispeech_asr."},
+    )
+    train_split: str = field(default="train-clean-100", metadata={"help": "Training split(s), comma-separated."})
+    eval_split: str = field(default="dev-clean", metadata={"help": "Evaluation split(s), comma-separated."})
+    max_duration: float = field(default=20.0, metadata={"help": "Drop training utterances longer than this (seconds)."})
+    max_train_samples: int = field(default=None, metadata={"help": "Keep only the first N training utterances."})
+    max_eval_samples: int = field(default=None, metadata={"help": "Keep only the first N evaluation utterances."})
+    chars_to_ignore: str = field(
+        default="", metadata={"help": "Characters removed from every transcript before building the vocabulary, e.g. ',?.!'."}
+    )
+
+
+def normalize_transcript(text, chars_to_ignore=""):
+    """Drop ignored characters and collapse whitespace; case is kept (LibriSpeech is upper case)."""
+    if chars_to_ignore:
+        text = re.sub(f"[{re.escape(chars_to_ignore)}]", "", text)
+    return " ".join(text.split())
+
+
+def build_vocabulary(transcripts):
+    """{token: id}: [PAD] = 0 (the CTC blank), [UNK] = 1, "|" for spaces, then every character seen."""
+    characters = sorted({char for text in transcripts for char in text} - {" "})
+    if not characters:
+        raise DataError("the training transcripts are empty: nothing to build a vocabulary from")
+    return {token: index for index, token in enumerate([PAD, UNK, WORD_DELIMITER, *characters])}
+
+
+def check_characters(dataset, vocabulary, split_name):
+    """Transcripts may only use characters of the vocabulary: name the first one that does not."""
+    known = set(vocabulary) | {" "}
+    for utterance_id, text in zip(dataset["id"], dataset["text"]):
+        unknown = sorted(set(text) - known)
+        if unknown:
+            raise DataError(
+                f"the {split_name} transcript of {utterance_id} uses characters that the training transcripts do not "
+                f"have: {', '.join(repr(char) for char in unknown)}; remove them with --chars_to_ignore or train on data "
+                "that has them"
+            )
+
+
+def make_tokenizer(vocabulary):
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file = Path(folder) / "vocab.json"
+        vocab_file.write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
+        # No <s> / </s>: CTC never emits them, and adding them would grow the tokenizer past the head.
+        return Wav2Vec2CTCTokenizer(
+            str(vocab_file),
+            unk_token=UNK,
+            pad_token=PAD,
+            word_delimiter_token=WORD_DELIMITER,
+            bos_token=None,
+            eos_token=None,
+        )
+
+
+@dataclass
+class CTCCollator:
+    """Decodes and pads the audio of a batch; pads labels with -100 (ignored by the CTC loss)."""
+
+    processor: Wav2Vec2Processor
+
+    def __call__(self, rows):
+        batch = decode_audio_batch(rows, self.processor.feature_extractor)
+        labels = self.processor.tokenizer.pad({"input_ids": [row["labels"] for row in rows]}, return_tensors="pt")
+        batch["labels"] = labels["input_ids"].masked_fill(labels["attention_mask"].ne(1), -100)
+        return batch
+
+
+def greedy_decoding_metrics(tokenizer):
+    """`compute_metrics` for Trainer: WER and CER of the argmax path (repeats merged, blanks dropped)."""
+
+    def compute(prediction):
+        predicted_ids = np.where(prediction.predictions == -100, tokenizer.pad_token_id, prediction.predictions)
+        label_ids = np.where(prediction.label_ids == -100, tokenizer.pad_token_id, prediction.label_ids)
+        hypotheses = tokenizer.batch_decode(predicted_ids)
+        references = tokenizer.batch_decode(label_ids, group_tokens=False)  # labels are not CTC paths
+        pairs = [(ref, hyp) for ref, hyp in zip(references, hypotheses) if ref.strip()]
+        references, hypotheses = [ref for ref, _ in pairs], [hyp for _, hyp in pairs]
+        return {"wer": jiwer.wer(references, hypotheses), "cer": jiwer.cer(references, hypotheses)}
+
+    return compute
+
+
+def argmax_logits(logits, labels):
+    """Keep only the greedy token ids for the metrics, not the whole logit tensors."""
+    return logits.argmax(dim=-1)
+
+
+def load_splits(data_args):
+    def splits(value):
+        return [name.strip() for name in value.split(",") if name.strip()]
+
+    train = load_librispeech(data_args.data_source, splits(data_args.train_split), max_duration=data_args.max_duration)
+    evaluation = load_librispeech(data_args.data_source, splits(data_args.eval_split))
+    if data_args.max_train_samples is not None:
+        train = train.select(range(min(data_args.max_train_samples, len(train))))
+    if data_args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
+    ignore = data_args.chars_to_ignore
+    normalize = lambda text: {"text": normalize_transcript(text, ignore)}  # noqa: E731
+    return train.map(normalize, input_columns="text"), evaluation.map(normalize, input_columns="text")
+
+
+def model_card(output_dir, model_args, data_args, train_size, metrics, steps):
+    base = model_args.model_name_or_path or f"random {model_args.preset}"
+    return (
+        f"# {Path(output_dir).name}\n\n"
+        f"Character-level CTC model fine-tuned from `{base}` on LibriSpeech {data_args.train_split} "
+        f"({train_size} utterances, {steps} steps) with `scripts/finetune_ctc.py`.\n\n"
+        f"**Result: WER {100 * metrics['eval_wer']:.2f} %, CER {100 * metrics['eval_cer']:.2f} % on "
+        f"{data_args.eval_split} (greedy decoding, no language model).**\n\n"
+        "```python\n"
+        "from transformers import pipeline\n"
+        f'asr = pipeline("automatic-speech-recognition", model="{output_dir}", trust_remote_code=True)\n'
+        "asr(samples_16khz)  # or load_16k(path) from scripts/audio_input.py\n"
+        "```\n"
+    )
+
+
+def run(argv=None):
+    model_args, data_args, training_args = parse_arguments((ModelArguments, DataArguments), argv, PROG)
+    if training_args.output_dir in (None, "trainer_output"):
+        raise UsageError("--output_dir is required")
+    # Rows keep their undecoded audio for the collator; length grouping reads `num_samples`.
+    training_args.remove_unused_columns = False
+    training_args.length_column_name = "num_samples"
+    set_seed(training_args.seed)
+
+    train, evaluation = load_splits(data_args)
+    vocabulary = build_vocabulary(train["text"])
+    check_characters(train, vocabulary, "training")
+    check_characters(evaluation, vocabulary, "evaluation")
+    tokenizer = make_tokenizer(vocabulary)
+
+    model = load_head_model(
+        ARMHubertForCTC,
+        model_args,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    processor = Wav2Vec2Processor(feature_extractor=feature_extractor_for(model.config), tokenizer=tokenizer)
+    for dataset, what in ((train, "training"), (evaluation, "evaluation")):
+        check_min_duration(dataset, model.config, what)
+
+    def encode(texts):
+        return {"labels": tokenizer(texts).input_ids}
+
+    train = train.map(encode, input_columns="text", batched=True)
+    evaluation = evaluation.map(encode, input_columns="text", batched=True)
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        data_collator=CTCCollator(processor),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=processor,
+        compute_metrics=greedy_decoding_metrics(tokenizer),
+        preprocess_logits_for_metrics=argmax_logits,
+    )
+    train_result = trainer.train()
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    save_final_model(
+        trainer,
+        training_args.output_dir,
+        model_card(training_args.output_dir, model_args, data_args, len(train), metrics, train_result.global_step),
+    )
+    return {"train": train_result, "eval": metrics, "log_history": trainer.state.log_history}
+
+
+def main(argv=None):
+    return run_cli(PROG, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
