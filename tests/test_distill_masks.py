@@ -1,0 +1,93 @@
+"""The span-mask sampler of masking distillation (spec original-release.md section 4)."""
+
+import numpy as np
+import pytest
+
+from distill_trainer import SpanMasker, _place_spans, _span_lengths, sample_span_mask
+
+
+def _runs(row):
+    """(start, length) of the runs of True in a boolean row."""
+    padded = np.concatenate([[False], row, [False]]).astype(int)
+    starts = np.flatnonzero(np.diff(padded) == 1)
+    ends = np.flatnonzero(np.diff(padded) == -1)
+    return list(zip(starts, ends - starts))
+
+
+@pytest.mark.parametrize("min_space", [1, 3])
+def test_spans_never_overlap_or_touch_and_stay_inside(min_space):
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        valid = int(rng.integers(20, 800))
+        spans = sorted(_place_spans(valid, _span_lengths(valid, 0.8, 10, 2, rng), min_space, rng))
+        assert spans, "at least one span fits in 20+ frames"
+        for (start, length), (next_start, _) in zip(spans, spans[1:]):
+            assert next_start >= start + length + min_space
+        last_start, last_length = spans[-1]
+        assert spans[0][0] >= 0 and last_start + last_length + min_space <= valid
+
+
+def test_padding_never_masked_and_last_valid_frame_free():
+    rng = np.random.default_rng(1)
+    lengths = [50, 120, 300, 299, 400]
+    for _ in range(50):
+        mask = sample_span_mask(lengths, 400, 0.8, rng=rng, same_count=False)
+        for row, valid in zip(mask, lengths):
+            assert not row[valid - 1:].any()
+            # Every run of the row is one placed span (spans never touch), so lengths are 1..20.
+            assert all(1 <= length <= 20 for _, length in _runs(row))
+
+
+def test_span_counts_and_lengths_follow_the_spec():
+    rng = np.random.default_rng(2)
+    assert all(len(_span_lengths(25, 0.1, 10, 2, rng)) == 2 for _ in range(100))  # at least 2 spans
+    # int(p * L / 10 + U[0,1)): 0.8 * 505 / 10 = 40.4 -> 40 or 41 spans, 41 with probability 0.4.
+    counts = [len(_span_lengths(505, 0.8, 10, 2, rng)) for _ in range(4000)]
+    assert set(counts) == {40, 41} and abs(np.mean(counts) - 40.4) < 0.03
+    lengths = np.concatenate([_span_lengths(1000, 0.8, 10, 2, rng) for _ in range(200)])
+    assert lengths.min() == 0 and lengths.max() == 20
+    assert abs(lengths.mean() - 10) < 0.15
+    assert np.histogram(lengths, bins=21, range=(-0.5, 20.5))[0].min() > 0.8 * len(lengths) / 21
+
+
+@pytest.mark.parametrize("mask_prob, low, high", [(0.8, 0.75, 0.81), (0.4, 0.37, 0.43)])
+def test_masked_fraction_matches_the_release(mask_prob, low, high):
+    # 4-20 s utterances at 50 frames/s: about 75-80 % masked at p = 0.8, about 40 % at p = 0.4.
+    rng = np.random.default_rng(3)
+    masked = total = 0
+    for _ in range(40):
+        lengths = rng.integers(200, 1001, size=16)
+        mask = sample_span_mask(lengths, 1000, mask_prob, rng=rng, same_count=False)
+        masked += mask.sum()
+        total += lengths.sum()
+    assert low < masked / total < high
+
+
+def test_rows_are_thinned_to_the_batch_minimum():
+    rng = np.random.default_rng(4)
+    lengths = [60, 250, 500, 800]
+    unthinned = sample_span_mask(lengths, 800, 0.8, rng=np.random.default_rng(5), same_count=False)
+    mask = sample_span_mask(lengths, 800, 0.8, rng=np.random.default_rng(5))
+    counts = mask.sum(1)
+    assert len(set(counts)) == 1 and counts[0] == unthinned.sum(1).min() > 0
+    assert not (mask & ~unthinned).any(), "thinning only removes masked frames"
+    for _ in range(20):
+        assert len(set(sample_span_mask(lengths, 800, 0.4, rng=rng).sum(1))) == 1
+
+
+def test_deterministic_under_a_seed():
+    lengths = [100, 200, 300]
+    first = sample_span_mask(lengths, 300, 0.8, rng=np.random.default_rng(7))
+    again = sample_span_mask(lengths, 300, 0.8, rng=np.random.default_rng(7))
+    other = sample_span_mask(lengths, 300, 0.8, rng=np.random.default_rng(8))
+    np.testing.assert_array_equal(first, again)
+    assert (first != other).any()
+
+    masker = SpanMasker([10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2], 0.8, seed=0)
+    samples = [32000, 48000, 64000]
+    batch = masker(samples, 64000, ["a", "b", "c"], epoch=0)
+    assert batch.shape == (3, 199) and batch.dtype.is_floating_point is False  # 64000 samples -> 199 frames
+    assert (batch == masker(samples, 64000, ["a", "b", "c"], epoch=0)).all()
+    assert (batch != masker(samples, 64000, ["a", "b", "c"], epoch=1)).any()
+    assert (batch != SpanMasker([10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2], 0.8, seed=1)(samples, 64000, ["a", "b", "c"])).any()
+    assert not batch[0, masker.frames(32000) - 1:].any()
