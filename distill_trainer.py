@@ -758,6 +758,23 @@ def _coerce(value, annotation, key):
     return value
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false, so `eval_strategy: no` stays the string "no"."""
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _parse_yaml(text):
+    return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader: plain data only
+
+
 def load_recipe(config_path, overrides=()):
     """The recipe YAML as a dict, with `key=value` overrides applied (values parsed as YAML, never eval)."""
     path = Path(config_path)
@@ -765,7 +782,7 @@ def load_recipe(config_path, overrides=()):
         available = ", ".join(sorted(p.stem for p in (Path(__file__).resolve().parent / "conf").glob("*.yaml")))
         raise DistillError(f"recipe {path} not found; the bundled recipes are conf/<name>.yaml with name in: {available}")
     try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        recipe = _parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise DistillError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(recipe, dict):
@@ -775,7 +792,7 @@ def load_recipe(config_path, overrides=()):
         if not sep or not key:
             raise DistillError(f"override {override!r} is not of the form key=value")
         try:
-            value = yaml.safe_load(text) if text else None
+            value = _parse_yaml(text) if text else None
         except yaml.YAMLError:
             value = text
         if "." in key:  # one entry of a mapping field, e.g. student_config.hidden_size=64
@@ -1269,7 +1286,7 @@ def parse_cli(argv=None):
         help="continue the last complete checkpoint in output_dir (or the given checkpoint folder) exactly",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="replace recipe entries")
-    cli = parser.parse_args(argv)
+    cli = parser.parse_intermixed_args(argv)
     if cli.resume not in (None, "last") and "=" in cli.resume and not Path(cli.resume).exists():
         cli.overrides.insert(0, cli.resume)  # `--resume key=value`: the flag took an override
         cli.resume = "last"

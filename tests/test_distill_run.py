@@ -1,0 +1,232 @@
+"""distill_trainer.py end to end on the bundled corpus with tiny random models (offline, CPU).
+
+Also a torchrun helper: `torchrun --nproc_per_node 2 tests/test_distill_run.py OUT ARGS...` trains
+with ARGS and writes each rank's student weights to OUT/rank<r>.safetensors.
+"""
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, TrainerCallback
+
+from conftest import ROOT
+from distill_trainer import AudioCollator, main, read_audio, run
+from convert_checkpoint import feature_extractor_for
+
+QUICKSTART = str(ROOT / "conf" / "quickstart.yaml")
+CORPUS = ROOT / "data" / "LibriSpeech"
+# Small and quick: 1 s crops, no workers, nothing written to the console's TensorBoard.
+FAST = ["crop_seconds=1.0", "dataloader_num_workers=0", "report_to=none", "disable_tqdm=true"]
+RECIPES = sorted(p.stem for p in (ROOT / "conf").glob("*.yaml") if p.stem != "quickstart")
+
+
+def _copy_corpus(tmp_path, splits=("train-clean-100", "dev-clean")):
+    for split in splits:
+        shutil.copytree(CORPUS / split, tmp_path / "LibriSpeech" / split)
+    return tmp_path
+
+
+def _student_weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+
+
+def test_quickstart_end_to_end(tmp_path, caplog):
+    corpus = _copy_corpus(tmp_path / "corpus")
+    # A file whose header reads but whose audio does not: skipped during training, counted, reported.
+    broken = corpus / "LibriSpeech/train-clean-100/1003/103/1003-103-0004.flac"
+    broken.write_bytes(broken.read_bytes()[:200])
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="distill_trainer"):
+        trainer = run(["--config", QUICKSTART, f"output_dir={out}", f"data_source={corpus}", "max_steps=6",
+                       "per_device_train_batch_size=8", "eval_on_start=true", "eval_strategy=steps", "eval_steps=3",
+                       "save_strategy=steps", "save_steps=3", "logging_steps=1", *FAST])
+    history = trainer.state.log_history
+    evals = [entry for entry in history if "eval_loss" in entry]
+    assert [e["step"] for e in evals] == [0, 3, 6]
+    assert evals[-1]["eval_loss"] < 0.95 * evals[0]["eval_loss"], evals
+    assert {"eval_hint", "eval_rec"} <= set(evals[-1])
+    train_logs = [entry for entry in history if "loss" in entry]
+    assert len(train_logs) == 6
+    for part in ("hint_masked", "hint_unmasked", "rec_masked", "rec_unmasked", "audio_seconds_per_second"):
+        assert train_logs[-1][part] > 0, part
+    assert train_logs[-1]["unreadable_files"] >= 1  # the first epoch (5 steps) drew every file
+    assert "1003-103-0004.flac" in caplog.text
+
+    # The student folder: safetensors, config with auto_map, code files, feature extractor config.
+    for name in ("model.safetensors", "config.json", "configuration_armhubert.py", "modeling_armhubert.py",
+                 "preprocessor_config.json", "distill_recipe.yaml"):
+        assert (out / name).is_file(), name
+    reloaded = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
+    student = trainer.accelerator.unwrap_model(trainer.model).eval()
+    audio = torch.from_numpy(read_audio(CORPUS / "dev-clean/1002/202/1002-202-0001.flac"))[None]
+    with torch.no_grad():
+        expected = student(audio, output_hidden_states=True)
+        got = reloaded(audio, output_hidden_states=True)
+    torch.testing.assert_close(got.last_hidden_state, expected.last_hidden_state, rtol=0, atol=1e-6)
+    assert got.last_hidden_state.shape[-1] == trainer.teacher.config.hidden_size  # heads as wide as the teacher
+
+    # The teacher is in neither the optimiser nor any checkpoint; decay on everything but biases.
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in student.parameters() if p.requires_grad}
+    assert not optimised & {id(p) for p in trainer.teacher.parameters()}
+    names = {id(p): n for n, p in student.named_parameters()}
+    for group in trainer.optimizer.param_groups:
+        assert all(("bias" in names[id(p)]) == (group["weight_decay"] == 0.0) for p in group["params"])
+    assert any("layer_norm.weight" in names[id(p)] and g["weight_decay"] == 0.01
+               for g in trainer.optimizer.param_groups for p in g["params"])
+    checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
+    best = min(evals[1:], key=lambda e: e["eval_loss"])["step"]
+    assert checkpoints == sorted({f"checkpoint-{best}", "checkpoint-6"})  # keep_best_checkpoints: 1, plus last
+    with safe_open(out / "checkpoint-6" / "model.safetensors", "pt") as stored:
+        assert set(stored.keys()) == set(student.state_dict())
+    assert trainer.teacher.training is False and not any(p.requires_grad for p in trainer.teacher.parameters())
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_continues_exactly(tmp_path):
+    # 5 steps per epoch: stopping after step 6 resumes mid-way through the second epoch, with
+    # dropout, masks, data order, optimiser and scheduler all restored.
+    common = ["--config", QUICKSTART, "max_steps=7", "per_device_train_batch_size=8", "eval_strategy=no",
+              "save_strategy=steps", "save_steps=6", "logging_steps=1", *FAST, "crop_seconds=0.5"]
+    full = run(common + [f"output_dir={tmp_path / 'full'}"])
+    run(common + [f"output_dir={tmp_path / 'part'}"], callbacks=[_StopAt(6)])
+    resumed = run(common + [f"output_dir={tmp_path / 'part'}", "--resume"])
+    assert resumed.state.global_step == 7
+    expected, got = _student_weights(full), _student_weights(resumed)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    last = [entry["loss"] for entry in full.state.log_history if "loss" in entry][-1]
+    assert [entry["loss"] for entry in resumed.state.log_history if "loss" in entry][-1] == last
+
+
+def test_every_recipe_parses_and_starts(tmp_path):
+    """Each released recipe, with its teacher and student shrunk, runs a training step on the bundled data."""
+    quick = yaml.safe_load(open(QUICKSTART))
+    expected_batches = {"960h": (18, 4, 144), "100h": (6, 3, 36)}
+    for name in RECIPES:
+        recipe = yaml.safe_load((ROOT / "conf" / f"{name}.yaml").read_text())
+        batch = (recipe["per_device_train_batch_size"], recipe["gradient_accumulation_steps"])
+        assert batch == expected_batches[name[-4:]][:2], name
+        assert recipe["effective_batch_size"] == expected_batches[name[-4:]][2]
+        student_config = dict(quick["student_config"])
+        if recipe["distill_mode"] == "star" or name.startswith("maskhubert"):
+            student_config["layer_reuses_attention_map"] = [False] * 4
+        trainer = run(["--config", str(ROOT / "conf" / f"{name}.yaml"), f"output_dir={tmp_path / name}",
+                       "teacher=random-hubert", f"teacher_config={quick['teacher_config']}",
+                       f"student_config={student_config}", f"data_source={ROOT / 'data'}", "train_splits=train-clean-100",
+                       "eval_split=null", "use_cpu=true", "fp16=false", "max_steps=1", "save_strategy=no",
+                       "per_device_train_batch_size=2", "effective_batch_size=null", "gradient_accumulation_steps=1",
+                       *FAST])
+        assert trainer.state.global_step == 1
+        assert trainer.distill_args.distill_mode == recipe["distill_mode"]
+        config = trainer.model.config
+        assert config.layer_grad_scale == name.startswith("arm"), name  # ARM recipes only
+        assert (config.projection_head_size is None) == (recipe["distill_mode"] == "star"), name
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data_source=/nonexistent/corpus"], "data root /nonexistent/corpus does not exist"),
+        (["lerning_rate=1e-3"], "unknown recipe key 'lerning_rate' (did you mean learning_rate"),
+        (["student_config.conv_stride=[5, 1, 2, 2, 2, 2, 1, 2, 1]"], "teacher and student frame rates differ"),
+        (["distill_mode=masked"], "distill_mode must be one of masking, star, regression"),
+        (["teacher=/nonexistent/teacher", "teacher_config=null"], "could not load teacher '/nonexistent/teacher'"),
+    ],
+)
+def test_bad_inputs_fail_cleanly(tmp_path, capsys, overrides, message):
+    out = tmp_path / "out"
+    assert main(["--config", QUICKSTART, f"output_dir={out}", *FAST, *overrides]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("distill_trainer.py: error: ") and message in error[-1], error
+    assert not out.exists()
+
+
+def test_bad_corpora_fail_cleanly(tmp_path, capsys):
+    flat = tmp_path / "flat" / "LibriSpeech" / "train-clean-100"
+    flat.mkdir(parents=True)
+    shutil.copy(CORPUS / "train-clean-100/1001/101/1001-101-0000.flac", flat)
+    corrupt = _copy_corpus(tmp_path / "corrupt", splits=("train-clean-100",))
+    for path in corrupt.rglob("*.flac"):
+        path.write_bytes(b"RIFF junk")
+    cases = [(tmp_path / "flat", "no <speaker>/<chapter>/<speaker>-<chapter>.trans.txt files"),
+             (corrupt, "none of the 40 audio files")]
+    for source, message in cases:
+        out = tmp_path / "out"
+        assert main(["--config", QUICKSTART, f"output_dir={out}", f"data_source={source}", *FAST]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+    # A fresh run refuses a non-empty output folder (use --resume), and --resume needs a checkpoint.
+    out.mkdir()
+    (out / "something").write_text("x")
+    assert main(["--config", QUICKSTART, f"output_dir={out}", *FAST]) == 2
+    assert "is not empty; pass --resume" in capsys.readouterr().err
+    assert main(["--config", QUICKSTART, f"output_dir={out}", "--resume", *FAST]) == 2
+    assert "no complete checkpoint-<step> folder" in capsys.readouterr().err
+
+
+def test_collator_skips_and_counts_unreadable_files(tmp_path, caplog):
+    shutil.copy(CORPUS / "dev-clean/1001/201/1001-201-0000.flac", tmp_path / "good.flac")
+    rows = [{"id": "good", "audio": {"path": str(tmp_path / "good.flac"), "bytes": None}},
+            {"id": "gone", "audio": {"path": str(tmp_path / "gone.flac"), "bytes": None}}]
+    collator = AudioCollator(feature_extractor_for(None), max_samples=16000)
+    with caplog.at_level(logging.WARNING, logger="distill_trainer"):
+        batch = collator(rows)
+    assert batch["input_values"].shape == (1, 16000) and int(batch["num_unreadable"]) == 1
+    assert "gone.flac" in caplog.text
+
+
+def test_cli_exit_status_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "distill_trainer.py"), "--config", QUICKSTART, f"output_dir={tmp_path / 'out'}",
+         "data_source=/nonexistent/corpus"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("distill_trainer.py: error: data root")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ddp_two_processes_agree(tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "tests" / "test_distill_run.py"), str(tmp_path), "--config", QUICKSTART,
+               f"output_dir={out}", "max_steps=3", "per_device_train_batch_size=2", "eval_strategy=no",
+               "save_strategy=no", *FAST]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    saved = load_file(out / "model.safetensors")
+    assert set(rank0) == set(rank1) == set(saved)
+    for name in rank0:
+        torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(saved[name], rank0[name], rtol=0, atol=0, msg=name)
+    assert "world size 2" in (tmp_path / "world.txt").read_text()
+
+
+if __name__ == "__main__":  # torchrun helper of test_ddp_two_processes_agree
+    target = sys.argv[1]
+    trainer = run(sys.argv[2:])
+    rank = trainer.args.process_index
+    save_file({k: v.contiguous() for k, v in _student_weights(trainer).items()}, f"{target}/rank{rank}.safetensors")
+    if rank == 0:
+        with open(f"{target}/world.txt", "w") as stream:
+            stream.write(f"world size {trainer.args.world_size}\n")
