@@ -59,6 +59,17 @@ def parse_arguments(dataclass_types, argv, prog):
         raise UsageError(str(error).strip().splitlines()[0]) from None
 
 
+def check_model_arguments(model_args):
+    """Fail before any data is read when the model choice is missing or ambiguous."""
+    if model_args.model_name_or_path and model_args.preset:
+        raise UsageError("give either --model_name_or_path or --preset, not both")
+    if not model_args.model_name_or_path and not model_args.preset:
+        raise UsageError(
+            "no model given: pass --model_name_or_path (a converted or distilled model folder, or a Hub id) "
+            "or --preset NAME for random weights"
+        )
+
+
 def load_head_model(head_class, model_args, **head_config):
     """The task model, from a saved encoder / model (`model_name_or_path`) or a random preset.
 
@@ -77,8 +88,7 @@ def load_head_model(head_class, model_args, **head_config):
         layer_grad_scale=False,
         **head_config,
     )
-    if model_args.model_name_or_path and model_args.preset:
-        raise UsageError("give either --model_name_or_path or --preset, not both")
+    check_model_arguments(model_args)
     if model_args.model_name_or_path:
         source = model_args.model_name_or_path
         try:
@@ -86,16 +96,11 @@ def load_head_model(head_class, model_args, **head_config):
         except (OSError, ValueError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UsageError(f"cannot load the model {source}: {reason}") from None
-    elif model_args.preset:
+    else:
         try:
             model = head_class(ARMHubertConfig.from_preset(model_args.preset, **overrides))
         except ValueError as error:
             raise UsageError(str(error)) from None
-    else:
-        raise UsageError(
-            "no model given: pass --model_name_or_path (a converted or distilled model folder, or a Hub id) "
-            "or --preset NAME for random weights"
-        )
     if model_args.freeze_feature_encoder:
         model.freeze_feature_encoder()
     if model_args.freeze_base_model:

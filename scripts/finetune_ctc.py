@@ -29,6 +29,7 @@ from finetune_common import (  # noqa: E402  (also puts the repository root on s
     ModelArguments,
     UsageError,
     check_min_duration,
+    check_model_arguments,
     decode_audio_batch,
     load_head_model,
     parse_arguments,
@@ -171,6 +172,7 @@ def run(argv=None):
     model_args, data_args, training_args = parse_arguments((ModelArguments, DataArguments), argv, PROG)
     if training_args.output_dir in (None, "trainer_output"):
         raise UsageError("--output_dir is required")
+    check_model_arguments(model_args)
     # Rows keep their undecoded audio for the collator; length grouping reads `num_samples`.
     training_args.remove_unused_columns = False
     training_args.length_column_name = "num_samples"

@@ -1,0 +1,116 @@
+"""SUPERB with any saved ARMHuBERT-family model: an s3prl upstream expert, without copying files into s3prl.
+
+    cd s3prl/s3prl   # s3prl's own folder, so that its downstream configs resolve
+    python /path/to/this/repo/scripts/superb_upstream.py -m train -u armhubert_local -k MODEL_DIR -d asr -n armhubert_asr
+    python /path/to/this/repo/scripts/superb_upstream.py --check MODEL_DIR    # what the expert returns (no s3prl needed)
+
+The first form is s3prl's `run_downstream.py` with every one of its options; this script only adds
+`armhubert_local` to `s3prl.hub`, with `-k` naming a model folder (from convert_checkpoint.py or
+distill_trainer.py) or a Hub id. The expert returns what the original release's expert returned
+(spec `original-release.md` 3.7): `hidden_states` = the L projected (768-d) layer outputs for
+ARM / Mask models or the L raw layer outputs for STaR models (the sets the published SUPERB numbers
+used), and `last_hidden_state` = the release's `x` (last projection, or last layer), one frame per
+320 samples.
+
+From Python (e.g. s3prl's `S3PRLUpstream`-style code): `UpstreamExpert(MODEL_DIR)(list_of_1d_wavs)`.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from modeling_armhubert import ARMHubertModel, superb_layer_outputs  # noqa: E402
+
+HUB_NAME = "armhubert_local"
+PROG = "superb_upstream.py"
+
+try:  # s3prl's base class when s3prl is installed (its runner treats every upstream the same way)
+    from s3prl.upstream.interfaces import UpstreamBase as _UpstreamBase
+except ImportError:
+    _UpstreamBase = nn.Module
+
+
+class UpstreamExpert(_UpstreamBase):
+    """s3prl upstream: a list of unpadded 16 kHz waveforms in, padded per-layer features out."""
+
+    def __init__(self, ckpt, model_config=None, **kwargs):
+        super().__init__()
+        try:
+            self.model = ARMHubertModel.from_pretrained(ckpt)
+        except (OSError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"cannot load the ARMHubert model {ckpt}: {reason}") from None
+        self.model.eval()
+
+    def get_downsample_rates(self, key):
+        """Samples per frame of every output (320)."""
+        return self.model.config.inputs_to_logits_ratio
+
+    def forward(self, wavs):
+        if not wavs:
+            raise ValueError("the upstream got an empty batch")
+        lengths = torch.tensor([len(wav) for wav in wavs], device=wavs[0].device)
+        padded = nn.utils.rnn.pad_sequence(list(wavs), batch_first=True)
+        attention_mask = None
+        if bool((lengths < padded.shape[1]).any()):
+            attention_mask = (torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]).long()
+        output = self.model(padded, attention_mask=attention_mask, output_hidden_states=True)
+        return {
+            "hidden_states": list(superb_layer_outputs(self.model.config, output)),
+            "last_hidden_state": output.last_hidden_state,
+        }
+
+
+def armhubert_local(ckpt, *args, **kwargs):
+    """The `s3prl.hub` entry: `-u armhubert_local -k MODEL_DIR`."""
+    if ckpt is None:
+        raise ValueError(f"-u {HUB_NAME} needs -k MODEL_DIR (a saved ARMHubert model folder or Hub id)")
+    return UpstreamExpert(ckpt, *args, **kwargs)
+
+
+def check(model_dir):
+    """Run the expert on two random utterances and print what SUPERB would receive."""
+    expert = UpstreamExpert(model_dir)
+    wavs = [torch.randn(16000), torch.randn(24000)]
+    with torch.no_grad():
+        features = expert(wavs)
+    hidden = features["hidden_states"]
+    print(f"model: {model_dir}, downsample rate {expert.get_downsample_rates('hidden_states')}")
+    print(f"hidden_states: {len(hidden)} x {tuple(hidden[0].shape)} (batch, frames, width)")
+    print(f"last_hidden_state: {tuple(features['last_hidden_state'].shape)}")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--check"]:
+        if len(argv) != 2:
+            print(f"usage: {PROG} --check MODEL_DIR", file=sys.stderr)
+            return 2
+        try:
+            check(argv[1])
+        except ValueError as error:
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            return 2
+        return 0
+    try:
+        import s3prl.hub
+        import s3prl.run_downstream
+    except ImportError as error:
+        print(
+            f"{PROG}: error: cannot import s3prl ({error}); install it (pip install s3prl, or an editable clone) and run "
+            f"this from s3prl's s3prl/ folder. Without s3prl, `{PROG} --check MODEL_DIR` shows what the expert returns.",
+            file=sys.stderr,
+        )
+        return 2
+    setattr(s3prl.hub, HUB_NAME, armhubert_local)
+    sys.argv = ["run_downstream.py", *argv]
+    s3prl.run_downstream.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

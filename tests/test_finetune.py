@@ -1,0 +1,181 @@
+"""Fine-tuning recipes on the bundled corpus (CTC, classification) and the SUPERB upstream expert."""
+
+import csv
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, random_model, tiny_config
+from transformers import pipeline
+
+from convert_checkpoint import feature_extractor_for
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import finetune_classification  # noqa: E402
+import finetune_ctc  # noqa: E402
+import superb_upstream  # noqa: E402
+from audio_input import load_16k  # noqa: E402
+
+CORPUS = ROOT / "data" / "LibriSpeech"
+STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False)
+QUIET = ["--use_cpu", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and tests share the machine's cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    """A tiny encoder saved as convert_checkpoint.py would: model + preprocessor config."""
+    folder = tmp_path_factory.mktemp("encoder")
+    model = random_model(tiny_config())
+    model.save_pretrained(folder)
+    feature_extractor_for(model.config).save_pretrained(folder)
+    return folder
+
+
+def training_losses(result):
+    return [entry["loss"] for entry in result["log_history"] if "loss" in entry]
+
+
+def test_ctc_finetuning_lowers_the_loss_and_writes_a_usable_model(encoder_dir, tmp_path):
+    out = tmp_path / "ctc"
+    result = finetune_ctc.run([
+        "--model_name_or_path", str(encoder_dir), "--output_dir", str(out), "--max_train_samples", "8",
+        "--max_eval_samples", "4", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+        "--max_steps", "30", "--learning_rate", "2e-3", "--warmup_steps", "3", "--logging_steps", "1", *QUIET,
+    ])
+    losses = training_losses(result)
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    assert 0 <= result["eval"]["eval_wer"] <= 1.5 and 0 <= result["eval"]["eval_cer"] <= 1.5
+
+    card = (out / "README.md").read_text()
+    assert f"WER {100 * result['eval']['eval_wer']:.2f} %" in card and "dev-clean" in card
+    vocab = (out / "vocab.json").read_text()
+    assert '"[PAD]": 0' in vocab and '"|"' in vocab
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left behind
+    asr = pipeline("automatic-speech-recognition", model=str(out), trust_remote_code=True)
+    text = asr(load_16k(CORPUS / "dev-clean" / "1002" / "202" / "1002-202-0000.flac"))["text"]
+    assert isinstance(text, str) and set(text) <= set(vocab)
+
+
+def copy_of_corpus(tmp_path, splits=("train-clean-100", "dev-clean")):
+    root = tmp_path / "LibriSpeech"
+    for split in splits:
+        shutil.copytree(CORPUS / split, root / split)
+    return root
+
+
+def test_ctc_cli_errors_are_one_line_with_status_2(encoder_dir, tmp_path, capsys):
+    corpus = copy_of_corpus(tmp_path)
+    transcript = corpus / "dev-clean" / "1001" / "201" / "1001-201.trans.txt"
+    lines = transcript.read_text().splitlines()
+    first_id = lines[0].split(" ", 1)[0]
+    lines[0] = f"{first_id} CAFÉ 42"
+    transcript.write_text("\n".join(lines) + "\n")
+    common = ["--output_dir", str(tmp_path / "out"), *QUIET]
+    cases = [
+        (["--model_name_or_path", str(encoder_dir), "--data_source", str(corpus)], f"transcript of {first_id} uses characters"),
+        (["--model_name_or_path", str(encoder_dir), "--data_source", str(tmp_path / "nowhere")], "does not exist"),
+        (["--data_source", str(CORPUS)], "no model given"),
+        (["--model_name_or_path", str(tmp_path / "no-model"), "--data_source", str(CORPUS)], "cannot load the model"),
+    ]
+    for arguments, message in cases:
+        assert finetune_ctc.main(arguments + common) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert error[-1].startswith("finetune_ctc.py: error:") and message in error[-1], error
+    assert not (tmp_path / "out").exists()
+
+
+def test_classification_from_label_folders_writes_a_model_the_pipeline_serves(encoder_dir, tmp_path):
+    out = tmp_path / "sid"
+    result = finetune_classification.run([
+        "--model_name_or_path", str(encoder_dir), "--output_dir", str(out),
+        "--train_dir", str(CORPUS / "train-clean-100"), "--eval_dir", str(CORPUS / "dev-clean"),
+        "--use_weighted_layer_sum", "true", "--per_device_train_batch_size", "8", "--max_steps", "3", *QUIET,
+    ])
+    assert 0 <= result["eval"]["eval_accuracy"] <= 1
+    assert f"accuracy {100 * result['eval']['eval_accuracy']:.2f} %" in (out / "README.md").read_text()
+    classify = pipeline("audio-classification", model=str(out), trust_remote_code=True)
+    scores = classify(load_16k(CORPUS / "test-clean" / "1003" / "303" / "1003-303-0000.flac"), top_k=4)
+    assert sorted(entry["label"] for entry in scores) == ["1001", "1002", "1003", "1004"]  # speaker folders
+    assert abs(sum(entry["score"] for entry in scores) - 1) < 1e-5
+
+
+def test_classification_fits_two_speakers_from_a_csv_with_relative_paths(encoder_dir, tmp_path):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    rows = []
+    for speaker in ("1001", "1002"):
+        for path in sorted((CORPUS / "train-clean-100" / speaker).rglob("*.flac"))[:4]:
+            shutil.copy(path, clips / path.name)
+            rows.append((f"clips/{path.name}", speaker))
+    table = tmp_path / "clips.csv"
+    with open(table, "w", newline="") as handle:
+        csv.writer(handle).writerows([("path", "label"), *rows])
+    result = finetune_classification.run([
+        "--model_name_or_path", str(encoder_dir), "--output_dir", str(tmp_path / "out"), "--train_csv", str(table),
+        "--eval_csv", str(table), "--freeze_feature_encoder", "false", "--per_device_train_batch_size", "8",
+        "--max_steps", "12", "--learning_rate", "3e-3", "--logging_steps", "1", *QUIET,
+    ])
+    losses = training_losses(result)
+    # Chance is ln 2 = 0.69: the model must fit its 8 training clips well within 12 steps.
+    assert losses[0] > 0.6 and result["eval"]["eval_loss"] < 0.35, (losses, result["eval"])
+    assert result["eval"]["eval_accuracy"] >= 0.9
+
+
+def test_classification_csv_errors_are_one_line_with_status_2(encoder_dir, tmp_path, capsys):
+    files = sorted((CORPUS / "dev-clean").rglob("*.flac"))
+    train_csv, eval_csv, bad_csv = tmp_path / "train.csv", tmp_path / "eval.csv", tmp_path / "bad.csv"
+    with open(train_csv, "w", newline="") as handle:
+        csv.writer(handle).writerows([("path", "label"), *((path, "even" if i % 2 else "odd") for i, path in enumerate(files))])
+    with open(eval_csv, "w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "label"], [files[0], "odd"], [files[1], "other"]])
+    bad_csv.write_text("file,class\nx.flac,a\n")
+    missing_csv = tmp_path / "missing.csv"
+    missing_csv.write_text(f"path,label\n{files[0]},odd\n{tmp_path / 'gone.flac'},even\n")
+    common = ["--model_name_or_path", str(encoder_dir), "--output_dir", str(tmp_path / "out"), *QUIET]
+    cases = [
+        (["--train_csv", str(train_csv), "--eval_csv", str(eval_csv)], "labels the training data does not: other"),
+        (["--train_csv", str(bad_csv), "--eval_csv", str(eval_csv)], "needs a header with 'path' and 'label'"),
+        (["--train_csv", str(missing_csv), "--eval_csv", str(eval_csv)], "cannot read audio file"),
+        (["--train_csv", str(train_csv)], "give exactly one of --eval_dir and --eval_csv"),
+    ]
+    for arguments, message in cases:
+        assert finetune_classification.main(arguments + common) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert error[-1].startswith("finetune_classification.py: error:") and message in error[-1], error
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("family", ["arm", "star"])
+def test_superb_upstream_returns_what_the_release_returned(tmp_path, family, capsys):
+    model = random_model(tiny_config(**(STAR if family == "star" else {})))
+    model.save_pretrained(tmp_path)
+    expert = superb_upstream.armhubert_local(str(tmp_path))
+    wavs = [torch.randn(16000) * 0.1, torch.randn(9000) * 0.1]
+    with torch.no_grad():
+        features = expert(wavs)
+        alone = model(wavs[0][None], output_hidden_states=True)
+    expected = alone.projected_hidden_states if family == "arm" else alone.hidden_states[1:]
+    assert expert.get_downsample_rates("hidden_states") == 320
+    assert len(features["hidden_states"]) == 4
+    assert features["hidden_states"][0].shape == (2, 49, 64 if family == "arm" else 48)
+    for got, want in zip(features["hidden_states"], expected):
+        torch.testing.assert_close(got[:1], want)  # the unpadded row equals its own run
+    torch.testing.assert_close(features["last_hidden_state"][:1], alone.last_hidden_state)
+    torch.testing.assert_close(features["last_hidden_state"], features["hidden_states"][-1])
+
+    assert superb_upstream.main(["--check", str(tmp_path)]) == 0
+    assert "hidden_states: 4 x (2, 74" in capsys.readouterr().out
+    assert superb_upstream.main(["--check", str(tmp_path / "missing")]) == 2
+    assert "cannot load the ARMHubert model" in capsys.readouterr().err

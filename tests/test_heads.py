@@ -1,0 +1,259 @@
+"""Task heads: CTC and sequence classification, weighted layer sum, SpecAugment, Auto classes."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_model, tiny_config, waveform
+
+from modeling_armhubert import (
+    ARMHubertForCTC,
+    ARMHubertForSequenceClassification,
+    ARMHubertModel,
+    add_remote_code_entries,
+    head_input_size,
+)
+
+STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False)
+NO_DROPOUT = dict(hidden_dropout=0.0, activation_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0, final_dropout=0.0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and tests share the machine's cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def padded_batch():
+    long, short = waveform(12000, seed=1)[0], waveform(7000, seed=2)[0]
+    input_values = torch.zeros(2, 12000)
+    input_values[0], input_values[1, :7000] = long, short
+    attention_mask = torch.zeros(2, 12000, dtype=torch.long)
+    attention_mask[0], attention_mask[1, :7000] = 1, 1
+    return input_values, attention_mask
+
+
+def head(head_class, seed=0, **overrides):
+    torch.manual_seed(seed)
+    model = head_class(tiny_config(**{**NO_DROPOUT, **overrides}))
+    return model.eval()
+
+
+def test_ctc_loss_is_torch_ctc_over_the_real_frames_at_320_samples_per_frame():
+    model = head(ARMHubertForCTC, vocab_size=12)
+    input_values, attention_mask = padded_batch()
+    labels = torch.tensor([[3, 4, 4, 5, 6], [7, 8, -100, -100, -100]])
+    output = model(input_values, attention_mask=attention_mask, labels=labels)
+
+    assert model.config.inputs_to_logits_ratio == 320
+    frames = model._get_feat_extract_output_lengths(attention_mask.sum(-1))
+    assert output.logits.shape == (2, int(frames.max()), 12)
+    assert frames.tolist() == [(12000 - 400) // 320 + 1, (7000 - 400) // 320 + 1]
+    log_probs = F.log_softmax(output.logits, dim=-1).transpose(0, 1)
+    expected = F.ctc_loss(log_probs, torch.tensor([3, 4, 4, 5, 6, 7, 8]), frames, torch.tensor([5, 2]), blank=0)
+    torch.testing.assert_close(output.loss, expected)
+
+
+@pytest.mark.parametrize("family", ["arm", "star"])
+def test_weighted_layer_sum_uses_the_representations_superb_used(family):
+    overrides = STAR if family == "star" else {}
+    model = head(ARMHubertForSequenceClassification, num_labels=3, use_weighted_layer_sum=True, **overrides)
+    base = model.armhubert
+    input_values, attention_mask = padded_batch()
+    with torch.no_grad():
+        reference = base(input_values, attention_mask=attention_mask, output_hidden_states=True)
+        layers = reference.projected_hidden_states if family == "arm" else reference.hidden_states[1:]
+        assert len(layers) == 4 and layers[0].shape[-1] == head_input_size(model.config)
+        for chosen in (0, 2):
+            # -inf everywhere else: the softmax picks exactly one layer.
+            model.layer_sum.layer_weights.fill_(float("-inf"))
+            model.layer_sum.layer_weights[chosen] = 0.0
+            _, features, _ = model._encode(input_values, attention_mask, False, False)
+            torch.testing.assert_close(features, layers[chosen])
+    assert model.projector.in_features == (64 if family == "arm" else 48)
+
+
+def test_weighted_sum_weights_receive_gradients():
+    model = head(ARMHubertForCTC, vocab_size=12, use_weighted_layer_sum=True).train()
+    input_values, attention_mask = padded_batch()
+    loss = model(input_values, attention_mask=attention_mask, labels=torch.tensor([[3, 4, 5], [6, 7, 8]])).loss
+    loss.backward()
+    grad = model.layer_sum.layer_weights.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+    classifier = head(ARMHubertForSequenceClassification, num_labels=3, use_weighted_layer_sum=True).train()
+    classifier(input_values, attention_mask=attention_mask, labels=torch.tensor([0, 2])).loss.backward()
+    assert classifier.layer_sum.layer_weights.grad.abs().sum() > 0
+
+
+def test_classification_mean_pools_over_real_frames_only():
+    model = head(ARMHubertForSequenceClassification, num_labels=3)
+    input_values, attention_mask = padded_batch()
+    with torch.no_grad():
+        logits = model(input_values, attention_mask=attention_mask).logits
+        hidden = model.armhubert(input_values, attention_mask=attention_mask).last_hidden_state
+        frames = model._get_feat_extract_output_lengths(attention_mask.sum(-1))
+        for row in range(2):
+            pooled = model.projector(hidden[row, : frames[row]]).mean(dim=0)
+            torch.testing.assert_close(logits[row], model.classifier(pooled))
+    assert int(frames[1]) < hidden.shape[1]  # row 1 really has padded frames
+
+
+def capture_encoder_input(model):
+    seen = []
+    model.armhubert.encoder.register_forward_pre_hook(lambda module, args, kwargs: seen.append(args[0].detach()), with_kwargs=True)
+    return seen
+
+
+@pytest.mark.parametrize("family", ["arm", "star"])
+def test_spec_augment_masks_frames_and_channels_in_training_only(family):
+    overrides = STAR if family == "star" else {}
+    model = head(
+        ARMHubertForCTC,
+        vocab_size=12,
+        mask_time_prob=0.5,
+        mask_time_length=2,
+        mask_feature_prob=0.3,
+        mask_feature_length=4,
+        mask_feature_min_masks=1,
+        **overrides,
+    )
+    seen = capture_encoder_input(model)
+    input_values, attention_mask = padded_batch()
+    embedding = model.armhubert.mask_emb if family == "arm" else model.spec_augment.masked_spec_embed
+    assert embedding is not None
+    with torch.no_grad():
+        model.eval()(input_values, attention_mask=attention_mask)
+        model.train()(input_values, attention_mask=attention_mask)
+    clean, masked = seen
+    zeroed_channels = (masked == 0).all(dim=1)  # (B, D): channels zeroed on every frame
+    assert zeroed_channels.any(dim=1).all()
+    kept = ~zeroed_channels[:, None, :]
+    is_masked_frame = ((masked - embedding).abs().masked_fill(~kept, 0) < 1e-6).all(-1)
+    assert is_masked_frame.any(dim=1).all()  # every row has masked frames
+    real = model._get_feature_vector_attention_mask(clean.shape[1], attention_mask).bool()
+    assert not is_masked_frame[~real].any()  # padded frames are never masked
+    # Elsewhere only the zeroed channels differ from the clean input.
+    untouched = ~is_masked_frame & real
+    keep = kept.expand_as(masked)[untouched].to(masked.dtype)
+    torch.testing.assert_close(masked[untouched] * keep, clean[untouched] * keep)
+    assert not ((clean - embedding).abs() < 1e-6).all(-1).any()  # eval: nothing masked
+
+
+def test_spec_augment_can_be_switched_off():
+    model = head(ARMHubertForCTC, vocab_size=12, apply_spec_augment=False, mask_time_prob=0.9, mask_time_length=2)
+    seen = capture_encoder_input(model)
+    input_values, attention_mask = padded_batch()
+    with torch.no_grad():
+        model.eval()(input_values, attention_mask=attention_mask)
+        model.train()(input_values, attention_mask=attention_mask)
+    torch.testing.assert_close(seen[0], seen[1])
+
+
+def test_freezing_the_feature_encoder_and_the_base_model():
+    model = head(ARMHubertForCTC, vocab_size=12).train()
+    model.freeze_feature_encoder()
+    input_values, attention_mask = padded_batch()
+    model(input_values, attention_mask=attention_mask, labels=torch.tensor([[3, 4], [5, 6]])).loss.backward()
+    assert all(p.grad is None for p in model.armhubert.feature_extractor.parameters())
+    assert model.armhubert.encoder.layers[0].attention.v_proj.weight.grad is not None
+
+    classifier = head(ARMHubertForSequenceClassification, num_labels=3, use_weighted_layer_sum=True)
+    classifier.freeze_base_model()
+    trainable = {name.split(".")[0] for name, p in classifier.named_parameters() if p.requires_grad}
+    assert trainable == {"layer_sum", "projector", "classifier"}
+
+
+def test_bad_labels_and_configs_give_clear_messages():
+    model = head(ARMHubertForCTC, vocab_size=12)
+    input_values, attention_mask = padded_batch()
+    with pytest.raises(ValueError, match=r"ids \[12\] outside the vocabulary \[0, 12\)"):
+        model(input_values, attention_mask=attention_mask, labels=torch.tensor([[3, 12], [4, -100]]))
+    with pytest.raises(ValueError, match="labels row 1 has 30 tokens but its audio gives only 21 frames"):
+        model(input_values, attention_mask=attention_mask, labels=torch.tensor([[3] * 30, [4] * 30]))
+    with pytest.raises(ValueError, match="vocab_size >= 2"):
+        ARMHubertForCTC(tiny_config(vocab_size=1))
+    with pytest.raises(ValueError, match="pad_token_id as the CTC blank"):
+        ARMHubertForCTC(tiny_config(vocab_size=5, pad_token_id=7))
+    classifier = head(ARMHubertForSequenceClassification, num_labels=3)
+    with pytest.raises(ValueError, match=r"class ids \[3\] outside \[0, 3\)"):
+        classifier(input_values, attention_mask=attention_mask, labels=torch.tensor([0, 3]))
+
+
+@pytest.mark.parametrize("family", ["arm", "star"])
+def test_heads_load_a_saved_encoder_and_initialise_only_their_own_parameters(tmp_path, family):
+    encoder = random_model(tiny_config(**(STAR if family == "star" else {})))
+    encoder.save_pretrained(tmp_path)
+    model = ARMHubertForCTC.from_pretrained(tmp_path, vocab_size=9, use_weighted_layer_sum=True)
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(model.armhubert.state_dict()[name], value), name
+    assert torch.equal(model.layer_sum.layer_weights, torch.zeros(4))
+    assert torch.isfinite(model.lm_head.weight).all() and model.lm_head.weight.std() < 0.1
+    if family == "star":  # no distilled mask embedding: SpecAugment brings its own, initialised in [0, 1)
+        spec_embed = model.spec_augment.masked_spec_embed
+        assert spec_embed.shape == (48,) and bool(((spec_embed >= 0) & (spec_embed < 1)).all())
+
+
+def test_auto_classes_build_the_heads():
+    from transformers import AutoModelForAudioClassification, AutoModelForCTC
+
+    config = tiny_config(vocab_size=7, num_labels=2)
+    assert type(AutoModelForCTC.from_config(config)) is ARMHubertForCTC
+    assert type(AutoModelForAudioClassification.from_config(config)) is ARMHubertForSequenceClassification
+
+
+def test_heads_and_pipeline_reload_through_auto_classes_with_remote_code_in_a_fresh_process(tmp_path):
+    ctc = head(ARMHubertForCTC, vocab_size=9)
+    classifier = head(ARMHubertForSequenceClassification, num_labels=3, use_weighted_layer_sum=True)
+    encoder = random_model(tiny_config(**STAR))
+    add_remote_code_entries(encoder.config)
+    for name, model in (("ctc", ctc), ("cls", classifier), ("enc", encoder)):
+        model.save_pretrained(tmp_path / name)
+    input_values, attention_mask = padded_batch()
+    torch.save({"x": input_values, "mask": attention_mask}, tmp_path / "input.pt")
+    script = f"""
+import numpy, torch
+from transformers import AutoModelForAudioClassification, AutoModelForCTC, pipeline
+root = {str(tmp_path)!r}
+data = torch.load(root + "/input.pt", weights_only=True)
+ctc = AutoModelForCTC.from_pretrained(root + "/ctc", trust_remote_code=True).eval()
+cls = AutoModelForAudioClassification.from_pretrained(root + "/cls", trust_remote_code=True).eval()
+ctc_on_encoder = AutoModelForCTC.from_pretrained(root + "/enc", trust_remote_code=True, vocab_size=5)
+assert type(ctc).__module__.startswith("transformers_modules"), type(ctc).__module__
+features = pipeline(model=root + "/enc", trust_remote_code=True)(data["x"][0].numpy(), return_tensors=True)
+with torch.no_grad():
+    out = [ctc(data["x"], attention_mask=data["mask"]).logits, cls(data["x"], attention_mask=data["mask"]).logits]
+torch.save(out + [features["features"], torch.tensor(features["layers"]), torch.tensor(ctc_on_encoder.config.vocab_size)],
+           root + "/out.pt")
+"""
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ctc_logits, cls_logits, features, layers, vocab_size = torch.load(tmp_path / "out.pt", weights_only=True)
+    with torch.no_grad():
+        torch.testing.assert_close(ctc_logits, ctc(input_values, attention_mask=attention_mask).logits)
+        torch.testing.assert_close(cls_logits, classifier(input_values, attention_mask=attention_mask).logits)
+        direct = encoder(input_values[:1], output_hidden_states=True)
+    assert layers.tolist() == [1, 2, 3, 4] and int(vocab_size) == 5
+    torch.testing.assert_close(features, torch.stack(direct.hidden_states[1:])[:, 0])
+
+
+def test_remote_code_entries_name_every_auto_class_and_the_pipeline():
+    config = add_remote_code_entries(tiny_config())
+    assert config.auto_map == {
+        "AutoConfig": "configuration_armhubert.ARMHubertConfig",
+        "AutoModel": "modeling_armhubert.ARMHubertModel",
+        "AutoModelForCTC": "modeling_armhubert.ARMHubertForCTC",
+        "AutoModelForAudioClassification": "modeling_armhubert.ARMHubertForSequenceClassification",
+    }
+    assert config.custom_pipelines["audio-feature-extraction"]["impl"] == "modeling_armhubert.ARMHubertFeatureExtractionPipeline"
+    assert isinstance(ARMHubertModel(config), ARMHubertModel)
