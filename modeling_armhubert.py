@@ -74,6 +74,29 @@ class ARMHubertModelOutput(ModelOutput):
 # Feature encoder
 
 
+def conv1d_channels_last(conv, hidden_states):
+    """Apply the `nn.Conv1d` `conv` to (B, C, 1, N) channels-last input; the output is channels-last too.
+
+    Time-major memory throughout: on CPU oneDNN then skips the layout conversions that a channels-first
+    Conv1d pays on every call (about a fifth of the CNN's time at 10 s of audio), and the encoder's
+    (B, T, C) view of the result is free. Same weights and state dict as the Conv1d.
+    """
+    if conv.in_channels == 1 and conv.padding[0] == 0:
+        # The waveform: a matmul over its strided frames is channels-last at once, where a convolution
+        # would answer channels-first and need a transposing copy of the CNN's largest tensor.
+        frames = hidden_states[:, 0, 0].unfold(-1, conv.kernel_size[0], conv.stride[0])  # (B, T, k)
+        return F.linear(frames, conv.weight[:, 0], conv.bias).transpose(1, 2).unsqueeze(2)
+    output = F.conv2d(
+        hidden_states,
+        conv.weight.unsqueeze(2),
+        conv.bias,
+        stride=(1, conv.stride[0]),
+        padding=(0, conv.padding[0]),
+        groups=conv.groups,
+    )
+    return output.contiguous(memory_format=torch.channels_last)  # a no-op unless the input was odd
+
+
 class ARMHubertConvLayer(nn.Module):
     """Conv1d -> optional norm -> activation. `layer_norm` is a GroupNorm or a channel LayerNorm."""
 
@@ -92,14 +115,19 @@ class ARMHubertConvLayer(nn.Module):
         else:
             self.layer_norm = None
         self.activation = ACT2FN[config.feat_extract_activation]
+        self.activation_in_place = config.feat_extract_activation == "gelu"
 
     def forward(self, hidden_states):
-        """(B, C_in, N) -> (B, C_out, N')."""
-        hidden_states = self.conv(hidden_states)
+        """(B, C_in, 1, N) -> (B, C_out, 1, N'), both channels-last (see `conv1d_channels_last`)."""
+        hidden_states = conv1d_channels_last(self.conv, hidden_states)
         if isinstance(self.layer_norm, nn.LayerNorm):
-            hidden_states = self.layer_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+            hidden_states = self.layer_norm(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         elif self.layer_norm is not None:
             hidden_states = self.layer_norm(hidden_states)
+        if self.activation_in_place and not hidden_states.requires_grad:
+            # Without autograd the fresh tensor can be overwritten: the CNN then never holds a layer's
+            # output twice, which cuts its peak memory (the model's peak at 10 s) by about 40 %.
+            return torch.ops.aten.gelu_(hidden_states)
         return self.activation(hidden_states)
 
 
@@ -117,10 +145,11 @@ class ARMHubertFeatureEncoder(nn.Module):
         self._requires_grad = False
 
     def forward(self, input_values):
-        hidden_states = input_values[:, None]
+        """(B, N) -> (B, C, T), time-major in memory: its transpose to (B, T, C) is contiguous."""
+        hidden_states = input_values[:, None, None, :]
         for conv_layer in self.conv_layers:
             hidden_states = conv_layer(hidden_states)
-        return hidden_states
+        return hidden_states.squeeze(2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,8 +175,8 @@ class ARMHubertPositionalConvEmbedding(nn.Module):
         self.activation = ACT2FN[config.feat_extract_activation]
 
     def forward(self, hidden_states):
-        """(B, T, D) -> (B, T, D)."""
-        hidden_states = self.conv(hidden_states.transpose(1, 2))
+        """(B, T, D) -> (B, T, D). A contiguous (B, T, D) input is already channels-last: no copies."""
+        hidden_states = conv1d_channels_last(self.conv, hidden_states.transpose(1, 2).unsqueeze(2)).squeeze(2)
         if self.num_pad_remove:
             hidden_states = hidden_states[:, :, : -self.num_pad_remove]
         return self.activation(hidden_states).transpose(1, 2)
@@ -329,11 +358,14 @@ class ARMHubertEncoder(nn.Module):
                 layer_outputs.append(hidden_states)
                 attentions.append(None)
                 continue
+            if not layer.attention.reuses_map:
+                reused_map = weights = None  # this layer makes its own map: free the previous one first
             need_map = use_explicit or self._map_needed_by_next[index]
             output, probabilities, weights = layer(hidden_states, key_padding_mask, reused_map, need_map)
             if probabilities is not None:
                 reused_map = probabilities
-            attentions.append(weights)
+            # Keep a (B, H, T, T) map only when it is returned: holding all L of them would dominate memory.
+            attentions.append(weights if output_attentions else None)
             if grad_scale:
                 # ARM recipe: after layer i of L the next layer gets (L-i)/(L-i+1) of the gradient.
                 keep = (num_layers - index - 1) / (num_layers - index)
@@ -455,8 +487,9 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
                     f"attention_mask has shape {tuple(attention_mask.shape)} but input_values has "
                     f"{tuple(input_values.shape)}; they must match (1 = real sample, 0 = padding)."
                 )
-            shortest = int(attention_mask.sum(-1).min())
-            if shortest < field:
+            # Reading the mask's values would break a torch.compile graph: eager calls check it.
+            shortest = None if torch.compiler.is_compiling() else int(attention_mask.sum(-1).min())
+            if shortest is not None and shortest < field:
                 raise ValueError(
                     f"attention_mask marks only {shortest} real samples in some row, fewer than the "
                     f"{field}-sample receptive field. Drop such rows."
@@ -483,6 +516,8 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         if attention_mask is None:
             return None
         real = self._get_feature_vector_attention_mask(num_frames, attention_mask).bool()
+        if torch.compiler.is_compiling():
+            return ~real  # no data-dependent shortcut inside a compiled graph; an all-real mask changes nothing
         return None if bool(real.all()) else ~real
 
     def forward(
@@ -536,9 +571,12 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
 
         encoded = self.encoder(hidden_states, padding_mask, output_attentions=bool(output_attentions))
         projected = None
-        if self.projection_heads is not None:
+        if self.projection_heads is not None and output_hidden_states:
             projected = tuple(head(output) for head, output in zip(self.projection_heads, encoded.layer_outputs))
             last_hidden_state = projected[-1]
+        elif self.projection_heads is not None:
+            # Only the last head's output is returned: the other L-1 heads would be wasted work.
+            last_hidden_state = self.projection_heads[-1](encoded.layer_outputs[-1])
         else:
             last_hidden_state = encoded.last_hidden_state
 
