@@ -108,7 +108,7 @@ def test_cli_writes_a_complete_folder_that_reproduces_the_fixture(tmp_path):
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "configuration_armhubert.py", "model.safetensors", "modeling_armhubert.py",
+        "README.md", "config.json", "configuration_armhubert.py", "model.safetensors", "modeling_armhubert.py",
         "preprocessor_config.json",
     ]
     config = json.loads((out / "config.json").read_text())

@@ -1,0 +1,217 @@
+"""Export a converted model to ONNX, check it against PyTorch with onnxruntime, and time both on CPU.
+
+    python scripts/export_onnx.py converted/armhubert-960h --output armhubert-960h.onnx
+    python scripts/export_onnx.py REPO_DIR --subfolder STaRHuBERT --output starhubert.onnx --latency-seconds 10
+
+MODEL is any folder written by `convert_checkpoint.py` (ARMHuBERT format or `--format hubert`), or a
+Hub id. The ONNX graph takes `input_values` (batch, samples) float32 raw 16 kHz audio, with dynamic
+batch and time axes, and returns `last_hidden_state` (batch, frames, D_out), `hidden_states`
+(L+1, batch, frames, D) and, for models with projection heads, `projected_hidden_states`
+(L, batch, frames, P): the fields of the PyTorch output, stacked. Rows of a batch must have equal
+length (there is no attention-mask input: run padded utterances one per batch, or crop the outputs).
+
+After the export, onnxruntime runs the file on a batch whose size and length differ from the export
+example, every output is compared with PyTorch's (max abs difference, must stay under --atol), and
+both are timed on one utterance of --latency-seconds. The file is written next to --output under a
+temporary name and renamed only once the check passes. Exit status: 0 ok, 1 parity check failed,
+2 bad input.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import modeling_armhubert  # noqa: E402,F401  (registers the armhubert model type: no remote code needed)
+
+OUTPUT_NAMES = ("last_hidden_state", "hidden_states", "projected_hidden_states")
+
+
+class ExportError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+
+class StackedOutputs(torch.nn.Module):
+    """The model with tensor outputs only: last_hidden_state, stacked hidden_states (and projections)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.has_projections = getattr(model.config, "projection_head_size", None) is not None
+
+    def forward(self, input_values):
+        output = self.model(input_values, output_hidden_states=True)
+        outputs = (output.last_hidden_state, torch.stack(output.hidden_states))
+        if self.has_projections:
+            outputs += (torch.stack(output.projected_hidden_states),)
+        return outputs
+
+    @property
+    def output_names(self):
+        return list(OUTPUT_NAMES[: 3 if self.has_projections else 2])
+
+
+def min_samples(config):
+    """Fewest samples the graph accepts: two frames (torch.export specialises a length-1 time axis)."""
+    field, hop = 1, 1
+    for kernel, stride in zip(reversed(config.conv_kernel), reversed(config.conv_stride)):
+        field = (field - 1) * stride + kernel
+        hop *= stride
+    return field + hop
+
+
+def load_model(model, subfolder=None):
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(model, subfolder=subfolder or "").eval()
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ExportError(f"cannot load a model from {model}{f' (subfolder {subfolder})' if subfolder else ''}: {reason}")
+
+
+def export_onnx(model, path, opset=None):
+    """Export `model` to `path` with dynamic batch and time axes; returns the output names."""
+    wrapper = StackedOutputs(model).eval()
+    example = torch.zeros(2, 16000)
+    samples = torch.export.Dim("samples", min=min_samples(model.config))
+    program = torch.onnx.export(
+        wrapper,
+        (example,),
+        dynamo=True,
+        input_names=["input_values"],
+        output_names=wrapper.output_names,
+        dynamic_shapes=({0: torch.export.Dim("batch"), 1: samples},),
+        opset_version=opset,
+        verbose=False,
+    )
+    program.save(str(path), external_data=False)  # one self-contained file (the models are far below 2 GB)
+    return wrapper.output_names
+
+
+def onnx_session(path, threads=None):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError("onnxruntime is not installed: pip install onnxruntime") from None
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_parity(model, session, batch=3, seconds=1.7, seed=0):
+    """Max abs difference between onnxruntime and PyTorch for every output, on a shape unlike the export's."""
+    generator = torch.Generator().manual_seed(seed)
+    audio = 0.1 * torch.randn(batch, int(seconds * 16000), generator=generator)
+    with torch.inference_mode():
+        expected = StackedOutputs(model)(audio)
+    names = [output.name for output in session.get_outputs()]
+    got = session.run(names, {"input_values": audio.numpy()})
+    differences = {}
+    for name, onnx_value, torch_value in zip(names, got, expected):
+        if tuple(onnx_value.shape) != tuple(torch_value.shape):
+            raise AssertionError(f"{name}: onnxruntime shape {onnx_value.shape}, PyTorch {tuple(torch_value.shape)}")
+        differences[name] = float(np.abs(onnx_value - torch_value.numpy()).max())
+    return differences
+
+
+def _median_ms(run, runs, warmup=2):
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+@dataclass
+class Latency:
+    torch_ms: float
+    onnx_ms: float
+
+    @property
+    def speedup(self):
+        return self.torch_ms / self.onnx_ms
+
+
+def measure_latency(model, session, seconds=10.0, runs=10):
+    """Median CPU latency of one utterance of `seconds`, PyTorch (inference mode) and onnxruntime."""
+    audio = 0.1 * torch.randn(1, int(seconds * 16000), generator=torch.Generator().manual_seed(1))
+    wrapper = StackedOutputs(model).eval()
+    feed = {"input_values": audio.numpy()}
+
+    def run_torch():
+        with torch.inference_mode():
+            wrapper(audio)
+
+    return Latency(_median_ms(run_torch, runs), _median_ms(lambda: session.run(None, feed), runs))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="converted model folder (or Hub id)")
+    parser.add_argument("--subfolder", help="variant subfolder of a multi-model repository")
+    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |onnxruntime - PyTorch|")
+    parser.add_argument("--latency-seconds", type=float, default=10.0, help="utterance length for the timing")
+    parser.add_argument("--latency-runs", type=int, default=10, help="timed runs per runtime (median reported)")
+    parser.add_argument("--threads", type=int, help="CPU threads for both runtimes (default: PyTorch's)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    output = Path(args.output)
+    try:
+        if output.exists() and not args.overwrite:
+            raise ExportError(f"{output} exists; pass --overwrite to replace it")
+        if output.is_dir():
+            raise ExportError(f"{output} is a folder; --output names the .onnx file to write")
+        model = load_model(args.model, args.subfolder)
+        threads = args.threads or torch.get_num_threads()
+        torch.set_num_threads(threads)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as staging:
+            staged = Path(staging) / output.name
+            names = export_onnx(model, staged, args.opset)
+            session = onnx_session(staged, threads)
+            differences = check_parity(model, session)
+            print("parity (batch 3 x 1.7 s; export example was 2 x 1.0 s), max |onnxruntime - PyTorch|:")
+            for name in names:
+                print(f"  {name:<24} {differences[name]:.2e}")
+            worst = max(differences.values())
+            if worst > args.atol:
+                print(f"export_onnx.py: error: parity check failed ({worst:.2e} > --atol {args.atol}); "
+                      f"{output} was not written", file=sys.stderr)
+                return 1
+            latency = measure_latency(model, session, args.latency_seconds, args.latency_runs)
+            os.replace(staged, output)
+    except ExportError as error:
+        print(f"export_onnx.py: error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"CPU latency, 1 x {args.latency_seconds:g} s, {threads} threads, median of {args.latency_runs}: "
+        f"PyTorch {latency.torch_ms:.1f} ms, onnxruntime {latency.onnx_ms:.1f} ms "
+        f"(onnxruntime is {latency.speedup:.2f}x PyTorch's speed)"
+    )
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""scripts/export_onnx.py: dynamic-axis ONNX export, onnxruntime parity, latency report, clean failures."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, random_model, tiny_config
+
+sys.path.insert(0, str(ROOT / "scripts"))
+onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
+
+import export_onnx  # noqa: E402
+
+from convert_checkpoint import save_model_folder  # noqa: E402
+
+
+def small_converted_model(folder):
+    """A converted folder of a 2-layer model with map reuse and heads (a small graph: export takes a while)."""
+    config = tiny_config(
+        conv_dim=[32, 32, 48], conv_kernel=[10, 8, 4], conv_stride=[5, 8, 8],
+        num_hidden_layers=2, layer_reuses_attention_map=[False, True],
+    )
+    model = random_model(config, seed=7)
+    save_model_folder(model, folder)
+    return model
+
+
+def test_export_has_dynamic_axes_matches_pytorch_and_reports_latency(tmp_path, capsys):
+    model = small_converted_model(tmp_path / "model")
+    output = tmp_path / "onnx" / "model.onnx"
+    code = export_onnx.main(
+        [str(tmp_path / "model"), "--output", str(output), "--latency-seconds", "1", "--latency-runs", "2"]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "projected_hidden_states" in captured.out and "CPU latency, 1 x 1 s" in captured.out
+    assert sorted(p.name for p in output.parent.iterdir()) == ["model.onnx"]  # no staging leftovers
+
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    batch_axis, time_axis = session.get_inputs()[0].shape
+    assert isinstance(batch_axis, str) and isinstance(time_axis, str)  # symbolic, not fixed sizes
+    # A batch size and length of its own, including the shortest input the graph accepts.
+    for batch, samples in [(1, export_onnx.min_samples(model.config)), (4, 12345)]:
+        audio = 0.1 * torch.randn(batch, samples, generator=torch.Generator().manual_seed(samples))
+        got = session.run(None, {"input_values": audio.numpy()})
+        with torch.no_grad():
+            expected = model(audio, output_hidden_states=True)
+        want = [expected.last_hidden_state, torch.stack(expected.hidden_states), torch.stack(expected.projected_hidden_states)]
+        assert [o.name for o in session.get_outputs()] == list(export_onnx.OUTPUT_NAMES)
+        for onnx_value, torch_value in zip(got, want):
+            np.testing.assert_allclose(onnx_value, torch_value.numpy(), atol=1e-4, rtol=1e-4)
+
+    # An existing file is kept unless --overwrite.
+    code = export_onnx.main([str(tmp_path / "model"), "--output", str(output)])
+    assert code == 2 and "pass --overwrite" in capsys.readouterr().err
+
+
+def test_bad_model_is_one_line_and_writes_nothing(tmp_path, capsys):
+    code = export_onnx.main([str(tmp_path / "no-such-model"), "--output", str(tmp_path / "x.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("export_onnx.py: error: cannot load a model from") and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
