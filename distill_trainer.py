@@ -718,6 +718,8 @@ TRAINING_DEFAULTS = dict(
     save_strategy="epoch",
     logging_steps=50,
     dataloader_num_workers=4,
+    # Parameters a mode does not use are frozen (build_student), so DDP needs no unused-parameter search.
+    ddp_find_unused_parameters=False,
 )
 # Fixed: the dataset keeps its audio column for the collator; lengths come from num_samples; we
 # rotate checkpoints ourselves (best-k by eval_loss plus last).
@@ -1315,6 +1317,8 @@ def run(argv=None, callbacks=()):
     teacher = load_teacher(distill_args, training_args.seed)
     student = build_student(distill_args, teacher.config, training_args.seed)
     check_frame_rates(teacher, student)
+    if student.config.layerdrop > 0 and "ddp_find_unused_parameters" not in recipe:
+        training_args.ddp_find_unused_parameters = True  # a dropped layer leaves its parameters without gradient
     pairs = layer_pairs(distill_args, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     min_samples = max(
         student.config.receptive_field, _receptive_field(teacher.config.conv_kernel, teacher.config.conv_stride)
