@@ -4,7 +4,6 @@ audio batching, the atomic final save and the command-line error handling."""
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,18 +137,22 @@ def save_final_model(trainer, output_dir, card):
 
     Files go to a staging folder first and are then moved in with `config.json` last, so the folder
     only looks like a model once everything is there. The config lists every Auto class and the
-    feature pipeline (`add_remote_code_entries`).
+    feature pipeline (`add_remote_code_entries`). Call it on every process (sharded set-ups save
+    from all of them); only the main one writes the card and moves files.
     """
+    output_dir = Path(output_dir)
+    staging = output_dir / ".final-staging"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)  # left over from an interrupted run
+    trainer.accelerator.wait_for_everyone()
+    add_remote_code_entries(trainer.model.config)
+    trainer.save_model(str(staging))  # weights, config, code files and the processing class
+    trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    add_remote_code_entries(trainer.model.config)
-    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
     try:
-        trainer.save_model(str(staging))  # weights, config, code files and the processing class
         (staging / "README.md").write_text(card, encoding="utf-8")
-        (staging / "training_args.bin").unlink(missing_ok=True)
+        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the card says how it was trained
         for path in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
             os.replace(path, output_dir / path.name)
     finally:
