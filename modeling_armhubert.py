@@ -218,7 +218,8 @@ class ARMHubertAttention(nn.Module):
         """Masked float32 softmax over keys. key_padding_mask: (B, T) bool, True = padding."""
         if key_padding_mask is not None:
             scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-        return torch.softmax(scores.float(), dim=-1).to(scores.dtype)
+        # dtype= computes in float32 inside the kernel: no float32 copy of a half-precision map.
+        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
 
     def forward(self, hidden_states, key_padding_mask=None, reused_map=None, need_map=False):
         """Attend over time.

@@ -1,0 +1,460 @@
+"""Benchmark the compressed students against HuBERT Base and WavLM Base: size, MACs, latency, memory.
+
+    HF_HUB_OFFLINE=1 python scripts/benchmark.py --threads 2
+    python scripts/benchmark.py --device cuda --dtype float16
+
+For each model (random weights: speed does not depend on them), in eval mode without autograd:
+
+- parameters;
+- MACs per utterance of every length: the multiply-accumulates of matrix products and convolutions,
+  counted by `torch.utils.flop_counter.FlopCounterMode` (FLOPs / 2) with attention run as explicit
+  matmuls (the counter does not see SDPA's products on CPU). Norms, activations and softmax are not
+  counted, as in the papers;
+- latency: the median of --repeats timed forward passes after --warmup untimed ones, for every batch
+  size and audio length (cases above --max_audio_per_pass seconds of audio per pass are left out: by
+  default batch 8 x 30 s, which takes minutes per run on CPU); models take turns run by run, so that a
+  busy machine slows all of them alike;
+- peak memory: the most bytes of live tensors (weights, input, activations) during the first warm-up
+  run: `torch.cuda.max_memory_allocated` on a GPU, the same count taken operator by operator on CPU.
+
+Every figure is also given as a ratio to HuBERT Base measured in the same run (always included). The
+workload is the SUPERB-style one the papers count: every layer's output (and, for ARM/Mask models,
+every projection head's), `output_hidden_states=True`; `--outputs last` times a plain `model(x)`.
+A paper check compares MACs for 225 s of audio in 10 s utterances (22.5 x the 10 s count, every output)
+with the published figures. Prints the tables and writes `benchmark.json` and `benchmark.png` (latency
+against audio length, one line per model and batch size) to --output_dir. Exit status 2: bad arguments.
+"""
+
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import weakref
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import HfArgumentParser, HubertConfig, HubertModel, WavLMConfig, WavLMModel
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from configuration_armhubert import PRESETS, ARMHubertConfig  # noqa: E402
+from modeling_armhubert import ARMHubertModel  # noqa: E402
+
+SAMPLING_RATE = 16000
+BASELINE = "hubert-base"
+# Name -> display label. Any other preset name of `configuration_armhubert.PRESETS` works too.
+MODELS = {
+    "hubert-base": "HuBERT Base",
+    "wavlm-base": "WavLM Base",
+    "armhubert-960h": "ARMHuBERT-960h",
+    "armhubert-s-960h": "ARMHuBERT-S",
+    "maskhubert-960h": "MaskHuBERT",
+    "starhubert": "STaRHuBERT",
+    "starhubert-l": "STaRHuBERT-L",
+}
+# Published MACs (G) for about 225 s of audio in 10 s utterances (docs: /work/shared/spec/paper-results.md).
+PAPER_MACS_G = {"hubert-base": 1669.0, "armhubert-s-960h": 449.4, "starhubert": 463.5, "starhubert-l": 511.9}
+PAPER_UTTERANCE_SECONDS = 10.0
+PAPER_UTTERANCES = 22.5
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class BenchmarkError(Exception):
+    """A problem with the user's arguments, reported as one line."""
+
+
+@dataclass
+class BenchmarkArguments:
+    models: list[str] = field(
+        default_factory=lambda: list(MODELS),
+        metadata={"help": f"Models to compare ({', '.join(MODELS)} or another preset); HuBERT Base is always added."},
+    )
+    seconds: list[float] = field(default_factory=lambda: [2.0, 10.0, 30.0], metadata={"help": "Audio lengths (s)."})
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8], metadata={"help": "Batch sizes."})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda."})
+    dtype: str = field(default="float32", metadata={"help": "float32, or float16 / bfloat16 (float16 on cuda only)."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (torch.set_num_threads); default: torch's."})
+    warmup: int = field(default=1, metadata={"help": "Untimed runs per case before timing (at least 1)."})
+    repeats: int = field(default=3, metadata={"help": "Timed runs per case; latency is their median."})
+    max_audio_per_pass: float = field(
+        default=80.0,
+        metadata={"help": "Skip cases whose batch size x seconds exceeds this; 240 adds batch 8 x 30 s (minutes per run on CPU)."},
+    )
+    outputs: str = field(default="all", metadata={"help": "all: every layer output and projection; last: model(x)."})
+    output_dir: str = field(default=str(ROOT / "scripts" / "results"), metadata={"help": "Where the JSON and PNG go."})
+    machine: str | None = field(default=None, metadata={"help": "Label of the machine for the plot and the JSON."})
+    seed: int = 0
+
+
+def check_arguments(args):
+    unknown = [name for name in args.models if name not in MODELS and name.lower() not in PRESETS]
+    if unknown:
+        raise BenchmarkError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)} or a preset ({', '.join(PRESETS)})")
+    if args.device not in ("cpu", "cuda"):
+        raise BenchmarkError(f"--device must be cpu or cuda, got {args.device!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise BenchmarkError("--device cuda needs a CUDA GPU and torch.cuda.is_available() is False; use --device cpu")
+    if args.dtype not in DTYPES:
+        raise BenchmarkError(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
+    if args.dtype == "float16" and args.device == "cpu":
+        raise BenchmarkError("--dtype float16 needs --device cuda (CPU kernels for float16 are slow or missing); use bfloat16 or float32")
+    if args.outputs not in ("all", "last"):
+        raise BenchmarkError(f"--outputs must be all or last, got {args.outputs!r}")
+    if min(args.seconds) < 0.05:
+        raise BenchmarkError(f"every --seconds value must be at least 0.05 (the CNN needs 400 samples), got {min(args.seconds)}")
+    if not benchmark_cases(args):
+        raise BenchmarkError(f"no case fits --max_audio_per_pass {args.max_audio_per_pass:g} s; raise it")
+    if min(args.batch_sizes) < 1 or args.repeats < 1 or args.warmup < 1 or (args.threads is not None and args.threads < 1):
+        raise BenchmarkError("--batch_sizes, --repeats, --warmup and --threads must be at least 1")
+
+
+def benchmark_cases(args):
+    """(batch size, seconds) pairs to time, in order; those above --max_audio_per_pass are left out."""
+    return [
+        (batch_size, seconds)
+        for batch_size in args.batch_sizes
+        for seconds in args.seconds
+        if batch_size * seconds <= args.max_audio_per_pass
+    ]
+
+
+def build_model(name):
+    """A random-weight model in eval mode: HF's HuBERT / WavLM Base (default attention) or a preset."""
+    if name == "hubert-base":
+        model = HubertModel(HubertConfig())
+    elif name == "wavlm-base":
+        model = WavLMModel(WavLMConfig())
+    else:
+        model = ARMHubertModel(ARMHubertConfig.from_preset(name))
+    return model.eval()
+
+
+def count_parameters(model):
+    return sum(param.numel() for param in model.parameters())
+
+
+def forward(model, inputs, all_outputs):
+    return model(inputs, output_hidden_states=all_outputs)
+
+
+@contextmanager
+def explicit_attention(model):
+    """Run attention as explicit matmuls (FlopCounterMode does not see SDPA's products on CPU)."""
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = previous
+
+
+def count_macs(model, num_samples, all_outputs=True):
+    """Multiply-accumulates of one forward pass on one utterance of `num_samples` samples.
+
+    MACs depend on shapes only: a model on the meta device (`meta_model`) counts without computing.
+    """
+    parameters = list(model.parameters())
+    # On meta if any weight is (HF's HuBERT keeps its masked_spec_embed on CPU even then).
+    device = "meta" if any(param.is_meta for param in parameters) else parameters[0].device
+    inputs = torch.zeros(1, num_samples, device=device, dtype=parameters[0].dtype)
+    # no_grad, not inference_mode: FlopCounterMode's module tracking fails on weight-normed convs there.
+    with explicit_attention(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        forward(model, inputs, all_outputs)
+    return counter.get_total_flops() // 2
+
+
+def meta_model(name):
+    """The model with shapes but no data, for counting MACs instantly."""
+    with torch.device("meta"):
+        return build_model(name)
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of live tensor storages while active: CPU's answer to `torch.cuda.max_memory_allocated`.
+
+    Starts from the storages of `resident` (weights, inputs), then adds every storage an operator
+    creates until it is freed. Allocator caching and kernel-internal scratch space are not seen.
+    """
+
+    def __init__(self, resident=()):
+        super().__init__()
+        self.live = {}
+        self.current = self.peak = 0
+        for tensor in resident:
+            self._add(tensor.untyped_storage(), finalize=False)
+
+    def _add(self, storage, finalize=True):
+        key, size = storage.data_ptr(), storage.nbytes()
+        if size == 0 or key in self.live:  # views and in-place results share a tracked storage
+            return
+        self.live[key] = size
+        self.current += size
+        self.peak = max(self.peak, self.current)
+        if finalize:
+            weakref.finalize(storage, self._release, key)
+
+    def _release(self, key):
+        self.current -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(output):
+            if isinstance(leaf, torch.Tensor):
+                self._add(leaf.untyped_storage())
+        return output
+
+
+def state_tensors(model):
+    return list(model.parameters()) + list(model.buffers())
+
+
+def measure_peak_memory(model, inputs, all_outputs):
+    """One forward pass; its peak bytes of live tensors, this model's weights and the input included."""
+    own = sum(t.untyped_storage().nbytes() for t in state_tensors(model) + [inputs])
+    if inputs.device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()  # every resident model and input
+        torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            forward(model, inputs, all_outputs)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before + own
+    with torch.inference_mode(), LiveTensorBytes(state_tensors(model) + [inputs]) as tracker:
+        forward(model, inputs, all_outputs)
+    return tracker.peak
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_forward(model, inputs, all_outputs):
+    synchronize(inputs.device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        forward(model, inputs, all_outputs)
+    synchronize(inputs.device)
+    return time.perf_counter() - start
+
+
+def benchmark_case(models, batch_size, seconds, args, device, dtype):
+    """Memory (first warm-up run) and latencies of every model on one (batch size, length) case."""
+    generator = torch.Generator().manual_seed(args.seed)
+    inputs = torch.randn(batch_size, round(seconds * SAMPLING_RATE), generator=generator).to(device, dtype)
+    all_outputs = args.outputs == "all"
+    memory, times = {}, {name: [] for name in models}
+    for name, model in models.items():
+        memory[name] = measure_peak_memory(model, inputs, all_outputs)
+        for _ in range(args.warmup - 1):
+            time_forward(model, inputs, all_outputs)
+    for _ in range(args.repeats):  # models take turns, so that background load hits them alike
+        for name, model in models.items():
+            times[name].append(time_forward(model, inputs, all_outputs))
+    return {
+        name: {
+            "batch_size": batch_size,
+            "seconds": seconds,
+            "latency_ms": 1000 * statistics.median(times[name]),
+            "latency_ms_runs": [round(1000 * t, 3) for t in times[name]],
+            "peak_memory_mb": memory[name] / 2**20,
+        }
+        for name in models
+    }
+
+
+def paper_check(name, macs_10s):
+    """MACs for 225 s of audio in 10 s utterances against the published figure (or None)."""
+    measured = PAPER_UTTERANCES * macs_10s / 1e9
+    if name not in PAPER_MACS_G:
+        return {"measured_g": measured, "paper_g": None, "error_percent": None}
+    paper = PAPER_MACS_G[name]
+    return {"measured_g": measured, "paper_g": paper, "error_percent": 100 * (measured - paper) / paper}
+
+
+def add_ratios(results, baseline=BASELINE):
+    """Add `<figure>_ratio` = figure / baseline's figure (same case) to every model's results, in place."""
+    if baseline not in results:
+        raise BenchmarkError(f"the baseline {baseline} is missing from the results")
+    base = results[baseline]
+    for entry in results.values():
+        entry["parameters_ratio"] = entry["parameters"] / base["parameters"]
+        entry["macs_ratio"] = {length: macs / base["macs"][length] for length, macs in entry["macs"].items()}
+        for case, base_case in zip(entry["cases"], base["cases"]):
+            if (case["batch_size"], case["seconds"]) != (base_case["batch_size"], base_case["seconds"]):
+                raise BenchmarkError("models were measured on different cases; cannot form ratios")
+            case["latency_ratio"] = case["latency_ms"] / base_case["latency_ms"]
+            case["peak_memory_ratio"] = case["peak_memory_mb"] / base_case["peak_memory_mb"]
+    return results
+
+
+def length_key(seconds):
+    return f"{seconds:g}"
+
+
+def run_benchmark(args):
+    check_arguments(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    names = [BASELINE] + [name.lower() for name in args.models if name.lower() != BASELINE]
+    names = list(dict.fromkeys(names))
+    torch.manual_seed(args.seed)
+    models = {name: build_model(name).to(device, dtype) for name in names}
+    all_outputs = args.outputs == "all"
+
+    results = {}
+    for name, model in models.items():
+        shapes_only = meta_model(name)
+        macs = {length: count_macs(shapes_only, round(length * SAMPLING_RATE), all_outputs) for length in args.seconds}
+        macs_10s_all = count_macs(shapes_only, round(PAPER_UTTERANCE_SECONDS * SAMPLING_RATE), all_outputs=True)
+        results[name] = {
+            "label": MODELS.get(name, name),
+            "parameters": count_parameters(model),
+            "macs": {length_key(length): value for length, value in macs.items()},
+            "paper_macs": paper_check(name, macs_10s_all),
+            "cases": [],
+        }
+        print(f"counted {results[name]['label']}: {results[name]['parameters'] / 1e6:.2f} M parameters", flush=True)
+
+    for batch_size, seconds in benchmark_cases(args):
+        case = benchmark_case(models, batch_size, seconds, args, device, dtype)
+        for name in models:
+            results[name]["cases"].append(case[name])
+        print(f"timed batch {batch_size} x {seconds:g} s", flush=True)
+        gc.collect()
+    return add_ratios(results)
+
+
+def machine_description(args):
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    description = {
+        "label": args.machine,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "dtype": args.dtype,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    return description
+
+
+def machine_line(machine):
+    label = f"{machine['label']}: " if machine["label"] else ""
+    where = machine["device"] if machine["device"] != "cpu" else f"{machine['cpu']}, {machine['threads']} threads"
+    return f"{label}{where}, {machine['dtype']}, torch {machine['torch']}"
+
+
+def headline_case(args):
+    """The case of the issue's targets (batch 1, 10 s) when measured, else the first one."""
+    cases = benchmark_cases(args)
+    return (1, 10.0) if (1, 10.0) in cases else cases[0]
+
+
+def format_tables(results, args):
+    batch_size, seconds = headline_case(args)
+    index = benchmark_cases(args).index((batch_size, seconds))
+    key = length_key(seconds)
+    lines = [
+        f"Batch {batch_size}, {seconds:g} s of audio (ratios: x HuBERT Base, same run; MACs per utterance)",
+        "",
+        "| model | parameters (M) | MACs (G) | latency (ms) | peak memory (MB) |",
+        "|---|---|---|---|---|",
+    ]
+    for entry in results.values():
+        case = entry["cases"][index]
+        lines.append(
+            f"| {entry['label']} | {entry['parameters'] / 1e6:.2f} ({entry['parameters_ratio']:.2f}x) "
+            f"| {entry['macs'][key] / 1e9:.2f} ({entry['macs_ratio'][key]:.2f}x) "
+            f"| {case['latency_ms']:.0f} ({case['latency_ratio']:.2f}x) "
+            f"| {case['peak_memory_mb']:.0f} ({case['peak_memory_ratio']:.2f}x) |"
+        )
+    headers = [f"b{b} {s:g} s" for b, s in benchmark_cases(args)]
+    lines += ["", "Latency, ms (x HuBERT Base)", "", "| model | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
+    for entry in results.values():
+        cells = [f"{case['latency_ms']:.0f} ({case['latency_ratio']:.2f}x)" for case in entry["cases"]]
+        lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
+    lines += ["", "MACs for 225 s of audio in 10 s utterances, every output (the papers' count)", ""]
+    lines += ["| model | measured (G) | paper (G) | difference |", "|---|---|---|---|"]
+    for entry in results.values():
+        check = entry["paper_macs"]
+        paper = f"{check['paper_g']:.1f}" if check["paper_g"] else "-"
+        error = f"{check['error_percent']:+.2f} %" if check["paper_g"] else "-"
+        lines.append(f"| {entry['label']} | {check['measured_g']:.1f} | {paper} | {error} |")
+    return "\n".join(lines)
+
+
+def write_atomically(path, write):
+    """Write through a temporary file in the same folder, renamed at the end: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def plot_latency(results, args, machine, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch_sizes = list(dict.fromkeys(batch_size for batch_size, _ in benchmark_cases(args)))
+    figure, axes = plt.subplots(1, len(batch_sizes), figsize=(5.5 * len(batch_sizes), 4), squeeze=False)
+    for axis, batch_size in zip(axes[0], batch_sizes):
+        for entry in results.values():
+            cases = [case for case in entry["cases"] if case["batch_size"] == batch_size]
+            axis.plot([c["seconds"] for c in cases], [c["latency_ms"] for c in cases], marker="o", label=entry["label"])
+        axis.set(title=f"batch {batch_size}", xlabel="audio length (s)", ylabel="latency (ms, median)")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    figure.suptitle(machine_line(machine), fontsize=9)
+    figure.tight_layout()
+    write_atomically(path, lambda name: figure.savefig(name, format="png", dpi=80))
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = HfArgumentParser(BenchmarkArguments)
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        results = run_benchmark(args)
+    except BenchmarkError as error:
+        print(f"benchmark: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    machine = machine_description(args)
+    print()
+    print(f"Machine: {machine_line(machine)}; workload: {'every output' if args.outputs == 'all' else 'model(x)'}")
+    print(format_tables(results, args))
+    report = {"machine": machine, "arguments": asdict(args), "baseline": BASELINE, "models": results}
+    output_dir = Path(args.output_dir)
+    write_atomically(output_dir / "benchmark.json", lambda name: Path(name).write_text(json.dumps(report, indent=1)))
+    plot_latency(results, args, machine, output_dir / "benchmark.png")
+    print(f"\nwrote {output_dir / 'benchmark.json'} and {output_dir / 'benchmark.png'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
