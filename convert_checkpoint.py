@@ -227,8 +227,8 @@ _STAND_INS = [(stand_in, name) for name, stand_in in KNOWN_PICKLED_CLASSES.items
 def _refused(path, names):
     known = ", ".join(KNOWN_PICKLED_CLASSES)
     return ConversionError(
-        f"refusing to load {path}: its pickle needs {', '.join(sorted(names))}, which is not a tensor type or a "
-        f"known class of the original training stack ({known}); nothing from the file was unpickled or run"
+        f"refusing to load {path}: its pickle needs {', '.join(sorted(names))}; only tensors, plain containers and "
+        f"the known classes of the original training stack ({known}) are allowed, so nothing from it was run"
     )
 
 
@@ -434,6 +434,7 @@ PLOT_READINGS = {
     "STaRHuBERT-XS": "9.39 M parameters; ASR WER about 11.3, SID about 64.8, IC about 94.1 (read off a plot)",
 }
 MACS_NOTE = "as reported in the STaR paper, for roughly 225 s of audio in utterances of about 10 s"
+COMPUTE_CLAIMS = {"ARMHuBERT-960h": "the paper: 28 % of HuBERT Base's parameters and 30 % of its MACs"}
 
 # Fields that fix a model's shape (and so its parameter count); a release name must match them.
 _SHAPE_FIELDS = (
@@ -630,7 +631,7 @@ class CardFacts:
     family: str
     output_format: str
     parameters: int
-    identity_projection: int  # parameters of HubertModel's identity feature projection (0 if none)
+    hubert_additions: dict  # what HubertModel has that the original has not: description -> parameters
     source_name: str
     source_sha256: str
     config: ARMHubertConfig
@@ -656,7 +657,7 @@ def file_sha256(path):
 
 def card_data(families):
     tags = ["audio", "speech", "self-supervised-learning", "knowledge-distillation", "hubert"]
-    tags += sorted({family for family in families})
+    tags += sorted(set(families))
     return ModelCardData(
         license="apache-2.0",
         library_name="transformers",
@@ -695,8 +696,8 @@ def _what_it_is(facts):
     release, family = facts.release, FAMILY_TITLES[facts.family]
     if release is None:
         return (
-            f"A {family}-family speech encoder converted from an original checkpoint. Which release it is could not "
-            "be determined (convert with `--name` to name it), so no published results are listed."
+            f"A speech encoder of the {family} family, converted from an original checkpoint. Which release it is "
+            "could not be determined (convert with `--name` to name it), so no published results are listed."
         )
     source = " ".join(
         part
@@ -722,8 +723,9 @@ def _what_it_is(facts):
 
 def _parameters_cell(facts):
     text = f"{facts.parameters:,} (counted from the weights"
-    if facts.identity_projection:
-        text += f"; {facts.identity_projection:,} of them are `HubertModel`'s identity feature projection"
+    if facts.hubert_additions:
+        added = sum(facts.hubert_additions.values())
+        text += f"; {added:,} of them are `HubertModel`'s own: {' and '.join(facts.hubert_additions)}"
     paper = PAPER_RESULTS.get(facts.release.name) if facts.release else None
     if paper:
         text += f"; paper: {paper['params M']} M"
@@ -734,6 +736,8 @@ def _macs_cell(facts):
     paper = PAPER_RESULTS.get(facts.release.name) if facts.release else None
     if paper and paper["MACs G"]:
         return f"{paper['MACs G']} G ({MACS_NOTE})"
+    if facts.release and facts.release.name in COMPUTE_CLAIMS:
+        return f"not reported in G ({COMPUTE_CLAIMS[facts.release.name]})"
     return "not reported"
 
 
@@ -837,8 +841,8 @@ def _differences_section(facts):
             "- **Batch invariance (a fix).** The original code paired a reused attention map with the wrong "
             "utterance and head whenever a batch held more than one utterance, so its batched outputs depended on "
             "the other utterances in the batch (1e-2 to 3.5e-2 max-abs on a small test model). Here maps are paired "
-            "per utterance and head: each row of a batch equals that utterance run alone. With batch size 1 the "
-            "outputs equal the original's to float32 rounding.\n"
+            "per utterance and head: each row of a batch equals that utterance run alone; with batch size 1 "
+            "nothing changes.\n"
             "- Reusing layers apply softmax again to the reused probability map, as the original does; the released "
             "weights were trained that way (`reuse_softmax=\"resoftmax\"`).\n"
         )
@@ -847,15 +851,11 @@ def _differences_section(facts):
             "- The original's batch-mixing defect concerned attention-map reuse only; this model reuses no maps, so "
             "batched and single-utterance outputs agree with the original alike.\n"
         )
-    hubert = (
-        "- Stored as a plain `HubertModel`; its feature projection, absent from the original, is an exact identity.\n"
-        if facts.identity_projection
-        else ""
-    )
+    hubert = "".join(f"- Stored as a plain `HubertModel`: {addition}.\n" for addition in facts.hubert_additions)
     return (
-        "## Differences from the original implementation\n\n"
+        "## Numerics and differences from the original implementation\n\n"
         "The weights are the released student's, unchanged (the teacher and optimizer state of the original "
-        "checkpoint are not included). Outputs equal the original code's to float32 rounding, except:\n\n"
+        "checkpoint are not included), and the outputs equal the original code's to float32 rounding.\n\n"
         + reuse
         + hubert
         + "- As in the original (and `transformers`' group-norm HuBERT), the first CNN layer's GroupNorm takes "
@@ -1018,12 +1018,14 @@ def _write_variant(conversion, folder, output_format):
     """Convert one checkpoint into `folder` (model and preprocessor); returns the facts its card needs."""
     model, training_config = _convert(conversion.checkpoint, conversion.config_path)
     release = resolve_release(model.config, training_config, conversion.checkpoint, conversion.name)
-    written = model
-    identity = 0
+    written, additions = model, {}
     if output_format == "hubert":
         written = to_hubert_model(model)
+        width = model.config.hidden_size
         if model.feature_projection is None:
-            identity = model.config.hidden_size * (model.config.hidden_size + 1)
+            additions["an identity feature projection (exact: the outputs are unchanged)"] = width * (width + 1)
+        if model.mask_emb is None and getattr(written, "masked_spec_embed", None) is not None:
+            additions["a newly initialised SpecAugment mask embedding (used only in fine-tuning)"] = width
     _write_model(written, folder)
     return CardFacts(
         title=release.name if release else conversion.checkpoint.stem,
@@ -1031,7 +1033,7 @@ def _write_variant(conversion, folder, output_format):
         family=guess_family(model.config, training_config),
         output_format=output_format,
         parameters=sum(parameter.numel() for parameter in written.parameters()),
-        identity_projection=identity,
+        hubert_additions=additions,
         source_name=conversion.checkpoint.name,
         source_sha256=file_sha256(conversion.checkpoint),
         config=model.config,

@@ -303,7 +303,7 @@ def test_card_numbers_for_other_releases(name, parameters, macs, row):
     config = ARMHubertConfig.from_preset(release.preset)
     with torch.device("meta"):
         counted = sum(p.numel() for p in ARMHubertModel(config).parameters())
-    facts = CardFacts(name, release, release.family, "armhubert", counted, 0, f"{name}.ckpt", "0" * 64, config)
+    facts = CardFacts(name, release, release.family, "armhubert", counted, {}, f"{name}.ckpt", "0" * 64, config)
     text = model_card(facts, repo="someone/models", subfolder=name).text
     assert f"| parameters | {parameters} (counted" in text
     assert f"| MACs | {macs}" in text
@@ -407,7 +407,9 @@ def test_format_hubert_writes_a_plain_hubert_model_with_identical_outputs(tmp_pa
     assert type(hubert) is HubertModel
     _assert_same_outputs(star, hubert)
     card = (out / "README.md").read_text()
-    assert "trust_remote_code" not in card and "hidden_states[1:]" in card and "identity feature projection" in card
+    assert "trust_remote_code" not in card and "hidden_states[1:]" in card
+    counted = sum(p.numel() for p in hubert.parameters())
+    assert f"| parameters | {counted:,} (counted from the weights; {48 * 49 + 48:,} of them are `HubertModel`'s own" in card
 
     code, stderr = run_main(capsys, TINY_CKPT, "--format", "hubert", "--output-dir", tmp_path / "arm")
     assert code == 2 and "its layers reuse attention maps and it has projection heads" in stderr
