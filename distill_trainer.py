@@ -1058,6 +1058,8 @@ class DistillTrainer(Trainer):
 
     def teacher_hidden_states(self, input_values, attention_mask, mask=None):
         """Teacher hidden states (L+1 tensors) on clean input and, when `mask` is given, on masked input."""
+        # DeepSpeed hands the student inputs in its own dtype; the teacher keeps its weights' dtype.
+        input_values = input_values.to(self.teacher.dtype)
         with torch.no_grad(), self.accelerator.autocast():
             if mask is None:
                 return self._teacher_states(input_values, attention_mask), None
@@ -1117,16 +1119,18 @@ class DistillTrainer(Trainer):
         inputs = dict(inputs)
         unreadable = inputs.pop("num_unreadable", None)
         loss, parts = self.distillation_loss(model, inputs, masked=model.training)
-        if model.training:
+        if model.training:  # device tensors: no host sync per step
             _accumulate(self._train_parts, parts)
-            self._audio_samples += float(inputs["attention_mask"].sum())
-            self._unreadable += int(unreadable) if unreadable is not None else 0
+            self._audio_samples = self._audio_samples + inputs["attention_mask"].sum().float()
+            if unreadable is not None:
+                self._unreadable = self._unreadable + unreadable
         return (loss, None) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = dict(self._prepare_inputs(inputs))
         unreadable = inputs.pop("num_unreadable", None)
-        self._eval_unreadable += int(unreadable) if unreadable is not None else 0
+        if unreadable is not None:
+            self._eval_unreadable = self._eval_unreadable + unreadable
         with torch.no_grad(), self.accelerator.autocast():
             loss, parts = self.distillation_loss(model, inputs, masked=False)
         _accumulate(self._eval_parts, parts)
@@ -1143,8 +1147,11 @@ class DistillTrainer(Trainer):
         total = self.accelerator.reduce(local.float(), reduction="sum")
         return {name: (total[i, 0] / total[i, 1].clamp(min=1)).item() for i, name in enumerate(names)}
 
+    def _as_device_tensor(self, value):
+        return torch.as_tensor(value, dtype=torch.float32).to(self.args.device)
+
     def _drain_unreadable(self):
-        count = self.accelerator.reduce(torch.tensor(float(self._unreadable), device=self.args.device), reduction="sum")
+        count = self.accelerator.reduce(self._as_device_tensor(self._unreadable), reduction="sum")
         self._unreadable = 0
         self._unreadable_total += int(count.item())
         return self._unreadable_total
@@ -1153,7 +1160,7 @@ class DistillTrainer(Trainer):
         if self.control.should_log and self.state.global_step > self._globalstep_last_logged:
             logs = self._reduce_parts(self._train_parts)
             self._train_parts = {}
-            audio = self.accelerator.reduce(torch.tensor(self._audio_samples, device=self.args.device), reduction="sum")
+            audio = self.accelerator.reduce(self._as_device_tensor(self._audio_samples), reduction="sum")
             self._audio_samples = 0.0
             now = time.perf_counter()
             elapsed = now - (self._log_clock or now)
@@ -1175,7 +1182,7 @@ class DistillTrainer(Trainer):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         for name, value in self._reduce_parts(self._eval_parts).items():
             output.metrics[f"{metric_key_prefix}_{name}"] = value
-        skipped = self.accelerator.reduce(torch.tensor(float(self._eval_unreadable), device=self.args.device), "sum")
+        skipped = self.accelerator.reduce(self._as_device_tensor(self._eval_unreadable), "sum")
         output.metrics[f"{metric_key_prefix}_unreadable_files"] = int(skipped.item())
         return output
 
@@ -1363,8 +1370,8 @@ def run(argv=None, callbacks=()):
         _write_atomically(Path(training_args.output_dir) / "distill_recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
     trainer.train(resume_from_checkpoint=resume)
     save_student(trainer, training_args.output_dir)
-    if eval_dataset is not None and training_args.eval_strategy == "no" and training_args.do_eval:
-        trainer.evaluate()
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="Distilled student")
     return trainer
 
 

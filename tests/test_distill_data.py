@@ -99,3 +99,38 @@ def test_read_audio_bytes_resampling_stereo_and_errors(tmp_path):
         read_audio({"path": str(tmp_path / "bad.flac"), "bytes": None})
     with pytest.raises(DataError, match="cannot read audio file .*missing.flac"):
         read_audio(tmp_path / "missing.flac")
+
+
+def test_hub_source_maps_split_names_and_reads_headers_from_bytes(monkeypatch):
+    import datasets
+
+    calls = []
+    flac = (CORPUS / "dev-clean/1001/201/1001-201-0000.flac").read_bytes()
+
+    def fake_load_dataset(name, config, split):
+        calls.append((name, config, split))
+        # The Hub copy's columns; audio stored as FLAC bytes (undecodable bytes for one row).
+        return datasets.Dataset.from_dict({
+            "file": ["a.flac", "b.flac"],
+            "audio": [{"bytes": flac, "path": "a.flac"}, {"bytes": b"junk", "path": "b.flac"}],
+            "text": ["HELLO", "WORLD"], "speaker_id": [7, 8], "chapter_id": [1, 2], "id": ["7-1-0000", "8-2-0000"],
+        }).cast_column("audio", datasets.Audio(sampling_rate=16000))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    dataset = load_librispeech("openslr/librispeech_asr", ["train-clean-100", "dev-clean", "train-other-500"])
+    assert calls == [("openslr/librispeech_asr", "clean", "train.100"), ("openslr/librispeech_asr", "clean", "validation"),
+                     ("openslr/librispeech_asr", "other", "train.500")]
+    assert set(dataset.column_names) == {"id", "audio", "text", "speaker_id", "num_samples"}
+    assert dataset["id"] == ["7-1-0000"] * 3  # the unreadable row is skipped in every split
+    row = dataset[0]
+    assert row["num_samples"] == soundfile.info(CORPUS / "dev-clean/1001/201/1001-201-0000.flac").frames
+    assert len(read_audio(row["audio"])) == row["num_samples"]
+    with pytest.raises(DataError, match="unknown LibriSpeech split 'train-clean-960'"):
+        load_librispeech("openslr/librispeech_asr", "train-clean-960")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'openslr/librispeech_asr' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"could not load openslr/librispeech_asr \(clean/validation\) from the Hugging Face Hub"):
+        load_librispeech("openslr/librispeech_asr", "dev-clean")
