@@ -62,7 +62,7 @@ MODELS = {
     "starhubert": "STaRHuBERT",
     "starhubert-l": "STaRHuBERT-L",
 }
-# Published MACs (G) for about 225 s of audio in 10 s utterances (docs: /work/shared/spec/paper-results.md).
+# Published MACs (G) for about 225 s of audio in ~10 s utterances (Recycle-and-Distill and STaR tables).
 PAPER_MACS_G = {"hubert-base": 1669.0, "armhubert-s-960h": 449.4, "starhubert": 463.5, "starhubert-l": 511.9}
 PAPER_UTTERANCE_SECONDS = 10.0
 PAPER_UTTERANCES = 22.5
@@ -97,7 +97,7 @@ class BenchmarkArguments:
 
 
 def check_arguments(args):
-    unknown = [name for name in args.models if name not in MODELS and name.lower() not in PRESETS]
+    unknown = [name for name in args.models if name.lower() not in MODELS and name.lower() not in PRESETS]
     if unknown:
         raise BenchmarkError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)} or a preset ({', '.join(PRESETS)})")
     if args.device not in ("cpu", "cuda"):
@@ -112,10 +112,10 @@ def check_arguments(args):
         raise BenchmarkError(f"--outputs must be all or last, got {args.outputs!r}")
     if min(args.seconds) < 0.05:
         raise BenchmarkError(f"every --seconds value must be at least 0.05 (the CNN needs 400 samples), got {min(args.seconds)}")
-    if not benchmark_cases(args):
-        raise BenchmarkError(f"no case fits --max_audio_per_pass {args.max_audio_per_pass:g} s; raise it")
     if min(args.batch_sizes) < 1 or args.repeats < 1 or args.warmup < 1 or (args.threads is not None and args.threads < 1):
         raise BenchmarkError("--batch_sizes, --repeats, --warmup and --threads must be at least 1")
+    if not benchmark_cases(args):
+        raise BenchmarkError(f"no case fits --max_audio_per_pass {args.max_audio_per_pass:g} s; raise it")
 
 
 def benchmark_cases(args):
@@ -288,6 +288,8 @@ def add_ratios(results, baseline=BASELINE):
         raise BenchmarkError(f"the baseline {baseline} is missing from the results")
     base = results[baseline]
     for entry in results.values():
+        if len(entry["cases"]) != len(base["cases"]):
+            raise BenchmarkError("models were measured on different cases; cannot form ratios")
         entry["parameters_ratio"] = entry["parameters"] / base["parameters"]
         entry["macs_ratio"] = {length: macs / base["macs"][length] for length, macs in entry["macs"].items()}
         for case, base_case in zip(entry["cases"], base["cases"]):
@@ -304,8 +306,16 @@ def length_key(seconds):
 
 def run_benchmark(args):
     check_arguments(args)
+    threads = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    try:
+        return measure_models(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def measure_models(args):
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     names = [BASELINE] + [name.lower() for name in args.models if name.lower() != BASELINE]
     names = list(dict.fromkeys(names))
@@ -347,7 +357,7 @@ def machine_description(args):
         "label": args.machine,
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
+        "threads": args.threads or torch.get_num_threads(),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "dtype": args.dtype,
         "torch": torch.__version__,
@@ -427,7 +437,7 @@ def plot_latency(results, args, machine, path):
         for entry in results.values():
             cases = [case for case in entry["cases"] if case["batch_size"] == batch_size]
             axis.plot([c["seconds"] for c in cases], [c["latency_ms"] for c in cases], marker="o", label=entry["label"])
-        axis.set(title=f"batch {batch_size}", xlabel="audio length (s)", ylabel="latency (ms, median)")
+        axis.set(title=f"batch {batch_size}", xlabel="audio length (s)", ylabel="latency (ms, median)", yscale="log")
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     figure.suptitle(machine_line(machine), fontsize=9)
