@@ -23,7 +23,6 @@ import tempfile
 import time
 import typing
 import zlib
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,7 +35,6 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.checkpoint import checkpoint as recompute_in_backward
 from transformers import (
-    AutoConfig,
     AutoModel,
     HubertConfig,
     Trainer,
@@ -1032,7 +1030,7 @@ class DistillTrainer(Trainer):
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         self._length_sampler = EpochSeededLengthGroupedSampler(
             self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            dataset[self.args.length_column_name],
+            list(dataset[self.args.length_column_name]),
             seed,
         )
         return self._length_sampler
@@ -1234,21 +1232,19 @@ def keep_best_and_last_checkpoints(output_dir, log_history, keep_best):
 def save_student(trainer, output_dir):
     """Write the trained student (safetensors, config, code files, preprocessor config) into output_dir.
 
-    Written to a staging folder first and moved file by file, so a crash never leaves a half-written model.
+    `Trainer.save_model` runs on every rank (it gathers sharded weights under DeepSpeed / FSDP) into a
+    staging folder; the main process then moves the files in, so a crash never leaves a half-written model.
     """
-    trainer.accelerator.wait_for_everyone()
-    if not trainer.args.should_save:
-        return
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".student-", dir=output_dir))
-    try:
-        student = trainer.accelerator.unwrap_model(trainer.model)
-        student.save_pretrained(staging)
-        feature_extractor_for(student.config).save_pretrained(staging)
+    staging = output_dir / ".student-staging"
+    if trainer.args.should_save:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
         for path in staging.iterdir():
             os.replace(path, output_dir / path.name)
-    finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 

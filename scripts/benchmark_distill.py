@@ -120,7 +120,7 @@ def main(argv=None):
     cuda = trainer.args.device.type == "cuda"
     batch_size = trainer.args.per_device_train_batch_size
     inputs, audio_seconds = synthetic_batch(trainer, batch_size, args.seconds)
-    model, teacher = trainer.model, trainer.teacher
+    model = trainer.model
     model.train()
     mask = inputs.get("mask_time_indices")
     x, attention = inputs["input_values"], inputs["attention_mask"]
