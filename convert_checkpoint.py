@@ -41,7 +41,7 @@ from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 from transformers.utils import logging as transformers_logging
 
 from configuration_armhubert import PRESETS, ARMHubertConfig
-from modeling_armhubert import ARMHubertModel
+from modeling_armhubert import ARMHubertModel, add_remote_code_entries
 
 STUDENT_PREFIX = "student_model."
 KNOWN_FAMILIES = ("armhubert", "armwavlm", "maskhubert", "starhubert", "star")
@@ -994,6 +994,8 @@ def staged_folder(output_dir, overwrite=False):
 
 def _write_model(model, folder):
     """`save_pretrained` (which also copies the code files of auto-registered classes) plus the preprocessor."""
+    if isinstance(model, ARMHubertModel):
+        add_remote_code_entries(model.config)  # AutoModelForCTC / audio classification / feature pipeline too
     model.save_pretrained(folder)
     feature_extractor_for(model.config).save_pretrained(folder)
 

@@ -377,7 +377,7 @@ class ARMHubertEncoder(nn.Module):
             hidden_states = output
 
         if self.config.do_stable_layer_norm:
-            # Pre-LN: the final LayerNorm belongs to the last layer's output (as in transformers' HuBERT),
+            # Pre-LN: the final LayerNorm belongs to the last layer's output (a choice: the release has no pre-LN model),
             # so the last projection head and hidden_states[-1] see it too.
             layer_outputs[-1] = self.layer_norm(layer_outputs[-1])
             hidden_states = self.layer_norm(hidden_states)

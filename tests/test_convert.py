@@ -115,7 +115,10 @@ def test_cli_writes_a_complete_folder_that_reproduces_the_fixture(tmp_path):
     assert config["auto_map"] == {
         "AutoConfig": "configuration_armhubert.ARMHubertConfig",
         "AutoModel": "modeling_armhubert.ARMHubertModel",
+        "AutoModelForCTC": "modeling_armhubert.ARMHubertForCTC",
+        "AutoModelForAudioClassification": "modeling_armhubert.ARMHubertForSequenceClassification",
     }
+    assert "audio-feature-extraction" in config["custom_pipelines"]
     assert config["layer_reuses_attention_map"] == [False, True, False, True]
     preprocessor = json.loads((out / "preprocessor_config.json").read_text())
     assert preprocessor["feature_extractor_type"] == "Wav2Vec2FeatureExtractor"
