@@ -557,7 +557,8 @@ def temporal_gram(first, second, normalization="l2"):
     first, second = first.float(), second.float()
     if normalization == "l2":
         first, second = F.normalize(first, dim=-1), F.normalize(second, dim=-1)
-    gram = torch.matmul(first, second.transpose(1, 2))
+    with torch.autocast(first.device.type, enabled=False):  # raw Grams overflow fp16; keep float32
+        gram = torch.matmul(first, second.transpose(1, 2))
     if normalization == "dim":
         gram = gram / first.shape[-1]
     elif normalization not in STAR_NORMALIZATIONS:

@@ -138,3 +138,16 @@ def test_star_recompute_gives_the_same_value_and_gradient():
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b)
     assert grads[0][1][1][1, 4:].abs().sum() == 0, "no gradient into padded frames"
+
+
+def test_star_grams_stay_float32_under_mixed_precision():
+    # Raw Grams of 768-wide features reach thousands: half-precision Grams (and their squares) would not do.
+    teacher = [30 * f for f in _layers(1, 5, 768, 2, seed=6)]
+    student = [30 * f for f in _layers(1, 5, 768, 2, seed=7)]
+    valid = torch.ones(1, 5, dtype=torch.bool)
+    reference, _ = star_loss(student, teacher, valid, normalization="none")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _ = star_loss([s.bfloat16() for s in student], teacher, valid, normalization="none")
+        gram = temporal_gram(student[0], student[0], "none")
+    assert mixed.dtype == gram.dtype == torch.float32
+    assert mixed.item() == pytest.approx(reference.item(), rel=1e-2)
