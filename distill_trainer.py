@@ -1264,7 +1264,9 @@ def _write_atomically(path, text):
 def resolve_resume(resume, output_dir):
     """The checkpoint to resume from (None for a fresh run); a fresh run needs an empty output_dir."""
     output = Path(output_dir)
-    if resume is None:
+    if resume is True or resume in ("true", "True"):  # resume_from_checkpoint: true in a recipe
+        resume = "last"
+    if resume is None or resume is False:
         if output.is_dir() and any(output.iterdir()):
             raise DistillError(
                 f"output_dir {output} is not empty; pass --resume to continue its last checkpoint, or choose a new output_dir"
