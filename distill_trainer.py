@@ -50,7 +50,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from configuration_armhubert import PRESETS, ARMHubertConfig  # noqa: E402
 from convert_checkpoint import feature_extractor_for  # noqa: E402
-from modeling_armhubert import ARMHubertModel  # noqa: E402
+from modeling_armhubert import ARMHubertModel, add_remote_code_entries  # noqa: E402
 
 logger = logging.getLogger("distill_trainer")
 
@@ -917,6 +917,7 @@ def build_student(distill_args, teacher_config, seed):
         raise DistillError(f"student config: {str(error).strip().splitlines()[0]}") from None
     if config.has_projection_heads and "projection_head_size" not in overrides:
         config.projection_head_size = teacher_config.hidden_size
+    add_remote_code_entries(config)  # the saved student opens through every Auto class and the feature pipeline
     torch.manual_seed(seed)
     student = ARMHubertModel(config)
     mode = distill_args.distill_mode

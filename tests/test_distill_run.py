@@ -4,6 +4,7 @@ Also a torchrun helper: `torchrun --nproc_per_node 2 tests/test_distill_run.py O
 with ARGS and writes each rank's student weights to OUT/rank<r>.safetensors.
 """
 
+import json
 import logging
 import logging.handlers
 import os
@@ -101,6 +102,9 @@ def test_quickstart_end_to_end(quickstart):
     for name in ("model.safetensors", "config.json", "configuration_armhubert.py", "modeling_armhubert.py",
                  "preprocessor_config.json", "distill_recipe.yaml"):
         assert (out / name).is_file(), name
+    saved_config = json.loads((out / "config.json").read_text())
+    assert saved_config["auto_map"]["AutoModelForCTC"] == "modeling_armhubert.ARMHubertForCTC"
+    assert "audio-feature-extraction" in saved_config["custom_pipelines"]
     reloaded = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
     student = trainer.accelerator.unwrap_model(trainer.model).eval()
     audio = torch.from_numpy(read_audio(CORPUS / "dev-clean/1002/202/1002-202-0001.flac"))[None]
