@@ -13,6 +13,9 @@ sys.path.insert(0, str(ROOT))
 
 from configuration_armhubert import ARMHubertConfig  # noqa: E402
 
+# Tiny models: with two threads on a busy 2-core machine OpenMP spin-waits cost more than they give.
+torch.set_num_threads(1)
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY_CKPT = FIXTURES / "armhubert-tiny.ckpt"
 TINY_YAML = FIXTURES / "armhubert-tiny.yaml"
