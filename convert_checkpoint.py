@@ -40,7 +40,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 from transformers.utils import logging as transformers_logging
 
-from configuration_armhubert import PRESETS, ARMHubertConfig
+from configuration_armhubert import ARMHubertConfig
 from modeling_armhubert import ARMHubertModel, add_remote_code_entries
 
 STUDENT_PREFIX = "student_model."
@@ -882,7 +882,7 @@ def model_card(facts, repo=None, subfolder=None):
             f"| parameters | {_parameters_cell(facts)} |",
             f"| MACs | {_macs_cell(facts)} |",
             f"| teacher | {(facts.release and facts.release.teacher) or 'not stated'} |",
-            f"| input | raw 16 kHz mono audio, not normalised |",
+            "| input | raw 16 kHz mono audio, not normalised |",
             f"| format | {'plain transformers `HubertModel`' if facts.output_format == 'hubert' else 'ARMHuBERT (remote code)'} |",
         ]
     )

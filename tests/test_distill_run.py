@@ -31,15 +31,6 @@ FAST = ["crop_seconds=0.5", "dataloader_num_workers=0", "report_to=none", "disab
 RECIPES = sorted(p.stem for p in (ROOT / "conf").glob("*.yaml") if p.stem != "quickstart")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread, and do not stall in OpenMP spin-waits when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _copy_corpus(tmp_path, splits=("train-clean-100", "dev-clean")):
     for split in splits:
         shutil.copytree(CORPUS / split, tmp_path / "LibriSpeech" / split)

@@ -23,15 +23,6 @@ STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, u
 QUIET = ["--use_cpu", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and tests share the machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory):
     """A tiny encoder saved as convert_checkpoint.py would: model + preprocessor config."""

@@ -21,15 +21,6 @@ STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, u
 NO_DROPOUT = dict(hidden_dropout=0.0, activation_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0, final_dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and tests share the machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def padded_batch():
     long, short = waveform(12000, seed=1)[0], waveform(7000, seed=2)[0]
     input_values = torch.zeros(2, 12000)
