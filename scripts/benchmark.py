@@ -419,6 +419,9 @@ def write_atomically(path, write):
     os.close(handle)
     try:
         write(temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide the results from others
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
