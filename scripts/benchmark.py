@@ -83,12 +83,14 @@ class BenchmarkArguments:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8], metadata={"help": "Batch sizes."})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda."})
     dtype: str = field(default="float32", metadata={"help": "float32, or float16 / bfloat16 (float16 on cuda only)."})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads (torch.set_num_threads); default: torch's."})
+    threads: int | None = field(
+        default=None, metadata={"help": "CPU threads (torch.set_num_threads); default: torch's."}
+    )
     warmup: int = field(default=1, metadata={"help": "Untimed runs per case before timing (at least 1)."})
     repeats: int = field(default=3, metadata={"help": "Timed runs per case; latency is their median."})
     max_audio_per_pass: float = field(
         default=80.0,
-        metadata={"help": "Skip cases whose batch size x seconds exceeds this; 240 adds batch 8 x 30 s (minutes per run on CPU)."},
+        metadata={"help": "Skip cases above this many seconds of audio per pass; 240 adds batch 8 x 30 s (slow)."},
     )
     outputs: str = field(default="all", metadata={"help": "all: every layer output and projection; last: model(x)."})
     output_dir: str = field(default=str(ROOT / "scripts" / "results"), metadata={"help": "Where the JSON and PNG go."})
@@ -99,7 +101,9 @@ class BenchmarkArguments:
 def check_arguments(args):
     unknown = [name for name in args.models if name.lower() not in MODELS and name.lower() not in PRESETS]
     if unknown:
-        raise BenchmarkError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)} or a preset ({', '.join(PRESETS)})")
+        raise BenchmarkError(
+            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)} or a preset ({', '.join(PRESETS)})"
+        )
     if args.device not in ("cpu", "cuda"):
         raise BenchmarkError(f"--device must be cpu or cuda, got {args.device!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -107,12 +111,17 @@ def check_arguments(args):
     if args.dtype not in DTYPES:
         raise BenchmarkError(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
     if args.dtype == "float16" and args.device == "cpu":
-        raise BenchmarkError("--dtype float16 needs --device cuda (CPU kernels for float16 are slow or missing); use bfloat16 or float32")
+        raise BenchmarkError(
+            "--dtype float16 needs --device cuda (CPU kernels for float16 are slow or missing); use bfloat16 or float32"
+        )
     if args.outputs not in ("all", "last"):
         raise BenchmarkError(f"--outputs must be all or last, got {args.outputs!r}")
     if min(args.seconds) < 0.05:
-        raise BenchmarkError(f"every --seconds value must be at least 0.05 (the CNN needs 400 samples), got {min(args.seconds)}")
-    if min(args.batch_sizes) < 1 or args.repeats < 1 or args.warmup < 1 or (args.threads is not None and args.threads < 1):
+        raise BenchmarkError(
+            f"every --seconds value must be at least 0.05 (the CNN needs 400 samples), got {min(args.seconds)}"
+        )
+    threads_ok = args.threads is None or args.threads >= 1
+    if min(args.batch_sizes) < 1 or args.repeats < 1 or args.warmup < 1 or not threads_ok:
         raise BenchmarkError("--batch_sizes, --repeats, --warmup and --threads must be at least 1")
     if not benchmark_cases(args):
         raise BenchmarkError(f"no case fits --max_audio_per_pass {args.max_audio_per_pass:g} s; raise it")
@@ -397,7 +406,8 @@ def format_tables(results, args):
             f"| {case['peak_memory_mb']:.0f} ({case['peak_memory_ratio']:.2f}x) |"
         )
     headers = [f"b{b} {s:g} s" for b, s in benchmark_cases(args)]
-    lines += ["", "Latency, ms (x HuBERT Base)", "", "| model | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
+    lines += ["", "Latency, ms (x HuBERT Base)", "", "| model | " + " | ".join(headers) + " |"]
+    lines.append("|---" * (len(headers) + 1) + "|")
     for entry in results.values():
         cells = [f"{case['latency_ms']:.0f} ({case['latency_ratio']:.2f}x)" for case in entry["cases"]]
         lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")

@@ -122,8 +122,8 @@ def fake_results(latencies, memories, parameters, macs):
             "parameters": parameters[name],
             "macs": {"2": macs[name], "10": 5 * macs[name]},
             "cases": [
-                {"batch_size": 1, "seconds": 2.0, "latency_ms": latencies[name][0], "peak_memory_mb": memories[name][0]},
-                {"batch_size": 8, "seconds": 2.0, "latency_ms": latencies[name][1], "peak_memory_mb": memories[name][1]},
+                {"batch_size": batch, "seconds": 2.0, "latency_ms": latency, "peak_memory_mb": memory}
+                for batch, latency, memory in zip((1, 8), latencies[name], memories[name])
             ],
         }
         for name in latencies
