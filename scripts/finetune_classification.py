@@ -21,18 +21,16 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import torch
-from transformers import Trainer, set_seed
+from transformers import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from finetune_common import (  # noqa: E402  (also puts the repository root on sys.path)
-    ModelArguments,
     UsageError,
     check_min_duration,
-    check_model_arguments,
     decode_audio_batch,
     load_head_model,
-    parse_arguments,
+    parse_run_arguments,
     run_cli,
     save_final_model,
 )
@@ -158,13 +156,7 @@ def model_card(output_dir, model_args, data_args, labels, train_size, metrics, s
 
 
 def run(argv=None):
-    model_args, data_args, training_args = parse_arguments((ModelArguments, DataArguments), argv, PROG)
-    if training_args.output_dir in (None, "trainer_output"):
-        raise UsageError("--output_dir is required")
-    check_model_arguments(model_args)
-    training_args.remove_unused_columns = False  # the collator decodes the undecoded audio column
-    training_args.length_column_name = "num_samples"
-    set_seed(training_args.seed)
+    model_args, data_args, training_args = parse_run_arguments(DataArguments, argv, PROG)
 
     train_examples = read_examples(data_args.train_dir, data_args.train_csv, "train")
     eval_examples = read_examples(data_args.eval_dir, data_args.eval_csv, "eval")

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -56,6 +56,19 @@ def parse_arguments(dataclass_types, argv, prog):
         return parser.parse_args_into_dataclasses(args=argv)
     except ValueError as error:
         raise UsageError(str(error).strip().splitlines()[0]) from None
+
+
+def parse_run_arguments(data_arguments_class, argv, prog):
+    """Parse and check (model, data, training) arguments of a fine-tuning run and seed it."""
+    model_args, data_args, training_args = parse_arguments((ModelArguments, data_arguments_class), argv, prog)
+    if training_args.output_dir in (None, "trainer_output"):
+        raise UsageError("--output_dir is required")
+    check_model_arguments(model_args)
+    # Rows keep their undecoded audio for the collator; length grouping reads `num_samples`.
+    training_args.remove_unused_columns = False
+    training_args.length_column_name = "num_samples"
+    set_seed(training_args.seed)
+    return model_args, data_args, training_args
 
 
 def check_model_arguments(model_args):

@@ -20,19 +20,16 @@ from pathlib import Path
 
 import jiwer
 import numpy as np
-from transformers import Trainer, Wav2Vec2CTCTokenizer, Wav2Vec2Processor, set_seed
+from transformers import Trainer, Wav2Vec2CTCTokenizer, Wav2Vec2Processor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from finetune_common import (  # noqa: E402  (also puts the repository root on sys.path)
     ROOT,
-    ModelArguments,
-    UsageError,
     check_min_duration,
-    check_model_arguments,
     decode_audio_batch,
     load_head_model,
-    parse_arguments,
+    parse_run_arguments,
     run_cli,
     save_final_model,
 )
@@ -169,14 +166,7 @@ def model_card(output_dir, model_args, data_args, train_size, metrics, steps):
 
 
 def run(argv=None):
-    model_args, data_args, training_args = parse_arguments((ModelArguments, DataArguments), argv, PROG)
-    if training_args.output_dir in (None, "trainer_output"):
-        raise UsageError("--output_dir is required")
-    check_model_arguments(model_args)
-    # Rows keep their undecoded audio for the collator; length grouping reads `num_samples`.
-    training_args.remove_unused_columns = False
-    training_args.length_column_name = "num_samples"
-    set_seed(training_args.seed)
+    model_args, data_args, training_args = parse_run_arguments(DataArguments, argv, PROG)
 
     train, evaluation = load_splits(data_args)
     vocabulary = build_vocabulary(train["text"])
