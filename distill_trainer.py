@@ -1231,22 +1231,29 @@ def keep_best_and_last_checkpoints(output_dir, log_history, keep_best):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def save_student(trainer, output_dir):
-    """Write the trained student (safetensors, config, code files, preprocessor config) into output_dir.
+def save_student(trainer, output_dir, card=None):
+    """Write the trained model (safetensors, config, code files, processor config, optional model card).
 
     `Trainer.save_model` runs on every rank (it gathers sharded weights under DeepSpeed / FSDP) into a
-    staging folder; the main process then moves the files in, so a crash never leaves a half-written model.
+    staging folder; the main process then moves the files in with `config.json` last, so a crash never
+    leaves something that looks like a complete model. Also used by the fine-tuning scripts.
     """
     output_dir = Path(output_dir)
     staging = output_dir / ".student-staging"
     if trainer.args.should_save:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # left over from an interrupted run
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(staging))
     trainer.accelerator.wait_for_everyone()
-    if trainer.args.should_save:
-        for path in staging.iterdir():
+    if not trainer.args.should_save:
+        return
+    try:
+        if card is not None:
+            (staging / "README.md").write_text(card, encoding="utf-8")
+        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe / card says how it was trained
+        for path in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
             os.replace(path, output_dir / path.name)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 

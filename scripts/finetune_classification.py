@@ -32,7 +32,7 @@ from finetune_common import (  # noqa: E402  (also puts the repository root on s
     load_head_model,
     parse_run_arguments,
     run_cli,
-    save_final_model,
+    train_evaluate_and_save,
 )
 
 from convert_checkpoint import feature_extractor_for  # noqa: E402
@@ -187,15 +187,11 @@ def run(argv=None):
         processing_class=feature_extractor,
         compute_metrics=accuracy,
     )
-    train_result = trainer.train()
-    metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    save_final_model(
+    return train_evaluate_and_save(
         trainer,
         training_args.output_dir,
-        model_card(training_args.output_dir, model_args, data_args, labels, len(train), metrics, train_result.global_step),
+        lambda metrics, steps: model_card(training_args.output_dir, model_args, data_args, labels, len(train), metrics, steps),
     )
-    return {"train": train_result, "eval": metrics, "log_history": trainer.state.log_history}
 
 
 def main(argv=None):

@@ -1,8 +1,6 @@
 """What `finetune_ctc.py` and `finetune_classification.py` share: model arguments and loading,
 audio batching, the atomic final save and the command-line error handling."""
 
-import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from configuration_armhubert import PRESETS, ARMHubertConfig  # noqa: E402
-from distill_trainer import SAMPLING_RATE, DataError, read_audio  # noqa: E402
+from distill_trainer import SAMPLING_RATE, DataError, read_audio, save_student  # noqa: E402
 from modeling_armhubert import add_remote_code_entries  # noqa: E402
 
 
@@ -145,31 +143,18 @@ def check_min_duration(dataset, config, what):
         )
 
 
-def save_final_model(trainer, output_dir, card):
-    """Model, processor and model card into `output_dir`, never half-written.
+def train_evaluate_and_save(trainer, output_dir, make_card):
+    """Train, evaluate, then save model, processor and `make_card(metrics, steps)` atomically.
 
-    Files go to a staging folder first and are then moved in with `config.json` last, so the folder
-    only looks like a model once everything is there. The config lists every Auto class and the
-    feature pipeline (`add_remote_code_entries`). Call it on every process (sharded set-ups save
-    from all of them); only the main one writes the card and moves files.
+    The saved config lists every Auto class and the feature pipeline (`add_remote_code_entries`);
+    the atomic multi-process save is the distillation trainer's `save_student`.
     """
-    output_dir = Path(output_dir)
-    staging = output_dir / ".final-staging"
-    if trainer.is_world_process_zero():
-        shutil.rmtree(staging, ignore_errors=True)  # left over from an interrupted run
-    trainer.accelerator.wait_for_everyone()
+    train_result = trainer.train()
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
     add_remote_code_entries(trainer.model.config)
-    trainer.save_model(str(staging))  # weights, config, code files and the processing class
-    trainer.accelerator.wait_for_everyone()
-    if not trainer.is_world_process_zero():
-        return
-    try:
-        (staging / "README.md").write_text(card, encoding="utf-8")
-        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the card says how it was trained
-        for path in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
-            os.replace(path, output_dir / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    save_student(trainer, output_dir, card=make_card(metrics, train_result.global_step))
+    return {"train": train_result, "eval": metrics, "log_history": trainer.state.log_history}
 
 
 def run_cli(prog, run, argv=None):

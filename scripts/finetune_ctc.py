@@ -31,7 +31,7 @@ from finetune_common import (  # noqa: E402  (also puts the repository root on s
     load_head_model,
     parse_run_arguments,
     run_cli,
-    save_final_model,
+    train_evaluate_and_save,
 )
 
 from convert_checkpoint import feature_extractor_for  # noqa: E402
@@ -202,15 +202,11 @@ def run(argv=None):
         compute_metrics=greedy_decoding_metrics(tokenizer),
         preprocess_logits_for_metrics=argmax_logits,
     )
-    train_result = trainer.train()
-    metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    save_final_model(
+    return train_evaluate_and_save(
         trainer,
         training_args.output_dir,
-        model_card(training_args.output_dir, model_args, data_args, len(train), metrics, train_result.global_step),
+        lambda metrics, steps: model_card(training_args.output_dir, model_args, data_args, len(train), metrics, steps),
     )
-    return {"train": train_result, "eval": metrics, "log_history": trainer.state.log_history}
 
 
 def main(argv=None):
