@@ -8,7 +8,16 @@ wherever the meaning is the same, so HuBERT users find what they expect.
 
 from transformers import AutoConfig, PreTrainedConfig
 
+SAMPLING_RATE = 16000  # every release and teacher: 16 kHz mono
 RELEASE_CONV_LAYERS = "release"
+
+
+def receptive_field(kernels, strides):
+    """Fewest input samples a stack of 1-D convolutions needs to yield one output frame."""
+    field = 1
+    for kernel, stride in zip(reversed(kernels), reversed(strides)):
+        field = (field - 1) * stride + kernel
+    return field
 
 
 def release_conv_layers(width):
@@ -290,10 +299,7 @@ class ARMHubertConfig(PreTrainedConfig):
     @property
     def receptive_field(self):
         """Fewest input samples that yield one output frame (400 for the releases)."""
-        field = 1
-        for kernel, stride in zip(reversed(self.conv_kernel), reversed(self.conv_stride)):
-            field = (field - 1) * stride + kernel
-        return field
+        return receptive_field(self.conv_kernel, self.conv_stride)
 
     @property
     def has_projection_heads(self):

@@ -26,22 +26,21 @@ import ast
 import hashlib
 import os
 import re
-import shutil
 import sys
-import tempfile
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
-from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+from transformers import HubertConfig, HubertModel
 from transformers.utils import logging as transformers_logging
 
+from armhubert.cli import UserError
+from armhubert.io import staged_folder
 from configuration_armhubert import ARMHubertConfig
-from modeling_armhubert import ARMHubertModel, add_remote_code_entries
+from modeling_armhubert import ARMHubertModel, add_remote_code_entries, release_feature_extractor
 
 STUDENT_PREFIX = "student_model."
 KNOWN_FAMILIES = ("armhubert", "armwavlm", "maskhubert", "starhubert", "star")
@@ -50,7 +49,7 @@ DROPPED_KEYS = ("final_proj.weight", "final_proj.bias")
 OUTPUT_FORMATS = ("armhubert", "hubert")
 
 
-class ConversionError(Exception):
+class ConversionError(UserError):
     """A problem with the user's input, reported as one line."""
 
 
@@ -943,61 +942,12 @@ Apache-2.0, as the original release.
 # Writing outputs atomically
 
 
-def feature_extractor_for(config):
-    """What the releases expect: raw 16 kHz audio, no normalisation, attention mask for padding."""
-    return Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=False, return_attention_mask=True
-    )
-
-
-def _check_target(output_dir, overwrite):
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConversionError(f"output {output_dir} exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ConversionError(f"output folder {output_dir} is not empty; pass --overwrite to replace it")
-
-
-def _replace_folder(staging, target):
-    """Put the complete `staging` folder at `target`, retiring an existing target only once it is replaced."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-    os.replace(target, retired / "previous")
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(retired / "previous", target)  # put the old folder back
-        raise
-    finally:
-        shutil.rmtree(retired, ignore_errors=True)
-
-
-@contextmanager
-def staged_folder(output_dir, overwrite=False):
-    """Yield a temporary folder beside `output_dir`; on success it replaces `output_dir` in one rename.
-
-    An exception or interruption inside the block leaves `output_dir` as it was and removes the
-    temporary folder; an existing non-empty target is only replaced with `overwrite`.
-    """
-    output_dir = Path(output_dir)
-    _check_target(output_dir, overwrite)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        yield staging
-        _replace_folder(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def _write_model(model, folder):
     """`save_pretrained` (which also copies the code files of auto-registered classes) plus the preprocessor."""
     if isinstance(model, ARMHubertModel):
         add_remote_code_entries(model.config)  # AutoModelForCTC / audio classification / feature pipeline too
     model.save_pretrained(folder)
-    feature_extractor_for(model.config).save_pretrained(folder)
+    release_feature_extractor().save_pretrained(folder)
 
 
 def save_model_folder(model, output_dir, overwrite=False):
@@ -1184,7 +1134,7 @@ def main(argv=None):
                 args.checkpoint, args.output_dir, args.config, args.overwrite, args.name, args.output_format,
                 args.push_to_hub,
             )
-    except ConversionError as error:
+    except UserError as error:
         print(f"convert_checkpoint.py: error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {output}")

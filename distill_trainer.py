@@ -47,10 +47,12 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from configuration_armhubert import PRESETS, ARMHubertConfig  # noqa: E402
-from convert_checkpoint import feature_extractor_for  # noqa: E402
-from modeling_armhubert import ARMHubertModel, add_remote_code_entries  # noqa: E402
+from armhubert.audio import DataError, read_audio
+from armhubert.cli import UserError, run_main
+from armhubert.io import atomic_write_text
+from armhubert.training import save_trained_model
+from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig, receptive_field
+from modeling_armhubert import ARMHubertModel, add_remote_code_entries, release_feature_extractor
 
 logger = logging.getLogger("distill_trainer")
 
@@ -61,7 +63,6 @@ logger = logging.getLogger("distill_trainer")
 # read_audio. Columns of a loaded split: id (str), audio (undecoded dict with "path" and/or "bytes"),
 # text (str, as in the transcripts), speaker_id (int), num_samples (int, length at 16 kHz).
 
-SAMPLING_RATE = 16000
 HUB_DATASET = "openslr/librispeech_asr"
 # LibriSpeech split name -> (config, split) of the Hub copy.
 HUB_SPLITS = {
@@ -75,10 +76,6 @@ HUB_SPLITS = {
 }
 LIBRISPEECH_LAYOUT = "LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac + <speaker>-<chapter>.trans.txt"
 UTTERANCE_ID = re.compile(r"^(\d+)-(\d+)-(\d+)$")
-
-
-class DataError(Exception):
-    """A data problem the user must fix: says what was expected and what was found, in one line."""
 
 
 def _describe_folder(folder, limit=6):
@@ -266,30 +263,6 @@ def load_librispeech(source, splits, max_duration=None):
         if not len(dataset):
             raise DataError(f"no utterance in {source} {splits} is at most {max_duration} s long")
     return dataset
-
-
-def read_audio(audio, target_rate=SAMPLING_RATE):
-    """Decode an undecoded audio dict ({"path", "bytes"}) or a file path to a float32 mono waveform.
-
-    Stereo is averaged; other rates are resampled with soxr. Raises DataError naming the file when
-    soundfile cannot read it.
-    """
-    if isinstance(audio, dict):
-        name = audio.get("path") or "<audio bytes>"
-        source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
-    else:
-        name = source = str(audio)
-    if source is None:
-        raise DataError("audio entry has neither 'bytes' nor 'path'; expected an undecoded datasets audio dict")
-    try:
-        samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
-    except Exception as error:  # noqa: BLE001 - libsndfile errors, missing files, truncated streams
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"cannot read audio file {name}: {reason}; expected audio that soundfile can decode (FLAC, WAV)") from None
-    samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    if rate != target_rate:
-        samples = soxr.resample(samples, rate, target_rate).astype(np.float32)
-    return np.ascontiguousarray(samples, dtype=np.float32)
 
 
 def _audio_duration_crop(samples, max_samples, key):
@@ -627,7 +600,7 @@ RANDOM_TEACHERS = {"random-hubert": HubertConfig, "random-wavlm": WavLMConfig, "
 LIBRISPEECH_960H = ["train-clean-100", "train-clean-360", "train-other-500"]
 
 
-class DistillError(Exception):
+class DistillError(UserError):
     """A recipe, model or output-folder problem the user must fix (one line)."""
 
 
@@ -951,13 +924,6 @@ def layer_pairs(distill_args, student_layers, teacher_layers):
     return [max(1, round(layer * teacher_layers / student_layers)) for layer in range(1, student_layers + 1)]
 
 
-def _receptive_field(kernels, strides):
-    field = 1
-    for kernel, stride in zip(reversed(kernels), reversed(strides)):
-        field = (field - 1) * stride + kernel
-    return field
-
-
 def check_frame_rates(teacher, student):
     """Teacher and student must give the same number of frames for every input length."""
     probe = torch.tensor([400, 401, 719, 16000, 16319, 48123, 160007])
@@ -1231,42 +1197,8 @@ def keep_best_and_last_checkpoints(output_dir, log_history, keep_best):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def save_student(trainer, output_dir, card=None):
-    """Write the trained model (safetensors, config, code files, processor config, optional model card).
-
-    `Trainer.save_model` runs on every rank (it gathers sharded weights under DeepSpeed / FSDP) into a
-    staging folder; the main process then moves the files in with `config.json` last, so a crash never
-    leaves something that looks like a complete model. Also used by the fine-tuning scripts.
-    """
-    output_dir = Path(output_dir)
-    staging = output_dir / ".student-staging"
-    if trainer.args.should_save:
-        shutil.rmtree(staging, ignore_errors=True)  # left over from an interrupted run
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staging))
-    trainer.accelerator.wait_for_everyone()
-    if not trainer.args.should_save:
-        return
-    try:
-        if card is not None:
-            (staging / "README.md").write_text(card, encoding="utf-8")
-        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe / card says how it was trained
-        for path in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
-            os.replace(path, output_dir / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 # ==================================================================================================
 # CLI
-
-
-def _write_atomically(path, text):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(staging, path)
 
 
 def resolve_resume(resume, output_dir):
@@ -1335,7 +1267,7 @@ def run(argv=None, callbacks=()):
         training_args.ddp_find_unused_parameters = True  # a dropped layer leaves its parameters without gradient
     pairs = layer_pairs(distill_args, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     min_samples = max(
-        student.config.receptive_field, _receptive_field(teacher.config.conv_kernel, teacher.config.conv_stride)
+        student.config.receptive_field, receptive_field(teacher.config.conv_kernel, teacher.config.conv_stride)
     )
 
     train_dataset = load_librispeech(distill_args.data_source, distill_args.train_splits)
@@ -1346,7 +1278,7 @@ def run(argv=None, callbacks=()):
         eval_dataset = eval_dataset.filter(lambda n: n >= min_samples, input_columns="num_samples")
     elif training_args.eval_strategy != "no":
         training_args.eval_strategy = "no"
-    feature_extractor = feature_extractor_for(student.config)
+    feature_extractor = release_feature_extractor()
     max_samples = None if distill_args.crop_seconds is None else int(distill_args.crop_seconds * SAMPLING_RATE)
     masker = None
     if distill_args.distill_mode == "masking":
@@ -1374,23 +1306,16 @@ def run(argv=None, callbacks=()):
         callbacks=list(callbacks),
     )
     if training_args.should_save and resume is None:
-        _write_atomically(Path(training_args.output_dir) / "distill_recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
+        atomic_write_text(Path(training_args.output_dir) / "distill_recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
     trainer.train(resume_from_checkpoint=resume)
-    save_student(trainer, training_args.output_dir)
+    save_trained_model(trainer, training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="Distilled student")
     return trainer
 
 
 def main(argv=None):
-    try:
-        run(argv)
-    except (DistillError, DataError) as error:
-        # Errors re-raised from dataloader workers carry the worker's traceback: keep the last line.
-        message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        print(f"distill_trainer.py: error: {message.removeprefix('distill_trainer.DataError: ')}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main("distill_trainer.py", run, argv)
 
 
 if __name__ == "__main__":

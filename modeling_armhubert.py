@@ -9,21 +9,41 @@ and in reusing layers a second softmax over the reused probability map. Unlike t
 are always paired per utterance and per head, so batched outputs equal per-utterance outputs.
 """
 
+import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import (
+    AutoModel,
+    AutoModelForAudioClassification,
+    AutoModelForCTC,
+    Pipeline,
+    PreTrainedModel,
+    Wav2Vec2FeatureExtractor,
+)
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.audio_utils import load_audio
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import ModelOutput
 
 try:  # loaded as remote code from a model folder
-    from .configuration_armhubert import ARMHubertConfig
+    from .configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 except ImportError:  # installed as a top-level module
-    from configuration_armhubert import ARMHubertConfig
+    from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
+
+
+def release_feature_extractor():
+    """The preprocessing the releases expect: raw 16 kHz audio, no normalisation, attention mask for padding."""
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=SAMPLING_RATE, padding_value=0.0, do_normalize=False, return_attention_mask=True
+    )
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -480,7 +500,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         if input_values.shape[1] < field:
             raise ValueError(
                 f"input_values has {input_values.shape[1]} samples per row, fewer than the {field}-sample "
-                f"receptive field of the feature encoder ({field / 16000 * 1000:.0f} ms at 16 kHz). Pad or drop it."
+                f"receptive field of the feature encoder ({field / SAMPLING_RATE * 1000:.0f} ms at 16 kHz). Pad or drop it."
             )
         if attention_mask is not None:
             if tuple(attention_mask.shape) != tuple(input_values.shape):
@@ -598,23 +618,8 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
 # CTC and utterance-classification heads (as transformers' `HubertForCTC` /
 # `HubertForSequenceClassification`), SpecAugment for their training, and an audio
 # feature-extraction pipeline (the built-in "feature-extraction" task is text-only). Everything here
-# sits on top of `ARMHubertModel` without changing it; the imports only this section needs are here.
+# sits on top of `ARMHubertModel` without changing it.
 
-import os  # noqa: E402
-
-import numpy as np  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForAudioClassification,
-    AutoModelForCTC,
-    Pipeline,
-    Wav2Vec2FeatureExtractor,
-)
-from transformers.audio_utils import load_audio  # noqa: E402
-from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput  # noqa: E402
-from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices  # noqa: E402
-from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
-
-SAMPLING_RATE = 16000
 FEATURE_EXTRACTION_TASK = "audio-feature-extraction"
 
 
@@ -938,10 +943,7 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.feature_extractor is None:
-            # What the releases expect: raw 16 kHz audio, no normalisation, a mask for padding.
-            self.feature_extractor = Wav2Vec2FeatureExtractor(
-                feature_size=1, sampling_rate=SAMPLING_RATE, padding_value=0.0, do_normalize=False, return_attention_mask=True
-            )
+            self.feature_extractor = release_feature_extractor()
 
     def _sanitize_parameters(self, layers=None, representation=None, return_tensors=None):
         forward_params, postprocess_params = {}, {}

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="armhubert",
@@ -11,6 +11,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     py_modules=["configuration_armhubert", "modeling_armhubert", "convert_checkpoint", "distill_trainer"],
+    packages=find_packages(include=["armhubert", "armhubert.*"]),
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0",

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import distill_trainer as dt  # noqa: E402
+from modeling_armhubert import release_feature_extractor  # noqa: E402
 
 # Recipe teachers by architecture: a random model of the same shape times the same.
 RANDOM_TWINS = {"facebook/hubert-base-ls960": "random-hubert", "microsoft/wavlm-base": "random-wavlm"}
@@ -86,7 +87,7 @@ def synthetic_batch(trainer, batch_size, seconds, seed=0):
         d = trainer.distill_args
         masker = dt.SpanMasker(config.conv_kernel, config.conv_stride, d.mask_prob, d.mask_length, d.mask_min_spans,
                                d.mask_min_space, d.mask_same_count)
-    padded = dt.feature_extractor_for(config)(
+    padded = release_feature_extractor()(
         waveforms, sampling_rate=dt.SAMPLING_RATE, padding=True, return_attention_mask=True, return_tensors="pt"
     )
     batch = {"input_values": padded["input_values"], "attention_mask": padded["attention_mask"],

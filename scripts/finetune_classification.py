@@ -35,7 +35,7 @@ from finetune_common import (  # noqa: E402  (also puts the repository root on s
     train_evaluate_and_save,
 )
 
-from convert_checkpoint import feature_extractor_for  # noqa: E402
+from modeling_armhubert import release_feature_extractor  # noqa: E402
 from distill_trainer import SAMPLING_RATE, DataError  # noqa: E402
 from modeling_armhubert import ARMHubertForSequenceClassification  # noqa: E402
 
@@ -150,7 +150,7 @@ def model_card(output_dir, model_args, data_args, labels, train_size, metrics, s
         "```python\n"
         "from transformers import pipeline\n"
         f'classify = pipeline("audio-classification", model="{output_dir}", trust_remote_code=True)\n'
-        "classify(samples_16khz)  # or load_16k(path) from scripts/audio_input.py\n"
+        "classify(samples_16khz)  # or load_16k(path), from armhubert.audio import load_16k\n"
         "```\n"
     )
 
@@ -176,7 +176,7 @@ def run(argv=None):
     )
     for dataset, what in ((train, "training"), (evaluation, "evaluation")):
         check_min_duration(dataset, model.config, what)
-    feature_extractor = feature_extractor_for(model.config)
+    feature_extractor = release_feature_extractor()
 
     trainer = Trainer(
         model=model,

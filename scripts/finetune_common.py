@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from configuration_armhubert import PRESETS, ARMHubertConfig  # noqa: E402
-from distill_trainer import SAMPLING_RATE, DataError, read_audio, save_student  # noqa: E402
+from armhubert.audio import DataError, read_audio  # noqa: E402
+from armhubert.training import save_trained_model  # noqa: E402
+from configuration_armhubert import SAMPLING_RATE  # noqa: E402
 from modeling_armhubert import add_remote_code_entries  # noqa: E402
 
 
@@ -147,13 +149,13 @@ def train_evaluate_and_save(trainer, output_dir, make_card):
     """Train, evaluate, then save model, processor and `make_card(metrics, steps)` atomically.
 
     The saved config lists every Auto class and the feature pipeline (`add_remote_code_entries`);
-    the atomic multi-process save is the distillation trainer's `save_student`.
+    the atomic multi-process save is `armhubert.training.save_trained_model`.
     """
     train_result = trainer.train()
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     add_remote_code_entries(trainer.model.config)
-    save_student(trainer, output_dir, card=make_card(metrics, train_result.global_step))
+    save_trained_model(trainer, output_dir, card=make_card(metrics, train_result.global_step))
     return {"train": train_result, "eval": metrics, "log_history": trainer.state.log_history}
 
 

@@ -34,7 +34,7 @@ from finetune_common import (  # noqa: E402  (also puts the repository root on s
     train_evaluate_and_save,
 )
 
-from convert_checkpoint import feature_extractor_for  # noqa: E402
+from modeling_armhubert import release_feature_extractor  # noqa: E402
 from distill_trainer import DataError, load_librispeech  # noqa: E402
 from modeling_armhubert import ARMHubertForCTC  # noqa: E402
 
@@ -160,7 +160,7 @@ def model_card(output_dir, model_args, data_args, train_size, metrics, steps):
         "```python\n"
         "from transformers import pipeline\n"
         f'asr = pipeline("automatic-speech-recognition", model="{output_dir}", trust_remote_code=True)\n'
-        "asr(samples_16khz)  # or load_16k(path) from scripts/audio_input.py\n"
+        "asr(samples_16khz)  # or load_16k(path), from armhubert.audio import load_16k\n"
         "```\n"
     )
 
@@ -182,7 +182,7 @@ def run(argv=None):
         bos_token_id=None,
         eos_token_id=None,
     )
-    processor = Wav2Vec2Processor(feature_extractor=feature_extractor_for(model.config), tokenizer=tokenizer)
+    processor = Wav2Vec2Processor(feature_extractor=release_feature_extractor(), tokenizer=tokenizer)
     for dataset, what in ((train, "training"), (evaluation, "evaluation")):
         check_min_duration(dataset, model.config, what)
 

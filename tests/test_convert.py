@@ -280,7 +280,7 @@ def test_interrupted_write_leaves_no_partial_folder(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(convert_checkpoint, "feature_extractor_for", fail)
+    monkeypatch.setattr(convert_checkpoint, "release_feature_extractor", fail)
     with pytest.raises(KeyboardInterrupt):
         convert_checkpoint.save_model_folder(model, tmp_path / "model")
     assert list(tmp_path.iterdir()) == []

@@ -22,7 +22,7 @@ from transformers import AutoModel, TrainerCallback
 from conftest import ROOT
 from configuration_armhubert import PRESETS
 from distill_trainer import AudioCollator, build_arguments, load_recipe, main, read_audio, run
-from convert_checkpoint import feature_extractor_for
+from modeling_armhubert import release_feature_extractor
 
 QUICKSTART = str(ROOT / "conf" / "quickstart.yaml")
 CORPUS = ROOT / "data" / "LibriSpeech"
@@ -225,7 +225,7 @@ def test_collator_skips_and_counts_unreadable_files(tmp_path, caplog):
     shutil.copy(CORPUS / "dev-clean/1001/201/1001-201-0000.flac", tmp_path / "good.flac")
     rows = [{"id": "good", "audio": {"path": str(tmp_path / "good.flac"), "bytes": None}},
             {"id": "gone", "audio": {"path": str(tmp_path / "gone.flac"), "bytes": None}}]
-    collator = AudioCollator(feature_extractor_for(None), max_samples=16000)
+    collator = AudioCollator(release_feature_extractor(), max_samples=16000)
     with caplog.at_level(logging.WARNING, logger="distill_trainer"):
         batch = collator(rows)
     assert batch["input_values"].shape == (1, 16000) and int(batch["num_unreadable"]) == 1

@@ -10,13 +10,13 @@ import torch
 from conftest import ROOT, random_model, tiny_config
 from transformers import pipeline
 
-from convert_checkpoint import feature_extractor_for
+from modeling_armhubert import release_feature_extractor
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import finetune_classification  # noqa: E402
 import finetune_ctc  # noqa: E402
 import superb_upstream  # noqa: E402
-from audio_input import load_16k  # noqa: E402
+from armhubert.audio import load_16k
 
 CORPUS = ROOT / "data" / "LibriSpeech"
 STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False)
@@ -29,7 +29,7 @@ def encoder_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("encoder")
     model = random_model(tiny_config())
     model.save_pretrained(folder)
-    feature_extractor_for(model.config).save_pretrained(folder)
+    release_feature_extractor().save_pretrained(folder)
     return folder
 
 

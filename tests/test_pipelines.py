@@ -11,11 +11,11 @@ import torch
 from conftest import ROOT, random_model, tiny_config
 from transformers import Wav2Vec2CTCTokenizer, pipeline
 
-from convert_checkpoint import feature_extractor_for
+from modeling_armhubert import release_feature_extractor
 from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from audio_input import load_16k  # noqa: E402
+from armhubert.audio import load_16k
 
 FLAC = ROOT / "data" / "LibriSpeech" / "dev-clean" / "1001" / "201" / "1001-201-0000.flac"
 STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False)
@@ -36,7 +36,7 @@ def speech(seconds, seed=0):
 @pytest.mark.parametrize("family", ["arm", "star"])
 def test_feature_pipeline_returns_per_layer_features_equal_to_a_direct_call(family):
     model = random_model(tiny_config(**(STAR if family == "star" else {})))
-    extractor = pipeline("audio-feature-extraction", model=model, feature_extractor=feature_extractor_for(model.config))
+    extractor = pipeline("audio-feature-extraction", model=model, feature_extractor=release_feature_extractor())
     audio = speech(1.5)
     with torch.no_grad():
         direct = model(torch.from_numpy(audio)[None], output_hidden_states=True)
@@ -115,7 +115,7 @@ def test_asr_pipeline_transcribes_arrays_and_files_by_greedy_ctc(tokenizer, tmp_
     model = ARMHubertForCTC(tiny_config(vocab_size=len(tokenizer))).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(50)
-    asr = pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer, feature_extractor=feature_extractor_for(model.config))
+    asr = pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer, feature_extractor=release_feature_extractor())
     samples, _ = soundfile.read(FLAC, dtype="float32")
     with torch.no_grad():
         greedy = tokenizer.decode(model(torch.from_numpy(samples)[None]).logits.argmax(-1)[0])
@@ -133,7 +133,7 @@ def test_asr_pipeline_transcribes_arrays_and_files_by_greedy_ctc(tokenizer, tmp_
 
 def test_chunked_asr_on_a_long_input_equals_the_whole_input(tokenizer):
     model = frame_local_ctc_model(len(tokenizer))
-    asr = pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer, feature_extractor=feature_extractor_for(model.config))
+    asr = pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer, feature_extractor=release_feature_extractor())
     audio = speech(12.0, seed=3)
     whole = asr(audio)["text"]
     calls = []
@@ -148,7 +148,7 @@ def test_audio_classification_pipeline_returns_labels_with_scores():
     torch.manual_seed(0)
     config = tiny_config(num_labels=3, id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
     model = ARMHubertForSequenceClassification(config).eval()
-    classify = pipeline("audio-classification", model=model, feature_extractor=feature_extractor_for(config))
+    classify = pipeline("audio-classification", model=model, feature_extractor=release_feature_extractor())
     samples = load_16k(FLAC)
     result = classify(samples, top_k=3)
     assert sorted(entry["label"] for entry in result) == labels

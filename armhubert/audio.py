@@ -1,30 +1,57 @@
-"""Audio for transformers' pipelines: any file or array -> mono float32 samples at 16 kHz.
+"""Audio in: any file or array -> mono float32 samples at 16 kHz (soundfile + soxr).
 
-transformers' "automatic-speech-recognition" and "audio-classification" pipelines decode files with
-the ffmpeg binary and resample only through torchaudio, neither of which these models need. The
-models take 16 kHz audio, so decode and resample *before* the pipeline (soundfile + soxr, through the
-shared `distill_trainer.read_audio`):
+The one audio reader of the project, used by distillation, fine-tuning, the pipelines' `load_16k`
+and the scripts. No ffmpeg, torchcodec or torchaudio is needed.
 
-    from scripts.audio_input import load_16k          # from the repository root
+    from armhubert.audio import load_16k
     asr(load_16k("speech_44k.wav"))                    # file: decoded, channels averaged, resampled
     asr(load_16k(stereo, sampling_rate=44100))         # array: (samples, channels) or (channels, samples)
 """
 
+import io
 import os
-import sys
-from pathlib import Path
+from typing import Any
 
 import numpy as np
+import soundfile
 import soxr
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from configuration_armhubert import SAMPLING_RATE
 
-from distill_trainer import SAMPLING_RATE, DataError, read_audio  # noqa: E402
+from .cli import UserError
 
 MAX_CHANNELS = 8  # an axis this short is channels, not time
 
 
-def to_mono(samples):
+class DataError(UserError):
+    """A data problem the user must fix: says what was expected and what was found, in one line."""
+
+
+def read_audio(audio: str | os.PathLike | dict, target_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """Decode an undecoded audio dict ({"path", "bytes"}) or a file path to a float32 mono waveform.
+
+    Stereo is averaged; other rates are resampled with soxr. Raises DataError naming the file when
+    soundfile cannot read it.
+    """
+    if isinstance(audio, dict):
+        name = audio.get("path") or "<audio bytes>"
+        source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
+    else:
+        name = source = os.fspath(audio)
+    if source is None:
+        raise DataError("audio entry has neither 'bytes' nor 'path'; expected an undecoded datasets audio dict")
+    try:
+        samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
+    except Exception as error:  # noqa: BLE001 - libsndfile errors, missing files, truncated streams
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"cannot read audio file {name}: {reason}; expected audio that soundfile can decode (FLAC, WAV)") from None
+    samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+    if rate != target_rate:
+        samples = soxr.resample(samples, rate, target_rate).astype(np.float32)
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
     """Average the channels of a (samples, channels) or (channels, samples) array; 1-D passes through."""
     if samples.ndim == 1:
         return samples
@@ -41,7 +68,7 @@ def to_mono(samples):
     )
 
 
-def load_16k(audio, sampling_rate=None):
+def load_16k(audio: Any, sampling_rate: int | None = None) -> np.ndarray:
     """Mono float32 samples at 16 kHz from a file path, an audio dict or an array.
 
     Args:
@@ -55,7 +82,7 @@ def load_16k(audio, sampling_rate=None):
     """
     if isinstance(audio, (str, os.PathLike)) or (isinstance(audio, dict) and "array" not in audio and "raw" not in audio):
         try:
-            samples = read_audio(os.fspath(audio) if not isinstance(audio, dict) else audio, target_rate=SAMPLING_RATE)
+            samples = read_audio(audio, target_rate=SAMPLING_RATE)
         except DataError as error:
             raise ValueError(str(error)) from None
     else:

@@ -1,0 +1,19 @@
+"""ARMHuBERT toolkit: everything beside the model's two remote-code files.
+
+Imports flow one way: `configuration_armhubert` / `modeling_armhubert` (the Hub repo's remote code,
+self-contained) <- this package <- the root CLIs (`distill_trainer.py`, `convert_checkpoint.py`) and
+`scripts/`. One concern per module:
+
+- `armhubert.cli`: the user-error type and the runner that turns it into one line and exit status 2;
+- `armhubert.io`: atomic file and folder writing;
+- `armhubert.audio`: reading / resampling audio (`read_audio`, `load_16k`) and `DataError`;
+- `armhubert.librispeech`: LibriSpeech loading (local tree or Hub), batching, length-grouped sampling;
+- `armhubert.training`: what every Trainer-based command shares (the final model save);
+- `armhubert.distill`: masking / STaR distillation (masks, losses, recipes, models, trainer);
+- `armhubert.finetune`: CTC / classification fine-tuning set-up;
+- `armhubert.convert`: original-release checkpoints -> Transformers folders, cards, Hub upload.
+
+Submodules are imported on demand (`import armhubert` itself loads nothing heavy).
+"""
+
+__version__ = "0.1.0"

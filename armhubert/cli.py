@@ -1,0 +1,42 @@
+"""One error type for problems the user must fix, and one runner that reports them.
+
+Every command (root CLIs and scripts) raises `UserError` (or a subclass such as
+`armhubert.audio.DataError`) for bad input, and runs its `main` through `run_main`, which prints one
+line `prog: error: ...` on stderr and returns exit status 2, without a traceback.
+"""
+
+import sys
+from typing import Callable, Sequence
+
+
+class UserError(Exception):
+    """A problem with the user's input, arguments or environment; the message says what to do."""
+
+
+def error_line(error: BaseException) -> str:
+    """The message of `error` as one line.
+
+    Errors re-raised from data-loader workers carry the worker's traceback in their message; its last
+    line is the original message, prefixed with the exception's qualified name, which is dropped.
+    """
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    line = lines[-1].strip()
+    name, _, rest = line.partition(": ")
+    if rest and name.split(".")[-1] == type(error).__name__:
+        return rest
+    return line
+
+
+def run_main(prog: str, function: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run `function(argv)`; a `UserError` becomes one line on stderr and exit status 2.
+
+    Returns the function's own exit status (0 when it returns None).
+    """
+    try:
+        status = function(argv)
+    except UserError as error:
+        print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
+        return 2
+    return 0 if status is None else int(status)
