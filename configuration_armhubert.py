@@ -225,6 +225,11 @@ class ARMHubertConfig(PreTrainedConfig):
         def fail(field, problem, fix):
             raise ValueError(f"ARMHubertConfig.{field}: {problem}. {fix}")
 
+        for field in ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
+                      "num_conv_pos_embeddings", "num_conv_pos_embedding_groups"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(field, f"got {value!r}", "Use a positive integer.")
         layers = (self.conv_dim, self.conv_kernel, self.conv_stride)
         if len({len(column) for column in layers}) != 1 or not self.conv_dim:
             fail(

@@ -567,6 +567,8 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_inputs(input_values, attention_mask, mask_time_indices)
+        # float16 / bfloat16 / float64 audio is computed in the weights' dtype (as HF's audio pipelines do)
+        input_values = input_values.to(self.feature_extractor.conv_layers[0].conv.weight.dtype)
 
         features = self.feature_layer_norm(self._extract_features(input_values))
         num_frames = features.shape[1]
@@ -992,6 +994,8 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
                 f"audio has integer samples ({inputs.dtype}); convert to float in [-1, 1] first, "
                 "e.g. audio / 32768 for 16-bit PCM."
             )
+        if not np.isfinite(inputs).all():
+            raise ValueError("the audio holds NaN or infinite samples; the features would be NaN. Fix or drop it.")
         field = self.model.config.receptive_field
         if inputs.size < field:
             what = "empty audio (0 samples)" if inputs.size == 0 else f"audio of {inputs.size} samples"

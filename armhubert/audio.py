@@ -31,7 +31,7 @@ def read_audio(audio: str | os.PathLike | dict, target_rate: int = SAMPLING_RATE
     """Decode an undecoded audio dict ({"path", "bytes"}) or a file path to a float32 mono waveform.
 
     Stereo is averaged; other rates are resampled with soxr. Raises DataError naming the file when
-    soundfile cannot read it.
+    soundfile cannot read it or it holds NaN / infinite samples.
     """
     if isinstance(audio, dict):
         name = audio.get("path") or "<audio bytes>"
@@ -45,6 +45,8 @@ def read_audio(audio: str | os.PathLike | dict, target_rate: int = SAMPLING_RATE
     except Exception as error:  # noqa: BLE001 - libsndfile errors, missing files, truncated streams
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"cannot read audio file {name}: {reason}; expected audio that soundfile can decode (FLAC, WAV)") from None
+    if not np.isfinite(samples).all():  # float WAV / FLAC can hold NaN or inf: they would poison training
+        raise DataError(f"audio file {name} holds NaN or infinite samples; expected finite samples in [-1, 1]")
     samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     if rate != target_rate:
         samples = soxr.resample(samples, rate, target_rate).astype(np.float32)

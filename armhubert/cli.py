@@ -2,7 +2,8 @@
 
 Every command (root CLIs and scripts) raises `UserError` (or a subclass such as
 `armhubert.audio.DataError`) for bad input, and runs its `main` through `run_main`, which prints one
-line `prog: error: ...` on stderr and returns exit status 2, without a traceback.
+line `prog: error: ...` on stderr and returns exit status 2, without a traceback. An `OSError` that
+reaches `run_main` (a full disk, a read-only or vanished folder) is reported the same way.
 """
 
 import sys
@@ -29,6 +30,13 @@ def error_line(error: BaseException) -> str:
     return line
 
 
+def os_error_line(error: OSError) -> str:
+    """`No space left on device: /out/model.safetensors`: the reason and the path, one line."""
+    reason = error.strerror or error_line(error)
+    path = error.filename2 or error.filename
+    return f"{reason}: {path}" if path else reason
+
+
 def run_main(prog: str, function: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Run `function(argv)`; a `UserError` becomes one line on stderr and exit status 2.
 
@@ -39,5 +47,8 @@ def run_main(prog: str, function: Callable[[Sequence[str] | None], object], argv
         status = function(argv)
     except UserError as error:
         print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the environment: full disk, permissions, a path that went away
+        print(f"{prog}: error: {os_error_line(error)}", file=sys.stderr)
         return 2
     return status if isinstance(status, int) else 0

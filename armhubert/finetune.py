@@ -21,7 +21,9 @@ from modeling_armhubert import add_remote_code_entries
 
 from .audio import DataError, read_audio
 from .cli import UserError
-from .training import save_trained_model
+from .io import check_output_folder
+from .limits import check_code_text
+from .training import check_training_values, save_trained_model
 
 @dataclass
 class ModelArguments:
@@ -52,6 +54,16 @@ class ModelArguments:
     layerdrop: float = field(default=0.0, metadata={"help": "Probability of skipping a whole layer while training."})
 
 
+@dataclass
+class OutputArguments:
+    """Whether --output_dir may hold a previous output of these scripts (replaced at the end)."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace a previous fine-tuned model in --output_dir (a folder of other files is refused)."},
+    )
+
+
 def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None, prog: str) -> tuple:
     """HfArgumentParser over the dataclasses + TrainingArguments; invalid values become a UserError."""
     parser = HfArgumentParser((*dataclass_types, TrainingArguments))
@@ -65,11 +77,21 @@ def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None,
 def parse_run_arguments(
     data_arguments_class: type, argv: Sequence[str] | None, prog: str
 ) -> tuple[ModelArguments, Any, TrainingArguments]:
-    """Parse and check (model, data, training) arguments of a fine-tuning run and seed it."""
-    model_args, data_args, training_args = parse_arguments((ModelArguments, data_arguments_class), argv, prog)
+    """Parse and check (model, data, training) arguments of a fine-tuning run and seed it.
+
+    The output folder must be apart from every input (model folder, data) and empty, or hold a previous
+    output of these scripts with --overwrite_output_dir: a user's own files are never overwritten.
+    """
+    parsed = parse_arguments((ModelArguments, data_arguments_class, OutputArguments), argv, prog)
+    model_args, data_args, output_args, training_args = parsed
     if training_args.output_dir in (None, "trainer_output"):
         raise UserError("--output_dir is required")
     check_model_arguments(model_args)
+    check_training_values(vars(training_args))
+    check_code_text(training_args.output_dir, "--output_dir")  # both appear in the model card's code
+    check_code_text(model_args.model_name_or_path or "", "--model_name_or_path")
+    inputs = [model_args.model_name_or_path, *(value for value in vars(data_args).values() if isinstance(value, str))]
+    check_output_folder(training_args.output_dir, output_args.overwrite_output_dir, inputs, flag="--overwrite_output_dir")
     # Rows keep their undecoded audio for the collator; length grouping reads `num_samples`.
     training_args.remove_unused_columns = False
     training_args.length_column_name = "num_samples"

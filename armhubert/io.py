@@ -5,14 +5,22 @@ temporary folder beside the target and renamed into place. Used by conversion, d
 fine-tuning, the benchmark and ONNX export.
 """
 
+import ctypes
+import errno
+import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 from .cli import UserError
+
+logger = logging.getLogger(__name__)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -61,22 +69,193 @@ def _umask() -> int:
     return mask
 
 
-def check_output_folder(output_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an output path that is a file, or a non-empty folder unless `overwrite`."""
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"output {output_dir} exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise UserError(f"output folder {output_dir} is not empty; pass --overwrite to replace it")
+# ----------------------------------------------------------------------------------------------------
+# Output folders: where they may be, what --overwrite may replace, and what killed runs left behind
+
+_PROCESS_START = time.time()  # staging folders of killed runs are older than this process
+_STAGING_TAG, _RETIRED_TAG = "armhubert-staging", "armhubert-old"
+# Files our commands write into an output folder (model, processor, card, trainer state, recipes).
+OUTPUT_FILE_NAMES = frozenset({
+    "config.json", "model.safetensors", "model.safetensors.index.json", "preprocessor_config.json", "README.md",
+    "configuration_armhubert.py", "modeling_armhubert.py", "vocab.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "tokenizer.json", "processor_config.json", "training_args.bin",
+    "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json", "distill_recipe.yaml",
+    "generation_config.json",
+})
+_OUTPUT_FILE_PATTERNS = re.compile(r"model-\d+-of-\d+\.safetensors")
+_OUTPUT_FOLDER_NAMES = re.compile(r"(checkpoint-\d+|runs|\.student-staging)")
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """A complete saved model: `config.json` and its weights."""
+    return (folder / "config.json").is_file() and (
+        (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+    )
+
+
+def previous_output_problem(folder: str | os.PathLike) -> str | None:
+    """None if `folder` holds only what our commands write (a model folder, a repository of model
+    folders, or a training run's output), else what does not fit, for the refusal message.
+
+    `--overwrite` replaces such a folder only: a user's own files (notes, data, checkpoints to
+    convert, a git clone) are never deleted.
+    """
+    folder = Path(folder)
+    foreign, complete = [], _is_model_folder(folder)
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink():
+            foreign.append(entry.name)
+        elif entry.is_file():
+            if entry.name not in OUTPUT_FILE_NAMES and not _OUTPUT_FILE_PATTERNS.fullmatch(entry.name):
+                foreign.append(entry.name)
+        elif entry.is_dir() and _OUTPUT_FOLDER_NAMES.fullmatch(entry.name):
+            complete = complete or (entry / "trainer_state.json").is_file()
+        elif entry.is_dir() and _is_model_folder(entry) and previous_output_problem(entry) is None:
+            complete = True  # a variant of a repository written by `convert_checkpoint.py --all`
+        elif not _staging_match(entry.name):
+            foreign.append(entry.name + ("/" if entry.is_dir() else ""))
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        return f"it holds {', '.join(foreign[:3])}{more}, which this tool did not write"
+    if not complete:
+        return "it holds no complete previous output (config.json with model.safetensors, or a checkpoint)"
+    return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_apart(output: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = ()) -> None:
+    """Refuse an output that is, contains or lies inside an input: replacing it would delete the input."""
+    output = Path(output).resolve()
+    for item in inputs:
+        if item is None or not os.path.lexists(item):
+            continue
+        source = Path(item).resolve()
+        if _inside(source, output) or _inside(output, source):
+            relation = "is" if source == output else "contains" if _inside(source, output) else "is inside"
+            raise UserError(
+                f"the output {output} {relation} the input {source}; choose an output folder apart from the inputs"
+            )
+
+
+def check_output_location(output: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
+    """Refuse an output apart from nothing (`check_apart`), a file, or one whose nearest existing folder is not writable."""
+    output = Path(output)
+    check_apart(output, inputs)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"output {output} exists and is not a folder")
+    existing = output.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create output {output}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write output {output}: {existing} is not writable; choose another folder")
+    return output
+
+
+def check_output_folder(
+    output_dir: str | os.PathLike,
+    overwrite: bool,
+    inputs: Sequence[str | os.PathLike | None] = (),
+    problem: Callable[[Path], str | None] = previous_output_problem,
+    flag: str = "--overwrite",
+) -> Path:
+    """Refuse an output folder that overlaps an input, cannot be written, or is non-empty without `overwrite`
+    (the command's `flag`); with it, refuse one that `problem` finds is not a previous output of this tool."""
+    output_dir = check_output_location(output_dir, inputs)
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise UserError(f"output folder {output_dir} is not empty; pass {flag} to replace it")
+        reason = problem(output_dir)
+        if reason is not None:
+            raise UserError(
+                f"{flag} only replaces a previous output of this tool, and {output_dir} is not one: {reason}; "
+                "remove those files yourself or choose another folder"
+            )
     return output_dir
 
 
+def _staging_match(name: str) -> re.Match | None:
+    return re.fullmatch(rf"\..+\.({_STAGING_TAG}|{_RETIRED_TAG})-(\d+)-[A-Za-z0-9_]+", name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _left_by_a_killed_run(entry: Path, target: Path) -> str | None:
+    """The tag of a staging / retired folder that a killed run left beside `target`, else None.
+
+    Ours only: our name pattern for this target, a process that no longer runs, and older than this process.
+    """
+    match = _staging_match(entry.name)
+    if not match or not entry.name.startswith(f".{target.name}.{match.group(1)}-") or not entry.is_dir():
+        return None
+    pid = int(match.group(2))
+    if pid == os.getpid() or _pid_alive(pid) or entry.lstat().st_mtime >= _PROCESS_START:
+        return None
+    return match.group(1)
+
+
+def recover_interrupted_writes(target: str | os.PathLike) -> None:
+    """Clean up after runs killed while writing `target`: put back a retired previous output whose
+    replacement never arrived, and delete left-over staging folders and retired copies."""
+    target = Path(target).absolute()
+    if not target.parent.is_dir():
+        return
+    leftovers = [(entry, tag) for entry in target.parent.iterdir() if (tag := _left_by_a_killed_run(entry, target))]
+    retired = sorted(
+        (entry for entry, tag in leftovers if tag == _RETIRED_TAG and (entry / "previous").is_dir()),
+        key=lambda entry: entry.lstat().st_mtime,
+    )
+    if retired and not os.path.lexists(target):
+        os.replace(retired[-1] / "previous", target)
+        logger.warning("Restored %s from an interrupted replacement", target)
+    for entry, _ in leftovers:
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where that is not supported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
 def replace_folder(staging: Path, target: Path) -> None:
-    """Put the complete `staging` folder at `target`, retiring an existing target only once it is replaced."""
-    if not target.exists():
+    """Put the complete `staging` folder at `target`; an existing target is always either old or new.
+
+    Where the filesystem can swap two paths in one step, it does (staging then holds the old folder,
+    which the caller removes). Elsewhere the old folder is renamed aside, the new one in, and the old
+    one removed; a run killed between the two renames leaves the old folder aside, and the next run
+    puts it back (`recover_interrupted_writes`).
+    """
+    if not os.path.lexists(target):
         os.replace(staging, target)
         return
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    if _exchange(staging, target):
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_RETIRED_TAG}-{os.getpid()}-", dir=target.parent))
     os.replace(target, retired / "previous")
     try:
         os.replace(staging, target)
@@ -88,17 +267,30 @@ def replace_folder(staging: Path, target: Path) -> None:
 
 
 @contextmanager
-def staged_folder(output_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside `output_dir`; on success it replaces `output_dir` in one rename.
+def staged_folder(
+    output_dir: str | os.PathLike,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike | None] = (),
+    problem: Callable[[Path], str | None] = previous_output_problem,
+) -> Iterator[Path]:
+    """Yield a temporary folder beside `output_dir`; on success it replaces `output_dir` atomically.
 
-    An exception or interruption inside the block leaves `output_dir` as it was and removes the
-    temporary folder; an existing non-empty target is only replaced with `overwrite`.
+    First cleans up after killed runs (`recover_interrupted_writes`), then checks the target
+    (`check_output_folder`: apart from `inputs`, writable, empty or, with `overwrite`, a previous
+    output as `problem` judges). An exception or interruption inside the block leaves `output_dir`
+    as it was and removes the temporary folder. The final folder gets the user's usual mode
+    (0755 with umask 022), not mkdtemp's 0700.
     """
-    output_dir = check_output_folder(output_dir, overwrite)
+    output_dir = Path(output_dir)
+    if _inside(Path.cwd().resolve(), output_dir.resolve()):  # replacing it would pull the floor away
+        raise UserError(f"the output {output_dir} contains the current folder; give a new folder, e.g. --output-dir out")
+    recover_interrupted_writes(output_dir)
+    output_dir = check_output_folder(output_dir, overwrite, inputs, problem)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{_STAGING_TAG}-{os.getpid()}-", dir=output_dir.parent))
     try:
         yield staging
+        os.chmod(staging, 0o777 & ~_umask())
         replace_folder(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -89,6 +89,22 @@ def _local_split_dir(root, split):
     )
 
 
+def _check_every_chapter_has_transcripts(split_dir, transcript_files):
+    """A chapter folder with audio but no `<speaker>-<chapter>.trans.txt` is an error, not silently dropped data.
+
+    An error rather than a warning: it is the mark of an incomplete download or extraction, and training
+    on part of a split without noticing changes the results.
+    """
+    listed = {path.parent for path in transcript_files}
+    for chapter in sorted(path for path in split_dir.glob("*/*") if path.is_dir() and path not in listed):
+        if any(chapter.glob("*.flac")):
+            speaker = chapter.parent.name
+            raise DataError(
+                f"chapter {chapter} has audio but no {speaker}-{chapter.name}.trans.txt, so its utterances cannot be "
+                "used; restore the transcript (re-extract the split) or remove the chapter folder"
+            )
+
+
 def _read_transcripts(split_dir):
     """(id, text, audio path) for every line of every `<speaker>/<chapter>/*.trans.txt` in a split folder."""
     transcript_files = sorted(split_dir.glob("*/*/*.trans.txt"))
@@ -97,9 +113,13 @@ def _read_transcripts(split_dir):
             f"no <speaker>/<chapter>/<speaker>-<chapter>.trans.txt files in {split_dir}; expected the layout "
             f"{LIBRISPEECH_LAYOUT}; found {_describe_folder(split_dir)}"
         )
+    _check_every_chapter_has_transcripts(split_dir, transcript_files)
     rows, missing = [], []
     for transcript_file in transcript_files:
-        lines = transcript_file.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = transcript_file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise DataError(f"{transcript_file} is not UTF-8 text (byte {error.start}); LibriSpeech transcripts are ASCII") from None
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue

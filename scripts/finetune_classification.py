@@ -23,7 +23,7 @@ import datasets
 import numpy as np
 import soundfile
 import torch
-from transformers import BatchFeature, EvalPrediction, Trainer, Wav2Vec2FeatureExtractor
+from transformers import BatchFeature, EvalPrediction, Wav2Vec2FeatureExtractor
 
 from armhubert.audio import DataError
 from armhubert.cli import UserError, run_main
@@ -35,6 +35,7 @@ from armhubert.finetune import (
     parse_run_arguments,
     train_evaluate_and_save,
 )
+from armhubert.training import GuardedTrainer
 from configuration_armhubert import SAMPLING_RATE
 from modeling_armhubert import ARMHubertForSequenceClassification, release_feature_extractor
 
@@ -77,6 +78,10 @@ def examples_from_csv(csv_path: str | Path) -> list[tuple[Path, str]]:
             rows = list(csv.DictReader(handle))
     except OSError as error:
         raise DataError(f"cannot read {csv_path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{csv_path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except csv.Error as error:
+        raise DataError(f"{csv_path} is not a readable CSV file: {error}") from None
     if not rows or not {"path", "label"} <= set(rows[0]):
         found = ", ".join(rows[0]) if rows else "no rows"
         raise DataError(f"{csv_path} needs a header with 'path' and 'label' columns and at least one row; found {found}")
@@ -191,7 +196,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         check_min_duration(dataset, model.config, what)
     feature_extractor = release_feature_extractor()
 
-    trainer = Trainer(
+    trainer = GuardedTrainer(
         model=model,
         args=training_args,
         data_collator=ClassificationCollator(feature_extractor),

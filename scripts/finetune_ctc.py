@@ -23,7 +23,7 @@ import datasets
 import jiwer
 import torch
 import numpy as np
-from transformers import BatchFeature, EvalPrediction, Trainer, Wav2Vec2CTCTokenizer, Wav2Vec2Processor
+from transformers import BatchFeature, EvalPrediction, Wav2Vec2CTCTokenizer, Wav2Vec2Processor
 
 from armhubert.audio import DataError
 from armhubert.cli import run_main
@@ -36,6 +36,7 @@ from armhubert.finetune import (
     train_evaluate_and_save,
 )
 from armhubert.librispeech import BUNDLED_CORPUS, load_librispeech
+from armhubert.training import GuardedTrainer
 from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
 
 PROG = "finetune_ctc.py"
@@ -201,7 +202,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     train = train.map(encode, input_columns="text", batched=True)
     evaluation = evaluation.map(encode, input_columns="text", batched=True)
 
-    trainer = Trainer(
+    trainer = GuardedTrainer(
         model=model,
         args=training_args,
         data_collator=CTCCollator(processor),

@@ -217,14 +217,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def previous_corpus_problem(folder: Path) -> str | None:
+    """None if `folder` holds only this script's split folders (what --overwrite may replace), else why not."""
+    names = {split for split, _, _ in SPLITS}
+    foreign = sorted(entry.name for entry in folder.iterdir() if entry.name not in names or not entry.is_dir())
+    return f"it holds {', '.join(foreign[:3])}, which make_corpus.py did not write" if foreign else None
+
+
 def make_corpus(argv: Sequence[str] | None = None) -> None:
     """Synthesise the corpus into a staging folder that replaces <output-dir>/LibriSpeech when complete."""
     args = parse_args(argv)
     exe = check_espeak()
     target = args.output_dir / CORPUS_NAME
     # Built beside the target (same filesystem) and renamed into place: never half-written.
-    with staged_folder(target, overwrite=args.overwrite) as staging:
-        staging.chmod(0o755)  # mkdtemp makes it owner-only
+    with staged_folder(target, overwrite=args.overwrite, problem=previous_corpus_problem) as staging:
         n_utts, total_sec = build_corpus(staging, args.seed, exe)
     print(f"wrote {n_utts} utterances ({total_sec / 60:.1f} min) to {target}")
 

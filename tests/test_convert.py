@@ -241,9 +241,10 @@ def _bad_checkpoints(tmp_path):
 
 
 def test_bad_inputs_exit_2_with_one_line_and_leave_the_output_untouched(tmp_path, capsys):
-    existing = tmp_path / "existing"
+    existing = tmp_path / "existing"  # a previous conversion: what --overwrite may replace
     existing.mkdir()
-    (existing / "keep.txt").write_text("user data")
+    for file_name in ("config.json", "model.safetensors", "README.md"):
+        (existing / file_name).write_text("previous output")
     for name, (args, message) in _bad_checkpoints(tmp_path).items():
         for target in (tmp_path / f"new-{name.replace(' ', '-')}", existing):
             extra = ["--overwrite"] if target == existing else []
@@ -252,7 +253,8 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_the_output_untouched(tmp_path
             assert message in stderr, (name, stderr)
             assert len(stderr.strip().splitlines()) == 1, (name, stderr)
         assert not (tmp_path / f"new-{name.replace(' ', '-')}").exists(), name
-        assert [p.name for p in existing.iterdir()] == ["keep.txt"], name
+        assert sorted(p.name for p in existing.iterdir()) == ["README.md", "config.json", "model.safetensors"], name
+        assert (existing / "config.json").read_text() == "previous output", name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -281,13 +283,18 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
 def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys):
     target = tmp_path / "model"
     target.mkdir()
-    (target / "old.txt").write_text("old")
+    for file_name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        (target / file_name).write_text("old")  # a previous output of the converter
     code, stderr = run_main(capsys, TINY_CKPT, "--output-dir", target)
     assert code == 2 and "--overwrite" in stderr
-    assert (target / "old.txt").exists()
+    assert (target / "config.json").read_text() == "old"
+    (target / "preprocessor_config.json").rename(target / "stale.json")
+    code, stderr = run_main(capsys, TINY_CKPT, "--output-dir", target, "--overwrite")
+    assert code == 2 and "stale.json, which this tool did not write" in stderr  # a file we never write: kept
+    (target / "stale.json").unlink()
     code, stderr = run_main(capsys, TINY_CKPT, "--output-dir", target, "--overwrite")
     assert code == 0, stderr
-    assert not (target / "old.txt").exists() and (target / "model.safetensors").exists()
+    assert (target / "config.json").read_text() != "old" and (target / "model.safetensors").exists()
 
 
 def test_interrupted_write_leaves_no_partial_folder(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from huggingface_hub import ModelCard
 from test_convert import distiller_section, run_main, to_original
 
 import convert_checkpoint  # the command
+from armhubert import io
 from armhubert.cli import UserError
 from armhubert.convert import folders
 from armhubert.convert.cards import CardFacts, file_sha256, model_card
@@ -447,11 +448,13 @@ def test_interrupted_repository_build_leaves_the_target_as_it_was(tmp_path, monk
         folders.convert_folder(source, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
-    target.mkdir()
-    (target / "keep.txt").write_text("published before")
+    (target / "variant").mkdir(parents=True)  # a repository published before: what --overwrite may replace
+    for path in (target / "README.md", target / "variant" / "config.json", target / "variant" / "model.safetensors"):
+        path.write_text("published before")
+    published = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
     with pytest.raises(KeyboardInterrupt):
         folders.convert_folder(source, target, overwrite=True)
-    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == published
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "src"]
 
     monkeypatch.undo()
@@ -462,10 +465,12 @@ def test_interrupted_repository_build_leaves_the_target_as_it_was(tmp_path, monk
             raise OSError("disk full")
         return real_replace(src, dst)
 
+    # Where paths cannot be swapped in one step: the old folder is renamed aside, then put back.
+    monkeypatch.setattr(io, "_exchange", lambda first, second: False)
     monkeypatch.setattr(os, "replace", rename_fails_once_the_old_folder_is_retired)
     with pytest.raises(OSError, match="disk full"):
         folders.convert_folder(source, target, overwrite=True)
-    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == published
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "src"]
 
 

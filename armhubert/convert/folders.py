@@ -18,16 +18,19 @@ from modeling_armhubert import ARMHubertModel, add_remote_code_entries, release_
 
 from ..cli import UserError
 from ..io import staged_folder
+from ..limits import check_code_text, check_finite_weights, check_safe_name
 from .cards import CardFacts, file_sha256, model_card, repository_card
 from .hubert_export import hubert_additions, to_hubert_model
 from .original import convert_with_training_config
 from .releases import guess_family, resolve_release
 
 OUTPUT_FORMATS = ("armhubert", "hubert")
+ROOT_FILE_SUFFIXES = (".md", ".py", ".json", ".safetensors", ".txt", ".yaml")  # files a repository's root holds
 
 
 def _write_model(model, folder):
     """`save_pretrained` (which also copies the code files of auto-registered classes) plus the preprocessor."""
+    check_finite_weights(model, "the converted model")
     if isinstance(model, ARMHubertModel):
         add_remote_code_entries(model.config)  # AutoModelForCTC / audio classification / feature pipeline too
     model.save_pretrained(folder)
@@ -93,9 +96,12 @@ def convert_checkpoint(
     """
     _check_format(output_format)
     conversion = Conversion(Path(checkpoint_path), config_path and Path(config_path), name)
-    with staged_folder(output_dir, overwrite) as staging:  # checks the target before converting
+    repo = check_code_text(repo_id or str(output_dir), "the repository id / output folder")
+    check_code_text(conversion.checkpoint.name, "the checkpoint file name")  # the card shows it
+    inputs = (conversion.checkpoint, conversion.config_path)
+    with staged_folder(output_dir, overwrite, inputs) as staging:  # checks the target before converting
         facts = _write_variant(conversion, staging, output_format)
-        model_card(facts, repo=repo_id or str(output_dir)).save(staging / "README.md")
+        model_card(facts, repo=repo).save(staging / "README.md")
     return Path(output_dir)
 
 
@@ -107,6 +113,10 @@ def find_checkpoints(source_dir: str | os.PathLike) -> list[Conversion]:
     checkpoints = sorted(source_dir.glob("*.ckpt"))
     if not checkpoints:
         raise UserError(f"{source_dir} holds no .ckpt files")
+    for path in checkpoints:  # a file's name becomes a subfolder and appears in the cards' code
+        check_safe_name(path.stem, f"checkpoint file name {path.name}: the name")
+        if path.stem.lower().endswith(ROOT_FILE_SUFFIXES):
+            raise UserError(f"checkpoint {path.name}: a subfolder named {path.stem} would look like a repository file; rename it")
     return [
         Conversion(path, path.with_suffix(".yaml") if path.with_suffix(".yaml").is_file() else None)
         for path in checkpoints
@@ -133,9 +143,10 @@ def convert_folder(
     """
     _check_format(output_format)
     conversions = find_checkpoints(source_dir)
-    repo = repo_id or str(output_dir)
+    repo = check_code_text(repo_id or str(output_dir), "the repository id / output folder")
     variants = []
-    with staged_folder(output_dir, overwrite) as staging:
+    inputs = [source_dir] + [path for conversion in conversions for path in (conversion.checkpoint, conversion.config_path)]
+    with staged_folder(output_dir, overwrite, inputs) as staging:
         for conversion in conversions:
             # Written under a scratch name: the subfolder is named after the release, known after loading.
             scratch = staging / f".{conversion.checkpoint.name}"

@@ -10,6 +10,7 @@ is refused by name, and nothing from a pickle is ever run. Config expressions su
 """
 
 import ast
+import math
 import os
 import re
 import zipfile
@@ -17,12 +18,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import yaml
+from transformers.activations import ACT2FN
 
 from configuration_armhubert import ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
+from ..limits import brief, check_plain_data, check_structure, check_zip_members, load_yaml_file
 
 STUDENT_PREFIX = "student_model."
 # The model families of the release, as the training config's `model` field names them.
@@ -31,6 +33,9 @@ FAMILY_ALIASES = {"star": "starhubert"}  # STaR's own YAMLs say `model: star`
 KNOWN_FAMILIES = (*FAMILIES, *FAMILY_ALIASES)
 # Student keys the original loader deletes: STaR's unused pre-training projection.
 DROPPED_KEYS = ("final_proj.weight", "final_proj.bias")
+# Bounds of a config expression and of what it builds (the release's have ~100 characters, 7 layers).
+MAX_EXPRESSION_CHARACTERS = 10_000
+MAX_EXPRESSION_ITEMS = 10_000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -41,12 +46,33 @@ def parse_literal_expression(text: Any) -> Any:
     """Evaluate the release's config expressions, such as `"[(128, 10, 5)] + [(256, 3, 2)] * 4"`.
 
     Only literals (numbers, booleans, strings, None), lists, tuples, unary minus, `+` and `*` are
-    allowed; anything else (names, calls, attributes) is refused. Nothing is passed to `eval`.
+    allowed; anything else (names, calls, attributes) is refused. Nothing is passed to `eval`. The text
+    and every list, tuple or string it builds are bounded (`[0] * 10**9` is refused before it is built).
     """
+    text = str(text)
+    if len(text) > MAX_EXPRESSION_CHARACTERS:
+        raise UserError(f"config expression of {len(text):,} characters; at most {MAX_EXPRESSION_CHARACTERS:,} are read")
     try:
-        tree = ast.parse(str(text), mode="eval")
-    except SyntaxError as error:
-        raise UserError(f"cannot parse config expression {text!r}: {error.msg}") from None
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError) as error:
+        reason = getattr(error, "msg", None) or type(error).__name__
+        raise UserError(f"cannot parse config expression {brief(text)}: {reason}") from None
+
+    def refuse(node):
+        raise UserError(
+            f"config expression {brief(text)} uses {brief(ast.unparse(node))}; only list/tuple literals, + and * are allowed"
+        )
+
+    def combine(node, left, right):
+        """left + right or left * right, refusing a sequence longer than MAX_EXPRESSION_ITEMS before building it."""
+        lengths = [len(v) if isinstance(v, (list, tuple, str)) else abs(v) if isinstance(v, int) else 1 for v in (left, right)]
+        size = sum(lengths) if isinstance(node.op, ast.Add) else math.prod(lengths)
+        if any(isinstance(v, (list, tuple, str)) for v in (left, right)) and size > MAX_EXPRESSION_ITEMS:
+            raise UserError(f"config expression {brief(text)} builds more than {MAX_EXPRESSION_ITEMS:,} items; refusing it")
+        try:
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        except TypeError:
+            refuse(node)
 
     def evaluate(node):
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, bool, str, type(None))):
@@ -56,23 +82,89 @@ def parse_literal_expression(text: Any) -> Any:
         if isinstance(node, ast.Tuple):
             return tuple(evaluate(element) for element in node.elts)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -evaluate(node.operand)
+            operand = evaluate(node.operand)
+            if isinstance(operand, (int, float)) and not isinstance(operand, bool):
+                return -operand
         if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-            left, right = evaluate(node.left), evaluate(node.right)
-            try:
-                return left + right if isinstance(node.op, ast.Add) else left * right
-            except TypeError:
-                pass
-        raise UserError(
-            f"config expression {text!r} uses {ast.unparse(node)!r}; only list/tuple literals, + and * are allowed"
-        )
+            return combine(node, evaluate(node.left), evaluate(node.right))
+        refuse(node)
 
-    return evaluate(tree.body)
+    try:
+        return evaluate(tree.body)
+    except RecursionError:
+        raise UserError(f"config expression {brief(text)} nests too deeply") from None
 
 
 def _literal(value):
     """Config values are either already parsed (YAML lists) or Python-literal strings."""
     return parse_literal_expression(value) if isinstance(value, str) else value
+
+
+# Sizes of the distiller section: field -> (default, largest accepted). The bounds only stop absurd
+# values early (a model with them would never fit in memory); every release is far below them.
+_DISTILLER_SIZES = {
+    "encoder_layers": (12, 1024),
+    "encoder_embed_dim": (None, 65536),
+    "encoder_ffn_embed_dim": (3072, 262144),
+    "encoder_attention_heads": (12, 1024),
+    "conv_pos": (128, 4096),
+    "conv_pos_groups": (16, 65536),
+    "pred_head_final_dim": (768, 65536),
+    "required_seq_len_multiple": (1, 1024),
+    "crop_seq_to_multiple": (1, 1024),
+}
+_DISTILLER_RATES = {  # field -> default; each a number in [0, 1]
+    "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0, "dropout_input": 0.0, "encoder_layerdrop": 0.0,
+}
+MAX_CONV_LAYERS, MAX_CONV_VALUE = 64, 65536
+
+
+def _is_integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _size(distiller, field):
+    default, maximum = _DISTILLER_SIZES[field]
+    value = distiller.get(field, default)
+    if not _is_integer(value) or not 1 <= value <= maximum:
+        raise UserError(f"distiller.{field} must be an integer in 1..{maximum}, got {brief(value)}")
+    return value
+
+
+def _rate(distiller, field):
+    value = distiller.get(field, _DISTILLER_RATES[field])
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise UserError(f"distiller.{field} must be a number in [0, 1], got {brief(value)}")
+    return value
+
+
+def _conv_layers(distiller):
+    """(dims, kernels, strides) from conv_feature_layers: a list of (dim, kernel, stride) positive integers."""
+    layers = _literal(distiller["conv_feature_layers"])
+    valid = (
+        isinstance(layers, (list, tuple))
+        and 1 <= len(layers) <= MAX_CONV_LAYERS
+        and all(
+            isinstance(layer, (list, tuple)) and len(layer) == 3
+            and all(_is_integer(v) and 1 <= v <= MAX_CONV_VALUE for v in layer)
+            for layer in layers
+        )
+    )
+    if not valid:
+        raise UserError(
+            f"conv_feature_layers must be a list of 1..{MAX_CONV_LAYERS} (dim, kernel, stride) positive integers, "
+            f"got {brief(layers)}"
+        )
+    return tuple(list(column) for column in zip(*layers))
+
+
+def _reuse_pattern(distiller, layers):
+    computes = _literal(distiller.get("reuse_pattern") or [True] * layers)
+    if not isinstance(computes, (list, tuple)) or len(computes) != layers or not all(
+        isinstance(flag, bool) or flag in (0, 1) for flag in computes
+    ):
+        raise UserError(f"distiller.reuse_pattern must list {layers} booleans (one per layer), got {brief(computes)}")
+    return computes
 
 
 def _check_supported(distiller):
@@ -87,7 +179,7 @@ def _check_supported(distiller):
     for field, allowed in unsupported.items():
         if field in distiller and distiller[field] not in allowed:
             raise UserError(
-                f"distiller.{field}={distiller[field]!r} is not a released architecture; supported: {allowed}"
+                f"distiller.{field}={brief(distiller[field])} is not a released architecture; supported: {allowed}"
             )
 
 
@@ -96,17 +188,23 @@ def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> AR
     if not isinstance(distiller, dict) or "encoder_embed_dim" not in distiller:
         raise UserError("the config has no usable 'distiller' section (expected encoder_embed_dim and friends)")
     _check_supported(distiller)
-    layers = distiller.get("encoder_layers", 12)
-    conv_layers = _literal(distiller["conv_feature_layers"])
-    try:
-        dims, kernels, strides = (list(column) for column in zip(*conv_layers))
-    except (TypeError, ValueError):
-        raise UserError(f"conv_feature_layers must be a list of (dim, kernel, stride), got {conv_layers!r}")
-    computes = _literal(distiller.get("reuse_pattern") or [True] * layers)
+    if "conv_feature_layers" not in distiller:
+        raise UserError("the distiller section has no conv_feature_layers (the CNN's (dim, kernel, stride) list)")
+    sizes = {field: _size(distiller, field) for field in _DISTILLER_SIZES}
+    rates = {field: _rate(distiller, field) for field in _DISTILLER_RATES}
+    layers = sizes["encoder_layers"]
+    dims, kernels, strides = _conv_layers(distiller)
+    computes = _reuse_pattern(distiller, layers)
     modes = {"default": "group", "layer_norm": "layer"}
     mode = distiller.get("extractor_mode", "default")
-    if mode not in modes:
-        raise UserError(f"distiller.extractor_mode={mode!r} is unknown; expected one of {list(modes)}")
+    if not isinstance(mode, str) or mode not in modes:
+        raise UserError(f"distiller.extractor_mode={brief(mode)} is unknown; expected one of {list(modes)}")
+    activation = distiller.get("activation_fn", "gelu")
+    if not isinstance(activation, str) or activation not in ACT2FN:
+        raise UserError(f"distiller.activation_fn={brief(activation)} is not an activation transformers knows")
+    grad_mult = distiller.get("feature_grad_mult", 1.0)
+    if not isinstance(grad_mult, (int, float)) or isinstance(grad_mult, bool) or not 0.0 <= grad_mult <= 1e6:
+        raise UserError(f"distiller.feature_grad_mult must be a non-negative number, got {brief(grad_mult)}")
     heads = bool(distiller.get("layerwise_proj", False))
     try:
         return ARMHubertConfig(
@@ -115,53 +213,51 @@ def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> AR
             conv_stride=strides,
             conv_bias=bool(distiller.get("conv_bias", False)),
             feat_extract_norm=modes[mode],
-            hidden_size=distiller["encoder_embed_dim"],
-            intermediate_size=distiller.get("encoder_ffn_embed_dim", 3072),
-            num_attention_heads=distiller.get("encoder_attention_heads", 12),
+            hidden_size=sizes["encoder_embed_dim"],
+            intermediate_size=sizes["encoder_ffn_embed_dim"],
+            num_attention_heads=sizes["encoder_attention_heads"],
             num_hidden_layers=layers,
             # The release's reuse_pattern says True = "computes attention"; ours says True = "reuses".
             layer_reuses_attention_map=[not flag for flag in computes],
             do_stable_layer_norm=bool(distiller.get("layer_norm_first", False)),
-            hidden_act=distiller.get("activation_fn", "gelu"),
-            num_conv_pos_embeddings=distiller.get("conv_pos", 128),
-            num_conv_pos_embedding_groups=distiller.get("conv_pos_groups", 16),
-            projection_head_size=distiller.get("pred_head_final_dim", 768) if heads else None,
+            hidden_act=activation,
+            num_conv_pos_embeddings=sizes["conv_pos"],
+            num_conv_pos_embedding_groups=sizes["conv_pos_groups"],
+            projection_head_size=sizes["pred_head_final_dim"] if heads else None,
             use_mask_embedding=has_mask_embedding,
-            hidden_dropout=distiller.get("dropout", 0.1),
-            attention_dropout=distiller.get("attention_dropout", 0.1),
-            activation_dropout=distiller.get("activation_dropout", 0.0),
-            feat_proj_dropout=distiller.get("dropout_input", 0.0),
-            layerdrop=distiller.get("encoder_layerdrop", 0.0),
+            hidden_dropout=rates["dropout"],
+            attention_dropout=rates["attention_dropout"],
+            activation_dropout=rates["activation_dropout"],
+            feat_proj_dropout=rates["dropout_input"],
+            layerdrop=rates["encoder_layerdrop"],
             layer_grad_scale=bool(distiller.get("layer_grad_scale", False)) and heads,
-            feature_grad_mult=distiller.get("feature_grad_mult", 1.0),
-            crop_seq_to_multiple=distiller.get("crop_seq_to_multiple", 1),
-            required_seq_len_multiple=distiller.get("required_seq_len_multiple", 1),
+            feature_grad_mult=grad_mult,
+            crop_seq_to_multiple=sizes["crop_seq_to_multiple"],
+            required_seq_len_multiple=sizes["required_seq_len_multiple"],
         )
-    except ValueError as error:
+    except (ValueError, TypeError, ZeroDivisionError) as error:
         raise UserError(f"the distiller section does not describe a valid model: {error}") from None
 
 
 def read_training_config(checkpoint: Mapping[str, Any], config_path: str | os.PathLike | None = None) -> dict:
     """The training config as a dict: the YAML when given, else the checkpoint's hyper-parameters."""
     if config_path is not None:
-        try:
-            with open(config_path, encoding="utf-8") as handle:
-                config = yaml.safe_load(handle)
-        except OSError as error:
-            raise UserError(f"cannot read config {config_path}: {error.strerror}") from None
-        except yaml.YAMLError as error:
-            raise UserError(f"{config_path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        config = load_yaml_file(config_path, "config")
     else:
-        config = (checkpoint.get("hyper_parameters") or {}).get("cfg")
+        hyper_parameters = checkpoint.get("hyper_parameters") or {}
+        if not isinstance(hyper_parameters, dict):
+            raise UserError(f"the checkpoint's hyper_parameters is a {type(hyper_parameters).__name__}, not a mapping")
+        config = hyper_parameters.get("cfg")
         if config is None:
             raise UserError(
                 "the checkpoint has no hyper_parameters['cfg'] (STaR checkpoints do not): pass its YAML with --config"
             )
     if not isinstance(config, dict):
         raise UserError("the training config is not a mapping of sections")
+    check_plain_data(config, "the training config")
     family = config.get("model")
-    if family is not None and str(family).lower() not in KNOWN_FAMILIES:
-        raise UserError(f"unknown model family {family!r}; this converter knows {', '.join(KNOWN_FAMILIES)}")
+    if family is not None and (not isinstance(family, str) or family.lower() not in KNOWN_FAMILIES):
+        raise UserError(f"unknown model family {brief(family)}; this converter knows {', '.join(KNOWN_FAMILIES)}")
     return config
 
 
@@ -174,7 +270,8 @@ def training_family(training_config: Mapping[str, Any]) -> str:
 def training_hours(training_config: Mapping[str, Any]) -> int | None:
     """100 or 960 from the training config's LibriSpeech subsets; None when they do not say."""
     data = training_config.get("data")
-    subsets = set(data.get("train_set") or []) if isinstance(data, dict) else set()
+    subsets = data.get("train_set") if isinstance(data, dict) else None
+    subsets = {subset for subset in subsets if isinstance(subset, str)} if isinstance(subsets, list) else set()
     if subsets == {"train-clean-100"}:
         return 100
     if {"train-clean-100", "train-clean-360", "train-other-500"} <= subsets:
@@ -233,7 +330,10 @@ def _unreadable(path, error):
     unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", message)
     if unsupported:
         return _refused(path, [unsupported.group(1)])
-    if "weights_only" in message:
+    operand = re.search(r"Unsupported operand (\d+)", message)
+    if operand:
+        reason = f"its pickle uses an operation (opcode {operand.group(1)}) that safe loading refuses; nothing was run"
+    elif "weights_only" in message:
         reason = "it holds pickled Python objects that are not tensors; refusing to unpickle them"
     else:
         reason = message.splitlines()[0] if message else type(error).__name__
@@ -247,25 +347,34 @@ def load_original_checkpoint(path: str | os.PathLike) -> dict:
     class or function is refused before anything is unpickled. Zip checkpoints (every torch.save since
     torch 1.6, hence Lightning 1.7) are memory-mapped, so the teacher and optimizer tensors are never
     read into memory: only the student's pages are touched, when its tensors are copied out.
+
+    Only zip checkpoints are read (the legacy format sizes its storages from the file's own claims);
+    their members' uncompressed sizes and the unpickled structure are bounded (`armhubert.limits`),
+    so a small hostile file cannot take much memory or time.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist or is not a file")
-    zipped = zipfile.is_zipfile(path)
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{path} is not a readable PyTorch checkpoint: it is not the zip archive torch.save writes (PyTorch >= 1.6, "
+            "as the release's .ckpt files); re-save an older checkpoint with a current torch"
+        )
+    check_zip_members(path, f"checkpoint {path}")
     with torch.serialization.safe_globals(_STAND_INS):
         try:
-            if zipped:
-                # A static scan of the pickle's globals names every unknown class at once.
-                unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-                if unknown:
-                    raise _refused(path, unknown)
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+            # A static scan of the pickle's globals names every unknown class at once.
+            unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            if unknown:
+                raise _refused(path, unknown)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except UserError:
             raise
         except Exception as error:  # torch raises many types for corrupt, truncated or foreign files
             raise _unreadable(path, error) from None
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    check_structure(checkpoint, f"checkpoint {path}")
     return checkpoint
 
 
@@ -274,16 +383,41 @@ def student_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict):
         raise UserError("the checkpoint's state_dict is not a mapping")
+    for key in state:
+        if not isinstance(key, str):
+            raise UserError(f"the checkpoint's state_dict has a key {brief(key)} that is not a name; it is not a release file")
     student = {
         key.split(STUDENT_PREFIX, 1)[1]: value
         for key, value in state.items()
         if STUDENT_PREFIX in key and torch.is_tensor(value)
     }
+    for key, value in student.items():
+        _check_weight_tensor(key, value)
     if not student:
         raise UserError("the checkpoint has no 'student_model.*' tensors; is it an original distillation checkpoint?")
     for key in DROPPED_KEYS:
         student.pop(key, None)
     return student
+
+
+def _check_weight_tensor(key, value):
+    """A student weight must be a dense CPU floating-point tensor whose elements its storage holds.
+
+    Sparse, meta or quantized tensors cannot be weights; an expanded view (stride 0) of a small storage
+    would take far more memory once copied than the file holds.
+    """
+    if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized:
+        raise UserError(
+            f"student tensor {brief(key)} is a {value.layout} tensor on {value.device.type}; weights are dense CPU tensors"
+        )
+    if not value.is_floating_point():
+        raise UserError(f"student tensor {brief(key)} has dtype {value.dtype}; weights are floating-point")
+    needed = value.numel() * value.element_size()
+    if needed > value.untyped_storage().nbytes() - value.storage_offset() * value.element_size():
+        raise UserError(
+            f"student tensor {brief(key)} of shape {tuple(value.shape)} needs {needed:,} bytes but its storage holds "
+            f"{value.untyped_storage().nbytes():,}; it is not a saved weight"
+        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,8 +9,10 @@ mapping). `build_arguments` validates it into the two argument objects; every pr
 import dataclasses
 import difflib
 import logging
+import math
 import os
 import re
+import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +25,8 @@ from configuration_armhubert import PRESETS
 
 from ..cli import UserError
 from ..librispeech import HUB_DATASET
+from ..limits import brief, load_yaml_file, parse_yaml_text
+from ..training import check_training_values
 from .losses import STAR_NORMALIZATIONS, STAR_REDUCTIONS
 
 logger = logging.getLogger(__name__)
@@ -86,15 +90,20 @@ class DistillArguments:
     def __post_init__(self):
         def choose(field, allowed):
             if getattr(self, field) not in allowed:
-                raise UserError(f"{field} must be one of {', '.join(allowed)}, got {getattr(self, field)!r}")
+                raise UserError(f"{field} must be one of {', '.join(allowed)}, got {brief(getattr(self, field))}")
+
+        if isinstance(self.train_splits, str):
+            self.train_splits = [self.train_splits]
+        hints = typing.get_type_hints(DistillArguments)
+        for field in dataclasses.fields(self):
+            check_value_type(getattr(self, field.name), hints[field.name], field.name)
+        self._check_ranges()
 
         choose("distill_mode", DISTILL_MODES)
         choose("loss_type", ("mse", "l1"))
         choose("loss_normalization", LOSS_NORMALIZATIONS)
         choose("star_normalization", STAR_NORMALIZATIONS)
         choose("star_reduction", STAR_REDUCTIONS)
-        if isinstance(self.train_splits, str):
-            self.train_splits = [self.train_splits]
         if not 0.0 <= self.mask_prob <= 1.0:
             raise UserError(f"mask_prob must lie in [0, 1], got {self.mask_prob}")
         if self.mask_length < 1 or self.mask_min_space < 0 or self.mask_min_spans < 0:
@@ -103,6 +112,26 @@ class DistillArguments:
             raise UserError(f"keep_best_checkpoints must be >= 1 or null, got {self.keep_best_checkpoints}")
         if self.crop_seconds is not None and self.crop_seconds <= 0:
             raise UserError(f"crop_seconds must be positive or null, got {self.crop_seconds}")
+
+    def _check_ranges(self):
+        """Values of the right type but outside what the run can use."""
+        for name in ("teacher", "student", "data_source"):
+            if not getattr(self, name).strip():
+                raise UserError(f"{name} must not be empty")
+        if not self.train_splits or not all(isinstance(split, str) and split for split in self.train_splits):
+            raise UserError(f"train_splits must be a split name or a non-empty list of them, got {brief(self.train_splits)}")
+        if self.teacher_layers is not None and not all(
+            isinstance(layer, int) and not isinstance(layer, bool) for layer in self.teacher_layers
+        ):
+            raise UserError(f"teacher_layers must list integers (1-based teacher layers), got {brief(self.teacher_layers)}")
+        for name in ("student_config", "teacher_config"):
+            if not all(isinstance(key, str) for key in getattr(self, name) or {}):
+                raise UserError(f"{name} must map field names to values, got {brief(getattr(self, name))}")
+        for name in ("hint_layer_weight", "last_layer_weight", "star_layer_weight", "star_intra_weight"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise UserError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.effective_batch_size is not None and self.effective_batch_size < 1:
+            raise UserError(f"effective_batch_size must be a positive number of utterances or null, got {self.effective_batch_size}")
 
 
 # Distillation defaults for TrainingArguments (spec: AdamW (0.9, 0.98), eps 1e-6, weight decay 0.01,
@@ -145,6 +174,39 @@ def _parse_scalar(text, kind):
     return kind(text)
 
 
+def _options(annotation):
+    """The alternatives of a (possibly Optional / union) annotation."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def check_value_type(value: typing.Any, annotation: typing.Any, key: str) -> None:
+    """Refuse a value whose type the field does not take: `seed=1.5`, `learning_rate=[1]`, `student_config=5`.
+
+    Fields typed with enums or classes are left to their own validation (TrainingArguments checks them);
+    an int is accepted where a float is, a bool only where a bool is.
+    """
+    accepted = []
+    for option in _options(annotation):
+        kind = typing.get_origin(option) or option
+        if kind not in (int, float, str, bool, list, dict, type(None)):
+            return
+        accepted.append(kind)
+    if isinstance(value, bool):
+        valid = bool in accepted
+    elif isinstance(value, int):
+        valid = int in accepted or float in accepted
+    else:
+        valid = isinstance(value, tuple(accepted))
+    if isinstance(value, float) and valid and not math.isfinite(value):
+        raise UserError(f"{key} must be a finite number, got {value}")
+    if not valid:
+        names = {int: "an integer", float: "a number", str: "text", bool: "true or false", list: "a list",
+                 dict: "a mapping", type(None): "null"}
+        raise UserError(f"{key} must be {' or '.join(names[kind] for kind in accepted)}, got {brief(value)}")
+
+
 def _coerce(value, annotation, key):
     """YAML leaves some values as strings (e.g. 5e-3): convert them to the field's scalar type."""
     if not isinstance(value, str):
@@ -174,20 +236,13 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 
-def _parse_yaml(text):
-    return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader: plain data only
-
-
 def load_recipe(config_path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, typing.Any]:
     """The recipe YAML as a dict, with `key=value` overrides applied (values parsed as YAML, never eval)."""
     path = Path(config_path)
     if not path.is_file():
         available = ", ".join(sorted(p.stem for p in BUNDLED_RECIPES.glob("*.yaml")))
         raise UserError(f"recipe {path} not found; the bundled recipes are conf/<name>.yaml with name in: {available}")
-    try:
-        recipe = _parse_yaml(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise UserError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    recipe = load_yaml_file(path, "recipe", _RecipeLoader) or {}
     if not isinstance(recipe, dict):
         raise UserError(f"{path} must be a mapping of key: value lines, found a {type(recipe).__name__}")
     for override in overrides:
@@ -195,9 +250,9 @@ def load_recipe(config_path: str | os.PathLike, overrides: Sequence[str] = ()) -
         if not sep or not key:
             raise UserError(f"override {override!r} is not of the form key=value")
         try:
-            value = _parse_yaml(text) if text else None
-        except yaml.YAMLError:
-            value = text
+            value = parse_yaml_text(text, f"override {key}", _RecipeLoader) if text else None
+        except UserError:
+            value = text  # not YAML (e.g. a path with a colon): the text itself
         if "." in key:  # one entry of a mapping field, e.g. student_config.hidden_size=64
             top, sub = key.split(".", 1)
             if recipe.get(top) is None:
@@ -228,12 +283,15 @@ def build_arguments(recipe: dict[str, typing.Any]) -> tuple[DistillArguments, Tr
             )
         if key in TRAINING_FIXED and recipe[key] != TRAINING_FIXED[key]:
             raise UserError(f"{key} is fixed to {TRAINING_FIXED[key]!r} by distill_trainer.py; remove it from the recipe")
-    if not recipe.get("output_dir"):
-        raise UserError("the recipe sets no output_dir; add output_dir: <folder> or pass output_dir=<folder>")
+    if not recipe.get("output_dir") or not isinstance(recipe["output_dir"], str):
+        raise UserError("the recipe sets no output_dir folder; add output_dir: <folder> or pass output_dir=<folder>")
     distill_types = typing.get_type_hints(DistillArguments)
     training_types = typing.get_type_hints(TrainingArguments)
     distill_values = {k: _coerce(v, distill_types[k], k) for k, v in recipe.items() if k in distill_fields}
     training_values = {k: _coerce(v, training_types[k], k) for k, v in recipe.items() if k in training_fields}
+    for key, value in training_values.items():
+        check_value_type(value, training_types[key], key)
+    check_training_values(training_values)
     training_values = {**TRAINING_DEFAULTS, "report_to": _report_to_default(), **training_values, **TRAINING_FIXED}
     try:
         distill_args = DistillArguments(**distill_values)

@@ -12,7 +12,8 @@ from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 from configuration_armhubert import SAMPLING_RATE, receptive_field
 from modeling_armhubert import release_feature_extractor
 
-from ..io import atomic_write_text
+from ..cli import UserError
+from ..io import atomic_write_text, check_output_location
 from ..librispeech import AudioCollator, load_librispeech
 from ..training import save_trained_model
 from .masks import SpanMasker
@@ -86,6 +87,8 @@ def distill(
     """
     recipe = load_recipe(config_path, overrides)
     distill_args, training_args = build_arguments(recipe)
+    inputs = [distill_args.data_source, distill_args.teacher, distill_args.student]  # those that are paths
+    check_output_location(training_args.output_dir, inputs)
     setup_logging(training_args)
     resume = resolve_resume(resume or training_args.resume_from_checkpoint, training_args.output_dir)
     apply_effective_batch_size(distill_args, training_args)
@@ -97,9 +100,14 @@ def distill(
         training_args.ddp_find_unused_parameters = True  # a dropped layer leaves its parameters without gradient
     pairs = layer_pairs(distill_args, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     min_samples = _min_samples(teacher, student)
+    max_samples = None if distill_args.crop_seconds is None else int(distill_args.crop_seconds * SAMPLING_RATE)
+    if max_samples is not None and max_samples < min_samples:
+        raise UserError(
+            f"crop_seconds={distill_args.crop_seconds} keeps {max_samples} samples, fewer than the {min_samples}-sample "
+            f"receptive field of the models; use at least {min_samples / SAMPLING_RATE:.3f}"
+        )
     train_dataset, eval_dataset = _load_splits(distill_args, training_args, min_samples)
     feature_extractor = release_feature_extractor()
-    max_samples = None if distill_args.crop_seconds is None else int(distill_args.crop_seconds * SAMPLING_RATE)
     logger.info(
         "Distilling %s (%s) into %s: %d training utterances (%.1f h), teacher layers %s",
         distill_args.teacher, distill_args.distill_mode, distill_args.student, len(train_dataset),

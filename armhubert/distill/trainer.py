@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from accelerate.utils.memory import clear_device_cache
 from torch import Tensor, nn
-from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -18,6 +18,7 @@ from configuration_armhubert import SAMPLING_RATE
 
 from ..cli import UserError
 from ..librispeech import AudioCollator, EpochSeededLengthGroupedSampler
+from ..training import GuardedTrainer
 from .losses import layer_weights, masking_distillation_loss, regression_loss, star_loss
 from .recipe import DistillArguments
 
@@ -46,7 +47,7 @@ class _DistillCallback(TrainerCallback):
             logger.warning("%d unreadable audio file(s) were skipped during training (see the warnings above)", total)
 
 
-class DistillTrainer(Trainer):
+class DistillTrainer(GuardedTrainer):
     """`transformers.Trainer` for distillation: `model` is the student, `teacher` a frozen encoder.
 
     The teacher lives beside the Trainer's model: it is never wrapped by DDP, never in the optimiser
