@@ -69,6 +69,22 @@ def _umask() -> int:
     return mask
 
 
+def give_usual_modes(path: Path) -> None:
+    """Folders 0777 and files 0666 less the umask (0755 / 0644 usually), through the whole tree at `path`.
+
+    mkdtemp makes folders 0700 and some writers (safetensors) files 0600: a published folder must be
+    readable by others as any file the user writes.
+    """
+    mask = _umask()
+    for root, folders, files in os.walk(path):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+    if path.is_file() and not path.is_symlink():
+        os.chmod(path, 0o666 & ~mask)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Output folders: where they may be, what --overwrite may replace, and what killed runs left behind
 
@@ -278,8 +294,8 @@ def staged_folder(
     First cleans up after killed runs (`recover_interrupted_writes`), then checks the target
     (`check_output_folder`: apart from `inputs`, writable, empty or, with `overwrite`, a previous
     output as `problem` judges). An exception or interruption inside the block leaves `output_dir`
-    as it was and removes the temporary folder. The final folder gets the user's usual mode
-    (0755 with umask 022), not mkdtemp's 0700.
+    as it was and removes the temporary folder. The final tree gets the user's usual modes
+    (`give_usual_modes`: 0755 / 0644 with umask 022), not mkdtemp's 0700.
     """
     output_dir = Path(output_dir)
     if _inside(Path.cwd().resolve(), output_dir.resolve()):  # replacing it would pull the floor away
@@ -290,7 +306,7 @@ def staged_folder(
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{_STAGING_TAG}-{os.getpid()}-", dir=output_dir.parent))
     try:
         yield staging
-        os.chmod(staging, 0o777 & ~_umask())
+        give_usual_modes(staging)
         replace_folder(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -304,6 +320,7 @@ def move_files_into(staging: Path, output_dir: Path, last: str = "config.json") 
     """
     try:
         for path in sorted(staging.iterdir(), key=lambda p: p.name == last):
+            give_usual_modes(path)
             os.replace(path, output_dir / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,182 @@
+"""Outputs under adverse conditions: killed runs, full disks, left-over staging folders, file modes.
+
+A run is killed for real (SIGKILL in a forked copy of this process, at a chosen point of the write);
+the next run must find the previous target intact (or restore it) and leave nothing behind. Only
+folders that are clearly ours (our name pattern for that target, a process that no longer runs, older
+than the running process) are ever removed.
+"""
+
+import errno
+import os
+import signal
+import stat
+import time
+
+import pytest
+import transformers.modeling_utils
+from conftest import TINY_CKPT
+from hostile import digest, hidden_entries, refusal
+
+import convert_checkpoint
+from armhubert import io
+from armhubert.convert import folders
+
+
+def _convert(target, *extra):
+    return convert_checkpoint.main([str(TINY_CKPT), "--output-dir", str(target), *map(str, extra)])
+
+
+def _killed(target, patch):
+    """Run `_convert(target, --overwrite)` in a forked child that `patch` arranges to SIGKILL mid-write."""
+    child = os.fork()
+    if child == 0:  # the child: never returns into pytest
+        try:
+            patch(lambda: os.kill(os.getpid(), signal.SIGKILL))
+            _convert(target, "--overwrite")
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+
+
+def _next_process(monkeypatch):
+    """What the next run sees: it started after the killed one."""
+    monkeypatch.setattr(io, "_PROCESS_START", time.time() + 1)
+
+
+def _dead_pid():
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    return child
+
+
+@pytest.fixture
+def previous(tmp_path, capsys):
+    """A converted folder (the previous output) and its digest."""
+    target = tmp_path / "model"
+    assert _convert(target) == 0
+    capsys.readouterr()
+    (target / "README.md").write_text("the previous card")  # tell the old output from a new one
+    return target, digest(target)
+
+
+def test_killed_while_writing_leaves_the_target_and_the_next_run_cleans_up(previous, monkeypatch, capsys):
+    target, before = previous
+
+    def kill_while_writing(kill):
+        monkeypatch.setattr(folders, "release_feature_extractor", lambda: kill())
+
+    _killed(target, kill_while_writing)
+    assert digest(target) == before
+    assert [name for name in hidden_entries(target.parent) if ".armhubert-staging-" in name]  # the killed run's
+    _next_process(monkeypatch)
+    assert "not empty; pass --overwrite" in refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", target)
+    assert hidden_entries(target.parent) == [] and digest(target) == before
+
+
+def test_killed_between_the_two_renames_restores_the_previous_target(previous, monkeypatch, capsys):
+    target, before = previous
+    real_replace = os.replace
+
+    def kill_once_the_old_folder_is_aside(kill):
+        monkeypatch.setattr(io, "_exchange", lambda first, second: False)  # a filesystem without RENAME_EXCHANGE
+
+        def replace(source, destination):
+            real_replace(source, destination)
+            if str(source) == str(target):
+                kill()
+
+        monkeypatch.setattr(os, "replace", replace)
+
+    _killed(target, kill_once_the_old_folder_is_aside)
+    assert not target.exists()  # the window: the old folder is aside, the new one not yet in
+    _next_process(monkeypatch)
+    # The next run puts it back before it looks at the target (so without --overwrite it finds it there).
+    assert "not empty; pass --overwrite" in refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", target)
+    assert digest(target) == before and hidden_entries(target.parent) == []
+
+
+def test_killed_after_the_swap_keeps_the_new_target_and_the_next_run_removes_the_old(previous, monkeypatch):
+    target, before = previous
+    real_exchange = io._exchange
+
+    def kill_after_the_swap(kill):
+        def exchange(first, second):
+            assert real_exchange(first, second)
+            kill()
+
+        monkeypatch.setattr(io, "_exchange", exchange)
+
+    _killed(target, kill_after_the_swap)
+    assert (target / "README.md").read_text() != "the previous card"  # the new folder is complete and in place
+    assert len(hidden_entries(target.parent)) == 1  # the old folder, under the staging name
+    _next_process(monkeypatch)
+    assert _convert(target, "--overwrite") == 0
+    assert hidden_entries(target.parent) == []
+
+
+def test_only_our_leftovers_of_dead_runs_for_this_target_are_removed(tmp_path, monkeypatch):
+    target = tmp_path / "model"
+    dead, alive = _dead_pid(), os.getppid()
+    ours = [f".model.armhubert-staging-{dead}-abc123", f".model.armhubert-old-{dead}-xyz_9"]
+    kept = [
+        f".model.armhubert-staging-{alive}-abc123",  # a run still in progress
+        f".other.armhubert-staging-{dead}-abc123",  # another target's
+        ".model.armhubert-staging-backup",  # not our pattern
+        ".model.backup",
+        "model.armhubert-staging-1-a",  # not hidden: not ours
+    ]
+    for name in ours + kept:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "file").write_text(name)
+    _next_process(monkeypatch)
+    assert _convert(target) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["model"])
+    assert all((tmp_path / name / "file").read_text() == name for name in kept)
+
+    fresh = tmp_path / f".model.armhubert-staging-{dead}-new"
+    fresh.mkdir()
+    monkeypatch.setattr(io, "_PROCESS_START", time.time() - 60)  # made after this process started: kept
+    io.recover_interrupted_writes(target)
+    assert fresh.is_dir()
+
+
+def test_a_full_disk_gives_one_line_and_keeps_the_previous_target(previous, monkeypatch, capsys):
+    target, before = previous
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[1]) if len(args) > 1 else None)
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    line = refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", target, "--overwrite")
+    assert "No space left on device" in line
+    assert digest(target) == before and hidden_entries(target.parent) == []
+    line = refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", target.parent / "new")
+    assert "No space left on device" in line and not (target.parent / "new").exists()
+
+
+def test_written_folders_get_the_usual_modes_not_mkdtemp_s(tmp_path, capsys):
+    previous_mask = os.umask(0o022)
+    try:
+        source = tmp_path / "src"
+        source.mkdir()
+        (source / "run.ckpt").write_bytes(TINY_CKPT.read_bytes())
+        assert convert_checkpoint.main(["--all", str(source), "--output-dir", str(tmp_path / "repo")]) == 0
+        assert _convert(tmp_path / "model") == 0
+    finally:
+        os.umask(previous_mask)
+    for root in (tmp_path / "repo", tmp_path / "model"):
+        for path in [root, *root.rglob("*")]:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+
+
+def test_the_swap_exchanges_two_folders_in_one_step(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "name").write_text(folder.name)
+    assert io._exchange(first, second)  # Linux (the test machines): renameat2 RENAME_EXCHANGE
+    assert (first / "name").read_text() == "b" and (second / "name").read_text() == "a"
