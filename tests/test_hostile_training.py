@@ -1,0 +1,286 @@
+"""Hostile and broken input to training: recipes, corpora, audio, diverging losses, fine-tuning outputs.
+
+What matters: exit status 2 with one line, no NaN model ever saved (with exit 0 or at all), no user
+file overwritten, no utterance silently dropped, every input intact.
+"""
+
+import csv
+import shutil
+
+import datasets
+import numpy as np
+import pytest
+import soundfile
+import torch
+import transformers
+from conftest import ROOT, load_script, random_model, tiny_config
+from hostile import digest, refusal
+from transformers import Trainer, TrainingArguments, pipeline
+
+from armhubert import training
+from armhubert.audio import DataError, load_16k, read_audio
+from armhubert.cli import UserError
+from armhubert.librispeech import BUNDLED_CORPUS, AudioCollator, load_librispeech
+from distill_trainer import main as distill_main
+from modeling_armhubert import release_feature_extractor
+
+finetune_ctc = load_script("finetune_ctc")
+finetune_classification = load_script("finetune_classification")
+
+QUICKSTART = str(ROOT / "conf" / "quickstart.yaml")
+FAST = ["crop_seconds=0.5", "dataloader_num_workers=0", "report_to=none", "disable_tqdm=true"]
+QUIET = ["--use_cpu", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0"]
+UTTERANCE = BUNDLED_CORPUS / "dev-clean" / "1001" / "201" / "1001-201-0000.flac"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_progress_bars():
+    """Progress bars share stderr with the error line; these tests count stderr's lines."""
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    yield
+    datasets.enable_progress_bars()
+    transformers.utils.logging.enable_progress_bar()
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("encoder")
+    random_model(tiny_config()).save_pretrained(folder)
+    release_feature_extractor().save_pretrained(folder)
+    return folder
+
+
+def _copy_corpus(root, splits=("train-clean-100", "dev-clean")):
+    for split in splits:
+        shutil.copytree(BUNDLED_CORPUS / split, root / "LibriSpeech" / split)
+    return root
+
+
+def _poison(path, value=float("nan")):
+    """Rewrite an audio file as float WAV data (still named .flac: soundfile reads by content) with one bad sample."""
+    samples, rate = soundfile.read(path, dtype="float32")
+    samples[len(samples) // 2] = value
+    soundfile.write(path, samples, rate, format="WAV", subtype="FLOAT")
+
+
+# --------------------------------------------------------------------------------------------------
+# Recipes and command-line values
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["student_config=5"], "student_config must be a mapping or null, got 5"),
+        (["train_splits=5"], "train_splits must be a list, got 5"),
+        (["train_splits=[]"], "train_splits must be a split name or a non-empty list"),
+        (["per_device_train_batch_size=0"], "per_device_train_batch_size must be >= 1, got 0"),
+        (["seed=1.5"], "seed must be an integer, got 1.5"),
+        (["seed=-1"], "seed must be in [0, 4294967295], got -1"),
+        (["crop_seconds=0.01"], "crop_seconds=0.01 keeps 160 samples, fewer than the 400-sample receptive field"),
+        (["learning_rate=[1]"], "learning_rate must be a number, got [1]"),
+        (["learning_rate=.nan"], "learning_rate must be a finite number, got nan"),
+        (["effective_batch_size=-8"], "effective_batch_size must be a positive number of utterances or null"),
+        (["max_steps=0"], "max_steps must be -1 (use num_train_epochs) or a positive number of steps, got 0"),
+        (["num_train_epochs=0"], "num_train_epochs is 0 and max_steps is not set"),
+        (["teacher_layers=[a, b, c, d]"], "teacher_layers must list integers"),
+        (["hint_layer_weight=-1"], "hint_layer_weight must be a finite number >= 0"),
+        (["student_config.num_attention_heads=0"], "ARMHubertConfig.num_attention_heads: got 0"),
+        (["student_config.hidden_size=-48"], "ARMHubertConfig.hidden_size: got -48"),
+        (["student_config.hidden_size=abc"], "ARMHubertConfig.hidden_size: got 'abc'"),
+        (["output_dir=[1]"], "the recipe sets no output_dir folder"),
+    ],
+)
+def test_recipe_values_are_checked_with_type_and_range(tmp_path, capsys, overrides, message):
+    out = tmp_path / "out"
+    line = refusal(capsys, distill_main, "--config", QUICKSTART, f"output_dir={out}", *FAST, *overrides)
+    assert line.startswith("distill_trainer.py: error: ") and message in line, line
+    assert not out.exists()
+
+
+def test_recipe_output_dir_that_is_a_file_or_holds_the_data_is_refused(tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert "exists and is not a folder" in refusal(capsys, distill_main, "--config", QUICKSTART, f"output_dir={a_file}")
+    assert "is a file, not a folder" in refusal(
+        capsys, distill_main, "--config", QUICKSTART, f"output_dir={a_file / 'run'}"
+    )
+    corpus = _copy_corpus(tmp_path / "corpus", splits=("train-clean-100",))
+    before = digest(corpus)
+    line = refusal(capsys, distill_main, "--config", QUICKSTART, f"data_source={corpus}", f"output_dir={corpus}")
+    assert "is the input" in line
+    bad_yaml = tmp_path / "recipe.yaml"
+    bad_yaml.write_bytes(b"learning_rate: 1.0e-3\n# caf\xe9\n")
+    assert "is not UTF-8 text" in refusal(capsys, distill_main, "--config", bad_yaml, f"output_dir={tmp_path / 'o'}")
+    assert a_file.read_text() == "mine" and digest(corpus) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "notes.txt", "recipe.yaml"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Corpora and audio
+
+
+def test_a_chapter_without_transcripts_is_an_error_naming_it(tmp_path):
+    corpus = _copy_corpus(tmp_path, splits=("train-clean-100",))
+    chapter = corpus / "LibriSpeech" / "train-clean-100" / "1002" / "102"
+    (chapter / "1002-102.trans.txt").unlink()
+    with pytest.raises(DataError, match=r"chapter .*1002/102 has audio but no 1002-102.trans.txt"):
+        load_librispeech(corpus, "train-clean-100")
+
+
+def test_text_that_is_not_utf8_is_one_line(tmp_path, encoder_dir, capsys):
+    corpus = _copy_corpus(tmp_path, splits=("train-clean-100",))
+    transcript = corpus / "LibriSpeech" / "train-clean-100" / "1001" / "101" / "1001-101.trans.txt"
+    transcript.write_bytes(transcript.read_bytes() + "1001-101-0099 CAF\xc9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"1001-101.trans.txt is not UTF-8 text \(byte"):
+        load_librispeech(corpus, "train-clean-100")
+    table = tmp_path / "train.csv"
+    table.write_bytes(b"path,label\n" + f"{UTTERANCE},caf\xe9\n".encode("latin-1"))
+    line = refusal(capsys, finetune_classification.main, "--model_name_or_path", encoder_dir, "--output_dir",
+                   tmp_path / "out", "--train_csv", table, "--eval_csv", table, *QUIET)
+    assert "train.csv is not UTF-8 text" in line and not (tmp_path / "out").exists()
+
+
+def test_non_finite_audio_is_refused_where_it_is_read(tmp_path, caplog):
+    for value in (float("nan"), float("inf")):
+        path = tmp_path / f"bad-{value}.flac"
+        shutil.copy(UTTERANCE, path)
+        _poison(path, value)
+        with pytest.raises(DataError, match=r"bad-.*\.flac holds NaN or infinite samples"):
+            read_audio(path)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            load_16k(path)
+    # The corpus reader skips it and counts it, as an unreadable file.
+    rows = [{"id": "bad", "audio": {"path": str(tmp_path / "bad-nan.flac"), "bytes": None}},
+            {"id": "good", "audio": {"path": str(UTTERANCE), "bytes": None}}]
+    batch = AudioCollator(release_feature_extractor(), max_samples=16000)(rows)
+    assert int(batch["num_unreadable"]) == 1 and torch.isfinite(batch["input_values"]).all()
+    # The feature pipeline refuses it instead of returning NaN features.
+    extractor = pipeline("audio-feature-extraction", model=random_model(tiny_config()))
+    samples = np.zeros(8000, dtype=np.float32)
+    samples[10] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite samples"):
+        extractor(samples)
+
+
+def test_fine_tuning_on_a_nan_file_stops_with_one_line_and_saves_nothing(tmp_path, encoder_dir, capsys):
+    data = tmp_path / "data"
+    for speaker in ("1001", "1002"):
+        for path in sorted((BUNDLED_CORPUS / "dev-clean" / speaker).rglob("*.flac"))[:2]:
+            (data / speaker).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, data / speaker / path.name)
+    poisoned = sorted(data.rglob("*.flac"))[0]
+    _poison(poisoned)
+    line = refusal(capsys, finetune_classification.main, "--model_name_or_path", encoder_dir, "--output_dir",
+                   tmp_path / "out", "--train_dir", data, "--eval_dir", data, "--max_steps", "2",
+                   "--per_device_train_batch_size", "4", *QUIET)
+    assert f"{poisoned.name} holds NaN or infinite samples" in line
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Diverging losses and what may be saved
+
+
+def test_distillation_that_diverges_stops_with_exit_2_and_saves_no_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    line = refusal(capsys, distill_main, "--config", QUICKSTART, f"output_dir={out}", "learning_rate=1e30",
+                   "max_steps=6", "per_device_train_batch_size=2", "eval_strategy=no", "save_strategy=no",
+                   "warmup_steps=0", "max_grad_norm=0", *FAST)
+    assert "the training loss is nan at step" in line and "no final model was saved" in line, line
+    assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
+
+
+def test_ctc_fine_tuning_that_diverges_stops_with_exit_2_and_saves_no_model(tmp_path, encoder_dir, capsys):
+    out = tmp_path / "ctc"
+    line = refusal(capsys, finetune_ctc.main, "--model_name_or_path", encoder_dir, "--output_dir", out,
+                   "--max_train_samples", "4", "--max_eval_samples", "2", "--per_device_train_batch_size", "2",
+                   "--max_steps", "6", "--learning_rate", "1e30", "--max_grad_norm", "0", *QUIET)
+    assert "the training loss is" in line and "no final model was saved" in line, line
+    assert not (out / "model.safetensors").exists() and not (out / "README.md").exists()
+
+
+class _LossOf:
+    """`Trainer.training_step` stand-in returning the given losses in turn."""
+
+    def __init__(self, losses):
+        self.losses = iter(losses)
+
+    def __call__(self, trainer, model, inputs, num_items_in_batch=None):
+        return torch.tensor(next(self.losses))
+
+
+def _tiny_trainer(tmp_path, trainer_class=Trainer):
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
+    return trainer_class(model=random_model(tiny_config()), args=args)
+
+
+def test_the_loss_guard_stops_at_once_or_after_fp16_skips(tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "training_step", _LossOf([1.0, float("nan")]))
+    trainer = _tiny_trainer(tmp_path, training.GuardedTrainer)
+    assert float(trainer.training_step(trainer.model, {})) == 1.0
+    with pytest.raises(UserError, match="the training loss is nan at step 1"):
+        trainer.training_step(trainer.model, {})
+    # Under fp16 the gradient scaler skips overflowing steps: only a run of them is divergence.
+    skips = training.MAX_SKIPPED_FP16_STEPS
+    monkeypatch.setattr(Trainer, "training_step", _LossOf([float("inf")] * skips + [1.0] + [float("inf")] * (skips + 1)))
+    trainer = _tiny_trainer(tmp_path, training.GuardedTrainer)
+    trainer.accelerator.scaler = object()
+    for _ in range(2 * skips + 1):
+        trainer.training_step(trainer.model, {})
+    with pytest.raises(UserError, match="the training loss is inf"):
+        trainer.training_step(trainer.model, {})
+
+
+def test_a_model_with_nan_weights_or_no_step_is_never_saved(tmp_path):
+    trainer = _tiny_trainer(tmp_path)
+    with pytest.raises(UserError, match="training took no optimiser step"):
+        training.save_trained_model(trainer, tmp_path / "out")
+    trainer.state.global_step = 3
+    with torch.no_grad():
+        trainer.model.encoder.layers[1].feed_forward.output_dense.weight[0, 0] = float("nan")
+    with pytest.raises(UserError, match=r"NaN or infinite weights \(encoder.layers.1.feed_forward.output_dense.weight\)"):
+        training.save_trained_model(trainer, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# --------------------------------------------------------------------------------------------------
+# Fine-tuning outputs
+
+
+def test_fine_tuning_never_overwrites_a_user_s_files(tmp_path, encoder_dir, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("my own notes")
+    common = ["--model_name_or_path", encoder_dir, "--max_train_samples", "8", "--max_eval_samples", "4",
+              "--per_device_train_batch_size", "4", "--max_steps", "1", *QUIET]
+    line = refusal(capsys, finetune_ctc.main, *common, "--output_dir", out)
+    assert "not empty; pass --overwrite_output_dir" in line
+    line = refusal(capsys, finetune_ctc.main, *common, "--output_dir", out, "--overwrite_output_dir", "true")
+    assert "holds no complete previous output" in line
+    assert (out / "README.md").read_text() == "my own notes" and [p.name for p in out.iterdir()] == ["README.md"]
+    assert "is inside the input" in refusal(capsys, finetune_ctc.main, *common, "--output_dir", encoder_dir / "ctc")
+    assert "cannot appear in the model card" in refusal(capsys, finetune_ctc.main, *common, "--output_dir", tmp_path / 'a"b')
+    assert "per_device_train_batch_size must be >= 1" in refusal(
+        capsys, finetune_ctc.main, *common, "--output_dir", tmp_path / "x", "--per_device_train_batch_size", "0"
+    )
+    # A previous output of the script may be replaced; the new model arrives whole.
+    previous = tmp_path / "previous"
+    assert finetune_ctc.main([*map(str, common), "--output_dir", str(previous)]) == 0
+    assert finetune_ctc.main([*map(str, common), "--output_dir", str(previous), "--overwrite_output_dir", "true"]) == 0
+    assert (previous / "model.safetensors").is_file() and not [p for p in previous.iterdir() if p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------------------------------
+# Model input
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-6), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_the_model_takes_other_float_dtypes_by_casting_them(dtype, tolerance):
+    model = random_model(tiny_config())
+    audio = torch.from_numpy(read_audio(UTTERANCE))[None, :16000]
+    with torch.no_grad():
+        expected = model(audio).last_hidden_state
+        got = model(audio.to(dtype)).last_hidden_state
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=tolerance * expected.abs().max().item(), rtol=0)
