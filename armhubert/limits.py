@@ -8,12 +8,12 @@ turn into code in a generated model card. Every refusal is a `UserError` naming 
   a copy or a printout would expand them), string sizes and integer widths of a loaded object;
 - `load_yaml_file`: size, encoding, nesting depth and alias count checked before the YAML is built;
 - `check_zip_members`: the uncompressed sizes of a zip checkpoint's members, before `torch.load`;
+- `check_weight_tensor`: a loaded weight is dense, on the CPU, floating-point and backed by its bytes;
 - `check_safe_name` / `check_code_text`: names and paths that reach generated text and code;
 - `check_finite_weights`: a model is never saved with NaN or infinite weights;
 - `brief`: a bounded `repr` for error messages about untrusted values.
 """
 
-import math
 import re
 import reprlib
 import zipfile
@@ -204,6 +204,24 @@ def check_code_text(text: str, what: str) -> str:
     return text
 
 
+def check_weight_tensor(value: torch.Tensor, what: str) -> None:
+    """A loaded weight must be a dense CPU floating-point tensor whose storage holds its elements.
+
+    Sparse, meta or quantized tensors cannot be weights; an expanded view (stride 0) of a few stored
+    bytes would take far more memory once copied than the file holds.
+    """
+    if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized:
+        raise UserError(f"{what} is a {value.layout} tensor on {value.device.type}; weights are dense CPU tensors")
+    if not value.is_floating_point():
+        raise UserError(f"{what} has dtype {value.dtype}; weights are floating-point")
+    needed, stored = value.numel() * value.element_size(), value.untyped_storage().nbytes()
+    if needed > stored - value.storage_offset() * value.element_size():
+        raise UserError(
+            f"{what} of shape {tuple(value.shape)} needs {needed:,} bytes but its storage holds {stored:,}; "
+            "it is not a saved weight"
+        )
+
+
 def check_finite_weights(model: torch.nn.Module, what: str) -> None:
     """Refuse to save `model` when any parameter or buffer holds NaN or infinity (names the first few)."""
     broken = [
@@ -217,9 +235,3 @@ def check_finite_weights(model: torch.nn.Module, what: str) -> None:
             f"{what} has NaN or infinite weights ({', '.join(broken[:3])}{more}); nothing was saved. "
             "Lower the learning rate, check the data for broken audio, or use bf16 instead of fp16"
         )
-
-
-def check_finite_number(value: Any, key: str) -> None:
-    """A float setting must be a finite number (YAML reads `.nan` and `.inf`)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"{key} must be a finite number, got {value}")

@@ -66,12 +66,23 @@ class GuardedTrainer(Trainer):
     NaN at the next optimiser step. With fp16 the gradient scaler skips such steps, so only
     MAX_SKIPPED_FP16_STEPS in a row stop it. The stop is a `UserError` (one line, exit status 2);
     checkpoints saved before it are kept, nothing is saved as the final model. All processes agree
-    (one scalar all-reduce per step), so no rank waits forever for another.
+    (one scalar all-reduce per step), so no rank waits forever for another. A run that took no
+    optimiser step at all is refused the same way.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._non_finite_steps = 0
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`, refusing a run that took no optimiser step (it would save an untrained model)."""
+        output = super().train(*args, **kwargs)
+        if self.state.global_step == 0:
+            raise UserError(
+                "training took no optimiser step (check num_train_epochs, max_steps and the batch sizes against the "
+                "data); no model was saved"
+            )
+        return output
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -89,13 +100,8 @@ class GuardedTrainer(Trainer):
         return loss
 
 
-def _check_trained(trainer: Trainer) -> None:
-    """Refuse to save a model that took no optimiser step or has non-finite weights (on every process alike)."""
-    if trainer.state.global_step == 0:
-        raise UserError(
-            "training took no optimiser step (check num_train_epochs, max_steps and the batch sizes against the "
-            "data); no model was saved"
-        )
+def _check_finite(trainer: Trainer) -> None:
+    """Refuse to save a model with non-finite weights (decided on every process alike)."""
     message = None
     try:
         check_finite_weights(trainer.accelerator.unwrap_model(trainer.model), "the trained model")
@@ -111,13 +117,13 @@ def _check_trained(trainer: Trainer) -> None:
 def save_trained_model(trainer: Trainer, output_dir: str | Path, card: str | None = None) -> None:
     """Write the trained model (safetensors, config, code files, processor config, optional model card).
 
-    A model that took no optimiser step or has non-finite weights is refused (`UserError`), never saved.
+    A model with non-finite weights is refused (`UserError`), never saved.
     `Trainer.save_model` runs on every rank (it gathers sharded weights under DeepSpeed / FSDP) into a
     staging folder; the main process then moves the files in with `config.json` last, so a crash never
     leaves something that looks like a complete model. No pickled `training_args.bin` is kept: the
     recipe or the card says how the model was trained.
     """
-    _check_trained(trainer)
+    _check_finite(trainer)
     output_dir = Path(output_dir)
     staging = output_dir / ".student-staging"
     if trainer.args.should_save:

@@ -176,6 +176,8 @@ def export(argv: Sequence[str] | None = None) -> int:
     """Export, check parity, time, and write --output; 1 (nothing written) when the parity check fails."""
     args = parse_args(argv)
     output = Path(args.output)
+    if output.suffix.lower() != ".onnx":  # never e.g. the model's own model.safetensors or config.json
+        raise UserError(f"--output {output} must name a .onnx file")
     if output.exists() and not args.overwrite:
         raise UserError(f"{output} exists; pass --overwrite to replace it")
     if output.is_dir():

@@ -11,7 +11,6 @@ import zipfile
 
 import pytest
 import torch
-import yaml
 from conftest import TINY_CKPT
 from hostile import digest, distiller, hidden_entries, refusal, save, tiny_checkpoint, tiny_yaml_text
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 import transformers.modeling_utils
-from conftest import TINY_CKPT
+from conftest import TINY_CKPT, load_script
 from hostile import digest, hidden_entries, refusal
 
 import convert_checkpoint
@@ -180,3 +180,12 @@ def test_the_swap_exchanges_two_folders_in_one_step(tmp_path):
         (folder / "name").write_text(folder.name)
     assert io._exchange(first, second)  # Linux (the test machines): renameat2 RENAME_EXCHANGE
     assert (first / "name").read_text() == "b" and (second / "name").read_text() == "a"
+
+
+def test_onnx_export_never_writes_over_a_model_file(tmp_path, capsys):
+    export_onnx = load_script("export_onnx")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    line = refusal(capsys, export_onnx.main, model, "--output", model / "model.safetensors", "--overwrite")
+    assert "must name a .onnx file" in line and (model / "model.safetensors").read_bytes() == b"weights"

@@ -116,7 +116,9 @@ def find_checkpoints(source_dir: str | os.PathLike) -> list[Conversion]:
     for path in checkpoints:  # a file's name becomes a subfolder and appears in the cards' code
         check_safe_name(path.stem, f"checkpoint file name {path.name}: the name")
         if path.stem.lower().endswith(ROOT_FILE_SUFFIXES):
-            raise UserError(f"checkpoint {path.name}: a subfolder named {path.stem} would look like a repository file; rename it")
+            raise UserError(
+                f"checkpoint {path.name}: a subfolder named {path.stem} would look like a repository file; rename it"
+            )
     return [
         Conversion(path, path.with_suffix(".yaml") if path.with_suffix(".yaml").is_file() else None)
         for path in checkpoints

@@ -24,7 +24,9 @@ from configuration_armhubert import ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
-from ..limits import brief, check_plain_data, check_structure, check_zip_members, load_yaml_file
+from ..limits import (
+    brief, check_plain_data, check_structure, check_weight_tensor, check_zip_members, load_yaml_file,
+)
 
 STUDENT_PREFIX = "student_model."
 # The model families of the release, as the training config's `model` field names them.
@@ -65,7 +67,9 @@ def parse_literal_expression(text: Any) -> Any:
 
     def combine(node, left, right):
         """left + right or left * right, refusing a sequence longer than MAX_EXPRESSION_ITEMS before building it."""
-        lengths = [len(v) if isinstance(v, (list, tuple, str)) else abs(v) if isinstance(v, int) else 1 for v in (left, right)]
+        lengths = [
+            len(v) if isinstance(v, (list, tuple, str)) else abs(v) if isinstance(v, int) else 1 for v in (left, right)
+        ]
         size = sum(lengths) if isinstance(node.op, ast.Add) else math.prod(lengths)
         if any(isinstance(v, (list, tuple, str)) for v in (left, right)) and size > MAX_EXPRESSION_ITEMS:
             raise UserError(f"config expression {brief(text)} builds more than {MAX_EXPRESSION_ITEMS:,} items; refusing it")
@@ -131,10 +135,10 @@ def _size(distiller, field):
     return value
 
 
-def _rate(distiller, field):
-    value = distiller.get(field, _DISTILLER_RATES[field])
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-        raise UserError(f"distiller.{field} must be a number in [0, 1], got {brief(value)}")
+def _rate(distiller, field, default=None, maximum=1.0):
+    value = distiller.get(field, _DISTILLER_RATES.get(field, default))
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= maximum:
+        raise UserError(f"distiller.{field} must be a number in [0, {maximum:g}], got {brief(value)}")
     return value
 
 
@@ -185,11 +189,11 @@ def _check_supported(distiller):
 
 def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> ARMHubertConfig:
     """Build an `ARMHubertConfig` from the original `distiller` section."""
-    if not isinstance(distiller, dict) or "encoder_embed_dim" not in distiller:
-        raise UserError("the config has no usable 'distiller' section (expected encoder_embed_dim and friends)")
+    if not isinstance(distiller, dict) or not {"encoder_embed_dim", "conv_feature_layers"} <= set(distiller):
+        raise UserError(
+            "the config has no usable 'distiller' section (expected encoder_embed_dim, conv_feature_layers, ...)"
+        )
     _check_supported(distiller)
-    if "conv_feature_layers" not in distiller:
-        raise UserError("the distiller section has no conv_feature_layers (the CNN's (dim, kernel, stride) list)")
     sizes = {field: _size(distiller, field) for field in _DISTILLER_SIZES}
     rates = {field: _rate(distiller, field) for field in _DISTILLER_RATES}
     layers = sizes["encoder_layers"]
@@ -202,9 +206,7 @@ def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> AR
     activation = distiller.get("activation_fn", "gelu")
     if not isinstance(activation, str) or activation not in ACT2FN:
         raise UserError(f"distiller.activation_fn={brief(activation)} is not an activation transformers knows")
-    grad_mult = distiller.get("feature_grad_mult", 1.0)
-    if not isinstance(grad_mult, (int, float)) or isinstance(grad_mult, bool) or not 0.0 <= grad_mult <= 1e6:
-        raise UserError(f"distiller.feature_grad_mult must be a non-negative number, got {brief(grad_mult)}")
+    grad_mult = _rate(distiller, "feature_grad_mult", default=1.0, maximum=1e6)
     heads = bool(distiller.get("layerwise_proj", False))
     try:
         return ARMHubertConfig(
@@ -385,39 +387,19 @@ def student_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]
         raise UserError("the checkpoint's state_dict is not a mapping")
     for key in state:
         if not isinstance(key, str):
-            raise UserError(f"the checkpoint's state_dict has a key {brief(key)} that is not a name; it is not a release file")
+            raise UserError(f"the checkpoint's state_dict has a key {brief(key)} that is not a name; not a release file")
     student = {
         key.split(STUDENT_PREFIX, 1)[1]: value
         for key, value in state.items()
         if STUDENT_PREFIX in key and torch.is_tensor(value)
     }
     for key, value in student.items():
-        _check_weight_tensor(key, value)
+        check_weight_tensor(value, f"student tensor {brief(key)}")
     if not student:
         raise UserError("the checkpoint has no 'student_model.*' tensors; is it an original distillation checkpoint?")
     for key in DROPPED_KEYS:
         student.pop(key, None)
     return student
-
-
-def _check_weight_tensor(key, value):
-    """A student weight must be a dense CPU floating-point tensor whose elements its storage holds.
-
-    Sparse, meta or quantized tensors cannot be weights; an expanded view (stride 0) of a small storage
-    would take far more memory once copied than the file holds.
-    """
-    if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized:
-        raise UserError(
-            f"student tensor {brief(key)} is a {value.layout} tensor on {value.device.type}; weights are dense CPU tensors"
-        )
-    if not value.is_floating_point():
-        raise UserError(f"student tensor {brief(key)} has dtype {value.dtype}; weights are floating-point")
-    needed = value.numel() * value.element_size()
-    if needed > value.untyped_storage().nbytes() - value.storage_offset() * value.element_size():
-        raise UserError(
-            f"student tensor {brief(key)} of shape {tuple(value.shape)} needs {needed:,} bytes but its storage holds "
-            f"{value.untyped_storage().nbytes():,}; it is not a saved weight"
-        )
 
 
 # --------------------------------------------------------------------------------------------------

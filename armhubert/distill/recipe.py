@@ -119,7 +119,7 @@ class DistillArguments:
             if not getattr(self, name).strip():
                 raise UserError(f"{name} must not be empty")
         if not self.train_splits or not all(isinstance(split, str) and split for split in self.train_splits):
-            raise UserError(f"train_splits must be a split name or a non-empty list of them, got {brief(self.train_splits)}")
+            raise UserError(f"train_splits must be a split name or a non-empty list of names, got {brief(self.train_splits)}")
         if self.teacher_layers is not None and not all(
             isinstance(layer, int) and not isinstance(layer, bool) for layer in self.teacher_layers
         ):
@@ -131,7 +131,9 @@ class DistillArguments:
             if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise UserError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.effective_batch_size is not None and self.effective_batch_size < 1:
-            raise UserError(f"effective_batch_size must be a positive number of utterances or null, got {self.effective_batch_size}")
+            raise UserError(
+                f"effective_batch_size must be a positive number of utterances or null, got {self.effective_batch_size}"
+            )
 
 
 # Distillation defaults for TrainingArguments (spec: AdamW (0.9, 0.98), eps 1e-6, weight decay 0.01,
