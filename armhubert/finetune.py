@@ -79,8 +79,9 @@ def parse_run_arguments(
 ) -> tuple[ModelArguments, Any, TrainingArguments]:
     """Parse and check (model, data, training) arguments of a fine-tuning run and seed it.
 
-    The output folder must be apart from every input (model folder, data) and empty, or hold a previous
-    output of these scripts with --overwrite_output_dir: a user's own files are never overwritten.
+    The output folder must be apart from every input (the model folder and the data class's
+    `INPUT_FIELDS`) and empty, or hold a previous output of these scripts with --overwrite_output_dir:
+    a user's own files are never overwritten.
     """
     parsed = parse_arguments((ModelArguments, data_arguments_class, OutputArguments), argv, prog)
     model_args, data_args, output_args, training_args = parsed
@@ -90,7 +91,8 @@ def parse_run_arguments(
     check_training_values(vars(training_args))
     check_code_text(training_args.output_dir, "--output_dir")  # both appear in the model card's code
     check_code_text(model_args.model_name_or_path or "", "--model_name_or_path")
-    inputs = [model_args.model_name_or_path, *(value for value in vars(data_args).values() if isinstance(value, str))]
+    data_paths = [getattr(data_args, name) for name in getattr(data_arguments_class, "INPUT_FIELDS", ())]
+    inputs = [model_args.model_name_or_path, *data_paths]
     check_output_folder(training_args.output_dir, output_args.overwrite_output_dir, inputs, flag="--overwrite_output_dir")
     # Rows keep their undecoded audio for the collator; length grouping reads `num_samples`.
     training_args.remove_unused_columns = False

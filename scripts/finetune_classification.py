@@ -47,6 +47,9 @@ AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif")
 class DataArguments:
     """Where the labelled audio is: label folders or CSV files, for training and for evaluation."""
 
+    # Paths the output must stay apart from (a class attribute, not an argument).
+    INPUT_FIELDS = ("train_dir", "eval_dir", "train_csv", "eval_csv")
+
     train_dir: str = field(default=None, metadata={"help": "Folder with one sub-folder of audio files per label."})
     eval_dir: str = field(default=None, metadata={"help": "Evaluation folder, same layout as --train_dir."})
     train_csv: str = field(default=None, metadata={"help": "CSV with columns path,label (paths relative to the CSV)."})

@@ -47,6 +47,8 @@ PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
 class DataArguments:
     """Which LibriSpeech splits to train and evaluate on, and how to clean their transcripts."""
 
+    INPUT_FIELDS = ("data_source",)  # paths the output must stay apart from (not an argument)
+
     data_source: str = field(
         default=str(BUNDLED_CORPUS),
         metadata={"help": "A local LibriSpeech folder (default: the bundled corpus) or openslr/librispeech_asr."},

@@ -247,7 +247,7 @@ def test_a_run_without_steps_or_a_model_with_nan_weights_is_never_saved(tmp_path
 # Fine-tuning outputs
 
 
-def test_fine_tuning_never_overwrites_a_user_s_files(tmp_path, encoder_dir, capsys):
+def test_fine_tuning_never_overwrites_a_user_s_files(tmp_path, encoder_dir, capsys, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "README.md").write_text("my own notes")
@@ -259,13 +259,18 @@ def test_fine_tuning_never_overwrites_a_user_s_files(tmp_path, encoder_dir, caps
     assert "holds no complete previous output" in line
     assert (out / "README.md").read_text() == "my own notes" and [p.name for p in out.iterdir()] == ["README.md"]
     assert "is inside the input" in refusal(capsys, finetune_ctc.main, *common, "--output_dir", encoder_dir / "ctc")
+    corpus = _copy_corpus(tmp_path / "corpus")
+    line = refusal(capsys, finetune_ctc.main, *common, "--data_source", corpus, "--output_dir", corpus / "LibriSpeech")
+    assert "is inside the input" in line
     assert "cannot appear in the model card" in refusal(capsys, finetune_ctc.main, *common, "--output_dir", tmp_path / 'a"b')
     assert "per_device_train_batch_size must be >= 1" in refusal(
         capsys, finetune_ctc.main, *common, "--output_dir", tmp_path / "x", "--per_device_train_batch_size", "0"
     )
-    # A previous output of the script may be replaced; the new model arrives whole.
+    # A previous output of the script may be replaced; the new model arrives whole. (Only path arguments
+    # count as inputs: `--chars_to_ignore .` is not the current folder.)
+    monkeypatch.chdir(tmp_path)
     previous = tmp_path / "previous"
-    assert finetune_ctc.main([*map(str, common), "--output_dir", str(previous)]) == 0
+    assert finetune_ctc.main([*map(str, common), "--output_dir", str(previous), "--chars_to_ignore", "."]) == 0
     assert finetune_ctc.main([*map(str, common), "--output_dir", str(previous), "--overwrite_output_dir", "true"]) == 0
     assert (previous / "model.safetensors").is_file() and not [p for p in previous.iterdir() if p.name.startswith(".")]
 
