@@ -1,8 +1,11 @@
 """Writing outputs atomically: a reader sees the old output or the complete new one, never a part.
 
 Files are written to a temporary name beside the target and renamed over it; folders are built in a
-temporary folder beside the target and renamed into place. Used by conversion, distillation,
-fine-tuning, the benchmark and ONNX export.
+temporary folder beside the target and swapped into place. Used by conversion, distillation,
+fine-tuning, the benchmark and ONNX export. Also where an output may go: never over, into or around
+an input; `--overwrite` replaces only a previous output of these commands (`previous_output_problem`);
+what killed runs left beside a target is put back or removed on the next run
+(`recover_interrupted_writes`); written trees get the user's usual modes (`give_usual_modes`).
 """
 
 import ctypes
@@ -76,7 +79,7 @@ def give_usual_modes(path: Path) -> None:
     readable by others as any file the user writes.
     """
     mask = _umask()
-    for root, folders, files in os.walk(path):
+    for root, _, files in os.walk(path):
         os.chmod(root, 0o777 & ~mask)
         for name in files:
             if not os.path.islink(os.path.join(root, name)):
@@ -157,7 +160,7 @@ def check_apart(output: str | os.PathLike, inputs: Sequence[str | os.PathLike | 
 
 
 def check_output_location(output: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
-    """Refuse an output apart from nothing (`check_apart`), a file, or one whose nearest existing folder is not writable."""
+    """Refuse an output that overlaps an input (`check_apart`), is a file, or whose nearest existing folder is not writable."""
     output = Path(output)
     check_apart(output, inputs)
     if output.exists() and not output.is_dir():
