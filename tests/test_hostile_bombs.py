@@ -75,7 +75,7 @@ def _cases(folder):
 
     checkpoint("config-laughs", lambda c: distiller(c).update(conv_feature_layers=_laughs()), "counting shared references")
     checkpoint("config-cycle", lambda c: distiller(c).update(extra=cycle()), "nests deeper than 32 levels")
-    checkpoint("huge-integer", lambda c: distiller(c).update(encoder_layers=10**200_000), "opcode 139) that safe loading")
+    checkpoint("huge-integer", lambda c: distiller(c).update(encoder_layers=10**200_000), "opcode 139 (LONG4, pickle protocol 2)")
     checkpoint("expression", lambda c: distiller(c).update(conv_feature_layers="[(32, 10, 5)] * 10000000000"),
                "builds more than 10,000 items")
     checkpoint("expression-nested", lambda c: distiller(c).update(conv_feature_layers="[[[0] * 9000] * 9000] * 9000"),

@@ -71,6 +71,9 @@ def _checkpoint_cases(folder):
     protocol4 = folder / "protocol4.ckpt"
     protocol4.write_bytes(pickle.dumps({"state_dict": {}}, protocol=4))
     cases["protocol-4-pickle"] = ([protocol4], "not the zip archive torch.save writes")
+    protocol4_zip = folder / "protocol4-zip.ckpt"
+    torch.save(tiny_checkpoint(), protocol4_zip, pickle_protocol=4)
+    cases["protocol-4-zip"] = ([protocol4_zip], "uses opcode 149 (FRAME, pickle protocol 4), which weights-only")
     random_bytes = folder / "random.ckpt"
     random_bytes.write_bytes(bytes(range(256)) * 40)
     cases["random-bytes"] = ([random_bytes], "not the zip archive torch.save writes")

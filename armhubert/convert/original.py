@@ -12,6 +12,7 @@ is refused by name, and nothing from a pickle is ever run. Config expressions su
 import ast
 import math
 import os
+import pickletools
 import re
 import zipfile
 from pathlib import Path
@@ -334,7 +335,12 @@ def _unreadable(path, error):
         return _refused(path, [unsupported.group(1)])
     operand = re.search(r"Unsupported operand (\d+)", message)
     if operand:
-        reason = f"its pickle uses an operation (opcode {operand.group(1)}) that safe loading refuses; nothing was run"
+        code = int(operand.group(1))
+        name, protocol = next(((op.name, op.proto) for op in pickletools.opcodes if ord(op.code) == code), ("?", "?"))
+        reason = (
+            f"its pickle uses opcode {code} ({name}, pickle protocol {protocol}), which weights-only loading does not "
+            "read; nothing was run (re-save it with torch.save's default protocol)"
+        )
     elif "weights_only" in message:
         reason = "it holds pickled Python objects that are not tensors; refusing to unpickle them"
     else:
