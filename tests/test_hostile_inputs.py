@@ -5,6 +5,7 @@ status, exactly one line on stderr without a traceback, the message naming the p
 no staging folder left behind, and every input byte-identical afterwards.
 """
 
+import os
 import pickle
 import shutil
 import zipfile
@@ -143,6 +144,10 @@ def test_output_under_a_file_or_where_nothing_can_be_written_gives_one_line(tmp_
     # /proc takes no new folders: the OSError becomes one line (as a read-only or vanished folder would).
     line = refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", "/proc/armhubert-test/out")
     assert "/proc/armhubert-test" in line
+    with monkeypatch.context() as patched:  # a read-only folder as an ordinary user sees it (these tests run as root)
+        patched.setattr(os, "access", lambda path, mode: False)
+        line = refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", tmp_path / "out")
+    assert f"{tmp_path} is not writable; choose another folder" in line
     monkeypatch.chdir(tmp_path)
     assert "contains the current folder" in refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", ".")
     assert "contains the current folder" in refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", "..")

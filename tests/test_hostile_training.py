@@ -4,11 +4,13 @@ What matters: exit status 2 with one line, no NaN model ever saved (with exit 0 
 file overwritten, no utterance silently dropped, every input intact.
 """
 
+import logging
 import shutil
 
 import datasets
 import numpy as np
 import pytest
+import safetensors.torch
 import soundfile
 import torch
 import transformers
@@ -160,6 +162,20 @@ def test_non_finite_audio_is_refused_where_it_is_read(tmp_path, caplog):
     samples[10] = np.nan
     with pytest.raises(ValueError, match="NaN or infinite samples"):
         extractor(samples)
+
+
+def test_distillation_skips_and_counts_a_nan_file_and_saves_a_finite_model(tmp_path, capsys, caplog):
+    corpus = _copy_corpus(tmp_path / "corpus")
+    poisoned = corpus / "LibriSpeech" / "train-clean-100" / "1002" / "102" / "1002-102-0003.flac"
+    _poison(poisoned)
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):  # 5 steps of 8 draw all 40 utterances once
+        code = distill_main(["--config", QUICKSTART, f"output_dir={out}", f"data_source={corpus}", "max_steps=5",
+                             "eval_strategy=no", "save_strategy=no", "logging_steps=5", *FAST])
+    assert code == 0, capsys.readouterr().err
+    assert "1002-102-0003.flac holds NaN" in caplog.text and "1 unreadable audio file(s) were skipped" in caplog.text
+    weights = safetensors.torch.load_file(out / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
 
 
 def test_fine_tuning_on_a_nan_file_stops_with_one_line_and_saves_nothing(tmp_path, encoder_dir, capsys):
