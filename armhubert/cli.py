@@ -29,14 +29,15 @@ def error_line(error: BaseException) -> str:
     return line
 
 
-def run_main(prog: str, function: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+def run_main(prog: str, function: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Run `function(argv)`; a `UserError` becomes one line on stderr and exit status 2.
 
-    Returns the function's own exit status (0 when it returns None).
+    Returns the function's exit status when it returns an int, else 0 (a function may return its
+    result, e.g. a trainer, for callers that use it from Python).
     """
     try:
         status = function(argv)
     except UserError as error:
         print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
         return 2
-    return 0 if status is None else int(status)
+    return status if isinstance(status, int) else 0

@@ -19,16 +19,17 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import distill_trainer as dt  # noqa: E402
-from modeling_armhubert import release_feature_extractor  # noqa: E402
+from armhubert.cli import run_main
+from armhubert.distill.masks import SpanMasker
+from armhubert.distill.models import build_student, check_frame_rates, layer_pairs, load_teacher
+from armhubert.distill.recipe import build_arguments, load_recipe
+from armhubert.distill.trainer import DistillTrainer
+from configuration_armhubert import SAMPLING_RATE
+from modeling_armhubert import release_feature_extractor
 
 # Recipe teachers by architecture: a random model of the same shape times the same.
 RANDOM_TWINS = {"facebook/hubert-base-ls960": "random-hubert", "microsoft/wavlm-base": "random-wavlm"}
@@ -58,17 +59,17 @@ def build_trainer(args):
         "report_to=none",
         "eval_strategy=no",
     ]
-    recipe = dt.load_recipe(args.config, overrides)
+    recipe = load_recipe(args.config, overrides)
     if not args.pretrained_teacher and recipe.get("teacher") in RANDOM_TWINS:
         recipe["teacher"] = RANDOM_TWINS[recipe["teacher"]]
-    distill_args, training_args = dt.build_arguments(recipe)
+    distill_args, training_args = build_arguments(recipe)
     if args.batch_size:
         training_args.per_device_train_batch_size = args.batch_size
-    teacher = dt.load_teacher(distill_args, training_args.seed)
-    student = dt.build_student(distill_args, teacher.config, training_args.seed)
-    dt.check_frame_rates(teacher, student)
-    pairs = dt.layer_pairs(distill_args, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-    trainer = dt.DistillTrainer(
+    teacher = load_teacher(distill_args, training_args.seed)
+    student = build_student(distill_args, teacher.config, training_args.seed)
+    check_frame_rates(teacher, student)
+    pairs = layer_pairs(distill_args, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    trainer = DistillTrainer(
         model=student, args=training_args, teacher=teacher, distill_args=distill_args, teacher_layers=pairs
     )
     trainer.create_optimizer_and_scheduler(num_training_steps=1000)
@@ -79,22 +80,22 @@ def build_trainer(args):
 def synthetic_batch(trainer, batch_size, seconds, seed=0):
     """Zero-padded noise waveforms with lengths +-5 % around `seconds`, plus masks as the collator draws them."""
     rng = np.random.default_rng(seed)
-    lengths = (rng.uniform(0.95, 1.05, size=batch_size) * seconds * dt.SAMPLING_RATE).astype(int)
+    lengths = (rng.uniform(0.95, 1.05, size=batch_size) * seconds * SAMPLING_RATE).astype(int)
     waveforms = [0.1 * rng.standard_normal(n).astype(np.float32) for n in lengths]
     config = trainer.model.config
     masker = None
     if trainer.distill_args.distill_mode == "masking":
         d = trainer.distill_args
-        masker = dt.SpanMasker(config.conv_kernel, config.conv_stride, d.mask_prob, d.mask_length, d.mask_min_spans,
-                               d.mask_min_space, d.mask_same_count)
+        masker = SpanMasker(config.conv_kernel, config.conv_stride, d.mask_prob, d.mask_length, d.mask_min_spans,
+                            d.mask_min_space, d.mask_same_count)
     padded = release_feature_extractor()(
-        waveforms, sampling_rate=dt.SAMPLING_RATE, padding=True, return_attention_mask=True, return_tensors="pt"
+        waveforms, sampling_rate=SAMPLING_RATE, padding=True, return_attention_mask=True, return_tensors="pt"
     )
     batch = {"input_values": padded["input_values"], "attention_mask": padded["attention_mask"],
              "num_unreadable": torch.tensor(0)}
     if masker is not None:
         batch["mask_time_indices"] = masker(list(lengths), padded["input_values"].shape[1], [str(i) for i in range(batch_size)])
-    return {k: v.to(trainer.args.device) for k, v in batch.items()}, float(lengths.sum()) / dt.SAMPLING_RATE
+    return {k: v.to(trainer.args.device) for k, v in batch.items()}, float(lengths.sum()) / SAMPLING_RATE
 
 
 def timed(functions, steps, warmup, cuda):
@@ -179,4 +180,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("benchmark_distill.py", main))

@@ -12,44 +12,43 @@ length (there is no attention-mask input: run padded utterances one per batch, o
 
 After the export, onnxruntime runs the file on a batch whose size and length differ from the export
 example, every output is compared with PyTorch's (max abs difference, must stay under --atol), and
-both are timed on one utterance of --latency-seconds. The file is written next to --output under a
-temporary name and renamed only once the check passes. Exit status: 0 ok, 1 parity check failed,
+both are timed on one utterance of --latency-seconds. The file is kept in memory and written to
+--output (atomically) only once the check passes. Exit status: 0 ok, 1 parity check failed,
 2 bad input.
 """
 
 import argparse
-import os
+import math
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from transformers import AutoModel, PreTrainedModel
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import modeling_armhubert  # noqa: E402,F401  (registers the armhubert model type: no remote code needed)
+import modeling_armhubert  # noqa: F401  (registers the armhubert model type: no remote code needed)
+from armhubert.cli import UserError, run_main
+from armhubert.io import atomic_write_bytes
+from configuration_armhubert import SAMPLING_RATE, receptive_field
 
 OUTPUT_NAMES = ("last_hidden_state", "hidden_states", "projected_hidden_states")
-
-
-class ExportError(Exception):
-    """A problem with the user's input, reported as one line."""
+PROG = "export_onnx.py"
 
 
 class StackedOutputs(torch.nn.Module):
     """The model with tensor outputs only: last_hidden_state, stacked hidden_states (and projections)."""
 
-    def __init__(self, model):
+    def __init__(self, model: PreTrainedModel) -> None:
         super().__init__()
         self.model = model
         self.has_projections = getattr(model.config, "projection_head_size", None) is not None
 
-    def forward(self, input_values):
+    def forward(self, input_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(batch, samples) -> (batch, frames, D_out), (L+1, batch, frames, D)[, (L, batch, frames, P)]."""
         output = self.model(input_values, output_hidden_states=True)
         outputs = (output.last_hidden_state, torch.stack(output.hidden_states))
         if self.has_projections:
@@ -57,33 +56,32 @@ class StackedOutputs(torch.nn.Module):
         return outputs
 
     @property
-    def output_names(self):
+    def output_names(self) -> list[str]:
         return list(OUTPUT_NAMES[: 3 if self.has_projections else 2])
 
 
-def min_samples(config):
+def min_samples(config) -> int:
     """Fewest samples the graph accepts: two frames (torch.export specialises a length-1 time axis)."""
-    field, hop = 1, 1
-    for kernel, stride in zip(reversed(config.conv_kernel), reversed(config.conv_stride)):
-        field = (field - 1) * stride + kernel
-        hop *= stride
-    return field + hop
+    return receptive_field(config.conv_kernel, config.conv_stride) + math.prod(config.conv_stride)
 
 
-def load_model(model, subfolder=None):
-    from transformers import AutoModel
-
+def load_model(model: str, subfolder: str | None = None) -> PreTrainedModel:
+    """A converted model (ARMHuBERT or HuBERT format) in eval mode; UserError when it cannot be loaded."""
     try:
         return AutoModel.from_pretrained(model, subfolder=subfolder or "").eval()
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0]
-        raise ExportError(f"cannot load a model from {model}{f' (subfolder {subfolder})' if subfolder else ''}: {reason}")
+        raise UserError(f"cannot load a model from {model}{f' (subfolder {subfolder})' if subfolder else ''}: {reason}")
 
 
-def export_onnx(model, path, opset=None):
-    """Export `model` to `path` with dynamic batch and time axes; returns the output names."""
+def export_onnx(model: PreTrainedModel, opset: int | None = None) -> bytes:
+    """`model` as one self-contained ONNX file (its bytes), with dynamic batch and time axes.
+
+    The file stays in memory until it has passed the parity check (the models are far below
+    protobuf's 2 GB limit).
+    """
     wrapper = StackedOutputs(model).eval()
-    example = torch.zeros(2, 16000)
+    example = torch.zeros(2, SAMPLING_RATE)
     samples = torch.export.Dim("samples", min=min_samples(model.config))
     program = torch.onnx.export(
         wrapper,
@@ -95,25 +93,25 @@ def export_onnx(model, path, opset=None):
         opset_version=opset,
         verbose=False,
     )
-    program.save(str(path), external_data=False)  # one self-contained file (the models are far below 2 GB)
-    return wrapper.output_names
+    return program.model_proto.SerializeToString()
 
 
-def onnx_session(path, threads=None):
+def onnx_session(model_bytes: bytes, threads: int | None = None):
+    """An onnxruntime CPU session over the serialised model."""
     try:
-        import onnxruntime
+        import onnxruntime  # optional: pip install onnxruntime
     except ImportError:
-        raise ExportError("onnxruntime is not installed: pip install onnxruntime") from None
+        raise UserError("onnxruntime is not installed: pip install onnxruntime") from None
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def check_parity(model, session, batch=3, seconds=1.7, seed=0):
+def check_parity(model: PreTrainedModel, session, batch: int = 3, seconds: float = 1.7, seed: int = 0) -> dict[str, float]:
     """Max abs difference between onnxruntime and PyTorch for every output, on a shape unlike the export's."""
     generator = torch.Generator().manual_seed(seed)
-    audio = 0.1 * torch.randn(batch, int(seconds * 16000), generator=generator)
+    audio = 0.1 * torch.randn(batch, int(seconds * SAMPLING_RATE), generator=generator)
     with torch.inference_mode():
         expected = StackedOutputs(model)(audio)
     names = [output.name for output in session.get_outputs()]
@@ -126,7 +124,7 @@ def check_parity(model, session, batch=3, seconds=1.7, seed=0):
     return differences
 
 
-def _median_ms(run, runs, warmup=2):
+def _median_ms(run: Callable[[], object], runs: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         run()
     times = []
@@ -143,13 +141,13 @@ class Latency:
     onnx_ms: float
 
     @property
-    def speedup(self):
+    def speedup(self) -> float:
         return self.torch_ms / self.onnx_ms
 
 
-def measure_latency(model, session, seconds=10.0, runs=10):
+def measure_latency(model: PreTrainedModel, session, seconds: float = 10.0, runs: int = 10) -> Latency:
     """Median CPU latency of one utterance of `seconds`, PyTorch (inference mode) and onnxruntime."""
-    audio = 0.1 * torch.randn(1, int(seconds * 16000), generator=torch.Generator().manual_seed(1))
+    audio = 0.1 * torch.randn(1, int(seconds * SAMPLING_RATE), generator=torch.Generator().manual_seed(1))
     wrapper = StackedOutputs(model).eval()
     feed = {"input_values": audio.numpy()}
 
@@ -160,8 +158,8 @@ def measure_latency(model, session, seconds=10.0, runs=10):
     return Latency(_median_ms(run_torch, runs), _median_ms(lambda: session.run(None, feed), runs))
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="converted model folder (or Hub id)")
     parser.add_argument("--subfolder", help="variant subfolder of a multi-model repository")
     parser.add_argument("--output", required=True, help="the .onnx file to write")
@@ -174,36 +172,29 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
+def export(argv: Sequence[str] | None = None) -> int:
+    """Export, check parity, time, and write --output; 1 (nothing written) when the parity check fails."""
     args = parse_args(argv)
     output = Path(args.output)
-    try:
-        if output.exists() and not args.overwrite:
-            raise ExportError(f"{output} exists; pass --overwrite to replace it")
-        if output.is_dir():
-            raise ExportError(f"{output} is a folder; --output names the .onnx file to write")
-        model = load_model(args.model, args.subfolder)
-        threads = args.threads or torch.get_num_threads()
-        torch.set_num_threads(threads)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as staging:
-            staged = Path(staging) / output.name
-            names = export_onnx(model, staged, args.opset)
-            session = onnx_session(staged, threads)
-            differences = check_parity(model, session)
-            print("parity (batch 3 x 1.7 s; export example was 2 x 1.0 s), max |onnxruntime - PyTorch|:")
-            for name in names:
-                print(f"  {name:<24} {differences[name]:.2e}")
-            worst = max(differences.values())
-            if worst > args.atol:
-                print(f"export_onnx.py: error: parity check failed ({worst:.2e} > --atol {args.atol}); "
-                      f"{output} was not written", file=sys.stderr)
-                return 1
-            latency = measure_latency(model, session, args.latency_seconds, args.latency_runs)
-            os.replace(staged, output)
-    except ExportError as error:
-        print(f"export_onnx.py: error: {error}", file=sys.stderr)
-        return 2
+    if output.exists() and not args.overwrite:
+        raise UserError(f"{output} exists; pass --overwrite to replace it")
+    if output.is_dir():
+        raise UserError(f"{output} is a folder; --output names the .onnx file to write")
+    model = load_model(args.model, args.subfolder)
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    model_bytes = export_onnx(model, args.opset)
+    session = onnx_session(model_bytes, threads)
+    differences = check_parity(model, session)
+    print("parity (batch 3 x 1.7 s; export example was 2 x 1.0 s), max |onnxruntime - PyTorch|:")
+    for name, difference in differences.items():
+        print(f"  {name:<24} {difference:.2e}")
+    worst = max(differences.values())
+    if worst > args.atol:
+        print(f"{PROG}: error: parity check failed ({worst:.2e} > --atol {args.atol}); {output} was not written", file=sys.stderr)
+        return 1
+    latency = measure_latency(model, session, args.latency_seconds, args.latency_runs)
+    atomic_write_bytes(output, model_bytes)
     print(
         f"CPU latency, 1 x {args.latency_seconds:g} s, {threads} threads, median of {args.latency_runs}: "
         f"PyTorch {latency.torch_ms:.1f} ms, onnxruntime {latency.onnx_ms:.1f} ms "
@@ -211,6 +202,10 @@ def main(argv=None):
     )
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(PROG, export, argv)
 
 
 if __name__ == "__main__":

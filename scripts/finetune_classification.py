@@ -7,7 +7,7 @@
     python scripts/finetune_classification.py --model_name_or_path ... --output_dir out/ic \\
         --train_csv train.csv --eval_csv dev.csv [any TrainingArguments]
 
-Audio is decoded with soundfile and resampled to 16 kHz with soxr (`distill_trainer.read_audio`).
+Audio is decoded with soundfile and resampled to 16 kHz with soxr (`armhubert.audio.read_audio`).
 OUTPUT_DIR receives the model (labels in `config.id2label`), the feature extractor and a README.md
 model card with the accuracy, and opens with
 `pipeline("audio-classification", model=OUTPUT_DIR, trust_remote_code=True)`.
@@ -17,27 +17,26 @@ import csv
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
+import datasets
 import numpy as np
 import soundfile
 import torch
-from transformers import Trainer
+from transformers import BatchFeature, EvalPrediction, Trainer, Wav2Vec2FeatureExtractor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from finetune_common import (  # noqa: E402  (also puts the repository root on sys.path)
-    UsageError,
+from armhubert.audio import DataError
+from armhubert.cli import UserError, run_main
+from armhubert.finetune import (
+    ModelArguments,
     check_min_duration,
     decode_audio_batch,
     load_head_model,
     parse_run_arguments,
-    run_cli,
     train_evaluate_and_save,
 )
-
-from modeling_armhubert import release_feature_extractor  # noqa: E402
-from distill_trainer import SAMPLING_RATE, DataError  # noqa: E402
-from modeling_armhubert import ARMHubertForSequenceClassification  # noqa: E402
+from configuration_armhubert import SAMPLING_RATE
+from modeling_armhubert import ARMHubertForSequenceClassification, release_feature_extractor
 
 PROG = "finetune_classification.py"
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif")
@@ -45,6 +44,8 @@ AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif")
 
 @dataclass
 class DataArguments:
+    """Where the labelled audio is: label folders or CSV files, for training and for evaluation."""
+
     train_dir: str = field(default=None, metadata={"help": "Folder with one sub-folder of audio files per label."})
     eval_dir: str = field(default=None, metadata={"help": "Evaluation folder, same layout as --train_dir."})
     train_csv: str = field(default=None, metadata={"help": "CSV with columns path,label (paths relative to the CSV)."})
@@ -52,7 +53,7 @@ class DataArguments:
     max_duration: float = field(default=20.0, metadata={"help": "Drop training utterances longer than this (seconds)."})
 
 
-def examples_from_folder(folder):
+def examples_from_folder(folder: str | Path) -> list[tuple[Path, str]]:
     """(path, label) for every audio file below `folder/<label>/` (any depth)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -68,7 +69,7 @@ def examples_from_folder(folder):
     return examples
 
 
-def examples_from_csv(csv_path):
+def examples_from_csv(csv_path: str | Path) -> list[tuple[Path, str]]:
     """(path, label) for every row of a CSV with `path` and `label` columns."""
     csv_path = Path(csv_path)
     try:
@@ -88,16 +89,17 @@ def examples_from_csv(csv_path):
     return examples
 
 
-def read_examples(folder, csv_path, what):
+def read_examples(folder: str | None, csv_path: str | None, what: str) -> list[tuple[Path, str]]:
+    """(path, label) pairs from exactly one of --{what}_dir and --{what}_csv."""
     if bool(folder) == bool(csv_path):
-        raise UsageError(f"give exactly one of --{what}_dir and --{what}_csv")
+        raise UserError(f"give exactly one of --{what}_dir and --{what}_csv")
     return examples_from_folder(folder) if folder else examples_from_csv(csv_path)
 
 
-def build_dataset(examples, label2id, what, max_duration=None):
+def build_dataset(
+    examples: Sequence[tuple[Path, str]], label2id: dict[str, int], what: str, max_duration: float | None = None
+) -> datasets.Dataset:
     """A `datasets.Dataset` of undecoded audio, label ids and lengths; unreadable files are refused."""
-    import datasets
-
     unknown = sorted({label for _, label in examples} - set(label2id))
     if unknown:
         raise DataError(
@@ -126,19 +128,29 @@ def build_dataset(examples, label2id, what, max_duration=None):
 class ClassificationCollator:
     """Decodes and pads the audio of a batch; stacks the label ids."""
 
-    feature_extractor: object
+    feature_extractor: Wav2Vec2FeatureExtractor
 
-    def __call__(self, rows):
+    def __call__(self, rows: Sequence[dict]) -> BatchFeature:
         batch = decode_audio_batch(rows, self.feature_extractor)
         batch["labels"] = torch.tensor([row["label"] for row in rows], dtype=torch.long)
         return batch
 
 
-def accuracy(prediction):
+def accuracy(prediction: EvalPrediction) -> dict[str, float]:
+    """`compute_metrics` for Trainer: share of utterances whose top-scoring label is right."""
     return {"accuracy": float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())}
 
 
-def model_card(output_dir, model_args, data_args, labels, train_size, metrics, steps):
+def model_card(
+    output_dir: str,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    labels: Sequence[str],
+    train_size: int,
+    metrics: dict,
+    steps: int,
+) -> str:
+    """The README.md of the fine-tuned model: what it was trained on and its accuracy."""
     base = model_args.model_name_or_path or f"random {model_args.preset}"
     source = data_args.train_dir or data_args.train_csv
     evaluation = data_args.eval_dir or data_args.eval_csv
@@ -155,7 +167,8 @@ def model_card(output_dir, model_args, data_args, labels, train_size, metrics, s
     )
 
 
-def run(argv=None):
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Fine-tune; returns {"train", "eval", "log_history"} (see armhubert.finetune.train_evaluate_and_save)."""
     model_args, data_args, training_args = parse_run_arguments(DataArguments, argv, PROG)
 
     train_examples = read_examples(data_args.train_dir, data_args.train_csv, "train")
@@ -194,8 +207,8 @@ def run(argv=None):
     )
 
 
-def main(argv=None):
-    return run_cli(PROG, run, argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(PROG, run, argv)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@
         [--data_source openslr/librispeech_asr] [--train_split train-clean-100] [--eval_split dev-clean] \\
         [any TrainingArguments, e.g. --num_train_epochs 20 --learning_rate 1e-4 --per_device_train_batch_size 8]
 
-Data come from a local LibriSpeech tree (default: the bundled corpus) or the Hub copy, through the
-shared loader of `distill_trainer.py`. The vocabulary is built from the training transcripts
-(characters, "|" between words, [PAD] = CTC blank, [UNK]); evaluation reports WER and CER of greedy
-decoding (jiwer). OUTPUT_DIR receives the model, the processor and a README.md model card with the
+Data come from a local LibriSpeech tree (default: the bundled corpus) or the Hub copy, through
+`armhubert.librispeech.load_librispeech`; the set-up shared with classification is `armhubert.finetune`.
+The vocabulary is built from the training transcripts (characters, "|" between words, [PAD] = CTC
+blank, [UNK]); evaluation reports WER and CER of greedy decoding (jiwer). OUTPUT_DIR receives the model, the processor and a README.md model card with the
 result, and opens with `pipeline("automatic-speech-recognition", model=OUTPUT_DIR, trust_remote_code=True)`.
 """
 
@@ -17,26 +17,26 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
+import datasets
 import jiwer
+import torch
 import numpy as np
-from transformers import Trainer, Wav2Vec2CTCTokenizer, Wav2Vec2Processor
+from transformers import BatchFeature, EvalPrediction, Trainer, Wav2Vec2CTCTokenizer, Wav2Vec2Processor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from finetune_common import (  # noqa: E402  (also puts the repository root on sys.path)
-    ROOT,
+from armhubert.audio import DataError
+from armhubert.cli import run_main
+from armhubert.finetune import (
+    ModelArguments,
     check_min_duration,
     decode_audio_batch,
     load_head_model,
     parse_run_arguments,
-    run_cli,
     train_evaluate_and_save,
 )
-
-from modeling_armhubert import release_feature_extractor  # noqa: E402
-from distill_trainer import DataError, load_librispeech  # noqa: E402
-from modeling_armhubert import ARMHubertForCTC  # noqa: E402
+from armhubert.librispeech import BUNDLED_CORPUS, load_librispeech
+from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
 
 PROG = "finetune_ctc.py"
 PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
@@ -44,8 +44,10 @@ PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
 
 @dataclass
 class DataArguments:
+    """Which LibriSpeech splits to train and evaluate on, and how to clean their transcripts."""
+
     data_source: str = field(
-        default=str(ROOT / "data" / "LibriSpeech"),
+        default=str(BUNDLED_CORPUS),
         metadata={"help": "A local LibriSpeech folder (default: the bundled corpus) or openslr/librispeech_asr."},
     )
     train_split: str = field(default="train-clean-100", metadata={"help": "Training split(s), comma-separated."})
@@ -58,14 +60,14 @@ class DataArguments:
     )
 
 
-def normalize_transcript(text, chars_to_ignore=""):
+def normalize_transcript(text: str, chars_to_ignore: str = "") -> str:
     """Drop ignored characters and collapse whitespace; case is kept (LibriSpeech is upper case)."""
     if chars_to_ignore:
         text = re.sub(f"[{re.escape(chars_to_ignore)}]", "", text)
     return " ".join(text.split())
 
 
-def build_vocabulary(transcripts):
+def build_vocabulary(transcripts: Sequence[str]) -> dict[str, int]:
     """{token: id}: [PAD] = 0 (the CTC blank), [UNK] = 1, "|" for spaces, then every character seen."""
     characters = sorted({char for text in transcripts for char in text} - {" "})
     if not characters:
@@ -73,7 +75,7 @@ def build_vocabulary(transcripts):
     return {token: index for index, token in enumerate([PAD, UNK, WORD_DELIMITER, *characters])}
 
 
-def check_characters(dataset, vocabulary, split_name):
+def check_characters(dataset: datasets.Dataset, vocabulary: dict[str, int], split_name: str) -> None:
     """Transcripts may only use characters of the vocabulary: name the first one that does not."""
     known = set(vocabulary) | {" "}
     for utterance_id, text in zip(dataset["id"], dataset["text"]):
@@ -86,7 +88,8 @@ def check_characters(dataset, vocabulary, split_name):
             )
 
 
-def make_tokenizer(vocabulary):
+def make_tokenizer(vocabulary: dict[str, int]) -> Wav2Vec2CTCTokenizer:
+    """A character CTC tokenizer over `vocabulary` (it only reads its vocabulary from a file)."""
     with tempfile.TemporaryDirectory() as folder:
         vocab_file = Path(folder) / "vocab.json"
         vocab_file.write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
@@ -107,14 +110,14 @@ class CTCCollator:
 
     processor: Wav2Vec2Processor
 
-    def __call__(self, rows):
+    def __call__(self, rows: Sequence[dict]) -> BatchFeature:
         batch = decode_audio_batch(rows, self.processor.feature_extractor)
         labels = self.processor.tokenizer.pad({"input_ids": [row["labels"] for row in rows]}, return_tensors="pt")
         batch["labels"] = labels["input_ids"].masked_fill(labels["attention_mask"].ne(1), -100)
         return batch
 
 
-def greedy_decoding_metrics(tokenizer):
+def greedy_decoding_metrics(tokenizer: Wav2Vec2CTCTokenizer) -> Callable[[EvalPrediction], dict[str, float]]:
     """`compute_metrics` for Trainer: WER and CER of the argmax path (repeats merged, blanks dropped)."""
 
     def compute(prediction):
@@ -129,12 +132,14 @@ def greedy_decoding_metrics(tokenizer):
     return compute
 
 
-def argmax_logits(logits, labels):
+def argmax_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Keep only the greedy token ids for the metrics, not the whole logit tensors."""
     return logits.argmax(dim=-1)
 
 
-def load_splits(data_args):
+def load_splits(data_args: DataArguments) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """The training and evaluation splits, cut to --max_*_samples, transcripts normalised."""
+
     def splits(value):
         return [name.strip() for name in value.split(",") if name.strip()]
 
@@ -149,7 +154,10 @@ def load_splits(data_args):
     return train.map(normalize, input_columns="text"), evaluation.map(normalize, input_columns="text")
 
 
-def model_card(output_dir, model_args, data_args, train_size, metrics, steps):
+def model_card(
+    output_dir: str, model_args: ModelArguments, data_args: DataArguments, train_size: int, metrics: dict, steps: int
+) -> str:
+    """The README.md of the fine-tuned model: what it was trained on and its WER / CER."""
     base = model_args.model_name_or_path or f"random {model_args.preset}"
     return (
         f"# {Path(output_dir).name}\n\n"
@@ -165,7 +173,8 @@ def model_card(output_dir, model_args, data_args, train_size, metrics, steps):
     )
 
 
-def run(argv=None):
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Fine-tune; returns {"train", "eval", "log_history"} (see armhubert.finetune.train_evaluate_and_save)."""
     model_args, data_args, training_args = parse_run_arguments(DataArguments, argv, PROG)
 
     train, evaluation = load_splits(data_args)
@@ -209,8 +218,8 @@ def run(argv=None):
     )
 
 
-def main(argv=None):
-    return run_cli(PROG, run, argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(PROG, run, argv)
 
 
 if __name__ == "__main__":

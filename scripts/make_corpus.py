@@ -11,8 +11,8 @@ Output layout (LibriSpeech's native one)::
     <output-dir>/LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt:04d>.flac
     <output-dir>/LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
 
-Requirements: the ``espeak-ng`` binary (``apt-get install espeak-ng``) and the
-Python packages numpy, soundfile and soxr.
+Requirements: the ``espeak-ng`` binary (``apt-get install espeak-ng``) and this
+repository installed (``pip install -e .``: audio is read by ``armhubert.audio``).
 
 Usage::
 
@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import shutil
@@ -31,12 +30,17 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
-import soxr
 
-TARGET_SR = 16_000
+from armhubert.audio import read_audio
+from armhubert.cli import UserError, run_main
+from armhubert.io import staged_folder
+from configuration_armhubert import SAMPLING_RATE
+
+PROG = "make_corpus.py"
 CORPUS_NAME = "LibriSpeech"
 
 # (split name, utterances per speaker, chapter-id base). Chapter ids are
@@ -134,11 +138,11 @@ TRANSCRIPT_RE = re.compile(r"^[A-Z']+( [A-Z']+)*$")
 
 
 def check_espeak() -> str:
-    """Return the espeak-ng path or exit with one clear message."""
+    """Return the espeak-ng path, or raise UserError saying how to install it."""
     exe = shutil.which("espeak-ng")
     if exe is None:
-        sys.exit("error: 'espeak-ng' not found on PATH; install it with "
-                 "'apt-get install espeak-ng' and re-run.")
+        raise UserError("'espeak-ng' not found on PATH; install it with "
+                        "'apt-get install espeak-ng' and re-run.")
     return exe
 
 
@@ -152,16 +156,15 @@ def to_transcript(sentence: str) -> str:
 
 def synthesise(exe: str, text: str, voice: str, pitch: int, speed: int,
                tmp_wav: Path) -> np.ndarray:
-    """Run espeak-ng and return float32 mono audio at TARGET_SR."""
+    """Run espeak-ng and return float32 mono audio at SAMPLING_RATE (soxr "HQ" resampling)."""
     # -w writes a WAV with a correct header (--stdout leaves sizes unset).
     subprocess.run([exe, "-v", voice, "-p", str(pitch), "-s", str(speed),
                     "-w", str(tmp_wav), "--", text],
                    check=True, stdout=subprocess.DEVNULL)
-    audio, sr = sf.read(tmp_wav, dtype="float32", always_2d=False)
-    return soxr.resample(audio, sr, TARGET_SR, quality="HQ").astype(np.float32)
+    return read_audio(tmp_wav, target_rate=SAMPLING_RATE)
 
 
-def plan_utterances(seed: int):
+def plan_utterances(seed: int) -> Iterator[tuple[str, Speaker, int, int, str, int, int]]:
     """Yield (split, speaker, chapter, utt_index, sentence, pitch, speed).
 
     The seed shuffles which sentence goes to which speaker/split and adds a
@@ -191,34 +194,20 @@ def build_corpus(root: Path, seed: int, exe: str) -> tuple[int, float]:
             chapter_dir.mkdir(parents=True, exist_ok=True)
             utt_id = f"{spk.speaker_id}-{chapter}-{utt:04d}"
             audio = synthesise(exe, sentence, spk.voice, pitch, speed, tmp_wav)
-            sf.write(chapter_dir / f"{utt_id}.flac", audio, TARGET_SR,
+            sf.write(chapter_dir / f"{utt_id}.flac", audio, SAMPLING_RATE,
                      format="FLAC", subtype="PCM_16")
             trans_path = chapter_dir / f"{spk.speaker_id}-{chapter}.trans.txt"
             transcripts.setdefault(trans_path, []).append(
                 f"{utt_id} {to_transcript(sentence)}")
             n_utts += 1
-            total_sec += len(audio) / TARGET_SR
+            total_sec += len(audio) / SAMPLING_RATE
     for path, lines in transcripts.items():
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return n_utts, total_sec
 
 
-def publish(tmp_root: Path, target: Path, overwrite: bool) -> None:
-    """Move the finished corpus into place, replacing the old one if allowed."""
-    if not target.exists():
-        tmp_root.rename(target)
-        return
-    if not overwrite:
-        raise FileExistsError(target)
-    # Swap via renames so the target is never half-written.
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    target.rename(old)
-    tmp_root.rename(target)
-    shutil.rmtree(old)
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", type=Path, default=Path("data"),
                         help="directory that will contain LibriSpeech/ (default: data)")
     parser.add_argument("--seed", type=int, default=0,
@@ -228,24 +217,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def make_corpus(argv: Sequence[str] | None = None) -> None:
+    """Synthesise the corpus into a staging folder that replaces <output-dir>/LibriSpeech when complete."""
     args = parse_args(argv)
     exe = check_espeak()
     target = args.output_dir / CORPUS_NAME
-    if target.exists() and not args.overwrite:
-        sys.exit(f"error: {target} already exists; pass --overwrite to replace it.")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    # Build beside the target (same filesystem) so the final rename is atomic.
-    tmp_root = Path(tempfile.mkdtemp(prefix=f".{CORPUS_NAME}.tmp-", dir=args.output_dir))
-    tmp_root.chmod(0o755)  # mkdtemp makes it owner-only
-    try:
-        n_utts, total_sec = build_corpus(tmp_root, args.seed, exe)
-        publish(tmp_root, target, args.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp_root, ignore_errors=True)
-        raise
+    # Built beside the target (same filesystem) and renamed into place: never half-written.
+    with staged_folder(target, overwrite=args.overwrite) as staging:
+        staging.chmod(0o755)  # mkdtemp makes it owner-only
+        n_utts, total_sec = build_corpus(staging, args.seed, exe)
     print(f"wrote {n_utts} utterances ({total_sec / 60:.1f} min) to {target}")
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(PROG, make_corpus, argv)
 
 
 if __name__ == "__main__":

@@ -10,56 +10,61 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
-import soundfile
+import numpy as np
 import torch
-from transformers import AutoModel, Wav2Vec2FeatureExtractor
+from transformers import AutoModel
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from armhubert.audio import read_audio
+from armhubert.cli import UserError, run_main
+from armhubert.librispeech import BUNDLED_CORPUS
+from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
+from modeling_armhubert import ARMHubertModel, release_feature_extractor
 
-from configuration_armhubert import PRESETS, ARMHubertConfig  # noqa: E402
-from modeling_armhubert import ARMHubertModel  # noqa: E402
+PROG = "quickstart.py"
 
 
-def read_utterances(split_dir, limit):
+def read_utterances(split_dir: Path, limit: int) -> tuple[list[Path], list[np.ndarray]]:
+    """The first `limit` .flac files below `split_dir` (sorted) and their 16 kHz mono samples."""
     files = sorted(Path(split_dir).rglob("*.flac"))[:limit]
     if not files:
-        raise SystemExit(f"quickstart: no .flac files under {split_dir}; expected LibriSpeech/<split>/<spk>/<chap>/*.flac")
-    audio = []
-    for path in files:
-        samples, rate = soundfile.read(path, dtype="float32")
-        if rate != 16000:
-            raise SystemExit(f"quickstart: {path} is {rate} Hz; the models take 16 kHz audio")
-        audio.append(samples)
-    return files, audio
+        raise UserError(f"no .flac files under {split_dir}; expected LibriSpeech/<split>/<spk>/<chap>/*.flac")
+    return files, [read_audio(path, target_rate=SAMPLING_RATE) for path in files]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="armhubert-960h", choices=sorted(PRESETS))
     parser.add_argument("--model", help="a saved model folder to load instead of a random preset")
-    parser.add_argument("--data-dir", default=str(ROOT / "data" / "LibriSpeech"))
+    parser.add_argument("--data-dir", default=str(BUNDLED_CORPUS))
     parser.add_argument("--split", default="dev-clean")
     parser.add_argument("--num-utterances", type=int, default=8)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def quickstart(argv: Sequence[str] | None = None) -> None:
+    """Encode the utterances with the model and print what came out and how fast."""
+    args = parse_args(argv)
     torch.manual_seed(0)
     if args.model:
-        model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
+        try:
+            model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
+        except (OSError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"cannot load the model {args.model}: {reason}") from None
     else:
         model = ARMHubertModel(ARMHubertConfig.from_preset(args.preset))
     model.eval()
     files, audio = read_utterances(Path(args.data_dir) / args.split, args.num_utterances)
-    extractor = Wav2Vec2FeatureExtractor(do_normalize=False, return_attention_mask=True)
-    batch = extractor(audio, sampling_rate=16000, padding=True, return_tensors="pt")
+    batch = release_feature_extractor()(audio, sampling_rate=SAMPLING_RATE, padding=True, return_tensors="pt")
 
     start = time.perf_counter()
     with torch.inference_mode():
         output = model(batch.input_values, attention_mask=batch.attention_mask, output_hidden_states=True)
     elapsed = time.perf_counter() - start
 
-    seconds = sum(len(a) for a in audio) / 16000
+    seconds = sum(len(a) for a in audio) / SAMPLING_RATE
     name = args.model or args.preset
     print(f"model: {name}, {sum(p.numel() for p in model.parameters()):,} parameters")
     print(f"input: {len(files)} utterances from {args.split}, {seconds:.1f} s of audio, batch {tuple(batch.input_values.shape)}")
@@ -70,5 +75,9 @@ def main(argv=None):
     print(f"time: {elapsed:.2f} s ({seconds / elapsed:.0f} s of audio per second, {torch.get_num_threads()} threads)")
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(PROG, quickstart, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,14 +16,14 @@ From Python (e.g. s3prl's `S3PRLUpstream`-style code): `UpstreamExpert(MODEL_DIR
 """
 
 import sys
-from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from modeling_armhubert import ARMHubertModel, superb_layer_outputs  # noqa: E402
+from armhubert.cli import UserError, run_main
+from configuration_armhubert import SAMPLING_RATE
+from modeling_armhubert import ARMHubertModel, superb_layer_outputs
 
 HUB_NAME = "armhubert_local"
 PROG = "superb_upstream.py"
@@ -37,20 +37,21 @@ except ImportError:
 class UpstreamExpert(_UpstreamBase):
     """s3prl upstream: a list of unpadded 16 kHz waveforms in, padded per-layer features out."""
 
-    def __init__(self, ckpt, model_config=None, **kwargs):
+    def __init__(self, ckpt: str, model_config: str | None = None, **kwargs) -> None:
         super().__init__()
         try:
             self.model = ARMHubertModel.from_pretrained(ckpt)
         except (OSError, ValueError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"cannot load the ARMHubert model {ckpt}: {reason}") from None
+            raise UserError(f"cannot load the ARMHubert model {ckpt}: {reason}") from None
         self.model.eval()
 
-    def get_downsample_rates(self, key):
+    def get_downsample_rates(self, key: str) -> int:
         """Samples per frame of every output (320)."""
         return self.model.config.inputs_to_logits_ratio
 
-    def forward(self, wavs):
+    def forward(self, wavs: Sequence[torch.Tensor]) -> dict[str, list[torch.Tensor] | torch.Tensor]:
+        """`hidden_states`: L tensors (batch, frames, width); `last_hidden_state` (batch, frames, width)."""
         if not wavs:
             raise ValueError("the upstream got an empty batch")
         lengths = torch.tensor([len(wav) for wav in wavs], device=wavs[0].device)
@@ -65,17 +66,17 @@ class UpstreamExpert(_UpstreamBase):
         }
 
 
-def armhubert_local(ckpt, *args, **kwargs):
+def armhubert_local(ckpt: str | None, *args, **kwargs) -> UpstreamExpert:
     """The `s3prl.hub` entry: `-u armhubert_local -k MODEL_DIR`."""
     if ckpt is None:
-        raise ValueError(f"-u {HUB_NAME} needs -k MODEL_DIR (a saved ARMHubert model folder or Hub id)")
+        raise UserError(f"-u {HUB_NAME} needs -k MODEL_DIR (a saved ARMHubert model folder or Hub id)")
     return UpstreamExpert(ckpt, *args, **kwargs)
 
 
-def check(model_dir):
+def check(model_dir: str) -> None:
     """Run the expert on two random utterances and print what SUPERB would receive."""
     expert = UpstreamExpert(model_dir)
-    wavs = [torch.randn(16000), torch.randn(24000)]
+    wavs = [torch.randn(SAMPLING_RATE), torch.randn(3 * SAMPLING_RATE // 2)]
     with torch.no_grad():
         features = expert(wavs)
     hidden = features["hidden_states"]
@@ -84,32 +85,34 @@ def check(model_dir):
     print(f"last_hidden_state: {tuple(features['last_hidden_state'].shape)}")
 
 
-def main(argv=None):
+def run(argv: Sequence[str] | None = None) -> int:
+    """`--check MODEL_DIR`, or s3prl's `run_downstream.py` with `armhubert_local` added to `s3prl.hub`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--check"]:
         if len(argv) != 2:
-            print(f"usage: {PROG} --check MODEL_DIR", file=sys.stderr)
-            return 2
-        try:
-            check(argv[1])
-        except ValueError as error:
-            print(f"{PROG}: error: {error}", file=sys.stderr)
-            return 2
+            raise UserError(f"--check takes one argument: {PROG} --check MODEL_DIR")
+        check(argv[1])
         return 0
-    try:
+    try:  # s3prl is optional: imported only to run it
         import s3prl.hub
         import s3prl.run_downstream
     except ImportError as error:
-        print(
-            f"{PROG}: error: cannot import s3prl ({error}); install it (pip install s3prl, or an editable clone) and run "
-            f"this from s3prl's s3prl/ folder. Without s3prl, `{PROG} --check MODEL_DIR` shows what the expert returns.",
-            file=sys.stderr,
-        )
-        return 2
+        if argv[:1] in (["-h"], ["--help"]):
+            print(__doc__.strip())
+            print(f"\n(s3prl is not installed ({error}): install it to see run_downstream.py's options.)")
+            return 0
+        raise UserError(
+            f"cannot import s3prl ({error}); install it (pip install s3prl, or an editable clone) and run "
+            f"this from s3prl's s3prl/ folder. Without s3prl, `{PROG} --check MODEL_DIR` shows what the expert returns."
+        ) from None
     setattr(s3prl.hub, HUB_NAME, armhubert_local)
     sys.argv = ["run_downstream.py", *argv]
     s3prl.run_downstream.main()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(PROG, run, argv)
 
 
 if __name__ == "__main__":

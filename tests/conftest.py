@@ -1,5 +1,6 @@
 """Shared fixtures: tiny configurations, the original-format fixture checkpoint and its outputs."""
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -89,3 +90,13 @@ def random_model(config, seed=0):
 def waveform(num_samples, seed):
     generator = torch.Generator().manual_seed(seed)
     return 0.1 * torch.randn(1, num_samples, generator=generator)
+
+
+def load_script(name):
+    """scripts/<name>.py as a module, for tests that call a script's functions (scripts are entry points,
+    not on sys.path)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the script runs
+    spec.loader.exec_module(module)
+    return module

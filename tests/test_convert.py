@@ -1,4 +1,4 @@
-"""convert_checkpoint.py: original-format checkpoints of every family -> Transformers folders."""
+"""convert_checkpoint.py / armhubert.convert: original-format checkpoints of every family -> Transformers folders."""
 
 import json
 import os
@@ -11,8 +11,10 @@ import torch
 import yaml
 from conftest import ROOT, TINY_CKPT, TINY_IO, TINY_YAML, random_model, tiny_config, waveform
 
-import convert_checkpoint
-from convert_checkpoint import ConversionError, parse_literal_expression
+import convert_checkpoint  # the command
+from armhubert.cli import UserError
+from armhubert.convert import folders
+from armhubert.convert.original import convert, parse_literal_expression
 
 # Our key -> the original release's key (written independently of the converter's own table).
 _TO_ORIGINAL = [
@@ -98,7 +100,7 @@ def test_literal_expressions_parse_without_eval():
     assert parse_literal_expression("[True, False]") == [True, False]
     assert parse_literal_expression("[11]") == [11]
     for hostile in ["__import__('os').system('true')", "[x for x in range(3)]", "open('f')", "(1).real"]:
-        with pytest.raises(ConversionError, match="only list/tuple literals"):
+        with pytest.raises(UserError, match="only list/tuple literals"):
             parse_literal_expression(hostile)
 
 
@@ -129,7 +131,7 @@ def test_cli_writes_a_complete_folder_that_reproduces_the_fixture(tmp_path):
 def test_from_pretrained_round_trip_and_remote_code_in_a_fresh_process(tmp_path):
     from modeling_armhubert import ARMHubertModel
 
-    out = convert_checkpoint.convert_checkpoint(TINY_CKPT, tmp_path / "model")
+    out = folders.convert_checkpoint(TINY_CKPT, tmp_path / "model")
     io = torch.load(TINY_IO, weights_only=True)
     reloaded = ARMHubertModel.from_pretrained(out).eval()
     with torch.no_grad():
@@ -168,7 +170,7 @@ def test_from_pretrained_round_trip_and_remote_code_in_a_fresh_process(tmp_path)
 def test_other_families_convert_with_identical_outputs(tmp_path, family, overrides):
     model = random_model(tiny_config(**overrides))
     write_original_checkpoint(tmp_path / "orig.ckpt", model, family=family)
-    converted = convert_checkpoint.convert(tmp_path / "orig.ckpt")
+    converted = convert(tmp_path / "orig.ckpt")
     audio = waveform(8000, seed=20)
     with torch.no_grad():
         assert torch.equal(converted(audio).last_hidden_state, model(audio).last_hidden_state)
@@ -198,7 +200,7 @@ def test_star_checkpoint_needs_its_yaml_and_drops_final_proj(tmp_path, capsys):
 
 
 def test_yaml_config_is_used_for_the_fixture(tmp_path):
-    model = convert_checkpoint.convert(TINY_CKPT, TINY_YAML)
+    model = convert(TINY_CKPT, TINY_YAML)
     assert model.config.hidden_size == 48 and model.config.projection_head_size == 64
 
 
@@ -254,6 +256,20 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_the_output_untouched(tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_command_module_reexports_the_documented_python_api():
+    """README documents `convert_checkpoint.convert(...)` & co.: they are the package's own objects."""
+    from armhubert.convert import cards, publish, releases
+
+    assert convert_checkpoint.convert is convert
+    assert convert_checkpoint.convert_checkpoint is folders.convert_checkpoint
+    assert convert_checkpoint.convert_folder is folders.convert_folder
+    assert convert_checkpoint.save_model_folder is folders.save_model_folder
+    assert convert_checkpoint.push_to_hub is publish.push_to_hub
+    assert convert_checkpoint.model_card is cards.model_card
+    assert convert_checkpoint.release_by_name is releases.release_by_name
+    assert issubclass(convert_checkpoint.PublishError, UserError)  # a failed upload exits 2 like bad input
+
+
 def test_cli_error_is_one_line_without_traceback(tmp_path):
     (tmp_path / "notes.ckpt").write_text("this is not a checkpoint")
     result = run_cli(tmp_path / "notes.ckpt", "--output-dir", tmp_path / "out")
@@ -275,14 +291,14 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
 
 
 def test_interrupted_write_leaves_no_partial_folder(tmp_path, monkeypatch):
-    model = convert_checkpoint.convert(TINY_CKPT)
+    model = convert(TINY_CKPT)
 
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(convert_checkpoint, "release_feature_extractor", fail)
+    monkeypatch.setattr(folders, "release_feature_extractor", fail)
     with pytest.raises(KeyboardInterrupt):
-        convert_checkpoint.save_model_folder(model, tmp_path / "model")
+        folders.save_model_folder(model, tmp_path / "model")
     assert list(tmp_path.iterdir()) == []
 
 

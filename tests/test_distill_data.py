@@ -1,4 +1,4 @@
-"""The shared LibriSpeech data API of distill_trainer.py: load_librispeech, read_audio, DataError."""
+"""The shared LibriSpeech data API: armhubert.librispeech.load_librispeech, armhubert.audio.read_audio, DataError."""
 
 import shutil
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import soundfile
 
+from armhubert.audio import DataError, read_audio
+from armhubert.librispeech import load_librispeech
 from conftest import ROOT
-from distill_trainer import DataError, load_librispeech, read_audio
 
 CORPUS = ROOT / "data" / "LibriSpeech"
 
@@ -70,7 +71,7 @@ def test_unreadable_files_are_skipped_with_a_warning(tmp_path, caplog):
     shutil.copytree(CORPUS / "dev-clean", tmp_path / "LibriSpeech" / "dev-clean")
     broken = tmp_path / "LibriSpeech/dev-clean/1002/202/1002-202-0001.flac"
     broken.write_bytes(b"not audio at all")
-    with caplog.at_level("WARNING", logger="distill_trainer"):
+    with caplog.at_level("WARNING", logger="armhubert.librispeech"):
         dataset = load_librispeech(tmp_path, "dev-clean")
     assert len(dataset) == 11 and "1002-202-0001" not in dataset["id"]
     assert "Skipping 1 unreadable audio file(s)" in caplog.text and "1002-202-0001.flac" in caplog.text

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from distill_trainer import layer_weights, masking_distillation_loss, regression_loss, star_loss, temporal_gram
+from armhubert.distill.losses import layer_weights, masking_distillation_loss, regression_loss, star_loss, temporal_gram
 
 
 def t(rows):

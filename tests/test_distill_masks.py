@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from distill_trainer import SpanMasker, _place_spans, _span_lengths, sample_span_mask
+from armhubert.distill.masks import SpanMasker, _place_spans, _span_lengths, sample_span_mask
 
 
 def _runs(row):

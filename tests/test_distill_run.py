@@ -19,9 +19,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, TrainerCallback
 
+from armhubert.audio import read_audio
+from armhubert.distill.recipe import build_arguments, load_recipe
+from armhubert.librispeech import AudioCollator
 from conftest import ROOT
 from configuration_armhubert import PRESETS
-from distill_trainer import AudioCollator, build_arguments, load_recipe, main, read_audio, run
+from distill_trainer import main, run
 from modeling_armhubert import release_feature_extractor
 
 QUICKSTART = str(ROOT / "conf" / "quickstart.yaml")
@@ -66,11 +69,11 @@ def quickstart(tmp_path_factory):
     broken = corpus / "LibriSpeech/train-clean-100/1003/103/1003-103-0004.flac"
     broken.write_bytes(broken.read_bytes()[:200])
     handler = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
-    logging.getLogger("distill_trainer").addHandler(handler)
+    logging.getLogger("armhubert").addHandler(handler)
     try:
         trainer = run(_quickstart_args(corpus, root / "run"))
     finally:
-        logging.getLogger("distill_trainer").removeHandler(handler)
+        logging.getLogger("armhubert").removeHandler(handler)
     warnings = "\n".join(record.getMessage() for record in handler.buffer)
     return trainer, corpus, root / "run", warnings
 
@@ -126,6 +129,32 @@ def test_teacher_stays_out_of_optimiser_and_checkpoints(quickstart):
         assert all(("bias" in names[id(p)]) == (group["weight_decay"] == 0.0) for p in group["params"])
     assert any("layer_norm.weight" in names[id(p)] and g["weight_decay"] == 0.01
                for g in trainer.optimizer.param_groups for p in g["params"])
+
+
+def test_teacher_falls_back_to_two_passes_when_the_doubled_batch_runs_out_of_memory(quickstart, monkeypatch, caplog):
+    trainer = quickstart[0]
+    passes = trainer._teacher_states
+    generator = torch.Generator().manual_seed(0)
+    x, attention = 0.1 * torch.randn(2, 4000, generator=generator), torch.ones(2, 4000, dtype=torch.long)
+    frames = int(trainer.teacher._get_feat_extract_output_lengths(torch.tensor(4000)))
+    mask = torch.zeros(2, frames, dtype=torch.bool)
+    mask[:, 2:5] = True
+
+    def out_of_memory_when_doubled(input_values, attention_mask, mask_time_indices=None):
+        if input_values.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return passes(input_values, attention_mask, mask_time_indices)
+
+    monkeypatch.setattr(trainer, "_teacher_states", out_of_memory_when_doubled)
+    monkeypatch.setattr(trainer, "_teacher_single_pass", True)
+    with caplog.at_level(logging.WARNING, logger="armhubert.distill.trainer"):
+        clean, masked = trainer.teacher_hidden_states(x, attention, mask)
+    assert trainer._teacher_single_pass is False and "running two teacher passes" in caplog.text
+    for got, expected in ((clean, passes(x, attention)), (masked, passes(x, attention, mask))):
+        assert len(got) == len(expected)
+        for layer, (g, e) in enumerate(zip(got, expected)):
+            torch.testing.assert_close(g, e, msg=f"layer {layer}")
+    assert not torch.equal(clean[-1], masked[-1])  # the mask reached the teacher
 
 
 def test_resume_continues_exactly(quickstart, tmp_path):
@@ -221,15 +250,43 @@ def test_bad_corpora_fail_cleanly(tmp_path, capsys):
     assert "no complete checkpoint-<step> folder" in capsys.readouterr().err
 
 
+def test_errors_in_dataloader_workers_print_as_one_line(tmp_path, capsys):
+    # Headers read (the corpus loads), audio does not: the collator fails in a worker process, and
+    # the error re-raised in the main process carries the worker's traceback in its message.
+    corpus = _copy_corpus(tmp_path / "corpus")
+    for path in (corpus / "LibriSpeech" / "train-clean-100").rglob("*.flac"):
+        path.write_bytes(path.read_bytes()[:200])
+    argv = ["--config", QUICKSTART, f"output_dir={tmp_path / 'out'}", f"data_source={corpus}", "max_steps=1",
+            "eval_strategy=no", "save_strategy=no", *FAST, "dataloader_num_workers=1"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    last = error.splitlines()[-1]
+    assert last.startswith("distill_trainer.py: error: every file of a batch was unreadable (") and last.endswith(
+        "); check the corpus"), error[-2000:]
+    assert "Traceback" not in error and "DataLoader worker" not in error
+
+
 def test_collator_skips_and_counts_unreadable_files(tmp_path, caplog):
     shutil.copy(CORPUS / "dev-clean/1001/201/1001-201-0000.flac", tmp_path / "good.flac")
     rows = [{"id": "good", "audio": {"path": str(tmp_path / "good.flac"), "bytes": None}},
             {"id": "gone", "audio": {"path": str(tmp_path / "gone.flac"), "bytes": None}}]
     collator = AudioCollator(release_feature_extractor(), max_samples=16000)
-    with caplog.at_level(logging.WARNING, logger="distill_trainer"):
+    with caplog.at_level(logging.WARNING, logger="armhubert.librispeech"):
         batch = collator(rows)
     assert batch["input_values"].shape == (1, 16000) and int(batch["num_unreadable"]) == 1
     assert "gone.flac" in caplog.text
+
+
+def test_command_line_trains_saves_and_exits_zero(tmp_path):
+    out = tmp_path / "cli"
+    command = [sys.executable, str(ROOT / "distill_trainer.py"), "--config", QUICKSTART, f"output_dir={out}",
+               f"data_source={ROOT / 'data'}", "max_steps=1", "eval_strategy=no", "save_strategy=no", *FAST]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    for name in ("model.safetensors", "config.json", "distill_recipe.yaml"):
+        assert (out / name).is_file(), name
 
 
 def test_ddp_two_processes_agree(tmp_path):

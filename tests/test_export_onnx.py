@@ -1,18 +1,15 @@
 """scripts/export_onnx.py: dynamic-axis ONNX export, onnxruntime parity, latency report, clean failures."""
 
-import sys
-
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, random_model, tiny_config
+from conftest import load_script, random_model, tiny_config
 
-sys.path.insert(0, str(ROOT / "scripts"))
+from configuration_armhubert import receptive_field
+from convert_checkpoint import save_model_folder
+
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
-
-import export_onnx  # noqa: E402
-
-from convert_checkpoint import save_model_folder  # noqa: E402
+export_onnx = load_script("export_onnx")
 
 
 def small_converted_model(folder):
@@ -26,7 +23,7 @@ def small_converted_model(folder):
     return model
 
 
-def test_export_has_dynamic_axes_matches_pytorch_and_reports_latency(tmp_path, capsys):
+def test_export_has_dynamic_axes_matches_pytorch_and_reports_latency(tmp_path, capsys, monkeypatch):
     model = small_converted_model(tmp_path / "model")
     output = tmp_path / "onnx" / "model.onnx"
     code = export_onnx.main(
@@ -41,7 +38,9 @@ def test_export_has_dynamic_axes_matches_pytorch_and_reports_latency(tmp_path, c
     batch_axis, time_axis = session.get_inputs()[0].shape
     assert isinstance(batch_axis, str) and isinstance(time_axis, str)  # symbolic, not fixed sizes
     # A batch size and length of its own, including the shortest input the graph accepts.
-    for batch, samples in [(1, export_onnx.min_samples(model.config)), (4, 12345)]:
+    shortest = export_onnx.min_samples(model.config)
+    assert shortest == receptive_field(model.config.conv_kernel, model.config.conv_stride) + 320  # two frames
+    for batch, samples in [(1, shortest), (4, 12345)]:
         audio = 0.1 * torch.randn(batch, samples, generator=torch.Generator().manual_seed(samples))
         got = session.run(None, {"input_values": audio.numpy()})
         with torch.no_grad():
@@ -54,6 +53,14 @@ def test_export_has_dynamic_axes_matches_pytorch_and_reports_latency(tmp_path, c
     # An existing file is kept unless --overwrite.
     code = export_onnx.main([str(tmp_path / "model"), "--output", str(output)])
     assert code == 2 and "pass --overwrite" in capsys.readouterr().err
+
+    # A failed parity check is status 1 and leaves the existing file as it was (the export is reused).
+    written = output.read_bytes()
+    monkeypatch.setattr(export_onnx, "export_onnx", lambda model, opset=None: written)
+    code = export_onnx.main([str(tmp_path / "model"), "--output", str(output), "--overwrite", "--atol", "-1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "export_onnx.py: error: parity check failed" in err and f"{output} was not written" in err
+    assert output.read_bytes() == written and sorted(p.name for p in output.parent.iterdir()) == ["model.onnx"]
 
 
 def test_bad_model_is_one_line_and_writes_nothing(tmp_path, capsys):

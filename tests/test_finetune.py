@@ -1,24 +1,34 @@
-"""Fine-tuning recipes on the bundled corpus (CTC, classification) and the SUPERB upstream expert."""
+"""Fine-tuning: the shared set-up (`armhubert.finetune`), the CTC and classification recipes on the
+bundled corpus, and the SUPERB upstream expert."""
 
 import csv
 import shutil
-import sys
+from dataclasses import dataclass
 
+import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, random_model, tiny_config
+from conftest import load_script, random_model, tiny_config
 from transformers import pipeline
 
-from modeling_armhubert import release_feature_extractor
+from armhubert.audio import DataError, load_16k
+from armhubert.cli import UserError
+from armhubert.librispeech import BUNDLED_CORPUS
+from armhubert.finetune import (
+    ModelArguments,
+    check_min_duration,
+    decode_audio_batch,
+    load_head_model,
+    parse_run_arguments,
+)
+from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import finetune_classification  # noqa: E402
-import finetune_ctc  # noqa: E402
-import superb_upstream  # noqa: E402
-from armhubert.audio import load_16k
+finetune_classification = load_script("finetune_classification")
+finetune_ctc = load_script("finetune_ctc")
+superb_upstream = load_script("superb_upstream")
 
-CORPUS = ROOT / "data" / "LibriSpeech"
+CORPUS = BUNDLED_CORPUS
 STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False)
 QUIET = ["--use_cpu", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0"]
 
@@ -169,4 +179,58 @@ def test_superb_upstream_returns_what_the_release_returned(tmp_path, family, cap
     assert superb_upstream.main(["--check", str(tmp_path)]) == 0
     assert "hidden_states: 4 x (2, 74" in capsys.readouterr().out
     assert superb_upstream.main(["--check", str(tmp_path / "missing")]) == 2
-    assert "cannot load the ARMHubert model" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("superb_upstream.py: error: cannot load the ARMHubert model")
+    assert superb_upstream.main(["--check"]) == 2
+    assert "--check takes one argument" in capsys.readouterr().err
+
+
+@dataclass
+class NoDataArguments:
+    pass
+
+
+def test_run_arguments_and_model_choice_are_checked_before_any_data_is_read(tmp_path):
+    out = ["--output_dir", str(tmp_path / "out")]
+    cases = [
+        ([*QUIET, "--preset", "armhubert-960h"], "--output_dir is required"),
+        ([*QUIET, *out], "no model given"),
+        ([*QUIET, *out, "--preset", "armhubert-960h", "--model_name_or_path", "x"], "either --model_name_or_path or --preset"),
+        ([*QUIET, *out, "--preset", "p", "--eval_strategy", "epoch", "--load_best_model_at_end", "true"], "strategy to match"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(UserError, match=message):
+            parse_run_arguments(NoDataArguments, argv, "test")
+    model_args, _, training_args = parse_run_arguments(NoDataArguments, [*QUIET, *out, "--preset", "armhubert-960h"], "test")
+    assert training_args.remove_unused_columns is False and training_args.length_column_name == "num_samples"
+
+    with pytest.raises(UserError, match="cannot load the model .*no-model"):
+        load_head_model(ARMHubertForCTC, ModelArguments(model_name_or_path=str(tmp_path / "no-model")))
+    with pytest.raises(UserError, match="no-such-preset"):
+        load_head_model(ARMHubertForCTC, ModelArguments(preset="no-such-preset"))
+
+
+def test_head_model_from_a_saved_encoder_takes_the_head_and_training_settings(encoder_dir):
+    model_args = ModelArguments(model_name_or_path=str(encoder_dir), freeze_base_model=True, mask_time_prob=0.2)
+    model = load_head_model(ARMHubertForCTC, model_args, vocab_size=7)
+    assert model.lm_head.out_features == 7
+    assert model.config.mask_time_prob == 0.2 and model.config.layer_grad_scale is False
+    trainable = {name.split(".")[0] for name, param in model.named_parameters() if param.requires_grad}
+    assert trainable == {"lm_head"}  # frozen base model: only the head trains
+
+
+def test_audio_batches_are_padded_and_short_utterances_are_refused(tmp_path):
+    files = sorted((CORPUS / "dev-clean").rglob("*.flac"))[:2]
+    rows = [{"id": path.stem, "audio": {"bytes": None, "path": str(path)}} for path in files]
+    batch = decode_audio_batch(rows, release_feature_extractor())
+    lengths = [len(load_16k(path)) for path in files]
+    assert tuple(batch["input_values"].shape) == (2, max(lengths))
+    assert batch["attention_mask"].sum(dim=1).tolist() == lengths
+
+    (tmp_path / "broken.flac").write_bytes(b"not audio")
+    with pytest.raises(DataError, match="cannot read audio file .*broken.flac"):
+        decode_audio_batch([{"id": "x", "audio": {"bytes": None, "path": str(tmp_path / "broken.flac")}}], release_feature_extractor())
+
+    dataset = datasets.Dataset.from_dict({"id": ["long", "short"], "num_samples": [16000, 399], "audio": [{"path": "a"}, {"path": "b"}]})
+    with pytest.raises(DataError, match=r"1 training utterance\(s\) are shorter than 400 samples \(25 ms\), e.g. short"):
+        check_min_duration(dataset, tiny_config(), "training")
+    check_min_duration(dataset.select([0]), tiny_config(), "training")

@@ -14,11 +14,17 @@ import torch
 import yaml
 from conftest import ROOT, TINY_CKPT, random_model, tiny_config, waveform
 from huggingface_hub import ModelCard
-from test_convert import distiller_section, to_original
+from test_convert import distiller_section, run_main, to_original
 
-import convert_checkpoint
+import convert_checkpoint  # the command
+from armhubert.cli import UserError
+from armhubert.convert import folders
+from armhubert.convert.cards import CardFacts, file_sha256, model_card
+from armhubert.convert.hubert_export import to_hubert_model
+from armhubert.convert.original import load_original_checkpoint
+from armhubert.convert.publish import PublishError, push_to_hub
+from armhubert.convert.releases import detect_release, release_by_name
 from configuration_armhubert import ARMHubertConfig
-from convert_checkpoint import CardFacts, ConversionError, detect_release, model_card, release_by_name
 
 TRAIN_960H = ["train-clean-100", "train-clean-360", "train-other-500"]
 
@@ -147,12 +153,6 @@ def release_repo(release_dir, tmp_path_factory):
     return repo
 
 
-def run_main(capsys, *args):
-    code = convert_checkpoint.main([str(arg) for arg in args])
-    captured = capsys.readouterr()
-    return code, captured.err
-
-
 # --------------------------------------------------------------------------------------------------
 # Safe loading
 
@@ -221,8 +221,8 @@ def test_pickled_code_is_refused_by_name_and_never_runs(tmp_path, capsys):
         code, stderr = run_main(capsys, path, "--output-dir", tmp_path / "out")
         assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
         assert f"refusing to load {path}" in stderr and name in stderr, stderr
-        with pytest.raises(ConversionError, match=name):
-            convert_checkpoint.load_original_checkpoint(path)
+        with pytest.raises(UserError, match=name):
+            load_original_checkpoint(path)
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
 
@@ -275,7 +275,7 @@ def test_model_cards_render_the_release_numbers(release_dir, release_repo):
     assert f'AutoModel.from_pretrained("{REPO_ID}", subfolder="ARMHuBERT-S-960h", trust_remote_code=True)' in text
     assert "use the 12 `projected_hidden_states`" in text and "Batch invariance" in text
     assert "Recycle-and-Distill" in text and "Apache-2.0" in text
-    sha = convert_checkpoint.file_sha256(release_dir.path / "ARMHuBERT-S-960h.ckpt")
+    sha = file_sha256(release_dir.path / "ARMHuBERT-S-960h.ckpt")
     assert f"`ARMHuBERT-S-960h.ckpt` (sha256 `{sha}`)" in text
 
     star = ModelCard.load(release_repo / "STaRHuBERT" / "README.md").text
@@ -357,12 +357,12 @@ def test_push_to_hub_offline_or_unreachable_fails_cleanly_and_keeps_the_output(t
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
-    with pytest.raises(convert_checkpoint.PublishError, match="Connect"):
-        convert_checkpoint.push_to_hub(out, "me/tiny")
+    with pytest.raises(PublishError, match="Connect"):
+        push_to_hub(out, "me/tiny")
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "no-login"))  # no stored token either
-    with pytest.raises(convert_checkpoint.PublishError, match="[Tt]oken"):
-        convert_checkpoint.push_to_hub(out, "me/tiny")
+    with pytest.raises(PublishError, match="[Tt]oken"):
+        push_to_hub(out, "me/tiny")
     assert (out / "model.safetensors").is_file()
 
 
@@ -420,12 +420,12 @@ def test_hubert_conversion_with_a_feature_projection_and_layer_norm_cnn():
     config = _star_config(use_mask_embedding=True, feat_extract_norm="layer", conv_bias=True, conv_dim=[32] * 6 + [40] * 3)
     ours = random_model(config, seed=4)
     assert ours.feature_projection is not None
-    hubert = convert_checkpoint.to_hubert_model(ours)
+    hubert = to_hubert_model(ours)
     assert torch.equal(hubert.masked_spec_embed, ours.mask_emb)
     _assert_same_outputs(ours, hubert)
     # transformers 5's HubertModel reports a pre-LN model's last hidden state before the final LayerNorm.
-    with pytest.raises(ConversionError, match="it is pre-LN"):
-        convert_checkpoint.to_hubert_model(random_model(_star_config(do_stable_layer_norm=True)))
+    with pytest.raises(UserError, match="it is pre-LN"):
+        to_hubert_model(random_model(_star_config(do_stable_layer_norm=True)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -442,15 +442,15 @@ def test_interrupted_repository_build_leaves_the_target_as_it_was(tmp_path, monk
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(convert_checkpoint, "repository_card", interrupted)  # the last step before the rename
+    monkeypatch.setattr(folders, "repository_card", interrupted)  # the last step before the rename
     with pytest.raises(KeyboardInterrupt):
-        convert_checkpoint.convert_folder(source, target)
+        folders.convert_folder(source, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
     target.mkdir()
     (target / "keep.txt").write_text("published before")
     with pytest.raises(KeyboardInterrupt):
-        convert_checkpoint.convert_folder(source, target, overwrite=True)
+        folders.convert_folder(source, target, overwrite=True)
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "src"]
 
@@ -462,9 +462,9 @@ def test_interrupted_repository_build_leaves_the_target_as_it_was(tmp_path, monk
             raise OSError("disk full")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(convert_checkpoint.os, "replace", rename_fails_once_the_old_folder_is_retired)
+    monkeypatch.setattr(os, "replace", rename_fails_once_the_old_folder_is_retired)
     with pytest.raises(OSError, match="disk full"):
-        convert_checkpoint.convert_folder(source, target, overwrite=True)
+        folders.convert_folder(source, target, overwrite=True)
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "src"]
 
@@ -485,7 +485,7 @@ ckpt, repo, audio_path, result_path = sys.argv[1:]
 # Before this repo's modules are imported (they register the model type locally): remote code only.
 remote = AutoModel.from_pretrained(repo, subfolder="ARMHuBERT-S-960h", trust_remote_code=True).eval()
 
-from convert_checkpoint import convert
+from armhubert.convert.original import convert
 
 before = {field: kib(field) for field in ("VmRSS:", "RssAnon:", "RssFile:")}
 with open("/proc/self/clear_refs", "w") as handle:

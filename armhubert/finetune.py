@@ -1,28 +1,32 @@
-"""What `finetune_ctc.py` and `finetune_classification.py` share: model arguments and loading,
-audio batching, the atomic final save and the command-line error handling."""
+"""What the fine-tuning recipes (`scripts/finetune_ctc.py`, `scripts/finetune_classification.py`) share.
 
-import sys
+Model arguments and loading of the task model, argument parsing and seeding, audio batching, the
+minimum-duration check and the train / evaluate / save tail. Audio is read by `armhubert.audio`, the
+final save is `armhubert.training.save_trained_model`; nothing here depends on distillation.
+
+    model_args, data_args, training_args = parse_run_arguments(DataArguments, argv, "finetune_x.py")
+    model = load_head_model(ARMHubertForCTC, model_args, vocab_size=32)
+    ...
+    return train_evaluate_and_save(trainer, training_args.output_dir, make_card)
+"""
+
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import BatchFeature, HfArgumentParser, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
+from modeling_armhubert import add_remote_code_entries
 
-from configuration_armhubert import PRESETS, ARMHubertConfig  # noqa: E402
-from armhubert.audio import DataError, read_audio  # noqa: E402
-from armhubert.training import save_trained_model  # noqa: E402
-from configuration_armhubert import SAMPLING_RATE  # noqa: E402
-from modeling_armhubert import add_remote_code_entries  # noqa: E402
-
-
-class UsageError(Exception):
-    """A problem with the user's arguments or inputs, reported as one line."""
-
+from .audio import DataError, read_audio
+from .cli import UserError
+from .training import save_trained_model
 
 @dataclass
 class ModelArguments:
+    """Which encoder to start from and how to train it (`--model_name_or_path` or `--preset`, masking, freezing)."""
+
     model_name_or_path: str = field(
         default=None,
         metadata={"help": "Encoder to fine-tune: a folder written by convert_checkpoint.py or distill_trainer.py, or a Hub id."},
@@ -48,21 +52,23 @@ class ModelArguments:
     layerdrop: float = field(default=0.0, metadata={"help": "Probability of skipping a whole layer while training."})
 
 
-def parse_arguments(dataclass_types, argv, prog):
-    """HfArgumentParser over the dataclasses + TrainingArguments; invalid values become a UsageError."""
+def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None, prog: str) -> tuple:
+    """HfArgumentParser over the dataclasses + TrainingArguments; invalid values become a UserError."""
     parser = HfArgumentParser((*dataclass_types, TrainingArguments))
     parser.prog = prog
     try:
         return parser.parse_args_into_dataclasses(args=argv)
     except ValueError as error:
-        raise UsageError(str(error).strip().splitlines()[0]) from None
+        raise UserError(str(error).strip().splitlines()[0]) from None
 
 
-def parse_run_arguments(data_arguments_class, argv, prog):
+def parse_run_arguments(
+    data_arguments_class: type, argv: Sequence[str] | None, prog: str
+) -> tuple[ModelArguments, Any, TrainingArguments]:
     """Parse and check (model, data, training) arguments of a fine-tuning run and seed it."""
     model_args, data_args, training_args = parse_arguments((ModelArguments, data_arguments_class), argv, prog)
     if training_args.output_dir in (None, "trainer_output"):
-        raise UsageError("--output_dir is required")
+        raise UserError("--output_dir is required")
     check_model_arguments(model_args)
     # Rows keep their undecoded audio for the collator; length grouping reads `num_samples`.
     training_args.remove_unused_columns = False
@@ -71,18 +77,18 @@ def parse_run_arguments(data_arguments_class, argv, prog):
     return model_args, data_args, training_args
 
 
-def check_model_arguments(model_args):
+def check_model_arguments(model_args: ModelArguments) -> None:
     """Fail before any data is read when the model choice is missing or ambiguous."""
     if model_args.model_name_or_path and model_args.preset:
-        raise UsageError("give either --model_name_or_path or --preset, not both")
+        raise UserError("give either --model_name_or_path or --preset, not both")
     if not model_args.model_name_or_path and not model_args.preset:
-        raise UsageError(
+        raise UserError(
             "no model given: pass --model_name_or_path (a converted or distilled model folder, or a Hub id) "
             "or --preset NAME for random weights"
         )
 
 
-def load_head_model(head_class, model_args, **head_config):
+def load_head_model(head_class: type[PreTrainedModel], model_args: ModelArguments, **head_config: Any) -> PreTrainedModel:
     """The task model, from a saved encoder / model (`model_name_or_path`) or a random preset.
 
     `head_config` sets head fields (vocab_size, num_labels, ...). The ARM recipes' distillation-only
@@ -107,12 +113,12 @@ def load_head_model(head_class, model_args, **head_config):
             model = head_class.from_pretrained(source, **overrides)
         except (OSError, ValueError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UsageError(f"cannot load the model {source}: {reason}") from None
+            raise UserError(f"cannot load the model {source}: {reason}") from None
     else:
         try:
             model = head_class(ARMHubertConfig.from_preset(model_args.preset, **overrides))
         except ValueError as error:
-            raise UsageError(str(error)) from None
+            raise UserError(str(error)) from None
     if model_args.freeze_feature_encoder:
         model.freeze_feature_encoder()
     if model_args.freeze_base_model:
@@ -120,8 +126,12 @@ def load_head_model(head_class, model_args, **head_config):
     return model
 
 
-def decode_audio_batch(rows, feature_extractor):
-    """Decode each row's undecoded `audio` dict (soundfile + soxr) and pad: input_values, attention_mask."""
+def decode_audio_batch(rows: Sequence[dict], feature_extractor: Callable[..., BatchFeature]) -> BatchFeature:
+    """Decode each row's undecoded `audio` dict and pad.
+
+    Returns `input_values` (batch, samples) float32 at 16 kHz and `attention_mask` (batch, samples).
+    An empty file is a DataError: it would give the model no frame to classify or transcribe.
+    """
     arrays = []
     for row in rows:
         samples = read_audio(row["audio"], target_rate=SAMPLING_RATE)
@@ -133,8 +143,8 @@ def decode_audio_batch(rows, feature_extractor):
     )
 
 
-def check_min_duration(dataset, config, what):
-    """Refuse utterances shorter than the CNN's receptive field, naming one."""
+def check_min_duration(dataset: Any, config: ARMHubertConfig, what: str) -> None:
+    """Refuse utterances (`num_samples` column) shorter than the CNN's receptive field, naming one."""
     field_samples = config.receptive_field
     too_short = dataset.filter(lambda n: n < field_samples, input_columns="num_samples")
     if len(too_short):
@@ -145,11 +155,13 @@ def check_min_duration(dataset, config, what):
         )
 
 
-def train_evaluate_and_save(trainer, output_dir, make_card):
+def train_evaluate_and_save(
+    trainer: Trainer, output_dir: str | Path, make_card: Callable[[dict, int], str]
+) -> dict[str, Any]:
     """Train, evaluate, then save model, processor and `make_card(metrics, steps)` atomically.
 
-    The saved config lists every Auto class and the feature pipeline (`add_remote_code_entries`);
-    the atomic multi-process save is `armhubert.training.save_trained_model`.
+    The saved config lists every Auto class and the feature pipeline (`add_remote_code_entries`).
+    Returns {"train": TrainOutput, "eval": metrics, "log_history": the Trainer's log entries}.
     """
     train_result = trainer.train()
     metrics = trainer.evaluate()
@@ -157,13 +169,3 @@ def train_evaluate_and_save(trainer, output_dir, make_card):
     add_remote_code_entries(trainer.model.config)
     save_trained_model(trainer, output_dir, card=make_card(metrics, train_result.global_step))
     return {"train": train_result, "eval": metrics, "log_history": trainer.state.log_history}
-
-
-def run_cli(prog, run, argv=None):
-    """Run `run(argv)`; data and usage problems exit with status 2 and one line, no traceback."""
-    try:
-        run(argv)
-    except (UsageError, DataError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    return 0

@@ -1,0 +1,152 @@
+"""Writing converted models: one folder per checkpoint, or one repository with a subfolder per release.
+
+A folder holds `config.json` (with `auto_map`), `model.safetensors`, the two code files,
+`preprocessor_config.json` and a model card (`README.md`), so
+`AutoModel.from_pretrained(DIR, trust_remote_code=True)` loads it. A repository keeps the code files
+once at its root (`from_pretrained(REPO_DIR, subfolder="ARMHuBERT-960h", ...)` finds them there).
+Every output is built in a temporary folder beside the target (`armhubert.io.staged_folder`) and
+renamed at the end, so an error or interruption leaves the target as it was.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedModel
+
+from modeling_armhubert import ARMHubertModel, add_remote_code_entries, release_feature_extractor
+
+from ..cli import UserError
+from ..io import staged_folder
+from .cards import CardFacts, file_sha256, model_card, repository_card
+from .hubert_export import hubert_additions, to_hubert_model
+from .original import convert_with_training_config
+from .releases import guess_family, resolve_release
+
+OUTPUT_FORMATS = ("armhubert", "hubert")
+
+
+def _write_model(model, folder):
+    """`save_pretrained` (which also copies the code files of auto-registered classes) plus the preprocessor."""
+    if isinstance(model, ARMHubertModel):
+        add_remote_code_entries(model.config)  # AutoModelForCTC / audio classification / feature pipeline too
+    model.save_pretrained(folder)
+    release_feature_extractor().save_pretrained(folder)
+
+
+def save_model_folder(model: PreTrainedModel, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write model, config, code files and preprocessor config into output_dir atomically."""
+    with staged_folder(output_dir, overwrite) as staging:
+        _write_model(model, staging)
+    return Path(output_dir)
+
+
+@dataclass
+class Conversion:
+    """One checkpoint to convert: its file, its YAML (if any) and the release name asked for (if any)."""
+
+    checkpoint: Path
+    config_path: Path | None = None
+    name: str | None = None
+
+
+def _write_variant(conversion, folder, output_format):
+    """Convert one checkpoint into `folder` (model and preprocessor); returns the facts its card needs."""
+    model, training_config = convert_with_training_config(conversion.checkpoint, conversion.config_path)
+    release = resolve_release(model.config, training_config, conversion.checkpoint, conversion.name)
+    written, additions = model, {}
+    if output_format == "hubert":
+        written = to_hubert_model(model)
+        additions = hubert_additions(model, written)
+    _write_model(written, folder)
+    return CardFacts(
+        title=release.name if release else conversion.checkpoint.stem,
+        release=release,
+        family=guess_family(model.config, training_config),
+        output_format=output_format,
+        parameters=sum(parameter.numel() for parameter in written.parameters()),
+        hubert_additions=additions,
+        source_name=conversion.checkpoint.name,
+        source_sha256=file_sha256(conversion.checkpoint),
+        config=model.config,
+    )
+
+
+def _check_format(output_format):
+    if output_format not in OUTPUT_FORMATS:
+        raise UserError(f"unknown output format {output_format!r}; use one of {', '.join(OUTPUT_FORMATS)}")
+
+
+def convert_checkpoint(
+    checkpoint_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    name: str | None = None,
+    output_format: str = "armhubert",
+    repo_id: str | None = None,
+) -> Path:
+    """Convert one original checkpoint into a Transformers folder with its model card; returns the folder.
+
+    `name` names the release (default: the file's name if it is one, else detected); `repo_id` is the
+    Hub id the card's load example uses (default: `output_dir`).
+    """
+    _check_format(output_format)
+    conversion = Conversion(Path(checkpoint_path), config_path and Path(config_path), name)
+    with staged_folder(output_dir, overwrite) as staging:  # checks the target before converting
+        facts = _write_variant(conversion, staging, output_format)
+        model_card(facts, repo=repo_id or str(output_dir)).save(staging / "README.md")
+    return Path(output_dir)
+
+
+def find_checkpoints(source_dir: str | os.PathLike) -> list[Conversion]:
+    """Every `*.ckpt` of a folder, each with the `.yaml` of the same name when there is one (STaR pairs)."""
+    source_dir = Path(source_dir)
+    if not source_dir.is_dir():
+        raise UserError(f"--all needs a folder of checkpoints; {source_dir} is not a folder")
+    checkpoints = sorted(source_dir.glob("*.ckpt"))
+    if not checkpoints:
+        raise UserError(f"{source_dir} holds no .ckpt files")
+    return [
+        Conversion(path, path.with_suffix(".yaml") if path.with_suffix(".yaml").is_file() else None)
+        for path in checkpoints
+    ]
+
+
+def _move_code_files_to_root(variant_folder, root):
+    """`save_pretrained` copied the model's code files into the variant; the repository keeps one set at its root."""
+    for code_file in Path(variant_folder).glob("*.py"):
+        os.replace(code_file, Path(root) / code_file.name)
+
+
+def convert_folder(
+    source_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    overwrite: bool = False,
+    output_format: str = "armhubert",
+    repo_id: str | None = None,
+) -> Path:
+    """Convert every checkpoint of `source_dir` into its own subfolder of one repository at `output_dir`.
+
+    Subfolders are named after the release (or the file when it is not a known release); code files
+    are written once at the root, next to a card that lists the variants. One model is in memory at a time.
+    """
+    _check_format(output_format)
+    conversions = find_checkpoints(source_dir)
+    repo = repo_id or str(output_dir)
+    variants = []
+    with staged_folder(output_dir, overwrite) as staging:
+        for conversion in conversions:
+            # Written under a scratch name: the subfolder is named after the release, known after loading.
+            scratch = staging / f".{conversion.checkpoint.name}"
+            facts = _write_variant(conversion, scratch, output_format)
+            if any(variant.title == facts.title for variant in variants):
+                raise UserError(f"two checkpoints of {source_dir} are both {facts.title}")
+            folder = staging / facts.title
+            os.replace(scratch, folder)
+            _move_code_files_to_root(folder, staging)
+            model_card(facts, repo=repo, subfolder=facts.title).save(folder / "README.md")
+            variants.append(facts)
+        title = repo_id or Path(output_dir).name
+        repository_card(title, variants, repo=repo).save(staging / "README.md")
+    return Path(output_dir)

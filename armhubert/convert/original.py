@@ -1,0 +1,377 @@
+"""The original release's checkpoints: safe reading, training-config parsing, key mapping, conversion.
+
+The release stores PyTorch-Lightning checkpoints whose `state_dict` holds the frozen teacher and the
+student (`student_model.*`), with the model configuration in `hyper_parameters["cfg"]["distiller"]`;
+their optimizer state holds a pickled `s3prl.optimizers.WarmupLinearSchedule`. STaR checkpoints have no
+hyper-parameters: their YAML is read instead. Checkpoints are read with `torch.load(weights_only=True)`:
+the few known non-tensor classes of the training stack unpickle into inert stand-ins, any other class
+is refused by name, and nothing from a pickle is ever run. Config expressions such as
+`"[(128, 10, 5)] + [(256, 3, 2)] * 4"` are parsed as literals, never passed to `eval`.
+"""
+
+import ast
+import os
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+
+from configuration_armhubert import ARMHubertConfig
+from modeling_armhubert import ARMHubertModel
+
+from ..cli import UserError
+
+STUDENT_PREFIX = "student_model."
+# The model families of the release, as the training config's `model` field names them.
+FAMILIES = ("armhubert", "armwavlm", "maskhubert", "starhubert")
+FAMILY_ALIASES = {"star": "starhubert"}  # STaR's own YAMLs say `model: star`
+KNOWN_FAMILIES = (*FAMILIES, *FAMILY_ALIASES)
+# Student keys the original loader deletes: STaR's unused pre-training projection.
+DROPPED_KEYS = ("final_proj.weight", "final_proj.bias")
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the original configuration
+
+
+def parse_literal_expression(text: Any) -> Any:
+    """Evaluate the release's config expressions, such as `"[(128, 10, 5)] + [(256, 3, 2)] * 4"`.
+
+    Only literals (numbers, booleans, strings, None), lists, tuples, unary minus, `+` and `*` are
+    allowed; anything else (names, calls, attributes) is refused. Nothing is passed to `eval`.
+    """
+    try:
+        tree = ast.parse(str(text), mode="eval")
+    except SyntaxError as error:
+        raise UserError(f"cannot parse config expression {text!r}: {error.msg}") from None
+
+    def evaluate(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, bool, str, type(None))):
+            return node.value
+        if isinstance(node, ast.List):
+            return [evaluate(element) for element in node.elts]
+        if isinstance(node, ast.Tuple):
+            return tuple(evaluate(element) for element in node.elts)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -evaluate(node.operand)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = evaluate(node.left), evaluate(node.right)
+            try:
+                return left + right if isinstance(node.op, ast.Add) else left * right
+            except TypeError:
+                pass
+        raise UserError(
+            f"config expression {text!r} uses {ast.unparse(node)!r}; only list/tuple literals, + and * are allowed"
+        )
+
+    return evaluate(tree.body)
+
+
+def _literal(value):
+    """Config values are either already parsed (YAML lists) or Python-literal strings."""
+    return parse_literal_expression(value) if isinstance(value, str) else value
+
+
+def _check_supported(distiller):
+    unsupported = {
+        "pos_conv_depth": (1,),
+        "layer_type": ("transformer",),
+        "pred_head_inter_dim": (0, None),
+        "enable_tr_layer": (False, None),
+        "attn_type": ("", None),
+        "pos_enc_type": ("abs", None),
+    }
+    for field, allowed in unsupported.items():
+        if field in distiller and distiller[field] not in allowed:
+            raise UserError(
+                f"distiller.{field}={distiller[field]!r} is not a released architecture; supported: {allowed}"
+            )
+
+
+def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> ARMHubertConfig:
+    """Build an `ARMHubertConfig` from the original `distiller` section."""
+    if not isinstance(distiller, dict) or "encoder_embed_dim" not in distiller:
+        raise UserError("the config has no usable 'distiller' section (expected encoder_embed_dim and friends)")
+    _check_supported(distiller)
+    layers = distiller.get("encoder_layers", 12)
+    conv_layers = _literal(distiller["conv_feature_layers"])
+    try:
+        dims, kernels, strides = (list(column) for column in zip(*conv_layers))
+    except (TypeError, ValueError):
+        raise UserError(f"conv_feature_layers must be a list of (dim, kernel, stride), got {conv_layers!r}")
+    computes = _literal(distiller.get("reuse_pattern") or [True] * layers)
+    modes = {"default": "group", "layer_norm": "layer"}
+    mode = distiller.get("extractor_mode", "default")
+    if mode not in modes:
+        raise UserError(f"distiller.extractor_mode={mode!r} is unknown; expected one of {list(modes)}")
+    heads = bool(distiller.get("layerwise_proj", False))
+    try:
+        return ARMHubertConfig(
+            conv_dim=dims,
+            conv_kernel=kernels,
+            conv_stride=strides,
+            conv_bias=bool(distiller.get("conv_bias", False)),
+            feat_extract_norm=modes[mode],
+            hidden_size=distiller["encoder_embed_dim"],
+            intermediate_size=distiller.get("encoder_ffn_embed_dim", 3072),
+            num_attention_heads=distiller.get("encoder_attention_heads", 12),
+            num_hidden_layers=layers,
+            # The release's reuse_pattern says True = "computes attention"; ours says True = "reuses".
+            layer_reuses_attention_map=[not flag for flag in computes],
+            do_stable_layer_norm=bool(distiller.get("layer_norm_first", False)),
+            hidden_act=distiller.get("activation_fn", "gelu"),
+            num_conv_pos_embeddings=distiller.get("conv_pos", 128),
+            num_conv_pos_embedding_groups=distiller.get("conv_pos_groups", 16),
+            projection_head_size=distiller.get("pred_head_final_dim", 768) if heads else None,
+            use_mask_embedding=has_mask_embedding,
+            hidden_dropout=distiller.get("dropout", 0.1),
+            attention_dropout=distiller.get("attention_dropout", 0.1),
+            activation_dropout=distiller.get("activation_dropout", 0.0),
+            feat_proj_dropout=distiller.get("dropout_input", 0.0),
+            layerdrop=distiller.get("encoder_layerdrop", 0.0),
+            layer_grad_scale=bool(distiller.get("layer_grad_scale", False)) and heads,
+            feature_grad_mult=distiller.get("feature_grad_mult", 1.0),
+            crop_seq_to_multiple=distiller.get("crop_seq_to_multiple", 1),
+            required_seq_len_multiple=distiller.get("required_seq_len_multiple", 1),
+        )
+    except ValueError as error:
+        raise UserError(f"the distiller section does not describe a valid model: {error}") from None
+
+
+def read_training_config(checkpoint: Mapping[str, Any], config_path: str | os.PathLike | None = None) -> dict:
+    """The training config as a dict: the YAML when given, else the checkpoint's hyper-parameters."""
+    if config_path is not None:
+        try:
+            with open(config_path, encoding="utf-8") as handle:
+                config = yaml.safe_load(handle)
+        except OSError as error:
+            raise UserError(f"cannot read config {config_path}: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise UserError(f"{config_path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    else:
+        config = (checkpoint.get("hyper_parameters") or {}).get("cfg")
+        if config is None:
+            raise UserError(
+                "the checkpoint has no hyper_parameters['cfg'] (STaR checkpoints do not): pass its YAML with --config"
+            )
+    if not isinstance(config, dict):
+        raise UserError("the training config is not a mapping of sections")
+    family = config.get("model")
+    if family is not None and str(family).lower() not in KNOWN_FAMILIES:
+        raise UserError(f"unknown model family {family!r}; this converter knows {', '.join(KNOWN_FAMILIES)}")
+    return config
+
+
+def training_family(training_config: Mapping[str, Any]) -> str:
+    """The family the training config names, as one of `FAMILIES` ("" when it names none)."""
+    family = str(training_config.get("model") or "").lower()
+    return FAMILY_ALIASES.get(family, family)
+
+
+def training_hours(training_config: Mapping[str, Any]) -> int | None:
+    """100 or 960 from the training config's LibriSpeech subsets; None when they do not say."""
+    data = training_config.get("data")
+    subsets = set(data.get("train_set") or []) if isinstance(data, dict) else set()
+    if subsets == {"train-clean-100"}:
+        return 100
+    if {"train-clean-100", "train-clean-360", "train-other-500"} <= subsets:
+        return 960
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the original weights, safely
+
+
+class _PickledObject:
+    """Inert stand-in for a known non-tensor class of the original training stack.
+
+    The weights-only unpickler creates it (`__new__`) and hands it the pickled state (`__setstate__`);
+    it keeps that state as data and has no other behaviour, so loading runs no code of the real class.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        self.state = None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _PickledDict:
+    """Stand-in for a `dict` subclass: it unpickles as a plain dict (its items are set afterwards)."""
+
+    def __new__(cls, *args, **kwargs):
+        return dict(*args, **kwargs)
+
+
+# Non-tensor classes found in the release's PyTorch-Lightning 1.7 checkpoints, by pickled name.
+KNOWN_PICKLED_CLASSES = {
+    # The optimizer's param groups hold the s3prl learning-rate schedule object.
+    "s3prl.optimizers.WarmupLinearSchedule": _PickledObject,
+    # Lightning keeps hyper-parameters in this dict subclass.
+    "pytorch_lightning.utilities.parsing.AttributeDict": _PickledDict,
+}
+_STAND_INS = [(stand_in, name) for name, stand_in in KNOWN_PICKLED_CLASSES.items()]
+
+
+def _refused(path, names):
+    known = ", ".join(KNOWN_PICKLED_CLASSES)
+    return UserError(
+        f"refusing to load {path}: its pickle needs {', '.join(sorted(names))}; only tensors, plain containers and "
+        f"the known classes of the original training stack ({known}) are allowed, so nothing from it was run"
+    )
+
+
+def _unreadable(path, error):
+    message = str(error).strip()
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    if unsupported:
+        return _refused(path, [unsupported.group(1)])
+    if "weights_only" in message:
+        reason = "it holds pickled Python objects that are not tensors; refusing to unpickle them"
+    else:
+        reason = message.splitlines()[0] if message else type(error).__name__
+    return UserError(f"{path} is not a readable PyTorch checkpoint: {reason}")
+
+
+def load_original_checkpoint(path: str | os.PathLike) -> dict:
+    """`torch.load(weights_only=True)` of an original checkpoint, with one-line errors.
+
+    Known training-stack classes unpickle into inert stand-ins; a file whose pickle names any other
+    class or function is refused before anything is unpickled. Zip checkpoints (every torch.save since
+    torch 1.6, hence Lightning 1.7) are memory-mapped, so the teacher and optimizer tensors are never
+    read into memory: only the student's pages are touched, when its tensors are copied out.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist or is not a file")
+    zipped = zipfile.is_zipfile(path)
+    with torch.serialization.safe_globals(_STAND_INS):
+        try:
+            if zipped:
+                # A static scan of the pickle's globals names every unknown class at once.
+                unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                if unknown:
+                    raise _refused(path, unknown)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+        except UserError:
+            raise
+        except Exception as error:  # torch raises many types for corrupt, truncated or foreign files
+            raise _unreadable(path, error) from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    return checkpoint
+
+
+def student_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Student tensors with the `student_model.` prefix stripped, as the original loader does."""
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, dict):
+        raise UserError("the checkpoint's state_dict is not a mapping")
+    student = {
+        key.split(STUDENT_PREFIX, 1)[1]: value
+        for key, value in state.items()
+        if STUDENT_PREFIX in key and torch.is_tensor(value)
+    }
+    if not student:
+        raise UserError("the checkpoint has no 'student_model.*' tensors; is it an original distillation checkpoint?")
+    for key in DROPPED_KEYS:
+        student.pop(key, None)
+    return student
+
+
+# --------------------------------------------------------------------------------------------------
+# Key mapping and the converted model
+
+# The original student's parameter names -> ours; the first matching rule applies.
+ORIGINAL_KEY_RULES = [
+    (r"^feature_extractor\.conv_layers\.(\d+)\.0\.(weight|bias)$", r"feature_extractor.conv_layers.\1.conv.\2"),
+    (r"^feature_extractor\.conv_layers\.(\d+)\.2\.(weight|bias)$", r"feature_extractor.conv_layers.\1.layer_norm.\2"),
+    (r"^feature_extractor\.conv_layers\.(\d+)\.2\.1\.(weight|bias)$", r"feature_extractor.conv_layers.\1.layer_norm.\2"),
+    (r"^layer_norm\.", "feature_layer_norm."),
+    (r"^post_extract_proj\.", "feature_projection."),
+    (r"^encoder\.pos_conv\.0\.bias$", "encoder.pos_conv_embed.conv.bias"),
+    (r"^encoder\.pos_conv\.0\.weight_g$", "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
+    (r"^encoder\.pos_conv\.0\.weight_v$", "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
+    (r"^encoder\.layers\.(\d+)\.self_attn\.", r"encoder.layers.\1.attention."),
+    (r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"encoder.layers.\1.layer_norm."),
+    (r"^encoder\.layers\.(\d+)\.fc1\.", r"encoder.layers.\1.feed_forward.intermediate_dense."),
+    (r"^encoder\.layers\.(\d+)\.fc2\.", r"encoder.layers.\1.feed_forward.output_dense."),
+    (r"^proj_head\.(\d+)\.lin_proj\.", r"projection_heads.\1."),
+]
+
+
+def rename_key(key: str, rules: list[tuple[str, str]]) -> str:
+    """`key` rewritten by the first of `rules` (regex, replacement) that matches it; unchanged if none does."""
+    for pattern, replacement in rules:
+        renamed, count = re.subn(pattern, replacement, key)
+        if count:
+            return renamed
+    return key
+
+
+def rename_original_key(key: str) -> str:
+    """Our parameter name for an original student key."""
+    return rename_key(key, ORIGINAL_KEY_RULES)
+
+
+def _describe(keys, limit=6):
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_keys_and_shapes(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
+    """Refuse `state` unless it has exactly the keys of `expected`, each with the same shape."""
+    missing = set(expected) - set(state)
+    unexpected = set(state) - set(expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {_describe(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_describe(unexpected)}")
+        raise UserError("checkpoint and config disagree: " + "; ".join(parts))
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise UserError(
+                f"shape mismatch for {key}: checkpoint {tuple(value.shape)}, config expects {tuple(expected[key].shape)}"
+            )
+
+
+def build_model(config: ARMHubertConfig, student: Mapping[str, torch.Tensor]) -> ARMHubertModel:
+    """Build the model around the renamed student tensors, loaded strictly.
+
+    The model is created on the meta device and takes the tensors over (`assign=True`), so the student
+    exists once in memory; each tensor is copied out of the (memory-mapped) checkpoint as it is taken.
+    """
+    with torch.device("meta"):
+        model = ARMHubertModel(config)
+    state = {rename_original_key(key): value for key, value in student.items()}
+    check_keys_and_shapes(state, model.state_dict())
+    owned = {key: state.pop(key).to(torch.float32, copy=True) for key in list(state)}
+    model.load_state_dict(owned, strict=True, assign=True)
+    return model.eval()
+
+
+def convert_with_training_config(
+    checkpoint_path: str | os.PathLike, config_path: str | os.PathLike | None = None
+) -> tuple[ARMHubertModel, dict]:
+    """(converted model, training config) of an original checkpoint and optional YAML."""
+    checkpoint = load_original_checkpoint(checkpoint_path)
+    training_config = read_training_config(checkpoint, config_path)
+    student = student_state_dict(checkpoint)
+    del checkpoint  # drop the teacher and optimizer entries (never read from disk) before building
+    config = config_from_distiller(training_config.get("distiller"), has_mask_embedding="mask_emb" in student)
+    return build_model(config, student), training_config
+
+
+def convert(checkpoint_path: str | os.PathLike, config_path: str | os.PathLike | None = None) -> ARMHubertModel:
+    """Read an original checkpoint (and optional YAML) and return the converted `ARMHubertModel`."""
+    return convert_with_training_config(checkpoint_path, config_path)[0]

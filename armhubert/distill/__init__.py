@@ -1,0 +1,11 @@
+"""Masking / STaR distillation of ARMHuBERT-family students from HuBERT-class teachers.
+
+- `masks`: the release's span-mask sampler (`sample_span_mask`, `SpanMasker`);
+- `losses`: masking distillation, regression and STaR losses;
+- `recipe`: `DistillArguments`, Trainer defaults, recipe YAML loading and validation;
+- `models`: the frozen teacher, the random student, layer pairing, frame-rate check;
+- `trainer`: `DistillTrainer`, checkpoint rotation and resuming;
+- `run`: one whole run (`distill`), as `distill_trainer.py` starts it.
+
+The data side (LibriSpeech, batching, sampling) is `armhubert.librispeech`.
+"""

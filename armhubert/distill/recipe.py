@@ -1,0 +1,263 @@
+"""Distillation recipes: `DistillArguments`, the Trainer defaults, YAML loading with key=value overrides.
+
+A recipe is a flat YAML mapping of `DistillArguments` and `transformers.TrainingArguments` fields;
+`key=value` overrides are parsed as YAML (`student_config.hidden_size=64` sets one entry of a
+mapping). `build_arguments` validates it into the two argument objects; every problem is a
+`UserError` naming the key.
+"""
+
+import dataclasses
+import difflib
+import logging
+import os
+import re
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from transformers import TrainingArguments
+from transformers.integrations import is_tensorboard_available
+
+from configuration_armhubert import PRESETS
+
+from ..cli import UserError
+from ..librispeech import HUB_DATASET
+from .losses import STAR_NORMALIZATIONS, STAR_REDUCTIONS
+
+logger = logging.getLogger(__name__)
+
+DISTILL_MODES = ("masking", "star", "regression")
+LOSS_NORMALIZATIONS = ("valid", "original")
+LIBRISPEECH_960H = ["train-clean-100", "train-clean-360", "train-other-500"]
+BUNDLED_RECIPES = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _arg(default, help_text):
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help_text})
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass
+class DistillArguments:
+    """What to distil, from what, on which data, with which loss. Everything else is `TrainingArguments`."""
+
+    distill_mode: str = _arg("masking", "masking (MaskHuBERT/ARM*), star (STaRHuBERT) or regression (no masking).")
+    teacher: str = _arg(
+        "facebook/hubert-base-ls960",
+        "transformers HuBERT / WavLM / wav2vec2-style model id or folder, or random-hubert / random-wavlm / "
+        "random-wav2vec2 (random weights from teacher_config, for offline runs).",
+    )
+    teacher_config: dict | None = _arg(None, "Config fields of a random-* teacher.")
+    teacher_layers: list | None = _arg(
+        None, "Teacher layer (1-based) distilled into each student layer; default 1:1, or evenly spaced."
+    )
+    teacher_single_pass: bool = _arg(
+        True, "Run the masked and unmasked teacher passes as one forward over a doubled batch (falls back on OOM)."
+    )
+    student: str = _arg("armhubert-960h", f"A preset ({', '.join(PRESETS)}) or an ARMHubert config.json / folder.")
+    student_config: dict | None = _arg(None, "Student config fields that replace the preset's.")
+    data_source: str = _arg(HUB_DATASET, "Local folder holding LibriSpeech/<split>/..., or the Hub id.")
+    train_splits: list = _arg(list(LIBRISPEECH_960H), "LibriSpeech training split(s), concatenated.")
+    eval_split: str | None = _arg("dev-clean", "Validation split (unmasked student vs unmasked teacher); null: none.")
+    crop_seconds: float | None = _arg(None, "Crop longer utterances to a window of this many seconds (null: whole).")
+    mask_prob: float = _arg(0.8, "Masking distillation: mask probability (0.8 for 960 h, 0.4 for 100 h).")
+    mask_length: int = _arg(10, "Mean span length; span lengths are uniform on 0..2*mask_length.")
+    mask_min_spans: int = _arg(2, "Fewest spans per utterance.")
+    mask_min_space: int = _arg(1, "Unmasked frames kept between spans.")
+    mask_same_count: bool = _arg(True, "Thin every row to the batch's smallest masked count (as the release).")
+    loss_type: str = _arg("mse", "Frame error of masking / regression losses: mse or l1.")
+    hint_layer_weight: float = _arg(0.1, "Weight of layers 1..L-1 (hint) in masking / regression losses.")
+    last_layer_weight: float = _arg(1.0, "Weight of the last layer.")
+    loss_normalization: str = _arg(
+        "valid", "valid: exclude padded frames, divide by real frames; original: as the release (padding counted, / B*T)."
+    )
+    star_normalization: str = _arg("l2", "STaR Gram normalisation: l2 (cosine), dim (/ width) or none (raw).")
+    star_reduction: str = _arg("mean", "STaR: mean over real (t, t') entries, or sum per utterance.")
+    star_layer_weight: float = _arg(1.0, "STaR: weight of the layer-wise TGM loss.")
+    star_intra_weight: float = _arg(1.0, "STaR: weight of the intra-layer TGM loss.")
+    star_recompute: bool = _arg(True, "STaR: recompute each layer's Grams in backward (memory O(B T^2), not O(L B T^2)).")
+    effective_batch_size: int | None = _arg(
+        None, "Utterances per optimiser step over all GPUs; sets gradient_accumulation_steps for the actual GPU count."
+    )
+    keep_best_checkpoints: int | None = _arg(3, "Keep this many checkpoints with the best eval_loss, plus the last.")
+
+    def __post_init__(self):
+        def choose(field, allowed):
+            if getattr(self, field) not in allowed:
+                raise UserError(f"{field} must be one of {', '.join(allowed)}, got {getattr(self, field)!r}")
+
+        choose("distill_mode", DISTILL_MODES)
+        choose("loss_type", ("mse", "l1"))
+        choose("loss_normalization", LOSS_NORMALIZATIONS)
+        choose("star_normalization", STAR_NORMALIZATIONS)
+        choose("star_reduction", STAR_REDUCTIONS)
+        if isinstance(self.train_splits, str):
+            self.train_splits = [self.train_splits]
+        if not 0.0 <= self.mask_prob <= 1.0:
+            raise UserError(f"mask_prob must lie in [0, 1], got {self.mask_prob}")
+        if self.mask_length < 1 or self.mask_min_space < 0 or self.mask_min_spans < 0:
+            raise UserError("mask_length must be >= 1, mask_min_space and mask_min_spans >= 0")
+        if self.keep_best_checkpoints is not None and self.keep_best_checkpoints < 1:
+            raise UserError(f"keep_best_checkpoints must be >= 1 or null, got {self.keep_best_checkpoints}")
+        if self.crop_seconds is not None and self.crop_seconds <= 0:
+            raise UserError(f"crop_seconds must be positive or null, got {self.crop_seconds}")
+
+
+# Distillation defaults for TrainingArguments (spec: AdamW (0.9, 0.98), eps 1e-6, weight decay 0.01,
+# 5 % linear warm-up then linear decay); a recipe may replace any of them.
+TRAINING_DEFAULTS = dict(
+    adam_beta1=0.9,
+    adam_beta2=0.98,
+    adam_epsilon=1e-6,
+    weight_decay=0.01,
+    lr_scheduler_type="linear",
+    warmup_steps=0.05,
+    train_sampling_strategy="group_by_length",
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    logging_steps=50,
+    dataloader_num_workers=4,
+    # Parameters a mode does not use are frozen (build_student), so DDP needs no unused-parameter search.
+    ddp_find_unused_parameters=False,
+)
+# Fixed: the dataset keeps its audio column for the collator; lengths come from num_samples; we
+# rotate checkpoints ourselves (best-k by eval_loss plus last).
+TRAINING_FIXED = dict(
+    remove_unused_columns=False,
+    length_column_name="num_samples",
+    save_total_limit=None,
+    metric_for_best_model="eval_loss",
+    greater_is_better=False,
+    label_names=[],
+)
+
+
+def _parse_scalar(text, kind):
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("true", "yes", "on", "1"):
+            return True
+        if lowered in ("false", "no", "off", "0"):
+            return False
+        raise ValueError(text)
+    return kind(text)
+
+
+def _coerce(value, annotation, key):
+    """YAML leaves some values as strings (e.g. 5e-3): convert them to the field's scalar type."""
+    if not isinstance(value, str):
+        return value
+    options = typing.get_args(annotation) or (annotation,)
+    if str in options:
+        return value
+    for kind in (bool, int, float):
+        if kind in options:
+            try:
+                return _parse_scalar(value, kind)
+            except ValueError:
+                raise UserError(f"{key} must be a {kind.__name__}, got {value!r}") from None
+    return value
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false, so `eval_strategy: no` stays the string "no"."""
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _parse_yaml(text):
+    return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader: plain data only
+
+
+def load_recipe(config_path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, typing.Any]:
+    """The recipe YAML as a dict, with `key=value` overrides applied (values parsed as YAML, never eval)."""
+    path = Path(config_path)
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in BUNDLED_RECIPES.glob("*.yaml")))
+        raise UserError(f"recipe {path} not found; the bundled recipes are conf/<name>.yaml with name in: {available}")
+    try:
+        recipe = _parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(recipe, dict):
+        raise UserError(f"{path} must be a mapping of key: value lines, found a {type(recipe).__name__}")
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {override!r} is not of the form key=value")
+        try:
+            value = _parse_yaml(text) if text else None
+        except yaml.YAMLError:
+            value = text
+        if "." in key:  # one entry of a mapping field, e.g. student_config.hidden_size=64
+            top, sub = key.split(".", 1)
+            if recipe.get(top) is None:
+                recipe[top] = {}
+            if not isinstance(recipe[top], dict):
+                raise UserError(f"override {override!r}: {top} is not a mapping")
+            recipe[top][sub] = value
+        else:
+            recipe[key] = value
+    return recipe
+
+
+def _report_to_default():
+    return ["tensorboard"] if is_tensorboard_available() else "none"
+
+
+def build_arguments(recipe: dict[str, typing.Any]) -> tuple[DistillArguments, TrainingArguments]:
+    """(DistillArguments, TrainingArguments) from a recipe dict; unknown keys and bad values raise UserError."""
+    distill_fields = {f.name for f in dataclasses.fields(DistillArguments)}
+    training_fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    for key in recipe:
+        if key not in distill_fields and key not in training_fields:
+            close = difflib.get_close_matches(key, sorted(distill_fields | training_fields), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UserError(
+                f"unknown recipe key {key!r}{hint}; keys are DistillArguments fields "
+                "(armhubert/distill/recipe.py) or transformers.TrainingArguments fields"
+            )
+        if key in TRAINING_FIXED and recipe[key] != TRAINING_FIXED[key]:
+            raise UserError(f"{key} is fixed to {TRAINING_FIXED[key]!r} by distill_trainer.py; remove it from the recipe")
+    if not recipe.get("output_dir"):
+        raise UserError("the recipe sets no output_dir; add output_dir: <folder> or pass output_dir=<folder>")
+    distill_types = typing.get_type_hints(DistillArguments)
+    training_types = typing.get_type_hints(TrainingArguments)
+    distill_values = {k: _coerce(v, distill_types[k], k) for k, v in recipe.items() if k in distill_fields}
+    training_values = {k: _coerce(v, training_types[k], k) for k, v in recipe.items() if k in training_fields}
+    training_values = {**TRAINING_DEFAULTS, "report_to": _report_to_default(), **training_values, **TRAINING_FIXED}
+    try:
+        distill_args = DistillArguments(**distill_values)
+        training_args = TrainingArguments(**training_values)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"invalid recipe: {str(error).strip().splitlines()[0]}") from None
+    return distill_args, training_args
+
+
+def apply_effective_batch_size(distill_args: DistillArguments, training_args: TrainingArguments) -> None:
+    """Set gradient accumulation so that per-GPU batch x GPUs x accumulation = effective_batch_size."""
+    if distill_args.effective_batch_size is None:
+        return
+    per_step = training_args.per_device_train_batch_size * training_args.world_size
+    if distill_args.effective_batch_size % per_step:
+        raise UserError(
+            f"effective_batch_size {distill_args.effective_batch_size} is not a multiple of per_device_train_batch_size "
+            f"{training_args.per_device_train_batch_size} x {training_args.world_size} process(es); adjust one of them"
+        )
+    accumulation = distill_args.effective_batch_size // per_step
+    if accumulation != training_args.gradient_accumulation_steps:
+        logger.warning(
+            "gradient_accumulation_steps %d -> %d so that %d process(es) x %d x %d = effective_batch_size %d",
+            training_args.gradient_accumulation_steps, accumulation, training_args.world_size,
+            training_args.per_device_train_batch_size, accumulation, distill_args.effective_batch_size,
+        )
+        training_args.gradient_accumulation_steps = accumulation

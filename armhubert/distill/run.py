@@ -1,0 +1,129 @@
+"""One distillation run: validate everything first, then train and save the student (`distill`)."""
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import transformers
+import yaml
+from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
+
+from configuration_armhubert import SAMPLING_RATE, receptive_field
+from modeling_armhubert import release_feature_extractor
+
+from ..io import atomic_write_text
+from ..librispeech import AudioCollator, load_librispeech
+from ..training import save_trained_model
+from .masks import SpanMasker
+from .models import build_student, check_frame_rates, layer_pairs, load_teacher
+from .recipe import DistillArguments, apply_effective_batch_size, build_arguments, load_recipe
+from .trainer import DistillTrainer, resolve_resume
+
+logger = logging.getLogger(__name__)
+
+
+def setup_logging(training_args: TrainingArguments) -> None:
+    """Timestamped log lines; this package at INFO on the logging process, WARNING on the others."""
+    level = training_args.get_process_log_level()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("armhubert").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    transformers.utils.logging.set_verbosity(level)
+    datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
+
+
+def _min_samples(teacher: PreTrainedModel, student: PreTrainedModel) -> int:
+    """Shortest waveform both models turn into at least one frame (shorter utterances are dropped)."""
+    teacher_field = receptive_field(teacher.config.conv_kernel, teacher.config.conv_stride)
+    return max(student.config.receptive_field, teacher_field)
+
+
+def _load_splits(
+    distill_args: DistillArguments, training_args: TrainingArguments, min_samples: int
+) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """(train, eval) datasets without utterances shorter than `min_samples`; no eval split turns evaluation off."""
+
+    def load(splits):
+        dataset = load_librispeech(distill_args.data_source, splits)
+        return dataset.filter(lambda n: n >= min_samples, input_columns="num_samples")
+
+    eval_dataset = None
+    train_dataset = load(distill_args.train_splits)
+    if distill_args.eval_split:
+        eval_dataset = load(distill_args.eval_split)
+    elif training_args.eval_strategy != "no":
+        training_args.eval_strategy = "no"
+    return train_dataset, eval_dataset
+
+
+def _masker(
+    distill_args: DistillArguments, training_args: TrainingArguments, student: PreTrainedModel
+) -> SpanMasker | None:
+    """The span-mask sampler of masking distillation, on the student's frames (None for other modes)."""
+    if distill_args.distill_mode != "masking":
+        return None
+    return SpanMasker(
+        student.config.conv_kernel, student.config.conv_stride, distill_args.mask_prob, distill_args.mask_length,
+        distill_args.mask_min_spans, distill_args.mask_min_space, distill_args.mask_same_count,
+        training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+    )
+
+
+def distill(
+    config_path: str | Path,
+    overrides: Sequence[str] = (),
+    resume: str | bool | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> DistillTrainer:
+    """Load and validate the recipe, models and data, then train and save the student. Returns the trainer.
+
+    Args:
+        config_path: the recipe YAML.
+        overrides: `key=value` replacements of recipe entries.
+        resume: "last" (the last complete checkpoint of output_dir), a checkpoint folder, or None for a
+            fresh run (which needs an empty output_dir; the recipe's resume_from_checkpoint also counts).
+        callbacks: extra `TrainerCallback`s.
+    """
+    recipe = load_recipe(config_path, overrides)
+    distill_args, training_args = build_arguments(recipe)
+    setup_logging(training_args)
+    resume = resolve_resume(resume or training_args.resume_from_checkpoint, training_args.output_dir)
+    apply_effective_batch_size(distill_args, training_args)
+
+    teacher = load_teacher(distill_args, training_args.seed)
+    student = build_student(distill_args, teacher.config, training_args.seed)
+    check_frame_rates(teacher, student)
+    if student.config.layerdrop > 0 and "ddp_find_unused_parameters" not in recipe:
+        training_args.ddp_find_unused_parameters = True  # a dropped layer leaves its parameters without gradient
+    pairs = layer_pairs(distill_args, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    min_samples = _min_samples(teacher, student)
+    train_dataset, eval_dataset = _load_splits(distill_args, training_args, min_samples)
+    feature_extractor = release_feature_extractor()
+    max_samples = None if distill_args.crop_seconds is None else int(distill_args.crop_seconds * SAMPLING_RATE)
+    logger.info(
+        "Distilling %s (%s) into %s: %d training utterances (%.1f h), teacher layers %s",
+        distill_args.teacher, distill_args.distill_mode, distill_args.student, len(train_dataset),
+        sum(train_dataset["num_samples"]) / SAMPLING_RATE / 3600, pairs,
+    )
+
+    trainer = DistillTrainer(
+        model=student,
+        args=training_args,
+        teacher=teacher,
+        distill_args=distill_args,
+        teacher_layers=pairs,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=AudioCollator(
+            feature_extractor, max_samples, min_samples, masker=_masker(distill_args, training_args, student)
+        ),
+        processing_class=feature_extractor,
+        callbacks=list(callbacks),
+    )
+    if training_args.should_save and resume is None:
+        atomic_write_text(Path(training_args.output_dir) / "distill_recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
+    trainer.train(resume_from_checkpoint=resume)
+    save_trained_model(trainer, training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="Distilled student")
+    return trainer

@@ -1,0 +1,304 @@
+"""All Trainer customisation of distillation: `DistillTrainer`, its callback, checkpoint rotation and resuming."""
+
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate.utils.memory import clear_device_cache
+from torch import Tensor, nn
+from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from configuration_armhubert import SAMPLING_RATE
+
+from ..cli import UserError
+from ..librispeech import AudioCollator, EpochSeededLengthGroupedSampler
+from .losses import layer_weights, masking_distillation_loss, regression_loss, star_loss
+from .recipe import DistillArguments
+
+logger = logging.getLogger(__name__)
+
+
+class _DistillCallback(TrainerCallback):
+    """Keeps the sampler's epoch, the throughput clock and the end-of-run report in step with training."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._log_clock = time.perf_counter()
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        epoch = int(state.epoch or 0)
+        if self.trainer._length_sampler is not None:
+            self.trainer._length_sampler.set_epoch(epoch)
+        if isinstance(self.trainer.data_collator, AudioCollator):
+            self.trainer.data_collator.epoch = epoch
+
+    def on_train_end(self, args, state, control, **kwargs):
+        total = self.trainer._drain_unreadable()
+        if total and state.is_world_process_zero:
+            logger.warning("%d unreadable audio file(s) were skipped during training (see the warnings above)", total)
+
+
+class DistillTrainer(Trainer):
+    """`transformers.Trainer` for distillation: `model` is the student, `teacher` a frozen encoder.
+
+    The teacher lives beside the Trainer's model: it is never wrapped by DDP, never in the optimiser
+    and never saved. Losses: masking distillation, STaR or plain regression (`DistillArguments`).
+    Logs every loss part, audio seconds per second and skipped files; validation compares the
+    unmasked student with the unmasked teacher.
+    """
+
+    def __init__(
+        self, *args, teacher: PreTrainedModel, distill_args: DistillArguments, teacher_layers: list[int], **kwargs
+    ):
+        super().__init__(*args, **kwargs)
+        self.distill_args = distill_args
+        self.teacher = teacher.to(self.args.device)
+        self.teacher_layers = teacher_layers
+        # compute_loss returns a per-batch mean: let the Trainer divide by the accumulation steps.
+        self.loss_is_scaled_for_ga = False
+        self.model_accepts_loss_kwargs = False
+        self._teacher_single_pass = distill_args.teacher_single_pass
+        self._length_sampler = None
+        self._train_parts, self._eval_parts = {}, {}
+        self._audio_samples, self._unreadable, self._unreadable_total, self._eval_unreadable = 0.0, 0, 0, 0
+        self._log_clock, self._pending_logs = None, {}
+        self.add_callback(_DistillCallback(self))
+
+    # ---- data
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        self._length_sampler = EpochSeededLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            list(dataset[self.args.length_column_name]),
+            seed,
+        )
+        return self._length_sampler
+
+    # ---- optimiser: weight decay on every parameter whose name has no "bias" (as the release)
+
+    def get_decay_parameter_names(self, model):
+        return [name for name, _ in model.named_parameters() if "bias" not in name]
+
+    # ---- forward passes
+
+    def _frame_validity(self, model, input_values, attention_mask):
+        """(B, T) bool, True = real frame, for the student's (= the teacher's) frames."""
+        student = self.accelerator.unwrap_model(model)
+        num_frames = int(student._get_feat_extract_output_lengths(torch.tensor(input_values.shape[1])))
+        return student._get_feature_vector_attention_mask(num_frames, attention_mask).bool()
+
+    def _teacher_states(self, input_values, attention_mask, mask_time_indices=None):
+        output = self.teacher(
+            input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices, output_hidden_states=True
+        )
+        return output.hidden_states
+
+    def teacher_hidden_states(
+        self, input_values: Tensor, attention_mask: Tensor, mask: Tensor | None = None
+    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...] | None]:
+        """Teacher hidden states (L+1 tensors) on clean input and, when `mask` is given, on masked input."""
+        # DeepSpeed hands the student inputs in its own dtype; the teacher keeps its weights' dtype.
+        input_values = input_values.to(self.teacher.dtype)
+        with torch.no_grad(), self.accelerator.autocast():
+            if mask is None:
+                return self._teacher_states(input_values, attention_mask), None
+            if self._teacher_single_pass:
+                try:
+                    both = self._teacher_states(
+                        torch.cat([input_values, input_values]),
+                        torch.cat([attention_mask, attention_mask]),
+                        torch.cat([torch.zeros_like(mask), mask]),
+                    )
+                    size = input_values.shape[0]
+                    return tuple(h[:size] for h in both), tuple(h[size:] for h in both)
+                except torch.OutOfMemoryError:
+                    self._teacher_single_pass = False
+                    logger.warning("The doubled teacher batch does not fit in memory: running two teacher passes from now on")
+                    clear_device_cache(garbage_collection=True)
+            return (
+                self._teacher_states(input_values, attention_mask),
+                self._teacher_states(input_values, attention_mask, mask),
+            )
+
+    def distillation_loss(
+        self, model: nn.Module, inputs: dict[str, Tensor], masked: bool
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """(loss, parts) of the configured objective; `masked=False` gives the unmasked (validation) loss."""
+        d = self.distill_args
+        input_values, attention_mask = inputs["input_values"], inputs["attention_mask"]
+        valid = self._frame_validity(model, input_values, attention_mask)
+        mask = inputs.get("mask_time_indices") if masked and d.distill_mode == "masking" else None
+        if masked and d.distill_mode == "masking" and mask is None:
+            raise UserError("masking distillation needs mask_time_indices in the batch (AudioCollator with a masker)")
+        teacher_clean, teacher_masked = self.teacher_hidden_states(input_values, attention_mask, mask)
+        output = model(input_values, attention_mask=attention_mask, mask_time_indices=mask, output_hidden_states=True)
+        if output.hidden_states[0].shape[1] != teacher_clean[0].shape[1]:
+            raise UserError(
+                f"teacher gives {teacher_clean[0].shape[1]} frames, student {output.hidden_states[0].shape[1]} for "
+                f"{input_values.shape[1]} samples: their frame rates differ"
+            )
+        pairs = self.teacher_layers
+        if d.distill_mode == "star":
+            teacher = [teacher_clean[0]] + [teacher_clean[layer] for layer in pairs]
+            return star_loss(
+                list(output.hidden_states), teacher, valid, d.star_normalization, d.star_reduction,
+                d.star_layer_weight, d.star_intra_weight, d.star_recompute,
+            )
+        student = output.projected_hidden_states if output.projected_hidden_states is not None else output.hidden_states[1:]
+        weights = layer_weights(len(pairs), d.hint_layer_weight, d.last_layer_weight)
+        clean = [teacher_clean[layer] for layer in pairs]
+        if mask is not None:
+            masked_targets = [teacher_masked[layer] for layer in pairs]
+            return masking_distillation_loss(
+                student, clean, masked_targets, mask, valid, weights, d.loss_type, d.loss_normalization
+            )
+        return regression_loss(student, clean, valid, weights, d.loss_type)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        unreadable = inputs.pop("num_unreadable", None)
+        loss, parts = self.distillation_loss(model, inputs, masked=model.training)
+        if model.training:  # device tensors: no host sync per step
+            _accumulate(self._train_parts, parts)
+            self._audio_samples = self._audio_samples + inputs["attention_mask"].sum().float()
+            if unreadable is not None:
+                self._unreadable = self._unreadable + unreadable
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = dict(self._prepare_inputs(inputs))
+        unreadable = inputs.pop("num_unreadable", None)
+        if unreadable is not None:
+            self._eval_unreadable = self._eval_unreadable + unreadable
+        with torch.no_grad(), self.accelerator.autocast():
+            loss, parts = self.distillation_loss(model, inputs, masked=False)
+        _accumulate(self._eval_parts, parts)
+        return loss.detach(), None, None
+
+    # ---- logging (every rank calls these at the same points, so the reductions line up)
+
+    def _reduce_parts(self, accumulated):
+        """{name: mean over batches and processes} of accumulated loss parts."""
+        if not accumulated:
+            return {}
+        names = sorted(accumulated)
+        local = torch.stack([torch.stack([accumulated[n][0], accumulated[n][1]]) for n in names]).to(self.args.device)
+        total = self.accelerator.reduce(local.float(), reduction="sum")
+        return {name: (total[i, 0] / total[i, 1].clamp(min=1)).item() for i, name in enumerate(names)}
+
+    def _as_device_tensor(self, value):
+        return torch.as_tensor(value, dtype=torch.float32).to(self.args.device)
+
+    def _drain_unreadable(self):
+        count = self.accelerator.reduce(self._as_device_tensor(self._unreadable), reduction="sum")
+        self._unreadable = 0
+        self._unreadable_total += int(count.item())
+        return self._unreadable_total
+
+    def _maybe_log_save_evaluate(self, *args, **kwargs):
+        if self.control.should_log and self.state.global_step > self._globalstep_last_logged:
+            logs = self._reduce_parts(self._train_parts)
+            self._train_parts = {}
+            audio = self.accelerator.reduce(self._as_device_tensor(self._audio_samples), reduction="sum")
+            self._audio_samples = 0.0
+            now = time.perf_counter()
+            elapsed = now - (self._log_clock or now)
+            self._log_clock = now
+            if elapsed > 0:
+                logs["audio_seconds_per_second"] = audio.item() / SAMPLING_RATE / elapsed
+            logs["unreadable_files"] = self._drain_unreadable()
+            self._pending_logs = logs
+        return super()._maybe_log_save_evaluate(*args, **kwargs)
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs and self._pending_logs:
+            logs = {**logs, **self._pending_logs}
+            self._pending_logs = {}
+        super().log(logs, start_time)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        self._eval_parts, self._eval_unreadable = {}, 0
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        for name, value in self._reduce_parts(self._eval_parts).items():
+            output.metrics[f"{metric_key_prefix}_{name}"] = value
+        skipped = self.accelerator.reduce(self._as_device_tensor(self._eval_unreadable), "sum")
+        output.metrics[f"{metric_key_prefix}_unreadable_files"] = int(skipped.item())
+        return output
+
+    # ---- checkpoints: best k by eval_loss plus the last
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save and self.distill_args.keep_best_checkpoints is not None:
+            keep_best_and_last_checkpoints(self.args.output_dir, self.state.log_history, self.distill_args.keep_best_checkpoints)
+
+
+def _accumulate(store: dict[str, list[Tensor]], parts: dict[str, Tensor]) -> None:
+    """Add detached loss parts to `store` as {name: [sum, count]} device tensors (no host sync)."""
+    for name, value in parts.items():
+        value = value.detach().float()
+        if name in store:
+            store[name][0] += value
+            store[name][1] += 1
+        else:
+            store[name] = [value.clone(), torch.ones((), device=value.device)]
+
+
+def _checkpoint_step(path):
+    match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name)
+    return int(match.group(1)) if match else None
+
+
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """checkpoint-<step> folders whose trainer state was written (the Trainer writes it last), by step."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(step, path) for path in folder.iterdir() if (step := _checkpoint_step(path)) is not None]
+    return [path for step, path in sorted(found) if (path / TRAINER_STATE_NAME).is_file()]
+
+
+def keep_best_and_last_checkpoints(output_dir: str | os.PathLike, log_history: list[dict], keep_best: int) -> None:
+    """Delete every checkpoint but the last and the `keep_best` with the lowest eval_loss at their step."""
+    scores = {entry["step"]: entry["eval_loss"] for entry in log_history if "eval_loss" in entry}
+    checkpoints = complete_checkpoints(output_dir)
+    if not checkpoints:
+        return
+    scored = sorted((scores[_checkpoint_step(p)], _checkpoint_step(p), p) for p in checkpoints if _checkpoint_step(p) in scores)
+    keep = {checkpoints[-1]} | {path for _, _, path in scored[:keep_best]}
+    for path in checkpoints:
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_resume(resume: str | bool | None, output_dir: str | os.PathLike) -> str | None:
+    """The checkpoint to resume from (None for a fresh run); a fresh run needs an empty output_dir."""
+    output = Path(output_dir)
+    if resume is True or resume in ("true", "True"):  # resume_from_checkpoint: true in a recipe
+        resume = "last"
+    if resume is None or resume is False:
+        if output.is_dir() and any(output.iterdir()):
+            raise UserError(
+                f"output_dir {output} is not empty; pass --resume to continue its last checkpoint, or choose a new output_dir"
+            )
+        return None
+    if resume != "last":
+        if not (Path(resume) / TRAINER_STATE_NAME).is_file():
+            raise UserError(f"--resume {resume}: not a complete checkpoint folder (no {TRAINER_STATE_NAME})")
+        return str(resume)
+    checkpoints = complete_checkpoints(output)
+    if not checkpoints:
+        raise UserError(f"--resume: no complete {PREFIX_CHECKPOINT_DIR}-<step> folder in {output} to resume from")
+    return str(checkpoints[-1])

@@ -1,0 +1,144 @@
+"""Packaging: a non-editable install carries the whole package, and saved model folders need nothing but
+their two remote-code files (the Hub repo ships only them)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from armhubert.training import save_trained_model
+from conftest import ROOT, TINY_CKPT, tiny_config, waveform
+from modeling_armhubert import ARMHubertForCTC
+
+REMOTE_CODE = ["configuration_armhubert.py", "modeling_armhubert.py"]
+ROOT_MODULES = ["configuration_armhubert", "modeling_armhubert", "convert_checkpoint", "distill_trainer"]
+
+
+def _package_files():
+    return sorted(str(path.relative_to(ROOT)) for path in (ROOT / "armhubert").rglob("*.py"))
+
+
+def _clean_env(tmp_path, **extra):
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """A wheel built from a copy of the sources (so that no build files land in the repository)."""
+    source = tmp_path_factory.mktemp("source")
+    for name in ["setup.py", "README.md", *(f"{module}.py" for module in ROOT_MODULES)]:
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(ROOT / "armhubert", source / "armhubert", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path_factory.mktemp("wheel")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out), str(source)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    (path,) = out.glob("armhubert-*.whl")
+    return path
+
+
+def test_wheel_carries_every_module_and_the_console_script(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    for name in [*(f"{module}.py" for module in ROOT_MODULES), *_package_files()]:
+        assert name in names, f"{name} missing from {wheel.name}"
+    entry_points = next(name for name in names if name.endswith("entry_points.txt"))
+    assert "armhubert-convert = convert_checkpoint:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_non_editable_install_imports_and_runs_the_converter(wheel, tmp_path):
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    env = _clean_env(tmp_path, PYTHONPATH=str(site))
+    probe = "import armhubert, armhubert.convert, armhubert.distill, convert_checkpoint; print(convert_checkpoint.__file__)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).is_relative_to(site)  # the installed copy, not the repository
+    result = subprocess.run(
+        [sys.executable, str(site / "bin" / "armhubert-convert"), "--help"], cwd=tmp_path, env=env,
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0 and "--output-dir" in result.stdout, result.stderr
+
+
+# A process that cannot import anything of this repository: only a folder's remote code can work.
+_REMOTE_ONLY = r"""
+import importlib.abc, json, sys
+BLOCKED = {"armhubert", "configuration_armhubert", "modeling_armhubert", "convert_checkpoint", "distill_trainer"}
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"{fullname} is blocked: this process must not see the repository")
+        return None
+
+sys.meta_path.insert(0, Blocker())
+import torch
+from transformers import AutoModel, AutoModelForCTC
+
+folder, auto_class, audio_path, result_path = sys.argv[1:]
+model = {"AutoModel": AutoModel, "AutoModelForCTC": AutoModelForCTC}[auto_class]
+model = model.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    output = model(torch.load(audio_path, weights_only=True))
+first = output.last_hidden_state if hasattr(output, "last_hidden_state") else output.logits
+torch.save(first, result_path + ".pt")
+json.dump({"module": type(model).__module__}, open(result_path, "w"))
+"""
+
+
+def _load_remote_only(folder, auto_class, audio, tmp_path):
+    torch.save(audio, tmp_path / "audio.pt")
+    result_path = tmp_path / f"{folder.name}.json"
+    result = subprocess.run(
+        [sys.executable, "-c", _REMOTE_ONLY, str(folder), auto_class, str(tmp_path / "audio.pt"), str(result_path)],
+        cwd=tmp_path, env=_clean_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result_path.read_text())["module"].startswith("transformers_modules")
+    return torch.load(str(result_path) + ".pt", weights_only=True)
+
+
+def _code_files(folder):
+    return sorted(path.name for path in folder.rglob("*.py"))
+
+
+def test_converted_folder_loads_without_the_repository(converted_tiny, tmp_path):
+    folder = tmp_path / "converted"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "convert_checkpoint.py"), str(TINY_CKPT), "--output-dir", str(folder)],
+        cwd=tmp_path, env=_clean_env(tmp_path, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert _code_files(folder) == REMOTE_CODE
+    audio = waveform(8000, seed=3)
+    remote = _load_remote_only(folder, "AutoModel", audio, tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(remote, converted_tiny(audio).last_hidden_state, atol=1e-5)  # thread counts differ
+
+
+def test_trained_task_folder_loads_without_the_repository(tmp_path):
+    torch.manual_seed(0)
+    model = ARMHubertForCTC(tiny_config(vocab_size=12, pad_token_id=0)).eval()
+    folder = tmp_path / "ctc"
+    args = TrainingArguments(output_dir=str(folder), use_cpu=True, report_to=[])
+    save_trained_model(Trainer(model=model, args=args), folder)
+    assert _code_files(folder) == REMOTE_CODE
+    audio = waveform(8000, seed=4)
+    remote = _load_remote_only(folder, "AutoModelForCTC", audio, tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(remote, model(audio).logits, atol=1e-6)

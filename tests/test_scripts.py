@@ -1,0 +1,102 @@
+"""scripts/ are entry points: they run from any folder (no sys.path set-up), and make_corpus.py builds
+its corpus atomically (with a stand-in for espeak-ng, which the test machine need not have)."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+from conftest import ROOT, load_script
+
+SCRIPTS = ROOT / "scripts"
+# Every script that needs no optional dependency for --help (superb_upstream.py works without s3prl).
+HELP_STARTS = {
+    "quickstart": "usage: quickstart.py",
+    "finetune_ctc": "usage: finetune_ctc.py",
+    "finetune_classification": "usage: finetune_classification.py",
+    "superb_upstream": "SUPERB with any saved ARMHuBERT-family model",
+    "export_onnx": "usage: export_onnx.py",
+    "make_corpus": "usage: make_corpus.py",
+}
+
+
+def test_scripts_run_from_another_folder(tmp_path):
+    """`python /path/to/scripts/X.py --help` from a folder that is not the repository (run in parallel: each
+    start imports torch and transformers); a user error there is one line and exit status 2."""
+    commands = {name: [f"{name}.py", "--help"] for name in HELP_STARTS}
+    commands["finetune_ctc error"] = ["finetune_ctc.py", "--output_dir", str(tmp_path / "out")]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, str(SCRIPTS / script), *argv], cwd=tmp_path, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for name, (script, *argv) in commands.items()
+    }
+    results = {name: (*process.communicate(timeout=300), process.returncode) for name, process in processes.items()}
+
+    for name, start in HELP_STARTS.items():
+        out, err, code = results[name]
+        assert code == 0 and out.startswith(start), (name, code, err[-2000:])
+    out, err, code = results["finetune_ctc error"]
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("finetune_ctc.py: error: no model given")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def fake_espeak(tmp_path, monkeypatch):
+    """An `espeak-ng` on PATH that writes a fixed 22.05 kHz mono WAV wherever `-w` points."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    speech = 0.3 * np.sin(2 * np.pi * 220 * np.arange(11025) / 22050)
+    soundfile.write(folder / "speech.wav", speech.astype(np.float32), 22050, subtype="PCM_16")
+    executable = folder / "espeak-ng"
+    executable.write_text(
+        '#!/bin/sh\nwhile [ "$#" -gt 0 ]; do\n'
+        f'  if [ "$1" = "-w" ]; then cp "{folder / "speech.wav"}" "$2"; fi\n'
+        "  shift\ndone\n"
+    )
+    executable.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return executable
+
+
+def test_make_corpus_writes_librispeech_layout_atomically(fake_espeak, tmp_path, capsys):
+    make_corpus = load_script("make_corpus")
+    data = tmp_path / "data"
+    assert make_corpus.main(["--output-dir", str(data), "--seed", "0"]) == 0
+    assert "wrote 60 utterances" in capsys.readouterr().out
+    corpus = data / "LibriSpeech"
+    assert stat.S_IMODE(corpus.stat().st_mode) == 0o755
+    assert sorted(p.name for p in data.iterdir()) == ["LibriSpeech"]  # no staging folder left
+    assert sorted(p.name for p in corpus.iterdir()) == ["dev-clean", "test-clean", "train-clean-100"]
+
+    flacs = sorted(corpus.rglob("*.flac"))
+    assert len(flacs) == 60 and len(list((corpus / "dev-clean").rglob("*.flac"))) == 12
+    info = soundfile.info(flacs[0])
+    assert info.samplerate == 16000 and info.channels == 1 and info.frames == 8000  # 0.5 s resampled to 16 kHz
+    transcript = corpus / "train-clean-100" / "1001" / "101" / "1001-101.trans.txt"
+    lines = transcript.read_text().splitlines()
+    assert len(lines) == 10 and lines[0].startswith("1001-101-0000 ") and lines[0].split(" ", 1)[1].isupper()
+
+    # An existing corpus is kept without --overwrite; with it, a new seed replaces it in one piece.
+    assert make_corpus.main(["--output-dir", str(data)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert transcript.read_text().splitlines() == lines
+    assert make_corpus.main(["--output-dir", str(data), "--seed", "1", "--overwrite"]) == 0
+    assert transcript.read_text().splitlines() != lines
+    assert sorted(p.name for p in data.iterdir()) == ["LibriSpeech"]
+
+
+def test_make_corpus_without_espeak_is_one_line_with_status_2(tmp_path, monkeypatch, capsys):
+    make_corpus = load_script("make_corpus")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert make_corpus.main(["--output-dir", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("make_corpus.py: error: 'espeak-ng' not found on PATH") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "data" / "LibriSpeech").exists()
