@@ -3,12 +3,15 @@
 The original encoder loop (layer i counted from 0 of L) scales the gradient of layer i's output into
 the rest of the network by m_i = (L-i)/(L-i+1) and takes the head branch from that scaled tensor,
 scaled again by 1-m_i. So the gradient that head i sends to a parameter of layer k <= i (or to the
-encoder input, k = 0) is the unscaled one times (1-m_i) * m_i * prod_{j=k}^{i-1} m_j.
+encoder input, k = 0) is the unscaled one times (1-m_i) * m_i * prod_{j=k}^{i-1} m_j. That holds
+exactly when no layer reuses an attention map; a reused map is handed on unscaled (in the original
+too), which `original_layer_grad_scale` (the original loop, by hooks) covers.
 """
 
 import pytest
 import torch
 from conftest import random_model, tiny_config, waveform
+from fixtures.original_reference import original_layer_grad_scale
 
 from configuration_armhubert import ARMHubertConfig
 
@@ -34,9 +37,7 @@ def uniform_factor(head, layer, num_layers):
 
 
 def twelve_layer_config(mode):
-    return tiny_config(
-        num_hidden_layers=LAYERS, layer_reuses_attention_map=[False, True] * (LAYERS // 2), layer_grad_scale=mode, **QUIET
-    )
+    return tiny_config(num_hidden_layers=LAYERS, layer_reuses_attention_map=[False] * LAYERS, layer_grad_scale=mode, **QUIET)
 
 
 def head_gradients(mode):
@@ -90,6 +91,26 @@ def test_release_shares_reaching_the_encoder_input_are_the_published_ones():
     assert round(shares[0], 3) == 0.071 and round(shares[-1], 3) == 0.038
     assert release_factor(LAYERS - 1, LAYERS - 1, LAYERS) == 0.25  # the last layer too: m = 1/2, head x 1/4
     assert [uniform_factor(head, 0, LAYERS) for head in range(LAYERS)] == pytest.approx([1 / LAYERS] * LAYERS)
+
+
+def _gradients_of_weighted_heads(model):
+    output = model(torch.cat([waveform(6480, seed=23), waveform(6480, seed=24)]), output_hidden_states=True)
+    generator = torch.Generator().manual_seed(4)
+    loss = sum(weight * (projected * torch.randn(projected.shape, generator=generator)).sum()
+               for weight, projected in zip([0.1, 0.1, 0.1, 1.0], output.projected_hidden_states))
+    named = [(name, param) for name, param in model.named_parameters() if name != "mask_emb"]  # no masking here
+    return dict(zip([name for name, _ in named], torch.autograd.grad(loss, [param for _, param in named])))
+
+
+def test_with_attention_reuse_release_scaling_is_the_original_encoder_loop():
+    reference_model = random_model(tiny_config(**QUIET)).train()  # layers 1 and 3 reuse the maps of 0 and 2
+    with original_layer_grad_scale(reference_model):
+        expected = _gradients_of_weighted_heads(reference_model)
+    for mode, equal in (("release", True), ("uniform", False)):
+        got = _gradients_of_weighted_heads(random_model(tiny_config(layer_grad_scale=mode, **QUIET)).train())
+        atol = 1e-6 * max(grad.abs().max().item() for grad in expected.values())
+        close = [torch.allclose(got[name], expected[name], rtol=1e-4, atol=atol) for name in expected]
+        assert all(close) if equal else not all(close), mode
 
 
 @pytest.mark.parametrize("mode", ["release", "uniform"])
