@@ -8,9 +8,12 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 
+import pytest
 from conftest import ROOT, random_model, tiny_config
 
+from armhubert.finetune import parse_run_arguments
 from modeling_armhubert import release_feature_extractor
 
 
@@ -34,3 +37,15 @@ def test_ctc_finetuning_runs_under_ddp_on_two_processes_without_unused_parameter
     # 8 utterances, 2 per process, 2 processes: one step is half an epoch, so both processes took part.
     assert [float(step["epoch"]) for step in steps] == [0.5, 1.0, 1.5]
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+@dataclass
+class _NoData:
+    pass
+
+
+@pytest.mark.parametrize("extra, expected", [([], False), (["--layerdrop", "0.1"], True), (["--ddp_find_unused_parameters", "true"], True)])
+def test_finetuning_asks_ddp_for_no_unused_parameter_search_unless_layers_are_dropped(tmp_path, extra, expected):
+    argv = ["--preset", "armhubert-960h", "--output_dir", str(tmp_path), *extra]
+    _, _, training_args = parse_run_arguments(_NoData, argv, "finetune_test")
+    assert training_args.ddp_find_unused_parameters is expected
