@@ -41,7 +41,7 @@ def _release_preset(width, ffn, reuse, heads):
         "intermediate_size": ffn,
         "layer_reuses_attention_map": [False, True] * 6 if reuse else [False] * 12,
         "projection_head_size": 768 if heads else None,
-        # The ARM recipes train with layer_grad_scale; MaskHuBERT and STaR do not.
+        # The ARM recipes train with layer_grad_scale (True = "release"); MaskHuBERT and STaR do not.
         "layer_grad_scale": reuse,
         # Only masking-distilled students carry a learnable mask embedding.
         "use_mask_embedding": heads,
@@ -66,6 +66,22 @@ PRESETS = {
 
 REUSE_SOFTMAX_MODES = ("resoftmax", "probabilities")
 FEATURE_NORMS = ("group", "layer")
+# `layer_grad_scale` modes (see `ARMHubertConfig`); `True` means "release", `False` / `None` off.
+LAYER_GRAD_SCALE_MODES = ("release", "uniform")
+
+
+def layer_grad_scale_mode(value):
+    """Canonical `layer_grad_scale`: False (off), "release" or "uniform"; old boolean configs load as before.
+
+    `True` (what configs saved before the modes existed hold, and what the converter reads from the
+    release's YAML) means the release's scaling. Unknown strings are returned unchanged for
+    validation to refuse.
+    """
+    if value is None or value is False:
+        return False
+    if value is True:
+        return "release"
+    return value.lower() if isinstance(value, str) else value
 
 
 class ARMHubertConfig(PreTrainedConfig):
@@ -106,9 +122,22 @@ class ARMHubertConfig(PreTrainedConfig):
         feat_proj_dropout (`float`): Dropout on the CNN features before the encoder ("dropout_input").
         layerdrop (`float`): Probability of skipping a whole layer in training.
         layer_norm_eps (`float`): Epsilon of every LayerNorm.
-        layer_grad_scale (`bool`): Training only, forward identity. After layer i of L the gradient
-            flowing into the next layer is scaled by (L-i)/(L-i+1) and the one into projection head i
-            by 1/(L-i+1), as in the ARM recipes. Needs projection heads.
+        layer_grad_scale (`str` or `bool`): Training only, forward identity: how the gradient is split
+            between the layers and the projection heads. Needs projection heads. With layer i counted
+            from 0 of L:
+            - `"release"` (or `True`; the ARM recipes): what the original training computed. The
+              gradient from layer i's output into the rest of the network is scaled by
+              m_i = (L-i)/(L-i+1), and the head branch is taken from the already scaled tensor and
+              scaled by 1-m_i, so head i's gradient is scaled by (1-m_i)*m_i (the last layer too:
+              m = 1/2, head gradient 1/4). The share of head i's gradient reaching the encoder input is
+              (L-i)/((L-i+1)(L+1)): 0.071 for the first head of 12, 0.038 for the last. (The
+              original's comment says i counts from 1, which would leave the last layer's whole
+              gradient to its head, as "uniform" does; its code counts from 0, and this mode
+              reproduces the code, i.e. the released weights.)
+            - `"uniform"`: m_i = (L-i-1)/(L-i) into the next layer and 1-m_i = 1/(L-i) into head i,
+              not compounded, so every head's share reaching the encoder input is 1/L. Not what the
+              release trained; earlier versions of this project used it for `True`.
+            - `False` / `None`: off.
         feature_grad_mult (`float`): Scale of the gradient reaching the CNN (0 freezes it).
         crop_seq_to_multiple (`int`): Drop trailing frames so the frame count is a multiple of this.
         required_seq_len_multiple (`int`): Pad frames inside the encoder to a multiple of this.
@@ -200,7 +229,7 @@ class ARMHubertConfig(PreTrainedConfig):
         self.feat_proj_dropout = feat_proj_dropout
         self.layerdrop = layerdrop
         self.layer_norm_eps = layer_norm_eps
-        self.layer_grad_scale = layer_grad_scale
+        self.layer_grad_scale = layer_grad_scale_mode(layer_grad_scale)
         self.feature_grad_mult = feature_grad_mult
         self.crop_seq_to_multiple = crop_seq_to_multiple
         self.required_seq_len_multiple = required_seq_len_multiple
@@ -269,6 +298,12 @@ class ARMHubertConfig(PreTrainedConfig):
             fail("reuse_softmax", f"got {self.reuse_softmax!r}", f"Use one of {REUSE_SOFTMAX_MODES}.")
         if self.projection_head_size is not None and int(self.projection_head_size) <= 0:
             fail("projection_head_size", f"got {self.projection_head_size}", "Use a positive width, or None for no heads.")
+        if self.layer_grad_scale and self.layer_grad_scale not in LAYER_GRAD_SCALE_MODES:
+            fail(
+                "layer_grad_scale",
+                f"got {self.layer_grad_scale!r}",
+                f"Use one of {LAYER_GRAD_SCALE_MODES}, True (= 'release') or False (off).",
+            )
         if self.layer_grad_scale and self.projection_head_size is None:
             fail("layer_grad_scale", "needs projection heads", "Set projection_head_size or layer_grad_scale=False.")
         for field in ("crop_seq_to_multiple", "required_seq_len_multiple"):

@@ -9,6 +9,7 @@ and in reusing layers a second softmax over the reused probability map. Unlike t
 are always paired per utterance and per head, so batched outputs equal per-utterance outputs.
 """
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -31,12 +32,14 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 from transformers.pipelines import PIPELINE_REGISTRY
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 try:  # loaded as remote code from a model folder
     from .configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 except ImportError:  # installed as a top-level module
     from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
+
+logger = logging.get_logger(__name__)
 
 
 def release_feature_extractor():
@@ -65,6 +68,26 @@ def scale_gradient(tensor, scale):
     return _ScaleGradient.apply(tensor, scale)
 
 
+def split_layer_gradient(output, index, num_layers, mode):
+    """Apply `config.layer_grad_scale` to layer `index`'s output (B, T, D), counted from 0 of `num_layers`.
+
+    Returns (the projection head's input, the next layer's input), both equal to `output` in the
+    forward pass. `mode` "release" (what the original training computed): the continuing tensor's
+    gradient is scaled by m = (L-i)/(L-i+1), and the head branch is taken from that already scaled
+    tensor and scaled by 1-m, so head i's gradient is scaled by (1-m)*m. "uniform": the continuing
+    tensor gets m = (L-i-1)/(L-i), the head branch 1-m taken from the unscaled output. False: no scaling.
+    """
+    if not mode:
+        return output, output
+    remaining = num_layers - index
+    if mode == "release":
+        keep = remaining / (remaining + 1)
+        continuing = scale_gradient(output, keep)
+        return scale_gradient(continuing, 1.0 - keep), continuing
+    keep = (remaining - 1) / remaining
+    return scale_gradient(output, 1.0 - keep), scale_gradient(output, keep)
+
+
 @dataclass
 class ARMHubertModelOutput(ModelOutput):
     """Output of [`ARMHubertModel`].
@@ -72,11 +95,12 @@ class ARMHubertModelOutput(ModelOutput):
     Args:
         last_hidden_state (`(B, T, D_out)`): the last projection head's output when the model has
             heads (D_out = projection_head_size), else the last layer's output (D_out = hidden_size).
-            For pre-LN models the last layer's output is taken after the encoder's final LayerNorm.
+            For a pre-LN model without heads it is taken after the encoder's final LayerNorm; as in the
+            original, that LayerNorm reaches nothing else (not `hidden_states`, not the heads).
         extract_features (`(B, T, C)`): CNN output after its LayerNorm; padded frames are zero.
         hidden_states (tuple of L+1 `(B, T, D)`, when asked): the encoder input (after the positional
             convolution, and the LayerNorm for post-LN models), then every layer's output.
-        projected_hidden_states (tuple of L `(B, T, P)`, when asked and the model has heads):
+        projected_hidden_states (tuple of L `(B, T, P)`, when asked and the model has all L heads):
             head_i(output of layer i), the representation the release fed to SUPERB.
         attentions (tuple of L `(B, H, T, T)`, when asked): the weights every layer applied to V.
         frame_attention_mask (`(B, T)` long, or `None`): 1 for real frames, 0 for padding.
@@ -370,7 +394,7 @@ class ARMHubertEncoder(nn.Module):
 
         use_explicit = output_attentions or self.config._attn_implementation == "eager"
         num_layers = len(self.layers)
-        grad_scale = self.config.layer_grad_scale and self.training
+        grad_scale = self.config.layer_grad_scale if self.training else False
         layer_outputs, attentions = [], []
         reused_map = None
         for index, layer in enumerate(self.layers):
@@ -387,19 +411,12 @@ class ARMHubertEncoder(nn.Module):
                 reused_map = probabilities
             # Keep a (B, H, T, T) map only when it is returned: holding all L of them would dominate memory.
             attentions.append(weights if output_attentions else None)
-            if grad_scale:
-                # ARM recipe: after layer i of L the next layer gets (L-i)/(L-i+1) of the gradient.
-                keep = (num_layers - index - 1) / (num_layers - index)
-                layer_outputs.append(scale_gradient(output, 1.0 - keep))
-                output = scale_gradient(output, keep)
-            else:
-                layer_outputs.append(output)
-            hidden_states = output
+            head_input, hidden_states = split_layer_gradient(output, index, num_layers, grad_scale)
+            layer_outputs.append(head_input)
 
         if self.config.do_stable_layer_norm:
-            # Pre-LN: the final LayerNorm belongs to the last layer's output (a choice: the release has no pre-LN model),
-            # so the last projection head and hidden_states[-1] see it too.
-            layer_outputs[-1] = self.layer_norm(layer_outputs[-1])
+            # Pre-LN, as the original: the final LayerNorm makes only the encoder's last state (a head-less
+            # model's output); the layer outputs, and so every projection head, the last one too, stay before it.
             hidden_states = self.layer_norm(hidden_states)
         if pad:
             layer_outputs = [output[:, :-pad] for output in layer_outputs]
@@ -430,7 +447,24 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = False
 
+    @classmethod
+    def _can_set_attn_implementation(cls):
+        """`set_attn_implementation("eager" | "sdpa")` works on a built or loaded model.
+
+        `transformers` decides this from the module's source (attention classes calling its
+        AttentionInterface); these layers instead read `config._attn_implementation` on every forward,
+        so a switch takes effect at the next call. Unsupported values are refused by transformers' checks.
+        """
+        return True
+
     def _init_weights(self, module):
+        if isinstance(module, ARMHubertProjectionHead):
+            # The release's heads keep PyTorch's default Linear init: weight and bias uniform in
+            # +-1/sqrt(fan_in) (std 0.026 at D = 480), not the normal(initializer_range) of other layers.
+            bound = 1.0 / math.sqrt(module.in_features)
+            init.uniform_(module.weight, -bound, bound)
+            init.uniform_(module.bias, -bound, bound)
+            return
         super()._init_weights(module)
         if isinstance(module, nn.Conv1d):
             init.kaiming_normal_(module.weight)
@@ -454,10 +488,21 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
         return (frames[None, :] < lengths[:, None]).to(attention_mask.dtype)
 
 
-class ARMHubertModel(ARMHubertPreTrainedModel):
-    """The bare encoder: waveform in, per-layer features and (when configured) projected features out."""
+class ARMHubertProjectionHead(nn.Linear):
+    """The projection head of one layer, Linear(D -> projection_head_size) (`proj_head.{i}.lin_proj` in the
+    release). A class of its own so that it is initialised as the release's heads were (see `_init_weights`)."""
 
-    def __init__(self, config):
+
+class ARMHubertModel(ARMHubertPreTrainedModel):
+    """The bare encoder: waveform in, per-layer features and (when configured) projected features out.
+
+    `last_head_only=True` (what task models without `use_weighted_layer_sum` build) keeps only the last
+    projection head, the only one whose output they read: heads 0..L-2 could never train there. The
+    entries of `projection_heads` stay numbered by layer (the others are `None`), so the last head keeps
+    its state-dict key, and loading a full encoder skips the other heads' weights without a warning.
+    """
+
+    def __init__(self, config, last_head_only=False):
         super().__init__(config)
         self.config = config
         self.feature_extractor = ARMHubertFeatureEncoder(config)
@@ -473,11 +518,21 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
             self.mask_emb = None
         self.encoder = ARMHubertEncoder(config)
         if config.has_projection_heads:
+            last = config.num_hidden_layers - 1
             self.projection_heads = nn.ModuleList(
-                nn.Linear(config.hidden_size, config.projection_head_size) for _ in range(config.num_hidden_layers)
+                None if last_head_only and index < last else
+                ARMHubertProjectionHead(config.hidden_size, config.projection_head_size)
+                for index in range(config.num_hidden_layers)
             )
+            if last_head_only and last > 0:
+                unused = "|".join(str(index) for index in range(last))
+                self._keys_to_ignore_on_load_unexpected = [rf"projection_heads\.({unused})\."]
         else:
             self.projection_heads = None
+        if config.do_stable_layer_norm and config.has_projection_heads:
+            # As in the original, a pre-LN encoder's final LayerNorm reaches only a head-less model's output:
+            # here no output depends on it, so it cannot train. Frozen; kept so that checkpoints load strictly.
+            self.encoder.layer_norm.requires_grad_(False)
         self.post_init()
 
     def freeze_feature_encoder(self):
@@ -594,12 +649,13 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
 
         encoded = self.encoder(hidden_states, padding_mask, output_attentions=bool(output_attentions))
         projected = None
-        if self.projection_heads is not None and output_hidden_states:
-            projected = tuple(head(output) for head, output in zip(self.projection_heads, encoded.layer_outputs))
+        heads = self.projection_heads
+        if heads is not None and output_hidden_states and all(head is not None for head in heads):
+            projected = tuple(head(output) for head, output in zip(heads, encoded.layer_outputs))
             last_hidden_state = projected[-1]
-        elif self.projection_heads is not None:
+        elif heads is not None:
             # Only the last head's output is returned: the other L-1 heads would be wasted work.
-            last_hidden_state = self.projection_heads[-1](encoded.layer_outputs[-1])
+            last_hidden_state = heads[-1](encoded.layer_outputs[-1])
         else:
             last_hidden_state = encoded.last_hidden_state
 
@@ -712,17 +768,32 @@ class ARMHubertTaskModel(ARMHubertPreTrainedModel):
     the last layer), or with `config.use_weighted_layer_sum` a learned weighted sum of the
     representations SUPERB used (`superb_layer_outputs`). Either way its input is
     `head_input_size(config)` wide.
+
+    Every parameter trains, so DDP needs no `find_unused_parameters`: without the weighted layer sum
+    only the last projection head is built (heads 0..L-2 of a loaded encoder are skipped), and a
+    distilled `mask_emb` that SpecAugment does not use (`apply_spec_augment=False` or
+    `mask_time_prob=0`) is frozen.
     """
 
     def __init__(self, config):
         super().__init__(config)
-        self.armhubert = ARMHubertModel(config)
+        last_head_only = config.has_projection_heads and not config.use_weighted_layer_sum
+        self.armhubert = ARMHubertModel(config, last_head_only=last_head_only)
+        if last_head_only:
+            logger.info(
+                "%s reads only the last projection head (no use_weighted_layer_sum): heads 0..%d are not built "
+                "and their weights are skipped when loading.",
+                type(self).__name__,
+                config.num_hidden_layers - 2,
+            )
         self.output_size = head_input_size(config)
         self.layer_sum = ARMHubertWeightedLayerSum(config.num_hidden_layers) if config.use_weighted_layer_sum else None
         if config.apply_spec_augment:
             self.spec_augment = ARMHubertSpecAugment(config, has_mask_embedding=self.armhubert.mask_emb is not None)
         else:
             self.spec_augment = None
+        if self.armhubert.mask_emb is not None and (self.spec_augment is None or config.mask_time_prob <= 0):
+            self.armhubert.mask_emb.requires_grad_(False)  # nothing in a task model reads it then
         # Mask where HuBERT masks (the encoder input, after the feature projection), through a hook so
         # that the encoder's code stays as it is.
         self.armhubert.encoder.register_forward_pre_hook(self._spec_augment_hook, with_kwargs=True)
@@ -1018,6 +1089,11 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
         if representation == "projected":
             if not config.has_projection_heads:
                 raise ValueError('representation="projected" needs a model with projection heads; this one has none.')
+            if output.projected_hidden_states is None:
+                raise ValueError(
+                    'representation="projected" needs every projection head; this task model (no '
+                    'use_weighted_layer_sum) keeps only the last. Use representation="hidden" or the encoder.'
+                )
             return dict(enumerate(output.projected_hidden_states, start=1))
         start = 1 if representation == "layers" else 0
         return dict(enumerate(output.hidden_states[start:], start=start))

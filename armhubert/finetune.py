@@ -97,6 +97,10 @@ def parse_run_arguments(
     # Rows keep their undecoded audio for the collator; length grouping reads `num_samples`.
     training_args.remove_unused_columns = False
     training_args.length_column_name = "num_samples"
+    if training_args.ddp_find_unused_parameters is None:
+        # Every parameter of a task model gets a gradient each step (it builds only the heads it reads),
+        # so DDP needs no search for unused ones, unless layer drop skips whole layers.
+        training_args.ddp_find_unused_parameters = model_args.layerdrop > 0
     set_seed(training_args.seed)
     return model_args, data_args, training_args
 

@@ -151,3 +151,14 @@ def test_star_grams_stay_float32_under_mixed_precision():
         gram = temporal_gram(student[0], student[0], "none")
     assert mixed.dtype == gram.dtype == torch.float32
     assert mixed.item() == pytest.approx(reference.item(), rel=1e-2)
+
+
+def test_original_normalisation_counts_a_masked_frame_the_frame_rule_calls_padding():
+    # The release's frame rule can mask frame 3, which `valid` (the convolution formula) calls padding:
+    # the release puts it in the masked set (error vs clean: 25 and 1), the valid normalisation drops it.
+    mask = torch.tensor([[True, False, False, True]])
+    loss, parts = masking_distillation_loss(STUDENT, CLEAN, MASKED, mask, VALID, [0.1, 1.0], normalization="original")
+    assert parts["hint_masked"].item() == pytest.approx((1 + 25) / 4)
+    assert loss.item() == pytest.approx(0.1 * (26 / 4 + 3 / 4) + (4 / 4 + 9 / 4))
+    loss, parts = masking_distillation_loss(STUDENT, CLEAN, MASKED, mask, VALID, [0.1, 1.0])
+    assert parts["hint_masked"].item() == pytest.approx(1 / 3) and parts["hint_unmasked"].item() == pytest.approx(1.0)

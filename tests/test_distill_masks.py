@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from armhubert.distill.masks import SpanMasker, _place_spans, _span_lengths, sample_span_mask
+from armhubert.distill.masks import SpanMasker, _place_spans, _span_lengths, release_real_frames, sample_span_mask
 
 
 def _runs(row):
@@ -90,4 +90,51 @@ def test_deterministic_under_a_seed():
     assert (batch == masker(samples, 64000, ["a", "b", "c"], epoch=0)).all()
     assert (batch != masker(samples, 64000, ["a", "b", "c"], epoch=1)).any()
     assert (batch != SpanMasker([10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2], 0.8, seed=1)(samples, 64000, ["a", "b", "c"])).any()
-    assert not batch[0, masker.frames(32000) - 1:].any()
+    assert not batch[0, release_real_frames([32000], 64000, 199)[0] - 1:].any()
+
+
+class _ZeroLengths:
+    """A generator whose every span length comes out 0."""
+
+    def random(self, size=None):
+        return 0.5 if size is None else np.full(size, 0.5)
+
+    def integers(self, low, high, size, endpoint):
+        return np.zeros(size, dtype=int)
+
+
+def test_all_zero_span_lengths_fall_back_to_one_mean_length_span():
+    assert sorted(_span_lengths(30, 0.4, 10, 2, _ZeroLengths())) == [0, 10]
+    assert sorted(_span_lengths(6, 0.4, 10, 2, _ZeroLengths())) == [0, 5]  # at most valid - 1 frames
+    # Short rows at p = 0.4 draw 2 spans, both of length 0 once in 441 rows: never an unmasked row,
+    # and so (equal counts per row) never an unmasked batch.
+    rng = np.random.default_rng(9)
+    rows = sample_span_mask([30] * 5000, 30, 0.4, rng=rng, same_count=False)
+    assert rows.any(axis=1).all()
+    assert all(sample_span_mask([30, 40, 45] * 5, 45, 0.4, rng=rng).any() for _ in range(300))
+
+
+def _fairseq_real_frames(num_samples, padded_samples, num_frames):
+    """Written from the rule: chunks of padded // frames samples, a frame is padding only if all of its chunk is."""
+    padding = np.arange(padded_samples) >= num_samples
+    chunk = padded_samples // num_frames
+    return int((~padding[: num_frames * chunk].reshape(num_frames, chunk).all(axis=1)).sum())
+
+
+def test_masks_count_real_frames_as_the_original_teacher():
+    masker = SpanMasker([10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2], 0.8, seed=0)
+    padded = 64000
+    frames = masker.frames(padded)  # 199 frames of 321 samples
+    lengths = [padded, 32000, 40030, 48010]
+    release = release_real_frames(lengths, padded, frames)
+    assert release == [_fairseq_real_frames(n, padded, frames) for n in lengths] == [199, 100, 125, 150]
+    convolution = [masker.frames(n) for n in lengths]
+    assert convolution == [199, 99, 124, 149]  # one frame fewer on every row but the longest
+    reached = np.zeros(len(lengths), dtype=bool)
+    for epoch in range(200):
+        mask = masker(lengths, padded, ["a", "b", "c", "d"], epoch=epoch).numpy()
+        for row, real in enumerate(release):
+            assert not mask[row, real - 1 :].any()  # the last real frame (by the release's rule) is never masked
+            reached[row] |= mask[row, convolution[row] - 1]
+    # The frame before it, the last frame the convolution formula leaves real, is masked now and then.
+    assert reached[1:].all()

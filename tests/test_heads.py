@@ -248,3 +248,55 @@ def test_remote_code_entries_name_every_auto_class_and_the_pipeline():
     }
     assert config.custom_pipelines["audio-feature-extraction"]["impl"] == "modeling_armhubert.ARMHubertFeatureExtractionPipeline"
     assert isinstance(ARMHubertModel(config), ARMHubertModel)
+
+
+@pytest.mark.parametrize("head_class", [ARMHubertForCTC, ARMHubertForSequenceClassification])
+def test_without_layer_sum_only_the_last_projection_head_is_built_and_every_parameter_trains(tmp_path, head_class):
+    encoder = random_model(tiny_config(**NO_DROPOUT))
+    encoder.save_pretrained(tmp_path)
+    model, info = head_class.from_pretrained(
+        tmp_path, vocab_size=12, num_labels=3, mask_time_length=2, output_loading_info=True
+    )
+    # Heads 0..2 would never get a gradient: they are not built, and loading skips their weights quietly.
+    assert [key for key in model.state_dict() if "projection_heads" in key] == [
+        "armhubert.projection_heads.3.weight",
+        "armhubert.projection_heads.3.bias",
+    ]
+    assert not info["unexpected_keys"] and not any("armhubert" in key for key in info["missing_keys"])
+    torch.testing.assert_close(model.armhubert.projection_heads[3].weight, encoder.projection_heads[3].weight)
+    head_params = sum(p.numel() for p in encoder.projection_heads[0].parameters())
+    assert sum(p.numel() for p in model.armhubert.parameters()) == sum(p.numel() for p in encoder.parameters()) - 3 * head_params
+    with torch.no_grad():  # the encoder's output is the full encoder's
+        input_values, attention_mask = padded_batch()
+        torch.testing.assert_close(
+            model.eval().armhubert(input_values, attention_mask=attention_mask).last_hidden_state,
+            encoder(input_values, attention_mask=attention_mask).last_hidden_state,
+        )
+    labels = torch.tensor([[3, 4], [5, 6]]) if head_class is ARMHubertForCTC else torch.tensor([0, 2])
+    model.train()(input_values, attention_mask=attention_mask, labels=labels).loss.backward()
+    idle = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert idle == []
+
+
+def test_with_layer_sum_every_head_is_built_and_a_mask_embedding_nothing_reads_is_frozen():
+    summed = head(ARMHubertForCTC, vocab_size=12, use_weighted_layer_sum=True)
+    assert all(head is not None for head in summed.armhubert.projection_heads)
+    assert summed.armhubert.mask_emb.requires_grad  # SpecAugment masks with it
+    for overrides in (dict(apply_spec_augment=False), dict(mask_time_prob=0.0)):
+        model = head(ARMHubertForCTC, vocab_size=12, **overrides)
+        assert not model.armhubert.mask_emb.requires_grad
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        input_values, attention_mask = padded_batch()
+        model.train()(input_values, attention_mask=attention_mask, labels=torch.tensor([[3, 4], [5, 6]])).loss.backward()
+        assert trainable == {name for name, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+
+
+def test_projected_features_of_a_task_model_with_one_head_are_refused_clearly():
+    from transformers import pipeline
+
+    model = head(ARMHubertForCTC, vocab_size=12)
+    extractor = pipeline("audio-feature-extraction", model=model, feature_extractor=None)
+    audio = waveform(8000, seed=3)[0].numpy()
+    with pytest.raises(ValueError, match="keeps only the last"):
+        extractor(audio, representation="projected")
+    assert extractor(audio, representation="hidden")["features"].shape[0] == 5

@@ -45,16 +45,16 @@ def masking_distillation_loss(
 
     Masked frames regress the teacher's output on clean input, unmasked frames the teacher's output
     on masked input. `normalization="valid"` leaves padded frames out and divides by the number of
-    real frames; `"original"` reproduces the release: padded frames count as unmasked frames and the
-    sums are divided by B*T.
+    real frames; `"original"` reproduces the release: every frame is in the masked or the unmasked
+    set (padded frames count as unmasked, and masked frames that `valid` calls padding, which the
+    release's frame rule can mask, as masked) and the sums are divided by B*T.
     """
     if normalization == "valid":
-        unmasked_frames, denominator = valid & ~mask, valid.sum().clamp(min=1)
+        masked_frames, unmasked_frames, denominator = mask & valid, valid & ~mask, valid.sum().clamp(min=1)
     elif normalization == "original":
-        unmasked_frames, denominator = ~mask, mask.numel()
+        masked_frames, unmasked_frames, denominator = mask, ~mask, mask.numel()
     else:
         raise ValueError(f"loss_normalization must be 'valid' or 'original', got {normalization!r}")
-    masked_frames = mask & valid
     total = 0.0
     masked_parts, unmasked_parts = [], []
     for prediction, clean, masked, weight in zip(student, teacher_unmasked, teacher_masked, weights):
@@ -91,6 +91,10 @@ def regression_loss(
 
 STAR_NORMALIZATIONS = ("l2", "dim", "none")
 STAR_REDUCTIONS = ("mean", "sum")
+# What F[0] of the first intra-layer Gram is: the encoder input (after the positional convolution and,
+# post-LN, its LayerNorm) or the CNN features as the transformer receives them (after the feature
+# LayerNorm and projection to the model width, before the positional convolution).
+STAR_LAYER0 = ("encoder-input", "cnn")
 
 
 def temporal_gram(first: Tensor, second: Tensor, normalization: str = "l2") -> Tensor:
@@ -135,8 +139,9 @@ def star_loss(
     """STaR: layer-wise and intra-layer temporal Gram matrix losses.
 
     Args:
-        student, teacher: L+1 tensors (B, T, d_s) and (B, T, d_t): the encoder input, then one output
-            per distilled layer (widths may differ: Grams are T x T).
+        student, teacher: L+1 tensors (B, T, d_s) and (B, T, d_t): layer 0 (the encoder input or the
+            CNN output, see `STAR_LAYER0`), then one output per distilled layer (widths may differ: Grams
+            are T x T).
         valid: (B, T) bool; padded frames are excluded on both time axes.
         normalization: "l2" (default), "dim" or "none", see `temporal_gram`.
         reduction: "mean" over the real (t, t') entries of the batch (default), or "sum" over them

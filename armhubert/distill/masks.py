@@ -4,7 +4,10 @@ Our own implementation: per row, int(p * valid / mean_length + U[0,1)) spans (at
 with lengths uniform in 0..2*mean_length, placed longest first into free intervals (chosen with
 probability proportional to their length among those with room for span + min_space, start
 uniform), never touching and never on padding; then every row is thinned at random to the batch's
-smallest masked count.
+smallest masked count. When every drawn length of a row is 0, one span of the mean length is placed
+instead (as fairseq v0.12.2's sampler does), so no row, and with equal counts no batch, goes unmasked.
+Which frames are real follows the original teacher (`release_real_frames`), not the convolution
+length formula.
 """
 
 import dataclasses
@@ -16,7 +19,25 @@ import torch
 
 def _span_lengths(valid_length, mask_prob, mean_length, min_spans, rng):
     count = max(min_spans, int(mask_prob * valid_length / mean_length + rng.random()))
-    return rng.integers(0, 2 * mean_length, size=count, endpoint=True)
+    lengths = rng.integers(0, 2 * mean_length, size=count, endpoint=True)
+    if count and not lengths.any():
+        # Every draw is 0 (1 row in 441 when 2 spans are drawn, e.g. under 50 frames at p = 0.4): one span instead.
+        lengths[0] = min(mean_length, valid_length - 1)
+    return lengths
+
+
+def release_real_frames(sample_lengths: Sequence[int], padded_samples: int, num_frames: int) -> list[int]:
+    """Real frames per row as the original teacher marks them: a frame is real if any of its samples is.
+
+    The original (fairseq HuBERT) cuts the padded sample mask into `num_frames` chunks of
+    `padded_samples // num_frames` samples (the remainder at the end dropped) and marks a frame as
+    padding only when its whole chunk is padding: min(num_frames, ceil(n / chunk)) real frames for n
+    real samples. The convolution length formula (frames whose whole receptive field is real, what the
+    models' attention masks use) gives one or two frames fewer for most rows shorter than the batch's
+    longest, which moves the never-masked last frame.
+    """
+    chunk = padded_samples // num_frames
+    return [min(num_frames, -(-int(n) // chunk)) for n in sample_lengths]
 
 
 def _place_spans(valid_length, span_lengths, min_space, rng):
@@ -115,11 +136,15 @@ class SpanMasker:
         return num_samples
 
     def __call__(self, sample_lengths: list[int], padded_samples: int, ids: list[str], epoch: int = 0) -> torch.Tensor:
-        """(B, frames(padded_samples)) bool mask for B waveforms of `sample_lengths` samples, padded."""
+        """(B, frames(padded_samples)) bool mask for B waveforms of `sample_lengths` samples, padded.
+
+        Real frames per row as the original teacher counts them (`release_real_frames`).
+        """
         key = zlib.crc32("\n".join(ids).encode())
         rng = np.random.default_rng([self.seed, epoch, key])
+        num_frames = self.frames(padded_samples)
         mask = sample_span_mask(
-            [self.frames(n) for n in sample_lengths], self.frames(padded_samples), self.mask_prob,
+            release_real_frames(sample_lengths, padded_samples, num_frames), num_frames, self.mask_prob,
             self.mean_length, self.min_spans, self.min_space, self.same_count, rng,
         )
         return torch.from_numpy(mask)

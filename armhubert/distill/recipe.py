@@ -27,13 +27,24 @@ from ..cli import UserError
 from ..librispeech import HUB_DATASET
 from ..limits import brief, load_yaml_file, parse_yaml_text
 from ..training import check_training_values
-from .losses import STAR_NORMALIZATIONS, STAR_REDUCTIONS
+from .losses import STAR_LAYER0, STAR_NORMALIZATIONS, STAR_REDUCTIONS
 
 logger = logging.getLogger(__name__)
 
 DISTILL_MODES = ("masking", "star", "regression")
 LOSS_NORMALIZATIONS = ("valid", "original")
 LIBRISPEECH_960H = ["train-clean-100", "train-clean-360", "train-other-500"]
+# STaR's loss options: the documented defaults, and named variants that set all of them at once.
+STAR_DEFAULTS = dict(
+    star_normalization="l2", star_reduction="mean", star_layer0="encoder-input", star_layer_weight=1.0, star_intra_weight=1.0
+)
+STAR_VARIANTS = {
+    # The one public reimplementation that came within about a point of the paper (100 h): raw Grams,
+    # mean squared error over all T x T entries, the CNN output as layer 0, plain sum of both losses.
+    "public-reimplementation": dict(
+        star_normalization="none", star_reduction="mean", star_layer0="cnn", star_layer_weight=1.0, star_intra_weight=1.0
+    ),
+}
 BUNDLED_RECIPES = Path(__file__).resolve().parents[2] / "conf"
 
 
@@ -77,10 +88,20 @@ class DistillArguments:
     loss_normalization: str = _arg(
         "valid", "valid: exclude padded frames, divide by real frames; original: as the release (padding counted, / B*T)."
     )
-    star_normalization: str = _arg("l2", "STaR Gram normalisation: l2 (cosine), dim (/ width) or none (raw).")
-    star_reduction: str = _arg("mean", "STaR: mean over real (t, t') entries, or sum per utterance.")
-    star_layer_weight: float = _arg(1.0, "STaR: weight of the layer-wise TGM loss.")
-    star_intra_weight: float = _arg(1.0, "STaR: weight of the intra-layer TGM loss.")
+    star_variant: str | None = _arg(
+        None,
+        "STaR: public-reimplementation = the public reimplementation that reached the paper's numbers (raw Grams, "
+        "MSE over all T x T entries, CNN output as layer 0); it sets the star_* options below. null: those options.",
+    )
+    star_normalization: str | None = _arg(None, "STaR Gram normalisation: l2 (cosine, default), dim (/ width) or none (raw).")
+    star_reduction: str | None = _arg(None, "STaR: mean over real (t, t') entries (default), or sum per utterance.")
+    star_layer0: str | None = _arg(
+        None,
+        "STaR: layer 0 of the intra-layer Grams: encoder-input (default; after the positional conv) or cnn (the "
+        "CNN features as the transformer receives them, before the positional conv).",
+    )
+    star_layer_weight: float | None = _arg(None, "STaR: weight of the layer-wise TGM loss (default 1).")
+    star_intra_weight: float | None = _arg(None, "STaR: weight of the intra-layer TGM loss (default 1).")
     star_recompute: bool = _arg(True, "STaR: recompute each layer's Grams in backward (memory O(B T^2), not O(L B T^2)).")
     effective_batch_size: int | None = _arg(
         None, "Utterances per optimiser step over all GPUs; sets gradient_accumulation_steps for the actual GPU count."
@@ -97,13 +118,15 @@ class DistillArguments:
         hints = typing.get_type_hints(DistillArguments)
         for field in dataclasses.fields(self):
             check_value_type(getattr(self, field.name), hints[field.name], field.name)
-        self._check_ranges()
 
         choose("distill_mode", DISTILL_MODES)
         choose("loss_type", ("mse", "l1"))
         choose("loss_normalization", LOSS_NORMALIZATIONS)
+        self._resolve_star_options()
         choose("star_normalization", STAR_NORMALIZATIONS)
         choose("star_reduction", STAR_REDUCTIONS)
+        choose("star_layer0", STAR_LAYER0)
+        self._check_ranges()
         if not 0.0 <= self.mask_prob <= 1.0:
             raise UserError(f"mask_prob must lie in [0, 1], got {self.mask_prob}")
         if self.mask_length < 1 or self.mask_min_space < 0 or self.mask_min_spans < 0:
@@ -112,6 +135,23 @@ class DistillArguments:
             raise UserError(f"keep_best_checkpoints must be >= 1 or null, got {self.keep_best_checkpoints}")
         if self.crop_seconds is not None and self.crop_seconds <= 0:
             raise UserError(f"crop_seconds must be positive or null, got {self.crop_seconds}")
+
+    def _resolve_star_options(self):
+        """Fill unset star_* options from `star_variant` (which then owns them all) or the documented defaults."""
+        if self.star_variant is None:
+            for field, value in STAR_DEFAULTS.items():
+                if getattr(self, field) is None:
+                    setattr(self, field, value)
+            return
+        if self.star_variant not in STAR_VARIANTS:
+            raise UserError(f"star_variant must be one of {', '.join(STAR_VARIANTS)} or null, got {self.star_variant!r}")
+        for field, value in STAR_VARIANTS[self.star_variant].items():
+            given = getattr(self, field)
+            if given is not None and given != value:
+                raise UserError(
+                    f"star_variant {self.star_variant} sets {field}={value}; remove {field}={given} from the recipe"
+                )
+            setattr(self, field, value)
 
     def _check_ranges(self):
         """Values of the right type but outside what the run can use."""
@@ -152,6 +192,9 @@ TRAINING_DEFAULTS = dict(
     dataloader_num_workers=4,
     # Parameters a mode does not use are frozen (build_student), so DDP needs no unused-parameter search.
     ddp_find_unused_parameters=False,
+    # No gradient clipping: the release never clipped (Lightning's default; its optimiser does not
+    # clip). 0 switches off the Trainer's default of 1.0; a recipe may set a norm.
+    max_grad_norm=0.0,
 )
 # Fixed: the dataset keeps its audio column for the collator; lengths come from num_samples; we
 # rotate checkpoints ourselves (best-k by eval_loss plus last).

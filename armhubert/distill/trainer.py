@@ -1,5 +1,6 @@
 """All Trainer customisation of distillation: `DistillTrainer`, its callback, checkpoint rotation and resuming."""
 
+import contextlib
 import logging
 import os
 import re
@@ -45,6 +46,33 @@ class _DistillCallback(TrainerCallback):
         total = self.trainer._drain_unreadable()
         if total and state.is_world_process_zero:
             logger.warning("%d unreadable audio file(s) were skipped during training (see the warnings above)", total)
+
+
+@contextlib.contextmanager
+def capture_cnn_features(teacher: nn.Module, student: nn.Module):
+    """Within the block, record the CNN features (B, T, D) that teacher and student hand their transformers.
+
+    That is the CNN output after its LayerNorm and projection to the model width, before the positional
+    convolution: the input of each model's `encoder` (both the `transformers` teachers and
+    `ARMHubertModel` call it with the features first). Yields a dict that receives "teacher" and "student".
+    """
+    outputs = {}
+
+    def recorder(name):
+        def hook(module, args, kwargs):
+            outputs[name] = args[0] if args else kwargs["hidden_states"]
+
+        return hook
+
+    handles = [
+        teacher.encoder.register_forward_pre_hook(recorder("teacher"), with_kwargs=True),
+        student.encoder.register_forward_pre_hook(recorder("student"), with_kwargs=True),
+    ]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class DistillTrainer(GuardedTrainer):
@@ -143,8 +171,14 @@ class DistillTrainer(GuardedTrainer):
         mask = inputs.get("mask_time_indices") if masked and d.distill_mode == "masking" else None
         if masked and d.distill_mode == "masking" and mask is None:
             raise UserError("masking distillation needs mask_time_indices in the batch (AudioCollator with a masker)")
-        teacher_clean, teacher_masked = self.teacher_hidden_states(input_values, attention_mask, mask)
-        output = model(input_values, attention_mask=attention_mask, mask_time_indices=mask, output_hidden_states=True)
+        cnn_layer0 = d.distill_mode == "star" and d.star_layer0 == "cnn"
+        if cnn_layer0:
+            capture = capture_cnn_features(self.teacher, self.accelerator.unwrap_model(model))
+        else:
+            capture = contextlib.nullcontext({})
+        with capture as cnn:
+            teacher_clean, teacher_masked = self.teacher_hidden_states(input_values, attention_mask, mask)
+            output = model(input_values, attention_mask=attention_mask, mask_time_indices=mask, output_hidden_states=True)
         if output.hidden_states[0].shape[1] != teacher_clean[0].shape[1]:
             raise UserError(
                 f"teacher gives {teacher_clean[0].shape[1]} frames, student {output.hidden_states[0].shape[1]} for "
@@ -152,9 +186,12 @@ class DistillTrainer(GuardedTrainer):
             )
         pairs = self.teacher_layers
         if d.distill_mode == "star":
+            student = list(output.hidden_states)
             teacher = [teacher_clean[0]] + [teacher_clean[layer] for layer in pairs]
+            if cnn_layer0:
+                teacher[0], student[0] = cnn["teacher"], cnn["student"]
             return star_loss(
-                list(output.hidden_states), teacher, valid, d.star_normalization, d.star_reduction,
+                student, teacher, valid, d.star_normalization, d.star_reduction,
                 d.star_layer_weight, d.star_intra_weight, d.star_recompute,
             )
         student = output.projected_hidden_states if output.projected_hidden_states is not None else output.hidden_states[1:]
