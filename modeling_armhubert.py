@@ -358,31 +358,35 @@ def logsumexp_blocks(query, key, key_padding_mask, scale):
 
 
 def _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale):
-    """(B*H, T, ...) operands whose two products give the resoftmax output without a (T, T) map.
+    """(B*H, ...) operands whose two products give the resoftmax output without a (T, T) map.
 
-    queries = [Q * scale, -lse (, 1)] and keys = [K, 1 (, padding bias)]: queries @ keys^T is the
-    computing layer's masked log-probability, so exp(exp(.)) is the second softmax's numerator.
-    values = [V * real, real] (real = 1 for real keys, 0 for padded ones): the product of the
-    numerators with it gives the weighted sum and, in its last column, the denominator, both without
-    padded keys. Half-precision inputs are computed in float32, as the explicit path's softmax is.
+    queries (B*H, T, d+e) = [Q * scale, -lse (, 1)] and keys (B*H, d+e, T) = [K, 1 (, padding bias)]^T:
+    queries @ keys is the computing layer's masked log-probability, so exp(exp(.)) is the second
+    softmax's numerator. values (B*H, T, d+1 rounded up to 16) = [V * real, real, 0...] (real = 1 for
+    real keys, 0 for padded ones): the numerators times it give the weighted sum and, in column d, the
+    denominator, both without padded keys (the zero columns keep the product's width SIMD-friendly).
+    Half-precision inputs are computed in float32, as the explicit path's softmax is.
     """
     dtype = torch.float32 if query.dtype in HALF_DTYPES else query.dtype
-    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
-    batch, heads, time, _ = key.shape
-    ones = key.new_ones(batch, heads, time, 1)
-    query_parts = [query * scale, -logsumexp.to(dtype)[..., None]]
-    key_parts = [key, ones]
-    real = ones
-    if key_padding_mask is not None:
-        bias = padding_bias(key_padding_mask, dtype)[:, None, :, None].expand(batch, heads, time, 1)
-        query_parts.append(ones)
-        key_parts.append(bias)
-        real = (~key_padding_mask)[:, None, :, None].to(dtype).expand(batch, heads, time, 1)
-        value = value * real
-    queries = _flattened(torch.cat(query_parts, dim=-1))
-    keys = _flattened(torch.cat(key_parts, dim=-1)).transpose(1, 2)
-    values = _flattened(torch.cat([value, real], dim=-1))
-    return queries, keys, values
+    batch, heads, time, dim = query.shape
+    extra = 1 if key_padding_mask is None else 2
+    queries = query.new_empty(batch, heads, time, dim + extra, dtype=dtype)
+    queries[..., :dim] = query * scale  # slice assignments, not out= views: torch.compile traces them
+    queries[..., dim] = -logsumexp
+    keys = key.new_empty(batch, heads, dim + extra, time, dtype=dtype)
+    keys[:, :, :dim].copy_(key.transpose(-1, -2))
+    keys[:, :, dim].fill_(1)
+    values = value.new_zeros(batch, heads, time, -(-(dim + 1) // 16) * 16, dtype=dtype)
+    if key_padding_mask is None:
+        values[..., :dim].copy_(value)
+        values[..., dim].fill_(1)
+    else:
+        queries[..., dim + 1].fill_(1)
+        keys[:, :, dim + 1].copy_(padding_bias(key_padding_mask, dtype)[:, None, :])
+        real = (~key_padding_mask).to(dtype)[:, None, :, None]
+        values[..., :dim] = value * real
+        values[..., dim : dim + 1] = real
+    return _flattened(queries), _flattened(keys), _flattened(values)
 
 
 def _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale):
@@ -392,12 +396,12 @@ def _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale):
     """
     batch, heads, time, dim = query.shape
     queries, keys, values = _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale)
-    sums = values.new_empty(batch * heads, time, dim + 1)
-    rows = block_rows(batch * heads, keys.shape[-1], query.device)
+    sums = torch.empty_like(values)
+    rows = block_rows(batch * heads, time, query.device)
     for start in range(0, time, rows):
         numerators = torch.bmm(queries[:, start : start + rows], keys).exp_().exp_()
-        torch.bmm(numerators, values, out=sums[:, start : start + rows])
-    output = sums[..., :dim] / sums[..., dim:]
+        sums[:, start : start + rows] = torch.bmm(numerators, values)
+    output = sums[..., :dim] / sums[..., dim : dim + 1]
     return output.view(batch, heads, time, dim), sums[..., dim]
 
 
@@ -421,7 +425,7 @@ class ResoftmaxReuse(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, key, value, logsumexp, key_padding_mask, scale):
+    def forward(ctx, query, key, logsumexp, value, key_padding_mask, scale):
         output, denominators = _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale)
         denominators = denominators.contiguous()
         ctx.save_for_backward(query, key, value, logsumexp, key_padding_mask, output, denominators)
@@ -455,12 +459,12 @@ class ResoftmaxReuse(torch.autograd.Function):
             grad_map = torch.bmm(grad[:, block], plain_value.transpose(1, 2)).sub_(grad_dot_output[:, block])
             grad_map.mul_(weights)
             grad_map.sub_((grad_map * probabilities).sum(-1, keepdim=True)).mul_(probabilities)
-            torch.bmm(grad_map, plain_key, out=grad_query[:, block])
+            grad_query[:, block] = torch.bmm(grad_map, plain_key)
             grad_key.baddbmm_(grad_map.transpose(1, 2), plain_query[:, block])
         shape = (batch, heads, time, dim)
         grads = [(grad_query * scale).view(shape), (grad_key * scale).view(shape), grad_value.view(shape)]
         grads = [g.to(t.dtype) for g, t in zip(grads, (query, key, value))]
-        return (*grads, None, None, None)
+        return grads[0], grads[1], None, grads[2], None, None
 
 
 def flex_attention_call(query, key, value, score_mod, scale, return_lse=False):
