@@ -277,12 +277,29 @@ def test_derived_kernels_follow_weight_updates():
         assert pos_conv_kernel(doubled).dtype == torch.float64
 
 
-def test_a_warm_call_derives_nothing_from_the_weights():
+@pytest.mark.parametrize("kernel, frames", [(128, 420), (15, 61), (16, 20)])
+def test_positional_convolution_by_fft_equals_the_direct_one(kernel, frames):
+    config = tiny_config(hidden_size=64, num_conv_pos_embeddings=kernel, num_attention_heads=4)
+    embedding = random_model(config).encoder.pos_conv_embed
+    hidden_states = torch.randn(2, frames, 64, generator=torch.Generator().manual_seed(kernel))
+    with torch.inference_mode():
+        uses_fft = embedding._use_fft(hidden_states)
+        by_fft = embedding(hidden_states)
+        config._attn_implementation = "eager"  # the reference path: direct convolution
+        assert not embedding._use_fft(hidden_states)
+        direct = embedding(hidden_states)
+    assert uses_fft == (frames > kernel)  # more than one block of fft_size - kernel + 1 frames
+    assert by_fft.shape == direct.shape == (2, frames, 64)
+    torch.testing.assert_close(by_fft, direct, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_samples", [32000, 64000], ids=["2s-direct-conv", "4s-fft-conv"])
+def test_a_warm_call_derives_nothing_from_the_weights(num_samples):
     """The fixed per-call cost is gone: after the first call no operator makes a tensor from weights alone."""
     from test_benchmark import benchmark
 
     model = ARMHubertModel(ARMHubertConfig.from_preset("armhubert-960h")).eval()
-    audio = waveform(32000, seed=26)
+    audio = waveform(num_samples, seed=26)
     with torch.inference_mode():
         model(audio)
         with benchmark.WeightDerivedTime(benchmark.state_tensors(model)) as tracker:
