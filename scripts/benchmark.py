@@ -3,38 +3,24 @@
     HF_HUB_OFFLINE=1 python scripts/benchmark.py --threads 2
     HF_HUB_OFFLINE=1 python scripts/benchmark.py --threads 2 --outputs last --batch_sizes 1 \\
         --models armhubert-960h armhubert-960h:probabilities maskhubert-960h
-    python scripts/benchmark.py --device cuda --dtype bfloat16 --models armhubert-960h armhubert-960h:flex maskhubert-960h
+    python scripts/benchmark.py --device cuda --dtype bfloat16 --models armhubert-960h armhubert-960h:flex \\
+        maskhubert-960h
 
-For each model (random weights: speed does not depend on them), in eval mode without autograd:
-
-- parameters;
-- MACs per utterance of every length: the multiply-accumulates of matrix products and convolutions,
-  counted by `torch.utils.flop_counter.FlopCounterMode` (FLOPs / 2) with attention run as explicit
-  matmuls (the counter does not see SDPA's products on CPU). Norms, activations and softmax are not
-  counted, as in the papers;
-- latency: the median of --repeats timed forward passes after --warmup untimed ones, for every batch
-  size and audio length (cases above --max_audio_per_pass seconds of audio per pass are left out: by
-  default batch 8 x 30 s, which takes minutes per run on CPU); models take turns run by run, so that a
-  busy machine slows all of them alike;
-- peak memory: the most bytes of live tensors (weights, input, activations) during the first warm-up
-  run: `torch.cuda.max_memory_allocated` on a GPU, the same count taken operator by operator on CPU;
-- fixed cost per call: the time of the operators whose inputs are all weights or derived from weights
-  alone (weight norm, kernel re-layouts), in one warm run of the shortest case: work a call repeats
-  whatever its input.
-
-Every figure is also given as a ratio to HuBERT Base measured in the same run (always included), and
-for attention-reusing models as a ratio to MaskHuBERT (same width, no reuse) when it is measured. The
-workload is the SUPERB-style one the papers count: every layer's output (and, for ARM/Mask models,
-every projection head's), `output_hidden_states=True`; `--outputs last` times a plain `model(x)`.
-A model is a name below or any preset, optionally with a variant: `:probabilities`
-(`reuse_softmax="probabilities"`), `:flex` (`attn_implementation="flex_attention"`, for GPUs) or
-`:eager` (explicit attention maps). A paper check compares MACs for 225 s of audio in 10 s utterances
-(22.5 x the 10 s count, every output) with the published figures. Prints the tables and writes
-`benchmark.json` and `benchmark.png` (latency against audio length, one line per model and batch size)
-to --output_dir (default `runs/benchmark`, outside the tracked files; README's figures come from a
-deliberate run with `--output_dir scripts/results`). Exit status 2: bad arguments.
+Random weights (speed does not depend on them), eval mode, no autograd. Per model: parameters; MACs
+per utterance (matrix products and convolutions, `FlopCounterMode` FLOPs / 2, attention counted as
+explicit matmuls; norms, activations and softmax not counted, as in the papers); latency (median of
+--repeats runs after --warmup, models taking turns so that background load hits all alike; cases
+above --max_audio_per_pass seconds per pass are left out); peak memory (live tensor bytes, weights and
+input included: `torch.cuda.max_memory_allocated`, or the same count operator by operator on CPU); and
+the fixed cost per call (time of operators whose inputs all derive from the weights alone, in a warm
+run). Ratios are to HuBERT Base from the same run, and for map-reusing models to MaskHuBERT (same
+width, no reuse) when measured. Workload: every layer output and projection (`output_hidden_states`,
+what the papers count); `--outputs last` times `model(x)`. A model is a name of MODELS or a preset,
+optionally `:probabilities` (`reuse_softmax`), `:flex` (`attn_implementation="flex_attention"`, for
+GPUs) or `:eager`. Writes `benchmark.json` and `benchmark.png` to --output_dir (default
+`runs/benchmark`, untracked; the README's figures come from a deliberate run into `scripts/results`).
+Exit status 2: bad arguments.
 """
-
 import gc
 import json
 import os
@@ -92,9 +78,7 @@ class BenchmarkArguments:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8], metadata={"help": "Batch sizes."})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda."})
     dtype: str = field(default="float32", metadata={"help": "float32, or float16 / bfloat16 (float16 on cuda only)."})
-    threads: int | None = field(
-        default=None, metadata={"help": "CPU threads (torch.set_num_threads); default: torch's."}
-    )
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (set_num_threads); default: torch's."})
     warmup: int = field(default=1, metadata={"help": "Untimed runs per case before timing (at least 1)."})
     repeats: int = field(default=3, metadata={"help": "Timed runs per case; latency is their median."})
     max_audio_per_pass: float = field(
@@ -103,8 +87,7 @@ class BenchmarkArguments:
     )
     outputs: str = field(default="all", metadata={"help": "all: every layer output and projection; last: model(x)."})
     clock: str = field(
-        default="wall",
-        metadata={"help": "wall: elapsed time; process: this process's CPU time (steadier on a shared machine, 1 thread)."},
+        default="wall", metadata={"help": "wall: elapsed time; process: CPU time (steadier on a shared CPU, 1 thread)."}
     )
     output_dir: str = field(default="runs/benchmark", metadata={"help": "Where the JSON and PNG go."})
     machine: str | None = field(default=None, metadata={"help": "Label of the machine for the plot and the JSON."})
@@ -134,17 +117,13 @@ def check_arguments(args):
     if args.dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
     if args.dtype == "float16" and args.device == "cpu":
-        raise UserError(
-            "--dtype float16 needs --device cuda (CPU kernels for float16 are slow or missing); use bfloat16 or float32"
-        )
+        raise UserError("--dtype float16 needs --device cuda (CPU float16 kernels are slow); use bfloat16 or float32")
     if args.outputs not in ("all", "last"):
         raise UserError(f"--outputs must be all or last, got {args.outputs!r}")
     if args.clock not in CLOCKS or (args.clock == "process" and args.device == "cuda"):
         raise UserError(f"--clock must be wall, or process on a CPU, got {args.clock!r}")
     if min(args.seconds) < 0.05:
-        raise UserError(
-            f"every --seconds value must be at least 0.05 (the CNN needs 400 samples), got {min(args.seconds)}"
-        )
+        raise UserError(f"every --seconds value must be at least 0.05 (400 samples), got {min(args.seconds)}")
     threads_ok = args.threads is None or args.threads >= 1
     if min(args.batch_sizes) < 1 or args.repeats < 1 or args.warmup < 1 or not threads_ok:
         raise UserError("--batch_sizes, --repeats, --warmup and --threads must be at least 1")
@@ -220,15 +199,12 @@ def meta_model(spec):
         return build_model(spec)
 
 
-class StorageTracker(TorchDispatchMode):
-    """Base of the per-operator trackers below: sees every operator's tensors, keyed by their storage."""
-
-    @staticmethod
-    def storages(tree):
-        return [leaf.untyped_storage() for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
+def storages(tree):
+    """The storages of the tensors in a nested structure of operator arguments or results."""
+    return [leaf.untyped_storage() for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
 
 
-class LiveTensorBytes(StorageTracker):
+class LiveTensorBytes(TorchDispatchMode):
     """Peak bytes of live tensor storages while active: CPU's answer to `torch.cuda.max_memory_allocated`.
 
     Starts from the storages of `resident` (weights, inputs), then adds every storage an operator
@@ -257,12 +233,12 @@ class LiveTensorBytes(StorageTracker):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         output = func(*args, **(kwargs or {}))
-        for storage in self.storages(output):
+        for storage in storages(output):
             self._add(storage)
         return output
 
 
-class WeightDerivedTime(StorageTracker):
+class WeightDerivedTime(TorchDispatchMode):
     """Seconds spent in operators whose tensor inputs all are weights or derived from weights alone.
 
     Such work (weight norm, kernel re-layouts, ...) is the same on every call whatever the input: a
@@ -277,13 +253,13 @@ class WeightDerivedTime(StorageTracker):
         self.operators = []  # those that made a new weight-derived tensor (views excluded)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        inputs = self.storages((args, kwargs))
+        inputs = storages((args, kwargs))
         fixed = bool(inputs) and all(storage.data_ptr() in self.derived for storage in inputs)
         start = time.perf_counter()
         output = func(*args, **(kwargs or {}))
         if fixed:
             self.seconds += time.perf_counter() - start
-            for storage in self.storages(output):
+            for storage in storages(output):
                 if storage.data_ptr() not in self.derived:
                     self.derived.add(storage.data_ptr())
                     self.operators.append(str(func))
@@ -374,8 +350,8 @@ def paper_check(name, macs_10s):
 
 def add_ratios(results, baseline=BASELINE, reference=REUSE_REFERENCE):
     """Add ratios to every model's results, in place: `<figure>_ratio` = figure / baseline's figure (same
-    case), and for attention-reusing models `latency_vs_reference` / `peak_memory_vs_reference` against
-    `reference` (MaskHuBERT) when it was measured."""
+    case), and for attention-reusing models of the reference's width `latency_vs_reference` /
+    `peak_memory_vs_reference` against `reference` (MaskHuBERT) when it was measured."""
     if baseline not in results:
         raise UserError(f"the baseline {baseline} is missing from the results")
     base = results[baseline]
@@ -389,26 +365,11 @@ def add_ratios(results, baseline=BASELINE, reference=REUSE_REFERENCE):
                 raise UserError("models were measured on different cases; cannot form ratios")
             case["latency_ratio"] = case["latency_ms"] / base_case["latency_ms"]
             case["peak_memory_ratio"] = case["peak_memory_mb"] / base_case["peak_memory_mb"]
-        if reference in results and entry.get("reuses_maps"):
+        if reference in results and entry.get("reuses_maps") and entry["width"] == results[reference]["width"]:
             for case, ref_case in zip(entry["cases"], results[reference]["cases"]):
                 case["latency_vs_reference"] = case["latency_ms"] / ref_case["latency_ms"]
                 case["peak_memory_vs_reference"] = case["peak_memory_mb"] / ref_case["peak_memory_mb"]
     return results
-
-
-def length_key(seconds):
-    return f"{seconds:g}"
-
-
-def run_benchmark(args):
-    check_arguments(args)
-    threads = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        return measure_models(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def describe_model(spec, model, args, all_outputs):
@@ -417,17 +378,28 @@ def describe_model(spec, model, args, all_outputs):
     shapes_only = meta_model(spec)
     macs = {length: count_macs(shapes_only, round(length * SAMPLING_RATE), all_outputs) for length in args.seconds}
     macs_10s_all = count_macs(shapes_only, round(PAPER_UTTERANCE_SECONDS * SAMPLING_RATE), all_outputs=True)
-    batch_size, seconds = benchmark_cases(args)[0]
-    inputs = make_inputs(batch_size, min(args.seconds), args, model.device, model.dtype)
+    inputs = make_inputs(1, min(args.seconds), args, model.device, model.dtype)
     return {
         "label": model_label(spec),
         "parameters": count_parameters(model),
         "reuses_maps": any(getattr(model.config, "layer_reuses_attention_map", None) or []),
-        "macs": {length_key(length): value for length, value in macs.items()},
+        "width": model.config.hidden_size,
+        "macs": {f"{length:g}": value for length, value in macs.items()},
         "paper_macs": paper_check(name, macs_10s_all),
         "fixed_cost_ms": {"seconds": min(args.seconds), "ms": measure_fixed_cost(model, inputs, all_outputs)},
         "cases": [],
     }
+
+
+def run_benchmark(args):
+    """Every figure of every model, with ratios; torch's thread count is restored afterwards."""
+    check_arguments(args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        return measure_models(args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def measure_models(args):
@@ -436,7 +408,6 @@ def measure_models(args):
     torch.manual_seed(args.seed)
     models = {spec: build_model(spec).to(device, dtype) for spec in specs}
     all_outputs = args.outputs == "all"
-
     results = {}
     for spec, model in models.items():
         results[spec] = describe_model(spec, model, args, all_outputs)
@@ -496,7 +467,7 @@ def per_case_table(results, args, title, cell):
 def format_tables(results, args):
     batch_size, seconds = headline_case(args)
     index = benchmark_cases(args).index((batch_size, seconds))
-    key = length_key(seconds)
+    key = f"{seconds:g}"
     lines = [
         f"Batch {batch_size}, {seconds:g} s of audio (ratios: x HuBERT Base, same run; MACs per utterance)",
         "",
@@ -529,7 +500,8 @@ def format_tables(results, args):
         if "latency_vs_reference" in c
         else None,
     )
-    lines += ["", "Fixed cost per call (weight-derived work; shortest case), ms", ""]
+    lines += ["", f"Fixed cost per call: weight-only work in a warm call, batch 1 x {min(args.seconds):g} s", ""]
+    lines += ["| model | ms |", "|---|---|"]
     lines += [f"| {entry['label']} | {entry['fixed_cost_ms']['ms']:.2f} |" for entry in results.values()]
     lines += ["", "MACs for 225 s of audio in 10 s utterances, every output (the papers' count)", ""]
     lines += ["| model | measured (G) | paper (G) | difference |", "|---|---|---|---|"]

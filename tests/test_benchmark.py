@@ -129,6 +129,8 @@ def fake_results(latencies, memories, parameters, macs):
     return {
         name: {
             "parameters": parameters[name],
+            "width": 480,
+            "reuses_maps": name == "armhubert-960h",
             "macs": {"2": macs[name], "10": 5 * macs[name]},
             "cases": [
                 {"batch_size": batch, "seconds": 2.0, "latency_ms": latency, "peak_memory_mb": memory}
@@ -158,6 +160,23 @@ def test_every_ratio_is_to_hubert_base_in_the_same_case():
     results["armhubert-960h"]["cases"].reverse()
     with pytest.raises(UserError, match="different cases"):
         benchmark.add_ratios(results)
+
+
+def test_reuse_ratios_are_to_maskhubert_for_models_of_its_width():
+    names = ["hubert-base", "armhubert-960h", "armhubert-s-960h", "maskhubert-960h"]
+    results = fake_results(
+        latencies=dict(zip(names, ([100.0, 400.0], [30.0, 120.0], [20.0, 90.0], [25.0, 100.0]))),
+        memories=dict(zip(names, ([500.0, 1000.0], [150.0, 300.0], [120.0, 240.0], [150.0, 200.0]))),
+        parameters=dict(zip(names, (1000, 280, 240, 280))),
+        macs=dict(zip(names, (200, 60, 50, 62))),
+    )
+    results["armhubert-s-960h"].update(width=432, reuses_maps=True)
+    benchmark.add_ratios(results)
+    arm = results["armhubert-960h"]["cases"]
+    assert [case["latency_vs_reference"] for case in arm] == [1.2, 1.2]
+    assert [case["peak_memory_vs_reference"] for case in arm] == [1.0, 1.5]
+    for name in ("hubert-base", "armhubert-s-960h", "maskhubert-960h"):  # no reuse, or another width
+        assert all("latency_vs_reference" not in case for case in results[name]["cases"])
 
 
 def test_live_tensor_bytes_counts_what_is_alive_at_the_worst_moment():
@@ -261,7 +280,8 @@ def test_a_small_run_writes_table_json_and_plot(capsys, tmp_path):
         assert len(case["latency_ms_runs"]) == 2 and case["latency_ms"] > 0
         assert case["peak_memory_mb"] > student["parameters"] * 4 / 2**20  # weights are part of the peak
         assert case["latency_vs_reference"] == pytest.approx(case["latency_ms"] / reference_case["latency_ms"])
-        assert case["peak_memory_vs_reference"] == pytest.approx(case["peak_memory_mb"] / reference_case["peak_memory_mb"])
+        memory_ratio = case["peak_memory_mb"] / reference_case["peak_memory_mb"]
+        assert case["peak_memory_vs_reference"] == pytest.approx(memory_ratio)
     assert all("latency_vs_reference" not in case for case in reference["cases"])  # MaskHuBERT reuses no map
     # HF's HuBERT re-derives its weight-normed positional kernel per call; these models do not.
     assert models["hubert-base"]["fixed_cost_ms"]["ms"] > 0 and student["fixed_cost_ms"]["ms"] < 0.5
