@@ -450,9 +450,20 @@ def _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale):
     Computed in float32 for half-precision inputs (see `_resoftmax_operands`).
     """
     batch, heads, time, dim = query.shape
+    rows = block_rows(batch * heads, time, query.device)
+    if rows >= time:
+        # One block holds every row (short inputs): plain products cost fewer operations than
+        # building the augmented operands.
+        dtype = torch.float32 if query.dtype in HALF_DTYPES else query.dtype
+        scores = torch.matmul(query.to(dtype) * scale, key.to(dtype).transpose(-1, -2))
+        numerators = scores.sub_(logsumexp[..., None]).exp_().exp_()
+        if key_padding_mask is not None:
+            numerators.masked_fill_(key_padding_mask[:, None, None, :], 0.0)
+        denominators = numerators.sum(-1, keepdim=True)
+        output = torch.matmul(numerators, value.to(dtype)) / denominators
+        return output, denominators.flatten(0, 1)[..., 0]
     queries, keys, values = _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale)
     sums = torch.empty_like(values)
-    rows = block_rows(batch * heads, time, query.device)
     for start in range(0, time, rows):
         numerators = torch.bmm(queries[:, start : start + rows], keys).exp_().exp_()
         sums[:, start : start + rows] = torch.bmm(numerators, values)

@@ -47,8 +47,10 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(modeling_armhubert, "REUSE_BLOCK_ELEMENTS", 1)
 
 
+@pytest.mark.parametrize("block_elements", [1, 2**20], ids=["blocks-of-16-rows", "one-block"])
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
-def test_fused_pair_equals_the_explicit_pair(padded, small_blocks):
+def test_fused_pair_equals_the_explicit_pair(padded, block_elements, monkeypatch):
+    monkeypatch.setattr(modeling_armhubert, "REUSE_BLOCK_ELEMENTS", block_elements)
     query, key, value, reuse_value, padding = random_attention_inputs()
     padding = padding if padded else None
     scale = 8**-0.5
@@ -68,9 +70,11 @@ def test_logsumexp_blocks_is_the_masked_row_logsumexp(small_blocks):
     torch.testing.assert_close(logsumexp_blocks(query, key, padding, 0.3), expected.float())
 
 
+@pytest.mark.parametrize("block_elements", [1, 2**20], ids=["blocks-of-16-rows", "one-block"])
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
-def test_recompute_backward_gives_the_explicit_gradients(padded, small_blocks):
+def test_recompute_backward_gives_the_explicit_gradients(padded, block_elements, monkeypatch):
     """Exact: the backward differentiates through the log-sum-exp (float64, differences at rounding level)."""
+    monkeypatch.setattr(modeling_armhubert, "REUSE_BLOCK_ELEMENTS", block_elements)
     query, key, value, reuse_value, padding = random_attention_inputs(dtype=torch.float64)
     padding = padding if padded else None
     leaves = [t.requires_grad_() for t in (query, key, value, reuse_value)]
