@@ -336,8 +336,9 @@ class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
 # rows, and no (B, H, T, T) tensor ever exists. With `reuse_softmax="probabilities"` the reusing
 # layer is exactly SDPA(Q, K, V_reuse).
 
-# Elements of one block of rebuilt scores (all heads): 4 MiB in float32, cache-sized on a CPU.
-REUSE_BLOCK_ELEMENTS = 2**20
+# Elements of one block of rebuilt scores: 2 MiB in float32, a CPU core's L2 cache; at most this many rows.
+REUSE_BLOCK_ELEMENTS = 2**19
+REUSE_BLOCK_ROWS = 256
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -356,10 +357,19 @@ class ReusableAttention:
     logsumexp: torch.Tensor | None = None
 
 
-def block_rows(batch_heads, num_keys, device):
-    """Query rows per block: a block's (B*H, rows, T) scores hold about REUSE_BLOCK_ELEMENTS values on a CPU."""
+def score_blocks(batch_heads, time, device):
+    """Blocks (slice of B*H, slice of query rows) that tile the (B*H, T, T) scores, about
+    REUSE_BLOCK_ELEMENTS values each on a CPU (64x on other devices): up to REUSE_BLOCK_ROWS rows of as
+    many heads as fit, both split evenly, so that products stay efficient when the batch or T grows."""
     budget = REUSE_BLOCK_ELEMENTS if device.type == "cpu" else 64 * REUSE_BLOCK_ELEMENTS
-    return max(16, budget // max(1, batch_heads * num_keys))
+    rows = -(-time // -(-time // min(time, REUSE_BLOCK_ROWS)))
+    heads = max(1, budget // (rows * time))
+    heads = -(-batch_heads // -(-batch_heads // heads))
+    return [
+        (slice(first_head, min(first_head + heads, batch_heads)), slice(first_row, min(first_row + rows, time)))
+        for first_head in range(0, batch_heads, heads)
+        for first_row in range(0, time, rows)
+    ]
 
 
 def padding_bias(key_padding_mask, dtype):
@@ -403,12 +413,11 @@ def logsumexp_blocks(query, key, key_padding_mask, scale):
     if key_padding_mask is not None:
         bias = padding_bias(key_padding_mask, torch.float32).repeat_interleave(heads, dim=0)[:, None, :]
     result = query.new_empty(batch * heads, time, dtype=torch.float32)
-    rows = block_rows(batch * heads, keys.shape[-1], query.device)
-    for start in range(0, time, rows):
-        scores = torch.bmm(queries[:, start : start + rows], keys)
+    for group, rows in score_blocks(batch * heads, time, query.device):
+        scores = torch.bmm(queries[group, rows], keys[group])
         if bias is not None:
-            scores += bias
-        result[:, start : start + rows] = torch.logsumexp(scores, dim=-1)
+            scores += bias[group]
+        result[group, rows] = torch.logsumexp(scores, dim=-1)
     return result.view(batch, heads, time)
 
 
@@ -450,8 +459,8 @@ def _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale):
     Computed in float32 for half-precision inputs (see `_resoftmax_operands`).
     """
     batch, heads, time, dim = query.shape
-    rows = block_rows(batch * heads, time, query.device)
-    if rows >= time:
+    blocks = score_blocks(batch * heads, time, query.device)
+    if len(blocks) == 1:
         # One block holds every row (short inputs): plain products cost fewer operations than
         # building the augmented operands.
         dtype = torch.float32 if query.dtype in HALF_DTYPES else query.dtype
@@ -464,9 +473,9 @@ def _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale):
         return output, denominators.flatten(0, 1)[..., 0]
     queries, keys, values = _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale)
     sums = torch.empty_like(values)
-    for start in range(0, time, rows):
-        numerators = torch.bmm(queries[:, start : start + rows], keys).exp_().exp_()
-        sums[:, start : start + rows] = torch.bmm(numerators, values)
+    for group, rows in blocks:
+        numerators = torch.bmm(queries[group, rows], keys[group]).exp_().exp_()
+        sums[group, rows] = torch.bmm(numerators, values[group])
     output = sums[..., :dim] / sums[..., dim : dim + 1]
     return output.view(batch, heads, time, dim), sums[..., dim]
 
@@ -475,7 +484,7 @@ def resoftmax_blocks(query, key, logsumexp, value, key_padding_mask, scale):
     """The release's reuse, softmax(P) V with P = exp(Q K^T * scale - lse), block by block of query rows.
 
     query, key, value: (B, H, T, d); logsumexp: (B, H, T). Returns (B, H, T, d). Padded keys get no
-    weight in either softmax. Peak extra memory: one block of scores, about REUSE_BLOCK_ELEMENTS values.
+    weight in either softmax. Peak extra memory: one block of scores (see `score_blocks`).
     """
     output, _ = _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale)
     return output.to(query.dtype)
@@ -505,28 +514,27 @@ class ResoftmaxReuse(torch.autograd.Function):
         batch, heads, time, dim = query.shape
         queries, keys, _ = _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale)
         work = queries.dtype
-        grad = _flattened(grad_output.to(work))
+        grad_output = _flattened(grad_output.to(work))
         plain_query, plain_key, plain_value = (_flattened(t.to(work)) for t in (query, key, value))
         # Softmax backward of the reusing layer needs rowsum(dW * W) = rowsum(dO * O) (as flash attention).
-        grad_dot_output = (grad * _flattened(output)).sum(-1, keepdim=True)
+        grad_dot_output = (grad_output * _flattened(output)).sum(-1, keepdim=True)
         real = None if key_padding_mask is None else (~key_padding_mask).to(work).repeat_interleave(heads, 0)[:, None]
         grad_query = torch.empty_like(plain_query)
         grad_key = torch.zeros_like(plain_key)
         grad_value = torch.zeros_like(plain_value)
-        rows = block_rows(batch * heads, keys.shape[-1], query.device)
-        for start in range(0, time, rows):
-            block = slice(start, start + rows)
-            probabilities = torch.bmm(queries[:, block], keys).exp_()  # the computing layer's P
-            weights = probabilities.exp().div_(denominators[:, block, None])  # the reusing layer's W
+        for group, rows in score_blocks(batch * heads, time, query.device):
+            probabilities = torch.bmm(queries[group, rows], keys[group]).exp_()  # the computing layer's P
+            weights = probabilities.exp().div_(denominators[group, rows, None])  # the reusing layer's W
             if real is not None:
-                weights.mul_(real)
-            grad_value.baddbmm_(weights.transpose(1, 2), grad[:, block])
+                weights.mul_(real[group])
+            grad = grad_output[group, rows]
+            grad_value[group].baddbmm_(weights.transpose(1, 2), grad)
             # dP = W * (dW - rowsum(dW * W)), then dS = P * (dP - rowsum(dP * P)), in place.
-            grad_map = torch.bmm(grad[:, block], plain_value.transpose(1, 2)).sub_(grad_dot_output[:, block])
+            grad_map = torch.bmm(grad, plain_value[group].transpose(1, 2)).sub_(grad_dot_output[group, rows])
             grad_map.mul_(weights)
             grad_map.sub_((grad_map * probabilities).sum(-1, keepdim=True)).mul_(probabilities)
-            grad_query[:, block] = torch.bmm(grad_map, plain_key)
-            grad_key.baddbmm_(grad_map.transpose(1, 2), plain_query[:, block])
+            grad_query[group, rows] = torch.bmm(grad_map, plain_key[group])
+            grad_key[group].baddbmm_(grad_map.transpose(1, 2), plain_query[group, rows])
         shape = (batch, heads, time, dim)
         grads = [(grad_query * scale).view(shape), (grad_key * scale).view(shape), grad_value.view(shape)]
         grads = [g.to(t.dtype) for g, t in zip(grads, (query, key, value))]

@@ -41,16 +41,32 @@ def explicit_pair(query, key, value, reuse_value, padding, scale):
     return probabilities @ value, torch.softmax(reused, dim=-1) @ reuse_value
 
 
+def use_small_blocks(monkeypatch):
+    """Blocks of one head and at most 16 query rows: kernels then work over many blocks, some shorter."""
+    monkeypatch.setattr(modeling_armhubert, "REUSE_BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(modeling_armhubert, "REUSE_BLOCK_ROWS", 16)
+
+
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Blocks of 16 query rows: every kernel then works over several blocks, the last one partial."""
-    monkeypatch.setattr(modeling_armhubert, "REUSE_BLOCK_ELEMENTS", 1)
+    use_small_blocks(monkeypatch)
 
 
-@pytest.mark.parametrize("block_elements", [1, 2**20], ids=["blocks-of-16-rows", "one-block"])
+def test_score_blocks_tile_the_scores_evenly():
+    blocks = modeling_armhubert.score_blocks(24, 1499, torch.device("cpu"))  # batch 2 x 12 heads, 30 s
+    assert {(group.stop - group.start, rows.stop - rows.start) for group, rows in blocks} == {(1, 250), (1, 249)}
+    assert len(blocks) == 24 * 6 and sum((g.stop - g.start) * (r.stop - r.start) for g, r in blocks) == 24 * 1499
+    assert modeling_armhubert.score_blocks(12, 99, torch.device("cpu")) == [(slice(0, 12), slice(0, 99))]
+    halves = modeling_armhubert.score_blocks(12, 499, torch.device("cpu"))  # 10 s: 4 heads x 250 rows at most
+    assert [(g.start, g.stop, r.start, r.stop) for g, r in halves[:2]] == [(0, 4, 0, 250), (0, 4, 250, 499)]
+    assert len(halves) == 6
+
+
+@pytest.mark.parametrize("blocks", ["small-blocks", "one-block"])
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
-def test_fused_pair_equals_the_explicit_pair(padded, block_elements, monkeypatch):
-    monkeypatch.setattr(modeling_armhubert, "REUSE_BLOCK_ELEMENTS", block_elements)
+def test_fused_pair_equals_the_explicit_pair(padded, blocks, monkeypatch):
+    if blocks == "small-blocks":
+        use_small_blocks(monkeypatch)
     query, key, value, reuse_value, padding = random_attention_inputs()
     padding = padding if padded else None
     scale = 8**-0.5
@@ -70,11 +86,12 @@ def test_logsumexp_blocks_is_the_masked_row_logsumexp(small_blocks):
     torch.testing.assert_close(logsumexp_blocks(query, key, padding, 0.3), expected.float())
 
 
-@pytest.mark.parametrize("block_elements", [1, 2**20], ids=["blocks-of-16-rows", "one-block"])
+@pytest.mark.parametrize("blocks", ["small-blocks", "one-block"])
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
-def test_recompute_backward_gives_the_explicit_gradients(padded, block_elements, monkeypatch):
+def test_recompute_backward_gives_the_explicit_gradients(padded, blocks, monkeypatch):
     """Exact: the backward differentiates through the log-sum-exp (float64, differences at rounding level)."""
-    monkeypatch.setattr(modeling_armhubert, "REUSE_BLOCK_ELEMENTS", block_elements)
+    if blocks == "small-blocks":
+        use_small_blocks(monkeypatch)
     query, key, value, reuse_value, padding = random_attention_inputs(dtype=torch.float64)
     padding = padding if padded else None
     leaves = [t.requires_grad_() for t in (query, key, value, reuse_value)]
