@@ -299,7 +299,7 @@ def test_derived_kernels_follow_weight_updates():
         assert pos_conv_kernel(doubled).dtype == torch.float64
 
 
-@pytest.mark.parametrize("kernel, frames", [(128, 420), (15, 61), (16, 20)])
+@pytest.mark.parametrize("kernel, frames", [(128, 420), (128, 100), (15, 61), (16, 20)])
 def test_positional_convolution_by_fft_equals_the_direct_one(kernel, frames):
     config = tiny_config(hidden_size=64, num_conv_pos_embeddings=kernel, num_attention_heads=4)
     embedding = random_model(config).encoder.pos_conv_embed
@@ -310,7 +310,8 @@ def test_positional_convolution_by_fft_equals_the_direct_one(kernel, frames):
         config._attn_implementation = "eager"  # the reference path: direct convolution
         assert not embedding._use_fft(hidden_states)
         direct = embedding(hidden_states)
-    assert uses_fft == (frames > kernel)  # more than one block of fft_size - kernel + 1 frames
+    assert uses_fft == (frames + 1 > embedding.fft_size - kernel + 1)  # more than one block of outputs
+    assert uses_fft == (frames != 100)
     assert by_fft.shape == direct.shape == (2, frames, 64)
     torch.testing.assert_close(by_fft, direct, atol=ATOL, rtol=1e-5)
 
