@@ -108,6 +108,11 @@ class ARMHubertConfig(PreTrainedConfig):
             `"resoftmax"` (default): the original release applies softmax again to the reused
             probabilities (padded keys masked); the released weights were trained this way and need
             it. `"probabilities"`: use the reused probabilities as they are.
+        reuse_recompute_backward (`bool`): Training in "resoftmax" mode: `False` (default) saves the
+            explicit (B, H, T, T) maps of every computing / reusing pair for the backward pass;
+            `True` saves only Q, K, V and the log-sum-exp and rebuilds the map block by block in the
+            backward pass (same gradients, memory O(B*H*T*d) per pair instead of three maps, some
+            extra compute). Not combined with `reuse_attention_dropout` > 0 (that keeps the maps).
         do_stable_layer_norm (`bool`): Pre-LayerNorm layers (`True`) or post-LayerNorm (`False`,
             all releases).
         hidden_act (`str`): Activation of the feed-forward layers.
@@ -165,6 +170,7 @@ class ARMHubertConfig(PreTrainedConfig):
         num_hidden_layers=12,
         layer_reuses_attention_map=None,
         reuse_softmax="resoftmax",
+        reuse_recompute_backward=False,
         do_stable_layer_norm=False,
         hidden_act="gelu",
         num_conv_pos_embeddings=128,
@@ -216,6 +222,7 @@ class ARMHubertConfig(PreTrainedConfig):
             layer_reuses_attention_map = [False] * num_hidden_layers
         self.layer_reuses_attention_map = [bool(flag) for flag in layer_reuses_attention_map]
         self.reuse_softmax = reuse_softmax
+        self.reuse_recompute_backward = bool(reuse_recompute_backward)
         self.do_stable_layer_norm = do_stable_layer_norm
         self.hidden_act = hidden_act
         self.num_conv_pos_embeddings = num_conv_pos_embeddings

@@ -1,42 +1,35 @@
 """Benchmark the compressed students against HuBERT Base and WavLM Base: size, MACs, latency, memory.
 
     HF_HUB_OFFLINE=1 python scripts/benchmark.py --threads 2
-    python scripts/benchmark.py --device cuda --dtype float16
+    HF_HUB_OFFLINE=1 python scripts/benchmark.py --threads 2 --outputs last --batch_sizes 1 \\
+        --models armhubert-960h armhubert-960h:probabilities maskhubert-960h
+    python scripts/benchmark.py --device cuda --dtype bfloat16 --models armhubert-960h armhubert-960h:flex \\
+        maskhubert-960h
 
-For each model (random weights: speed does not depend on them), in eval mode without autograd:
-
-- parameters;
-- MACs per utterance of every length: the multiply-accumulates of matrix products and convolutions,
-  counted by `torch.utils.flop_counter.FlopCounterMode` (FLOPs / 2) with attention run as explicit
-  matmuls (the counter does not see SDPA's products on CPU). Norms, activations and softmax are not
-  counted, as in the papers;
-- latency: the median of --repeats timed forward passes after --warmup untimed ones, for every batch
-  size and audio length (cases above --max_audio_per_pass seconds of audio per pass are left out: by
-  default batch 8 x 30 s, which takes minutes per run on CPU); models take turns run by run, so that a
-  busy machine slows all of them alike;
-- peak memory: the most bytes of live tensors (weights, input, activations) during the first warm-up
-  run: `torch.cuda.max_memory_allocated` on a GPU, the same count taken operator by operator on CPU.
-
-Every figure is also given as a ratio to HuBERT Base measured in the same run (always included). The
-workload is the SUPERB-style one the papers count: every layer's output (and, for ARM/Mask models,
-every projection head's), `output_hidden_states=True`; `--outputs last` times a plain `model(x)`.
-A paper check compares MACs for 225 s of audio in 10 s utterances (22.5 x the 10 s count, every output)
-with the published figures. Prints the tables and writes `benchmark.json` and `benchmark.png` (latency
-against audio length, one line per model and batch size) to --output_dir. Exit status 2: bad arguments.
+Random weights (speed does not depend on them), eval mode, no autograd. Per model: parameters; MACs
+per utterance (matrix products and convolutions, `FlopCounterMode` FLOPs / 2, attention counted as
+explicit matmuls; norms, activations and softmax not counted, as in the papers); latency (median of
+--repeats runs after --warmup, models taking turns so that background load hits all alike; cases
+above --max_audio_per_pass seconds per pass are left out); peak memory (live tensor bytes, weights and
+input included: `torch.cuda.max_memory_allocated`, or the same count operator by operator on CPU); and
+the fixed cost per call (time of operators whose inputs all derive from the weights alone, in a warm
+run). Ratios are to HuBERT Base from the same run, and for map-reusing models to MaskHuBERT (same
+width, no reuse) when measured. Workload: every layer output and projection (`output_hidden_states`,
+what the papers count); `--outputs last` times `model(x)`. A model is a name of MODELS or a preset,
+optionally `:probabilities` (`reuse_softmax`), `:flex` (`attn_implementation="flex_attention"`, for
+GPUs) or `:eager`. Writes `benchmark.json` and `benchmark.png` to --output_dir (default
+`runs/benchmark`, untracked; the README's figures come from a deliberate run into `scripts/results`).
+Exit status 2: bad arguments.
 """
-
 import gc
 import json
 import os
 import platform
 import statistics
-import sys
-import tempfile
 import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -44,14 +37,13 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import HfArgumentParser, HubertConfig, HubertModel, WavLMConfig, WavLMModel
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from armhubert.cli import UserError, run_main
+from armhubert.io import atomic_output_file, atomic_write_text
+from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
+from modeling_armhubert import ARMHubertModel
 
-from configuration_armhubert import PRESETS, ARMHubertConfig  # noqa: E402
-from modeling_armhubert import ARMHubertModel  # noqa: E402
-
-SAMPLING_RATE = 16000
 BASELINE = "hubert-base"
+REUSE_REFERENCE = "maskhubert-960h"  # ARMHuBERT-960h's shape without map reuse
 # Name -> display label. Any other preset name of `configuration_armhubert.PRESETS` works too.
 MODELS = {
     "hubert-base": "HuBERT Base",
@@ -62,30 +54,31 @@ MODELS = {
     "starhubert": "STaRHuBERT",
     "starhubert-l": "STaRHuBERT-L",
 }
+# Model variants, `name:variant`: config overrides of the preset.
+VARIANTS = {
+    "probabilities": {"reuse_softmax": "probabilities"},
+    "flex": {"attn_implementation": "flex_attention"},
+    "eager": {"attn_implementation": "eager"},
+}
 # Published MACs (G) for about 225 s of audio in ~10 s utterances (Recycle-and-Distill and STaR tables).
 PAPER_MACS_G = {"hubert-base": 1669.0, "armhubert-s-960h": 449.4, "starhubert": 463.5, "starhubert-l": 511.9}
 PAPER_UTTERANCE_SECONDS = 10.0
 PAPER_UTTERANCES = 22.5
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class BenchmarkError(Exception):
-    """A problem with the user's arguments, reported as one line."""
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 
 @dataclass
 class BenchmarkArguments:
     models: list[str] = field(
         default_factory=lambda: list(MODELS),
-        metadata={"help": f"Models to compare ({', '.join(MODELS)} or another preset); HuBERT Base is always added."},
+        metadata={"help": f"Models ({', '.join(MODELS)} or a preset, [:{'|'.join(VARIANTS)}]); HuBERT Base is added."},
     )
     seconds: list[float] = field(default_factory=lambda: [2.0, 10.0, 30.0], metadata={"help": "Audio lengths (s)."})
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8], metadata={"help": "Batch sizes."})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda."})
     dtype: str = field(default="float32", metadata={"help": "float32, or float16 / bfloat16 (float16 on cuda only)."})
-    threads: int | None = field(
-        default=None, metadata={"help": "CPU threads (torch.set_num_threads); default: torch's."}
-    )
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (set_num_threads); default: torch's."})
     warmup: int = field(default=1, metadata={"help": "Untimed runs per case before timing (at least 1)."})
     repeats: int = field(default=3, metadata={"help": "Timed runs per case; latency is their median."})
     max_audio_per_pass: float = field(
@@ -93,38 +86,49 @@ class BenchmarkArguments:
         metadata={"help": "Skip cases above this many seconds of audio per pass; 240 adds batch 8 x 30 s (slow)."},
     )
     outputs: str = field(default="all", metadata={"help": "all: every layer output and projection; last: model(x)."})
-    output_dir: str = field(default=str(ROOT / "scripts" / "results"), metadata={"help": "Where the JSON and PNG go."})
+    clock: str = field(
+        default="wall", metadata={"help": "wall: elapsed time; process: CPU time (steadier on a shared CPU, 1 thread)."}
+    )
+    output_dir: str = field(default="runs/benchmark", metadata={"help": "Where the JSON and PNG go."})
     machine: str | None = field(default=None, metadata={"help": "Label of the machine for the plot and the JSON."})
     seed: int = 0
 
 
+def split_name(spec):
+    """'armhubert-960h:probabilities' -> ('armhubert-960h', 'probabilities'); no variant -> (name, None)."""
+    name, _, variant = spec.lower().partition(":")
+    return name, variant or None
+
+
 def check_arguments(args):
-    unknown = [name for name in args.models if name.lower() not in MODELS and name.lower() not in PRESETS]
+    unknown = [spec for spec in args.models if split_name(spec)[0] not in MODELS and split_name(spec)[0] not in PRESETS]
     if unknown:
-        raise BenchmarkError(
+        raise UserError(
             f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)} or a preset ({', '.join(PRESETS)})"
         )
+    variants = [spec for spec in args.models if split_name(spec)[1] is not None]
+    bad = [spec for spec in variants if split_name(spec)[1] not in VARIANTS or split_name(spec)[0] not in PRESETS]
+    if bad:
+        raise UserError(f"unknown variant in {', '.join(bad)}; presets take :{', :'.join(VARIANTS)}")
     if args.device not in ("cpu", "cuda"):
-        raise BenchmarkError(f"--device must be cpu or cuda, got {args.device!r}")
+        raise UserError(f"--device must be cpu or cuda, got {args.device!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise BenchmarkError("--device cuda needs a CUDA GPU and torch.cuda.is_available() is False; use --device cpu")
+        raise UserError("--device cuda needs a CUDA GPU and torch.cuda.is_available() is False; use --device cpu")
     if args.dtype not in DTYPES:
-        raise BenchmarkError(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
     if args.dtype == "float16" and args.device == "cpu":
-        raise BenchmarkError(
-            "--dtype float16 needs --device cuda (CPU kernels for float16 are slow or missing); use bfloat16 or float32"
-        )
+        raise UserError("--dtype float16 needs --device cuda (CPU float16 kernels are slow); use bfloat16 or float32")
     if args.outputs not in ("all", "last"):
-        raise BenchmarkError(f"--outputs must be all or last, got {args.outputs!r}")
+        raise UserError(f"--outputs must be all or last, got {args.outputs!r}")
+    if args.clock not in CLOCKS or (args.clock == "process" and args.device == "cuda"):
+        raise UserError(f"--clock must be wall, or process on a CPU, got {args.clock!r}")
     if min(args.seconds) < 0.05:
-        raise BenchmarkError(
-            f"every --seconds value must be at least 0.05 (the CNN needs 400 samples), got {min(args.seconds)}"
-        )
+        raise UserError(f"every --seconds value must be at least 0.05 (400 samples), got {min(args.seconds)}")
     threads_ok = args.threads is None or args.threads >= 1
     if min(args.batch_sizes) < 1 or args.repeats < 1 or args.warmup < 1 or not threads_ok:
-        raise BenchmarkError("--batch_sizes, --repeats, --warmup and --threads must be at least 1")
+        raise UserError("--batch_sizes, --repeats, --warmup and --threads must be at least 1")
     if not benchmark_cases(args):
-        raise BenchmarkError(f"no case fits --max_audio_per_pass {args.max_audio_per_pass:g} s; raise it")
+        raise UserError(f"no case fits --max_audio_per_pass {args.max_audio_per_pass:g} s; raise it")
 
 
 def benchmark_cases(args):
@@ -137,15 +141,22 @@ def benchmark_cases(args):
     ]
 
 
-def build_model(name):
-    """A random-weight model in eval mode: HF's HuBERT / WavLM Base (default attention) or a preset."""
+def build_model(spec):
+    """A random-weight model in eval mode: HF's HuBERT / WavLM Base (default attention) or a preset[:variant]."""
+    name, variant = split_name(spec)
     if name == "hubert-base":
         model = HubertModel(HubertConfig())
     elif name == "wavlm-base":
         model = WavLMModel(WavLMConfig())
     else:
-        model = ARMHubertModel(ARMHubertConfig.from_preset(name))
+        model = ARMHubertModel(ARMHubertConfig.from_preset(name, **VARIANTS.get(variant, {})))
     return model.eval()
+
+
+def model_label(spec):
+    name, variant = split_name(spec)
+    label = MODELS.get(name, name)
+    return f"{label} ({variant})" if variant else label
 
 
 def count_parameters(model):
@@ -182,10 +193,15 @@ def count_macs(model, num_samples, all_outputs=True):
     return counter.get_total_flops() // 2
 
 
-def meta_model(name):
+def meta_model(spec):
     """The model with shapes but no data, for counting MACs instantly."""
     with torch.device("meta"):
-        return build_model(name)
+        return build_model(spec)
+
+
+def storages(tree):
+    """The storages of the tensors in a nested structure of operator arguments or results."""
+    return [leaf.untyped_storage() for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -217,9 +233,37 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         output = func(*args, **(kwargs or {}))
-        for leaf in tree_leaves(output):
-            if isinstance(leaf, torch.Tensor):
-                self._add(leaf.untyped_storage())
+        for storage in storages(output):
+            self._add(storage)
+        return output
+
+
+class WeightDerivedTime(TorchDispatchMode):
+    """Seconds spent in operators whose tensor inputs all are weights or derived from weights alone.
+
+    Such work (weight norm, kernel re-layouts, ...) is the same on every call whatever the input: a
+    fixed cost per call. A storage counts as weight-derived from the start (`weights`) or when an
+    operator made it from weight-derived storages only, until it is freed.
+    """
+
+    def __init__(self, weights):
+        super().__init__()
+        self.derived = {tensor.untyped_storage().data_ptr() for tensor in weights}
+        self.seconds = 0.0
+        self.operators = []  # those that made a new weight-derived tensor (views excluded)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs = storages((args, kwargs))
+        fixed = bool(inputs) and all(storage.data_ptr() in self.derived for storage in inputs)
+        start = time.perf_counter()
+        output = func(*args, **(kwargs or {}))
+        if fixed:
+            self.seconds += time.perf_counter() - start
+            for storage in storages(output):
+                if storage.data_ptr() not in self.derived:
+                    self.derived.add(storage.data_ptr())
+                    self.operators.append(str(func))
+                    weakref.finalize(storage, self.derived.discard, storage.data_ptr())
         return output
 
 
@@ -243,24 +287,37 @@ def measure_peak_memory(model, inputs, all_outputs):
     return tracker.peak
 
 
+def measure_fixed_cost(model, inputs, all_outputs):
+    """Milliseconds of weight-derived work in one forward pass (after a warm-up run)."""
+    with torch.inference_mode():
+        forward(model, inputs, all_outputs)
+        with WeightDerivedTime(state_tensors(model)) as tracker:
+            forward(model, inputs, all_outputs)
+    return 1000 * tracker.seconds
+
+
 def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def time_forward(model, inputs, all_outputs):
+def time_forward(model, inputs, all_outputs, clock=time.perf_counter):
     synchronize(inputs.device)
-    start = time.perf_counter()
+    start = clock()
     with torch.inference_mode():
         forward(model, inputs, all_outputs)
     synchronize(inputs.device)
-    return time.perf_counter() - start
+    return clock() - start
+
+
+def make_inputs(batch_size, seconds, args, device, dtype):
+    generator = torch.Generator().manual_seed(args.seed)
+    return torch.randn(batch_size, round(seconds * SAMPLING_RATE), generator=generator).to(device, dtype)
 
 
 def benchmark_case(models, batch_size, seconds, args, device, dtype):
     """Memory (first warm-up run) and latencies of every model on one (batch size, length) case."""
-    generator = torch.Generator().manual_seed(args.seed)
-    inputs = torch.randn(batch_size, round(seconds * SAMPLING_RATE), generator=generator).to(device, dtype)
+    inputs = make_inputs(batch_size, seconds, args, device, dtype)
     all_outputs = args.outputs == "all"
     memory, times = {}, {name: [] for name in models}
     for name, model in models.items():
@@ -269,7 +326,7 @@ def benchmark_case(models, batch_size, seconds, args, device, dtype):
             time_forward(model, inputs, all_outputs)
     for _ in range(args.repeats):  # models take turns, so that background load hits them alike
         for name, model in models.items():
-            times[name].append(time_forward(model, inputs, all_outputs))
+            times[name].append(time_forward(model, inputs, all_outputs, CLOCKS[args.clock]))
     return {
         name: {
             "batch_size": batch_size,
@@ -291,33 +348,54 @@ def paper_check(name, macs_10s):
     return {"measured_g": measured, "paper_g": paper, "error_percent": 100 * (measured - paper) / paper}
 
 
-def add_ratios(results, baseline=BASELINE):
-    """Add `<figure>_ratio` = figure / baseline's figure (same case) to every model's results, in place."""
+def add_ratios(results, baseline=BASELINE, reference=REUSE_REFERENCE):
+    """Add ratios to every model's results, in place: `<figure>_ratio` = figure / baseline's figure (same
+    case), and for attention-reusing models of the reference's width `latency_vs_reference` /
+    `peak_memory_vs_reference` against `reference` (MaskHuBERT) when it was measured."""
     if baseline not in results:
-        raise BenchmarkError(f"the baseline {baseline} is missing from the results")
+        raise UserError(f"the baseline {baseline} is missing from the results")
     base = results[baseline]
     for entry in results.values():
         if len(entry["cases"]) != len(base["cases"]):
-            raise BenchmarkError("models were measured on different cases; cannot form ratios")
+            raise UserError("models were measured on different cases; cannot form ratios")
         entry["parameters_ratio"] = entry["parameters"] / base["parameters"]
         entry["macs_ratio"] = {length: macs / base["macs"][length] for length, macs in entry["macs"].items()}
         for case, base_case in zip(entry["cases"], base["cases"]):
             if (case["batch_size"], case["seconds"]) != (base_case["batch_size"], base_case["seconds"]):
-                raise BenchmarkError("models were measured on different cases; cannot form ratios")
+                raise UserError("models were measured on different cases; cannot form ratios")
             case["latency_ratio"] = case["latency_ms"] / base_case["latency_ms"]
             case["peak_memory_ratio"] = case["peak_memory_mb"] / base_case["peak_memory_mb"]
+        if reference in results and entry.get("reuses_maps") and entry["width"] == results[reference]["width"]:
+            for case, ref_case in zip(entry["cases"], results[reference]["cases"]):
+                case["latency_vs_reference"] = case["latency_ms"] / ref_case["latency_ms"]
+                case["peak_memory_vs_reference"] = case["peak_memory_mb"] / ref_case["peak_memory_mb"]
     return results
 
 
-def length_key(seconds):
-    return f"{seconds:g}"
+def describe_model(spec, model, args, all_outputs):
+    """Parameters, MACs per length, the paper check and the fixed cost per call of one model."""
+    name, _ = split_name(spec)
+    shapes_only = meta_model(spec)
+    macs = {length: count_macs(shapes_only, round(length * SAMPLING_RATE), all_outputs) for length in args.seconds}
+    macs_10s_all = count_macs(shapes_only, round(PAPER_UTTERANCE_SECONDS * SAMPLING_RATE), all_outputs=True)
+    inputs = make_inputs(1, min(args.seconds), args, model.device, model.dtype)
+    return {
+        "label": model_label(spec),
+        "parameters": count_parameters(model),
+        "reuses_maps": any(getattr(model.config, "layer_reuses_attention_map", None) or []),
+        "width": model.config.hidden_size,
+        "macs": {f"{length:g}": value for length, value in macs.items()},
+        "paper_macs": paper_check(name, macs_10s_all),
+        "fixed_cost_ms": {"seconds": min(args.seconds), "ms": measure_fixed_cost(model, inputs, all_outputs)},
+        "cases": [],
+    }
 
 
 def run_benchmark(args):
+    """Every figure of every model, with ratios; torch's thread count is restored afterwards."""
     check_arguments(args)
     threads = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or threads)
     try:
         return measure_models(args)
     finally:
@@ -326,30 +404,19 @@ def run_benchmark(args):
 
 def measure_models(args):
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    names = [BASELINE] + [name.lower() for name in args.models if name.lower() != BASELINE]
-    names = list(dict.fromkeys(names))
+    specs = list(dict.fromkeys([BASELINE] + [spec.lower() for spec in args.models]))
     torch.manual_seed(args.seed)
-    models = {name: build_model(name).to(device, dtype) for name in names}
+    models = {spec: build_model(spec).to(device, dtype) for spec in specs}
     all_outputs = args.outputs == "all"
-
     results = {}
-    for name, model in models.items():
-        shapes_only = meta_model(name)
-        macs = {length: count_macs(shapes_only, round(length * SAMPLING_RATE), all_outputs) for length in args.seconds}
-        macs_10s_all = count_macs(shapes_only, round(PAPER_UTTERANCE_SECONDS * SAMPLING_RATE), all_outputs=True)
-        results[name] = {
-            "label": MODELS.get(name, name),
-            "parameters": count_parameters(model),
-            "macs": {length_key(length): value for length, value in macs.items()},
-            "paper_macs": paper_check(name, macs_10s_all),
-            "cases": [],
-        }
-        print(f"counted {results[name]['label']}: {results[name]['parameters'] / 1e6:.2f} M parameters", flush=True)
+    for spec, model in models.items():
+        results[spec] = describe_model(spec, model, args, all_outputs)
+        print(f"counted {results[spec]['label']}: {results[spec]['parameters'] / 1e6:.2f} M parameters", flush=True)
 
     for batch_size, seconds in benchmark_cases(args):
         case = benchmark_case(models, batch_size, seconds, args, device, dtype)
-        for name in models:
-            results[name]["cases"].append(case[name])
+        for spec in models:
+            results[spec]["cases"].append(case[spec])
         print(f"timed batch {batch_size} x {seconds:g} s", flush=True)
         gc.collect()
     return add_ratios(results)
@@ -362,7 +429,7 @@ def machine_description(args):
             cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    description = {
+    return {
         "label": args.machine,
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
@@ -372,7 +439,6 @@ def machine_description(args):
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    return description
 
 
 def machine_line(machine):
@@ -387,10 +453,21 @@ def headline_case(args):
     return (1, 10.0) if (1, 10.0) in cases else cases[0]
 
 
+def per_case_table(results, args, title, cell):
+    """One row per model, one column per case; `cell(entry, case)` formats a cell (None: no row)."""
+    headers = [f"b{b} {s:g} s" for b, s in benchmark_cases(args)]
+    lines = ["", title, "", "| model | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
+    for entry in results.values():
+        cells = [cell(entry, case) for case in entry["cases"]]
+        if None not in cells:
+            lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def format_tables(results, args):
     batch_size, seconds = headline_case(args)
     index = benchmark_cases(args).index((batch_size, seconds))
-    key = length_key(seconds)
+    key = f"{seconds:g}"
     lines = [
         f"Batch {batch_size}, {seconds:g} s of audio (ratios: x HuBERT Base, same run; MACs per utterance)",
         "",
@@ -405,12 +482,27 @@ def format_tables(results, args):
             f"| {case['latency_ms']:.0f} ({case['latency_ratio']:.2f}x) "
             f"| {case['peak_memory_mb']:.0f} ({case['peak_memory_ratio']:.2f}x) |"
         )
-    headers = [f"b{b} {s:g} s" for b, s in benchmark_cases(args)]
-    lines += ["", "Latency, ms (x HuBERT Base)", "", "| model | " + " | ".join(headers) + " |"]
-    lines.append("|---" * (len(headers) + 1) + "|")
-    for entry in results.values():
-        cells = [f"{case['latency_ms']:.0f} ({case['latency_ratio']:.2f}x)" for case in entry["cases"]]
-        lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
+    lines += per_case_table(
+        results, args, "Latency, ms (x HuBERT Base)", lambda e, c: f"{c['latency_ms']:.0f} ({c['latency_ratio']:.2f}x)"
+    )
+    lines += per_case_table(
+        results,
+        args,
+        "Peak memory, MB (x HuBERT Base)",
+        lambda e, c: f"{c['peak_memory_mb']:.0f} ({c['peak_memory_ratio']:.2f}x)",
+    )
+    reference = results.get(REUSE_REFERENCE, {}).get("label", REUSE_REFERENCE)
+    lines += per_case_table(
+        results,
+        args,
+        f"Attention-map reuse against {reference}: latency ratio / peak memory ratio",
+        lambda e, c: f"{c['latency_vs_reference']:.2f} / {c['peak_memory_vs_reference']:.2f}"
+        if "latency_vs_reference" in c
+        else None,
+    )
+    lines += ["", f"Fixed cost per call: weight-only work in a warm call, batch 1 x {min(args.seconds):g} s", ""]
+    lines += ["| model | ms |", "|---|---|"]
+    lines += [f"| {entry['label']} | {entry['fixed_cost_ms']['ms']:.2f} |" for entry in results.values()]
     lines += ["", "MACs for 225 s of audio in 10 s utterances, every output (the papers' count)", ""]
     lines += ["| model | measured (G) | paper (G) | difference |", "|---|---|---|---|"]
     for entry in results.values():
@@ -419,23 +511,6 @@ def format_tables(results, args):
         error = f"{check['error_percent']:+.2f} %" if check["paper_g"] else "-"
         lines.append(f"| {entry['label']} | {check['measured_g']:.1f} | {paper} | {error} |")
     return "\n".join(lines)
-
-
-def write_atomically(path, write):
-    """Write through a temporary file in the same folder, renamed at the end: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(temporary)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide the results from others
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def plot_latency(results, args, machine, path):
@@ -455,29 +530,37 @@ def plot_latency(results, args, machine, path):
     axes[0][0].legend(fontsize=8)
     figure.suptitle(machine_line(machine), fontsize=9)
     figure.tight_layout()
-    write_atomically(path, lambda name: figure.savefig(name, format="png", dpi=80))
+    with atomic_output_file(path) as staging:
+        figure.savefig(staging, format="png", dpi=80)
     plt.close(figure)
 
 
-def main(argv=None):
+def run(argv=None):
+    """Parse the arguments, measure, print the tables, write the JSON and the plot; returns the report."""
     parser = HfArgumentParser(BenchmarkArguments)
     (args,) = parser.parse_args_into_dataclasses(args=argv)
-    try:
-        results = run_benchmark(args)
-    except BenchmarkError as error:
-        print(f"benchmark: {error}", file=sys.stderr)
-        raise SystemExit(2)
+    results = run_benchmark(args)
     machine = machine_description(args)
     print()
-    print(f"Machine: {machine_line(machine)}; workload: {'every output' if args.outputs == 'all' else 'model(x)'}")
+    workload = "every output" if args.outputs == "all" else "model(x)"
+    print(f"Machine: {machine_line(machine)}; workload: {workload}; clock: {args.clock}")
     print(format_tables(results, args))
     report = {"machine": machine, "arguments": asdict(args), "baseline": BASELINE, "models": results}
-    output_dir = Path(args.output_dir)
-    write_atomically(output_dir / "benchmark.json", lambda name: Path(name).write_text(json.dumps(report, indent=1)))
-    plot_latency(results, args, machine, output_dir / "benchmark.png")
-    print(f"\nwrote {output_dir / 'benchmark.json'} and {output_dir / 'benchmark.png'}")
+    output_dir = os.path.abspath(args.output_dir)
+    atomic_write_text(os.path.join(output_dir, "benchmark.json"), json.dumps(report, indent=1))
+    plot_latency(results, args, machine, os.path.join(output_dir, "benchmark.png"))
+    print(f"\nwrote {os.path.join(output_dir, 'benchmark.json')} and {os.path.join(output_dir, 'benchmark.png')}")
     return report
 
 
+def main(argv=None):
+    """Exit status: 0, or 2 with one line on stderr for bad arguments."""
+
+    def command(arguments):
+        run(arguments)
+
+    return run_main("benchmark", command, argv)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """What `scripts/benchmark.py` reports (MACs, memory, ratios), and the model's fast paths it measures."""
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,10 +10,19 @@ import torch.nn.functional as F
 from conftest import ROOT, random_model, tiny_config, waveform
 from transformers import HubertConfig, HubertModel
 
+from armhubert.cli import UserError
 from modeling_armhubert import ARMHubertModel
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import benchmark  # noqa: E402
+
+def load_script(name):
+    """A script of `scripts/` as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+benchmark = load_script("benchmark")
 
 
 def frames_after_cnn(config, num_samples):
@@ -120,6 +129,8 @@ def fake_results(latencies, memories, parameters, macs):
     return {
         name: {
             "parameters": parameters[name],
+            "width": 480,
+            "reuses_maps": name == "armhubert-960h",
             "macs": {"2": macs[name], "10": 5 * macs[name]},
             "cases": [
                 {"batch_size": batch, "seconds": 2.0, "latency_ms": latency, "peak_memory_mb": memory}
@@ -144,11 +155,28 @@ def test_every_ratio_is_to_hubert_base_in_the_same_case():
     assert [case["latency_ratio"] for case in student["cases"]] == [0.25, 0.5]
     assert [case["peak_memory_ratio"] for case in student["cases"]] == [0.3, 0.1]
     assert [case["latency_ratio"] for case in baseline["cases"]] == [1.0, 1.0]
-    with pytest.raises(benchmark.BenchmarkError, match="baseline"):
+    with pytest.raises(UserError, match="baseline"):
         benchmark.add_ratios({"armhubert-960h": student})
     results["armhubert-960h"]["cases"].reverse()
-    with pytest.raises(benchmark.BenchmarkError, match="different cases"):
+    with pytest.raises(UserError, match="different cases"):
         benchmark.add_ratios(results)
+
+
+def test_reuse_ratios_are_to_maskhubert_for_models_of_its_width():
+    names = ["hubert-base", "armhubert-960h", "armhubert-s-960h", "maskhubert-960h"]
+    results = fake_results(
+        latencies=dict(zip(names, ([100.0, 400.0], [30.0, 120.0], [20.0, 90.0], [25.0, 100.0]))),
+        memories=dict(zip(names, ([500.0, 1000.0], [150.0, 300.0], [120.0, 240.0], [150.0, 200.0]))),
+        parameters=dict(zip(names, (1000, 280, 240, 280))),
+        macs=dict(zip(names, (200, 60, 50, 62))),
+    )
+    results["armhubert-s-960h"].update(width=432, reuses_maps=True)
+    benchmark.add_ratios(results)
+    arm = results["armhubert-960h"]["cases"]
+    assert [case["latency_vs_reference"] for case in arm] == [1.2, 1.2]
+    assert [case["peak_memory_vs_reference"] for case in arm] == [1.0, 1.5]
+    for name in ("hubert-base", "armhubert-s-960h", "maskhubert-960h"):  # no reuse, or another width
+        assert all("latency_vs_reference" not in case for case in results[name]["cases"])
 
 
 def test_live_tensor_bytes_counts_what_is_alive_at_the_worst_moment():
@@ -215,43 +243,62 @@ def test_compiles_as_one_graph_with_a_padded_batch():
         (["--seconds", "0.01"], "at least 0.05"),
         (["--seconds", "30", "--batch_sizes", "8", "--max_audio_per_pass", "60"], "no case fits"),
         (["--repeats", "0"], "at least 1"),
+        (["--models", "armhubert-960h:fast"], "unknown variant"),
+        (["--models", "hubert-base:flex"], "unknown variant"),
+        (["--clock", "cycles"], "--clock must be"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys, tmp_path):
-    with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(argv + ["--output_dir", str(tmp_path)])
-    assert exit_info.value.code == 2
+    assert benchmark.main(argv + ["--output_dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
-    assert message in error and len(error.splitlines()) == 1
+    assert error.startswith("benchmark: error: ") and message in error and len(error.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cuda_without_a_gpu_is_refused(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(["--device", "cuda", "--output_dir", str(tmp_path)])
-    assert exit_info.value.code == 2 and "needs a CUDA GPU" in capsys.readouterr().err
+    assert benchmark.main(["--device", "cuda", "--output_dir", str(tmp_path)]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
 def test_a_small_run_writes_table_json_and_plot(capsys, tmp_path):
-    argv = ["--models", "armhubert-960h", "--seconds", "0.5", "1", "--batch_sizes", "1", "2", "--repeats", "2"]
-    argv += ["--threads", "1", "--max_audio_per_pass", "1", "--output_dir", str(tmp_path), "--machine", "test box"]
-    benchmark.main(argv)
+    argv = ["--models", "armhubert-960h", "maskhubert-960h", "--seconds", "0.5", "1", "--batch_sizes", "1", "2"]
+    argv += ["--repeats", "2", "--threads", "1", "--max_audio_per_pass", "1", "--output_dir", str(tmp_path)]
+    assert benchmark.main(argv + ["--machine", "test box", "--clock", "process"]) == 0
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert (tmp_path / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["benchmark.json", "benchmark.png"]
     models = report["models"]
-    assert list(models) == ["hubert-base", "armhubert-960h"]  # the baseline is always measured
+    assert list(models) == ["hubert-base", "armhubert-960h", "maskhubert-960h"]  # the baseline is always measured
     cases = [(case["batch_size"], case["seconds"]) for case in models["hubert-base"]["cases"]]
     assert cases == [(1, 0.5), (1, 1.0), (2, 0.5)]  # 2 x 1 s is above --max_audio_per_pass
-    student = models["armhubert-960h"]
+    student, reference = models["armhubert-960h"], models["maskhubert-960h"]
     assert student["parameters"] == 26_448_448
     assert student["parameters_ratio"] == pytest.approx(26_448_448 / models["hubert-base"]["parameters"])
     assert all(case["latency_ratio"] == 1.0 for case in models["hubert-base"]["cases"])
-    for case in student["cases"]:
+    for case, reference_case in zip(student["cases"], reference["cases"]):
         assert len(case["latency_ms_runs"]) == 2 and case["latency_ms"] > 0
         assert case["peak_memory_mb"] > student["parameters"] * 4 / 2**20  # weights are part of the peak
+        assert case["latency_vs_reference"] == pytest.approx(case["latency_ms"] / reference_case["latency_ms"])
+        memory_ratio = case["peak_memory_mb"] / reference_case["peak_memory_mb"]
+        assert case["peak_memory_vs_reference"] == pytest.approx(memory_ratio)
+    assert all("latency_vs_reference" not in case for case in reference["cases"])  # MaskHuBERT reuses no map
+    # HF's HuBERT re-derives its weight-normed positional kernel per call; these models do not.
+    assert models["hubert-base"]["fixed_cost_ms"]["ms"] > 0 and student["fixed_cost_ms"]["ms"] < 0.5
     assert report["machine"]["label"] == "test box" and report["machine"]["threads"] == 1
     table = capsys.readouterr().out
-    assert "| ARMHuBERT-960h | 26.45 (0.28x)" in table and "Batch 1, 0.5 s" in table
+    assert "| ARMHuBERT-960h | 26.45 (0.28x)" in table and "Batch 1, 0.5 s" in table and "clock: process" in table
+    assert "Attention-map reuse against MaskHuBERT" in table and "Fixed cost per call" in table
     assert Path(report["arguments"]["output_dir"]) == tmp_path
+
+
+def test_results_go_outside_the_tracked_files_by_default():
+    """A plain run must not overwrite the README's figures in scripts/results."""
+    default = Path(benchmark.BenchmarkArguments().output_dir)
+    assert default.parts[0] == "runs" and "/runs/" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_variants_build_the_configured_model():
+    assert benchmark.build_model("armhubert-960h:probabilities").config.reuse_softmax == "probabilities"
+    assert benchmark.build_model("ARMHuBERT-960h:flex").config._attn_implementation == "flex_attention"
+    assert benchmark.model_label("armhubert-960h:probabilities") == "ARMHuBERT-960h (probabilities)"

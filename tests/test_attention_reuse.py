@@ -1,0 +1,334 @@
+"""Attention-map reuse without (B, H, T, T) maps: kernels, model paths, training, derived weights."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_model, tiny_config, waveform
+
+import modeling_armhubert
+from configuration_armhubert import PRESETS, ARMHubertConfig
+from modeling_armhubert import (
+    ARMHubertModel,
+    ResoftmaxReuse,
+    attention_with_logsumexp,
+    flex_attention_with_logsumexp,
+    flex_resoftmax,
+    logsumexp_blocks,
+    resoftmax_blocks,
+)
+
+ATOL = 1e-5
+QUIET = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0)
+
+
+def random_attention_inputs(dtype=torch.float32, batch=2, heads=3, time=37, dim=8, seed=0):
+    """Q, K, V of a computing layer, V of the reusing layer (B, H, T, d), and a padding mask (row 1 padded)."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = [torch.randn(batch, heads, time, dim, generator=generator, dtype=dtype) for _ in range(4)]
+    padding = torch.zeros(batch, time, dtype=torch.bool)
+    padding[1, 25:] = True
+    return (*tensors, padding)
+
+
+def explicit_pair(query, key, value, reuse_value, padding, scale):
+    """The explicit path: the computing layer's map, its output, and the release's second softmax."""
+    mask = padding[:, None, None, :] if padding is not None else None
+    scores = (query * scale) @ key.transpose(-1, -2)
+    if mask is not None:
+        scores = scores.masked_fill(mask, float("-inf"))
+    probabilities = torch.softmax(scores, dim=-1)
+    reused = probabilities if mask is None else probabilities.masked_fill(mask, float("-inf"))
+    return probabilities @ value, torch.softmax(reused, dim=-1) @ reuse_value
+
+
+def use_small_blocks(monkeypatch):
+    """Blocks of one head and at most 16 query rows: kernels then work over many blocks, some shorter."""
+    monkeypatch.setattr(modeling_armhubert, "REUSE_BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(modeling_armhubert, "REUSE_BLOCK_ROWS", 16)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    use_small_blocks(monkeypatch)
+
+
+def test_score_blocks_tile_the_scores_evenly():
+    blocks = modeling_armhubert.score_blocks(24, 1499, torch.device("cpu"))  # batch 2 x 12 heads, 30 s
+    assert {(group.stop - group.start, rows.stop - rows.start) for group, rows in blocks} == {(1, 250), (1, 249)}
+    assert len(blocks) == 24 * 6 and sum((g.stop - g.start) * (r.stop - r.start) for g, r in blocks) == 24 * 1499
+    assert modeling_armhubert.score_blocks(12, 99, torch.device("cpu")) == [(slice(0, 12), slice(0, 99))]
+    halves = modeling_armhubert.score_blocks(12, 499, torch.device("cpu"))  # 10 s: 4 heads x 250 rows at most
+    assert [(g.start, g.stop, r.start, r.stop) for g, r in halves[:2]] == [(0, 4, 0, 250), (0, 4, 250, 499)]
+    assert len(halves) == 6
+
+
+@pytest.mark.parametrize("blocks", ["small-blocks", "one-block"])
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+def test_fused_pair_equals_the_explicit_pair(padded, blocks, monkeypatch):
+    if blocks == "small-blocks":
+        use_small_blocks(monkeypatch)
+    query, key, value, reuse_value, padding = random_attention_inputs()
+    padding = padding if padded else None
+    scale = 8**-0.5
+    expected_output, expected_reuse = explicit_pair(query, key, value, reuse_value, padding, scale)
+    output, logsumexp = attention_with_logsumexp(query, key, value, padding, scale)
+    torch.testing.assert_close(output, expected_output, atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(logsumexp, logsumexp_blocks(query, key, padding, scale), atol=ATOL, rtol=1e-5)
+    reuse = resoftmax_blocks(query, key, logsumexp, reuse_value, padding, scale)
+    torch.testing.assert_close(reuse, expected_reuse, atol=ATOL, rtol=1e-5)
+    assert logsumexp.shape == (2, 3, 37) and reuse.shape == (2, 3, 37, 8)
+
+
+def test_logsumexp_blocks_is_the_masked_row_logsumexp(small_blocks):
+    query, key, _, _, padding = random_attention_inputs(dtype=torch.float64)
+    scores = (query * 0.3) @ key.transpose(-1, -2)
+    expected = torch.logsumexp(scores.masked_fill(padding[:, None, None, :], float("-inf")), dim=-1)
+    torch.testing.assert_close(logsumexp_blocks(query, key, padding, 0.3), expected.float())
+
+
+@pytest.mark.parametrize("blocks", ["small-blocks", "one-block"])
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+def test_recompute_backward_gives_the_explicit_gradients(padded, blocks, monkeypatch):
+    """Exact: the backward differentiates through the log-sum-exp (float64, differences at rounding level)."""
+    if blocks == "small-blocks":
+        use_small_blocks(monkeypatch)
+    query, key, value, reuse_value, padding = random_attention_inputs(dtype=torch.float64)
+    padding = padding if padded else None
+    leaves = [t.requires_grad_() for t in (query, key, value, reuse_value)]
+    weights = torch.randn(2, 3, 37, 8, dtype=torch.float64)
+    expected_output, expected_reuse = explicit_pair(*leaves, padding, 0.35)
+    expected = torch.autograd.grad((expected_reuse * weights).sum() + expected_output.pow(2).sum(), leaves)
+    output, logsumexp = attention_with_logsumexp(query, key, value, padding, 0.35)
+    assert not logsumexp.requires_grad  # the backward accounts for it
+    reuse = ResoftmaxReuse.apply(query, key, logsumexp, reuse_value, padding, 0.35)
+    torch.testing.assert_close(reuse, expected_reuse)
+    actual = torch.autograd.grad((reuse * weights).sum() + output.pow(2).sum(), leaves)
+    for got, want in zip(actual, expected):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_attention_paths_equal_the_explicit_pair():
+    """The GPU path's numerics, run by eager FlexAttention on the CPU."""
+    query, key, value, reuse_value, padding = random_attention_inputs()
+    expected_output, expected_reuse = explicit_pair(query, key, value, reuse_value, padding, 0.35)
+    output, logsumexp = flex_attention_with_logsumexp(query, key, value, padding, 0.35)
+    torch.testing.assert_close(output, expected_output, atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(logsumexp, logsumexp_blocks(query, key, padding, 0.35), atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(
+        flex_resoftmax(query, key, logsumexp, reuse_value, padding, 0.35), expected_reuse, atol=ATOL, rtol=1e-5
+    )
+
+
+def padded_pair(num_samples=(8000, 5300)):
+    long, short = waveform(num_samples[0], seed=21), waveform(num_samples[1], seed=22)
+    audio = torch.cat([long, F.pad(short, (0, num_samples[0] - num_samples[1]))])
+    attention_mask = torch.ones_like(audio, dtype=torch.long)
+    attention_mask[1, num_samples[1] :] = 0
+    return audio, attention_mask
+
+
+def assert_same_outputs(actual, expected):
+    torch.testing.assert_close(actual.last_hidden_state, expected.last_hidden_state, atol=ATOL, rtol=1e-5)
+    for got, want in zip(actual.hidden_states, expected.hidden_states):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
+
+
+def fused_and_explicit(model, audio, attention_mask=None):
+    with torch.inference_mode():
+        fused = model(audio, attention_mask=attention_mask, output_hidden_states=True)
+        explicit = model(audio, attention_mask=attention_mask, output_hidden_states=True, output_attentions=True)
+    return fused, explicit
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("reuse_softmax", ["resoftmax", "probabilities"])
+def test_every_preset_fused_equals_explicit_single_and_padded(preset, reuse_softmax):
+    config = ARMHubertConfig.from_preset(preset, reuse_softmax=reuse_softmax)
+    model = random_model(config)
+    for audio, attention_mask in [(waveform(12000, seed=20), None), padded_pair()]:
+        fused, explicit = fused_and_explicit(model, audio, attention_mask)
+        assert_same_outputs(fused, explicit)
+        assert fused.attentions is None and len(explicit.attentions) == 12
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(crop_seq_to_multiple=3, required_seq_len_multiple=5), dict(required_seq_len_multiple=8)],
+    ids=["crop-3-pad-5", "pad-8"],
+)
+def test_sequence_multiples_fused_equals_explicit(overrides, small_blocks):
+    model = random_model(tiny_config(layer_reuses_attention_map=[False, True, True, False], **overrides))
+    audio, attention_mask = padded_pair()
+    for mask in (None, attention_mask):
+        fused, explicit = fused_and_explicit(model, audio, mask)
+        assert_same_outputs(fused, explicit)
+
+
+@pytest.mark.parametrize("case", ["single", "batch_pad"])
+def test_fixture_fused_equals_explicit(converted_tiny, reference_io, case):
+    audio = reference_io[f"input.{case}.source"]
+    mask = None if case == "single" else (~reference_io["input.batch_pad.padding_mask"]).long()
+    fused, explicit = fused_and_explicit(converted_tiny, audio, mask)
+    assert_same_outputs(fused, explicit)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_attention_implementation_equals_the_default():
+    config = tiny_config(layer_reuses_attention_map=[False, True, True, False], attn_implementation="flex_attention")
+    flex = random_model(config)
+    assert flex.config._attn_implementation == "flex_attention"
+    default = random_model(tiny_config(layer_reuses_attention_map=[False, True, True, False]))
+    audio, attention_mask = padded_pair()
+    with torch.inference_mode():
+        assert_same_outputs(
+            flex(audio, attention_mask=attention_mask, output_hidden_states=True),
+            default(audio, attention_mask=attention_mask, output_hidden_states=True),
+        )
+
+
+def parameter_gradients(config, audio, attention_mask, checkpointing=False):
+    model = random_model(config).train()
+    if checkpointing:
+        model.activation_checkpointing_enable()
+    output = model(audio, attention_mask=attention_mask, output_hidden_states=True)
+    loss = output.last_hidden_state.pow(2).mean() + sum(p.pow(2).mean() for p in output.projected_hidden_states)
+    loss.backward()
+    return {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
+
+
+def assert_same_gradients(actual, expected):
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=ATOL, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+def test_recompute_backward_training_gradients_equal_the_explicit_path(checkpointing, small_blocks):
+    audio, attention_mask = padded_pair()
+    layout = dict(layer_reuses_attention_map=[False, True, True, False], layer_grad_scale=True, **QUIET)
+    explicit = parameter_gradients(tiny_config(**layout), audio, attention_mask)
+    recompute = tiny_config(reuse_recompute_backward=True, **layout)
+    assert_same_gradients(parameter_gradients(recompute, audio, attention_mask, checkpointing), explicit)
+
+
+def test_probabilities_mode_trains_through_sdpa_with_the_eager_gradients():
+    audio, attention_mask = padded_pair()
+    config = tiny_config(reuse_softmax="probabilities", **QUIET)
+    eager = tiny_config(reuse_softmax="probabilities", attn_implementation="eager", **QUIET)
+    expected = parameter_gradients(eager, audio, attention_mask)
+    assert_same_gradients(parameter_gradients(config, audio, attention_mask), expected)
+
+
+def handover(model, audio, grad=False):
+    """The `ReusableAttention` layer 0 hands to layer 1 (captured by a forward hook)."""
+    captured = {}
+    def capture(module, args, output):
+        captured["map"] = output[1]
+
+    hook = model.encoder.layers[0].register_forward_hook(capture)
+    with torch.set_grad_enabled(grad):
+        model(audio)
+    hook.remove()
+    return captured["map"]
+
+
+def test_what_the_computing_layer_hands_over():
+    audio = waveform(6480, seed=23)
+    inference = handover(random_model(tiny_config()), audio)
+    assert inference.probabilities is None and inference.logsumexp.shape == (1, 4, 20)
+    assert inference.query.shape == inference.key.shape == (1, 4, 20, 12)
+    assert handover(random_model(tiny_config(reuse_softmax="probabilities")), audio).logsumexp is None
+    training = handover(random_model(tiny_config()).train(), audio, grad=True)
+    assert training.probabilities.shape == (1, 4, 20, 20)  # saved maps by default
+    recompute = handover(random_model(tiny_config(reuse_recompute_backward=True)).train(), audio, grad=True)
+    assert recompute.probabilities is None
+    dropout = tiny_config(reuse_recompute_backward=True, reuse_attention_dropout=0.1)
+    assert handover(random_model(dropout).train(), audio, grad=True).probabilities is not None
+
+
+def test_no_map_sized_memory_in_inference():
+    """Peak memory of a reusing model stays that of the same model without reuse (no T^2 term)."""
+    from test_benchmark import benchmark
+
+    audio = waveform(16000 * 20, seed=24)  # 999 frames: one 4-head map would be 16 MB
+    peaks = []
+    for reuse in ([False, True] * 2, [False] * 4):
+        model = random_model(tiny_config(layer_reuses_attention_map=reuse))
+        peaks.append(benchmark.measure_peak_memory(model, audio, all_outputs=False))
+    assert peaks[0] <= 1.05 * peaks[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Derived weights: computed once in inference, refreshed when the weights change
+
+
+def pos_conv_kernel(model):
+    embedding = model.encoder.pos_conv_embed
+    return embedding.channels_last_kernel(embedding.conv)
+
+
+def test_inference_reuses_derived_kernels_and_training_derives_them_afresh():
+    model = random_model(tiny_config())
+    with torch.inference_mode():
+        first = pos_conv_kernel(model)
+        assert pos_conv_kernel(model) is first
+        cnn = model.feature_extractor.conv_layers[2]
+        assert cnn.channels_last_kernel(cnn.conv) is cnn.channels_last_kernel(cnn.conv)
+    assert not first.is_inference()  # usable outside inference mode too
+    model.train()
+    trained = pos_conv_kernel(model)
+    assert trained.requires_grad and trained is not pos_conv_kernel(model)
+
+
+def test_derived_kernels_follow_weight_updates():
+    model, reference = random_model(tiny_config()), random_model(tiny_config(), seed=5)
+    audio = waveform(6480, seed=25)
+    with torch.no_grad():
+        model(audio)
+        model.load_state_dict(reference.state_dict())  # an in-place copy: the version counters move
+        torch.testing.assert_close(model(audio).last_hidden_state, reference(audio).last_hidden_state)
+        model.encoder.pos_conv_embed.conv.parametrizations.weight.original0.mul_(2.0)
+        reference.encoder.pos_conv_embed.conv.parametrizations.weight.original0.mul_(2.0)
+        torch.testing.assert_close(model(audio).last_hidden_state, reference(audio).last_hidden_state)
+        model.encoder.pos_conv_embed.conv.parametrizations.weight.original1.data.mul_(3.0)  # no version bump
+        model.eval()  # a mode switch drops the caches
+        reference.encoder.pos_conv_embed.conv.parametrizations.weight.original1.mul_(3.0)
+        torch.testing.assert_close(model(audio).last_hidden_state, reference(audio).last_hidden_state)
+        doubled = model.double()
+        assert pos_conv_kernel(doubled).dtype == torch.float64
+
+
+@pytest.mark.parametrize("kernel, frames", [(128, 420), (128, 100), (15, 61), (16, 20)])
+def test_positional_convolution_by_fft_equals_the_direct_one(kernel, frames):
+    config = tiny_config(hidden_size=64, num_conv_pos_embeddings=kernel, num_attention_heads=4)
+    embedding = random_model(config).encoder.pos_conv_embed
+    hidden_states = torch.randn(2, frames, 64, generator=torch.Generator().manual_seed(kernel))
+    with torch.inference_mode():
+        uses_fft = embedding._use_fft(hidden_states)
+        by_fft = embedding(hidden_states)
+        config._attn_implementation = "eager"  # the reference path: direct convolution
+        assert not embedding._use_fft(hidden_states)
+        direct = embedding(hidden_states)
+    assert uses_fft == (frames + 1 > embedding.fft_size - kernel + 1)  # more than one block of outputs
+    assert uses_fft == (frames != 100)
+    assert by_fft.shape == direct.shape == (2, frames, 64)
+    torch.testing.assert_close(by_fft, direct, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_samples", [32000, 64000], ids=["2s-direct-conv", "4s-fft-conv"])
+def test_a_warm_call_derives_nothing_from_the_weights(num_samples):
+    """The fixed per-call cost is gone: after the first call no operator makes a tensor from weights alone."""
+    from test_benchmark import benchmark
+
+    model = ARMHubertModel(ARMHubertConfig.from_preset("armhubert-960h")).eval()
+    audio = waveform(num_samples, seed=26)
+    with torch.inference_mode():
+        model(audio)
+        with benchmark.WeightDerivedTime(benchmark.state_tensors(model)) as tracker:
+            model(audio)
+    assert tracker.operators == []
+    model.train()
+    with torch.enable_grad(), benchmark.WeightDerivedTime(benchmark.state_tensors(model)) as tracker:
+        model(audio)
+    assert any("weight_norm" in name for name in tracker.operators)  # training derives them per call
