@@ -44,6 +44,7 @@ try:
     from torch.nn.attention.flex_attention import AuxRequest
 except ImportError:
     AuxRequest = None
+_COMPILED_FLEX = {}  # torch.compile(flex_attention), made on the first call on an accelerator
 
 try:  # loaded as remote code from a model folder
     from .configuration_armhubert import SAMPLING_RATE, ARMHubertConfig

@@ -332,3 +332,27 @@ def test_a_warm_call_derives_nothing_from_the_weights(num_samples):
     with torch.enable_grad(), benchmark.WeightDerivedTime(benchmark.state_tensors(model)) as tracker:
         model(audio)
     assert any("weight_norm" in name for name in tracker.operators)  # training derives them per call
+
+
+def test_flex_attention_is_compiled_once_off_cpu(monkeypatch):
+    """Off the CPU FlexAttention runs compiled; the compiled function is made once and then reused."""
+    compiled = []
+
+    class Compiled(Exception):
+        pass
+
+    def fake_compile(function):
+        compiled.append(function)
+
+        def run(*args, **kwargs):
+            raise Compiled
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(modeling_armhubert, "_COMPILED_FLEX", {})
+    query = torch.empty(1, 2, 8, 4, device="meta")  # any non-CPU device takes the compiled path
+    for _ in range(2):
+        with pytest.raises(Compiled):
+            modeling_armhubert.flex_attention_call(query, query, query, lambda score, b, h, q, k: score, 0.5)
+    assert compiled == [modeling_armhubert.flex_attention]
