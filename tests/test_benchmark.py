@@ -1,25 +1,17 @@
 """What `scripts/benchmark.py` reports (MACs, memory, ratios), and the model's fast paths it measures."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, random_model, tiny_config, waveform
+from conftest import ROOT, load_script, random_model, tiny_config, waveform
 from transformers import HubertConfig, HubertModel
 
+from armhubert import profiling
 from armhubert.cli import UserError
 from modeling_armhubert import ARMHubertModel
-
-
-def load_script(name):
-    """A script of `scripts/` as a module (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 benchmark = load_script("benchmark")
@@ -181,7 +173,7 @@ def test_reuse_ratios_are_to_maskhubert_for_models_of_its_width():
 
 def test_live_tensor_bytes_counts_what_is_alive_at_the_worst_moment():
     resident = torch.zeros(100)  # 400 bytes, like weights: counted from the start
-    with benchmark.LiveTensorBytes([resident]) as tracker:
+    with profiling.LiveTensorBytes([resident]) as tracker:
         first = torch.ones(1000)  # 4000
         second = torch.ones(2000)  # 8000: the peak holds both
         first.view(10, 100).add_(1)  # a view and an in-place result add nothing
@@ -200,8 +192,8 @@ def test_peak_memory_does_not_grow_with_depth():
     for layers in (4, 8):
         config = tiny_config(num_hidden_layers=layers, layer_reuses_attention_map=[False, True] * (layers // 2))
         model = random_model(config)
-        weights = sum(t.untyped_storage().nbytes() for t in benchmark.state_tensors(model))
-        peaks.append(benchmark.measure_peak_memory(model, audio, all_outputs=False) - weights)
+        weights = sum(t.untyped_storage().nbytes() for t in profiling.state_tensors(model))
+        peaks.append(profiling.measure_peak_memory(model, audio, all_outputs=False) - weights)
     map_bytes = 4 * 399 * 399 * 4
     assert peaks[1] - peaks[0] < 0.2 * map_bytes
 
