@@ -337,8 +337,11 @@ def model_card(facts: CardFacts, repo: str | None = None, subfolder: str | None 
     return _card([facts.family], body)
 
 
-def repository_card(title: str, variants: Sequence[CardFacts], repo: str | None = None) -> ModelCard:
-    """The root `README.md` of a multi-variant repository: what each subfolder holds and how to load it."""
+def repository_card(
+    title: str, variants: Sequence[CardFacts], repo: str | None = None, default: CardFacts | None = None
+) -> ModelCard:
+    """The root `README.md` of a multi-variant repository: which model the bare id loads (`default`, a copy of
+    that subfolder at the root), what each subfolder holds and how to load it."""
     repo = repo or _PLACEHOLDER_REPO
     lines = ["| subfolder | parameters | MACs | SUPERB overall (paper) | format |", "|---|---|---|---|---|"]
     for facts in variants:
@@ -348,13 +351,27 @@ def repository_card(title: str, variants: Sequence[CardFacts], repo: str | None 
         macs = f"{paper['MACs G']} G" if paper and paper["MACs G"] else "not reported"
         link = f"[`{facts.title}`]({facts.title}/README.md)"
         lines.append(f"| {link} | {facts.parameters:,} | {macs} | {overall} | {output_format} |")
-    example = variants[0]
+    example = next((facts for facts in variants if facts is not default), variants[0])
     arguments = _load_arguments(repo, example.title)
+    root_section = ""
+    if default is not None:
+        root_arguments = _load_arguments(repo, None)
+        root_section = f"""The repository id alone loads **{default.title}** (the root holds a copy of the
+[`{default.title}`]({default.title}/README.md) subfolder; its card describes it):
+
+```python
+model = AutoModel.from_pretrained({root_arguments}{_remote_code_argument(default.output_format)})
+```
+
+"""
+    subfolders = ", ".join(f"`{facts.title}`" for facts in variants)
     body = f"""# {title}
 
 Compressed self-supervised speech encoders (ARMHuBERT, ARMwavLM, MaskHuBERT, STaRHuBERT), converted from the
 original release checkpoints. Each model sits in its own subfolder, with its own card (architecture, published
 SUPERB results, which outputs to use, differences from the original code).
+
+{root_section}Subfolders ({subfolders}): pass `subfolder=` to load one of them.
 
 {chr(10).join(lines)}
 
