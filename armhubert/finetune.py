@@ -22,6 +22,7 @@ from modeling_armhubert import add_remote_code_entries
 from .audio import DataError, read_audio
 from .cli import UserError
 from .io import check_output_folder
+from .model_folders import check_model_folder
 from .limits import check_code_text
 from .training import check_training_values, save_trained_model
 
@@ -137,6 +138,7 @@ def load_head_model(head_class: type[PreTrainedModel], model_args: ModelArgument
     check_model_arguments(model_args)
     if model_args.model_name_or_path:
         source = model_args.model_name_or_path
+        check_model_folder(source, subfolder_option=None)  # --model_name_or_path takes one model's folder
         try:
             model = head_class.from_pretrained(source, **overrides)
         except (OSError, ValueError) as error:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from armhubert.cli import UserError, run_main
+from armhubert.model_folders import check_model_folder
 from configuration_armhubert import SAMPLING_RATE
 from modeling_armhubert import ARMHubertModel, superb_layer_outputs
 
@@ -39,6 +40,7 @@ class UpstreamExpert(_UpstreamBase):
 
     def __init__(self, ckpt: str, model_config: str | None = None, **kwargs) -> None:
         super().__init__()
+        check_model_folder(ckpt, subfolder_option=None)  # -k takes one model's folder
         try:
             self.model = ARMHubertModel.from_pretrained(ckpt)
         except (OSError, ValueError) as error:
