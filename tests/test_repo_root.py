@@ -83,3 +83,15 @@ def test_without_a_default_it_refuses_listing_the_choices(two_runs, tmp_path, ca
 def test_default_needs_all(capsys):
     with pytest.raises(SystemExit):
         run_main(capsys, str(TINY_CKPT), "--output-dir", "x", "--default", "run-a")
+
+
+def test_upload_failure_message_has_no_double_period(monkeypatch, tmp_path):
+    from armhubert.convert import publish
+
+    def rejected(*args, **kwargs):
+        raise publish.PublishError("HfHubHTTPError: Invalid credentials, see https://huggingface.co/settings/tokens.")
+
+    monkeypatch.setattr(publish, "push_to_hub", rejected)
+    with pytest.raises(publish.PublishError) as failed:
+        publish.publish_output(tmp_path, "me/x")
+    assert "settings/tokens. Nothing was committed" in str(failed.value) and ".." not in str(failed.value)
