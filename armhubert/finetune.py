@@ -190,12 +190,12 @@ def train_evaluate_and_save(
 ) -> dict[str, Any]:
     """Train, evaluate, then save model, processor and `make_card(metrics, steps)` atomically.
 
-    The saved config lists every Auto class and the feature pipeline (`add_remote_code_entries`).
+    The saved config lists every Auto class and the head's pipeline (`add_remote_code_entries`).
     Returns {"train": TrainOutput, "eval": metrics, "log_history": the Trainer's log entries}.
     """
     train_result = trainer.train()
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
-    add_remote_code_entries(trainer.model.config)
+    add_remote_code_entries(trainer.model.config, type(trainer.model))  # the head's own pipeline
     save_trained_model(trainer, output_dir, card=make_card(metrics, train_result.global_step))
     return {"train": train_result, "eval": metrics, "log_history": trainer.state.log_history}

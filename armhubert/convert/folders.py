@@ -35,7 +35,7 @@ def _write_model(model, folder):
     """`save_pretrained` (which also copies the code files of auto-registered classes) plus the preprocessor."""
     check_finite_weights(model, "the converted model")
     if isinstance(model, ARMHubertModel):
-        add_remote_code_entries(model.config)  # AutoModelForCTC / audio classification / feature pipeline too
+        add_remote_code_entries(model.config, type(model))  # AutoModelForCTC / audio classification / feature pipeline too
     model.save_pretrained(folder)
     release_feature_extractor().save_pretrained(folder)
 
