@@ -95,3 +95,24 @@ def test_upload_failure_message_has_no_double_period(monkeypatch, tmp_path):
     with pytest.raises(publish.PublishError) as failed:
         publish.publish_output(tmp_path, "me/x")
     assert "settings/tokens. Nothing was committed" in str(failed.value) and ".." not in str(failed.value)
+
+
+def python_blocks(text):
+    return [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith("python")]
+
+
+def test_an_unidentified_checkpoints_card_claims_nothing_unknown_and_its_snippets_run(two_runs, tmp_path, capsys):
+    repo = tmp_path / "repo"
+    assert run_main(capsys, "--all", two_runs, "--output-dir", repo, "--default", "run-a")[0] == 0
+    for card_path in (repo / "run-a" / "README.md", repo / "README.md"):
+        card = ModelCard.load(card_path)
+        assert card.data.datasets is None and card.data.language is None, card_path  # unknown training data
+    card = ModelCard.load(repo / "run-a" / "README.md")
+    assert "could not be determined" in card.text and "released student" not in card.text
+    assert "takes text only, so call the model" not in card.text
+    blocks = python_blocks(card.text)
+    assert any('pipeline("audio-feature-extraction"' in block for block in blocks)
+    namespace = {}
+    for block in blocks:  # the load example, then the pipeline snippet, exactly as the card shows them
+        exec(block, namespace)
+    assert namespace["features"].shape[0] == 4 and namespace["features"].ndim == 3
