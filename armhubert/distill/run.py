@@ -162,5 +162,6 @@ def distill(
     if training_args.should_save:  # where the student is, and what it really is
         print(f"saved the student ({_parameters(student):,} parameters) to {training_args.output_dir}")
     if training_args.push_to_hub:
+        trainer.create_model_card = lambda *args, **kwargs: None  # keep the student's card, not Trainer's generic one
         trainer.push_to_hub(commit_message="Distilled student")
     return trainer
