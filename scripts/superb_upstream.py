@@ -31,7 +31,7 @@ HUB_NAME = "armhubert_local"
 PROG = "superb_upstream.py"
 
 S3PRL_REPO = "https://github.com/s3prl/s3prl"
-CLONE_STEPS = f"git clone {S3PRL_REPO} && pip install --no-deps -e ./s3prl, then run this from s3prl/s3prl"
+CLONE_STEPS = f"git clone {S3PRL_REPO} && pip install -e ./s3prl, then run this from s3prl/s3prl"
 
 try:  # s3prl's base class when s3prl imports (its runner treats every upstream the same way)
     from s3prl.upstream.interfaces import UpstreamBase as _UpstreamBase
