@@ -1,7 +1,7 @@
 """Convert original ARMHuBERT / ARMwavLM / MaskHuBERT / STaRHuBERT checkpoints to Transformers folders.
 
     python convert_checkpoint.py CKPT [--config YAML] [--name RELEASE] --output-dir DIR [--overwrite]
-    python convert_checkpoint.py --all SRC_DIR --output-dir REPO_DIR [--overwrite]
+    python convert_checkpoint.py --all SRC_DIR --output-dir REPO_DIR [--default NAME] [--overwrite]
         [--format {armhubert,hubert}] [--push-to-hub REPO_ID [--private]]
 
 The original release stores PyTorch-Lightning checkpoints whose `state_dict` holds the frozen teacher
@@ -16,7 +16,8 @@ DIR receives `config.json` (with `auto_map`), `model.safetensors`, the two code 
 `preprocessor_config.json` and a model card (`README.md`), so
 `AutoModel.from_pretrained(DIR, trust_remote_code=True)` loads it. `--all` writes one subfolder per
 release (`from_pretrained(REPO_DIR, subfolder="ARMHuBERT-960h", ...)`) with the code files once at the
-root. `--format hubert` writes a plain `transformers` `HubertModel` (STaR models only: no map reuse, no
+root, plus a complete copy of the default variant at the root, so `from_pretrained(REPO_DIR, ...)` loads
+it: ARMHuBERT-960h when present, else the one `--default NAME` names (without either it refuses). `--format hubert` writes a plain `transformers` `HubertModel` (STaR models only: no map reuse, no
 heads). Every output is built in a temporary folder beside the target and renamed at the end.
 Errors exit with status 2 and one line, and leave the target as it was.
 
@@ -58,6 +59,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--all", metavar="SRC_DIR", dest="source_dir",
         help="convert every .ckpt of SRC_DIR (with NAME.yaml where present) into subfolders of --output-dir",
     )
+    parser.add_argument(
+        "--default", metavar="NAME",
+        help="with --all: the variant the repository root holds (the bare id loads it) when there is no ARMHuBERT-960h",
+    )
     parser.add_argument("--output-dir", required=True, help="folder to write the converted model (or repository) into")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument(
@@ -71,6 +76,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("give either one CHECKPOINT or --all SRC_DIR")
     if args.source_dir is not None and (args.config or args.name):
         parser.error("--config and --name apply to one CHECKPOINT; with --all, name files after their releases")
+    if args.default is not None and args.source_dir is None:
+        parser.error("--default applies to --all")
     if args.private and not args.push_to_hub:
         parser.error("--private needs --push-to-hub")
     return args
@@ -81,7 +88,9 @@ def _convert_and_publish(argv: Sequence[str] | None) -> None:
     args = parse_args(argv)
     transformers_logging.disable_progress_bar()  # the CLI reports in its own lines
     if args.source_dir is not None:
-        output = convert_folder(args.source_dir, args.output_dir, args.overwrite, args.output_format, args.push_to_hub)
+        output = convert_folder(
+            args.source_dir, args.output_dir, args.overwrite, args.output_format, args.push_to_hub, args.default
+        )
     else:
         output = convert_checkpoint(
             args.checkpoint, args.output_dir, args.config, args.overwrite, args.name, args.output_format,

@@ -20,9 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from transformers import (
+    AudioClassificationPipeline,  # named by task folders' `custom_pipelines` (see add_remote_code_entries)
     AutoModel,
     AutoModelForAudioClassification,
     AutoModelForCTC,
+    AutomaticSpeechRecognitionPipeline,
     Pipeline,
     PreTrainedModel,
     Wav2Vec2FeatureExtractor,
@@ -1576,14 +1578,27 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
         return {"layers": layers, "features": features if return_tensors else features.float().numpy()}
 
 
-def add_remote_code_entries(config):
-    """Let a folder saved with `config` open through every Auto class and the feature pipeline.
+# A task folder's own pipeline: task, pipeline class (a name this module holds) and the Auto class it loads.
+HEAD_PIPELINES = {
+    "ARMHubertForCTC": ("automatic-speech-recognition", "AutomaticSpeechRecognitionPipeline", "AutoModelForCTC"),
+    "ARMHubertForSequenceClassification": (
+        "audio-classification", "AudioClassificationPipeline", "AutoModelForAudioClassification"
+    ),
+}
+
+
+def add_remote_code_entries(config, model_class=None):
+    """Let a folder saved with `config` open through every Auto class and its own pipeline.
 
     `save_pretrained` records only the saving class in `config.auto_map`; this adds them all
-    (AutoConfig, AutoModel, AutoModelForCTC, AutoModelForAudioClassification) and the feature
-    pipeline in `config.custom_pipelines`, so that on a converted or distilled encoder folder both
-    `AutoModelForCTC.from_pretrained(folder, trust_remote_code=True, vocab_size=...)` and
-    `pipeline(model=folder, trust_remote_code=True)` work. Call it before saving; returns the config.
+    (AutoConfig, AutoModel, AutoModelForCTC, AutoModelForAudioClassification), so that on a converted
+    or distilled encoder folder `AutoModelForCTC.from_pretrained(folder, trust_remote_code=True,
+    vocab_size=...)` works. `config.custom_pipelines` gets exactly one of this model's pipelines, the one
+    of the saved class (`model_class`, else `config.architectures[0]`): `pipeline(model=folder,
+    trust_remote_code=True)` without a task takes the single custom pipeline (transformers 5 infers a
+    task from nothing else offline), so a CTC folder gives speech recognition, a classifier folder
+    audio classification and an encoder folder the audio feature pipeline. Call it before saving;
+    returns the config.
     """
     module = ARMHubertModel.__module__.split(".")[-1]
     config_module = ARMHubertConfig.__module__.split(".")[-1]
@@ -1594,13 +1609,15 @@ def add_remote_code_entries(config):
         "AutoModelForCTC": f"{module}.ARMHubertForCTC",
         "AutoModelForAudioClassification": f"{module}.ARMHubertForSequenceClassification",
     }
+    saved_class = model_class.__name__ if model_class is not None else (getattr(config, "architectures", None) or [""])[0]
+    task, pipeline_class, auto_class = HEAD_PIPELINES.get(
+        saved_class, (FEATURE_EXTRACTION_TASK, "ARMHubertFeatureExtractionPipeline", "AutoModel")
+    )
+    ours = {FEATURE_EXTRACTION_TASK, *(entry[0] for entry in HEAD_PIPELINES.values())}
+    others = {name: entry for name, entry in (getattr(config, "custom_pipelines", None) or {}).items() if name not in ours}
     config.custom_pipelines = {
-        **(getattr(config, "custom_pipelines", None) or {}),
-        FEATURE_EXTRACTION_TASK: {
-            "impl": f"{module}.ARMHubertFeatureExtractionPipeline",
-            "pt": ["AutoModel"],
-            "type": "audio",
-        },
+        **others,
+        task: {"impl": f"{module}.{pipeline_class}", "pt": [auto_class], "type": "audio"},
     }
     return config
 

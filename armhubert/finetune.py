@@ -22,6 +22,7 @@ from modeling_armhubert import add_remote_code_entries
 from .audio import DataError, read_audio
 from .cli import UserError
 from .io import check_output_folder
+from .model_folders import check_model_folder
 from .limits import check_code_text
 from .training import check_training_values, save_trained_model
 
@@ -137,6 +138,7 @@ def load_head_model(head_class: type[PreTrainedModel], model_args: ModelArgument
     check_model_arguments(model_args)
     if model_args.model_name_or_path:
         source = model_args.model_name_or_path
+        check_model_folder(source, subfolder_option=None)  # --model_name_or_path takes one model's folder
         try:
             model = head_class.from_pretrained(source, **overrides)
         except (OSError, ValueError) as error:
@@ -188,12 +190,12 @@ def train_evaluate_and_save(
 ) -> dict[str, Any]:
     """Train, evaluate, then save model, processor and `make_card(metrics, steps)` atomically.
 
-    The saved config lists every Auto class and the feature pipeline (`add_remote_code_entries`).
+    The saved config lists every Auto class and the head's pipeline (`add_remote_code_entries`).
     Returns {"train": TrainOutput, "eval": metrics, "log_history": the Trainer's log entries}.
     """
     train_result = trainer.train()
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
-    add_remote_code_entries(trainer.model.config)
+    add_remote_code_entries(trainer.model.config, type(trainer.model))  # the head's own pipeline
     save_trained_model(trainer, output_dir, card=make_card(metrics, train_result.global_step))
     return {"train": train_result, "eval": metrics, "log_history": trainer.state.log_history}

@@ -33,6 +33,7 @@ from transformers import AutoModel, PreTrainedModel
 import modeling_armhubert  # noqa: F401  (registers the armhubert model type: no remote code needed)
 from armhubert.cli import UserError, run_main
 from armhubert.io import atomic_write_bytes
+from armhubert.model_folders import check_model_folder
 from configuration_armhubert import SAMPLING_RATE, receptive_field
 
 OUTPUT_NAMES = ("last_hidden_state", "hidden_states", "projected_hidden_states")
@@ -67,6 +68,7 @@ def min_samples(config) -> int:
 
 def load_model(model: str, subfolder: str | None = None) -> PreTrainedModel:
     """A converted model (ARMHuBERT or HuBERT format) in eval mode; UserError when it cannot be loaded."""
+    check_model_folder(model, subfolder)
     try:
         return AutoModel.from_pretrained(model, subfolder=subfolder or "").eval()
     except (OSError, ValueError) as error:

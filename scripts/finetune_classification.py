@@ -26,9 +26,9 @@ import torch
 from transformers import BatchFeature, EvalPrediction, Wav2Vec2FeatureExtractor
 
 from armhubert.audio import DataError
+from armhubert.cards import classification_card
 from armhubert.cli import UserError, run_main
 from armhubert.finetune import (
-    ModelArguments,
     check_min_duration,
     decode_audio_batch,
     load_head_model,
@@ -149,32 +149,6 @@ def accuracy(prediction: EvalPrediction) -> dict[str, float]:
     return {"accuracy": float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())}
 
 
-def model_card(
-    output_dir: str,
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    labels: Sequence[str],
-    train_size: int,
-    metrics: dict,
-    steps: int,
-) -> str:
-    """The README.md of the fine-tuned model: what it was trained on and its accuracy."""
-    base = model_args.model_name_or_path or f"random {model_args.preset}"
-    source = data_args.train_dir or data_args.train_csv
-    evaluation = data_args.eval_dir or data_args.eval_csv
-    return (
-        f"# {Path(output_dir).name}\n\n"
-        f"Utterance classifier ({len(labels)} classes) fine-tuned from `{base}` on `{source}` "
-        f"({train_size} utterances, {steps} steps) with `scripts/finetune_classification.py`.\n\n"
-        f"**Result: accuracy {100 * metrics['eval_accuracy']:.2f} % on `{evaluation}`.**\n\n"
-        "```python\n"
-        "from transformers import pipeline\n"
-        f'classify = pipeline("audio-classification", model="{output_dir}", trust_remote_code=True)\n'
-        "classify(samples_16khz)  # or load_16k(path), from armhubert.audio import load_16k\n"
-        "```\n"
-    )
-
-
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Fine-tune; returns {"train", "eval", "log_history"} (see armhubert.finetune.train_evaluate_and_save)."""
     model_args, data_args, training_args = parse_run_arguments(DataArguments, argv, PROG)
@@ -211,7 +185,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return train_evaluate_and_save(
         trainer,
         training_args.output_dir,
-        lambda metrics, steps: model_card(training_args.output_dir, model_args, data_args, labels, len(train), metrics, steps),
+        lambda metrics, steps: classification_card(
+            training_args.output_dir, model_args.model_name_or_path, model_args.preset,
+            data_args.train_dir or data_args.train_csv, data_args.eval_dir or data_args.eval_csv, labels, len(train),
+            metrics, steps,
+        ),
     )
 
 

@@ -26,9 +26,9 @@ import numpy as np
 from transformers import BatchFeature, EvalPrediction, Wav2Vec2CTCTokenizer, Wav2Vec2Processor
 
 from armhubert.audio import DataError
+from armhubert.cards import ctc_card
 from armhubert.cli import run_main
 from armhubert.finetune import (
-    ModelArguments,
     check_min_duration,
     decode_audio_batch,
     load_head_model,
@@ -157,25 +157,6 @@ def load_splits(data_args: DataArguments) -> tuple[datasets.Dataset, datasets.Da
     return train.map(normalize, input_columns="text"), evaluation.map(normalize, input_columns="text")
 
 
-def model_card(
-    output_dir: str, model_args: ModelArguments, data_args: DataArguments, train_size: int, metrics: dict, steps: int
-) -> str:
-    """The README.md of the fine-tuned model: what it was trained on and its WER / CER."""
-    base = model_args.model_name_or_path or f"random {model_args.preset}"
-    return (
-        f"# {Path(output_dir).name}\n\n"
-        f"Character-level CTC model fine-tuned from `{base}` on LibriSpeech {data_args.train_split} "
-        f"({train_size} utterances, {steps} steps) with `scripts/finetune_ctc.py`.\n\n"
-        f"**Result: WER {100 * metrics['eval_wer']:.2f} %, CER {100 * metrics['eval_cer']:.2f} % on "
-        f"{data_args.eval_split} (greedy decoding, no language model).**\n\n"
-        "```python\n"
-        "from transformers import pipeline\n"
-        f'asr = pipeline("automatic-speech-recognition", model="{output_dir}", trust_remote_code=True)\n'
-        "asr(samples_16khz)  # or load_16k(path), from armhubert.audio import load_16k\n"
-        "```\n"
-    )
-
-
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Fine-tune; returns {"train", "eval", "log_history"} (see armhubert.finetune.train_evaluate_and_save)."""
     model_args, data_args, training_args = parse_run_arguments(DataArguments, argv, PROG)
@@ -217,7 +198,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return train_evaluate_and_save(
         trainer,
         training_args.output_dir,
-        lambda metrics, steps: model_card(training_args.output_dir, model_args, data_args, len(train), metrics, steps),
+        lambda metrics, steps: ctc_card(
+            training_args.output_dir, model_args.model_name_or_path, model_args.preset, data_args.data_source,
+            data_args.train_split, data_args.eval_split, len(train), metrics, steps,
+        ),
     )
 
 

@@ -19,6 +19,7 @@ from transformers import AutoModel
 from armhubert.audio import read_audio
 from armhubert.cli import UserError, run_main
 from armhubert.librispeech import BUNDLED_CORPUS
+from armhubert.model_folders import check_model_folder
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel, release_feature_extractor
 
@@ -48,6 +49,7 @@ def quickstart(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(0)
     if args.model:
+        check_model_folder(args.model, subfolder_option=None)
         try:
             model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
         except (OSError, ValueError) as error:

@@ -16,22 +16,65 @@ From Python (e.g. s3prl's `S3PRLUpstream`-style code): `UpstreamExpert(MODEL_DIR
 """
 
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from armhubert.cli import UserError, run_main
+from armhubert.model_folders import check_model_folder
 from configuration_armhubert import SAMPLING_RATE
 from modeling_armhubert import ARMHubertModel, superb_layer_outputs
 
 HUB_NAME = "armhubert_local"
 PROG = "superb_upstream.py"
 
-try:  # s3prl's base class when s3prl is installed (its runner treats every upstream the same way)
+S3PRL_REPO = "https://github.com/s3prl/s3prl"
+CLONE_STEPS = f"git clone {S3PRL_REPO} && pip install -e ./s3prl, then run this from s3prl/s3prl"
+
+try:  # s3prl's base class when s3prl imports (its runner treats every upstream the same way)
     from s3prl.upstream.interfaces import UpstreamBase as _UpstreamBase
-except ImportError:
+except Exception:  # missing, or broken by its dependencies: run() says how to fix it; --check needs no s3prl
     _UpstreamBase = nn.Module
+
+
+def s3prl_import_fix(error: BaseException) -> str:
+    """One line: why s3prl did not import and what to do about it."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    missing = getattr(error, "name", None) if isinstance(error, ModuleNotFoundError) else None
+    if missing == "tensorboardX" or "tensorboardX" in text:
+        return f"s3prl needs tensorboardX ({text}): pip install tensorboardX"
+    if missing and missing.split(".")[0] == "s3prl":
+        return f"s3prl is not installed ({text}): {CLONE_STEPS} (the PyPI package lacks the downstream configs)"
+    if "HfFolder" in text or ("Repository" in text and "huggingface_hub" in text):
+        return (
+            f"s3prl's runner imports names that huggingface_hub 1.x (which transformers 5 needs) no longer has ({text}): "
+            "in your s3prl clone, delete HfFolder and Repository from the `from huggingface_hub import` line of "
+            "s3prl/downstream/runner.py (they serve only its Hub upload)"
+        )
+    if "set_audio_backend" in text:
+        return (
+            f"s3prl calls torchaudio.set_audio_backend, which this torchaudio no longer has ({text}): in your s3prl clone "
+            "delete those calls (grep -rn set_audio_backend s3prl/), and install the torchaudio built for your torch"
+        )
+    if missing:
+        return f"s3prl needs {missing} ({text}): pip install {missing}"
+    return f"cannot import s3prl ({type(error).__name__}: {text}); {CLONE_STEPS}"
+
+
+def check_downstream_config(argv: Sequence[str]) -> None:
+    """`-d TASK` without `-c` reads downstream/TASK/config.yaml from the working folder: s3prl's clone has it."""
+    if any(flag in argv for flag in ("-c", "--config", "-e", "--past_exp")):
+        return
+    for flag in ("-d", "--downstream"):
+        if flag in argv[:-1]:
+            task = argv[argv.index(flag) + 1]
+            if not (Path("downstream") / task / "config.yaml").is_file():
+                raise UserError(
+                    f"no downstream/{task}/config.yaml in {Path.cwd()}: s3prl's downstream configs come with its "
+                    f"git repository, not the PyPI package: {CLONE_STEPS} (or pass -c CONFIG)"
+                )
 
 
 class UpstreamExpert(_UpstreamBase):
@@ -39,8 +82,9 @@ class UpstreamExpert(_UpstreamBase):
 
     def __init__(self, ckpt: str, model_config: str | None = None, **kwargs) -> None:
         super().__init__()
-        try:
-            self.model = ARMHubertModel.from_pretrained(ckpt)
+        check_model_folder(ckpt, subfolder_option=None)  # -k takes one model's folder
+        try:  # layer_grad_scale is distillation-only: off, as it would damp a trainable upstream's (-f) lower layers
+            self.model = ARMHubertModel.from_pretrained(ckpt, layer_grad_scale=False)
         except (OSError, ValueError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UserError(f"cannot load the ARMHubert model {ckpt}: {reason}") from None
@@ -96,15 +140,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:  # s3prl is optional: imported only to run it
         import s3prl.hub
         import s3prl.run_downstream
-    except ImportError as error:
+    except Exception as error:  # ImportError, and AttributeError etc. raised by its dependencies while importing
         if argv[:1] in (["-h"], ["--help"]):
             print(__doc__.strip())
-            print(f"\n(s3prl is not installed ({error}): install it to see run_downstream.py's options.)")
+            print(f"\n(s3prl does not import: {s3prl_import_fix(error)}; then --help shows run_downstream.py's options.)")
             return 0
-        raise UserError(
-            f"cannot import s3prl ({error}); install it (pip install s3prl, or an editable clone) and run "
-            f"this from s3prl's s3prl/ folder. Without s3prl, `{PROG} --check MODEL_DIR` shows what the expert returns."
-        ) from None
+        raise UserError(f"{s3prl_import_fix(error)}. Without s3prl, `{PROG} --check MODEL_DIR` shows what the expert returns") from None
+    check_downstream_config(argv)
     setattr(s3prl.hub, HUB_NAME, armhubert_local)
     sys.argv = ["run_downstream.py", *argv]
     s3prl.run_downstream.main()

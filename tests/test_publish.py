@@ -149,7 +149,9 @@ REPO_ID = "me/compressed-speech"
 def release_repo(release_dir, tmp_path_factory):
     """`--all` over the release folder with `--push-to-hub` while offline: the repository is written, not uploaded."""
     repo = tmp_path_factory.mktemp("published") / "repo"
-    code = convert_checkpoint.main(["--all", str(release_dir.path), "--output-dir", str(repo), "--push-to-hub", REPO_ID])
+    code = convert_checkpoint.main(
+        ["--all", str(release_dir.path), "--output-dir", str(repo), "--default", "ARMHuBERT-S-960h", "--push-to-hub", REPO_ID]
+    )
     assert code == 2  # HF_HUB_OFFLINE: the upload fails cleanly (its message is checked in the push test)
     return repo
 
@@ -235,7 +237,8 @@ def test_pickled_code_is_refused_by_name_and_never_runs(tmp_path, capsys):
 def test_all_writes_one_subfolder_per_release_with_code_once_at_the_root(release_dir, release_repo):
     repo = release_repo
     assert sorted(p.name for p in repo.iterdir()) == [
-        "ARMHuBERT-S-960h", "README.md", "STaRHuBERT", "configuration_armhubert.py", "modeling_armhubert.py", "tiny-run",
+        "ARMHuBERT-S-960h", "README.md", "STaRHuBERT", "config.json", "configuration_armhubert.py", "model.safetensors",
+        "modeling_armhubert.py", "preprocessor_config.json", "tiny-run",
     ]
     for variant in ("ARMHuBERT-S-960h", "STaRHuBERT", "tiny-run"):
         assert sorted(p.name for p in (repo / variant).iterdir()) == [
@@ -259,7 +262,8 @@ def test_all_writes_one_subfolder_per_release_with_code_once_at_the_root(release
     assert "| [`STaRHuBERT`](STaRHuBERT/README.md) | 22,308,592 | 463.5 G | 79.5 |" in root.text
     assert "| [`ARMHuBERT-S-960h`](ARMHuBERT-S-960h/README.md) | 22,394,080 | 449.4 G | 77.5 |" in root.text
     assert "| [`tiny-run`](tiny-run/README.md) |" in root.text
-    assert f'AutoModel.from_pretrained("{REPO_ID}", subfolder="ARMHuBERT-S-960h", trust_remote_code=True)' in root.text
+    assert f'AutoModel.from_pretrained("{REPO_ID}", trust_remote_code=True)' in root.text  # the --default variant
+    assert f'AutoModel.from_pretrained("{REPO_ID}", subfolder="STaRHuBERT", trust_remote_code=True)' in root.text
 
 
 def test_model_cards_render_the_release_numbers(release_dir, release_repo):
@@ -445,7 +449,7 @@ def test_interrupted_repository_build_leaves_the_target_as_it_was(tmp_path, monk
 
     monkeypatch.setattr(folders, "repository_card", interrupted)  # the last step before the rename
     with pytest.raises(KeyboardInterrupt):
-        folders.convert_folder(source, target)
+        folders.convert_folder(source, target, default="run-a")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
     (target / "variant").mkdir(parents=True)  # a repository published before: what --overwrite may replace
@@ -453,7 +457,7 @@ def test_interrupted_repository_build_leaves_the_target_as_it_was(tmp_path, monk
         path.write_text("published before")
     published = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
     with pytest.raises(KeyboardInterrupt):
-        folders.convert_folder(source, target, overwrite=True)
+        folders.convert_folder(source, target, overwrite=True, default="run-a")
     assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == published
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "src"]
 
@@ -469,7 +473,7 @@ def test_interrupted_repository_build_leaves_the_target_as_it_was(tmp_path, monk
     monkeypatch.setattr(io, "_exchange", lambda first, second: False)
     monkeypatch.setattr(os, "replace", rename_fails_once_the_old_folder_is_retired)
     with pytest.raises(OSError, match="disk full"):
-        folders.convert_folder(source, target, overwrite=True)
+        folders.convert_folder(source, target, overwrite=True, default="run-a")
     assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == published
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "src"]
 

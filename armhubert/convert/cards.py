@@ -86,22 +86,23 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def card_data(families: Iterable[str]) -> ModelCardData:
-    """The card's YAML metadata: license, library, pipeline, data set, language and tags (one per family)."""
+def card_data(families: Iterable[str], releases_known: bool = True) -> ModelCardData:
+    """The card's YAML metadata: license, library, pipeline, tags (one per family) and, only for identified
+    releases (all distilled on LibriSpeech), data set and language.
+
+    `pipeline_tag` is the Hub's feature-extraction category: the folders carry the audio version of that
+    pipeline (`audio-feature-extraction`, custom code; the cards show how to call it).
+    """
     tags = ["audio", "speech", "self-supervised-learning", "knowledge-distillation", "hubert"]
     tags += sorted(set(families))
+    known = dict(datasets=["librispeech_asr"], language=["en"]) if releases_known else {}
     return ModelCardData(
-        license="apache-2.0",
-        library_name="transformers",
-        pipeline_tag="feature-extraction",
-        datasets=["librispeech_asr"],
-        language=["en"],
-        tags=tags,
+        license="apache-2.0", library_name="transformers", pipeline_tag="feature-extraction", tags=tags, **known
     )
 
 
-def _card(families, body):
-    return ModelCard(f"---\n{card_data(families).to_yaml()}\n---\n\n{body}")
+def _card(families, body, releases_known=True):
+    return ModelCard(f"---\n{card_data(families, releases_known).to_yaml()}\n---\n\n{body}")
 
 
 def _layer_list(indices):
@@ -243,9 +244,24 @@ with torch.no_grad():
 layer_features = {layers}
 ```
 
-Pass `attention_mask` for padded batches. The `feature-extraction` pipeline of `transformers` 5 takes text only,
-so call the model as above to get audio features.
+Pass `attention_mask` for padded batches.{_pipeline_snippet(facts)}
 """
+
+
+def _pipeline_snippet(facts):
+    """How to call the folder's own `audio-feature-extraction` pipeline (ARMHuBERT format only)."""
+    if facts.output_format == "hubert":
+        return ""
+    return """ The folder also carries an `audio-feature-extraction` pipeline (the built-in `feature-extraction`
+task takes text only); it returns the per-layer features SUPERB-style models use:
+
+```python
+from transformers import pipeline
+
+extract = pipeline("audio-feature-extraction", model=model, feature_extractor=extractor)
+out = extract(np.zeros(16000, np.float32))  # or an audio file path
+features = out["features"]  # (layers, frames, width) numpy array; out["layers"] numbers them
+```"""
 
 
 def _outputs_section(facts):
@@ -285,10 +301,12 @@ def _differences_section(facts):
             "batched and single-utterance outputs agree with the original alike.\n"
         )
     hubert = "".join(f"- Stored as a plain `HubertModel`: {addition}.\n" for addition in facts.hubert_additions)
+    weights = "the released student's" if facts.release else "the checkpoint's student weights"  # release unknown
     return (
         "## Numerics and differences from the original implementation\n\n"
-        "The weights are the released student's, unchanged (the teacher and optimizer state of the original "
-        "checkpoint are not included), and the outputs equal the original code's to float32 rounding.\n\n"
+        f"The weights are {weights}, "
+        "unchanged (the teacher and optimizer state of the original checkpoint are not included), and the outputs "
+        "equal the original code's to float32 rounding.\n\n"
         + reuse
         + hubert
         + "- As in the original (and `transformers`' group-norm HuBERT), the first CNN layer's GroupNorm takes "
@@ -334,11 +352,14 @@ def model_card(facts: CardFacts, repo: str | None = None, subfolder: str | None 
             _LICENSE_SECTION,
         ]
     )
-    return _card([facts.family], body)
+    return _card([facts.family], body, releases_known=facts.release is not None)
 
 
-def repository_card(title: str, variants: Sequence[CardFacts], repo: str | None = None) -> ModelCard:
-    """The root `README.md` of a multi-variant repository: what each subfolder holds and how to load it."""
+def repository_card(
+    title: str, variants: Sequence[CardFacts], repo: str | None = None, default: CardFacts | None = None
+) -> ModelCard:
+    """The root `README.md` of a multi-variant repository: which model the bare id loads (`default`, a copy of
+    that subfolder at the root), what each subfolder holds and how to load it."""
     repo = repo or _PLACEHOLDER_REPO
     lines = ["| subfolder | parameters | MACs | SUPERB overall (paper) | format |", "|---|---|---|---|---|"]
     for facts in variants:
@@ -348,13 +369,27 @@ def repository_card(title: str, variants: Sequence[CardFacts], repo: str | None 
         macs = f"{paper['MACs G']} G" if paper and paper["MACs G"] else "not reported"
         link = f"[`{facts.title}`]({facts.title}/README.md)"
         lines.append(f"| {link} | {facts.parameters:,} | {macs} | {overall} | {output_format} |")
-    example = variants[0]
+    example = next((facts for facts in variants if facts is not default), variants[0])
     arguments = _load_arguments(repo, example.title)
+    root_section = ""
+    if default is not None:
+        root_arguments = _load_arguments(repo, None)
+        root_section = f"""The repository id alone loads **{default.title}** (the root holds a copy of the
+[`{default.title}`]({default.title}/README.md) subfolder; its card describes it):
+
+```python
+model = AutoModel.from_pretrained({root_arguments}{_remote_code_argument(default.output_format)})
+```
+
+"""
+    subfolders = ", ".join(f"`{facts.title}`" for facts in variants)
     body = f"""# {title}
 
 Compressed self-supervised speech encoders (ARMHuBERT, ARMwavLM, MaskHuBERT, STaRHuBERT), converted from the
 original release checkpoints. Each model sits in its own subfolder, with its own card (architecture, published
 SUPERB results, which outputs to use, differences from the original code).
+
+{root_section}Subfolders ({subfolders}): pass `subfolder=` to load one of them.
 
 {chr(10).join(lines)}
 
@@ -368,4 +403,4 @@ extractor = AutoFeatureExtractor.from_pretrained({arguments})
 ```
 
 {_LICENSE_SECTION}"""
-    return _card([facts.family for facts in variants], body)
+    return _card([facts.family for facts in variants], body, all(facts.release is not None for facts in variants))

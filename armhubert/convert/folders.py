@@ -9,8 +9,10 @@ renamed at the end, so an error or interruption leaves the target as it was.
 """
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from transformers import PreTrainedModel
 
@@ -26,13 +28,14 @@ from .releases import guess_family, resolve_release
 
 OUTPUT_FORMATS = ("armhubert", "hubert")
 ROOT_FILE_SUFFIXES = (".md", ".py", ".json", ".safetensors", ".txt", ".yaml")  # files a repository's root holds
+PREFERRED_DEFAULT = "ARMHuBERT-960h"  # what a repository's bare id loads when it holds this release
 
 
 def _write_model(model, folder):
     """`save_pretrained` (which also copies the code files of auto-registered classes) plus the preprocessor."""
     check_finite_weights(model, "the converted model")
     if isinstance(model, ARMHubertModel):
-        add_remote_code_entries(model.config)  # AutoModelForCTC / audio classification / feature pipeline too
+        add_remote_code_entries(model.config, type(model))  # AutoModelForCTC / audio classification / feature pipeline too
     model.save_pretrained(folder)
     release_feature_extractor().save_pretrained(folder)
 
@@ -131,17 +134,46 @@ def _move_code_files_to_root(variant_folder, root):
         os.replace(code_file, Path(root) / code_file.name)
 
 
+def choose_default(titles: Sequence[str], default: str | None) -> str:
+    """The variant the repository root holds: ARMHuBERT-960h when present, else `default`, else the only
+    variant there is; refuse otherwise (the choice would be arbitrary)."""
+    by_name = {title.lower(): title for title in titles}
+    if PREFERRED_DEFAULT.lower() in by_name:
+        return by_name[PREFERRED_DEFAULT.lower()]
+    if default is None and len(titles) == 1:
+        return titles[0]
+    if default is not None and default.lower() in by_name:
+        return by_name[default.lower()]
+    choices = ", ".join(titles)
+    if default is not None:
+        raise UserError(f"--default {default}: no such variant; choose one of: {choices}")
+    raise UserError(
+        f"no {PREFERRED_DEFAULT} among the checkpoints, so the repository root needs a model: "
+        f"pass --default NAME with one of: {choices}"
+    )
+
+
+def _copy_variant_to_root(variant_folder, root):
+    """The root holds a complete copy of the default variant (everything but its card), so the bare id loads."""
+    for path in Path(variant_folder).iterdir():
+        if path.is_file() and path.name != "README.md":
+            shutil.copyfile(path, Path(root) / path.name)
+
+
 def convert_folder(
     source_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     overwrite: bool = False,
     output_format: str = "armhubert",
     repo_id: str | None = None,
+    default: str | None = None,
 ) -> Path:
     """Convert every checkpoint of `source_dir` into its own subfolder of one repository at `output_dir`.
 
     Subfolders are named after the release (or the file when it is not a known release); code files
-    are written once at the root, next to a card that lists the variants. One model is in memory at a time.
+    are written once at the root, next to a complete copy of the default variant (ARMHuBERT-960h when
+    present, else `default`; see `choose_default`) and a card that lists the variants, so the bare
+    repository id loads a model. One model is in memory at a time.
     """
     _check_format(output_format)
     conversions = find_checkpoints(source_dir)
@@ -160,6 +192,9 @@ def convert_folder(
             _move_code_files_to_root(folder, staging)
             model_card(facts, repo=repo, subfolder=facts.title).save(folder / "README.md")
             variants.append(facts)
+        chosen = choose_default([facts.title for facts in variants], default)
+        _copy_variant_to_root(staging / chosen, staging)
         title = repo_id or Path(output_dir).name
-        repository_card(title, variants, repo=repo).save(staging / "README.md")
+        default_facts = next(facts for facts in variants if facts.title == chosen)
+        repository_card(title, variants, repo=repo, default=default_facts).save(staging / "README.md")
     return Path(output_dir)

@@ -44,6 +44,6 @@ def publish_output(folder: str | os.PathLike, repo_id: str, private: bool = Fals
         return push_to_hub(folder, repo_id, private=private)
     except PublishError as error:
         raise PublishError(
-            f"could not publish to {repo_id}: {error}. Nothing was committed; the converted output is complete in "
+            f"could not publish to {repo_id}: {str(error).rstrip('.')}. Nothing was committed; the converted output is complete in "
             f"{folder} (upload it later with `hf upload {repo_id} {folder}`)."
         ) from None

@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 from configuration_armhubert import SAMPLING_RATE, receptive_field
 from modeling_armhubert import release_feature_extractor
 
+from ..cards import DistillationFacts, distilled_card, format_duration, last_logged
 from ..cli import UserError
 from ..io import atomic_write_text, check_output_location
 from ..librispeech import AudioCollator, load_librispeech
@@ -55,6 +56,32 @@ def _load_splits(
     elif training_args.eval_strategy != "no":
         training_args.eval_strategy = "no"
     return train_dataset, eval_dataset
+
+
+def _parameters(model: PreTrainedModel) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def _student_card(trainer: DistillTrainer, distill_args: DistillArguments, train_dataset: datasets.Dataset) -> str:
+    """The student's README.md: teacher, recipe, data, steps and the last logged losses."""
+    history = trainer.state.log_history
+    splits = distill_args.train_splits
+    return distilled_card(
+        DistillationFacts(
+            output_dir=str(trainer.args.output_dir),
+            teacher=distill_args.teacher,
+            recipe=distill_args.distill_mode,
+            student_layout=distill_args.student,
+            parameters=_parameters(trainer.model),
+            data_source=distill_args.data_source,
+            train_splits=[splits] if isinstance(splits, str) else list(splits),
+            train_utterances=len(train_dataset),
+            train_seconds=sum(train_dataset["num_samples"]) / SAMPLING_RATE,
+            steps=trainer.state.global_step,
+            final_train_loss=last_logged(history, "loss"),
+            final_eval_loss=last_logged(history, "eval_loss"),
+        )
+    )
 
 
 def _masker(
@@ -109,9 +136,9 @@ def distill(
     train_dataset, eval_dataset = _load_splits(distill_args, training_args, min_samples)
     feature_extractor = release_feature_extractor()
     logger.info(
-        "Distilling %s (%s) into %s: %d training utterances (%.1f h), teacher layers %s",
-        distill_args.teacher, distill_args.distill_mode, distill_args.student, len(train_dataset),
-        sum(train_dataset["num_samples"]) / SAMPLING_RATE / 3600, pairs,
+        "Distilling %s (%s) into a %s-parameter student (%s layout): %d training utterances (%s), teacher layers %s",
+        distill_args.teacher, distill_args.distill_mode, f"{_parameters(student):,}", distill_args.student,
+        len(train_dataset), format_duration(sum(train_dataset["num_samples"]) / SAMPLING_RATE), pairs,
     )
 
     trainer = DistillTrainer(
@@ -131,7 +158,10 @@ def distill(
     if training_args.should_save and resume is None:
         atomic_write_text(Path(training_args.output_dir) / "distill_recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
     trainer.train(resume_from_checkpoint=resume)
-    save_trained_model(trainer, training_args.output_dir)
+    save_trained_model(trainer, training_args.output_dir, card=_student_card(trainer, distill_args, train_dataset))
+    if training_args.should_save:  # where the student is, and what it really is
+        print(f"saved the student ({_parameters(student):,} parameters) to {training_args.output_dir}")
     if training_args.push_to_hub:
+        trainer.create_model_card = lambda *args, **kwargs: None  # keep the student's card, not Trainer's generic one
         trainer.push_to_hub(commit_message="Distilled student")
     return trainer

@@ -1,0 +1,70 @@
+"""A multi-model repository root without weights: every tool that takes a model folder names its subfolders."""
+
+import pytest
+from conftest import load_script, random_model, tiny_config
+
+from armhubert.cli import UserError
+from armhubert.finetune import ModelArguments, load_head_model
+from armhubert.model_folders import check_model_folder, variant_subfolders
+from modeling_armhubert import ARMHubertForCTC
+
+
+@pytest.fixture(scope="module")
+def bare_repository(tmp_path_factory):
+    """Two variants in subfolders, code-less and weight-less root (a hand-made or older repository)."""
+    repo = tmp_path_factory.mktemp("repo")
+    for name, seed in (("small", 0), ("large", 1)):
+        random_model(tiny_config(), seed=seed).save_pretrained(repo / name)
+    (repo / "notes").mkdir()  # a subfolder without a model is not a choice
+    (repo / "README.md").write_text("# two models\n")
+    return repo
+
+
+def test_helper_names_the_variants(bare_repository):
+    assert variant_subfolders(bare_repository) == ["large", "small"]
+    with pytest.raises(UserError) as refused:
+        check_model_folder(bare_repository)
+    assert str(refused.value) == (
+        f"{bare_repository} is a multi-model repository; pass --subfolder (or subfolder=) one of: large, small"
+    )
+    with pytest.raises(UserError, match=f"give one model's folder, {bare_repository}/NAME, with NAME one of: large, small"):
+        check_model_folder(bare_repository, subfolder_option=None)
+    with pytest.raises(UserError, match="has no subfolder medium; its model subfolders are: large, small"):
+        check_model_folder(bare_repository, "medium")
+    check_model_folder(bare_repository, "small")  # a variant, by subfolder or by path, passes
+    check_model_folder(bare_repository / "large")
+    check_model_folder("some-user/some-model")  # a Hub id is from_pretrained's business
+    check_model_folder(bare_repository / "notes")  # not a repository: from_pretrained reports what is missing
+
+
+def one_error_line(capsys, code, prog):
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), lines
+    return lines[0]
+
+
+def test_export_onnx_asks_for_subfolder(bare_repository, tmp_path, capsys):
+    export_onnx = load_script("export_onnx")
+    code = export_onnx.main([str(bare_repository), "--output", str(tmp_path / "m.onnx")])
+    line = one_error_line(capsys, code, "export_onnx.py")
+    assert "is a multi-model repository; pass --subfolder (or subfolder=) one of: large, small" in line
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_superb_check_and_quickstart_ask_for_a_variant_folder(bare_repository, capsys):
+    superb = load_script("superb_upstream")
+    line = one_error_line(capsys, superb.main(["--check", str(bare_repository)]), "superb_upstream.py")
+    assert f"{bare_repository} is a multi-model repository; give one model's folder" in line and "large, small" in line
+    with pytest.raises(UserError, match="multi-model repository"):
+        superb.UpstreamExpert(str(bare_repository))
+    quickstart = load_script("quickstart")
+    line = one_error_line(capsys, quickstart.main(["--model", str(bare_repository)]), "quickstart.py")
+    assert "is a multi-model repository" in line and "large, small" in line
+
+
+def test_finetune_loading_asks_for_a_variant_folder(bare_repository):
+    with pytest.raises(UserError, match="is a multi-model repository; give one model's folder.*large, small"):
+        load_head_model(ARMHubertForCTC, ModelArguments(model_name_or_path=str(bare_repository)), vocab_size=8)
+    model = load_head_model(ARMHubertForCTC, ModelArguments(model_name_or_path=str(bare_repository / "small")), vocab_size=8)
+    assert model.config.vocab_size == 8
