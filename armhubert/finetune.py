@@ -65,9 +65,25 @@ class OutputArguments:
     )
 
 
+@dataclass
+class FinetuneTrainingArguments(TrainingArguments):
+    """`TrainingArguments` whose checkpoints stay small unless asked: one kept, model weights only."""
+
+    save_total_limit: int | None = field(
+        default=1, metadata={"help": "Keep at most this many checkpoint-N folders (default 1: the last)."}
+    )
+    save_only_model: bool = field(
+        default=True,
+        metadata={
+            "help": "Checkpoints hold the model only, no optimizer / scheduler / RNG state (default); pass "
+            "--save_only_model false to be able to continue a run with --resume_from_checkpoint."
+        },
+    )
+
+
 def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None, prog: str) -> tuple:
-    """HfArgumentParser over the dataclasses + TrainingArguments; invalid values become a UserError."""
-    parser = HfArgumentParser((*dataclass_types, TrainingArguments))
+    """HfArgumentParser over the dataclasses + FinetuneTrainingArguments; invalid values become a UserError."""
+    parser = HfArgumentParser((*dataclass_types, FinetuneTrainingArguments))
     parser.prog = prog
     try:
         return parser.parse_args_into_dataclasses(args=argv)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from conftest import random_model, tiny_config, waveform
 
 import modeling_armhubert
+from armhubert import profiling
 from configuration_armhubert import PRESETS, ARMHubertConfig
 from modeling_armhubert import (
     ARMHubertModel,
@@ -319,17 +320,15 @@ def test_positional_convolution_by_fft_equals_the_direct_one(kernel, frames):
 @pytest.mark.parametrize("num_samples", [32000, 64000], ids=["2s-direct-conv", "4s-fft-conv"])
 def test_a_warm_call_derives_nothing_from_the_weights(num_samples):
     """The fixed per-call cost is gone: after the first call no operator makes a tensor from weights alone."""
-    from test_benchmark import benchmark
-
     model = ARMHubertModel(ARMHubertConfig.from_preset("armhubert-960h")).eval()
     audio = waveform(num_samples, seed=26)
     with torch.inference_mode():
         model(audio)
-        with benchmark.WeightDerivedTime(benchmark.state_tensors(model)) as tracker:
+        with profiling.WeightDerivedTime(profiling.state_tensors(model)) as tracker:
             model(audio)
     assert tracker.operators == []
     model.train()
-    with torch.enable_grad(), benchmark.WeightDerivedTime(benchmark.state_tensors(model)) as tracker:
+    with torch.enable_grad(), profiling.WeightDerivedTime(profiling.state_tensors(model)) as tracker:
         model(audio)
     assert any("weight_norm" in name for name in tracker.operators)  # training derives them per call
 

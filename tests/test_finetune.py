@@ -234,3 +234,21 @@ def test_audio_batches_are_padded_and_short_utterances_are_refused(tmp_path):
     with pytest.raises(DataError, match=r"1 training utterance\(s\) are shorter than 400 samples \(25 ms\), e.g. short"):
         check_min_duration(dataset, tiny_config(), "training")
     check_min_duration(dataset.select([0]), tiny_config(), "training")
+
+
+def test_demo_runs_keep_one_small_checkpoint_unless_asked(encoder_dir, tmp_path):
+    """Fine-tuning checkpoints default to the last one only, without optimizer state (a demo leaves MBs, not GBs)."""
+    common = [
+        "--model_name_or_path", str(encoder_dir), "--train_dir", str(CORPUS / "train-clean-100"),
+        "--eval_dir", str(CORPUS / "dev-clean"), "--per_device_train_batch_size", "8", "--max_steps", "3",
+        "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--save_steps", "1",
+    ]
+    finetune_classification.run([*common, "--output_dir", str(tmp_path / "small")])
+    checkpoints = sorted((tmp_path / "small").glob("checkpoint-*"))
+    assert [path.name for path in checkpoints] == ["checkpoint-3"]
+    assert (checkpoints[0] / "model.safetensors").is_file() and not (checkpoints[0] / "optimizer.pt").exists()
+    finetune_classification.run([*common, "--output_dir", str(tmp_path / "full"), "--save_only_model", "false",
+                                 "--save_total_limit", "2"])
+    checkpoints = sorted((tmp_path / "full").glob("checkpoint-*"))
+    assert [path.name for path in checkpoints] == ["checkpoint-2", "checkpoint-3"]
+    assert (checkpoints[-1] / "optimizer.pt").is_file()

@@ -5,7 +5,6 @@ import types
 
 import numpy as np
 import pytest
-import torch
 from conftest import random_model, tiny_config
 from transformers import AudioClassificationPipeline, AutomaticSpeechRecognitionPipeline, Wav2Vec2CTCTokenizer, pipeline
 from transformers.models.auto import configuration_auto, modeling_auto
