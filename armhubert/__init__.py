@@ -12,7 +12,10 @@ self-contained) <- this package <- the root CLIs (`distill_trainer.py`, `convert
 - `armhubert.training`: what every Trainer-based command shares (value ranges, loss guard, final save);
 - `armhubert.distill`: masking / STaR distillation (masks, losses, recipes, models, trainer);
 - `armhubert.finetune`: CTC / classification fine-tuning set-up;
-- `armhubert.convert`: original-release checkpoints -> Transformers folders, cards, Hub upload.
+- `armhubert.convert`: original-release checkpoints -> Transformers folders, cards, Hub upload;
+- `armhubert.cards`: model cards of trained models (fine-tuned heads, distilled students);
+- `armhubert.model_folders`: checks a model folder (a multi-model root names its subfolders);
+- `armhubert.profiling`: the benchmark's instruments (MACs, peak memory, fixed cost, timing).
 
 Submodules are imported on demand (`import armhubert` itself loads nothing heavy).
 """
