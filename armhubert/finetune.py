@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+import torch
 from transformers import BatchFeature, HfArgumentParser, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
@@ -172,8 +174,12 @@ def load_head_model(head_class: type[PreTrainedModel], model_args: ModelArgument
     return model
 
 
-def decode_audio_batch(rows: Sequence[dict], feature_extractor: Callable[..., BatchFeature]) -> BatchFeature:
-    """Decode each row's undecoded `audio` dict and pad.
+def decode_audio_batch(
+    rows: Sequence[dict],
+    feature_extractor: Callable[..., BatchFeature],
+    transform: Callable[[np.ndarray, dict], np.ndarray] | None = None,
+) -> BatchFeature:
+    """Decode each row's undecoded `audio` dict, apply `transform(samples, row)` if given, and pad.
 
     Returns `input_values` (batch, samples) float32 at 16 kHz and `attention_mask` (batch, samples).
     An empty file is a DataError: it would give the model no frame to classify or transcribe.
@@ -183,10 +189,23 @@ def decode_audio_batch(rows: Sequence[dict], feature_extractor: Callable[..., Ba
         samples = read_audio(row["audio"], target_rate=SAMPLING_RATE)
         if samples.size == 0:
             raise DataError(f"audio {row['audio'].get('path') or row.get('id')} is empty")
-        arrays.append(samples)
+        arrays.append(samples if transform is None else transform(samples, row))
     return feature_extractor(
         arrays, sampling_rate=SAMPLING_RATE, padding=True, return_attention_mask=True, return_tensors="pt"
     )
+
+
+def random_window(samples: np.ndarray, max_samples: int, generator: torch.Generator | None = None) -> np.ndarray:
+    """A window of at most `max_samples` of `samples` (time,) at a uniformly random offset.
+
+    Training augmentation for small data: each epoch sees other windows of the same utterances. The
+    offset comes from torch's random numbers (`generator`, else the global one), so a run repeats under
+    the Trainer's seed and data-loader workers, each seeded apart by torch, draw different windows.
+    """
+    if len(samples) <= max_samples:
+        return samples
+    offset = int(torch.randint(0, len(samples) - max_samples + 1, (), generator=generator))
+    return samples[offset : offset + max_samples]
 
 
 def check_min_duration(dataset: Any, config: ARMHubertConfig, what: str) -> None:

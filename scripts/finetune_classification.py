@@ -33,6 +33,7 @@ from armhubert.finetune import (
     decode_audio_batch,
     load_head_model,
     parse_run_arguments,
+    random_window,
     train_evaluate_and_save,
 )
 from armhubert.training import GuardedTrainer
@@ -55,6 +56,13 @@ class DataArguments:
     train_csv: str = field(default=None, metadata={"help": "CSV with columns path,label (paths relative to the CSV)."})
     eval_csv: str = field(default=None, metadata={"help": "Evaluation CSV, same columns as --train_csv."})
     max_duration: float = field(default=20.0, metadata={"help": "Drop training utterances longer than this (seconds)."})
+    crop_seconds: float = field(
+        default=None,
+        metadata={
+            "help": "Train on a random window of this many seconds of each utterance, drawn anew every time "
+            "(augmentation for small data); evaluation always uses whole utterances."
+        },
+    )
 
 
 def examples_from_folder(folder: str | Path) -> list[tuple[Path, str]]:
@@ -105,16 +113,23 @@ def read_examples(folder: str | None, csv_path: str | None, what: str) -> list[t
 
 
 def build_dataset(
-    examples: Sequence[tuple[Path, str]], label2id: dict[str, int], what: str, max_duration: float | None = None
+    examples: Sequence[tuple[Path, str]],
+    label2id: dict[str, int],
+    what: str,
+    max_duration: float | None = None,
+    random_crop: bool = False,
 ) -> datasets.Dataset:
-    """A `datasets.Dataset` of undecoded audio, label ids and lengths; unreadable files are refused."""
+    """A `datasets.Dataset` of undecoded audio, label ids and lengths; unreadable files are refused.
+
+    `random_crop` marks the rows the collator may cut to a random window (training rows with --crop_seconds).
+    """
     unknown = sorted({label for _, label in examples} - set(label2id))
     if unknown:
         raise DataError(
             f"the {what} data has labels the training data does not: {', '.join(unknown[:5])}; "
             "every label needs training examples"
         )
-    rows = {"audio": [], "label": [], "num_samples": []}
+    rows = {"audio": [], "label": [], "num_samples": [], "random_crop": []}
     for path, label in examples:
         try:
             info = soundfile.info(str(path))
@@ -127,6 +142,7 @@ def build_dataset(
         rows["audio"].append({"bytes": None, "path": str(path)})
         rows["label"].append(label2id[label])
         rows["num_samples"].append(num_samples)
+        rows["random_crop"].append(random_crop)
     if not rows["label"]:
         raise DataError(f"no {what} utterance is at most {max_duration} s long")
     return datasets.Dataset.from_dict(rows)
@@ -134,12 +150,22 @@ def build_dataset(
 
 @dataclass
 class ClassificationCollator:
-    """Decodes and pads the audio of a batch; stacks the label ids."""
+    """Decodes and pads the audio of a batch; stacks the label ids.
+
+    With `crop_samples`, rows marked `random_crop` are cut to a random window of that many samples
+    (`armhubert.finetune.random_window`).
+    """
 
     feature_extractor: Wav2Vec2FeatureExtractor
+    crop_samples: int | None = None
+
+    def _crop(self, samples: np.ndarray, row: dict) -> np.ndarray:
+        if self.crop_samples is None or not row.get("random_crop"):
+            return samples
+        return random_window(samples, self.crop_samples)
 
     def __call__(self, rows: Sequence[dict]) -> BatchFeature:
-        batch = decode_audio_batch(rows, self.feature_extractor)
+        batch = decode_audio_batch(rows, self.feature_extractor, self._crop)
         batch["labels"] = torch.tensor([row["label"] for row in rows], dtype=torch.long)
         return batch
 
@@ -159,7 +185,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if len(labels) < 2:
         raise DataError(f"the training data has {len(labels)} label(s); classification needs at least 2")
     label2id = {label: index for index, label in enumerate(labels)}
-    train = build_dataset(train_examples, label2id, "training", data_args.max_duration)
+    if data_args.crop_seconds is not None and not 0 < data_args.crop_seconds < float("inf"):
+        raise UserError(f"--crop_seconds must be a positive number of seconds, got {data_args.crop_seconds}")
+    crop_samples = None if data_args.crop_seconds is None else round(data_args.crop_seconds * SAMPLING_RATE)
+    train = build_dataset(train_examples, label2id, "training", data_args.max_duration, crop_samples is not None)
     evaluation = build_dataset(eval_examples, label2id, "evaluation")
 
     model = load_head_model(
@@ -171,12 +200,17 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     for dataset, what in ((train, "training"), (evaluation, "evaluation")):
         check_min_duration(dataset, model.config, what)
+    if crop_samples is not None and crop_samples < model.config.receptive_field:
+        raise UserError(
+            f"--crop_seconds {data_args.crop_seconds} is shorter than the model's receptive field "
+            f"({model.config.receptive_field / SAMPLING_RATE:.3f} s); give a longer window"
+        )
     feature_extractor = release_feature_extractor()
 
     trainer = GuardedTrainer(
         model=model,
         args=training_args,
-        data_collator=ClassificationCollator(feature_extractor),
+        data_collator=ClassificationCollator(feature_extractor, crop_samples),
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=feature_extractor,

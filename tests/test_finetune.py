@@ -21,6 +21,7 @@ from armhubert.finetune import (
     decode_audio_batch,
     load_head_model,
     parse_run_arguments,
+    random_window,
 )
 from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
 
@@ -132,6 +133,46 @@ def test_classification_fits_two_speakers_from_a_csv_with_relative_paths(encoder
     # Chance is ln 2 = 0.69: the model must fit its 8 training clips well within 12 steps.
     assert losses[0] > 0.6 and result["eval"]["eval_loss"] < 0.35, (losses, result["eval"])
     assert result["eval"]["eval_accuracy"] >= 0.9
+
+
+def test_random_windows_cover_the_utterance_and_change_every_draw():
+    samples = np.arange(1000, dtype=np.float32)
+    generator = torch.Generator().manual_seed(0)
+    windows = [random_window(samples, 300, generator) for _ in range(200)]
+    assert all(len(window) == 300 and np.array_equal(window, samples[int(window[0]):int(window[0]) + 300]) for window in windows)
+    offsets = {int(window[0]) for window in windows}
+    assert len(offsets) > 100 and min(offsets) < 50 and max(offsets) > 650  # uniform over 0..700
+    assert np.array_equal(random_window(samples[:200], 300, generator), samples[:200])  # shorter: kept whole
+
+
+def test_classification_crops_training_rows_only_with_repeatable_windows():
+    files = sorted((CORPUS / "dev-clean").rglob("*.flac"))[:2]
+    rows = [{"audio": {"bytes": None, "path": str(path)}, "label": 0, "random_crop": crop} for path, crop in zip(files, (True, False))]
+    collator = finetune_classification.ClassificationCollator(release_feature_extractor(), crop_samples=8000)
+
+    def draw():
+        batch = collator(rows)
+        return batch["attention_mask"].sum(dim=1).tolist(), batch["input_values"][0, :8000].clone()
+
+    torch.manual_seed(3)
+    lengths, first = draw()
+    assert lengths == [8000, len(load_16k(files[1]))]  # the evaluation-style row keeps its whole length
+    _, second = draw()
+    assert not torch.equal(first, second)  # a new window every time
+    torch.manual_seed(3)
+    assert torch.equal(draw()[1], first)  # the same windows under the same seed
+
+
+def test_classification_refuses_crop_windows_it_cannot_use(encoder_dir, tmp_path, capsys):
+    common = [
+        "--model_name_or_path", str(encoder_dir), "--output_dir", str(tmp_path / "out"), "--train_dir",
+        str(CORPUS / "train-clean-100"), "--eval_dir", str(CORPUS / "dev-clean"), *QUIET,
+    ]
+    for value, message in (("0.01", "shorter than the model's receptive field"), ("nan", "positive number"), ("-1", "positive number")):
+        assert finetune_classification.main([*common, "--crop_seconds", value]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert error[-1].startswith("finetune_classification.py: error: --crop_seconds") and message in error[-1], error
+    assert not (tmp_path / "out").exists()
 
 
 def test_classification_csv_errors_are_one_line_with_status_2(encoder_dir, tmp_path, capsys):
