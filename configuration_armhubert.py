@@ -7,6 +7,8 @@ wherever the meaning is the same, so HuBERT users find what they expect.
 """
 
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.utils import TRANSFORMERS_DYNAMIC_MODULE_NAME
 
 SAMPLING_RATE = 16000  # every release and teacher: 16 kHz mono
 RELEASE_CONV_LAYERS = "release"
@@ -353,5 +355,13 @@ class ARMHubertConfig(PreTrainedConfig):
         return self.projection_head_size is not None
 
 
-AutoConfig.register("armhubert", ARMHubertConfig, exist_ok=True)
+def is_remote_code_copy(module_name):
+    """Whether a module is a copy that `trust_remote_code` imported from a model folder (perhaps an older
+    version of this file): such a copy must not replace classes already registered, e.g. the installed
+    package's, or `AutoConfig.for_model("armhubert")` would change after loading any folder."""
+    return module_name.startswith(TRANSFORMERS_DYNAMIC_MODULE_NAME + ".")
+
+
+if not is_remote_code_copy(__name__) or "armhubert" not in CONFIG_MAPPING:
+    AutoConfig.register("armhubert", ARMHubertConfig, exist_ok=True)
 ARMHubertConfig.register_for_auto_class()

@@ -42,6 +42,12 @@ def explicit_pair(query, key, value, reuse_value, padding, scale):
     return probabilities @ value, torch.softmax(reused, dim=-1) @ reuse_value
 
 
+@pytest.fixture(autouse=True)
+def fused_at_every_length(monkeypatch):
+    """These tests use short inputs, which would otherwise hand over explicit maps (EXPLICIT_MAP_ELEMENTS)."""
+    monkeypatch.setattr(modeling_armhubert, "EXPLICIT_MAP_ELEMENTS", 0)
+
+
 def use_small_blocks(monkeypatch):
     """Blocks of one head and at most 16 query rows: kernels then work over many blocks, some shorter."""
     monkeypatch.setattr(modeling_armhubert, "REUSE_BLOCK_ELEMENTS", 1)
@@ -246,6 +252,19 @@ def test_what_the_computing_layer_hands_over():
     assert recompute.probabilities is None
     dropout = tiny_config(reuse_recompute_backward=True, reuse_attention_dropout=0.1)
     assert handover(random_model(dropout).train(), audio, grad=True).probabilities is not None
+
+
+def test_short_inputs_hand_over_the_whole_map_with_the_fused_outputs(monkeypatch):
+    model = random_model(tiny_config())
+    short, long = waveform(6480, seed=23), waveform(16000 * 2, seed=25)  # 20 and 99 frames, 4 heads
+    with torch.inference_mode():
+        fused = [model(audio, output_hidden_states=True) for audio in (short, long)]
+    monkeypatch.setattr(modeling_armhubert, "EXPLICIT_MAP_ELEMENTS", 4 * 20 * 20)
+    assert handover(model, short).probabilities.shape == (1, 4, 20, 20)
+    assert handover(model, long).probabilities is None  # 4 x 99 x 99 values: over the limit, fused
+    with torch.inference_mode():
+        for audio, expected in zip((short, long), fused):
+            assert_same_outputs(model(audio, output_hidden_states=True), expected)
 
 
 def test_no_map_sized_memory_in_inference():

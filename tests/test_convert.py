@@ -309,6 +309,21 @@ def test_interrupted_write_leaves_no_partial_folder(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_loading_a_folder_as_remote_code_keeps_the_installed_classes_registered(tmp_path):
+    """A folder's own copy of the code (maybe older) must not take over "armhubert" in this process."""
+    from transformers import AutoConfig, AutoModel, pipeline
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from configuration_armhubert import ARMHubertConfig
+    from modeling_armhubert import ARMHubertFeatureExtractionPipeline
+
+    out = folders.convert_checkpoint(TINY_CKPT, tmp_path / "model")
+    AutoModel.from_pretrained(out, trust_remote_code=True)
+    pipeline(model=str(out), trust_remote_code=True)  # imports the folder's copy of both files
+    assert type(AutoConfig.for_model("armhubert")) is ARMHubertConfig
+    assert PIPELINE_REGISTRY.supported_tasks["audio-feature-extraction"]["impl"] is ARMHubertFeatureExtractionPipeline
+
+
 def test_registration_with_auto_classes():
     from transformers import AutoConfig, AutoModel
 
