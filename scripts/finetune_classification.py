@@ -6,6 +6,8 @@
     # labels from CSV files with columns path,label (paths relative to the CSV)
     python scripts/finetune_classification.py --model_name_or_path ... --output_dir out/ic \\
         --train_csv train.csv --eval_csv dev.csv [any TrainingArguments]
+    # small data: train on random 1.5 s windows, drawn anew each time (evaluation uses whole utterances)
+    ... --crop_seconds 1.5
 
 Audio is decoded with soundfile and resampled to 16 kHz with soxr (`armhubert.audio.read_audio`).
 OUTPUT_DIR receives the model (labels in `config.id2label`), the feature extractor and a README.md
