@@ -82,7 +82,7 @@ def trained_model_card(facts: TrainedModelFacts) -> str:
             task_type=facts.pipeline_tag,
             task_name=task_names.get(facts.pipeline_tag),
             dataset_type=(facts.datasets or ["local"])[0],
-            dataset_name=facts.data_text.split(" (")[0],
+            dataset_name=facts.data_text.split(" (")[0].strip("`"),
             metric_type=name,
             metric_value=round(float(value), 6),
         )
@@ -152,11 +152,17 @@ def ctc_card(
 
 def classification_card(
     output_dir: str, base_model: str | None, preset: str | None, train_source: str, eval_source: str,
-    labels: Sequence[str], train_size: int, metrics: dict, steps: int,
+    labels: Sequence[str], train_size: int, metrics: dict, steps: int, crop_seconds: float | None = None,
 ) -> str:
-    """Card of an utterance classifier fine-tuned by `scripts/finetune_classification.py`."""
+    """Card of an utterance classifier fine-tuned by `scripts/finetune_classification.py`.
+
+    `crop_seconds`: the length of the random training windows (`--crop_seconds`), None for whole utterances.
+    """
     bundled = is_bundled_corpus(Path(train_source).parent.parent) or is_bundled_corpus(Path(train_source).parent)
-    data_text = f"`{train_source}` ({train_size} utterances, {len(labels)} classes; evaluated on `{eval_source}`)"
+    windows = f", trained on random {crop_seconds:g} s windows" if crop_seconds is not None else ""
+    data_text = (
+        f"`{train_source}` ({train_size} utterances, {len(labels)} classes{windows}; evaluated on `{eval_source}`)"
+    )
     if bundled:
         data_text += f", from {BUNDLED_DESCRIPTION}"
     return trained_model_card(

@@ -224,7 +224,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         lambda metrics, steps: classification_card(
             training_args.output_dir, model_args.model_name_or_path, model_args.preset,
             data_args.train_dir or data_args.train_csv, data_args.eval_dir or data_args.eval_csv, labels, len(train),
-            metrics, steps,
+            metrics, steps, data_args.crop_seconds,
         ),
     )
 

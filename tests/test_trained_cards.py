@@ -42,6 +42,10 @@ def test_classification_card_metadata():
     assert [(r.metric_type, r.metric_value) for r in parsed.data.eval_results] == [("accuracy", 0.9)]
     assert "random `armhubert-s-100h`" in parsed.text and "synthetic corpus" in parsed.text
     assert 'pipeline(model="out/sid", trust_remote_code=True)' in parsed.text
+    assert parsed.data.eval_results[0].dataset_name == "data/LibriSpeech/train-clean-100" and "windows" not in parsed.text
+    cropped = card(classification_card("out/sid", "runs/quickstart", None, "data/LibriSpeech/train-clean-100",
+                                       "data/LibriSpeech/dev-clean", ["1001", "1002"], 40, {"eval_accuracy": 1.0}, 2000, 1.5))
+    assert "(40 utterances, 2 classes, trained on random 1.5 s windows; evaluated on" in cropped.text
 
 
 def test_durations_of_small_corpora_are_not_zero_hours():
