@@ -10,7 +10,7 @@ and the scripts. No ffmpeg, torchcodec or torchaudio is needed.
 
 import io
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import soundfile
@@ -108,3 +108,15 @@ def load_16k(audio: Any, sampling_rate: int | None = None) -> np.ndarray:
     if not np.isfinite(samples).all():
         raise ValueError("the audio holds NaN or infinite samples")
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def window(samples: np.ndarray, max_samples: int | None, choose_offset: Callable[[int], int]) -> np.ndarray:
+    """`samples` (time,) cut to at most `max_samples` (None: no limit), whole when not longer.
+
+    `choose_offset(n)` picks the start among the n possible ones (0 .. n-1): the cropping policy
+    (fixed per utterance in distillation, random every time in classification training).
+    """
+    if max_samples is None or len(samples) <= max_samples:
+        return samples
+    offset = choose_offset(len(samples) - max_samples + 1)
+    return samples[offset : offset + max_samples]

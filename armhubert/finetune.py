@@ -21,7 +21,7 @@ from transformers import BatchFeature, HfArgumentParser, PreTrainedModel, Traine
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 from modeling_armhubert import add_remote_code_entries
 
-from .audio import DataError, read_audio
+from .audio import DataError, read_audio, window
 from .cli import UserError
 from .io import check_output_folder
 from .model_folders import check_model_folder
@@ -202,10 +202,7 @@ def random_window(samples: np.ndarray, max_samples: int, generator: torch.Genera
     offset comes from torch's random numbers (`generator`, else the global one), so a run repeats under
     the Trainer's seed and data-loader workers, each seeded apart by torch, draw different windows.
     """
-    if len(samples) <= max_samples:
-        return samples
-    offset = int(torch.randint(0, len(samples) - max_samples + 1, (), generator=generator))
-    return samples[offset : offset + max_samples]
+    return window(samples, max_samples, lambda choices: int(torch.randint(0, choices, (), generator=generator)))
 
 
 def check_min_duration(dataset: Any, config: ARMHubertConfig, what: str) -> None:

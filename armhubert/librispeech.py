@@ -28,7 +28,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from configuration_armhubert import SAMPLING_RATE
 
-from .audio import DataError, read_audio
+from .audio import DataError, read_audio, window
 
 logger = logging.getLogger(__name__)
 
@@ -260,10 +260,7 @@ def load_librispeech(
 
 def _audio_duration_crop(samples: np.ndarray, max_samples: int | None, key: str) -> np.ndarray:
     """A window of at most max_samples, at an offset fixed by the utterance (same crop every epoch, resumable)."""
-    if max_samples is None or len(samples) <= max_samples:
-        return samples
-    offset = zlib.crc32(str(key).encode()) % (len(samples) - max_samples + 1)
-    return samples[offset : offset + max_samples]
+    return window(samples, max_samples, lambda choices: zlib.crc32(str(key).encode()) % choices)
 
 
 @dataclasses.dataclass
