@@ -135,3 +135,16 @@ def test_hub_source_maps_split_names_and_reads_headers_from_bytes(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match=r"could not load openslr/librispeech_asr \(clean/validation\) from the Hugging Face Hub"):
         load_librispeech("openslr/librispeech_asr", "dev-clean")
+
+
+def test_distillation_crops_are_fixed_per_utterance():
+    """The same utterance gets the same window every epoch (resumable runs); utterances differ; short ones stay whole."""
+    from armhubert.librispeech import _audio_duration_crop
+
+    samples = np.arange(10_000, dtype=np.float32)
+    first = _audio_duration_crop(samples, 4000, "1001-101-0000")
+    assert len(first) == 4000 and np.array_equal(first, _audio_duration_crop(samples, 4000, "1001-101-0000"))
+    offsets = {int(_audio_duration_crop(samples, 4000, f"1001-101-{i:04d}")[0]) for i in range(20)}
+    assert len(offsets) > 10 and max(offsets) <= 6000
+    assert np.array_equal(_audio_duration_crop(samples[:3000], 4000, "x"), samples[:3000])
+    assert np.array_equal(_audio_duration_crop(samples, None, "x"), samples)
