@@ -263,8 +263,14 @@ class ARMHubertConfig(PreTrainedConfig):
         def fail(field, problem, fix):
             raise ValueError(f"ARMHubertConfig.{field}: {problem}. {fix}")
 
-        for field in ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
-                      "num_conv_pos_embeddings", "num_conv_pos_embedding_groups"):
+        for field in (
+            "hidden_size",
+            "intermediate_size",
+            "num_attention_heads",
+            "num_hidden_layers",
+            "num_conv_pos_embeddings",
+            "num_conv_pos_embedding_groups",
+        ):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 fail(field, f"got {value!r}", "Use a positive integer.")
@@ -306,7 +312,11 @@ class ARMHubertConfig(PreTrainedConfig):
         if self.reuse_softmax not in REUSE_SOFTMAX_MODES:
             fail("reuse_softmax", f"got {self.reuse_softmax!r}", f"Use one of {REUSE_SOFTMAX_MODES}.")
         if self.projection_head_size is not None and int(self.projection_head_size) <= 0:
-            fail("projection_head_size", f"got {self.projection_head_size}", "Use a positive width, or None for no heads.")
+            fail(
+                "projection_head_size",
+                f"got {self.projection_head_size}",
+                "Use a positive width, or None for no heads.",
+            )
         if self.layer_grad_scale and self.layer_grad_scale not in LAYER_GRAD_SCALE_MODES:
             fail(
                 "layer_grad_scale",

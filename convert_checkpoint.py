@@ -27,7 +27,7 @@ Python API (`convert`, `convert_checkpoint`, `convert_folder`, `push_to_hub`, ..
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from transformers.utils import logging as transformers_logging
 
@@ -40,9 +40,24 @@ from armhubert.convert.publish import PublishError, publish_output, push_to_hub
 from armhubert.convert.releases import RELEASES, Release, detect_release, release_by_name
 
 __all__ = [
-    "CardFacts", "PublishError", "RELEASES", "Release", "convert", "convert_checkpoint", "convert_folder",
-    "detect_release", "load_original_checkpoint", "main", "model_card", "parse_args", "parse_literal_expression",
-    "push_to_hub", "release_by_name", "repository_card", "save_model_folder", "to_hubert_model",
+    "CardFacts",
+    "PublishError",
+    "RELEASES",
+    "Release",
+    "convert",
+    "convert_checkpoint",
+    "convert_folder",
+    "detect_release",
+    "load_original_checkpoint",
+    "main",
+    "model_card",
+    "parse_args",
+    "parse_literal_expression",
+    "push_to_hub",
+    "release_by_name",
+    "repository_card",
+    "save_model_folder",
+    "to_hubert_model",
 ]
 
 PROG = "convert_checkpoint.py"  # the name error lines start with, also for the `armhubert-convert` script
@@ -56,17 +71,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--name", help="release name, e.g. ARMHuBERT-960h (default: the file's name if it is one, else detected)"
     )
     parser.add_argument(
-        "--all", metavar="SRC_DIR", dest="source_dir",
+        "--all",
+        metavar="SRC_DIR",
+        dest="source_dir",
         help="convert every .ckpt of SRC_DIR (with NAME.yaml where present) into subfolders of --output-dir",
     )
     parser.add_argument(
-        "--default", metavar="NAME",
+        "--default",
+        metavar="NAME",
         help="with --all: the variant the repository root holds (the bare id loads it) when there is no ARMHuBERT-960h",
     )
     parser.add_argument("--output-dir", required=True, help="folder to write the converted model (or repository) into")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument(
-        "--format", dest="output_format", choices=OUTPUT_FORMATS, default="armhubert",
+        "--format",
+        dest="output_format",
+        choices=OUTPUT_FORMATS,
+        default="armhubert",
         help="armhubert: this repo's model (remote code); hubert: plain transformers HubertModel (STaR models only)",
     )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the finished output to this Hub repository")
@@ -93,7 +114,12 @@ def _convert_and_publish(argv: Sequence[str] | None) -> None:
         )
     else:
         output = convert_checkpoint(
-            args.checkpoint, args.output_dir, args.config, args.overwrite, args.name, args.output_format,
+            args.checkpoint,
+            args.output_dir,
+            args.config,
+            args.overwrite,
+            args.name,
+            args.output_format,
             args.push_to_hub,
         )
     print(f"wrote {output}")

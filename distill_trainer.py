@@ -83,7 +83,11 @@ def parse_cli(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--config", required=True, help="recipe YAML, e.g. conf/quickstart.yaml")
     parser.add_argument(
-        "--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
+        "--resume",
+        nargs="?",
+        const="last",
+        default=None,
+        metavar="CHECKPOINT",
         help="continue the last complete checkpoint in output_dir (or the given checkpoint folder) exactly",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="replace recipe entries")

@@ -20,11 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from transformers import (
-    AudioClassificationPipeline,  # named by task folders' `custom_pipelines` (see add_remote_code_entries)
     AutoModel,
     AutoModelForAudioClassification,
     AutoModelForCTC,
-    AutomaticSpeechRecognitionPipeline,
     Pipeline,
     PreTrainedModel,
     Wav2Vec2FeatureExtractor,
@@ -986,8 +984,9 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         if config.has_projection_heads:
             last = config.num_hidden_layers - 1
             self.projection_heads = nn.ModuleList(
-                None if last_head_only and index < last else
-                ARMHubertProjectionHead(config.hidden_size, config.projection_head_size)
+                None
+                if last_head_only and index < last
+                else ARMHubertProjectionHead(config.hidden_size, config.projection_head_size)
                 for index in range(config.num_hidden_layers)
             )
             if last_head_only and last > 0:
@@ -1048,8 +1047,10 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
             with torch.no_grad():
                 features = self.feature_extractor(input_values)
         else:
-            features = scale_gradient(self.feature_extractor(input_values), mult) if self.training else (
-                self.feature_extractor(input_values)
+            features = (
+                scale_gradient(self.feature_extractor(input_values), mult)
+                if self.training
+                else (self.feature_extractor(input_values))
             )
         return features.transpose(1, 2)
 
@@ -1369,7 +1370,9 @@ class ARMHubertForCTC(ARMHubertTaskModel):
             labels (`(B, U)` long): token ids; positions holding -100 (or the blank id) are padding.
         """
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
-        outputs, features, frame_mask = self._encode(input_values, attention_mask, output_hidden_states, output_attentions)
+        outputs, features, frame_mask = self._encode(
+            input_values, attention_mask, output_hidden_states, output_attentions
+        )
         logits = self.lm_head(self.dropout(features))
 
         loss = None
@@ -1422,7 +1425,9 @@ class ARMHubertForSequenceClassification(ARMHubertTaskModel):
     ):
         """Class logits (B, num_labels) for raw 16 kHz audio, and the loss when `labels` (B,) are given."""
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
-        outputs, features, frame_mask = self._encode(input_values, attention_mask, output_hidden_states, output_attentions)
+        outputs, features, frame_mask = self._encode(
+            input_values, attention_mask, output_hidden_states, output_attentions
+        )
         hidden_states = self.projector(features)
         if frame_mask is None:
             pooled = hidden_states.mean(dim=1)
@@ -1504,7 +1509,7 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
                 raise ValueError(f"audio file {path} does not exist.")
             try:
                 inputs = load_audio(path, sampling_rate=SAMPLING_RATE)
-            except Exception as error:  # decoders raise many types for unreadable files
+            except Exception as error:  # noqa: BLE001 -- decoders raise many types for unreadable files
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise ValueError(f"cannot decode audio file {path}: {reason}") from None
         elif isinstance(inputs, dict):
@@ -1597,7 +1602,9 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
 HEAD_PIPELINES = {
     "ARMHubertForCTC": ("automatic-speech-recognition", "AutomaticSpeechRecognitionPipeline", "AutoModelForCTC"),
     "ARMHubertForSequenceClassification": (
-        "audio-classification", "AudioClassificationPipeline", "AutoModelForAudioClassification"
+        "audio-classification",
+        "AudioClassificationPipeline",
+        "AutoModelForAudioClassification",
     ),
 }
 
@@ -1624,12 +1631,16 @@ def add_remote_code_entries(config, model_class=None):
         "AutoModelForCTC": f"{module}.ARMHubertForCTC",
         "AutoModelForAudioClassification": f"{module}.ARMHubertForSequenceClassification",
     }
-    saved_class = model_class.__name__ if model_class is not None else (getattr(config, "architectures", None) or [""])[0]
+    saved_class = (
+        model_class.__name__ if model_class is not None else (getattr(config, "architectures", None) or [""])[0]
+    )
     task, pipeline_class, auto_class = HEAD_PIPELINES.get(
         saved_class, (FEATURE_EXTRACTION_TASK, "ARMHubertFeatureExtractionPipeline", "AutoModel")
     )
     ours = {FEATURE_EXTRACTION_TASK, *(entry[0] for entry in HEAD_PIPELINES.values())}
-    others = {name: entry for name, entry in (getattr(config, "custom_pipelines", None) or {}).items() if name not in ours}
+    others = {
+        name: entry for name, entry in (getattr(config, "custom_pipelines", None) or {}).items() if name not in ours
+    }
     config.custom_pipelines = {
         **others,
         task: {"impl": f"{module}.{pipeline_class}", "pt": [auto_class], "type": "audio"},

@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         # onnx/onnxruntime: scripts/export_onnx.py; matplotlib: benchmark plots.
-        "dev": ["pytest>=8.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2", "matplotlib>=3.7"],
+        "dev": ["pytest>=8.0", "ruff>=0.6", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["armhubert-convert=convert_checkpoint:main"]},
 )

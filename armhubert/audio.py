@@ -10,7 +10,8 @@ and the scripts. No ffmpeg, torchcodec or torchaudio is needed.
 
 import io
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -44,7 +45,9 @@ def read_audio(audio: str | os.PathLike | dict, target_rate: int = SAMPLING_RATE
         samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
     except Exception as error:  # noqa: BLE001 - libsndfile errors, missing files, truncated streams
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"cannot read audio file {name}: {reason}; expected audio that soundfile can decode (FLAC, WAV)") from None
+        raise DataError(
+            f"cannot read audio file {name}: {reason}; expected audio that soundfile can decode (FLAC, WAV)"
+        ) from None
     if not np.isfinite(samples).all():  # float WAV / FLAC can hold NaN or inf: they would poison training
         raise DataError(f"audio file {name} holds NaN or infinite samples; expected finite samples in [-1, 1]")
     samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
@@ -82,7 +85,9 @@ def load_16k(audio: Any, sampling_rate: int | None = None) -> np.ndarray:
     Raises:
         ValueError: unreadable file, array without a rate, integer or non-finite samples, empty audio.
     """
-    if isinstance(audio, (str, os.PathLike)) or (isinstance(audio, dict) and "array" not in audio and "raw" not in audio):
+    if isinstance(audio, (str, os.PathLike)) or (
+        isinstance(audio, dict) and "array" not in audio and "raw" not in audio
+    ):
         try:
             samples = read_audio(audio, target_rate=SAMPLING_RATE)
         except DataError as error:

@@ -7,9 +7,9 @@ text and in the YAML metadata the Hub reads.
 """
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -127,11 +127,20 @@ def _pipeline_usage(task: str, output_dir: str, call: str) -> str:
 
 
 def ctc_card(
-    output_dir: str, base_model: str | None, preset: str | None, data_source: str, train_split: str,
-    eval_split: str, train_size: int, metrics: dict, steps: int,
+    output_dir: str,
+    base_model: str | None,
+    preset: str | None,
+    data_source: str,
+    train_split: str,
+    eval_split: str,
+    train_size: int,
+    metrics: dict,
+    steps: int,
 ) -> str:
     """Card of a CTC model fine-tuned by `scripts/finetune_ctc.py`; `metrics` holds `eval_wer` / `eval_cer`."""
-    data_text, datasets = describe_data(data_source, f"{train_split}, {train_size} utterances; evaluated on {eval_split}")
+    data_text, datasets = describe_data(
+        data_source, f"{train_split}, {train_size} utterances; evaluated on {eval_split}"
+    )
     return trained_model_card(
         TrainedModelFacts(
             title=Path(output_dir).name,
@@ -151,8 +160,16 @@ def ctc_card(
 
 
 def classification_card(
-    output_dir: str, base_model: str | None, preset: str | None, train_source: str, eval_source: str,
-    labels: Sequence[str], train_size: int, metrics: dict, steps: int, crop_seconds: float | None = None,
+    output_dir: str,
+    base_model: str | None,
+    preset: str | None,
+    train_source: str,
+    eval_source: str,
+    labels: Sequence[str],
+    train_size: int,
+    metrics: dict,
+    steps: int,
+    crop_seconds: float | None = None,
 ) -> str:
     """Card of an utterance classifier fine-tuned by `scripts/finetune_classification.py`.
 

@@ -7,7 +7,7 @@ reaches `run_main` (a full disk, a read-only or vanished folder) is reported the
 """
 
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 class UserError(Exception):

@@ -10,9 +10,10 @@ final save is `armhubert.training.save_trained_model`; nothing here depends on d
     return train_evaluate_and_save(trainer, training_args.output_dir, make_card)
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +25,10 @@ from modeling_armhubert import add_remote_code_entries
 from .audio import DataError, read_audio, window
 from .cli import UserError
 from .io import check_output_folder
-from .model_folders import check_model_folder
 from .limits import check_code_text
+from .model_folders import check_model_folder
 from .training import check_training_values, save_trained_model
+
 
 @dataclass
 class ModelArguments:
@@ -34,7 +36,9 @@ class ModelArguments:
 
     model_name_or_path: str = field(
         default=None,
-        metadata={"help": "Encoder to fine-tune: a folder written by convert_checkpoint.py or distill_trainer.py, or a Hub id."},
+        metadata={
+            "help": "Encoder to fine-tune: a folder written by convert_checkpoint.py or distill_trainer.py, or a Hub id."
+        },
     )
     preset: str = field(
         default=None,
@@ -42,14 +46,17 @@ class ModelArguments:
     )
     freeze_feature_encoder: bool = field(default=True, metadata={"help": "Keep the CNN feature encoder frozen."})
     freeze_base_model: bool = field(
-        default=False, metadata={"help": "Train only the head (and layer weights), as SUPERB does with a frozen upstream."}
+        default=False,
+        metadata={"help": "Train only the head (and layer weights), as SUPERB does with a frozen upstream."},
     )
     use_weighted_layer_sum: bool = field(
         default=False,
         metadata={"help": "Feed the head a learned weighted sum of the layers SUPERB used instead of the last output."},
     )
     apply_spec_augment: bool = field(default=True, metadata={"help": "SpecAugment-style masking while training."})
-    mask_time_prob: float = field(default=0.05, metadata={"help": "Share of frames masked (mask_time_length-frame spans)."})
+    mask_time_prob: float = field(
+        default=0.05, metadata={"help": "Share of frames masked (mask_time_length-frame spans)."}
+    )
     mask_time_length: int = field(default=10, metadata={"help": "Length of a time-mask span, in frames."})
     mask_feature_prob: float = field(default=0.0, metadata={"help": "Share of channels zeroed."})
     mask_feature_length: int = field(default=10, metadata={"help": "Length of a channel-mask span."})
@@ -112,7 +119,9 @@ def parse_run_arguments(
     check_code_text(model_args.model_name_or_path or "", "--model_name_or_path")
     data_paths = [getattr(data_args, name) for name in getattr(data_arguments_class, "INPUT_FIELDS", ())]
     inputs = [model_args.model_name_or_path, *data_paths]
-    check_output_folder(training_args.output_dir, output_args.overwrite_output_dir, inputs, flag="--overwrite_output_dir")
+    check_output_folder(
+        training_args.output_dir, output_args.overwrite_output_dir, inputs, flag="--overwrite_output_dir"
+    )
     # Rows keep their undecoded audio for the collator; length grouping reads `num_samples`.
     training_args.remove_unused_columns = False
     training_args.length_column_name = "num_samples"
@@ -135,7 +144,9 @@ def check_model_arguments(model_args: ModelArguments) -> None:
         )
 
 
-def load_head_model(head_class: type[PreTrainedModel], model_args: ModelArguments, **head_config: Any) -> PreTrainedModel:
+def load_head_model(
+    head_class: type[PreTrainedModel], model_args: ModelArguments, **head_config: Any
+) -> PreTrainedModel:
     """The task model, from a saved encoder / model (`model_name_or_path`) or a random preset.
 
     `head_config` sets head fields (vocab_size, num_labels, ...). The ARM recipes' distillation-only

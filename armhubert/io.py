@@ -17,9 +17,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from .cli import UserError
 
@@ -94,13 +94,30 @@ def give_usual_modes(path: Path) -> None:
 _PROCESS_START = time.time()  # staging folders of killed runs are older than this process
 _STAGING_TAG, _RETIRED_TAG = "armhubert-staging", "armhubert-old"
 # Files our commands write into an output folder (model, processor, card, trainer state, recipes).
-OUTPUT_FILE_NAMES = frozenset({
-    "config.json", "model.safetensors", "model.safetensors.index.json", "preprocessor_config.json", "README.md",
-    "configuration_armhubert.py", "modeling_armhubert.py", "vocab.json", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json", "tokenizer.json", "processor_config.json", "training_args.bin",
-    "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json", "distill_recipe.yaml",
-    "generation_config.json",
-})
+OUTPUT_FILE_NAMES = frozenset(
+    {
+        "config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "preprocessor_config.json",
+        "README.md",
+        "configuration_armhubert.py",
+        "modeling_armhubert.py",
+        "vocab.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "tokenizer.json",
+        "processor_config.json",
+        "training_args.bin",
+        "trainer_state.json",
+        "all_results.json",
+        "train_results.json",
+        "eval_results.json",
+        "distill_recipe.yaml",
+        "generation_config.json",
+    }
+)
 _OUTPUT_FILE_PATTERNS = re.compile(r"model-\d+-of-\d+\.safetensors")
 _OUTPUT_FOLDER_NAMES = re.compile(r"(checkpoint-\d+|runs|\.student-staging)")
 
@@ -302,7 +319,9 @@ def staged_folder(
     """
     output_dir = Path(output_dir)
     if _inside(Path.cwd().resolve(), output_dir.resolve()):  # replacing it would pull the floor away
-        raise UserError(f"the output {output_dir} contains the current folder; give a new folder, e.g. --output-dir out")
+        raise UserError(
+            f"the output {output_dir} contains the current folder; give a new folder, e.g. --output-dir out"
+        )
     recover_interrupted_writes(output_dir)
     output_dir = check_output_folder(output_dir, overwrite, inputs, problem)
     output_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,9 @@ HUB_SPLITS = {
     "test-clean": ("clean", "test"),
     "test-other": ("other", "test"),
 }
-LIBRISPEECH_LAYOUT = "LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac + <speaker>-<chapter>.trans.txt"
+LIBRISPEECH_LAYOUT = (
+    "LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac + <speaker>-<chapter>.trans.txt"
+)
 UTTERANCE_ID = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 
 
@@ -119,7 +121,9 @@ def _read_transcripts(split_dir):
         try:
             lines = transcript_file.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError as error:
-            raise DataError(f"{transcript_file} is not UTF-8 text (byte {error.start}); LibriSpeech transcripts are ASCII") from None
+            raise DataError(
+                f"{transcript_file} is not UTF-8 text (byte {error.start}); LibriSpeech transcripts are ASCII"
+            ) from None
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -161,7 +165,9 @@ def _load_local_split(root, split):
     if unreadable:
         logger.warning(
             "Skipping %d unreadable audio file(s) in %s (soundfile cannot read them), e.g. %s",
-            len(unreadable), split_dir, ", ".join(unreadable[:3]),
+            len(unreadable),
+            split_dir,
+            ", ".join(unreadable[:3]),
         )
     kept = [(row, length) for row, length in zip(rows, lengths) if length is not None]
     if not kept:
@@ -200,7 +206,7 @@ def _load_hub_split(source, split):
     if split not in HUB_SPLITS:
         raise DataError(f"unknown LibriSpeech split {split!r}; expected one of {', '.join(HUB_SPLITS)}")
     config, hub_split = HUB_SPLITS[split]
-    name = source[len("hf://"):] if source.startswith("hf://") else source
+    name = source[len("hf://") :] if source.startswith("hf://") else source
     try:
         dataset = datasets.load_dataset(name, config, split=hub_split)
     except Exception as error:  # noqa: BLE001 - network, auth or missing dataset: all user-facing
@@ -218,7 +224,9 @@ def _load_hub_split(source, split):
     )
     unreadable = dataset.filter(lambda length: length < 0, input_columns="num_samples")
     if len(unreadable):
-        logger.warning("Skipping %d unreadable audio file(s) in %s %s, e.g. %s", len(unreadable), name, split, unreadable[0]["id"])
+        logger.warning(
+            "Skipping %d unreadable audio file(s) in %s %s, e.g. %s", len(unreadable), name, split, unreadable[0]["id"]
+        )
         dataset = dataset.filter(lambda length: length >= 0, input_columns="num_samples")
     return dataset
 
@@ -288,8 +296,12 @@ class AudioCollator:
                 skipped.append(row["id"])
                 continue
             if len(samples) < self.min_samples:
-                logger.warning("Skipping %s: %d samples, fewer than the model's %d-sample receptive field",
-                               row["id"], len(samples), self.min_samples)
+                logger.warning(
+                    "Skipping %s: %d samples, fewer than the model's %d-sample receptive field",
+                    row["id"],
+                    len(samples),
+                    self.min_samples,
+                )
                 skipped.append(row["id"])
                 continue
             waveforms.append(_audio_duration_crop(samples, self.max_samples, row["id"]))

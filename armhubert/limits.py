@@ -74,7 +74,9 @@ def check_structure(value: Any, what: str) -> None:
         item, depth = stack.pop()
         nodes += 1
         if nodes > MAX_NODES:
-            raise UserError(f"{what} has more than {MAX_NODES:,} values (counting shared references); refusing to expand it")
+            raise UserError(
+                f"{what} has more than {MAX_NODES:,} values (counting shared references); refusing to expand it"
+            )
         if depth > MAX_DEPTH:
             raise UserError(f"{what} nests deeper than {MAX_DEPTH} levels; refusing to expand it")
         if isinstance(item, (str, bytes, bytearray)):
@@ -101,7 +103,9 @@ def check_plain_data(value: Any, what: str) -> None:
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
         elif not isinstance(item, (str, int, float, bool, type(None))):
-            raise UserError(f"{what} holds a {type(item).__name__}; only plain values (text, numbers, lists) belong there")
+            raise UserError(
+                f"{what} holds a {type(item).__name__}; only plain values (text, numbers, lists) belong there"
+            )
 
 
 def _check_yaml_events(text, what, loader):
@@ -132,7 +136,7 @@ def parse_yaml_text(text: str, what: str, loader: type = yaml.SafeLoader) -> Any
         raise UserError(f"{what} is larger than {MAX_YAML_BYTES // 1024} KiB; a recipe or config is a few kB")
     try:
         _check_yaml_events(text, what, loader)
-        value = yaml.load(text, Loader=loader)  # noqa: S506 - `loader` is a SafeLoader (plain data only)
+        value = yaml.load(text, Loader=loader)  # `loader` is a SafeLoader (plain data only)
     except yaml.YAMLError as error:
         raise UserError(f"{what} is not valid YAML: {str(error).splitlines()[0]}") from None
     check_structure(value, what)

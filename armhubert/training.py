@@ -3,8 +3,9 @@ the final model save."""
 
 import math
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from transformers import Trainer
@@ -111,7 +112,9 @@ def _check_finite(trainer: Trainer) -> None:
     if trainer.accelerator.num_processes > 1:
         broken = trainer.accelerator.reduce(broken, reduction="sum")
     if bool(broken > 0):
-        raise UserError(message or "the trained model has NaN or infinite weights (found by another process); nothing was saved")
+        raise UserError(
+            message or "the trained model has NaN or infinite weights (found by another process); nothing was saved"
+        )
 
 
 def save_trained_model(trainer: Trainer, output_dir: str | Path, card: str | None = None) -> None:

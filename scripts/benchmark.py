@@ -21,6 +21,7 @@ GPUs) or `:eager`. Writes `benchmark.json` and `benchmark.png` to --output_dir (
 `runs/benchmark`, untracked; the README's figures come from a deliberate run into `scripts/results`).
 Exit status 2: bad arguments.
 """
+
 import gc
 import json
 import os
@@ -353,9 +354,11 @@ def format_tables(results, args):
         results,
         args,
         f"Attention-map reuse against {reference}: latency ratio / peak memory ratio",
-        lambda e, c: f"{c['latency_vs_reference']:.2f} / {c['peak_memory_vs_reference']:.2f}"
-        if "latency_vs_reference" in c
-        else None,
+        lambda e, c: (
+            f"{c['latency_vs_reference']:.2f} / {c['peak_memory_vs_reference']:.2f}"
+            if "latency_vs_reference" in c
+            else None
+        ),
     )
     lines += ["", f"Fixed cost per call: weight-only work in a warm call, batch 1 x {min(args.seconds):g} s", ""]
     lines += ["| model | ms |", "|---|---|"]

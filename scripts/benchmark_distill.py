@@ -43,7 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=10, help="timed repetitions (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
-    parser.add_argument("--pretrained-teacher", action="store_true", help="load the recipe's teacher weights (needs the Hub)")
+    parser.add_argument(
+        "--pretrained-teacher", action="store_true", help="load the recipe's teacher weights (needs the Hub)"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     return parser.parse_args(argv)
 
@@ -86,15 +88,27 @@ def synthetic_batch(trainer, batch_size, seconds, seed=0):
     masker = None
     if trainer.distill_args.distill_mode == "masking":
         d = trainer.distill_args
-        masker = SpanMasker(config.conv_kernel, config.conv_stride, d.mask_prob, d.mask_length, d.mask_min_spans,
-                            d.mask_min_space, d.mask_same_count)
+        masker = SpanMasker(
+            config.conv_kernel,
+            config.conv_stride,
+            d.mask_prob,
+            d.mask_length,
+            d.mask_min_spans,
+            d.mask_min_space,
+            d.mask_same_count,
+        )
     padded = release_feature_extractor()(
         waveforms, sampling_rate=SAMPLING_RATE, padding=True, return_attention_mask=True, return_tensors="pt"
     )
-    batch = {"input_values": padded["input_values"], "attention_mask": padded["attention_mask"],
-             "num_unreadable": torch.tensor(0)}
+    batch = {
+        "input_values": padded["input_values"],
+        "attention_mask": padded["attention_mask"],
+        "num_unreadable": torch.tensor(0),
+    }
     if masker is not None:
-        batch["mask_time_indices"] = masker(list(lengths), padded["input_values"].shape[1], [str(i) for i in range(batch_size)])
+        batch["mask_time_indices"] = masker(
+            list(lengths), padded["input_values"].shape[1], [str(i) for i in range(batch_size)]
+        )
     return {k: v.to(trainer.args.device) for k, v in batch.items()}, float(lengths.sum()) / SAMPLING_RATE
 
 
@@ -164,10 +178,15 @@ def main(argv=None):
 
     device = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"recipe {args.config}  mode {trainer.distill_args.distill_mode}  device {device}  precision {precision}")
-    print(f"batch {batch_size} x {args.seconds:.1f} s = {audio_seconds:.1f} s of audio, "
-          f"{x.shape[1] // 320} frames; student {sum(p.numel() for p in model.parameters()):,} parameters")
-    passes = "masked + unmasked as one doubled batch" if mask is not None and trainer._teacher_single_pass else (
-        "two passes" if mask is not None else "one pass")
+    print(
+        f"batch {batch_size} x {args.seconds:.1f} s = {audio_seconds:.1f} s of audio, "
+        f"{x.shape[1] // 320} frames; student {sum(p.numel() for p in model.parameters()):,} parameters"
+    )
+    passes = (
+        "masked + unmasked as one doubled batch"
+        if mask is not None and trainer._teacher_single_pass
+        else ("two passes" if mask is not None else "one pass")
+    )
     print(f"teacher ({passes}):  {t_teacher * 1000:8.1f} ms")
     if t_two is not None:
         print(f"teacher (two passes, for comparison): {t_two * 1000:8.1f} ms")

@@ -22,9 +22,9 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -73,7 +73,9 @@ def load_model(model: str, subfolder: str | None = None) -> PreTrainedModel:
         return AutoModel.from_pretrained(model, subfolder=subfolder or "").eval()
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0]
-        raise UserError(f"cannot load a model from {model}{f' (subfolder {subfolder})' if subfolder else ''}: {reason}")
+        raise UserError(
+            f"cannot load a model from {model}{f' (subfolder {subfolder})' if subfolder else ''}: {reason}"
+        ) from None
 
 
 def export_onnx(model: PreTrainedModel, opset: int | None = None) -> bytes:
@@ -110,7 +112,9 @@ def onnx_session(model_bytes: bytes, threads: int | None = None):
     return onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def check_parity(model: PreTrainedModel, session, batch: int = 3, seconds: float = 1.7, seed: int = 0) -> dict[str, float]:
+def check_parity(
+    model: PreTrainedModel, session, batch: int = 3, seconds: float = 1.7, seed: int = 0
+) -> dict[str, float]:
     """Max abs difference between onnxruntime and PyTorch for every output, on a shape unlike the export's."""
     generator = torch.Generator().manual_seed(seed)
     audio = 0.1 * torch.randn(batch, int(seconds * SAMPLING_RATE), generator=generator)
@@ -195,7 +199,10 @@ def export(argv: Sequence[str] | None = None) -> int:
         print(f"  {name:<24} {difference:.2e}")
     worst = max(differences.values())
     if worst > args.atol:
-        print(f"{PROG}: error: parity check failed ({worst:.2e} > --atol {args.atol}); {output} was not written", file=sys.stderr)
+        print(
+            f"{PROG}: error: parity check failed ({worst:.2e} > --atol {args.atol}); {output} was not written",
+            file=sys.stderr,
+        )
         return 1
     latency = measure_latency(model, session, args.latency_seconds, args.latency_runs)
     atomic_write_bytes(output, model_bytes)

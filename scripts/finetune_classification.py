@@ -17,9 +17,10 @@ model card with the accuracy, and opens with
 
 import csv
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import datasets
 import numpy as np
@@ -97,7 +98,9 @@ def examples_from_csv(csv_path: str | Path) -> list[tuple[Path, str]]:
         raise DataError(f"{csv_path} is not a readable CSV file: {error}") from None
     if not rows or not {"path", "label"} <= set(rows[0]):
         found = ", ".join(rows[0]) if rows else "no rows"
-        raise DataError(f"{csv_path} needs a header with 'path' and 'label' columns and at least one row; found {found}")
+        raise DataError(
+            f"{csv_path} needs a header with 'path' and 'label' columns and at least one row; found {found}"
+        )
     examples = []
     for number, row in enumerate(rows, 2):
         if not row["path"] or not row["label"]:
@@ -222,9 +225,16 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         trainer,
         training_args.output_dir,
         lambda metrics, steps: classification_card(
-            training_args.output_dir, model_args.model_name_or_path, model_args.preset,
-            data_args.train_dir or data_args.train_csv, data_args.eval_dir or data_args.eval_csv, labels, len(train),
-            metrics, steps, data_args.crop_seconds,
+            training_args.output_dir,
+            model_args.model_name_or_path,
+            model_args.preset,
+            data_args.train_dir or data_args.train_csv,
+            data_args.eval_dir or data_args.eval_csv,
+            labels,
+            len(train),
+            metrics,
+            steps,
+            data_args.crop_seconds,
         ),
     )
 

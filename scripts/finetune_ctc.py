@@ -15,14 +15,15 @@ import json
 import re
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import datasets
 import jiwer
-import torch
 import numpy as np
+import torch
 from transformers import BatchFeature, EvalPrediction, Wav2Vec2CTCTokenizer, Wav2Vec2Processor
 
 from armhubert.audio import DataError
@@ -59,7 +60,8 @@ class DataArguments:
     max_train_samples: int = field(default=None, metadata={"help": "Keep only the first N training utterances."})
     max_eval_samples: int = field(default=None, metadata={"help": "Keep only the first N evaluation utterances."})
     chars_to_ignore: str = field(
-        default="", metadata={"help": "Characters removed from every transcript before building the vocabulary, e.g. ',?.!'."}
+        default="",
+        metadata={"help": "Characters removed from every transcript before building the vocabulary, e.g. ',?.!'."},
     )
 
 
@@ -199,8 +201,15 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         trainer,
         training_args.output_dir,
         lambda metrics, steps: ctc_card(
-            training_args.output_dir, model_args.model_name_or_path, model_args.preset, data_args.data_source,
-            data_args.train_split, data_args.eval_split, len(train), metrics, steps,
+            training_args.output_dir,
+            model_args.model_name_or_path,
+            model_args.preset,
+            data_args.data_source,
+            data_args.train_split,
+            data_args.eval_split,
+            len(train),
+            metrics,
+            steps,
         ),
     )
 

@@ -28,9 +28,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -141,8 +141,7 @@ def check_espeak() -> str:
     """Return the espeak-ng path, or raise UserError saying how to install it."""
     exe = shutil.which("espeak-ng")
     if exe is None:
-        raise UserError("'espeak-ng' not found on PATH; install it with "
-                        "'apt-get install espeak-ng' and re-run.")
+        raise UserError("'espeak-ng' not found on PATH; install it with 'apt-get install espeak-ng' and re-run.")
     return exe
 
 
@@ -154,13 +153,14 @@ def to_transcript(sentence: str) -> str:
     return text
 
 
-def synthesise(exe: str, text: str, voice: str, pitch: int, speed: int,
-               tmp_wav: Path) -> np.ndarray:
+def synthesise(exe: str, text: str, voice: str, pitch: int, speed: int, tmp_wav: Path) -> np.ndarray:
     """Run espeak-ng and return float32 mono audio at SAMPLING_RATE (soxr "HQ" resampling)."""
     # -w writes a WAV with a correct header (--stdout leaves sizes unset).
-    subprocess.run([exe, "-v", voice, "-p", str(pitch), "-s", str(speed),
-                    "-w", str(tmp_wav), "--", text],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [exe, "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(tmp_wav), "--", text],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return read_audio(tmp_wav, target_rate=SAMPLING_RATE)
 
 
@@ -194,11 +194,9 @@ def build_corpus(root: Path, seed: int, exe: str) -> tuple[int, float]:
             chapter_dir.mkdir(parents=True, exist_ok=True)
             utt_id = f"{spk.speaker_id}-{chapter}-{utt:04d}"
             audio = synthesise(exe, sentence, spk.voice, pitch, speed, tmp_wav)
-            sf.write(chapter_dir / f"{utt_id}.flac", audio, SAMPLING_RATE,
-                     format="FLAC", subtype="PCM_16")
+            sf.write(chapter_dir / f"{utt_id}.flac", audio, SAMPLING_RATE, format="FLAC", subtype="PCM_16")
             trans_path = chapter_dir / f"{spk.speaker_id}-{chapter}.trans.txt"
-            transcripts.setdefault(trans_path, []).append(
-                f"{utt_id} {to_transcript(sentence)}")
+            transcripts.setdefault(trans_path, []).append(f"{utt_id} {to_transcript(sentence)}")
             n_utts += 1
             total_sec += len(audio) / SAMPLING_RATE
     for path, lines in transcripts.items():
@@ -208,12 +206,13 @@ def build_corpus(root: Path, seed: int, exe: str) -> tuple[int, float]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", type=Path, default=Path("data"),
-                        help="directory that will contain LibriSpeech/ (default: data)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed for sentence assignment and prosody jitter (default: 0)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing <output-dir>/LibriSpeech")
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("data"), help="directory that will contain LibriSpeech/ (default: data)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for sentence assignment and prosody jitter (default: 0)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing <output-dir>/LibriSpeech")
     return parser.parse_args(argv)
 
 

@@ -9,8 +9,8 @@ converted or trained model folder).
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -69,11 +69,15 @@ def quickstart(argv: Sequence[str] | None = None) -> None:
     seconds = sum(len(a) for a in audio) / SAMPLING_RATE
     name = args.model or args.preset
     print(f"model: {name}, {sum(p.numel() for p in model.parameters()):,} parameters")
-    print(f"input: {len(files)} utterances from {args.split}, {seconds:.1f} s of audio, batch {tuple(batch.input_values.shape)}")
+    print(
+        f"input: {len(files)} utterances from {args.split}, {seconds:.1f} s of audio, batch {tuple(batch.input_values.shape)}"
+    )
     print(f"last_hidden_state: {tuple(output.last_hidden_state.shape)}")
     print(f"hidden_states: {len(output.hidden_states)} x {tuple(output.hidden_states[-1].shape)}")
     if output.projected_hidden_states is not None:
-        print(f"projected_hidden_states: {len(output.projected_hidden_states)} x {tuple(output.projected_hidden_states[0].shape)}")
+        print(
+            f"projected_hidden_states: {len(output.projected_hidden_states)} x {tuple(output.projected_hidden_states[0].shape)}"
+        )
     print(f"time: {elapsed:.2f} s ({seconds / elapsed:.0f} s of audio per second, {torch.get_num_threads()} threads)")
 
 

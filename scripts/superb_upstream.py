@@ -16,8 +16,8 @@ From Python (e.g. s3prl's `S3PRLUpstream`-style code): `UpstreamExpert(MODEL_DIR
 """
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ CLONE_STEPS = f"git clone {S3PRL_REPO} && pip install -e ./s3prl, then run this 
 
 try:  # s3prl's base class when s3prl imports (its runner treats every upstream the same way)
     from s3prl.upstream.interfaces import UpstreamBase as _UpstreamBase
-except Exception:  # missing, or broken by its dependencies: run() says how to fix it; --check needs no s3prl
+except Exception:  # noqa: BLE001 -- missing, or broken by its dependencies: run() says how to fix it; --check needs no s3prl
     _UpstreamBase = nn.Module
 
 
@@ -140,12 +140,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:  # s3prl is optional: imported only to run it
         import s3prl.hub
         import s3prl.run_downstream
-    except Exception as error:  # ImportError, and AttributeError etc. raised by its dependencies while importing
+    except Exception as error:  # noqa: BLE001 -- ImportError, and AttributeError etc. raised by its dependencies while importing
         if argv[:1] in (["-h"], ["--help"]):
             print(__doc__.strip())
-            print(f"\n(s3prl does not import: {s3prl_import_fix(error)}; then --help shows run_downstream.py's options.)")
+            print(
+                f"\n(s3prl does not import: {s3prl_import_fix(error)}; then --help shows run_downstream.py's options.)"
+            )
             return 0
-        raise UserError(f"{s3prl_import_fix(error)}. Without s3prl, `{PROG} --check MODEL_DIR` shows what the expert returns") from None
+        raise UserError(
+            f"{s3prl_import_fix(error)}. Without s3prl, `{PROG} --check MODEL_DIR` shows what the expert returns"
+        ) from None
     check_downstream_config(argv)
     setattr(s3prl.hub, HUB_NAME, armhubert_local)
     sys.argv = ["run_downstream.py", *argv]

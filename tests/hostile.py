@@ -71,5 +71,3 @@ def compressed_checkpoint(path, padding_bytes):
                 for _ in range(padding_bytes // len(chunk)):
                     member.write(chunk)
     return path
-
-

@@ -230,6 +230,7 @@ def test_probabilities_mode_trains_through_sdpa_with_the_eager_gradients():
 def handover(model, audio, grad=False):
     """The `ReusableAttention` layer 0 hands to layer 1 (captured by a forward hook)."""
     captured = {}
+
     def capture(module, args, output):
         captured["map"] = output[1]
 

@@ -13,7 +13,6 @@ from armhubert import profiling
 from armhubert.cli import UserError
 from modeling_armhubert import ARMHubertModel
 
-
 benchmark = load_script("benchmark")
 
 

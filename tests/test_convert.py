@@ -83,7 +83,11 @@ def run_cli(*args, cwd=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, str(ROOT / "convert_checkpoint.py"), *map(str, args)],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
     )
 
 
@@ -109,7 +113,11 @@ def test_cli_writes_a_complete_folder_that_reproduces_the_fixture(tmp_path):
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "config.json", "configuration_armhubert.py", "model.safetensors", "modeling_armhubert.py",
+        "README.md",
+        "config.json",
+        "configuration_armhubert.py",
+        "model.safetensors",
+        "modeling_armhubert.py",
         "preprocessor_config.json",
     ]
     config = json.loads((out / "config.json").read_text())
@@ -135,7 +143,9 @@ def test_from_pretrained_round_trip_and_remote_code_in_a_fresh_process(tmp_path)
     io = torch.load(TINY_IO, weights_only=True)
     reloaded = ARMHubertModel.from_pretrained(out).eval()
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(io["input.single.source"]).last_hidden_state, io["single.x"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            reloaded(io["input.single.source"]).last_hidden_state, io["single.x"], atol=1e-5, rtol=1e-5
+        )
     torch.save(io["input.single.source"], tmp_path / "input.pt")
     script = (
         "import sys, torch\n"
@@ -151,7 +161,9 @@ def test_from_pretrained_round_trip_and_remote_code_in_a_fresh_process(tmp_path)
     workdir.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
-    result = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     remote = torch.load(tmp_path / "out.pt", weights_only=True)
     with torch.no_grad():
@@ -177,9 +189,13 @@ def test_other_families_convert_with_identical_outputs(tmp_path, family, overrid
 
 
 def test_star_checkpoint_needs_its_yaml_and_drops_final_proj(tmp_path, capsys):
-    star = random_model(tiny_config(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False))
+    star = random_model(
+        tiny_config(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False)
+    )
     extra = {"final_proj.weight": torch.randn(256, 48), "final_proj.bias": torch.randn(256)}
-    cfg = write_original_checkpoint(tmp_path / "star.ckpt", star, family="starhubert", with_hparams=False, extra_student=extra)
+    cfg = write_original_checkpoint(
+        tmp_path / "star.ckpt", star, family="starhubert", with_hparams=False, extra_student=extra
+    )
     cfg["distiller"]["reuse_pattern"] = None  # STaR YAMLs need not list it
     (tmp_path / "star.yaml").write_text(yaml.safe_dump(cfg))
 
@@ -187,7 +203,9 @@ def test_star_checkpoint_needs_its_yaml_and_drops_final_proj(tmp_path, capsys):
     assert code == 2 and "--config" in stderr
     assert not (tmp_path / "no-yaml").exists()
 
-    code, stderr = run_main(capsys, tmp_path / "star.ckpt", "--config", tmp_path / "star.yaml", "--output-dir", tmp_path / "out")
+    code, stderr = run_main(
+        capsys, tmp_path / "star.ckpt", "--config", tmp_path / "star.yaml", "--output-dir", tmp_path / "out"
+    )
     assert code == 0, stderr
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["projection_head_size"] is None and config["use_mask_embedding"] is False
@@ -214,7 +232,9 @@ def _bad_checkpoints(tmp_path):
     truncated.write_bytes(TINY_CKPT.read_bytes()[:50_000])
     cases["truncated"] = ([truncated], "not a readable PyTorch checkpoint")
     teacher_only = tmp_path / "teacher.ckpt"
-    torch.save({"state_dict": {"teacher_model.model.mask_emb": torch.zeros(3)}, "hyper_parameters": {"cfg": {}}}, teacher_only)
+    torch.save(
+        {"state_dict": {"teacher_model.model.mask_emb": torch.zeros(3)}, "hyper_parameters": {"cfg": {}}}, teacher_only
+    )
     cases["no student keys"] = ([teacher_only], "no 'student_model.*' tensors")
     wrong_yaml = tmp_path / "wrong.yaml"
     cfg = yaml.safe_load(TINY_YAML.read_text())

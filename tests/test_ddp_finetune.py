@@ -22,13 +22,42 @@ def test_ctc_finetuning_runs_under_ddp_on_two_processes_without_unused_parameter
     random_model(tiny_config()).save_pretrained(encoder)
     release_feature_extractor().save_pretrained(encoder)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
         str(ROOT / "scripts" / "finetune_ctc.py"),
-        "--model_name_or_path", str(encoder), "--output_dir", str(tmp_path / "out"), "--data_source", str(ROOT / "data"),
-        "--max_train_samples", "8", "--max_eval_samples", "4", "--per_device_train_batch_size", "2",
-        "--per_device_eval_batch_size", "2", "--max_steps", "3", "--logging_steps", "1", "--use_cpu",
-        "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0",
-        "--ddp_find_unused_parameters", "false",
+        "--model_name_or_path",
+        str(encoder),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--data_source",
+        str(ROOT / "data"),
+        "--max_train_samples",
+        "8",
+        "--max_eval_samples",
+        "4",
+        "--per_device_train_batch_size",
+        "2",
+        "--per_device_eval_batch_size",
+        "2",
+        "--max_steps",
+        "3",
+        "--logging_steps",
+        "1",
+        "--use_cpu",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        "0",
+        "--ddp_find_unused_parameters",
+        "false",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -44,7 +73,9 @@ class _NoData:
     pass
 
 
-@pytest.mark.parametrize("extra, expected", [([], False), (["--layerdrop", "0.1"], True), (["--ddp_find_unused_parameters", "true"], True)])
+@pytest.mark.parametrize(
+    "extra, expected", [([], False), (["--layerdrop", "0.1"], True), (["--ddp_find_unused_parameters", "true"], True)]
+)
 def test_finetuning_asks_ddp_for_no_unused_parameter_search_unless_layers_are_dropped(tmp_path, extra, expected):
     argv = ["--preset", "armhubert-960h", "--output_dir", str(tmp_path), *extra]
     _, _, training_args = parse_run_arguments(_NoData, argv, "finetune_test")

@@ -5,10 +5,10 @@ import shutil
 import numpy as np
 import pytest
 import soundfile
+from conftest import ROOT
 
 from armhubert.audio import DataError, read_audio
 from armhubert.librispeech import load_librispeech
-from conftest import ROOT
 
 CORPUS = ROOT / "data" / "LibriSpeech"
 
@@ -111,16 +111,24 @@ def test_hub_source_maps_split_names_and_reads_headers_from_bytes(monkeypatch):
     def fake_load_dataset(name, config, split):
         calls.append((name, config, split))
         # The Hub copy's columns; audio stored as FLAC bytes (undecodable bytes for one row).
-        return datasets.Dataset.from_dict({
-            "file": ["a.flac", "b.flac"],
-            "audio": [{"bytes": flac, "path": "a.flac"}, {"bytes": b"junk", "path": "b.flac"}],
-            "text": ["HELLO", "WORLD"], "speaker_id": [7, 8], "chapter_id": [1, 2], "id": ["7-1-0000", "8-2-0000"],
-        }).cast_column("audio", datasets.Audio(sampling_rate=16000))
+        return datasets.Dataset.from_dict(
+            {
+                "file": ["a.flac", "b.flac"],
+                "audio": [{"bytes": flac, "path": "a.flac"}, {"bytes": b"junk", "path": "b.flac"}],
+                "text": ["HELLO", "WORLD"],
+                "speaker_id": [7, 8],
+                "chapter_id": [1, 2],
+                "id": ["7-1-0000", "8-2-0000"],
+            }
+        ).cast_column("audio", datasets.Audio(sampling_rate=16000))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     dataset = load_librispeech("openslr/librispeech_asr", ["train-clean-100", "dev-clean", "train-other-500"])
-    assert calls == [("openslr/librispeech_asr", "clean", "train.100"), ("openslr/librispeech_asr", "clean", "validation"),
-                     ("openslr/librispeech_asr", "other", "train.500")]
+    assert calls == [
+        ("openslr/librispeech_asr", "clean", "train.100"),
+        ("openslr/librispeech_asr", "clean", "validation"),
+        ("openslr/librispeech_asr", "other", "train.500"),
+    ]
     assert set(dataset.column_names) == {"id", "audio", "text", "speaker_id", "num_samples"}
     assert dataset["id"] == ["7-1-0000"] * 3  # the unreadable row is skipped in every split
     row = dataset[0]
@@ -133,7 +141,9 @@ def test_hub_source_maps_split_names_and_reads_headers_from_bytes(monkeypatch):
         raise ConnectionError("Couldn't reach 'openslr/librispeech_asr' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(DataError, match=r"could not load openslr/librispeech_asr \(clean/validation\) from the Hugging Face Hub"):
+    with pytest.raises(
+        DataError, match=r"could not load openslr/librispeech_asr \(clean/validation\) from the Hugging Face Hub"
+    ):
         load_librispeech("openslr/librispeech_asr", "dev-clean")
 
 

@@ -28,15 +28,27 @@ def tiny_trainer(tmp_path, recipe, *overrides):
     student_config = dict(QUICKSTART["student_config"])
     if recipe.startswith("mask") or recipe.startswith("star"):
         student_config["layer_reuses_attention_map"] = [False] * 4
-    loaded = load_recipe(ROOT / "conf" / f"{recipe}.yaml", [
-        f"output_dir={tmp_path}", "teacher=random-hubert", f"teacher_config={QUICKSTART['teacher_config']}",
-        f"student_config={student_config}", "use_cpu=true", "fp16=false", "report_to=none", "eval_strategy=no", *overrides,
-    ])
+    loaded = load_recipe(
+        ROOT / "conf" / f"{recipe}.yaml",
+        [
+            f"output_dir={tmp_path}",
+            "teacher=random-hubert",
+            f"teacher_config={QUICKSTART['teacher_config']}",
+            f"student_config={student_config}",
+            "use_cpu=true",
+            "fp16=false",
+            "report_to=none",
+            "eval_strategy=no",
+            *overrides,
+        ],
+    )
     distill_args, training_args = build_arguments(loaded)
     teacher = load_teacher(distill_args, seed=0)
     student = build_student(distill_args, teacher.config, seed=0)
     pairs = layer_pairs(distill_args, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-    return DistillTrainer(model=student, args=training_args, teacher=teacher, distill_args=distill_args, teacher_layers=pairs)
+    return DistillTrainer(
+        model=student, args=training_args, teacher=teacher, distill_args=distill_args, teacher_layers=pairs
+    )
 
 
 def batch(padded):
@@ -61,7 +73,9 @@ def reference_step(trainer, input_values, attention_mask, mask):
     try:
         with original_layer_grad_scale(student):
             torch.manual_seed(5)  # the same dropout as the recipe's step
-            output = student(input_values, attention_mask=attention_mask, mask_time_indices=mask, output_hidden_states=True)
+            output = student(
+                input_values, attention_mask=attention_mask, mask_time_indices=mask, output_hidden_states=True
+            )
     finally:
         student.config.layer_grad_scale = scaling
     num_layers = student.config.num_hidden_layers
@@ -120,7 +134,11 @@ def test_no_recipe_clips_gradients(tmp_path):
 
 def test_star_defaults_and_the_public_reimplementation_variant():
     documented = DistillArguments(distill_mode="star")
-    assert (documented.star_normalization, documented.star_reduction, documented.star_layer0) == ("l2", "mean", "encoder-input")
+    assert (documented.star_normalization, documented.star_reduction, documented.star_layer0) == (
+        "l2",
+        "mean",
+        "encoder-input",
+    )
     assert (documented.star_layer_weight, documented.star_intra_weight) == (1.0, 1.0)
     variant = DistillArguments(distill_mode="star", star_variant="public-reimplementation")
     assert (variant.star_normalization, variant.star_reduction, variant.star_layer0) == ("none", "mean", "cnn")

@@ -101,11 +101,18 @@ def test_star_loss_unaffected_by_padding(normalization):
     noisy = [s.clone() for s in student]
     for s in noisy:
         s[1, 4:] = 1e3
-    assert star_loss(noisy, teacher, valid, normalization=normalization)[0].item() == pytest.approx(loss.item(), rel=1e-6)
+    assert star_loss(noisy, teacher, valid, normalization=normalization)[0].item() == pytest.approx(
+        loss.item(), rel=1e-6
+    )
     # And the batch equals its utterances run alone, unpadded (mean over all real (t, t') pairs).
     sums = [
-        star_loss([s[i : i + 1, :n] for s in student], [x[i : i + 1, :n] for x in teacher],
-                  torch.ones(1, n, dtype=torch.bool), normalization=normalization, reduction="sum")[0].item()
+        star_loss(
+            [s[i : i + 1, :n] for s in student],
+            [x[i : i + 1, :n] for x in teacher],
+            torch.ones(1, n, dtype=torch.bool),
+            normalization=normalization,
+            reduction="sum",
+        )[0].item()
         for i, n in enumerate(lengths)
     ]
     assert loss.item() == pytest.approx(sum(sums) / sum(n * n for n in lengths), rel=1e-5)

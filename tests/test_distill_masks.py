@@ -33,7 +33,7 @@ def test_padding_never_masked_and_last_valid_frame_free():
     for _ in range(50):
         mask = sample_span_mask(lengths, 400, 0.8, rng=rng, same_count=False)
         for row, valid in zip(mask, lengths):
-            assert not row[valid - 1:].any()
+            assert not row[valid - 1 :].any()
             # Every run of the row is one placed span (spans never touch), so lengths are 1..20.
             assert all(1 <= length <= 20 for _, length in _runs(row))
 
@@ -89,8 +89,10 @@ def test_deterministic_under_a_seed():
     assert batch.shape == (3, 199) and batch.dtype.is_floating_point is False  # 64000 samples -> 199 frames
     assert (batch == masker(samples, 64000, ["a", "b", "c"], epoch=0)).all()
     assert (batch != masker(samples, 64000, ["a", "b", "c"], epoch=1)).any()
-    assert (batch != SpanMasker([10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2], 0.8, seed=1)(samples, 64000, ["a", "b", "c"])).any()
-    assert not batch[0, release_real_frames([32000], 64000, 199)[0] - 1:].any()
+    assert (
+        batch != SpanMasker([10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2], 0.8, seed=1)(samples, 64000, ["a", "b", "c"])
+    ).any()
+    assert not batch[0, release_real_frames([32000], 64000, 199)[0] - 1 :].any()
 
 
 class _ZeroLengths:

@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, TrainerCallback
@@ -22,7 +23,6 @@ from transformers import AutoModel, TrainerCallback
 from armhubert.audio import read_audio
 from armhubert.distill.recipe import build_arguments, load_recipe
 from armhubert.librispeech import AudioCollator
-from conftest import ROOT
 from configuration_armhubert import PRESETS
 from distill_trainer import main, run
 from modeling_armhubert import release_feature_extractor
@@ -55,9 +55,21 @@ class _StopAt(TrainerCallback):
 
 def _quickstart_args(corpus, out):
     # 8 utterances a step, 5 steps an epoch: 7 steps cross into the second epoch.
-    return ["--config", QUICKSTART, f"output_dir={out}", f"data_source={corpus}", "max_steps=7",
-            "per_device_train_batch_size=8", "eval_on_start=true", "eval_strategy=steps", "eval_steps=3",
-            "save_strategy=steps", "save_steps=3", "logging_steps=1", *FAST]
+    return [
+        "--config",
+        QUICKSTART,
+        f"output_dir={out}",
+        f"data_source={corpus}",
+        "max_steps=7",
+        "per_device_train_batch_size=8",
+        "eval_on_start=true",
+        "eval_strategy=steps",
+        "eval_steps=3",
+        "save_strategy=steps",
+        "save_steps=3",
+        "logging_steps=1",
+        *FAST,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +105,14 @@ def test_quickstart_end_to_end(quickstart):
     assert "1003-103-0004.flac" in warnings and "unreadable audio file(s) were skipped" in warnings
 
     # The student folder: safetensors, config with auto_map, code files, feature extractor config.
-    for name in ("model.safetensors", "config.json", "configuration_armhubert.py", "modeling_armhubert.py",
-                 "preprocessor_config.json", "distill_recipe.yaml"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "configuration_armhubert.py",
+        "modeling_armhubert.py",
+        "preprocessor_config.json",
+        "distill_recipe.yaml",
+    ):
         assert (out / name).is_file(), name
     saved_config = json.loads((out / "config.json").read_text())
     assert saved_config["auto_map"]["AutoModelForCTC"] == "modeling_armhubert.ARMHubertForCTC"
@@ -127,8 +145,11 @@ def test_teacher_stays_out_of_optimiser_and_checkpoints(quickstart):
     names = {id(p): n for n, p in student.named_parameters()}
     for group in trainer.optimizer.param_groups:
         assert all(("bias" in names[id(p)]) == (group["weight_decay"] == 0.0) for p in group["params"])
-    assert any("layer_norm.weight" in names[id(p)] and g["weight_decay"] == 0.01
-               for g in trainer.optimizer.param_groups for p in g["params"])
+    assert any(
+        "layer_norm.weight" in names[id(p)] and g["weight_decay"] == 0.01
+        for g in trainer.optimizer.param_groups
+        for p in g["params"]
+    )
 
 
 def test_teacher_falls_back_to_two_passes_when_the_doubled_batch_runs_out_of_memory(quickstart, monkeypatch, caplog):
@@ -197,14 +218,31 @@ def test_every_recipe_parses_and_starts(tmp_path):
 
     for name in ("armwavlm-s-100h", "maskhubert-960h", "starhubert-960h"):
         recipe = yaml.safe_load((ROOT / "conf" / f"{name}.yaml").read_text())
-        trainer = run(["--config", str(ROOT / "conf" / f"{name}.yaml"), f"output_dir={tmp_path / name}",
-                       *_shrunk(recipe, quick), f"data_source={ROOT / 'data'}", "train_splits=train-clean-100",
-                       "eval_split=null", "use_cpu=true", "fp16=false", "max_steps=1", "save_strategy=no",
-                       "per_device_train_batch_size=2", "effective_batch_size=null", "gradient_accumulation_steps=1", "logging_steps=1",
-                       *FAST])
+        trainer = run(
+            [
+                "--config",
+                str(ROOT / "conf" / f"{name}.yaml"),
+                f"output_dir={tmp_path / name}",
+                *_shrunk(recipe, quick),
+                f"data_source={ROOT / 'data'}",
+                "train_splits=train-clean-100",
+                "eval_split=null",
+                "use_cpu=true",
+                "fp16=false",
+                "max_steps=1",
+                "save_strategy=no",
+                "per_device_train_batch_size=2",
+                "effective_batch_size=null",
+                "gradient_accumulation_steps=1",
+                "logging_steps=1",
+                *FAST,
+            ]
+        )
         assert trainer.state.global_step == 1
         logged = trainer.state.log_history[0]
-        parts = ("star_layerwise", "star_intra") if recipe["distill_mode"] == "star" else ("hint_masked", "rec_unmasked")
+        parts = (
+            ("star_layerwise", "star_intra") if recipe["distill_mode"] == "star" else ("hint_masked", "rec_unmasked")
+        )
         assert all(logged[part] > 0 for part in parts), logged
         assert type(trainer.teacher).__name__ == ("WavLMModel" if "wavlm" in name else "HubertModel")
 
@@ -234,8 +272,10 @@ def test_bad_corpora_fail_cleanly(tmp_path, capsys):
     corrupt = _copy_corpus(tmp_path / "corrupt", splits=("train-clean-100",))
     for path in corrupt.rglob("*.flac"):
         path.write_bytes(b"RIFF junk")
-    cases = [(tmp_path / "flat", "no <speaker>/<chapter>/<speaker>-<chapter>.trans.txt files"),
-             (corrupt, "none of the 40 audio files")]
+    cases = [
+        (tmp_path / "flat", "no <speaker>/<chapter>/<speaker>-<chapter>.trans.txt files"),
+        (corrupt, "none of the 40 audio files"),
+    ]
     for source, message in cases:
         out = tmp_path / "out"
         assert main(["--config", QUICKSTART, f"output_dir={out}", f"data_source={source}", *FAST]) == 2
@@ -256,20 +296,32 @@ def test_errors_in_dataloader_workers_print_as_one_line(tmp_path, capsys):
     corpus = _copy_corpus(tmp_path / "corpus")
     for path in (corpus / "LibriSpeech" / "train-clean-100").rglob("*.flac"):
         path.write_bytes(path.read_bytes()[:200])
-    argv = ["--config", QUICKSTART, f"output_dir={tmp_path / 'out'}", f"data_source={corpus}", "max_steps=1",
-            "eval_strategy=no", "save_strategy=no", *FAST, "dataloader_num_workers=1"]
+    argv = [
+        "--config",
+        QUICKSTART,
+        f"output_dir={tmp_path / 'out'}",
+        f"data_source={corpus}",
+        "max_steps=1",
+        "eval_strategy=no",
+        "save_strategy=no",
+        *FAST,
+        "dataloader_num_workers=1",
+    ]
     assert main(argv) == 2
     error = capsys.readouterr().err.strip()
     last = error.splitlines()[-1]
     assert last.startswith("distill_trainer.py: error: every file of a batch was unreadable (") and last.endswith(
-        "); check the corpus"), error[-2000:]
+        "); check the corpus"
+    ), error[-2000:]
     assert "Traceback" not in error and "DataLoader worker" not in error
 
 
 def test_collator_skips_and_counts_unreadable_files(tmp_path, caplog):
     shutil.copy(CORPUS / "dev-clean/1001/201/1001-201-0000.flac", tmp_path / "good.flac")
-    rows = [{"id": "good", "audio": {"path": str(tmp_path / "good.flac"), "bytes": None}},
-            {"id": "gone", "audio": {"path": str(tmp_path / "gone.flac"), "bytes": None}}]
+    rows = [
+        {"id": "good", "audio": {"path": str(tmp_path / "good.flac"), "bytes": None}},
+        {"id": "gone", "audio": {"path": str(tmp_path / "gone.flac"), "bytes": None}},
+    ]
     collator = AudioCollator(release_feature_extractor(), max_samples=16000)
     with caplog.at_level(logging.WARNING, logger="armhubert.librispeech"):
         batch = collator(rows)
@@ -279,10 +331,26 @@ def test_collator_skips_and_counts_unreadable_files(tmp_path, caplog):
 
 def test_command_line_trains_saves_and_exits_zero(tmp_path):
     out = tmp_path / "cli"
-    command = [sys.executable, str(ROOT / "distill_trainer.py"), "--config", QUICKSTART, f"output_dir={out}",
-               f"data_source={ROOT / 'data'}", "max_steps=1", "eval_strategy=no", "save_strategy=no", *FAST]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        str(ROOT / "distill_trainer.py"),
+        "--config",
+        QUICKSTART,
+        f"output_dir={out}",
+        f"data_source={ROOT / 'data'}",
+        "max_steps=1",
+        "eval_strategy=no",
+        "save_strategy=no",
+        *FAST,
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     for name in ("model.safetensors", "config.json", "distill_recipe.yaml"):
@@ -291,12 +359,31 @@ def test_command_line_trains_saves_and_exits_zero(tmp_path):
 
 def test_ddp_two_processes_agree(tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(ROOT / "tests" / "test_distill_run.py"), str(tmp_path), "--config", QUICKSTART,
-               f"output_dir={out}", "max_steps=2", "per_device_train_batch_size=2", "eval_strategy=no",
-               "save_strategy=no", *FAST]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "test_distill_run.py"),
+        str(tmp_path),
+        "--config",
+        QUICKSTART,
+        f"output_dir={out}",
+        "max_steps=2",
+        "per_device_train_batch_size=2",
+        "eval_strategy=no",
+        "save_strategy=no",
+        *FAST,
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     saved = load_file(out / "model.safetensors")

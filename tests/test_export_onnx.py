@@ -15,8 +15,11 @@ export_onnx = load_script("export_onnx")
 def small_converted_model(folder):
     """A converted folder of a 2-layer model with map reuse and heads (a small graph: export takes a while)."""
     config = tiny_config(
-        conv_dim=[32, 32, 48], conv_kernel=[10, 8, 4], conv_stride=[5, 8, 8],
-        num_hidden_layers=2, layer_reuses_attention_map=[False, True],
+        conv_dim=[32, 32, 48],
+        conv_kernel=[10, 8, 4],
+        conv_stride=[5, 8, 8],
+        num_hidden_layers=2,
+        layer_reuses_attention_map=[False, True],
     )
     model = random_model(config, seed=7)
     save_model_folder(model, folder)
@@ -45,7 +48,11 @@ def test_export_has_dynamic_axes_matches_pytorch_and_reports_latency(tmp_path, c
         got = session.run(None, {"input_values": audio.numpy()})
         with torch.no_grad():
             expected = model(audio, output_hidden_states=True)
-        want = [expected.last_hidden_state, torch.stack(expected.hidden_states), torch.stack(expected.projected_hidden_states)]
+        want = [
+            expected.last_hidden_state,
+            torch.stack(expected.hidden_states),
+            torch.stack(expected.projected_hidden_states),
+        ]
         assert [o.name for o in session.get_outputs()] == list(export_onnx.OUTPUT_NAMES)
         for onnx_value, torch_value in zip(got, want):
             np.testing.assert_allclose(onnx_value, torch_value.numpy(), atol=1e-4, rtol=1e-4)
@@ -66,5 +73,9 @@ def test_export_has_dynamic_axes_matches_pytorch_and_reports_latency(tmp_path, c
 def test_bad_model_is_one_line_and_writes_nothing(tmp_path, capsys):
     code = export_onnx.main([str(tmp_path / "no-such-model"), "--output", str(tmp_path / "x.onnx")])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("export_onnx.py: error: cannot load a model from") and len(err.strip().splitlines()) == 1
+    assert (
+        code == 2
+        and err.startswith("export_onnx.py: error: cannot load a model from")
+        and len(err.strip().splitlines()) == 1
+    )
     assert list(tmp_path.iterdir()) == []

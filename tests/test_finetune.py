@@ -14,7 +14,6 @@ from transformers import pipeline
 
 from armhubert.audio import DataError, load_16k
 from armhubert.cli import UserError
-from armhubert.librispeech import BUNDLED_CORPUS
 from armhubert.finetune import (
     ModelArguments,
     check_min_duration,
@@ -23,6 +22,7 @@ from armhubert.finetune import (
     parse_run_arguments,
     random_window,
 )
+from armhubert.librispeech import BUNDLED_CORPUS
 from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
 
 finetune_classification = load_script("finetune_classification")
@@ -50,11 +50,31 @@ def training_losses(result):
 
 def test_ctc_finetuning_lowers_the_loss_and_writes_a_usable_model(encoder_dir, tmp_path):
     out = tmp_path / "ctc"
-    result = finetune_ctc.run([
-        "--model_name_or_path", str(encoder_dir), "--output_dir", str(out), "--max_train_samples", "8",
-        "--max_eval_samples", "4", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
-        "--max_steps", "30", "--learning_rate", "2e-3", "--warmup_steps", "3", "--logging_steps", "1", *QUIET,
-    ])
+    result = finetune_ctc.run(
+        [
+            "--model_name_or_path",
+            str(encoder_dir),
+            "--output_dir",
+            str(out),
+            "--max_train_samples",
+            "8",
+            "--max_eval_samples",
+            "4",
+            "--per_device_train_batch_size",
+            "4",
+            "--per_device_eval_batch_size",
+            "4",
+            "--max_steps",
+            "30",
+            "--learning_rate",
+            "2e-3",
+            "--warmup_steps",
+            "3",
+            "--logging_steps",
+            "1",
+            *QUIET,
+        ]
+    )
     losses = training_losses(result)
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
@@ -86,7 +106,10 @@ def test_ctc_cli_errors_are_one_line_with_status_2(encoder_dir, tmp_path, capsys
     transcript.write_text("\n".join(lines) + "\n")
     common = ["--output_dir", str(tmp_path / "out"), *QUIET]
     cases = [
-        (["--model_name_or_path", str(encoder_dir), "--data_source", str(corpus)], f"transcript of {first_id} uses characters"),
+        (
+            ["--model_name_or_path", str(encoder_dir), "--data_source", str(corpus)],
+            f"transcript of {first_id} uses characters",
+        ),
         (["--model_name_or_path", str(encoder_dir), "--data_source", str(tmp_path / "nowhere")], "does not exist"),
         (["--data_source", str(CORPUS)], "no model given"),
         (["--model_name_or_path", str(tmp_path / "no-model"), "--data_source", str(CORPUS)], "cannot load the model"),
@@ -100,11 +123,25 @@ def test_ctc_cli_errors_are_one_line_with_status_2(encoder_dir, tmp_path, capsys
 
 def test_classification_from_label_folders_writes_a_model_the_pipeline_serves(encoder_dir, tmp_path):
     out = tmp_path / "sid"
-    result = finetune_classification.run([
-        "--model_name_or_path", str(encoder_dir), "--output_dir", str(out),
-        "--train_dir", str(CORPUS / "train-clean-100"), "--eval_dir", str(CORPUS / "dev-clean"),
-        "--use_weighted_layer_sum", "true", "--per_device_train_batch_size", "8", "--max_steps", "3", *QUIET,
-    ])
+    result = finetune_classification.run(
+        [
+            "--model_name_or_path",
+            str(encoder_dir),
+            "--output_dir",
+            str(out),
+            "--train_dir",
+            str(CORPUS / "train-clean-100"),
+            "--eval_dir",
+            str(CORPUS / "dev-clean"),
+            "--use_weighted_layer_sum",
+            "true",
+            "--per_device_train_batch_size",
+            "8",
+            "--max_steps",
+            "3",
+            *QUIET,
+        ]
+    )
     assert 0 <= result["eval"]["eval_accuracy"] <= 1
     assert f"accuracy {100 * result['eval']['eval_accuracy']:.2f} %" in (out / "README.md").read_text()
     classify = pipeline("audio-classification", model=str(out), trust_remote_code=True)
@@ -124,11 +161,29 @@ def test_classification_fits_two_speakers_from_a_csv_with_relative_paths(encoder
     table = tmp_path / "clips.csv"
     with open(table, "w", newline="") as handle:
         csv.writer(handle).writerows([("path", "label"), *rows])
-    result = finetune_classification.run([
-        "--model_name_or_path", str(encoder_dir), "--output_dir", str(tmp_path / "out"), "--train_csv", str(table),
-        "--eval_csv", str(table), "--freeze_feature_encoder", "false", "--per_device_train_batch_size", "8",
-        "--max_steps", "12", "--learning_rate", "3e-3", "--logging_steps", "1", *QUIET,
-    ])
+    result = finetune_classification.run(
+        [
+            "--model_name_or_path",
+            str(encoder_dir),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--train_csv",
+            str(table),
+            "--eval_csv",
+            str(table),
+            "--freeze_feature_encoder",
+            "false",
+            "--per_device_train_batch_size",
+            "8",
+            "--max_steps",
+            "12",
+            "--learning_rate",
+            "3e-3",
+            "--logging_steps",
+            "1",
+            *QUIET,
+        ]
+    )
     losses = training_losses(result)
     # Chance is ln 2 = 0.69: the model must fit its 8 training clips well within 12 steps.
     assert losses[0] > 0.6 and result["eval"]["eval_loss"] < 0.35, (losses, result["eval"])
@@ -139,7 +194,10 @@ def test_random_windows_cover_the_utterance_and_change_every_draw():
     samples = np.arange(1000, dtype=np.float32)
     generator = torch.Generator().manual_seed(0)
     windows = [random_window(samples, 300, generator) for _ in range(200)]
-    assert all(len(window) == 300 and np.array_equal(window, samples[int(window[0]):int(window[0]) + 300]) for window in windows)
+    assert all(
+        len(window) == 300 and np.array_equal(window, samples[int(window[0]) : int(window[0]) + 300])
+        for window in windows
+    )
     offsets = {int(window[0]) for window in windows}
     assert len(offsets) > 100 and min(offsets) < 50 and max(offsets) > 650  # uniform over 0..700
     assert np.array_equal(random_window(samples[:200], 300, generator), samples[:200])  # shorter: kept whole
@@ -147,7 +205,10 @@ def test_random_windows_cover_the_utterance_and_change_every_draw():
 
 def test_classification_crops_training_rows_only_with_repeatable_windows():
     files = sorted((CORPUS / "dev-clean").rglob("*.flac"))[:2]
-    rows = [{"audio": {"bytes": None, "path": str(path)}, "label": 0, "random_crop": crop} for path, crop in zip(files, (True, False))]
+    rows = [
+        {"audio": {"bytes": None, "path": str(path)}, "label": 0, "random_crop": crop}
+        for path, crop in zip(files, (True, False))
+    ]
     collator = finetune_classification.ClassificationCollator(release_feature_extractor(), crop_samples=8000)
 
     def draw():
@@ -165,10 +226,21 @@ def test_classification_crops_training_rows_only_with_repeatable_windows():
 
 def test_classification_refuses_crop_windows_it_cannot_use(encoder_dir, tmp_path, capsys):
     common = [
-        "--model_name_or_path", str(encoder_dir), "--output_dir", str(tmp_path / "out"), "--train_dir",
-        str(CORPUS / "train-clean-100"), "--eval_dir", str(CORPUS / "dev-clean"), *QUIET,
+        "--model_name_or_path",
+        str(encoder_dir),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--train_dir",
+        str(CORPUS / "train-clean-100"),
+        "--eval_dir",
+        str(CORPUS / "dev-clean"),
+        *QUIET,
     ]
-    for value, message in (("0.01", "shorter than the model's receptive field"), ("nan", "positive number"), ("-1", "positive number")):
+    for value, message in (
+        ("0.01", "shorter than the model's receptive field"),
+        ("nan", "positive number"),
+        ("-1", "positive number"),
+    ):
         assert finetune_classification.main([*common, "--crop_seconds", value]) == 2
         error = capsys.readouterr().err.strip().splitlines()
         assert error[-1].startswith("finetune_classification.py: error: --crop_seconds") and message in error[-1], error
@@ -179,7 +251,9 @@ def test_classification_csv_errors_are_one_line_with_status_2(encoder_dir, tmp_p
     files = sorted((CORPUS / "dev-clean").rglob("*.flac"))
     train_csv, eval_csv, bad_csv = tmp_path / "train.csv", tmp_path / "eval.csv", tmp_path / "bad.csv"
     with open(train_csv, "w", newline="") as handle:
-        csv.writer(handle).writerows([("path", "label"), *((path, "even" if i % 2 else "odd") for i, path in enumerate(files))])
+        csv.writer(handle).writerows(
+            [("path", "label"), *((path, "even" if i % 2 else "odd") for i, path in enumerate(files))]
+        )
     with open(eval_csv, "w", newline="") as handle:
         csv.writer(handle).writerows([["path", "label"], [files[0], "odd"], [files[1], "other"]])
     bad_csv.write_text("file,class\nx.flac,a\n")
@@ -235,13 +309,21 @@ def test_run_arguments_and_model_choice_are_checked_before_any_data_is_read(tmp_
     cases = [
         ([*QUIET, "--preset", "armhubert-960h"], "--output_dir is required"),
         ([*QUIET, *out], "no model given"),
-        ([*QUIET, *out, "--preset", "armhubert-960h", "--model_name_or_path", "x"], "either --model_name_or_path or --preset"),
-        ([*QUIET, *out, "--preset", "p", "--eval_strategy", "epoch", "--load_best_model_at_end", "true"], "strategy to match"),
+        (
+            [*QUIET, *out, "--preset", "armhubert-960h", "--model_name_or_path", "x"],
+            "either --model_name_or_path or --preset",
+        ),
+        (
+            [*QUIET, *out, "--preset", "p", "--eval_strategy", "epoch", "--load_best_model_at_end", "true"],
+            "strategy to match",
+        ),
     ]
     for argv, message in cases:
         with pytest.raises(UserError, match=message):
             parse_run_arguments(NoDataArguments, argv, "test")
-    model_args, _, training_args = parse_run_arguments(NoDataArguments, [*QUIET, *out, "--preset", "armhubert-960h"], "test")
+    model_args, _, training_args = parse_run_arguments(
+        NoDataArguments, [*QUIET, *out, "--preset", "armhubert-960h"], "test"
+    )
     assert training_args.remove_unused_columns is False and training_args.length_column_name == "num_samples"
 
     with pytest.raises(UserError, match="cannot load the model .*no-model"):
@@ -269,10 +351,16 @@ def test_audio_batches_are_padded_and_short_utterances_are_refused(tmp_path):
 
     (tmp_path / "broken.flac").write_bytes(b"not audio")
     with pytest.raises(DataError, match="cannot read audio file .*broken.flac"):
-        decode_audio_batch([{"id": "x", "audio": {"bytes": None, "path": str(tmp_path / "broken.flac")}}], release_feature_extractor())
+        decode_audio_batch(
+            [{"id": "x", "audio": {"bytes": None, "path": str(tmp_path / "broken.flac")}}], release_feature_extractor()
+        )
 
-    dataset = datasets.Dataset.from_dict({"id": ["long", "short"], "num_samples": [16000, 399], "audio": [{"path": "a"}, {"path": "b"}]})
-    with pytest.raises(DataError, match=r"1 training utterance\(s\) are shorter than 400 samples \(25 ms\), e.g. short"):
+    dataset = datasets.Dataset.from_dict(
+        {"id": ["long", "short"], "num_samples": [16000, 399], "audio": [{"path": "a"}, {"path": "b"}]}
+    )
+    with pytest.raises(
+        DataError, match=r"1 training utterance\(s\) are shorter than 400 samples \(25 ms\), e.g. short"
+    ):
         check_min_duration(dataset, tiny_config(), "training")
     check_min_duration(dataset.select([0]), tiny_config(), "training")
 
@@ -280,16 +368,31 @@ def test_audio_batches_are_padded_and_short_utterances_are_refused(tmp_path):
 def test_demo_runs_keep_one_small_checkpoint_unless_asked(encoder_dir, tmp_path):
     """Fine-tuning checkpoints default to the last one only, without optimizer state (a demo leaves MBs, not GBs)."""
     common = [
-        "--model_name_or_path", str(encoder_dir), "--train_dir", str(CORPUS / "train-clean-100"),
-        "--eval_dir", str(CORPUS / "dev-clean"), "--per_device_train_batch_size", "8", "--max_steps", "3",
-        "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--save_steps", "1",
+        "--model_name_or_path",
+        str(encoder_dir),
+        "--train_dir",
+        str(CORPUS / "train-clean-100"),
+        "--eval_dir",
+        str(CORPUS / "dev-clean"),
+        "--per_device_train_batch_size",
+        "8",
+        "--max_steps",
+        "3",
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--save_steps",
+        "1",
     ]
     finetune_classification.run([*common, "--output_dir", str(tmp_path / "small")])
     checkpoints = sorted((tmp_path / "small").glob("checkpoint-*"))
     assert [path.name for path in checkpoints] == ["checkpoint-3"]
     assert (checkpoints[0] / "model.safetensors").is_file() and not (checkpoints[0] / "optimizer.pt").exists()
-    finetune_classification.run([*common, "--output_dir", str(tmp_path / "full"), "--save_only_model", "false",
-                                 "--save_total_limit", "2"])
+    finetune_classification.run(
+        [*common, "--output_dir", str(tmp_path / "full"), "--save_only_model", "false", "--save_total_limit", "2"]
+    )
     checkpoints = sorted((tmp_path / "full").glob("checkpoint-*"))
     assert [path.name for path in checkpoints] == ["checkpoint-2", "checkpoint-3"]
     assert (checkpoints[-1] / "optimizer.pt").is_file()

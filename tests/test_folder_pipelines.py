@@ -21,7 +21,9 @@ from modeling_armhubert import (
 
 LABELS = ["yes", "no", "maybe"]
 AUTO_MAPPINGS = (
-    configuration_auto.CONFIG_MAPPING, modeling_auto.MODEL_MAPPING, modeling_auto.MODEL_FOR_CTC_MAPPING,
+    configuration_auto.CONFIG_MAPPING,
+    modeling_auto.MODEL_MAPPING,
+    modeling_auto.MODEL_FOR_CTC_MAPPING,
     modeling_auto.MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING,
 )
 
@@ -63,11 +65,16 @@ def folders(tmp_path_factory):
 
 
 def test_each_folder_records_only_its_own_pipeline(folders):
-    tasks = {name: json.loads((folders / name / "config.json").read_text())["custom_pipelines"] for name in ("encoder", "ctc", "classifier")}
+    tasks = {
+        name: json.loads((folders / name / "config.json").read_text())["custom_pipelines"]
+        for name in ("encoder", "ctc", "classifier")
+    }
     assert list(tasks["encoder"]) == [FEATURE_EXTRACTION_TASK]
     assert tasks["ctc"] == {
         "automatic-speech-recognition": {
-            "impl": "modeling_armhubert.AutomaticSpeechRecognitionPipeline", "pt": ["AutoModelForCTC"], "type": "audio",
+            "impl": "modeling_armhubert.AutomaticSpeechRecognitionPipeline",
+            "pt": ["AutoModelForCTC"],
+            "type": "audio",
         }
     }
     assert list(tasks["classifier"]) == ["audio-classification"]
@@ -89,12 +96,17 @@ def test_pipeline_without_a_task_picks_the_folders_pipeline(folders):
 
 def test_fine_tuning_saves_the_heads_pipeline(monkeypatch, tmp_path):
     saved = {}
-    monkeypatch.setattr(finetune, "save_trained_model", lambda trainer, output_dir, card: saved.update(config=trainer.model.config))
+    monkeypatch.setattr(
+        finetune, "save_trained_model", lambda trainer, output_dir, card: saved.update(config=trainer.model.config)
+    )
     model = ARMHubertForCTC(tiny_config(vocab_size=8))
     model.config.custom_pipelines = {FEATURE_EXTRACTION_TASK: {"impl": "x.Y"}}  # as loaded from an encoder folder
     trainer = types.SimpleNamespace(
-        model=model, train=lambda: types.SimpleNamespace(global_step=1), evaluate=lambda: {},
-        log_metrics=lambda *args: None, state=types.SimpleNamespace(log_history=[]),
+        model=model,
+        train=lambda: types.SimpleNamespace(global_step=1),
+        evaluate=lambda: {},
+        log_metrics=lambda *args: None,
+        state=types.SimpleNamespace(log_history=[]),
     )
     finetune.train_evaluate_and_save(trainer, tmp_path, lambda metrics, steps: "card")
     assert list(saved["config"].custom_pipelines) == ["automatic-speech-recognition"]

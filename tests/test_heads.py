@@ -18,7 +18,9 @@ from modeling_armhubert import (
 )
 
 STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False)
-NO_DROPOUT = dict(hidden_dropout=0.0, activation_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0, final_dropout=0.0)
+NO_DROPOUT = dict(
+    hidden_dropout=0.0, activation_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0, final_dropout=0.0
+)
 
 
 def padded_batch():
@@ -98,7 +100,9 @@ def test_classification_mean_pools_over_real_frames_only():
 
 def capture_encoder_input(model):
     seen = []
-    model.armhubert.encoder.register_forward_pre_hook(lambda module, args, kwargs: seen.append(args[0].detach()), with_kwargs=True)
+    model.armhubert.encoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(args[0].detach()), with_kwargs=True
+    )
     return seen
 
 
@@ -227,7 +231,9 @@ torch.save(out + [features["features"], torch.tensor(features["layers"]), torch.
     workdir.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ctc_logits, cls_logits, features, layers, vocab_size = torch.load(tmp_path / "out.pt", weights_only=True)
     with torch.no_grad():
@@ -246,7 +252,10 @@ def test_remote_code_entries_name_every_auto_class_and_the_pipeline():
         "AutoModelForCTC": "modeling_armhubert.ARMHubertForCTC",
         "AutoModelForAudioClassification": "modeling_armhubert.ARMHubertForSequenceClassification",
     }
-    assert config.custom_pipelines["audio-feature-extraction"]["impl"] == "modeling_armhubert.ARMHubertFeatureExtractionPipeline"
+    assert (
+        config.custom_pipelines["audio-feature-extraction"]["impl"]
+        == "modeling_armhubert.ARMHubertFeatureExtractionPipeline"
+    )
     assert isinstance(ARMHubertModel(config), ARMHubertModel)
 
 
@@ -265,7 +274,10 @@ def test_without_layer_sum_only_the_last_projection_head_is_built_and_every_para
     assert not info["unexpected_keys"] and not any("armhubert" in key for key in info["missing_keys"])
     torch.testing.assert_close(model.armhubert.projection_heads[3].weight, encoder.projection_heads[3].weight)
     head_params = sum(p.numel() for p in encoder.projection_heads[0].parameters())
-    assert sum(p.numel() for p in model.armhubert.parameters()) == sum(p.numel() for p in encoder.parameters()) - 3 * head_params
+    assert (
+        sum(p.numel() for p in model.armhubert.parameters())
+        == sum(p.numel() for p in encoder.parameters()) - 3 * head_params
+    )
     with torch.no_grad():  # the encoder's output is the full encoder's
         input_values, attention_mask = padded_batch()
         torch.testing.assert_close(
@@ -287,7 +299,9 @@ def test_with_layer_sum_every_head_is_built_and_a_mask_embedding_nothing_reads_i
         assert not model.armhubert.mask_emb.requires_grad
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
         input_values, attention_mask = padded_batch()
-        model.train()(input_values, attention_mask=attention_mask, labels=torch.tensor([[3, 4], [5, 6]])).loss.backward()
+        model.train()(
+            input_values, attention_mask=attention_mask, labels=torch.tensor([[3, 4], [5, 6]])
+        ).loss.backward()
         assert trainable == {name for name, p in model.named_parameters() if p.grad is not None and p.grad.any()}
 
 

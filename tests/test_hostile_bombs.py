@@ -73,16 +73,34 @@ def _cases(folder):
         loop.append(loop)
         return loop
 
-    checkpoint("config-laughs", lambda c: distiller(c).update(conv_feature_layers=_laughs()), "counting shared references")
+    checkpoint(
+        "config-laughs", lambda c: distiller(c).update(conv_feature_layers=_laughs()), "counting shared references"
+    )
     checkpoint("config-cycle", lambda c: distiller(c).update(extra=cycle()), "nests deeper than 32 levels")
-    checkpoint("huge-integer", lambda c: distiller(c).update(encoder_layers=10**200_000), "opcode 139 (LONG4, pickle protocol 2)")
-    checkpoint("expression", lambda c: distiller(c).update(conv_feature_layers="[(32, 10, 5)] * 10000000000"),
-               "builds more than 10,000 items")
-    checkpoint("expression-nested", lambda c: distiller(c).update(conv_feature_layers="[[[0] * 9000] * 9000] * 9000"),
-               "conv_feature_layers must be a list of 1..64")
+    checkpoint(
+        "huge-integer",
+        lambda c: distiller(c).update(encoder_layers=10**200_000),
+        "opcode 139 (LONG4, pickle protocol 2)",
+    )
+    checkpoint(
+        "expression",
+        lambda c: distiller(c).update(conv_feature_layers="[(32, 10, 5)] * 10000000000"),
+        "builds more than 10,000 items",
+    )
+    checkpoint(
+        "expression-nested",
+        lambda c: distiller(c).update(conv_feature_layers="[[[0] * 9000] * 9000] * 9000"),
+        "conv_feature_layers must be a list of 1..64",
+    )
     bomb = compressed_checkpoint(folder / "pickle-bomb.ckpt", 256 << 20)  # 256 kB on disk
-    cases.append(("pickle-256MiB", "convert", [str(bomb), "--output-dir", str(folder / "out-bomb")],
-                  "would decompress to 268,451,281 bytes"))
+    cases.append(
+        (
+            "pickle-256MiB",
+            "convert",
+            [str(bomb), "--output-dir", str(folder / "out-bomb")],
+            "would decompress to 268,451,281 bytes",
+        )
+    )
 
     def config(name, text, message, command="convert"):
         path = folder / f"{name}.yaml"
@@ -98,8 +116,12 @@ def _cases(folder):
     config("yaml-anchors", _yaml_laughs() + text, "counting shared references")
     config("yaml-deep", "distiller: " + "[" * 60_000 + "]" * 60_000 + "\n", "nests deeper than 32 levels")
     config("yaml-large", "# padding\n" * 30_000, "larger than 256 KiB")
-    config("recipe-anchors", _yaml_laughs() + "student_config: {hidden_size: *a8}\n", "counting shared references",
-           "distill")
+    config(
+        "recipe-anchors",
+        _yaml_laughs() + "student_config: {hidden_size: *a8}\n",
+        "counting shared references",
+        "distill",
+    )
     config("recipe-deep", "teacher_layers: " + "[" * 60_000 + "]" * 60_000 + "\n", "nests deeper", "distill")
     return cases
 
@@ -109,7 +131,11 @@ def test_small_hostile_files_are_refused_fast_and_in_bounded_memory(tmp_path):
     assert all(path.stat().st_size < 1 << 20 for path in tmp_path.iterdir())  # each hostile file is under 1 MB
     request = json.dumps([(name, command, args) for name, command, args, _ in cases])
     child = subprocess.run(
-        [sys.executable, "-c", _CHILD, request], capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [sys.executable, "-c", _CHILD, request],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
         env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
     )
     assert child.returncode == 0, child.stderr[-3000:]

@@ -31,29 +31,44 @@ def _checkpoint_cases(folder):
         return f"student_model.{key}"
 
     changed("hparams-list", lambda c: c.update(hyper_parameters=[1, 2]), "hyper_parameters is a list, not a mapping")
-    changed("string-size", lambda c: distiller(c).update(encoder_embed_dim="48"), "encoder_embed_dim must be an integer")
+    changed(
+        "string-size", lambda c: distiller(c).update(encoder_embed_dim="48"), "encoder_embed_dim must be an integer"
+    )
     changed("negative-size", lambda c: distiller(c).update(encoder_ffn_embed_dim=-96), "encoder_ffn_embed_dim must be")
     changed("zero-heads", lambda c: distiller(c).update(encoder_attention_heads=0), "encoder_attention_heads must be")
-    changed("huge-layers", lambda c: distiller(c).update(encoder_layers=10**9), "encoder_layers must be an integer in 1..1024")
+    changed(
+        "huge-layers",
+        lambda c: distiller(c).update(encoder_layers=10**9),
+        "encoder_layers must be an integer in 1..1024",
+    )
     changed("bool-layers", lambda c: distiller(c).update(encoder_layers=True), "encoder_layers must be an integer")
     changed("tensor-in-config", lambda c: distiller(c).update(encoder_layers=torch.tensor([4, 4])), "holds a Tensor")
-    changed("dropout-text", lambda c: distiller(c).update(dropout="0.1"), "distiller.dropout must be a number in [0, 1]")
+    changed(
+        "dropout-text", lambda c: distiller(c).update(dropout="0.1"), "distiller.dropout must be a number in [0, 1]"
+    )
     changed("activation", lambda c: distiller(c).update(activation_fn="rm -rf"), "activation_fn='rm -rf' is not")
     changed("reuse-pattern", lambda c: distiller(c).update(reuse_pattern="[True, 7]"), "reuse_pattern must list 4")
-    changed("conv-layers", lambda c: distiller(c).update(conv_feature_layers="[(32, 10)]"), "conv_feature_layers must be")
-    changed("conv-negative", lambda c: distiller(c).update(conv_feature_layers="[(-32, 10, 5)]"), "conv_feature_layers must")
+    changed(
+        "conv-layers", lambda c: distiller(c).update(conv_feature_layers="[(32, 10)]"), "conv_feature_layers must be"
+    )
+    changed(
+        "conv-negative", lambda c: distiller(c).update(conv_feature_layers="[(-32, 10, 5)]"), "conv_feature_layers must"
+    )
     changed("family-list", lambda c: c["hyper_parameters"]["cfg"].update(model=["armhubert"]), "unknown model family")
     changed("integer-key", lambda c: c["state_dict"].update({5: torch.zeros(1)}), "key 5 that is not a name")
     changed(
-        "sparse-weight", lambda c: c["state_dict"].update({student(c): c["state_dict"][student(c)].to_sparse()}),
+        "sparse-weight",
+        lambda c: c["state_dict"].update({student(c): c["state_dict"][student(c)].to_sparse()}),
         "is a torch.sparse_coo tensor",
     )
     changed(
-        "meta-weight", lambda c: c["state_dict"].update({student(c): c["state_dict"][student(c)].to("meta")}),
+        "meta-weight",
+        lambda c: c["state_dict"].update({student(c): c["state_dict"][student(c)].to("meta")}),
         "tensor on meta",
     )
     changed(
-        "integer-weight", lambda c: c["state_dict"].update({student(c): c["state_dict"][student(c)].long()}),
+        "integer-weight",
+        lambda c: c["state_dict"].update({student(c): c["state_dict"][student(c)].long()}),
         "has dtype torch.int64",
     )
     changed(
@@ -62,7 +77,8 @@ def _checkpoint_cases(folder):
         "but its storage holds 4",
     )
     changed(
-        "nan-weight", lambda c: c["state_dict"][student(c)].fill_(float("nan")),
+        "nan-weight",
+        lambda c: c["state_dict"][student(c)].fill_(float("nan")),
         "the converted model has NaN or infinite weights (encoder.layers.0.feed_forward.intermediate_dense.weight)",
     )
 
@@ -139,7 +155,9 @@ def test_output_overlapping_an_input_is_refused_and_nothing_is_deleted(tmp_path,
 def test_output_under_a_file_or_where_nothing_can_be_written_gives_one_line(tmp_path, capsys, monkeypatch):
     a_file = tmp_path / "file.txt"
     a_file.write_text("a file")
-    assert "is a file, not a folder" in refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", a_file / "out")
+    assert "is a file, not a folder" in refusal(
+        capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", a_file / "out"
+    )
     assert "exists and is not a folder" in refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", a_file)
     # /proc takes no new folders: the OSError becomes one line (as a read-only or vanished folder would).
     line = refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", "/proc/armhubert-test/out")
@@ -180,12 +198,16 @@ def test_values_that_reach_the_card_code_cannot_inject(tmp_path, capsys):
     assert "cannot appear in the model card's usage code" in refusal(
         capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", quoted
     )
-    line = refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", tmp_path / "x", "--push-to-hub", "me/a`b")
+    line = refusal(
+        capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", tmp_path / "x", "--push-to-hub", "me/a`b"
+    )
     assert "cannot appear in the model card's usage code" in line
     named = tmp_path / "my`run.ckpt"
     shutil.copy(TINY_CKPT, named)
     assert "the checkpoint file name" in refusal(capsys, convert_checkpoint.main, named, "--output-dir", tmp_path / "y")
-    assert "release name" in refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--name", '"); x #', "--output-dir", tmp_path / "z")
+    assert "release name" in refusal(
+        capsys, convert_checkpoint.main, TINY_CKPT, "--name", '"); x #', "--output-dir", tmp_path / "z"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my`run.ckpt"]
 
 
@@ -193,7 +215,9 @@ def test_a_safe_name_is_written_verbatim_into_the_card(tmp_path, capsys):
     source = tmp_path / "src"
     source.mkdir()
     shutil.copy(TINY_CKPT, source / "my-run_1.5+b.ckpt")
-    assert convert_checkpoint.main(["--all", str(source), "--output-dir", str(tmp_path / "repo")]) == 0, capsys.readouterr()
+    assert convert_checkpoint.main(["--all", str(source), "--output-dir", str(tmp_path / "repo")]) == 0, (
+        capsys.readouterr()
+    )
     card = (tmp_path / "repo" / "my-run_1.5+b" / "README.md").read_text()
     assert f'from_pretrained("{tmp_path / "repo"}", subfolder="my-run_1.5+b", trust_remote_code=True)' in card
 

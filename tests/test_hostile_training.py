@@ -137,8 +137,19 @@ def test_text_that_is_not_utf8_is_one_line(tmp_path, encoder_dir, capsys):
         load_librispeech(corpus, "train-clean-100")
     table = tmp_path / "train.csv"
     table.write_bytes(b"path,label\n" + f"{UTTERANCE},caf\xe9\n".encode("latin-1"))
-    line = refusal(capsys, finetune_classification.main, "--model_name_or_path", encoder_dir, "--output_dir",
-                   tmp_path / "out", "--train_csv", table, "--eval_csv", table, *QUIET)
+    line = refusal(
+        capsys,
+        finetune_classification.main,
+        "--model_name_or_path",
+        encoder_dir,
+        "--output_dir",
+        tmp_path / "out",
+        "--train_csv",
+        table,
+        "--eval_csv",
+        table,
+        *QUIET,
+    )
     assert "train.csv is not UTF-8 text" in line and not (tmp_path / "out").exists()
 
 
@@ -152,8 +163,10 @@ def test_non_finite_audio_is_refused_where_it_is_read(tmp_path, caplog):
         with pytest.raises(ValueError, match="NaN or infinite"):
             load_16k(path)
     # The corpus reader skips it and counts it, as an unreadable file.
-    rows = [{"id": "bad", "audio": {"path": str(tmp_path / "bad-nan.flac"), "bytes": None}},
-            {"id": "good", "audio": {"path": str(UTTERANCE), "bytes": None}}]
+    rows = [
+        {"id": "bad", "audio": {"path": str(tmp_path / "bad-nan.flac"), "bytes": None}},
+        {"id": "good", "audio": {"path": str(UTTERANCE), "bytes": None}},
+    ]
     batch = AudioCollator(release_feature_extractor(), max_samples=16000)(rows)
     assert int(batch["num_unreadable"]) == 1 and torch.isfinite(batch["input_values"]).all()
     # The feature pipeline refuses it instead of returning NaN features.
@@ -170,8 +183,19 @@ def test_distillation_skips_and_counts_a_nan_file_and_saves_a_finite_model(tmp_p
     _poison(poisoned)
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING):  # 5 steps of 8 draw all 40 utterances once
-        code = distill_main(["--config", QUICKSTART, f"output_dir={out}", f"data_source={corpus}", "max_steps=5",
-                             "eval_strategy=no", "save_strategy=no", "logging_steps=5", *FAST])
+        code = distill_main(
+            [
+                "--config",
+                QUICKSTART,
+                f"output_dir={out}",
+                f"data_source={corpus}",
+                "max_steps=5",
+                "eval_strategy=no",
+                "save_strategy=no",
+                "logging_steps=5",
+                *FAST,
+            ]
+        )
     assert code == 0, capsys.readouterr().err
     assert "1002-102-0003.flac holds NaN" in caplog.text and "1 unreadable audio file(s) were skipped" in caplog.text
     weights = safetensors.torch.load_file(out / "model.safetensors")
@@ -186,9 +210,23 @@ def test_fine_tuning_on_a_nan_file_stops_with_one_line_and_saves_nothing(tmp_pat
             shutil.copy(path, data / speaker / path.name)
     poisoned = sorted(data.rglob("*.flac"))[0]
     _poison(poisoned)
-    line = refusal(capsys, finetune_classification.main, "--model_name_or_path", encoder_dir, "--output_dir",
-                   tmp_path / "out", "--train_dir", data, "--eval_dir", data, "--max_steps", "2",
-                   "--per_device_train_batch_size", "4", *QUIET)
+    line = refusal(
+        capsys,
+        finetune_classification.main,
+        "--model_name_or_path",
+        encoder_dir,
+        "--output_dir",
+        tmp_path / "out",
+        "--train_dir",
+        data,
+        "--eval_dir",
+        data,
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        *QUIET,
+    )
     assert f"{poisoned.name} holds NaN or infinite samples" in line
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
@@ -199,18 +237,48 @@ def test_fine_tuning_on_a_nan_file_stops_with_one_line_and_saves_nothing(tmp_pat
 
 def test_distillation_that_diverges_stops_with_exit_2_and_saves_no_model(tmp_path, capsys):
     out = tmp_path / "run"
-    line = refusal(capsys, distill_main, "--config", QUICKSTART, f"output_dir={out}", "learning_rate=1e30",
-                   "max_steps=6", "per_device_train_batch_size=2", "eval_strategy=no", "save_strategy=no",
-                   "warmup_steps=0", "max_grad_norm=0", *FAST)
+    line = refusal(
+        capsys,
+        distill_main,
+        "--config",
+        QUICKSTART,
+        f"output_dir={out}",
+        "learning_rate=1e30",
+        "max_steps=6",
+        "per_device_train_batch_size=2",
+        "eval_strategy=no",
+        "save_strategy=no",
+        "warmup_steps=0",
+        "max_grad_norm=0",
+        *FAST,
+    )
     assert "the training loss is nan at step" in line and "no final model was saved" in line, line
     assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
 
 
 def test_ctc_fine_tuning_that_diverges_stops_with_exit_2_and_saves_no_model(tmp_path, encoder_dir, capsys):
     out = tmp_path / "ctc"
-    line = refusal(capsys, finetune_ctc.main, "--model_name_or_path", encoder_dir, "--output_dir", out,
-                   "--max_train_samples", "4", "--max_eval_samples", "2", "--per_device_train_batch_size", "2",
-                   "--max_steps", "6", "--learning_rate", "1e30", "--max_grad_norm", "0", *QUIET)
+    line = refusal(
+        capsys,
+        finetune_ctc.main,
+        "--model_name_or_path",
+        encoder_dir,
+        "--output_dir",
+        out,
+        "--max_train_samples",
+        "4",
+        "--max_eval_samples",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--max_steps",
+        "6",
+        "--learning_rate",
+        "1e30",
+        "--max_grad_norm",
+        "0",
+        *QUIET,
+    )
     assert "the training loss is" in line and "no final model was saved" in line, line
     assert not (out / "model.safetensors").exists() and not (out / "README.md").exists()
 
@@ -238,7 +306,9 @@ def test_the_loss_guard_stops_at_once_or_after_fp16_skips(tmp_path, monkeypatch)
         trainer.training_step(trainer.model, {})
     # Under fp16 the gradient scaler skips overflowing steps: only a run of them is divergence.
     skips = training.MAX_SKIPPED_FP16_STEPS
-    monkeypatch.setattr(Trainer, "training_step", _LossOf([float("inf")] * skips + [1.0] + [float("inf")] * (skips + 1)))
+    monkeypatch.setattr(
+        Trainer, "training_step", _LossOf([float("inf")] * skips + [1.0] + [float("inf")] * (skips + 1))
+    )
     trainer = _tiny_trainer(tmp_path, training.GuardedTrainer)
     trainer.accelerator.scaler = object()
     for _ in range(2 * skips + 1):
@@ -254,7 +324,9 @@ def test_a_run_without_steps_or_a_model_with_nan_weights_is_never_saved(tmp_path
     trainer = _tiny_trainer(tmp_path)
     with torch.no_grad():
         trainer.model.encoder.layers[1].feed_forward.output_dense.weight[0, 0] = float("nan")
-    with pytest.raises(UserError, match=r"NaN or infinite weights \(encoder.layers.1.feed_forward.output_dense.weight\)"):
+    with pytest.raises(
+        UserError, match=r"NaN or infinite weights \(encoder.layers.1.feed_forward.output_dense.weight\)"
+    ):
         training.save_trained_model(trainer, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -267,8 +339,19 @@ def test_fine_tuning_never_overwrites_a_user_s_files(tmp_path, encoder_dir, caps
     out = tmp_path / "out"
     out.mkdir()
     (out / "README.md").write_text("my own notes")
-    common = ["--model_name_or_path", encoder_dir, "--max_train_samples", "8", "--max_eval_samples", "4",
-              "--per_device_train_batch_size", "4", "--max_steps", "1", *QUIET]
+    common = [
+        "--model_name_or_path",
+        encoder_dir,
+        "--max_train_samples",
+        "8",
+        "--max_eval_samples",
+        "4",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        "1",
+        *QUIET,
+    ]
     line = refusal(capsys, finetune_ctc.main, *common, "--output_dir", out)
     assert "not empty; pass --overwrite_output_dir" in line
     line = refusal(capsys, finetune_ctc.main, *common, "--output_dir", out, "--overwrite_output_dir", "true")
@@ -278,7 +361,9 @@ def test_fine_tuning_never_overwrites_a_user_s_files(tmp_path, encoder_dir, caps
     corpus = _copy_corpus(tmp_path / "corpus")
     line = refusal(capsys, finetune_ctc.main, *common, "--data_source", corpus, "--output_dir", corpus / "LibriSpeech")
     assert "is inside the input" in line
-    assert "cannot appear in the model card" in refusal(capsys, finetune_ctc.main, *common, "--output_dir", tmp_path / 'a"b')
+    assert "cannot appear in the model card" in refusal(
+        capsys, finetune_ctc.main, *common, "--output_dir", tmp_path / 'a"b'
+    )
     assert "per_device_train_batch_size must be >= 1" in refusal(
         capsys, finetune_ctc.main, *common, "--output_dir", tmp_path / "x", "--per_device_train_batch_size", "0"
     )

@@ -37,7 +37,9 @@ def uniform_factor(head, layer, num_layers):
 
 
 def twelve_layer_config(mode):
-    return tiny_config(num_hidden_layers=LAYERS, layer_reuses_attention_map=[False] * LAYERS, layer_grad_scale=mode, **QUIET)
+    return tiny_config(
+        num_hidden_layers=LAYERS, layer_reuses_attention_map=[False] * LAYERS, layer_grad_scale=mode, **QUIET
+    )
 
 
 def head_gradients(mode):
@@ -55,7 +57,9 @@ def head_gradients(mode):
     direction = torch.randn(output.projected_hidden_states[0].shape, generator=torch.Generator().manual_seed(3))
     gradients = {}
     for head, projected in enumerate(output.projected_hidden_states):
-        grads = torch.autograd.grad((projected * direction).sum(), [leaf["input"]] + weights, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(
+            (projected * direction).sum(), [leaf["input"]] + weights, retain_graph=True, allow_unused=True
+        )
         gradients[head] = (grads[0], list(grads[1:]))
     assert torch.equal(output.last_hidden_state, output.projected_hidden_states[-1])
     return gradients
@@ -80,7 +84,9 @@ def test_each_heads_gradient_share_follows_the_formula(plain_gradients, mode, fa
                 assert scaled_layers[layer] is None and plain_layers[layer] is None
                 continue
             tolerance = dict(rtol=1e-4, atol=1e-6 * plain_layers[layer].abs().max().item())
-            torch.testing.assert_close(scaled_layers[layer], plain_layers[layer] * factor(head, layer, LAYERS), **tolerance)
+            torch.testing.assert_close(
+                scaled_layers[layer], plain_layers[layer] * factor(head, layer, LAYERS), **tolerance
+            )
 
 
 def test_release_shares_reaching_the_encoder_input_are_the_published_ones():
@@ -96,8 +102,10 @@ def test_release_shares_reaching_the_encoder_input_are_the_published_ones():
 def _gradients_of_weighted_heads(model):
     output = model(torch.cat([waveform(6480, seed=23), waveform(6480, seed=24)]), output_hidden_states=True)
     generator = torch.Generator().manual_seed(4)
-    loss = sum(weight * (projected * torch.randn(projected.shape, generator=generator)).sum()
-               for weight, projected in zip([0.1, 0.1, 0.1, 1.0], output.projected_hidden_states))
+    loss = sum(
+        weight * (projected * torch.randn(projected.shape, generator=generator)).sum()
+        for weight, projected in zip([0.1, 0.1, 0.1, 1.0], output.projected_hidden_states)
+    )
     named = [(name, param) for name, param in model.named_parameters() if name != "mask_emb"]  # no masking here
     return dict(zip([name for name, _ in named], torch.autograd.grad(loss, [param for _, param in named])))
 
@@ -124,7 +132,8 @@ def test_scaling_is_a_forward_identity(mode):
 
 
 @pytest.mark.parametrize(
-    "value, expected", [(True, "release"), ("release", "release"), ("Uniform", "uniform"), (False, False), (None, False)]
+    "value, expected",
+    [(True, "release"), ("release", "release"), ("Uniform", "uniform"), (False, False), (None, False)],
 )
 def test_modes_by_name_and_old_boolean_configs(value, expected):
     config = tiny_config(layer_grad_scale=value)

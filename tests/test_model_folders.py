@@ -27,7 +27,9 @@ def test_helper_names_the_variants(bare_repository):
     assert str(refused.value) == (
         f"{bare_repository} is a multi-model repository; pass --subfolder (or subfolder=) one of: large, small"
     )
-    with pytest.raises(UserError, match=f"give one model's folder, {bare_repository}/NAME, with NAME one of: large, small"):
+    with pytest.raises(
+        UserError, match=f"give one model's folder, {bare_repository}/NAME, with NAME one of: large, small"
+    ):
         check_model_folder(bare_repository, subfolder_option=None)
     with pytest.raises(UserError, match="has no subfolder medium; its model subfolders are: large, small"):
         check_model_folder(bare_repository, "medium")
@@ -66,5 +68,7 @@ def test_superb_check_and_quickstart_ask_for_a_variant_folder(bare_repository, c
 def test_finetune_loading_asks_for_a_variant_folder(bare_repository):
     with pytest.raises(UserError, match="is a multi-model repository; give one model's folder.*large, small"):
         load_head_model(ARMHubertForCTC, ModelArguments(model_name_or_path=str(bare_repository)), vocab_size=8)
-    model = load_head_model(ARMHubertForCTC, ModelArguments(model_name_or_path=str(bare_repository / "small")), vocab_size=8)
+    model = load_head_model(
+        ARMHubertForCTC, ModelArguments(model_name_or_path=str(bare_repository / "small")), vocab_size=8
+    )
     assert model.config.vocab_size == 8

@@ -81,7 +81,9 @@ def test_padding_never_leaks_into_real_frames():
     attention_mask[0, 5300:] = 0
     with torch.no_grad():
         zeros = model(F.pad(short, (0, 2700)), attention_mask=attention_mask).last_hidden_state
-        noise = model(torch.cat([short, waveform(2700, seed=6)], dim=1), attention_mask=attention_mask).last_hidden_state
+        noise = model(
+            torch.cat([short, waveform(2700, seed=6)], dim=1), attention_mask=attention_mask
+        ).last_hidden_state
     frames = int(model._get_feat_extract_output_lengths(torch.tensor(5300))) - 2  # last frames see padded samples
     torch.testing.assert_close(zeros[:, :frames], noise[:, :frames], atol=ATOL, rtol=1e-5)
 
@@ -139,7 +141,9 @@ def test_output_fields_and_shapes():
 def test_sequence_multiples_crop_and_pad_without_changing_real_frames():
     # LayerNorm CNN: GroupNorm statistics would see the cropped-away samples.
     plain = random_model(tiny_config(feat_extract_norm="layer"))
-    multiples = random_model(tiny_config(feat_extract_norm="layer", crop_seq_to_multiple=4, required_seq_len_multiple=7))
+    multiples = random_model(
+        tiny_config(feat_extract_norm="layer", crop_seq_to_multiple=4, required_seq_len_multiple=7)
+    )
     multiples.load_state_dict(plain.state_dict())
     audio = waveform(7120, seed=11)  # 22 frames -> cropped to 20, padded to 21 inside the encoder
     with torch.no_grad():
@@ -258,7 +262,9 @@ def test_invalid_configs_name_the_field(overrides, field):
 
 def test_projection_heads_are_initialised_as_the_release_and_other_linears_as_hubert():
     """The release's heads keep PyTorch's default Linear init: U(+-1/sqrt(D)) for weight and bias (std 0.026 at 480)."""
-    config = ARMHubertConfig.from_preset("armhubert-960h", num_hidden_layers=2, layer_reuses_attention_map=[False, True])
+    config = ARMHubertConfig.from_preset(
+        "armhubert-960h", num_hidden_layers=2, layer_reuses_attention_map=[False, True]
+    )
     torch.manual_seed(0)
     model = ARMHubertModel(config)
     bound = 1 / 480**0.5
@@ -276,7 +282,9 @@ def test_attention_implementation_can_be_switched_after_loading(tmp_path, monkey
     model = ARMHubertModel.from_pretrained(tmp_path).eval()
     calls = []
     sdpa = F.scaled_dot_product_attention
-    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *args, **kwargs: calls.append(1) or sdpa(*args, **kwargs))
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", lambda *args, **kwargs: calls.append(1) or sdpa(*args, **kwargs)
+    )
     audio = waveform(8000, seed=4)
     outputs = {}
     for implementation in ("sdpa", "eager", "sdpa"):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, TINY_CKPT, tiny_config, waveform
 from transformers import Trainer, TrainingArguments
 
 from armhubert.training import save_trained_model
-from conftest import ROOT, TINY_CKPT, tiny_config, waveform
 from modeling_armhubert import ARMHubertForCTC
 
 REMOTE_CODE = ["configuration_armhubert.py", "modeling_armhubert.py"]
@@ -40,8 +40,21 @@ def wheel(tmp_path_factory):
     shutil.copytree(ROOT / "armhubert", source / "armhubert", ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out), str(source)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     (path,) = out.glob("armhubert-*.whl")
@@ -60,17 +73,24 @@ def test_non_editable_install_imports_and_runs_the_converter(wheel, tmp_path):
     site = tmp_path / "site"
     result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     env = _clean_env(tmp_path, PYTHONPATH=str(site))
-    probe = "import armhubert, armhubert.convert, armhubert.distill, convert_checkpoint; print(convert_checkpoint.__file__)"
+    probe = (
+        "import armhubert, armhubert.convert, armhubert.distill, convert_checkpoint; print(convert_checkpoint.__file__)"
+    )
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).is_relative_to(site)  # the installed copy, not the repository
     result = subprocess.run(
-        [sys.executable, str(site / "bin" / "armhubert-convert"), "--help"], cwd=tmp_path, env=env,
-        capture_output=True, text=True,
+        [sys.executable, str(site / "bin" / "armhubert-convert"), "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0 and "--output-dir" in result.stdout, result.stderr
 
@@ -106,7 +126,11 @@ def _load_remote_only(folder, auto_class, audio, tmp_path):
     result_path = tmp_path / f"{folder.name}.json"
     result = subprocess.run(
         [sys.executable, "-c", _REMOTE_ONLY, str(folder), auto_class, str(tmp_path / "audio.pt"), str(result_path)],
-        cwd=tmp_path, env=_clean_env(tmp_path), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=_clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result_path.read_text())["module"].startswith("transformers_modules")
@@ -121,7 +145,11 @@ def test_converted_folder_loads_without_the_repository(converted_tiny, tmp_path)
     folder = tmp_path / "converted"
     result = subprocess.run(
         [sys.executable, str(ROOT / "convert_checkpoint.py"), str(TINY_CKPT), "--output-dir", str(folder)],
-        cwd=tmp_path, env=_clean_env(tmp_path, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=_clean_env(tmp_path, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert _code_files(folder) == REMOTE_CODE

@@ -42,6 +42,8 @@ def test_release_second_softmax_is_what_the_weights_need(converted_tiny, referen
     direct.load_state_dict(converted_tiny.state_dict())
     source = reference_io["input.single.source"]
     first_layer = direct(source, output_hidden_states=True).hidden_states[1]
-    torch.testing.assert_close(first_layer, reference_io["single.layer_results.0"].transpose(0, 1), atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(
+        first_layer, reference_io["single.layer_results.0"].transpose(0, 1), atol=ATOL, rtol=RTOL
+    )
     difference = (direct(source).last_hidden_state - reference_io["single.x"]).abs().max()
     assert difference > 0.1

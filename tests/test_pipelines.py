@@ -22,7 +22,9 @@ def tokenizer(tmp_path_factory):
     vocab = {"[PAD]": 0, "[UNK]": 1, "|": 2, **{char: i + 3 for i, char in enumerate("ABCDEFGHIJ")}}
     path = tmp_path_factory.mktemp("vocab") / "vocab.json"
     path.write_text(json.dumps(vocab))
-    return Wav2Vec2CTCTokenizer(str(path), unk_token="[UNK]", pad_token="[PAD]", word_delimiter_token="|", bos_token=None, eos_token=None)
+    return Wav2Vec2CTCTokenizer(
+        str(path), unk_token="[UNK]", pad_token="[PAD]", word_delimiter_token="|", bos_token=None, eos_token=None
+    )
 
 
 def speech(seconds, seed=0):
@@ -43,9 +45,13 @@ def test_feature_pipeline_returns_per_layer_features_equal_to_a_direct_call(fami
     assert out["features"].shape == (4, 74, 64 if family == "arm" else 48) and out["features"].dtype == np.float32
     torch.testing.assert_close(torch.from_numpy(out["features"]), torch.stack(superb)[:, 0])
 
-    hidden = extractor({"array": audio, "sampling_rate": 16000}, representation="hidden", layers=[0, 4], return_tensors=True)
+    hidden = extractor(
+        {"array": audio, "sampling_rate": 16000}, representation="hidden", layers=[0, 4], return_tensors=True
+    )
     assert hidden["layers"] == [0, 4]
-    torch.testing.assert_close(hidden["features"], torch.stack([direct.hidden_states[0], direct.hidden_states[4]])[:, 0])
+    torch.testing.assert_close(
+        hidden["features"], torch.stack([direct.hidden_states[0], direct.hidden_states[4]])[:, 0]
+    )
 
     from_file = extractor(str(FLAC), layers=2)
     samples, _ = soundfile.read(FLAC, dtype="float32")
@@ -64,7 +70,9 @@ def test_feature_pipeline_batches_keep_each_utterance_length():
     with torch.no_grad():
         alone = model(torch.from_numpy(speech(1.0, seed=1))[None], output_hidden_states=True)
     # The longest row is unpadded, so it equals its own run.
-    torch.testing.assert_close(torch.from_numpy(outputs[0]["features"]), torch.stack(alone.projected_hidden_states)[:, 0])
+    torch.testing.assert_close(
+        torch.from_numpy(outputs[0]["features"]), torch.stack(alone.projected_hidden_states)[:, 0]
+    )
 
 
 def test_feature_pipeline_refuses_bad_audio_with_clear_messages(tmp_path):
@@ -111,7 +119,9 @@ def test_asr_pipeline_transcribes_arrays_and_files_by_greedy_ctc(tokenizer, tmp_
     model = ARMHubertForCTC(tiny_config(vocab_size=len(tokenizer))).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(50)
-    asr = pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer, feature_extractor=release_feature_extractor())
+    asr = pipeline(
+        "automatic-speech-recognition", model=model, tokenizer=tokenizer, feature_extractor=release_feature_extractor()
+    )
     samples, _ = soundfile.read(FLAC, dtype="float32")
     with torch.no_grad():
         greedy = tokenizer.decode(model(torch.from_numpy(samples)[None]).logits.argmax(-1)[0])
@@ -129,7 +139,9 @@ def test_asr_pipeline_transcribes_arrays_and_files_by_greedy_ctc(tokenizer, tmp_
 
 def test_chunked_asr_on_a_long_input_equals_the_whole_input(tokenizer):
     model = frame_local_ctc_model(len(tokenizer))
-    asr = pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer, feature_extractor=release_feature_extractor())
+    asr = pipeline(
+        "automatic-speech-recognition", model=model, tokenizer=tokenizer, feature_extractor=release_feature_extractor()
+    )
     audio = speech(12.0, seed=3)
     whole = asr(audio)["text"]
     calls = []
@@ -142,7 +154,9 @@ def test_chunked_asr_on_a_long_input_equals_the_whole_input(tokenizer):
 def test_audio_classification_pipeline_returns_labels_with_scores():
     labels = ["1001", "1002", "1003"]
     torch.manual_seed(0)
-    config = tiny_config(num_labels=3, id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
+    config = tiny_config(
+        num_labels=3, id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)}
+    )
     model = ARMHubertForSequenceClassification(config).eval()
     classify = pipeline("audio-classification", model=model, feature_extractor=release_feature_extractor())
     samples = load_16k(FLAC)

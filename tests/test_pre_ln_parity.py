@@ -39,7 +39,9 @@ def test_reference_reproduces_the_original_on_the_released_format_fixture(refere
     for layer in range(4):
         expected = reference_io[f"{case}.layer_results.{layer}"].transpose(0, 1)
         torch.testing.assert_close(output[f"layer_results.{layer}"], expected, atol=ATOL, rtol=RTOL)
-        torch.testing.assert_close(output[f"projections.{layer}"], reference_io[f"{case}.projections.{layer}"], atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(
+            output[f"projections.{layer}"], reference_io[f"{case}.projections.{layer}"], atol=ATOL, rtol=RTOL
+        )
     torch.testing.assert_close(output["x"], reference_io[f"{case}.x"], atol=ATOL, rtol=RTOL)
 
 
@@ -62,8 +64,12 @@ def test_converted_pre_ln_checkpoint_gives_the_original_outputs(converted_pre_ln
         output = converted_pre_ln(pre_ln_io[f"input.{case}.source"], output_hidden_states=True)
     torch.testing.assert_close(output.extract_features, pre_ln_io[f"{case}.features"], atol=ATOL, rtol=RTOL)
     for layer in range(4):
-        torch.testing.assert_close(output.hidden_states[layer + 1], pre_ln_io[f"{case}.layer_results.{layer}"], atol=ATOL, rtol=RTOL)
-        torch.testing.assert_close(output.projected_hidden_states[layer], pre_ln_io[f"{case}.projections.{layer}"], atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(
+            output.hidden_states[layer + 1], pre_ln_io[f"{case}.layer_results.{layer}"], atol=ATOL, rtol=RTOL
+        )
+        torch.testing.assert_close(
+            output.projected_hidden_states[layer], pre_ln_io[f"{case}.projections.{layer}"], atol=ATOL, rtol=RTOL
+        )
     torch.testing.assert_close(output.last_hidden_state, pre_ln_io[f"{case}.x"], atol=ATOL, rtol=RTOL)
 
 

@@ -134,10 +134,14 @@ def release_dir(tmp_path_factory):
     star = random_model(ARMHubertConfig.from_preset("starhubert"), seed=2)
     star_cfg = release_cfg(star, "starhubert")
     extra = {"final_proj.weight": torch.randn(256, 432), "final_proj.bias": torch.randn(256)}
-    genuine_checkpoint(folder / "starhubert.ckpt", original_state(star), star_cfg, with_hparams=False, extra_student=extra)
+    genuine_checkpoint(
+        folder / "starhubert.ckpt", original_state(star), star_cfg, with_hparams=False, extra_student=extra
+    )
     (folder / "starhubert.yaml").write_text(yaml.safe_dump(star_cfg))
     tiny = torch.load(TINY_CKPT, weights_only=True)
-    tiny_student = {key.split("student_model.", 1)[1]: value for key, value in tiny["state_dict"].items() if "student_model." in key}
+    tiny_student = {
+        key.split("student_model.", 1)[1]: value for key, value in tiny["state_dict"].items() if "student_model." in key
+    }
     genuine_checkpoint(folder / "tiny-run.ckpt", tiny_student, tiny["hyper_parameters"]["cfg"])
     return types.SimpleNamespace(path=folder, arm=arm, star=star, student_bytes=student_bytes)
 
@@ -150,7 +154,16 @@ def release_repo(release_dir, tmp_path_factory):
     """`--all` over the release folder with `--push-to-hub` while offline: the repository is written, not uploaded."""
     repo = tmp_path_factory.mktemp("published") / "repo"
     code = convert_checkpoint.main(
-        ["--all", str(release_dir.path), "--output-dir", str(repo), "--default", "ARMHuBERT-S-960h", "--push-to-hub", REPO_ID]
+        [
+            "--all",
+            str(release_dir.path),
+            "--output-dir",
+            str(repo),
+            "--default",
+            "ARMHuBERT-S-960h",
+            "--push-to-hub",
+            REPO_ID,
+        ]
     )
     assert code == 2  # HF_HUB_OFFLINE: the upload fails cleanly (its message is checked in the push test)
     return repo
@@ -162,7 +175,9 @@ def release_repo(release_dir, tmp_path_factory):
 
 def test_genuine_release_file_converts_to_the_fixture_outputs(tmp_path, reference_io, capsys):
     tiny = torch.load(TINY_CKPT, weights_only=True)
-    student = {key.split("student_model.", 1)[1]: value for key, value in tiny["state_dict"].items() if "student_model." in key}
+    student = {
+        key.split("student_model.", 1)[1]: value for key, value in tiny["state_dict"].items() if "student_model." in key
+    }
     path = genuine_checkpoint(tmp_path / "genuine.ckpt", student, tiny["hyper_parameters"]["cfg"], teacher_numel=50_000)
     # Genuine: plain weights-only loading refuses it because of the s3prl schedule object.
     with pytest.raises(Exception, match="s3prl.optimizers.WarmupLinearSchedule"):
@@ -210,7 +225,9 @@ def test_pickled_code_is_refused_by_name_and_never_runs(tmp_path, capsys):
     module = sys.modules[__name__]
     training_utils = types.ModuleType("training_utils.callbacks")
     training_utils.Custom = Custom
-    sys.modules.update({"training_utils": types.ModuleType("training_utils"), "training_utils.callbacks": training_utils})
+    sys.modules.update(
+        {"training_utils": types.ModuleType("training_utils"), "training_utils.callbacks": training_utils}
+    )
     try:
         unknown = tmp_path / "unknown.ckpt"
         torch.save({**tiny, "callbacks": {"x": Custom()}}, unknown)
@@ -237,12 +254,22 @@ def test_pickled_code_is_refused_by_name_and_never_runs(tmp_path, capsys):
 def test_all_writes_one_subfolder_per_release_with_code_once_at_the_root(release_dir, release_repo):
     repo = release_repo
     assert sorted(p.name for p in repo.iterdir()) == [
-        "ARMHuBERT-S-960h", "README.md", "STaRHuBERT", "config.json", "configuration_armhubert.py", "model.safetensors",
-        "modeling_armhubert.py", "preprocessor_config.json", "tiny-run",
+        "ARMHuBERT-S-960h",
+        "README.md",
+        "STaRHuBERT",
+        "config.json",
+        "configuration_armhubert.py",
+        "model.safetensors",
+        "modeling_armhubert.py",
+        "preprocessor_config.json",
+        "tiny-run",
     ]
     for variant in ("ARMHuBERT-S-960h", "STaRHuBERT", "tiny-run"):
         assert sorted(p.name for p in (repo / variant).iterdir()) == [
-            "README.md", "config.json", "model.safetensors", "preprocessor_config.json",
+            "README.md",
+            "config.json",
+            "model.safetensors",
+            "preprocessor_config.json",
         ]
         config = json.loads((repo / variant / "config.json").read_text())
         assert config["auto_map"]["AutoModel"] == "modeling_armhubert.ARMHubertModel"
@@ -275,7 +302,10 @@ def test_model_cards_render_the_release_numbers(release_dir, release_repo):
     assert "# ARMHuBERT-S-960h" in text
     assert "| parameters | 22,394,080 (counted from the weights; paper: 22.39 M) |" in text
     assert "| MACs | 449.4 G (" in text
-    assert "| ARMHuBERT-S-960h | 77.5 | 8.63 | 10.82 | 96.82 | 0.0720 | 63.76 | 5.58 | 7.01 | 97.02 | 86.34 | 29.02 | 62.96 |" in text
+    assert (
+        "| ARMHuBERT-S-960h | 77.5 | 8.63 | 10.82 | 96.82 | 0.0720 | 63.76 | 5.58 | 7.01 | 97.02 | 86.34 | 29.02 | 62.96 |"
+        in text
+    )
     assert "| HuBERT Base (teacher) | 80.8 |" in text
     assert f'AutoModel.from_pretrained("{REPO_ID}", subfolder="ARMHuBERT-S-960h", trust_remote_code=True)' in text
     assert "use the 12 `projected_hidden_states`" in text and "Batch invariance" in text
@@ -295,9 +325,24 @@ def test_model_cards_render_the_release_numbers(release_dir, release_repo):
 @pytest.mark.parametrize(
     "name, parameters, macs, row",
     [
-        ("ARMHuBERT-960h", "26,448,448", "not reported", "| 78.1 | 7.72 | 9.96 | 96.88 | 0.0635 | 65.03 | 5.68 | 7.10 |"),
-        ("MaskHuBERT-960h", "26,635,840", "not reported", "| 77.8 | 7.30 | 9.77 | 96.36 | 0.0664 | 62.83 | 5.38 | 6.79 |"),
-        ("ARMwavLM-S-100h", "22,394,080", "not reported", "| 77.0 | 8.33 | 11.37 | 96.30 | 0.0579 | 65.40 | 6.38 | 7.41 |"),
+        (
+            "ARMHuBERT-960h",
+            "26,448,448",
+            "not reported",
+            "| 78.1 | 7.72 | 9.96 | 96.88 | 0.0635 | 65.03 | 5.68 | 7.10 |",
+        ),
+        (
+            "MaskHuBERT-960h",
+            "26,635,840",
+            "not reported",
+            "| 77.8 | 7.30 | 9.77 | 96.36 | 0.0664 | 62.83 | 5.38 | 6.79 |",
+        ),
+        (
+            "ARMwavLM-S-100h",
+            "22,394,080",
+            "not reported",
+            "| 77.0 | 8.33 | 11.37 | 96.30 | 0.0579 | 65.40 | 6.38 | 7.41 |",
+        ),
         ("STaRHuBERT-100h", "22,308,592", "463.5 G", "| 77.8 | 9.17 | 10.92 | 96.46 | 0.0626 | 72.26 | 5.66 | 5.97 |"),
     ],
 )
@@ -324,7 +369,9 @@ def test_release_detection_and_names(release_dir, tmp_path, capsys):
         return release and release.name
 
     assert detected("armhubert-960h", model="armhubert", data={"train_set": TRAIN_960H}) == "ARMHuBERT-960h"
-    assert detected("armhubert-s-100h", model="armhubert", data={"train_set": ["train-clean-100"]}) == "ARMHuBERT-S-100h"
+    assert (
+        detected("armhubert-s-100h", model="armhubert", data={"train_set": ["train-clean-100"]}) == "ARMHuBERT-S-100h"
+    )
     assert detected("armwavlm-s-960h", model="armwavlm", data={"train_set": TRAIN_960H}) == "ARMwavLM-S-960h"
     assert detected("armhubert-s-960h", model="armhubert") is None  # 100 h or 960 h: the config does not say
     assert detected("maskhubert-960h") == "MaskHuBERT-960h"
@@ -400,9 +447,16 @@ def test_format_hubert_writes_a_plain_hubert_model_with_identical_outputs(tmp_pa
     genuine_checkpoint(tmp_path / "star.ckpt", original_state(star), cfg, with_hparams=False)
     (tmp_path / "star.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "hubert"
-    code, stderr = run_main(capsys, tmp_path / "star.ckpt", "--config", tmp_path / "star.yaml", "--format", "hubert", "--output-dir", out)
+    code, stderr = run_main(
+        capsys, tmp_path / "star.ckpt", "--config", tmp_path / "star.yaml", "--format", "hubert", "--output-dir", out
+    )
     assert code == 0, stderr
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "hubert" and "auto_map" not in config
 
@@ -414,7 +468,10 @@ def test_format_hubert_writes_a_plain_hubert_model_with_identical_outputs(tmp_pa
     card = (out / "README.md").read_text()
     assert "trust_remote_code" not in card and "hidden_states[1:]" in card
     counted = sum(p.numel() for p in hubert.parameters())
-    assert f"| parameters | {counted:,} (counted from the weights; {48 * 49 + 48:,} of them are `HubertModel`'s own" in card
+    assert (
+        f"| parameters | {counted:,} (counted from the weights; {48 * 49 + 48:,} of them are `HubertModel`'s own"
+        in card
+    )
 
     code, stderr = run_main(capsys, TINY_CKPT, "--format", "hubert", "--output-dir", tmp_path / "arm")
     assert code == 2 and "its layers reuse attention maps and it has projection heads" in stderr
@@ -422,7 +479,9 @@ def test_format_hubert_writes_a_plain_hubert_model_with_identical_outputs(tmp_pa
 
 
 def test_hubert_conversion_with_a_feature_projection_and_layer_norm_cnn():
-    config = _star_config(use_mask_embedding=True, feat_extract_norm="layer", conv_bias=True, conv_dim=[32] * 6 + [40] * 3)
+    config = _star_config(
+        use_mask_embedding=True, feat_extract_norm="layer", conv_bias=True, conv_dim=[32] * 6 + [40] * 3
+    )
     ours = random_model(config, seed=4)
     assert ours.feature_projection is not None
     hubert = to_hubert_model(ours)
@@ -519,7 +578,11 @@ def test_fresh_process_loads_one_student_copy_and_finds_root_code_from_a_subfold
     args = [release_dir.path / "ARMHuBERT-S-960h.ckpt", repo, tmp_path / "audio.pt", tmp_path / "result.json"]
     result = subprocess.run(
         [sys.executable, "-c", _FRESH_PROCESS_CHECKS, *map(str, args)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     checks = json.loads((tmp_path / "result.json").read_text())

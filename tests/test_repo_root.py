@@ -21,7 +21,9 @@ def source_with_960h(tmp_path_factory):
     """A release-named full-size ARMHuBERT-960h checkpoint beside a tiny unidentified run."""
     folder = tmp_path_factory.mktemp("downloads")
     arm = random_model(ARMHubertConfig.from_preset("armhubert-960h"), seed=3)
-    genuine_checkpoint(folder / "ARMHuBERT-960h.ckpt", original_state(arm), release_cfg(arm, "armhubert"), teacher_numel=10)
+    genuine_checkpoint(
+        folder / "ARMHuBERT-960h.ckpt", original_state(arm), release_cfg(arm, "armhubert"), teacher_numel=10
+    )
     shutil.copy(TINY_CKPT, folder / "tiny-run.ckpt")
     return folder
 
@@ -64,15 +66,23 @@ def test_default_names_the_root_variant(two_runs, tmp_path, capsys):
     assert code == 0, stderr
     for name in ROOT_MODEL_FILES:
         assert (repo / name).read_bytes() == (repo / "run-b" / name).read_bytes()
-    assert json.loads((repo / "config.json").read_text())["auto_map"]["AutoModel"] == "modeling_armhubert.ARMHubertModel"
+    assert (
+        json.loads((repo / "config.json").read_text())["auto_map"]["AutoModel"] == "modeling_armhubert.ARMHubertModel"
+    )
     torch.testing.assert_close(outputs(repo).last_hidden_state, outputs(repo, subfolder="run-b").last_hidden_state)
     assert "The repository id alone loads **run-b**" in ModelCard.load(repo / "README.md").text
 
 
-@pytest.mark.parametrize("extra, message", [
-    ([], "no ARMHuBERT-960h among the checkpoints, so the repository root needs a model: pass --default NAME with one of: run-a, run-b"),
-    (["--default", "run-c"], "--default run-c: no such variant; choose one of: run-a, run-b"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            [],
+            "no ARMHuBERT-960h among the checkpoints, so the repository root needs a model: pass --default NAME with one of: run-a, run-b",
+        ),
+        (["--default", "run-c"], "--default run-c: no such variant; choose one of: run-a, run-b"),
+    ],
+)
 def test_without_a_default_it_refuses_listing_the_choices(two_runs, tmp_path, capsys, extra, message):
     code, stderr = run_main(capsys, "--all", two_runs, "--output-dir", tmp_path / "repo", *extra)
     assert code == 2

@@ -32,8 +32,12 @@ def test_scripts_run_from_another_folder(tmp_path):
     env["HF_HUB_OFFLINE"] = "1"
     processes = {
         name: subprocess.Popen(
-            [sys.executable, str(SCRIPTS / script), *argv], cwd=tmp_path, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, str(SCRIPTS / script), *argv],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for name, (script, *argv) in commands.items()
     }

@@ -9,7 +9,10 @@ import torch
 from conftest import load_script, random_model, tiny_config
 
 BROKEN = {
-    "tensorboardX": ("import tensorboardX", "s3prl needs tensorboardX (No module named 'tensorboardX'): pip install tensorboardX"),
+    "tensorboardX": (
+        "import tensorboardX",
+        "s3prl needs tensorboardX (No module named 'tensorboardX'): pip install tensorboardX",
+    ),
     "huggingface_hub": (
         "from huggingface_hub import HfFolder",
         "delete HfFolder and Repository from the `from huggingface_hub import` line of s3prl/downstream/runner.py",
@@ -27,12 +30,14 @@ def fake_s3prl(root, init="", downstream=True):
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(init + "\n")
     (package / "hub.py").write_text("")
-    (package / "run_downstream.py").write_text(textwrap.dedent("""
+    (package / "run_downstream.py").write_text(
+        textwrap.dedent("""
         import sys
         calls = []
         def main():
             calls.append(list(sys.argv))
-    """))
+    """)
+    )
     if downstream:
         (root / "downstream" / "asr").mkdir(parents=True)
         (root / "downstream" / "asr" / "config.yaml").write_text("runner: {}\n")
@@ -46,6 +51,7 @@ def with_path(monkeypatch):
         monkeypatch.chdir(root)
         for name in [name for name in sys.modules if name == "s3prl" or name.startswith("s3prl.")]:
             monkeypatch.delitem(sys.modules, name)
+
     return install
 
 
@@ -111,5 +117,7 @@ def test_trainable_upstream_has_no_layer_grad_scale(tmp_path):
     torch.manual_seed(1)
     superb.UpstreamExpert.forward(types.SimpleNamespace(model=scaled), wavs)["last_hidden_state"].sum().backward()
     first = "encoder.layers.0.feed_forward.output_dense.weight"
-    grads = {name: dict(model.named_parameters())[first].grad for name, model in (("off", expert.model), ("release", scaled))}
+    grads = {
+        name: dict(model.named_parameters())[first].grad for name, model in (("off", expert.model), ("release", scaled))
+    }
     assert not torch.allclose(grads["off"], grads["release"])

@@ -7,8 +7,8 @@ differs from the original implementation, and how to cite it.
 
 import hashlib
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from huggingface_hub import ModelCard, ModelCardData
 
@@ -176,7 +176,9 @@ def _results_section(facts):
     if release is None:
         return ""
     if release.name in PLOT_READINGS:
-        return f"## Published results\n\nThe STaR paper shows this model in a plot only: {PLOT_READINGS[release.name]}.\n"
+        return (
+            f"## Published results\n\nThe STaR paper shows this model in a plot only: {PLOT_READINGS[release.name]}.\n"
+        )
     rows = [PAPER_RESULTS[release.name]]
     names = [release.name]
     if release.teacher in PAPER_RESULTS:
@@ -293,7 +295,7 @@ def _differences_section(facts):
             "per utterance and head: each row of a batch equals that utterance run alone; with batch size 1 "
             "nothing changes.\n"
             "- Reusing layers apply softmax again to the reused probability map, as the original does; the released "
-            "weights were trained that way (`reuse_softmax=\"resoftmax\"`).\n"
+            'weights were trained that way (`reuse_softmax="resoftmax"`).\n'
         )
     else:
         reuse = (

@@ -10,9 +10,9 @@ renamed at the end, so an error or interruption leaves the target as it was.
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from transformers import PreTrainedModel
 
@@ -35,7 +35,9 @@ def _write_model(model, folder):
     """`save_pretrained` (which also copies the code files of auto-registered classes) plus the preprocessor."""
     check_finite_weights(model, "the converted model")
     if isinstance(model, ARMHubertModel):
-        add_remote_code_entries(model.config, type(model))  # AutoModelForCTC / audio classification / feature pipeline too
+        add_remote_code_entries(
+            model.config, type(model)
+        )  # AutoModelForCTC / audio classification / feature pipeline too
     model.save_pretrained(folder)
     release_feature_extractor().save_pretrained(folder)
 
@@ -179,7 +181,9 @@ def convert_folder(
     conversions = find_checkpoints(source_dir)
     repo = check_code_text(repo_id or str(output_dir), "the repository id / output folder")
     variants = []
-    inputs = [source_dir] + [path for conversion in conversions for path in (conversion.checkpoint, conversion.config_path)]
+    inputs = [source_dir] + [
+        path for conversion in conversions for path in (conversion.checkpoint, conversion.config_path)
+    ]
     with staged_folder(output_dir, overwrite, inputs) as staging:
         for conversion in conversions:
             # Written under a scratch name: the subfolder is named after the release, known after loading.

@@ -15,8 +15,9 @@ import os
 import pickletools
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from transformers.activations import ACT2FN
@@ -26,7 +27,12 @@ from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
 from ..limits import (
-    brief, check_plain_data, check_structure, check_weight_tensor, check_zip_members, load_yaml_file,
+    brief,
+    check_plain_data,
+    check_structure,
+    check_weight_tensor,
+    check_zip_members,
+    load_yaml_file,
 )
 
 STUDENT_PREFIX = "student_model."
@@ -54,7 +60,9 @@ def parse_literal_expression(text: Any) -> Any:
     """
     text = str(text)
     if len(text) > MAX_EXPRESSION_CHARACTERS:
-        raise UserError(f"config expression of {len(text):,} characters; at most {MAX_EXPRESSION_CHARACTERS:,} are read")
+        raise UserError(
+            f"config expression of {len(text):,} characters; at most {MAX_EXPRESSION_CHARACTERS:,} are read"
+        )
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, RecursionError) as error:
@@ -73,7 +81,9 @@ def parse_literal_expression(text: Any) -> Any:
         ]
         size = sum(lengths) if isinstance(node.op, ast.Add) else math.prod(lengths)
         if any(isinstance(v, (list, tuple, str)) for v in (left, right)) and size > MAX_EXPRESSION_ITEMS:
-            raise UserError(f"config expression {brief(text)} builds more than {MAX_EXPRESSION_ITEMS:,} items; refusing it")
+            raise UserError(
+                f"config expression {brief(text)} builds more than {MAX_EXPRESSION_ITEMS:,} items; refusing it"
+            )
         try:
             return left + right if isinstance(node.op, ast.Add) else left * right
         except TypeError:
@@ -119,7 +129,11 @@ _DISTILLER_SIZES = {
     "crop_seq_to_multiple": (1, 1024),
 }
 _DISTILLER_RATES = {  # field -> default; each a number in [0, 1]
-    "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0, "dropout_input": 0.0, "encoder_layerdrop": 0.0,
+    "dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.0,
+    "dropout_input": 0.0,
+    "encoder_layerdrop": 0.0,
 }
 MAX_CONV_LAYERS, MAX_CONV_VALUE = 64, 65536
 
@@ -150,7 +164,8 @@ def _conv_layers(distiller):
         isinstance(layers, (list, tuple))
         and 1 <= len(layers) <= MAX_CONV_LAYERS
         and all(
-            isinstance(layer, (list, tuple)) and len(layer) == 3
+            isinstance(layer, (list, tuple))
+            and len(layer) == 3
             and all(_is_integer(v) and 1 <= v <= MAX_CONV_VALUE for v in layer)
             for layer in layers
         )
@@ -165,8 +180,10 @@ def _conv_layers(distiller):
 
 def _reuse_pattern(distiller, layers):
     computes = _literal(distiller.get("reuse_pattern") or [True] * layers)
-    if not isinstance(computes, (list, tuple)) or len(computes) != layers or not all(
-        isinstance(flag, bool) or flag in (0, 1) for flag in computes
+    if (
+        not isinstance(computes, (list, tuple))
+        or len(computes) != layers
+        or not all(isinstance(flag, bool) or flag in (0, 1) for flag in computes)
     ):
         raise UserError(f"distiller.reuse_pattern must list {layers} booleans (one per layer), got {brief(computes)}")
     return computes
@@ -378,7 +395,7 @@ def load_original_checkpoint(path: str | os.PathLike) -> dict:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except UserError:
             raise
-        except Exception as error:  # torch raises many types for corrupt, truncated or foreign files
+        except Exception as error:  # noqa: BLE001 -- torch raises many types for corrupt, truncated or foreign files
             raise _unreadable(path, error) from None
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
@@ -393,7 +410,9 @@ def student_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]
         raise UserError("the checkpoint's state_dict is not a mapping")
     for key in state:
         if not isinstance(key, str):
-            raise UserError(f"the checkpoint's state_dict has a key {brief(key)} that is not a name; not a release file")
+            raise UserError(
+                f"the checkpoint's state_dict has a key {brief(key)} that is not a name; not a release file"
+            )
     student = {
         key.split(STUDENT_PREFIX, 1)[1]: value
         for key, value in state.items()
@@ -415,7 +434,10 @@ def student_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]
 ORIGINAL_KEY_RULES = [
     (r"^feature_extractor\.conv_layers\.(\d+)\.0\.(weight|bias)$", r"feature_extractor.conv_layers.\1.conv.\2"),
     (r"^feature_extractor\.conv_layers\.(\d+)\.2\.(weight|bias)$", r"feature_extractor.conv_layers.\1.layer_norm.\2"),
-    (r"^feature_extractor\.conv_layers\.(\d+)\.2\.1\.(weight|bias)$", r"feature_extractor.conv_layers.\1.layer_norm.\2"),
+    (
+        r"^feature_extractor\.conv_layers\.(\d+)\.2\.1\.(weight|bias)$",
+        r"feature_extractor.conv_layers.\1.layer_norm.\2",
+    ),
     (r"^layer_norm\.", "feature_layer_norm."),
     (r"^post_extract_proj\.", "feature_projection."),
     (r"^encoder\.pos_conv\.0\.bias$", "encoder.pos_conv_embed.conv.bias"),

@@ -32,7 +32,7 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False) 
         commit = api.upload_folder(
             repo_id=repo_id, folder_path=folder, repo_type="model", commit_message=COMMIT_MESSAGE
         )
-    except Exception as error:  # network, authentication and Hub errors come in many types
+    except Exception as error:  # noqa: BLE001 -- network, authentication and Hub errors come in many types
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise PublishError(f"{type(error).__name__}: {reason}".rstrip(": ")) from None
     return commit.commit_url

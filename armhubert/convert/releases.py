@@ -6,9 +6,10 @@ and STaR (ICASSP 2024).
 """
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from configuration_armhubert import ARMHubertConfig
 
@@ -51,9 +52,20 @@ RELEASES = {
 
 # SUPERB as reported in the two papers (Recycle-and-Distill, STaR); blank = not reported.
 SUPERB_COLUMNS = [
-    ("params M", "params (M)"), ("MACs G", "MACs (G)"), ("overall", "overall ↑"), ("PR", "PR PER ↓"),
-    ("ASR", "ASR WER ↓"), ("KS", "KS acc ↑"), ("QbE", "QbE MTWV ↑"), ("SID", "SID acc ↑"), ("ASV", "ASV EER ↓"),
-    ("SD", "SD DER ↓"), ("IC", "IC acc ↑"), ("SF-F1", "SF F1 ↑"), ("SF-CER", "SF CER ↓"), ("ER", "ER acc ↑"),
+    ("params M", "params (M)"),
+    ("MACs G", "MACs (G)"),
+    ("overall", "overall ↑"),
+    ("PR", "PR PER ↓"),
+    ("ASR", "ASR WER ↓"),
+    ("KS", "KS acc ↑"),
+    ("QbE", "QbE MTWV ↑"),
+    ("SID", "SID acc ↑"),
+    ("ASV", "ASV EER ↓"),
+    ("SD", "SD DER ↓"),
+    ("IC", "IC acc ↑"),
+    ("SF-F1", "SF F1 ↑"),
+    ("SF-CER", "SF CER ↓"),
+    ("ER", "ER acc ↑"),
 ]
 _PAPER_TABLE = """
 HuBERT Base      | 94.70 | 1669  | 80.8 | 5.41  | 6.42  | 96.30 | 0.0736 | 81.42 | 5.11 | 5.88 | 98.34 | 88.53 | 25.20 | 64.92
@@ -82,9 +94,20 @@ COMPUTE_CLAIMS = {"ARMHuBERT-960h": "the paper: 28 % of HuBERT Base's parameters
 
 # Fields that fix a model's shape (and so its parameter count); a release name must match them.
 _SHAPE_FIELDS = (
-    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "layer_reuses_attention_map",
-    "projection_head_size", "do_stable_layer_norm", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups",
-    "conv_dim", "conv_kernel", "conv_stride", "conv_bias", "feat_extract_norm",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "layer_reuses_attention_map",
+    "projection_head_size",
+    "do_stable_layer_norm",
+    "num_conv_pos_embeddings",
+    "num_conv_pos_embedding_groups",
+    "conv_dim",
+    "conv_kernel",
+    "conv_stride",
+    "conv_bias",
+    "feat_extract_norm",
 )
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
+
 def _total(values, like):
     """Sum of a list of 0-d tensors (0 on like's device when the list is empty)."""
     return torch.stack(values).sum() if values else torch.zeros((), device=like.device)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+
 def _span_lengths(valid_length, mask_prob, mean_length, min_spans, rng):
     count = max(min_spans, int(mask_prob * valid_length / mean_length + rng.random()))
     lengths = rng.integers(0, 2 * mean_length, size=count, endpoint=True)
@@ -144,7 +145,13 @@ class SpanMasker:
         rng = np.random.default_rng([self.seed, epoch, key])
         num_frames = self.frames(padded_samples)
         mask = sample_span_mask(
-            release_real_frames(sample_lengths, padded_samples, num_frames), num_frames, self.mask_prob,
-            self.mean_length, self.min_spans, self.min_space, self.same_count, rng,
+            release_real_frames(sample_lengths, padded_samples, num_frames),
+            num_frames,
+            self.mask_prob,
+            self.mean_length,
+            self.min_spans,
+            self.min_space,
+            self.same_count,
+            rng,
         )
         return torch.from_numpy(mask)

@@ -36,13 +36,21 @@ LOSS_NORMALIZATIONS = ("valid", "original")
 LIBRISPEECH_960H = ["train-clean-100", "train-clean-360", "train-other-500"]
 # STaR's loss options: the documented defaults, and named variants that set all of them at once.
 STAR_DEFAULTS = dict(
-    star_normalization="l2", star_reduction="mean", star_layer0="encoder-input", star_layer_weight=1.0, star_intra_weight=1.0
+    star_normalization="l2",
+    star_reduction="mean",
+    star_layer0="encoder-input",
+    star_layer_weight=1.0,
+    star_intra_weight=1.0,
 )
 STAR_VARIANTS = {
     # The one public reimplementation that came within about a point of the paper (100 h): raw Grams,
     # mean squared error over all T x T entries, the CNN output as layer 0, plain sum of both losses.
     "public-reimplementation": dict(
-        star_normalization="none", star_reduction="mean", star_layer0="cnn", star_layer_weight=1.0, star_intra_weight=1.0
+        star_normalization="none",
+        star_reduction="mean",
+        star_layer0="cnn",
+        star_layer_weight=1.0,
+        star_intra_weight=1.0,
     ),
 }
 BUNDLED_RECIPES = Path(__file__).resolve().parents[2] / "conf"
@@ -86,14 +94,17 @@ class DistillArguments:
     hint_layer_weight: float = _arg(0.1, "Weight of layers 1..L-1 (hint) in masking / regression losses.")
     last_layer_weight: float = _arg(1.0, "Weight of the last layer.")
     loss_normalization: str = _arg(
-        "valid", "valid: exclude padded frames, divide by real frames; original: as the release (padding counted, / B*T)."
+        "valid",
+        "valid: exclude padded frames, divide by real frames; original: as the release (padding counted, / B*T).",
     )
     star_variant: str | None = _arg(
         None,
         "STaR: public-reimplementation = the public reimplementation that reached the paper's numbers (raw Grams, "
         "MSE over all T x T entries, CNN output as layer 0); it sets the star_* options below. null: those options.",
     )
-    star_normalization: str | None = _arg(None, "STaR Gram normalisation: l2 (cosine, default), dim (/ width) or none (raw).")
+    star_normalization: str | None = _arg(
+        None, "STaR Gram normalisation: l2 (cosine, default), dim (/ width) or none (raw)."
+    )
     star_reduction: str | None = _arg(None, "STaR: mean over real (t, t') entries (default), or sum per utterance.")
     star_layer0: str | None = _arg(
         None,
@@ -102,7 +113,9 @@ class DistillArguments:
     )
     star_layer_weight: float | None = _arg(None, "STaR: weight of the layer-wise TGM loss (default 1).")
     star_intra_weight: float | None = _arg(None, "STaR: weight of the intra-layer TGM loss (default 1).")
-    star_recompute: bool = _arg(True, "STaR: recompute each layer's Grams in backward (memory O(B T^2), not O(L B T^2)).")
+    star_recompute: bool = _arg(
+        True, "STaR: recompute each layer's Grams in backward (memory O(B T^2), not O(L B T^2))."
+    )
     effective_batch_size: int | None = _arg(
         None, "Utterances per optimiser step over all GPUs; sets gradient_accumulation_steps for the actual GPU count."
     )
@@ -144,7 +157,9 @@ class DistillArguments:
                     setattr(self, field, value)
             return
         if self.star_variant not in STAR_VARIANTS:
-            raise UserError(f"star_variant must be one of {', '.join(STAR_VARIANTS)} or null, got {self.star_variant!r}")
+            raise UserError(
+                f"star_variant must be one of {', '.join(STAR_VARIANTS)} or null, got {self.star_variant!r}"
+            )
         for field, value in STAR_VARIANTS[self.star_variant].items():
             given = getattr(self, field)
             if given is not None and given != value:
@@ -159,11 +174,15 @@ class DistillArguments:
             if not getattr(self, name).strip():
                 raise UserError(f"{name} must not be empty")
         if not self.train_splits or not all(isinstance(split, str) and split for split in self.train_splits):
-            raise UserError(f"train_splits must be a split name or a non-empty list of names, got {brief(self.train_splits)}")
+            raise UserError(
+                f"train_splits must be a split name or a non-empty list of names, got {brief(self.train_splits)}"
+            )
         if self.teacher_layers is not None and not all(
             isinstance(layer, int) and not isinstance(layer, bool) for layer in self.teacher_layers
         ):
-            raise UserError(f"teacher_layers must list integers (1-based teacher layers), got {brief(self.teacher_layers)}")
+            raise UserError(
+                f"teacher_layers must list integers (1-based teacher layers), got {brief(self.teacher_layers)}"
+            )
         for name in ("student_config", "teacher_config"):
             if not all(isinstance(key, str) for key in getattr(self, name) or {}):
                 raise UserError(f"{name} must map field names to values, got {brief(getattr(self, name))}")
@@ -247,8 +266,15 @@ def check_value_type(value: typing.Any, annotation: typing.Any, key: str) -> Non
     if isinstance(value, float) and valid and not math.isfinite(value):
         raise UserError(f"{key} must be a finite number, got {value}")
     if not valid:
-        names = {int: "an integer", float: "a number", str: "text", bool: "true or false", list: "a list",
-                 dict: "a mapping", type(None): "null"}
+        names = {
+            int: "an integer",
+            float: "a number",
+            str: "text",
+            bool: "true or false",
+            list: "a list",
+            dict: "a mapping",
+            type(None): "null",
+        }
         raise UserError(f"{key} must be {' or '.join(names[kind] for kind in accepted)}, got {brief(value)}")
 
 
@@ -327,7 +353,9 @@ def build_arguments(recipe: dict[str, typing.Any]) -> tuple[DistillArguments, Tr
                 "(armhubert/distill/recipe.py) or transformers.TrainingArguments fields"
             )
         if key in TRAINING_FIXED and recipe[key] != TRAINING_FIXED[key]:
-            raise UserError(f"{key} is fixed to {TRAINING_FIXED[key]!r} by distill_trainer.py; remove it from the recipe")
+            raise UserError(
+                f"{key} is fixed to {TRAINING_FIXED[key]!r} by distill_trainer.py; remove it from the recipe"
+            )
     if not recipe.get("output_dir") or not isinstance(recipe["output_dir"], str):
         raise UserError("the recipe sets no output_dir folder; add output_dir: <folder> or pass output_dir=<folder>")
     distill_types = typing.get_type_hints(DistillArguments)
@@ -360,7 +388,11 @@ def apply_effective_batch_size(distill_args: DistillArguments, training_args: Tr
     if accumulation != training_args.gradient_accumulation_steps:
         logger.warning(
             "gradient_accumulation_steps %d -> %d so that %d process(es) x %d x %d = effective_batch_size %d",
-            training_args.gradient_accumulation_steps, accumulation, training_args.world_size,
-            training_args.per_device_train_batch_size, accumulation, distill_args.effective_batch_size,
+            training_args.gradient_accumulation_steps,
+            accumulation,
+            training_args.world_size,
+            training_args.per_device_train_batch_size,
+            accumulation,
+            distill_args.effective_batch_size,
         )
         training_args.gradient_accumulation_steps = accumulation

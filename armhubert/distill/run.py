@@ -91,8 +91,13 @@ def _masker(
     if distill_args.distill_mode != "masking":
         return None
     return SpanMasker(
-        student.config.conv_kernel, student.config.conv_stride, distill_args.mask_prob, distill_args.mask_length,
-        distill_args.mask_min_spans, distill_args.mask_min_space, distill_args.mask_same_count,
+        student.config.conv_kernel,
+        student.config.conv_stride,
+        distill_args.mask_prob,
+        distill_args.mask_length,
+        distill_args.mask_min_spans,
+        distill_args.mask_min_space,
+        distill_args.mask_same_count,
         training_args.data_seed if training_args.data_seed is not None else training_args.seed,
     )
 
@@ -137,8 +142,13 @@ def distill(
     feature_extractor = release_feature_extractor()
     logger.info(
         "Distilling %s (%s) into a %s-parameter student (%s layout): %d training utterances (%s), teacher layers %s",
-        distill_args.teacher, distill_args.distill_mode, f"{_parameters(student):,}", distill_args.student,
-        len(train_dataset), format_duration(sum(train_dataset["num_samples"]) / SAMPLING_RATE), pairs,
+        distill_args.teacher,
+        distill_args.distill_mode,
+        f"{_parameters(student):,}",
+        distill_args.student,
+        len(train_dataset),
+        format_duration(sum(train_dataset["num_samples"]) / SAMPLING_RATE),
+        pairs,
     )
 
     trainer = DistillTrainer(
@@ -156,7 +166,9 @@ def distill(
         callbacks=list(callbacks),
     )
     if training_args.should_save and resume is None:
-        atomic_write_text(Path(training_args.output_dir) / "distill_recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
+        atomic_write_text(
+            Path(training_args.output_dir) / "distill_recipe.yaml", yaml.safe_dump(recipe, sort_keys=False)
+        )
     trainer.train(resume_from_checkpoint=resume)
     save_trained_model(trainer, training_args.output_dir, card=_student_card(trainer, distill_args, train_dataset))
     if training_args.should_save:  # where the student is, and what it really is

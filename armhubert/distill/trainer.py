@@ -154,7 +154,9 @@ class DistillTrainer(GuardedTrainer):
                     return tuple(h[:size] for h in both), tuple(h[size:] for h in both)
                 except torch.OutOfMemoryError:
                     self._teacher_single_pass = False
-                    logger.warning("The doubled teacher batch does not fit in memory: running two teacher passes from now on")
+                    logger.warning(
+                        "The doubled teacher batch does not fit in memory: running two teacher passes from now on"
+                    )
                     clear_device_cache(garbage_collection=True)
             return (
                 self._teacher_states(input_values, attention_mask),
@@ -178,7 +180,9 @@ class DistillTrainer(GuardedTrainer):
             capture = contextlib.nullcontext({})
         with capture as cnn:
             teacher_clean, teacher_masked = self.teacher_hidden_states(input_values, attention_mask, mask)
-            output = model(input_values, attention_mask=attention_mask, mask_time_indices=mask, output_hidden_states=True)
+            output = model(
+                input_values, attention_mask=attention_mask, mask_time_indices=mask, output_hidden_states=True
+            )
         if output.hidden_states[0].shape[1] != teacher_clean[0].shape[1]:
             raise UserError(
                 f"teacher gives {teacher_clean[0].shape[1]} frames, student {output.hidden_states[0].shape[1]} for "
@@ -191,10 +195,18 @@ class DistillTrainer(GuardedTrainer):
             if cnn_layer0:
                 teacher[0], student[0] = cnn["teacher"], cnn["student"]
             return star_loss(
-                student, teacher, valid, d.star_normalization, d.star_reduction,
-                d.star_layer_weight, d.star_intra_weight, d.star_recompute,
+                student,
+                teacher,
+                valid,
+                d.star_normalization,
+                d.star_reduction,
+                d.star_layer_weight,
+                d.star_intra_weight,
+                d.star_recompute,
             )
-        student = output.projected_hidden_states if output.projected_hidden_states is not None else output.hidden_states[1:]
+        student = (
+            output.projected_hidden_states if output.projected_hidden_states is not None else output.hidden_states[1:]
+        )
         weights = layer_weights(len(pairs), d.hint_layer_weight, d.last_layer_weight)
         clean = [teacher_clean[layer] for layer in pairs]
         if mask is not None:
@@ -266,7 +278,9 @@ class DistillTrainer(GuardedTrainer):
             self._pending_logs = {}
         super().log(logs, start_time)
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         self._eval_parts, self._eval_unreadable = {}, 0
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         for name, value in self._reduce_parts(self._eval_parts).items():
@@ -280,7 +294,9 @@ class DistillTrainer(GuardedTrainer):
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save and self.distill_args.keep_best_checkpoints is not None:
-            keep_best_and_last_checkpoints(self.args.output_dir, self.state.log_history, self.distill_args.keep_best_checkpoints)
+            keep_best_and_last_checkpoints(
+                self.args.output_dir, self.state.log_history, self.distill_args.keep_best_checkpoints
+            )
 
 
 def _accumulate(store: dict[str, list[Tensor]], parts: dict[str, Tensor]) -> None:
@@ -314,7 +330,9 @@ def keep_best_and_last_checkpoints(output_dir: str | os.PathLike, log_history: l
     checkpoints = complete_checkpoints(output_dir)
     if not checkpoints:
         return
-    scored = sorted((scores[_checkpoint_step(p)], _checkpoint_step(p), p) for p in checkpoints if _checkpoint_step(p) in scores)
+    scored = sorted(
+        (scores[_checkpoint_step(p)], _checkpoint_step(p), p) for p in checkpoints if _checkpoint_step(p) in scores
+    )
     keep = {checkpoints[-1]} | {path for _, _, path in scored[:keep_best]}
     for path in checkpoints:
         if path not in keep:
