@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
-from transformers import (
+from transformers import (  # the two pipelines are named by task folders' `custom_pipelines`
+    AudioClassificationPipeline,  # noqa: F401 -- re-exported: remote code resolves it in this module
+    AutomaticSpeechRecognitionPipeline,  # noqa: F401 -- likewise
     AutoModel,
     AutoModelForAudioClassification,
     AutoModelForCTC,

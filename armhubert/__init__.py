@@ -5,11 +5,11 @@ self-contained) <- this package <- the root CLIs (`distill_trainer.py`, `convert
 `scripts/`. One concern per module:
 
 - `armhubert.cli`: the user-error type and the runner that turns it into one line and exit status 2;
-- `armhubert.io`: atomic file and folder writing, output placement and `--overwrite` rules;
-- `armhubert.limits`: bounds for untrusted structure, safe names in generated text, finite weights;
+- `armhubert.outputs`: atomic file and folder writing, output placement and `--overwrite` rules;
+- `armhubert.untrusted`: bounds for untrusted structure, safe names in generated text, finite weights;
 - `armhubert.audio`: reading / resampling audio (`read_audio`, `load_16k`) and `DataError`;
 - `armhubert.librispeech`: LibriSpeech loading (local tree or Hub), batching, length-grouped sampling;
-- `armhubert.training`: what every Trainer-based command shares (value ranges, loss guard, final save);
+- `armhubert.guarded_trainer`: what every Trainer-based command shares (value ranges, loss guard, final save);
 - `armhubert.distill`: masking / STaR distillation (masks, losses, recipes, models, trainer);
 - `armhubert.finetune`: CTC / classification fine-tuning set-up;
 - `armhubert.convert`: original-release checkpoints -> Transformers folders, cards, Hub upload;

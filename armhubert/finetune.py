@@ -2,7 +2,7 @@
 
 Model arguments and loading of the task model, argument parsing and seeding, audio batching, the
 minimum-duration check and the train / evaluate / save tail. Audio is read by `armhubert.audio`, the
-final save is `armhubert.training.save_trained_model`; nothing here depends on distillation.
+final save is `armhubert.guarded_trainer.save_trained_model`; nothing here depends on distillation.
 
     model_args, data_args, training_args = parse_run_arguments(DataArguments, argv, "finetune_x.py")
     model = load_head_model(ARMHubertForCTC, model_args, vocab_size=32)
@@ -24,10 +24,10 @@ from modeling_armhubert import add_remote_code_entries
 
 from .audio import DataError, read_audio, window
 from .cli import UserError
-from .io import check_output_folder
-from .limits import check_code_text
+from .guarded_trainer import check_training_values, save_trained_model
 from .model_folders import check_model_folder
-from .training import check_training_values, save_trained_model
+from .outputs import check_output_folder
+from .untrusted import check_code_text
 
 
 @dataclass

@@ -34,7 +34,7 @@ import torch
 from transformers import HfArgumentParser, HubertConfig, HubertModel, WavLMConfig, WavLMModel
 
 from armhubert.cli import UserError, run_main
-from armhubert.io import atomic_output_file, atomic_write_text
+from armhubert.outputs import atomic_output_file, atomic_write_text
 from armhubert.profiling import (
     count_macs,
     count_parameters,

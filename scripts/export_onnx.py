@@ -32,8 +32,8 @@ from transformers import AutoModel, PreTrainedModel
 
 import modeling_armhubert  # noqa: F401  (registers the armhubert model type: no remote code needed)
 from armhubert.cli import UserError, run_main
-from armhubert.io import atomic_write_bytes
 from armhubert.model_folders import check_model_folder
+from armhubert.outputs import atomic_write_bytes
 from configuration_armhubert import SAMPLING_RATE, receptive_field
 
 OUTPUT_NAMES = ("last_hidden_state", "hidden_states", "projected_hidden_states")

@@ -39,7 +39,7 @@ from armhubert.finetune import (
     random_window,
     train_evaluate_and_save,
 )
-from armhubert.training import GuardedTrainer
+from armhubert.guarded_trainer import GuardedTrainer
 from configuration_armhubert import SAMPLING_RATE
 from modeling_armhubert import ARMHubertForSequenceClassification, release_feature_extractor
 

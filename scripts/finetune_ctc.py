@@ -36,8 +36,8 @@ from armhubert.finetune import (
     parse_run_arguments,
     train_evaluate_and_save,
 )
+from armhubert.guarded_trainer import GuardedTrainer
 from armhubert.librispeech import BUNDLED_CORPUS, load_librispeech
-from armhubert.training import GuardedTrainer
 from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
 
 PROG = "finetune_ctc.py"

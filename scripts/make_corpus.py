@@ -37,7 +37,7 @@ import soundfile as sf
 
 from armhubert.audio import read_audio
 from armhubert.cli import UserError, run_main
-from armhubert.io import staged_folder
+from armhubert.outputs import staged_folder
 from configuration_armhubert import SAMPLING_RATE
 
 PROG = "make_corpus.py"

@@ -18,7 +18,7 @@ from conftest import TINY_CKPT, load_script
 from hostile import digest, hidden_entries, refusal
 
 import convert_checkpoint
-from armhubert import io
+from armhubert import outputs
 from armhubert.convert import folders
 
 
@@ -41,7 +41,7 @@ def _killed(target, patch):
 
 def _next_process(monkeypatch):
     """What the next run sees: it started after the killed one."""
-    monkeypatch.setattr(io, "_PROCESS_START", time.time() + 1)
+    monkeypatch.setattr(outputs, "_PROCESS_START", time.time() + 1)
 
 
 def _dead_pid():
@@ -81,7 +81,7 @@ def test_killed_between_the_two_renames_restores_the_previous_target(previous, m
     real_replace = os.replace
 
     def kill_once_the_old_folder_is_aside(kill):
-        monkeypatch.setattr(io, "_exchange", lambda first, second: False)  # a filesystem without RENAME_EXCHANGE
+        monkeypatch.setattr(outputs, "_exchange", lambda first, second: False)  # a filesystem without RENAME_EXCHANGE
 
         def replace(source, destination):
             real_replace(source, destination)
@@ -100,14 +100,14 @@ def test_killed_between_the_two_renames_restores_the_previous_target(previous, m
 
 def test_killed_after_the_swap_keeps_the_new_target_and_the_next_run_removes_the_old(previous, monkeypatch):
     target, before = previous
-    real_exchange = io._exchange
+    real_exchange = outputs._exchange
 
     def kill_after_the_swap(kill):
         def exchange(first, second):
             assert real_exchange(first, second)
             kill()
 
-        monkeypatch.setattr(io, "_exchange", exchange)
+        monkeypatch.setattr(outputs, "_exchange", exchange)
 
     _killed(target, kill_after_the_swap)
     assert (target / "README.md").read_text() != "the previous card"  # the new folder is complete and in place
@@ -138,8 +138,8 @@ def test_only_our_leftovers_of_dead_runs_for_this_target_are_removed(tmp_path, m
 
     fresh = tmp_path / f".model.armhubert-staging-{dead}-new"
     fresh.mkdir()
-    monkeypatch.setattr(io, "_PROCESS_START", time.time() - 60)  # made after this process started: kept
-    io.recover_interrupted_writes(target)
+    monkeypatch.setattr(outputs, "_PROCESS_START", time.time() - 60)  # made after this process started: kept
+    outputs.recover_interrupted_writes(target)
     assert fresh.is_dir()
 
 
@@ -178,7 +178,7 @@ def test_the_swap_exchanges_two_folders_in_one_step(tmp_path):
     for folder in (first, second):
         folder.mkdir()
         (folder / "name").write_text(folder.name)
-    assert io._exchange(first, second)  # Linux (the test machines): renameat2 RENAME_EXCHANGE
+    assert outputs._exchange(first, second)  # Linux (the test machines): renameat2 RENAME_EXCHANGE
     assert (first / "name").read_text() == "b" and (second / "name").read_text() == "a"
 
 

@@ -18,7 +18,7 @@ from conftest import ROOT, load_script, random_model, tiny_config
 from hostile import digest, refusal
 from transformers import Trainer, TrainingArguments, pipeline
 
-from armhubert import training
+from armhubert import guarded_trainer
 from armhubert.audio import DataError, load_16k, read_audio
 from armhubert.cli import UserError
 from armhubert.librispeech import BUNDLED_CORPUS, AudioCollator, load_librispeech
@@ -300,16 +300,16 @@ def _tiny_trainer(tmp_path, trainer_class=Trainer):
 
 def test_the_loss_guard_stops_at_once_or_after_fp16_skips(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "training_step", _LossOf([1.0, float("nan")]))
-    trainer = _tiny_trainer(tmp_path, training.GuardedTrainer)
+    trainer = _tiny_trainer(tmp_path, guarded_trainer.GuardedTrainer)
     assert float(trainer.training_step(trainer.model, {})) == 1.0
     with pytest.raises(UserError, match="the training loss is nan at step 1"):
         trainer.training_step(trainer.model, {})
     # Under fp16 the gradient scaler skips overflowing steps: only a run of them is divergence.
-    skips = training.MAX_SKIPPED_FP16_STEPS
+    skips = guarded_trainer.MAX_SKIPPED_FP16_STEPS
     monkeypatch.setattr(
         Trainer, "training_step", _LossOf([float("inf")] * skips + [1.0] + [float("inf")] * (skips + 1))
     )
-    trainer = _tiny_trainer(tmp_path, training.GuardedTrainer)
+    trainer = _tiny_trainer(tmp_path, guarded_trainer.GuardedTrainer)
     trainer.accelerator.scaler = object()
     for _ in range(2 * skips + 1):
         trainer.training_step(trainer.model, {})
@@ -320,14 +320,14 @@ def test_the_loss_guard_stops_at_once_or_after_fp16_skips(tmp_path, monkeypatch)
 def test_a_run_without_steps_or_a_model_with_nan_weights_is_never_saved(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "train", lambda self, *args, **kwargs: None)  # a run that took no step
     with pytest.raises(UserError, match="training took no optimiser step"):
-        _tiny_trainer(tmp_path, training.GuardedTrainer).train()
+        _tiny_trainer(tmp_path, guarded_trainer.GuardedTrainer).train()
     trainer = _tiny_trainer(tmp_path)
     with torch.no_grad():
         trainer.model.encoder.layers[1].feed_forward.output_dense.weight[0, 0] = float("nan")
     with pytest.raises(
         UserError, match=r"NaN or infinite weights \(encoder.layers.1.feed_forward.output_dense.weight\)"
     ):
-        training.save_trained_model(trainer, tmp_path / "out")
+        guarded_trainer.save_trained_model(trainer, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT, TINY_CKPT, tiny_config, waveform
 from transformers import Trainer, TrainingArguments
 
-from armhubert.training import save_trained_model
+from armhubert.guarded_trainer import save_trained_model
 from modeling_armhubert import ARMHubertForCTC
 
 REMOTE_CODE = ["configuration_armhubert.py", "modeling_armhubert.py"]

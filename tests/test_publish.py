@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard
 from test_convert import distiller_section, run_main, to_original
 
 import convert_checkpoint  # the command
-from armhubert import io
+from armhubert import outputs
 from armhubert.cli import UserError
 from armhubert.convert import folders
 from armhubert.convert.cards import CardFacts, file_sha256, model_card
@@ -529,7 +529,7 @@ def test_interrupted_repository_build_leaves_the_target_as_it_was(tmp_path, monk
         return real_replace(src, dst)
 
     # Where paths cannot be swapped in one step: the old folder is renamed aside, then put back.
-    monkeypatch.setattr(io, "_exchange", lambda first, second: False)
+    monkeypatch.setattr(outputs, "_exchange", lambda first, second: False)
     monkeypatch.setattr(os, "replace", rename_fails_once_the_old_folder_is_retired)
     with pytest.raises(OSError, match="disk full"):
         folders.convert_folder(source, target, overwrite=True, default="run-a")

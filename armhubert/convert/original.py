@@ -26,7 +26,7 @@ from configuration_armhubert import ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
-from ..limits import (
+from ..untrusted import (
     brief,
     check_plain_data,
     check_structure,
@@ -374,7 +374,7 @@ def load_original_checkpoint(path: str | os.PathLike) -> dict:
     read into memory: only the student's pages are touched, when its tensors are copied out.
 
     Only zip checkpoints are read (the legacy format sizes its storages from the file's own claims);
-    their members' uncompressed sizes and the unpickled structure are bounded (`armhubert.limits`),
+    their members' uncompressed sizes and the unpickled structure are bounded (`armhubert.untrusted`),
     so a small hostile file cannot take much memory or time.
     """
     path = Path(path)

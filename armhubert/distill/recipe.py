@@ -24,9 +24,9 @@ from transformers.integrations import is_tensorboard_available
 from configuration_armhubert import PRESETS
 
 from ..cli import UserError
+from ..guarded_trainer import check_training_values
 from ..librispeech import HUB_DATASET
-from ..limits import brief, load_yaml_file, parse_yaml_text
-from ..training import check_training_values
+from ..untrusted import brief, load_yaml_file, parse_yaml_text
 from .losses import STAR_LAYER0, STAR_NORMALIZATIONS, STAR_REDUCTIONS
 
 logger = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from modeling_armhubert import release_feature_extractor
 
 from ..cards import DistillationFacts, distilled_card, format_duration, last_logged
 from ..cli import UserError
-from ..io import atomic_write_text, check_output_location
+from ..guarded_trainer import save_trained_model
 from ..librispeech import AudioCollator, load_librispeech
-from ..training import save_trained_model
+from ..outputs import atomic_write_text, check_output_location
 from .masks import SpanMasker
 from .models import build_student, check_frame_rates, layer_pairs, load_teacher
 from .recipe import DistillArguments, apply_effective_batch_size, build_arguments, load_recipe

@@ -11,8 +11,8 @@ import torch
 from transformers import Trainer
 
 from .cli import UserError
-from .io import move_files_into
-from .limits import check_finite_weights
+from .outputs import move_files_into
+from .untrusted import check_finite_weights
 
 # Under fp16 the gradient scaler skips a step whose gradients overflow (and lowers its scale); this
 # many non-finite losses in a row are divergence, not overflow.
