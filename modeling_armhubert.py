@@ -10,32 +10,19 @@ are always paired per utterance and per head, so batched outputs equal per-utter
 """
 
 import math
-import os
 import weakref
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
-from transformers import (  # the two pipelines are named by task folders' `custom_pipelines`
-    AudioClassificationPipeline,  # noqa: F401 -- re-exported: remote code resolves it in this module
-    AutomaticSpeechRecognitionPipeline,  # noqa: F401 -- likewise
-    AutoModel,
-    AutoModelForAudioClassification,
-    AutoModelForCTC,
-    Pipeline,
-    PreTrainedModel,
-    Wav2Vec2FeatureExtractor,
-)
+from transformers import AutoModel, AutoModelForAudioClassification, AutoModelForCTC, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.audio_utils import load_audio
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
-from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import ModelOutput, logging
 
 try:  # FlexAttention (torch >= 2.5); AuxRequest (its log-sum-exp request) from torch 2.9
@@ -48,19 +35,16 @@ except ImportError:
     AuxRequest = None
 _COMPILED_FLEX = {}  # torch.compile(flex_attention), made on the first call on an accelerator
 
+# The pipeline file is imported so that `save_pretrained` ships it with the model (transformers copies a
+# model file's relative imports); `release_feature_extractor` is re-exported for existing imports.
 try:  # loaded as remote code from a model folder
-    from .configuration_armhubert import SAMPLING_RATE, ARMHubertConfig, is_remote_code_copy
+    from .configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
+    from .pipeline_armhubert import release_feature_extractor  # noqa: F401 -- re-exported
 except ImportError:  # installed as a top-level module
-    from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig, is_remote_code_copy
+    from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
+    from pipeline_armhubert import release_feature_extractor  # noqa: F401 -- re-exported
 
 logger = logging.get_logger(__name__)
-
-
-def release_feature_extractor():
-    """The preprocessing the releases expect: raw 16 kHz audio, no normalisation, attention mask for padding."""
-    return Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=SAMPLING_RATE, padding_value=0.0, do_normalize=False, return_attention_mask=True
-    )
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -1143,11 +1127,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
 # Task heads
 #
 # CTC and utterance-classification heads (as transformers' `HubertForCTC` /
-# `HubertForSequenceClassification`), SpecAugment for their training, and an audio
-# feature-extraction pipeline (the built-in "feature-extraction" task is text-only). Everything here
-# sits on top of `ARMHubertModel` without changing it.
-
-FEATURE_EXTRACTION_TASK = "audio-feature-extraction"
+# `HubertForSequenceClassification`) and SpecAugment for their training, on top of `ARMHubertModel`.
 
 
 def superb_layer_outputs(config, output):
@@ -1458,205 +1438,9 @@ class ARMHubertForSequenceClassification(ARMHubertTaskModel):
         return output if return_dict else output.to_tuple()
 
 
-class ARMHubertFeatureExtractionPipeline(Pipeline):
-    """Per-layer speech features for downstream models: the "audio-feature-extraction" task.
-
-        extractor = pipeline("audio-feature-extraction", model="converted/armhubert-960h", trust_remote_code=True)
-        out = extractor("speech.flac")   # or a mono float array at 16 kHz
-        out["features"]                   # (num_layers, frames, width) numpy array
-        out["layers"]                     # their layer numbers, 1 = first transformer layer
-
-    Parameters (at construction or per call):
-        representation: `"superb"` (default) the set SUPERB used: projected outputs (1..L) of models
-            with projection heads, raw layer outputs (1..L) otherwise; `"hidden"` raw outputs 0..L
-            (0 = encoder input); `"projected"` projected outputs 1..L (models with heads only).
-        layers: an int or list of layer numbers from that set (default: all of it).
-        return_tensors: `True` returns a torch tensor instead of a numpy array.
-
-    Inputs: a mono float array sampled at 16 kHz; a `{"raw" or "array": ..., "sampling_rate": 16000}`
-    dict (the `datasets` format); or an audio file path, decoded with
-    `transformers.audio_utils.load_audio` (channels averaged, resampled to 16 kHz). Arrays at other
-    rates must be resampled first (e.g. `soxr.resample(audio, rate, 16000)`): this file also runs as
-    Hub remote code, which depends on torch, transformers and numpy only.
-    """
-
-    REPRESENTATIONS = ("superb", "hidden", "projected")
-    _load_feature_extractor = None  # load a saved one when there is one, else the release default
-    _load_tokenizer = False
-    _load_image_processor = False
-    _load_processor = False
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.feature_extractor is None:
-            self.feature_extractor = release_feature_extractor()
-
-    def _sanitize_parameters(self, layers=None, representation=None, return_tensors=None):
-        forward_params, postprocess_params = {}, {}
-        if representation is not None:
-            if representation not in self.REPRESENTATIONS:
-                raise ValueError(f"representation={representation!r} is unknown; use one of {self.REPRESENTATIONS}.")
-            forward_params["representation"] = representation
-        if layers is not None:
-            forward_params["layers"] = [layers] if isinstance(layers, int) else list(layers)
-        if return_tensors is not None:
-            postprocess_params["return_tensors"] = return_tensors
-        return {}, forward_params, postprocess_params
-
-    def _audio_array(self, inputs):
-        """Any accepted input -> mono float32 array at 16 kHz, or one clear error."""
-        if isinstance(inputs, (str, os.PathLike)):
-            path = os.fspath(inputs)
-            if not os.path.isfile(path):
-                raise ValueError(f"audio file {path} does not exist.")
-            try:
-                inputs = load_audio(path, sampling_rate=SAMPLING_RATE)
-            except Exception as error:  # noqa: BLE001 -- decoders raise many types for unreadable files
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise ValueError(f"cannot decode audio file {path}: {reason}") from None
-        elif isinstance(inputs, dict):
-            if "sampling_rate" not in inputs or not ("raw" in inputs or "array" in inputs):
-                raise ValueError('an audio dict needs "raw" (or "array") and "sampling_rate" keys.')
-            rate = inputs["sampling_rate"]
-            if rate != SAMPLING_RATE:
-                raise ValueError(
-                    f"audio sampled at {rate} Hz; these models take {SAMPLING_RATE} Hz. Resample it first, "
-                    f"e.g. soxr.resample(audio, {rate}, {SAMPLING_RATE}), or pass the file path."
-                )
-            inputs = inputs["raw"] if "raw" in inputs else inputs["array"]
-        if torch.is_tensor(inputs):
-            inputs = inputs.detach().cpu().numpy()
-        if not isinstance(inputs, np.ndarray):
-            raise TypeError(f"expected a float array, an audio dict or a file path, got {type(inputs).__name__}.")
-        if inputs.ndim != 1:
-            raise ValueError(
-                f"expected mono audio of shape (samples,), got shape {inputs.shape}. Average the channels first "
-                "(audio.mean(axis=1) for soundfile's (samples, channels) arrays), or pass the file path."
-            )
-        if not np.issubdtype(inputs.dtype, np.floating):
-            raise ValueError(
-                f"audio has integer samples ({inputs.dtype}); convert to float in [-1, 1] first, "
-                "e.g. audio / 32768 for 16-bit PCM."
-            )
-        if not np.isfinite(inputs).all():
-            raise ValueError("the audio holds NaN or infinite samples; the features would be NaN. Fix or drop it.")
-        field = self.model.config.receptive_field
-        if inputs.size < field:
-            what = "empty audio (0 samples)" if inputs.size == 0 else f"audio of {inputs.size} samples"
-            raise ValueError(
-                f"{what}: the model needs at least {field} samples ({1000 * field / SAMPLING_RATE:.0f} ms at 16 kHz)."
-            )
-        return inputs.astype(np.float32, copy=False)
-
-    def preprocess(self, inputs):
-        audio = self._audio_array(inputs)
-        return self.feature_extractor(
-            audio, sampling_rate=SAMPLING_RATE, return_attention_mask=True, return_tensors="pt"
-        )
-
-    def _layer_set(self, output, representation):
-        """{layer number: (B, T, D) tensor} of the chosen representation."""
-        config = self.model.config
-        if representation == "superb":
-            representation = "projected" if config.has_projection_heads else "layers"
-        if representation == "projected":
-            if not config.has_projection_heads:
-                raise ValueError('representation="projected" needs a model with projection heads; this one has none.')
-            if output.projected_hidden_states is None:
-                raise ValueError(
-                    'representation="projected" needs every projection head; this task model (no '
-                    'use_weighted_layer_sum) keeps only the last. Use representation="hidden" or the encoder.'
-                )
-            return dict(enumerate(output.projected_hidden_states, start=1))
-        start = 1 if representation == "layers" else 0
-        return dict(enumerate(output.hidden_states[start:], start=start))
-
-    def _forward(self, model_inputs, layers=None, representation="superb"):
-        encoder = getattr(self.model, "armhubert", self.model)  # a task model's encoder works too
-        output = encoder(
-            model_inputs["input_values"], attention_mask=model_inputs.get("attention_mask"), output_hidden_states=True
-        )
-        available = self._layer_set(output, representation)
-        numbers = sorted(available) if layers is None else layers
-        unknown = [number for number in numbers if number not in available]
-        if unknown:
-            raise ValueError(
-                f"layers {unknown} are not in the {representation!r} representation; "
-                f"choose from {min(available)}..{max(available)}."
-            )
-        features = torch.stack([available[number] for number in numbers], dim=1)  # (B, n, T, D)
-        batch, _, frames, _ = features.shape
-        if output.frame_attention_mask is not None:
-            real_frames = output.frame_attention_mask.sum(-1)
-        else:
-            real_frames = torch.full((batch,), frames, dtype=torch.long, device=features.device)
-        layer_numbers = torch.tensor(numbers, device=features.device).expand(batch, -1)
-        return {"features": features, "frames": real_frames, "layer_numbers": layer_numbers}
-
-    def postprocess(self, model_outputs, return_tensors=False):
-        frames = int(model_outputs["frames"].reshape(-1)[0])
-        features = model_outputs["features"][0, :, :frames]
-        layers = model_outputs["layer_numbers"].reshape(-1).tolist()
-        return {"layers": layers, "features": features if return_tensors else features.float().numpy()}
-
-
-# A task folder's own pipeline: task, pipeline class (a name this module holds) and the Auto class it loads.
-HEAD_PIPELINES = {
-    "ARMHubertForCTC": ("automatic-speech-recognition", "AutomaticSpeechRecognitionPipeline", "AutoModelForCTC"),
-    "ARMHubertForSequenceClassification": (
-        "audio-classification",
-        "AudioClassificationPipeline",
-        "AutoModelForAudioClassification",
-    ),
-}
-
-
-def add_remote_code_entries(config, model_class=None):
-    """Let a folder saved with `config` open through every Auto class and its own pipeline.
-
-    `save_pretrained` records only the saving class in `config.auto_map`; this adds them all
-    (AutoConfig, AutoModel, AutoModelForCTC, AutoModelForAudioClassification), so that on a converted
-    or distilled encoder folder `AutoModelForCTC.from_pretrained(folder, trust_remote_code=True,
-    vocab_size=...)` works. `config.custom_pipelines` gets exactly one of this model's pipelines, the one
-    of the saved class (`model_class`, else `config.architectures[0]`): `pipeline(model=folder,
-    trust_remote_code=True)` without a task takes the single custom pipeline (transformers 5 infers a
-    task from nothing else offline), so a CTC folder gives speech recognition, a classifier folder
-    audio classification and an encoder folder the audio feature pipeline. Call it before saving;
-    returns the config.
-    """
-    module = ARMHubertModel.__module__.split(".")[-1]
-    config_module = ARMHubertConfig.__module__.split(".")[-1]
-    config.auto_map = {
-        **(getattr(config, "auto_map", None) or {}),
-        "AutoConfig": f"{config_module}.ARMHubertConfig",
-        "AutoModel": f"{module}.ARMHubertModel",
-        "AutoModelForCTC": f"{module}.ARMHubertForCTC",
-        "AutoModelForAudioClassification": f"{module}.ARMHubertForSequenceClassification",
-    }
-    saved_class = (
-        model_class.__name__ if model_class is not None else (getattr(config, "architectures", None) or [""])[0]
-    )
-    task, pipeline_class, auto_class = HEAD_PIPELINES.get(
-        saved_class, (FEATURE_EXTRACTION_TASK, "ARMHubertFeatureExtractionPipeline", "AutoModel")
-    )
-    ours = {FEATURE_EXTRACTION_TASK, *(entry[0] for entry in HEAD_PIPELINES.values())}
-    others = {
-        name: entry for name, entry in (getattr(config, "custom_pipelines", None) or {}).items() if name not in ours
-    }
-    config.custom_pipelines = {
-        **others,
-        task: {"impl": f"{module}.{pipeline_class}", "pt": [auto_class], "type": "audio"},
-    }
-    return config
-
-
 AutoModel.register(ARMHubertConfig, ARMHubertModel, exist_ok=True)
 ARMHubertModel.register_for_auto_class("AutoModel")
 AutoModelForCTC.register(ARMHubertConfig, ARMHubertForCTC, exist_ok=True)
 ARMHubertForCTC.register_for_auto_class("AutoModelForCTC")
 AutoModelForAudioClassification.register(ARMHubertConfig, ARMHubertForSequenceClassification, exist_ok=True)
 ARMHubertForSequenceClassification.register_for_auto_class("AutoModelForAudioClassification")
-if not is_remote_code_copy(__name__) or FEATURE_EXTRACTION_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
-    PIPELINE_REGISTRY.register_pipeline(
-        FEATURE_EXTRACTION_TASK, pipeline_class=ARMHubertFeatureExtractionPipeline, pt_model=AutoModel, type="audio"
-    )

@@ -10,7 +10,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    py_modules=["configuration_armhubert", "modeling_armhubert", "convert_checkpoint", "distill_trainer"],
+    py_modules=[
+        "configuration_armhubert",
+        "modeling_armhubert",
+        "pipeline_armhubert",
+        "convert_checkpoint",
+        "distill_trainer",
+    ],
     packages=find_packages(include=["armhubert", "armhubert.*"]),
     install_requires=[
         "torch>=2.4",

@@ -20,13 +20,13 @@ import torch
 from transformers import BatchFeature, HfArgumentParser, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
-from modeling_armhubert import add_remote_code_entries
 
 from .audio import DataError, read_audio, window
 from .cli import UserError
 from .guarded_trainer import check_training_values, save_trained_model
 from .model_folders import check_model_folder
 from .outputs import check_output_folder
+from .remote_code import add_remote_code_entries
 from .untrusted import check_code_text
 
 

@@ -103,6 +103,7 @@ OUTPUT_FILE_NAMES = frozenset(
         "README.md",
         "configuration_armhubert.py",
         "modeling_armhubert.py",
+        "pipeline_armhubert.py",
         "vocab.json",
         "tokenizer_config.json",
         "special_tokens_map.json",

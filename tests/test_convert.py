@@ -118,6 +118,7 @@ def test_cli_writes_a_complete_folder_that_reproduces_the_fixture(tmp_path):
         "configuration_armhubert.py",
         "model.safetensors",
         "modeling_armhubert.py",
+        "pipeline_armhubert.py",
         "preprocessor_config.json",
     ]
     config = json.loads((out / "config.json").read_text())
@@ -335,7 +336,7 @@ def test_loading_a_folder_as_remote_code_keeps_the_installed_classes_registered(
     from transformers.pipelines import PIPELINE_REGISTRY
 
     from configuration_armhubert import ARMHubertConfig
-    from modeling_armhubert import ARMHubertFeatureExtractionPipeline
+    from pipeline_armhubert import ARMHubertFeatureExtractionPipeline
 
     out = folders.convert_checkpoint(TINY_CKPT, tmp_path / "model")
     AutoModel.from_pretrained(out, trust_remote_code=True)

@@ -110,6 +110,7 @@ def test_quickstart_end_to_end(quickstart):
         "config.json",
         "configuration_armhubert.py",
         "modeling_armhubert.py",
+        "pipeline_armhubert.py",
         "preprocessor_config.json",
         "distill_recipe.yaml",
     ):

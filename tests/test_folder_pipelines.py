@@ -11,13 +11,9 @@ from transformers.models.auto import configuration_auto, modeling_auto
 
 from armhubert import finetune
 from armhubert.convert.folders import save_model_folder
-from modeling_armhubert import (
-    FEATURE_EXTRACTION_TASK,
-    ARMHubertForCTC,
-    ARMHubertForSequenceClassification,
-    add_remote_code_entries,
-    release_feature_extractor,
-)
+from armhubert.remote_code import add_remote_code_entries
+from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification
+from pipeline_armhubert import FEATURE_EXTRACTION_TASK, release_feature_extractor
 
 LABELS = ["yes", "no", "maybe"]
 AUTO_MAPPINGS = (
@@ -72,7 +68,7 @@ def test_each_folder_records_only_its_own_pipeline(folders):
     assert list(tasks["encoder"]) == [FEATURE_EXTRACTION_TASK]
     assert tasks["ctc"] == {
         "automatic-speech-recognition": {
-            "impl": "modeling_armhubert.AutomaticSpeechRecognitionPipeline",
+            "impl": "pipeline_armhubert.AutomaticSpeechRecognitionPipeline",
             "pt": ["AutoModelForCTC"],
             "type": "audio",
         }

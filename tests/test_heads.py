@@ -9,13 +9,8 @@ import torch
 import torch.nn.functional as F
 from conftest import random_model, tiny_config, waveform
 
-from modeling_armhubert import (
-    ARMHubertForCTC,
-    ARMHubertForSequenceClassification,
-    ARMHubertModel,
-    add_remote_code_entries,
-    head_input_size,
-)
+from armhubert.remote_code import add_remote_code_entries
+from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification, ARMHubertModel, head_input_size
 
 STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False)
 NO_DROPOUT = dict(
@@ -254,7 +249,7 @@ def test_remote_code_entries_name_every_auto_class_and_the_pipeline():
     }
     assert (
         config.custom_pipelines["audio-feature-extraction"]["impl"]
-        == "modeling_armhubert.ARMHubertFeatureExtractionPipeline"
+        == "pipeline_armhubert.ARMHubertFeatureExtractionPipeline"
     )
     assert isinstance(ARMHubertModel(config), ARMHubertModel)
 

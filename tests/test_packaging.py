@@ -1,5 +1,5 @@
 """Packaging: a non-editable install carries the whole package, and saved model folders need nothing but
-their two remote-code files (the Hub repo ships only them)."""
+their three remote-code files (the Hub repo ships only them)."""
 
 import json
 import os
@@ -17,8 +17,8 @@ from transformers import Trainer, TrainingArguments
 from armhubert.guarded_trainer import save_trained_model
 from modeling_armhubert import ARMHubertForCTC
 
-REMOTE_CODE = ["configuration_armhubert.py", "modeling_armhubert.py"]
-ROOT_MODULES = ["configuration_armhubert", "modeling_armhubert", "convert_checkpoint", "distill_trainer"]
+REMOTE_CODE = ["configuration_armhubert.py", "modeling_armhubert.py", "pipeline_armhubert.py"]
+ROOT_MODULES = [module[: -len(".py")] for module in REMOTE_CODE] + ["convert_checkpoint", "distill_trainer"]
 
 
 def _package_files():
@@ -98,7 +98,8 @@ def test_non_editable_install_imports_and_runs_the_converter(wheel, tmp_path):
 # A process that cannot import anything of this repository: only a folder's remote code can work.
 _REMOTE_ONLY = r"""
 import importlib.abc, json, sys
-BLOCKED = {"armhubert", "configuration_armhubert", "modeling_armhubert", "convert_checkpoint", "distill_trainer"}
+BLOCKED = {"armhubert", "configuration_armhubert", "modeling_armhubert", "pipeline_armhubert", "convert_checkpoint",
+           "distill_trainer"}
 
 class Blocker(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
@@ -108,16 +109,23 @@ class Blocker(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Blocker())
 import torch
-from transformers import AutoModel, AutoModelForCTC
+from transformers import AutoModel, AutoModelForCTC, pipeline
 
 folder, auto_class, audio_path, result_path = sys.argv[1:]
 model = {"AutoModel": AutoModel, "AutoModelForCTC": AutoModelForCTC}[auto_class]
 model = model.from_pretrained(folder, trust_remote_code=True).eval()
+audio = torch.load(audio_path, weights_only=True)
 with torch.no_grad():
-    output = model(torch.load(audio_path, weights_only=True))
+    output = model(audio)
 first = output.last_hidden_state if hasattr(output, "last_hidden_state") else output.logits
-torch.save(first, result_path + ".pt")
-json.dump({"module": type(model).__module__}, open(result_path, "w"))
+results = {"output": first}
+modules = {"model": type(model).__module__}
+if auto_class == "AutoModel":  # an encoder folder: its own feature pipeline, from the folder's pipeline file
+    extractor = pipeline(model=folder, trust_remote_code=True)
+    results["features"] = extractor(audio[0].numpy(), return_tensors=True)["features"]
+    modules["pipeline"] = type(extractor).__module__
+torch.save(results, result_path + ".pt")
+json.dump(modules, open(result_path, "w"))
 """
 
 
@@ -133,7 +141,8 @@ def _load_remote_only(folder, auto_class, audio, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result_path.read_text())["module"].startswith("transformers_modules")
+    modules = json.loads(result_path.read_text())
+    assert all(module.startswith("transformers_modules") for module in modules.values()), modules
     return torch.load(str(result_path) + ".pt", weights_only=True)
 
 
@@ -156,7 +165,9 @@ def test_converted_folder_loads_without_the_repository(converted_tiny, tmp_path)
     audio = waveform(8000, seed=3)
     remote = _load_remote_only(folder, "AutoModel", audio, tmp_path)
     with torch.no_grad():
-        assert torch.allclose(remote, converted_tiny(audio).last_hidden_state, atol=1e-5)  # thread counts differ
+        direct = converted_tiny(audio, output_hidden_states=True)
+    assert torch.allclose(remote["output"], direct.last_hidden_state, atol=1e-5)  # thread counts differ
+    assert torch.allclose(remote["features"], torch.stack(direct.projected_hidden_states)[:, 0], atol=1e-5)
 
 
 def test_trained_task_folder_loads_without_the_repository(tmp_path):
@@ -169,4 +180,4 @@ def test_trained_task_folder_loads_without_the_repository(tmp_path):
     audio = waveform(8000, seed=4)
     remote = _load_remote_only(folder, "AutoModelForCTC", audio, tmp_path)
     with torch.no_grad():
-        assert torch.allclose(remote, model(audio).logits, atol=1e-6)
+        assert torch.allclose(remote["output"], model(audio).logits, atol=1e-6)

@@ -11,7 +11,8 @@ from conftest import ROOT, random_model, tiny_config
 from transformers import Wav2Vec2CTCTokenizer, pipeline
 
 from armhubert.audio import load_16k
-from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification, release_feature_extractor
+from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification
+from pipeline_armhubert import release_feature_extractor
 
 FLAC = ROOT / "data" / "LibriSpeech" / "dev-clean" / "1001" / "201" / "1001-201-0000.flac"
 STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False)

@@ -261,6 +261,7 @@ def test_all_writes_one_subfolder_per_release_with_code_once_at_the_root(release
         "configuration_armhubert.py",
         "model.safetensors",
         "modeling_armhubert.py",
+        "pipeline_armhubert.py",
         "preprocessor_config.json",
         "tiny-run",
     ]

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
-from modeling_armhubert import ARMHubertModel, add_remote_code_entries, release_feature_extractor
+from modeling_armhubert import ARMHubertModel, release_feature_extractor
 
 from ..cli import UserError
 from ..outputs import staged_folder
+from ..remote_code import add_remote_code_entries
 from ..untrusted import check_code_text, check_finite_weights, check_safe_name
 from .cards import CardFacts, file_sha256, model_card, repository_card
 from .hubert_export import hubert_additions, to_hubert_model

@@ -7,9 +7,10 @@ import torch
 from transformers import AutoModel, HubertConfig, PretrainedConfig, PreTrainedModel, Wav2Vec2Config, WavLMConfig
 
 from configuration_armhubert import PRESETS, ARMHubertConfig
-from modeling_armhubert import ARMHubertModel, add_remote_code_entries
+from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
+from ..remote_code import add_remote_code_entries
 from .recipe import DistillArguments
 
 RANDOM_TEACHERS = {"random-hubert": HubertConfig, "random-wavlm": WavLMConfig, "random-wav2vec2": Wav2Vec2Config}
