@@ -11,7 +11,9 @@ are always paired per utterance and per head, so batched outputs equal per-utter
 
 import math
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,14 +27,10 @@ from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutp
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 from transformers.utils import ModelOutput, logging
 
-try:  # FlexAttention (torch >= 2.5); AuxRequest (its log-sum-exp request) from torch 2.9
-    from torch.nn.attention.flex_attention import flex_attention
+try:  # FlexAttention and its log-sum-exp request (torch >= 2.9)
+    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
 except ImportError:
-    flex_attention = None
-try:
-    from torch.nn.attention.flex_attention import AuxRequest
-except ImportError:
-    AuxRequest = None
+    AuxRequest = flex_attention = None
 _COMPILED_FLEX = {}  # torch.compile(flex_attention), made on the first call on an accelerator
 
 # The pipeline file is imported so that `save_pretrained` ships it with the model (transformers copies a
@@ -342,12 +340,17 @@ class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
 #
 # A reusing layer applies the computing layer's probabilities P = softmax(Q K^T * scale) (padded keys
 # masked) to its own values, after a second masked softmax over keys in the release's "resoftmax" mode.
-# Instead of handing over P, the computing layer runs a fused kernel and hands over Q, K and the row
-# log-sum-exp of its scores: P = exp(Q K^T * scale - lse) can then be rebuilt block by block of query
-# rows, and no (B, H, T, T) tensor ever exists. With `reuse_softmax="probabilities"` the reusing
-# layer is exactly SDPA(Q, K, V_reuse). Short inputs on a CPU are the exception: a whole map of at
-# most EXPLICIT_MAP_ELEMENTS values stays in cache, and holding it (one Q K^T, the reusing layer then
-# skips its rebuild and one exponential per entry) is faster than rebuilding it.
+# What the computing layer hands over (a `Handover`) is chosen by the encoder once per forward
+# (`ARMHubertEncoder._attention_paths`):
+# - "logsumexp" (resoftmax mode): a fused kernel gives the output and the row log-sum-exp of the
+#   scores; the reusing layer rebuilds P = exp(Q K^T * scale - lse) block by block of query rows, so no
+#   (B, H, T, T) tensor ever exists;
+# - "probabilities" (probabilities mode): Q and K, from which the reusing layer's SDPA makes P itself;
+# - "map": the explicit P, when maps are returned or asked for (`attn_implementation="eager"`), when
+#   autograd needs them in resoftmax mode, and for short inputs on a CPU: a whole map of at most
+#   EXPLICIT_MAP_ELEMENTS values stays in cache, and holding it (one Q K^T, the reusing layer then skips
+#   its rebuild and one exponential per entry) is faster than rebuilding it.
+# `ATTENTION_PATHS` maps (handover, implementation) to the computing layer's and the reusing layer's function.
 
 # A whole (B, H, T, T) map up to this size (1 MiB in float32: T <= 147 frames, about 3 s, for one
 # utterance of 12 heads) is handed over explicitly on a CPU. Measured with 2 threads, 12 heads of 40
@@ -358,24 +361,26 @@ EXPLICIT_MAP_ELEMENTS = 2**18
 REUSE_BLOCK_ELEMENTS = 2**19
 REUSE_BLOCK_ROWS = 256
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+# A private CPU kernel that returns SDPA's output and its log-sum-exp in one call. Where a torch lacks
+# it, the public SDPA runs and `logsumexp_blocks` adds the log-sum-exp (one extra Q K^T pass).
+CPU_FLASH_ATTENTION = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
 @dataclass
-class ReusableAttention:
-    """What a computing layer hands to the reusing layer after it.
+class Handover:
+    """What a computing layer hands to the reusing layers after it.
 
-    Either `probabilities` (B, H, T, T), the explicit map (explicit path), or the fused path's
-    `query` and `key` (B, H, T, d) and `logsumexp` (B, H, T), float32, of the scaled, masked scores
-    (`None` in "probabilities" mode, where the reusing layer needs only Q and K).
+    "map": `map` (B, H, T, T), the explicit probabilities. "logsumexp": `query` and `key` (B, H, T, d)
+    and `logsumexp` (B, H, T), float32, of the scaled, masked scores. "probabilities": `query` and `key`.
     """
 
-    probabilities: torch.Tensor | None = None
+    map: torch.Tensor | None = None
     query: torch.Tensor | None = None
     key: torch.Tensor | None = None
     logsumexp: torch.Tensor | None = None
 
 
-def score_blocks(batch_heads, time, device):
+def score_blocks(batch_heads: int, time: int, device: torch.device) -> list[tuple[slice, slice]]:
     """Blocks (slice of B*H, slice of query rows) that tile the (B*H, T, T) scores, about
     REUSE_BLOCK_ELEMENTS values each on a CPU (64x on other devices): up to REUSE_BLOCK_ROWS rows of as
     many heads as fit, both split evenly, so that products stay efficient when the batch or T grows."""
@@ -390,7 +395,7 @@ def score_blocks(batch_heads, time, device):
     ]
 
 
-def padding_bias(key_padding_mask, dtype):
+def padding_bias(key_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, T) bool, True = padding -> (B, T) additive mask: 0 for real keys, a huge negative for padded ones.
 
     Finite (half the dtype's lowest value), so that products and sums holding it never make a NaN;
@@ -404,22 +409,35 @@ def _flattened(tensor):
     return tensor.flatten(0, 1)
 
 
+def sdpa(query, key, value, key_padding_mask, scale, dropout=0.0):
+    """`F.scaled_dot_product_attention` (B, H, T, d) with padded keys masked (key_padding_mask (B, T), True = padding)."""
+    mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
+
+
+def masked_softmax(scores, key_padding_mask):
+    """Float32 softmax over keys of scores (B, H, T, T), padded keys masked, in the scores' dtype."""
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    # dtype= computes in float32 inside the kernel: no float32 copy of a half-precision map.
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+
+
 def attention_with_logsumexp(query, key, value, key_padding_mask, scale, dropout=0.0):
     """SDPA output (B, H, T, d) and the row log-sum-exp (B, H, T), float32, of its scaled, masked scores.
 
-    On a CPU without dropout one fused flash-attention call returns both. Elsewhere (GPU, dropout in
-    training) SDPA gives the output and `logsumexp_blocks` the log-sum-exp, one extra Q K^T pass. The
-    log-sum-exp carries no gradient: the reuse paths that need its derivative account for it.
+    On a CPU without dropout one fused flash-attention call (`CPU_FLASH_ATTENTION`) returns both.
+    Elsewhere (GPU, dropout in training, a torch without that kernel) SDPA gives the output and
+    `logsumexp_blocks` the log-sum-exp, one extra Q K^T pass. The log-sum-exp carries no gradient: the
+    reuse paths that need its derivative account for it.
     """
-    if query.device.type == "cpu" and dropout == 0.0:
+    if query.device.type == "cpu" and dropout == 0.0 and CPU_FLASH_ATTENTION is not None:
         mask = None if key_padding_mask is None else padding_bias(key_padding_mask, query.dtype)[:, None, None, :]
-        output, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, attn_mask=mask, scale=scale
-        )
+        output, logsumexp = CPU_FLASH_ATTENTION(query, key, value, attn_mask=mask, scale=scale)
         return output, logsumexp.detach().to(torch.promote_types(logsumexp.dtype, torch.float32))
-    mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-    output = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
-    return output, logsumexp_blocks(query, key, key_padding_mask, scale)
+    return sdpa(query, key, value, key_padding_mask, scale, dropout), logsumexp_blocks(
+        query, key, key_padding_mask, scale
+    )
 
 
 @torch.no_grad()
@@ -567,15 +585,13 @@ def flex_attention_call(query, key, value, score_mod, scale, return_lse=False):
     """
     flex = flex_attention
     if flex is None:
-        raise ValueError('attn_implementation="flex_attention" needs torch.nn.attention.flex_attention (torch >= 2.5).')
+        raise ValueError('attn_implementation="flex_attention" needs torch >= 2.9 (FlexAttention with AuxRequest).')
     if query.device.type != "cpu" and not torch.compiler.is_compiling():
         if "flex" not in _COMPILED_FLEX:
             _COMPILED_FLEX["flex"] = torch.compile(flex)
         flex = _COMPILED_FLEX["flex"]
     if not return_lse:
         return flex(query, key, value, score_mod=score_mod, scale=scale)
-    if AuxRequest is None:  # torch < 2.9
-        return flex(query, key, value, score_mod=score_mod, scale=scale, return_lse=True)
     output, aux = flex(query, key, value, score_mod=score_mod, scale=scale, return_aux=AuxRequest(lse=True))
     return output, aux.lse
 
@@ -596,8 +612,6 @@ def flex_resoftmax(query, key, logsumexp, value, key_padding_mask, scale):
     """`resoftmax_blocks` through FlexAttention: score_mod = exp(score - lse[b, h, q]), padded keys masked."""
 
     def reused_probability(score, batch, head, query_index, key_index):
-        if key_padding_mask is not None:
-            score = torch.where(key_padding_mask[batch, key_index], float("-inf"), score)
         probability = torch.exp(score - logsumexp[batch, head, query_index])
         if key_padding_mask is None:
             return probability
@@ -606,18 +620,102 @@ def flex_resoftmax(query, key, logsumexp, value, key_padding_mask, scale):
     return flex_attention_call(query, key, value, reused_probability, scale)
 
 
+# --------------------------------------------------------------------------------------------------
+# Attention paths: what a computing layer computes and hands over, and how a reusing layer applies it
+#
+# compute(attention, query, key, value, key_padding_mask, dropout) -> (output (B, H, T, d), Handover or None)
+# reuse(attention, handover, value, key_padding_mask, dropout) -> (output (B, H, T, d), applied weights or None)
+# `attention` is the calling `ARMHubertAttention` (its scale, softmax mode and training flag), as in
+# transformers' attention interface.
+
+
+class AttentionPath(NamedTuple):
+    compute: Callable
+    reuse: Callable | None
+
+
+# What an attention layer (and its encoder layer) returns: output (B, T, D), own Handover, applied weights.
+AttentionOutput = tuple[torch.Tensor, Handover | None, torch.Tensor | None]
+
+
+def compute_without_handover(attention, query, key, value, key_padding_mask, dropout):
+    """A computing layer whose map no later layer reuses: plain SDPA."""
+    return sdpa(query, key, value, key_padding_mask, attention.scaling, dropout), None
+
+
+def compute_map(attention, query, key, value, key_padding_mask, dropout):
+    """The explicit path: the probability map (B, H, T, T), handed over and returned as the layer's weights."""
+    probabilities = masked_softmax(torch.matmul(query * attention.scaling, key.transpose(-1, -2)), key_padding_mask)
+    output = torch.matmul(F.dropout(probabilities, dropout, attention.training), value)
+    return output, Handover(map=probabilities)
+
+
+def reuse_map(attention, handover, value, key_padding_mask, dropout):
+    weights = handover.map
+    weights = (
+        masked_softmax(weights, key_padding_mask) if attention.reuse_softmax == "resoftmax" else weights.to(value.dtype)
+    )
+    return torch.matmul(F.dropout(weights, dropout, attention.training), value), weights
+
+
+def compute_query_key(attention, query, key, value, key_padding_mask, dropout):
+    """SDPA, handing over Q and K: the reusing layer's SDPA makes the same probabilities (probabilities mode)."""
+    return sdpa(query, key, value, key_padding_mask, attention.scaling, dropout), Handover(query=query, key=key)
+
+
+def reuse_query_key(attention, handover, value, key_padding_mask, dropout):
+    return sdpa(handover.query, handover.key, value, key_padding_mask, attention.scaling, dropout), None
+
+
+def compute_logsumexp(attention, query, key, value, key_padding_mask, dropout):
+    output, logsumexp = attention_with_logsumexp(query, key, value, key_padding_mask, attention.scaling, dropout)
+    return output, Handover(query=query, key=key, logsumexp=logsumexp)
+
+
+def reuse_logsumexp(attention, handover, value, key_padding_mask, dropout):
+    """The release's second softmax over the rebuilt map; exact gradients through `ResoftmaxReuse` (no dropout)."""
+    arguments = (handover.query, handover.key, handover.logsumexp, value, key_padding_mask, attention.scaling)
+    if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in (handover.query, handover.key, value)):
+        return ResoftmaxReuse.apply(*arguments), None
+    return resoftmax_blocks(*arguments), None
+
+
+def compute_flex_logsumexp(attention, query, key, value, key_padding_mask, dropout):
+    """`compute_logsumexp` through FlexAttention (inference without dropout only)."""
+    output, logsumexp = flex_attention_with_logsumexp(query, key, value, key_padding_mask, attention.scaling)
+    return output, Handover(query=query, key=key, logsumexp=logsumexp)
+
+
+def reuse_flex_logsumexp(attention, handover, value, key_padding_mask, dropout):
+    arguments = (handover.query, handover.key, handover.logsumexp, value, key_padding_mask, attention.scaling)
+    return flex_resoftmax(*arguments), None
+
+
+# (handover, implementation) -> path; an implementation without an entry of its own takes the "sdpa" one
+# (the encoder turns "eager" into "map" handovers everywhere and FlexAttention with autograd into "sdpa").
+ATTENTION_PATHS = {
+    (None, "sdpa"): AttentionPath(compute_without_handover, None),
+    ("map", "sdpa"): AttentionPath(compute_map, reuse_map),
+    ("probabilities", "sdpa"): AttentionPath(compute_query_key, reuse_query_key),
+    ("logsumexp", "sdpa"): AttentionPath(compute_logsumexp, reuse_logsumexp),
+    ("logsumexp", "flex_attention"): AttentionPath(compute_flex_logsumexp, reuse_flex_logsumexp),
+}
+
+
+def attention_path(handover: str | None, implementation: str) -> AttentionPath:
+    """The `ATTENTION_PATHS` entry for a handover ("map", "logsumexp", "probabilities" or None) and implementation."""
+    return ATTENTION_PATHS.get((handover, implementation)) or ATTENTION_PATHS[(handover, "sdpa")]
+
+
 class ARMHubertAttention(nn.Module):
     """Multi-head self-attention that either computes its own map or reuses an earlier one.
 
     A computing layer has q/k/v/out projections; a reusing layer only v and out, and applies the
-    probability map of the most recent computing layer (after a second softmax in "resoftmax" mode).
-    The map is handed over as a `ReusableAttention`: explicit (B, H, T, T) probabilities on the
-    explicit path (`output_attentions`, `attn_implementation="eager"`, and training in "resoftmax"
-    mode unless `config.reuse_recompute_backward`, and short inputs on a CPU: see
-    EXPLICIT_MAP_ELEMENTS), else Q, K and the log-sum-exp (fused path).
+    probability map of the most recent computing layer (after a second softmax in "resoftmax" mode),
+    handed over as a `Handover`. How is the encoder's choice, passed in as an `AttentionPath`.
     """
 
-    def __init__(self, config, reuses_map):
+    def __init__(self, config: ARMHubertConfig, reuses_map: bool):
         super().__init__()
         self.config = config
         self.embed_dim = config.hidden_size
@@ -643,111 +741,38 @@ class ARMHubertAttention(nn.Module):
         batch, _, time, _ = tensor.shape
         return tensor.transpose(1, 2).reshape(batch, time, self.embed_dim)
 
-    def _weights_from_scores(self, scores, key_padding_mask):
-        """Masked float32 softmax over keys. key_padding_mask: (B, T) bool, True = padding."""
-        if key_padding_mask is not None:
-            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-        # dtype= computes in float32 inside the kernel: no float32 copy of a half-precision map.
-        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
-
-    def _use_flex(self, tensor):
-        return self.config._attn_implementation == "flex_attention" and not (
-            torch.is_grad_enabled() and tensor.requires_grad
-        )
-
-    def _reuse_needs_explicit_map(self, hidden_states):
-        """Whether the next (reusing) layer needs the explicit map: for autograd, in "resoftmax" mode only.
-
-        The fused handover has exact gradients through `ResoftmaxReuse`, behind
-        `config.reuse_recompute_backward` (it has no dropout, so `reuse_attention_dropout` in training
-        keeps the explicit map). In "probabilities" mode the reuse is SDPA, whose gradients are exact.
-        """
-        if self.reuse_softmax != "resoftmax":
-            return False
-        grad = torch.is_grad_enabled() and (hidden_states.requires_grad or self.q_proj.weight.requires_grad)
-        if not grad:
-            return False
-        reuse_dropout = self.config.reuse_attention_dropout if self.training else 0.0
-        return not self.config.reuse_recompute_backward or reuse_dropout > 0
-
-    @staticmethod
-    def _map_is_small(query):
-        """Whether this layer's whole map (from `query` (B, H, T, d)) is cheaper to hand over than to rebuild."""
-        batch, heads, time, _ = query.shape
-        return query.device.type == "cpu" and batch * heads * time * time <= EXPLICIT_MAP_ELEMENTS
-
-    def _reuse(self, reused, value, key_padding_mask, dropout):
-        """Apply a fused `ReusableAttention` to this layer's values: (B, H, T, d)."""
-        if self.reuse_softmax == "probabilities":
-            mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-            return F.scaled_dot_product_attention(
-                reused.query, reused.key, value, attn_mask=mask, dropout_p=dropout, scale=self.scaling
-            )
-        arguments = (reused.query, reused.key, reused.logsumexp, value, key_padding_mask, self.scaling)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (reused.query, reused.key, value)):
-            return ResoftmaxReuse.apply(*arguments)
-        if self._use_flex(value):
-            return flex_resoftmax(*arguments)
-        return resoftmax_blocks(*arguments)
-
-    def forward(self, hidden_states, key_padding_mask=None, reused_map=None, need_map=False, explicit=False):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_padding_mask: torch.Tensor | None,
+        path: AttentionPath,
+        handover: Handover | None = None,
+    ) -> AttentionOutput:
         """Attend over time.
 
         Args:
             hidden_states: (B, T, D).
             key_padding_mask: (B, T) bool, True marks padded frames; `None` when nothing is padded.
-            reused_map: the `ReusableAttention` of the layer whose map this layer reuses.
-            need_map: return this layer's map as a `ReusableAttention` (a later layer reuses it, or,
-                with `explicit`, it is returned as an output).
-            explicit: compute explicit (B, H, T, T) maps (`output_attentions` or eager attention).
+            path: how this layer computes (see `ATTENTION_PATHS`).
+            handover: a reusing layer's input, the `Handover` of the layer whose map it reuses.
 
         Returns:
-            (attention output (B, T, D), `ReusableAttention` or None, applied weights (B, H, T, T) or
-            None; the weights only on the explicit path).
+            (attention output (B, T, D), this computing layer's `Handover` or None, applied weights
+            (B, H, T, T) or None; the weights only on the explicit path).
         """
         value = self._split_heads(self.v_proj(hidden_states))
         dropout = self.dropout if self.training else 0.0
         if self.reuses_map:
-            if reused_map is None:
+            if handover is None:
                 raise ValueError("A reusing attention layer needs the map of an earlier layer.")
-            if reused_map.probabilities is None:
-                output = self._reuse(reused_map, value, key_padding_mask, dropout)
-                return self.out_proj(self._merge_heads(output)), None, None
-            if self.reuse_softmax == "resoftmax":
-                weights = self._weights_from_scores(reused_map.probabilities, key_padding_mask)
-            else:
-                weights = reused_map.probabilities.to(value.dtype)
-            output = torch.matmul(F.dropout(weights, dropout, self.training), value)
-            return self.out_proj(self._merge_heads(output)), None, weights
-
-        query = self._split_heads(self.q_proj(hidden_states))
-        key = self._split_heads(self.k_proj(hidden_states))
-        if not need_map:
-            mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-            output = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=mask, dropout_p=dropout, scale=self.scaling
-            )
-            return self.out_proj(self._merge_heads(output)), None, None
-
-        fused = not (explicit or self._reuse_needs_explicit_map(hidden_states) or self._map_is_small(query))
-        if fused:
-            logsumexp = None
-            if self.reuse_softmax == "probabilities":
-                mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-                output = F.scaled_dot_product_attention(
-                    query, key, value, attn_mask=mask, dropout_p=dropout, scale=self.scaling
-                )
-            elif self._use_flex(value) and dropout == 0.0:
-                output, logsumexp = flex_attention_with_logsumexp(query, key, value, key_padding_mask, self.scaling)
-            else:
-                output, logsumexp = attention_with_logsumexp(query, key, value, key_padding_mask, self.scaling, dropout)
-            reusable = ReusableAttention(query=query, key=key, logsumexp=logsumexp)
-            return self.out_proj(self._merge_heads(output)), reusable, None
-
-        scores = torch.matmul(query * self.scaling, key.transpose(-1, -2))
-        probabilities = self._weights_from_scores(scores, key_padding_mask)
-        output = torch.matmul(F.dropout(probabilities, dropout, self.training), value)
-        return self.out_proj(self._merge_heads(output)), ReusableAttention(probabilities=probabilities), probabilities
+            output, weights = path.reuse(self, handover, value, key_padding_mask, dropout)
+            handover = None
+        else:
+            query = self._split_heads(self.q_proj(hidden_states))
+            key = self._split_heads(self.k_proj(hidden_states))
+            output, handover = path.compute(self, query, key, value, key_padding_mask, dropout)
+            weights = None if handover is None else handover.map
+        return self.out_proj(self._merge_heads(output)), handover, weights
 
 
 class ARMHubertFeedForward(nn.Module):
@@ -776,21 +801,22 @@ class ARMHubertEncoderLayer(GradientCheckpointingLayer):
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pre_layer_norm = config.do_stable_layer_norm
 
-    def forward(self, hidden_states, key_padding_mask=None, reused_map=None, need_map=False, explicit=False):
-        """(B, T, D) -> ((B, T, D), own `ReusableAttention` or None, applied weights or None)."""
+    def forward(self, hidden_states: torch.Tensor, *attention_inputs) -> AttentionOutput:
+        """(B, T, D) -> ((B, T, D), own `Handover` or None, applied weights or None).
+
+        `attention_inputs`: key_padding_mask, path and handover, as `ARMHubertAttention.forward` takes them.
+        """
         residual = hidden_states
         if self.pre_layer_norm:
             hidden_states = self.layer_norm(hidden_states)
-        hidden_states, probabilities, weights = self.attention(
-            hidden_states, key_padding_mask, reused_map, need_map, explicit
-        )
+        hidden_states, handover, weights = self.attention(hidden_states, *attention_inputs)
         hidden_states = residual + self.dropout(hidden_states)
         if self.pre_layer_norm:
             hidden_states = hidden_states + self.feed_forward(self.final_layer_norm(hidden_states))
         else:
             hidden_states = self.layer_norm(hidden_states)
             hidden_states = self.final_layer_norm(hidden_states + self.feed_forward(hidden_states))
-        return hidden_states, probabilities, weights
+        return hidden_states, handover, weights
 
 
 @dataclass
@@ -814,7 +840,7 @@ class ARMHubertEncoder(nn.Module):
             ARMHubertEncoderLayer(config, reuses) for reuses in config.layer_reuses_attention_map
         )
         reuse = config.layer_reuses_attention_map
-        # A computing layer hands over its map (see `ReusableAttention`) only when the next layer reuses it.
+        # A computing layer hands over its map (a `Handover`) only when the next layer reuses it.
         self._map_needed_by_next = [i + 1 < len(reuse) and reuse[i + 1] for i in range(len(reuse))]
         self.gradient_checkpointing = False
 
@@ -830,7 +856,53 @@ class ARMHubertEncoder(nn.Module):
         key_padding_mask = F.pad(key_padding_mask, (0, pad), value=True)
         return hidden_states, key_padding_mask, pad
 
-    def forward(self, hidden_states, key_padding_mask=None, output_attentions=False):
+    def _attention_paths(self, hidden_states, output_attentions):
+        """The attention of this forward, chosen once: (pair path, lone path) (see `ATTENTION_PATHS`).
+
+        The pair path serves a computing layer whose map the next layer reuses and the reusing layers
+        after it; the lone path every other computing layer (SDPA, no handover). Its handover is "map"
+        everywhere when maps are returned or asked for (eager); otherwise `_handover`'s choice.
+        FlexAttention serves only inference without dropout: its path has no backward.
+        """
+        config = self.config
+        if output_attentions or config._attn_implementation == "eager":
+            explicit = attention_path("map", "sdpa")
+            return explicit, explicit
+        lone = attention_path(None, "sdpa")
+        if not any(self._map_needed_by_next):
+            return lone, lone
+        grad = torch.is_grad_enabled() and (
+            hidden_states.requires_grad or any(param.requires_grad for param in self.parameters())
+        )
+        implementation = config._attn_implementation
+        if grad or (self.training and config.attention_dropout > 0):
+            implementation = "sdpa"
+        return attention_path(self._handover(hidden_states, grad), implementation), lone
+
+    def _handover(self, hidden_states, grad):
+        """What a computing layer hands over when it need not return its map: "map", "logsumexp" or "probabilities".
+
+        In "resoftmax" mode autograd needs the map unless `config.reuse_recompute_backward` (whose exact
+        backward, `ResoftmaxReuse`, has no dropout: reuse dropout in training keeps the map); in
+        "probabilities" mode the reuse is SDPA, whose gradients are exact. Short inputs on a CPU hand
+        over the whole map (see EXPLICIT_MAP_ELEMENTS).
+        """
+        config = self.config
+        resoftmax = config.reuse_softmax == "resoftmax"
+        reuse_dropout = config.reuse_attention_dropout if self.training else 0.0
+        if resoftmax and grad and (not config.reuse_recompute_backward or reuse_dropout > 0):
+            return "map"
+        batch, time, _ = hidden_states.shape
+        if (
+            hidden_states.device.type == "cpu"
+            and batch * config.num_attention_heads * time * time <= EXPLICIT_MAP_ELEMENTS
+        ):
+            return "map"
+        return "logsumexp" if resoftmax else "probabilities"
+
+    def forward(
+        self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> "ARMHubertEncoderOutput":
         """hidden_states (B, T, D); key_padding_mask (B, T) bool, True = padding, or None."""
         if key_padding_mask is not None:
             hidden_states = hidden_states.masked_fill(key_padding_mask[..., None], 0.0)
@@ -840,23 +912,23 @@ class ARMHubertEncoder(nn.Module):
         encoder_input = hidden_states
         hidden_states, key_padding_mask, pad = self._pad_to_multiple(self.dropout(hidden_states), key_padding_mask)
 
-        use_explicit = output_attentions or self.config._attn_implementation == "eager"
+        pair_path, lone_path = self._attention_paths(hidden_states, output_attentions)
         num_layers = len(self.layers)
         grad_scale = self.config.layer_grad_scale if self.training else False
         layer_outputs, attentions = [], []
-        reused_map = None
+        handover = None
         for index, layer in enumerate(self.layers):
             skip = self.training and self.config.layerdrop > 0 and torch.rand([]) < self.config.layerdrop
             if skip and not self._map_needed_by_next[index]:
                 layer_outputs.append(hidden_states)
                 attentions.append(None)
                 continue
-            if not layer.attention.reuses_map:
-                reused_map = weights = None  # this layer makes its own map: free the previous one first
-            need_map = use_explicit or self._map_needed_by_next[index]
-            output, probabilities, weights = layer(hidden_states, key_padding_mask, reused_map, need_map, use_explicit)
-            if probabilities is not None:
-                reused_map = probabilities
+            if layer.attention.reuses_map:
+                output, _, weights = layer(hidden_states, key_padding_mask, pair_path, handover)
+            else:
+                handover = None  # this layer makes its own map: free the previous one first
+                path = pair_path if self._map_needed_by_next[index] else lone_path
+                output, handover, weights = layer(hidden_states, key_padding_mask, path)
             # Keep a (B, H, T, T) map only when it is returned: holding all L of them would dominate memory.
             attentions.append(weights if output_attentions else None)
             head_input, hidden_states = split_layer_gradient(output, index, num_layers, grad_scale)

@@ -228,7 +228,7 @@ def test_probabilities_mode_trains_through_sdpa_with_the_eager_gradients():
 
 
 def handover(model, audio, grad=False):
-    """The `ReusableAttention` layer 0 hands to layer 1 (captured by a forward hook)."""
+    """The `Handover` layer 0 hands to layer 1 (captured by a forward hook)."""
     captured = {}
 
     def capture(module, args, output):
@@ -244,15 +244,15 @@ def handover(model, audio, grad=False):
 def test_what_the_computing_layer_hands_over():
     audio = waveform(6480, seed=23)
     inference = handover(random_model(tiny_config()), audio)
-    assert inference.probabilities is None and inference.logsumexp.shape == (1, 4, 20)
+    assert inference.map is None and inference.logsumexp.shape == (1, 4, 20)
     assert inference.query.shape == inference.key.shape == (1, 4, 20, 12)
     assert handover(random_model(tiny_config(reuse_softmax="probabilities")), audio).logsumexp is None
     training = handover(random_model(tiny_config()).train(), audio, grad=True)
-    assert training.probabilities.shape == (1, 4, 20, 20)  # saved maps by default
+    assert training.map.shape == (1, 4, 20, 20)  # saved maps by default
     recompute = handover(random_model(tiny_config(reuse_recompute_backward=True)).train(), audio, grad=True)
-    assert recompute.probabilities is None
+    assert recompute.map is None
     dropout = tiny_config(reuse_recompute_backward=True, reuse_attention_dropout=0.1)
-    assert handover(random_model(dropout).train(), audio, grad=True).probabilities is not None
+    assert handover(random_model(dropout).train(), audio, grad=True).map is not None
 
 
 def test_short_inputs_hand_over_the_whole_map_with_the_fused_outputs(monkeypatch):
@@ -261,8 +261,8 @@ def test_short_inputs_hand_over_the_whole_map_with_the_fused_outputs(monkeypatch
     with torch.inference_mode():
         fused = [model(audio, output_hidden_states=True) for audio in (short, long)]
     monkeypatch.setattr(modeling_armhubert, "EXPLICIT_MAP_ELEMENTS", 4 * 20 * 20)
-    assert handover(model, short).probabilities.shape == (1, 4, 20, 20)
-    assert handover(model, long).probabilities is None  # 4 x 99 x 99 values: over the limit, fused
+    assert handover(model, short).map.shape == (1, 4, 20, 20)
+    assert handover(model, long).map is None  # 4 x 99 x 99 values: over the limit, fused
     with torch.inference_mode():
         for audio, expected in zip((short, long), fused):
             assert_same_outputs(model(audio, output_hidden_states=True), expected)
@@ -375,3 +375,65 @@ def test_flex_attention_is_compiled_once_off_cpu(monkeypatch):
         with pytest.raises(Compiled):
             modeling_armhubert.flex_attention_call(query, query, query, lambda score, b, h, q, k: score, 0.5)
     assert compiled == [modeling_armhubert.flex_attention]
+
+
+# --------------------------------------------------------------------------------------------------
+# One dispatch: the encoder picks the attention path once per forward
+
+
+def chosen_paths(config, frames=40, grad=False, training=False, output_attentions=False):
+    """Names of the (pair, lone) compute functions the encoder picks for a (1, frames, D) input."""
+    encoder = random_model(config).train(training).encoder
+    hidden_states = torch.zeros(1, frames, config.hidden_size)
+    with torch.set_grad_enabled(grad):
+        paths = encoder._attention_paths(hidden_states, output_attentions)
+    return tuple(path.compute.__name__ for path in paths)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize(
+    "overrides, grad, output_attentions, expected",
+    [
+        ({}, False, False, "compute_logsumexp"),
+        ({}, False, True, "compute_map"),
+        (dict(attn_implementation="eager"), False, False, "compute_map"),
+        (dict(reuse_softmax="probabilities"), False, False, "compute_query_key"),
+        (dict(reuse_softmax="probabilities"), True, False, "compute_query_key"),
+        ({}, True, False, "compute_map"),  # autograd through saved maps by default
+        (dict(reuse_recompute_backward=True), True, False, "compute_logsumexp"),
+        (dict(reuse_recompute_backward=True, reuse_attention_dropout=0.1), True, False, "compute_map"),
+        (dict(attn_implementation="flex_attention"), False, False, "compute_flex_logsumexp"),
+        (dict(attn_implementation="flex_attention", reuse_recompute_backward=True), True, False, "compute_logsumexp"),
+    ],
+)
+def test_the_encoder_chooses_the_attention_path_once(overrides, grad, output_attentions, expected):
+    """The pair path as `expected`; other computing layers run SDPA unless every map is explicit."""
+    config = tiny_config(**overrides)
+    explicit = output_attentions or config._attn_implementation == "eager"
+    lone = "compute_map" if explicit else "compute_without_handover"
+    assert chosen_paths(config, grad=grad, training=grad, output_attentions=output_attentions) == (expected, lone)
+
+
+def test_without_reusing_layers_every_layer_runs_sdpa():
+    config = tiny_config(layer_reuses_attention_map=[False] * 4)
+    assert chosen_paths(config, grad=True, training=True) == ("compute_without_handover",) * 2
+
+
+def test_without_the_private_cpu_kernel_the_public_sdpa_gives_the_same_numbers(monkeypatch):
+    """`CPU_FLASH_ATTENTION` is a private op: a torch without it takes SDPA + `logsumexp_blocks`."""
+    query, key, value, _, padding = random_attention_inputs()
+    calls = []
+    kernel = modeling_armhubert.CPU_FLASH_ATTENTION
+    monkeypatch.setattr(modeling_armhubert, "CPU_FLASH_ATTENTION", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    fused = attention_with_logsumexp(query, key, value, padding, 0.35)
+    model = random_model(tiny_config(layer_reuses_attention_map=[False, True, True, False]))
+    audio, attention_mask = padded_pair()
+    with torch.inference_mode():
+        expected = model(audio, attention_mask=attention_mask, output_hidden_states=True)
+    assert len(calls) == 2  # the direct call, and layer 0 (the only computing layer that hands over)
+    monkeypatch.setattr(modeling_armhubert, "CPU_FLASH_ATTENTION", None)
+    fallback = attention_with_logsumexp(query, key, value, padding, 0.35)
+    for got, want in zip(fallback, fused):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
+    with torch.inference_mode():
+        assert_same_outputs(model(audio, attention_mask=attention_mask, output_hidden_states=True), expected)
