@@ -997,6 +997,15 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (ARMHubertWeightedLayerSum, ARMHubertSpecAugment)):
             module.reset_parameters()
 
+    def _output_flags(self, output_hidden_states, output_attentions, return_dict):
+        """The three output switches of a forward, `None` meaning the config's value."""
+        config = self.config
+        return (
+            bool(config.output_hidden_states if output_hidden_states is None else output_hidden_states),
+            bool(config.output_attentions if output_attentions is None else output_attentions),
+            config.return_dict if return_dict is None else return_dict,
+        )
+
     def _get_feat_extract_output_lengths(self, input_lengths):
         """Frames produced from `input_lengths` samples: L <- floor((L - k) / s) + 1 per CNN layer."""
         for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride):
@@ -1093,10 +1102,15 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
                     f"attention_mask marks only {shortest} real samples in some row, fewer than the "
                     f"{field}-sample receptive field. Drop such rows."
                 )
-        if mask_time_indices is not None and mask_time_indices.dim() != 2:
-            raise ValueError(
-                f"mask_time_indices must have shape (batch, frames), got {tuple(mask_time_indices.shape)}."
-            )
+        if mask_time_indices is not None:
+            if self.mask_emb is None:
+                raise ValueError("mask_time_indices needs a model built with use_mask_embedding=True.")
+            frames = int(self._get_feat_extract_output_lengths(torch.tensor(input_values.shape[1])))
+            if tuple(mask_time_indices.shape) != (input_values.shape[0], frames):
+                raise ValueError(
+                    f"mask_time_indices has shape {tuple(mask_time_indices.shape)}, expected (batch, frames) = "
+                    f"{(input_values.shape[0], frames)} for this input."
+                )
 
     def _extract_features(self, input_values):
         """(B, N) -> (B, T, C), with `feature_grad_mult` applied to the CNN's gradient."""
@@ -1121,35 +1135,20 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
             return ~real  # no data-dependent shortcut inside a compiled graph; an all-real mask changes nothing
         return None if bool(real.all()) else ~real
 
-    def forward(
+    def encoder_input(
         self,
-        input_values,
-        attention_mask=None,
-        mask_time_indices=None,
-        output_hidden_states=None,
-        output_attentions=None,
-        return_dict=None,
-        **kwargs,
-    ):
-        """Encode raw 16 kHz audio.
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Raw audio (B, N) -> (CNN features (B, T, C), encoder input (B, T, D), frame padding mask (B, T) or None).
 
-        Args:
-            input_values (`(B, N)` float): raw waveforms, not normalised (the releases used none).
-            attention_mask (`(B, N)`): 1 = real sample, 0 = padding; `None` = nothing padded.
-            mask_time_indices (`(B, T)` bool): frames to replace by the learnable `mask_emb`
-                (masking distillation).
-            output_hidden_states: also return `hidden_states` and `projected_hidden_states`.
-            output_attentions: also return every layer's attention weights (explicit path).
+        The encoder input is where HuBERT masks: after the feature projection, with `mask_time_indices`
+        frames replaced by `mask_emb` (and where the task heads apply SpecAugment).
         """
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_inputs(input_values, attention_mask, mask_time_indices)
         # float16 / bfloat16 / float64 audio is computed in the weights' dtype (as HF's audio pipelines do)
         input_values = input_values.to(self.feature_extractor.conv_layers[0].conv.weight.dtype)
-
         features = self.feature_layer_norm(self._extract_features(input_values))
         num_frames = features.shape[1]
         padding_mask = self._frame_padding_mask(num_frames, attention_mask)
@@ -1158,21 +1157,23 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         if padding_mask is not None:
             padding_mask = padding_mask[:, :crop]
             features = features.masked_fill(padding_mask[..., None], 0.0)
-
         hidden_states = features if self.feature_projection is None else self.feature_projection(features)
         hidden_states = self.feature_dropout(hidden_states)
         if mask_time_indices is not None:
-            if self.mask_emb is None:
-                raise ValueError("mask_time_indices needs a model built with use_mask_embedding=True.")
-            if tuple(mask_time_indices.shape) != (hidden_states.shape[0], num_frames):
-                raise ValueError(
-                    f"mask_time_indices has shape {tuple(mask_time_indices.shape)}, expected (batch, frames) = "
-                    f"{(hidden_states.shape[0], num_frames)} for this input."
-                )
             mask = mask_time_indices[:, :crop].to(device=hidden_states.device, dtype=torch.bool)
             hidden_states = torch.where(mask[..., None], self.mask_emb.to(hidden_states.dtype), hidden_states)
+        return features, hidden_states, padding_mask
 
-        encoded = self.encoder(hidden_states, padding_mask, output_attentions=bool(output_attentions))
+    def encode(
+        self,
+        features: torch.Tensor,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ARMHubertModelOutput:
+        """The transformer and the projection heads over `encoder_input`'s three outputs."""
+        encoded = self.encoder(hidden_states, padding_mask, output_attentions=output_attentions)
         projected = None
         heads = self.projection_heads
         if heads is not None and output_hidden_states and all(head is not None for head in heads):
@@ -1183,15 +1184,40 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
             last_hidden_state = heads[-1](encoded.layer_outputs[-1])
         else:
             last_hidden_state = encoded.last_hidden_state
-
-        output = ARMHubertModelOutput(
+        return ARMHubertModelOutput(
             last_hidden_state=last_hidden_state,
             extract_features=features,
             hidden_states=(encoded.encoder_input,) + encoded.layer_outputs if output_hidden_states else None,
-            projected_hidden_states=projected if output_hidden_states else None,
+            projected_hidden_states=projected,
             attentions=encoded.attentions,
             frame_attention_mask=None if padding_mask is None else (~padding_mask).long(),
         )
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ARMHubertModelOutput | tuple:
+        """Encode raw 16 kHz audio.
+
+        Args:
+            input_values (`(B, N)` float): raw waveforms, not normalised (the releases used none).
+            attention_mask (`(B, N)`): 1 = real sample, 0 = padding; `None` = nothing padded.
+            mask_time_indices (`(B, T)` bool): frames to replace by the learnable `mask_emb`
+                (masking distillation).
+            output_hidden_states: also return `hidden_states` and `projected_hidden_states`.
+            output_attentions: also return every layer's attention weights (explicit path).
+        """
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
+        )
+        frames = self.encoder_input(input_values, attention_mask, mask_time_indices)
+        output = self.encode(*frames, output_hidden_states, output_attentions)
         return output if return_dict else output.to_tuple()
 
 
@@ -1315,23 +1341,6 @@ class ARMHubertTaskModel(ARMHubertPreTrainedModel):
             self.spec_augment = None
         if self.armhubert.mask_emb is not None and (self.spec_augment is None or config.mask_time_prob <= 0):
             self.armhubert.mask_emb.requires_grad_(False)  # nothing in a task model reads it then
-        # Mask where HuBERT masks (the encoder input, after the feature projection), through a hook so
-        # that the encoder's code stays as it is.
-        self.armhubert.encoder.register_forward_pre_hook(self._spec_augment_hook, with_kwargs=True)
-
-    def _spec_augment_hook(self, encoder, args, kwargs):
-        if not self.training or self.spec_augment is None:
-            return None
-        if args:
-            hidden_states, rest = args[0], args[1:]
-            key_padding_mask = rest[0] if rest else kwargs.get("key_padding_mask")
-            hidden_states = self.spec_augment(hidden_states, key_padding_mask, self.armhubert.mask_emb)
-            return (hidden_states, *rest), kwargs
-        kwargs = dict(kwargs)
-        kwargs["hidden_states"] = self.spec_augment(
-            kwargs["hidden_states"], kwargs.get("key_padding_mask"), self.armhubert.mask_emb
-        )
-        return args, kwargs
 
     def freeze_feature_encoder(self):
         """Stop gradients into the CNN feature encoder (the usual set-up for fine-tuning)."""
@@ -1343,13 +1352,12 @@ class ARMHubertTaskModel(ARMHubertPreTrainedModel):
             param.requires_grad = False
 
     def _encode(self, input_values, attention_mask, output_hidden_states, output_attentions):
-        """Run the encoder: (its output, the head input (B, T, P), frame mask (B, T) or None)."""
-        outputs = self.armhubert(
-            input_values,
-            attention_mask=attention_mask,
-            output_hidden_states=self.layer_sum is not None or bool(output_hidden_states),
-            output_attentions=output_attentions,
-            return_dict=True,
+        """Run the encoder, SpecAugment in training: (its output, the head input (B, T, P), frame mask (B, T) or None)."""
+        features, hidden_states, padding_mask = self.armhubert.encoder_input(input_values, attention_mask)
+        if self.training and self.spec_augment is not None:
+            hidden_states = self.spec_augment(hidden_states, padding_mask, self.armhubert.mask_emb)
+        outputs = self.armhubert.encode(
+            features, hidden_states, padding_mask, self.layer_sum is not None or output_hidden_states, output_attentions
         )
         if self.layer_sum is not None:
             features = self.layer_sum(superb_layer_outputs(self.config, outputs))
@@ -1357,11 +1365,35 @@ class ARMHubertTaskModel(ARMHubertPreTrainedModel):
             features = outputs.last_hidden_state
         return outputs, features, outputs.frame_attention_mask
 
-    def _output_flags(self, output_hidden_states, return_dict):
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ModelOutput | tuple:
+        """The head's logits for raw 16 kHz audio, and its loss when `labels` are given (see `_logits_and_loss`).
+
+        Args:
+            input_values, attention_mask, output_hidden_states, output_attentions: as for [`ARMHubertModel`].
+            labels: CTC token ids (B, U) or class ids (B,).
+        """
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
         )
-        return bool(output_hidden_states), return_dict if return_dict is not None else self.config.return_dict
+        outputs, features, frame_mask = self._encode(
+            input_values, attention_mask, output_hidden_states, output_attentions
+        )
+        logits, loss = self._logits_and_loss(features, frame_mask, labels)
+        output = self.output_class(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
 
 
 class ARMHubertForCTC(ARMHubertTaskModel):
@@ -1370,6 +1402,8 @@ class ARMHubertForCTC(ARMHubertTaskModel):
     `config.vocab_size` outputs, blank = `config.pad_token_id`. One logit frame per
     `config.inputs_to_logits_ratio` samples (320: 20 ms), which chunked ASR pipelines align to.
     """
+
+    output_class = CausalLMOutput
 
     def __init__(self, config):
         super().__init__(config)
@@ -1408,50 +1442,28 @@ class ARMHubertForCTC(ARMHubertTaskModel):
                 "at least one frame per token. Drop such utterances or set config.ctc_zero_infinity=True."
             )
 
-    def forward(
-        self,
-        input_values,
-        attention_mask=None,
-        labels=None,
-        output_hidden_states=None,
-        output_attentions=None,
-        return_dict=None,
-    ):
-        """CTC logits (B, T, vocab_size) for raw 16 kHz audio, and the CTC loss when `labels` are given.
+    def _logits_and_loss(self, features, frame_mask, labels):
+        """CTC logits (B, T, vocab_size), and the CTC loss over the real frames when `labels` (B, U) are given.
 
-        Args:
-            input_values, attention_mask: as for [`ARMHubertModel`].
-            labels (`(B, U)` long): token ids; positions holding -100 (or the blank id) are padding.
+        Label positions holding -100 (or the blank id) are padding.
         """
-        output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
-        outputs, features, frame_mask = self._encode(
-            input_values, attention_mask, output_hidden_states, output_attentions
-        )
         logits = self.lm_head(self.dropout(features))
-
-        loss = None
-        if labels is not None:
-            if frame_mask is not None:
-                logit_lengths = frame_mask.sum(-1).long()
-            else:
-                logit_lengths = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
-            self._check_labels(labels, logit_lengths)
-            loss = self.loss_function(
-                logits=logits,
-                labels=labels,
-                logit_lengths=logit_lengths,
-                blank_token_id=self.config.pad_token_id,
-                reduction=self.config.ctc_loss_reduction,
-                zero_infinity=self.config.ctc_zero_infinity,
-            )
-
-        output = CausalLMOutput(
-            loss=loss,
+        if labels is None:
+            return logits, None
+        if frame_mask is not None:
+            logit_lengths = frame_mask.sum(-1).long()
+        else:
+            logit_lengths = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
+        self._check_labels(labels, logit_lengths)
+        loss = self.loss_function(
             logits=logits,
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
-            attentions=outputs.attentions,
+            labels=labels,
+            logit_lengths=logit_lengths,
+            blank_token_id=self.config.pad_token_id,
+            reduction=self.config.ctc_loss_reduction,
+            zero_infinity=self.config.ctc_zero_infinity,
         )
-        return output if return_dict else output.to_tuple()
+        return logits, loss
 
 
 class ARMHubertForSequenceClassification(ARMHubertTaskModel):
@@ -1462,26 +1474,16 @@ class ARMHubertForSequenceClassification(ARMHubertTaskModel):
     cross-entropy for integer labels).
     """
 
+    output_class = SequenceClassifierOutput
+
     def __init__(self, config):
         super().__init__(config)
         self.projector = nn.Linear(self.output_size, config.classifier_proj_size)
         self.classifier = nn.Linear(config.classifier_proj_size, config.num_labels)
         self.post_init()
 
-    def forward(
-        self,
-        input_values,
-        attention_mask=None,
-        labels=None,
-        output_hidden_states=None,
-        output_attentions=None,
-        return_dict=None,
-    ):
-        """Class logits (B, num_labels) for raw 16 kHz audio, and the loss when `labels` (B,) are given."""
-        output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
-        outputs, features, frame_mask = self._encode(
-            input_values, attention_mask, output_hidden_states, output_attentions
-        )
+    def _logits_and_loss(self, features, frame_mask, labels):
+        """Class logits (B, num_labels) of the mean over real frames, and the loss when `labels` (B,) are given."""
         hidden_states = self.projector(features)
         if frame_mask is None:
             pooled = hidden_states.mean(dim=1)
@@ -1489,25 +1491,16 @@ class ARMHubertForSequenceClassification(ARMHubertTaskModel):
             weights = frame_mask.to(hidden_states.dtype)[..., None]
             pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1)
         logits = self.classifier(pooled)
-
-        loss = None
-        if labels is not None:
-            if not labels.is_floating_point():
-                outside = (labels < 0) | (labels >= self.config.num_labels)
-                if bool(outside.any()):
-                    raise ValueError(
-                        f"labels hold class ids {sorted(set(labels[outside].tolist()))[:5]} outside "
-                        f"[0, {self.config.num_labels}); set num_labels / label2id to cover every class."
-                    )
-            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
-
-        output = SequenceClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
-            attentions=outputs.attentions,
-        )
-        return output if return_dict else output.to_tuple()
+        if labels is None:
+            return logits, None
+        if not labels.is_floating_point():
+            outside = (labels < 0) | (labels >= self.config.num_labels)
+            if bool(outside.any()):
+                raise ValueError(
+                    f"labels hold class ids {sorted(set(labels[outside].tolist()))[:5]} outside "
+                    f"[0, {self.config.num_labels}); set num_labels / label2id to cover every class."
+                )
+        return logits, self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
 
 
 AutoModel.register(ARMHubertConfig, ARMHubertModel, exist_ok=True)

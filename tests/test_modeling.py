@@ -167,6 +167,9 @@ def test_mask_time_indices_replace_encoder_input_by_mask_emb():
     star = random_model(tiny_config(**VARIANTS["star"]))
     with pytest.raises(ValueError, match="use_mask_embedding"):
         star(waveform(6480, seed=12), mask_time_indices=mask)
+    for wrong in (mask[:, :19], mask[0], mask.expand(2, -1)):  # frames, axes, batch: one check, before the CNN runs
+        with pytest.raises(ValueError, match=r"mask_time_indices has shape .* expected \(batch, frames\) = \(1, 20\)"):
+            model(waveform(6480, seed=12), mask_time_indices=wrong)
 
 
 def test_gradients_reach_every_trainable_parameter(variant_config):
