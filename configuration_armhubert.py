@@ -6,6 +6,9 @@ Recycle-and-Distill, Interspeech 2023), MaskHuBERT (masking distillation, same p
 wherever the meaning is the same, so HuBERT users find what they expect.
 """
 
+import difflib
+from collections.abc import Sequence
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import TRANSFORMERS_DYNAMIC_MODULE_NAME
@@ -14,7 +17,7 @@ SAMPLING_RATE = 16000  # every release and teacher: 16 kHz mono
 RELEASE_CONV_LAYERS = "release"
 
 
-def receptive_field(kernels, strides):
+def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
     """Fewest input samples a stack of 1-D convolutions needs to yield one output frame."""
     field = 1
     for kernel, stride in zip(reversed(kernels), reversed(strides)):
@@ -22,7 +25,7 @@ def receptive_field(kernels, strides):
     return field
 
 
-def release_conv_layers(width):
+def release_conv_layers(width: int) -> tuple[list[int], list[int], list[int]]:
     """The thin 9-layer CNN shared by every released student, as (dims, kernels, strides).
 
     `[(128, 10, 5)] + [(256, 1, 1)] + [(256, 3, 2)] * 4 + [(width, 1, 1)] + [(width, 2, 2)] * 2`:
@@ -72,7 +75,7 @@ FEATURE_NORMS = ("group", "layer")
 LAYER_GRAD_SCALE_MODES = ("release", "uniform")
 
 
-def layer_grad_scale_mode(value):
+def layer_grad_scale_mode(value: str | bool | None) -> str | bool:
     """Canonical `layer_grad_scale`: False (off), "release" or "uniform"; old boolean configs load as before.
 
     `True` (what configs saved before the modes existed hold, and what the converter reads from the
@@ -160,55 +163,55 @@ class ARMHubertConfig(PreTrainedConfig):
 
     def __init__(
         self,
-        conv_dim=None,
-        conv_kernel=None,
-        conv_stride=None,
-        conv_bias=False,
-        feat_extract_norm="group",
-        feat_extract_activation="gelu",
-        hidden_size=480,
-        intermediate_size=864,
-        num_attention_heads=12,
-        num_hidden_layers=12,
-        layer_reuses_attention_map=None,
-        reuse_softmax="resoftmax",
-        reuse_recompute_backward=False,
-        do_stable_layer_norm=False,
-        hidden_act="gelu",
-        num_conv_pos_embeddings=128,
-        num_conv_pos_embedding_groups=16,
-        projection_head_size=768,
-        use_mask_embedding=True,
-        hidden_dropout=0.1,
-        activation_dropout=0.1,
-        attention_dropout=0.1,
-        reuse_attention_dropout=0.0,
-        feat_proj_dropout=0.05,
-        layerdrop=0.0,
-        layer_norm_eps=1e-5,
-        layer_grad_scale=False,
-        feature_grad_mult=1.0,
-        crop_seq_to_multiple=1,
-        required_seq_len_multiple=1,
-        initializer_range=0.02,
-        vocab_size=32,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        ctc_loss_reduction="mean",
-        ctc_zero_infinity=False,
-        final_dropout=0.1,
-        use_weighted_layer_sum=False,
-        classifier_proj_size=256,
-        apply_spec_augment=True,
-        mask_time_prob=0.05,
-        mask_time_length=10,
-        mask_time_min_masks=2,
-        mask_feature_prob=0.0,
-        mask_feature_length=10,
-        mask_feature_min_masks=0,
+        conv_dim: list[int] | None = None,
+        conv_kernel: list[int] | None = None,
+        conv_stride: list[int] | None = None,
+        conv_bias: bool = False,
+        feat_extract_norm: str = "group",
+        feat_extract_activation: str = "gelu",
+        hidden_size: int = 480,
+        intermediate_size: int = 864,
+        num_attention_heads: int = 12,
+        num_hidden_layers: int = 12,
+        layer_reuses_attention_map: list[bool] | None = None,
+        reuse_softmax: str = "resoftmax",
+        reuse_recompute_backward: bool = False,
+        do_stable_layer_norm: bool = False,
+        hidden_act: str = "gelu",
+        num_conv_pos_embeddings: int = 128,
+        num_conv_pos_embedding_groups: int = 16,
+        projection_head_size: int | None = 768,
+        use_mask_embedding: bool = True,
+        hidden_dropout: float = 0.1,
+        activation_dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        reuse_attention_dropout: float = 0.0,
+        feat_proj_dropout: float = 0.05,
+        layerdrop: float = 0.0,
+        layer_norm_eps: float = 1e-5,
+        layer_grad_scale: str | bool | None = False,
+        feature_grad_mult: float = 1.0,
+        crop_seq_to_multiple: int = 1,
+        required_seq_len_multiple: int = 1,
+        initializer_range: float = 0.02,
+        vocab_size: int | None = 32,
+        pad_token_id: int | None = 0,
+        bos_token_id: int | None = 1,
+        eos_token_id: int | None = 2,
+        ctc_loss_reduction: str = "mean",
+        ctc_zero_infinity: bool = False,
+        final_dropout: float = 0.1,
+        use_weighted_layer_sum: bool = False,
+        classifier_proj_size: int = 256,
+        apply_spec_augment: bool = True,
+        mask_time_prob: float = 0.05,
+        mask_time_length: int = 10,
+        mask_time_min_masks: int = 2,
+        mask_feature_prob: float = 0.0,
+        mask_feature_length: int = 10,
+        mask_feature_min_masks: int = 0,
         **kwargs,
-    ):
+    ) -> None:
         default_dims, default_kernels, default_strides = release_conv_layers(hidden_size)
         self.conv_dim = list(conv_dim) if conv_dim is not None else default_dims
         self.conv_kernel = list(conv_kernel) if conv_kernel is not None else default_kernels
@@ -332,23 +335,39 @@ class ARMHubertConfig(PreTrainedConfig):
             fail("feature_grad_mult", f"got {self.feature_grad_mult}", "Use 0 (frozen CNN) or a positive scale.")
 
     @classmethod
-    def from_preset(cls, name, **overrides):
+    def from_preset(cls, name: str, **overrides) -> "ARMHubertConfig":
         """Configuration of a released model, by release name (case-insensitive).
 
         Names: armhubert-960h, armhubert-s-100h, armhubert-s-960h, armwavlm-s-100h, armwavlm-s-960h,
-        maskhubert-960h, starhubert, starhubert-l. `overrides` replace any field.
+        maskhubert-960h, starhubert, starhubert-l. `overrides` replace any field; an unknown one (a typo)
+        is refused, with the closest field named.
         """
         key = name.lower()
         if key not in PRESETS:
             raise ValueError(f"Unknown ARMHubert preset {name!r}. Available presets: {', '.join(PRESETS)}.")
+        cls.check_fields(overrides)
         return cls(**{**PRESETS[key], **overrides})
 
+    @classmethod
+    def check_fields(cls, values: dict) -> None:
+        """Raise a ValueError naming the first key of `values` that is no field of this config, with a suggestion.
+
+        Fields: those a default config saves, plus what `PreTrainedConfig` takes besides
+        (`attn_implementation`, `num_labels`).
+        """
+        known = {*cls().to_dict(), "attn_implementation", "num_labels"}
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"Did you mean {close[0]!r}?" if close else f"See the {cls.__name__} docstring for its fields."
+                raise ValueError(f"{cls.__name__}.{key}: no such field. {hint}")
+
     @property
-    def num_feat_extract_layers(self):
+    def num_feat_extract_layers(self) -> int:
         return len(self.conv_dim)
 
     @property
-    def inputs_to_logits_ratio(self):
+    def inputs_to_logits_ratio(self) -> int:
         """Samples per output frame (320 for the releases)."""
         ratio = 1
         for stride in self.conv_stride:
@@ -356,16 +375,16 @@ class ARMHubertConfig(PreTrainedConfig):
         return ratio
 
     @property
-    def receptive_field(self):
+    def receptive_field(self) -> int:
         """Fewest input samples that yield one output frame (400 for the releases)."""
         return receptive_field(self.conv_kernel, self.conv_stride)
 
     @property
-    def has_projection_heads(self):
+    def has_projection_heads(self) -> bool:
         return self.projection_head_size is not None
 
 
-def is_remote_code_copy(module_name):
+def is_remote_code_copy(module_name: str) -> bool:
     """Whether a module is a copy that `trust_remote_code` imported from a model folder (perhaps an older
     version of this file): such a copy must not replace classes already registered, e.g. the installed
     package's, or `AutoConfig.for_model("armhubert")` would change after loading any folder."""

@@ -11,13 +11,13 @@ are always paired per utterance and per head, so batched outputs equal per-utter
 
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from transformers import AutoModel, AutoModelForAudioClassification, AutoModelForCTC, PreTrainedModel
 from transformers import initialization as init
@@ -58,13 +58,13 @@ class _ScaleGradient(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-def scale_gradient(tensor, scale):
+def scale_gradient(tensor: Tensor, scale: float) -> Tensor:
     if scale == 1.0 or not tensor.requires_grad:
         return tensor
     return _ScaleGradient.apply(tensor, scale)
 
 
-def split_layer_gradient(output, index, num_layers, mode):
+def split_layer_gradient(output: Tensor, index: int, num_layers: int, mode: str | bool) -> tuple[Tensor, Tensor]:
     """Apply `config.layer_grad_scale` to layer `index`'s output (B, T, D), counted from 0 of `num_layers`.
 
     Returns (the projection head's input, the next layer's input), both equal to `output` in the
@@ -131,7 +131,7 @@ class DerivedWeightsModule(nn.Module):
     # so that saving, copying and pickling a model never carry it.
     _caches = weakref.WeakKeyDictionary()
 
-    def derived(self, name, sources, make):
+    def derived(self, name: str, sources: tuple[Tensor, ...], make: Callable[[], Tensor]) -> Tensor:
         """`make()`, or the tensor it returned last time if the `sources` parameters are unchanged."""
         if torch.compiler.is_compiling() or any(source.is_inference() for source in sources):
             return make()
@@ -147,7 +147,7 @@ class DerivedWeightsModule(nn.Module):
         cache[name] = (stamp, tuple(weakref.ref(source) for source in sources), value)
         return value
 
-    def channels_last_kernel(self, conv):
+    def channels_last_kernel(self, conv: nn.Conv1d) -> Tensor:
         """`conv.weight` (C_out, C_in / groups, k) as a (C_out, C_in / groups, 1, k) channels-last tensor."""
         if parametrize.is_parametrized(conv, "weight"):
             sources = tuple(conv.parametrizations.weight.parameters())  # e.g. weight norm's g and v
@@ -157,12 +157,12 @@ class DerivedWeightsModule(nn.Module):
             "kernel", sources, lambda: conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         )
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "DerivedWeightsModule":
         self._caches.pop(self, None)
         return super().train(mode)
 
 
-def conv1d_channels_last(conv, hidden_states, kernel=None):
+def conv1d_channels_last(conv: nn.Conv1d, hidden_states: Tensor, kernel: Tensor | None = None) -> Tensor:
     """Apply the `nn.Conv1d` `conv` to (B, C, 1, N) channels-last input; the output is channels-last too.
 
     Time-major memory throughout: on CPU oneDNN then skips the layout conversions that a channels-first
@@ -191,7 +191,7 @@ def conv1d_channels_last(conv, hidden_states, kernel=None):
 class ARMHubertConvLayer(DerivedWeightsModule):
     """Conv1d -> optional norm -> activation. `layer_norm` is a GroupNorm or a channel LayerNorm."""
 
-    def __init__(self, config, layer_id):
+    def __init__(self, config: ARMHubertConfig, layer_id: int):
         super().__init__()
         in_dim = config.conv_dim[layer_id - 1] if layer_id > 0 else 1
         out_dim = config.conv_dim[layer_id]
@@ -210,7 +210,7 @@ class ARMHubertConvLayer(DerivedWeightsModule):
         # Kernels wider than 1 over more than one input channel run as a convolution on a cached kernel.
         self.needs_kernel = in_dim > 1 and config.conv_kernel[layer_id] > 1
 
-    def forward(self, hidden_states):
+    def forward(self, hidden_states: Tensor) -> Tensor:
         """(B, C_in, 1, N) -> (B, C_out, 1, N'), both channels-last (see `conv1d_channels_last`)."""
         kernel = self.channels_last_kernel(self.conv) if self.needs_kernel else None
         hidden_states = conv1d_channels_last(self.conv, hidden_states, kernel)
@@ -228,7 +228,7 @@ class ARMHubertConvLayer(DerivedWeightsModule):
 class ARMHubertFeatureEncoder(nn.Module):
     """Raw waveform (B, N) -> frame features (B, C, T)."""
 
-    def __init__(self, config):
+    def __init__(self, config: ARMHubertConfig):
         super().__init__()
         self.conv_layers = nn.ModuleList(ARMHubertConvLayer(config, i) for i in range(config.num_feat_extract_layers))
         self._requires_grad = True
@@ -238,7 +238,7 @@ class ARMHubertFeatureEncoder(nn.Module):
             param.requires_grad = False
         self._requires_grad = False
 
-    def forward(self, input_values):
+    def forward(self, input_values: Tensor) -> Tensor:
         """(B, N) -> (B, C, T), time-major in memory: its transpose to (B, T, C) is contiguous."""
         hidden_states = input_values[:, None, None, :]
         for conv_layer in self.conv_layers:
@@ -257,13 +257,12 @@ class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
     blocks of `fft_size` frames): for the releases' 128-tap kernel that is about 3.5x faster at 30 s of
     audio than the direct convolution, which costs as much as a transformer layer's projections. Same
     numbers to float32 rounding (closer to a float64 reference than the direct convolution). Training,
-    `torch.compile` graphs, half precision, short inputs and `attn_implementation="eager"` (the
-    reference path) run the direct convolution.
+    `torch.compile` graphs, half precision, short inputs and `fft = False` (MAC counting: it counts the
+    convolution, not the FFT's products) run the direct convolution.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: ARMHubertConfig):
         super().__init__()
-        self.config = config
         kernel = config.num_conv_pos_embeddings
         self.conv = nn.Conv1d(
             config.hidden_size,
@@ -278,9 +277,10 @@ class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
         self.activation = ACT2FN[config.feat_extract_activation]
         # The smallest power of two of at least two kernels: blocks of fft_size - kernel + 1 outputs.
         self.fft_size = 1 << (2 * kernel - 1).bit_length()
+        self.fft = True
 
     def _use_fft(self, hidden_states):
-        if self.config._attn_implementation == "eager" or torch.compiler.is_compiling():
+        if not self.fft or torch.compiler.is_compiling():
             return False
         # One block's small per-frequency products cost more than the direct convolution of so few frames.
         step = self.fft_size - self.conv.kernel_size[0] + 1
@@ -317,22 +317,20 @@ class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
         result = torch.fft.irfft(product, n=size)[..., kernel - 1 :]  # (B, blocks, D, step): the valid outputs
         return result.transpose(2, 3).reshape(batch, blocks * step, width)[:, :outputs] + self.conv.bias
 
-    def forward(self, hidden_states):
-        """(B, T, D) -> (B, T, D). A contiguous (B, T, D) input is already channels-last: no copies.
-
-        In inference the weight-normed kernel (its spectrum) is derived once, not per call
-        (`DerivedWeightsModule`).
-        """
-        if self._use_fft(hidden_states):
-            hidden_states = self._convolve_fft(hidden_states)
-            if self.num_pad_remove:
-                hidden_states = hidden_states[:, : -self.num_pad_remove]
-            return self.activation(hidden_states)
+    def _convolve_direct(self, hidden_states):
+        """(B, T, D) -> (B, T', D), as `_convolve_fft`. A contiguous (B, T, D) input is already channels-last."""
         kernel = self.channels_last_kernel(self.conv)
-        hidden_states = conv1d_channels_last(self.conv, hidden_states.transpose(1, 2).unsqueeze(2), kernel).squeeze(2)
+        channels_last = hidden_states.transpose(1, 2).unsqueeze(2)
+        return conv1d_channels_last(self.conv, channels_last, kernel).squeeze(2).transpose(1, 2)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D). In inference the weight-normed kernel (its spectrum) is derived once, not
+        per call (`DerivedWeightsModule`)."""
+        convolve = self._convolve_fft if self._use_fft(hidden_states) else self._convolve_direct
+        hidden_states = convolve(hidden_states)
         if self.num_pad_remove:
-            hidden_states = hidden_states[:, :, : -self.num_pad_remove]
-        return self.activation(hidden_states).transpose(1, 2)
+            hidden_states = hidden_states[:, : -self.num_pad_remove]
+        return self.activation(hidden_states)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -409,13 +407,15 @@ def _flattened(tensor):
     return tensor.flatten(0, 1)
 
 
-def sdpa(query, key, value, key_padding_mask, scale, dropout=0.0):
+def sdpa(
+    query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None, scale: float, dropout: float = 0.0
+) -> Tensor:
     """`F.scaled_dot_product_attention` (B, H, T, d) with padded keys masked (key_padding_mask (B, T), True = padding)."""
     mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 
-def masked_softmax(scores, key_padding_mask):
+def masked_softmax(scores: Tensor, key_padding_mask: Tensor | None) -> Tensor:
     """Float32 softmax over keys of scores (B, H, T, T), padded keys masked, in the scores' dtype."""
     if key_padding_mask is not None:
         scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
@@ -423,7 +423,9 @@ def masked_softmax(scores, key_padding_mask):
     return torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
 
 
-def attention_with_logsumexp(query, key, value, key_padding_mask, scale, dropout=0.0):
+def attention_with_logsumexp(
+    query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None, scale: float, dropout: float = 0.0
+) -> tuple[Tensor, Tensor]:
     """SDPA output (B, H, T, d) and the row log-sum-exp (B, H, T), float32, of its scaled, masked scores.
 
     On a CPU without dropout one fused flash-attention call (`CPU_FLASH_ATTENTION`) returns both.
@@ -441,7 +443,7 @@ def attention_with_logsumexp(query, key, value, key_padding_mask, scale, dropout
 
 
 @torch.no_grad()
-def logsumexp_blocks(query, key, key_padding_mask, scale):
+def logsumexp_blocks(query: Tensor, key: Tensor, key_padding_mask: Tensor | None, scale: float) -> Tensor:
     """Row log-sum-exp (B, H, T), float32, of Q K^T * scale with padded keys masked, block by block of rows."""
     batch, heads, time, _ = query.shape
     queries, keys = _flattened(query.float() * scale), _flattened(key.float()).transpose(1, 2)
@@ -516,7 +518,9 @@ def _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale):
     return output.view(batch, heads, time, dim), sums[..., dim]
 
 
-def resoftmax_blocks(query, key, logsumexp, value, key_padding_mask, scale):
+def resoftmax_blocks(
+    query: Tensor, key: Tensor, logsumexp: Tensor, value: Tensor, key_padding_mask: Tensor | None, scale: float
+) -> Tensor:
     """The release's reuse, softmax(P) V with P = exp(Q K^T * scale - lse), block by block of query rows.
 
     query, key, value: (B, H, T, d); logsumexp: (B, H, T). Returns (B, H, T, d). Padded keys get no
@@ -577,7 +581,9 @@ class ResoftmaxReuse(torch.autograd.Function):
         return grads[0], grads[1], None, grads[2], None, None
 
 
-def flex_attention_call(query, key, value, score_mod, scale, return_lse=False):
+def flex_attention_call(
+    query: Tensor, key: Tensor, value: Tensor, score_mod: Callable, scale: float, return_lse: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
     """FlexAttention: compiled once per process on GPUs (eager flex materialises the scores), eager on CPU.
 
     Inside a `torch.compile` graph the plain function is traced. Returns the output, and with
@@ -596,7 +602,9 @@ def flex_attention_call(query, key, value, score_mod, scale, return_lse=False):
     return output, aux.lse
 
 
-def flex_attention_with_logsumexp(query, key, value, key_padding_mask, scale):
+def flex_attention_with_logsumexp(
+    query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor]:
     """`attention_with_logsumexp` through FlexAttention (inference): output and log-sum-exp in one kernel."""
 
     def mask_padded_keys(score, batch, head, query_index, key_index):
@@ -608,7 +616,9 @@ def flex_attention_with_logsumexp(query, key, value, key_padding_mask, scale):
     return output, logsumexp.float()
 
 
-def flex_resoftmax(query, key, logsumexp, value, key_padding_mask, scale):
+def flex_resoftmax(
+    query: Tensor, key: Tensor, logsumexp: Tensor, value: Tensor, key_padding_mask: Tensor | None, scale: float
+) -> Tensor:
     """`resoftmax_blocks` through FlexAttention: score_mod = exp(score - lse[b, h, q]), padded keys masked."""
 
     def reused_probability(score, batch, head, query_index, key_index):
@@ -629,28 +639,39 @@ def flex_resoftmax(query, key, logsumexp, value, key_padding_mask, scale):
 # transformers' attention interface.
 
 
+Mask = Tensor | None  # key_padding_mask (B, T) bool, True = padding; None when nothing is padded
+Computed = tuple[Tensor, Handover | None]  # output (B, H, T, d), what the layer hands over
+Reused = tuple[Tensor, Tensor | None]  # output (B, H, T, d), applied weights (B, H, T, T) on the explicit path
+
+
 class AttentionPath(NamedTuple):
-    compute: Callable
-    reuse: Callable | None
+    compute: Callable[..., Computed]
+    reuse: Callable[..., Reused] | None
 
 
 # What an attention layer (and its encoder layer) returns: output (B, T, D), own Handover, applied weights.
 AttentionOutput = tuple[torch.Tensor, Handover | None, torch.Tensor | None]
 
 
-def compute_without_handover(attention, query, key, value, key_padding_mask, dropout):
+def compute_without_handover(
+    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, dropout: float
+) -> Computed:
     """A computing layer whose map no later layer reuses: plain SDPA."""
     return sdpa(query, key, value, key_padding_mask, attention.scaling, dropout), None
 
 
-def compute_map(attention, query, key, value, key_padding_mask, dropout):
+def compute_map(
+    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, dropout: float
+) -> Computed:
     """The explicit path: the probability map (B, H, T, T), handed over and returned as the layer's weights."""
     probabilities = masked_softmax(torch.matmul(query * attention.scaling, key.transpose(-1, -2)), key_padding_mask)
     output = torch.matmul(F.dropout(probabilities, dropout, attention.training), value)
     return output, Handover(map=probabilities)
 
 
-def reuse_map(attention, handover, value, key_padding_mask, dropout):
+def reuse_map(
+    attention: nn.Module, handover: Handover, value: Tensor, key_padding_mask: Mask, dropout: float
+) -> Reused:
     weights = handover.map
     weights = (
         masked_softmax(weights, key_padding_mask) if attention.reuse_softmax == "resoftmax" else weights.to(value.dtype)
@@ -658,21 +679,29 @@ def reuse_map(attention, handover, value, key_padding_mask, dropout):
     return torch.matmul(F.dropout(weights, dropout, attention.training), value), weights
 
 
-def compute_query_key(attention, query, key, value, key_padding_mask, dropout):
+def compute_query_key(
+    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, dropout: float
+) -> Computed:
     """SDPA, handing over Q and K: the reusing layer's SDPA makes the same probabilities (probabilities mode)."""
     return sdpa(query, key, value, key_padding_mask, attention.scaling, dropout), Handover(query=query, key=key)
 
 
-def reuse_query_key(attention, handover, value, key_padding_mask, dropout):
+def reuse_query_key(
+    attention: nn.Module, handover: Handover, value: Tensor, key_padding_mask: Mask, dropout: float
+) -> Reused:
     return sdpa(handover.query, handover.key, value, key_padding_mask, attention.scaling, dropout), None
 
 
-def compute_logsumexp(attention, query, key, value, key_padding_mask, dropout):
+def compute_logsumexp(
+    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, dropout: float
+) -> Computed:
     output, logsumexp = attention_with_logsumexp(query, key, value, key_padding_mask, attention.scaling, dropout)
     return output, Handover(query=query, key=key, logsumexp=logsumexp)
 
 
-def reuse_logsumexp(attention, handover, value, key_padding_mask, dropout):
+def reuse_logsumexp(
+    attention: nn.Module, handover: Handover, value: Tensor, key_padding_mask: Mask, dropout: float
+) -> Reused:
     """The release's second softmax over the rebuilt map; exact gradients through `ResoftmaxReuse` (no dropout)."""
     arguments = (handover.query, handover.key, handover.logsumexp, value, key_padding_mask, attention.scaling)
     if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in (handover.query, handover.key, value)):
@@ -680,13 +709,17 @@ def reuse_logsumexp(attention, handover, value, key_padding_mask, dropout):
     return resoftmax_blocks(*arguments), None
 
 
-def compute_flex_logsumexp(attention, query, key, value, key_padding_mask, dropout):
+def compute_flex_logsumexp(
+    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, dropout: float
+) -> Computed:
     """`compute_logsumexp` through FlexAttention (inference without dropout only)."""
     output, logsumexp = flex_attention_with_logsumexp(query, key, value, key_padding_mask, attention.scaling)
     return output, Handover(query=query, key=key, logsumexp=logsumexp)
 
 
-def reuse_flex_logsumexp(attention, handover, value, key_padding_mask, dropout):
+def reuse_flex_logsumexp(
+    attention: nn.Module, handover: Handover, value: Tensor, key_padding_mask: Mask, dropout: float
+) -> Reused:
     arguments = (handover.query, handover.key, handover.logsumexp, value, key_padding_mask, attention.scaling)
     return flex_resoftmax(*arguments), None
 
@@ -776,7 +809,7 @@ class ARMHubertAttention(nn.Module):
 
 
 class ARMHubertFeedForward(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config: ARMHubertConfig):
         super().__init__()
         self.intermediate_dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = ACT2FN[config.hidden_act]
@@ -784,7 +817,7 @@ class ARMHubertFeedForward(nn.Module):
         self.output_dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.output_dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, hidden_states):
+    def forward(self, hidden_states: Tensor) -> Tensor:
         hidden_states = self.intermediate_dropout(self.intermediate_act_fn(self.intermediate_dense(hidden_states)))
         return self.output_dropout(self.output_dense(hidden_states))
 
@@ -792,7 +825,7 @@ class ARMHubertFeedForward(nn.Module):
 class ARMHubertEncoderLayer(GradientCheckpointingLayer):
     """One transformer layer, post-LN (releases) or pre-LN (`do_stable_layer_norm`)."""
 
-    def __init__(self, config, reuses_map):
+    def __init__(self, config: ARMHubertConfig, reuses_map: bool):
         super().__init__()
         self.attention = ARMHubertAttention(config, reuses_map)
         self.dropout = nn.Dropout(config.hidden_dropout)
@@ -830,7 +863,7 @@ class ARMHubertEncoderOutput(ModelOutput):
 
 
 class ARMHubertEncoder(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config: ARMHubertConfig):
         super().__init__()
         self.config = config
         self.pos_conv_embed = ARMHubertPositionalConvEmbedding(config)
@@ -1033,7 +1066,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
     its state-dict key, and loading a full encoder skips the other heads' weights without a warning.
     """
 
-    def __init__(self, config, last_head_only=False):
+    def __init__(self, config: ARMHubertConfig, last_head_only: bool = False):
         super().__init__(config)
         self.config = config
         self.feature_extractor = ARMHubertFeatureEncoder(config)
@@ -1067,7 +1100,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
             self.encoder.layer_norm.requires_grad_(False)
         self.post_init()
 
-    def freeze_feature_encoder(self):
+    def freeze_feature_encoder(self) -> None:
         """Stop gradients into the CNN feature encoder (common when fine-tuning)."""
         self.feature_extractor._freeze_parameters()
 
@@ -1228,7 +1261,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
 # `HubertForSequenceClassification`) and SpecAugment for their training, on top of `ARMHubertModel`.
 
 
-def superb_layer_outputs(config, output):
+def superb_layer_outputs(config: ARMHubertConfig, output: ARMHubertModelOutput) -> tuple[Tensor, ...]:
     """The per-layer representations behind the published SUPERB numbers (spec 3.7).
 
     The L projected outputs for models with projection heads (ARM / Mask), else the L raw layer
@@ -1237,7 +1270,7 @@ def superb_layer_outputs(config, output):
     return output.projected_hidden_states if config.has_projection_heads else output.hidden_states[1:]
 
 
-def head_input_size(config):
+def head_input_size(config: ARMHubertConfig) -> int:
     """Width of `last_hidden_state` and of every `superb_layer_outputs` entry."""
     return config.projection_head_size if config.has_projection_heads else config.hidden_size
 
@@ -1245,15 +1278,15 @@ def head_input_size(config):
 class ARMHubertWeightedLayerSum(nn.Module):
     """Softmax-weighted sum of per-layer features with learned weights, as s3prl's SUPERB featurizer."""
 
-    def __init__(self, num_layers):
+    def __init__(self, num_layers: int):
         super().__init__()
         self.layer_weights = nn.Parameter(torch.zeros(num_layers))
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         # Zeros: equal weights after the softmax, as s3prl starts.
         init.zeros_(self.layer_weights)
 
-    def forward(self, layers):
+    def forward(self, layers: Sequence[Tensor]) -> Tensor:
         """Sequence of L (B, T, P) tensors -> (B, T, P)."""
         weights = torch.softmax(self.layer_weights, dim=-1).to(layers[0].dtype)
         return (torch.stack(tuple(layers)) * weights[:, None, None, None]).sum(dim=0)
@@ -1268,7 +1301,7 @@ class ARMHubertSpecAugment(nn.Module):
     without one (STaR) get a learnable embedding here.
     """
 
-    def __init__(self, config, has_mask_embedding):
+    def __init__(self, config: ARMHubertConfig, has_mask_embedding: bool):
         super().__init__()
         self.config = config
         if has_mask_embedding or config.mask_time_prob <= 0:
@@ -1276,11 +1309,13 @@ class ARMHubertSpecAugment(nn.Module):
         else:
             self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         if self.masked_spec_embed is not None:
             init.uniform_(self.masked_spec_embed)
 
-    def forward(self, hidden_states, key_padding_mask=None, mask_embedding=None):
+    def forward(
+        self, hidden_states: Tensor, key_padding_mask: Tensor | None = None, mask_embedding: Tensor | None = None
+    ) -> Tensor:
         """hidden_states (B, T, D); key_padding_mask (B, T) bool, True = padding (never masked)."""
         config = self.config
         batch, frames, channels = hidden_states.shape
@@ -1322,7 +1357,7 @@ class ARMHubertTaskModel(ARMHubertPreTrainedModel):
     `mask_time_prob=0`) is frozen.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: ARMHubertConfig):
         super().__init__(config)
         last_head_only = config.has_projection_heads and not config.use_weighted_layer_sum
         self.armhubert = ARMHubertModel(config, last_head_only=last_head_only)
@@ -1342,11 +1377,11 @@ class ARMHubertTaskModel(ARMHubertPreTrainedModel):
         if self.armhubert.mask_emb is not None and (self.spec_augment is None or config.mask_time_prob <= 0):
             self.armhubert.mask_emb.requires_grad_(False)  # nothing in a task model reads it then
 
-    def freeze_feature_encoder(self):
+    def freeze_feature_encoder(self) -> None:
         """Stop gradients into the CNN feature encoder (the usual set-up for fine-tuning)."""
         self.armhubert.freeze_feature_encoder()
 
-    def freeze_base_model(self):
+    def freeze_base_model(self) -> None:
         """Train only the head (and the layer weights), as SUPERB trains on a frozen upstream."""
         for param in self.armhubert.parameters():
             param.requires_grad = False
@@ -1405,7 +1440,7 @@ class ARMHubertForCTC(ARMHubertTaskModel):
 
     output_class = CausalLMOutput
 
-    def __init__(self, config):
+    def __init__(self, config: ARMHubertConfig):
         super().__init__(config)
         if not config.vocab_size or config.vocab_size < 2:
             raise ValueError(
@@ -1476,7 +1511,7 @@ class ARMHubertForSequenceClassification(ARMHubertTaskModel):
 
     output_class = SequenceClassifierOutput
 
-    def __init__(self, config):
+    def __init__(self, config: ARMHubertConfig):
         super().__init__(config)
         self.projector = nn.Linear(self.output_size, config.classifier_proj_size)
         self.classifier = nn.Linear(config.classifier_proj_size, config.num_labels)

@@ -23,13 +23,19 @@ def forward(model, inputs, all_outputs):
 
 @contextmanager
 def explicit_attention(model):
-    """Run attention as explicit matmuls (FlopCounterMode does not see SDPA's products on CPU)."""
+    """Run attention as explicit matmuls (FlopCounterMode does not see SDPA's products on CPU), and
+    convolutions directly, not through FFTs (ARMHubert's positional convolution: its `fft` switch)."""
     previous = model.config._attn_implementation
     model.config._attn_implementation = "eager"
+    by_fft = [module for module in model.modules() if getattr(module, "fft", None) is True]
+    for module in by_fft:
+        module.fft = False
     try:
         yield
     finally:
         model.config._attn_implementation = previous
+        for module in by_fft:
+            module.fft = True
 
 
 def count_macs(model, num_samples, all_outputs=True):

@@ -328,7 +328,9 @@ def test_positional_convolution_by_fft_equals_the_direct_one(kernel, frames):
     with torch.inference_mode():
         uses_fft = embedding._use_fft(hidden_states)
         by_fft = embedding(hidden_states)
-        config._attn_implementation = "eager"  # the reference path: direct convolution
+        config._attn_implementation = "eager"  # the attention implementation does not choose the convolution
+        assert embedding._use_fft(hidden_states) == uses_fft
+        embedding.fft = False
         assert not embedding._use_fft(hidden_states)
         direct = embedding(hidden_states)
     assert uses_fft == (frames + 1 > embedding.fft_size - kernel + 1)  # more than one block of outputs

@@ -42,6 +42,22 @@ def test_every_release_name_has_a_preset_and_unknown_names_fail():
         ARMHubertConfig.from_preset("armhubert-xl")
 
 
+def test_preset_overrides_refuse_unknown_fields_with_a_suggestion():
+    with pytest.raises(ValueError, match=r"ARMHubertConfig.hidden_sise: no such field. Did you mean 'hidden_size'\?"):
+        ARMHubertConfig.from_preset("armhubert-960h", hidden_sise=64)
+    with pytest.raises(ValueError, match="ARMHubertConfig.zzz: no such field. See the ARMHubertConfig docstring"):
+        ARMHubertConfig.from_preset("starhubert", zzz=1)
+    # Fields of the config, of PreTrainedConfig, and what PreTrainedConfig takes besides are all accepted.
+    config = ARMHubertConfig.from_preset(
+        "armhubert-960h",
+        hidden_size=432,
+        problem_type="single_label_classification",
+        num_labels=3,
+        attn_implementation="eager",
+    )
+    assert (config.hidden_size, config.num_labels, config._attn_implementation) == (432, 3, "eager")
+
+
 def test_release_cnn_geometry():
     config = ARMHubertConfig.from_preset("armhubert-960h")
     assert config.inputs_to_logits_ratio == 320
