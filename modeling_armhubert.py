@@ -672,10 +672,10 @@ def compute_map(
 def reuse_map(
     attention: nn.Module, handover: Handover, value: Tensor, key_padding_mask: Mask, dropout: float
 ) -> Reused:
-    weights = handover.map
-    weights = (
-        masked_softmax(weights, key_padding_mask) if attention.reuse_softmax == "resoftmax" else weights.to(value.dtype)
-    )
+    """The computing layer's map, after the release's second softmax in "resoftmax" mode."""
+    weights = handover.map.to(value.dtype)
+    if attention.reuse_softmax == "resoftmax":
+        weights = masked_softmax(weights, key_padding_mask)
     return torch.matmul(F.dropout(weights, dropout, attention.training), value), weights
 
 
@@ -996,8 +996,8 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["ARMHubertEncoderLayer"]
     # Computing layers run through torch SDPA, reused maps are rebuilt block by block ("sdpa", the
-    # default); "flex_attention" runs computing / reusing pairs through FlexAttention (meant for GPUs);
-    # "eager" forces explicit maps.
+    # default); "flex_attention" runs computing / reusing pairs through FlexAttention in inference
+    # (meant for GPUs); "eager" forces explicit maps. See `ATTENTION_PATHS`.
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = True
@@ -1007,8 +1007,8 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
         """`set_attn_implementation("eager" | "sdpa")` works on a built or loaded model.
 
         `transformers` decides this from the module's source (attention classes calling its
-        AttentionInterface); these layers instead read `config._attn_implementation` on every forward,
-        so a switch takes effect at the next call. Unsupported values are refused by transformers' checks.
+        AttentionInterface); here the encoder reads `config._attn_implementation` once per forward
+        (`ARMHubertEncoder._attention_paths`), so a switch takes effect at the next call. Unsupported values are refused by transformers' checks.
         """
         return True
 
