@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, random_model, tiny_config
+from helpers import load_script, random_model, tiny_config
 
 from configuration_armhubert import receptive_field
 from convert_checkpoint import save_model_folder

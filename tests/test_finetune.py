@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, random_model, tiny_config
+from helpers import load_script, random_model, tiny_config
 from transformers import pipeline
 
 from armhubert.audio import DataError, load_16k

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_model, tiny_config, waveform
+from helpers import random_model, tiny_config, waveform
 
 from modeling_armhubert import (
     ARMHubertForCTC,

@@ -14,7 +14,7 @@ import safetensors.torch
 import soundfile
 import torch
 import transformers
-from conftest import ROOT, load_script, random_model, tiny_config
+from helpers import ROOT, load_script, random_model, tiny_config
 from hostile import digest, refusal
 from transformers import Trainer, TrainingArguments, pipeline
 

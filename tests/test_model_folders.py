@@ -1,7 +1,7 @@
 """A multi-model repository root without weights: every tool that takes a model folder names its subfolders."""
 
 import pytest
-from conftest import load_script, random_model, tiny_config
+from helpers import load_script, random_model, tiny_config
 
 from armhubert.cli import UserError
 from armhubert.finetune import ModelArguments, load_head_model

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_CKPT, tiny_config, waveform
+from helpers import ROOT, TINY_CKPT, tiny_config, waveform
 from transformers import Trainer, TrainingArguments
 
 from armhubert.guarded_trainer import save_trained_model
