@@ -22,7 +22,7 @@ from armhubert.finetune import (
     parse_run_arguments,
     random_window,
 )
-from armhubert.librispeech import BUNDLED_CORPUS
+from armhubert.resources import BUNDLED_CORPUS
 from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
 
 finetune_classification = load_script("finetune_classification")

@@ -25,7 +25,7 @@ from configuration_armhubert import PRESETS
 
 from ..cli import UserError
 from ..guarded_trainer import check_training_values
-from ..librispeech import HUB_DATASET
+from ..resources import BUNDLED_RECIPES, HUB_DATASET
 from ..untrusted import brief, load_yaml_file, parse_yaml_text
 from .losses import STAR_LAYER0, STAR_NORMALIZATIONS, STAR_REDUCTIONS
 
@@ -53,7 +53,6 @@ STAR_VARIANTS = {
         star_intra_weight=1.0,
     ),
 }
-BUNDLED_RECIPES = Path(__file__).resolve().parents[2] / "conf"
 
 
 def _arg(default, help_text):
