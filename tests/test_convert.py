@@ -1,5 +1,6 @@
 """convert_checkpoint.py / armhubert.convert: original-format checkpoints of every family -> Transformers folders."""
 
+import ast
 import json
 import os
 import subprocess
@@ -21,7 +22,6 @@ from helpers import (
     waveform,
 )
 
-import convert_checkpoint  # the command
 from armhubert.cli import UserError
 from armhubert.convert import folders
 from armhubert.convert.original import convert, parse_literal_expression
@@ -232,18 +232,23 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_the_output_untouched(tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_command_module_reexports_the_documented_python_api():
-    """README documents `convert_checkpoint.convert(...)` & co.: they are the package's own objects."""
-    from armhubert.convert import cards, publish, releases
+@pytest.mark.parametrize("command", ["convert_checkpoint.py", "distill_trainer.py"])
+def test_command_files_hold_the_command_only(command):
+    """The root CLIs parse arguments and run `main`; the Python API is the package's, never re-exported."""
+    tree = ast.parse((ROOT / command).read_text())
+    assert "__all__" not in {target.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets}
+    imported = {
+        alias.asname or alias.name for node in tree.body if isinstance(node, ast.ImportFrom) for alias in node.names
+    }
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    assert imported <= used  # nothing imported only to be handed on
+    assert "main" in {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
 
-    assert convert_checkpoint.convert is convert
-    assert convert_checkpoint.convert_checkpoint is folders.convert_checkpoint
-    assert convert_checkpoint.convert_folder is folders.convert_folder
-    assert convert_checkpoint.save_model_folder is folders.save_model_folder
-    assert convert_checkpoint.push_to_hub is publish.push_to_hub
-    assert convert_checkpoint.model_card is cards.model_card
-    assert convert_checkpoint.release_by_name is releases.release_by_name
-    assert issubclass(convert_checkpoint.PublishError, UserError)  # a failed upload exits 2 like bad input
+
+def test_a_failed_upload_is_a_user_error():
+    from armhubert.convert.publish import PublishError
+
+    assert issubclass(PublishError, UserError)  # it exits 2 with one line, like bad input
 
 
 def test_cli_error_is_one_line_without_traceback(tmp_path):
