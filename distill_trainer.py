@@ -2,6 +2,7 @@
 
     accelerate launch distill_trainer.py --config conf/armhubert-960h.yaml [key=value ...] [--resume [CHECKPOINT]]
     python distill_trainer.py --config conf/quickstart.yaml              # one process, e.g. on CPU
+    python -m distill_trainer --config quickstart output_dir=runs/q      # installed: bundled recipe by name
 
 A recipe is a flat YAML mapping of `DistillArguments` and `transformers.TrainingArguments` fields;
 `key=value` arguments override it (values are parsed as YAML, `student_config.hidden_size=64` sets
@@ -28,7 +29,11 @@ def parse_cli(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Distil an ARMHuBERT-family student from a HuBERT / WavLM teacher on LibriSpeech.",
         epilog="Example: accelerate launch distill_trainer.py --config conf/armhubert-s-100h.yaml bf16=true fp16=false",
     )
-    parser.add_argument("--config", required=True, help="recipe YAML, e.g. conf/quickstart.yaml")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="recipe YAML file, or the name of a bundled recipe (conf/<name>.yaml), e.g. quickstart or armhubert-960h",
+    )
     parser.add_argument(
         "--resume",
         nargs="?",
