@@ -29,12 +29,10 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from configuration_armhubert import SAMPLING_RATE
 
 from .audio import DataError, read_audio, window
+from .resources import HUB_DATASET, is_hub_librispeech
 
 logger = logging.getLogger(__name__)
 
-# The synthetic corpus in LibriSpeech layout that ships with the repository (scripts/make_corpus.py).
-BUNDLED_CORPUS = Path(__file__).resolve().parent.parent / "data" / "LibriSpeech"
-HUB_DATASET = "openslr/librispeech_asr"
 # LibriSpeech split name -> (config, split) of the Hub copy.
 HUB_SPLITS = {
     "train-clean-100": ("clean", "train.100"),
@@ -68,10 +66,6 @@ def _split_names(splits):
     if not names:
         raise DataError("no split given; expected a LibriSpeech split name such as 'train-clean-100'")
     return names
-
-
-def _is_hub_source(source):
-    return str(source).lower() == HUB_DATASET or str(source).startswith("hf://")
 
 
 def _local_split_dir(root, split):
@@ -252,7 +246,7 @@ def load_librispeech(
     source = str(source)
     parts = []
     for split in _split_names(splits):
-        part = _load_hub_split(source, split) if _is_hub_source(source) else _load_local_split(source, split)
+        part = _load_hub_split(source, split) if is_hub_librispeech(source) else _load_local_split(source, split)
         parts.append(part)
     dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if max_duration is not None:

@@ -1,4 +1,5 @@
-"""Model folders given to the tools: recognise a multi-model repository root (no weights, variant subfolders).
+"""Model folders: what counts as one (`is_model_folder`, the one rule every tool uses), and a multi-model
+repository root (no weights, variant subfolders).
 
 `convert_checkpoint.py --all` writes a default variant at the root, but a repository assembled by hand,
 or one written before that, has only subfolders; `from_pretrained` then fails with messages about a
@@ -19,13 +20,19 @@ WEIGHT_FILES = (
 )
 
 
-def _is_model_folder(folder: Path) -> bool:
+def is_model_folder(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds a complete saved model: `config.json` and weights `from_pretrained` reads.
+
+    Our commands write safetensors only; `pytorch_model.bin` counts too, so a folder of another tool is
+    recognised as a model (and, where an output would replace it, reported as files we did not write).
+    """
+    folder = Path(folder)
     return (folder / "config.json").is_file() and any((folder / name).is_file() for name in WEIGHT_FILES)
 
 
 def variant_subfolders(path: str | os.PathLike) -> list[str]:
     """Names of the subfolders of `path` that hold a complete model (config and weights), sorted."""
-    return sorted(child.name for child in Path(path).iterdir() if child.is_dir() and _is_model_folder(child))
+    return sorted(child.name for child in Path(path).iterdir() if child.is_dir() and is_model_folder(child))
 
 
 def check_model_folder(
@@ -44,7 +51,7 @@ def check_model_folder(
         if not folder.is_dir():
             choices = ", ".join(variant_subfolders(path)) or "none"
             raise UserError(f"{path} has no subfolder {subfolder}; its model subfolders are: {choices}")
-    if _is_model_folder(folder):
+    if is_model_folder(folder):
         return
     variants = variant_subfolders(folder)
     if not variants:

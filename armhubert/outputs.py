@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .cli import UserError
+from .model_folders import is_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -123,13 +124,6 @@ _OUTPUT_FILE_PATTERNS = re.compile(r"model-\d+-of-\d+\.safetensors")
 _OUTPUT_FOLDER_NAMES = re.compile(r"(checkpoint-\d+|runs|\.student-staging)")
 
 
-def _is_model_folder(folder: Path) -> bool:
-    """A complete saved model: `config.json` and its weights."""
-    return (folder / "config.json").is_file() and (
-        (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
-    )
-
-
 def previous_output_problem(folder: str | os.PathLike) -> str | None:
     """None if `folder` holds only what our commands write (a model folder, a repository of model
     folders, or a training run's output), else what does not fit, for the refusal message.
@@ -138,7 +132,7 @@ def previous_output_problem(folder: str | os.PathLike) -> str | None:
     convert, a git clone) are never deleted.
     """
     folder = Path(folder)
-    foreign, complete = [], _is_model_folder(folder)
+    foreign, complete = [], is_model_folder(folder)
     for entry in sorted(folder.iterdir()):
         if entry.is_symlink():
             foreign.append(entry.name)
@@ -147,7 +141,7 @@ def previous_output_problem(folder: str | os.PathLike) -> str | None:
                 foreign.append(entry.name)
         elif entry.is_dir() and _OUTPUT_FOLDER_NAMES.fullmatch(entry.name):
             complete = complete or (entry / "trainer_state.json").is_file()
-        elif entry.is_dir() and _is_model_folder(entry) and previous_output_problem(entry) is None:
+        elif entry.is_dir() and is_model_folder(entry) and previous_output_problem(entry) is None:
             complete = True  # a variant of a repository written by `convert_checkpoint.py --all`
         elif not _staging_match(entry.name):
             foreign.append(entry.name + ("/" if entry.is_dir() else ""))

@@ -37,7 +37,8 @@ from armhubert.finetune import (
     train_evaluate_and_save,
 )
 from armhubert.guarded_trainer import GuardedTrainer
-from armhubert.librispeech import BUNDLED_CORPUS, load_librispeech
+from armhubert.librispeech import load_librispeech
+from armhubert.resources import BUNDLED_CORPUS
 from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
 
 PROG = "finetune_ctc.py"

@@ -18,8 +18,8 @@ from transformers import AutoModel
 
 from armhubert.audio import read_audio
 from armhubert.cli import UserError, run_main
-from armhubert.librispeech import BUNDLED_CORPUS
 from armhubert.model_folders import check_model_folder
+from armhubert.resources import BUNDLED_CORPUS
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel, release_feature_extractor
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, random_model, tiny_config
+from helpers import load_script, random_model, tiny_config
 
+from armhubert.convert.folders import save_model_folder
 from configuration_armhubert import receptive_field
-from convert_checkpoint import save_model_folder
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
 export_onnx = load_script("export_onnx")

@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, random_model, tiny_config
+from helpers import load_script, random_model, tiny_config
 from transformers import pipeline
 
 from armhubert.audio import DataError, load_16k
@@ -22,7 +22,7 @@ from armhubert.finetune import (
     parse_run_arguments,
     random_window,
 )
-from armhubert.librispeech import BUNDLED_CORPUS
+from armhubert.resources import BUNDLED_CORPUS
 from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
 
 finetune_classification = load_script("finetune_classification")

@@ -5,7 +5,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import random_model, tiny_config
+from helpers import random_model, tiny_config
 from transformers import AudioClassificationPipeline, AutomaticSpeechRecognitionPipeline, Wav2Vec2CTCTokenizer, pipeline
 from transformers.models.auto import configuration_auto, modeling_auto
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import yaml
-from conftest import ROOT, TINY_CKPT
+from helpers import ROOT, TINY_CKPT
 from hostile import compressed_checkpoint, distiller, save, tiny_checkpoint, tiny_yaml_text
 
 MAX_SECONDS = 10

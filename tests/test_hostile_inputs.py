@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 import torch
-from conftest import TINY_CKPT
+from helpers import TINY_CKPT
 from hostile import digest, distiller, hidden_entries, refusal, save, tiny_checkpoint, tiny_yaml_text
 
 import convert_checkpoint

@@ -14,7 +14,7 @@ import time
 
 import pytest
 import transformers.modeling_utils
-from conftest import TINY_CKPT, load_script
+from helpers import TINY_CKPT, load_script
 from hostile import digest, hidden_entries, refusal
 
 import convert_checkpoint

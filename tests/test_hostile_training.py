@@ -14,14 +14,15 @@ import safetensors.torch
 import soundfile
 import torch
 import transformers
-from conftest import ROOT, load_script, random_model, tiny_config
+from helpers import ROOT, load_script, random_model, tiny_config
 from hostile import digest, refusal
 from transformers import Trainer, TrainingArguments, pipeline
 
 from armhubert import guarded_trainer
 from armhubert.audio import DataError, load_16k, read_audio
 from armhubert.cli import UserError
-from armhubert.librispeech import BUNDLED_CORPUS, AudioCollator, load_librispeech
+from armhubert.librispeech import AudioCollator, load_librispeech
+from armhubert.resources import BUNDLED_CORPUS
 from distill_trainer import main as distill_main
 from modeling_armhubert import release_feature_extractor
 

@@ -18,7 +18,7 @@ from ..guarded_trainer import save_trained_model
 from ..librispeech import AudioCollator, load_librispeech
 from ..outputs import atomic_write_text, check_output_location
 from .masks import SpanMasker
-from .models import build_student, check_frame_rates, layer_pairs, load_teacher
+from .models import build_student, check_config_fields, check_frame_rates, layer_pairs, load_teacher
 from .recipe import DistillArguments, apply_effective_batch_size, build_arguments, load_recipe
 from .trainer import DistillTrainer, resolve_resume
 
@@ -119,6 +119,7 @@ def distill(
     """
     recipe = load_recipe(config_path, overrides)
     distill_args, training_args = build_arguments(recipe)
+    check_config_fields(distill_args)
     inputs = [distill_args.data_source, distill_args.teacher, distill_args.student]  # those that are paths
     check_output_location(training_args.output_dir, inputs)
     setup_logging(training_args)
