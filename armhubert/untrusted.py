@@ -9,6 +9,7 @@ turn into code in a generated model card. Every refusal is a `UserError` naming 
 - `load_yaml_file`: size, encoding, nesting depth and alias count checked before the YAML is built;
 - `check_zip_members`: a zip checkpoint's members (sizes, CRCs) and pickles (`scan_pickle`), before `torch.load`;
 - `scan_pickle`: opcode count and named globals of a pickle, before anything of it is built;
+- `load_torch_file`: `torch.load(weights_only=True)` of a file that passed those checks, or one UserError;
 - `check_weight_tensor`: a loaded weight is dense, on the CPU, floating-point and backed by its bytes;
 - `check_safe_name` / `check_code_text`: names and paths that reach generated text and code;
 - `check_finite_weights`: a model is never saved with NaN or infinite weights;
@@ -19,6 +20,7 @@ import pickletools
 import re
 import reprlib
 import zipfile
+from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -312,4 +314,49 @@ def check_finite_weights(model: torch.nn.Module, what: str) -> None:
         raise UserError(
             f"{what} has NaN or infinite weights ({', '.join(broken[:3])}{more}); nothing was saved. "
             "Lower the learning rate, check the data for broken audio, or use bf16 instead of fp16"
+        )
+
+
+def load_torch_file(path: str | PathLike, what: str, safe_globals: Sequence[Any] = ()) -> Any:
+    """`torch.load(weights_only=True, mmap=True)` of a zip file after `check_zip_members`, its structure
+    bounded by `check_structure`; whatever makes it unreadable is one UserError.
+
+    `safe_globals` are what torch may build beyond its own allow-list (classes, or (stand-in, name) pairs).
+    """
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{what} is not the zip archive torch.save writes; it is truncated or not a checkpoint")
+    check_zip_members(path, what)
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            value = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 -- torch raises many types for corrupt, truncated or foreign files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{what} is not a readable checkpoint file: {reason[:200]}") from None
+    check_structure(value, what)
+    return value
+
+
+MAX_PARAMETERS = 4_000_000_000  # 16 GB of float32 weights: ten HuBERT Large; a config beyond is a typo or hostile
+
+
+def check_model_size(build: Callable[[], torch.nn.Module], what: str) -> None:
+    """Build the model `build()` makes on the meta device (no memory) and refuse more than MAX_PARAMETERS.
+
+    A config is small but says how much memory its model takes (`hidden_size=8000000` asks for
+    terabytes): this bounds it before any real tensor is allocated. A config `build` cannot turn into
+    a model at all is refused with the reason.
+    """
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError) as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UserError(f"{what} does not describe a model that can be built: {reason}") from None
+    count = sum(parameter.numel() for parameter in model.parameters())
+    if count > MAX_PARAMETERS:
+        raise UserError(
+            f"{what} describes a model of {count:,} parameters, more than the {MAX_PARAMETERS:,} this tool builds; "
+            "check its sizes (hidden_size, intermediate_size, num_hidden_layers)"
         )
