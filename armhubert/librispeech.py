@@ -266,9 +266,14 @@ def load_librispeech(
     return dataset
 
 
+def fixed_offset(key: str) -> Callable[[int], int]:
+    """The crop policy of distillation: an offset fixed by the utterance (same crop every epoch, resumable)."""
+    return lambda choices: zlib.crc32(str(key).encode()) % choices
+
+
 def _audio_duration_crop(samples: np.ndarray, max_samples: int | None, key: str) -> np.ndarray:
-    """A window of at most max_samples, at an offset fixed by the utterance (same crop every epoch, resumable)."""
-    return window(samples, max_samples, lambda choices: zlib.crc32(str(key).encode()) % choices)
+    """A window of at most max_samples of decoded samples, at the utterance's fixed offset (`fixed_offset`)."""
+    return window(samples, max_samples, fixed_offset(key))
 
 
 @dataclasses.dataclass
@@ -290,7 +295,8 @@ class AudioCollator:
         waveforms, ids, skipped = [], [], []
         for row in rows:
             try:
-                samples = read_audio(row["audio"])
+                # Only the crop is decoded: a long file takes no more memory than its window.
+                samples = read_audio(row["audio"], max_samples=self.max_samples, choose_offset=fixed_offset(row["id"]))
             except DataError as error:
                 logger.warning("Skipping unreadable file: %s", error)
                 skipped.append(row["id"])
@@ -304,7 +310,7 @@ class AudioCollator:
                 )
                 skipped.append(row["id"])
                 continue
-            waveforms.append(_audio_duration_crop(samples, self.max_samples, row["id"]))
+            waveforms.append(samples)
             ids.append(row["id"])
         if not waveforms:
             raise DataError(f"every file of a batch was unreadable ({', '.join(skipped[:4])}); check the corpus")
