@@ -25,7 +25,7 @@ from modeling_armhubert import add_remote_code_entries
 from .audio import DataError, read_audio, window
 from .cli import UserError
 from .guarded_trainer import check_training_values, save_trained_model
-from .model_folders import check_model_folder
+from .model_folders import check_model_folder, load_pretrained
 from .outputs import check_output_folder
 from .untrusted import check_code_text
 
@@ -168,11 +168,7 @@ def load_head_model(
     if model_args.model_name_or_path:
         source = model_args.model_name_or_path
         check_model_folder(source, subfolder_option=None)  # --model_name_or_path takes one model's folder
-        try:
-            model = head_class.from_pretrained(source, **overrides)
-        except (OSError, ValueError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"cannot load the model {source}: {reason}") from None
+        model = load_pretrained(head_class.from_pretrained, source, **overrides)  # the installed class: no folder code
     else:
         try:
             model = head_class(ARMHubertConfig.from_preset(model_args.preset, **overrides))

@@ -58,10 +58,11 @@ def _copy_corpus(root, splits=("train-clean-100", "dev-clean")):
     return root
 
 
-def _poison(path, value=float("nan")):
-    """Rewrite an audio file as float WAV data (still named .flac: soundfile reads by content) with one bad sample."""
+def _poison(path, value=float("nan"), everywhere=False):
+    """Rewrite an audio file as float WAV data (still named .flac: soundfile reads by content) with one bad sample
+    (or only bad ones: a crop of it, which is all that is decoded, holds one too)."""
     samples, rate = soundfile.read(path, dtype="float32")
-    samples[len(samples) // 2] = value
+    samples[slice(None) if everywhere else len(samples) // 2] = value
     soundfile.write(path, samples, rate, format="WAV", subtype="FLOAT")
 
 
@@ -167,7 +168,7 @@ def test_non_finite_audio_is_refused_where_it_is_read(tmp_path, caplog):
         {"id": "bad", "audio": {"path": str(tmp_path / "bad-nan.flac"), "bytes": None}},
         {"id": "good", "audio": {"path": str(UTTERANCE), "bytes": None}},
     ]
-    batch = AudioCollator(release_feature_extractor(), max_samples=16000)(rows)
+    batch = AudioCollator(release_feature_extractor())(rows)  # uncropped: the bad sample is decoded
     assert int(batch["num_unreadable"]) == 1 and torch.isfinite(batch["input_values"]).all()
     # The feature pipeline refuses it instead of returning NaN features.
     extractor = pipeline("audio-feature-extraction", model=random_model(tiny_config()))
@@ -180,7 +181,7 @@ def test_non_finite_audio_is_refused_where_it_is_read(tmp_path, caplog):
 def test_distillation_skips_and_counts_a_nan_file_and_saves_a_finite_model(tmp_path, capsys, caplog):
     corpus = _copy_corpus(tmp_path / "corpus")
     poisoned = corpus / "LibriSpeech" / "train-clean-100" / "1002" / "102" / "1002-102-0003.flac"
-    _poison(poisoned)
+    _poison(poisoned, everywhere=True)
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING):  # 5 steps of 8 draw all 40 utterances once
         code = distill_main(
