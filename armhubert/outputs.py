@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from .cli import UserError
 
 logger = logging.getLogger(__name__)
@@ -409,7 +411,8 @@ def staged_folder(
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{_STAGING_TAG}-{os.getpid()}-", dir=output_dir.parent))
     try:
-        yield staging
+        with reported_write_failures(output_dir):
+            yield staging
         give_usual_modes(staging)
         replace_folder(staging, output_dir)
     finally:
@@ -473,3 +476,36 @@ def move_files_into(staging: Path, output_dir: Path, last: str = "config.json") 
             os.replace(path, output_dir / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+_WRITE_FAILURE_SIGNS = (
+    "failed writing",
+    "No space left",
+    "File too large",
+    "Disk quota",
+    "IoError",
+    "Errno 28",
+    "Errno 27",
+)
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """A RuntimeError / SafetensorError that is a failed write: torch and safetensors report a full disk or a
+    file-size limit (`ulimit -f`) so, not as OSError."""
+    return isinstance(error, OSError) or any(sign in str(error) for sign in _WRITE_FAILURE_SIGNS)
+
+
+class WriteFailure(UserError):
+    """A write that failed for lack of space or a file-size limit (torch and safetensors raise RuntimeError-likes)."""
+
+
+@contextmanager
+def reported_write_failures(target: str | os.PathLike) -> Iterator[None]:
+    """Turn a failed write inside the block (full disk, file-size limit) into one `WriteFailure` naming `target`."""
+    try:
+        yield
+    except (RuntimeError, SafetensorError) as error:
+        if not is_write_failure(error):
+            raise
+        reason = " ".join(str(error).split())[:160]
+        raise WriteFailure(f"could not write {target} ({reason}); free disk space or choose another folder") from None

@@ -8,17 +8,16 @@ from pathlib import Path
 import datasets
 import transformers
 import yaml
-from safetensors import SafetensorError
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 
 from configuration_armhubert import SAMPLING_RATE, receptive_field
 from modeling_armhubert import release_feature_extractor
 
 from ..cards import DistillationFacts, distilled_card, format_duration, last_logged
-from ..cli import UserError, error_line
+from ..cli import UserError
 from ..guarded_trainer import save_trained_model
 from ..librispeech import AudioCollator, load_librispeech
-from ..outputs import atomic_write_text, check_output_location, output_lock
+from ..outputs import WriteFailure, atomic_write_text, check_output_location, output_lock, reported_write_failures
 from .masks import SpanMasker
 from .models import build_student, check_frame_rates, layer_pairs, load_teacher
 from .recipe import DistillArguments, apply_effective_batch_size, build_arguments, load_recipe
@@ -113,22 +112,13 @@ def _train(trainer: DistillTrainer, resume: str | None) -> None:
     """
     before = set(Path(trainer.args.output_dir).glob("checkpoint-*"))
     try:
-        trainer.train(resume_from_checkpoint=resume)
-    except (RuntimeError, SafetensorError) as error:
-        if not _is_write_failure(error):
-            raise
+        with reported_write_failures(f"a checkpoint into {trainer.args.output_dir}"):
+            trainer.train(resume_from_checkpoint=resume)
+    except (WriteFailure, OSError):
         complete = set(complete_checkpoints(trainer.args.output_dir))
         for folder in set(Path(trainer.args.output_dir).glob("checkpoint-*")) - before - complete:
             shutil.rmtree(folder, ignore_errors=True)
-        raise UserError(
-            f"could not write a checkpoint into {trainer.args.output_dir} ({error_line(error)[:160]}); free disk space "
-            "or choose another output_dir, then --resume"
-        ) from None
-
-
-def _is_write_failure(error: BaseException) -> bool:
-    text = str(error)
-    return any(sign in text for sign in ("failed writing", "No space left", "File too large", "Disk quota", "IoError"))
+        raise
 
 
 def distill(
