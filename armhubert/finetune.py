@@ -124,6 +124,8 @@ def parse_run_arguments(
     if training_args.output_dir in (None, "trainer_output"):
         raise UserError("--output_dir is required")
     check_model_arguments(model_args)
+    if model_args.model_name_or_path:  # a multi-model root is named before any data is read (and progress shown)
+        check_model_folder(model_args.model_name_or_path, subfolder_option=None)
     check_training_values(vars(training_args))
     check_code_text(training_args.output_dir, "--output_dir")  # both appear in the model card's code
     check_code_text(model_args.model_name_or_path or "", "--model_name_or_path")

@@ -167,7 +167,7 @@ def parse_yaml_text(text: str, what: str, loader: type = yaml.SafeLoader) -> Any
     except yaml.YAMLError as error:
         raise UserError(f"{what} is not valid YAML: {str(error).splitlines()[0]}") from None
     except ValueError as error:  # an integer of more than 4,300 digits (Python's int() limit), a bad date, ...
-        raise UserError(f"{what} holds a value YAML cannot build: {brief(str(error).splitlines()[0])}") from None
+        raise UserError(f"{what} holds a value YAML cannot build ({str(error).splitlines()[0][:80]})") from None
     check_structure(value, what)
     return value
 
