@@ -119,7 +119,7 @@ def load_pretrained(
         config = AutoConfig.from_pretrained(source, subfolder=subfolder or "", trust_remote_code=trust_remote_code)
     except Exception as error:  # noqa: BLE001 -- transformers raises ValueError, KeyError, OSError, TypeError
         reason = _reason(error)
-        if "trust_remote_code" in reason:
+        if "trust_remote_code" in str(error) or "custom code" in str(error):
             reason = (
                 "its config.json names a model type this installation does not know, whose code is in the folder; "
                 "pass --trust_remote_code to run that code, if you trust it"
