@@ -20,7 +20,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from .cli import UserError
-from .untrusted import check_model_size, check_structure
+from .untrusted import check_model_size, check_structure, read_bounded
 
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few kB
 
@@ -73,13 +73,7 @@ def check_model_folder(
 def read_folder_config(folder: str | os.PathLike) -> dict:
     """The `config.json` of a local model folder as a dict: at most MAX_CONFIG_BYTES, valid JSON, bounded structure."""
     path = Path(folder) / "config.json"
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise UserError(f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a model config is a few kB")
+    data = read_bounded(path, str(path), MAX_CONFIG_BYTES, "a model config is a few kB")
     try:
         config = json.loads(data)
     except RecursionError:

@@ -172,16 +172,25 @@ def parse_yaml_text(text: str, what: str, loader: type = yaml.SafeLoader) -> Any
     return value
 
 
+def read_bounded(path: str | PathLike, what: str, limit: int, usual: str) -> bytes:
+    """The bytes of a file of at most `limit` bytes (reads one more to tell); UserError if larger or unreadable.
+
+    `usual` says what size such a file has, for the message.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise UserError(f"cannot read {what}: {error.strerror or error}") from None
+    if len(data) > limit:
+        raise UserError(f"{what} is larger than {limit // 1024:,} KiB; {usual}")
+    return data
+
+
 def load_yaml_file(path: str | PathLike, what: str, loader: type = yaml.SafeLoader) -> Any:
     """`parse_yaml_text` of a UTF-8 file; a missing, unreadable, oversized or non-UTF-8 file is a UserError."""
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_YAML_BYTES + 1)
-    except OSError as error:
-        raise UserError(f"cannot read {what} {path}: {error.strerror or error}") from None
-    if len(data) > MAX_YAML_BYTES:
-        raise UserError(f"{what} {path} is larger than {MAX_YAML_BYTES // 1024} KiB; a recipe or config is a few kB")
+    data = read_bounded(path, f"{what} {path}", MAX_YAML_BYTES, "a recipe or config is a few kB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:

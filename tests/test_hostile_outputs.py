@@ -20,6 +20,7 @@ import transformers
 import transformers.modeling_utils
 from conftest import ROOT, TINY_CKPT, load_script
 from hostile import digest, hidden_entries, refusal
+from safetensors import SafetensorError
 
 import convert_checkpoint
 from armhubert import outputs
@@ -148,10 +149,19 @@ def test_only_our_leftovers_of_dead_runs_for_this_target_are_removed(tmp_path, m
     assert fresh.is_dir()
 
 
-def test_a_full_disk_gives_one_line_and_keeps_the_previous_target(previous, monkeypatch, capsys):
+# How safetensors (Rust) reports a full disk: not an OSError.
+_SAFETENSORS_DISK_FULL = (
+    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+)
+
+
+@pytest.mark.parametrize("raised", ["OSError", "SafetensorError"])
+def test_a_full_disk_gives_one_line_and_keeps_the_previous_target(previous, monkeypatch, capsys, raised):
     target, before = previous
 
     def disk_full(*args, **kwargs):
+        if raised == "SafetensorError":
+            raise SafetensorError(_SAFETENSORS_DISK_FULL)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[1]) if len(args) > 1 else None)
 
     monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)

@@ -18,7 +18,7 @@ import soundfile
 import torch
 import transformers
 from conftest import ROOT, load_script, random_model, tiny_config
-from hostile import digest, refusal
+from hostile import digest, hidden_entries, refusal
 from transformers import Trainer, TrainingArguments, pipeline
 
 from armhubert import guarded_trainer
@@ -37,14 +37,18 @@ QUIET = ["--use_cpu", "--save_strategy", "no", "--report_to", "none", "--disable
 UTTERANCE = BUNDLED_CORPUS / "dev-clean" / "1001" / "201" / "1001-201-0000.flac"
 
 
+def _show_progress_bars(show):
+    (datasets.enable_progress_bars if show else datasets.disable_progress_bars)()
+    logs = transformers.utils.logging
+    (logs.enable_progress_bar if show else logs.disable_progress_bar)()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def no_progress_bars():
     """Progress bars share stderr with the error line; these tests count stderr's lines."""
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
+    _show_progress_bars(False)
     yield
-    datasets.enable_progress_bars()
-    transformers.utils.logging.enable_progress_bar()
+    _show_progress_bars(True)
 
 
 @pytest.fixture(scope="module")
@@ -582,11 +586,9 @@ def test_a_broken_config_json_is_one_line_for_quickstart_and_fine_tuning(
 @pytest.fixture
 def progress_bars():
     """Progress bars on (as for a user), for the cases whose stderr must still be one line."""
-    datasets.enable_progress_bars()
-    transformers.utils.logging.enable_progress_bar()
+    _show_progress_bars(True)
     yield
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
+    _show_progress_bars(False)
 
 
 def test_an_all_corrupt_corpus_is_one_line_without_warnings(tmp_path, capsys, progress_bars):
@@ -632,3 +634,21 @@ def test_only_the_crop_is_decoded_and_equals_the_window_of_the_whole_file(monkey
     assert sum(decoded) == 4000 < len(whole)
     assert np.array_equal(crop, _audio_duration_crop(whole, 4000, "1001-201-0000"))
     assert np.array_equal(read_audio(UTTERANCE, max_samples=10**9), whole)  # shorter than the window: whole
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_removes_that_checkpoint(tmp_path, capsys, monkeypatch):
+    real_save = torch.save
+
+    def disk_full_for_the_optimizer(value, path, *args, **kwargs):
+        if str(path).endswith("optimizer.pt") and "checkpoint-4" in str(path):
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/3"
+            )
+        return real_save(value, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_for_the_optimizer)
+    out = tmp_path / "run"
+    line = refusal(capsys, distill_main, "--config", QUICKSTART, f"output_dir={out}", *RESUMABLE)
+    assert f"could not write a checkpoint into {out}" in line and "free disk space" in line, line
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
+    assert hidden_entries(tmp_path) == []
