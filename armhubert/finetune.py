@@ -273,6 +273,8 @@ def train_evaluate_and_save(
     Returns {"train": TrainOutput, "eval": metrics, "log_history": the Trainer's log entries}.
     """
     trainer.add_callback(OwnCheckpointRotation(trainer.args))
+    if not trainer.args.should_save:  # the main process holds the lock for all
+        return _train_evaluate_and_save(trainer, output_dir, make_card)
     with output_lock(output_dir, "--output_dir"):
         return _train_evaluate_and_save(trainer, output_dir, make_card)
 

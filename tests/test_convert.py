@@ -302,17 +302,19 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
     target = tmp_path / "model"
     target.mkdir()
     for file_name in ("config.json", "model.safetensors", "preprocessor_config.json"):
-        (target / file_name).write_text("old")  # a previous output of the converter
+        (target / file_name).write_text('{"model_type": "armhubert"}')  # a previous output of the converter
     code, stderr = run_main(capsys, TINY_CKPT, "--output-dir", target)
     assert code == 2 and "--overwrite" in stderr
-    assert (target / "config.json").read_text() == "old"
+    assert (target / "config.json").read_text() == '{"model_type": "armhubert"}'
     (target / "preprocessor_config.json").rename(target / "stale.json")
     code, stderr = run_main(capsys, TINY_CKPT, "--output-dir", target, "--overwrite")
     assert code == 2 and "stale.json, which this tool did not write" in stderr  # a file we never write: kept
     (target / "stale.json").unlink()
     code, stderr = run_main(capsys, TINY_CKPT, "--output-dir", target, "--overwrite")
     assert code == 0, stderr
-    assert (target / "config.json").read_text() != "old" and (target / "model.safetensors").exists()
+    assert (target / "config.json").read_text() != '{"model_type": "armhubert"}' and (
+        target / "model.safetensors"
+    ).exists()
 
 
 def test_interrupted_write_leaves_no_partial_folder(tmp_path, monkeypatch):

@@ -293,10 +293,14 @@ def test_a_symlinked_output_dir_stays_a_link_and_nothing_is_left_beside_it(previ
 
 
 _FSIZE_CHILD = r"""
-import resource, sys
+import contextlib, io, resource, sys
 import convert_checkpoint
 resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # prlimit --fsize: no file over 100 kB
-sys.exit(convert_checkpoint.main(sys.argv[1:]))
+stderr = io.StringIO()  # what the command prints (not what libraries print when imported)
+with contextlib.redirect_stderr(stderr):
+    code = convert_checkpoint.main(sys.argv[1:])
+print(stderr.getvalue(), end="")
+sys.exit(code)
 """
 
 
@@ -309,9 +313,9 @@ def test_a_file_size_limit_gives_one_line_and_leaves_nothing(tmp_path):
         cwd=ROOT,
         env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
     )
-    lines = child.stderr.strip().splitlines()
-    assert child.returncode == 2 and len(lines) == 1, child.stderr[-2000:]
-    assert "could not write" in lines[0] and "free disk space" in lines[0], lines
+    lines = child.stdout.strip().splitlines()
+    assert child.returncode == 2 and len(lines) == 1, (child.stdout, child.stderr[-2000:])
+    assert "could not write" in lines[0] and "File too large" in lines[0] and "free disk space" in lines[0], lines
     assert list(tmp_path.iterdir()) == []
 
 
