@@ -217,9 +217,8 @@ def _bad_checkpoints(tmp_path):
 
 def test_bad_inputs_exit_2_with_one_line_and_leave_the_output_untouched(tmp_path, capsys):
     existing = tmp_path / "existing"  # a previous conversion: what --overwrite may replace
-    existing.mkdir()
-    for file_name in ("config.json", "model.safetensors", "README.md"):
-        (existing / file_name).write_text("previous output")
+    assert run_main(capsys, TINY_CKPT, "--output-dir", existing)[0] == 0
+    previous = {path.name: path.read_bytes() for path in existing.iterdir()}
     for name, (args, message) in _bad_checkpoints(tmp_path).items():
         for target in (tmp_path / f"new-{name.replace(' ', '-')}", existing):
             extra = ["--overwrite"] if target == existing else []
@@ -228,8 +227,7 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_the_output_untouched(tmp_path
             assert message in stderr, (name, stderr)
             assert len(stderr.strip().splitlines()) == 1, (name, stderr)
         assert not (tmp_path / f"new-{name.replace(' ', '-')}").exists(), name
-        assert sorted(p.name for p in existing.iterdir()) == ["README.md", "config.json", "model.safetensors"], name
-        assert (existing / "config.json").read_text() == "previous output", name
+        assert {path.name: path.read_bytes() for path in existing.iterdir()} == previous, name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -264,17 +262,19 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
     target = tmp_path / "model"
     target.mkdir()
     for file_name in ("config.json", "model.safetensors", "preprocessor_config.json"):
-        (target / file_name).write_text("old")  # a previous output of the converter
+        (target / file_name).write_text('{"model_type": "armhubert"}')  # a previous output of the converter
     code, stderr = run_main(capsys, TINY_CKPT, "--output-dir", target)
     assert code == 2 and "--overwrite" in stderr
-    assert (target / "config.json").read_text() == "old"
+    assert (target / "config.json").read_text() == '{"model_type": "armhubert"}'
     (target / "preprocessor_config.json").rename(target / "stale.json")
     code, stderr = run_main(capsys, TINY_CKPT, "--output-dir", target, "--overwrite")
     assert code == 2 and "stale.json, which this tool did not write" in stderr  # a file we never write: kept
     (target / "stale.json").unlink()
     code, stderr = run_main(capsys, TINY_CKPT, "--output-dir", target, "--overwrite")
     assert code == 0, stderr
-    assert (target / "config.json").read_text() != "old" and (target / "model.safetensors").exists()
+    assert (target / "config.json").read_text() != '{"model_type": "armhubert"}' and (
+        target / "model.safetensors"
+    ).exists()
 
 
 def test_interrupted_write_leaves_no_partial_folder(tmp_path, monkeypatch):

@@ -75,7 +75,7 @@ def test_bad_model_is_one_line_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert (
         code == 2
-        and err.startswith("export_onnx.py: error: cannot load a model from")
+        and err.startswith("export_onnx.py: error: cannot load the model")
         and len(err.strip().splitlines()) == 1
     )
     assert list(tmp_path.iterdir()) == []

@@ -386,6 +386,18 @@ def test_format_hubert_writes_a_plain_hubert_model_with_identical_outputs(tmp_pa
     _assert_same_outputs(star, hubert)
     card = (out / "README.md").read_text()
     assert "trust_remote_code" not in card and "hidden_states[1:]" in card
+    code, stderr = run_main(  # a `hubert` folder, but ours (its card says so): --overwrite replaces it
+        capsys,
+        tmp_path / "star.ckpt",
+        "--config",
+        tmp_path / "star.yaml",
+        "--format",
+        "hubert",
+        "--output-dir",
+        out,
+        "--overwrite",
+    )
+    assert code == 0, stderr
     counted = sum(p.numel() for p in hubert.parameters())
     assert (
         f"| parameters | {counted:,} (counted from the weights; {48 * 49 + 48:,} of them are `HubertModel`'s own"
@@ -432,7 +444,7 @@ def test_interrupted_repository_build_leaves_the_target_as_it_was(tmp_path, monk
 
     (target / "variant").mkdir(parents=True)  # a repository published before: what --overwrite may replace
     for path in (target / "README.md", target / "variant" / "config.json", target / "variant" / "model.safetensors"):
-        path.write_text("published before")
+        path.write_text('{"model_type": "armhubert"}')  # config.json says it is our model
     published = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
     with pytest.raises(KeyboardInterrupt):
         folders.convert_folder(source, target, overwrite=True, default="run-a")

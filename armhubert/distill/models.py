@@ -14,6 +14,7 @@ from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
 from ..remote_code import add_remote_code_entries
+from ..untrusted import check_model_size
 from .recipe import DistillArguments, did_you_mean
 
 RANDOM_TEACHERS = {"random-hubert": HubertConfig, "random-wavlm": WavLMConfig, "random-wav2vec2": Wav2Vec2Config}
@@ -56,6 +57,7 @@ def load_teacher(distill_args: DistillArguments, seed: int) -> PreTrainedModel:
             config = RANDOM_TEACHERS[name](**(distill_args.teacher_config or {}))
         except (TypeError, ValueError) as error:
             raise UserError(f"teacher_config for {name}: {str(error).splitlines()[0]}") from None
+        check_model_size(lambda: AutoModel.from_config(config), f"teacher_config for {name}")
         torch.manual_seed(seed)
         teacher = AutoModel.from_config(config)
     else:
@@ -99,6 +101,7 @@ def build_student(distill_args: DistillArguments, teacher_config: PretrainedConf
     if config.has_projection_heads and "projection_head_size" not in overrides:
         config.projection_head_size = teacher_config.hidden_size
     add_remote_code_entries(config)  # the saved student opens through every Auto class and the feature pipeline
+    check_model_size(lambda: ARMHubertModel(config), "the student config")
     torch.manual_seed(seed)
     student = ARMHubertModel(config)
     mode = distill_args.distill_mode
