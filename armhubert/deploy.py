@@ -24,6 +24,7 @@ convolution and the attention-map products stay float.
 """
 
 import contextlib
+import copy
 import logging
 import math
 import tempfile
@@ -72,6 +73,23 @@ class StackedOutputs(torch.nn.Module):
     @property
     def output_names(self) -> list[str]:
         return list(OUTPUT_NAMES[: 3 if self.has_projections else 2])
+
+
+def load_model(model: str, subfolder: str | None = None) -> PreTrainedModel:
+    """A converted model (ARMHuBERT or HuBERT format) in eval mode, float32; UserError when it cannot be loaded."""
+    from transformers import AutoModel
+
+    import modeling_armhubert  # noqa: F401  (registers the armhubert model type: no remote code needed)
+    from armhubert.model_folders import check_model_folder
+
+    check_model_folder(model, subfolder)
+    try:
+        return AutoModel.from_pretrained(model, subfolder=subfolder or "", dtype=torch.float32).eval()
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise UserError(
+            f"cannot load a model from {model}{f' (subfolder {subfolder})' if subfolder else ''}: {reason}"
+        ) from None
 
 
 def min_samples(config) -> int:
@@ -372,3 +390,44 @@ def max_abs_differences(reference: dict[str, np.ndarray], candidate: dict[str, n
             raise AssertionError(f"{name}: shape {candidate[name].shape}, reference {want.shape}")
         differences[name] = float(np.abs(candidate[name] - want).max())
     return differences
+
+
+def concatenate_frames(outputs: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Outputs of several utterances (each as `run_onnx` returns) joined along the frame axis."""
+    return {name: np.concatenate([output[name] for output in outputs], axis=-2) for name in outputs[0]}
+
+
+def bfloat16_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """A bf16-weight copy of `model`: what `from_pretrained(..., dtype=torch.bfloat16)` loads."""
+    return copy.deepcopy(model).to(torch.bfloat16).eval()
+
+
+def run_autocast(model: PreTrainedModel, audio: torch.Tensor) -> dict[str, np.ndarray]:
+    """`run_torch` of the fp32 model under CPU bf16 autocast."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return run_torch(model, audio)
+
+
+def fidelity_report(
+    model: PreTrainedModel,
+    audios: Sequence[np.ndarray],
+    int8_graphs: dict[str, bytes],
+    threads: int | None = None,
+) -> dict[str, list[LayerFidelity]]:
+    """Per-layer fidelity to PyTorch fp32 on `audios` (1-D 16 kHz arrays, one utterance per call) of
+    each int8 graph (label -> bytes), PyTorch bf16 weights and PyTorch fp32 under bf16 autocast."""
+    sessions = {label: onnx_session(graph, threads) for label, graph in int8_graphs.items()}
+    half = bfloat16_copy(model)
+    runs = {
+        **{label: (lambda audio, s=session: run_onnx(s, audio.numpy())) for label, session in sessions.items()},
+        "bf16 weights": lambda audio: run_torch(half, audio),
+        "bf16 autocast": lambda audio: run_autocast(model, audio),
+    }
+    reference, results = [], {label: [] for label in runs}
+    for samples in audios:
+        audio = torch.from_numpy(np.asarray(samples, dtype=np.float32))[None]
+        reference.append(run_torch(model, audio))
+        for label, run in runs.items():
+            results[label].append(run(audio))
+    expected = concatenate_frames(reference)
+    return {label: layer_fidelity(expected, concatenate_frames(outputs)) for label, outputs in results.items()}

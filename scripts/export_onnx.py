@@ -28,9 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, PreTrainedModel
+from transformers import PreTrainedModel
 
-import modeling_armhubert  # noqa: F401  (registers the armhubert model type: no remote code needed)
 from armhubert.cli import UserError, run_main
 from armhubert.deploy import (
     DEFAULT_INT8_PARTS,
@@ -40,30 +39,18 @@ from armhubert.deploy import (
     convert_precision,
     export_onnx,
     layer_fidelity,
+    load_model,
     max_abs_differences,
     min_samples,
     onnx_session,
     run_onnx,
     run_torch,
 )
-from armhubert.model_folders import check_model_folder
 from armhubert.outputs import atomic_write_bytes
 from configuration_armhubert import SAMPLING_RATE
 
 PROG = "export_onnx.py"
-__all__ = ["OUTPUT_NAMES", "export_onnx", "main", "min_samples"]
-
-
-def load_model(model: str, subfolder: str | None = None) -> PreTrainedModel:
-    """A converted model (ARMHuBERT or HuBERT format) in eval mode, float32; UserError when it cannot be loaded."""
-    check_model_folder(model, subfolder)
-    try:
-        return AutoModel.from_pretrained(model, subfolder=subfolder or "", dtype=torch.float32).eval()
-    except (OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0]
-        raise UserError(
-            f"cannot load a model from {model}{f' (subfolder {subfolder})' if subfolder else ''}: {reason}"
-        ) from None
+__all__ = ["OUTPUT_NAMES", "export_onnx", "load_model", "main", "min_samples"]
 
 
 def parity_inputs(config, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
