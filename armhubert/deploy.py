@@ -215,14 +215,19 @@ def node_parts(proto) -> dict[str, str]:
     return parts
 
 
+def check_int8_parts(parts: Sequence[str]) -> None:
+    """UserError unless every entry of `parts` names one of QUANTIZABLE_PARTS."""
+    unknown = [part for part in parts if part not in QUANTIZABLE_PARTS]
+    if unknown:
+        raise UserError(f"unknown int8 part {unknown[0]!r}: choose from {', '.join(QUANTIZABLE_PARTS)}")
+
+
 def quantize_int8(model_bytes: bytes, parts: Sequence[str] = DEFAULT_INT8_PARTS, per_channel: bool = True) -> bytes:
     """ONNX Runtime dynamic int8 (U8S8) of the products in `parts` (of QUANTIZABLE_PARTS); the rest stays fp32."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    unknown = sorted(set(parts) - set(QUANTIZABLE_PARTS))
-    if unknown:
-        raise UserError(f"unknown int8 part(s) {', '.join(unknown)}: choose from {', '.join(QUANTIZABLE_PARTS)}")
+    check_int8_parts(parts)
     proto = onnx.load_from_string(model_bytes)
     node_part = node_parts(proto)
     chosen = [name for name, part in node_part.items() if part in parts]
@@ -301,9 +306,12 @@ def convert_precision(model_bytes: bytes, precision: str, int8_parts: Sequence[s
     raise UserError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
 
 
-def onnx_session(model_bytes: bytes | str | Path, threads: int | None = None):
+def onnx_session(model_bytes: bytes | str | Path, threads: int | None = None, profile_prefix: str | None = None):
     """An ONNX Runtime CPU session that does not spin: its idle threads sleep, and so do not take CPU
-    from PyTorch (or another session) running in the same process or on the same cores."""
+    from PyTorch (or another session) running in the same process or on the same cores.
+
+    `profile_prefix`: record ONNX Runtime's own operator profile (`session.end_profiling()` writes it).
+    """
     try:
         import onnxruntime  # optional: pip install onnxruntime
     except ImportError:
@@ -314,6 +322,9 @@ def onnx_session(model_bytes: bytes | str | Path, threads: int | None = None):
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     options.log_severity_level = 3  # the optional mask is an initializer that is also an input: ORT warns
     source = str(model_bytes) if isinstance(model_bytes, Path) else model_bytes
     return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
@@ -431,3 +442,19 @@ def fidelity_report(
             results[label].append(run(audio))
     expected = concatenate_frames(reference)
     return {label: layer_fidelity(expected, concatenate_frames(outputs)) for label, outputs in results.items()}
+
+
+def optimize_for_cpu(model: PreTrainedModel) -> torch.nn.Module:
+    """`model` compiled for CPU inference: inductor with frozen weights (the model itself is unchanged).
+
+        fast = optimize_for_cpu(model)
+        with torch.inference_mode():
+            output = fast(input_values, output_hidden_states=True)
+
+    Freezing turns the weights into constants of the compiled graph, so inductor can pre-pack them
+    for oneDNN / MKL once and fold what derives from weights alone (weight norm, kernel layouts);
+    products fuse with their bias and GELU. Each new input shape compiles once (tens of seconds);
+    calls must run without autograd (`torch.inference_mode()` or `torch.no_grad()`). Measured in
+    docs/deployment.md.
+    """
+    return torch.compile(model.eval(), dynamic=False, options={"freezing": True})

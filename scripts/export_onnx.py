@@ -36,6 +36,7 @@ from armhubert.deploy import (
     OUTPUT_NAMES,
     PRECISIONS,
     QUANTIZABLE_PARTS,
+    check_int8_parts,
     convert_precision,
     export_onnx,
     layer_fidelity,
@@ -115,11 +116,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subfolder", help="variant subfolder of a multi-model repository")
     parser.add_argument("--output", required=True, help="the .onnx file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="number format of the graph")
+    parser.add_argument("--precision", default="fp32", help=f"number format of the graph: {', '.join(PRECISIONS)}")
     parser.add_argument(
         "--int8-parts",
         nargs="+",
-        choices=sorted(QUANTIZABLE_PARTS),
         default=list(DEFAULT_INT8_PARTS),
         help="model parts whose products int8 quantises (the rest stays fp32): "
         + "; ".join(f"{name}: {what}" for name, what in QUANTIZABLE_PARTS.items()),
@@ -141,6 +141,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_precision(precision: str, parts: Sequence[str]) -> None:
+    """Before the (slow) export: a known --precision and known --int8-parts."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    check_int8_parts(parts)
+
+
 def check_output(output: Path, overwrite: bool) -> None:
     if output.suffix.lower() != ".onnx":  # never e.g. the model's own model.safetensors or config.json
         raise UserError(f"--output {output} must name a .onnx file")
@@ -154,6 +161,7 @@ def export(argv: Sequence[str] | None = None) -> int:
     """Export, convert, check parity, time, and write --output; 1 (nothing written) when the check fails."""
     args = parse_args(argv)
     output = Path(args.output)
+    check_precision(args.precision, args.int8_parts)
     check_output(output, args.overwrite)
     model = load_model(args.model, args.subfolder)
     threads = args.threads or torch.get_num_threads()

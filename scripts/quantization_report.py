@@ -31,6 +31,7 @@ from armhubert.deploy import (
     DEFAULT_INT8_PARTS,
     QUANTIZABLE_PARTS,
     LayerFidelity,
+    check_int8_parts,
     export_onnx,
     fidelity_report,
     load_model,
@@ -54,7 +55,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--int8-parts",
         nargs="+",
-        choices=sorted(QUANTIZABLE_PARTS),
         default=list(DEFAULT_INT8_PARTS),
         help="parts the int8 graph quantises (as export_onnx.py)",
     )
@@ -121,6 +121,7 @@ def print_table(results: dict[str, list[LayerFidelity]]) -> None:
 
 def report(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    check_int8_parts(args.int8_parts)
     files = audio_files(args.audio)
     model = load_model(args.model, args.subfolder)
     if args.threads:
