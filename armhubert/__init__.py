@@ -15,7 +15,9 @@ self-contained) <- this package <- the root CLIs (`distill_trainer.py`, `convert
 - `armhubert.convert`: original-release checkpoints -> Transformers folders, cards, Hub upload;
 - `armhubert.cards`: model cards of trained models (fine-tuned heads, distilled students);
 - `armhubert.model_folders`: checks a model folder (a multi-model root names its subfolders);
-- `armhubert.profiling`: the benchmark's instruments (MACs, peak memory, fixed cost, timing).
+- `armhubert.profiling`: the benchmark's instruments (MACs, peak memory, fixed cost, timing);
+- `armhubert.deploy`: ONNX export (fp32 / int8 / fp16, optional attention mask), ONNX Runtime
+  sessions, per-layer fidelity to fp32, bf16 copies, `optimize_for_cpu`.
 
 Submodules are imported on demand (`import armhubert` itself loads nothing heavy).
 """

@@ -216,3 +216,15 @@ def test_benchmark_runtimes_refuses_a_bad_case(capsys):
         capsys.readouterr().err.strip()
         == "benchmark_runtimes.py: error: --cases 'ten': expected BATCHxSECONDS, e.g. 1x10 or 8x10"
     )
+
+
+def test_optimize_for_cpu_matches_eager_and_leaves_the_model_alone():
+    model = random_model(tiny_config(num_hidden_layers=2, layer_reuses_attention_map=[False, True]), seed=4)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    audio = 0.1 * torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
+    expected = deploy.run_torch(model, audio)
+    fast = deploy.optimize_for_cpu(model)
+    for name, value in deploy.run_torch(fast, audio).items():
+        np.testing.assert_allclose(value, expected[name], atol=1e-4, rtol=1e-4, err_msg=name)
+    assert all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
+    np.testing.assert_array_equal(deploy.run_torch(model, audio)["hidden_states"], expected["hidden_states"])
