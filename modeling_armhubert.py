@@ -1012,6 +1012,26 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
         """
         return True
 
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Callable = None, **kwargs):
+        """Refuse reentrant checkpointing of a model whose layers reuse maps (issue 20, defect 1).
+
+        A reusing layer reads the computing layer's `Handover`, which is no positional tensor: reentrant
+        checkpointing (which tracks only those) drops its gradient or backpropagates through it twice.
+        Non-reentrant checkpointing (transformers' default) tracks every tensor and gives the plain gradients.
+        """
+        keywords = getattr(gradient_checkpointing_func, "keywords", {})
+        # torch's checkpoint without use_reentrant runs reentrant (with a warning)
+        reentrant = keywords.get("use_reentrant") is not False
+        if enable and reentrant and any(self.config.layer_reuses_attention_map):
+            raise ValueError(
+                "Reentrant activation checkpointing loses the gradients of reused attention maps: pass "
+                'activation_checkpointing_kwargs={"use_reentrant": False} (TrainingArguments: '
+                'gradient_checkpointing_kwargs={"use_reentrant": False}).'
+            )
+        if gradient_checkpointing_func is not None:
+            kwargs["gradient_checkpointing_func"] = gradient_checkpointing_func
+        super()._set_gradient_checkpointing(enable, **kwargs)
+
     def _init_weights(self, module):
         if isinstance(module, ARMHubertProjectionHead):
             # The release's heads keep PyTorch's default Linear init: weight and bias uniform in
