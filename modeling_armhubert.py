@@ -402,6 +402,30 @@ def padding_bias(key_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Te
     return key_padding_mask.to(dtype) * (torch.finfo(dtype).min / 2)
 
 
+def reuse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the reuse computes and answers in: float32 for half-precision inputs, else their own.
+
+    After the release's second softmax a reused weight is about (1 + p_ij) / (n + 1) with p_ij ~ 1/n: the
+    map's whole structure is a relative ~1/n ripple on a constant, below bf16's resolution (2^-8) beyond
+    about 250 frames. Rounding the weights, their products or the output to half precision erases it.
+    """
+    return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
+def full_precision(tensor: Tensor) -> torch.autocast:
+    """A context that turns autocast off on `tensor`'s device: the reuse's products then run in the dtype given."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
+def real_mean(value: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    """(B, H, T, d) -> (B, H, 1, d) in `reuse_dtype`: the plain mean of V over real keys (what a uniform map gives)."""
+    value = value.to(reuse_dtype(value.dtype))
+    if key_padding_mask is None:
+        return value.mean(-2, keepdim=True)
+    real = (~key_padding_mask).to(value.dtype)[:, None, :, None]
+    return (value * real).sum(-2, keepdim=True) / real.sum(-2, keepdim=True)
+
+
 def _flattened(tensor):
     """(B, H, ...) -> (B*H, ...)."""
     return tensor.flatten(0, 1)
@@ -445,6 +469,11 @@ def attention_with_logsumexp(
 @torch.no_grad()
 def logsumexp_blocks(query: Tensor, key: Tensor, key_padding_mask: Tensor | None, scale: float) -> Tensor:
     """Row log-sum-exp (B, H, T), float32, of Q K^T * scale with padded keys masked, block by block of rows."""
+    with full_precision(query):
+        return _logsumexp_blocks(query, key, key_padding_mask, scale)
+
+
+def _logsumexp_blocks(query, key, key_padding_mask, scale):
     batch, heads, time, _ = query.shape
     queries, keys = _flattened(query.float() * scale), _flattened(key.float()).transpose(1, 2)
     bias = None
@@ -469,7 +498,7 @@ def _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale):
     denominator, both without padded keys (the zero columns keep the product's width SIMD-friendly).
     Half-precision inputs are computed in float32, as the explicit path's softmax is.
     """
-    dtype = torch.float32 if query.dtype in HALF_DTYPES else query.dtype
+    dtype = reuse_dtype(query.dtype)
     batch, heads, time, dim = query.shape
     extra = 1 if key_padding_mask is None else 2
     queries = query.new_empty(batch, heads, time, dim + extra, dtype=dtype)
@@ -494,14 +523,19 @@ def _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale):
 def _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale):
     """softmax(P) V block by block of query rows: (output (B, H, T, d), denominators (B*H, T)).
 
-    Computed in float32 for half-precision inputs (see `_resoftmax_operands`).
+    Computed and answered in `reuse_dtype` (float32 for half-precision inputs), autocast off.
     """
+    with full_precision(query):
+        return _resoftmax_blocks_forward(query, key, logsumexp, value, key_padding_mask, scale)
+
+
+def _resoftmax_blocks_forward(query, key, logsumexp, value, key_padding_mask, scale):
     batch, heads, time, dim = query.shape
     blocks = score_blocks(batch * heads, time, query.device)
     if len(blocks) == 1:
         # One block holds every row (short inputs): plain products cost fewer operations than
         # building the augmented operands.
-        dtype = torch.float32 if query.dtype in HALF_DTYPES else query.dtype
+        dtype = reuse_dtype(query.dtype)
         scores = torch.matmul(query.to(dtype) * scale, key.to(dtype).transpose(-1, -2))
         numerators = scores.sub_(logsumexp[..., None]).exp_().exp_()
         if key_padding_mask is not None:
@@ -524,10 +558,11 @@ def resoftmax_blocks(
     """The release's reuse, softmax(P) V with P = exp(Q K^T * scale - lse), block by block of query rows.
 
     query, key, value: (B, H, T, d); logsumexp: (B, H, T). Returns (B, H, T, d). Padded keys get no
-    weight in either softmax. Peak extra memory: one block of scores (see `score_blocks`).
+    weight in either softmax. Peak extra memory: one block of scores (see `score_blocks`). The output
+    is in `reuse_dtype`: float32 for half-precision inputs, whose rounding would erase the map's structure.
     """
     output, _ = _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale)
-    return output.to(query.dtype)
+    return output
 
 
 class ResoftmaxReuse(torch.autograd.Function):
@@ -545,10 +580,15 @@ class ResoftmaxReuse(torch.autograd.Function):
         denominators = denominators.contiguous()
         ctx.save_for_backward(query, key, value, logsumexp, key_padding_mask, output, denominators)
         ctx.scale = scale
-        return output.to(query.dtype)
+        return output
 
     @staticmethod
     def backward(ctx, grad_output):
+        with full_precision(grad_output):
+            return ResoftmaxReuse._backward(ctx, grad_output)
+
+    @staticmethod
+    def _backward(ctx, grad_output):
         query, key, value, logsumexp, key_padding_mask, output, denominators = ctx.saved_tensors
         scale = ctx.scale
         batch, heads, time, dim = query.shape
@@ -619,15 +659,27 @@ def flex_attention_with_logsumexp(
 def flex_resoftmax(
     query: Tensor, key: Tensor, logsumexp: Tensor, value: Tensor, key_padding_mask: Tensor | None, scale: float
 ) -> Tensor:
-    """`resoftmax_blocks` through FlexAttention: score_mod = exp(score - lse[b, h, q]), padded keys masked."""
+    """`resoftmax_blocks` through FlexAttention, in the expm1 form that keeps the map's structure in any dtype.
 
-    def reused_probability(score, batch, head, query_index, key_index):
-        probability = torch.exp(score - logsumexp[batch, head, query_index])
+    With E = expm1(P), P = exp(score - lse) the reused probabilities (E ~ P keeps full relative
+    precision where exp(P) ~ 1 would not): softmax(P) V = (colsum(V) + E V) / (n + rowsum(E)) over the
+    n real keys, i.e. mean(V) + rowsum(E) / (n + rowsum(E)) * (E V / rowsum(E) - mean(V)). FlexAttention
+    with score_mod = log(E) gives E V / rowsum(E) and log(rowsum(E)); the rest is float32 (see
+    `reuse_dtype`), autocast off, and the output is in `reuse_dtype`.
+    """
+
+    def log_expm1_probability(score, batch, head, query_index, key_index):
+        log_e = torch.log(torch.expm1(torch.exp(score - logsumexp[batch, head, query_index])))
         if key_padding_mask is None:
-            return probability
-        return torch.where(key_padding_mask[batch, key_index], float("-inf"), probability)
+            return log_e
+        return torch.where(key_padding_mask[batch, key_index], float("-inf"), log_e)
 
-    return flex_attention_call(query, key, value, reused_probability, scale)
+    mean = real_mean(value, key_padding_mask)
+    output, log_sums = flex_attention_call(query, key, value, log_expm1_probability, scale, return_lse=True)
+    with full_precision(query):
+        sums = log_sums.float().exp()[..., None]  # rowsum(E) (B, H, T, 1)
+        real = value.shape[-2] if key_padding_mask is None else (~key_padding_mask).sum(-1)[:, None, None, None]
+        return mean + sums / (real + sums) * (output.to(mean.dtype) - mean)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -672,11 +724,17 @@ def compute_map(
 def reuse_map(
     attention: nn.Module, handover: Handover, value: Tensor, key_padding_mask: Mask, dropout: float
 ) -> Reused:
-    """The computing layer's map, after the release's second softmax in "resoftmax" mode."""
-    weights = handover.map.to(value.dtype)
-    if attention.reuse_softmax == "resoftmax":
-        weights = masked_softmax(weights, key_padding_mask)
-    return torch.matmul(F.dropout(weights, dropout, attention.training), value), weights
+    """The computing layer's map, after the release's second softmax in "resoftmax" mode.
+
+    The second softmax and its product run in `reuse_dtype` with autocast off (see `reuse_dtype`): the
+    output and the weights are float32 for half-precision values.
+    """
+    dtype = reuse_dtype(value.dtype)
+    with full_precision(value):
+        weights = handover.map.to(dtype)
+        if attention.reuse_softmax == "resoftmax":
+            weights = masked_softmax(weights, key_padding_mask)
+        return torch.matmul(F.dropout(weights, dropout, attention.training), value.to(dtype)), weights
 
 
 def compute_query_key(
@@ -805,7 +863,24 @@ class ARMHubertAttention(nn.Module):
             key = self._split_heads(self.k_proj(hidden_states))
             output, handover = path.compute(self, query, key, value, key_padding_mask, dropout)
             weights = None if handover is None else handover.map
-        return self.out_proj(self._merge_heads(output)), handover, weights
+        return self._project(output, value, key_padding_mask), handover, weights
+
+    def _project(self, output, value, key_padding_mask):
+        """out_proj of the heads' output (B, H, T, d) -> (B, T, D), in the dtype of the layer's values.
+
+        A reused output more precise than the values (float32 from half-precision values, see
+        `reuse_dtype`) is decomposed under autocast, where the residual stream is float32: out_proj of
+        the plain mean of V (one row per utterance) plus W_out times the structure (output - mean), whose
+        half-precision rounding is relative to the structure alone, summed in float32. Without autocast
+        (half-precision weights) the stream itself is half precision: the output is rounded once.
+        """
+        if output.dtype == value.dtype:
+            return self.out_proj(self._merge_heads(output))
+        if not torch.is_autocast_enabled(output.device.type):
+            return self.out_proj(self._merge_heads(output.to(value.dtype)))
+        mean = real_mean(value, key_padding_mask)
+        structure = F.linear(self._merge_heads(output - mean), self.out_proj.weight)
+        return self.out_proj(self._merge_heads(mean)).float() + structure.float()
 
 
 class ARMHubertFeedForward(nn.Module):
