@@ -1099,9 +1099,9 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
         reentrant = keywords.get("use_reentrant") is not False
         if enable and reentrant and any(self.config.layer_reuses_attention_map):
             raise ValueError(
-                "Reentrant activation checkpointing loses the gradients of reused attention maps: pass "
-                'activation_checkpointing_kwargs={"use_reentrant": False} (TrainingArguments: '
-                'gradient_checkpointing_kwargs={"use_reentrant": False}).'
+                "Reentrant activation checkpointing loses the gradients of reused attention maps: checkpoint with "
+                'use_reentrant=False, i.e. activation_checkpointing_kwargs={"use_reentrant": False} '
+                '(TrainingArguments: gradient_checkpointing_kwargs={"use_reentrant": False}).'
             )
         if gradient_checkpointing_func is not None:
             kwargs["gradient_checkpointing_func"] = gradient_checkpointing_func
