@@ -1259,8 +1259,10 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         if attention_mask is None:
             return None
         real = self._get_feature_vector_attention_mask(num_frames, attention_mask).bool()
-        if torch.compiler.is_compiling():
-            return ~real  # no data-dependent shortcut inside a compiled graph; an all-real mask changes nothing
+        if torch.compiler.is_compiling() or real.device.type != "cpu":
+            # No data-dependent shortcut inside a compiled graph, nor on an accelerator, where reading the
+            # mask would wait for the device every step (issue 20): an all-real mask changes nothing.
+            return ~real
         return None if bool(real.all()) else ~real
 
     def encoder_input(
@@ -1387,6 +1389,19 @@ class ARMHubertWeightedLayerSum(nn.Module):
         return (torch.stack(tuple(layers)) * weights[:, None, None, None]).sum(dim=0)
 
 
+@torch.compiler.disable
+def draw_spans(
+    shape: tuple[int, int], device: torch.device, real: Tensor | None = None, **options: float | int
+) -> Tensor:
+    """(B, N) bool spans of `transformers`' `_compute_mask_indices` (options: mask_prob, mask_length, min_masks).
+
+    Drawn on the host with NumPy from the lengths in `real` ((B, N) long, 1 = real): outside any
+    `torch.compile` graph (its data-dependent span counts cannot be traced), so a compiled training
+    step breaks the graph here (`fullgraph=False`) instead of failing.
+    """
+    return torch.as_tensor(_compute_mask_indices(shape, attention_mask=real, **options), device=device)
+
+
 class ARMHubertSpecAugment(nn.Module):
     """SpecAugment for fine-tuning, as transformers' HuBERT applies it (training only).
 
@@ -1417,23 +1432,23 @@ class ARMHubertSpecAugment(nn.Module):
         embedding = mask_embedding if mask_embedding is not None else self.masked_spec_embed
         if config.mask_time_prob > 0 and embedding is not None and frames >= config.mask_time_length:
             real_frames = None if key_padding_mask is None else (~key_padding_mask).long()
-            spans = _compute_mask_indices(
+            spans = draw_spans(
                 (batch, frames),
+                hidden_states.device,
+                real_frames,
                 mask_prob=config.mask_time_prob,
                 mask_length=config.mask_time_length,
-                attention_mask=real_frames,
                 min_masks=config.mask_time_min_masks,
             )
-            spans = torch.as_tensor(spans, device=hidden_states.device)
             hidden_states = torch.where(spans[..., None], embedding.to(hidden_states.dtype), hidden_states)
         if config.mask_feature_prob > 0 and channels >= config.mask_feature_length:
-            spans = _compute_mask_indices(
+            spans = draw_spans(
                 (batch, channels),
+                hidden_states.device,
                 mask_prob=config.mask_feature_prob,
                 mask_length=config.mask_feature_length,
                 min_masks=config.mask_feature_min_masks,
             )
-            spans = torch.as_tensor(spans, device=hidden_states.device)
             hidden_states = hidden_states.masked_fill(spans[:, None, :], 0.0)
         return hidden_states
 
