@@ -9,6 +9,7 @@ and in reusing layers a second softmax over the reused probability map. Unlike t
 are always paired per utterance and per head, so batched outputs equal per-utterance outputs.
 """
 
+import contextlib
 import math
 import weakref
 from collections.abc import Callable, Sequence
@@ -412,8 +413,13 @@ def reuse_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in HALF_DTYPES else dtype
 
 
-def full_precision(tensor: Tensor) -> torch.autocast:
-    """A context that turns autocast off on `tensor`'s device: the reuse's products then run in the dtype given."""
+def full_precision(tensor: Tensor) -> contextlib.AbstractContextManager:
+    """A context that turns autocast off on `tensor`'s device: the reuse's products then run in the dtype given.
+
+    Devices without autocast (the meta device of MAC counting) get a context that does nothing.
+    """
+    if not torch.amp.is_autocast_available(tensor.device.type):
+        return contextlib.nullcontext()
     return torch.autocast(tensor.device.type, enabled=False)
 
 
@@ -876,7 +882,7 @@ class ARMHubertAttention(nn.Module):
         """
         if output.dtype == value.dtype:
             return self.out_proj(self._merge_heads(output))
-        if not torch.is_autocast_enabled(output.device.type):
+        if not torch.amp.is_autocast_available(output.device.type) or not torch.is_autocast_enabled(output.device.type):
             return self.out_proj(self._merge_heads(output.to(value.dtype)))
         mean = real_mean(value, key_padding_mask)
         structure = F.linear(self._merge_heads(output - mean), self.out_proj.weight)
