@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, random_model, tiny_config
+from helpers import load_script, random_model, tiny_config
 
 from armhubert.audio import read_audio
-from armhubert.librispeech import BUNDLED_CORPUS
+from armhubert.resources import BUNDLED_CORPUS
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 from convert_checkpoint import save_model_folder
 from modeling_armhubert import ARMHubertModel
