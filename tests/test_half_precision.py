@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import random_model, tiny_config, waveform
+from helpers import random_model, tiny_config, waveform
 from test_distill_fidelity import batch, tiny_trainer
 
 import modeling_armhubert
