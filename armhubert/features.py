@@ -140,8 +140,9 @@ class ExtractionArguments:
     RUNTIME_FIELDS = ("output_dir", "device", "resume", "progress")
 
 
-def check_arguments(args: ExtractionArguments) -> None:
-    """Refuse settings that cannot work, before anything is read or written."""
+def check_arguments(args: ExtractionArguments, encoder_given: bool = False) -> None:
+    """Refuse settings that cannot work, before anything is read or written (`encoder_given`: a loaded model
+    is passed in, so --model / --preset only name it)."""
     choices = {
         "input_type": INPUT_TYPES,
         "representation": REPRESENTATIONS,
@@ -151,7 +152,7 @@ def check_arguments(args: ExtractionArguments) -> None:
     for name, allowed in choices.items():
         if getattr(args, name) not in allowed:
             raise UserError(f"--{name} {getattr(args, name)!r} is unknown; use one of {', '.join(allowed)}")
-    if (args.model is None) == (args.preset is None):
+    if (args.model is None) == (args.preset is None) and not encoder_given:
         raise UserError("give a model: --model FOLDER_OR_HUB_ID (or --preset NAME for random weights), not both")
     if args.preset is not None and args.preset.lower() not in PRESETS:
         raise UserError(f"--preset {args.preset!r} is unknown; use one of {', '.join(PRESETS)}")
@@ -227,6 +228,10 @@ def _with_lengths(rows: datasets.Dataset, what: str) -> Corpus:
             f"{skipped[0][0]}; expected audio such as FLAC or WAV"
         )
     if bad:
+        names = ", ".join(name for name, _ in skipped[:3])
+        logger.warning(
+            "Skipping %d unreadable audio file(s) of %s (soundfile cannot read them): %s", len(bad), what, names
+        )
         rows = rows.select(sorted(set(range(len(rows))) - set(bad)))
     return Corpus(rows, skipped, what)
 
@@ -249,8 +254,10 @@ def audio_folder(folder: str | os.PathLike) -> Corpus:
 
 
 def librispeech_split(root: str | os.PathLike, split: str) -> Corpus:
-    """A LibriSpeech-layout split (`armhubert.librispeech.load_librispeech`; it warns about unreadable files)."""
-    rows = load_librispeech(root, split).select_columns(["id", "audio", "num_samples"])
+    """A LibriSpeech-layout split, or several (`dev-clean,test-clean`), through
+    `armhubert.librispeech.load_librispeech` (which warns about unreadable files)."""
+    splits = [name.strip() for name in split.split(",") if name.strip()]
+    rows = load_librispeech(root, splits).select_columns(["id", "audio", "num_samples"])
     return Corpus(rows, [], f"{root} {split}")
 
 
@@ -290,12 +297,15 @@ def dataset_source(name: str, split: str | None, audio_column: str, id_column: s
     _check_unique(ids, name)
     # Undecoded: audio is read by armhubert.audio (soundfile), not through datasets' torchcodec decoder.
     audio = loaded.cast_column(audio_column, datasets.Audio(decode=False)).select_columns([audio_column])
-    rows = audio.rename_column(audio_column, "audio").add_column("id", ids).cast(ROW_FEATURES)
+    if audio_column != "audio":
+        audio = audio.rename_column(audio_column, "audio")
+    rows = audio.add_column("id", ids).select_columns(["id", "audio"]).cast(ROW_FEATURES)
     return _with_lengths(rows, name)
 
 
 def _is_librispeech_root(folder: Path, split: str | None) -> bool:
-    return split is not None and any((candidate / split).is_dir() for candidate in (folder / "LibriSpeech", folder))
+    first = (split or "").split(",")[0].strip()
+    return bool(first) and any((candidate / first).is_dir() for candidate in (folder / "LibriSpeech", folder))
 
 
 def open_corpus(
@@ -747,7 +757,10 @@ def write_arrow_dataset(output_dir: Path, index: dict) -> Path:
     for stale in output_dir.glob(f"{ARROW_CACHE_PREFIX}*"):  # left by a run killed while converting
         shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=ARROW_CACHE_PREFIX, dir=output_dir) as cache:
-        dataset = datasets.Dataset.from_generator(rows, features=datasets.Features(columns), cache_dir=cache)
+        fingerprint = hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()  # no hashing of `rows`
+        dataset = datasets.Dataset.from_generator(
+            rows, features=datasets.Features(columns), cache_dir=cache, fingerprint=fingerprint
+        )
         with staged_folder(target, overwrite=False) as staging:
             dataset.save_to_disk(str(staging))
         del dataset
@@ -817,6 +830,14 @@ def run_settings(args: ExtractionArguments, corpus: Corpus, encoder: Encoder) ->
         "corpus_sha256": _corpus_fingerprint(corpus),
         "utterances": len(corpus.rows),
     }
+
+
+def remove_stale_temporaries(output_dir: Path) -> None:
+    """Delete the temporary files that a killed run of this tool left in its output folder (never anything else)."""
+    for pattern in (".shard-*.safetensors", f".{INDEX_FILE}.*", f".{RUN_FILE}.*", ".codebook.*.safetensors"):
+        for path in output_dir.glob(pattern):
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
 
 
 def check_output(args: ExtractionArguments, settings: dict) -> Path:
@@ -966,9 +987,10 @@ def encode_shards(run: _Run, shards: Sequence[ShardPlan]) -> tuple[int, float]:
     return count, seconds
 
 
-def _probe_widths(encoder: Encoder, selection: LayerSelection, device: torch.device) -> dict[str, int]:
+def _probe_widths(encoder: Encoder, selection: LayerSelection) -> dict[str, int]:
     """Width of every selected feature, from one forward pass on a few frames of silence."""
     config = encoder.model.config
+    device = next(encoder.model.parameters()).device
     samples = config.receptive_field + 4 * config.inputs_to_logits_ratio * config.crop_seq_to_multiple
     with torch.inference_mode():
         output = encoder.model(torch.zeros(1, samples, device=device), **selection.forward_kwargs())
@@ -1040,17 +1062,22 @@ def _selection_for(args: ExtractionArguments, config: ARMHubertConfig, codebook:
     return selection
 
 
-def extract_features(args: ExtractionArguments) -> dict:
-    """Encode a corpus into `args.output_dir` (see the module docstring); returns the index (main process)."""
-    check_arguments(args)
+def extract_features(args: ExtractionArguments, encoder: Encoder | None = None) -> dict:
+    """Encode a corpus into `args.output_dir` (see the module docstring); returns the index (main process).
+
+    `encoder`: a model already loaded (e.g. `Encoder(model, release_feature_extractor(), None, "my-model")`),
+    used instead of loading `args.model` / `args.preset`.
+    """
+    check_arguments(args, encoder_given=encoder is not None)
     processes, device = current_processes(args.device)
     started = time.perf_counter()
     corpus = open_corpus(args.input, args.split, args.input_type, args.audio_column, args.id_column)
     given_codebook = load_codebook(args.codebook) if args.codebook else None
-    encoder = load_encoder(args.model, args.preset, args.layers == "weighted", device, args.seed)
+    if encoder is None:
+        encoder = load_encoder(args.model, args.preset, args.layers == "weighted", device, args.seed)
     config = encoder.model.config
     selection = _selection_for(args, config, given_codebook)
-    widths = _probe_widths(encoder, selection, device)
+    widths = _probe_widths(encoder, selection)
     if given_codebook is not None:
         _check_codebook(given_codebook, selection, widths, args.codebook)
     settings = run_settings(args, corpus, encoder)
@@ -1061,6 +1088,7 @@ def extract_features(args: ExtractionArguments) -> dict:
     processes.barrier()  # every process has checked the output folder before the first writes to it
     if processes.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(output_dir)
         atomic_write_text(output_dir / RUN_FILE, json.dumps(settings, indent=1))
     processes.barrier()
 
