@@ -17,7 +17,7 @@ output frame keeps its index, and the CNN features of a window equal the whole i
 CNN has no normalisation across time. (The releases' first CNN layer has a GroupNorm over the whole
 time axis, so there a window's CNN features differ slightly from the whole input's.)
 
-This module imports only torch (it is meant to sit beside the model's own code).
+This module imports only torch and the configuration (it is meant to move into the model's own file).
 
     from armhubert.chunking import encode_chunked
     with torch.inference_mode():
@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-SAMPLING_RATE = 16000
+from configuration_armhubert import SAMPLING_RATE
+
 CHUNK_LENGTH_S = 30.0  # the longest training utterances are about this long
 STRIDE_LENGTH_S = 5.0  # context dropped on each side: chunk_length_s / 6, the ASR pipeline's default
 

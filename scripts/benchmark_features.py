@@ -264,32 +264,44 @@ def corpus_features(args, encoder: Encoder, layer: int | None) -> tuple[str, lis
 
 
 def kmeans(args: FeatureBenchmarkArguments) -> None:
+    """MiniBatchKMeans as the HuBERT recipe runs it, faiss alone, and `fit_codebook` (k-means++ seeds + faiss)."""
+    import faiss
     from sklearn.cluster import MiniBatchKMeans
 
     encoder = the_encoder(args)
     name, features = corpus_features(args, encoder, args.units_layer)
     data = torch.cat(features)
     k = min(args.units_k, data.shape[0] // 4)
-    print(f"\n## k-means: {data.shape[0]} frames x {data.shape[1]} ({name} of {encoder.name}), K = {k}")
-    results = {}
-    for round_number in range(args.repeats):
-        start = time.perf_counter()
-        sklearn_centroids = MiniBatchKMeans(k, batch_size=10000, max_iter=100, n_init=1, random_state=round_number,
-                                            max_no_improvement=100, reassignment_ratio=0.0).fit(data.numpy())  # fmt: skip
-        results.setdefault("sklearn MiniBatchKMeans", []).append(
-            (time.perf_counter() - start, sklearn_centroids.cluster_centers_)
-        )
-        start = time.perf_counter()
-        faiss_centroids = fit_codebook(data, k, seed=round_number)
-        results.setdefault("faiss (armhubert.units)", []).append((time.perf_counter() - start, faiss_centroids.numpy()))
+    array = data.numpy()
+
+    def minibatch(seed):
+        fitted = MiniBatchKMeans(k, batch_size=10000, max_iter=100, n_init=1, random_state=seed,
+                                 max_no_improvement=100, reassignment_ratio=0.0).fit(array)  # fmt: skip
+        return fitted.cluster_centers_
+
+    def faiss_alone(seed):
+        fitted = faiss.Kmeans(array.shape[1], k, niter=20, seed=seed, max_points_per_centroid=len(array))
+        fitted.train(array)
+        return fitted.centroids
+
+    methods = {
+        "sklearn MiniBatchKMeans (HuBERT recipe)": minibatch,
+        "faiss, random seeds": faiss_alone,
+        "k-means++ + faiss (fit_codebook)": lambda seed: fit_codebook(data, k, seed=seed).numpy(),
+    }
+    results = {label: [] for label in methods}
+    for seed in range(args.repeats):
+        for label, fit in methods.items():
+            start = time.perf_counter()
+            centroids = torch.as_tensor(fit(seed), dtype=torch.float32)
+            distortion = float(torch.cdist(data, centroids).min(1).values.pow(2).mean())
+            results[label].append((time.perf_counter() - start, distortion))
+    print(
+        f"\n## k-means: {data.shape[0]} frames x {data.shape[1]} ({name} of {encoder.name}), K = {k}, {args.repeats} seeds"
+    )
     for label, runs in results.items():
-        distances = [
-            float(torch.cdist(data, torch.as_tensor(c, dtype=torch.float32)).min(1).values.pow(2).mean())
-            for _, c in runs
-        ]
-        print(
-            f"{label:>24}: {statistics.median(t for t, _ in runs):6.2f} s, mean squared distance {statistics.median(distances):.4f}"
-        )
+        seconds, distortion = statistics.median(t for t, _ in runs), statistics.median(d for _, d in runs)
+        print(f"{label:>40}: {seconds:6.2f} s, mean squared distance to the nearest centroid {distortion:.4f}")
 
 
 def edit_distance(first: torch.Tensor, second: torch.Tensor) -> float:

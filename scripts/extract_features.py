@@ -16,7 +16,9 @@ Inputs: a folder of audio files, a LibriSpeech-layout root with --split, a `data
 import sys
 from collections.abc import Sequence
 
+import datasets
 from transformers import HfArgumentParser
+from transformers.utils import logging as transformers_logging
 
 from armhubert.cli import UserError, run_main
 from armhubert.features import ExtractionArguments, extract_features
@@ -36,7 +38,11 @@ def parse_arguments(argv: Sequence[str] | None) -> ExtractionArguments:
 
 
 def command(argv: Sequence[str] | None = None) -> dict:
-    return extract_features(parse_arguments(argv))
+    args = parse_arguments(argv)
+    transformers_logging.disable_progress_bar()  # loading a small model's weights needs no bar
+    if not (args.progress and sys.stderr.isatty()):
+        datasets.disable_progress_bars()
+    return extract_features(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,6 +54,11 @@ def test_k_means_converges_to_cluster_means_and_is_deterministic():
         return torch.cdist(features, codebook).min(dim=1).values.pow(2).mean()
 
     assert mean_distance(first) < 0.5 * mean_distance(features[torch.randperm(1200, generator=generator)[:8]])
+    # k-means++ seeds put one centroid in each well-separated cluster (faiss's random seeds often merge two).
+    labels = torch.arange(6).repeat_interleave(200)
+    units = assign_units(features, fit_codebook(features, 6, seed=0))
+    found = [set(units[labels == label].tolist()) for label in range(6)]
+    assert all(len(unit) == 1 for unit in found) and len(set.union(*found)) == 6
     with pytest.raises(UserError, match="at least K = 6 frames"):
         fit_codebook(features[:5], 6)
 
