@@ -58,6 +58,7 @@ from modeling_armhubert import (
 from .audio import DataError, read_audio
 from .chunking import CHUNK_LENGTH_S, STRIDE_LENGTH_S, encode_chunked, num_frames
 from .cli import UserError
+from .convert.cards import file_sha256
 from .librispeech import LIBRISPEECH_LAYOUT, _audio_num_samples, load_librispeech
 from .model_folders import check_model_folder
 from .outputs import atomic_output_file, atomic_write_text, check_output_location, staged_folder
@@ -808,20 +809,12 @@ def _corpus_fingerprint(corpus: Corpus) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_settings(args: ExtractionArguments, corpus: Corpus, encoder: Encoder) -> dict:
     """What the output depends on: the options (runtime ones left out), the model's weights, the corpus."""
     options = {key: value for key, value in asdict(args).items() if key not in ExtractionArguments.RUNTIME_FIELDS}
     options["input"] = str(Path(args.input).absolute()) if Path(args.input).exists() else args.input
     if args.codebook:
-        options["codebook"] = _file_sha256(args.codebook)
+        options["codebook"] = file_sha256(args.codebook)
     return {
         "format": FEATURES_FORMAT,
         "options": options,

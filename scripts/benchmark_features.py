@@ -211,39 +211,30 @@ def fidelity_model(name: str):
     return f"{name} (random weights)", load_encoder(None, name, False, torch.device("cpu")).model
 
 
-def mean_cosines(model, audio: torch.Tensor, window: float, stride: float) -> tuple[float, float]:
-    """(mean cosine over frames and SUPERB layers, the lowest per-chunk mean) of chunked vs unchunked."""
+def mean_cosines(model, audio: torch.Tensor, whole, window: float, stride: float) -> tuple[float, float]:
+    """(mean cosine over frames and SUPERB layers, the lowest per-chunk mean) of chunked vs `whole` (unchunked)."""
     with torch.inference_mode():
-        whole = superb_layer_outputs(model.config, model(audio, output_hidden_states=True))
         chunked = encode_chunked(model, audio, chunk_length_s=window, stride_length_s=stride, output_hidden_states=True)
-        parts = superb_layer_outputs(model.config, chunked)
+    parts = superb_layer_outputs(model.config, chunked)
     cosine = torch.stack([torch.cosine_similarity(a[0], b[0], dim=-1) for a, b in zip(whole, parts)]).mean(0)
-    per_chunk = [
-        float(cosine[w.keep_start : w.keep_end].mean())
-        for w in chunk_windows(model.config, audio.shape[1], window, stride)
-    ]
-    return float(cosine.mean()), min(per_chunk)
+    windows = chunk_windows(model.config, audio.shape[1], window, stride)
+    return float(cosine.mean()), min(float(cosine[w.keep_start : w.keep_end].mean()) for w in windows)
 
 
 def fidelity(args: FeatureBenchmarkArguments) -> None:
     audio = recording(args, 60)
     windows = [float(value) for value in args.windows.split(",")]
     print("\n## Fidelity of chunking: 60 s recording, mean cosine chunked vs unchunked (all SUPERB layers)")
-    print(
-        "| model | "
-        + " | ".join(f"{w:g} s" for w in windows)
-        + f" | default ({CHUNK_LENGTH_S:g} s / {STRIDE_LENGTH_S:g} s): worst chunk |"
-    )
-    print("|---" * (len(windows) + 2) + "|")
+    default = f"default ({CHUNK_LENGTH_S:g} s / {STRIDE_LENGTH_S:g} s)"
+    print("| model | " + " | ".join(f"{w:g} s" for w in windows) + f" | {default} | its worst chunk |")
+    print("|---" * (len(windows) + 3) + "|")
     for name in args.fidelity_models.split(","):
         label, model = fidelity_model(name.strip())
-        curve = [mean_cosines(model, audio, window, window / 6)[0] for window in windows]
-        mean, worst = mean_cosines(model, audio, CHUNK_LENGTH_S, STRIDE_LENGTH_S)
-        print(
-            f"| {label} | "
-            + " | ".join(f"{value:.4f}" for value in curve)
-            + f" | {mean:.4f} (worst chunk {worst:.4f}) |"
-        )
+        with torch.inference_mode():
+            whole = superb_layer_outputs(model.config, model(audio, output_hidden_states=True))
+        curve = [mean_cosines(model, audio, whole, window, window / 6)[0] for window in windows]
+        mean, worst = mean_cosines(model, audio, whole, CHUNK_LENGTH_S, STRIDE_LENGTH_S)
+        print(f"| {label} | " + " | ".join(f"{value:.4f}" for value in curve) + f" | {mean:.4f} | {worst:.4f} |")
 
 
 # --------------------------------------------------------------------------------------------------

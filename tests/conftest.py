@@ -100,3 +100,14 @@ def load_script(name):
     sys.modules[name] = module  # dataclasses look their module up while the script runs
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved folder of a random tiny encoder (`random_model(tiny_config())`) with the releases' preprocessing."""
+    from modeling_armhubert import release_feature_extractor
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    random_model(tiny_config()).save_pretrained(folder)
+    release_feature_extractor().save_pretrained(folder)
+    return folder

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import ROOT, load_script, random_model, tiny_config
+from conftest import ROOT, load_script, tiny_config
 from hostile import digest, refusal
 
 from armhubert.audio import read_audio
@@ -26,16 +26,8 @@ extract = load_script("extract_features")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    random_model(tiny_config()).save_pretrained(folder)
-    release_feature_extractor().save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return ARMHubertModel.from_pretrained(model_dir).eval()
+def model(tiny_model_dir):
+    return ARMHubertModel.from_pretrained(tiny_model_dir).eval()
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +71,9 @@ def expected_features(model, utterances, max_batch_seconds):
 
 @pytest.mark.parametrize("max_batch_seconds", [4.0, 12.0])  # one utterance per batch; padded batches of 3-4
 def test_written_features_are_the_models_outputs_exactly_in_both_formats(
-    tmp_path, model_dir, model, utterances, max_batch_seconds
+    tmp_path, tiny_model_dir, model, utterances, max_batch_seconds
 ):
-    common = ["--input", CORPUS, "--split", SPLIT, "--model", model_dir, "--layers", "1,4"]
+    common = ["--input", CORPUS, "--split", SPLIT, "--model", tiny_model_dir, "--layers", "1,4"]
     common += ["--max_batch_seconds", max_batch_seconds, "--shard_mb", 0.02]
     run(*common, "--output_dir", tmp_path / "st")
     run(*common, "--output_dir", tmp_path / "arrow", "--format", "arrow")
@@ -108,8 +100,8 @@ def test_written_features_are_the_models_outputs_exactly_in_both_formats(
             assert torch.equal(row[name], tensor) and row["frames"] == tensor.shape[0]
 
 
-def test_float16_storage_and_the_last_layer_shortcut(tmp_path, model_dir, model, utterances):
-    run("--input", CORPUS, "--split", SPLIT, "--model", model_dir, "--dtype", "float16", "--output_dir", tmp_path)
+def test_float16_storage_and_the_last_layer_shortcut(tmp_path, tiny_model_dir, model, utterances):
+    run("--input", CORPUS, "--split", SPLIT, "--model", tiny_model_dir, "--dtype", "float16", "--output_dir", tmp_path)
     index = FeatureIndex(tmp_path)
     assert index.index["features"] == ["layer_4"] and index.index["representation"] == "projected"
     expected = expected_features(model, utterances, 100.0)
@@ -142,9 +134,9 @@ extract_features.main({argv!r})
 
 
 def test_a_run_killed_by_kill_9_and_resumed_by_two_processes_writes_the_files_of_an_uninterrupted_run(
-    tmp_path, capsys, model_dir
+    tmp_path, capsys, tiny_model_dir
 ):
-    args = ["--input", str(CORPUS), "--split", SPLIT, "--model", str(model_dir), "--layers", "2,4"]
+    args = ["--input", str(CORPUS), "--split", SPLIT, "--model", str(tiny_model_dir), "--layers", "2,4"]
     args += ["--max_batch_seconds", "4", "--shard_mb", "0.001", "--device", "cpu"]
     run(*args, "--output_dir", tmp_path / "whole")
     whole = relative_digest(tmp_path / "whole")
@@ -183,7 +175,9 @@ def write_wav(path, samples):
     soundfile.write(path, samples, 16000, subtype="FLOAT")
 
 
-def test_a_folder_of_audio_with_an_unreadable_file_skips_and_lists_it(tmp_path, capsys, caplog, model_dir, utterances):
+def test_a_folder_of_audio_with_an_unreadable_file_skips_and_lists_it(
+    tmp_path, capsys, caplog, tiny_model_dir, utterances
+):
     folder = tmp_path / "audio"
     names = sorted(utterances)[:3]
     write_wav(folder / "a" / "one.wav", utterances[names[0]])
@@ -191,7 +185,7 @@ def test_a_folder_of_audio_with_an_unreadable_file_skips_and_lists_it(tmp_path, 
     write_wav(folder / "three.wav", utterances[names[2]])
     (folder / "broken.wav").write_bytes(b"RIFF not really audio")
     (folder / "notes.txt").write_text("not audio")
-    run("--input", folder, "--model", model_dir, "--output_dir", tmp_path / "out")
+    run("--input", folder, "--model", tiny_model_dir, "--output_dir", tmp_path / "out")
     captured = capsys.readouterr()
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert sorted(index["utterances"]) == ["a/one", "a/two", "three"]
@@ -199,11 +193,11 @@ def test_a_folder_of_audio_with_an_unreadable_file_skips_and_lists_it(tmp_path, 
     assert "skipped 1 unreadable file(s): broken" in captured.out and "broken" in caplog.text
 
 
-def test_long_recordings_are_chunked_and_chunking_can_be_turned_off(tmp_path, model_dir, model, utterances):
+def test_long_recordings_are_chunked_and_chunking_can_be_turned_off(tmp_path, tiny_model_dir, model, utterances):
     folder = tmp_path / "long"
     recording = np.concatenate([utterances[name] for name in sorted(utterances)[:3]])  # about 9 s
     write_wav(folder / "talk.wav", recording)
-    common = ["--input", folder, "--model", model_dir, "--layers", "2"]
+    common = ["--input", folder, "--model", tiny_model_dir, "--layers", "2"]
     run(*common, "--chunk_length_s", 3, "--stride_length_s", 0.5, "--output_dir", tmp_path / "chunked")
     run(*common, "--chunk_length_s", 0, "--output_dir", tmp_path / "whole")
     audio = torch.from_numpy(read_audio(folder / "talk.wav"))[None]
@@ -214,7 +208,7 @@ def test_long_recordings_are_chunked_and_chunking_can_be_turned_off(tmp_path, mo
     assert torch.equal(FeatureIndex(tmp_path / "whole")["talk"]["layer_2"], whole.projected_hidden_states[1][0])
 
 
-def test_a_saved_dataset_with_an_id_column(tmp_path, model_dir, model, utterances):
+def test_a_saved_dataset_with_an_id_column(tmp_path, tiny_model_dir, model, utterances):
     names = sorted(utterances)[:2]
     for name in names:
         write_wav(tmp_path / "wav" / f"{name}.wav", utterances[name])
@@ -226,7 +220,7 @@ def test_a_saved_dataset_with_an_id_column(tmp_path, model_dir, model, utterance
         "--id_column",
         "key",
         "--model",
-        model_dir,
+        tiny_model_dir,
         "--layers",
         "all",
         "--output_dir",
@@ -236,7 +230,7 @@ def test_a_saved_dataset_with_an_id_column(tmp_path, model_dir, model, utterance
     assert sorted(index.ids) == sorted(table["key"]) and index.index["features"] == [f"layer_{n}" for n in range(1, 5)]
 
 
-def test_the_weighted_sum_of_a_fine_tuned_folder(tmp_path, capsys, model_dir, utterances):
+def test_the_weighted_sum_of_a_fine_tuned_folder(tmp_path, capsys, tiny_model_dir, utterances):
     config = tiny_config(use_weighted_layer_sum=True, vocab_size=8, layer_grad_scale=False)
     task = ARMHubertForCTC(config).eval()
     with torch.no_grad():
@@ -268,7 +262,7 @@ def test_the_weighted_sum_of_a_fine_tuned_folder(tmp_path, capsys, model_dir, ut
         "--split",
         SPLIT,
         "--model",
-        model_dir,
+        tiny_model_dir,
         "--layers",
         "weighted",
         "--output_dir",
@@ -277,13 +271,13 @@ def test_the_weighted_sum_of_a_fine_tuned_folder(tmp_path, capsys, model_dir, ut
     assert "use_weighted_layer_sum" in line
 
 
-def test_bad_input_gets_one_line_and_exit_status_2(tmp_path, capsys, model_dir):
+def test_bad_input_gets_one_line_and_exit_status_2(tmp_path, capsys, tiny_model_dir):
     (tmp_path / "empty").mkdir()
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "x.wav").write_bytes(b"garbage")
     (broken / "y.flac").write_bytes(b"")
-    base = ["--model", model_dir]
+    base = ["--model", tiny_model_dir]
     cases = {
         "no audio files in": ["--input", tmp_path / "empty", "--output_dir", tmp_path / "o1"],
         "none of the 2 audio files": ["--input", broken, "--output_dir", tmp_path / "o2"],

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import ROOT, load_script, random_model, tiny_config
+from conftest import ROOT, load_script
 from hostile import refusal
 from safetensors.torch import save_file
 
@@ -17,7 +17,6 @@ from armhubert.units import (
     load_codebook,
     save_codebook,
 )
-from modeling_armhubert import release_feature_extractor
 
 CORPUS, SPLIT = ROOT / "data", "test-clean"
 extract = load_script("extract_features")
@@ -89,16 +88,8 @@ def test_a_codebook_keeps_its_layer_and_broken_ones_are_refused(tmp_path):
             check_num_units(count)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    random_model(tiny_config()).save_pretrained(folder)
-    release_feature_extractor().save_pretrained(folder)
-    return folder
-
-
-def test_fitted_units_are_the_nearest_centroids_and_an_applied_codebook_gives_the_same_units(tmp_path, model_dir):
-    common = ["--input", CORPUS, "--split", SPLIT, "--model", model_dir]
+def test_fitted_units_are_the_nearest_centroids_and_an_applied_codebook_gives_the_same_units(tmp_path, tiny_model_dir):
+    common = ["--input", CORPUS, "--split", SPLIT, "--model", tiny_model_dir]
     assert extract.main([str(a) for a in [*common, "--layers", "2,4", "--units", 16, "--units_layer", 4,
                                           "--output_dir", tmp_path / "fit"]]) == 0  # fmt: skip
     codebook = load_codebook(tmp_path / "fit" / "codebook.safetensors")
@@ -127,8 +118,8 @@ def test_fitted_units_are_the_nearest_centroids_and_an_applied_codebook_gives_th
         assert torch.equal(deduplicated[utterance_id]["units"], deduplicate_runs(fitted[utterance_id]["units"]))
 
 
-def test_bad_units_options_get_one_line_and_exit_status_2(tmp_path, capsys, model_dir):
-    common = ["--input", CORPUS, "--split", SPLIT, "--model", model_dir]
+def test_bad_units_options_get_one_line_and_exit_status_2(tmp_path, capsys, tiny_model_dir):
+    common = ["--input", CORPUS, "--split", SPLIT, "--model", tiny_model_dir]
     narrow = save_codebook(Codebook(torch.randn(4, 10), "layer_4", "projected", "x", 4), tmp_path / "narrow.st")
     other = save_codebook(Codebook(torch.randn(4, 64), "layer_2", "hidden", "x", 4), tmp_path / "other.st")
     cases = {
