@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import TINY_CKPT, TINY_IO, VARIANTS, tiny_config
+from helpers import TINY_CKPT, TINY_IO, VARIANTS, random_model, tiny_config
 
 from armhubert.convert.original import convert
 
@@ -23,3 +23,14 @@ def reference_io():
 @pytest.fixture(scope="session")
 def converted_tiny():
     return convert(TINY_CKPT)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved folder of a random tiny encoder (`random_model(tiny_config())`) with the releases' preprocessing."""
+    from modeling_armhubert import release_feature_extractor
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    random_model(tiny_config()).save_pretrained(folder)
+    release_feature_extractor().save_pretrained(folder)
+    return folder

@@ -22,6 +22,7 @@ HELP_STARTS = {
     "quantization_report": "usage: quantization_report.py",
     "benchmark_runtimes": "usage: benchmark_runtimes.py",
     "make_corpus": "usage: make_corpus.py",
+    "extract_features": "usage: extract_features.py",
 }
 
 
