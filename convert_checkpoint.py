@@ -21,8 +21,9 @@ it: ARMHuBERT-960h when present, else the one `--default NAME` names (without ei
 heads). Every output is built in a temporary folder beside the target and renamed at the end.
 Errors exit with status 2 and one line, and leave the target as it was.
 
-The work is done by `armhubert.convert` (see its modules); this file is the command and re-exports the
-Python API (`convert`, `convert_checkpoint`, `convert_folder`, `push_to_hub`, ...).
+This file is the command only. The work is done by `armhubert.convert` (see its modules); from Python,
+import it: `armhubert.convert.original.convert`, `armhubert.convert.folders.convert_checkpoint` /
+`convert_folder`, `armhubert.convert.publish.push_to_hub`.
 """
 
 import argparse
@@ -32,33 +33,8 @@ from collections.abc import Sequence
 from transformers.utils import logging as transformers_logging
 
 from armhubert.cli import run_main
-from armhubert.convert.cards import CardFacts, model_card, repository_card
-from armhubert.convert.folders import OUTPUT_FORMATS, convert_checkpoint, convert_folder, save_model_folder
-from armhubert.convert.hubert_export import to_hubert_model
-from armhubert.convert.original import convert, load_original_checkpoint, parse_literal_expression
-from armhubert.convert.publish import PublishError, publish_output, push_to_hub
-from armhubert.convert.releases import RELEASES, Release, detect_release, release_by_name
-
-__all__ = [
-    "CardFacts",
-    "PublishError",
-    "RELEASES",
-    "Release",
-    "convert",
-    "convert_checkpoint",
-    "convert_folder",
-    "detect_release",
-    "load_original_checkpoint",
-    "main",
-    "model_card",
-    "parse_args",
-    "parse_literal_expression",
-    "push_to_hub",
-    "release_by_name",
-    "repository_card",
-    "save_model_folder",
-    "to_hubert_model",
-]
+from armhubert.convert.folders import OUTPUT_FORMATS, convert_checkpoint, convert_folder
+from armhubert.convert.publish import publish_output
 
 PROG = "convert_checkpoint.py"  # the name error lines start with, also for the `armhubert-convert` script
 

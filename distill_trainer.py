@@ -2,12 +2,12 @@
 
     accelerate launch distill_trainer.py --config conf/armhubert-960h.yaml [key=value ...] [--resume [CHECKPOINT]]
     python distill_trainer.py --config conf/quickstart.yaml              # one process, e.g. on CPU
+    python -m distill_trainer --config quickstart output_dir=runs/q      # installed: bundled recipe by name
 
 A recipe is a flat YAML mapping of `DistillArguments` and `transformers.TrainingArguments` fields;
 `key=value` arguments override it (values are parsed as YAML, `student_config.hidden_size=64` sets
 one entry of a mapping). This file is the command line only; the work is done by `armhubert.distill`
-(masks, losses, recipe, models, trainer, run) and `armhubert.librispeech` (data). The names below
-are re-exported for existing imports such as `from distill_trainer import load_librispeech`.
+(masks, losses, recipe, models, trainer, run) and `armhubert.librispeech` (data): import those.
 """
 
 import argparse
@@ -17,61 +17,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from armhubert.audio import DataError, read_audio
 from armhubert.cli import run_main
-from armhubert.distill.losses import layer_weights, masking_distillation_loss, regression_loss, star_loss, temporal_gram
-from armhubert.distill.masks import SpanMasker, sample_span_mask
-from armhubert.distill.models import build_student, check_frame_rates, layer_pairs, load_teacher
-from armhubert.distill.recipe import (
-    TRAINING_DEFAULTS,
-    TRAINING_FIXED,
-    DistillArguments,
-    apply_effective_batch_size,
-    build_arguments,
-    load_recipe,
-)
 from armhubert.distill.run import distill
-from armhubert.distill.trainer import (
-    DistillTrainer,
-    complete_checkpoints,
-    keep_best_and_last_checkpoints,
-    resolve_resume,
-)
-from armhubert.librispeech import AudioCollator, EpochSeededLengthGroupedSampler, load_librispeech
-from configuration_armhubert import SAMPLING_RATE
-
-__all__ = [
-    "SAMPLING_RATE",
-    "TRAINING_DEFAULTS",
-    "TRAINING_FIXED",
-    "AudioCollator",
-    "DataError",
-    "DistillArguments",
-    "DistillTrainer",
-    "EpochSeededLengthGroupedSampler",
-    "SpanMasker",
-    "apply_effective_batch_size",
-    "build_arguments",
-    "build_student",
-    "check_frame_rates",
-    "complete_checkpoints",
-    "keep_best_and_last_checkpoints",
-    "layer_pairs",
-    "layer_weights",
-    "load_librispeech",
-    "load_recipe",
-    "load_teacher",
-    "main",
-    "masking_distillation_loss",
-    "parse_cli",
-    "read_audio",
-    "regression_loss",
-    "resolve_resume",
-    "run",
-    "sample_span_mask",
-    "star_loss",
-    "temporal_gram",
-]
+from armhubert.distill.trainer import DistillTrainer
 
 
 def parse_cli(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -81,7 +29,11 @@ def parse_cli(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Distil an ARMHuBERT-family student from a HuBERT / WavLM teacher on LibriSpeech.",
         epilog="Example: accelerate launch distill_trainer.py --config conf/armhubert-s-100h.yaml bf16=true fp16=false",
     )
-    parser.add_argument("--config", required=True, help="recipe YAML, e.g. conf/quickstart.yaml")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="recipe YAML file, or the name of a bundled recipe (conf/<name>.yaml), e.g. quickstart or armhubert-960h",
+    )
     parser.add_argument(
         "--resume",
         nargs="?",

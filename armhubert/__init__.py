@@ -13,8 +13,10 @@ self-contained) <- this package <- the root CLIs (`distill_trainer.py`, `convert
 - `armhubert.distill`: masking / STaR distillation (masks, losses, recipes, models, trainer);
 - `armhubert.finetune`: CTC / classification fine-tuning set-up;
 - `armhubert.convert`: original-release checkpoints -> Transformers folders, cards, Hub upload;
-- `armhubert.cards`: model cards of trained models (fine-tuned heads, distilled students);
-- `armhubert.model_folders`: checks a model folder (a multi-model root names its subfolders);
+- `armhubert.cards`: what every model card shares (front matter, escaping of user-supplied text) and the
+  cards of trained models (fine-tuned heads, distilled students);
+- `armhubert.model_folders`: what a model folder is, and the multi-model root check (names its subfolders);
+- `armhubert.resources`: the bundled recipes and corpus (package data in a wheel, the root in a checkout);
 - `armhubert.profiling`: the benchmark's instruments (MACs, peak memory, fixed cost, timing).
 
 Submodules are imported on demand (`import armhubert` itself loads nothing heavy).

@@ -9,6 +9,7 @@ and the scripts. No ffmpeg, torchcodec or torchaudio is needed.
 """
 
 import io
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -28,11 +29,20 @@ class DataError(UserError):
     """A data problem the user must fix: says what was expected and what was found, in one line."""
 
 
-def read_audio(audio: str | os.PathLike | dict, target_rate: int = SAMPLING_RATE) -> np.ndarray:
-    """Decode an undecoded audio dict ({"path", "bytes"}) or a file path to a float32 mono waveform.
+def read_audio(
+    audio: str | os.PathLike | dict,
+    target_rate: int = SAMPLING_RATE,
+    max_samples: int | None = None,
+    choose_offset: Callable[[int], int] | None = None,
+) -> np.ndarray:
+    """Decode an undecoded audio dict ({"path", "bytes"}) or a file path to a float32 mono waveform (time,).
 
-    Stereo is averaged; other rates are resampled with soxr. Raises DataError naming the file when
-    soundfile cannot read it or it holds NaN / infinite samples.
+    Stereo is averaged; other rates are resampled with soxr. With `max_samples` (at `target_rate`), only
+    a window of that many samples is decoded, at the offset `choose_offset(n)` picks among the n possible
+    ones (`window`'s policy; default 0): a long file never takes more memory than its crop. A file is
+    decoded in blocks of BLOCK_FRAMES frames, so the memory a read takes is its output's. Raises
+    DataError naming the file when soundfile cannot read it, it declares more than MAX_AUDIO_SECONDS or
+    MAX_CHANNELS channels (checked from its header, before decoding), or it holds NaN / infinite samples.
     """
     if isinstance(audio, dict):
         name = audio.get("path") or "<audio bytes>"
@@ -42,18 +52,70 @@ def read_audio(audio: str | os.PathLike | dict, target_rate: int = SAMPLING_RATE
     if source is None:
         raise DataError("audio entry has neither 'bytes' nor 'path'; expected an undecoded datasets audio dict")
     try:
-        samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(source) as stream:
+            start, frames, skip = _planned_read(stream, name, target_rate, max_samples, choose_offset)
+            samples = _decode(stream, name, start, frames, target_rate)[skip:]
+    except DataError:
+        raise
     except Exception as error:  # noqa: BLE001 - libsndfile errors, missing files, truncated streams
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(
             f"cannot read audio file {name}: {reason}; expected audio that soundfile can decode (FLAC, WAV)"
         ) from None
-    if not np.isfinite(samples).all():  # float WAV / FLAC can hold NaN or inf: they would poison training
-        raise DataError(f"audio file {name} holds NaN or infinite samples; expected finite samples in [-1, 1]")
-    samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    if rate != target_rate:
-        samples = soxr.resample(samples, rate, target_rate).astype(np.float32)
+    if max_samples is not None:
+        samples = samples[:max_samples]
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+MAX_AUDIO_SECONDS = 3600  # longer recordings are cut into utterances first (LibriSpeech's are under 35 s)
+MAX_FILE_CHANNELS = 64
+BLOCK_FRAMES = 1 << 16
+CROP_CONTEXT_FRAMES = 4096
+
+
+def _planned_read(stream, name, target_rate, max_samples, choose_offset):
+    """(first frame, frames, output samples to drop) of `stream` to decode: all of it, or the chosen crop.
+
+    A crop of a file at another rate is decoded with CROP_CONTEXT_FRAMES of context on either side and
+    the context dropped after resampling, so that the resampler's edges fall outside the crop.
+    """
+    rate, frames = stream.samplerate, stream.frames
+    if stream.channels > MAX_FILE_CHANNELS:
+        raise DataError(f"audio file {name} declares {stream.channels} channels; at most {MAX_FILE_CHANNELS} are read")
+    if frames > MAX_AUDIO_SECONDS * rate:
+        raise DataError(
+            f"audio file {name} declares {frames:,} frames at {rate} Hz ({frames / rate / 3600:.1f} h), more than the "
+            f"{MAX_AUDIO_SECONDS / 3600:g} h a file may have; cut it into utterances"
+        )
+    output = math.ceil(frames * target_rate / rate)
+    if max_samples is None or output <= max_samples:
+        return 0, frames, 0
+    offset = (choose_offset or (lambda choices: 0))(output - max_samples + 1)
+    if rate == target_rate:
+        return offset, max_samples, 0
+    start = max(0, offset * rate // target_rate - CROP_CONTEXT_FRAMES)
+    skip = offset - round(start * target_rate / rate)
+    end = min(frames, math.ceil((offset + max_samples) * rate / target_rate) + CROP_CONTEXT_FRAMES)
+    return start, end - start, skip
+
+
+def _decode(stream, name, start, frames, target_rate):
+    """`frames` frames of `stream` from `start`, block by block: each checked finite, averaged to mono, resampled."""
+    stream.seek(start)
+    resampler = (
+        soxr.ResampleStream(stream.samplerate, target_rate, 1, dtype="float32")
+        if stream.samplerate != target_rate
+        else None
+    )
+    pieces = []
+    for block in stream.blocks(blocksize=BLOCK_FRAMES, frames=frames, dtype="float32", always_2d=True):
+        if not np.isfinite(block).all():  # float WAV / FLAC can hold NaN or inf: they would poison training
+            raise DataError(f"audio file {name} holds NaN or infinite samples; expected finite samples in [-1, 1]")
+        mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+        pieces.append(resampler.resample_chunk(mono) if resampler is not None else mono.copy())
+    if resampler is not None:
+        pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ final save is `armhubert.guarded_trainer.save_trained_model`; nothing here depen
     return train_evaluate_and_save(trainer, training_args.output_dir, make_card)
 """
 
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +18,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import BatchFeature, HfArgumentParser, PreTrainedModel, Trainer, TrainingArguments, set_seed
+from transformers import (
+    BatchFeature,
+    HfArgumentParser,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 
 from .audio import DataError, read_audio, window
 from .cli import UserError
 from .guarded_trainer import check_training_values, save_trained_model
-from .model_folders import check_model_folder
-from .outputs import check_output_folder
+from .model_folders import check_model_folder, load_pretrained
+from .outputs import check_output_folder, output_lock
 from .remote_code import add_remote_code_entries
 from .untrusted import check_code_text
 
@@ -114,6 +124,8 @@ def parse_run_arguments(
     if training_args.output_dir in (None, "trainer_output"):
         raise UserError("--output_dir is required")
     check_model_arguments(model_args)
+    if model_args.model_name_or_path:  # a multi-model root is named before any data is read (and progress shown)
+        check_model_folder(model_args.model_name_or_path, subfolder_option=None)
     check_training_values(vars(training_args))
     check_code_text(training_args.output_dir, "--output_dir")  # both appear in the model card's code
     check_code_text(model_args.model_name_or_path or "", "--model_name_or_path")
@@ -168,11 +180,7 @@ def load_head_model(
     if model_args.model_name_or_path:
         source = model_args.model_name_or_path
         check_model_folder(source, subfolder_option=None)  # --model_name_or_path takes one model's folder
-        try:
-            model = head_class.from_pretrained(source, **overrides)
-        except (OSError, ValueError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"cannot load the model {source}: {reason}") from None
+        model = load_pretrained(head_class.from_pretrained, source, **overrides)  # the installed class: no folder code
     else:
         try:
             model = head_class(ARMHubertConfig.from_preset(model_args.preset, **overrides))
@@ -228,14 +236,50 @@ def check_min_duration(dataset: Any, config: ARMHubertConfig, what: str) -> None
         )
 
 
+class OwnCheckpointRotation(TrainerCallback):
+    """`save_total_limit` for the checkpoints this run saved, and for those only.
+
+    The Trainer's own rotation deletes the oldest `checkpoint-N` folders of output_dir, whoever wrote
+    them (a previous run's, a user's `checkpoint-0/`). This callback takes the limit over (the Trainer's
+    is set to None) and removes only folders it saw this run save, never the best checkpoint.
+    """
+
+    def __init__(self, args: TrainingArguments):
+        self.limit, args.save_total_limit = args.save_total_limit, None
+        self.saved: list[Path] = []
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or self.limit is None:
+            return
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder not in self.saved:
+            self.saved.append(folder)
+        keep = set(self.saved[-self.limit :]) if self.limit > 0 else set()
+        if state.best_model_checkpoint:
+            keep.add(Path(state.best_model_checkpoint))
+        for old in [folder for folder in self.saved if folder not in keep]:
+            shutil.rmtree(old, ignore_errors=True)
+            self.saved.remove(old)
+
+
 def train_evaluate_and_save(
     trainer: Trainer, output_dir: str | Path, make_card: Callable[[dict, int], str]
 ) -> dict[str, Any]:
     """Train, evaluate, then save model, processor and `make_card(metrics, steps)` atomically.
 
     The saved config lists every Auto class and the head's pipeline (`add_remote_code_entries`).
+    Checkpoint rotation removes only this run's checkpoints (`OwnCheckpointRotation`); a second run into
+    the same output_dir at the same time is refused (`output_lock`).
     Returns {"train": TrainOutput, "eval": metrics, "log_history": the Trainer's log entries}.
     """
+    trainer.add_callback(OwnCheckpointRotation(trainer.args))
+    if not trainer.args.should_save:  # the main process holds the lock for all
+        return _train_evaluate_and_save(trainer, output_dir, make_card)
+    with output_lock(output_dir, "--output_dir"):
+        return _train_evaluate_and_save(trainer, output_dir, make_card)
+
+
+def _train_evaluate_and_save(trainer: Trainer, output_dir: str | Path, make_card: Callable[[dict, int], str]) -> dict:
     train_result = trainer.train()
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)

@@ -29,12 +29,10 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from configuration_armhubert import SAMPLING_RATE
 
 from .audio import DataError, read_audio, window
+from .resources import HUB_DATASET, is_hub_librispeech
 
 logger = logging.getLogger(__name__)
 
-# The synthetic corpus in LibriSpeech layout that ships with the repository (scripts/make_corpus.py).
-BUNDLED_CORPUS = Path(__file__).resolve().parent.parent / "data" / "LibriSpeech"
-HUB_DATASET = "openslr/librispeech_asr"
 # LibriSpeech split name -> (config, split) of the Hub copy.
 HUB_SPLITS = {
     "train-clean-100": ("clean", "train.100"),
@@ -68,10 +66,6 @@ def _split_names(splits):
     if not names:
         raise DataError("no split given; expected a LibriSpeech split name such as 'train-clean-100'")
     return names
-
-
-def _is_hub_source(source):
-    return str(source).lower() == HUB_DATASET or str(source).startswith("hf://")
 
 
 def _local_split_dir(root, split):
@@ -162,6 +156,9 @@ def _load_local_split(root, split):
     with ThreadPoolExecutor(max_workers=8) as pool:  # headers only: I/O bound
         lengths = list(pool.map(_local_num_samples, (path for _, _, path in rows)))
     unreadable = [str(path) for (_, _, path), length in zip(rows, lengths) if length is None]
+    kept = [(row, length) for row, length in zip(rows, lengths) if length is not None]
+    if not kept:  # the error alone, without a warning before it
+        raise DataError(f"none of the {len(rows)} audio files in {split_dir} is readable, e.g. {unreadable[0]}")
     if unreadable:
         logger.warning(
             "Skipping %d unreadable audio file(s) in %s (soundfile cannot read them), e.g. %s",
@@ -169,9 +166,6 @@ def _load_local_split(root, split):
             split_dir,
             ", ".join(unreadable[:3]),
         )
-    kept = [(row, length) for row, length in zip(rows, lengths) if length is not None]
-    if not kept:
-        raise DataError(f"none of the {len(rows)} audio files in {split_dir} is readable, e.g. {unreadable[0]}")
     features = datasets.Features(
         {
             "id": datasets.Value("string"),
@@ -252,7 +246,7 @@ def load_librispeech(
     source = str(source)
     parts = []
     for split in _split_names(splits):
-        part = _load_hub_split(source, split) if _is_hub_source(source) else _load_local_split(source, split)
+        part = _load_hub_split(source, split) if is_hub_librispeech(source) else _load_local_split(source, split)
         parts.append(part)
     dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if max_duration is not None:
@@ -266,9 +260,14 @@ def load_librispeech(
     return dataset
 
 
+def fixed_offset(key: str) -> Callable[[int], int]:
+    """The crop policy of distillation: an offset fixed by the utterance (same crop every epoch, resumable)."""
+    return lambda choices: zlib.crc32(str(key).encode()) % choices
+
+
 def _audio_duration_crop(samples: np.ndarray, max_samples: int | None, key: str) -> np.ndarray:
-    """A window of at most max_samples, at an offset fixed by the utterance (same crop every epoch, resumable)."""
-    return window(samples, max_samples, lambda choices: zlib.crc32(str(key).encode()) % choices)
+    """A window of at most max_samples of decoded samples, at the utterance's fixed offset (`fixed_offset`)."""
+    return window(samples, max_samples, fixed_offset(key))
 
 
 @dataclasses.dataclass
@@ -287,27 +286,29 @@ class AudioCollator:
     epoch: int = 0  # kept current by the trainer: masks are seeded by (seed, epoch, utterance ids)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        waveforms, ids, skipped = [], [], []
+        waveforms, ids, skipped, problems = [], [], [], []
         for row in rows:
             try:
-                samples = read_audio(row["audio"])
+                # Only the crop is decoded: a long file takes no more memory than its window.
+                samples = read_audio(row["audio"], max_samples=self.max_samples, choose_offset=fixed_offset(row["id"]))
             except DataError as error:
-                logger.warning("Skipping unreadable file: %s", error)
+                problems.append(f"unreadable file: {error}")
                 skipped.append(row["id"])
                 continue
             if len(samples) < self.min_samples:
-                logger.warning(
-                    "Skipping %s: %d samples, fewer than the model's %d-sample receptive field",
-                    row["id"],
-                    len(samples),
-                    self.min_samples,
+                problems.append(
+                    f"{row['id']}: {len(samples)} samples, fewer than the model's {self.min_samples}-sample receptive field"
                 )
                 skipped.append(row["id"])
                 continue
-            waveforms.append(_audio_duration_crop(samples, self.max_samples, row["id"]))
+            waveforms.append(samples)
             ids.append(row["id"])
-        if not waveforms:
-            raise DataError(f"every file of a batch was unreadable ({', '.join(skipped[:4])}); check the corpus")
+        if not waveforms:  # one error line, not a warning per file before it
+            raise DataError(
+                f"every file of a batch was unreadable ({', '.join(skipped[:4])}), e.g. {problems[0]}; check the corpus"
+            )
+        for problem in problems:
+            logger.warning("Skipping %s", problem)
         batch = self.feature_extractor(
             waveforms, sampling_rate=SAMPLING_RATE, padding=True, return_attention_mask=True, return_tensors="pt"
         )

@@ -10,6 +10,8 @@ what killed runs left beside a target is put back or removed on the next run
 
 import ctypes
 import errno
+import fcntl
+import json
 import logging
 import os
 import re
@@ -21,7 +23,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from .cli import UserError
+from .model_folders import is_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -120,36 +125,106 @@ OUTPUT_FILE_NAMES = frozenset(
     }
 )
 _OUTPUT_FILE_PATTERNS = re.compile(r"model-\d+-of-\d+\.safetensors")
-_OUTPUT_FOLDER_NAMES = re.compile(r"(checkpoint-\d+|runs|\.student-staging)")
+# What a Trainer checkpoint-N folder holds, beside the model files.
+CHECKPOINT_FILE_NAMES = frozenset({"optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "pytorch_model.bin"})
+_CHECKPOINT_FILE_PATTERNS = re.compile(r"rng_state_\d+\.pth")
+_TENSORBOARD_FILE = re.compile(r"events\.out\.tfevents\..+")
+# Model types this project writes; a `hubert` folder (`--format hubert`) is ours when its card is.
+_OUR_MODEL_TYPES = ("armhubert",)
+_OUR_CARD_TAG = re.compile(r"^\s*-\s*(armhubert|armwavlm|maskhubert|starhubert)\s*$", re.MULTILINE)
+MAX_METADATA_BYTES = 1 << 20  # config.json / README.md read to tell whose folder it is
 
 
-def _is_model_folder(folder: Path) -> bool:
-    """A complete saved model: `config.json` and its weights."""
-    return (folder / "config.json").is_file() and (
-        (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
-    )
+def _head(path: Path) -> str:
+    """The first MAX_METADATA_BYTES of a text file ("" when unreadable)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(MAX_METADATA_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _written_by_us(folder: Path) -> bool:
+    """A model folder of this project: its config names our model type, or its card carries our family tags.
+
+    A plain `transformers` HuBERT folder (with the user's own README) is someone else's model.
+    """
+    try:
+        model_type = json.loads(_head(folder / "config.json")).get("model_type")
+    except (ValueError, AttributeError, RecursionError):
+        return False
+    if model_type in _OUR_MODEL_TYPES:
+        return True
+    card = _head(folder / "README.md")
+    front_matter = card.split("---", 2)[1] if card.startswith("---") and card.count("---") >= 2 else ""
+    return bool(_OUR_CARD_TAG.search(front_matter))
+
+
+def _foreign_files(folder: Path, allowed: Callable[[Path], bool], prefix: str = "") -> list[str]:
+    """Entries of `folder` (recursively for folders `allowed` accepts) that `allowed` does not accept, as relative names."""
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        name = prefix + entry.name
+        if entry.is_symlink() or not allowed(entry):
+            foreign.append(name + ("/" if entry.is_dir() and not entry.is_symlink() else ""))
+        elif entry.is_dir():
+            foreign += _foreign_files(entry, allowed, name + "/")
+    return foreign
+
+
+def _model_file(entry: Path) -> bool:
+    return entry.is_file() and (entry.name in OUTPUT_FILE_NAMES or bool(_OUTPUT_FILE_PATTERNS.fullmatch(entry.name)))
+
+
+def _checkpoint_file(entry: Path) -> bool:
+    """A file that `Trainer._save_checkpoint` writes into checkpoint-N."""
+    names, patterns = CHECKPOINT_FILE_NAMES, _CHECKPOINT_FILE_PATTERNS
+    return _model_file(entry) or (entry.is_file() and (entry.name in names or bool(patterns.fullmatch(entry.name))))
+
+
+def _tensorboard_entry(entry: Path) -> bool:
+    """`runs/`: TensorBoard's folders of event files."""
+    return entry.is_dir() or bool(_TENSORBOARD_FILE.fullmatch(entry.name))
+
+
+def _folder_problem(entry: Path) -> list[str] | None:
+    """For a subfolder our commands write (checkpoint-N, runs, the student's staging), what in it is not ours."""
+    if re.fullmatch(r"checkpoint-\d+", entry.name):
+        return _foreign_files(entry, _checkpoint_file, entry.name + "/")
+    if entry.name == "runs":
+        return _foreign_files(entry, _tensorboard_entry, "runs/")
+    if entry.name == ".student-staging":
+        return _foreign_files(entry, _model_file, entry.name + "/")
+    return None
 
 
 def previous_output_problem(folder: str | os.PathLike) -> str | None:
-    """None if `folder` holds only what our commands write (a model folder, a repository of model
-    folders, or a training run's output), else what does not fit, for the refusal message.
+    """None if `folder` holds only what our commands write, where they write it (a model folder of ours, a
+    repository of them, or a training run's output with its checkpoints and logs), else what does not fit.
 
     `--overwrite` replaces such a folder only: a user's own files (notes, data, checkpoints to
-    convert, a git clone) are never deleted.
+    convert, a git clone, someone else's model) are never deleted, also not inside checkpoint-N or runs/.
     """
     folder = Path(folder)
-    foreign, complete = [], _is_model_folder(folder)
+    foreign, complete = [], is_model_folder(folder)
+    if complete and not _written_by_us(folder):
+        return (
+            "it is a model folder that this tool did not write (its config.json is not an ARMHuBERT model and its "
+            "README.md not one of our cards)"
+        )
     for entry in sorted(folder.iterdir()):
+        inside = None if entry.is_symlink() or not entry.is_dir() else _folder_problem(entry)
         if entry.is_symlink():
             foreign.append(entry.name)
         elif entry.is_file():
-            if entry.name not in OUTPUT_FILE_NAMES and not _OUTPUT_FILE_PATTERNS.fullmatch(entry.name):
+            if not _model_file(entry):
                 foreign.append(entry.name)
-        elif entry.is_dir() and _OUTPUT_FOLDER_NAMES.fullmatch(entry.name):
+        elif inside is not None:
+            foreign += inside
             complete = complete or (entry / "trainer_state.json").is_file()
-        elif entry.is_dir() and _is_model_folder(entry) and previous_output_problem(entry) is None:
+        elif entry.is_dir() and is_model_folder(entry) and previous_output_problem(entry) is None:
             complete = True  # a variant of a repository written by `convert_checkpoint.py --all`
-        elif not _staging_match(entry.name):
+        else:
             foreign.append(entry.name + ("/" if entry.is_dir() else ""))
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
@@ -316,9 +391,12 @@ def staged_folder(
     (`check_output_folder`: apart from `inputs`, writable, empty or, with `overwrite`, a previous
     output as `problem` judges). An exception or interruption inside the block leaves `output_dir`
     as it was and removes the temporary folder. The final tree gets the user's usual modes
-    (`give_usual_modes`: 0755 / 0644 with umask 022), not mkdtemp's 0700.
+    (`give_usual_modes`: 0755 / 0644 with umask 022), not mkdtemp's 0700. An `output_dir` that is a
+    symbolic link stays one: the folder it points to is replaced (the staging folder is built beside that).
     """
     output_dir = Path(output_dir)
+    if output_dir.is_symlink():
+        output_dir = Path(os.path.realpath(output_dir))
     if _inside(Path.cwd().resolve(), output_dir.resolve()):  # replacing it would pull the floor away
         raise UserError(
             f"the output {output_dir} contains the current folder; give a new folder, e.g. --output-dir out"
@@ -328,11 +406,57 @@ def staged_folder(
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{_STAGING_TAG}-{os.getpid()}-", dir=output_dir.parent))
     try:
-        yield staging
+        with reported_write_failures(output_dir):
+            yield staging
         give_usual_modes(staging)
         replace_folder(staging, output_dir)
     finally:
+        if staging.is_symlink():  # swapped with a link in the meantime: remove the link, never what it points to
+            staging.unlink()
         shutil.rmtree(staging, ignore_errors=True)
+
+
+_LOCK_TAG = "armhubert-lock"
+
+
+def _lock_holder(handle) -> str:
+    handle.seek(0)
+    return handle.read(200).strip() or "another run"
+
+
+@contextmanager
+def output_lock(output_dir: str | os.PathLike, what: str = "output_dir") -> Iterator[Path]:
+    """Hold the one-writer lock of `output_dir` for the block: a second run refuses, naming the first.
+
+    The lock is a file beside the folder (`.NAME.armhubert-lock`, so the folder's content is not touched)
+    locked with `flock`: the kernel releases it when the holder ends, however it ends, so a killed run
+    never blocks the next one. The file holds the holder's process id and command line, for the message,
+    and is removed when the block ends.
+    """
+    target = Path(os.path.realpath(output_dir))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = target.parent / f".{target.name}.{_LOCK_TAG}"
+    while True:
+        handle = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(handle)
+            handle.close()
+            raise UserError(
+                f"{what} {output_dir} is being written by {holder}; wait for it to finish or choose another {what}"
+            ) from None
+        if os.path.lexists(path) and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the previous holder removed the file between our open and lock: lock the new one
+    try:
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()} ({' '.join(sys.argv)[:120]})")
+        handle.flush()
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
 
 
 def move_files_into(staging: Path, output_dir: Path, last: str = "config.json") -> None:
@@ -347,3 +471,36 @@ def move_files_into(staging: Path, output_dir: Path, last: str = "config.json") 
             os.replace(path, output_dir / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+_WRITE_FAILURE_SIGNS = (
+    "failed writing",
+    "No space left",
+    "File too large",
+    "Disk quota",
+    "IoError",
+    "Errno 28",
+    "Errno 27",
+)
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """A RuntimeError / SafetensorError that is a failed write: torch and safetensors report a full disk or a
+    file-size limit (`ulimit -f`) so, not as OSError."""
+    return isinstance(error, OSError) or any(sign in str(error) for sign in _WRITE_FAILURE_SIGNS)
+
+
+class WriteFailure(UserError):
+    """A write that failed for lack of space or a file-size limit (torch and safetensors raise RuntimeError-likes)."""
+
+
+@contextmanager
+def reported_write_failures(target: str | os.PathLike) -> Iterator[None]:
+    """Turn a failed write inside the block (full disk, file-size limit) into one `WriteFailure` naming `target`."""
+    try:
+        yield
+    except (RuntimeError, SafetensorError) as error:
+        if not is_write_failure(error):
+            raise
+        reason = " ".join(str(error).split())[:160]
+        raise WriteFailure(f"could not write {target} ({reason}); free disk space or choose another folder") from None

@@ -7,16 +7,20 @@ turn into code in a generated model card. Every refusal is a `UserError` naming 
 - `check_structure`: nesting depth, node count (shared references counted every time they occur, as
   a copy or a printout would expand them), string sizes and integer widths of a loaded object;
 - `load_yaml_file`: size, encoding, nesting depth and alias count checked before the YAML is built;
-- `check_zip_members`: the uncompressed sizes of a zip checkpoint's members, before `torch.load`;
+- `check_zip_members`: a zip checkpoint's members (sizes, CRCs) and pickles (`scan_pickle`), before `torch.load`;
+- `scan_pickle`: opcode count and named globals of a pickle, before anything of it is built;
+- `load_torch_file`: `torch.load(weights_only=True)` of a file that passed those checks, or one UserError;
 - `check_weight_tensor`: a loaded weight is dense, on the CPU, floating-point and backed by its bytes;
 - `check_safe_name` / `check_code_text`: names and paths that reach generated text and code;
 - `check_finite_weights`: a model is never saved with NaN or infinite weights;
 - `brief`: a bounded `repr` for error messages about untrusted values.
 """
 
+import pickletools
 import re
 import reprlib
 import zipfile
+from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,15 @@ MAX_TEXT_CHARACTERS = 10_000_000  # all strings / bytes of a structure together
 MAX_INTEGER_BITS = 64
 MAX_YAML_BYTES = 256 * 1024  # recipes and release YAMLs are a few kB
 MAX_YAML_ALIASES = 1_000
-MAX_PICKLE_BYTES = 32 * 1024 * 1024  # a checkpoint's pickle (tensors are separate members); the release's are < 1 MB
+MAX_PICKLE_BYTES = 8 * 1024 * 1024  # a checkpoint's pickle (tensors are separate members); the release's are < 1 MB
+# Opcodes of one pickle: each builds at most one object, so this bounds the unpickler's time and memory
+# (about 200 bytes an opcode at worst: 100 MB) before it starts. A release checkpoint has about 30,000.
+MAX_PICKLE_OPS = 500_000
+# Callables torch's weights-only unpickler allows that allocate memory of a size given by their argument
+# (`bytearray(10**10)`, then `torch.Size` of it): a small file could ask for gigabytes. No checkpoint this
+# project reads needs them. (Other allowed callables, `torch.Size` included, take objects the pickle has
+# already built, which MAX_PICKLE_OPS bounds.)
+ALLOCATING_GLOBALS = frozenset({"builtins.bytearray", "builtins.bytes"})
 MAX_ZIP_MEMBERS = 1_000_000
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 # Characters that would end a quoted string or a code block in a generated card.
@@ -51,13 +63,23 @@ def brief(value: Any) -> str:
     return text if len(text) <= BRIEF_CHARACTERS else text[: BRIEF_CHARACTERS - 3] + "..."
 
 
-def _children(value):
+def _child_count(value) -> int:
+    """How many children `_children` would give, without building them."""
     if isinstance(value, dict):
-        return [item for pair in value.items() for item in pair]
+        return 2 * len(value)
     if isinstance(value, (list, tuple, set, frozenset)):
-        return list(value)
+        return len(value)
+    return 1
+
+
+def _children(value):
+    """The children of a container (lazily: a huge one is counted, never copied, before it is refused)."""
+    if isinstance(value, dict):
+        return (item for pair in value.items() for item in pair)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return iter(value)
     state = getattr(value, "state", None) if not torch.is_tensor(value) else None  # pickled stand-ins
-    return [state] if state is not None else []
+    return iter([state] if state is not None else [])
 
 
 def check_structure(value: Any, what: str) -> None:
@@ -65,18 +87,20 @@ def check_structure(value: Any, what: str) -> None:
     MAX_TEXT_CHARACTERS of text or integers wider than MAX_INTEGER_BITS.
 
     Shared references are counted at every occurrence, as printing or copying would expand them;
-    cycles end at the depth limit. The walk stops at the first limit, so it is cheap for any input.
-    Tensors are leaves (their size is bounded by the file that holds them).
+    cycles end at the depth limit. The walk stops at the first limit, so it is cheap for any input:
+    a container's children are counted before any of them is pushed. Tensors are leaves (their size is
+    bounded by the file that holds them).
     """
     stack = [(value, 1)]
-    nodes = characters = 0
+    nodes, characters = 1, 0
+
+    def too_many():
+        return UserError(
+            f"{what} has more than {MAX_NODES:,} values (counting shared references); refusing to expand it"
+        )
+
     while stack:
         item, depth = stack.pop()
-        nodes += 1
-        if nodes > MAX_NODES:
-            raise UserError(
-                f"{what} has more than {MAX_NODES:,} values (counting shared references); refusing to expand it"
-            )
         if depth > MAX_DEPTH:
             raise UserError(f"{what} nests deeper than {MAX_DEPTH} levels; refusing to expand it")
         if isinstance(item, (str, bytes, bytearray)):
@@ -86,6 +110,9 @@ def check_structure(value: Any, what: str) -> None:
         elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > MAX_INTEGER_BITS:
             raise UserError(f"{what} holds an integer wider than {MAX_INTEGER_BITS} bits; refusing it")
         else:
+            nodes += _child_count(item)
+            if nodes > MAX_NODES:
+                raise too_many()
             stack.extend((child, depth + 1) for child in _children(item))
 
 
@@ -139,20 +166,31 @@ def parse_yaml_text(text: str, what: str, loader: type = yaml.SafeLoader) -> Any
         value = yaml.load(text, Loader=loader)  # `loader` is a SafeLoader (plain data only)
     except yaml.YAMLError as error:
         raise UserError(f"{what} is not valid YAML: {str(error).splitlines()[0]}") from None
+    except ValueError as error:  # an integer of more than 4,300 digits (Python's int() limit), a bad date, ...
+        raise UserError(f"{what} holds a value YAML cannot build ({str(error).splitlines()[0][:80]})") from None
     check_structure(value, what)
     return value
+
+
+def read_bounded(path: str | PathLike, what: str, limit: int, usual: str) -> bytes:
+    """The bytes of a file of at most `limit` bytes (reads one more to tell); UserError if larger or unreadable.
+
+    `usual` says what size such a file has, for the message.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise UserError(f"cannot read {what}: {error.strerror or error}") from None
+    if len(data) > limit:
+        raise UserError(f"{what} is larger than {limit // 1024:,} KiB; {usual}")
+    return data
 
 
 def load_yaml_file(path: str | PathLike, what: str, loader: type = yaml.SafeLoader) -> Any:
     """`parse_yaml_text` of a UTF-8 file; a missing, unreadable, oversized or non-UTF-8 file is a UserError."""
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_YAML_BYTES + 1)
-    except OSError as error:
-        raise UserError(f"cannot read {what} {path}: {error.strerror or error}") from None
-    if len(data) > MAX_YAML_BYTES:
-        raise UserError(f"{what} {path} is larger than {MAX_YAML_BYTES // 1024} KiB; a recipe or config is a few kB")
+    data = read_bounded(path, f"{what} {path}", MAX_YAML_BYTES, "a recipe or config is a few kB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -160,28 +198,73 @@ def load_yaml_file(path: str | PathLike, what: str, loader: type = yaml.SafeLoad
     return parse_yaml_text(text, f"{what} {path}", loader)
 
 
-def check_zip_members(path: str | PathLike, what: str) -> None:
-    """Refuse a zip checkpoint whose pickles or compressed members would decompress to more than MAX_PICKLE_BYTES.
+def scan_pickle(data: bytes, what: str) -> set[str]:
+    """The globals (`module.name`) a pickle names, read from its opcodes before anything is built.
 
-    `torch.save` stores members uncompressed (a stored member is no larger than the file); a
-    compressed member is a decompression bomb until proven otherwise. Checked from the zip's
-    directory, before anything is decompressed.
+    Refuses more than MAX_PICKLE_OPS opcodes (each builds at most one object, so this bounds the
+    unpickler's time and memory), a call of one of ALLOCATING_GLOBALS, and opcodes that are not a pickle.
+    Only GLOBAL / INST name callables in a pickle torch's weights-only unpickler reads.
+    """
+    names = set()
+    try:
+        for count, (opcode, argument, _) in enumerate(pickletools.genops(data), 1):
+            if count > MAX_PICKLE_OPS:
+                raise UserError(f"{what} has more than {MAX_PICKLE_OPS:,} pickle opcodes; refusing to unpickle it")
+            if opcode.name in ("GLOBAL", "INST"):
+                name = ".".join(str(argument).split(" ", 1))
+                if name in ALLOCATING_GLOBALS:
+                    raise UserError(
+                        f"{what} calls {name}, which allocates memory of a size the file chooses; no checkpoint needs "
+                        "it, so nothing of the file was built"
+                    )
+                names.add(name)
+    except ValueError as error:  # pickletools: unknown opcode, truncated argument
+        raise UserError(f"{what} is not a readable pickle: {brief(str(error))}") from None
+    return names
+
+
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, keep: bool) -> bytes:
+    """A member's bytes (`keep`) or nothing, read in 1 MiB pieces so that zipfile checks its CRC-32 at the end."""
+    pieces = []
+    with archive.open(member) as stream:
+        while piece := stream.read(1 << 20):
+            if keep:
+                pieces.append(piece)
+    return b"".join(pieces)
+
+
+def check_zip_members(path: str | PathLike, what: str) -> set[str]:
+    """Check a zip checkpoint (what `torch.save` writes) before `torch.load`; returns the globals its pickles name.
+
+    From the zip's directory first: at most MAX_ZIP_MEMBERS members, no pickle or compressed member
+    that would decompress to more than MAX_PICKLE_BYTES (`torch.save` stores members uncompressed, so
+    a compressed member is a decompression bomb until proven otherwise). Then every member is read
+    once: its CRC-32 must match (a flipped byte in a weight is refused, not converted), and each pickle
+    passes `scan_pickle`. Tensors are loaded memory-mapped later, so reading them here costs only time.
     """
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
-        raise UserError(f"{what} is not a readable zip archive: {error}") from None
-    if len(members) > MAX_ZIP_MEMBERS:
-        raise UserError(f"{what} has {len(members):,} zip members, more than {MAX_ZIP_MEMBERS:,}; refusing it")
-    limit = MAX_PICKLE_BYTES
-    for member in members:
-        compressed = member.compress_type != zipfile.ZIP_STORED
-        if (compressed or member.filename.endswith(".pkl")) and member.file_size > limit:
-            raise UserError(
-                f"{what}: member {member.filename} would decompress to {member.file_size:,} bytes, more than the "
-                f"{limit // 2**20} MiB a checkpoint's pickle or compressed member may have; refusing it"
-            )
+            if len(members) > MAX_ZIP_MEMBERS:
+                raise UserError(f"{what} has {len(members):,} zip members, more than {MAX_ZIP_MEMBERS:,}; refusing it")
+            limit = MAX_PICKLE_BYTES
+            for member in members:
+                compressed = member.compress_type != zipfile.ZIP_STORED
+                if (compressed or member.filename.endswith(".pkl")) and member.file_size > limit:
+                    raise UserError(
+                        f"{what}: member {member.filename} would decompress to {member.file_size:,} bytes, more than "
+                        f"the {limit // 2**20} MiB a checkpoint's pickle or compressed member may have; refusing it"
+                    )
+            names = set()
+            for member in members:
+                data = _read_member(archive, member, keep=member.filename.endswith(".pkl"))
+                if data:
+                    names |= scan_pickle(data, f"{what} ({member.filename})")
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as error:
+        if "CRC" in str(error):
+            raise UserError(f"{what} is corrupt ({error}); copy or download it again") from None
+        raise UserError(f"{what} is not a readable zip archive: {brief(str(error))}") from None
+    return names
 
 
 def check_safe_name(name: str, what: str) -> str:
@@ -214,6 +297,8 @@ def check_weight_tensor(value: torch.Tensor, what: str) -> None:
     Sparse, meta or quantized tensors cannot be weights; an expanded view (stride 0) of a few stored
     bytes would take far more memory once copied than the file holds.
     """
+    if value.is_nested:
+        raise UserError(f"{what} is a nested tensor; weights are dense CPU tensors")
     if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized:
         raise UserError(f"{what} is a {value.layout} tensor on {value.device.type}; weights are dense CPU tensors")
     if not value.is_floating_point():
@@ -238,4 +323,49 @@ def check_finite_weights(model: torch.nn.Module, what: str) -> None:
         raise UserError(
             f"{what} has NaN or infinite weights ({', '.join(broken[:3])}{more}); nothing was saved. "
             "Lower the learning rate, check the data for broken audio, or use bf16 instead of fp16"
+        )
+
+
+def load_torch_file(path: str | PathLike, what: str, safe_globals: Sequence[Any] = ()) -> Any:
+    """`torch.load(weights_only=True, mmap=True)` of a zip file after `check_zip_members`, its structure
+    bounded by `check_structure`; whatever makes it unreadable is one UserError.
+
+    `safe_globals` are what torch may build beyond its own allow-list (classes, or (stand-in, name) pairs).
+    """
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{what} is not the zip archive torch.save writes; it is truncated or not a checkpoint")
+    check_zip_members(path, what)
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            value = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 -- torch raises many types for corrupt, truncated or foreign files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{what} is not a readable checkpoint file: {reason[:200]}") from None
+    check_structure(value, what)
+    return value
+
+
+MAX_PARAMETERS = 4_000_000_000  # 16 GB of float32 weights: ten HuBERT Large; a config beyond is a typo or hostile
+
+
+def check_model_size(build: Callable[[], torch.nn.Module], what: str) -> None:
+    """Build the model `build()` makes on the meta device (no memory) and refuse more than MAX_PARAMETERS.
+
+    A config is small but says how much memory its model takes (`hidden_size=8000000` asks for
+    terabytes): this bounds it before any real tensor is allocated. A config `build` cannot turn into
+    a model at all is refused with the reason.
+    """
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError) as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UserError(f"{what} does not describe a model that can be built: {reason}") from None
+    count = sum(parameter.numel() for parameter in model.parameters())
+    if count > MAX_PARAMETERS:
+        raise UserError(
+            f"{what} describes a model of {count:,} parameters, more than the {MAX_PARAMETERS:,} this tool builds; "
+            "check its sizes (hidden_size, intermediate_size, num_hidden_layers)"
         )

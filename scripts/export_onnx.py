@@ -32,7 +32,7 @@ from transformers import AutoModel, PreTrainedModel
 
 import modeling_armhubert  # noqa: F401  (registers the armhubert model type: no remote code needed)
 from armhubert.cli import UserError, run_main
-from armhubert.model_folders import check_model_folder
+from armhubert.model_folders import check_model_folder, load_pretrained
 from armhubert.outputs import atomic_write_bytes
 from configuration_armhubert import SAMPLING_RATE, receptive_field
 
@@ -69,13 +69,7 @@ def min_samples(config) -> int:
 def load_model(model: str, subfolder: str | None = None) -> PreTrainedModel:
     """A converted model (ARMHuBERT or HuBERT format) in eval mode; UserError when it cannot be loaded."""
     check_model_folder(model, subfolder)
-    try:
-        return AutoModel.from_pretrained(model, subfolder=subfolder or "").eval()
-    except (OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0]
-        raise UserError(
-            f"cannot load a model from {model}{f' (subfolder {subfolder})' if subfolder else ''}: {reason}"
-        ) from None
+    return load_pretrained(AutoModel.from_pretrained, model, subfolder).eval()
 
 
 def export_onnx(model: PreTrainedModel, opset: int | None = None) -> bytes:

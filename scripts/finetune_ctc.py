@@ -37,7 +37,8 @@ from armhubert.finetune import (
     train_evaluate_and_save,
 )
 from armhubert.guarded_trainer import GuardedTrainer
-from armhubert.librispeech import BUNDLED_CORPUS, load_librispeech
+from armhubert.librispeech import load_librispeech
+from armhubert.resources import BUNDLED_CORPUS
 from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
 
 PROG = "finetune_ctc.py"
@@ -148,8 +149,9 @@ def load_splits(data_args: DataArguments) -> tuple[datasets.Dataset, datasets.Da
     def splits(value):
         return [name.strip() for name in value.split(",") if name.strip()]
 
-    train = load_librispeech(data_args.data_source, splits(data_args.train_split), max_duration=data_args.max_duration)
+    # The evaluation split first: an unknown name is refused before the training split's filter prints progress.
     evaluation = load_librispeech(data_args.data_source, splits(data_args.eval_split))
+    train = load_librispeech(data_args.data_source, splits(data_args.train_split), max_duration=data_args.max_duration)
     if data_args.max_train_samples is not None:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
     if data_args.max_eval_samples is not None:

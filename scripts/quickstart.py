@@ -18,8 +18,8 @@ from transformers import AutoModel
 
 from armhubert.audio import read_audio
 from armhubert.cli import UserError, run_main
-from armhubert.librispeech import BUNDLED_CORPUS
-from armhubert.model_folders import check_model_folder
+from armhubert.model_folders import check_model_folder, load_pretrained
+from armhubert.resources import BUNDLED_CORPUS
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel, release_feature_extractor
 
@@ -38,6 +38,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="armhubert-960h", choices=sorted(PRESETS))
     parser.add_argument("--model", help="a saved model folder to load instead of a random preset")
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="let a --model folder of another model type run its own Python code (ARMHuBERT folders never need it)",
+    )
     parser.add_argument("--data-dir", default=str(BUNDLED_CORPUS))
     parser.add_argument("--split", default="dev-clean")
     parser.add_argument("--num-utterances", type=int, default=8)
@@ -50,11 +55,7 @@ def quickstart(argv: Sequence[str] | None = None) -> None:
     torch.manual_seed(0)
     if args.model:
         check_model_folder(args.model, subfolder_option=None)
-        try:
-            model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
-        except (OSError, ValueError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"cannot load the model {args.model}: {reason}") from None
+        model = load_pretrained(AutoModel.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)
     else:
         model = ARMHubertModel(ARMHubertConfig.from_preset(args.preset))
     model.eval()

@@ -5,7 +5,7 @@ import zipfile
 from pathlib import Path
 
 import torch
-from conftest import TINY_CKPT, TINY_YAML
+from helpers import TINY_CKPT, TINY_YAML
 
 
 def refusal(capsys, main, *args):

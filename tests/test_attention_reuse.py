@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_model, tiny_config, waveform
+from helpers import load_script, random_model, tiny_config, waveform
 
 import modeling_armhubert
 from armhubert import profiling
@@ -270,7 +270,7 @@ def test_short_inputs_hand_over_the_whole_map_with_the_fused_outputs(monkeypatch
 
 def test_no_map_sized_memory_in_inference():
     """Peak memory of a reusing model stays that of the same model without reuse (no T^2 term)."""
-    from test_benchmark import benchmark
+    benchmark = load_script("benchmark")
 
     audio = waveform(16000 * 20, seed=24)  # 999 frames: one 4-head map would be 16 MB
     peaks = []

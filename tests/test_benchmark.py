@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, load_script, random_model, tiny_config, waveform
+from helpers import ROOT, load_script, random_model, tiny_config, waveform
 from transformers import HubertConfig, HubertModel
 
 from armhubert import profiling

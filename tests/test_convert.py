@@ -1,69 +1,30 @@
 """convert_checkpoint.py / armhubert.convert: original-format checkpoints of every family -> Transformers folders."""
 
+import ast
 import json
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY_CKPT, TINY_IO, TINY_YAML, random_model, tiny_config, waveform
+from helpers import (
+    ROOT,
+    TINY_CKPT,
+    TINY_IO,
+    TINY_YAML,
+    distiller_section,
+    random_model,
+    run_main,
+    tiny_config,
+    to_original,
+    waveform,
+)
 
-import convert_checkpoint  # the command
 from armhubert.cli import UserError
 from armhubert.convert import folders
 from armhubert.convert.original import convert, parse_literal_expression
-
-# Our key -> the original release's key (written independently of the converter's own table).
-_TO_ORIGINAL = [
-    (r"^feature_extractor\.conv_layers\.0\.layer_norm\.", "feature_extractor.conv_layers.0.2."),
-    (r"^feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
-    (r"^feature_layer_norm\.", "layer_norm."),
-    (r"^encoder\.pos_conv_embed\.conv\.bias$", "encoder.pos_conv.0.bias"),
-    (r"^encoder\.pos_conv_embed\.conv\.parametrizations\.weight\.original0$", "encoder.pos_conv.0.weight_g"),
-    (r"^encoder\.pos_conv_embed\.conv\.parametrizations\.weight\.original1$", "encoder.pos_conv.0.weight_v"),
-    (r"^encoder\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
-    (r"^encoder\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
-    (r"^encoder\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
-    (r"^encoder\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
-    (r"^projection_heads\.(\d+)\.", r"proj_head.\1.lin_proj."),
-]
-
-
-def to_original(key):
-    for pattern, replacement in _TO_ORIGINAL:
-        key, count = re.subn(pattern, replacement, key)
-        if count:
-            break
-    return key
-
-
-def distiller_section(config):
-    """The original YAML's distiller section for one of our tiny configs."""
-    layers = list(zip(config.conv_dim, config.conv_kernel, config.conv_stride))
-    return {
-        "extractor_mode": "default",
-        "conv_feature_layers": " + ".join(f"[{layer}]" for layer in layers),
-        "conv_bias": False,
-        "conv_pos": config.num_conv_pos_embeddings,
-        "conv_pos_groups": config.num_conv_pos_embedding_groups,
-        "pos_conv_depth": 1,
-        "encoder_layers": config.num_hidden_layers,
-        "encoder_embed_dim": config.hidden_size,
-        "encoder_ffn_embed_dim": config.intermediate_size,
-        "encoder_attention_heads": config.num_attention_heads,
-        "activation_fn": "gelu",
-        "layer_norm_first": config.do_stable_layer_norm,
-        "layer_grad_scale": False,
-        "reuse_pattern": str([not reuses for reuses in config.layer_reuses_attention_map]),
-        "layerwise_proj": config.projection_head_size is not None,
-        "pred_head_final_dim": config.projection_head_size or 768,
-        "pred_head_inter_dim": 0,
-        "required_seq_len_multiple": 1,
-        "crop_seq_to_multiple": 1,
-    }
 
 
 def write_original_checkpoint(path, model, family="armhubert", with_hparams=True, extra_student=None):
@@ -89,13 +50,6 @@ def run_cli(*args, cwd=None):
         cwd=cwd,
         timeout=300,
     )
-
-
-def run_main(capsys, *args):
-    """The CLI's code path in this process (each subprocess costs ~10 s of imports)."""
-    code = convert_checkpoint.main([str(arg) for arg in args])
-    captured = capsys.readouterr()
-    return code, captured.err
 
 
 def test_literal_expressions_parse_without_eval():
@@ -263,9 +217,8 @@ def _bad_checkpoints(tmp_path):
 
 def test_bad_inputs_exit_2_with_one_line_and_leave_the_output_untouched(tmp_path, capsys):
     existing = tmp_path / "existing"  # a previous conversion: what --overwrite may replace
-    existing.mkdir()
-    for file_name in ("config.json", "model.safetensors", "README.md"):
-        (existing / file_name).write_text("previous output")
+    assert run_main(capsys, TINY_CKPT, "--output-dir", existing)[0] == 0
+    previous = {path.name: path.read_bytes() for path in existing.iterdir()}
     for name, (args, message) in _bad_checkpoints(tmp_path).items():
         for target in (tmp_path / f"new-{name.replace(' ', '-')}", existing):
             extra = ["--overwrite"] if target == existing else []
@@ -274,23 +227,27 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_the_output_untouched(tmp_path
             assert message in stderr, (name, stderr)
             assert len(stderr.strip().splitlines()) == 1, (name, stderr)
         assert not (tmp_path / f"new-{name.replace(' ', '-')}").exists(), name
-        assert sorted(p.name for p in existing.iterdir()) == ["README.md", "config.json", "model.safetensors"], name
-        assert (existing / "config.json").read_text() == "previous output", name
+        assert {path.name: path.read_bytes() for path in existing.iterdir()} == previous, name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_command_module_reexports_the_documented_python_api():
-    """README documents `convert_checkpoint.convert(...)` & co.: they are the package's own objects."""
-    from armhubert.convert import cards, publish, releases
+@pytest.mark.parametrize("command", ["convert_checkpoint.py", "distill_trainer.py"])
+def test_command_files_hold_the_command_only(command):
+    """The root CLIs parse arguments and run `main`; the Python API is the package's, never re-exported."""
+    tree = ast.parse((ROOT / command).read_text())
+    assert "__all__" not in {target.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets}
+    imported = {
+        alias.asname or alias.name for node in tree.body if isinstance(node, ast.ImportFrom) for alias in node.names
+    }
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    assert imported <= used  # nothing imported only to be handed on
+    assert "main" in {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
 
-    assert convert_checkpoint.convert is convert
-    assert convert_checkpoint.convert_checkpoint is folders.convert_checkpoint
-    assert convert_checkpoint.convert_folder is folders.convert_folder
-    assert convert_checkpoint.save_model_folder is folders.save_model_folder
-    assert convert_checkpoint.push_to_hub is publish.push_to_hub
-    assert convert_checkpoint.model_card is cards.model_card
-    assert convert_checkpoint.release_by_name is releases.release_by_name
-    assert issubclass(convert_checkpoint.PublishError, UserError)  # a failed upload exits 2 like bad input
+
+def test_a_failed_upload_is_a_user_error():
+    from armhubert.convert.publish import PublishError
+
+    assert issubclass(PublishError, UserError)  # it exits 2 with one line, like bad input
 
 
 def test_cli_error_is_one_line_without_traceback(tmp_path):
@@ -305,17 +262,19 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
     target = tmp_path / "model"
     target.mkdir()
     for file_name in ("config.json", "model.safetensors", "preprocessor_config.json"):
-        (target / file_name).write_text("old")  # a previous output of the converter
+        (target / file_name).write_text('{"model_type": "armhubert"}')  # a previous output of the converter
     code, stderr = run_main(capsys, TINY_CKPT, "--output-dir", target)
     assert code == 2 and "--overwrite" in stderr
-    assert (target / "config.json").read_text() == "old"
+    assert (target / "config.json").read_text() == '{"model_type": "armhubert"}'
     (target / "preprocessor_config.json").rename(target / "stale.json")
     code, stderr = run_main(capsys, TINY_CKPT, "--output-dir", target, "--overwrite")
     assert code == 2 and "stale.json, which this tool did not write" in stderr  # a file we never write: kept
     (target / "stale.json").unlink()
     code, stderr = run_main(capsys, TINY_CKPT, "--output-dir", target, "--overwrite")
     assert code == 0, stderr
-    assert (target / "config.json").read_text() != "old" and (target / "model.safetensors").exists()
+    assert (target / "config.json").read_text() != '{"model_type": "armhubert"}' and (
+        target / "model.safetensors"
+    ).exists()
 
 
 def test_interrupted_write_leaves_no_partial_folder(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 
 import pytest
-from conftest import ROOT, random_model, tiny_config
+from helpers import ROOT, random_model, tiny_config
 
 from armhubert.finetune import parse_run_arguments
 from modeling_armhubert import release_feature_extractor

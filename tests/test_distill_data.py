@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile
-from conftest import ROOT
+from helpers import ROOT
 
 from armhubert.audio import DataError, read_audio
 from armhubert.librispeech import load_librispeech

@@ -9,8 +9,8 @@ gradient scaling put on it by hooks (`original_layer_grad_scale`).
 import pytest
 import torch
 import yaml
-from conftest import ROOT, waveform
 from fixtures.original_reference import original_layer_grad_scale
+from helpers import ROOT, waveform
 
 from armhubert.cli import UserError
 from armhubert.distill.losses import star_loss

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, TrainerCallback

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, random_model, tiny_config
+from helpers import load_script, random_model, tiny_config
 
+from armhubert.convert.folders import save_model_folder
 from configuration_armhubert import receptive_field
-from convert_checkpoint import save_model_folder
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
 export_onnx = load_script("export_onnx")
@@ -75,7 +75,7 @@ def test_bad_model_is_one_line_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert (
         code == 2
-        and err.startswith("export_onnx.py: error: cannot load a model from")
+        and err.startswith("export_onnx.py: error: cannot load the model")
         and len(err.strip().splitlines()) == 1
     )
     assert list(tmp_path.iterdir()) == []

@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, random_model, tiny_config
+from helpers import load_script, random_model, tiny_config
 from transformers import pipeline
 
 from armhubert.audio import DataError, load_16k
@@ -22,7 +22,7 @@ from armhubert.finetune import (
     parse_run_arguments,
     random_window,
 )
-from armhubert.librispeech import BUNDLED_CORPUS
+from armhubert.resources import BUNDLED_CORPUS
 from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
 
 finetune_classification = load_script("finetune_classification")
@@ -294,7 +294,7 @@ def test_superb_upstream_returns_what_the_release_returned(tmp_path, family, cap
     assert superb_upstream.main(["--check", str(tmp_path)]) == 0
     assert "hidden_states: 4 x (2, 74" in capsys.readouterr().out
     assert superb_upstream.main(["--check", str(tmp_path / "missing")]) == 2
-    assert capsys.readouterr().err.startswith("superb_upstream.py: error: cannot load the ARMHubert model")
+    assert capsys.readouterr().err.startswith("superb_upstream.py: error: cannot load the model")
     assert superb_upstream.main(["--check"]) == 2
     assert "--check takes one argument" in capsys.readouterr().err
 

@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 import soundfile
-from conftest import ROOT, random_model, tiny_config
+from helpers import ROOT, random_model, tiny_config
 from transformers import AudioClassificationPipeline, AutomaticSpeechRecognitionPipeline, Wav2Vec2CTCTokenizer, pipeline
 from transformers.models.auto import configuration_auto, modeling_auto
 
@@ -107,6 +107,8 @@ def test_fine_tuning_saves_the_heads_pipeline(monkeypatch, tmp_path):
         evaluate=lambda: {},
         log_metrics=lambda *args: None,
         state=types.SimpleNamespace(log_history=[]),
+        args=types.SimpleNamespace(save_total_limit=None, should_save=True),
+        add_callback=lambda callback: None,
     )
     finetune.train_evaluate_and_save(trainer, tmp_path, lambda metrics, steps: "card")
     assert list(saved["config"].custom_pipelines) == ["automatic-speech-recognition"]

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_model, tiny_config, waveform
+from helpers import random_model, tiny_config, waveform
 
 from armhubert.remote_code import add_remote_code_entries
 from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification, ARMHubertModel, head_input_size

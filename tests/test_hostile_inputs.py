@@ -8,14 +8,21 @@ no staging folder left behind, and every input byte-identical afterwards.
 import os
 import pickle
 import shutil
+import warnings
 import zipfile
 
 import pytest
 import torch
-from conftest import TINY_CKPT
+from helpers import TINY_CKPT
 from hostile import digest, distiller, hidden_entries, refusal, save, tiny_checkpoint, tiny_yaml_text
 
 import convert_checkpoint
+
+
+def _nested(weight):
+    with warnings.catch_warnings():  # "nested tensors are a prototype"
+        warnings.simplefilter("ignore")
+        return torch.nested.nested_tensor(list(weight))
 
 
 def _checkpoint_cases(folder):
@@ -75,6 +82,11 @@ def _checkpoint_cases(folder):
         "expanded-weight",
         lambda c: c["state_dict"].update({student(c): torch.zeros(1).expand(c["state_dict"][student(c)].shape)}),
         "but its storage holds 4",
+    )
+    changed(
+        "nested-weight",
+        lambda c: c["state_dict"].update({student(c): _nested(c["state_dict"][student(c)])}),
+        "is a nested tensor; weights are dense CPU tensors",
     )
     changed(
         "nan-weight",

@@ -10,15 +10,21 @@ import errno
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
+import zipfile
 
 import pytest
+import transformers
 import transformers.modeling_utils
-from conftest import TINY_CKPT, load_script
+from helpers import ROOT, TINY_CKPT, load_script
 from hostile import digest, hidden_entries, refusal
+from safetensors import SafetensorError
 
 import convert_checkpoint
 from armhubert import outputs
+from armhubert.cli import UserError
 from armhubert.convert import folders
 
 
@@ -143,10 +149,19 @@ def test_only_our_leftovers_of_dead_runs_for_this_target_are_removed(tmp_path, m
     assert fresh.is_dir()
 
 
-def test_a_full_disk_gives_one_line_and_keeps_the_previous_target(previous, monkeypatch, capsys):
+# How safetensors (Rust) reports a full disk: not an OSError.
+_SAFETENSORS_DISK_FULL = (
+    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+)
+
+
+@pytest.mark.parametrize("raised", ["OSError", "SafetensorError"])
+def test_a_full_disk_gives_one_line_and_keeps_the_previous_target(previous, monkeypatch, capsys, raised):
     target, before = previous
 
     def disk_full(*args, **kwargs):
+        if raised == "SafetensorError":
+            raise SafetensorError(_SAFETENSORS_DISK_FULL)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[1]) if len(args) > 1 else None)
 
     monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
@@ -189,3 +204,143 @@ def test_onnx_export_never_writes_over_a_model_file(tmp_path, capsys):
     (model / "model.safetensors").write_bytes(b"weights")
     line = refusal(capsys, export_onnx.main, model, "--output", model / "model.safetensors", "--overwrite")
     assert "must name a .onnx file" in line and (model / "model.safetensors").read_bytes() == b"weights"
+
+
+# --------------------------------------------------------------------------------------------------
+# --overwrite replaces what this project writes, where it writes it; nothing else
+
+
+def _make_file(path, text="mine"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.mark.parametrize(
+    "intruder, shown",
+    [
+        ("runs/x/n.txt", "runs/x/n.txt"),
+        ("checkpoint-3/my-notes.txt", "checkpoint-3/my-notes.txt"),
+        (".model.armhubert-old-1-keep/previous/config.json", ".model.armhubert-old-1-keep/"),
+        ("checkpoint-3/sub/optimizer.pt", "checkpoint-3/sub/"),
+    ],
+)
+def test_overwrite_keeps_files_it_did_not_write_inside_our_folders(previous, capsys, intruder, shown):
+    target, _ = previous
+    _make_file(target / "checkpoint-3" / "trainer_state.json", "{}")  # a checkpoint of ours beside the intruder
+    _make_file(target / intruder)
+    before = digest(target)
+    line = refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", target, "--overwrite")
+    assert f"it holds {shown}" in line and "which this tool did not write" in line, line
+    assert digest(target) == before and hidden_entries(target.parent) == []
+
+
+def test_overwrite_refuses_a_plain_transformers_model_folder(tmp_path, capsys):
+    foreign = tmp_path / "hubert"
+    transformers.HubertModel(transformers.HubertConfig(**_TINY_HUBERT)).save_pretrained(foreign)
+    (foreign / "README.md").write_text("# my HuBERT\nnotes about my fine-tuning\n")
+    before = digest(foreign)
+    line = refusal(capsys, convert_checkpoint.main, TINY_CKPT, "--output-dir", foreign, "--overwrite")
+    assert "is a model folder that this tool did not write" in line, line
+    assert digest(foreign) == before
+
+
+_TINY_HUBERT = dict(
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=37,
+    conv_dim=[8, 8],
+    conv_kernel=[10, 3],
+    conv_stride=[5, 2],
+    num_conv_pos_embeddings=8,
+    num_conv_pos_embedding_groups=2,
+)
+
+
+def test_fine_tuning_rotation_removes_only_checkpoints_this_run_saved(tmp_path):
+    from transformers import TrainerState, TrainingArguments
+
+    from armhubert.finetune import OwnCheckpointRotation
+
+    args = TrainingArguments(output_dir=str(tmp_path), save_total_limit=1, report_to="none")
+    rotation = OwnCheckpointRotation(args)
+    assert args.save_total_limit is None  # the Trainer's own rotation (any checkpoint-N of the folder) is off
+    _make_file(tmp_path / "checkpoint-0" / "my-notes.txt")
+    state = TrainerState()
+    for step in (1, 2, 3):
+        state.global_step = step
+        _make_file(tmp_path / f"checkpoint-{step}" / "trainer_state.json", "{}")
+        rotation.on_save(args, state, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0", "checkpoint-3"]
+    state.best_model_checkpoint, state.global_step = str(tmp_path / "checkpoint-3"), 4
+    _make_file(tmp_path / "checkpoint-4" / "trainer_state.json", "{}")
+    rotation.on_save(args, state, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0", "checkpoint-3", "checkpoint-4"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Symbolic links, write failures, corrupt members, concurrent writers
+
+
+def test_a_symlinked_output_dir_stays_a_link_and_nothing_is_left_beside_it(previous, tmp_path, capsys):
+    target, before = previous
+    link = tmp_path / "latest"
+    link.symlink_to(target)
+    assert _convert(link, "--overwrite") == 0
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert (target / "README.md").read_text() != "the previous card"  # the folder it points to was replaced
+    assert hidden_entries(tmp_path) == []
+
+
+_FSIZE_CHILD = r"""
+import contextlib, io, resource, sys
+import convert_checkpoint
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # prlimit --fsize: no file over 100 kB
+stderr = io.StringIO()  # what the command prints (not what libraries print when imported)
+with contextlib.redirect_stderr(stderr):
+    code = convert_checkpoint.main(sys.argv[1:])
+print(stderr.getvalue(), end="")
+sys.exit(code)
+"""
+
+
+def test_a_file_size_limit_gives_one_line_and_leaves_nothing(tmp_path):
+    child = subprocess.run(
+        [sys.executable, "-c", _FSIZE_CHILD, str(TINY_CKPT), "--output-dir", str(tmp_path / "model")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
+    lines = child.stdout.strip().splitlines()
+    assert child.returncode == 2 and len(lines) == 1, (child.stdout, child.stderr[-2000:])
+    assert "could not write" in lines[0] and "File too large" in lines[0] and "free disk space" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_flipped_byte_in_a_zip_member_is_refused(tmp_path, capsys):
+    data = bytearray(TINY_CKPT.read_bytes())
+    with zipfile.ZipFile(TINY_CKPT) as archive:
+        weight = next(info for info in archive.infolist() if "/data/" in info.filename and info.file_size > 64)
+    header = weight.header_offset  # the local header's name and extra lengths (torch pads the extra field)
+    start = header + 30 + int.from_bytes(data[header + 26 : header + 28], "little")
+    start += int.from_bytes(data[header + 28 : header + 30], "little")
+    data[start + 5] ^= 0x20  # one bit of one weight
+    broken = tmp_path / "flipped.ckpt"
+    broken.write_bytes(bytes(data))
+    line = refusal(capsys, convert_checkpoint.main, broken, "--output-dir", tmp_path / "out")
+    assert "is corrupt (Bad CRC-32 for file" in line and "copy or download it again" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_writer_per_output_dir(tmp_path):
+    out = tmp_path / "run"
+    with outputs.output_lock(out):
+        with pytest.raises(UserError, match=rf"output_dir {out} is being written by process {os.getpid()} "):
+            with outputs.output_lock(out):
+                pass
+        assert hidden_entries(tmp_path) == [".run.armhubert-lock"]
+    assert hidden_entries(tmp_path) == []
+    with outputs.output_lock(out):  # free again once the first writer is done
+        pass

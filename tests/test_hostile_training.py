@@ -4,8 +4,11 @@ What matters: exit status 2 with one line, no NaN model ever saved (with exit 0 
 file overwritten, no utterance silently dropped, every input intact.
 """
 
+import json
 import logging
+import os
 import shutil
+import zipfile
 
 import datasets
 import numpy as np
@@ -14,14 +17,15 @@ import safetensors.torch
 import soundfile
 import torch
 import transformers
-from conftest import ROOT, load_script, random_model, tiny_config
-from hostile import digest, refusal
+from helpers import ROOT, load_script, random_model, tiny_config
+from hostile import digest, hidden_entries, refusal
 from transformers import Trainer, TrainingArguments, pipeline
 
 from armhubert import guarded_trainer
 from armhubert.audio import DataError, load_16k, read_audio
 from armhubert.cli import UserError
-from armhubert.librispeech import BUNDLED_CORPUS, AudioCollator, load_librispeech
+from armhubert.librispeech import AudioCollator, load_librispeech
+from armhubert.resources import BUNDLED_CORPUS
 from distill_trainer import main as distill_main
 from modeling_armhubert import release_feature_extractor
 
@@ -34,14 +38,18 @@ QUIET = ["--use_cpu", "--save_strategy", "no", "--report_to", "none", "--disable
 UTTERANCE = BUNDLED_CORPUS / "dev-clean" / "1001" / "201" / "1001-201-0000.flac"
 
 
+def _show_progress_bars(show):
+    (datasets.enable_progress_bars if show else datasets.disable_progress_bars)()
+    logs = transformers.utils.logging
+    (logs.enable_progress_bar if show else logs.disable_progress_bar)()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def no_progress_bars():
     """Progress bars share stderr with the error line; these tests count stderr's lines."""
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
+    _show_progress_bars(False)
     yield
-    datasets.enable_progress_bars()
-    transformers.utils.logging.enable_progress_bar()
+    _show_progress_bars(True)
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +66,11 @@ def _copy_corpus(root, splits=("train-clean-100", "dev-clean")):
     return root
 
 
-def _poison(path, value=float("nan")):
-    """Rewrite an audio file as float WAV data (still named .flac: soundfile reads by content) with one bad sample."""
+def _poison(path, value=float("nan"), everywhere=False):
+    """Rewrite an audio file as float WAV data (still named .flac: soundfile reads by content) with one bad sample
+    (or only bad ones: a crop of it, which is all that is decoded, holds one too)."""
     samples, rate = soundfile.read(path, dtype="float32")
-    samples[len(samples) // 2] = value
+    samples[slice(None) if everywhere else len(samples) // 2] = value
     soundfile.write(path, samples, rate, format="WAV", subtype="FLOAT")
 
 
@@ -167,7 +176,7 @@ def test_non_finite_audio_is_refused_where_it_is_read(tmp_path, caplog):
         {"id": "bad", "audio": {"path": str(tmp_path / "bad-nan.flac"), "bytes": None}},
         {"id": "good", "audio": {"path": str(UTTERANCE), "bytes": None}},
     ]
-    batch = AudioCollator(release_feature_extractor(), max_samples=16000)(rows)
+    batch = AudioCollator(release_feature_extractor())(rows)  # uncropped: the bad sample is decoded
     assert int(batch["num_unreadable"]) == 1 and torch.isfinite(batch["input_values"]).all()
     # The feature pipeline refuses it instead of returning NaN features.
     extractor = pipeline("audio-feature-extraction", model=random_model(tiny_config()))
@@ -180,7 +189,7 @@ def test_non_finite_audio_is_refused_where_it_is_read(tmp_path, caplog):
 def test_distillation_skips_and_counts_a_nan_file_and_saves_a_finite_model(tmp_path, capsys, caplog):
     corpus = _copy_corpus(tmp_path / "corpus")
     poisoned = corpus / "LibriSpeech" / "train-clean-100" / "1002" / "102" / "1002-102-0003.flac"
-    _poison(poisoned)
+    _poison(poisoned, everywhere=True)
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING):  # 5 steps of 8 draw all 40 utterances once
         code = distill_main(
@@ -389,3 +398,258 @@ def test_the_model_takes_other_float_dtypes_by_casting_them(dtype, tolerance):
         got = model(audio.to(dtype)).last_hidden_state
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, atol=tolerance * expected.abs().max().item(), rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# --resume: the checkpoint is checked against the run before the Trainer reads it
+
+RESUMABLE = [*FAST, "max_steps=4", "eval_strategy=no", "logging_steps=1", "save_strategy=steps", "save_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A distillation stopped after its checkpoint-2 (4 steps planned): what --resume continues."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    assert (
+        distill_main(["--config", QUICKSTART, f"output_dir={out}", *RESUMABLE[:-4], "max_steps=2", *RESUMABLE[-3:]])
+        == 0
+    )
+    for name in ("model.safetensors", "config.json", "README.md", "preprocessor_config.json"):
+        (out / name).unlink(missing_ok=True)  # as if it had been killed after the checkpoint
+    return out
+
+
+def _truncate(path, keep=0.5):
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+
+
+def _bytearray_pickle(path):
+    torch.save({"state": {}}, path)  # then its pickle swapped for one that calls bytearray(2**31)
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: archive.read(info.filename) for info in archive.infolist()}
+    name = next(member for member in members if member.endswith("data.pkl"))
+    members[name] = b"\x80\x02cbuiltins\nbytearray\n\x8a\x08" + (2**31).to_bytes(8, "little") + b"\x85R."
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
+
+
+def _other_student(checkpoint):
+    weights = safetensors.torch.load_file(checkpoint / "model.safetensors")
+    name = next(key for key in sorted(weights) if weights[key].dim() == 2)
+    weights[name] = torch.zeros(weights[name].shape[0] + 8, weights[name].shape[1])
+    safetensors.torch.save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+
+
+def _state(checkpoint, **fields):
+    path = checkpoint / "trainer_state.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda c: _truncate(c / "trainer_state.json"), "is not a complete trainer state"),
+        (lambda c: (c / "trainer_state.json").write_text("[" * 100_000), "is not a complete trainer state"),
+        (lambda c: _state(c, global_step=10**15), "says global_step 1000000000000000, but this run's schedule has 4"),
+        (lambda c: _state(c, global_step="2"), "says global_step '2'"),
+        (
+            lambda c: (c / "optimizer.pt").write_bytes(np.random.default_rng(0).bytes(5000)),
+            "optimizer.pt is not the zip",
+        ),
+        (lambda c: _truncate(c / "optimizer.pt"), "optimizer.pt is not"),
+        (lambda c: _bytearray_pickle(c / "optimizer.pt"), "calls builtins.bytearray"),
+        (lambda c: _truncate(c / "model.safetensors"), "model.safetensors is not a readable safetensors file"),
+        (lambda c: (c / "model.safetensors").unlink(), "has no model.safetensors"),
+        (_other_student, "does not fit this run's student"),
+        (lambda c: _truncate(c / "rng_state.pth", 0.9), "rng_state.pth is not"),
+    ],
+    ids=[
+        "truncated-state",
+        "deep-state",
+        "huge-step",
+        "text-step",
+        "random-optimizer",
+        "truncated-optimizer",
+        "bytearray-optimizer",
+        "truncated-weights",
+        "no-weights",
+        "other-student",
+        "truncated-rng",
+    ],
+)
+def test_a_damaged_resume_checkpoint_is_one_line_and_changes_nothing(stopped_run, tmp_path, capsys, damage, message):
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    damage(out / "checkpoint-2")
+    before = digest(out)
+    line = refusal(capsys, distill_main, "--config", QUICKSTART, f"output_dir={out}", *RESUMABLE, "--resume")
+    assert message in line and "checkpoint-2" in line, line
+    assert digest(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_second_distillation_into_the_same_output_dir_is_refused(tmp_path, capsys):
+    from armhubert.outputs import output_lock
+
+    out = tmp_path / "run"
+    with output_lock(out):  # a first run, writing
+        line = refusal(capsys, distill_main, "--config", QUICKSTART, f"output_dir={out}", *FAST)
+    assert f"output_dir {out} is being written by process {os.getpid()}" in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "student_config.hidden_size=4000000",
+            "the student config describes a model of 256,004,436,014,256 parameters",
+        ),
+        ("teacher_config.hidden_size=8000000", "teacher_config for random-hubert describes a model of"),
+    ],
+)
+def test_huge_model_sizes_are_refused_before_allocation(tmp_path, capsys, override, message):
+    line = refusal(capsys, distill_main, "--config", QUICKSTART, f"output_dir={tmp_path / 'o'}", *FAST, override)
+    assert message in line, line
+
+
+# --------------------------------------------------------------------------------------------------
+# Model folders: no folder code unless asked, broken configs in one line
+
+quickstart = load_script("quickstart")
+
+_FOLDER_CODE = """
+import pathlib
+pathlib.Path(__file__).with_name("RAN").write_text("the folder's code ran")
+from transformers import PretrainedConfig
+class EvilConfig(PretrainedConfig):
+    model_type = "evil"
+"""
+
+
+def test_quickstart_runs_no_folder_code_unless_asked(tmp_path, encoder_dir, capsys):
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": {"AutoConfig": "evil.EvilConfig"}}))
+    (evil / "evil.py").write_text(_FOLDER_CODE)
+    (evil / "model.safetensors").write_bytes(b"")
+    line = refusal(capsys, quickstart.main, "--model", evil, "--num-utterances", 1)
+    assert "pass --trust_remote_code to run that code, if you trust it" in line, line
+    assert not (evil / "RAN").exists()
+    # A folder of this project's model type loads with the installed classes, without the flag.
+    assert quickstart.main(["--model", str(encoder_dir), "--num-utterances", "1"]) == 0
+    assert "last_hidden_state" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"model_type": "armhubert"}, "cannot load the model"),
+        ({"hidden_size": 8_000_000}, "describes a model of"),
+        ({"conv_kernel": [10.5, 3, 3, 3, 3, 2, 2]}, "cannot load the model"),
+        ("[" * 100_000 + "]" * 100_000, "nests too deeply to be a model config"),
+    ],
+    ids=["only-model-type", "huge-hidden-size", "float-kernel", "deep-json"],
+)
+def test_a_broken_config_json_is_one_line_for_quickstart_and_fine_tuning(
+    tmp_path, encoder_dir, capsys, config, message
+):
+    folder = tmp_path / "model"
+    shutil.copytree(encoder_dir, folder)
+    if isinstance(config, str):
+        (folder / "config.json").write_text(config)
+    elif "model_type" in config:
+        (folder / "config.json").write_text(json.dumps(config))
+    else:
+        (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()), **config}))
+    assert message in refusal(capsys, quickstart.main, "--model", folder, "--num-utterances", 1)
+    line = refusal(
+        capsys,
+        finetune_classification.main,
+        "--model_name_or_path",
+        folder,
+        "--output_dir",
+        tmp_path / "out",
+        "--train_dir",
+        BUNDLED_CORPUS / "dev-clean",
+        "--eval_dir",
+        BUNDLED_CORPUS / "dev-clean",
+        *QUIET,
+    )
+    assert message in line, line
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Exit 2 is one line: no warning or progress bar before it
+
+
+@pytest.fixture
+def progress_bars():
+    """Progress bars on (as for a user), for the cases whose stderr must still be one line."""
+    _show_progress_bars(True)
+    yield
+    _show_progress_bars(False)
+
+
+def test_an_all_corrupt_corpus_is_one_line_without_warnings(tmp_path, capsys, progress_bars):
+    corpus = _copy_corpus(tmp_path / "corpus", splits=("train-clean-100",))
+    for path in (corpus / "LibriSpeech").rglob("*.flac"):
+        path.write_bytes(b"not audio")
+    line = refusal(
+        capsys, distill_main, "--config", QUICKSTART, f"data_source={corpus}", f"output_dir={tmp_path / 'o'}", *FAST
+    )
+    assert "none of the 40 audio files in" in line and "is readable" in line, line
+    rows = [{"id": f"bad-{i}", "audio": {"path": str(tmp_path / "missing.flac"), "bytes": None}} for i in range(3)]
+    with pytest.raises(DataError, match=r"every file of a batch was unreadable \(bad-0, bad-1, bad-2\), e\.g\. unread"):
+        AudioCollator(release_feature_extractor())(rows)
+
+
+def test_ctc_unknown_eval_split_and_a_multi_model_root_are_one_line(tmp_path, encoder_dir, capsys, progress_bars):
+    common = ["--output_dir", tmp_path / "out", "--data_source", BUNDLED_CORPUS.parent, *QUIET]
+    line = refusal(
+        capsys, finetune_ctc.main, "--model_name_or_path", encoder_dir, "--eval_split", "dev-nosuch", *common
+    )
+    assert "dev-nosuch" in line, line
+    root = tmp_path / "repository"
+    for name in ("small", "large"):
+        shutil.copytree(encoder_dir, root / name)
+    line = refusal(capsys, finetune_ctc.main, "--model_name_or_path", root, "--max_duration", "5", *common)
+    assert "is a multi-model repository" in line and "large, small" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_the_crop_is_decoded_and_equals_the_window_of_the_whole_file(monkeypatch):
+    from armhubert.librispeech import _audio_duration_crop, fixed_offset
+
+    whole = read_audio(UTTERANCE)
+    decoded, blocks = [], soundfile.SoundFile.blocks
+
+    def counted(self, *args, **kwargs):
+        for block in blocks(self, *args, **kwargs):
+            decoded.append(len(block))
+            yield block
+
+    monkeypatch.setattr(soundfile.SoundFile, "blocks", counted)
+    crop = read_audio(UTTERANCE, max_samples=4000, choose_offset=fixed_offset("1001-201-0000"))
+    assert sum(decoded) == 4000 < len(whole)
+    assert np.array_equal(crop, _audio_duration_crop(whole, 4000, "1001-201-0000"))
+    assert np.array_equal(read_audio(UTTERANCE, max_samples=10**9), whole)  # shorter than the window: whole
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_removes_that_checkpoint(tmp_path, capsys, monkeypatch):
+    real_save = torch.save
+
+    def disk_full_for_the_optimizer(value, path, *args, **kwargs):
+        if str(path).endswith("optimizer.pt") and "checkpoint-4" in str(path):
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/3"
+            )
+        return real_save(value, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_for_the_optimizer)
+    out = tmp_path / "run"
+    line = refusal(capsys, distill_main, "--config", QUICKSTART, f"output_dir={out}", *RESUMABLE)
+    assert f"could not write a checkpoint into {out}" in line and "free disk space" in line, line
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
+    assert hidden_entries(tmp_path) == []

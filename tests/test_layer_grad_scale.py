@@ -10,8 +10,8 @@ too), which `original_layer_grad_scale` (the original loop, by hooks) covers.
 
 import pytest
 import torch
-from conftest import random_model, tiny_config, waveform
 from fixtures.original_reference import original_layer_grad_scale
+from helpers import random_model, tiny_config, waveform
 
 from configuration_armhubert import ARMHubertConfig
 

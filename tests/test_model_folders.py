@@ -1,11 +1,12 @@
 """A multi-model repository root without weights: every tool that takes a model folder names its subfolders."""
 
 import pytest
-from conftest import load_script, random_model, tiny_config
+from helpers import load_script, random_model, tiny_config
 
 from armhubert.cli import UserError
 from armhubert.finetune import ModelArguments, load_head_model
-from armhubert.model_folders import check_model_folder, variant_subfolders
+from armhubert.model_folders import check_model_folder, is_model_folder, variant_subfolders
+from armhubert.outputs import previous_output_problem
 from modeling_armhubert import ARMHubertForCTC
 
 
@@ -37,6 +38,21 @@ def test_helper_names_the_variants(bare_repository):
     check_model_folder(bare_repository / "large")
     check_model_folder("some-user/some-model")  # a Hub id is from_pretrained's business
     check_model_folder(bare_repository / "notes")  # not a repository: from_pretrained reports what is missing
+
+
+def test_one_rule_says_what_a_model_folder_is_for_every_tool(tmp_path):
+    """Safetensors or pickled weights beside config.json: a model for the repository check and for --overwrite."""
+    for weights in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
+        folder = tmp_path / weights
+        folder.mkdir()
+        (folder / weights).write_bytes(b"")
+        assert not is_model_folder(folder)  # weights without a config are no model
+        (folder / "config.json").write_text("{}")
+        assert is_model_folder(folder)
+    assert previous_output_problem(tmp_path / "model.safetensors") is None  # ours: --overwrite may replace it
+    # Another tool's model is a model, but not ours to replace: its pickled weights are named.
+    assert "pytorch_model.bin" in previous_output_problem(tmp_path / "pytorch_model.bin")
+    assert variant_subfolders(tmp_path) == sorted(path.name for path in tmp_path.iterdir())
 
 
 def one_error_line(capsys, code, prog):

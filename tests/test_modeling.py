@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import VARIANTS, random_model, tiny_config, waveform
+from helpers import VARIANTS, random_model, tiny_config, waveform
 
 from configuration_armhubert import PRESETS, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel

@@ -1,5 +1,6 @@
-"""Packaging: a non-editable install carries the whole package, and saved model folders need nothing but
-their three remote-code files (the Hub repo ships only them)."""
+"""Packaging: a non-editable install carries the whole package with its bundled recipes and corpus (and runs
+the main job from any folder), an editable one finds them at the repository root, and saved model folders
+need nothing but their three remote-code files (the Hub repo ships only them)."""
 
 import json
 import os
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_CKPT, tiny_config, waveform
+import yaml
+from helpers import ROOT, TINY_CKPT, tiny_config, waveform
 from transformers import Trainer, TrainingArguments
 
 from armhubert.guarded_trainer import save_trained_model
@@ -25,6 +27,12 @@ def _package_files():
     return sorted(str(path.relative_to(ROOT)) for path in (ROOT / "armhubert").rglob("*.py"))
 
 
+def _bundled_files():
+    """The recipes and the corpus as a wheel holds them: package data under armhubert/."""
+    files = [*(ROOT / "conf").glob("*.yaml"), *(ROOT / "data").rglob("*.flac"), *(ROOT / "data").rglob("*.trans.txt")]
+    return sorted(f"armhubert/{path.relative_to(ROOT)}" for path in files)
+
+
 def _clean_env(tmp_path, **extra):
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), **extra)
@@ -32,12 +40,19 @@ def _clean_env(tmp_path, **extra):
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    """A wheel built from a copy of the sources (so that no build files land in the repository)."""
+def source(tmp_path_factory):
+    """A copy of what a checkout holds for packaging (so that no build files land in the repository)."""
     source = tmp_path_factory.mktemp("source")
-    for name in ["setup.py", "README.md", *(f"{module}.py" for module in ROOT_MODULES)]:
-        shutil.copy2(ROOT / name, source / name)
-    shutil.copytree(ROOT / "armhubert", source / "armhubert", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [ROOT / "pyproject.toml", ROOT / "README.md", *ROOT.glob("*.py")]:
+        shutil.copy2(path, source / path.name)
+    for folder in ("armhubert", "conf", "data"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return source
+
+
+@pytest.fixture(scope="module")
+def wheel(source, tmp_path_factory):
+    """A wheel built from the copied sources."""
     out = tmp_path_factory.mktemp("wheel")
     result = subprocess.run(
         [
@@ -61,38 +76,80 @@ def wheel(tmp_path_factory):
     return path
 
 
-def test_wheel_carries_every_module_and_the_console_script(wheel):
+def test_wheel_carries_every_module_recipe_and_corpus_file_and_the_console_script(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for name in [*(f"{module}.py" for module in ROOT_MODULES), *_package_files()]:
+    assert len(_bundled_files()) > 60
+    for name in [*(f"{module}.py" for module in ROOT_MODULES), *_package_files(), *_bundled_files()]:
         assert name in names, f"{name} missing from {wheel.name}"
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
     assert "armhubert-convert = convert_checkpoint:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
-def test_non_editable_install_imports_and_runs_the_converter(wheel, tmp_path):
-    site = tmp_path / "site"
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=600,
+def _venv(tmp_path, name):
+    """A fresh virtual environment that sees the installed dependencies (torch, transformers, ...)."""
+    venv = tmp_path / name
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True, timeout=300
     )
+    return venv / "bin" / "python"
+
+
+def _pip_install(python, *args):
+    """`pip install` into `python`'s environment; the repository's own install outside it is ignored."""
+    command = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "--ignore-installed",
+    ]
+    result = subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    env = _clean_env(tmp_path, PYTHONPATH=str(site))
-    probe = (
-        "import armhubert, armhubert.convert, armhubert.distill, convert_checkpoint; print(convert_checkpoint.__file__)"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
+_WHERE = (
+    "import json, distill_trainer, armhubert.resources as r; from armhubert.distill.recipe import load_recipe; "
+    "print(json.dumps([distill_trainer.__file__, str(r.BUNDLED_RECIPES), load_recipe('quickstart')['data_source']]))"
+)
+
+
+def _where(python, cwd, env):
+    """(distill_trainer's file, the bundled recipes' folder, the quickstart recipe's corpus) as `python` finds them."""
+    result = subprocess.run([str(python), "-c", _WHERE], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert Path(result.stdout.strip()).is_relative_to(site)  # the installed copy, not the repository
+    return [Path(path) for path in json.loads(result.stdout)]
+
+
+def test_non_editable_install_in_a_fresh_venv_runs_the_converter_and_the_quickstart_from_any_folder(wheel, tmp_path):
+    python = _venv(tmp_path, "venv")
+    _pip_install(python, wheel)
+    elsewhere, env = tmp_path / "elsewhere", _clean_env(tmp_path)
+    elsewhere.mkdir()
     result = subprocess.run(
-        [sys.executable, str(site / "bin" / "armhubert-convert"), "--help"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
+        [str(python.parent / "armhubert-convert"), "--help"], cwd=elsewhere, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0 and "--output-dir" in result.stdout, result.stderr
+    out = tmp_path / "student"
+    run = [str(python), "-m", "distill_trainer", "--config", "quickstart", f"output_dir={out}"]
+    fast = ["max_steps=2", "eval_strategy=no", "save_strategy=no", "report_to=none", "disable_tqdm=true"]
+    result = subprocess.run([*run, *fast], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"to {out}" in result.stdout and (out / "model.safetensors").is_file()
+    corpus = Path(yaml.safe_load((out / "distill_recipe.yaml").read_text())["data_source"])
+    # The bundled recipe and corpus of the installed copy, not the repository's.
+    assert corpus.is_relative_to(tmp_path / "venv") and corpus.parent.name == "armhubert" and corpus.name == "data"
+    assert "bundled synthetic corpus" in (out / "README.md").read_text()
+    assert list(elsewhere.iterdir()) == []  # nothing written where it ran
+
+
+def test_editable_install_finds_the_recipes_and_corpus_at_the_repository_root(source, tmp_path):
+    python = _venv(tmp_path, "venv-editable")
+    _pip_install(python, "-e", source)
+    module, recipes, corpus = _where(python, tmp_path, _clean_env(tmp_path))
+    assert (module, recipes, corpus) == (source / "distill_trainer.py", source / "conf", source / "data")
 
 
 # A process that cannot import anything of this repository: only a folder's remote code can work.

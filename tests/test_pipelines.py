@@ -7,7 +7,7 @@ import pytest
 import soundfile
 import soxr
 import torch
-from conftest import ROOT, random_model, tiny_config
+from helpers import ROOT, random_model, tiny_config
 from transformers import Wav2Vec2CTCTokenizer, pipeline
 
 from armhubert.audio import load_16k

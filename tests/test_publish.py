@@ -6,15 +6,24 @@ import shutil
 import subprocess
 import sys
 import types
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY_CKPT, random_model, tiny_config, waveform
+from helpers import (
+    ROOT,
+    TINY_CKPT,
+    TRAIN_960H,
+    genuine_checkpoint,
+    original_state,
+    random_model,
+    release_cfg,
+    run_main,
+    tiny_config,
+    waveform,
+)
 from huggingface_hub import ModelCard
-from test_convert import distiller_section, run_main, to_original
 
 import convert_checkpoint  # the command
 from armhubert import outputs
@@ -26,97 +35,6 @@ from armhubert.convert.original import load_original_checkpoint
 from armhubert.convert.publish import PublishError, push_to_hub
 from armhubert.convert.releases import detect_release, release_by_name
 from configuration_armhubert import ARMHubertConfig
-
-TRAIN_960H = ["train-clean-100", "train-clean-360", "train-other-500"]
-
-
-# --------------------------------------------------------------------------------------------------
-# The original training stack's classes, defined here so that pickles name them as the release does.
-
-
-class WarmupLinearSchedule:
-    """Shaped like s3prl's schedule: plain attributes, pickled by reference to its module."""
-
-    def __init__(self, warmup=0.05, t_total=400_000):
-        self.warmup = warmup
-        self.t_total = t_total
-        self.warned_for_t_total_at_progress = -1
-
-
-class AttributeDict(dict):
-    """Shaped like Lightning 1.7's hyper-parameter dict."""
-
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError as error:
-            raise AttributeError(key) from error
-
-
-WarmupLinearSchedule.__module__ = "s3prl.optimizers"
-AttributeDict.__module__ = "pytorch_lightning.utilities.parsing"
-
-
-@contextmanager
-def training_stack_importable():
-    """Make the two classes picklable under their original names only while a checkpoint is saved."""
-    modules = {}
-    for cls in (WarmupLinearSchedule, AttributeDict):
-        parts = cls.__module__.split(".")
-        for depth in range(1, len(parts) + 1):
-            modules.setdefault(".".join(parts[:depth]), types.ModuleType(".".join(parts[:depth])))
-        setattr(modules[cls.__module__], cls.__name__, cls)
-    saved = {name: sys.modules.get(name) for name in modules}
-    sys.modules.update(modules)
-    try:
-        yield
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-
-
-def genuine_checkpoint(path, student_state, cfg, teacher_numel=1000, with_hparams=True, extra_student=None):
-    """A checkpoint laid out like the released files (spec section 2).
-
-    Teacher tensors, then `student_model.*`; Lightning training state; an optimizer state with moments for
-    every student tensor and the s3prl schedule object in its param group; hyper-parameters in an AttributeDict.
-    """
-    state = {"teacher_model.model.encoder.weight": torch.zeros(teacher_numel)}
-    state.update({f"student_model.{key}": value for key, value in student_state.items()})
-    state.update({f"student_model.{key}": value for key, value in (extra_student or {}).items()})
-    moments = {
-        index: {"step": torch.tensor(10.0), "exp_avg": torch.zeros_like(value), "exp_avg_sq": torch.zeros_like(value)}
-        for index, value in enumerate(student_state.values())
-    }
-    group = {"lr": 5e-4, "betas": (0.9, 0.98), "schedule": WarmupLinearSchedule(), "params": list(moments)}
-    checkpoint = {
-        "epoch": 35,
-        "global_step": 123_456,
-        "pytorch-lightning_version": "1.7.7",
-        "state_dict": state,
-        "loops": {"fit_loop": {"epoch_loop.state_dict": {"_batches_that_stepped": 123_456}}},
-        "callbacks": {"ModelCheckpoint{'monitor': 'v_loss'}": {"best_model_score": torch.tensor(0.43)}},
-        "optimizer_states": [{"state": moments, "param_groups": [group]}],
-        "lr_schedulers": [],
-        "NativeMixedPrecisionPlugin": {"scale": 65536.0, "_growth_tracker": 12},
-        "hparams_name": "kwargs",
-    }
-    if with_hparams:
-        checkpoint["hyper_parameters"] = AttributeDict(cfg=cfg)
-    with training_stack_importable():
-        torch.save(checkpoint, path)
-    return path
-
-
-def original_state(model):
-    return {to_original(key): value for key, value in model.state_dict().items()}
-
-
-def release_cfg(model, family, train_set=TRAIN_960H):
-    return {"model": family, "distiller": distiller_section(model.config), "data": {"train_set": list(train_set)}}
 
 
 @pytest.fixture(scope="module")
@@ -468,6 +386,18 @@ def test_format_hubert_writes_a_plain_hubert_model_with_identical_outputs(tmp_pa
     _assert_same_outputs(star, hubert)
     card = (out / "README.md").read_text()
     assert "trust_remote_code" not in card and "hidden_states[1:]" in card
+    code, stderr = run_main(  # a `hubert` folder, but ours (its card says so): --overwrite replaces it
+        capsys,
+        tmp_path / "star.ckpt",
+        "--config",
+        tmp_path / "star.yaml",
+        "--format",
+        "hubert",
+        "--output-dir",
+        out,
+        "--overwrite",
+    )
+    assert code == 0, stderr
     counted = sum(p.numel() for p in hubert.parameters())
     assert (
         f"| parameters | {counted:,} (counted from the weights; {48 * 49 + 48:,} of them are `HubertModel`'s own"
@@ -514,7 +444,7 @@ def test_interrupted_repository_build_leaves_the_target_as_it_was(tmp_path, monk
 
     (target / "variant").mkdir(parents=True)  # a repository published before: what --overwrite may replace
     for path in (target / "README.md", target / "variant" / "config.json", target / "variant" / "model.safetensors"):
-        path.write_text("published before")
+        path.write_text('{"model_type": "armhubert"}')  # config.json says it is our model
     published = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
     with pytest.raises(KeyboardInterrupt):
         folders.convert_folder(source, target, overwrite=True, default="run-a")

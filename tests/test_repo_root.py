@@ -5,10 +5,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY_CKPT, random_model, waveform
+from helpers import TINY_CKPT, genuine_checkpoint, original_state, random_model, release_cfg, run_main, waveform
 from huggingface_hub import ModelCard
-from test_convert import run_main
-from test_publish import genuine_checkpoint, original_state, release_cfg
 from transformers import AutoModel
 
 from configuration_armhubert import ARMHubertConfig

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile
-from conftest import ROOT, load_script
+from helpers import ROOT, load_script
 
 SCRIPTS = ROOT / "scripts"
 # Every script that needs no optional dependency for --help (superb_upstream.py works without s3prl).

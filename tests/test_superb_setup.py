@@ -6,7 +6,7 @@ import types
 
 import pytest
 import torch
-from conftest import load_script, random_model, tiny_config
+from helpers import load_script, random_model, tiny_config
 
 BROKEN = {
     "tensorboardX": (

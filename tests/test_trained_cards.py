@@ -1,6 +1,6 @@
 """Cards of trained models say what the run really was: data (the bundled corpus is synthetic), metrics, teacher."""
 
-from conftest import ROOT
+from helpers import ROOT
 from huggingface_hub import ModelCard
 
 from armhubert.cards import classification_card, ctc_card, describe_data, format_duration

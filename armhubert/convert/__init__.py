@@ -11,5 +11,5 @@ The command is `convert_checkpoint.py` (`armhubert-convert` once installed); its
 - `publish`: uploading a finished output to the Hub (`push_to_hub`, `PublishError`).
 
 Imports flow one way: `original` <- `releases` <- `cards`, `original` <- `hubert_export`, and
-`folders` uses them all; `publish` stands alone. `convert_checkpoint.py` re-exports the public API.
+`folders` uses them all; `publish` stands alone. `convert_checkpoint.py` is the command only.
 """

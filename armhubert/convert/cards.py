@@ -14,6 +14,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 
+from ..cards import card_metadata, code_link, inline_code, markdown_text, python_string, render_card, table_row
 from .releases import (
     COMPUTE_CLAIMS,
     MACS_NOTE,
@@ -86,23 +87,22 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+RELEASE_TAGS = ("self-supervised-learning", "knowledge-distillation", "hubert")
+
+
 def card_data(families: Iterable[str], releases_known: bool = True) -> ModelCardData:
-    """The card's YAML metadata: license, library, pipeline, tags (one per family) and, only for identified
-    releases (all distilled on LibriSpeech), data set and language.
+    """The card's YAML metadata (`armhubert.cards.card_metadata`): the release tags, one tag per family and,
+    only for identified releases (all distilled on LibriSpeech), data set and language.
 
     `pipeline_tag` is the Hub's feature-extraction category: the folders carry the audio version of that
     pipeline (`audio-feature-extraction`, custom code; the cards show how to call it).
     """
-    tags = ["audio", "speech", "self-supervised-learning", "knowledge-distillation", "hubert"]
-    tags += sorted(set(families))
     known = dict(datasets=["librispeech_asr"], language=["en"]) if releases_known else {}
-    return ModelCardData(
-        license="apache-2.0", library_name="transformers", pipeline_tag="feature-extraction", tags=tags, **known
-    )
+    return card_metadata("feature-extraction", [*RELEASE_TAGS, *sorted(set(families))], **known)
 
 
 def _card(families, body, releases_known=True):
-    return ModelCard(f"---\n{card_data(families, releases_known).to_yaml()}\n---\n\n{body}")
+    return render_card(card_data(families, releases_known), body)
 
 
 def _layer_list(indices):
@@ -200,7 +200,7 @@ def _results_section(facts):
 
 
 def _load_arguments(repo, subfolder):
-    return f'"{repo}"' + (f', subfolder="{subfolder}"' if subfolder else "")
+    return python_string(repo) + (f", subfolder={python_string(subfolder)}" if subfolder else "")
 
 
 def _remote_code_argument(output_format):
@@ -324,7 +324,7 @@ def _citation(facts):
 def model_card(facts: CardFacts, repo: str | None = None, subfolder: str | None = None) -> ModelCard:
     """The `README.md` card of one converted variant; `repo` / `subfolder` appear in its load example."""
     repo = repo or _PLACEHOLDER_REPO
-    provenance = f"Converted from `{facts.source_name}` (sha256 `{facts.source_sha256}`)"
+    provenance = f"Converted from {inline_code(facts.source_name)} (sha256 `{facts.source_sha256}`)"
     if facts.release is not None:
         provenance += f", published in {facts.release.source}"
     output_format = "plain transformers `HubertModel`" if facts.output_format == "hubert" else _REMOTE_FORMAT
@@ -332,17 +332,17 @@ def model_card(facts: CardFacts, repo: str | None = None, subfolder: str | None 
         [
             "| | |",
             "|---|---|",
-            f"| architecture | {describe_architecture(facts.config)} |",
-            f"| parameters | {_parameters_cell(facts)} |",
-            f"| MACs | {_macs_cell(facts)} |",
-            f"| teacher | {(facts.release and facts.release.teacher) or 'not stated'} |",
-            "| input | raw 16 kHz mono audio, not normalised |",
-            f"| format | {output_format} |",
+            table_row("architecture", describe_architecture(facts.config)),
+            table_row("parameters", _parameters_cell(facts)),
+            table_row("MACs", _macs_cell(facts)),
+            table_row("teacher", (facts.release and facts.release.teacher) or "not stated"),
+            table_row("input", "raw 16 kHz mono audio, not normalised"),
+            table_row("format", output_format),
         ]
     )
     body = "\n".join(
         [
-            f"# {facts.title}\n",
+            f"# {markdown_text(facts.title)}\n",
             _what_it_is(facts) + "\n",
             table + "\n",
             f"{provenance}.\n",
@@ -357,6 +357,11 @@ def model_card(facts: CardFacts, repo: str | None = None, subfolder: str | None 
     return _card([facts.family], body, releases_known=facts.release is not None)
 
 
+def _variant_link(title):
+    """A link to a variant's card in its subfolder."""
+    return code_link(title, f"{title}/README.md")
+
+
 def repository_card(
     title: str, variants: Sequence[CardFacts], repo: str | None = None, default: CardFacts | None = None
 ) -> ModelCard:
@@ -369,23 +374,22 @@ def repository_card(
         overall = paper["overall"] if paper else "–"
         output_format = "`HubertModel`" if facts.output_format == "hubert" else _REMOTE_FORMAT
         macs = f"{paper['MACs G']} G" if paper and paper["MACs G"] else "not reported"
-        link = f"[`{facts.title}`]({facts.title}/README.md)"
-        lines.append(f"| {link} | {facts.parameters:,} | {macs} | {overall} | {output_format} |")
+        lines.append(table_row(_variant_link(facts.title), f"{facts.parameters:,}", macs, overall, output_format))
     example = next((facts for facts in variants if facts is not default), variants[0])
     arguments = _load_arguments(repo, example.title)
     root_section = ""
     if default is not None:
         root_arguments = _load_arguments(repo, None)
-        root_section = f"""The repository id alone loads **{default.title}** (the root holds a copy of the
-[`{default.title}`]({default.title}/README.md) subfolder; its card describes it):
+        root_section = f"""The repository id alone loads **{markdown_text(default.title)}** (the root holds a copy of the
+{_variant_link(default.title)} subfolder; its card describes it):
 
 ```python
 model = AutoModel.from_pretrained({root_arguments}{_remote_code_argument(default.output_format)})
 ```
 
 """
-    subfolders = ", ".join(f"`{facts.title}`" for facts in variants)
-    body = f"""# {title}
+    subfolders = ", ".join(inline_code(facts.title) for facts in variants)
+    body = f"""# {markdown_text(title)}
 
 Compressed self-supervised speech encoders (ARMHuBERT, ARMwavLM, MaskHuBERT, STaRHuBERT), converted from the
 original release checkpoints. Each model sits in its own subfolder, with its own card (architecture, published

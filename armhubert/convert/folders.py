@@ -39,7 +39,7 @@ def _write_model(model, folder):
         add_remote_code_entries(
             model.config, type(model)
         )  # AutoModelForCTC / audio classification / feature pipeline too
-    model.save_pretrained(folder)
+    model.save_pretrained(folder)  # a failed write is reported by `staged_folder`, naming the target
     release_feature_extractor().save_pretrained(folder)
 
 

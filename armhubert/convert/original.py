@@ -14,6 +14,7 @@ import math
 import os
 import pickletools
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -392,7 +393,9 @@ def load_original_checkpoint(path: str | os.PathLike) -> dict:
             unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
             if unknown:
                 raise _refused(path, unknown)
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            with warnings.catch_warnings():  # e.g. "nested tensors are a prototype": the refusal is the one line
+                warnings.simplefilter("ignore")
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 -- torch raises many types for corrupt, truncated or foreign files

@@ -1,6 +1,9 @@
 """The teacher and the student of a distillation run, and the checks that they fit together."""
 
+import functools
+import inspect
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -11,9 +14,39 @@ from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
 from ..remote_code import add_remote_code_entries
-from .recipe import DistillArguments
+from ..untrusted import check_model_size
+from .recipe import DistillArguments, did_you_mean
 
 RANDOM_TEACHERS = {"random-hubert": HubertConfig, "random-wavlm": WavLMConfig, "random-wav2vec2": Wav2Vec2Config}
+
+
+@functools.cache
+def config_fields(config_class: type[PretrainedConfig]) -> set[str]:
+    """The field names a config class knows: its and `PretrainedConfig`'s arguments, and a default instance's."""
+    arguments = {
+        name
+        for cls in (config_class, PretrainedConfig)
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if name != "self" and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)
+    }
+    return arguments | set(vars(config_class())) | set(config_class.attribute_map)
+
+
+def _check_fields(values: Mapping[str, object] | None, config_class: type[PretrainedConfig], key: str) -> None:
+    known = config_fields(config_class)
+    for name in values or {}:
+        if name not in known:
+            raise UserError(
+                f"unknown {key} field {name!r}{did_you_mean(name, known)}; {key} takes {config_class.__name__} fields"
+            )
+
+
+def check_config_fields(distill_args: DistillArguments) -> None:
+    """Refuse a mistyped `student_config` / `teacher_config` field (`hidden_sise`) before any model is built:
+    the config classes would keep it as an unused attribute and train the default size."""
+    _check_fields(distill_args.student_config, ARMHubertConfig, "student_config")
+    if distill_args.teacher in RANDOM_TEACHERS:  # other teachers refuse teacher_config altogether
+        _check_fields(distill_args.teacher_config, RANDOM_TEACHERS[distill_args.teacher], "teacher_config")
 
 
 def load_teacher(distill_args: DistillArguments, seed: int) -> PreTrainedModel:
@@ -24,6 +57,7 @@ def load_teacher(distill_args: DistillArguments, seed: int) -> PreTrainedModel:
             config = RANDOM_TEACHERS[name](**(distill_args.teacher_config or {}))
         except (TypeError, ValueError) as error:
             raise UserError(f"teacher_config for {name}: {str(error).splitlines()[0]}") from None
+        check_model_size(lambda: AutoModel.from_config(config), f"teacher_config for {name}")
         torch.manual_seed(seed)
         teacher = AutoModel.from_config(config)
     else:
@@ -67,6 +101,7 @@ def build_student(distill_args: DistillArguments, teacher_config: PretrainedConf
     if config.has_projection_heads and "projection_head_size" not in overrides:
         config.projection_head_size = teacher_config.hidden_size
     add_remote_code_entries(config)  # the saved student opens through every Auto class and the feature pipeline
+    check_model_size(lambda: ARMHubertModel(config), "the student config")
     torch.manual_seed(seed)
     student = ARMHubertModel(config)
     mode = distill_args.distill_mode

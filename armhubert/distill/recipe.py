@@ -1,9 +1,12 @@
 """Distillation recipes: `DistillArguments`, the Trainer defaults, YAML loading with key=value overrides.
 
-A recipe is a flat YAML mapping of `DistillArguments` and `transformers.TrainingArguments` fields;
+A recipe is a flat YAML mapping of `DistillArguments` and `transformers.TrainingArguments` fields,
+given as a file or by the name of a bundled recipe (`quickstart`, `armhubert-960h`, ...: `conf/`).
 `key=value` overrides are parsed as YAML (`student_config.hidden_size=64` sets one entry of a
-mapping). `build_arguments` validates it into the two argument objects; every problem is a
-`UserError` naming the key.
+mapping). Relative input paths in a recipe file (`data_source`, `teacher`, `student`, `deepspeed`)
+are relative to the file's folder, so a recipe runs from any folder; on the command line they are
+relative to the current folder, as any argument. `build_arguments` validates the recipe into the two
+argument objects; every problem is a `UserError` naming the key.
 """
 
 import dataclasses
@@ -25,7 +28,7 @@ from configuration_armhubert import PRESETS
 
 from ..cli import UserError
 from ..guarded_trainer import check_training_values
-from ..librispeech import HUB_DATASET
+from ..resources import BUNDLED_RECIPES, HUB_DATASET, recipe_names
 from ..untrusted import brief, load_yaml_file, parse_yaml_text
 from .losses import STAR_LAYER0, STAR_NORMALIZATIONS, STAR_REDUCTIONS
 
@@ -53,7 +56,6 @@ STAR_VARIANTS = {
         star_intra_weight=1.0,
     ),
 }
-BUNDLED_RECIPES = Path(__file__).resolve().parents[2] / "conf"
 
 
 def _arg(default, help_text):
@@ -208,7 +210,7 @@ TRAINING_DEFAULTS = dict(
     eval_strategy="epoch",
     save_strategy="epoch",
     logging_steps=50,
-    dataloader_num_workers=4,
+    dataloader_num_workers=4,  # at most the CPUs available (see `available_cpus`)
     # Parameters a mode does not use are frozen (build_student), so DDP needs no unused-parameter search.
     ddp_find_unused_parameters=False,
     # No gradient clipping: the release never clipped (Lightning's default; its optimiser does not
@@ -307,15 +309,58 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 
-def load_recipe(config_path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, typing.Any]:
-    """The recipe YAML as a dict, with `key=value` overrides applied (values parsed as YAML, never eval)."""
-    path = Path(config_path)
-    if not path.is_file():
-        available = ", ".join(sorted(p.stem for p in BUNDLED_RECIPES.glob("*.yaml")))
-        raise UserError(f"recipe {path} not found; the bundled recipes are conf/<name>.yaml with name in: {available}")
+# Recipe keys that name an input file or folder (a Hub id, preset or random-* teacher is left as it is).
+PATH_KEYS = ("data_source", "teacher", "student", "deepspeed")
+
+
+def find_recipe(config: str | os.PathLike) -> Path:
+    """The recipe file `config` names: a path, or the name of a bundled recipe (`quickstart`, `armhubert-960h`)."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    bundled = BUNDLED_RECIPES / f"{path.name.removesuffix('.yaml')}.yaml"
+    if path.name == str(config) and bundled.is_file():  # a bare name, not a path elsewhere
+        return bundled
+    raise UserError(
+        f"recipe {config} not found; give a recipe file or the name of a bundled recipe: {', '.join(recipe_names())}"
+    )
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (what PyTorch's DataLoader checks its worker count against)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _resolve_paths(recipe: dict[str, typing.Any], folder: Path) -> None:
+    """Make the relative input paths of a recipe file absolute against its folder, where they exist there."""
+    for key in PATH_KEYS:
+        value = recipe.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (folder / value).exists():
+            recipe[key] = str((folder / value).resolve())
+
+
+def _cap_workers(recipe: dict[str, typing.Any]) -> None:
+    """A recipe file's `dataloader_num_workers`, at most the CPUs available (the release recipes say 8)."""
+    workers, cpus = recipe.get("dataloader_num_workers"), available_cpus()
+    if isinstance(workers, int) and not isinstance(workers, bool) and workers > cpus:
+        logger.info(
+            "dataloader_num_workers %d -> %d, the CPUs available; pass dataloader_num_workers=N to set it",
+            workers,
+            cpus,
+        )
+        recipe["dataloader_num_workers"] = cpus
+
+
+def load_recipe(config: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, typing.Any]:
+    """The recipe (a file or a bundled recipe's name) as a dict, its relative input paths resolved against the
+    file's folder and its worker count capped at the CPUs, then the `key=value` overrides applied (values
+    parsed as YAML, never eval; as given)."""
+    path = find_recipe(config)
     recipe = load_yaml_file(path, "recipe", _RecipeLoader) or {}
     if not isinstance(recipe, dict):
         raise UserError(f"{path} must be a mapping of key: value lines, found a {type(recipe).__name__}")
+    _resolve_paths(recipe, path.resolve().parent)
+    _cap_workers(recipe)
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep or not key:
@@ -336,6 +381,12 @@ def load_recipe(config_path: str | os.PathLike, overrides: Sequence[str] = ()) -
     return recipe
 
 
+def did_you_mean(key: str, known: typing.Iterable[str]) -> str:
+    """` (did you mean a, b?)` with the known names closest to a mistyped `key`, or "" when none is close."""
+    close = difflib.get_close_matches(key, sorted(known), n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
 def _report_to_default():
     return ["tensorboard"] if is_tensorboard_available() else "none"
 
@@ -346,10 +397,8 @@ def build_arguments(recipe: dict[str, typing.Any]) -> tuple[DistillArguments, Tr
     training_fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     for key in recipe:
         if key not in distill_fields and key not in training_fields:
-            close = difflib.get_close_matches(key, sorted(distill_fields | training_fields), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise UserError(
-                f"unknown recipe key {key!r}{hint}; keys are DistillArguments fields "
+                f"unknown recipe key {key!r}{did_you_mean(key, distill_fields | training_fields)}; keys are DistillArguments fields "
                 "(armhubert/distill/recipe.py) or transformers.TrainingArguments fields"
             )
         if key in TRAINING_FIXED and recipe[key] != TRAINING_FIXED[key]:
@@ -365,7 +414,11 @@ def build_arguments(recipe: dict[str, typing.Any]) -> tuple[DistillArguments, Tr
     for key, value in training_values.items():
         check_value_type(value, training_types[key], key)
     check_training_values(training_values)
-    training_values = {**TRAINING_DEFAULTS, "report_to": _report_to_default(), **training_values, **TRAINING_FIXED}
+    defaults = {
+        **TRAINING_DEFAULTS,
+        "dataloader_num_workers": min(TRAINING_DEFAULTS["dataloader_num_workers"], available_cpus()),
+    }
+    training_values = {**defaults, "report_to": _report_to_default(), **training_values, **TRAINING_FIXED}
     try:
         distill_args = DistillArguments(**distill_values)
         training_args = TrainingArguments(**training_values)

@@ -1,6 +1,7 @@
 """One distillation run: validate everything first, then train and save the student (`distill`)."""
 
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,11 +17,12 @@ from ..cards import DistillationFacts, distilled_card, format_duration, last_log
 from ..cli import UserError
 from ..guarded_trainer import save_trained_model
 from ..librispeech import AudioCollator, load_librispeech
-from ..outputs import atomic_write_text, check_output_location
+from ..outputs import WriteFailure, atomic_write_text, check_output_location, output_lock, reported_write_failures
 from .masks import SpanMasker
-from .models import build_student, check_frame_rates, layer_pairs, load_teacher
+from .models import build_student, check_config_fields, check_frame_rates, layer_pairs, load_teacher
 from .recipe import DistillArguments, apply_effective_batch_size, build_arguments, load_recipe
-from .trainer import DistillTrainer, resolve_resume
+from .resume import check_resume_checkpoint
+from .trainer import DistillTrainer, complete_checkpoints, resolve_resume
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,23 @@ def _masker(
     )
 
 
+def _train(trainer: DistillTrainer, resume: str | None) -> None:
+    """`trainer.train`; a checkpoint that could not be written (a full disk) is removed and reported in one line.
+
+    torch and safetensors report a failed write as RuntimeError / SafetensorError, not OSError; the
+    checkpoint-N this run was writing is incomplete (no trainer state) and is deleted, earlier ones stay.
+    """
+    before = set(Path(trainer.args.output_dir).glob("checkpoint-*"))
+    try:
+        with reported_write_failures(f"a checkpoint into {trainer.args.output_dir}"):
+            trainer.train(resume_from_checkpoint=resume)
+    except (WriteFailure, OSError):
+        complete = set(complete_checkpoints(trainer.args.output_dir))
+        for folder in set(Path(trainer.args.output_dir).glob("checkpoint-*")) - before - complete:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def distill(
     config_path: str | Path,
     overrides: Sequence[str] = (),
@@ -119,9 +138,24 @@ def distill(
     """
     recipe = load_recipe(config_path, overrides)
     distill_args, training_args = build_arguments(recipe)
+    check_config_fields(distill_args)
     inputs = [distill_args.data_source, distill_args.teacher, distill_args.student]  # those that are paths
     check_output_location(training_args.output_dir, inputs)
     setup_logging(training_args)
+    if not training_args.should_save:  # the main process holds the output_dir's lock for all
+        return _distill(recipe, distill_args, training_args, resume, callbacks)
+    with output_lock(training_args.output_dir):
+        return _distill(recipe, distill_args, training_args, resume, callbacks)
+
+
+def _distill(
+    recipe: dict,
+    distill_args: DistillArguments,
+    training_args: TrainingArguments,
+    resume: str | bool | None,
+    callbacks: Sequence[TrainerCallback],
+) -> DistillTrainer:
+    """`distill` once the recipe is read and the output_dir is this run's."""
     resume = resolve_resume(resume or training_args.resume_from_checkpoint, training_args.output_dir)
     apply_effective_batch_size(distill_args, training_args)
 
@@ -169,7 +203,9 @@ def distill(
         atomic_write_text(
             Path(training_args.output_dir) / "distill_recipe.yaml", yaml.safe_dump(recipe, sort_keys=False)
         )
-    trainer.train(resume_from_checkpoint=resume)
+    if resume is not None:
+        check_resume_checkpoint(resume, trainer)
+    _train(trainer, resume)
     save_trained_model(trainer, training_args.output_dir, card=_student_card(trainer, distill_args, train_dataset))
     if training_args.should_save:  # where the student is, and what it really is
         print(f"saved the student ({_parameters(student):,} parameters) to {training_args.output_dir}")

@@ -1,4 +1,10 @@
-"""All Trainer customisation of distillation: `DistillTrainer`, its callback, checkpoint rotation and resuming."""
+"""All Trainer customisation of distillation: `DistillTrainer`, its callback, checkpoint rotation and resuming.
+
+Only public `Trainer` methods are overridden (`get_train_dataloader`, `compute_loss`, `prediction_step`,
+`evaluation_loop`, `log`, `get_decay_parameter_names`) and a callback does the rest (sampler epoch,
+throughput clock, checkpoint rotation), so a `transformers` release that reshapes its private helpers
+does not silently change a run.
+"""
 
 import contextlib
 import logging
@@ -6,14 +12,16 @@ import os
 import re
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from accelerate.utils.memory import clear_device_cache
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 
 from configuration_armhubert import SAMPLING_RATE
 
@@ -27,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 
 class _DistillCallback(TrainerCallback):
-    """Keeps the sampler's epoch, the throughput clock and the end-of-run report in step with training."""
+    """Keeps the sampler's epoch, the throughput clock, the checkpoints kept and the end-of-run report in step
+    with training."""
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -41,6 +50,12 @@ class _DistillCallback(TrainerCallback):
             self.trainer._length_sampler.set_epoch(epoch)
         if isinstance(self.trainer.data_collator, AudioCollator):
             self.trainer.data_collator.epoch = epoch
+
+    def on_save(self, args, state, control, **kwargs):
+        """After each checkpoint (and the evaluation before it): keep the best k by eval_loss plus the last."""
+        keep = self.trainer.distill_args.keep_best_checkpoints
+        if args.should_save and keep is not None:
+            keep_best_and_last_checkpoints(args.output_dir, state.log_history, keep)
 
     def on_train_end(self, args, state, control, **kwargs):
         total = self.trainer._drain_unreadable()
@@ -98,22 +113,39 @@ class DistillTrainer(GuardedTrainer):
         self._length_sampler = None
         self._train_parts, self._eval_parts = {}, {}
         self._audio_samples, self._unreadable, self._unreadable_total, self._eval_unreadable = 0.0, 0, 0, 0
-        self._log_clock, self._pending_logs = None, {}
+        self._log_clock = None
         self.add_callback(_DistillCallback(self))
 
     # ---- data
 
-    def _get_train_sampler(self, train_dataset=None):
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy != "group_by_length":
-            return super()._get_train_sampler(train_dataset)
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+    def get_train_dataloader(self) -> DataLoader:
+        """The Trainer's training loader, but in a length-grouped order drawn from (seed, epoch) only
+        (`EpochSeededLengthGroupedSampler`): the same on every rank and after a resume. Other sampling
+        strategies are the Trainer's. The recipe fixes `remove_unused_columns=False`: the dataset goes in as it is.
+        """
+        args = self.args
+        if args.train_sampling_strategy != "group_by_length":
+            return super().get_train_dataloader()
         self._length_sampler = EpochSeededLengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            list(dataset[self.args.length_column_name]),
-            seed,
+            args.train_batch_size * args.gradient_accumulation_steps,
+            list(self.train_dataset[args.length_column_name]),
+            args.data_seed if args.data_seed is not None else args.seed,
         )
-        return self._length_sampler
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=args.train_batch_size,
+            sampler=self._length_sampler,
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers,
+            multiprocessing_context=args.dataloader_multiprocessing_context,
+            prefetch_factor=args.dataloader_prefetch_factor,
+            in_order=args.dataloader_in_order,
+            drop_last=args.dataloader_drop_last,
+            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
+        )
+        return self.accelerator.prepare(loader)
 
     # ---- optimiser: weight decay on every parameter whose name has no "bias" (as the release)
 
@@ -257,25 +289,25 @@ class DistillTrainer(GuardedTrainer):
         self._unreadable_total += int(count.item())
         return self._unreadable_total
 
-    def _maybe_log_save_evaluate(self, *args, **kwargs):
-        if self.control.should_log and self.state.global_step > self._globalstep_last_logged:
-            logs = self._reduce_parts(self._train_parts)
-            self._train_parts = {}
-            audio = self.accelerator.reduce(self._as_device_tensor(self._audio_samples), reduction="sum")
-            self._audio_samples = 0.0
-            now = time.perf_counter()
-            elapsed = now - (self._log_clock or now)
-            self._log_clock = now
-            if elapsed > 0:
-                logs["audio_seconds_per_second"] = audio.item() / SAMPLING_RATE / elapsed
-            logs["unreadable_files"] = self._drain_unreadable()
-            self._pending_logs = logs
-        return super()._maybe_log_save_evaluate(*args, **kwargs)
+    def _training_log_parts(self):
+        """Loss parts, audio seconds per second and skipped files since the last training log (all ranks reduce)."""
+        logs = self._reduce_parts(self._train_parts)
+        self._train_parts = {}
+        audio = self.accelerator.reduce(self._as_device_tensor(self._audio_samples), reduction="sum")
+        self._audio_samples = 0.0
+        now = time.perf_counter()
+        elapsed = now - (self._log_clock or now)
+        self._log_clock = now
+        if elapsed > 0:
+            logs["audio_seconds_per_second"] = audio.item() / SAMPLING_RATE / elapsed
+        logs["unreadable_files"] = self._drain_unreadable()
+        return logs
 
     def log(self, logs, start_time=None):
-        if "loss" in logs and self._pending_logs:
-            logs = {**logs, **self._pending_logs}
-            self._pending_logs = {}
+        """The Trainer's log; its periodic training log (the one with "loss", which every rank calls at the
+        same step) also gets the loss parts, throughput and skipped files."""
+        if "loss" in logs:
+            logs = {**logs, **self._training_log_parts()}
         super().log(logs, start_time)
 
     def evaluation_loop(
@@ -288,15 +320,6 @@ class DistillTrainer(GuardedTrainer):
         skipped = self.accelerator.reduce(self._as_device_tensor(self._eval_unreadable), "sum")
         output.metrics[f"{metric_key_prefix}_unreadable_files"] = int(skipped.item())
         return output
-
-    # ---- checkpoints: best k by eval_loss plus the last
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save and self.distill_args.keep_best_checkpoints is not None:
-            keep_best_and_last_checkpoints(
-                self.args.output_dir, self.state.log_history, self.distill_args.keep_best_checkpoints
-            )
 
 
 def _accumulate(store: dict[str, list[Tensor]], parts: dict[str, Tensor]) -> None:
