@@ -58,16 +58,24 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+MAX_AUDIO_SECONDS = 3600  # as armhubert.audio: longer recordings are cut into utterances first
+MAX_AUDIO_CHANNELS = 64
+BLOCK_FRAMES = 1 << 16
+
+
 def read_audio_file(source: str | os.PathLike | bytes, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     """An audio file (a path, or the file's bytes) -> mono float32 samples (samples,) at `sampling_rate`.
 
-    Decoded with soundfile (FLAC, WAV, OGG, MP3, ...), channels averaged, resampled with soxr: no ffmpeg
-    needed. Both are imported here, as this file also runs as Hub remote code, which may rely on torch,
-    transformers and numpy only. Without them, or for a format soundfile cannot read, ffmpeg decodes the
-    file when it is on PATH (transformers' `ffmpeg_read`, as its own audio pipelines do).
+    Decoded with soundfile (FLAC, WAV, OGG, MP3, ...) block by block, channels averaged, resampled with
+    soxr: no ffmpeg needed, and the memory a read takes is its output's. Both are imported here, as this
+    file also runs as Hub remote code, which may rely on torch, transformers and numpy only. Without
+    them, or for a format soundfile cannot read, ffmpeg decodes the file when it is on PATH
+    (transformers' `ffmpeg_read`, as its own audio pipelines do).
 
     Raises:
-        ValueError: one line naming the file: missing, or undecodable by every decoder at hand.
+        ValueError: one line naming the file: missing; declaring more than MAX_AUDIO_SECONDS or
+            MAX_AUDIO_CHANNELS (read from its header, before decoding); non-finite samples; or
+            undecodable by every decoder at hand.
     """
     name = "<audio bytes>" if isinstance(source, bytes) else os.fspath(source)
     if not isinstance(source, bytes) and not os.path.isfile(name):
@@ -79,16 +87,12 @@ def read_audio_file(source: str | os.PathLike | bytes, sampling_rate: int = SAMP
         problem = "soundfile and soxr are not installed (pip install soundfile soxr)"
     else:
         try:
-            samples, rate = soundfile.read(
-                io.BytesIO(source) if isinstance(source, bytes) else name, dtype="float32", always_2d=True
-            )
+            stream = soundfile.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else name)
         except Exception as error:  # noqa: BLE001 -- libsndfile raises several types for unreadable files
             problem = f"soundfile cannot decode it ({_first_line(error)})"
         else:
-            samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-            if rate != sampling_rate and samples.size:
-                samples = soxr.resample(samples, rate, sampling_rate)
-            return np.ascontiguousarray(samples, dtype=np.float32)
+            with stream:
+                return _decode_blocks(stream, name, sampling_rate, soxr)
     if shutil.which("ffmpeg") is None:
         raise ValueError(
             f"cannot decode audio file {name}: {problem}, and ffmpeg is not on PATH. Convert it to FLAC or WAV, "
@@ -101,6 +105,26 @@ def read_audio_file(source: str | os.PathLike | bytes, sampling_rate: int = SAMP
         return ffmpeg_read(source, sampling_rate)
     except ValueError as error:
         raise ValueError(f"cannot decode audio file {name}: {problem}, nor can ffmpeg.") from error
+
+
+def _decode_blocks(stream, name: str, sampling_rate: int, soxr) -> np.ndarray:
+    """A soundfile stream -> (samples,) float32 mono at `sampling_rate`, after checking its declared size."""
+    rate, channels, frames = stream.samplerate, stream.channels, stream.frames
+    if channels > MAX_AUDIO_CHANNELS or frames > MAX_AUDIO_SECONDS * rate:
+        raise ValueError(
+            f"audio file {name} declares {channels} channels and {frames / rate:,.0f} s; at most "
+            f"{MAX_AUDIO_CHANNELS} channels and {MAX_AUDIO_SECONDS:,} s are read. Cut it into utterances."
+        )
+    resampler = soxr.ResampleStream(rate, sampling_rate, 1, dtype="float32") if rate != sampling_rate else None
+    pieces = []
+    for block in stream.blocks(blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True):
+        if not np.isfinite(block).all():
+            raise ValueError(f"audio file {name} holds NaN or infinite samples; the outputs would be NaN.")
+        mono = block.mean(axis=1) if channels > 1 else block[:, 0].copy()
+        pieces.append(mono if resampler is None else resampler.resample_chunk(mono))
+    if resampler is not None:
+        pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, dtype=np.float32)
 
 
 def decode_audio_files(inputs, sampling_rate: int = SAMPLING_RATE):

@@ -12,6 +12,7 @@ from helpers import ROOT, random_model, tiny_config
 from transformers import AudioClassificationPipeline, AutomaticSpeechRecognitionPipeline, Wav2Vec2CTCTokenizer, pipeline
 from transformers.models.auto import configuration_auto, modeling_auto
 
+import pipeline_armhubert
 from armhubert import finetune
 from armhubert.convert.folders import save_model_folder
 from armhubert.remote_code import add_remote_code_entries
@@ -149,6 +150,12 @@ def test_file_decoding_resamples_averages_channels_and_names_what_failed(no_ffmp
         read_audio_file(tmp_path / "broken.flac")
     with pytest.raises(ValueError, match="missing.flac does not exist"):
         read_audio_file(tmp_path / "missing.flac")
+    soundfile.write(tmp_path / "nan.wav", np.array([0.1, np.nan] * 400, dtype=np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="nan.wav holds NaN or infinite samples"):
+        read_audio_file(tmp_path / "nan.wav")
+    monkeypatch.setattr(pipeline_armhubert, "MAX_AUDIO_SECONDS", 1)  # the header is read before any decoding
+    with pytest.raises(ValueError, match=r"declares 1 channels and \d+ s; at most 64 channels and 1 s are read"):
+        read_audio_file(FLAC)
     monkeypatch.setitem(sys.modules, "soundfile", None)  # as on a machine without it: import fails
     with pytest.raises(ValueError, match="soundfile and soxr are not installed .*ffmpeg is not on PATH"):
         read_audio_file(FLAC)
