@@ -1,161 +1,113 @@
-"""Export a converted model to ONNX, check it against PyTorch with onnxruntime, and time both on CPU.
+"""Export a converted model to ONNX (fp32, int8 or fp16), check it against PyTorch, and time both on CPU.
 
     python scripts/export_onnx.py converted/armhubert-960h --output armhubert-960h.onnx
+    python scripts/export_onnx.py converted/armhubert-960h --precision int8 --output armhubert-960h.int8.onnx
     python scripts/export_onnx.py REPO_DIR --subfolder STaRHuBERT --output starhubert.onnx --latency-seconds 10
 
 MODEL is any folder written by `convert_checkpoint.py` (ARMHuBERT format or `--format hubert`), or a
-Hub id. The ONNX graph takes `input_values` (batch, samples) float32 raw 16 kHz audio, with dynamic
-batch and time axes, and returns `last_hidden_state` (batch, frames, D_out), `hidden_states`
-(L+1, batch, frames, D) and, for models with projection heads, `projected_hidden_states`
-(L, batch, frames, P): the fields of the PyTorch output, stacked. Rows of a batch must have equal
-length (there is no attention-mask input: run padded utterances one per batch, or crop the outputs).
+Hub id. The graph takes `input_values` (batch, samples) float32 raw 16 kHz audio and optionally
+`attention_mask` (batch, samples) int64, 1 = real sample (left out: nothing padded), with dynamic
+batch and time axes, and returns `last_hidden_state`, `hidden_states` (L+1 stacked) and, for models
+with projection heads, `projected_hidden_states` (L stacked): see `armhubert.deploy`.
 
-After the export, onnxruntime runs the file on a batch whose size and length differ from the export
-example, every output is compared with PyTorch's (max abs difference, must stay under --atol), and
-both are timed on one utterance of --latency-seconds. The file is kept in memory and written to
---output (atomically) only once the check passes. Exit status: 0 ok, 1 parity check failed,
-2 bad input.
+--precision int8 quantises the transformer's weight products (ONNX Runtime dynamic U8S8, per
+channel; `--int8-parts` chooses others), fp16 stores weights and activations in float16 (inputs and
+outputs stay float32). After the export, ONNX Runtime runs the file on batches whose size and
+length differ from the export example, one of them padded (with a mask), and compares with PyTorch
+fp32: fp32 by the largest |difference| (--atol), int8 / fp16 by each layer's mean cosine to fp32
+(--min-cosine) and relative error (--max-relative-error). Both runtimes are then timed, taking turns,
+on one utterance of --latency-seconds. The file is written to --output (atomically) only once the
+check passes. Exit status: 0 ok, 1 parity check failed, 2 bad input.
 """
 
 import argparse
-import math
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from transformers import AutoModel, PreTrainedModel
+from transformers import PreTrainedModel
 
-import modeling_armhubert  # noqa: F401  (registers the armhubert model type: no remote code needed)
 from armhubert.cli import UserError, run_main
-from armhubert.model_folders import check_model_folder, load_pretrained
+from armhubert.deploy import (
+    DEFAULT_INT8_PARTS,
+    OUTPUT_NAMES,
+    PRECISIONS,
+    QUANTIZABLE_PARTS,
+    check_int8_parts,
+    convert_precision,
+    export_onnx,
+    layer_fidelity,
+    load_model,
+    max_abs_differences,
+    min_samples,
+    onnx_session,
+    run_onnx,
+    run_torch,
+)
 from armhubert.outputs import atomic_write_bytes
-from configuration_armhubert import SAMPLING_RATE, receptive_field
+from configuration_armhubert import SAMPLING_RATE
 
-OUTPUT_NAMES = ("last_hidden_state", "hidden_states", "projected_hidden_states")
 PROG = "export_onnx.py"
+__all__ = ["OUTPUT_NAMES", "export_onnx", "load_model", "main", "min_samples"]
 
 
-class StackedOutputs(torch.nn.Module):
-    """The model with tensor outputs only: last_hidden_state, stacked hidden_states (and projections)."""
-
-    def __init__(self, model: PreTrainedModel) -> None:
-        super().__init__()
-        self.model = model
-        self.has_projections = getattr(model.config, "projection_head_size", None) is not None
-
-    def forward(self, input_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(batch, samples) -> (batch, frames, D_out), (L+1, batch, frames, D)[, (L, batch, frames, P)]."""
-        output = self.model(input_values, output_hidden_states=True)
-        outputs = (output.last_hidden_state, torch.stack(output.hidden_states))
-        if self.has_projections:
-            outputs += (torch.stack(output.projected_hidden_states),)
-        return outputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(OUTPUT_NAMES[: 3 if self.has_projections else 2])
-
-
-def min_samples(config) -> int:
-    """Fewest samples the graph accepts: two frames (torch.export specialises a length-1 time axis)."""
-    return receptive_field(config.conv_kernel, config.conv_stride) + math.prod(config.conv_stride)
-
-
-def load_model(model: str, subfolder: str | None = None) -> PreTrainedModel:
-    """A converted model (ARMHuBERT or HuBERT format) in eval mode; UserError when it cannot be loaded."""
-    check_model_folder(model, subfolder)
-    return load_pretrained(AutoModel.from_pretrained, model, subfolder).eval()
-
-
-def export_onnx(model: PreTrainedModel, opset: int | None = None) -> bytes:
-    """`model` as one self-contained ONNX file (its bytes), with dynamic batch and time axes.
-
-    The file stays in memory until it has passed the parity check (the models are far below
-    protobuf's 2 GB limit).
-    """
-    wrapper = StackedOutputs(model).eval()
-    example = torch.zeros(2, SAMPLING_RATE)
-    samples = torch.export.Dim("samples", min=min_samples(model.config))
-    program = torch.onnx.export(
-        wrapper,
-        (example,),
-        dynamo=True,
-        input_names=["input_values"],
-        output_names=wrapper.output_names,
-        dynamic_shapes=({0: torch.export.Dim("batch"), 1: samples},),
-        opset_version=opset,
-        verbose=False,
-    )
-    return program.model_proto.SerializeToString()
-
-
-def onnx_session(model_bytes: bytes, threads: int | None = None):
-    """An onnxruntime CPU session over the serialised model."""
-    try:
-        import onnxruntime  # optional: pip install onnxruntime
-    except ImportError:
-        raise UserError("onnxruntime is not installed: pip install onnxruntime") from None
-    options = onnxruntime.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-
-
-def check_parity(
-    model: PreTrainedModel, session, batch: int = 3, seconds: float = 1.7, seed: int = 0
-) -> dict[str, float]:
-    """Max abs difference between onnxruntime and PyTorch for every output, on a shape unlike the export's."""
+def parity_inputs(config, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Batches unlike the export example's (2 x 1.0 s): 3 x 1.7 s, and 3 rows of 0.6 / 1.1 / 1.7 s padded."""
     generator = torch.Generator().manual_seed(seed)
-    audio = 0.1 * torch.randn(batch, int(seconds * SAMPLING_RATE), generator=generator)
-    with torch.inference_mode():
-        expected = StackedOutputs(model)(audio)
-    names = [output.name for output in session.get_outputs()]
-    got = session.run(names, {"input_values": audio.numpy()})
-    differences = {}
-    for name, onnx_value, torch_value in zip(names, got, expected):
-        if tuple(onnx_value.shape) != tuple(torch_value.shape):
-            raise AssertionError(f"{name}: onnxruntime shape {onnx_value.shape}, PyTorch {tuple(torch_value.shape)}")
-        differences[name] = float(np.abs(onnx_value - torch_value.numpy()).max())
-    return differences
+    samples = int(1.7 * SAMPLING_RATE)
+    audio = 0.1 * torch.randn(3, samples, generator=generator)
+    lengths = [max(int(0.6 * SAMPLING_RATE), min_samples(config)), int(1.1 * SAMPLING_RATE), samples]
+    mask = (torch.arange(samples)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return [(audio, None), (audio * mask, mask)]
 
 
-def _median_ms(run: Callable[[], object], runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+def check_parity(model: PreTrainedModel, session, precision: str, args: argparse.Namespace) -> bool:
+    """Print the parity table of the graph against PyTorch fp32; whether it passes the precision's bound."""
+    passed = True
+    for audio, mask in parity_inputs(model.config):
+        expected = run_torch(model, audio, mask)
+        got = run_onnx(session, audio.numpy(), None if mask is None else mask.numpy())
+        case = "batch 3 x 1.7 s" + (", padded rows 0.6 / 1.1 / 1.7 s" if mask is not None else "")
+        if precision == "fp32":
+            differences = max_abs_differences(expected, got)
+            print(f"parity ({case}; export example was 2 x 1.0 s), max |onnxruntime - PyTorch|:")
+            for name, difference in differences.items():
+                print(f"  {name:<24} {difference:.2e}")
+            passed &= max(differences.values()) <= args.atol
+            continue
+        print(f"{precision} fidelity to PyTorch fp32 ({case}): mean / min cosine per frame, relative error")
+        for layer in layer_fidelity(expected, got):
+            ok = layer.passes(args.min_cosine, args.max_relative_error)
+            passed &= ok
+            flag = "" if ok else "  <- below the bound"
+            print(f"  {layer.name:<14} {layer.mean_cosine:.6f} {layer.min_cosine:.6f} {layer.relative_error:.2e}{flag}")
+    return passed
 
 
-@dataclass
-class Latency:
-    torch_ms: float
-    onnx_ms: float
+def _median_ms(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median milliseconds of each callable, taking turns (background load hits all alike)."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
 
-    @property
-    def speedup(self) -> float:
-        return self.torch_ms / self.onnx_ms
 
-
-def measure_latency(model: PreTrainedModel, session, seconds: float = 10.0, runs: int = 10) -> Latency:
-    """Median CPU latency of one utterance of `seconds`, PyTorch (inference mode) and onnxruntime."""
+def measure_latency(model: PreTrainedModel, session, seconds: float = 10.0, runs: int = 10) -> dict[str, float]:
+    """Median CPU latency (ms) of one utterance of `seconds`: PyTorch fp32 (inference mode) and onnxruntime."""
     audio = 0.1 * torch.randn(1, int(seconds * SAMPLING_RATE), generator=torch.Generator().manual_seed(1))
-    wrapper = StackedOutputs(model).eval()
-    feed = {"input_values": audio.numpy()}
-
-    def run_torch():
-        with torch.inference_mode():
-            wrapper(audio)
-
-    return Latency(_median_ms(run_torch, runs), _median_ms(lambda: session.run(None, feed), runs))
+    samples = audio.numpy()
+    return _median_ms(
+        {"PyTorch": lambda: run_torch(model, audio), "onnxruntime": lambda: run_onnx(session, samples)}, runs
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -164,46 +116,69 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subfolder", help="variant subfolder of a multi-model repository")
     parser.add_argument("--output", required=True, help="the .onnx file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--precision", default="fp32", help=f"number format of the graph: {', '.join(PRECISIONS)}")
+    parser.add_argument(
+        "--int8-parts",
+        nargs="+",
+        default=list(DEFAULT_INT8_PARTS),
+        help="model parts whose products int8 quantises (the rest stays fp32): "
+        + "; ".join(f"{name}: {what}" for name, what in QUANTIZABLE_PARTS.items()),
+    )
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
-    parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |onnxruntime - PyTorch|")
+    parser.add_argument("--atol", type=float, default=1e-4, help="fp32: largest allowed |onnxruntime - PyTorch|")
+    parser.add_argument(
+        "--min-cosine", type=float, default=0.999, help="int8 / fp16: smallest allowed mean cosine of a layer to fp32"
+    )
+    parser.add_argument(
+        "--max-relative-error",
+        type=float,
+        default=0.05,
+        help="int8 / fp16: largest allowed ||x - fp32|| / ||fp32|| of a layer",
+    )
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="utterance length for the timing")
     parser.add_argument("--latency-runs", type=int, default=10, help="timed runs per runtime (median reported)")
     parser.add_argument("--threads", type=int, help="CPU threads for both runtimes (default: PyTorch's)")
     return parser.parse_args(argv)
 
 
-def export(argv: Sequence[str] | None = None) -> int:
-    """Export, check parity, time, and write --output; 1 (nothing written) when the parity check fails."""
-    args = parse_args(argv)
-    output = Path(args.output)
+def check_precision(precision: str, parts: Sequence[str]) -> None:
+    """Before the (slow) export: a known --precision and known --int8-parts."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    check_int8_parts(parts)
+
+
+def check_output(output: Path, overwrite: bool) -> None:
     if output.suffix.lower() != ".onnx":  # never e.g. the model's own model.safetensors or config.json
         raise UserError(f"--output {output} must name a .onnx file")
-    if output.exists() and not args.overwrite:
+    if output.exists() and not overwrite:
         raise UserError(f"{output} exists; pass --overwrite to replace it")
     if output.is_dir():
         raise UserError(f"{output} is a folder; --output names the .onnx file to write")
+
+
+def export(argv: Sequence[str] | None = None) -> int:
+    """Export, convert, check parity, time, and write --output; 1 (nothing written) when the check fails."""
+    args = parse_args(argv)
+    output = Path(args.output)
+    check_precision(args.precision, args.int8_parts)
+    check_output(output, args.overwrite)
     model = load_model(args.model, args.subfolder)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    model_bytes = export_onnx(model, args.opset)
+    model_bytes = convert_precision(export_onnx(model, args.opset), args.precision, args.int8_parts)
     session = onnx_session(model_bytes, threads)
-    differences = check_parity(model, session)
-    print("parity (batch 3 x 1.7 s; export example was 2 x 1.0 s), max |onnxruntime - PyTorch|:")
-    for name, difference in differences.items():
-        print(f"  {name:<24} {difference:.2e}")
-    worst = max(differences.values())
-    if worst > args.atol:
-        print(
-            f"{PROG}: error: parity check failed ({worst:.2e} > --atol {args.atol}); {output} was not written",
-            file=sys.stderr,
-        )
+    if not check_parity(model, session, args.precision, args):
+        bound = f"--atol {args.atol}" if args.precision == "fp32" else "--min-cosine / --max-relative-error"
+        print(f"{PROG}: error: parity check failed ({bound}); {output} was not written", file=sys.stderr)
         return 1
     latency = measure_latency(model, session, args.latency_seconds, args.latency_runs)
     atomic_write_bytes(output, model_bytes)
+    speedup = latency["PyTorch"] / latency["onnxruntime"]
     print(
-        f"CPU latency, 1 x {args.latency_seconds:g} s, {threads} threads, median of {args.latency_runs}: "
-        f"PyTorch {latency.torch_ms:.1f} ms, onnxruntime {latency.onnx_ms:.1f} ms "
-        f"(onnxruntime is {latency.speedup:.2f}x PyTorch's speed)"
+        f"CPU latency, 1 x {args.latency_seconds:g} s, {threads} threads, median of {args.latency_runs}, taking turns: "
+        f"PyTorch fp32 {latency['PyTorch']:.1f} ms, onnxruntime {args.precision} {latency['onnxruntime']:.1f} ms "
+        f"(onnxruntime is {speedup:.2f}x PyTorch's speed)"
     )
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -47,7 +47,7 @@ def test_one_rule_says_what_a_model_folder_is_for_every_tool(tmp_path):
         folder.mkdir()
         (folder / weights).write_bytes(b"")
         assert not is_model_folder(folder)  # weights without a config are no model
-        (folder / "config.json").write_text("{}")
+        (folder / "config.json").write_text('{"model_type": "armhubert"}')
         assert is_model_folder(folder)
     assert previous_output_problem(tmp_path / "model.safetensors") is None  # ours: --overwrite may replace it
     # Another tool's model is a model, but not ours to replace: its pickled weights are named.

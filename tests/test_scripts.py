@@ -19,6 +19,8 @@ HELP_STARTS = {
     "finetune_classification": "usage: finetune_classification.py",
     "superb_upstream": "SUPERB with any saved ARMHuBERT-family model",
     "export_onnx": "usage: export_onnx.py",
+    "quantization_report": "usage: quantization_report.py",
+    "benchmark_runtimes": "usage: benchmark_runtimes.py",
     "make_corpus": "usage: make_corpus.py",
 }
 
