@@ -9,6 +9,7 @@ and in reusing layers a second softmax over the reused probability map. Unlike t
 are always paired per utterance and per head, so batched outputs equal per-utterance outputs.
 """
 
+import contextlib
 import math
 import weakref
 from collections.abc import Callable, Sequence
@@ -402,6 +403,35 @@ def padding_bias(key_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Te
     return key_padding_mask.to(dtype) * (torch.finfo(dtype).min / 2)
 
 
+def reuse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the reuse computes and answers in: float32 for half-precision inputs, else their own.
+
+    After the release's second softmax a reused weight is about (1 + p_ij) / (n + 1) with p_ij ~ 1/n: the
+    map's whole structure is a relative ~1/n ripple on a constant, below bf16's resolution (2^-8) beyond
+    about 250 frames. Rounding the weights, their products or the output to half precision erases it.
+    """
+    return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
+def full_precision(tensor: Tensor) -> contextlib.AbstractContextManager:
+    """A context that turns autocast off on `tensor`'s device: the reuse's products then run in the dtype given.
+
+    Devices without autocast (the meta device of MAC counting) get a context that does nothing.
+    """
+    if not torch.amp.is_autocast_available(tensor.device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
+def real_mean(value: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    """(B, H, T, d) -> (B, H, 1, d) in `reuse_dtype`: the plain mean of V over real keys (what a uniform map gives)."""
+    value = value.to(reuse_dtype(value.dtype))
+    if key_padding_mask is None:
+        return value.mean(-2, keepdim=True)
+    real = (~key_padding_mask).to(value.dtype)[:, None, :, None]
+    return (value * real).sum(-2, keepdim=True) / real.sum(-2, keepdim=True)
+
+
 def _flattened(tensor):
     """(B, H, ...) -> (B*H, ...)."""
     return tensor.flatten(0, 1)
@@ -445,6 +475,11 @@ def attention_with_logsumexp(
 @torch.no_grad()
 def logsumexp_blocks(query: Tensor, key: Tensor, key_padding_mask: Tensor | None, scale: float) -> Tensor:
     """Row log-sum-exp (B, H, T), float32, of Q K^T * scale with padded keys masked, block by block of rows."""
+    with full_precision(query):
+        return _logsumexp_blocks(query, key, key_padding_mask, scale)
+
+
+def _logsumexp_blocks(query, key, key_padding_mask, scale):
     batch, heads, time, _ = query.shape
     queries, keys = _flattened(query.float() * scale), _flattened(key.float()).transpose(1, 2)
     bias = None
@@ -469,7 +504,7 @@ def _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale):
     denominator, both without padded keys (the zero columns keep the product's width SIMD-friendly).
     Half-precision inputs are computed in float32, as the explicit path's softmax is.
     """
-    dtype = torch.float32 if query.dtype in HALF_DTYPES else query.dtype
+    dtype = reuse_dtype(query.dtype)
     batch, heads, time, dim = query.shape
     extra = 1 if key_padding_mask is None else 2
     queries = query.new_empty(batch, heads, time, dim + extra, dtype=dtype)
@@ -494,14 +529,19 @@ def _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale):
 def _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale):
     """softmax(P) V block by block of query rows: (output (B, H, T, d), denominators (B*H, T)).
 
-    Computed in float32 for half-precision inputs (see `_resoftmax_operands`).
+    Computed and answered in `reuse_dtype` (float32 for half-precision inputs), autocast off.
     """
+    with full_precision(query):
+        return _resoftmax_blocks_forward(query, key, logsumexp, value, key_padding_mask, scale)
+
+
+def _resoftmax_blocks_forward(query, key, logsumexp, value, key_padding_mask, scale):
     batch, heads, time, dim = query.shape
     blocks = score_blocks(batch * heads, time, query.device)
     if len(blocks) == 1:
         # One block holds every row (short inputs): plain products cost fewer operations than
         # building the augmented operands.
-        dtype = torch.float32 if query.dtype in HALF_DTYPES else query.dtype
+        dtype = reuse_dtype(query.dtype)
         scores = torch.matmul(query.to(dtype) * scale, key.to(dtype).transpose(-1, -2))
         numerators = scores.sub_(logsumexp[..., None]).exp_().exp_()
         if key_padding_mask is not None:
@@ -524,10 +564,11 @@ def resoftmax_blocks(
     """The release's reuse, softmax(P) V with P = exp(Q K^T * scale - lse), block by block of query rows.
 
     query, key, value: (B, H, T, d); logsumexp: (B, H, T). Returns (B, H, T, d). Padded keys get no
-    weight in either softmax. Peak extra memory: one block of scores (see `score_blocks`).
+    weight in either softmax. Peak extra memory: one block of scores (see `score_blocks`). The output
+    is in `reuse_dtype`: float32 for half-precision inputs, whose rounding would erase the map's structure.
     """
     output, _ = _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale)
-    return output.to(query.dtype)
+    return output
 
 
 class ResoftmaxReuse(torch.autograd.Function):
@@ -545,10 +586,15 @@ class ResoftmaxReuse(torch.autograd.Function):
         denominators = denominators.contiguous()
         ctx.save_for_backward(query, key, value, logsumexp, key_padding_mask, output, denominators)
         ctx.scale = scale
-        return output.to(query.dtype)
+        return output
 
     @staticmethod
     def backward(ctx, grad_output):
+        with full_precision(grad_output):
+            return ResoftmaxReuse._backward(ctx, grad_output)
+
+    @staticmethod
+    def _backward(ctx, grad_output):
         query, key, value, logsumexp, key_padding_mask, output, denominators = ctx.saved_tensors
         scale = ctx.scale
         batch, heads, time, dim = query.shape
@@ -619,15 +665,27 @@ def flex_attention_with_logsumexp(
 def flex_resoftmax(
     query: Tensor, key: Tensor, logsumexp: Tensor, value: Tensor, key_padding_mask: Tensor | None, scale: float
 ) -> Tensor:
-    """`resoftmax_blocks` through FlexAttention: score_mod = exp(score - lse[b, h, q]), padded keys masked."""
+    """`resoftmax_blocks` through FlexAttention, in the expm1 form that keeps the map's structure in any dtype.
 
-    def reused_probability(score, batch, head, query_index, key_index):
-        probability = torch.exp(score - logsumexp[batch, head, query_index])
+    With E = expm1(P), P = exp(score - lse) the reused probabilities (E ~ P keeps full relative
+    precision where exp(P) ~ 1 would not): softmax(P) V = (colsum(V) + E V) / (n + rowsum(E)) over the
+    n real keys, i.e. mean(V) + rowsum(E) / (n + rowsum(E)) * (E V / rowsum(E) - mean(V)). FlexAttention
+    with score_mod = log(E) gives E V / rowsum(E) and log(rowsum(E)); the rest is float32 (see
+    `reuse_dtype`), autocast off, and the output is in `reuse_dtype`.
+    """
+
+    def log_expm1_probability(score, batch, head, query_index, key_index):
+        log_e = torch.log(torch.expm1(torch.exp(score - logsumexp[batch, head, query_index])))
         if key_padding_mask is None:
-            return probability
-        return torch.where(key_padding_mask[batch, key_index], float("-inf"), probability)
+            return log_e
+        return torch.where(key_padding_mask[batch, key_index], float("-inf"), log_e)
 
-    return flex_attention_call(query, key, value, reused_probability, scale)
+    mean = real_mean(value, key_padding_mask)
+    output, log_sums = flex_attention_call(query, key, value, log_expm1_probability, scale, return_lse=True)
+    with full_precision(query):
+        sums = log_sums.float().exp()[..., None]  # rowsum(E) (B, H, T, 1)
+        real = value.shape[-2] if key_padding_mask is None else (~key_padding_mask).sum(-1)[:, None, None, None]
+        return mean + sums / (real + sums) * (output.to(mean.dtype) - mean)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -672,11 +730,17 @@ def compute_map(
 def reuse_map(
     attention: nn.Module, handover: Handover, value: Tensor, key_padding_mask: Mask, dropout: float
 ) -> Reused:
-    """The computing layer's map, after the release's second softmax in "resoftmax" mode."""
-    weights = handover.map.to(value.dtype)
-    if attention.reuse_softmax == "resoftmax":
-        weights = masked_softmax(weights, key_padding_mask)
-    return torch.matmul(F.dropout(weights, dropout, attention.training), value), weights
+    """The computing layer's map, after the release's second softmax in "resoftmax" mode.
+
+    The second softmax and its product run in `reuse_dtype` with autocast off (see `reuse_dtype`): the
+    output and the weights are float32 for half-precision values.
+    """
+    dtype = reuse_dtype(value.dtype)
+    with full_precision(value):
+        weights = handover.map.to(dtype)
+        if attention.reuse_softmax == "resoftmax":
+            weights = masked_softmax(weights, key_padding_mask)
+        return torch.matmul(F.dropout(weights, dropout, attention.training), value.to(dtype)), weights
 
 
 def compute_query_key(
@@ -805,7 +869,24 @@ class ARMHubertAttention(nn.Module):
             key = self._split_heads(self.k_proj(hidden_states))
             output, handover = path.compute(self, query, key, value, key_padding_mask, dropout)
             weights = None if handover is None else handover.map
-        return self.out_proj(self._merge_heads(output)), handover, weights
+        return self._project(output, value, key_padding_mask), handover, weights
+
+    def _project(self, output, value, key_padding_mask):
+        """out_proj of the heads' output (B, H, T, d) -> (B, T, D), in the dtype of the layer's values.
+
+        A reused output more precise than the values (float32 from half-precision values, see
+        `reuse_dtype`) is decomposed under autocast, where the residual stream is float32: out_proj of
+        the plain mean of V (one row per utterance) plus W_out times the structure (output - mean), whose
+        half-precision rounding is relative to the structure alone, summed in float32. Without autocast
+        (half-precision weights) the stream itself is half precision: the output is rounded once.
+        """
+        if output.dtype == value.dtype:
+            return self.out_proj(self._merge_heads(output))
+        if not torch.amp.is_autocast_available(output.device.type) or not torch.is_autocast_enabled(output.device.type):
+            return self.out_proj(self._merge_heads(output.to(value.dtype)))
+        mean = real_mean(value, key_padding_mask)
+        structure = F.linear(self._merge_heads(output - mean), self.out_proj.weight)
+        return self.out_proj(self._merge_heads(mean)).float() + structure.float()
 
 
 class ARMHubertFeedForward(nn.Module):
@@ -1012,6 +1093,26 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
         """
         return True
 
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Callable = None, **kwargs):
+        """Refuse reentrant checkpointing of a model whose layers reuse maps (issue 20, defect 1).
+
+        A reusing layer reads the computing layer's `Handover`, which is no positional tensor: reentrant
+        checkpointing (which tracks only those) drops its gradient or backpropagates through it twice.
+        Non-reentrant checkpointing (transformers' default) tracks every tensor and gives the plain gradients.
+        """
+        keywords = getattr(gradient_checkpointing_func, "keywords", {})
+        # torch's checkpoint without use_reentrant runs reentrant (with a warning)
+        reentrant = keywords.get("use_reentrant") is not False
+        if enable and reentrant and any(self.config.layer_reuses_attention_map):
+            raise ValueError(
+                "Reentrant activation checkpointing loses the gradients of reused attention maps: checkpoint with "
+                'use_reentrant=False, i.e. activation_checkpointing_kwargs={"use_reentrant": False} '
+                '(TrainingArguments: gradient_checkpointing_kwargs={"use_reentrant": False}).'
+            )
+        if gradient_checkpointing_func is not None:
+            kwargs["gradient_checkpointing_func"] = gradient_checkpointing_func
+        super()._set_gradient_checkpointing(enable, **kwargs)
+
     def _init_weights(self, module):
         if isinstance(module, ARMHubertProjectionHead):
             # The release's heads keep PyTorch's default Linear init: weight and bias uniform in
@@ -1197,8 +1298,10 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         if attention_mask is None:
             return None
         real = self._get_feature_vector_attention_mask(num_frames, attention_mask).bool()
-        if torch.compiler.is_compiling():
-            return ~real  # no data-dependent shortcut inside a compiled graph; an all-real mask changes nothing
+        if torch.compiler.is_compiling() or real.device.type != "cpu":
+            # No data-dependent shortcut inside a compiled graph, nor on an accelerator, where reading the
+            # mask would wait for the device every step (issue 20): an all-real mask changes nothing.
+            return ~real
         return None if bool(real.all()) else ~real
 
     def encoder_input(
@@ -1325,6 +1428,19 @@ class ARMHubertWeightedLayerSum(nn.Module):
         return (torch.stack(tuple(layers)) * weights[:, None, None, None]).sum(dim=0)
 
 
+@torch.compiler.disable
+def draw_spans(
+    shape: tuple[int, int], device: torch.device, real: Tensor | None = None, **options: float | int
+) -> Tensor:
+    """(B, N) bool spans of `transformers`' `_compute_mask_indices` (options: mask_prob, mask_length, min_masks).
+
+    Drawn on the host with NumPy from the lengths in `real` ((B, N) long, 1 = real): outside any
+    `torch.compile` graph (its data-dependent span counts cannot be traced), so a compiled training
+    step breaks the graph here (`fullgraph=False`) instead of failing.
+    """
+    return torch.as_tensor(_compute_mask_indices(shape, attention_mask=real, **options), device=device)
+
+
 class ARMHubertSpecAugment(nn.Module):
     """SpecAugment for fine-tuning, as transformers' HuBERT applies it (training only).
 
@@ -1355,23 +1471,23 @@ class ARMHubertSpecAugment(nn.Module):
         embedding = mask_embedding if mask_embedding is not None else self.masked_spec_embed
         if config.mask_time_prob > 0 and embedding is not None and frames >= config.mask_time_length:
             real_frames = None if key_padding_mask is None else (~key_padding_mask).long()
-            spans = _compute_mask_indices(
+            spans = draw_spans(
                 (batch, frames),
+                hidden_states.device,
+                real_frames,
                 mask_prob=config.mask_time_prob,
                 mask_length=config.mask_time_length,
-                attention_mask=real_frames,
                 min_masks=config.mask_time_min_masks,
             )
-            spans = torch.as_tensor(spans, device=hidden_states.device)
             hidden_states = torch.where(spans[..., None], embedding.to(hidden_states.dtype), hidden_states)
         if config.mask_feature_prob > 0 and channels >= config.mask_feature_length:
-            spans = _compute_mask_indices(
+            spans = draw_spans(
                 (batch, channels),
+                hidden_states.device,
                 mask_prob=config.mask_feature_prob,
                 mask_length=config.mask_feature_length,
                 min_masks=config.mask_feature_min_masks,
             )
-            spans = torch.as_tensor(spans, device=hidden_states.device)
             hidden_states = hidden_states.masked_fill(spans[:, None, :], 0.0)
         return hidden_states
 

@@ -37,9 +37,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
 # Dense bf16 / fp16 tensor-core peak of one GPU in TFLOP/s, by a part of its name (for MFU).
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0, "V100": 125.0}
-# Reentrant checkpointing of a "probabilities"-mode reuse recurses without end in backward (issue 20,
-# defect 1: 23.5 GB and an OOM kill on a CPU): not run until the model refuses or handles it.
-UNSAFE_CHECKPOINT_CASES = {("probabilities", True)}
 NO_DROPOUT = dict(
     hidden_dropout=0.0,
     activation_dropout=0.0,
@@ -399,17 +396,6 @@ def checkpoint_rows(scale: Scale, device: torch.device) -> list[dict[str, Any]]:
         plain = parameter_gradients(model, inputs, mask, None)
         for reentrant in (False, True):
             label = f"checkpointing {'reentrant' if reentrant else 'non-reentrant'} {path}"
-            if (path, reentrant) in UNSAFE_CHECKPOINT_CASES:
-                rows.append(
-                    row(
-                        "correctness",
-                        label,
-                        passed=False,
-                        failure="not run: backward recurses without end",
-                        seconds=0.0,
-                    )
-                )
-                continue
 
             def measure(model=model, plain=plain, reentrant=reentrant):
                 try:

@@ -39,7 +39,7 @@ from armhubert.deploy import (
     node_parts,
     quantize_int8,
 )
-from armhubert.librispeech import BUNDLED_CORPUS
+from armhubert.resources import BUNDLED_CORPUS
 from configuration_armhubert import SAMPLING_RATE
 
 PROG = "quantization_report.py"

@@ -439,3 +439,63 @@ def test_without_the_private_cpu_kernel_the_public_sdpa_gives_the_same_numbers(m
         torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
     with torch.inference_mode():
         assert_same_outputs(model(audio, attention_mask=attention_mask, output_hidden_states=True), expected)
+
+
+# Every reuse path, as the encoder picks it in training at any length (EXPLICIT_MAP_ELEMENTS is 0 here).
+REUSE_PATHS = {
+    "explicit": {},
+    "fused": dict(reuse_recompute_backward=True),
+    "probabilities": dict(reuse_softmax="probabilities"),
+}
+REFUSAL = 'activation_checkpointing_kwargs={"use_reentrant": False}'
+
+
+@pytest.mark.parametrize("path", sorted(REUSE_PATHS))
+def test_checkpointing_gives_the_plain_gradients_and_refuses_reentrant(path):
+    """Non-reentrant checkpointing (the default) gives the plain gradients on a padded batch; reentrant
+    checkpointing, which would drop or double the reused map's gradient, is refused in one line."""
+    audio, attention_mask = padded_pair()
+    config = tiny_config(layer_reuses_attention_map=[False, True, True, False], **REUSE_PATHS[path], **QUIET)
+    plain = parameter_gradients(config, audio, attention_mask)
+    assert_same_gradients(parameter_gradients(config, audio, attention_mask, checkpointing=True), plain)
+    model = random_model(config).train()
+    for kwargs in ({"use_reentrant": True}, {"preserve_rng_state": True}):  # torch's default is reentrant
+        with pytest.raises(ValueError) as refused:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        assert (
+            "use_reentrant=False" in str(refused.value)
+            and REFUSAL in str(refused.value)
+            and len(str(refused.value).splitlines()) == 1
+        )
+    assert not model.encoder.layers[0].gradient_checkpointing
+
+
+def test_trainer_refuses_reentrant_checkpointing_before_the_first_step(tmp_path):
+    """TrainingArguments' gradient_checkpointing_kwargs reach the same refusal, before any step runs."""
+    from transformers import Trainer, TrainingArguments
+
+    model = random_model(tiny_config(**QUIET)).train()
+    with pytest.warns(FutureWarning, match="gradient_checkpointing_kwargs"):  # the name older recipes use
+        args = TrainingArguments(
+            output_dir=str(tmp_path),
+            activation_checkpointing=True,
+            gradient_checkpointing_kwargs={"use_reentrant": True},
+            report_to=[],
+            use_cpu=True,
+        )
+    trainer = Trainer(model=model, args=args, train_dataset=[{"input_values": waveform(6480, seed=1)[0]}])
+    with pytest.raises(ValueError, match="use_reentrant"):
+        trainer.train()
+    assert not any(tmp_path.iterdir())
+
+
+def test_reentrant_checkpointing_is_allowed_without_reused_maps():
+    audio, attention_mask = padded_pair()
+    config = tiny_config(layer_reuses_attention_map=[False] * 4, **QUIET)
+    plain = parameter_gradients(config, audio, attention_mask)
+    model = random_model(config).train()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    output = model(audio, attention_mask=attention_mask, output_hidden_states=True)
+    loss = output.last_hidden_state.pow(2).mean() + sum(p.pow(2).mean() for p in output.projected_hidden_states)
+    loss.backward()
+    assert_same_gradients({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, plain)

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, random_model, tiny_config
+from helpers import load_script, random_model, tiny_config
 
 from armhubert.audio import read_audio
-from armhubert.librispeech import BUNDLED_CORPUS
+from armhubert.convert.folders import save_model_folder
+from armhubert.resources import BUNDLED_CORPUS
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
-from convert_checkpoint import save_model_folder
 from modeling_armhubert import ARMHubertModel
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")

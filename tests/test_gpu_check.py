@@ -44,7 +44,7 @@ def test_dry_run_reports_every_section(dry_run):
 
 
 def test_dry_run_correctness_rows(dry_run):
-    """The paths that agree today agree in the dry run; the rows of issue 20's defect 1 are reported, not hidden."""
+    """Every correctness row passes in the dry run; reentrant checkpointing is refused (issue 20, defect 1)."""
     report, _ = dry_run
     cases = {r["case"]: r for r in report["correctness"]}
     for attention in ("sdpa", "flex_attention", "eager"):
@@ -56,10 +56,11 @@ def test_dry_run_correctness_rows(dry_run):
     assert cases["gradients fused vs explicit bf16 autocast"]["passed"]
     for path in ("explicit", "fused", "probabilities"):
         assert cases[f"checkpointing non-reentrant {path}"]["passed"]
-        assert f"checkpointing reentrant {path}" in cases
+        refused = cases[f"checkpointing reentrant {path}"]  # issue 20, defect 1: refused in one line
+        assert refused["passed"] and "use_reentrant=False" in refused["refused"], refused
     assert cases["cpu vs cpu fp32"]["error"] == 0.0
     failed = [case for case, r in cases.items() if not r["passed"]]
-    assert report["summary"]["correctness_failed"] == failed
+    assert report["summary"]["correctness_failed"] == failed == []
     assert report["summary"]["correctness_passed"] is (not failed)
 
 

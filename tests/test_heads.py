@@ -314,3 +314,31 @@ def test_projected_features_of_a_task_model_with_one_head_are_refused_clearly():
     with pytest.raises(ValueError, match="keeps only the last"):
         extractor(audio, representation="projected")
     assert extractor(audio, representation="hidden")["features"].shape[0] == 5
+
+
+def test_compiled_ctc_training_step_draws_spec_augment_outside_the_graph():
+    """torch.compile(fullgraph=False) of a CTC training step with SpecAugment (issue 20, defect 3): the mask
+    drawing (host NumPy, data-dependent span counts) runs outside the graph; loss and gradients equal eager."""
+    import numpy as np
+
+    config = tiny_config(vocab_size=8, mask_time_prob=0.5, mask_time_length=2, mask_feature_prob=0.2, **NO_DROPOUT)
+    torch.manual_seed(0)
+    model = ARMHubertForCTC(config).train()
+    audio, labels = (
+        torch.cat([waveform(16000, seed=5), waveform(16000, seed=6)]),
+        torch.tensor([[1, 2, 3], [2, 3, -100]]),
+    )
+
+    def step(forward):
+        np.random.seed(0)
+        model.zero_grad()
+        loss = forward(audio, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    eager_loss, eager_gradients = step(model)
+    loss, gradients = step(torch.compile(model, backend="eager", fullgraph=False))
+    torch.testing.assert_close(loss, eager_loss)
+    assert gradients.keys() == eager_gradients.keys()
+    for name in gradients:
+        torch.testing.assert_close(gradients[name], eager_gradients[name], msg=name)
