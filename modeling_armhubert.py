@@ -1217,6 +1217,8 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
                 f"input_values must have shape (batch, samples), got {tuple(input_values.shape)}. "
                 "Add a batch axis with input_values[None] for one utterance; average stereo channels first."
             )
+        if input_values.shape[0] == 0:
+            raise ValueError("input_values has a batch of 0 rows; pass at least one utterance.")
         field = self.config.receptive_field
         if input_values.shape[1] < field:
             raise ValueError(
@@ -1224,18 +1226,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
                 f"receptive field of the feature encoder ({field / SAMPLING_RATE * 1000:.0f} ms at 16 kHz). Pad or drop it."
             )
         if attention_mask is not None:
-            if tuple(attention_mask.shape) != tuple(input_values.shape):
-                raise ValueError(
-                    f"attention_mask has shape {tuple(attention_mask.shape)} but input_values has "
-                    f"{tuple(input_values.shape)}; they must match (1 = real sample, 0 = padding)."
-                )
-            # Reading the mask's values would break a torch.compile graph: eager calls check it.
-            shortest = None if torch.compiler.is_compiling() else int(attention_mask.sum(-1).min())
-            if shortest is not None and shortest < field:
-                raise ValueError(
-                    f"attention_mask marks only {shortest} real samples in some row, fewer than the "
-                    f"{field}-sample receptive field. Drop such rows."
-                )
+            self._check_attention_mask(attention_mask, input_values.shape)
         if mask_time_indices is not None:
             if self.mask_emb is None:
                 raise ValueError("mask_time_indices needs a model built with use_mask_embedding=True.")
@@ -1245,6 +1236,48 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
                     f"mask_time_indices has shape {tuple(mask_time_indices.shape)}, expected (batch, frames) = "
                     f"{(input_values.shape[0], frames)} for this input."
                 )
+
+    def _check_attention_mask(self, attention_mask, shape):
+        """A (B, N) mask of 0/1, each row's ones first (right padding), at least a receptive field long.
+
+        The mask is read as a length per row, so anything else would silently change the outputs. One
+        comparison with the right-padded mask of the same lengths catches other values (2, -1, 0.5) and
+        left or inner padding together; it and the shortest length come to the host in one read, the
+        single device sync the old length-only check already made. Skipped inside torch.compile graphs.
+        """
+        if not torch.is_tensor(attention_mask) or attention_mask.dtype.is_complex:
+            given = attention_mask.dtype if torch.is_tensor(attention_mask) else type(attention_mask).__name__
+            raise ValueError(
+                f"attention_mask must be a tensor of 0/1 (integer or bool), got {given}; pass the feature "
+                "extractor's attention_mask or (input_values != padding).long()."
+            )
+        if tuple(attention_mask.shape) != tuple(shape):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_values has "
+                f"{tuple(shape)}; they must match (1 = real sample, 0 = padding)."
+            )
+        if torch.compiler.is_compiling():
+            return  # reading the mask's values would break the graph: eager calls check them
+        lengths = (attention_mask != 0).sum(-1)
+        right_padded = torch.arange(shape[1], device=attention_mask.device) < lengths[:, None]
+        wrong, shortest = torch.stack([(attention_mask != right_padded).any().long(), lengths.min()]).tolist()
+        if wrong:
+            values = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+            if values.numel():
+                raise ValueError(
+                    f"attention_mask holds values {sorted(set(values.tolist()))[:5]}; it must hold only "
+                    "1 (real sample) and 0 (padding)."
+                )
+            row = int((attention_mask != right_padded).any(-1).nonzero()[0, 0])
+            raise ValueError(
+                f"attention_mask row {row} has padding (0) before real samples (1); pad on the right "
+                "(each row's real samples first, then zeros), as the feature extractor does."
+            )
+        if shortest < self.config.receptive_field:
+            raise ValueError(
+                f"attention_mask marks only {shortest} real samples in some row, fewer than the "
+                f"{self.config.receptive_field}-sample receptive field. Drop such rows."
+            )
 
     def _extract_features(self, input_values):
         """(B, N) -> (B, T, C), with `feature_grad_mult` applied to the CNN's gradient."""
@@ -1573,7 +1606,15 @@ class ARMHubertForCTC(ARMHubertTaskModel):
         self.post_init()
 
     def _check_labels(self, labels, logit_lengths):
-        """Clear errors for ids outside the vocabulary and for transcripts longer than their audio."""
+        """Clear errors for labels that are not (B, U) integer ids, ids outside the vocabulary, and
+        transcripts longer than their audio."""
+        batch = logit_lengths.shape[0]
+        if not torch.is_tensor(labels) or labels.is_floating_point() or labels.dim() != 2 or labels.shape[0] != batch:
+            given = f"shape {tuple(labels.shape)} {labels.dtype}" if torch.is_tensor(labels) else type(labels).__name__
+            raise ValueError(
+                f"CTC labels must be an integer tensor of shape (batch, tokens) = ({batch}, U) for these inputs, "
+                f"got {given}; give one row of token ids per utterance, padded with -100."
+            )
         vocab_size, blank = self.config.vocab_size, self.config.pad_token_id
         ignored = (labels == -100) | (labels == blank)
         outside = ~ignored & ((labels < 0) | (labels >= vocab_size))

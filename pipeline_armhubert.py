@@ -5,22 +5,26 @@ processors apart from models: a saved model folder holds all three (`modeling_ar
 file, so `save_pretrained` copies it). `pipeline(model=folder, trust_remote_code=True)` finds its
 pipeline through the folder's `config.custom_pipelines` (`armhubert.remote_code.add_remote_code_entries`):
 `ARMHubertFeatureExtractionPipeline` for an encoder (the built-in "feature-extraction" task is
-text-only), transformers' own ASR and audio-classification pipelines for the task heads.
+text-only), `ARMHubertSpeechRecognitionPipeline` / `ARMHubertAudioClassificationPipeline` (transformers'
+own, reading audio files without ffmpeg) for the task heads. All three decode files with
+`read_audio_file`: soundfile + soxr, ffmpeg only as a fallback.
 """
 
+import io
 import os
+import shutil
 
 import numpy as np
 import torch
-from transformers import (  # the two head pipelines are named by task folders' `custom_pipelines`
-    AudioClassificationPipeline,  # noqa: F401 -- re-exported: remote code resolves it in this module
-    AutomaticSpeechRecognitionPipeline,  # noqa: F401 -- likewise
+from transformers import (
+    AudioClassificationPipeline,
+    AutomaticSpeechRecognitionPipeline,
     AutoModel,
     Pipeline,
     Wav2Vec2FeatureExtractor,
 )
-from transformers.audio_utils import load_audio
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.audio_utils import ffmpeg_read
 
 try:  # loaded as remote code from a model folder
     from .configuration_armhubert import SAMPLING_RATE, is_remote_code_copy
@@ -31,10 +35,10 @@ FEATURE_EXTRACTION_TASK = "audio-feature-extraction"
 
 # A task folder's own pipeline: task, pipeline class (a name this module holds) and the Auto class it loads.
 HEAD_PIPELINES = {
-    "ARMHubertForCTC": ("automatic-speech-recognition", "AutomaticSpeechRecognitionPipeline", "AutoModelForCTC"),
+    "ARMHubertForCTC": ("automatic-speech-recognition", "ARMHubertSpeechRecognitionPipeline", "AutoModelForCTC"),
     "ARMHubertForSequenceClassification": (
         "audio-classification",
-        "AudioClassificationPipeline",
+        "ARMHubertAudioClassificationPipeline",
         "AutoModelForAudioClassification",
     ),
 }
@@ -47,6 +51,119 @@ def release_feature_extractor() -> Wav2Vec2FeatureExtractor:
     return Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=SAMPLING_RATE, padding_value=0.0, do_normalize=False, return_attention_mask=True
     )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+MAX_AUDIO_SECONDS = 3600  # as armhubert.audio: longer recordings are cut into utterances first
+MAX_AUDIO_CHANNELS = 64
+BLOCK_FRAMES = 1 << 16
+
+
+def read_audio_file(source: str | os.PathLike | bytes, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """An audio file (a path, or the file's bytes) -> mono float32 samples (samples,) at `sampling_rate`.
+
+    Decoded with soundfile (FLAC, WAV, OGG, MP3, ...) block by block, channels averaged, resampled with
+    soxr: no ffmpeg needed, and the memory a read takes is its output's. Both are imported here, as this
+    file also runs as Hub remote code, which may rely on torch, transformers and numpy only. Without
+    them, or for a format soundfile cannot read, ffmpeg decodes the file when it is on PATH
+    (transformers' `ffmpeg_read`, as its own audio pipelines do).
+
+    Raises:
+        ValueError: one line naming the file: missing; declaring more than MAX_AUDIO_SECONDS or
+            MAX_AUDIO_CHANNELS (read from its header, before decoding); non-finite samples; or
+            undecodable by every decoder at hand.
+    """
+    name = "<audio bytes>" if isinstance(source, bytes) else os.fspath(source)
+    if not isinstance(source, bytes) and not os.path.isfile(name):
+        raise ValueError(f"audio file {name} does not exist.")
+    try:
+        import soundfile
+        import soxr
+    except ImportError:
+        problem = "soundfile and soxr are not installed (pip install soundfile soxr)"
+    else:
+        try:
+            stream = soundfile.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else name)
+        except Exception as error:  # noqa: BLE001 -- libsndfile raises several types for unreadable files
+            problem = f"soundfile cannot decode it ({_first_line(error)})"
+        else:
+            with stream:
+                return _decode_blocks(stream, name, sampling_rate, soxr)
+    if shutil.which("ffmpeg") is None:
+        raise ValueError(
+            f"cannot decode audio file {name}: {problem}, and ffmpeg is not on PATH. Convert it to FLAC or WAV, "
+            "or install ffmpeg."
+        )
+    if not isinstance(source, bytes):
+        with open(name, "rb") as file:
+            source = file.read()
+    try:
+        return ffmpeg_read(source, sampling_rate)
+    except ValueError as error:
+        raise ValueError(f"cannot decode audio file {name}: {problem}, nor can ffmpeg.") from error
+
+
+def _decode_blocks(stream, name: str, sampling_rate: int, soxr) -> np.ndarray:
+    """A soundfile stream -> (samples,) float32 mono at `sampling_rate`, after checking its declared size."""
+    rate, channels, frames = stream.samplerate, stream.channels, stream.frames
+    if channels > MAX_AUDIO_CHANNELS or frames > MAX_AUDIO_SECONDS * rate:
+        raise ValueError(
+            f"audio file {name} declares {channels} channels and {frames / rate:,.0f} s; at most "
+            f"{MAX_AUDIO_CHANNELS} channels and {MAX_AUDIO_SECONDS:,} s are read. Cut it into utterances."
+        )
+    resampler = soxr.ResampleStream(rate, sampling_rate, 1, dtype="float32") if rate != sampling_rate else None
+    pieces = []
+    for block in stream.blocks(blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True):
+        if not np.isfinite(block).all():
+            raise ValueError(f"audio file {name} holds NaN or infinite samples; the outputs would be NaN.")
+        mono = block.mean(axis=1) if channels > 1 else block[:, 0].copy()
+        pieces.append(mono if resampler is None else resampler.resample_chunk(mono))
+    if resampler is not None:
+        pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, dtype=np.float32)
+
+
+def decode_audio_files(inputs, sampling_rate: int = SAMPLING_RATE):
+    """A pipeline input with audio files decoded (`read_audio_file`); arrays and URLs unchanged.
+
+    Files are local paths, file bytes and undecoded `datasets` audio dicts ({"path", "bytes"}, as
+    `Audio(decode=False)` gives: datasets decodes only through torchcodec). They become a (samples,) array
+    at `sampling_rate`. http(s) URLs are left to transformers (which downloads and decodes them with ffmpeg).
+    """
+    if isinstance(inputs, dict) and not ("raw" in inputs or "array" in inputs):
+        if inputs.get("bytes"):
+            return read_audio_file(inputs["bytes"], sampling_rate)
+        if inputs.get("path"):
+            return read_audio_file(inputs["path"], sampling_rate)
+        return inputs  # the pipeline's own message names the keys it needs
+    if isinstance(inputs, str) and inputs.startswith(("http://", "https://")):
+        return inputs
+    if isinstance(inputs, (str, os.PathLike, bytes)):
+        return read_audio_file(inputs, sampling_rate)
+    return inputs
+
+
+class _ReadsAudioFiles:
+    """Mixin for transformers' audio pipelines: files are decoded by `decode_audio_files`, not ffmpeg."""
+
+    def preprocess(self, inputs, *args, **kwargs):
+        return super().preprocess(decode_audio_files(inputs, self.feature_extractor.sampling_rate), *args, **kwargs)
+
+
+class ARMHubertSpeechRecognitionPipeline(_ReadsAudioFiles, AutomaticSpeechRecognitionPipeline):
+    """transformers' speech recognition pipeline, reading audio file paths and bytes with soundfile + soxr.
+
+    asr = pipeline(model="out/ctc", trust_remote_code=True)   # a CTC folder's own pipeline
+    asr("speech.flac")["text"]                                  # no ffmpeg needed
+    """
+
+
+class ARMHubertAudioClassificationPipeline(_ReadsAudioFiles, AudioClassificationPipeline):
+    """transformers' audio classification pipeline, reading audio file paths and bytes with soundfile + soxr."""
 
 
 class ARMHubertFeatureExtractionPipeline(Pipeline):
@@ -65,10 +182,9 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
         return_tensors: `True` returns a torch tensor instead of a numpy array.
 
     Inputs: a mono float array sampled at 16 kHz; a `{"raw" or "array": ..., "sampling_rate": 16000}`
-    dict (the `datasets` format); or an audio file path, decoded with
-    `transformers.audio_utils.load_audio` (channels averaged, resampled to 16 kHz). Arrays at other
-    rates must be resampled first (e.g. `soxr.resample(audio, rate, 16000)`): this file also runs as
-    Hub remote code, which depends on torch, transformers and numpy only.
+    dict (the `datasets` format); or an audio file (a path, its bytes, or an undecoded `datasets` dict),
+    decoded by `read_audio_file` (channels averaged, resampled to 16 kHz). Arrays at other rates must be
+    resampled first (e.g. `soxr.resample(audio, rate, 16000)`).
     """
 
     REPRESENTATIONS = ("superb", "hidden", "projected")
@@ -101,16 +217,10 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
 
     def _audio_array(self, inputs) -> np.ndarray:
         """Any accepted input -> mono float32 array at 16 kHz, or one clear error."""
-        if isinstance(inputs, (str, os.PathLike)):
-            path = os.fspath(inputs)
-            if not os.path.isfile(path):
-                raise ValueError(f"audio file {path} does not exist.")
-            try:
-                inputs = load_audio(path, sampling_rate=SAMPLING_RATE)
-            except Exception as error:  # noqa: BLE001 -- decoders raise many types for unreadable files
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise ValueError(f"cannot decode audio file {path}: {reason}") from None
-        elif isinstance(inputs, dict):
+        inputs = decode_audio_files(inputs)
+        if isinstance(inputs, str):  # a URL: transformers' own pipelines fetch those, this one does not
+            raise ValueError(f"{inputs} is a URL; download the file and pass its local path.")
+        if isinstance(inputs, dict):
             if "sampling_rate" not in inputs or not ("raw" in inputs or "array" in inputs):
                 raise ValueError('an audio dict needs "raw" (or "array") and "sampling_rate" keys.')
             rate = inputs["sampling_rate"]

@@ -1,21 +1,26 @@
 """`pipeline(model=folder, trust_remote_code=True)` without a task picks each folder's own pipeline."""
 
 import json
+import shutil
+import sys
 import types
 
 import numpy as np
 import pytest
-from helpers import random_model, tiny_config
+import soundfile
+from helpers import ROOT, random_model, tiny_config
 from transformers import AudioClassificationPipeline, AutomaticSpeechRecognitionPipeline, Wav2Vec2CTCTokenizer, pipeline
 from transformers.models.auto import configuration_auto, modeling_auto
 
+import pipeline_armhubert
 from armhubert import finetune
 from armhubert.convert.folders import save_model_folder
 from armhubert.remote_code import add_remote_code_entries
 from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification
-from pipeline_armhubert import FEATURE_EXTRACTION_TASK, release_feature_extractor
+from pipeline_armhubert import FEATURE_EXTRACTION_TASK, read_audio_file, release_feature_extractor
 
 LABELS = ["yes", "no", "maybe"]
+FLAC = ROOT / "data" / "LibriSpeech" / "dev-clean" / "1001" / "201" / "1001-201-0000.flac"
 AUTO_MAPPINGS = (
     configuration_auto.CONFIG_MAPPING,
     modeling_auto.MODEL_MAPPING,
@@ -68,7 +73,7 @@ def test_each_folder_records_only_its_own_pipeline(folders):
     assert list(tasks["encoder"]) == [FEATURE_EXTRACTION_TASK]
     assert tasks["ctc"] == {
         "automatic-speech-recognition": {
-            "impl": "pipeline_armhubert.AutomaticSpeechRecognitionPipeline",
+            "impl": "pipeline_armhubert.ARMHubertSpeechRecognitionPipeline",
             "pt": ["AutoModelForCTC"],
             "type": "audio",
         }
@@ -108,3 +113,64 @@ def test_fine_tuning_saves_the_heads_pipeline(monkeypatch, tmp_path):
     )
     finetune.train_evaluate_and_save(trainer, tmp_path, lambda metrics, steps: "card")
     assert list(saved["config"].custom_pipelines) == ["automatic-speech-recognition"]
+
+
+@pytest.fixture
+def no_ffmpeg(monkeypatch, tmp_path):
+    """PATH without ffmpeg (an empty folder): transformers' own audio pipelines then cannot read files."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert shutil.which("ffmpeg") is None
+
+
+def comparable(output):
+    """A pipeline output as plain values: text, (label, score) pairs, or a feature array."""
+    if isinstance(output, list):
+        return [(entry["label"], round(entry["score"], 6)) for entry in output]
+    return output["text"] if "text" in output else output["features"]
+
+
+@pytest.mark.parametrize("name", ["ctc", "classifier", "encoder"])
+def test_each_folders_pipeline_reads_a_flac_path_bytes_and_undecoded_dicts_without_ffmpeg(folders, no_ffmpeg, name):
+    run = pipeline(model=str(folders / name), trust_remote_code=True)
+    assert type(run).__name__.startswith("ARMHubert")  # the folder's own pipeline, not transformers' ffmpeg one
+    samples, rate = soundfile.read(FLAC, dtype="float32")
+    assert rate == 16000
+    expected = comparable(run(samples))
+    for audio in (str(FLAC), FLAC, FLAC.read_bytes(), {"path": str(FLAC), "bytes": None}):
+        np.testing.assert_array_equal(comparable(run(audio)), expected)
+
+
+def test_file_decoding_resamples_averages_channels_and_names_what_failed(no_ffmpeg, tmp_path, monkeypatch):
+    samples, _ = soundfile.read(FLAC, dtype="float32")
+    soundfile.write(tmp_path / "stereo-8k.wav", np.stack([samples[::2], samples[::2]], axis=1), 8000)
+    resampled = read_audio_file(tmp_path / "stereo-8k.wav")
+    assert resampled.dtype == np.float32 and resampled.shape == (2 * len(samples[::2]),)
+    (tmp_path / "broken.flac").write_bytes(b"not audio at all")
+    with pytest.raises(ValueError, match=r"broken.flac: soundfile cannot decode it .*ffmpeg is not on PATH"):
+        read_audio_file(tmp_path / "broken.flac")
+    with pytest.raises(ValueError, match="missing.flac does not exist"):
+        read_audio_file(tmp_path / "missing.flac")
+    soundfile.write(tmp_path / "nan.wav", np.array([0.1, np.nan] * 400, dtype=np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="nan.wav holds NaN or infinite samples"):
+        read_audio_file(tmp_path / "nan.wav")
+    monkeypatch.setattr(pipeline_armhubert, "MAX_AUDIO_SECONDS", 1)  # the header is read before any decoding
+    with pytest.raises(ValueError, match=r"declares 1 channels and \d+ s; at most 64 channels and 1 s are read"):
+        read_audio_file(FLAC)
+    monkeypatch.setitem(sys.modules, "soundfile", None)  # as on a machine without it: import fails
+    with pytest.raises(ValueError, match="soundfile and soxr are not installed .*ffmpeg is not on PATH"):
+        read_audio_file(FLAC)
+
+
+def test_ffmpeg_decodes_what_soundfile_cannot_when_it_is_on_path(tmp_path, monkeypatch):
+    """The fallback: a stand-in `ffmpeg` on PATH that answers transformers' f32le pipe protocol."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    fake = tools / "ffmpeg"
+    fake.write_text(
+        f"#!{sys.executable}\nimport sys, numpy\nsys.stdin.buffer.read()\n"
+        "sys.stdout.buffer.write(numpy.full(800, 0.25, dtype=numpy.float32).tobytes())\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tools))
+    (tmp_path / "speech.webm").write_bytes(b"a container soundfile does not read")
+    np.testing.assert_array_equal(read_audio_file(tmp_path / "speech.webm"), np.full(800, 0.25, dtype=np.float32))

@@ -167,6 +167,11 @@ def test_bad_labels_and_configs_give_clear_messages():
         model(input_values, attention_mask=attention_mask, labels=torch.tensor([[3, 12], [4, -100]]))
     with pytest.raises(ValueError, match="labels row 1 has 30 tokens but its audio gives only 21 frames"):
         model(input_values, attention_mask=attention_mask, labels=torch.tensor([[3] * 30, [4] * 30]))
+    for labels in (torch.tensor([[3, 4]]), torch.tensor([3, 4]), torch.tensor([[3.0], [4.0]])):
+        with pytest.raises(
+            ValueError, match=r"CTC labels must be an integer tensor of shape \(batch, tokens\) = \(2, U\)"
+        ):
+            model(input_values, attention_mask=attention_mask, labels=labels)
     with pytest.raises(ValueError, match="vocab_size >= 2"):
         ARMHubertForCTC(tiny_config(vocab_size=1))
     with pytest.raises(ValueError, match="pad_token_id as the CTC blank"):

@@ -251,14 +251,47 @@ def test_bad_input_values_are_refused_with_a_clear_message(make_input, message):
         model(make_input())
 
 
-def test_bad_attention_masks_are_refused():
+def test_empty_batches_are_refused():
+    with pytest.raises(ValueError, match="a batch of 0 rows"):
+        random_model(tiny_config())(torch.zeros(0, 8000))
+
+
+def mask_with(edit, dtype=torch.long):
+    """A (2, 8000) all-ones mask of `dtype` changed by `edit(mask)`."""
+    mask = torch.ones(2, 8000, dtype=dtype)
+    edit(mask)
+    return mask
+
+
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        (torch.ones(2, 7999, dtype=torch.long), "attention_mask has shape"),
+        (mask_with(lambda mask: mask[1, 300:].zero_()), "receptive field"),
+        (mask_with(lambda mask: mask[1, :3000].zero_()), "row 1 has padding .* pad on the right"),  # left padding
+        (mask_with(lambda mask: mask[0, 4000:4100].zero_()), "row 0 has padding .* pad on the right"),  # a hole
+        (mask_with(lambda mask: mask[0, 6000:].fill_(2)), r"holds values \[2\]; it must hold only 1 .* and 0"),
+        (mask_with(lambda mask: mask[1, 7000:].fill_(-1)), r"holds values \[-1\]"),
+        (mask_with(lambda mask: mask[1, 7000:].fill_(0.5), torch.float32), r"holds values \[0.5\]"),
+        ([[1] * 8000] * 2, "must be a tensor of 0/1"),
+    ],
+)
+def test_bad_attention_masks_are_refused_with_one_line(mask, message):
+    """Masks were read as lengths only: left padding or values 2 / -1 silently changed the outputs."""
+    with pytest.raises(ValueError, match=message) as refused:
+        random_model(tiny_config())(torch.zeros(2, 8000), attention_mask=mask)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int32, torch.float32])
+def test_right_padded_masks_of_any_0_1_dtype_give_the_long_masks_outputs(dtype):
     model = random_model(tiny_config())
-    with pytest.raises(ValueError, match="attention_mask has shape"):
-        model(torch.zeros(2, 8000), attention_mask=torch.ones(2, 7999, dtype=torch.long))
-    too_short = torch.ones(2, 8000, dtype=torch.long)
-    too_short[1, 300:] = 0
-    with pytest.raises(ValueError, match="receptive field"):
-        model(torch.zeros(2, 8000), attention_mask=too_short)
+    audio = waveform(8000, seed=3).expand(2, -1).clone()
+    mask = mask_with(lambda mask: mask[1, 5300:].zero_())
+    with torch.no_grad():
+        expected = model(audio, attention_mask=mask).last_hidden_state
+        actual = model(audio, attention_mask=mask.to(dtype)).last_hidden_state
+    torch.testing.assert_close(actual, expected, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize(
