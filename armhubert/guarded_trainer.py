@@ -12,6 +12,7 @@ from transformers import Trainer
 
 from .cli import UserError
 from .outputs import move_files_into
+from .progress import print_logs_when_piped
 from .untrusted import check_finite_weights
 
 # Under fp16 the gradient scaler skips a step whose gradients overflow (and lowers its scale); this
@@ -74,6 +75,7 @@ class GuardedTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._non_finite_steps = 0
+        print_logs_when_piped(self)  # off a terminal: one line per log, no progress-bar redraws
 
     def train(self, *args, **kwargs):
         """`Trainer.train`, refusing a run that took no optimiser step (it would save an untrained model)."""
