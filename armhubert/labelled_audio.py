@@ -8,6 +8,7 @@ Rows keep their audio undecoded (`{"path", "bytes"}`) for `armhubert.finetune.de
 """
 
 import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,13 +81,18 @@ def read_examples(folder: str | None, csv_path: str | None, what: str) -> list[t
     return examples_from_folder(folder) if folder else examples_from_csv(csv_path)
 
 
-def audio_num_samples(path: str | Path) -> int:
-    """Length of an audio file at 16 kHz, from its header; DataError naming the file when unreadable."""
+def audio_num_samples(audio: str | Path | dict) -> int:
+    """Length at 16 kHz of an audio file or undecoded audio dict, from its header; DataError when unreadable."""
+    if isinstance(audio, dict):
+        name = audio.get("path") or "<audio bytes>"
+        source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
+    else:
+        name = source = str(audio)
     try:
-        info = soundfile.info(str(path))
+        info = soundfile.info(source)
     except Exception as error:  # noqa: BLE001 - missing files and every libsndfile error
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"cannot read audio file {path}: {reason}") from None
+        raise DataError(f"cannot read audio file {name}: {reason}") from None
     return int(round(info.frames * SAMPLING_RATE / info.samplerate))
 
 

@@ -1,15 +1,27 @@
 """Metrics of fine-tuned models, shared by the fine-tuning recipes and `scripts/evaluate.py`.
 
 - CTC: WER and CER (jiwer) of greedy decoding: the argmax token of every frame, repeats merged,
-  blanks dropped (`error_rates`, `greedy_decoding_metrics` for the Trainer);
+  blanks dropped (`error_rates`, `greedy_decoding_metrics` for the Trainer), on transcripts
+  normalised by `normalize_transcript`;
 - classification: accuracy and the confusion matrix (`accuracy`, `confusion_matrix`).
 """
 
+import re
 from collections.abc import Callable, Sequence
 
 import jiwer
 import numpy as np
 from transformers import EvalPrediction, Wav2Vec2CTCTokenizer
+
+
+def normalize_transcript(text: str, chars_to_ignore: str = "") -> str:
+    """Drop ignored characters and collapse whitespace; case is kept (LibriSpeech is upper case).
+
+    What CTC training labels and evaluation references are made of.
+    """
+    if chars_to_ignore:
+        text = re.sub(f"[{re.escape(chars_to_ignore)}]", "", text)
+    return " ".join(text.split())
 
 
 def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:

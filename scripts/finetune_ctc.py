@@ -12,7 +12,6 @@ result, and opens with `pipeline("automatic-speech-recognition", model=OUTPUT_DI
 """
 
 import json
-import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from armhubert.finetune import (
 )
 from armhubert.guarded_trainer import GuardedTrainer
 from armhubert.librispeech import BUNDLED_CORPUS, load_librispeech
-from armhubert.metrics import greedy_decoding_metrics
+from armhubert.metrics import greedy_decoding_metrics, normalize_transcript
 from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
 
 PROG = "finetune_ctc.py"
@@ -62,13 +61,6 @@ class DataArguments:
         default="",
         metadata={"help": "Characters removed from every transcript before building the vocabulary, e.g. ',?.!'."},
     )
-
-
-def normalize_transcript(text: str, chars_to_ignore: str = "") -> str:
-    """Drop ignored characters and collapse whitespace; case is kept (LibriSpeech is upper case)."""
-    if chars_to_ignore:
-        text = re.sub(f"[{re.escape(chars_to_ignore)}]", "", text)
-    return " ".join(text.split())
 
 
 def build_vocabulary(transcripts: Sequence[str]) -> dict[str, int]:
