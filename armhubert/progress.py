@@ -8,12 +8,14 @@ every redraw becomes a line of its own (a 30-step distillation once printed abou
 - `print_logs_when_piped(trainer)` replaces the Trainer's progress bar by one printed line per log
   (loss, evaluation) in that case;
 - `progress(iterable, ...)` is the bar for this project's own long loops (tensors of a conversion,
-  steps of an export, utterances of an evaluation), drawn only on a terminal.
+  blocks of a checksum, batches of an evaluation), and `stages(names, ...)` the bar of a command made
+  of a few long steps (an ONNX export); both are drawn only on a terminal.
 """
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 Item = TypeVar("Item")
@@ -74,3 +76,35 @@ def progress(
     from tqdm.auto import tqdm
 
     yield from tqdm(iterable, total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True)
+
+
+@contextmanager
+def stages(names: Sequence[str], description: str = "") -> Iterator[Callable[[str], None]]:
+    """A bar over the named stages of a command, on a terminal; yields `begin(name)` to call as each starts.
+
+        with stages(["export", "parity check", "timing"], "ONNX") as begin:
+            begin("export"); ...
+            begin("parity check"); ...
+
+    Off a terminal `begin` does nothing (the command's own result lines say what happened).
+    """
+    if not on_terminal():
+        yield lambda name: None
+        return
+    from tqdm.auto import tqdm
+
+    bar_format = "{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed}{postfix}"  # stages take minutes: no rate
+    bar = tqdm(total=len(names), desc=description, bar_format=bar_format, leave=False, dynamic_ncols=True)
+    started = []
+
+    def begin(name: str) -> None:
+        if started:
+            bar.update(1)
+        started.append(name)
+        bar.set_postfix_str(name)
+
+    try:
+        yield begin
+        bar.update(len(names) - bar.n)
+    finally:
+        bar.close()

@@ -18,11 +18,14 @@ both are timed on one utterance of --latency-seconds. The file is kept in memory
 """
 
 import argparse
+import logging
 import math
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,7 @@ import modeling_armhubert  # noqa: F401  (registers the armhubert model type: no
 from armhubert.cli import UserError, run_main
 from armhubert.model_folders import check_model_folder
 from armhubert.outputs import atomic_write_bytes
+from armhubert.progress import stages
 from configuration_armhubert import SAMPLING_RATE, receptive_field
 
 OUTPUT_NAMES = ("last_hidden_state", "hidden_states", "projected_hidden_states")
@@ -87,17 +91,37 @@ def export_onnx(model: PreTrainedModel, opset: int | None = None) -> bytes:
     wrapper = StackedOutputs(model).eval()
     example = torch.zeros(2, SAMPLING_RATE)
     samples = torch.export.Dim("samples", min=min_samples(model.config))
-    program = torch.onnx.export(
-        wrapper,
-        (example,),
-        dynamo=True,
-        input_names=["input_values"],
-        output_names=wrapper.output_names,
-        dynamic_shapes=({0: torch.export.Dim("batch"), 1: samples},),
-        opset_version=opset,
-        verbose=False,
-    )
+    with quiet_exporter():
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            input_names=["input_values"],
+            output_names=wrapper.output_names,
+            dynamic_shapes=({0: torch.export.Dim("batch"), 1: samples},),
+            opset_version=opset,
+            verbose=False,
+        )
     return program.model_proto.SerializeToString()
+
+
+@contextmanager
+def quiet_exporter():
+    """Silence the exporter's notes that concern other models, not this export.
+
+    torch.onnx warns once per torchvision operator it cannot register when torchvision is not
+    installed (these models use none), and torch.export's tree handling raises a FutureWarning about
+    its own internals.
+    """
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            yield
+    finally:
+        registration.setLevel(level)
 
 
 def onnx_session(model_bytes: bytes, threads: int | None = None):
@@ -191,9 +215,15 @@ def export(argv: Sequence[str] | None = None) -> int:
     model = load_model(args.model, args.subfolder)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    model_bytes = export_onnx(model, args.opset)
-    session = onnx_session(model_bytes, threads)
-    differences = check_parity(model, session)
+    with stages(["export", "parity check", "timing"], "ONNX") as begin:
+        begin("export")
+        model_bytes = export_onnx(model, args.opset)
+        begin("parity check")
+        session = onnx_session(model_bytes, threads)
+        differences = check_parity(model, session)
+        if max(differences.values()) <= args.atol:
+            begin("timing")
+            latency = measure_latency(model, session, args.latency_seconds, args.latency_runs)
     print("parity (batch 3 x 1.7 s; export example was 2 x 1.0 s), max |onnxruntime - PyTorch|:")
     for name, difference in differences.items():
         print(f"  {name:<24} {difference:.2e}")
@@ -204,7 +234,6 @@ def export(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    latency = measure_latency(model, session, args.latency_seconds, args.latency_runs)
     atomic_write_bytes(output, model_bytes)
     print(
         f"CPU latency, 1 x {args.latency_seconds:g} s, {threads} threads, median of {args.latency_runs}: "

@@ -109,3 +109,31 @@ def test_quickstart_prints_shapes_and_warm_timing(tmp_path, converted_tiny, caps
     assert "2 utterances from dev-clean" in out and "median of 2 warm calls" in out
     assert quickstart.main(["--repeats", "0"]) == 2
     assert capsys.readouterr().err.strip() == "quickstart.py: error: --repeats and --num-utterances must be at least 1"
+
+
+def test_stages_bar_names_each_stage_on_a_terminal_only(stderr_is):
+    stream = stderr_is(False)
+    with progress.stages(["export", "parity check"], "ONNX") as begin:
+        begin("export")
+        begin("parity check")
+    assert stream.text == ""
+    stream = stderr_is(True)
+    with progress.stages(["export", "parity check"], "ONNX") as begin:
+        begin("export")
+        begin("parity check")
+    assert "ONNX: 0/2" in stream.text and "1/2" in stream.text and "parity check" in stream.text
+
+
+def test_conversion_shows_its_progress_per_tensor_on_a_terminal(stderr_is, tmp_path):
+    from conftest import TINY_CKPT
+
+    from armhubert.convert.cards import file_sha256
+    from convert_checkpoint import convert
+
+    stream = stderr_is(True)
+    convert(TINY_CKPT)
+    file_sha256(TINY_CKPT)
+    assert all(what in stream.text for what in ("checking the student", "reading the student", "checksum"))
+    stream = stderr_is(False)
+    convert(TINY_CKPT)
+    assert stream.text == ""
