@@ -132,13 +132,18 @@ def fake_results(latencies, memories, parameters, macs):
     }
 
 
-def test_every_ratio_is_to_hubert_base_in_the_same_case():
-    results = fake_results(
+def baseline_and_student():
+    """HuBERT Base and ARMHuBERT-960h measured on two cases (batch 1 and 8, 2 s)."""
+    return fake_results(
         latencies={"hubert-base": [100.0, 400.0], "armhubert-960h": [25.0, 200.0]},
         memories={"hubert-base": [500.0, 1000.0], "armhubert-960h": [150.0, 100.0]},
         parameters={"hubert-base": 1000, "armhubert-960h": 280},
         macs={"hubert-base": 200, "armhubert-960h": 60},
     )
+
+
+def test_every_ratio_is_to_hubert_base_in_the_same_case():
+    results = baseline_and_student()
     benchmark.add_ratios(results)
     student, baseline = results["armhubert-960h"], results["hubert-base"]
     assert student["parameters_ratio"] == pytest.approx(0.28)
@@ -201,12 +206,7 @@ def test_instruments_measure_flex_attention_as_one_fused_call():
 
 def test_a_ratio_table_without_rows_is_left_out():
     """No MaskHuBERT among the models: no "reuse against MaskHuBERT" table with headers only."""
-    results = fake_results(
-        latencies={"hubert-base": [100.0, 400.0], "armhubert-960h": [25.0, 200.0]},
-        memories={"hubert-base": [500.0, 1000.0], "armhubert-960h": [150.0, 100.0]},
-        parameters={"hubert-base": 1000, "armhubert-960h": 280},
-        macs={"hubert-base": 200, "armhubert-960h": 60},
-    )
+    results = baseline_and_student()
     benchmark.add_ratios(results)
     for name, entry in results.items():
         entry["label"] = name
