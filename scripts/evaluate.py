@@ -198,7 +198,7 @@ def load_ctc_data(args: EvaluateArguments) -> datasets.Dataset:
     path = Path(args.data)
     if path.suffix.lower() == ".csv":
         return _from_csv(args.data, "text")
-    if _is_saved_dataset(path) or (_is_hub_id(args.data) and args.data.lower() != "openslr/librispeech_asr"):
+    if _is_saved_dataset(path) or (_is_hub_id(args.data) and args.split not in HUB_SPLITS):
         return _from_datasets(_saved_or_hub_dataset(args), args, args.text_column)
     if args.split:
         dataset = load_librispeech(args.data, args.split)

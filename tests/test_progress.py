@@ -55,6 +55,8 @@ def test_library_bars_are_turned_off_when_piped(stderr_is, monkeypatch):
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     monkeypatch.delenv("HF_DATASETS_DISABLE_PROGRESS_BARS", raising=False)
     try:
+        transformers_logging.enable_progress_bar()  # earlier commands in this process ran piped
+        datasets.enable_progress_bars()
         stderr_is(True)
         progress.quiet_when_piped()
         assert transformers_logging.is_progress_bar_enabled()
