@@ -1,6 +1,6 @@
 """Convert original ARMHuBERT / ARMwavLM / MaskHuBERT / STaRHuBERT checkpoints to Transformers folders.
 
-    python convert_checkpoint.py CKPT [--config YAML] [--name RELEASE] --output-dir DIR [--overwrite]
+    python convert_checkpoint.py CKPT [--config YAML] [--release NAME|none] --output-dir DIR [--overwrite]
     python convert_checkpoint.py --all SRC_DIR --output-dir REPO_DIR [--default NAME] [--overwrite]
         [--format {armhubert,hubert}] [--push-to-hub REPO_ID [--private]]
 
@@ -44,7 +44,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("checkpoint", nargs="?", help="original .ckpt file (PyTorch-Lightning format)")
     parser.add_argument("--config", help="training YAML (required for STaR checkpoints, overrides the ckpt's)")
     parser.add_argument(
-        "--name", help="release name, e.g. ARMHuBERT-960h (default: the file's name if it is one, else detected)"
+        "--release",
+        "--name",
+        dest="name",
+        metavar="NAME|none",
+        help="which release the checkpoint is, e.g. STaRHuBERT, or none for a run of your own (default: the file's "
+        "name if it is a release name, else detected from the checkpoint)",
     )
     parser.add_argument(
         "--all",
@@ -72,7 +77,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if (args.checkpoint is None) == (args.source_dir is None):
         parser.error("give either one CHECKPOINT or --all SRC_DIR")
     if args.source_dir is not None and (args.config or args.name):
-        parser.error("--config and --name apply to one CHECKPOINT; with --all, name files after their releases")
+        parser.error("--config and --release apply to one CHECKPOINT; with --all, name files after their releases")
     if args.default is not None and args.source_dir is None:
         parser.error("--default applies to --all")
     if args.private and not args.push_to_hub:

@@ -9,6 +9,8 @@ reaches `run_main` (a full disk, a read-only or vanished folder) is reported the
 import sys
 from collections.abc import Callable, Sequence
 
+from .progress import quiet_when_piped
+
 
 class UserError(Exception):
     """A problem with the user's input, arguments or environment; the message says what to do."""
@@ -41,8 +43,10 @@ def run_main(prog: str, function: Callable[[Sequence[str] | None], object], argv
     """Run `function(argv)`; a `UserError` becomes one line on stderr and exit status 2.
 
     Returns the function's exit status when it returns an int, else 0 (a function may return its
-    result, e.g. a trainer, for callers that use it from Python).
+    result, e.g. a trainer, for callers that use it from Python). Progress bars are drawn only when
+    stderr is a terminal (`armhubert.progress`).
     """
+    quiet_when_piped()
     try:
         status = function(argv)
     except UserError as error:

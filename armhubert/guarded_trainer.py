@@ -11,7 +11,9 @@ import torch
 from transformers import Trainer
 
 from .cli import UserError
+from .curves import save_loss_curves
 from .outputs import move_files_into
+from .progress import print_logs_when_piped
 from .untrusted import check_finite_weights
 
 # Under fp16 the gradient scaler skips a step whose gradients overflow (and lowers its scale); this
@@ -74,6 +76,7 @@ class GuardedTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._non_finite_steps = 0
+        print_logs_when_piped(self)  # off a terminal: one line per log, no progress-bar redraws
 
     def train(self, *args, **kwargs):
         """`Trainer.train`, refusing a run that took no optimiser step (it would save an untrained model)."""
@@ -124,7 +127,8 @@ def save_trained_model(trainer: Trainer, output_dir: str | Path, card: str | Non
     `Trainer.save_model` runs on every rank (it gathers sharded weights under DeepSpeed / FSDP) into a
     staging folder; the main process then moves the files in with `config.json` last, so a crash never
     leaves something that looks like a complete model. No pickled `training_args.bin` is kept: the
-    recipe or the card says how the model was trained.
+    recipe or the card says how the model was trained. The logged losses are drawn into `loss.png`
+    beside the model (`armhubert.curves`).
     """
     _check_finite(trainer)
     output_dir = Path(output_dir)
@@ -144,3 +148,4 @@ def save_trained_model(trainer: Trainer, output_dir: str | Path, card: str | Non
         shutil.rmtree(staging, ignore_errors=True)
         raise
     move_files_into(staging, output_dir)
+    save_loss_curves(trainer.state.log_history, output_dir, title=output_dir.name)

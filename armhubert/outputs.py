@@ -121,6 +121,7 @@ OUTPUT_FILE_NAMES = frozenset(
         "train_results.json",
         "eval_results.json",
         "distill_recipe.yaml",
+        "loss.png",
         "generation_config.json",
     }
 )

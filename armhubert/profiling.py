@@ -58,11 +58,24 @@ def storages(tree):
     return [leaf.untyped_storage() for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
 
 
-class LiveTensorBytes(TorchDispatchMode):
+class _FusedHigherOrderOperators(TorchDispatchMode):
+    """A mode that sees FlexAttention (a higher-order operator that eager PyTorch runs through
+    `torch.compile`) as one call: Dynamo compiles it with the mode set aside, and the compiled call
+    reaches `__torch_dispatch__` as one operator whose tensor inputs and results are those of the call."""
+
+    supports_higher_order_operators = True
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        return True
+
+
+class LiveTensorBytes(_FusedHigherOrderOperators):
     """Peak bytes of live tensor storages while active: CPU's answer to `torch.cuda.max_memory_allocated`.
 
     Starts from the storages of `resident` (weights, inputs), then adds every storage an operator
-    creates until it is freed. Allocator caching and kernel-internal scratch space are not seen.
+    creates until it is freed. Allocator caching and kernel-internal scratch space are not seen; a
+    higher-order operator (FlexAttention) counts as one fused kernel: its results, not its insides.
     """
 
     def __init__(self, resident=()):
@@ -92,12 +105,13 @@ class LiveTensorBytes(TorchDispatchMode):
         return output
 
 
-class WeightDerivedTime(TorchDispatchMode):
+class WeightDerivedTime(_FusedHigherOrderOperators):
     """Seconds spent in operators whose tensor inputs all are weights or derived from weights alone.
 
     Such work (weight norm, kernel re-layouts, ...) is the same on every call whatever the input: a
     fixed cost per call. A storage counts as weight-derived from the start (`weights`) or when an
-    operator made it from weight-derived storages only, until it is freed.
+    operator made it from weight-derived storages only, until it is freed. A higher-order operator
+    (FlexAttention) is one call, judged by its tensor inputs.
     """
 
     def __init__(self, weights):

@@ -312,14 +312,19 @@ def headline_case(args):
 
 
 def per_case_table(results, args, title, cell):
-    """One row per model, one column per case; `cell(entry, case)` formats a cell (None: no row)."""
+    """One row per model, one column per case; `cell(entry, case)` formats a cell (None: no row).
+
+    A table without rows (no model has the figure, e.g. no reuse ratio without MaskHuBERT) is left out.
+    """
     headers = [f"b{b} {s:g} s" for b, s in benchmark_cases(args)]
-    lines = ["", title, "", "| model | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
+    rows = []
     for entry in results.values():
         cells = [cell(entry, case) for case in entry["cases"]]
         if None not in cells:
-            lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
-    return lines
+            rows.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", title, "", "| model | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|", *rows]
 
 
 def format_tables(results, args):

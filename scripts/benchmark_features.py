@@ -203,7 +203,7 @@ def chunking(args: FeatureBenchmarkArguments) -> None:
 
 def fidelity_model(name: str):
     if name == "fixture":
-        from convert_checkpoint import convert
+        from armhubert.convert.original import convert
 
         return "converted test fixture", convert(TEST_FIXTURE).eval()
     if Path(name).is_dir():

@@ -15,18 +15,14 @@ model card with the accuracy, and opens with
 `pipeline("audio-classification", model=OUTPUT_DIR, trust_remote_code=True)`.
 """
 
-import csv
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
-import soundfile
 import torch
-from transformers import BatchFeature, EvalPrediction, Wav2Vec2FeatureExtractor
+from transformers import BatchFeature, Wav2Vec2FeatureExtractor
 
 from armhubert.audio import DataError
 from armhubert.cards import classification_card
@@ -40,11 +36,12 @@ from armhubert.finetune import (
     train_evaluate_and_save,
 )
 from armhubert.guarded_trainer import GuardedTrainer
+from armhubert.labelled_audio import build_dataset, read_examples
+from armhubert.metrics import accuracy
 from configuration_armhubert import SAMPLING_RATE
 from modeling_armhubert import ARMHubertForSequenceClassification, release_feature_extractor
 
 PROG = "finetune_classification.py"
-AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif")
 
 
 @dataclass
@@ -68,91 +65,6 @@ class DataArguments:
     )
 
 
-def examples_from_folder(folder: str | Path) -> list[tuple[Path, str]]:
-    """(path, label) for every audio file below `folder/<label>/` (any depth)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder; expected one sub-folder of audio files per label")
-    examples = [
-        (path, label_dir.name)
-        for label_dir in sorted(p for p in folder.iterdir() if p.is_dir())
-        for path in sorted(label_dir.rglob("*"))
-        if path.suffix.lower() in AUDIO_SUFFIXES
-    ]
-    if not examples:
-        raise DataError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in the label sub-folders of {folder}")
-    return examples
-
-
-def examples_from_csv(csv_path: str | Path) -> list[tuple[Path, str]]:
-    """(path, label) for every row of a CSV with `path` and `label` columns."""
-    csv_path = Path(csv_path)
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as error:
-        raise DataError(f"cannot read {csv_path}: {error.strerror}") from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"{csv_path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
-    except csv.Error as error:
-        raise DataError(f"{csv_path} is not a readable CSV file: {error}") from None
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        found = ", ".join(rows[0]) if rows else "no rows"
-        raise DataError(
-            f"{csv_path} needs a header with 'path' and 'label' columns and at least one row; found {found}"
-        )
-    examples = []
-    for number, row in enumerate(rows, 2):
-        if not row["path"] or not row["label"]:
-            raise DataError(f"{csv_path}:{number}: empty path or label")
-        path = Path(row["path"])
-        examples.append((path if path.is_absolute() else csv_path.parent / path, row["label"].strip()))
-    return examples
-
-
-def read_examples(folder: str | None, csv_path: str | None, what: str) -> list[tuple[Path, str]]:
-    """(path, label) pairs from exactly one of --{what}_dir and --{what}_csv."""
-    if bool(folder) == bool(csv_path):
-        raise UserError(f"give exactly one of --{what}_dir and --{what}_csv")
-    return examples_from_folder(folder) if folder else examples_from_csv(csv_path)
-
-
-def build_dataset(
-    examples: Sequence[tuple[Path, str]],
-    label2id: dict[str, int],
-    what: str,
-    max_duration: float | None = None,
-    random_crop: bool = False,
-) -> datasets.Dataset:
-    """A `datasets.Dataset` of undecoded audio, label ids and lengths; unreadable files are refused.
-
-    `random_crop` marks the rows the collator may cut to a random window (training rows with --crop_seconds).
-    """
-    unknown = sorted({label for _, label in examples} - set(label2id))
-    if unknown:
-        raise DataError(
-            f"the {what} data has labels the training data does not: {', '.join(unknown[:5])}; "
-            "every label needs training examples"
-        )
-    rows = {"audio": [], "label": [], "num_samples": [], "random_crop": []}
-    for path, label in examples:
-        try:
-            info = soundfile.info(str(path))
-        except Exception as error:  # noqa: BLE001 - missing files and every libsndfile error
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise DataError(f"cannot read audio file {path}: {reason}") from None
-        num_samples = int(round(info.frames * SAMPLING_RATE / info.samplerate))
-        if max_duration is not None and num_samples > max_duration * SAMPLING_RATE:
-            continue
-        rows["audio"].append({"bytes": None, "path": str(path)})
-        rows["label"].append(label2id[label])
-        rows["num_samples"].append(num_samples)
-        rows["random_crop"].append(random_crop)
-    if not rows["label"]:
-        raise DataError(f"no {what} utterance is at most {max_duration} s long")
-    return datasets.Dataset.from_dict(rows)
-
-
 @dataclass
 class ClassificationCollator:
     """Decodes and pads the audio of a batch; stacks the label ids.
@@ -173,11 +85,6 @@ class ClassificationCollator:
         batch = decode_audio_batch(rows, self.feature_extractor, self._crop)
         batch["labels"] = torch.tensor([row["label"] for row in rows], dtype=torch.long)
         return batch
-
-
-def accuracy(prediction: EvalPrediction) -> dict[str, float]:
-    """`compute_metrics` for Trainer: share of utterances whose top-scoring label is right."""
-    return {"accuracy": float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())}
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:

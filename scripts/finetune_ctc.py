@@ -12,19 +12,16 @@ result, and opens with `pipeline("automatic-speech-recognition", model=OUTPUT_DI
 """
 
 import json
-import re
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
-import jiwer
-import numpy as np
 import torch
-from transformers import BatchFeature, EvalPrediction, Wav2Vec2CTCTokenizer, Wav2Vec2Processor
+from transformers import BatchFeature, Wav2Vec2CTCTokenizer, Wav2Vec2Processor
 
 from armhubert.audio import DataError
 from armhubert.cards import ctc_card
@@ -38,6 +35,7 @@ from armhubert.finetune import (
 )
 from armhubert.guarded_trainer import GuardedTrainer
 from armhubert.librispeech import load_librispeech
+from armhubert.metrics import greedy_decoding_metrics, normalize_transcript
 from armhubert.resources import BUNDLED_CORPUS
 from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
 
@@ -64,13 +62,6 @@ class DataArguments:
         default="",
         metadata={"help": "Characters removed from every transcript before building the vocabulary, e.g. ',?.!'."},
     )
-
-
-def normalize_transcript(text: str, chars_to_ignore: str = "") -> str:
-    """Drop ignored characters and collapse whitespace; case is kept (LibriSpeech is upper case)."""
-    if chars_to_ignore:
-        text = re.sub(f"[{re.escape(chars_to_ignore)}]", "", text)
-    return " ".join(text.split())
 
 
 def build_vocabulary(transcripts: Sequence[str]) -> dict[str, int]:
@@ -121,21 +112,6 @@ class CTCCollator:
         labels = self.processor.tokenizer.pad({"input_ids": [row["labels"] for row in rows]}, return_tensors="pt")
         batch["labels"] = labels["input_ids"].masked_fill(labels["attention_mask"].ne(1), -100)
         return batch
-
-
-def greedy_decoding_metrics(tokenizer: Wav2Vec2CTCTokenizer) -> Callable[[EvalPrediction], dict[str, float]]:
-    """`compute_metrics` for Trainer: WER and CER of the argmax path (repeats merged, blanks dropped)."""
-
-    def compute(prediction):
-        predicted_ids = np.where(prediction.predictions == -100, tokenizer.pad_token_id, prediction.predictions)
-        label_ids = np.where(prediction.label_ids == -100, tokenizer.pad_token_id, prediction.label_ids)
-        hypotheses = tokenizer.batch_decode(predicted_ids)
-        references = tokenizer.batch_decode(label_ids, group_tokens=False)  # labels are not CTC paths
-        pairs = [(ref, hyp) for ref, hyp in zip(references, hypotheses) if ref.strip()]
-        references, hypotheses = [ref for ref, _ in pairs], [hyp for _, hyp in pairs]
-        return {"wer": jiwer.wer(references, hypotheses), "cer": jiwer.cer(references, hypotheses)}
-
-    return compute
 
 
 def argmax_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -132,13 +132,18 @@ def fake_results(latencies, memories, parameters, macs):
     }
 
 
-def test_every_ratio_is_to_hubert_base_in_the_same_case():
-    results = fake_results(
+def baseline_and_student():
+    """HuBERT Base and ARMHuBERT-960h measured on two cases (batch 1 and 8, 2 s)."""
+    return fake_results(
         latencies={"hubert-base": [100.0, 400.0], "armhubert-960h": [25.0, 200.0]},
         memories={"hubert-base": [500.0, 1000.0], "armhubert-960h": [150.0, 100.0]},
         parameters={"hubert-base": 1000, "armhubert-960h": 280},
         macs={"hubert-base": 200, "armhubert-960h": 60},
     )
+
+
+def test_every_ratio_is_to_hubert_base_in_the_same_case():
+    results = baseline_and_student()
     benchmark.add_ratios(results)
     student, baseline = results["armhubert-960h"], results["hubert-base"]
     assert student["parameters_ratio"] == pytest.approx(0.28)
@@ -182,6 +187,37 @@ def test_live_tensor_bytes_counts_what_is_alive_at_the_worst_moment():
     assert tracker.peak == 400 + 4000 + 8000
     assert tracker.current == 400 + 2000
     del third
+
+
+def test_instruments_measure_flex_attention_as_one_fused_call():
+    """FlexAttention is a higher-order operator: the dispatch modes used to refuse it (`:flex` crashed on CPU)."""
+    audio = waveform(16000 * 8, seed=4)  # 399 frames: above the whole-map hand-over, so the pair runs FlexAttention
+    config = tiny_config(layer_reuses_attention_map=[False, True, False, False])
+    models = {name: random_model(config) for name in ("sdpa", "flex")}
+    models["flex"].config._attn_implementation = "flex_attention"
+    with torch.inference_mode():
+        expected, actual = (models[name](audio).last_hidden_state for name in ("sdpa", "flex"))
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)  # the flex path really ran
+    peaks = {name: profiling.measure_peak_memory(model, audio, all_outputs=False) for name, model in models.items()}
+    assert 0.5 < peaks["flex"] / peaks["sdpa"] < 2.0
+    assert 0 <= profiling.measure_fixed_cost(models["flex"], audio, all_outputs=False) < 50
+    assert profiling.count_macs(models["flex"], 16000) == profiling.count_macs(models["sdpa"], 16000)
+
+
+def test_a_ratio_table_without_rows_is_left_out():
+    """No MaskHuBERT among the models: no "reuse against MaskHuBERT" table with headers only."""
+    results = baseline_and_student()
+    benchmark.add_ratios(results)
+    for name, entry in results.items():
+        entry["label"] = name
+    args = benchmark.BenchmarkArguments(batch_sizes=[1, 8], seconds=[2.0])
+
+    def reuse(entry, case):
+        return f"{case['latency_vs_reference']:.2f}" if "latency_vs_reference" in case else None
+
+    assert benchmark.per_case_table(results, args, "reuse", reuse) == []
+    latency = benchmark.per_case_table(results, args, "latency", lambda entry, case: f"{case['latency_ms']:.0f}")
+    assert latency[1] == "latency" and latency[-1] == "| armhubert-960h | 25 | 200 |"
 
 
 def test_peak_memory_does_not_grow_with_depth():

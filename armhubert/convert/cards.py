@@ -6,6 +6,7 @@ differs from the original implementation, and how to cite it.
 """
 
 import hashlib
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 
 from ..cards import card_metadata, code_link, inline_code, markdown_text, python_string, render_card, table_row
+from ..progress import progress
 from .releases import (
     COMPUTE_CLAIMS,
     MACS_NOTE,
@@ -81,8 +83,9 @@ class CardFacts:
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks (checkpoints are hundreds of MB)."""
     digest = hashlib.sha256()
+    blocks = math.ceil(os.path.getsize(path) / (1 << 20))
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+        for block in progress(iter(lambda: handle.read(1 << 20), b""), blocks, "checksum", "MiB"):
             digest.update(block)
     return digest.hexdigest()
 

@@ -97,8 +97,8 @@ def convert_checkpoint(
 ) -> Path:
     """Convert one original checkpoint into a Transformers folder with its model card; returns the folder.
 
-    `name` names the release (default: the file's name if it is one, else detected); `repo_id` is the
-    Hub id the card's load example uses (default: `output_dir`).
+    `name` names the release ("none": it is no release; default: the file's name if it is one, else
+    detected); `repo_id` is the Hub id the card's load example uses (default: `output_dir`).
     """
     _check_format(output_format)
     conversion = Conversion(Path(checkpoint_path), config_path and Path(config_path), name)

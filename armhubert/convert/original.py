@@ -27,6 +27,7 @@ from configuration_armhubert import ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
+from ..progress import progress
 from ..untrusted import (
     brief,
     check_plain_data,
@@ -421,7 +422,7 @@ def student_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]
         for key, value in state.items()
         if STUDENT_PREFIX in key and torch.is_tensor(value)
     }
-    for key, value in student.items():
+    for key, value in progress(student.items(), len(student), "checking the student", "tensor"):
         check_weight_tensor(value, f"student tensor {brief(key)}")
     if not student:
         raise UserError("the checkpoint has no 'student_model.*' tensors; is it an original distillation checkpoint?")
@@ -502,7 +503,8 @@ def build_model(config: ARMHubertConfig, student: Mapping[str, torch.Tensor]) ->
         model = ARMHubertModel(config)
     state = {rename_original_key(key): value for key, value in student.items()}
     check_keys_and_shapes(state, model.state_dict())
-    owned = {key: state.pop(key).to(torch.float32, copy=True) for key in list(state)}
+    keys = progress(list(state), len(state), "reading the student", "tensor")  # from disk, when memory-mapped
+    owned = {key: state.pop(key).to(torch.float32, copy=True) for key in keys}
     model.load_state_dict(owned, strict=True, assign=True)
     return model.eval()
 

@@ -111,6 +111,10 @@ _SHAPE_FIELDS = (
 )
 
 
+# `--release none`: the checkpoint is no release (a run of one's own): no detection, no published results.
+NO_RELEASE = "none"
+
+
 def paper_results(release: Release | None) -> dict[str, str] | None:
     """The release's row of the papers' SUPERB table (column key -> cell, "" = not reported), or None."""
     return PAPER_RESULTS.get(release.name) if release else None
@@ -143,7 +147,7 @@ def check_release_shape(config: ARMHubertConfig, release: Release, what: str) ->
     if differences:
         raise UserError(
             f"{what} does not have the shape of {release.name}: {'; '.join(differences[:3])}; "
-            "name the checkpoint after its real release (or leave the name out)"
+            f"pass --release NAME with its real release, or --release {NO_RELEASE} if it is none"
         )
 
 
@@ -169,11 +173,14 @@ def resolve_release(
 ) -> Release | None:
     """The release a checkpoint is: `name` if given, else its file name if that is a release name, else detected.
 
-    A named release must have the checkpoint's shape, so a card never shows another model's results.
+    `name` "none" (`NO_RELEASE`, any case) says the checkpoint is no release: None, whatever its file is
+    called. A named release must have the checkpoint's shape, so a card never shows another model's results.
     """
+    if name is not None and name.lower() == NO_RELEASE:
+        return None
     if name is not None:
         release = release_by_name(name)
-        check_release_shape(config, release, f"checkpoint {Path(checkpoint_path).name} (--name {name})")
+        check_release_shape(config, release, f"checkpoint {Path(checkpoint_path).name} (--release {name})")
         return release
     release = RELEASES.get(Path(checkpoint_path).stem.lower())
     if release is not None:
