@@ -714,24 +714,34 @@ def _ddp_worker(rank: int, world_size: int, backend: str, port: int, tiny: bool,
         torch.cuda.set_device(device)
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
-        torch.manual_seed(0)
-        model = ARMHubertModel(student_config("armhubert-960h", tiny)).to(device).train()
-        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank] if device.type == "cuda" else None)
-        optimiser = torch.optim.AdamW(ddp.parameters(), lr=1e-3)
-        inputs, mask = padded_batch(2, 2.0, device, seed=rank)  # each rank its own data
-        output = ddp(inputs, attention_mask=mask, output_hidden_states=True)
-        loss = sum(state.float().square().mean() for state in output.projected_hidden_states)
-        loss.backward()
-        optimiser.step()
-        flat = torch.cat([p.detach().flatten().float() for p in model.parameters()])
-        spread = flat.clone()
-        dist.all_reduce(spread, op=dist.ReduceOp.MAX)
-        difference = (spread - flat).abs().max()
-        dist.all_reduce(difference, op=dist.ReduceOp.MAX)
+        figures = _ddp_step(rank, device, tiny)
         if rank == 0:
-            results.put(dict(loss=float(loss.detach()), max_weight_difference=float(difference)))
+            results.put(figures)
     finally:
+        # The DDP wrapper (its Reducer holds the process group) is gone with _ddp_step's frame: destroying the
+        # group while a Reducer still refers to it can leave gloo's destructor joining a thread for ever.
         dist.destroy_process_group()
+
+
+def _ddp_step(rank: int, device: torch.device, tiny: bool) -> dict[str, float]:
+    """Forward, backward and optimiser step of a DDP-wrapped student; the largest weight difference across ranks."""
+    import torch.distributed as dist
+
+    torch.manual_seed(0)
+    model = ARMHubertModel(student_config("armhubert-960h", tiny)).to(device).train()
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank] if device.type == "cuda" else None)
+    optimiser = torch.optim.AdamW(ddp.parameters(), lr=1e-3)
+    inputs, mask = padded_batch(2, 2.0, device, seed=rank)  # each rank its own data
+    output = ddp(inputs, attention_mask=mask, output_hidden_states=True)
+    loss = sum(state.float().square().mean() for state in output.projected_hidden_states)
+    loss.backward()
+    optimiser.step()
+    flat = torch.cat([p.detach().flatten().float() for p in model.parameters()])
+    spread = flat.clone()
+    dist.all_reduce(spread, op=dist.ReduceOp.MAX)
+    difference = (spread - flat).abs().max()
+    dist.all_reduce(difference, op=dist.ReduceOp.MAX)
+    return dict(loss=float(loss.detach()), max_weight_difference=float(difference))
 
 
 def ddp_smoke(scale: Scale, device: torch.device) -> dict[str, Any]:
