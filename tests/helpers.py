@@ -11,14 +11,14 @@ import sys
 import types
 from pathlib import Path
 
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported: a Hub lookup would hang
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a Hub lookup would hang: tests never need it
+import torch  # noqa: E402 -- after the environment above, as every import below
+
+import convert_checkpoint  # noqa: E402 -- the command, run in-process by `run_main`
+from configuration_armhubert import ARMHubertConfig  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import convert_checkpoint  # noqa: E402  (the command, run in-process by `run_main`; ROOT must be on the path first)
-from configuration_armhubert import ARMHubertConfig  # noqa: E402  (same)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY_CKPT = FIXTURES / "armhubert-tiny.ckpt"
