@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -238,3 +239,17 @@ def original_state(model):
 
 def release_cfg(model, family, train_set=TRAIN_960H):
     return {"model": family, "distiller": distiller_section(model.config), "data": {"train_set": list(train_set)}}
+
+
+TORCHRUN_TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def run_offline(command: list, cwd=None) -> subprocess.CompletedProcess:
+    """Run a command offline on one thread each (the tiny models gain nothing from more) and assert it succeeded."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [str(part) for part in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "Traceback" not in result.stderr
+    return result

@@ -5,13 +5,10 @@ weighted layer sum used to carry projection heads 0..L-2 that nothing reads; it 
 """
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import pytest
-from helpers import ROOT, random_model, tiny_config
+from helpers import ROOT, TORCHRUN_TWO_PROCESSES, random_model, run_offline, tiny_config
 
 from armhubert.finetune import parse_run_arguments
 from modeling_armhubert import release_feature_extractor
@@ -21,47 +18,12 @@ def test_ctc_finetuning_runs_under_ddp_on_two_processes_without_unused_parameter
     encoder = tmp_path / "encoder"
     random_model(tiny_config()).save_pretrained(encoder)
     release_feature_extractor().save_pretrained(encoder)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(ROOT / "scripts" / "finetune_ctc.py"),
-        "--model_name_or_path",
-        str(encoder),
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--data_source",
-        str(ROOT / "data"),
-        "--max_train_samples",
-        "8",
-        "--max_eval_samples",
-        "4",
-        "--per_device_train_batch_size",
-        "2",
-        "--per_device_eval_batch_size",
-        "2",
-        "--max_steps",
-        "3",
-        "--logging_steps",
-        "1",
-        "--use_cpu",
-        "--save_strategy",
-        "no",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        "--seed",
-        "0",
-        "--ddp_find_unused_parameters",
-        "false",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    command = [*TORCHRUN_TWO_PROCESSES, ROOT / "scripts" / "finetune_ctc.py", "--model_name_or_path", encoder]
+    command += ["--output_dir", tmp_path / "out", "--data_source", ROOT / "data", "--max_train_samples", "8"]
+    command += ["--max_eval_samples", "4", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2"]
+    command += ["--max_steps", "3", "--logging_steps", "1", "--use_cpu", "--save_strategy", "no", "--report_to", "none"]
+    command += ["--disable_tqdm", "true", "--seed", "0", "--ddp_find_unused_parameters", "false"]
+    result = run_offline(command, cwd=tmp_path)
     steps = [json.loads(line.replace("'", '"')) for line in result.stdout.splitlines() if line.startswith("{'loss'")]
     # 8 utterances, 2 per process, 2 processes: one step is half an epoch, so both processes took part.
     assert [float(step["epoch"]) for step in steps] == [0.5, 1.0, 1.5]
