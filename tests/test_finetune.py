@@ -34,26 +34,16 @@ STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, u
 QUIET = ["--use_cpu", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0"]
 
 
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory):
-    """A tiny encoder saved as convert_checkpoint.py would: model + preprocessor config."""
-    folder = tmp_path_factory.mktemp("encoder")
-    model = random_model(tiny_config())
-    model.save_pretrained(folder)
-    release_feature_extractor().save_pretrained(folder)
-    return folder
-
-
 def training_losses(result):
     return [entry["loss"] for entry in result["log_history"] if "loss" in entry]
 
 
-def test_ctc_finetuning_lowers_the_loss_and_writes_a_usable_model(encoder_dir, tmp_path):
+def test_ctc_finetuning_lowers_the_loss_and_writes_a_usable_model(tiny_model_dir, tmp_path):
     out = tmp_path / "ctc"
     result = finetune_ctc.run(
         [
             "--model_name_or_path",
-            str(encoder_dir),
+            str(tiny_model_dir),
             "--output_dir",
             str(out),
             "--max_train_samples",
@@ -97,7 +87,7 @@ def copy_of_corpus(tmp_path, splits=("train-clean-100", "dev-clean")):
     return root
 
 
-def test_ctc_cli_errors_are_one_line_with_status_2(encoder_dir, tmp_path, capsys):
+def test_ctc_cli_errors_are_one_line_with_status_2(tiny_model_dir, tmp_path, capsys):
     corpus = copy_of_corpus(tmp_path)
     transcript = corpus / "dev-clean" / "1001" / "201" / "1001-201.trans.txt"
     lines = transcript.read_text().splitlines()
@@ -107,10 +97,10 @@ def test_ctc_cli_errors_are_one_line_with_status_2(encoder_dir, tmp_path, capsys
     common = ["--output_dir", str(tmp_path / "out"), *QUIET]
     cases = [
         (
-            ["--model_name_or_path", str(encoder_dir), "--data_source", str(corpus)],
+            ["--model_name_or_path", str(tiny_model_dir), "--data_source", str(corpus)],
             f"transcript of {first_id} uses characters",
         ),
-        (["--model_name_or_path", str(encoder_dir), "--data_source", str(tmp_path / "nowhere")], "does not exist"),
+        (["--model_name_or_path", str(tiny_model_dir), "--data_source", str(tmp_path / "nowhere")], "does not exist"),
         (["--data_source", str(CORPUS)], "no model given"),
         (["--model_name_or_path", str(tmp_path / "no-model"), "--data_source", str(CORPUS)], "cannot load the model"),
     ]
@@ -121,12 +111,12 @@ def test_ctc_cli_errors_are_one_line_with_status_2(encoder_dir, tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
-def test_classification_from_label_folders_writes_a_model_the_pipeline_serves(encoder_dir, tmp_path):
+def test_classification_from_label_folders_writes_a_model_the_pipeline_serves(tiny_model_dir, tmp_path):
     out = tmp_path / "sid"
     result = finetune_classification.run(
         [
             "--model_name_or_path",
-            str(encoder_dir),
+            str(tiny_model_dir),
             "--output_dir",
             str(out),
             "--train_dir",
@@ -150,7 +140,7 @@ def test_classification_from_label_folders_writes_a_model_the_pipeline_serves(en
     assert abs(sum(entry["score"] for entry in scores) - 1) < 1e-5
 
 
-def test_classification_fits_two_speakers_from_a_csv_with_relative_paths(encoder_dir, tmp_path):
+def test_classification_fits_two_speakers_from_a_csv_with_relative_paths(tiny_model_dir, tmp_path):
     clips = tmp_path / "clips"
     clips.mkdir()
     rows = []
@@ -164,7 +154,7 @@ def test_classification_fits_two_speakers_from_a_csv_with_relative_paths(encoder
     result = finetune_classification.run(
         [
             "--model_name_or_path",
-            str(encoder_dir),
+            str(tiny_model_dir),
             "--output_dir",
             str(tmp_path / "out"),
             "--train_csv",
@@ -224,10 +214,10 @@ def test_classification_crops_training_rows_only_with_repeatable_windows():
     assert torch.equal(draw()[1], first)  # the same windows under the same seed
 
 
-def test_classification_refuses_crop_windows_it_cannot_use(encoder_dir, tmp_path, capsys):
+def test_classification_refuses_crop_windows_it_cannot_use(tiny_model_dir, tmp_path, capsys):
     common = [
         "--model_name_or_path",
-        str(encoder_dir),
+        str(tiny_model_dir),
         "--output_dir",
         str(tmp_path / "out"),
         "--train_dir",
@@ -247,7 +237,7 @@ def test_classification_refuses_crop_windows_it_cannot_use(encoder_dir, tmp_path
     assert not (tmp_path / "out").exists()
 
 
-def test_classification_csv_errors_are_one_line_with_status_2(encoder_dir, tmp_path, capsys):
+def test_classification_csv_errors_are_one_line_with_status_2(tiny_model_dir, tmp_path, capsys):
     files = sorted((CORPUS / "dev-clean").rglob("*.flac"))
     train_csv, eval_csv, bad_csv = tmp_path / "train.csv", tmp_path / "eval.csv", tmp_path / "bad.csv"
     with open(train_csv, "w", newline="") as handle:
@@ -259,7 +249,7 @@ def test_classification_csv_errors_are_one_line_with_status_2(encoder_dir, tmp_p
     bad_csv.write_text("file,class\nx.flac,a\n")
     missing_csv = tmp_path / "missing.csv"
     missing_csv.write_text(f"path,label\n{files[0]},odd\n{tmp_path / 'gone.flac'},even\n")
-    common = ["--model_name_or_path", str(encoder_dir), "--output_dir", str(tmp_path / "out"), *QUIET]
+    common = ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "out"), *QUIET]
     cases = [
         (["--train_csv", str(train_csv), "--eval_csv", str(eval_csv)], "labels the training data does not: other"),
         (["--train_csv", str(bad_csv), "--eval_csv", str(eval_csv)], "needs a header with 'path' and 'label'"),
@@ -332,8 +322,8 @@ def test_run_arguments_and_model_choice_are_checked_before_any_data_is_read(tmp_
         load_head_model(ARMHubertForCTC, ModelArguments(preset="no-such-preset"))
 
 
-def test_head_model_from_a_saved_encoder_takes_the_head_and_training_settings(encoder_dir):
-    model_args = ModelArguments(model_name_or_path=str(encoder_dir), freeze_base_model=True, mask_time_prob=0.2)
+def test_head_model_from_a_saved_encoder_takes_the_head_and_training_settings(tiny_model_dir):
+    model_args = ModelArguments(model_name_or_path=str(tiny_model_dir), freeze_base_model=True, mask_time_prob=0.2)
     model = load_head_model(ARMHubertForCTC, model_args, vocab_size=7)
     assert model.lm_head.out_features == 7
     assert model.config.mask_time_prob == 0.2 and model.config.layer_grad_scale is False
@@ -365,11 +355,11 @@ def test_audio_batches_are_padded_and_short_utterances_are_refused(tmp_path):
     check_min_duration(dataset.select([0]), tiny_config(), "training")
 
 
-def test_demo_runs_keep_one_small_checkpoint_unless_asked(encoder_dir, tmp_path):
+def test_demo_runs_keep_one_small_checkpoint_unless_asked(tiny_model_dir, tmp_path):
     """Fine-tuning checkpoints default to the last one only, without optimizer state (a demo leaves MBs, not GBs)."""
     common = [
         "--model_name_or_path",
-        str(encoder_dir),
+        str(tiny_model_dir),
         "--train_dir",
         str(CORPUS / "train-clean-100"),
         "--eval_dir",

@@ -52,14 +52,6 @@ def no_progress_bars():
     _show_progress_bars(True)
 
 
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("encoder")
-    random_model(tiny_config()).save_pretrained(folder)
-    release_feature_extractor().save_pretrained(folder)
-    return folder
-
-
 def _copy_corpus(root, splits=("train-clean-100", "dev-clean")):
     for split in splits:
         shutil.copytree(BUNDLED_CORPUS / split, root / "LibriSpeech" / split)
@@ -138,7 +130,7 @@ def test_a_chapter_without_transcripts_is_an_error_naming_it(tmp_path):
         load_librispeech(corpus, "train-clean-100")
 
 
-def test_text_that_is_not_utf8_is_one_line(tmp_path, encoder_dir, capsys):
+def test_text_that_is_not_utf8_is_one_line(tmp_path, tiny_model_dir, capsys):
     corpus = _copy_corpus(tmp_path, splits=("train-clean-100",))
     transcript = corpus / "LibriSpeech" / "train-clean-100" / "1001" / "101" / "1001-101.trans.txt"
     transcript.write_bytes(transcript.read_bytes() + "1001-101-0099 CAF\xc9\n".encode("latin-1"))
@@ -150,7 +142,7 @@ def test_text_that_is_not_utf8_is_one_line(tmp_path, encoder_dir, capsys):
         capsys,
         finetune_classification.main,
         "--model_name_or_path",
-        encoder_dir,
+        tiny_model_dir,
         "--output_dir",
         tmp_path / "out",
         "--train_csv",
@@ -211,7 +203,7 @@ def test_distillation_skips_and_counts_a_nan_file_and_saves_a_finite_model(tmp_p
     assert all(torch.isfinite(tensor).all() for tensor in weights.values())
 
 
-def test_fine_tuning_on_a_nan_file_stops_with_one_line_and_saves_nothing(tmp_path, encoder_dir, capsys):
+def test_fine_tuning_on_a_nan_file_stops_with_one_line_and_saves_nothing(tmp_path, tiny_model_dir, capsys):
     data = tmp_path / "data"
     for speaker in ("1001", "1002"):
         for path in sorted((BUNDLED_CORPUS / "dev-clean" / speaker).rglob("*.flac"))[:2]:
@@ -223,7 +215,7 @@ def test_fine_tuning_on_a_nan_file_stops_with_one_line_and_saves_nothing(tmp_pat
         capsys,
         finetune_classification.main,
         "--model_name_or_path",
-        encoder_dir,
+        tiny_model_dir,
         "--output_dir",
         tmp_path / "out",
         "--train_dir",
@@ -265,13 +257,13 @@ def test_distillation_that_diverges_stops_with_exit_2_and_saves_no_model(tmp_pat
     assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
 
 
-def test_ctc_fine_tuning_that_diverges_stops_with_exit_2_and_saves_no_model(tmp_path, encoder_dir, capsys):
+def test_ctc_fine_tuning_that_diverges_stops_with_exit_2_and_saves_no_model(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "ctc"
     line = refusal(
         capsys,
         finetune_ctc.main,
         "--model_name_or_path",
-        encoder_dir,
+        tiny_model_dir,
         "--output_dir",
         out,
         "--max_train_samples",
@@ -344,13 +336,13 @@ def test_a_run_without_steps_or_a_model_with_nan_weights_is_never_saved(tmp_path
 # Fine-tuning outputs
 
 
-def test_fine_tuning_never_overwrites_a_user_s_files(tmp_path, encoder_dir, capsys, monkeypatch):
+def test_fine_tuning_never_overwrites_a_user_s_files(tmp_path, tiny_model_dir, capsys, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "README.md").write_text("my own notes")
     common = [
         "--model_name_or_path",
-        encoder_dir,
+        tiny_model_dir,
         "--max_train_samples",
         "8",
         "--max_eval_samples",
@@ -366,7 +358,7 @@ def test_fine_tuning_never_overwrites_a_user_s_files(tmp_path, encoder_dir, caps
     line = refusal(capsys, finetune_ctc.main, *common, "--output_dir", out, "--overwrite_output_dir", "true")
     assert "holds no complete previous output" in line
     assert (out / "README.md").read_text() == "my own notes" and [p.name for p in out.iterdir()] == ["README.md"]
-    assert "is inside the input" in refusal(capsys, finetune_ctc.main, *common, "--output_dir", encoder_dir / "ctc")
+    assert "is inside the input" in refusal(capsys, finetune_ctc.main, *common, "--output_dir", tiny_model_dir / "ctc")
     corpus = _copy_corpus(tmp_path / "corpus")
     line = refusal(capsys, finetune_ctc.main, *common, "--data_source", corpus, "--output_dir", corpus / "LibriSpeech")
     assert "is inside the input" in line
@@ -527,7 +519,7 @@ class EvilConfig(PretrainedConfig):
 """
 
 
-def test_quickstart_runs_no_folder_code_unless_asked(tmp_path, encoder_dir, capsys):
+def test_quickstart_runs_no_folder_code_unless_asked(tmp_path, tiny_model_dir, capsys):
     evil = tmp_path / "evil"
     evil.mkdir()
     (evil / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": {"AutoConfig": "evil.EvilConfig"}}))
@@ -537,7 +529,7 @@ def test_quickstart_runs_no_folder_code_unless_asked(tmp_path, encoder_dir, caps
     assert "pass --trust_remote_code to run that code, if you trust it" in line, line
     assert not (evil / "RAN").exists()
     # A folder of this project's model type loads with the installed classes, without the flag.
-    assert quickstart.main(["--model", str(encoder_dir), "--num-utterances", "1"]) == 0
+    assert quickstart.main(["--model", str(tiny_model_dir), "--num-utterances", "1"]) == 0
     assert "last_hidden_state" in capsys.readouterr().out
 
 
@@ -552,10 +544,10 @@ def test_quickstart_runs_no_folder_code_unless_asked(tmp_path, encoder_dir, caps
     ids=["only-model-type", "huge-hidden-size", "float-kernel", "deep-json"],
 )
 def test_a_broken_config_json_is_one_line_for_quickstart_and_fine_tuning(
-    tmp_path, encoder_dir, capsys, config, message
+    tmp_path, tiny_model_dir, capsys, config, message
 ):
     folder = tmp_path / "model"
-    shutil.copytree(encoder_dir, folder)
+    shutil.copytree(tiny_model_dir, folder)
     if isinstance(config, str):
         (folder / "config.json").write_text(config)
     elif "model_type" in config:
@@ -605,15 +597,15 @@ def test_an_all_corrupt_corpus_is_one_line_without_warnings(tmp_path, capsys, pr
         AudioCollator(release_feature_extractor())(rows)
 
 
-def test_ctc_unknown_eval_split_and_a_multi_model_root_are_one_line(tmp_path, encoder_dir, capsys, progress_bars):
+def test_ctc_unknown_eval_split_and_a_multi_model_root_are_one_line(tmp_path, tiny_model_dir, capsys, progress_bars):
     common = ["--output_dir", tmp_path / "out", "--data_source", BUNDLED_CORPUS.parent, *QUIET]
     line = refusal(
-        capsys, finetune_ctc.main, "--model_name_or_path", encoder_dir, "--eval_split", "dev-nosuch", *common
+        capsys, finetune_ctc.main, "--model_name_or_path", tiny_model_dir, "--eval_split", "dev-nosuch", *common
     )
     assert "dev-nosuch" in line, line
     root = tmp_path / "repository"
     for name in ("small", "large"):
-        shutil.copytree(encoder_dir, root / name)
+        shutil.copytree(tiny_model_dir, root / name)
     line = refusal(capsys, finetune_ctc.main, "--model_name_or_path", root, "--max_duration", "5", *common)
     assert "is a multi-model repository" in line and "large, small" in line, line
     assert not (tmp_path / "out").exists()
