@@ -279,9 +279,21 @@ def train_evaluate_and_save(
         return _train_evaluate_and_save(trainer, output_dir, make_card)
 
 
+def final_evaluation(trainer: Trainer) -> dict:
+    """The evaluation of the trained model: the one logged at the last step when there was one (the Trainer
+    evaluates there whenever `eval_steps` divides the step count), else a new `trainer.evaluate()`."""
+    step = trainer.state.global_step
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry:
+            if entry.get("step") == step:
+                return {name: value for name, value in entry.items() if name != "step"}
+            break
+    return trainer.evaluate()
+
+
 def _train_evaluate_and_save(trainer: Trainer, output_dir: str | Path, make_card: Callable[[dict, int], str]) -> dict:
     train_result = trainer.train()
-    metrics = trainer.evaluate()
+    metrics = final_evaluation(trainer)
     trainer.log_metrics("eval", metrics)
     add_remote_code_entries(trainer.model.config, type(trainer.model))  # the head's own pipeline
     save_trained_model(trainer, output_dir, card=make_card(metrics, train_result.global_step))

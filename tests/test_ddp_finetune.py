@@ -8,16 +8,13 @@ import json
 from dataclasses import dataclass
 
 import pytest
-from helpers import ROOT, TORCHRUN_TWO_PROCESSES, random_model, run_offline, tiny_config
+from helpers import ROOT, TORCHRUN_TWO_PROCESSES, run_offline
 
 from armhubert.finetune import parse_run_arguments
-from modeling_armhubert import release_feature_extractor
 
 
-def test_ctc_finetuning_runs_under_ddp_on_two_processes_without_unused_parameter_search(tmp_path):
-    encoder = tmp_path / "encoder"
-    random_model(tiny_config()).save_pretrained(encoder)
-    release_feature_extractor().save_pretrained(encoder)
+def test_ctc_finetuning_runs_under_ddp_on_two_processes_without_unused_parameter_search(tmp_path, tiny_model_dir):
+    encoder = tiny_model_dir
     command = [*TORCHRUN_TWO_PROCESSES, ROOT / "scripts" / "finetune_ctc.py", "--model_name_or_path", encoder]
     command += ["--output_dir", tmp_path / "out", "--data_source", ROOT / "data", "--max_train_samples", "8"]
     command += ["--max_eval_samples", "4", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2"]

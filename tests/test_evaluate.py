@@ -5,10 +5,9 @@ import json
 
 import datasets
 import pytest
-from helpers import load_script, random_model, tiny_config
+from helpers import load_script
 
 from armhubert.resources import BUNDLED_CORPUS
-from modeling_armhubert import release_feature_extractor
 
 evaluate = load_script("evaluate")
 DEV = BUNDLED_CORPUS / "dev-clean"
@@ -16,12 +15,10 @@ COMMON = ["--use_cpu", "--report_to", "none", "--save_strategy", "no", "--seed",
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_model_dir):
     """A tiny CTC model and a tiny speaker classifier fine-tuned for a few steps, with their final evaluations."""
     root = tmp_path_factory.mktemp("evaluate")
-    encoder = root / "encoder"
-    random_model(tiny_config()).save_pretrained(encoder)
-    release_feature_extractor().save_pretrained(encoder)
+    encoder = tiny_model_dir
     ctc = load_script("finetune_ctc").run(
         ["--model_name_or_path", str(encoder), "--output_dir", str(root / "ctc"), "--max_steps", "3"]
         + ["--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "1", *COMMON]

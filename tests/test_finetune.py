@@ -386,3 +386,19 @@ def test_demo_runs_keep_one_small_checkpoint_unless_asked(tiny_model_dir, tmp_pa
     checkpoints = sorted((tmp_path / "full").glob("checkpoint-*"))
     assert [path.name for path in checkpoints] == ["checkpoint-2", "checkpoint-3"]
     assert (checkpoints[-1] / "optimizer.pt").is_file()
+
+
+def test_final_evaluation_reuses_the_evaluation_logged_at_the_last_step():
+    from types import SimpleNamespace
+
+    from armhubert.finetune import final_evaluation
+
+    calls = []
+    logged = {"eval_loss": 1.5, "eval_wer": 0.5, "epoch": 2.0, "step": 30}
+    trainer = SimpleNamespace(
+        state=SimpleNamespace(global_step=30, log_history=[{"loss": 2.0, "step": 30}, logged]),
+        evaluate=lambda: calls.append(1) or {"eval_loss": 9.0},
+    )
+    assert final_evaluation(trainer) == {"eval_loss": 1.5, "eval_wer": 0.5, "epoch": 2.0} and not calls
+    trainer.state.log_history[-1] = {**logged, "step": 20}  # last evaluated before the end: evaluate again
+    assert final_evaluation(trainer) == {"eval_loss": 9.0} and calls == [1]
