@@ -308,3 +308,10 @@ def test_bad_input_gets_one_line_and_exit_status_2(tmp_path, capsys, tiny_model_
     for expected, args in cases.items():
         assert expected in refusal(capsys, extract.main, *base, *args)
     assert not (CORPUS / "feats").exists() and not any((tmp_path / name).exists() for name in ("o1", "o2", "o3", "o4"))
+    broken_run = tmp_path / "o5"
+    broken_run.mkdir()
+    (broken_run / "run.json").write_text("{not json")
+    line = refusal(
+        capsys, extract.main, *base, "--input", CORPUS, "--split", SPLIT, "--output_dir", broken_run, "--resume"
+    )
+    assert "is not the run file of this tool" in line and (broken_run / "run.json").read_text() == "{not json"

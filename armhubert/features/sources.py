@@ -60,11 +60,8 @@ class Corpus:
         except DataError as error:
             return record["id"], None, str(error)
         if len(samples) < min_samples:
-            return (
-                record["id"],
-                None,
-                f"{len(samples)} samples, fewer than the model's {min_samples}-sample receptive field",
-            )
+            reason = f"{len(samples)} samples, fewer than the model's {min_samples}-sample receptive field"
+            return record["id"], None, reason
         return record["id"], samples, None
 
 
