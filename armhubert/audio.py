@@ -44,13 +44,7 @@ def read_audio(
     DataError naming the file when soundfile cannot read it, it declares more than MAX_AUDIO_SECONDS or
     MAX_CHANNELS channels (checked from its header, before decoding), or it holds NaN / infinite samples.
     """
-    if isinstance(audio, dict):
-        name = audio.get("path") or "<audio bytes>"
-        source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
-    else:
-        name = source = os.fspath(audio)
-    if source is None:
-        raise DataError("audio entry has neither 'bytes' nor 'path'; expected an undecoded datasets audio dict")
+    name, source = _source(audio)
     try:
         with soundfile.SoundFile(source) as stream:
             start, frames, skip = _planned_read(stream, name, target_rate, max_samples, choose_offset)
@@ -65,6 +59,27 @@ def read_audio(
     if max_samples is not None:
         samples = samples[:max_samples]
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def header_num_samples(audio: str | os.PathLike | dict, target_rate: int = SAMPLING_RATE) -> int | None:
+    """Length at `target_rate` of an audio file or undecoded audio dict, from its header alone (nothing is
+    decoded); None when soundfile cannot read the header."""
+    try:
+        info = soundfile.info(_source(audio)[1])
+    except Exception:  # noqa: BLE001 - any unreadable header (or entry) makes the file unusable
+        return None
+    return int(round(info.frames * target_rate / info.samplerate))
+
+
+def _source(audio: str | os.PathLike | dict) -> tuple[str, Any]:
+    """(name for messages, what soundfile opens) of a path or an undecoded audio dict ({"path", "bytes"})."""
+    if not isinstance(audio, dict):
+        return os.fspath(audio), os.fspath(audio)
+    name = audio.get("path") or "<audio bytes>"
+    source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
+    if source is None:
+        raise DataError("audio entry has neither 'bytes' nor 'path'; expected an undecoded datasets audio dict")
+    return name, source
 
 
 MAX_AUDIO_SECONDS = 3600  # longer recordings are cut into utterances first (LibriSpeech's are under 35 s)

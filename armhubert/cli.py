@@ -32,6 +32,12 @@ def error_line(error: BaseException) -> str:
     return line
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of `error`'s message (a library's reason for refusing), or its type's name when empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def os_error_line(error: OSError) -> str:
     """`No space left on device: /out/model.safetensors`: the reason and the path, one line."""
     reason = error.strerror or error_line(error)

@@ -9,7 +9,6 @@ decoded by `armhubert.audio.read_audio` in `AudioCollator`, in the data-loader w
 """
 
 import dataclasses
-import io
 import logging
 import os
 import re
@@ -21,14 +20,13 @@ from typing import Any
 
 import datasets
 import numpy as np
-import soundfile
 import torch
 from transformers import Wav2Vec2FeatureExtractor
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from configuration_armhubert import SAMPLING_RATE
 
-from .audio import DataError, read_audio, window
+from .audio import DataError, header_num_samples, read_audio, window
 from .resources import HUB_DATASET, is_hub_librispeech
 
 logger = logging.getLogger(__name__)
@@ -139,22 +137,11 @@ def _read_transcripts(split_dir):
     return rows
 
 
-def _num_samples_at_target_rate(info):
-    return int(round(info.frames * SAMPLING_RATE / info.samplerate))
-
-
-def _local_num_samples(path):
-    try:
-        return _num_samples_at_target_rate(soundfile.info(str(path)))
-    except Exception:  # noqa: BLE001 - any unreadable header makes the file unusable
-        return None
-
-
 def _load_local_split(root, split):
     split_dir = _local_split_dir(root, split)
     rows = _read_transcripts(split_dir)
     with ThreadPoolExecutor(max_workers=8) as pool:  # headers only: I/O bound
-        lengths = list(pool.map(_local_num_samples, (path for _, _, path in rows)))
+        lengths = list(pool.map(header_num_samples, (path for _, _, path in rows)))
     unreadable = [str(path) for (_, _, path), length in zip(rows, lengths) if length is None]
     kept = [(row, length) for row, length in zip(rows, lengths) if length is not None]
     if not kept:  # the error alone, without a warning before it
@@ -187,13 +174,15 @@ def _load_local_split(root, split):
     )
 
 
-def _audio_num_samples(audio):
-    """Length at 16 kHz of an undecoded audio dict, from its header; -1 when unreadable."""
-    try:
-        source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio["path"]
-        return _num_samples_at_target_rate(soundfile.info(source))
-    except Exception:  # noqa: BLE001
-        return -1
+def add_num_samples(dataset: datasets.Dataset, desc: str) -> datasets.Dataset:
+    """`dataset` with a column `num_samples`: each undecoded `audio` entry's length at 16 kHz, read from its
+    header (`armhubert.audio.header_num_samples`); -1 where soundfile cannot read the header."""
+
+    def lengths(batch):
+        found = [header_num_samples(audio) for audio in batch["audio"]]
+        return {"num_samples": [-1 if length is None else length for length in found]}
+
+    return dataset.map(lengths, batched=True, desc=desc)
 
 
 def _load_hub_split(source, split):
@@ -211,11 +200,7 @@ def _load_hub_split(source, split):
     # Keep audio undecoded: we decode with soundfile, not through datasets' torchcodec decoder.
     dataset = dataset.cast_column("audio", datasets.Audio(decode=False))
     dataset = dataset.select_columns(["id", "audio", "text", "speaker_id"])
-    dataset = dataset.map(
-        lambda batch: {"num_samples": [_audio_num_samples(audio) for audio in batch["audio"]]},
-        batched=True,
-        desc=f"reading {split} headers",
-    )
+    dataset = add_num_samples(dataset, f"reading {split} headers")
     unreadable = dataset.filter(lambda length: length < 0, input_columns="num_samples")
     if len(unreadable):
         logger.warning(

@@ -39,7 +39,9 @@ from transformers import HfArgumentParser
 from armhubert.audio import read_audio
 from armhubert.chunking import CHUNK_LENGTH_S, STRIDE_LENGTH_S, chunk_windows, encode_chunked
 from armhubert.cli import UserError, run_main
-from armhubert.features import Encoder, ExtractionArguments, extract_features, load_encoder, select_layers
+from armhubert.features.arguments import ExtractionArguments
+from armhubert.features.encoder import Encoder, load_encoder, select_layers
+from armhubert.features.run import extract_features
 from armhubert.profiling import LiveTensorBytes, state_tensors
 from armhubert.resources import BUNDLED_CORPUS
 from armhubert.units import assign_units, deduplicate_runs, fit_codebook

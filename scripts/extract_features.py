@@ -9,7 +9,7 @@
 
 Inputs: a folder of audio files, a LibriSpeech-layout root with --split, a `datasets` folder
 (save_to_disk) or Hub id (--audio_column). Output: safetensors shards and index.json (read them with
-`armhubert.features.FeatureIndex`), or `--format arrow` a datasets folder `dataset/`
+`armhubert.features.index.FeatureIndex`), or `--format arrow` a datasets folder `dataset/`
 (`datasets.load_from_disk`). A killed run continues with --resume. See docs/features.md.
 """
 
@@ -21,7 +21,8 @@ from transformers import HfArgumentParser
 from transformers.utils import logging as transformers_logging
 
 from armhubert.cli import UserError, run_main
-from armhubert.features import ExtractionArguments, extract_features
+from armhubert.features.arguments import ExtractionArguments
+from armhubert.features.run import extract_features
 
 PROG = "extract_features.py"
 

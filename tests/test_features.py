@@ -17,7 +17,8 @@ from hostile import digest, refusal
 
 from armhubert.audio import read_audio
 from armhubert.chunking import encode_chunked
-from armhubert.features import FeatureIndex, plan_batches
+from armhubert.features.index import FeatureIndex
+from armhubert.features.plan import plan_batches
 from modeling_armhubert import ARMHubertForCTC, ARMHubertModel, release_feature_extractor
 
 CORPUS = ROOT / "data"
@@ -112,15 +113,13 @@ def test_float16_storage_and_the_last_layer_shortcut(tmp_path, tiny_model_dir, m
 
 
 KILLED_RUN = """
-import os, signal, sys
-sys.path.insert(0, {root!r})
-sys.path.insert(0, {scripts!r})
+import os, signal
 import torch
 torch.set_num_threads(1)  # as this test process: the same float rounding, so the same bytes
-import armhubert.features as features
-import extract_features
+import armhubert.features.shards as shards
+import extract_features  # scripts/ is on the PYTHONPATH the test passes
 writes = []
-original = features.save_file
+original = shards.save_file
 def save_then_die(tensors, path, metadata=None):
     writes.append(path)
     if len(writes) == 3:  # the third shard: half-written, then killed
@@ -128,7 +127,7 @@ def save_then_die(tensors, path, metadata=None):
             handle.write(b"half a shard")
         os.kill(os.getpid(), signal.SIGKILL)
     original(tensors, path, metadata=metadata)
-features.save_file = save_then_die
+shards.save_file = save_then_die
 extract_features.main({argv!r})
 """
 
@@ -143,8 +142,11 @@ def test_a_run_killed_by_kill_9_and_resumed_by_two_processes_writes_the_files_of
     assert len(whole) == 10  # 8 shards (one utterance each), run.json, index.json
 
     killed = tmp_path / "killed"
-    code = KILLED_RUN.format(root=str(ROOT), scripts=str(ROOT / "scripts"), argv=args + ["--output_dir", str(killed)])
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    code = KILLED_RUN.format(argv=args + ["--output_dir", str(killed)])
+    child_environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=child_environment
+    )
     assert result.returncode == -9, result.stderr
     assert sorted(p.name for p in killed.glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
     assert not (killed / "index.json").exists() and list(killed.glob(".shard-00002*"))  # the half-written one
@@ -306,3 +308,10 @@ def test_bad_input_gets_one_line_and_exit_status_2(tmp_path, capsys, tiny_model_
     for expected, args in cases.items():
         assert expected in refusal(capsys, extract.main, *base, *args)
     assert not (CORPUS / "feats").exists() and not any((tmp_path / name).exists() for name in ("o1", "o2", "o3", "o4"))
+    broken_run = tmp_path / "o5"
+    broken_run.mkdir()
+    (broken_run / "run.json").write_text("{not json")
+    line = refusal(
+        capsys, extract.main, *base, "--input", CORPUS, "--split", SPLIT, "--output_dir", broken_run, "--resume"
+    )
+    assert "is not the run file of this tool" in line and (broken_run / "run.json").read_text() == "{not json"

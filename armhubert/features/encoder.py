@@ -1,0 +1,212 @@
+"""The model that encodes, and which of its features are kept.
+
+- `load_encoder`: a model folder / Hub id (converted, distilled, fine-tuned) or a random-weight preset,
+  with the preprocessing its folder asks for, and a fine-tuned folder's SUPERB weighted layer sum;
+- `select_layers`: the options `--layers`, `--representation`, `--units_layer` as a `LayerSelection`:
+  feature names `layer_N` (N as the `audio-feature-extraction` pipeline numbers the layers of a
+  representation) or `weighted`; `selected_features` picks them from a model output;
+- `probe_widths`: each selected feature's width, from one forward pass on silence.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoConfig, Wav2Vec2FeatureExtractor
+
+from configuration_armhubert import ARMHubertConfig
+from modeling_armhubert import (
+    ARMHubertForCTC,
+    ARMHubertForSequenceClassification,
+    ARMHubertModel,
+    release_feature_extractor,
+    superb_layer_outputs,
+)
+
+from ..cli import UserError, first_line
+from ..model_folders import check_model_folder
+from ..units import Codebook
+from .arguments import ExtractionArguments
+
+TASK_CLASSES = {cls.__name__: cls for cls in (ARMHubertForCTC, ARMHubertForSequenceClassification)}
+
+
+@dataclass
+class Encoder:
+    """The model, the preprocessing its folder asks for, the weighted layer sum of a fine-tuned folder."""
+
+    model: ARMHubertModel
+    extractor: Wav2Vec2FeatureExtractor
+    layer_sum: torch.nn.Module | None
+    name: str
+
+
+def _load_error(name: str, error: BaseException) -> UserError:
+    return UserError(f"cannot load the model {name}: {first_line(error)}")
+
+
+def _weighted_task_model(model: str, config: ARMHubertConfig) -> torch.nn.Module:
+    """The fine-tuned task model of folder `model`, which must have learned layer weights."""
+    architecture = (config.architectures or [""])[0]
+    if architecture not in TASK_CLASSES or not config.use_weighted_layer_sum:
+        raise UserError(
+            f"--layers weighted needs a folder fine-tuned with use_weighted_layer_sum=True; {model} is a "
+            f"{architecture or 'bare encoder'} without learned layer weights: give layer numbers instead"
+        )
+    return TASK_CLASSES[architecture].from_pretrained(model)
+
+
+def load_encoder(model: str | None, preset: str | None, weighted: bool, device: torch.device, seed: int = 0) -> Encoder:
+    """The encoder in eval mode on `device`: a saved folder / Hub id, or a preset with random weights.
+
+    `weighted`: load the fine-tuned task model of the folder for its learned layer weights.
+    """
+    if preset is not None:
+        if weighted:
+            raise UserError("--layers weighted needs a fine-tuned --model folder, not a random preset")
+        torch.manual_seed(seed)
+        encoder = ARMHubertModel(ARMHubertConfig.from_preset(preset))
+        return Encoder(encoder.to(device).eval(), release_feature_extractor(), None, preset)
+    check_model_folder(model, subfolder_option=None)
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as error:
+        raise _load_error(model, error) from None
+    if not isinstance(config, ARMHubertConfig):
+        raise UserError(f"{model} is a {type(config).__name__} model; this tool encodes ARMHuBERT-family models")
+    layer_sum = None
+    try:
+        if weighted:
+            task_model = _weighted_task_model(model, config)
+            encoder, layer_sum = task_model.armhubert, task_model.layer_sum.to(device).eval()
+        else:
+            encoder = ARMHubertModel.from_pretrained(model)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise _load_error(model, error) from None
+    try:
+        extractor = Wav2Vec2FeatureExtractor.from_pretrained(model)
+    except OSError:  # no preprocessor_config.json: the releases' preprocessing
+        extractor = release_feature_extractor()
+    return Encoder(encoder.to(device).eval(), extractor, layer_sum, model)
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    """Which features one forward pass yields: names `layer_N` (N as the feature pipeline numbers layers in
+    `representation`) or `weighted`; `units_name` is the one the units are computed on (maybe not saved)."""
+
+    representation: str  # resolved: "hidden", "layers" (1..L of hidden) or "projected", or "weighted"
+    numbers: tuple[int, ...]
+    saved: tuple[str, ...]
+    units_name: str | None
+    last_only: bool  # the one feature is `last_hidden_state`: no hidden states needed
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        extra = (self.units_name,) if self.units_name and self.units_name not in self.saved else ()
+        return self.saved + extra
+
+    def forward_kwargs(self) -> dict[str, bool]:
+        return {"output_hidden_states": not self.last_only}
+
+
+def layer_number(name: str) -> int | None:
+    """N of a feature name `layer_N`; None for `weighted` (or any other name)."""
+    prefix, _, number = name.partition("_")
+    return int(number) if prefix == "layer" and number.isdigit() else None
+
+
+def available_layers(config: ARMHubertConfig, representation: str) -> tuple[str, list[int]]:
+    """(resolved representation, its layer numbers): `superb` is `projected` 1..L with heads, else `layers` 1..L."""
+    count = config.num_hidden_layers
+    if representation == "superb":
+        representation = "projected" if config.has_projection_heads else "layers"
+    if representation == "projected" and not config.has_projection_heads:
+        raise UserError("--representation projected needs a model with projection heads; this one (STaR) has none")
+    start = 0 if representation == "hidden" else 1
+    return representation, list(range(start, count + 1))
+
+
+def _parse_numbers(text: str, what: str, available: list[int]) -> list[int]:
+    try:
+        numbers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(
+            f"{what} {text!r} is not a list of layer numbers such as 4,8,12 (or last, all, weighted)"
+        ) from None
+    unknown = [number for number in numbers if number not in available]
+    if unknown or not numbers:
+        raise UserError(f"{what} {text!r}: choose layers from {available[0]}..{available[-1]} of this representation")
+    return list(dict.fromkeys(numbers))
+
+
+def _units_number(layers: str, numbers: list[int], units_layer: int | None, available: list[int]) -> int:
+    """The layer the units are computed on: `--units_layer`, or the one layer of `--layers`."""
+    if units_layer is not None:
+        return _parse_numbers(str(units_layer), "--units_layer", available)[0]
+    if len(numbers) > 1:
+        raise UserError(f"--layers {layers} gives {len(numbers)} layers; say which one the units use: --units_layer N")
+    return numbers[0]
+
+
+def select_layers(
+    config: ARMHubertConfig, layers: str, representation: str, units_layer: int | None, units: bool
+) -> LayerSelection:
+    """The `LayerSelection` of the options `--layers`, `--representation`, `--units_layer`."""
+    if layers == "weighted":
+        if units_layer is not None:
+            raise UserError("with --layers weighted the units are computed on the weighted sum; drop --units_layer")
+        return LayerSelection("weighted", (), ("weighted",), "weighted" if units else None, False)
+    resolved, available = available_layers(config, representation)
+    if layers == "last":
+        numbers = [available[-1]]
+    elif layers == "all":
+        numbers = available
+    else:
+        numbers = _parse_numbers(layers, "--layers", available)
+    units_number = _units_number(layers, numbers, units_layer, available) if units else None
+    # `last_hidden_state` is the last head's output with heads, the last layer's in post-LN models without.
+    if config.has_projection_heads:
+        is_last_hidden_state = resolved == "projected"
+    else:
+        is_last_hidden_state = not config.do_stable_layer_norm
+    last_only = {*numbers, units_number} - {None} == {available[-1]} and is_last_hidden_state
+    units_name = None if units_number is None else f"layer_{units_number}"
+    return LayerSelection(resolved, tuple(numbers), tuple(f"layer_{n}" for n in numbers), units_name, last_only)
+
+
+def selection_for(args: ExtractionArguments, config: ARMHubertConfig, codebook: Codebook | None) -> LayerSelection:
+    """The layer selection of the options; with --codebook and no --units_layer, the units come from the
+    codebook's own layer; with --save_features false, nothing but the units' layer is kept."""
+    units_layer = args.units_layer
+    if codebook is not None and units_layer is None:
+        units_layer = layer_number(codebook.layer)
+    with_units = args.units is not None or codebook is not None
+    selection = select_layers(config, args.layers, args.representation, units_layer, with_units)
+    return selection if args.save_features else dataclasses.replace(selection, saved=())
+
+
+def selected_features(encoder: Encoder, selection: LayerSelection, output: Any) -> dict[str, Any]:
+    """{name: (B, T, D)} of the selection from a model output, plus its `frame_attention_mask`."""
+    config = encoder.model.config
+    if selection.representation == "weighted":
+        features = {"weighted": encoder.layer_sum(superb_layer_outputs(config, output))}
+    elif selection.last_only:
+        features = {name: output.last_hidden_state for name in selection.names}
+    else:
+        table = output.projected_hidden_states if selection.representation == "projected" else output.hidden_states
+        offset = 1 if selection.representation == "projected" else 0
+        features = {name: table[layer_number(name) - offset] for name in selection.names}
+    return {**features, "frame_attention_mask": output.frame_attention_mask}
+
+
+def probe_widths(encoder: Encoder, selection: LayerSelection) -> dict[str, int]:
+    """Width of every selected feature, from one forward pass on a few frames of silence."""
+    config = encoder.model.config
+    device = next(encoder.model.parameters()).device
+    samples = config.receptive_field + 4 * config.inputs_to_logits_ratio * config.crop_seq_to_multiple
+    with torch.inference_mode():
+        output = encoder.model(torch.zeros(1, samples, device=device), **selection.forward_kwargs())
+        features = selected_features(encoder, selection, output)
+    return {name: int(features[name].shape[-1]) for name in selection.names}

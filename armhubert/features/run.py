@@ -1,0 +1,260 @@
+"""One whole extraction, as `scripts/extract_features.py` starts it (`extract_features`).
+
+Checks everything before anything is written (options, corpus, model, codebook, output folder),
+writes `run.json`, fits the units codebook when asked, encodes this process's unfinished shards
+(decoding the next batch and writing the last shard while one is encoded), and, in the first
+process once all are done, writes the index (or the Arrow dataset) and prints a summary.
+"""
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
+
+from ..audio import DataError
+from ..chunking import num_frames
+from ..outputs import atomic_write_text
+from ..units import Codebook, load_codebook, save_codebook
+from .arguments import STORAGE_DTYPES, ExtractionArguments, check_arguments
+from .arrow import DATASET_FOLDER, write_arrow_dataset
+from .batches import Chunking, Decoded, chunking_for, decode_ahead, encode_batch
+from .codebook import CODEBOOK_FILE, check_codebook, fit_units
+from .encoder import Encoder, LayerSelection, load_encoder, probe_widths, selection_for
+from .index import INDEX_FILE, build_index
+from .plan import ShardPlan, plan_batches, plan_shards
+from .processes import Processes, current_processes
+from .resume import (
+    RUN_FILE,
+    check_output,
+    remove_stale_temporaries,
+    run_settings,
+    settings_sha256,
+    shard_fingerprint,
+)
+from .shards import FEATURES_FORMAT, shard_contents, shard_metadata, write_shard
+from .sources import Corpus, open_corpus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """Everything the encoding loop needs, fixed before it starts (`codebook`: once fitted, with --units)."""
+
+    args: ExtractionArguments
+    corpus: Corpus
+    encoder: Encoder
+    selection: LayerSelection
+    chunking: Chunking | None
+    codebook: Codebook | None
+    widths: dict[str, int]
+    output_dir: Path
+    settings_sha256: str
+    processes: Processes
+
+
+def plan_run(
+    args: ExtractionArguments,
+    corpus: Corpus,
+    config: ARMHubertConfig,
+    selection: LayerSelection,
+    widths: dict[str, int],
+    chunking: Chunking | None,
+) -> list[ShardPlan]:
+    """The whole corpus's shards (every process plans the same), sized by the bytes their frames will take."""
+    lengths = corpus.lengths
+    batches = plan_batches(
+        lengths, corpus.ids, args.max_batch_seconds, chunking.threshold_samples if chunking else None
+    )
+    frame_bytes = sum(widths[name] for name in selection.saved) * STORAGE_DTYPES[args.dtype].itemsize
+    frame_bytes += 2 if selection.units_name else 0  # int16 units
+    return plan_shards(
+        batches,
+        lambda batch: sum(num_frames(config, lengths[row]) for row in batch) * frame_bytes,
+        int(args.shard_mb * 1e6),
+    )
+
+
+def _pending_shards(run: Run, shards: Sequence[ShardPlan]) -> list[tuple[ShardPlan, str]]:
+    """This process's shards that are not finished yet, with their fingerprints."""
+    pending = []
+    for shard in run.processes.take(shards):
+        fingerprint = shard_fingerprint(run.settings_sha256, run.codebook, run.corpus, shard)
+        metadata = shard_metadata(run.output_dir / shard.file_name)
+        if metadata is None or metadata.get("fingerprint") != fingerprint:
+            pending.append((shard, fingerprint))
+    return pending
+
+
+def _encode_decoded(run: Run, decoded: Decoded) -> tuple[list, list[list[str]], float]:
+    """([(id, features)], [[id, reason]] of the skipped rows, audio seconds encoded) of one decoded batch."""
+    readable = [(utterance_id, samples) for utterance_id, samples, _ in decoded if samples is not None]
+    skipped = [[utterance_id, reason] for utterance_id, _, reason in decoded if reason is not None]
+    for utterance_id, reason in skipped:
+        logger.warning("Skipping %s: %s", utterance_id, reason)
+    waveforms = [samples for _, samples in readable]
+    outputs = encode_batch(
+        run.encoder, run.selection, waveforms, run.chunking, run.codebook, run.args.deduplicate_units
+    )
+    encoded = list(zip((utterance_id for utterance_id, _ in readable), outputs))
+    return encoded, skipped, sum(len(samples) for samples in waveforms) / SAMPLING_RATE
+
+
+def encode_shards(run: Run, shards: Sequence[ShardPlan]) -> tuple[int, float]:
+    """Encode and write this process's unfinished shards; returns (utterances encoded, audio seconds)."""
+    from tqdm.auto import tqdm
+
+    pending = _pending_shards(run, shards)
+    work = [(shard, fingerprint, batch) for shard, fingerprint in pending for batch in shard.batches]
+    dtype = STORAGE_DTYPES[run.args.dtype]
+    total_seconds = sum(run.corpus.seconds(shard.rows) for shard, _ in pending)
+    progress = tqdm(
+        total=round(total_seconds, 1), unit="audio-s", disable=not run.args.progress or None, desc="encoding"
+    )
+    field_size = run.encoder.model.config.receptive_field
+    encoded, skipped, count, seconds = [], [], 0, 0.0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, torch.inference_mode():
+        writing: Future | None = None
+        decoded_batches = decode_ahead(run.corpus, [batch for _, _, batch in work], field_size)
+        for (shard, fingerprint, batch), decoded in zip(work, decoded_batches):
+            batch_encoded, batch_skipped, batch_seconds = _encode_decoded(run, decoded)
+            encoded.extend(batch_encoded)
+            skipped.extend(batch_skipped)
+            count, seconds = count + len(batch_encoded), seconds + batch_seconds
+            progress.update(round(batch_seconds, 1))
+            if batch is shard.batches[-1]:  # the shard is complete: write it while the next one runs
+                contents = shard_contents(
+                    encoded, skipped, run.selection.saved, run.widths, dtype, run.codebook is not None
+                )
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(write_shard, run.output_dir / shard.file_name, contents, fingerprint)
+                encoded, skipped = [], []
+        if writing is not None:
+            writing.result()
+    progress.close()
+    return count, seconds
+
+
+def _fitted_codebook(run: Run) -> Codebook:
+    """The codebook of `--units K`: fitted by the first process (kept on --resume), read by every process."""
+    codebook_path = run.output_dir / CODEBOOK_FILE
+    if run.processes.is_main and not (run.args.resume and codebook_path.is_file()):
+        save_codebook(fit_units(run.args, run.corpus, run.encoder, run.selection, run.chunking), codebook_path)
+    run.processes.barrier()
+    return load_codebook(codebook_path)
+
+
+def _index_header(run: Run) -> dict:
+    """What index.json says besides the utterances: model, features, dtype, frame rate, units settings."""
+    args, selection, config = run.args, run.selection, run.encoder.model.config
+    units = None
+    if run.codebook is not None:
+        units = {
+            "layer": selection.units_name,
+            "num_units": run.codebook.num_units,
+            "deduplicated": args.deduplicate_units,
+            "codebook": CODEBOOK_FILE if args.units is not None else str(args.codebook),
+        }
+    return {
+        "format": FEATURES_FORMAT,
+        "model": run.encoder.name,
+        "representation": selection.representation,
+        "features": list(selection.saved),
+        "widths": {name: run.widths[name] for name in selection.saved},
+        "dtype": args.dtype,
+        "samples_per_frame": config.inputs_to_logits_ratio,
+        "frame_rate_hz": SAMPLING_RATE / config.inputs_to_logits_ratio,
+        "units": units,
+    }
+
+
+def _write_index(run: Run, shards: Sequence[ShardPlan]) -> dict:
+    """index.json (or, with --format arrow, the dataset the shards become) from the finished shards."""
+    corpus, output_dir = run.corpus, run.output_dir
+    index = build_index(output_dir, shards, _index_header(run), [list(item) for item in corpus.skipped])
+    if not index["utterances"]:
+        raise DataError(f"none of the {len(corpus.rows)} files of {corpus.description} could be read; check the corpus")
+    if run.args.format == "arrow":
+        write_arrow_dataset(output_dir, index)
+        for shard in shards:
+            (output_dir / shard.file_name).unlink(missing_ok=True)
+    else:
+        atomic_write_text(output_dir / INDEX_FILE, json.dumps(index, indent=1))
+    return index
+
+
+def extract_features(args: ExtractionArguments, encoder: Encoder | None = None) -> dict:
+    """Encode a corpus into `args.output_dir` (see `armhubert.features`); returns the index (main process).
+
+    `encoder`: a model already loaded (e.g. `Encoder(model, release_feature_extractor(), None, "my-model")`),
+    used instead of loading `args.model` / `args.preset`.
+    """
+    check_arguments(args, encoder_given=encoder is not None)
+    processes, device = current_processes(args.device)
+    started = time.perf_counter()
+    corpus = open_corpus(args.input, args.split, args.input_type, args.audio_column, args.id_column)
+    given_codebook = load_codebook(args.codebook) if args.codebook else None
+    if encoder is None:
+        encoder = load_encoder(args.model, args.preset, args.layers == "weighted", device, args.seed)
+    selection = selection_for(args, encoder.model.config, given_codebook)
+    widths = probe_widths(encoder, selection)
+    if given_codebook is not None:
+        check_codebook(given_codebook, selection, widths, args.codebook)
+    settings = run_settings(args, corpus, encoder)
+    output_dir = check_output(args, settings)
+    if args.format == "arrow" and (output_dir / DATASET_FOLDER / "state.json").is_file():
+        print(f"{output_dir / DATASET_FOLDER} is complete (same settings): nothing to do")
+        return {}
+    processes.barrier()  # every process has checked the output folder before the first writes to it
+    if processes.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(output_dir)
+        atomic_write_text(output_dir / RUN_FILE, json.dumps(settings, indent=1))
+    processes.barrier()
+
+    chunking = chunking_for(args)
+    shards = plan_run(args, corpus, encoder.model.config, selection, widths, chunking)
+    run = Run(
+        args,
+        corpus,
+        encoder,
+        selection,
+        chunking,
+        given_codebook,
+        widths,
+        output_dir,
+        settings_sha256(settings),
+        processes,
+    )
+    if args.units is not None:
+        run.codebook = _fitted_codebook(run)
+    count, seconds = encode_shards(run, shards)
+    processes.barrier()
+    if not processes.is_main:
+        return {}
+    index = _write_index(run, shards)
+    report_summary(index, count, seconds, time.perf_counter() - started, output_dir)
+    return index
+
+
+def report_summary(index: dict, count: int, seconds: float, elapsed: float, output_dir: Path) -> None:
+    """Print what was written, how fast, and which files were skipped."""
+    rate = seconds / elapsed if elapsed > 0 else math.inf
+    print(
+        f"encoded {count} utterances ({seconds:.1f} s of audio) in {elapsed:.1f} s, {rate:.1f} audio seconds per "
+        f"second; {len(index['utterances'])} utterances in {output_dir}"
+    )
+    skipped = index["skipped"]
+    if skipped:
+        shown = "; ".join(f"{name} ({reason})" for name, reason in skipped[:5])
+        more = f"; and {len(skipped) - 5} more (index 'skipped')" if len(skipped) > 5 else ""
+        print(f"skipped {len(skipped)} unreadable file(s): {shown}{more}")
