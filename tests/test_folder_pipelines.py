@@ -107,7 +107,7 @@ def test_fine_tuning_saves_the_heads_pipeline(monkeypatch, tmp_path):
         train=lambda: types.SimpleNamespace(global_step=1),
         evaluate=lambda: {},
         log_metrics=lambda *args: None,
-        state=types.SimpleNamespace(log_history=[]),
+        state=types.SimpleNamespace(log_history=[], global_step=1),
         args=types.SimpleNamespace(save_total_limit=None, should_save=True),
         add_callback=lambda callback: None,
     )
