@@ -21,7 +21,9 @@ self-contained) <- this package <- the root CLIs (`distill_trainer.py`, `convert
   cards of trained models (fine-tuned heads, distilled students);
 - `armhubert.model_folders`: what a model folder is, and the multi-model root check (names its subfolders);
 - `armhubert.resources`: the bundled recipes and corpus (package data in a wheel, the root in a checkout);
-- `armhubert.profiling`: the benchmark's instruments (MACs, peak memory, fixed cost, timing);
+- `armhubert.profiling`: the benchmarks' instruments (MACs, peak memory, fixed cost, timing, device name);
+- `armhubert.gpu_check`: the prepared GPU check, a module per section (`scales`, `rows`, `correctness`,
+  `inference`, `distillation`, `ddp`, `profile`) and `report` (the whole run and its table);
 - `armhubert.deploy`: ONNX export (fp32 / int8 / fp16, optional attention mask), ONNX Runtime
   sessions, per-layer fidelity to fp32, bf16 copies, `optimize_for_cpu`.
 
