@@ -14,7 +14,7 @@ self-contained) <- this package <- the root CLIs (`distill_trainer.py`, `convert
   `index`, `arrow`, `codebook`, `processes`, `resume`, `run`: see its docstring);
 - `armhubert.units`: k-means codebooks over one layer's features, unit assignment and deduplication;
 - `armhubert.guarded_trainer`: what every Trainer-based command shares (value ranges, loss guard, final save);
-- `armhubert.distill`: masking / STaR distillation (masks, losses, recipes, models, trainer);
+- `armhubert.distill`: masking / STaR distillation (masks, losses, recipes, models, trainer, timing);
 - `armhubert.finetune`: CTC / classification fine-tuning set-up;
 - `armhubert.convert`: original-release checkpoints -> Transformers folders, cards, Hub upload;
 - `armhubert.cards`: what every model card shares (front matter, escaping of user-supplied text) and the
