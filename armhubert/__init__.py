@@ -14,14 +14,16 @@ self-contained) <- this package <- the root CLIs (`distill_trainer.py`, `convert
   `index`, `arrow`, `codebook`, `processes`, `resume`, `run`: see its docstring);
 - `armhubert.units`: k-means codebooks over one layer's features, unit assignment and deduplication;
 - `armhubert.guarded_trainer`: what every Trainer-based command shares (value ranges, loss guard, final save);
-- `armhubert.distill`: masking / STaR distillation (masks, losses, recipes, models, trainer);
+- `armhubert.distill`: masking / STaR distillation (masks, losses, recipes, models, trainer, timing);
 - `armhubert.finetune`: CTC / classification fine-tuning set-up;
 - `armhubert.convert`: original-release checkpoints -> Transformers folders, cards, Hub upload;
 - `armhubert.cards`: what every model card shares (front matter, escaping of user-supplied text) and the
   cards of trained models (fine-tuned heads, distilled students);
 - `armhubert.model_folders`: what a model folder is, and the multi-model root check (names its subfolders);
 - `armhubert.resources`: the bundled recipes and corpus (package data in a wheel, the root in a checkout);
-- `armhubert.profiling`: the benchmark's instruments (MACs, peak memory, fixed cost, timing);
+- `armhubert.profiling`: the benchmarks' instruments (MACs, peak memory, fixed cost, timing, device name);
+- `armhubert.gpu_check`: the prepared GPU check, a module per section (`scales`, `rows`, `correctness`,
+  `inference`, `distillation`, `ddp`, `profile`) and `report` (the whole run and its table);
 - `armhubert.deploy`: ONNX export (fp32 / int8 / fp16, optional attention mask), ONNX Runtime
   sessions, per-layer fidelity to fp32, bf16 copies, `optimize_for_cpu`.
 

@@ -1,11 +1,16 @@
-"""Measuring instruments for the benchmark: MACs, live-tensor peak memory, fixed cost per call, latency.
+"""Measuring instruments for the benchmarks and the GPU check: MACs, live-tensor peak memory, fixed cost
+per call, latency, the device's name.
 
-Model-agnostic: each takes a model (anything called as `model(inputs, output_hidden_states=...)`).
+The model instruments are model-agnostic: each takes anything called as
+`model(inputs, output_hidden_states=...)`.
 """
 
+import statistics
 import time
 import weakref
+from collections.abc import Callable
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -164,9 +169,31 @@ def measure_fixed_cost(model, inputs, all_outputs):
     return 1000 * tracker.seconds
 
 
-def synchronize(device):
+def synchronize(device: torch.device) -> None:
+    """Wait for `device`'s queued work (a no-op on a CPU), so that a clock reading covers it."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or "CPU (N threads)"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def median_seconds(function: Callable[[], Any], steps: int, device: torch.device, warmup: int = 1) -> float:
+    """Median wall-clock seconds of `function()` over `steps` runs after `warmup` untimed ones."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(steps):
+        synchronize(device)
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def time_forward(model, inputs, all_outputs, clock=time.perf_counter):

@@ -20,16 +20,11 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 
 from armhubert.cli import run_main
-from armhubert.distill.masks import SpanMasker
-from armhubert.distill.models import build_student, check_frame_rates, layer_pairs, load_teacher
-from armhubert.distill.recipe import build_arguments, load_recipe
-from armhubert.distill.trainer import DistillTrainer
-from configuration_armhubert import SAMPLING_RATE
-from modeling_armhubert import release_feature_extractor
+from armhubert.distill.timing import optimiser_step, synthetic_batch, timing_recipe, timing_trainer
+from armhubert.profiling import device_name, synchronize
 
 # Recipe teachers by architecture: a random model of the same shape times the same.
 RANDOM_TWINS = {"facebook/hubert-base-ls960": "random-hubert", "microsoft/wavlm-base": "random-wavlm"}
@@ -51,68 +46,21 @@ def parse_args(argv=None):
 
 
 def build_trainer(args):
+    """(trainer, masker or None, precision) of the recipe, with a random twin of its teacher unless
+    --pretrained-teacher."""
     cuda = torch.cuda.is_available()
     precision = args.precision or ("bf16" if cuda else "fp32")
-    overrides = list(args.overrides) + [
-        "output_dir=/tmp/benchmark_distill",
-        f"bf16={str(precision == 'bf16').lower()}",
-        f"fp16={str(precision == 'fp16').lower()}",
-        f"use_cpu={str(not cuda).lower()}",
-        "report_to=none",
-        "eval_strategy=no",
-    ]
-    recipe = load_recipe(args.config, overrides)
+    overrides = list(args.overrides)
+    if args.batch_size:
+        overrides.append(f"per_device_train_batch_size={args.batch_size}")
+    recipe = timing_recipe(args.config, precision, not cuda, "/tmp/benchmark_distill", overrides)
     if not args.pretrained_teacher and recipe.get("teacher") in RANDOM_TWINS:
         recipe["teacher"] = RANDOM_TWINS[recipe["teacher"]]
-    distill_args, training_args = build_arguments(recipe)
-    if args.batch_size:
-        training_args.per_device_train_batch_size = args.batch_size
-    teacher = load_teacher(distill_args, training_args.seed)
-    student = build_student(distill_args, teacher.config, training_args.seed)
-    check_frame_rates(teacher, student)
-    pairs = layer_pairs(distill_args, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-    trainer = DistillTrainer(
-        model=student, args=training_args, teacher=teacher, distill_args=distill_args, teacher_layers=pairs
-    )
-    trainer.create_optimizer_and_scheduler(num_training_steps=1000)
-    trainer.current_gradient_accumulation_steps = 1  # set per step inside Trainer.train()
-    return trainer, precision
+    trainer, masker = timing_trainer(recipe)
+    return trainer, masker, precision
 
 
-def synthetic_batch(trainer, batch_size, seconds, seed=0):
-    """Zero-padded noise waveforms with lengths +-5 % around `seconds`, plus masks as the collator draws them."""
-    rng = np.random.default_rng(seed)
-    lengths = (rng.uniform(0.95, 1.05, size=batch_size) * seconds * SAMPLING_RATE).astype(int)
-    waveforms = [0.1 * rng.standard_normal(n).astype(np.float32) for n in lengths]
-    config = trainer.model.config
-    masker = None
-    if trainer.distill_args.distill_mode == "masking":
-        d = trainer.distill_args
-        masker = SpanMasker(
-            config.conv_kernel,
-            config.conv_stride,
-            d.mask_prob,
-            d.mask_length,
-            d.mask_min_spans,
-            d.mask_min_space,
-            d.mask_same_count,
-        )
-    padded = release_feature_extractor()(
-        waveforms, sampling_rate=SAMPLING_RATE, padding=True, return_attention_mask=True, return_tensors="pt"
-    )
-    batch = {
-        "input_values": padded["input_values"],
-        "attention_mask": padded["attention_mask"],
-        "num_unreadable": torch.tensor(0),
-    }
-    if masker is not None:
-        batch["mask_time_indices"] = masker(
-            list(lengths), padded["input_values"].shape[1], [str(i) for i in range(batch_size)]
-        )
-    return {k: v.to(trainer.args.device) for k, v in batch.items()}, float(lengths.sum()) / SAMPLING_RATE
-
-
-def timed(functions, steps, warmup, cuda):
+def timed(functions, steps, warmup, device):
     """Median seconds of each function, timed round-robin so that drifts in machine load hit all alike."""
     for _ in range(warmup):
         for function in functions.values():
@@ -120,22 +68,20 @@ def timed(functions, steps, warmup, cuda):
     times = {name: [] for name in functions}
     for _ in range(steps):
         for name, function in functions.items():
-            if cuda:
-                torch.cuda.synchronize()
+            synchronize(device)
             start = time.perf_counter()
             function()
-            if cuda:
-                torch.cuda.synchronize()
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    trainer, precision = build_trainer(args)
-    cuda = trainer.args.device.type == "cuda"
+    trainer, masker, precision = build_trainer(args)
+    device = trainer.args.device
     batch_size = trainer.args.per_device_train_batch_size
-    inputs, audio_seconds = synthetic_batch(trainer, batch_size, args.seconds)
+    inputs, audio_seconds = synthetic_batch(trainer, masker, batch_size, args.seconds, spread=0.05)
     model = trainer.model
     model.train()
     mask = inputs.get("mask_time_indices")
@@ -163,21 +109,17 @@ def main(argv=None):
             trainer.teacher_hidden_states = original
         model.zero_grad(set_to_none=True)
 
-    def whole_step():
-        with trainer.accelerator.autocast():
-            trainer.training_step(model, dict(inputs))
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
-
-    functions = {"teacher": teacher_pass, "student": student_step, "step": whole_step}
+    functions = {"teacher": teacher_pass, "student": student_step, "step": lambda: optimiser_step(trainer, inputs)}
     if mask is not None:
         functions["teacher_two_passes"] = teacher_two_passes
-    medians = timed(functions, args.steps, args.warmup, cuda)
+    medians = timed(functions, args.steps, args.warmup, device)
     t_teacher, t_student, t_step = medians["teacher"], medians["student"], medians["step"]
     t_two = medians.get("teacher_two_passes")
 
-    device = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"recipe {args.config}  mode {trainer.distill_args.distill_mode}  device {device}  precision {precision}")
+    print(
+        f"recipe {args.config}  mode {trainer.distill_args.distill_mode}  device {device_name(device)}  "
+        f"precision {precision}"
+    )
     print(
         f"batch {batch_size} x {args.seconds:.1f} s = {audio_seconds:.1f} s of audio, "
         f"{x.shape[1] // 320} frames; student {sum(p.numel() for p in model.parameters()):,} parameters"
@@ -194,7 +136,7 @@ def main(argv=None):
     print(f"whole step (training_step + optimiser): {t_step * 1000:8.1f} ms")
     print(f"ratio step / (teacher + student): {t_step / (t_teacher + t_student):.3f}  (target <= 1.1)")
     print(f"throughput: {audio_seconds / t_step:.1f} s of audio per second = hours of audio per hour, one device")
-    if cuda:
+    if device.type == "cuda":
         print(f"peak memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 

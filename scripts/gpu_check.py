@@ -4,7 +4,7 @@
     python scripts/gpu_check.py --quick         # the headline cases only (about 2 minutes)
     python scripts/gpu_check.py --dry-run       # every section on the CPU at toy sizes (what the tests run)
 
-Prints one table and writes runs/gpu_check.json (--output). Sections (armhubert/gpu_check.py):
+Prints one table and writes runs/gpu_check.json (--output). Sections (armhubert/gpu_check/):
 1. correctness: fused (SDPA), FlexAttention and explicit reuse paths against a float64 explicit
    reference, in fp32, half weights and fp32 weights under autocast, padded batches, crop / required
    multiples; fused against explicit gradients (fp32 and autocast); activation checkpointing
@@ -14,7 +14,7 @@ Prints one table and writes runs/gpu_check.json (--output). Sections (armhubert/
 3. distillation: the armhubert-960h, maskhubert-960h and starhubert-960h recipes at their per-GPU batch
    (random HuBERT Base teacher, bf16 and fp16): steps per second, audio-hours per GPU-hour, peak memory,
    MFU, teacher share of the step, the largest batch of 15 s utterances that fits; a DDP smoke step
-   (NCCL: 2 processes on 2 GPUs, else 1; gloo with 2 CPU processes in the dry run);
+   (NCCL: 2 processes on 2 GPUs, else 1; gloo, one CPU process, in the dry run);
 4. profile: the recipe step's top operators by self time.
 Without a CUDA GPU it refuses to start (exit status 2) unless --dry-run.
 """
@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser
 
-from armhubert import gpu_check
 from armhubert.cli import UserError, run_main
+from armhubert.gpu_check.report import format_table, run_check
+from armhubert.gpu_check.scales import DRY_RUN, FULL, QUICK, Scale
 from armhubert.outputs import atomic_write_text
 
 PROG = "gpu_check.py"
@@ -49,10 +50,10 @@ def parse_args(argv=None) -> CheckArguments:
     return args
 
 
-def choose(args: CheckArguments) -> tuple[gpu_check.Scale, torch.device]:
+def choose(args: CheckArguments) -> tuple[Scale, torch.device]:
     """The scale and device of the run; no GPU without --dry-run is a UserError."""
     if args.dry_run:
-        return gpu_check.DRY_RUN, torch.device("cpu")
+        return DRY_RUN, torch.device("cpu")
     if not torch.cuda.is_available():
         raise UserError(
             "no CUDA GPU (torch.cuda.is_available() is False): run it on a GPU machine, or pass --dry-run to run "
@@ -60,15 +61,15 @@ def choose(args: CheckArguments) -> tuple[gpu_check.Scale, torch.device]:
         )
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         raise UserError(f"--peak_tflops must be a positive number of TFLOP/s, got {args.peak_tflops}")
-    return (gpu_check.QUICK if args.quick else gpu_check.FULL), torch.device("cuda")
+    return (QUICK if args.quick else FULL), torch.device("cuda")
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     scale, device = choose(args)
     output = os.path.abspath(args.output)
-    report = gpu_check.run_check(scale, device, args.peak_tflops, log=lambda line: print(line, file=sys.stderr))
-    print(gpu_check.format_table(report))
+    report = run_check(scale, device, args.peak_tflops, log=lambda line: print(line, file=sys.stderr))
+    print(format_table(report))
     atomic_write_text(output, json.dumps(report, indent=1, default=str))
     print(f"wrote {output}")
 

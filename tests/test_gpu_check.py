@@ -9,10 +9,12 @@ import pytest
 import torch
 from helpers import load_script
 
-from armhubert import gpu_check
+from armhubert.gpu_check.correctness import correctness, gradient_error
+from armhubert.gpu_check.distillation import bounded_search
+from armhubert.gpu_check.inference import throughput_ratio
+from armhubert.gpu_check.scales import DRY_RUN, INFERENCE_MODELS, RECIPES
 
 script = load_script("gpu_check")
-RECIPES = set(gpu_check.RECIPES)
 
 
 @pytest.fixture(scope="module")
@@ -67,33 +69,30 @@ def test_dry_run_correctness_rows(dry_run):
 def test_dry_run_inference_rows(dry_run):
     report, _ = dry_run
     measured = rows(report, "inference", passed=True)
-    assert {r["model"] for r in measured} == set(gpu_check.INFERENCE_MODELS)
-    assert {r["precision"] for r in measured} == set(gpu_check.DRY_RUN.dtypes)
+    assert {r["model"] for r in measured} == set(INFERENCE_MODELS)
+    assert {r["precision"] for r in measured} == set(DRY_RUN.dtypes)
     assert rows(report, "inference", attention="flex_attention", passed=True)
     assert rows(report, "inference", compiled=True, passed=True)
     for r in measured:
         assert r["latency_ms"] > 0
         assert r["audio_seconds_per_second"] == pytest.approx(
-            r["batch"] * gpu_check.DRY_RUN.inference_seconds / (r["latency_ms"] / 1000)
+            r["batch"] * DRY_RUN.inference_seconds / (r["latency_ms"] / 1000)
         )
     ratio = report["summary"]["armhubert_over_hubert_base_throughput_bf16"]
-    assert (
-        ratio == pytest.approx(gpu_check.throughput_ratio(report["inference"]) if ratio is not None else None)
-        and ratio > 0
-    )
+    assert ratio == pytest.approx(throughput_ratio(report["inference"]) if ratio is not None else None) and ratio > 0
 
 
 def test_dry_run_distillation_rows(dry_run):
     report, _ = dry_run
     steps = [r for r in report["distillation"] if r.get("recipe")]
-    assert {r["recipe"] for r in steps} == RECIPES
+    assert {r["recipe"] for r in steps} == set(RECIPES)
     for r in steps:
         assert r["passed"], r
-        assert r["batch"] == gpu_check.DRY_RUN.distill_batch
+        assert r["batch"] == DRY_RUN.distill_batch
         assert r["audio_hours_per_gpu_hour"] == pytest.approx(r["audio_seconds"] / (r["step_ms"] / 1000))
         assert 0 < r["teacher_share"] < 1.5  # teacher timed alone: noise can push it a little past the step
         assert r["tflops"] > 0 and r["mfu"] is None  # no peak FLOP/s known for a CPU
-        assert r["largest_batch"] == gpu_check.DRY_RUN.probe_limit and r["largest_batch_bounded"]
+        assert r["largest_batch"] == DRY_RUN.probe_limit and r["largest_batch_bounded"]
     ddp = [r for r in report["distillation"] if r["case"].startswith("ddp")]
     assert len(ddp) == 1 and ddp[0]["passed"] and ddp[0]["max_weight_difference"] == 0.0
     assert report["summary"]["armhubert_960h_bf16_audio_hours_per_gpu_hour"] == steps[0]["audio_hours_per_gpu_hour"]
@@ -135,7 +134,7 @@ def test_bounded_search(threshold, start, limit, largest):
         probed.append(size)
         return size <= threshold
 
-    found = gpu_check.bounded_search(fits, start, limit)
+    found = bounded_search(fits, start, limit)
     assert found <= min(threshold, limit) and found >= min(threshold, limit) * 15 / 16
     assert found == largest
     assert max(probed) <= limit and len(probed) <= 12
@@ -144,16 +143,16 @@ def test_bounded_search(threshold, start, limit, largest):
 def test_gradient_error_ignores_noise_of_exactly_zero_gradients():
     reference = {"weight": torch.ones(10), "key_bias": torch.full((4,), 1e-12)}
     noisy = {"weight": torch.ones(10), "key_bias": torch.full((4,), -1e-12)}
-    assert gpu_check.gradient_error(noisy, reference) < 1e-8
-    assert gpu_check.gradient_error({"weight": torch.ones(10)}, reference) == float("inf")
-    assert gpu_check.gradient_error({**noisy, "weight": torch.ones(10) * 1.01}, reference) == pytest.approx(0.01)
+    assert gradient_error(noisy, reference) < 1e-8
+    assert gradient_error({"weight": torch.ones(10)}, reference) == float("inf")
+    assert gradient_error({**noisy, "weight": torch.ones(10) * 1.01}, reference) == pytest.approx(0.01)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_correctness_on_gpu_at_toy_sizes():
     """On a GPU: fp32 paths agree with the float64 reference and with the CPU."""
     device = torch.device("cuda")
-    report = gpu_check.correctness(gpu_check.DRY_RUN, device)
+    report = correctness(DRY_RUN, device)
     cases = {r["case"]: r for r in report}
     for attention in ("sdpa", "flex_attention", "eager"):
         assert cases[f"{attention} fp32 weights padded"]["passed"], cases[f"{attention} fp32 weights padded"]

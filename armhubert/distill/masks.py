@@ -13,9 +13,15 @@ length formula.
 import dataclasses
 import zlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, TrainingArguments
+
+    from .recipe import DistillArguments
 
 
 def _span_lengths(valid_length, mask_prob, mean_length, min_spans, rng):
@@ -155,3 +161,21 @@ class SpanMasker:
             rng,
         )
         return torch.from_numpy(mask)
+
+
+def recipe_masker(
+    distill_args: "DistillArguments", training_args: "TrainingArguments", student_config: "PretrainedConfig"
+) -> SpanMasker | None:
+    """The span-mask sampler of masking distillation, on the student's frames (None for other modes)."""
+    if distill_args.distill_mode != "masking":
+        return None
+    return SpanMasker(
+        student_config.conv_kernel,
+        student_config.conv_stride,
+        distill_args.mask_prob,
+        distill_args.mask_length,
+        distill_args.mask_min_spans,
+        distill_args.mask_min_space,
+        distill_args.mask_same_count,
+        training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+    )

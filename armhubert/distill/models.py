@@ -148,3 +148,13 @@ def check_frame_rates(teacher: PreTrainedModel, student: ARMHubertModel) -> None
             f"frames, the student {student_frames}; give the student a CNN with the teacher's kernels/strides "
             f"(total stride {math.prod(teacher.config.conv_stride)}) and crop_seq_to_multiple=1"
         )
+
+
+def teacher_and_student(distill_args: DistillArguments, seed: int) -> tuple[PreTrainedModel, ARMHubertModel, list[int]]:
+    """The frozen teacher, the seeded student (checked to give the teacher's frames) and the teacher layer
+    (1-based) paired with each student layer."""
+    teacher = load_teacher(distill_args, seed)
+    student = build_student(distill_args, teacher.config, seed)
+    check_frame_rates(teacher, student)
+    pairs = layer_pairs(distill_args, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    return teacher, student, pairs

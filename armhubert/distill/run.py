@@ -18,8 +18,8 @@ from ..cli import UserError
 from ..guarded_trainer import save_trained_model
 from ..librispeech import AudioCollator, load_librispeech
 from ..outputs import WriteFailure, atomic_write_text, check_output_location, output_lock, reported_write_failures
-from .masks import SpanMasker
-from .models import build_student, check_config_fields, check_frame_rates, layer_pairs, load_teacher
+from .masks import recipe_masker
+from .models import check_config_fields, teacher_and_student
 from .recipe import DistillArguments, apply_effective_batch_size, build_arguments, load_recipe
 from .resume import check_resume_checkpoint
 from .trainer import DistillTrainer, complete_checkpoints, resolve_resume
@@ -86,24 +86,6 @@ def _student_card(trainer: DistillTrainer, distill_args: DistillArguments, train
     )
 
 
-def _masker(
-    distill_args: DistillArguments, training_args: TrainingArguments, student: PreTrainedModel
-) -> SpanMasker | None:
-    """The span-mask sampler of masking distillation, on the student's frames (None for other modes)."""
-    if distill_args.distill_mode != "masking":
-        return None
-    return SpanMasker(
-        student.config.conv_kernel,
-        student.config.conv_stride,
-        distill_args.mask_prob,
-        distill_args.mask_length,
-        distill_args.mask_min_spans,
-        distill_args.mask_min_space,
-        distill_args.mask_same_count,
-        training_args.data_seed if training_args.data_seed is not None else training_args.seed,
-    )
-
-
 def _train(trainer: DistillTrainer, resume: str | None) -> None:
     """`trainer.train`; a checkpoint that could not be written (a full disk) is removed and reported in one line.
 
@@ -159,12 +141,9 @@ def _distill(
     resume = resolve_resume(resume or training_args.resume_from_checkpoint, training_args.output_dir)
     apply_effective_batch_size(distill_args, training_args)
 
-    teacher = load_teacher(distill_args, training_args.seed)
-    student = build_student(distill_args, teacher.config, training_args.seed)
-    check_frame_rates(teacher, student)
+    teacher, student, pairs = teacher_and_student(distill_args, training_args.seed)
     if student.config.layerdrop > 0 and "ddp_find_unused_parameters" not in recipe:
         training_args.ddp_find_unused_parameters = True  # a dropped layer leaves its parameters without gradient
-    pairs = layer_pairs(distill_args, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     min_samples = _min_samples(teacher, student)
     max_samples = None if distill_args.crop_seconds is None else int(distill_args.crop_seconds * SAMPLING_RATE)
     if max_samples is not None and max_samples < min_samples:
@@ -194,7 +173,10 @@ def _distill(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=AudioCollator(
-            feature_extractor, max_samples, min_samples, masker=_masker(distill_args, training_args, student)
+            feature_extractor,
+            max_samples,
+            min_samples,
+            masker=recipe_masker(distill_args, training_args, student.config),
         ),
         processing_class=feature_extractor,
         callbacks=list(callbacks),
