@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from helpers import (
+    MODEL_FOLDER_FILES,
     ROOT,
     TINY_CKPT,
     TINY_IO,
@@ -66,15 +67,7 @@ def test_cli_writes_a_complete_folder_that_reproduces_the_fixture(tmp_path):
     result = run_cli(TINY_CKPT, "--output-dir", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == [
-        "README.md",
-        "config.json",
-        "configuration_armhubert.py",
-        "model.safetensors",
-        "modeling_armhubert.py",
-        "pipeline_armhubert.py",
-        "preprocessor_config.json",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", *MODEL_FOLDER_FILES])
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_armhubert.ARMHubertConfig",
@@ -191,25 +184,24 @@ def _bad_checkpoints(tmp_path):
         {"state_dict": {"teacher_model.model.mask_emb": torch.zeros(3)}, "hyper_parameters": {"cfg": {}}}, teacher_only
     )
     cases["no student keys"] = ([teacher_only], "no 'student_model.*' tensors")
-    wrong_yaml = tmp_path / "wrong.yaml"
-    cfg = yaml.safe_load(TINY_YAML.read_text())
-    cfg["distiller"]["encoder_ffn_embed_dim"] = 80
-    wrong_yaml.write_text(yaml.safe_dump(cfg))
+
+    def edited_yaml(name, edit):
+        cfg = yaml.safe_load(TINY_YAML.read_text())
+        edit(cfg)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def with_distiller(**fields):
+        return lambda cfg: cfg["distiller"].update(fields)
+
+    wrong_yaml = edited_yaml("wrong", with_distiller(encoder_ffn_embed_dim=80))
     cases["shape mismatch"] = ([TINY_CKPT, "--config", wrong_yaml], "shape mismatch for encoder.layers.0.feed_forward")
-    pattern_yaml = tmp_path / "pattern.yaml"
-    cfg = yaml.safe_load(TINY_YAML.read_text())
-    cfg["distiller"]["reuse_pattern"] = "[True, True, True, True]"
-    pattern_yaml.write_text(yaml.safe_dump(cfg))
+    pattern_yaml = edited_yaml("pattern", with_distiller(reuse_pattern="[True, True, True, True]"))
     cases["missing keys"] = ([TINY_CKPT, "--config", pattern_yaml], "missing encoder.layers.1.attention.k_proj.bias")
-    family_yaml = tmp_path / "family.yaml"
-    cfg = yaml.safe_load(TINY_YAML.read_text())
-    cfg["model"] = "fithubert"
-    family_yaml.write_text(yaml.safe_dump(cfg))
+    family_yaml = edited_yaml("family", lambda cfg: cfg.update(model="fithubert"))
     cases["unknown family"] = ([TINY_CKPT, "--config", family_yaml], "unknown model family 'fithubert'")
-    hostile_yaml = tmp_path / "hostile.yaml"
-    cfg = yaml.safe_load(TINY_YAML.read_text())
-    cfg["distiller"]["conv_feature_layers"] = "__import__('os').getcwd()"
-    hostile_yaml.write_text(yaml.safe_dump(cfg))
+    hostile_yaml = edited_yaml("hostile", with_distiller(conv_feature_layers="__import__('os').getcwd()"))
     cases["code in config"] = ([TINY_CKPT, "--config", hostile_yaml], "only list/tuple literals")
     cases["missing file"] = ([tmp_path / "absent.ckpt"], "does not exist")
     return cases

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 import yaml
-from helpers import ROOT, TORCHRUN_TWO_PROCESSES, run_offline
+from helpers import MODEL_FOLDER_FILES, ROOT, TORCHRUN_TWO_PROCESSES, run_offline
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, TrainerCallback
@@ -103,15 +103,7 @@ def test_quickstart_end_to_end(quickstart):
     assert "1003-103-0004.flac" in warnings and "unreadable audio file(s) were skipped" in warnings
 
     # The student folder: safetensors, config with auto_map, code files, feature extractor config.
-    for name in (
-        "model.safetensors",
-        "config.json",
-        "configuration_armhubert.py",
-        "modeling_armhubert.py",
-        "pipeline_armhubert.py",
-        "preprocessor_config.json",
-        "distill_recipe.yaml",
-    ):
+    for name in (*MODEL_FOLDER_FILES, "distill_recipe.yaml"):
         assert (out / name).is_file(), name
     saved_config = json.loads((out / "config.json").read_text())
     assert saved_config["auto_map"]["AutoModelForCTC"] == "modeling_armhubert.ARMHubertForCTC"

@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import ROOT, TINY_CKPT, tiny_config, waveform
+from helpers import REMOTE_CODE, ROOT, TINY_CKPT, tiny_config, waveform
 from transformers import Trainer, TrainingArguments
 
 from armhubert.guarded_trainer import save_trained_model
 from modeling_armhubert import ARMHubertForCTC
 
-REMOTE_CODE = ["configuration_armhubert.py", "modeling_armhubert.py", "pipeline_armhubert.py"]
 ROOT_MODULES = [module[: -len(".py")] for module in REMOTE_CODE] + ["convert_checkpoint", "distill_trainer"]
 
 
