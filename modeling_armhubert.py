@@ -337,29 +337,17 @@ class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
 # --------------------------------------------------------------------------------------------------
 # Attention-map reuse without (B, H, T, T) maps
 #
-# A reusing layer applies the computing layer's probabilities P = softmax(Q K^T * scale) (padded keys
-# masked) to its own values, after a second masked softmax over keys in the release's "resoftmax" mode.
-# What the computing layer hands over (a `Handover`) is chosen by the encoder once per forward
-# (`ARMHubertEncoder._attention_paths`):
-# - "logsumexp" (resoftmax mode): a fused kernel gives the output and the row log-sum-exp of the
-#   scores; the reusing layer rebuilds P = exp(Q K^T * scale - lse) block by block of query rows, so no
-#   (B, H, T, T) tensor ever exists;
-# - "probabilities" (probabilities mode): Q and K, from which the reusing layer's SDPA makes P itself;
-# - "map": the explicit P, when maps are returned or asked for (`attn_implementation="eager"`), when
-#   autograd needs them in resoftmax mode, and for short inputs on a CPU: a whole map of at most
-#   EXPLICIT_MAP_ELEMENTS values stays in cache, and holding it (one Q K^T, the reusing layer then skips
-#   its rebuild and one exponential per entry) is faster than rebuilding it.
-# `ATTENTION_PATHS` maps (handover, implementation) to the computing layer's and the reusing layer's function.
+# A reusing layer applies the computing layer's P = softmax(Q K^T * scale) (padded keys masked) to its
+# own values, after a second masked softmax in the release's "resoftmax" mode. The computing layer
+# hands over a `Handover`; `ARMHubertEncoder._handover` picks which kind once per forward, and
+# `ATTENTION_PATHS` maps it to a compute and a reuse function. How and why: docs/speed.md.
 
-# A whole (B, H, T, T) map up to this size (1 MiB in float32: T <= 147 frames, about 3 s, for one
-# utterance of 12 heads) is handed over explicitly on a CPU. Measured with 2 threads, 12 heads of 40
-# values: a computing + reusing pair takes 0.26 ms explicit vs 0.40 ms fused at T = 100, 0.53 vs
-# 0.77 ms at T = 150, but 2.0 vs 1.2 ms at T = 200, where the map leaves the cache.
+# A (B, H, T, T) map up to this size (1 MiB in float32: one 12-head utterance of T <= 147 frames, about
+# 3 s) is handed over explicitly on a CPU: in cache, holding it is faster than rebuilding it.
 EXPLICIT_MAP_ELEMENTS = 2**18
 # Elements of one block of rebuilt scores: 2 MiB in float32, a CPU core's L2 cache; at most this many rows.
 REUSE_BLOCK_ELEMENTS = 2**19
 REUSE_BLOCK_ROWS = 256
-HALF_DTYPES = (torch.float16, torch.bfloat16)
 # A private CPU kernel that returns SDPA's output and its log-sum-exp in one call. Where a torch lacks
 # it, the public SDPA runs and `logsumexp_blocks` adds the log-sum-exp (one extra Q K^T pass).
 CPU_FLASH_ATTENTION = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -394,12 +382,9 @@ def score_blocks(batch_heads: int, time: int, device: torch.device) -> list[tupl
     ]
 
 
-def padding_bias(key_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T) bool, True = padding -> (B, T) additive mask: 0 for real keys, a huge negative for padded ones.
-
-    Finite (half the dtype's lowest value), so that products and sums holding it never make a NaN;
-    exp of it is exactly 0.
-    """
+def padding_bias(key_padding_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, T) bool, True = padding -> (B, T) additive mask: 0 for real keys, half the dtype's lowest value
+    for padded ones (finite, so that products and sums holding it never make a NaN; its exp is 0)."""
     return key_padding_mask.to(dtype) * (torch.finfo(dtype).min / 2)
 
 
@@ -410,14 +395,12 @@ def reuse_dtype(dtype: torch.dtype) -> torch.dtype:
     map's whole structure is a relative ~1/n ripple on a constant, below bf16's resolution (2^-8) beyond
     about 250 frames. Rounding the weights, their products or the output to half precision erases it.
     """
-    return torch.float32 if dtype in HALF_DTYPES else dtype
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def full_precision(tensor: Tensor) -> contextlib.AbstractContextManager:
-    """A context that turns autocast off on `tensor`'s device: the reuse's products then run in the dtype given.
-
-    Devices without autocast (the meta device of MAC counting) get a context that does nothing.
-    """
+    """Autocast off on `tensor`'s device, so that the reuse's products run in the dtype given (a no-op on
+    devices without autocast, such as the meta device of MAC counting)."""
     if not torch.amp.is_autocast_available(tensor.device.type):
         return contextlib.nullcontext()
     return torch.autocast(tensor.device.type, enabled=False)
@@ -430,11 +413,6 @@ def real_mean(value: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         return value.mean(-2, keepdim=True)
     real = (~key_padding_mask).to(value.dtype)[:, None, :, None]
     return (value * real).sum(-2, keepdim=True) / real.sum(-2, keepdim=True)
-
-
-def _flattened(tensor):
-    """(B, H, ...) -> (B*H, ...)."""
-    return tensor.flatten(0, 1)
 
 
 def sdpa(
@@ -458,39 +436,32 @@ def attention_with_logsumexp(
 ) -> tuple[Tensor, Tensor]:
     """SDPA output (B, H, T, d) and the row log-sum-exp (B, H, T), float32, of its scaled, masked scores.
 
-    On a CPU without dropout one fused flash-attention call (`CPU_FLASH_ATTENTION`) returns both.
-    Elsewhere (GPU, dropout in training, a torch without that kernel) SDPA gives the output and
-    `logsumexp_blocks` the log-sum-exp, one extra Q K^T pass. The log-sum-exp carries no gradient: the
-    reuse paths that need its derivative account for it.
+    One fused call (`CPU_FLASH_ATTENTION`) on a CPU without dropout; elsewhere SDPA plus
+    `logsumexp_blocks`. The log-sum-exp carries no gradient: `ResoftmaxReuse` differentiates through it.
     """
     if query.device.type == "cpu" and dropout == 0.0 and CPU_FLASH_ATTENTION is not None:
         mask = None if key_padding_mask is None else padding_bias(key_padding_mask, query.dtype)[:, None, None, :]
         output, logsumexp = CPU_FLASH_ATTENTION(query, key, value, attn_mask=mask, scale=scale)
         return output, logsumexp.detach().to(torch.promote_types(logsumexp.dtype, torch.float32))
-    return sdpa(query, key, value, key_padding_mask, scale, dropout), logsumexp_blocks(
-        query, key, key_padding_mask, scale
-    )
+    output = sdpa(query, key, value, key_padding_mask, scale, dropout)
+    return output, logsumexp_blocks(query, key, key_padding_mask, scale)
 
 
 @torch.no_grad()
 def logsumexp_blocks(query: Tensor, key: Tensor, key_padding_mask: Tensor | None, scale: float) -> Tensor:
     """Row log-sum-exp (B, H, T), float32, of Q K^T * scale with padded keys masked, block by block of rows."""
-    with full_precision(query):
-        return _logsumexp_blocks(query, key, key_padding_mask, scale)
-
-
-def _logsumexp_blocks(query, key, key_padding_mask, scale):
     batch, heads, time, _ = query.shape
-    queries, keys = _flattened(query.float() * scale), _flattened(key.float()).transpose(1, 2)
+    queries, keys = (query.float() * scale).flatten(0, 1), key.float().flatten(0, 1).transpose(1, 2)
     bias = None
     if key_padding_mask is not None:
         bias = padding_bias(key_padding_mask, torch.float32).repeat_interleave(heads, dim=0)[:, None, :]
     result = query.new_empty(batch * heads, time, dtype=torch.float32)
-    for group, rows in score_blocks(batch * heads, time, query.device):
-        scores = torch.bmm(queries[group, rows], keys[group])
-        if bias is not None:
-            scores += bias[group]
-        result[group, rows] = torch.logsumexp(scores, dim=-1)
+    with full_precision(query):
+        for group, rows in score_blocks(batch * heads, time, query.device):
+            scores = torch.bmm(queries[group, rows], keys[group])
+            if bias is not None:
+                scores += bias[group]
+            result[group, rows] = torch.logsumexp(scores, dim=-1)
     return result.view(batch, heads, time)
 
 
@@ -502,7 +473,6 @@ def _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale):
     softmax's numerator. values (B*H, T, d+1 rounded up to 16) = [V * real, real, 0...] (real = 1 for
     real keys, 0 for padded ones): the numerators times it give the weighted sum and, in column d, the
     denominator, both without padded keys (the zero columns keep the product's width SIMD-friendly).
-    Half-precision inputs are computed in float32, as the explicit path's softmax is.
     """
     dtype = reuse_dtype(query.dtype)
     batch, heads, time, dim = query.shape
@@ -523,37 +493,30 @@ def _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale):
         real = (~key_padding_mask).to(dtype)[:, None, :, None]
         values[..., :dim] = value * real
         values[..., dim : dim + 1] = real
-    return _flattened(queries), _flattened(keys), _flattened(values)
+    return queries.flatten(0, 1), keys.flatten(0, 1), values.flatten(0, 1)
 
 
 def _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale):
-    """softmax(P) V block by block of query rows: (output (B, H, T, d), denominators (B*H, T)).
-
-    Computed and answered in `reuse_dtype` (float32 for half-precision inputs), autocast off.
-    """
-    with full_precision(query):
-        return _resoftmax_blocks_forward(query, key, logsumexp, value, key_padding_mask, scale)
-
-
-def _resoftmax_blocks_forward(query, key, logsumexp, value, key_padding_mask, scale):
+    """(output (B, H, T, d), softmax denominators (B*H, T)) of `resoftmax_blocks`, autocast off."""
     batch, heads, time, dim = query.shape
     blocks = score_blocks(batch * heads, time, query.device)
-    if len(blocks) == 1:
-        # One block holds every row (short inputs): plain products cost fewer operations than
-        # building the augmented operands.
-        dtype = reuse_dtype(query.dtype)
-        scores = torch.matmul(query.to(dtype) * scale, key.to(dtype).transpose(-1, -2))
-        numerators = scores.sub_(logsumexp[..., None]).exp_().exp_()
-        if key_padding_mask is not None:
-            numerators.masked_fill_(key_padding_mask[:, None, None, :], 0.0)
-        denominators = numerators.sum(-1, keepdim=True)
-        output = torch.matmul(numerators, value.to(dtype)) / denominators
-        return output, denominators.flatten(0, 1)[..., 0]
-    queries, keys, values = _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale)
-    sums = torch.empty_like(values)
-    for group, rows in blocks:
-        numerators = torch.bmm(queries[group, rows], keys[group]).exp_().exp_()
-        sums[group, rows] = torch.bmm(numerators, values[group])
+    with full_precision(query):
+        if len(blocks) == 1:
+            # One block holds every row (short inputs): plain products cost fewer operations than
+            # building the augmented operands.
+            dtype = reuse_dtype(query.dtype)
+            scores = torch.matmul(query.to(dtype) * scale, key.to(dtype).transpose(-1, -2))
+            numerators = scores.sub_(logsumexp[..., None]).exp_().exp_()
+            if key_padding_mask is not None:
+                numerators.masked_fill_(key_padding_mask[:, None, None, :], 0.0)
+            denominators = numerators.sum(-1, keepdim=True)
+            output = torch.matmul(numerators, value.to(dtype)) / denominators
+            return output, denominators.flatten(0, 1)[..., 0]
+        queries, keys, values = _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale)
+        sums = torch.empty_like(values)
+        for group, rows in blocks:
+            numerators = torch.bmm(queries[group, rows], keys[group]).exp_().exp_()
+            sums[group, rows] = torch.bmm(numerators, values[group])
     output = sums[..., :dim] / sums[..., dim : dim + 1]
     return output.view(batch, heads, time, dim), sums[..., dim]
 
@@ -563,12 +526,10 @@ def resoftmax_blocks(
 ) -> Tensor:
     """The release's reuse, softmax(P) V with P = exp(Q K^T * scale - lse), block by block of query rows.
 
-    query, key, value: (B, H, T, d); logsumexp: (B, H, T). Returns (B, H, T, d). Padded keys get no
-    weight in either softmax. Peak extra memory: one block of scores (see `score_blocks`). The output
-    is in `reuse_dtype`: float32 for half-precision inputs, whose rounding would erase the map's structure.
+    query, key, value: (B, H, T, d); logsumexp: (B, H, T). Returns (B, H, T, d) in `reuse_dtype`. Padded
+    keys get no weight in either softmax. Peak extra memory: one block of scores (see `score_blocks`).
     """
-    output, _ = _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale)
-    return output
+    return _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale)[0]
 
 
 class ResoftmaxReuse(torch.autograd.Function):
@@ -583,83 +544,73 @@ class ResoftmaxReuse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, logsumexp, value, key_padding_mask, scale):
         output, denominators = _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale)
-        denominators = denominators.contiguous()
-        ctx.save_for_backward(query, key, value, logsumexp, key_padding_mask, output, denominators)
+        ctx.save_for_backward(query, key, value, logsumexp, key_padding_mask, output, denominators.contiguous())
         ctx.scale = scale
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
-        with full_precision(grad_output):
-            return ResoftmaxReuse._backward(ctx, grad_output)
-
-    @staticmethod
-    def _backward(ctx, grad_output):
         query, key, value, logsumexp, key_padding_mask, output, denominators = ctx.saved_tensors
-        scale = ctx.scale
         batch, heads, time, dim = query.shape
-        queries, keys, _ = _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale)
+        queries, keys, _ = _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, ctx.scale)
         work = queries.dtype
-        grad_output = _flattened(grad_output.to(work))
-        plain_query, plain_key, plain_value = (_flattened(t.to(work)) for t in (query, key, value))
+        grad_output = grad_output.to(work).flatten(0, 1)
+        plain_query, plain_key, plain_value = (t.to(work).flatten(0, 1) for t in (query, key, value))
         # Softmax backward of the reusing layer needs rowsum(dW * W) = rowsum(dO * O) (as flash attention).
-        grad_dot_output = (grad_output * _flattened(output)).sum(-1, keepdim=True)
+        grad_dot_output = (grad_output * output.flatten(0, 1)).sum(-1, keepdim=True)
         real = None if key_padding_mask is None else (~key_padding_mask).to(work).repeat_interleave(heads, 0)[:, None]
         grad_query = torch.empty_like(plain_query)
-        grad_key = torch.zeros_like(plain_key)
-        grad_value = torch.zeros_like(plain_value)
-        for group, rows in score_blocks(batch * heads, time, query.device):
-            probabilities = torch.bmm(queries[group, rows], keys[group]).exp_()  # the computing layer's P
-            weights = probabilities.exp().div_(denominators[group, rows, None])  # the reusing layer's W
-            if real is not None:
-                weights.mul_(real[group])
-            grad = grad_output[group, rows]
-            grad_value[group].baddbmm_(weights.transpose(1, 2), grad)
-            # dP = W * (dW - rowsum(dW * W)), then dS = P * (dP - rowsum(dP * P)), in place.
-            grad_map = torch.bmm(grad, plain_value[group].transpose(1, 2)).sub_(grad_dot_output[group, rows])
-            grad_map.mul_(weights)
-            grad_map.sub_((grad_map * probabilities).sum(-1, keepdim=True)).mul_(probabilities)
-            grad_query[group, rows] = torch.bmm(grad_map, plain_key[group])
-            grad_key[group].baddbmm_(grad_map.transpose(1, 2), plain_query[group, rows])
-        shape = (batch, heads, time, dim)
-        grads = [(grad_query * scale).view(shape), (grad_key * scale).view(shape), grad_value.view(shape)]
-        grads = [g.to(t.dtype) for g, t in zip(grads, (query, key, value))]
+        grad_key, grad_value = torch.zeros_like(plain_key), torch.zeros_like(plain_value)
+        with full_precision(grad_output):
+            for group, rows in score_blocks(batch * heads, time, query.device):
+                probabilities = torch.bmm(queries[group, rows], keys[group]).exp_()  # the computing layer's P
+                weights = probabilities.exp().div_(denominators[group, rows, None])  # the reusing layer's W
+                if real is not None:
+                    weights.mul_(real[group])
+                grad = grad_output[group, rows]
+                grad_value[group].baddbmm_(weights.transpose(1, 2), grad)
+                # dP = W * (dW - rowsum(dW * W)), then dS = P * (dP - rowsum(dP * P)), in place.
+                grad_map = torch.bmm(grad, plain_value[group].transpose(1, 2)).sub_(grad_dot_output[group, rows])
+                grad_map.mul_(weights)
+                grad_map.sub_((grad_map * probabilities).sum(-1, keepdim=True)).mul_(probabilities)
+                grad_query[group, rows] = torch.bmm(grad_map, plain_key[group])
+                grad_key[group].baddbmm_(grad_map.transpose(1, 2), plain_query[group, rows])
+        grads = [grad_query * ctx.scale, grad_key * ctx.scale, grad_value]
+        grads = [grad.view(batch, heads, time, dim).to(t.dtype) for grad, t in zip(grads, (query, key, value))]
         return grads[0], grads[1], None, grads[2], None, None
 
 
-def flex_attention_call(
-    query: Tensor, key: Tensor, value: Tensor, score_mod: Callable, scale: float, return_lse: bool = False
-) -> Tensor | tuple[Tensor, Tensor]:
-    """FlexAttention: compiled once per process on GPUs (eager flex materialises the scores), eager on CPU.
+def flex_attention_with_logsumexp(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    key_padding_mask: Tensor | None,
+    scale: float,
+    score_mod: Callable | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`attention_with_logsumexp` through FlexAttention (inference): output and log-sum-exp in one kernel.
 
-    Inside a `torch.compile` graph the plain function is traced. Returns the output, and with
-    `return_lse` also the row log-sum-exp (natural log) of the modified scores.
+    `score_mod(score, batch, head, query_index)` replaces each scaled score before padded keys are masked.
+    Compiled once per process on GPUs (eager FlexAttention materialises the scores), eager on a CPU and
+    traced as it is inside a `torch.compile` graph.
     """
-    flex = flex_attention
-    if flex is None:
+    if flex_attention is None:
         raise ValueError('attn_implementation="flex_attention" needs torch >= 2.9 (FlexAttention with AuxRequest).')
+    flex = flex_attention
     if query.device.type != "cpu" and not torch.compiler.is_compiling():
         if "flex" not in _COMPILED_FLEX:
-            _COMPILED_FLEX["flex"] = torch.compile(flex)
+            _COMPILED_FLEX["flex"] = torch.compile(flex_attention)
         flex = _COMPILED_FLEX["flex"]
-    if not return_lse:
-        return flex(query, key, value, score_mod=score_mod, scale=scale)
-    output, aux = flex(query, key, value, score_mod=score_mod, scale=scale, return_aux=AuxRequest(lse=True))
-    return output, aux.lse
 
-
-def flex_attention_with_logsumexp(
-    query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None, scale: float
-) -> tuple[Tensor, Tensor]:
-    """`attention_with_logsumexp` through FlexAttention (inference): output and log-sum-exp in one kernel."""
-
-    def mask_padded_keys(score, batch, head, query_index, key_index):
+    def modified_score(score, batch, head, query_index, key_index):
+        if score_mod is not None:
+            score = score_mod(score, batch, head, query_index)
         if key_padding_mask is None:
             return score
         return torch.where(key_padding_mask[batch, key_index], float("-inf"), score)
 
-    output, logsumexp = flex_attention_call(query, key, value, mask_padded_keys, scale, return_lse=True)
-    return output, logsumexp.float()
+    output, aux = flex(query, key, value, score_mod=modified_score, scale=scale, return_aux=AuxRequest(lse=True))
+    return output, aux.lse.float()
 
 
 def flex_resoftmax(
@@ -670,20 +621,16 @@ def flex_resoftmax(
     With E = expm1(P), P = exp(score - lse) the reused probabilities (E ~ P keeps full relative
     precision where exp(P) ~ 1 would not): softmax(P) V = (colsum(V) + E V) / (n + rowsum(E)) over the
     n real keys, i.e. mean(V) + rowsum(E) / (n + rowsum(E)) * (E V / rowsum(E) - mean(V)). FlexAttention
-    with score_mod = log(E) gives E V / rowsum(E) and log(rowsum(E)); the rest is float32 (see
-    `reuse_dtype`), autocast off, and the output is in `reuse_dtype`.
+    with score_mod = log(E) gives E V / rowsum(E) and log(rowsum(E)); the rest runs in `reuse_dtype`.
     """
 
-    def log_expm1_probability(score, batch, head, query_index, key_index):
-        log_e = torch.log(torch.expm1(torch.exp(score - logsumexp[batch, head, query_index])))
-        if key_padding_mask is None:
-            return log_e
-        return torch.where(key_padding_mask[batch, key_index], float("-inf"), log_e)
+    def log_expm1_probability(score, batch, head, query_index):
+        return torch.log(torch.expm1(torch.exp(score - logsumexp[batch, head, query_index])))
 
     mean = real_mean(value, key_padding_mask)
-    output, log_sums = flex_attention_call(query, key, value, log_expm1_probability, scale, return_lse=True)
+    output, log_sums = flex_attention_with_logsumexp(query, key, value, key_padding_mask, scale, log_expm1_probability)
     with full_precision(query):
-        sums = log_sums.float().exp()[..., None]  # rowsum(E) (B, H, T, 1)
+        sums = log_sums.exp()[..., None]  # rowsum(E) (B, H, T, 1)
         real = value.shape[-2] if key_padding_mask is None else (~key_padding_mask).sum(-1)[:, None, None, None]
         return mean + sums / (real + sums) * (output.to(mean.dtype) - mean)
 
