@@ -116,20 +116,16 @@ class ARMHubertModelOutput(ModelOutput):
 
 
 class DerivedWeightsModule(nn.Module):
-    """A module that keeps tensors derived from its parameters between inference calls.
+    """A module that keeps tensors derived from its parameters (a channels-last or weight-normed kernel, an
+    FFT spectrum: a few ms each, per call as much as the CNN on 2 s) between inference calls.
 
-    A convolution kernel in the channels-last layout oneDNN wants, or the positional convolution's
-    weight-normed kernel (480 x 30 x 128 values), costs a fixed few milliseconds to derive: per call
-    that is as much as the whole CNN on 2 s of audio. `derived` computes such a tensor once and hands
-    it out again while its source parameters are the same tensors, at the same address, with the same
-    version counter (optimiser steps, `load_state_dict` and in-place writes under `no_grad` bump it). It
-    derives afresh whenever autograd needs the derivation (training), inside a `torch.compile` graph
-    (the compiler folds or fuses it there) and after `train()` / `eval()`, which drop the cache, so
-    that writes through `param.data` (which keep the version counter) are seen after a mode switch.
+    `derived` hands out the same tensor while its source parameters are the same tensors with the same
+    version counter (optimiser steps, `load_state_dict` and in-place writes bump it). It derives afresh
+    when autograd needs the derivation, inside a `torch.compile` graph and after `train()` / `eval()`,
+    which drop the cache (so that writes through `param.data`, which keep the counter, are seen then).
     """
 
-    # module -> {name: (stamp, weak references to the sources, tensor)}; outside the module's state,
-    # so that saving, copying and pickling a model never carry it.
+    # module -> {name: (stamp, weak references to the sources, tensor)}: never saved, copied or pickled.
     _caches = weakref.WeakKeyDictionary()
 
     def derived(self, name: str, sources: tuple[Tensor, ...], make: Callable[[], Tensor]) -> Tensor:
@@ -166,21 +162,18 @@ class DerivedWeightsModule(nn.Module):
 def conv1d_channels_last(conv: nn.Conv1d, hidden_states: Tensor, kernel: Tensor | None = None) -> Tensor:
     """Apply the `nn.Conv1d` `conv` to (B, C, 1, N) channels-last input; the output is channels-last too.
 
-    Time-major memory throughout: on CPU oneDNN then skips the layout conversions that a channels-first
-    Conv1d pays on every call (about a fifth of the CNN's time at 10 s of audio), and the encoder's
-    (B, T, C) view of the result is free. Same weights and state dict as the Conv1d. `kernel` is
-    `conv.weight` laid out for `F.conv2d` (see `DerivedWeightsModule.channels_last_kernel`); the two
-    matmul cases below read `conv.weight` directly and do not need it.
+    Time-major memory spares oneDNN a channels-first Conv1d's layout conversions (a fifth of the CNN's
+    time at 10 s) and makes the encoder's (B, T, C) view free. `kernel`: `conv.weight` laid out for
+    `F.conv2d` (`DerivedWeightsModule.channels_last_kernel`); the two matmul cases do not need it.
     """
     width, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
     if conv.in_channels == 1 and padding == 0:
-        # The waveform: a matmul over its strided frames is channels-last at once, where a convolution
-        # would answer channels-first and need a transposing copy of the CNN's largest tensor.
+        # The waveform: a matmul over its strided frames is channels-last at once (a convolution's output
+        # would need a transposing copy of the CNN's largest tensor).
         frames = hidden_states[:, 0, 0].unfold(-1, width, stride)  # (B, T, k)
         return F.linear(frames, conv.weight[:, 0], conv.bias).transpose(1, 2).unsqueeze(2)
     if width == 1 and stride == 1 and padding == 0 and conv.groups == 1:
-        # A 1 x 1 convolution is a linear map of each time step: one matmul on the (B, 1, N, C) view
-        # (oneDNN would take its slow reference path for it).
+        # A 1 x 1 convolution: one matmul on the (B, 1, N, C) view (oneDNN's reference path is slow).
         output = F.linear(hidden_states.permute(0, 2, 3, 1), conv.weight[:, :, 0], conv.bias)
         return output.permute(0, 3, 1, 2)
     if kernel is None:
@@ -220,8 +213,7 @@ class ARMHubertConvLayer(DerivedWeightsModule):
         elif self.layer_norm is not None:
             hidden_states = self.layer_norm(hidden_states)
         if self.activation_in_place and not hidden_states.requires_grad:
-            # Without autograd the fresh tensor can be overwritten: the CNN then never holds a layer's
-            # output twice, which cuts its peak memory (the model's peak at 10 s) by about 40 %.
+            # Without autograd the CNN then never holds a layer's output twice: 40 % less peak memory at 10 s.
             return torch.ops.aten.gelu_(hidden_states)
         return self.activation(hidden_states)
 
@@ -254,26 +246,17 @@ class ARMHubertFeatureEncoder(nn.Module):
 class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
     """Weight-normed grouped Conv1d over time -> drop the last frame for even kernels -> GELU.
 
-    In inference on more than one block of frames the convolution runs through FFTs (overlap-save over
-    blocks of `fft_size` frames): for the releases' 128-tap kernel that is about 3.5x faster at 30 s of
-    audio than the direct convolution, which costs as much as a transformer layer's projections. Same
-    numbers to float32 rounding (closer to a float64 reference than the direct convolution). Training,
-    `torch.compile` graphs, half precision, short inputs and `fft = False` (MAC counting: it counts the
-    convolution, not the FFT's products) run the direct convolution.
+    Inference on more than one block of frames convolves by FFT (overlap-save over blocks of `fft_size`
+    frames; 3.5x faster at 30 s for the releases' 128 taps, same numbers to float32 rounding). Training,
+    `torch.compile` graphs, half precision, short inputs and `fft = False` (MAC counting) run it directly.
     """
 
     def __init__(self, config: ARMHubertConfig):
         super().__init__()
-        kernel = config.num_conv_pos_embeddings
-        self.conv = nn.Conv1d(
-            config.hidden_size,
-            config.hidden_size,
-            kernel_size=kernel,
-            padding=kernel // 2,
-            groups=config.num_conv_pos_embedding_groups,
-        )
+        width, kernel = config.hidden_size, config.num_conv_pos_embeddings
+        conv = nn.Conv1d(width, width, kernel, padding=kernel // 2, groups=config.num_conv_pos_embedding_groups)
         # Normalised over dim 2, i.e. one gain per kernel tap, as in the original weights.
-        self.conv = nn.utils.parametrizations.weight_norm(self.conv, name="weight", dim=2)
+        self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
         self.num_pad_remove = 1 if kernel % 2 == 0 else 0
         self.activation = ACT2FN[config.feat_extract_activation]
         # The smallest power of two of at least two kernels: blocks of fft_size - kernel + 1 outputs.
@@ -324,9 +307,8 @@ class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
         channels_last = hidden_states.transpose(1, 2).unsqueeze(2)
         return conv1d_channels_last(self.conv, channels_last, kernel).squeeze(2).transpose(1, 2)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D). In inference the weight-normed kernel (its spectrum) is derived once, not
-        per call (`DerivedWeightsModule`)."""
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, D)."""
         convolve = self._convolve_fft if self._use_fft(hidden_states) else self._convolve_direct
         hidden_states = convolve(hidden_states)
         if self.num_pad_remove:
@@ -636,26 +618,22 @@ def flex_resoftmax(
 
 
 # --------------------------------------------------------------------------------------------------
-# Attention paths: what a computing layer computes and hands over, and how a reusing layer applies it
-#
-# compute(attention, query, key, value, key_padding_mask, dropout) -> (output (B, H, T, d), Handover or None)
-# reuse(attention, handover, value, key_padding_mask, dropout) -> (output (B, H, T, d), applied weights or None)
-# `attention` is the calling `ARMHubertAttention` (its scale, softmax mode and training flag), as in
+# Attention paths: what a computing layer computes and hands over, and how a reusing layer applies it.
+# compute(attention, query, key, value, key_padding_mask, dropout) -> (output (B, H, T, d), Handover or None);
+# reuse(attention, handover, value, key_padding_mask, dropout) -> (output (B, H, T, d), applied weights or None).
+# `attention` is the calling `ARMHubertAttention` (its scaling, softmax mode and training flag), as in
 # transformers' attention interface.
 
-
 Mask = Tensor | None  # key_padding_mask (B, T) bool, True = padding; None when nothing is padded
-Computed = tuple[Tensor, Handover | None]  # output (B, H, T, d), what the layer hands over
-Reused = tuple[Tensor, Tensor | None]  # output (B, H, T, d), applied weights (B, H, T, T) on the explicit path
+Computed = tuple[Tensor, Handover | None]
+Reused = tuple[Tensor, Tensor | None]  # the weights (B, H, T, T) only on the explicit path
+# What an attention layer (and its encoder layer) returns: output (B, T, D), own Handover, applied weights.
+AttentionOutput = tuple[Tensor, Handover | None, Tensor | None]
 
 
 class AttentionPath(NamedTuple):
     compute: Callable[..., Computed]
     reuse: Callable[..., Reused] | None
-
-
-# What an attention layer (and its encoder layer) returns: output (B, T, D), own Handover, applied weights.
-AttentionOutput = tuple[torch.Tensor, Handover | None, torch.Tensor | None]
 
 
 def compute_without_handover(
@@ -677,11 +655,7 @@ def compute_map(
 def reuse_map(
     attention: nn.Module, handover: Handover, value: Tensor, key_padding_mask: Mask, dropout: float
 ) -> Reused:
-    """The computing layer's map, after the release's second softmax in "resoftmax" mode.
-
-    The second softmax and its product run in `reuse_dtype` with autocast off (see `reuse_dtype`): the
-    output and the weights are float32 for half-precision values.
-    """
+    """The computing layer's map, after the release's second softmax in "resoftmax" mode, in `reuse_dtype`."""
     dtype = reuse_dtype(value.dtype)
     with full_precision(value):
         weights = handover.map.to(dtype)
@@ -754,14 +728,13 @@ def attention_path(handover: str | None, implementation: str) -> AttentionPath:
 class ARMHubertAttention(nn.Module):
     """Multi-head self-attention that either computes its own map or reuses an earlier one.
 
-    A computing layer has q/k/v/out projections; a reusing layer only v and out, and applies the
-    probability map of the most recent computing layer (after a second softmax in "resoftmax" mode),
-    handed over as a `Handover`. How is the encoder's choice, passed in as an `AttentionPath`.
+    A computing layer has q/k/v/out projections; a reusing layer only v and out, and applies the map
+    of the most recent computing layer (after a second softmax in "resoftmax" mode), handed over as a
+    `Handover`. How is the encoder's choice, passed in as an `AttentionPath`.
     """
 
     def __init__(self, config: ARMHubertConfig, reuses_map: bool):
         super().__init__()
-        self.config = config
         self.embed_dim = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.head_dim = self.embed_dim // self.num_heads
@@ -786,23 +759,13 @@ class ARMHubertAttention(nn.Module):
         return tensor.transpose(1, 2).reshape(batch, time, self.embed_dim)
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        key_padding_mask: torch.Tensor | None,
-        path: AttentionPath,
-        handover: Handover | None = None,
+        self, hidden_states: Tensor, key_padding_mask: Mask, path: AttentionPath, handover: Handover | None = None
     ) -> AttentionOutput:
-        """Attend over time.
+        """Attend over time: hidden_states (B, T, D), key_padding_mask (B, T) bool (True = padding) or None.
 
-        Args:
-            hidden_states: (B, T, D).
-            key_padding_mask: (B, T) bool, True marks padded frames; `None` when nothing is padded.
-            path: how this layer computes (see `ATTENTION_PATHS`).
-            handover: a reusing layer's input, the `Handover` of the layer whose map it reuses.
-
-        Returns:
-            (attention output (B, T, D), this computing layer's `Handover` or None, applied weights
-            (B, H, T, T) or None; the weights only on the explicit path).
+        `path` is how this layer computes (see `ATTENTION_PATHS`); `handover`, a reusing layer's input,
+        what the layer whose map it reuses handed over. Returns (output (B, T, D), this computing layer's
+        `Handover` or None, the applied weights (B, H, T, T) on the explicit path or None).
         """
         value = self._split_heads(self.v_proj(hidden_states))
         dropout = self.dropout if self.training else 0.0
@@ -862,11 +825,9 @@ class ARMHubertEncoderLayer(GradientCheckpointingLayer):
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pre_layer_norm = config.do_stable_layer_norm
 
-    def forward(self, hidden_states: torch.Tensor, *attention_inputs) -> AttentionOutput:
-        """(B, T, D) -> ((B, T, D), own `Handover` or None, applied weights or None).
-
-        `attention_inputs`: key_padding_mask, path and handover, as `ARMHubertAttention.forward` takes them.
-        """
+    def forward(self, hidden_states: Tensor, *attention_inputs) -> AttentionOutput:
+        """(B, T, D) -> ((B, T, D), own `Handover` or None, applied weights or None); `attention_inputs` are
+        `ARMHubertAttention.forward`'s key_padding_mask, path and handover."""
         residual = hidden_states
         if self.pre_layer_norm:
             hidden_states = self.layer_norm(hidden_states)
@@ -891,39 +852,36 @@ class ARMHubertEncoderOutput(ModelOutput):
 
 
 class ARMHubertEncoder(nn.Module):
+    """Positional convolution -> L layers, post-LN (LayerNorm first) or pre-LN (LayerNorm last); it picks
+    each forward's attention paths (`_attention_paths`)."""
+
     def __init__(self, config: ARMHubertConfig):
         super().__init__()
         self.config = config
         self.pos_conv_embed = ARMHubertPositionalConvEmbedding(config)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
-        self.layers = nn.ModuleList(
-            ARMHubertEncoderLayer(config, reuses) for reuses in config.layer_reuses_attention_map
-        )
         reuse = config.layer_reuses_attention_map
+        self.layers = nn.ModuleList(ARMHubertEncoderLayer(config, reuses) for reuses in reuse)
         # A computing layer hands over its map (a `Handover`) only when the next layer reuses it.
-        self._map_needed_by_next = [i + 1 < len(reuse) and reuse[i + 1] for i in range(len(reuse))]
+        self._map_needed_by_next = [*reuse[1:], False]
         self.gradient_checkpointing = False
 
     def _pad_to_multiple(self, hidden_states, key_padding_mask):
-        multiple = self.config.required_seq_len_multiple
-        pad = -hidden_states.shape[1] % multiple
+        """(B, T, D) and its (B, T) mask padded to a multiple of `required_seq_len_multiple` frames, the pad."""
+        pad = -hidden_states.shape[1] % self.config.required_seq_len_multiple
         if pad == 0:
             return hidden_states, key_padding_mask, 0
-        batch, time, _ = hidden_states.shape
-        hidden_states = F.pad(hidden_states, (0, 0, 0, pad))
         if key_padding_mask is None:
-            key_padding_mask = torch.zeros(batch, time, dtype=torch.bool, device=hidden_states.device)
-        key_padding_mask = F.pad(key_padding_mask, (0, pad), value=True)
-        return hidden_states, key_padding_mask, pad
+            key_padding_mask = hidden_states.new_zeros(hidden_states.shape[:2], dtype=torch.bool)
+        return F.pad(hidden_states, (0, 0, 0, pad)), F.pad(key_padding_mask, (0, pad), value=True), pad
 
     def _attention_paths(self, hidden_states, output_attentions):
         """The attention of this forward, chosen once: (pair path, lone path) (see `ATTENTION_PATHS`).
 
-        The pair path serves a computing layer whose map the next layer reuses and the reusing layers
-        after it; the lone path every other computing layer (SDPA, no handover). Its handover is "map"
-        everywhere when maps are returned or asked for (eager); otherwise `_handover`'s choice.
-        FlexAttention serves only inference without dropout: its path has no backward.
+        The pair path serves the computing layers whose map the next layer reuses and the reusing
+        layers; the lone path the other computing layers (SDPA, no handover). Returned or asked-for
+        maps (eager) make both explicit. FlexAttention has no backward: autograd and dropout take SDPA.
         """
         config = self.config
         if output_attentions or config._attn_implementation == "eager":
@@ -943,10 +901,9 @@ class ARMHubertEncoder(nn.Module):
     def _handover(self, hidden_states, grad):
         """What a computing layer hands over when it need not return its map: "map", "logsumexp" or "probabilities".
 
-        In "resoftmax" mode autograd needs the map unless `config.reuse_recompute_backward` (whose exact
-        backward, `ResoftmaxReuse`, has no dropout: reuse dropout in training keeps the map); in
-        "probabilities" mode the reuse is SDPA, whose gradients are exact. Short inputs on a CPU hand
-        over the whole map (see EXPLICIT_MAP_ELEMENTS).
+        In "resoftmax" mode autograd needs the map unless `config.reuse_recompute_backward` (`ResoftmaxReuse`
+        has no dropout: reuse dropout in training keeps the map). Short inputs on a CPU hand over the
+        whole map (EXPLICIT_MAP_ELEMENTS).
         """
         config = self.config
         resoftmax = config.reuse_softmax == "resoftmax"
@@ -954,16 +911,13 @@ class ARMHubertEncoder(nn.Module):
         if resoftmax and grad and (not config.reuse_recompute_backward or reuse_dropout > 0):
             return "map"
         batch, time, _ = hidden_states.shape
-        if (
-            hidden_states.device.type == "cpu"
-            and batch * config.num_attention_heads * time * time <= EXPLICIT_MAP_ELEMENTS
-        ):
+        if hidden_states.device.type == "cpu" and batch * config.num_attention_heads * time**2 <= EXPLICIT_MAP_ELEMENTS:
             return "map"
         return "logsumexp" if resoftmax else "probabilities"
 
     def forward(
-        self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor | None = None, output_attentions: bool = False
-    ) -> "ARMHubertEncoderOutput":
+        self, hidden_states: Tensor, key_padding_mask: Tensor | None = None, output_attentions: bool = False
+    ) -> ARMHubertEncoderOutput:
         """hidden_states (B, T, D); key_padding_mask (B, T) bool, True = padding, or None."""
         if key_padding_mask is not None:
             hidden_states = hidden_states.masked_fill(key_padding_mask[..., None], 0.0)
@@ -974,10 +928,8 @@ class ARMHubertEncoder(nn.Module):
         hidden_states, key_padding_mask, pad = self._pad_to_multiple(self.dropout(hidden_states), key_padding_mask)
 
         pair_path, lone_path = self._attention_paths(hidden_states, output_attentions)
-        num_layers = len(self.layers)
         grad_scale = self.config.layer_grad_scale if self.training else False
-        layer_outputs, attentions = [], []
-        handover = None
+        layer_outputs, attentions, handover = [], [], None
         for index, layer in enumerate(self.layers):
             skip = self.training and self.config.layerdrop > 0 and torch.rand([]) < self.config.layerdrop
             if skip and not self._map_needed_by_next[index]:
@@ -992,12 +944,12 @@ class ARMHubertEncoder(nn.Module):
                 output, handover, weights = layer(hidden_states, key_padding_mask, path)
             # Keep a (B, H, T, T) map only when it is returned: holding all L of them would dominate memory.
             attentions.append(weights if output_attentions else None)
-            head_input, hidden_states = split_layer_gradient(output, index, num_layers, grad_scale)
+            head_input, hidden_states = split_layer_gradient(output, index, len(self.layers), grad_scale)
             layer_outputs.append(head_input)
 
         if self.config.do_stable_layer_norm:
-            # Pre-LN, as the original: the final LayerNorm makes only the encoder's last state (a head-less
-            # model's output); the layer outputs, and so every projection head, the last one too, stay before it.
+            # Pre-LN, as the original: the final LayerNorm makes only a head-less model's output; the layer
+            # outputs, and so every projection head, stay before it.
             hidden_states = self.layer_norm(hidden_states)
         if pad:
             layer_outputs = [output[:, :-pad] for output in layer_outputs]
