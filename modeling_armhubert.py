@@ -975,33 +975,23 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
     input_modalities = "audio"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ARMHubertEncoderLayer"]
-    # Computing layers run through torch SDPA, reused maps are rebuilt block by block ("sdpa", the
-    # default); "flex_attention" runs computing / reusing pairs through FlexAttention in inference
-    # (meant for GPUs); "eager" forces explicit maps. See `ATTENTION_PATHS`.
+    # "sdpa" (the default): SDPA, reused maps rebuilt block by block; "flex_attention": computing / reusing
+    # pairs through FlexAttention in inference (meant for GPUs); "eager": explicit maps. See `ATTENTION_PATHS`.
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = True
 
     @classmethod
     def _can_set_attn_implementation(cls):
-        """`set_attn_implementation("eager" | "sdpa")` works on a built or loaded model.
-
-        `transformers` decides this from the module's source (attention classes calling its
-        AttentionInterface); here the encoder reads `config._attn_implementation` once per forward
-        (`ARMHubertEncoder._attention_paths`), so a switch takes effect at the next call. Unsupported values are refused by transformers' checks.
-        """
+        """`set_attn_implementation` works on a built or loaded model: the encoder reads
+        `config._attn_implementation` at every forward (transformers would guess from the module's source)."""
         return True
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Callable = None, **kwargs):
-        """Refuse reentrant checkpointing of a model whose layers reuse maps (issue 20, defect 1).
-
-        A reusing layer reads the computing layer's `Handover`, which is no positional tensor: reentrant
-        checkpointing (which tracks only those) drops its gradient or backpropagates through it twice.
-        Non-reentrant checkpointing (transformers' default) tracks every tensor and gives the plain gradients.
-        """
+        """Refuse reentrant checkpointing of a model whose layers reuse maps: it tracks only positional
+        tensors, not the `Handover`, so it drops the reused map's gradient or doubles it (issue 20)."""
         keywords = getattr(gradient_checkpointing_func, "keywords", {})
-        # torch's checkpoint without use_reentrant runs reentrant (with a warning)
-        reentrant = keywords.get("use_reentrant") is not False
+        reentrant = keywords.get("use_reentrant") is not False  # torch's default (with a warning)
         if enable and reentrant and any(self.config.layer_reuses_attention_map):
             raise ValueError(
                 "Reentrant activation checkpointing loses the gradients of reused attention maps: checkpoint with "
@@ -1070,30 +1060,22 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         super().__init__(config)
         self.config = config
         self.feature_extractor = ARMHubertFeatureEncoder(config)
-        self.feature_layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
-        if config.conv_dim[-1] != config.hidden_size:
-            self.feature_projection = nn.Linear(config.conv_dim[-1], config.hidden_size)
-        else:
-            self.feature_projection = None
+        channels, width = config.conv_dim[-1], config.hidden_size
+        self.feature_layer_norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+        self.feature_projection = nn.Linear(channels, width) if channels != width else None
         self.feature_dropout = nn.Dropout(config.feat_proj_dropout)
-        if config.use_mask_embedding:
-            self.mask_emb = nn.Parameter(torch.empty(config.hidden_size).uniform_())
-        else:
-            self.mask_emb = None
+        self.mask_emb = nn.Parameter(torch.empty(width).uniform_()) if config.use_mask_embedding else None
         self.encoder = ARMHubertEncoder(config)
+        self.projection_heads = None
         if config.has_projection_heads:
             last = config.num_hidden_layers - 1
             self.projection_heads = nn.ModuleList(
-                None
-                if last_head_only and index < last
-                else ARMHubertProjectionHead(config.hidden_size, config.projection_head_size)
+                None if last_head_only and index < last else ARMHubertProjectionHead(width, config.projection_head_size)
                 for index in range(config.num_hidden_layers)
             )
             if last_head_only and last > 0:
                 unused = "|".join(str(index) for index in range(last))
                 self._keys_to_ignore_on_load_unexpected = [rf"projection_heads\.({unused})\."]
-        else:
-            self.projection_heads = None
         if config.do_stable_layer_norm and config.has_projection_heads:
             # As in the original, a pre-LN encoder's final LayerNorm reaches only a head-less model's output:
             # here no output depends on it, so it cannot train. Frozen; kept so that checkpoints load strictly.
@@ -1181,16 +1163,9 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
     def _extract_features(self, input_values):
         """(B, N) -> (B, T, C), with `feature_grad_mult` applied to the CNN's gradient."""
         mult = self.config.feature_grad_mult
-        if mult == 0.0 or not self.feature_extractor._requires_grad:
-            with torch.no_grad():
-                features = self.feature_extractor(input_values)
-        else:
-            features = (
-                scale_gradient(self.feature_extractor(input_values), mult)
-                if self.training
-                else (self.feature_extractor(input_values))
-            )
-        return features.transpose(1, 2)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and mult != 0.0 and self.feature_extractor._requires_grad):
+            features = self.feature_extractor(input_values)
+        return (scale_gradient(features, mult) if self.training else features).transpose(1, 2)
 
     def _frame_padding_mask(self, num_frames, attention_mask):
         """(B, T) bool, True = padded frame; None when nothing is padded."""
