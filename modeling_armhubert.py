@@ -1087,6 +1087,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         self.feature_extractor._freeze_parameters()
 
     def _check_inputs(self, input_values, attention_mask, mask_time_indices):
+        """One line for inputs that would fail deep inside the model or be silently misread."""
         if not torch.is_tensor(input_values) or not input_values.is_floating_point():
             given = input_values.dtype if torch.is_tensor(input_values) else type(input_values).__name__
             raise ValueError(
@@ -1119,12 +1120,10 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
                 )
 
     def _check_attention_mask(self, attention_mask, shape):
-        """A (B, N) mask of 0/1, each row's ones first (right padding), at least a receptive field long.
-
-        The mask is read as a length per row, so anything else would silently change the outputs. One
-        comparison with the right-padded mask of the same lengths catches other values (2, -1, 0.5) and
-        left or inner padding together; it and the shortest length come to the host in one read, the
-        single device sync the old length-only check already made. Skipped inside torch.compile graphs.
+        """A (B, N) mask of 0/1, each row's ones first (right padding), at least a receptive field long: it
+        is read as a length per row, so anything else would silently change the outputs. One comparison
+        with the right-padded mask of the same lengths finds both other values and left or inner padding,
+        read to the host with the shortest length in one device sync. Values are not read when compiling.
         """
         if not torch.is_tensor(attention_mask) or attention_mask.dtype.is_complex:
             given = attention_mask.dtype if torch.is_tensor(attention_mask) else type(attention_mask).__name__
@@ -1302,19 +1301,6 @@ class ARMHubertWeightedLayerSum(nn.Module):
         return (torch.stack(tuple(layers)) * weights[:, None, None, None]).sum(dim=0)
 
 
-@torch.compiler.disable
-def draw_spans(
-    shape: tuple[int, int], device: torch.device, real: Tensor | None = None, **options: float | int
-) -> Tensor:
-    """(B, N) bool spans of `transformers`' `_compute_mask_indices` (options: mask_prob, mask_length, min_masks).
-
-    Drawn on the host with NumPy from the lengths in `real` ((B, N) long, 1 = real): outside any
-    `torch.compile` graph (its data-dependent span counts cannot be traced), so a compiled training
-    step breaks the graph here (`fullgraph=False`) instead of failing.
-    """
-    return torch.as_tensor(_compute_mask_indices(shape, attention_mask=real, **options), device=device)
-
-
 class ARMHubertSpecAugment(nn.Module):
     """SpecAugment for fine-tuning, as transformers' HuBERT applies it (training only).
 
@@ -1336,32 +1322,32 @@ class ARMHubertSpecAugment(nn.Module):
         if self.masked_spec_embed is not None:
             init.uniform_(self.masked_spec_embed)
 
+    @torch.compiler.disable
+    def _draw_spans(
+        self, kind: str, shape: tuple[int, int], device: torch.device, real: Tensor | None = None
+    ) -> Tensor:
+        """(B, N) bool spans as `config.mask_{kind}_prob`, `_length` and `_min_masks` ask, over the lengths in
+        `real` ((B, N) long, 1 = real), by `transformers`' `_compute_mask_indices`. Drawn on the host with
+        NumPy, outside any `torch.compile` graph (the data-dependent span counts cannot be traced): a
+        compiled training step breaks the graph here (`fullgraph=False`) instead of failing."""
+        prob, length, min_masks = (
+            getattr(self.config, f"mask_{kind}_{name}") for name in ("prob", "length", "min_masks")
+        )
+        return torch.as_tensor(_compute_mask_indices(shape, prob, length, real, min_masks), device=device)
+
     def forward(
         self, hidden_states: Tensor, key_padding_mask: Tensor | None = None, mask_embedding: Tensor | None = None
     ) -> Tensor:
         """hidden_states (B, T, D); key_padding_mask (B, T) bool, True = padding (never masked)."""
         config = self.config
-        batch, frames, channels = hidden_states.shape
+        (batch, frames, channels), device = hidden_states.shape, hidden_states.device
         embedding = mask_embedding if mask_embedding is not None else self.masked_spec_embed
         if config.mask_time_prob > 0 and embedding is not None and frames >= config.mask_time_length:
-            real_frames = None if key_padding_mask is None else (~key_padding_mask).long()
-            spans = draw_spans(
-                (batch, frames),
-                hidden_states.device,
-                real_frames,
-                mask_prob=config.mask_time_prob,
-                mask_length=config.mask_time_length,
-                min_masks=config.mask_time_min_masks,
-            )
+            real = None if key_padding_mask is None else (~key_padding_mask).long()
+            spans = self._draw_spans("time", (batch, frames), device, real)
             hidden_states = torch.where(spans[..., None], embedding.to(hidden_states.dtype), hidden_states)
         if config.mask_feature_prob > 0 and channels >= config.mask_feature_length:
-            spans = draw_spans(
-                (batch, channels),
-                hidden_states.device,
-                mask_prob=config.mask_feature_prob,
-                mask_length=config.mask_feature_length,
-                min_masks=config.mask_feature_min_masks,
-            )
+            spans = self._draw_spans("feature", (batch, channels), device)
             hidden_states = hidden_states.masked_fill(spans[:, None, :], 0.0)
         return hidden_states
 
@@ -1369,15 +1355,10 @@ class ARMHubertSpecAugment(nn.Module):
 class ARMHubertTaskModel(ARMHubertPreTrainedModel):
     """What the task heads share: the encoder, the optional weighted layer sum and SpecAugment.
 
-    A head reads `last_hidden_state` (the last projection for models with projection heads, else
-    the last layer), or with `config.use_weighted_layer_sum` a learned weighted sum of the
-    representations SUPERB used (`superb_layer_outputs`). Either way its input is
-    `head_input_size(config)` wide.
-
-    Every parameter trains, so DDP needs no `find_unused_parameters`: without the weighted layer sum
-    only the last projection head is built (heads 0..L-2 of a loaded encoder are skipped), and a
-    distilled `mask_emb` that SpecAugment does not use (`apply_spec_augment=False` or
-    `mask_time_prob=0`) is frozen.
+    A head reads `last_hidden_state`, or with `config.use_weighted_layer_sum` a learned weighted sum of
+    `superb_layer_outputs`: `head_input_size(config)` wide either way. Every parameter trains, so DDP
+    needs no `find_unused_parameters`: without the layer sum only the last projection head is built,
+    and a distilled `mask_emb` that SpecAugment does not use is frozen.
     """
 
     def __init__(self, config: ARMHubertConfig):
