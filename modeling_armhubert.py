@@ -1,8 +1,9 @@
 """PyTorch ARMHuBERT: compressed HuBERT-class speech encoders with attention-map reuse.
 
-Class hierarchy (as in `transformers`' `modeling_hubert.py`):
-`ARMHubertFeatureEncoder` (CNN) -> `ARMHubertEncoderLayer` (attention computing or reusing) ->
-`ARMHubertEncoder` -> `ARMHubertPreTrainedModel` -> `ARMHubertModel` (+ per-layer projection heads).
+Top to bottom, as `transformers`' `modeling_hubert.py`: the CNN (`ARMHubertFeatureEncoder`), the
+attention kernels and paths (`ATTENTION_PATHS`), `ARMHubertEncoderLayer` (attention computing or reusing),
+`ARMHubertEncoder` (which picks the attention path once per forward), `ARMHubertPreTrainedModel`,
+`ARMHubertModel` (+ per-layer projection heads), then the CTC and classification heads.
 
 Numerics follow the original release (see the project README): post-LN layers, float32 softmax,
 and in reusing layers a second softmax over the reused probability map. Unlike the original, maps
@@ -1058,7 +1059,6 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
 
     def __init__(self, config: ARMHubertConfig, last_head_only: bool = False):
         super().__init__(config)
-        self.config = config
         self.feature_extractor = ARMHubertFeatureEncoder(config)
         channels, width = config.conv_dim[-1], config.hidden_size
         self.feature_layer_norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
@@ -1264,18 +1264,12 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
 
 
 # --------------------------------------------------------------------------------------------------
-# Task heads
-#
-# CTC and utterance-classification heads (as transformers' `HubertForCTC` /
-# `HubertForSequenceClassification`) and SpecAugment for their training, on top of `ARMHubertModel`.
+# Task heads (as transformers' `HubertForCTC` / `HubertForSequenceClassification`) and their SpecAugment
 
 
 def superb_layer_outputs(config: ARMHubertConfig, output: ARMHubertModelOutput) -> tuple[Tensor, ...]:
-    """The per-layer representations behind the published SUPERB numbers (spec 3.7).
-
-    The L projected outputs for models with projection heads (ARM / Mask), else the L raw layer
-    outputs (STaR). `output` is an `ARMHubertModelOutput` computed with `output_hidden_states=True`.
-    """
+    """The per-layer representations behind the published SUPERB numbers (spec 3.7): the L projected outputs
+    with projection heads (ARM / Mask), else the L layer outputs (STaR), of an `output_hidden_states` output."""
     return output.projected_hidden_states if config.has_projection_heads else output.hidden_states[1:]
 
 
@@ -1302,12 +1296,9 @@ class ARMHubertWeightedLayerSum(nn.Module):
 
 
 class ARMHubertSpecAugment(nn.Module):
-    """SpecAugment for fine-tuning, as transformers' HuBERT applies it (training only).
-
-    Spans of frames of the encoder input are replaced by a mask embedding (`config.mask_time_*`) and
-    spans of channels are zeroed (`config.mask_feature_*`). Models with a distilled `mask_emb`
-    (ARM / Mask) mask with it, as HuBERT masks with its pre-trained `masked_spec_embed`; models
-    without one (STaR) get a learnable embedding here.
+    """SpecAugment for fine-tuning, as transformers' HuBERT applies it (training only): spans of frames of the
+    encoder input become a mask embedding (`config.mask_time_*`), spans of channels zeros (`mask_feature_*`).
+    ARM / Mask models mask with their distilled `mask_emb`; STaR models get a learnable embedding here.
     """
 
     def __init__(self, config: ARMHubertConfig, has_mask_embedding: bool):
@@ -1514,12 +1505,8 @@ class ARMHubertForCTC(ARMHubertTaskModel):
 
 
 class ARMHubertForSequenceClassification(ARMHubertTaskModel):
-    """Utterance classification, as `HubertForSequenceClassification`.
-
-    projector (to `config.classifier_proj_size`) -> mean over the real (unpadded) frames -> linear
-    classifier over `config.num_labels`. The loss follows `config.problem_type` (single-label
-    cross-entropy for integer labels).
-    """
+    """Utterance classification, as `HubertForSequenceClassification`: projector -> mean over the real frames
+    -> linear classifier over `config.num_labels`; the loss follows `config.problem_type`."""
 
     output_class = SequenceClassifierOutput
 
