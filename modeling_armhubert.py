@@ -322,7 +322,7 @@ class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
 #
 # A reusing layer applies the computing layer's P = softmax(Q K^T * scale) (padded keys masked) to its
 # own values, after a second masked softmax in the release's "resoftmax" mode. The computing layer
-# hands over a `Handover`; `ARMHubertEncoder._handover` picks which kind once per forward, and
+# hands over a `Handover`; `ARMHubertEncoder._attention_paths` picks which kind once per forward, and
 # `ATTENTION_PATHS` maps it to a compute and a reuse function. How and why: docs/speed.md.
 
 # A (B, H, T, T) map up to this size (1 MiB in float32: one 12-head utterance of T <= 147 frames, about
@@ -878,7 +878,7 @@ class ARMHubertEncoder(nn.Module):
         return F.pad(hidden_states, (0, 0, 0, pad)), F.pad(key_padding_mask, (0, pad), value=True), pad
 
     def _attention_paths(self, hidden_states, output_attentions):
-        """The attention of this forward, chosen once: (pair path, lone path) (see `ATTENTION_PATHS`).
+        """The attention of this forward, chosen once: (pair path, lone path) from `ATTENTION_PATHS`.
 
         The pair path serves the computing layers whose map the next layer reuses and the reusing
         layers; the lone path the other computing layers (SDPA, no handover). Returned or asked-for
@@ -894,27 +894,20 @@ class ARMHubertEncoder(nn.Module):
         grad = torch.is_grad_enabled() and (
             hidden_states.requires_grad or any(param.requires_grad for param in self.parameters())
         )
+        resoftmax = config.reuse_softmax == "resoftmax"
+        reuse_dropout = config.reuse_attention_dropout if self.training else 0.0
+        batch, time, _ = hidden_states.shape
+        small_map = batch * config.num_attention_heads * time**2 <= EXPLICIT_MAP_ELEMENTS
+        if resoftmax and grad and (not config.reuse_recompute_backward or reuse_dropout > 0):
+            handover = "map"  # autograd through the saved map (`ResoftmaxReuse` has no dropout)
+        elif small_map and hidden_states.device.type == "cpu":
+            handover = "map"  # a map this small stays in cache: holding it beats rebuilding it
+        else:
+            handover = "logsumexp" if resoftmax else "probabilities"
         implementation = config._attn_implementation
         if grad or (self.training and config.attention_dropout > 0):
             implementation = "sdpa"
-        return attention_path(self._handover(hidden_states, grad), implementation), lone
-
-    def _handover(self, hidden_states, grad):
-        """What a computing layer hands over when it need not return its map: "map", "logsumexp" or "probabilities".
-
-        In "resoftmax" mode autograd needs the map unless `config.reuse_recompute_backward` (`ResoftmaxReuse`
-        has no dropout: reuse dropout in training keeps the map). Short inputs on a CPU hand over the
-        whole map (EXPLICIT_MAP_ELEMENTS).
-        """
-        config = self.config
-        resoftmax = config.reuse_softmax == "resoftmax"
-        reuse_dropout = config.reuse_attention_dropout if self.training else 0.0
-        if resoftmax and grad and (not config.reuse_recompute_backward or reuse_dropout > 0):
-            return "map"
-        batch, time, _ = hidden_states.shape
-        if hidden_states.device.type == "cpu" and batch * config.num_attention_heads * time**2 <= EXPLICIT_MAP_ELEMENTS:
-            return "map"
-        return "logsumexp" if resoftmax else "probabilities"
+        return attention_path(handover, implementation), lone
 
     def forward(
         self, hidden_states: Tensor, key_padding_mask: Tensor | None = None, output_attentions: bool = False
