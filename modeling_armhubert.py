@@ -131,9 +131,8 @@ class DerivedWeightsModule(nn.Module):
 
     def derived(self, name: str, sources: tuple[Tensor, ...], make: Callable[[], Tensor]) -> Tensor:
         """`make()`, or the tensor it returned last time if the `sources` parameters are unchanged."""
-        if torch.compiler.is_compiling() or any(source.is_inference() for source in sources):
-            return make()
-        if torch.is_grad_enabled() and any(source.requires_grad for source in sources):
+        autograd = torch.is_grad_enabled() and any(source.requires_grad for source in sources)
+        if autograd or torch.compiler.is_compiling() or any(source.is_inference() for source in sources):
             return make()
         stamp = tuple((source.data_ptr(), source._version, source.dtype, source.device) for source in sources)
         cache = self._caches.setdefault(self, {})
