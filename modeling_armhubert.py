@@ -447,60 +447,27 @@ def logsumexp_blocks(query: Tensor, key: Tensor, key_padding_mask: Tensor | None
     return result.view(batch, heads, time)
 
 
-def _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale):
-    """(B*H, ...) operands whose two products give the resoftmax output without a (T, T) map.
-
-    queries (B*H, T, d+e) = [Q * scale, -lse (, 1)] and keys (B*H, d+e, T) = [K, 1 (, padding bias)]^T:
-    queries @ keys is the computing layer's masked log-probability, so exp(exp(.)) is the second
-    softmax's numerator. values (B*H, T, d+1 rounded up to 16) = [V * real, real, 0...] (real = 1 for
-    real keys, 0 for padded ones): the numerators times it give the weighted sum and, in column d, the
-    denominator, both without padded keys (the zero columns keep the product's width SIMD-friendly).
-    """
-    dtype = reuse_dtype(query.dtype)
-    batch, heads, time, dim = query.shape
-    extra = 1 if key_padding_mask is None else 2
-    queries = query.new_empty(batch, heads, time, dim + extra, dtype=dtype)
-    queries[..., :dim] = query * scale  # slice assignments, not out= views: torch.compile traces them
-    queries[..., dim] = -logsumexp
-    keys = key.new_empty(batch, heads, dim + extra, time, dtype=dtype)
-    keys[:, :, :dim].copy_(key.transpose(-1, -2))
-    keys[:, :, dim].fill_(1)
-    values = value.new_zeros(batch, heads, time, -(-(dim + 1) // 16) * 16, dtype=dtype)
-    if key_padding_mask is None:
-        values[..., :dim].copy_(value)
-        values[..., dim].fill_(1)
-    else:
-        queries[..., dim + 1].fill_(1)
-        keys[:, :, dim + 1].copy_(padding_bias(key_padding_mask, dtype)[:, None, :])
-        real = (~key_padding_mask).to(dtype)[:, None, :, None]
-        values[..., :dim] = value * real
-        values[..., dim : dim + 1] = real
-    return queries.flatten(0, 1), keys.flatten(0, 1), values.flatten(0, 1)
-
-
 def _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale):
-    """(output (B, H, T, d), softmax denominators (B*H, T)) of `resoftmax_blocks`, autocast off."""
+    """(output (B, H, T, d), softmax denominators (B*H, T)) of `resoftmax_blocks`, in `reuse_dtype`, autocast off.
+
+    Per block of rows: the numerators exp(P), P = exp(Q K^T * scale - lse), zero on padded keys.
+    """
     batch, heads, time, dim = query.shape
-    blocks = score_blocks(batch * heads, time, query.device)
+    dtype = reuse_dtype(query.dtype)
+    queries, keys = (query.to(dtype) * scale).flatten(0, 1), key.to(dtype).flatten(0, 1).transpose(1, 2)
+    values, lse = value.to(dtype).flatten(0, 1), logsumexp.flatten(0, 1)[..., None]
+    padded = None if key_padding_mask is None else key_padding_mask.repeat_interleave(heads, 0)[:, None, :]
+    output = values.new_empty(batch * heads, time, dim)
+    denominators = values.new_empty(batch * heads, time)
     with full_precision(query):
-        if len(blocks) == 1:
-            # One block holds every row (short inputs): plain products cost fewer operations than
-            # building the augmented operands.
-            dtype = reuse_dtype(query.dtype)
-            scores = torch.matmul(query.to(dtype) * scale, key.to(dtype).transpose(-1, -2))
-            numerators = scores.sub_(logsumexp[..., None]).exp_().exp_()
-            if key_padding_mask is not None:
-                numerators.masked_fill_(key_padding_mask[:, None, None, :], 0.0)
-            denominators = numerators.sum(-1, keepdim=True)
-            output = torch.matmul(numerators, value.to(dtype)) / denominators
-            return output, denominators.flatten(0, 1)[..., 0]
-        queries, keys, values = _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale)
-        sums = torch.empty_like(values)
-        for group, rows in blocks:
-            numerators = torch.bmm(queries[group, rows], keys[group]).exp_().exp_()
-            sums[group, rows] = torch.bmm(numerators, values[group])
-    output = sums[..., :dim] / sums[..., dim : dim + 1]
-    return output.view(batch, heads, time, dim), sums[..., dim]
+        for group, rows in score_blocks(batch * heads, time, query.device):
+            numerators = torch.bmm(queries[group, rows], keys[group]).sub_(lse[group, rows]).exp_().exp_()
+            if padded is not None:
+                numerators.masked_fill_(padded[group], 0.0)
+            sums = numerators.sum(-1, keepdim=True)
+            output[group, rows] = torch.bmm(numerators, values[group]).div_(sums)
+            denominators[group, rows] = sums[..., 0]
+    return output.view(batch, heads, time, dim), denominators
 
 
 def resoftmax_blocks(
@@ -526,7 +493,7 @@ class ResoftmaxReuse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, logsumexp, value, key_padding_mask, scale):
         output, denominators = _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale)
-        ctx.save_for_backward(query, key, value, logsumexp, key_padding_mask, output, denominators.contiguous())
+        ctx.save_for_backward(query, key, value, logsumexp, key_padding_mask, output, denominators)
         ctx.scale = scale
         return output
 
@@ -534,21 +501,24 @@ class ResoftmaxReuse(torch.autograd.Function):
     def backward(ctx, grad_output):
         query, key, value, logsumexp, key_padding_mask, output, denominators = ctx.saved_tensors
         batch, heads, time, dim = query.shape
-        queries, keys, _ = _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, ctx.scale)
-        work = queries.dtype
-        grad_output = grad_output.to(work).flatten(0, 1)
+        work = reuse_dtype(query.dtype)
         plain_query, plain_key, plain_value = (t.to(work).flatten(0, 1) for t in (query, key, value))
+        queries, lse = plain_query * ctx.scale, logsumexp.flatten(0, 1)[..., None]
+        padded = None if key_padding_mask is None else key_padding_mask.repeat_interleave(heads, 0)[:, None, :]
+        grad_output = grad_output.to(work).flatten(0, 1)
         # Softmax backward of the reusing layer needs rowsum(dW * W) = rowsum(dO * O) (as flash attention).
         grad_dot_output = (grad_output * output.flatten(0, 1)).sum(-1, keepdim=True)
-        real = None if key_padding_mask is None else (~key_padding_mask).to(work).repeat_interleave(heads, 0)[:, None]
         grad_query = torch.empty_like(plain_query)
         grad_key, grad_value = torch.zeros_like(plain_key), torch.zeros_like(plain_value)
         with full_precision(grad_output):
             for group, rows in score_blocks(batch * heads, time, query.device):
-                probabilities = torch.bmm(queries[group, rows], keys[group]).exp_()  # the computing layer's P
+                scores = torch.bmm(queries[group, rows], plain_key[group].transpose(1, 2)).sub_(lse[group, rows])
+                probabilities = scores.exp_()  # the computing layer's P
+                if padded is not None:
+                    probabilities.masked_fill_(padded[group], 0.0)
                 weights = probabilities.exp().div_(denominators[group, rows, None])  # the reusing layer's W
-                if real is not None:
-                    weights.mul_(real[group])
+                if padded is not None:
+                    weights.masked_fill_(padded[group], 0.0)
                 grad = grad_output[group, rows]
                 grad_value[group].baddbmm_(weights.transpose(1, 2), grad)
                 # dP = W * (dW - rowsum(dW * W)), then dS = P * (dP - rowsum(dP * P)), in place.
