@@ -1,8 +1,9 @@
 """PyTorch ARMHuBERT: compressed HuBERT-class speech encoders with attention-map reuse.
 
-Class hierarchy (as in `transformers`' `modeling_hubert.py`):
-`ARMHubertFeatureEncoder` (CNN) -> `ARMHubertEncoderLayer` (attention computing or reusing) ->
-`ARMHubertEncoder` -> `ARMHubertPreTrainedModel` -> `ARMHubertModel` (+ per-layer projection heads).
+Top to bottom, as `transformers`' `modeling_hubert.py`: the CNN (`ARMHubertFeatureEncoder`), the
+attention kernels and paths (`ATTENTION_PATHS`), `ARMHubertEncoderLayer` (attention computing or reusing),
+`ARMHubertEncoder` (which picks the attention path once per forward), `ARMHubertPreTrainedModel`,
+`ARMHubertModel` (+ per-layer projection heads), then the CTC and classification heads.
 
 Numerics follow the original release (see the project README): post-LN layers, float32 softmax,
 and in reusing layers a second softmax over the reused probability map. Unlike the original, maps
@@ -116,27 +117,22 @@ class ARMHubertModelOutput(ModelOutput):
 
 
 class DerivedWeightsModule(nn.Module):
-    """A module that keeps tensors derived from its parameters between inference calls.
+    """A module that keeps tensors derived from its parameters (a channels-last or weight-normed kernel, an
+    FFT spectrum: a few ms each, per call as much as the CNN on 2 s) between inference calls.
 
-    A convolution kernel in the channels-last layout oneDNN wants, or the positional convolution's
-    weight-normed kernel (480 x 30 x 128 values), costs a fixed few milliseconds to derive: per call
-    that is as much as the whole CNN on 2 s of audio. `derived` computes such a tensor once and hands
-    it out again while its source parameters are the same tensors, at the same address, with the same
-    version counter (optimiser steps, `load_state_dict` and in-place writes under `no_grad` bump it). It
-    derives afresh whenever autograd needs the derivation (training), inside a `torch.compile` graph
-    (the compiler folds or fuses it there) and after `train()` / `eval()`, which drop the cache, so
-    that writes through `param.data` (which keep the version counter) are seen after a mode switch.
+    `derived` hands out the same tensor while its source parameters are the same tensors with the same
+    version counter (optimiser steps, `load_state_dict` and in-place writes bump it). It derives afresh
+    when autograd needs the derivation, inside a `torch.compile` graph and after `train()` / `eval()`,
+    which drop the cache (so that writes through `param.data`, which keep the counter, are seen then).
     """
 
-    # module -> {name: (stamp, weak references to the sources, tensor)}; outside the module's state,
-    # so that saving, copying and pickling a model never carry it.
+    # module -> {name: (stamp, weak references to the sources, tensor)}: never saved, copied or pickled.
     _caches = weakref.WeakKeyDictionary()
 
     def derived(self, name: str, sources: tuple[Tensor, ...], make: Callable[[], Tensor]) -> Tensor:
         """`make()`, or the tensor it returned last time if the `sources` parameters are unchanged."""
-        if torch.compiler.is_compiling() or any(source.is_inference() for source in sources):
-            return make()
-        if torch.is_grad_enabled() and any(source.requires_grad for source in sources):
+        autograd = torch.is_grad_enabled() and any(source.requires_grad for source in sources)
+        if autograd or torch.compiler.is_compiling() or any(source.is_inference() for source in sources):
             return make()
         stamp = tuple((source.data_ptr(), source._version, source.dtype, source.device) for source in sources)
         cache = self._caches.setdefault(self, {})
@@ -166,21 +162,18 @@ class DerivedWeightsModule(nn.Module):
 def conv1d_channels_last(conv: nn.Conv1d, hidden_states: Tensor, kernel: Tensor | None = None) -> Tensor:
     """Apply the `nn.Conv1d` `conv` to (B, C, 1, N) channels-last input; the output is channels-last too.
 
-    Time-major memory throughout: on CPU oneDNN then skips the layout conversions that a channels-first
-    Conv1d pays on every call (about a fifth of the CNN's time at 10 s of audio), and the encoder's
-    (B, T, C) view of the result is free. Same weights and state dict as the Conv1d. `kernel` is
-    `conv.weight` laid out for `F.conv2d` (see `DerivedWeightsModule.channels_last_kernel`); the two
-    matmul cases below read `conv.weight` directly and do not need it.
+    Time-major memory spares oneDNN a channels-first Conv1d's layout conversions (a fifth of the CNN's
+    time at 10 s) and makes the encoder's (B, T, C) view free. `kernel`: `conv.weight` laid out for
+    `F.conv2d` (`DerivedWeightsModule.channels_last_kernel`); the two matmul cases do not need it.
     """
     width, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
     if conv.in_channels == 1 and padding == 0:
-        # The waveform: a matmul over its strided frames is channels-last at once, where a convolution
-        # would answer channels-first and need a transposing copy of the CNN's largest tensor.
+        # The waveform: a matmul over its strided frames is channels-last at once (a convolution's output
+        # would need a transposing copy of the CNN's largest tensor).
         frames = hidden_states[:, 0, 0].unfold(-1, width, stride)  # (B, T, k)
         return F.linear(frames, conv.weight[:, 0], conv.bias).transpose(1, 2).unsqueeze(2)
     if width == 1 and stride == 1 and padding == 0 and conv.groups == 1:
-        # A 1 x 1 convolution is a linear map of each time step: one matmul on the (B, 1, N, C) view
-        # (oneDNN would take its slow reference path for it).
+        # A 1 x 1 convolution: one matmul on the (B, 1, N, C) view (oneDNN's reference path is slow).
         output = F.linear(hidden_states.permute(0, 2, 3, 1), conv.weight[:, :, 0], conv.bias)
         return output.permute(0, 3, 1, 2)
     if kernel is None:
@@ -220,8 +213,7 @@ class ARMHubertConvLayer(DerivedWeightsModule):
         elif self.layer_norm is not None:
             hidden_states = self.layer_norm(hidden_states)
         if self.activation_in_place and not hidden_states.requires_grad:
-            # Without autograd the fresh tensor can be overwritten: the CNN then never holds a layer's
-            # output twice, which cuts its peak memory (the model's peak at 10 s) by about 40 %.
+            # Without autograd the CNN then never holds a layer's output twice: 40 % less peak memory at 10 s.
             return torch.ops.aten.gelu_(hidden_states)
         return self.activation(hidden_states)
 
@@ -254,26 +246,17 @@ class ARMHubertFeatureEncoder(nn.Module):
 class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
     """Weight-normed grouped Conv1d over time -> drop the last frame for even kernels -> GELU.
 
-    In inference on more than one block of frames the convolution runs through FFTs (overlap-save over
-    blocks of `fft_size` frames): for the releases' 128-tap kernel that is about 3.5x faster at 30 s of
-    audio than the direct convolution, which costs as much as a transformer layer's projections. Same
-    numbers to float32 rounding (closer to a float64 reference than the direct convolution). Training,
-    `torch.compile` graphs, half precision, short inputs and `fft = False` (MAC counting: it counts the
-    convolution, not the FFT's products) run the direct convolution.
+    Inference on more than one block of frames convolves by FFT (overlap-save over blocks of `fft_size`
+    frames; 3.5x faster at 30 s for the releases' 128 taps, same numbers to float32 rounding). Training,
+    `torch.compile` graphs, half precision, short inputs and `fft = False` (MAC counting) run it directly.
     """
 
     def __init__(self, config: ARMHubertConfig):
         super().__init__()
-        kernel = config.num_conv_pos_embeddings
-        self.conv = nn.Conv1d(
-            config.hidden_size,
-            config.hidden_size,
-            kernel_size=kernel,
-            padding=kernel // 2,
-            groups=config.num_conv_pos_embedding_groups,
-        )
+        width, kernel = config.hidden_size, config.num_conv_pos_embeddings
+        conv = nn.Conv1d(width, width, kernel, padding=kernel // 2, groups=config.num_conv_pos_embedding_groups)
         # Normalised over dim 2, i.e. one gain per kernel tap, as in the original weights.
-        self.conv = nn.utils.parametrizations.weight_norm(self.conv, name="weight", dim=2)
+        self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
         self.num_pad_remove = 1 if kernel % 2 == 0 else 0
         self.activation = ACT2FN[config.feat_extract_activation]
         # The smallest power of two of at least two kernels: blocks of fft_size - kernel + 1 outputs.
@@ -324,9 +307,8 @@ class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
         channels_last = hidden_states.transpose(1, 2).unsqueeze(2)
         return conv1d_channels_last(self.conv, channels_last, kernel).squeeze(2).transpose(1, 2)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D). In inference the weight-normed kernel (its spectrum) is derived once, not
-        per call (`DerivedWeightsModule`)."""
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, D)."""
         convolve = self._convolve_fft if self._use_fft(hidden_states) else self._convolve_direct
         hidden_states = convolve(hidden_states)
         if self.num_pad_remove:
@@ -337,29 +319,17 @@ class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
 # --------------------------------------------------------------------------------------------------
 # Attention-map reuse without (B, H, T, T) maps
 #
-# A reusing layer applies the computing layer's probabilities P = softmax(Q K^T * scale) (padded keys
-# masked) to its own values, after a second masked softmax over keys in the release's "resoftmax" mode.
-# What the computing layer hands over (a `Handover`) is chosen by the encoder once per forward
-# (`ARMHubertEncoder._attention_paths`):
-# - "logsumexp" (resoftmax mode): a fused kernel gives the output and the row log-sum-exp of the
-#   scores; the reusing layer rebuilds P = exp(Q K^T * scale - lse) block by block of query rows, so no
-#   (B, H, T, T) tensor ever exists;
-# - "probabilities" (probabilities mode): Q and K, from which the reusing layer's SDPA makes P itself;
-# - "map": the explicit P, when maps are returned or asked for (`attn_implementation="eager"`), when
-#   autograd needs them in resoftmax mode, and for short inputs on a CPU: a whole map of at most
-#   EXPLICIT_MAP_ELEMENTS values stays in cache, and holding it (one Q K^T, the reusing layer then skips
-#   its rebuild and one exponential per entry) is faster than rebuilding it.
-# `ATTENTION_PATHS` maps (handover, implementation) to the computing layer's and the reusing layer's function.
+# A reusing layer applies the computing layer's P = softmax(Q K^T * scale) (padded keys masked) to its
+# own values, after a second masked softmax in the release's "resoftmax" mode. The computing layer
+# hands over a `Handover`; `ARMHubertEncoder._attention_paths` picks which kind once per forward, and
+# `ATTENTION_PATHS` maps it to a compute and a reuse function. How and why: docs/speed.md.
 
-# A whole (B, H, T, T) map up to this size (1 MiB in float32: T <= 147 frames, about 3 s, for one
-# utterance of 12 heads) is handed over explicitly on a CPU. Measured with 2 threads, 12 heads of 40
-# values: a computing + reusing pair takes 0.26 ms explicit vs 0.40 ms fused at T = 100, 0.53 vs
-# 0.77 ms at T = 150, but 2.0 vs 1.2 ms at T = 200, where the map leaves the cache.
+# A (B, H, T, T) map up to this size (1 MiB in float32: one 12-head utterance of T <= 147 frames, about
+# 3 s) is handed over explicitly on a CPU: in cache, holding it is faster than rebuilding it.
 EXPLICIT_MAP_ELEMENTS = 2**18
 # Elements of one block of rebuilt scores: 2 MiB in float32, a CPU core's L2 cache; at most this many rows.
 REUSE_BLOCK_ELEMENTS = 2**19
 REUSE_BLOCK_ROWS = 256
-HALF_DTYPES = (torch.float16, torch.bfloat16)
 # A private CPU kernel that returns SDPA's output and its log-sum-exp in one call. Where a torch lacks
 # it, the public SDPA runs and `logsumexp_blocks` adds the log-sum-exp (one extra Q K^T pass).
 CPU_FLASH_ATTENTION = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -394,12 +364,9 @@ def score_blocks(batch_heads: int, time: int, device: torch.device) -> list[tupl
     ]
 
 
-def padding_bias(key_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T) bool, True = padding -> (B, T) additive mask: 0 for real keys, a huge negative for padded ones.
-
-    Finite (half the dtype's lowest value), so that products and sums holding it never make a NaN;
-    exp of it is exactly 0.
-    """
+def padding_bias(key_padding_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, T) bool, True = padding -> (B, T) additive mask: 0 for real keys, half the dtype's lowest value
+    for padded ones (finite, so that products and sums holding it never make a NaN; its exp is 0)."""
     return key_padding_mask.to(dtype) * (torch.finfo(dtype).min / 2)
 
 
@@ -410,14 +377,12 @@ def reuse_dtype(dtype: torch.dtype) -> torch.dtype:
     map's whole structure is a relative ~1/n ripple on a constant, below bf16's resolution (2^-8) beyond
     about 250 frames. Rounding the weights, their products or the output to half precision erases it.
     """
-    return torch.float32 if dtype in HALF_DTYPES else dtype
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def full_precision(tensor: Tensor) -> contextlib.AbstractContextManager:
-    """A context that turns autocast off on `tensor`'s device: the reuse's products then run in the dtype given.
-
-    Devices without autocast (the meta device of MAC counting) get a context that does nothing.
-    """
+    """Autocast off on `tensor`'s device, so that the reuse's products run in the dtype given (a no-op on
+    devices without autocast, such as the meta device of MAC counting)."""
     if not torch.amp.is_autocast_available(tensor.device.type):
         return contextlib.nullcontext()
     return torch.autocast(tensor.device.type, enabled=False)
@@ -430,11 +395,6 @@ def real_mean(value: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         return value.mean(-2, keepdim=True)
     real = (~key_padding_mask).to(value.dtype)[:, None, :, None]
     return (value * real).sum(-2, keepdim=True) / real.sum(-2, keepdim=True)
-
-
-def _flattened(tensor):
-    """(B, H, ...) -> (B*H, ...)."""
-    return tensor.flatten(0, 1)
 
 
 def sdpa(
@@ -458,104 +418,56 @@ def attention_with_logsumexp(
 ) -> tuple[Tensor, Tensor]:
     """SDPA output (B, H, T, d) and the row log-sum-exp (B, H, T), float32, of its scaled, masked scores.
 
-    On a CPU without dropout one fused flash-attention call (`CPU_FLASH_ATTENTION`) returns both.
-    Elsewhere (GPU, dropout in training, a torch without that kernel) SDPA gives the output and
-    `logsumexp_blocks` the log-sum-exp, one extra Q K^T pass. The log-sum-exp carries no gradient: the
-    reuse paths that need its derivative account for it.
+    One fused call (`CPU_FLASH_ATTENTION`) on a CPU without dropout; elsewhere SDPA plus
+    `logsumexp_blocks`. The log-sum-exp carries no gradient: `ResoftmaxReuse` differentiates through it.
     """
     if query.device.type == "cpu" and dropout == 0.0 and CPU_FLASH_ATTENTION is not None:
         mask = None if key_padding_mask is None else padding_bias(key_padding_mask, query.dtype)[:, None, None, :]
         output, logsumexp = CPU_FLASH_ATTENTION(query, key, value, attn_mask=mask, scale=scale)
         return output, logsumexp.detach().to(torch.promote_types(logsumexp.dtype, torch.float32))
-    return sdpa(query, key, value, key_padding_mask, scale, dropout), logsumexp_blocks(
-        query, key, key_padding_mask, scale
-    )
+    output = sdpa(query, key, value, key_padding_mask, scale, dropout)
+    return output, logsumexp_blocks(query, key, key_padding_mask, scale)
 
 
 @torch.no_grad()
 def logsumexp_blocks(query: Tensor, key: Tensor, key_padding_mask: Tensor | None, scale: float) -> Tensor:
     """Row log-sum-exp (B, H, T), float32, of Q K^T * scale with padded keys masked, block by block of rows."""
-    with full_precision(query):
-        return _logsumexp_blocks(query, key, key_padding_mask, scale)
-
-
-def _logsumexp_blocks(query, key, key_padding_mask, scale):
     batch, heads, time, _ = query.shape
-    queries, keys = _flattened(query.float() * scale), _flattened(key.float()).transpose(1, 2)
+    queries, keys = (query.float() * scale).flatten(0, 1), key.float().flatten(0, 1).transpose(1, 2)
     bias = None
     if key_padding_mask is not None:
         bias = padding_bias(key_padding_mask, torch.float32).repeat_interleave(heads, dim=0)[:, None, :]
     result = query.new_empty(batch * heads, time, dtype=torch.float32)
-    for group, rows in score_blocks(batch * heads, time, query.device):
-        scores = torch.bmm(queries[group, rows], keys[group])
-        if bias is not None:
-            scores += bias[group]
-        result[group, rows] = torch.logsumexp(scores, dim=-1)
+    with full_precision(query):
+        for group, rows in score_blocks(batch * heads, time, query.device):
+            scores = torch.bmm(queries[group, rows], keys[group])
+            if bias is not None:
+                scores += bias[group]
+            result[group, rows] = torch.logsumexp(scores, dim=-1)
     return result.view(batch, heads, time)
 
 
-def _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale):
-    """(B*H, ...) operands whose two products give the resoftmax output without a (T, T) map.
-
-    queries (B*H, T, d+e) = [Q * scale, -lse (, 1)] and keys (B*H, d+e, T) = [K, 1 (, padding bias)]^T:
-    queries @ keys is the computing layer's masked log-probability, so exp(exp(.)) is the second
-    softmax's numerator. values (B*H, T, d+1 rounded up to 16) = [V * real, real, 0...] (real = 1 for
-    real keys, 0 for padded ones): the numerators times it give the weighted sum and, in column d, the
-    denominator, both without padded keys (the zero columns keep the product's width SIMD-friendly).
-    Half-precision inputs are computed in float32, as the explicit path's softmax is.
-    """
-    dtype = reuse_dtype(query.dtype)
-    batch, heads, time, dim = query.shape
-    extra = 1 if key_padding_mask is None else 2
-    queries = query.new_empty(batch, heads, time, dim + extra, dtype=dtype)
-    queries[..., :dim] = query * scale  # slice assignments, not out= views: torch.compile traces them
-    queries[..., dim] = -logsumexp
-    keys = key.new_empty(batch, heads, dim + extra, time, dtype=dtype)
-    keys[:, :, :dim].copy_(key.transpose(-1, -2))
-    keys[:, :, dim].fill_(1)
-    values = value.new_zeros(batch, heads, time, -(-(dim + 1) // 16) * 16, dtype=dtype)
-    if key_padding_mask is None:
-        values[..., :dim].copy_(value)
-        values[..., dim].fill_(1)
-    else:
-        queries[..., dim + 1].fill_(1)
-        keys[:, :, dim + 1].copy_(padding_bias(key_padding_mask, dtype)[:, None, :])
-        real = (~key_padding_mask).to(dtype)[:, None, :, None]
-        values[..., :dim] = value * real
-        values[..., dim : dim + 1] = real
-    return _flattened(queries), _flattened(keys), _flattened(values)
-
-
 def _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale):
-    """softmax(P) V block by block of query rows: (output (B, H, T, d), denominators (B*H, T)).
+    """(output (B, H, T, d), softmax denominators (B*H, T)) of `resoftmax_blocks`, in `reuse_dtype`, autocast off.
 
-    Computed and answered in `reuse_dtype` (float32 for half-precision inputs), autocast off.
+    Per block of rows: the numerators exp(P), P = exp(Q K^T * scale - lse), zero on padded keys.
     """
-    with full_precision(query):
-        return _resoftmax_blocks_forward(query, key, logsumexp, value, key_padding_mask, scale)
-
-
-def _resoftmax_blocks_forward(query, key, logsumexp, value, key_padding_mask, scale):
     batch, heads, time, dim = query.shape
-    blocks = score_blocks(batch * heads, time, query.device)
-    if len(blocks) == 1:
-        # One block holds every row (short inputs): plain products cost fewer operations than
-        # building the augmented operands.
-        dtype = reuse_dtype(query.dtype)
-        scores = torch.matmul(query.to(dtype) * scale, key.to(dtype).transpose(-1, -2))
-        numerators = scores.sub_(logsumexp[..., None]).exp_().exp_()
-        if key_padding_mask is not None:
-            numerators.masked_fill_(key_padding_mask[:, None, None, :], 0.0)
-        denominators = numerators.sum(-1, keepdim=True)
-        output = torch.matmul(numerators, value.to(dtype)) / denominators
-        return output, denominators.flatten(0, 1)[..., 0]
-    queries, keys, values = _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale)
-    sums = torch.empty_like(values)
-    for group, rows in blocks:
-        numerators = torch.bmm(queries[group, rows], keys[group]).exp_().exp_()
-        sums[group, rows] = torch.bmm(numerators, values[group])
-    output = sums[..., :dim] / sums[..., dim : dim + 1]
-    return output.view(batch, heads, time, dim), sums[..., dim]
+    dtype = reuse_dtype(query.dtype)
+    queries, keys = (query.to(dtype) * scale).flatten(0, 1), key.to(dtype).flatten(0, 1).transpose(1, 2)
+    values, lse = value.to(dtype).flatten(0, 1), logsumexp.flatten(0, 1)[..., None]
+    padded = None if key_padding_mask is None else key_padding_mask.repeat_interleave(heads, 0)[:, None, :]
+    output = values.new_empty(batch * heads, time, dim)
+    denominators = values.new_empty(batch * heads, time)
+    with full_precision(query):
+        for group, rows in score_blocks(batch * heads, time, query.device):
+            numerators = torch.bmm(queries[group, rows], keys[group]).sub_(lse[group, rows]).exp_().exp_()
+            if padded is not None:
+                numerators.masked_fill_(padded[group], 0.0)
+            sums = numerators.sum(-1, keepdim=True)
+            output[group, rows] = torch.bmm(numerators, values[group]).div_(sums)
+            denominators[group, rows] = sums[..., 0]
+    return output.view(batch, heads, time, dim), denominators
 
 
 def resoftmax_blocks(
@@ -563,12 +475,10 @@ def resoftmax_blocks(
 ) -> Tensor:
     """The release's reuse, softmax(P) V with P = exp(Q K^T * scale - lse), block by block of query rows.
 
-    query, key, value: (B, H, T, d); logsumexp: (B, H, T). Returns (B, H, T, d). Padded keys get no
-    weight in either softmax. Peak extra memory: one block of scores (see `score_blocks`). The output
-    is in `reuse_dtype`: float32 for half-precision inputs, whose rounding would erase the map's structure.
+    query, key, value: (B, H, T, d); logsumexp: (B, H, T). Returns (B, H, T, d) in `reuse_dtype`. Padded
+    keys get no weight in either softmax. Peak extra memory: one block of scores (see `score_blocks`).
     """
-    output, _ = _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale)
-    return output
+    return _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale)[0]
 
 
 class ResoftmaxReuse(torch.autograd.Function):
@@ -583,83 +493,76 @@ class ResoftmaxReuse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, logsumexp, value, key_padding_mask, scale):
         output, denominators = _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale)
-        denominators = denominators.contiguous()
         ctx.save_for_backward(query, key, value, logsumexp, key_padding_mask, output, denominators)
         ctx.scale = scale
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
-        with full_precision(grad_output):
-            return ResoftmaxReuse._backward(ctx, grad_output)
-
-    @staticmethod
-    def _backward(ctx, grad_output):
         query, key, value, logsumexp, key_padding_mask, output, denominators = ctx.saved_tensors
-        scale = ctx.scale
         batch, heads, time, dim = query.shape
-        queries, keys, _ = _resoftmax_operands(query, key, logsumexp, value, key_padding_mask, scale)
-        work = queries.dtype
-        grad_output = _flattened(grad_output.to(work))
-        plain_query, plain_key, plain_value = (_flattened(t.to(work)) for t in (query, key, value))
+        work = reuse_dtype(query.dtype)
+        plain_query, plain_key, plain_value = (t.to(work).flatten(0, 1) for t in (query, key, value))
+        queries, lse = plain_query * ctx.scale, logsumexp.flatten(0, 1)[..., None]
+        padded = None if key_padding_mask is None else key_padding_mask.repeat_interleave(heads, 0)[:, None, :]
+        grad_output = grad_output.to(work).flatten(0, 1)
         # Softmax backward of the reusing layer needs rowsum(dW * W) = rowsum(dO * O) (as flash attention).
-        grad_dot_output = (grad_output * _flattened(output)).sum(-1, keepdim=True)
-        real = None if key_padding_mask is None else (~key_padding_mask).to(work).repeat_interleave(heads, 0)[:, None]
+        grad_dot_output = (grad_output * output.flatten(0, 1)).sum(-1, keepdim=True)
         grad_query = torch.empty_like(plain_query)
-        grad_key = torch.zeros_like(plain_key)
-        grad_value = torch.zeros_like(plain_value)
-        for group, rows in score_blocks(batch * heads, time, query.device):
-            probabilities = torch.bmm(queries[group, rows], keys[group]).exp_()  # the computing layer's P
-            weights = probabilities.exp().div_(denominators[group, rows, None])  # the reusing layer's W
-            if real is not None:
-                weights.mul_(real[group])
-            grad = grad_output[group, rows]
-            grad_value[group].baddbmm_(weights.transpose(1, 2), grad)
-            # dP = W * (dW - rowsum(dW * W)), then dS = P * (dP - rowsum(dP * P)), in place.
-            grad_map = torch.bmm(grad, plain_value[group].transpose(1, 2)).sub_(grad_dot_output[group, rows])
-            grad_map.mul_(weights)
-            grad_map.sub_((grad_map * probabilities).sum(-1, keepdim=True)).mul_(probabilities)
-            grad_query[group, rows] = torch.bmm(grad_map, plain_key[group])
-            grad_key[group].baddbmm_(grad_map.transpose(1, 2), plain_query[group, rows])
-        shape = (batch, heads, time, dim)
-        grads = [(grad_query * scale).view(shape), (grad_key * scale).view(shape), grad_value.view(shape)]
-        grads = [g.to(t.dtype) for g, t in zip(grads, (query, key, value))]
+        grad_key, grad_value = torch.zeros_like(plain_key), torch.zeros_like(plain_value)
+        with full_precision(grad_output):
+            for group, rows in score_blocks(batch * heads, time, query.device):
+                scores = torch.bmm(queries[group, rows], plain_key[group].transpose(1, 2)).sub_(lse[group, rows])
+                probabilities = scores.exp_()  # the computing layer's P
+                if padded is not None:
+                    probabilities.masked_fill_(padded[group], 0.0)
+                weights = probabilities.exp().div_(denominators[group, rows, None])  # the reusing layer's W
+                if padded is not None:
+                    weights.masked_fill_(padded[group], 0.0)
+                grad = grad_output[group, rows]
+                grad_value[group].baddbmm_(weights.transpose(1, 2), grad)
+                # dP = W * (dW - rowsum(dW * W)), then dS = P * (dP - rowsum(dP * P)), in place.
+                grad_map = torch.bmm(grad, plain_value[group].transpose(1, 2)).sub_(grad_dot_output[group, rows])
+                grad_map.mul_(weights)
+                grad_map.sub_((grad_map * probabilities).sum(-1, keepdim=True)).mul_(probabilities)
+                grad_query[group, rows] = torch.bmm(grad_map, plain_key[group])
+                grad_key[group].baddbmm_(grad_map.transpose(1, 2), plain_query[group, rows])
+        grads = [grad_query * ctx.scale, grad_key * ctx.scale, grad_value]
+        grads = [grad.view(batch, heads, time, dim).to(t.dtype) for grad, t in zip(grads, (query, key, value))]
         return grads[0], grads[1], None, grads[2], None, None
 
 
-def flex_attention_call(
-    query: Tensor, key: Tensor, value: Tensor, score_mod: Callable, scale: float, return_lse: bool = False
-) -> Tensor | tuple[Tensor, Tensor]:
-    """FlexAttention: compiled once per process on GPUs (eager flex materialises the scores), eager on CPU.
+def flex_attention_with_logsumexp(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    key_padding_mask: Tensor | None,
+    scale: float,
+    score_mod: Callable | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`attention_with_logsumexp` through FlexAttention (inference): output and log-sum-exp in one kernel.
 
-    Inside a `torch.compile` graph the plain function is traced. Returns the output, and with
-    `return_lse` also the row log-sum-exp (natural log) of the modified scores.
+    `score_mod(score, batch, head, query_index)` replaces each scaled score before padded keys are masked.
+    Compiled once per process on GPUs (eager FlexAttention materialises the scores), eager on a CPU and
+    traced as it is inside a `torch.compile` graph.
     """
-    flex = flex_attention
-    if flex is None:
+    if flex_attention is None:
         raise ValueError('attn_implementation="flex_attention" needs torch >= 2.9 (FlexAttention with AuxRequest).')
+    flex = flex_attention
     if query.device.type != "cpu" and not torch.compiler.is_compiling():
         if "flex" not in _COMPILED_FLEX:
-            _COMPILED_FLEX["flex"] = torch.compile(flex)
+            _COMPILED_FLEX["flex"] = torch.compile(flex_attention)
         flex = _COMPILED_FLEX["flex"]
-    if not return_lse:
-        return flex(query, key, value, score_mod=score_mod, scale=scale)
-    output, aux = flex(query, key, value, score_mod=score_mod, scale=scale, return_aux=AuxRequest(lse=True))
-    return output, aux.lse
 
-
-def flex_attention_with_logsumexp(
-    query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None, scale: float
-) -> tuple[Tensor, Tensor]:
-    """`attention_with_logsumexp` through FlexAttention (inference): output and log-sum-exp in one kernel."""
-
-    def mask_padded_keys(score, batch, head, query_index, key_index):
+    def modified_score(score, batch, head, query_index, key_index):
+        if score_mod is not None:
+            score = score_mod(score, batch, head, query_index)
         if key_padding_mask is None:
             return score
         return torch.where(key_padding_mask[batch, key_index], float("-inf"), score)
 
-    output, logsumexp = flex_attention_call(query, key, value, mask_padded_keys, scale, return_lse=True)
-    return output, logsumexp.float()
+    output, aux = flex(query, key, value, score_mod=modified_score, scale=scale, return_aux=AuxRequest(lse=True))
+    return output, aux.lse.float()
 
 
 def flex_resoftmax(
@@ -670,45 +573,37 @@ def flex_resoftmax(
     With E = expm1(P), P = exp(score - lse) the reused probabilities (E ~ P keeps full relative
     precision where exp(P) ~ 1 would not): softmax(P) V = (colsum(V) + E V) / (n + rowsum(E)) over the
     n real keys, i.e. mean(V) + rowsum(E) / (n + rowsum(E)) * (E V / rowsum(E) - mean(V)). FlexAttention
-    with score_mod = log(E) gives E V / rowsum(E) and log(rowsum(E)); the rest is float32 (see
-    `reuse_dtype`), autocast off, and the output is in `reuse_dtype`.
+    with score_mod = log(E) gives E V / rowsum(E) and log(rowsum(E)); the rest runs in `reuse_dtype`.
     """
 
-    def log_expm1_probability(score, batch, head, query_index, key_index):
-        log_e = torch.log(torch.expm1(torch.exp(score - logsumexp[batch, head, query_index])))
-        if key_padding_mask is None:
-            return log_e
-        return torch.where(key_padding_mask[batch, key_index], float("-inf"), log_e)
+    def log_expm1_probability(score, batch, head, query_index):
+        return torch.log(torch.expm1(torch.exp(score - logsumexp[batch, head, query_index])))
 
     mean = real_mean(value, key_padding_mask)
-    output, log_sums = flex_attention_call(query, key, value, log_expm1_probability, scale, return_lse=True)
+    output, log_sums = flex_attention_with_logsumexp(query, key, value, key_padding_mask, scale, log_expm1_probability)
     with full_precision(query):
-        sums = log_sums.float().exp()[..., None]  # rowsum(E) (B, H, T, 1)
+        sums = log_sums.exp()[..., None]  # rowsum(E) (B, H, T, 1)
         real = value.shape[-2] if key_padding_mask is None else (~key_padding_mask).sum(-1)[:, None, None, None]
         return mean + sums / (real + sums) * (output.to(mean.dtype) - mean)
 
 
 # --------------------------------------------------------------------------------------------------
-# Attention paths: what a computing layer computes and hands over, and how a reusing layer applies it
-#
-# compute(attention, query, key, value, key_padding_mask, dropout) -> (output (B, H, T, d), Handover or None)
-# reuse(attention, handover, value, key_padding_mask, dropout) -> (output (B, H, T, d), applied weights or None)
-# `attention` is the calling `ARMHubertAttention` (its scale, softmax mode and training flag), as in
+# Attention paths: what a computing layer computes and hands over, and how a reusing layer applies it.
+# compute(attention, query, key, value, key_padding_mask, dropout) -> (output (B, H, T, d), Handover or None);
+# reuse(attention, handover, value, key_padding_mask, dropout) -> (output (B, H, T, d), applied weights or None).
+# `attention` is the calling `ARMHubertAttention` (its scaling, softmax mode and training flag), as in
 # transformers' attention interface.
 
-
 Mask = Tensor | None  # key_padding_mask (B, T) bool, True = padding; None when nothing is padded
-Computed = tuple[Tensor, Handover | None]  # output (B, H, T, d), what the layer hands over
-Reused = tuple[Tensor, Tensor | None]  # output (B, H, T, d), applied weights (B, H, T, T) on the explicit path
+Computed = tuple[Tensor, Handover | None]
+Reused = tuple[Tensor, Tensor | None]  # the weights (B, H, T, T) only on the explicit path
+# What an attention layer (and its encoder layer) returns: output (B, T, D), own Handover, applied weights.
+AttentionOutput = tuple[Tensor, Handover | None, Tensor | None]
 
 
 class AttentionPath(NamedTuple):
     compute: Callable[..., Computed]
     reuse: Callable[..., Reused] | None
-
-
-# What an attention layer (and its encoder layer) returns: output (B, T, D), own Handover, applied weights.
-AttentionOutput = tuple[torch.Tensor, Handover | None, torch.Tensor | None]
 
 
 def compute_without_handover(
@@ -730,11 +625,7 @@ def compute_map(
 def reuse_map(
     attention: nn.Module, handover: Handover, value: Tensor, key_padding_mask: Mask, dropout: float
 ) -> Reused:
-    """The computing layer's map, after the release's second softmax in "resoftmax" mode.
-
-    The second softmax and its product run in `reuse_dtype` with autocast off (see `reuse_dtype`): the
-    output and the weights are float32 for half-precision values.
-    """
+    """The computing layer's map, after the release's second softmax in "resoftmax" mode, in `reuse_dtype`."""
     dtype = reuse_dtype(value.dtype)
     with full_precision(value):
         weights = handover.map.to(dtype)
@@ -807,14 +698,13 @@ def attention_path(handover: str | None, implementation: str) -> AttentionPath:
 class ARMHubertAttention(nn.Module):
     """Multi-head self-attention that either computes its own map or reuses an earlier one.
 
-    A computing layer has q/k/v/out projections; a reusing layer only v and out, and applies the
-    probability map of the most recent computing layer (after a second softmax in "resoftmax" mode),
-    handed over as a `Handover`. How is the encoder's choice, passed in as an `AttentionPath`.
+    A computing layer has q/k/v/out projections; a reusing layer only v and out, and applies the map
+    of the most recent computing layer (after a second softmax in "resoftmax" mode), handed over as a
+    `Handover`. How is the encoder's choice, passed in as an `AttentionPath`.
     """
 
     def __init__(self, config: ARMHubertConfig, reuses_map: bool):
         super().__init__()
-        self.config = config
         self.embed_dim = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.head_dim = self.embed_dim // self.num_heads
@@ -839,23 +729,13 @@ class ARMHubertAttention(nn.Module):
         return tensor.transpose(1, 2).reshape(batch, time, self.embed_dim)
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        key_padding_mask: torch.Tensor | None,
-        path: AttentionPath,
-        handover: Handover | None = None,
+        self, hidden_states: Tensor, key_padding_mask: Mask, path: AttentionPath, handover: Handover | None = None
     ) -> AttentionOutput:
-        """Attend over time.
+        """Attend over time: hidden_states (B, T, D), key_padding_mask (B, T) bool (True = padding) or None.
 
-        Args:
-            hidden_states: (B, T, D).
-            key_padding_mask: (B, T) bool, True marks padded frames; `None` when nothing is padded.
-            path: how this layer computes (see `ATTENTION_PATHS`).
-            handover: a reusing layer's input, the `Handover` of the layer whose map it reuses.
-
-        Returns:
-            (attention output (B, T, D), this computing layer's `Handover` or None, applied weights
-            (B, H, T, T) or None; the weights only on the explicit path).
+        `path` is how this layer computes (see `ATTENTION_PATHS`); `handover`, a reusing layer's input,
+        what the layer whose map it reuses handed over. Returns (output (B, T, D), this computing layer's
+        `Handover` or None, the applied weights (B, H, T, T) on the explicit path or None).
         """
         value = self._split_heads(self.v_proj(hidden_states))
         dropout = self.dropout if self.training else 0.0
@@ -915,11 +795,9 @@ class ARMHubertEncoderLayer(GradientCheckpointingLayer):
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pre_layer_norm = config.do_stable_layer_norm
 
-    def forward(self, hidden_states: torch.Tensor, *attention_inputs) -> AttentionOutput:
-        """(B, T, D) -> ((B, T, D), own `Handover` or None, applied weights or None).
-
-        `attention_inputs`: key_padding_mask, path and handover, as `ARMHubertAttention.forward` takes them.
-        """
+    def forward(self, hidden_states: Tensor, *attention_inputs) -> AttentionOutput:
+        """(B, T, D) -> ((B, T, D), own `Handover` or None, applied weights or None); `attention_inputs` are
+        `ARMHubertAttention.forward`'s key_padding_mask, path and handover."""
         residual = hidden_states
         if self.pre_layer_norm:
             hidden_states = self.layer_norm(hidden_states)
@@ -944,39 +822,36 @@ class ARMHubertEncoderOutput(ModelOutput):
 
 
 class ARMHubertEncoder(nn.Module):
+    """Positional convolution -> L layers, post-LN (LayerNorm first) or pre-LN (LayerNorm last); it picks
+    each forward's attention paths (`_attention_paths`)."""
+
     def __init__(self, config: ARMHubertConfig):
         super().__init__()
         self.config = config
         self.pos_conv_embed = ARMHubertPositionalConvEmbedding(config)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
-        self.layers = nn.ModuleList(
-            ARMHubertEncoderLayer(config, reuses) for reuses in config.layer_reuses_attention_map
-        )
         reuse = config.layer_reuses_attention_map
+        self.layers = nn.ModuleList(ARMHubertEncoderLayer(config, reuses) for reuses in reuse)
         # A computing layer hands over its map (a `Handover`) only when the next layer reuses it.
-        self._map_needed_by_next = [i + 1 < len(reuse) and reuse[i + 1] for i in range(len(reuse))]
+        self._map_needed_by_next = [*reuse[1:], False]
         self.gradient_checkpointing = False
 
     def _pad_to_multiple(self, hidden_states, key_padding_mask):
-        multiple = self.config.required_seq_len_multiple
-        pad = -hidden_states.shape[1] % multiple
+        """(B, T, D) and its (B, T) mask padded to a multiple of `required_seq_len_multiple` frames, the pad."""
+        pad = -hidden_states.shape[1] % self.config.required_seq_len_multiple
         if pad == 0:
             return hidden_states, key_padding_mask, 0
-        batch, time, _ = hidden_states.shape
-        hidden_states = F.pad(hidden_states, (0, 0, 0, pad))
         if key_padding_mask is None:
-            key_padding_mask = torch.zeros(batch, time, dtype=torch.bool, device=hidden_states.device)
-        key_padding_mask = F.pad(key_padding_mask, (0, pad), value=True)
-        return hidden_states, key_padding_mask, pad
+            key_padding_mask = hidden_states.new_zeros(hidden_states.shape[:2], dtype=torch.bool)
+        return F.pad(hidden_states, (0, 0, 0, pad)), F.pad(key_padding_mask, (0, pad), value=True), pad
 
     def _attention_paths(self, hidden_states, output_attentions):
-        """The attention of this forward, chosen once: (pair path, lone path) (see `ATTENTION_PATHS`).
+        """The attention of this forward, chosen once: (pair path, lone path) from `ATTENTION_PATHS`.
 
-        The pair path serves a computing layer whose map the next layer reuses and the reusing layers
-        after it; the lone path every other computing layer (SDPA, no handover). Its handover is "map"
-        everywhere when maps are returned or asked for (eager); otherwise `_handover`'s choice.
-        FlexAttention serves only inference without dropout: its path has no backward.
+        The pair path serves the computing layers whose map the next layer reuses and the reusing
+        layers; the lone path the other computing layers (SDPA, no handover). Returned or asked-for
+        maps (eager) make both explicit. FlexAttention has no backward: autograd and dropout take SDPA.
         """
         config = self.config
         if output_attentions or config._attn_implementation == "eager":
@@ -988,35 +863,24 @@ class ARMHubertEncoder(nn.Module):
         grad = torch.is_grad_enabled() and (
             hidden_states.requires_grad or any(param.requires_grad for param in self.parameters())
         )
+        resoftmax = config.reuse_softmax == "resoftmax"
+        reuse_dropout = config.reuse_attention_dropout if self.training else 0.0
+        batch, time, _ = hidden_states.shape
+        small_map = batch * config.num_attention_heads * time**2 <= EXPLICIT_MAP_ELEMENTS
+        if resoftmax and grad and (not config.reuse_recompute_backward or reuse_dropout > 0):
+            handover = "map"  # autograd through the saved map (`ResoftmaxReuse` has no dropout)
+        elif small_map and hidden_states.device.type == "cpu":
+            handover = "map"  # a map this small stays in cache: holding it beats rebuilding it
+        else:
+            handover = "logsumexp" if resoftmax else "probabilities"
         implementation = config._attn_implementation
         if grad or (self.training and config.attention_dropout > 0):
             implementation = "sdpa"
-        return attention_path(self._handover(hidden_states, grad), implementation), lone
-
-    def _handover(self, hidden_states, grad):
-        """What a computing layer hands over when it need not return its map: "map", "logsumexp" or "probabilities".
-
-        In "resoftmax" mode autograd needs the map unless `config.reuse_recompute_backward` (whose exact
-        backward, `ResoftmaxReuse`, has no dropout: reuse dropout in training keeps the map); in
-        "probabilities" mode the reuse is SDPA, whose gradients are exact. Short inputs on a CPU hand
-        over the whole map (see EXPLICIT_MAP_ELEMENTS).
-        """
-        config = self.config
-        resoftmax = config.reuse_softmax == "resoftmax"
-        reuse_dropout = config.reuse_attention_dropout if self.training else 0.0
-        if resoftmax and grad and (not config.reuse_recompute_backward or reuse_dropout > 0):
-            return "map"
-        batch, time, _ = hidden_states.shape
-        if (
-            hidden_states.device.type == "cpu"
-            and batch * config.num_attention_heads * time * time <= EXPLICIT_MAP_ELEMENTS
-        ):
-            return "map"
-        return "logsumexp" if resoftmax else "probabilities"
+        return attention_path(handover, implementation), lone
 
     def forward(
-        self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor | None = None, output_attentions: bool = False
-    ) -> "ARMHubertEncoderOutput":
+        self, hidden_states: Tensor, key_padding_mask: Tensor | None = None, output_attentions: bool = False
+    ) -> ARMHubertEncoderOutput:
         """hidden_states (B, T, D); key_padding_mask (B, T) bool, True = padding, or None."""
         if key_padding_mask is not None:
             hidden_states = hidden_states.masked_fill(key_padding_mask[..., None], 0.0)
@@ -1027,10 +891,8 @@ class ARMHubertEncoder(nn.Module):
         hidden_states, key_padding_mask, pad = self._pad_to_multiple(self.dropout(hidden_states), key_padding_mask)
 
         pair_path, lone_path = self._attention_paths(hidden_states, output_attentions)
-        num_layers = len(self.layers)
         grad_scale = self.config.layer_grad_scale if self.training else False
-        layer_outputs, attentions = [], []
-        handover = None
+        layer_outputs, attentions, handover = [], [], None
         for index, layer in enumerate(self.layers):
             skip = self.training and self.config.layerdrop > 0 and torch.rand([]) < self.config.layerdrop
             if skip and not self._map_needed_by_next[index]:
@@ -1045,12 +907,12 @@ class ARMHubertEncoder(nn.Module):
                 output, handover, weights = layer(hidden_states, key_padding_mask, path)
             # Keep a (B, H, T, T) map only when it is returned: holding all L of them would dominate memory.
             attentions.append(weights if output_attentions else None)
-            head_input, hidden_states = split_layer_gradient(output, index, num_layers, grad_scale)
+            head_input, hidden_states = split_layer_gradient(output, index, len(self.layers), grad_scale)
             layer_outputs.append(head_input)
 
         if self.config.do_stable_layer_norm:
-            # Pre-LN, as the original: the final LayerNorm makes only the encoder's last state (a head-less
-            # model's output); the layer outputs, and so every projection head, the last one too, stay before it.
+            # Pre-LN, as the original: the final LayerNorm makes only a head-less model's output; the layer
+            # outputs, and so every projection head, stay before it.
             hidden_states = self.layer_norm(hidden_states)
         if pad:
             layer_outputs = [output[:, :-pad] for output in layer_outputs]
@@ -1076,33 +938,23 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
     input_modalities = "audio"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ARMHubertEncoderLayer"]
-    # Computing layers run through torch SDPA, reused maps are rebuilt block by block ("sdpa", the
-    # default); "flex_attention" runs computing / reusing pairs through FlexAttention in inference
-    # (meant for GPUs); "eager" forces explicit maps. See `ATTENTION_PATHS`.
+    # "sdpa" (the default): SDPA, reused maps rebuilt block by block; "flex_attention": computing / reusing
+    # pairs through FlexAttention in inference (meant for GPUs); "eager": explicit maps. See `ATTENTION_PATHS`.
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = True
 
     @classmethod
     def _can_set_attn_implementation(cls):
-        """`set_attn_implementation("eager" | "sdpa")` works on a built or loaded model.
-
-        `transformers` decides this from the module's source (attention classes calling its
-        AttentionInterface); here the encoder reads `config._attn_implementation` once per forward
-        (`ARMHubertEncoder._attention_paths`), so a switch takes effect at the next call. Unsupported values are refused by transformers' checks.
-        """
+        """`set_attn_implementation` works on a built or loaded model: the encoder reads
+        `config._attn_implementation` at every forward (transformers would guess from the module's source)."""
         return True
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Callable = None, **kwargs):
-        """Refuse reentrant checkpointing of a model whose layers reuse maps (issue 20, defect 1).
-
-        A reusing layer reads the computing layer's `Handover`, which is no positional tensor: reentrant
-        checkpointing (which tracks only those) drops its gradient or backpropagates through it twice.
-        Non-reentrant checkpointing (transformers' default) tracks every tensor and gives the plain gradients.
-        """
+        """Refuse reentrant checkpointing of a model whose layers reuse maps: it tracks only positional
+        tensors, not the `Handover`, so it drops the reused map's gradient or doubles it (issue 20)."""
         keywords = getattr(gradient_checkpointing_func, "keywords", {})
-        # torch's checkpoint without use_reentrant runs reentrant (with a warning)
-        reentrant = keywords.get("use_reentrant") is not False
+        reentrant = keywords.get("use_reentrant") is not False  # torch's default (with a warning)
         if enable and reentrant and any(self.config.layer_reuses_attention_map):
             raise ValueError(
                 "Reentrant activation checkpointing loses the gradients of reused attention maps: checkpoint with "
@@ -1169,32 +1021,23 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
 
     def __init__(self, config: ARMHubertConfig, last_head_only: bool = False):
         super().__init__(config)
-        self.config = config
         self.feature_extractor = ARMHubertFeatureEncoder(config)
-        self.feature_layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
-        if config.conv_dim[-1] != config.hidden_size:
-            self.feature_projection = nn.Linear(config.conv_dim[-1], config.hidden_size)
-        else:
-            self.feature_projection = None
+        channels, width = config.conv_dim[-1], config.hidden_size
+        self.feature_layer_norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+        self.feature_projection = nn.Linear(channels, width) if channels != width else None
         self.feature_dropout = nn.Dropout(config.feat_proj_dropout)
-        if config.use_mask_embedding:
-            self.mask_emb = nn.Parameter(torch.empty(config.hidden_size).uniform_())
-        else:
-            self.mask_emb = None
+        self.mask_emb = nn.Parameter(torch.empty(width).uniform_()) if config.use_mask_embedding else None
         self.encoder = ARMHubertEncoder(config)
+        self.projection_heads = None
         if config.has_projection_heads:
             last = config.num_hidden_layers - 1
             self.projection_heads = nn.ModuleList(
-                None
-                if last_head_only and index < last
-                else ARMHubertProjectionHead(config.hidden_size, config.projection_head_size)
+                None if last_head_only and index < last else ARMHubertProjectionHead(width, config.projection_head_size)
                 for index in range(config.num_hidden_layers)
             )
             if last_head_only and last > 0:
                 unused = "|".join(str(index) for index in range(last))
                 self._keys_to_ignore_on_load_unexpected = [rf"projection_heads\.({unused})\."]
-        else:
-            self.projection_heads = None
         if config.do_stable_layer_norm and config.has_projection_heads:
             # As in the original, a pre-LN encoder's final LayerNorm reaches only a head-less model's output:
             # here no output depends on it, so it cannot train. Frozen; kept so that checkpoints load strictly.
@@ -1206,6 +1049,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         self.feature_extractor._freeze_parameters()
 
     def _check_inputs(self, input_values, attention_mask, mask_time_indices):
+        """One line for inputs that would fail deep inside the model or be silently misread."""
         if not torch.is_tensor(input_values) or not input_values.is_floating_point():
             given = input_values.dtype if torch.is_tensor(input_values) else type(input_values).__name__
             raise ValueError(
@@ -1238,12 +1082,10 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
                 )
 
     def _check_attention_mask(self, attention_mask, shape):
-        """A (B, N) mask of 0/1, each row's ones first (right padding), at least a receptive field long.
-
-        The mask is read as a length per row, so anything else would silently change the outputs. One
-        comparison with the right-padded mask of the same lengths catches other values (2, -1, 0.5) and
-        left or inner padding together; it and the shortest length come to the host in one read, the
-        single device sync the old length-only check already made. Skipped inside torch.compile graphs.
+        """A (B, N) mask of 0/1, each row's ones first (right padding), at least a receptive field long: it
+        is read as a length per row, so anything else would silently change the outputs. One comparison
+        with the right-padded mask of the same lengths finds both other values and left or inner padding,
+        read to the host with the shortest length in one device sync. Values are not read when compiling.
         """
         if not torch.is_tensor(attention_mask) or attention_mask.dtype.is_complex:
             given = attention_mask.dtype if torch.is_tensor(attention_mask) else type(attention_mask).__name__
@@ -1282,16 +1124,9 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
     def _extract_features(self, input_values):
         """(B, N) -> (B, T, C), with `feature_grad_mult` applied to the CNN's gradient."""
         mult = self.config.feature_grad_mult
-        if mult == 0.0 or not self.feature_extractor._requires_grad:
-            with torch.no_grad():
-                features = self.feature_extractor(input_values)
-        else:
-            features = (
-                scale_gradient(self.feature_extractor(input_values), mult)
-                if self.training
-                else (self.feature_extractor(input_values))
-            )
-        return features.transpose(1, 2)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and mult != 0.0 and self.feature_extractor._requires_grad):
+            features = self.feature_extractor(input_values)
+        return (scale_gradient(features, mult) if self.training else features).transpose(1, 2)
 
     def _frame_padding_mask(self, num_frames, attention_mask):
         """(B, T) bool, True = padded frame; None when nothing is padded."""
@@ -1391,18 +1226,12 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
 
 
 # --------------------------------------------------------------------------------------------------
-# Task heads
-#
-# CTC and utterance-classification heads (as transformers' `HubertForCTC` /
-# `HubertForSequenceClassification`) and SpecAugment for their training, on top of `ARMHubertModel`.
+# Task heads (as transformers' `HubertForCTC` / `HubertForSequenceClassification`) and their SpecAugment
 
 
 def superb_layer_outputs(config: ARMHubertConfig, output: ARMHubertModelOutput) -> tuple[Tensor, ...]:
-    """The per-layer representations behind the published SUPERB numbers (spec 3.7).
-
-    The L projected outputs for models with projection heads (ARM / Mask), else the L raw layer
-    outputs (STaR). `output` is an `ARMHubertModelOutput` computed with `output_hidden_states=True`.
-    """
+    """The per-layer representations behind the published SUPERB numbers (spec 3.7): the L projected outputs
+    with projection heads (ARM / Mask), else the L layer outputs (STaR), of an `output_hidden_states` output."""
     return output.projected_hidden_states if config.has_projection_heads else output.hidden_states[1:]
 
 
@@ -1428,26 +1257,10 @@ class ARMHubertWeightedLayerSum(nn.Module):
         return (torch.stack(tuple(layers)) * weights[:, None, None, None]).sum(dim=0)
 
 
-@torch.compiler.disable
-def draw_spans(
-    shape: tuple[int, int], device: torch.device, real: Tensor | None = None, **options: float | int
-) -> Tensor:
-    """(B, N) bool spans of `transformers`' `_compute_mask_indices` (options: mask_prob, mask_length, min_masks).
-
-    Drawn on the host with NumPy from the lengths in `real` ((B, N) long, 1 = real): outside any
-    `torch.compile` graph (its data-dependent span counts cannot be traced), so a compiled training
-    step breaks the graph here (`fullgraph=False`) instead of failing.
-    """
-    return torch.as_tensor(_compute_mask_indices(shape, attention_mask=real, **options), device=device)
-
-
 class ARMHubertSpecAugment(nn.Module):
-    """SpecAugment for fine-tuning, as transformers' HuBERT applies it (training only).
-
-    Spans of frames of the encoder input are replaced by a mask embedding (`config.mask_time_*`) and
-    spans of channels are zeroed (`config.mask_feature_*`). Models with a distilled `mask_emb`
-    (ARM / Mask) mask with it, as HuBERT masks with its pre-trained `masked_spec_embed`; models
-    without one (STaR) get a learnable embedding here.
+    """SpecAugment for fine-tuning, as transformers' HuBERT applies it (training only): spans of frames of the
+    encoder input become a mask embedding (`config.mask_time_*`), spans of channels zeros (`mask_feature_*`).
+    ARM / Mask models mask with their distilled `mask_emb`; STaR models get a learnable embedding here.
     """
 
     def __init__(self, config: ARMHubertConfig, has_mask_embedding: bool):
@@ -1462,32 +1275,32 @@ class ARMHubertSpecAugment(nn.Module):
         if self.masked_spec_embed is not None:
             init.uniform_(self.masked_spec_embed)
 
+    @torch.compiler.disable
+    def _draw_spans(
+        self, kind: str, shape: tuple[int, int], device: torch.device, real: Tensor | None = None
+    ) -> Tensor:
+        """(B, N) bool spans as `config.mask_{kind}_prob`, `_length` and `_min_masks` ask, over the lengths in
+        `real` ((B, N) long, 1 = real), by `transformers`' `_compute_mask_indices`. Drawn on the host with
+        NumPy, outside any `torch.compile` graph (the data-dependent span counts cannot be traced): a
+        compiled training step breaks the graph here (`fullgraph=False`) instead of failing."""
+        prob, length, min_masks = (
+            getattr(self.config, f"mask_{kind}_{name}") for name in ("prob", "length", "min_masks")
+        )
+        return torch.as_tensor(_compute_mask_indices(shape, prob, length, real, min_masks), device=device)
+
     def forward(
         self, hidden_states: Tensor, key_padding_mask: Tensor | None = None, mask_embedding: Tensor | None = None
     ) -> Tensor:
         """hidden_states (B, T, D); key_padding_mask (B, T) bool, True = padding (never masked)."""
         config = self.config
-        batch, frames, channels = hidden_states.shape
+        (batch, frames, channels), device = hidden_states.shape, hidden_states.device
         embedding = mask_embedding if mask_embedding is not None else self.masked_spec_embed
         if config.mask_time_prob > 0 and embedding is not None and frames >= config.mask_time_length:
-            real_frames = None if key_padding_mask is None else (~key_padding_mask).long()
-            spans = draw_spans(
-                (batch, frames),
-                hidden_states.device,
-                real_frames,
-                mask_prob=config.mask_time_prob,
-                mask_length=config.mask_time_length,
-                min_masks=config.mask_time_min_masks,
-            )
+            real = None if key_padding_mask is None else (~key_padding_mask).long()
+            spans = self._draw_spans("time", (batch, frames), device, real)
             hidden_states = torch.where(spans[..., None], embedding.to(hidden_states.dtype), hidden_states)
         if config.mask_feature_prob > 0 and channels >= config.mask_feature_length:
-            spans = draw_spans(
-                (batch, channels),
-                hidden_states.device,
-                mask_prob=config.mask_feature_prob,
-                mask_length=config.mask_feature_length,
-                min_masks=config.mask_feature_min_masks,
-            )
+            spans = self._draw_spans("feature", (batch, channels), device)
             hidden_states = hidden_states.masked_fill(spans[:, None, :], 0.0)
         return hidden_states
 
@@ -1495,15 +1308,10 @@ class ARMHubertSpecAugment(nn.Module):
 class ARMHubertTaskModel(ARMHubertPreTrainedModel):
     """What the task heads share: the encoder, the optional weighted layer sum and SpecAugment.
 
-    A head reads `last_hidden_state` (the last projection for models with projection heads, else
-    the last layer), or with `config.use_weighted_layer_sum` a learned weighted sum of the
-    representations SUPERB used (`superb_layer_outputs`). Either way its input is
-    `head_input_size(config)` wide.
-
-    Every parameter trains, so DDP needs no `find_unused_parameters`: without the weighted layer sum
-    only the last projection head is built (heads 0..L-2 of a loaded encoder are skipped), and a
-    distilled `mask_emb` that SpecAugment does not use (`apply_spec_augment=False` or
-    `mask_time_prob=0`) is frozen.
+    A head reads `last_hidden_state`, or with `config.use_weighted_layer_sum` a learned weighted sum of
+    `superb_layer_outputs`: `head_input_size(config)` wide either way. Every parameter trains, so DDP
+    needs no `find_unused_parameters`: without the layer sum only the last projection head is built,
+    and a distilled `mask_emb` that SpecAugment does not use is frozen.
     """
 
     def __init__(self, config: ARMHubertConfig):
@@ -1659,12 +1467,8 @@ class ARMHubertForCTC(ARMHubertTaskModel):
 
 
 class ARMHubertForSequenceClassification(ARMHubertTaskModel):
-    """Utterance classification, as `HubertForSequenceClassification`.
-
-    projector (to `config.classifier_proj_size`) -> mean over the real (unpadded) frames -> linear
-    classifier over `config.num_labels`. The loss follows `config.problem_type` (single-label
-    cross-entropy for integer labels).
-    """
+    """Utterance classification, as `HubertForSequenceClassification`: projector -> mean over the real frames
+    -> linear classifier over `config.num_labels`; the loss follows `config.problem_type`."""
 
     output_class = SequenceClassifierOutput
 
