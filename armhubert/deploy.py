@@ -29,12 +29,14 @@ import logging
 import math
 import tempfile
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 from transformers import PreTrainedModel
 
 from armhubert.cli import UserError
@@ -438,17 +440,114 @@ def fidelity_report(
     return {label: layer_fidelity(expected, concatenate_frames(outputs)) for label, outputs in results.items()}
 
 
-def optimize_for_cpu(model: PreTrainedModel) -> torch.nn.Module:
-    """`model` compiled for CPU inference: inductor with frozen weights (the model itself is unchanged).
+# Float32 products that `OneDNNProducts` takes: the functions and the Tensor methods (`a @ b` arrives
+# as Tensor.matmul).
+_LINEAR = (torch.nn.functional.linear,)
+_MATMUL = (torch.matmul, torch.mm, torch.bmm, torch.Tensor.matmul, torch.Tensor.mm, torch.Tensor.bmm)
+
+
+def onednn_available() -> bool:
+    """Whether this torch has oneDNN (x86 and Arm builds do) with its linear kernel."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class OneDNNProducts(TorchFunctionMode):
+    """Inference-time float32 CPU matrix products through oneDNN instead of the BLAS.
+
+        with torch.inference_mode(), OneDNNProducts():
+            output = model(input_values)
+
+    Why: eager PyTorch runs float32 `addmm` / `mm` / `bmm` on MKL's sgemm, which on CPUs that are
+    not Intel's takes its generic code path (MKL_VERBOSE names "Intel(R) Architecture processors" on
+    an AVX-512 AMD EPYC) at about 43 GMAC/s per core; oneDNN picks its kernels by the CPU's features
+    and does about 90 on the same shapes, as ONNX Runtime's MLAS does (84): that, not the graph, is
+    why the same model ran 1.6x slower in PyTorch than in ONNX Runtime (docs/deployment.md).
+
+    What: while autograd is off (`torch.inference_mode()` / `torch.no_grad()`), `F.linear` (any
+    leading dims) and `torch.matmul` / `mm` / `bmm` / `@` of float32 CPU tensors of two or more
+    dims with equal batch dims run as `torch.ops.mkldnn._linear_pointwise`. A weight that is an
+    `nn.Parameter` is re-laid out for oneDNN once (`_reorder_linear_weight`), and again only when it
+    changes (its version counter). Anything else (autograd on, other dtypes or devices,
+    broadcasting, 1-D operands) runs as PyTorch would run it; without oneDNN the mode does nothing.
+    Same numbers to float32 rounding (another summation order).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled = onednn_available()
+        self._packed: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.enabled and not torch.is_grad_enabled():
+            if func in _LINEAR and _float32_cpu(args[0], args[1]):
+                bias = args[2] if len(args) > 2 else kwargs.get("bias")
+                return _onednn_linear(args[0], self._weight(args[1]), bias)
+            if func in _MATMUL and not kwargs and len(args) == 2 and _batched_pair(*args):
+                return _onednn_matmul(*args)
+        return func(*args, **kwargs)
+
+    def _weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """An nn.Parameter (N, K) in oneDNN's blocked layout (cached); any other tensor as it is."""
+        if not isinstance(weight, torch.nn.Parameter):
+            return weight
+        hit = self._packed.get(id(weight))
+        if hit is not None and hit[0]() is weight and hit[1] == weight._version:
+            return hit[2]
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+        self._packed[id(weight)] = (weakref.ref(weight), weight._version, packed)
+        return packed
+
+
+def _float32_cpu(*tensors) -> bool:
+    return all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+
+
+def _batched_pair(a, b) -> bool:
+    """(..., M, K) and (..., K, N) float32 CPU tensors with the same batch dims."""
+    return _float32_cpu(a, b) and a.dim() >= 2 and a.dim() == b.dim() and a.shape[:-2] == b.shape[:-2]
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (..., K) @ weight (N, K)^T + bias (N,) -> (..., N)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _onednn_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (..., M, K) @ b (..., K, N) -> (..., M, N): one oneDNN product per batch entry (b read transposed)."""
+    if a.dim() == 2:
+        return _onednn_linear(a, b.mT, None)
+    left, right = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]).mT
+    products = [_onednn_linear(left[i], right[i], None) for i in range(left.shape[0])]
+    return torch.stack(products).view(*a.shape[:-1], b.shape[-1])
+
+
+class CPUInferenceModel(torch.nn.Module):
+    """`model` called under `OneDNNProducts` (what `optimize_for_cpu` returns); the model is unchanged."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.products = OneDNNProducts()
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, *args, **kwargs):
+        with self.products:
+            return self.model(*args, **kwargs)
+
+
+def optimize_for_cpu(model: PreTrainedModel) -> CPUInferenceModel:
+    """`model` for float32 CPU inference with oneDNN products (`OneDNNProducts`): eager, no compile.
 
         fast = optimize_for_cpu(model)
         with torch.inference_mode():
             output = fast(input_values, output_hidden_states=True)
 
-    Freezing turns the weights into constants of the compiled graph, so inductor can pre-pack them
-    for oneDNN / MKL once and fold what derives from weights alone (weight norm, kernel layouts);
-    products fuse with their bias and GELU. Each new input shape compiles once (tens of seconds);
-    calls must run without autograd (`torch.inference_mode()` or `torch.no_grad()`). Measured in
-    docs/deployment.md.
+    Same outputs as `model` to float32 rounding, any input shape, shares the model's weights (a
+    change to them is picked up). Calls with autograd on run as `model` does. Measured in
+    docs/deployment.md: about ONNX Runtime's speed.
     """
-    return torch.compile(model.eval(), dynamic=False, options={"freezing": True})
+    return CPUInferenceModel(model)
