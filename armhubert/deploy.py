@@ -140,6 +140,8 @@ def export_onnx(model: PreTrainedModel, opset: int | None = None) -> bytes:
     fold_weight_constants(program.model)
     proto = program.model_proto
     make_mask_optional(proto)
+    masked_fills_as_arithmetic(proto)
+    pointwise_convolutions(proto)
     return proto.SerializeToString()
 
 
@@ -179,6 +181,103 @@ def make_mask_optional(proto) -> None:
     graph.node.insert(0, helper.make_node("Shape", [INPUT_NAME], [shape], name="mask_default_shape"))
     graph.node.insert(1, helper.make_node("Expand", [MASK_NAME, shape], [expanded], name="mask_default_expand"))
     graph.initializer.append(numpy_helper.from_array(np.ones((1, 1), np.int64), MASK_NAME))
+
+
+def _consumers(graph) -> dict[str, list]:
+    """Tensor name -> the nodes that read it."""
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _scalar_initializers(graph) -> dict[str, float]:
+    from onnx import numpy_helper
+
+    return {i.name: float(numpy_helper.to_array(i)) for i in graph.initializer if not i.dims and i.data_type == 1}
+
+
+def masked_fills_as_arithmetic(proto) -> None:
+    """`Where(mask, 0, x)` as `x * keep` and `Where(mask, -inf, x)` as `x + bias`, in place.
+
+    The exporter writes PyTorch's `masked_fill` (padded frames to 0, padded keys' scores to -inf) as
+    `Where` with the (B, 1, 1, T)-shaped mask broadcast over the (B, H, T, T) scores; ONNX Runtime's
+    broadcasting `Where` took 8 % of the int8 graph's time (12 x 3-5 ms at 10 s), its `Mul` / `Add`
+    a fraction. keep = not mask (float) and bias = where(mask, -inf, 0) are computed once per mask,
+    on the mask's small shape. The same numbers for finite x (x * 1, x * 0, x + 0, x + -inf).
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    constants = _scalar_initializers(graph)
+    made, nodes = {}, []
+    for node in graph.node:
+        fill = constants.get(node.input[1]) if node.op_type == "Where" else None
+        if fill not in (0.0, -math.inf):
+            nodes.append(node)
+            continue
+        mask, values = node.input[0], node.input[2]
+        if (mask, fill) not in made:
+            operand = f"{mask}_{'keep' if fill == 0.0 else 'bias'}"
+            if fill == 0.0:
+                nodes.append(helper.make_node("Not", [mask], [f"{operand}_bool"], name=f"{operand}_not"))
+                nodes.append(helper.make_node("Cast", [f"{operand}_bool"], [operand], name=operand, to=1))
+            else:
+                graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), f"{operand}_zero"))
+                nodes.append(
+                    helper.make_node("Where", [mask, node.input[1], f"{operand}_zero"], [operand], name=operand)
+                )
+            made[mask, fill] = operand
+        replacement = helper.make_node("Mul" if fill == 0.0 else "Add", [values, made[mask, fill]], list(node.output))
+        replacement.name = node.name
+        replacement.metadata_props.extend(node.metadata_props)
+        nodes.append(replacement)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def pointwise_convolutions(proto) -> None:
+    """`Transpose(0, 2, 3, 1) -> MatMul(W) -> Transpose(0, 3, 1, 2)` as one 1 x 1 `Conv`, in place.
+
+    The model runs its 1 x 1 CNN convolutions as one matmul over the channels-last view (free in
+    PyTorch); in ONNX the two layout changes are copies of the CNN's largest tensors (the first
+    one's transposes took 9 % of the int8 graph's time at 10 s). ONNX Runtime's convolution takes
+    the channels-first tensor as it is. Same products, another summation order.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    weights = {i.name: i for i in graph.initializer if len(i.dims) == 2}
+    readers = _consumers(graph)
+    producer = {name: node for node in graph.node for name in node.output}
+    replaced, convolutions = set(), {}
+    for matmul in graph.node:
+        if matmul.op_type != "MatMul" or matmul.input[1] not in weights:
+            continue
+        before, after = producer.get(matmul.input[0]), readers.get(matmul.output[0], [])
+        if not (_is_transpose(before, [0, 2, 3, 1]) and len(after) == 1 and _is_transpose(after[0], [0, 3, 1, 2])):
+            continue
+        if len(readers[before.output[0]]) != 1:
+            continue
+        kernel = numpy_helper.to_array(weights[matmul.input[1]]).T[:, :, None, None]  # (C_out, C_in, 1, 1)
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(kernel), f"{matmul.input[1]}_1x1"))
+        conv = helper.make_node(
+            "Conv", [before.input[0], f"{matmul.input[1]}_1x1"], list(after[0].output), kernel_shape=[1, 1]
+        )
+        conv.name = matmul.name
+        conv.metadata_props.extend(matmul.metadata_props)
+        convolutions[before.name] = conv
+        replaced.update((matmul.name, after[0].name))
+    nodes = [convolutions.get(node.name, node) for node in graph.node if node.name not in replaced]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _is_transpose(node, perm: list[int]) -> bool:
+    if node is None or node.op_type != "Transpose":
+        return False
+    return any(a.name == "perm" and list(a.ints) == perm for a in node.attribute)
 
 
 def _part(node) -> str | None:
@@ -302,6 +401,12 @@ def convert_precision(model_bytes: bytes, precision: str, int8_parts: Sequence[s
     raise UserError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
 
 
+# ONNX Runtime fusions that made these graphs slower on CPU: its SkipLayerNormalization (residual add +
+# layer norm in one kernel) took 15 % of the int8 graph's time at 10 s, its plain Add and
+# LayerNormalization a fraction (docs/deployment.md).
+SLOWER_FUSIONS = ["SkipLayerNormFusion"]
+
+
 def onnx_session(model_bytes: bytes | str | Path, threads: int | None = None, profile_prefix: str | None = None):
     """An ONNX Runtime CPU session that does not spin: its idle threads sleep, and so do not take CPU
     from PyTorch (or another session) running in the same process or on the same cores.
@@ -323,7 +428,9 @@ def onnx_session(model_bytes: bytes | str | Path, threads: int | None = None, pr
         options.profile_file_prefix = profile_prefix
     options.log_severity_level = 3  # the optional mask is an initializer that is also an input: ORT warns
     source = str(model_bytes) if isinstance(model_bytes, Path) else model_bytes
-    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(
+        source, options, providers=["CPUExecutionProvider"], disabled_optimizers=SLOWER_FUSIONS
+    )
 
 
 def run_onnx(session, audio, attention_mask=None) -> dict[str, np.ndarray]:

@@ -1,5 +1,7 @@
 """armhubert.deploy: int8 / bf16 fidelity, padded ONNX batches, a speaker classifier after int8, refusals."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -65,6 +67,25 @@ def test_bf16_keeps_every_layer_of_the_full_size_presets(preset, speech):
     model = ARMHubertModel(ARMHubertConfig.from_preset(preset)).eval()
     results = deploy.fidelity_report(model, [speech[0][:SAMPLING_RATE]], {}, threads=1)
     assert worst(results["bf16 weights"]) >= MIN_COSINE and worst(results["bf16 autocast"]) >= MIN_COSINE
+
+
+def test_export_writes_masked_fills_as_arithmetic_and_pointwise_convolutions_as_conv(fixture_model, fixture_graph):
+    """The graph rewrites: no `Where` over the full-size tensors (only the -inf bias, once per mask,
+    from a constant zero) and every 1 x 1 CNN convolution one Conv without layout copies."""
+    import onnx
+
+    graph = onnx.load_from_string(fixture_graph).graph
+    constants = deploy._scalar_initializers(graph)
+    fills = [
+        node for node in graph.node if node.op_type == "Where" and constants.get(node.input[1]) in (0.0, -math.inf)
+    ]
+    assert fills and all(node.input[2] in constants for node in fills)  # where(mask, -inf, 0): the bias itself
+    config = fixture_model.config
+    kernels = config.conv_kernel[1:]  # the first layer is a matmul over frames
+    assert 1 in kernels
+    assert sum(node.op_type == "Conv" for node in graph.node) == len(kernels) + 1  # + the positional convolution
+    cnn = [node.op_type for node in graph.node if deploy._part(node) == "cnn"]
+    assert cnn.count("MatMul") == 1  # the waveform's frames; the 1 x 1 layers are Conv now
 
 
 def layer_norm_model():
