@@ -7,10 +7,11 @@
 
 Random weights (speed does not depend on them), eval mode, no autograd, every layer's output
 (`output_hidden_states`, the ONNX graph's outputs). The baseline is `transformers`' HuBERT Base in
-PyTorch fp32. Runtimes: `pytorch-fp32`; `pytorch-bf16` (bf16 weights, what
-`from_pretrained(..., dtype=torch.bfloat16)` loads); `pytorch-onednn`
-(`armhubert.deploy.optimize_for_cpu`: float32 products through oneDNN instead of MKL); `onnx-fp32`
-and `onnx-int8` (`armhubert.deploy` graphs, as `export_onnx.py` writes them). A case is
+PyTorch fp32. Runtimes: `pytorch-fp32` (eager); `pytorch-onednn`
+(`armhubert.deploy.optimize_for_cpu`: float32 products through oneDNN instead of MKL);
+`pytorch-bf16` (bf16 weights, what `from_pretrained(..., dtype=torch.bfloat16)` loads) and
+`pytorch-bf16-onednn` (the same through `optimize_for_cpu`: the map reuse's float32 products);
+`onnx-fp32` and `onnx-int8` (`armhubert.deploy` graphs, as `export_onnx.py` writes them). A case is
 BATCHxSECONDS. Every (model, runtime) takes its turn in each of --repeats rounds after --warmup
 calls, so background load hits all alike; ONNX Runtime sessions do not spin (their idle threads
 sleep), so they never compete with PyTorch's threads; PyTorch's OpenMP threads sleep too
@@ -57,7 +58,7 @@ from modeling_armhubert import ARMHubertModel
 
 PROG = "benchmark_runtimes.py"
 BASELINE = ("hubert-base", "pytorch-fp32")
-RUNTIMES = ("pytorch-fp32", "pytorch-bf16", "pytorch-onednn", "onnx-fp32", "onnx-int8")
+RUNTIMES = ("pytorch-fp32", "pytorch-onednn", "pytorch-bf16", "pytorch-bf16-onednn", "onnx-fp32", "onnx-int8")
 DEFAULT_RUNTIMES = RUNTIMES
 
 
@@ -74,7 +75,7 @@ TARGETS = (
     Target("pytorch-onednn", (None, "onnx-fp32"), 1.15),
     Target("onnx-int8", (None, "pytorch-fp32"), 0.35),
     Target("onnx-int8", BASELINE, 0.11),
-    Target("pytorch-bf16", (None, "pytorch-fp32"), 0.45),
+    Target("pytorch-bf16-onednn", (None, "pytorch-fp32"), 0.45),
 )
 TARGET_CASES = ("1x10", "8x10")  # the issue's: 10 s, batch 1 and batch 8
 
@@ -183,6 +184,12 @@ def onnx_profile(graph: bytes, threads: int) -> Callable[[torch.Tensor], list[tu
     return profile
 
 
+def pytorch_model(model: ARMHubertModel, runtime: str) -> torch.nn.Module:
+    """What a pytorch-* runtime runs: the model or its bf16-weight copy, with oneDNN products or not."""
+    weights = bfloat16_copy(model) if "bf16" in runtime else model
+    return optimize_for_cpu(weights) if "onednn" in runtime else weights
+
+
 def subjects_of(name: str, runtimes: list[str], threads: int) -> list[Subject]:
     """The (model, runtime) pairs of one preset, built from the same random weights."""
     torch.manual_seed(0)
@@ -191,15 +198,10 @@ def subjects_of(name: str, runtimes: list[str], threads: int) -> list[Subject]:
     subjects = []
     graph = export_onnx(model) if any(r.startswith("onnx") for r in runtimes) else None
     for runtime in runtimes:
-        if runtime == "pytorch-fp32":
-            run = pytorch_runner(model)
-            subjects.append(Subject(name, runtime, run, weight_bytes, torch_profile(run)))
-        elif runtime == "pytorch-bf16":
-            run = pytorch_runner(bfloat16_copy(model))
-            subjects.append(Subject(name, runtime, run, weight_bytes // 2, torch_profile(run)))
-        elif runtime == "pytorch-onednn":
-            run = pytorch_runner(optimize_for_cpu(model))
-            subjects.append(Subject(name, runtime, run, weight_bytes, torch_profile(run)))
+        if runtime.startswith("pytorch"):
+            run = pytorch_runner(pytorch_model(model, runtime))
+            size = weight_bytes // 2 if "bf16" in runtime else weight_bytes
+            subjects.append(Subject(name, runtime, run, size, torch_profile(run)))
         else:
             file = graph if runtime == "onnx-fp32" else quantize_int8(graph)
             session = onnx_session(file, threads)
