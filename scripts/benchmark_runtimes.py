@@ -242,16 +242,16 @@ def print_table(subjects: list[Subject], results: dict) -> None:
     for case, medians in results.items():
         batch, seconds = parse_case(case)
         print(f"\n{case} s ({batch} x {seconds:g} s of audio)")
-        print(f"  {'model':<16} {'runtime':<17} {'ms':>9} {'/ HuBERT Base':>14} {'/ own fp32':>11} {'RTF':>7}")
+        print(f"  {'model':<16} {'runtime':<20} {'ms':>9} {'/ HuBERT Base':>14} {'/ own fp32':>11} {'RTF':>7}")
         for subject, value in zip(subjects, medians):
             own = medians[fp32[subject.model]] if subject.model in fp32 else float("nan")
             print(
-                f"  {subject.model:<16} {subject.runtime:<17} {1000 * value:9.1f} {value / medians[baseline]:14.3f} "
+                f"  {subject.model:<16} {subject.runtime:<20} {1000 * value:9.1f} {value / medians[baseline]:14.3f} "
                 f"{value / own:11.3f} {value / (batch * seconds):7.4f}"
             )
     print("\nfile sizes (MiB)")
     for subject in subjects:
-        print(f"  {subject.model:<16} {subject.runtime:<17} {subject.file_bytes / 2**20:8.1f}")
+        print(f"  {subject.model:<16} {subject.runtime:<20} {subject.file_bytes / 2**20:8.1f}")
 
 
 def print_targets(subjects: list[Subject], results: dict) -> list[dict]:
@@ -274,7 +274,7 @@ def print_targets(subjects: list[Subject], results: dict) -> list[dict]:
             " ".join(part for part in check["reference"] if part) if check["reference"][0] else check["reference"][1]
         )
         print(
-            f"  {check['case']:<5} {check['model']:<16} {check['runtime']:<15} / {reference:<25} "
+            f"  {check['case']:<5} {check['model']:<16} {check['runtime']:<20} / {reference:<25} "
             f"{check['ratio']:6.3f} <= {check['bound']:.2f}  {'pass' if check['passed'] else 'FAIL'}"
         )
     return checks
