@@ -1,6 +1,9 @@
-"""Deployment on CPUs: ONNX export in fp32 / int8 / fp16, ONNX Runtime sessions, per-layer fidelity.
+"""Deployment on CPUs: ONNX export in fp32 / int8 / fp16, ONNX Runtime sessions, per-layer fidelity,
+and PyTorch inference with oneDNN products.
 
-    from armhubert.deploy import export_onnx, quantize_int8, onnx_session, run_onnx, layer_fidelity
+    from armhubert.deploy import export_onnx, quantize_int8, onnx_session, run_onnx, optimize_for_cpu
+
+    fast = optimize_for_cpu(model)                   # PyTorch: float32 products on oneDNN, not MKL
 
     graph = export_onnx(model)                       # bytes: fp32, dynamic batch / time, optional mask
     int8 = quantize_int8(graph)                      # dynamic U8S8 int8 of the transformer's products
@@ -20,7 +23,8 @@ int8 is ONNX Runtime's dynamic quantisation (`quantize_dynamic`: weights int8 pe
 activations uint8 per tensor at run time, i.e. U8S8, which AVX-512 VNNI runs natively). What it
 quantises is chosen by model part (`QUANTIZABLE_PARTS`), from per-layer measurements (see
 docs/deployment.md): the transformer's weight products by default; the CNN front-end, the positional
-convolution and the attention-map products stay float.
+convolution and the attention-map products stay float. The exported graph is rewritten where
+ONNX Runtime ran PyTorch's idioms slowly (`masked_fills_as_arithmetic`, `pointwise_convolutions`).
 """
 
 import contextlib
