@@ -1,6 +1,9 @@
-"""Deployment on CPUs: ONNX export in fp32 / int8 / fp16, ONNX Runtime sessions, per-layer fidelity.
+"""Deployment on CPUs: ONNX export in fp32 / int8 / fp16, ONNX Runtime sessions, per-layer fidelity,
+and PyTorch inference with oneDNN products.
 
-    from armhubert.deploy import export_onnx, quantize_int8, onnx_session, run_onnx, layer_fidelity
+    from armhubert.deploy import export_onnx, quantize_int8, onnx_session, run_onnx, optimize_for_cpu
+
+    fast = optimize_for_cpu(model)                   # PyTorch: float32 products on oneDNN, not MKL
 
     graph = export_onnx(model)                       # bytes: fp32, dynamic batch / time, optional mask
     int8 = quantize_int8(graph)                      # dynamic U8S8 int8 of the transformer's products
@@ -20,7 +23,8 @@ int8 is ONNX Runtime's dynamic quantisation (`quantize_dynamic`: weights int8 pe
 activations uint8 per tensor at run time, i.e. U8S8, which AVX-512 VNNI runs natively). What it
 quantises is chosen by model part (`QUANTIZABLE_PARTS`), from per-layer measurements (see
 docs/deployment.md): the transformer's weight products by default; the CNN front-end, the positional
-convolution and the attention-map products stay float.
+convolution and the attention-map products stay float. The exported graph is rewritten where
+ONNX Runtime ran PyTorch's idioms slowly (`masked_fills_as_arithmetic`, `pointwise_convolutions`).
 """
 
 import contextlib
@@ -29,12 +33,14 @@ import logging
 import math
 import tempfile
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 from transformers import PreTrainedModel
 
 from armhubert.cli import UserError
@@ -138,6 +144,8 @@ def export_onnx(model: PreTrainedModel, opset: int | None = None) -> bytes:
     fold_weight_constants(program.model)
     proto = program.model_proto
     make_mask_optional(proto)
+    masked_fills_as_arithmetic(proto)
+    pointwise_convolutions(proto)
     return proto.SerializeToString()
 
 
@@ -177,6 +185,103 @@ def make_mask_optional(proto) -> None:
     graph.node.insert(0, helper.make_node("Shape", [INPUT_NAME], [shape], name="mask_default_shape"))
     graph.node.insert(1, helper.make_node("Expand", [MASK_NAME, shape], [expanded], name="mask_default_expand"))
     graph.initializer.append(numpy_helper.from_array(np.ones((1, 1), np.int64), MASK_NAME))
+
+
+def _consumers(graph) -> dict[str, list]:
+    """Tensor name -> the nodes that read it."""
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _scalar_initializers(graph) -> dict[str, float]:
+    from onnx import numpy_helper
+
+    return {i.name: float(numpy_helper.to_array(i)) for i in graph.initializer if not i.dims and i.data_type == 1}
+
+
+def masked_fills_as_arithmetic(proto) -> None:
+    """`Where(mask, 0, x)` as `x * keep` and `Where(mask, -inf, x)` as `x + bias`, in place.
+
+    The exporter writes PyTorch's `masked_fill` (padded frames to 0, padded keys' scores to -inf) as
+    `Where` with the (B, 1, 1, T)-shaped mask broadcast over the (B, H, T, T) scores; ONNX Runtime's
+    broadcasting `Where` took 8 % of the int8 graph's time (12 x 3-5 ms at 10 s), its `Mul` / `Add`
+    a fraction. keep = not mask (float) and bias = where(mask, -inf, 0) are computed once per mask,
+    on the mask's small shape. The same numbers for finite x (x * 1, x * 0, x + 0, x + -inf).
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    constants = _scalar_initializers(graph)
+    made, nodes = {}, []
+    for node in graph.node:
+        fill = constants.get(node.input[1]) if node.op_type == "Where" else None
+        if fill not in (0.0, -math.inf):
+            nodes.append(node)
+            continue
+        mask, values = node.input[0], node.input[2]
+        if (mask, fill) not in made:
+            operand = f"{mask}_{'keep' if fill == 0.0 else 'bias'}"
+            if fill == 0.0:
+                nodes.append(helper.make_node("Not", [mask], [f"{operand}_bool"], name=f"{operand}_not"))
+                nodes.append(helper.make_node("Cast", [f"{operand}_bool"], [operand], name=operand, to=1))
+            else:
+                graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), f"{operand}_zero"))
+                nodes.append(
+                    helper.make_node("Where", [mask, node.input[1], f"{operand}_zero"], [operand], name=operand)
+                )
+            made[mask, fill] = operand
+        replacement = helper.make_node("Mul" if fill == 0.0 else "Add", [values, made[mask, fill]], list(node.output))
+        replacement.name = node.name
+        replacement.metadata_props.extend(node.metadata_props)
+        nodes.append(replacement)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def pointwise_convolutions(proto) -> None:
+    """`Transpose(0, 2, 3, 1) -> MatMul(W) -> Transpose(0, 3, 1, 2)` as one 1 x 1 `Conv`, in place.
+
+    The model runs its 1 x 1 CNN convolutions as one matmul over the channels-last view (free in
+    PyTorch); in ONNX the two layout changes are copies of the CNN's largest tensors (the first
+    one's transposes took 9 % of the int8 graph's time at 10 s). ONNX Runtime's convolution takes
+    the channels-first tensor as it is. Same products, another summation order.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    weights = {i.name: i for i in graph.initializer if len(i.dims) == 2}
+    readers = _consumers(graph)
+    producer = {name: node for node in graph.node for name in node.output}
+    replaced, convolutions = set(), {}
+    for matmul in graph.node:
+        if matmul.op_type != "MatMul" or matmul.input[1] not in weights:
+            continue
+        before, after = producer.get(matmul.input[0]), readers.get(matmul.output[0], [])
+        if not (_is_transpose(before, [0, 2, 3, 1]) and len(after) == 1 and _is_transpose(after[0], [0, 3, 1, 2])):
+            continue
+        if len(readers[before.output[0]]) != 1:
+            continue
+        kernel = numpy_helper.to_array(weights[matmul.input[1]]).T[:, :, None, None]  # (C_out, C_in, 1, 1)
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(kernel), f"{matmul.input[1]}_1x1"))
+        conv = helper.make_node(
+            "Conv", [before.input[0], f"{matmul.input[1]}_1x1"], list(after[0].output), kernel_shape=[1, 1]
+        )
+        conv.name = matmul.name
+        conv.metadata_props.extend(matmul.metadata_props)
+        convolutions[before.name] = conv
+        replaced.update((matmul.name, after[0].name))
+    nodes = [convolutions.get(node.name, node) for node in graph.node if node.name not in replaced]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _is_transpose(node, perm: list[int]) -> bool:
+    if node is None or node.op_type != "Transpose":
+        return False
+    return any(a.name == "perm" and list(a.ints) == perm for a in node.attribute)
 
 
 def _part(node) -> str | None:
@@ -300,6 +405,12 @@ def convert_precision(model_bytes: bytes, precision: str, int8_parts: Sequence[s
     raise UserError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
 
 
+# ONNX Runtime fusions that made these graphs slower on CPU: its SkipLayerNormalization (residual add +
+# layer norm in one kernel) took 15 % of the int8 graph's time at 10 s, its plain Add and
+# LayerNormalization a fraction (docs/deployment.md).
+SLOWER_FUSIONS = ["SkipLayerNormFusion"]
+
+
 def onnx_session(model_bytes: bytes | str | Path, threads: int | None = None, profile_prefix: str | None = None):
     """An ONNX Runtime CPU session that does not spin: its idle threads sleep, and so do not take CPU
     from PyTorch (or another session) running in the same process or on the same cores.
@@ -321,7 +432,9 @@ def onnx_session(model_bytes: bytes | str | Path, threads: int | None = None, pr
         options.profile_file_prefix = profile_prefix
     options.log_severity_level = 3  # the optional mask is an initializer that is also an input: ORT warns
     source = str(model_bytes) if isinstance(model_bytes, Path) else model_bytes
-    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(
+        source, options, providers=["CPUExecutionProvider"], disabled_optimizers=SLOWER_FUSIONS
+    )
 
 
 def run_onnx(session, audio, attention_mask=None) -> dict[str, np.ndarray]:
@@ -438,17 +551,114 @@ def fidelity_report(
     return {label: layer_fidelity(expected, concatenate_frames(outputs)) for label, outputs in results.items()}
 
 
-def optimize_for_cpu(model: PreTrainedModel) -> torch.nn.Module:
-    """`model` compiled for CPU inference: inductor with frozen weights (the model itself is unchanged).
+# Float32 products that `OneDNNProducts` takes: the functions and the Tensor methods (`a @ b` arrives
+# as Tensor.matmul).
+_LINEAR = (torch.nn.functional.linear,)
+_MATMUL = (torch.matmul, torch.mm, torch.bmm, torch.Tensor.matmul, torch.Tensor.mm, torch.Tensor.bmm)
+
+
+def onednn_available() -> bool:
+    """Whether this torch has oneDNN (x86 and Arm builds do) with its linear kernel."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class OneDNNProducts(TorchFunctionMode):
+    """Inference-time float32 CPU matrix products through oneDNN instead of the BLAS.
+
+        with torch.inference_mode(), OneDNNProducts():
+            output = model(input_values)
+
+    Why: eager PyTorch runs float32 `addmm` / `mm` / `bmm` on MKL's sgemm, which on CPUs that are
+    not Intel's takes its generic code path (MKL_VERBOSE names "Intel(R) Architecture processors" on
+    an AVX-512 AMD EPYC) at about 43 GMAC/s per core; oneDNN picks its kernels by the CPU's features
+    and does about 90 on the same shapes, as ONNX Runtime's MLAS does (84): that, not the graph, is
+    why the same model ran 1.6x slower in PyTorch than in ONNX Runtime (docs/deployment.md).
+
+    What: while autograd is off (`torch.inference_mode()` / `torch.no_grad()`), `F.linear` (any
+    leading dims) and `torch.matmul` / `mm` / `bmm` / `@` of float32 CPU tensors of two or more
+    dims with equal batch dims run as `torch.ops.mkldnn._linear_pointwise`. A weight that is an
+    `nn.Parameter` is re-laid out for oneDNN once (`_reorder_linear_weight`), and again only when it
+    changes (its version counter). Anything else (autograd on, other dtypes or devices,
+    broadcasting, 1-D operands) runs as PyTorch would run it; without oneDNN the mode does nothing.
+    Same numbers to float32 rounding (another summation order).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled = onednn_available()
+        self._packed: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.enabled and not torch.is_grad_enabled():
+            if func in _LINEAR and _float32_cpu(args[0], args[1]):
+                bias = args[2] if len(args) > 2 else kwargs.get("bias")
+                return _onednn_linear(args[0], self._weight(args[1]), bias)
+            if func in _MATMUL and not kwargs and len(args) == 2 and _batched_pair(*args):
+                return _onednn_matmul(*args)
+        return func(*args, **kwargs)
+
+    def _weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """An nn.Parameter (N, K) in oneDNN's blocked layout (cached); any other tensor as it is."""
+        if not isinstance(weight, torch.nn.Parameter):
+            return weight
+        hit = self._packed.get(id(weight))
+        if hit is not None and hit[0]() is weight and hit[1] == weight._version:
+            return hit[2]
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+        self._packed[id(weight)] = (weakref.ref(weight), weight._version, packed)
+        return packed
+
+
+def _float32_cpu(*tensors) -> bool:
+    return all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+
+
+def _batched_pair(a, b) -> bool:
+    """(..., M, K) and (..., K, N) float32 CPU tensors with the same batch dims."""
+    return _float32_cpu(a, b) and a.dim() >= 2 and a.dim() == b.dim() and a.shape[:-2] == b.shape[:-2]
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (..., K) @ weight (N, K)^T + bias (N,) -> (..., N)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _onednn_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (..., M, K) @ b (..., K, N) -> (..., M, N): one oneDNN product per batch entry (b read transposed)."""
+    if a.dim() == 2:
+        return _onednn_linear(a, b.mT, None)
+    left, right = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]).mT
+    products = [_onednn_linear(left[i], right[i], None) for i in range(left.shape[0])]
+    return torch.stack(products).view(*a.shape[:-1], b.shape[-1])
+
+
+class CPUInferenceModel(torch.nn.Module):
+    """`model` called under `OneDNNProducts` (what `optimize_for_cpu` returns); the model is unchanged."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.products = OneDNNProducts()
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, *args, **kwargs):
+        with self.products:
+            return self.model(*args, **kwargs)
+
+
+def optimize_for_cpu(model: PreTrainedModel) -> CPUInferenceModel:
+    """`model` for float32 CPU inference with oneDNN products (`OneDNNProducts`): eager, no compile.
 
         fast = optimize_for_cpu(model)
         with torch.inference_mode():
             output = fast(input_values, output_hidden_states=True)
 
-    Freezing turns the weights into constants of the compiled graph, so inductor can pre-pack them
-    for oneDNN / MKL once and fold what derives from weights alone (weight norm, kernel layouts);
-    products fuse with their bias and GELU. Each new input shape compiles once (tens of seconds);
-    calls must run without autograd (`torch.inference_mode()` or `torch.no_grad()`). Measured in
-    docs/deployment.md.
+    Same outputs as `model` to float32 rounding, any input shape, shares the model's weights (a
+    change to them is picked up). Calls with autograd on run as `model` does. Measured in
+    docs/deployment.md: about ONNX Runtime's speed.
     """
-    return torch.compile(model.eval(), dynamic=False, options={"freezing": True})
+    return CPUInferenceModel(model)

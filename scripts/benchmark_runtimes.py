@@ -1,27 +1,36 @@
 """Time the students in PyTorch fp32 / bf16 and ONNX Runtime fp32 / int8 against HuBERT Base, on CPU.
 
     HF_HUB_OFFLINE=1 python scripts/benchmark_runtimes.py --threads 2
+    HF_HUB_OFFLINE=1 python scripts/benchmark_runtimes.py --threads 2 --models armhubert-960h --cases 1x10 8x10
     HF_HUB_OFFLINE=1 python scripts/benchmark_runtimes.py --threads 2 --models armhubert-960h --cases 1x10 \\
-        --runtimes pytorch-fp32 pytorch-compiled onnx-fp32 onnx-int8 --profile
+        --runtimes pytorch-fp32 pytorch-onednn onnx-fp32 --profile
 
 Random weights (speed does not depend on them), eval mode, no autograd, every layer's output
 (`output_hidden_states`, the ONNX graph's outputs). The baseline is `transformers`' HuBERT Base in
-PyTorch fp32. Runtimes: `pytorch-fp32`; `pytorch-bf16` (bf16 weights, what
-`from_pretrained(..., dtype=torch.bfloat16)` loads); `pytorch-compiled`
-(`armhubert.deploy.optimize_for_cpu`: inductor with frozen weights; compiles per case first);
+PyTorch fp32. Runtimes: `pytorch-fp32` (eager); `pytorch-onednn`
+(`armhubert.deploy.optimize_for_cpu`: float32 products through oneDNN instead of MKL);
+`pytorch-bf16` (bf16 weights, what `from_pretrained(..., dtype=torch.bfloat16)` loads) and
+`pytorch-bf16-onednn` (the same through `optimize_for_cpu`: the map reuse's float32 products);
 `onnx-fp32` and `onnx-int8` (`armhubert.deploy` graphs, as `export_onnx.py` writes them). A case is
 BATCHxSECONDS. Every (model, runtime) takes its turn in each of --repeats rounds after --warmup
 calls, so background load hits all alike; ONNX Runtime sessions do not spin (their idle threads
-sleep), so they never compete with PyTorch's threads. Prints milliseconds (median), the ratio to
+sleep), so they never compete with PyTorch's threads; PyTorch's OpenMP threads sleep too
+(`OMP_WAIT_POLICY=PASSIVE` unless the environment sets it: spinning threads collapse on a machine
+with other work, 4x slower at 2 threads under load 2.5). Prints milliseconds (median), the ratio to
 HuBERT Base and to the same model's PyTorch fp32, the real-time factor (compute seconds per audio
 second), and file sizes (safetensors-equivalent weight bytes, ONNX files). `--profile` adds the
 operator profile of one call (torch.profiler, ONNX Runtime's own profiler) of each model and runtime
-for the first case. Writes `benchmark_runtimes.json` to --output_dir. Exit status 2: bad arguments.
+for the first case. For the cases 1x10 and 8x10 it then checks issue 17's targets (`TARGETS`) (ratios of the
+same run, pass / FAIL). Writes `benchmark_runtimes.json` to --output_dir. Exit status 2: bad arguments.
 """
+
+import os
+
+# Before torch loads its OpenMP runtime, which reads it once (see the docstring).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gc
 import json
-import os
 import platform
 import statistics
 import tempfile
@@ -49,8 +58,27 @@ from modeling_armhubert import ARMHubertModel
 
 PROG = "benchmark_runtimes.py"
 BASELINE = ("hubert-base", "pytorch-fp32")
-RUNTIMES = ("pytorch-fp32", "pytorch-bf16", "pytorch-compiled", "onnx-fp32", "onnx-int8")
-DEFAULT_RUNTIMES = ("pytorch-fp32", "pytorch-bf16", "onnx-fp32", "onnx-int8")
+RUNTIMES = ("pytorch-fp32", "pytorch-onednn", "pytorch-bf16", "pytorch-bf16-onednn", "onnx-fp32", "onnx-int8")
+DEFAULT_RUNTIMES = RUNTIMES
+
+
+@dataclass(frozen=True)
+class Target:
+    """Issue 17's bound on `runtime`'s time over `reference`'s, (model, runtime) (model None: the same
+    model), in the `cases` the issue sets it for."""
+
+    runtime: str
+    reference: tuple[str | None, str]
+    bound: float
+    cases: tuple[str, ...] = ("1x10",)
+
+
+TARGETS = (
+    Target("pytorch-onednn", (None, "onnx-fp32"), 1.15),
+    Target("onnx-int8", (None, "pytorch-fp32"), 0.35, ("1x10", "8x10")),
+    Target("onnx-int8", BASELINE, 0.11, ("1x10", "8x10")),
+    Target("pytorch-bf16-onednn", (None, "pytorch-fp32"), 0.45),
+)
 
 
 @dataclass
@@ -157,6 +185,12 @@ def onnx_profile(graph: bytes, threads: int) -> Callable[[torch.Tensor], list[tu
     return profile
 
 
+def pytorch_model(model: ARMHubertModel, runtime: str) -> torch.nn.Module:
+    """What a pytorch-* runtime runs: the model or its bf16-weight copy, with oneDNN products or not."""
+    weights = bfloat16_copy(model) if "bf16" in runtime else model
+    return optimize_for_cpu(weights) if "onednn" in runtime else weights
+
+
 def subjects_of(name: str, runtimes: list[str], threads: int) -> list[Subject]:
     """The (model, runtime) pairs of one preset, built from the same random weights."""
     torch.manual_seed(0)
@@ -165,15 +199,10 @@ def subjects_of(name: str, runtimes: list[str], threads: int) -> list[Subject]:
     subjects = []
     graph = export_onnx(model) if any(r.startswith("onnx") for r in runtimes) else None
     for runtime in runtimes:
-        if runtime == "pytorch-fp32":
-            run = pytorch_runner(model)
-            subjects.append(Subject(name, runtime, run, weight_bytes, torch_profile(run)))
-        elif runtime == "pytorch-bf16":
-            run = pytorch_runner(bfloat16_copy(model))
-            subjects.append(Subject(name, runtime, run, weight_bytes // 2, torch_profile(run)))
-        elif runtime == "pytorch-compiled":
-            run = pytorch_runner(optimize_for_cpu(model))
-            subjects.append(Subject(name, runtime, run, weight_bytes, torch_profile(run)))
+        if runtime.startswith("pytorch"):
+            run = pytorch_runner(pytorch_model(model, runtime))
+            size = weight_bytes // 2 if "bf16" in runtime else weight_bytes
+            subjects.append(Subject(name, runtime, run, size, torch_profile(run)))
         else:
             file = graph if runtime == "onnx-fp32" else quantize_int8(graph)
             session = onnx_session(file, threads)
@@ -214,16 +243,40 @@ def print_table(subjects: list[Subject], results: dict) -> None:
     for case, medians in results.items():
         batch, seconds = parse_case(case)
         print(f"\n{case} s ({batch} x {seconds:g} s of audio)")
-        print(f"  {'model':<16} {'runtime':<17} {'ms':>9} {'/ HuBERT Base':>14} {'/ own fp32':>11} {'RTF':>7}")
+        print(f"  {'model':<16} {'runtime':<20} {'ms':>9} {'/ HuBERT Base':>14} {'/ own fp32':>11} {'RTF':>7}")
         for subject, value in zip(subjects, medians):
             own = medians[fp32[subject.model]] if subject.model in fp32 else float("nan")
             print(
-                f"  {subject.model:<16} {subject.runtime:<17} {1000 * value:9.1f} {value / medians[baseline]:14.3f} "
+                f"  {subject.model:<16} {subject.runtime:<20} {1000 * value:9.1f} {value / medians[baseline]:14.3f} "
                 f"{value / own:11.3f} {value / (batch * seconds):7.4f}"
             )
     print("\nfile sizes (MiB)")
     for subject in subjects:
-        print(f"  {subject.model:<16} {subject.runtime:<17} {subject.file_bytes / 2**20:8.1f}")
+        print(f"  {subject.model:<16} {subject.runtime:<20} {subject.file_bytes / 2**20:8.1f}")
+
+
+def print_targets(subjects: list[Subject], results: dict) -> list[dict]:
+    """Each of TARGETS for each model and its cases measured: the ratio, its bound, pass / FAIL."""
+    checks = []
+    for case in results:
+        times = {(s.model, s.runtime): value for s, value in zip(subjects, results[case])}
+        for model in dict.fromkeys(s.model for s in subjects if s.model != BASELINE[0]):
+            for target in TARGETS:
+                reference = (target.reference[0] or model, target.reference[1])
+                if case in target.cases and (model, target.runtime) in times and reference in times:
+                    ratio = times[model, target.runtime] / times[reference]
+                    checks.append(
+                        dict(case=case, model=model, **asdict(target), ratio=ratio, passed=ratio <= target.bound)
+                    )
+    if checks:
+        print("\nissue 17 targets (time / reference time, same run)")
+    for check in checks:
+        reference = " ".join(filter(None, check["reference"]))  # the runtime alone: the same model's
+        print(
+            f"  {check['case']:<5} {check['model']:<16} {check['runtime']:<20} / {reference:<25} "
+            f"{check['ratio']:6.3f} <= {check['bound']:.2f}  {'pass' if check['passed'] else 'FAIL'}"
+        )
+    return checks
 
 
 def print_profiles(subjects: list[Subject], case: str, top: int = 12) -> None:
@@ -250,9 +303,13 @@ def benchmark(argv=None) -> dict:
     for name in args.models:
         subjects += subjects_of(name.lower(), args.runtimes, args.threads)
     load = os.getloadavg()
-    print(f"{platform.processor() or platform.machine()}, {args.threads} threads, load {load[0]:.2f} at start")
+    print(
+        f"{platform.processor() or platform.machine()}, {args.threads} threads, load {load[0]:.2f} at start, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+    )
     results = measure(subjects, cases, args)
     print_table(subjects, results)
+    checks = print_targets(subjects, results)
     if args.profile:
         print_profiles(subjects, args.cases[0])
     end_load = os.getloadavg()[0]
@@ -262,6 +319,7 @@ def benchmark(argv=None) -> dict:
         "load_average": [load[0], end_load],
         "subjects": [{"model": s.model, "runtime": s.runtime, "file_bytes": s.file_bytes} for s in subjects],
         "median_seconds": results,
+        "targets": checks,
     }
     os.makedirs(args.output_dir, exist_ok=True)
     atomic_write_text(os.path.join(args.output_dir, "benchmark_runtimes.json"), json.dumps(report, indent=1))

@@ -1,5 +1,8 @@
 """armhubert.deploy: int8 / bf16 fidelity, padded ONNX batches, a speaker classifier after int8, refusals."""
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -65,6 +68,25 @@ def test_bf16_keeps_every_layer_of_the_full_size_presets(preset, speech):
     model = ARMHubertModel(ARMHubertConfig.from_preset(preset)).eval()
     results = deploy.fidelity_report(model, [speech[0][:SAMPLING_RATE]], {}, threads=1)
     assert worst(results["bf16 weights"]) >= MIN_COSINE and worst(results["bf16 autocast"]) >= MIN_COSINE
+
+
+def test_export_writes_masked_fills_as_arithmetic_and_pointwise_convolutions_as_conv(fixture_model, fixture_graph):
+    """The graph rewrites: no `Where` over the full-size tensors (only the -inf bias, once per mask,
+    from a constant zero) and every 1 x 1 CNN convolution one Conv without layout copies."""
+    import onnx
+
+    graph = onnx.load_from_string(fixture_graph).graph
+    constants = deploy._scalar_initializers(graph)
+    fills = [
+        node for node in graph.node if node.op_type == "Where" and constants.get(node.input[1]) in (0.0, -math.inf)
+    ]
+    assert fills and all(node.input[2] in constants for node in fills)  # where(mask, -inf, 0): the bias itself
+    config = fixture_model.config
+    kernels = config.conv_kernel[1:]  # the first layer is a matmul over frames
+    assert 1 in kernels
+    assert sum(node.op_type == "Conv" for node in graph.node) == len(kernels) + 1  # + the positional convolution
+    cnn = [node.op_type for node in graph.node if deploy._part(node) == "cnn"]
+    assert cnn.count("MatMul") == 1  # the waveform's frames; the 1 x 1 layers are Conv now
 
 
 def layer_norm_model():
@@ -197,13 +219,22 @@ def test_benchmark_runtimes_times_every_runtime_interleaved(tmp_path, capsys, mo
     monkeypatch.setitem(benchmark.PRESETS, "tiny", {})
     monkeypatch.setattr(benchmark.ARMHubertConfig, "from_preset", classmethod(lambda cls, name: small))
     monkeypatch.setattr(benchmark, "hubert_base", lambda: random_model(small, seed=1))
+    targets = [dataclasses.replace(target, cases=("2x0.5",)) for target in benchmark.TARGETS]
+    monkeypatch.setattr(benchmark, "TARGETS", targets)
     argv = ["--models", "tiny", "--cases", "1x0.5", "2x0.5", "--repeats", "1", "--warmup", "0", "--threads", "1"]
     report = benchmark.benchmark([*argv, "--output_dir", str(tmp_path)])
     out = capsys.readouterr().out
     runtimes = [subject["runtime"] for subject in report["subjects"]]
-    assert runtimes == ["pytorch-fp32", "pytorch-fp32", "pytorch-bf16", "onnx-fp32", "onnx-int8"]
+    assert runtimes == ["pytorch-fp32", *benchmark.RUNTIMES]
     assert list(report["median_seconds"]) == ["1x0.5", "2x0.5"]
-    assert all(len(times) == 5 and min(times) > 0 for times in report["median_seconds"].values())
+    assert all(len(times) == 7 and min(times) > 0 for times in report["median_seconds"].values())
+    # The issue's four targets, for the target case only, each a ratio of this run's medians.
+    times = dict(zip(runtimes[1:], report["median_seconds"]["2x0.5"][1:]))
+    targets = {(t["runtime"], t["reference"][0]): t for t in report["targets"]}  # None: the same model
+    assert [t["case"] for t in report["targets"]] == ["2x0.5"] * 4 and len(targets) == 4
+    check = targets["onnx-int8", None]
+    assert check["ratio"] == times["onnx-int8"] / times["pytorch-fp32"] and check["passed"] == (check["ratio"] <= 0.35)
+    assert "issue 17 targets" in out and out.count("pass") + out.count("FAIL") == 4
     assert "/ HuBERT Base" in out and "RTF" in out and (tmp_path / "benchmark_runtimes.json").is_file()
     sizes = {s["runtime"]: s["file_bytes"] for s in report["subjects"][1:]}
     assert sizes["onnx-int8"] < sizes["onnx-fp32"] and sizes["pytorch-bf16"] < sizes["pytorch-fp32"]
@@ -228,3 +259,39 @@ def test_optimize_for_cpu_matches_eager_and_leaves_the_model_alone():
         np.testing.assert_allclose(value, expected[name], atol=1e-4, rtol=1e-4, err_msg=name)
     assert all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
     np.testing.assert_array_equal(deploy.run_torch(model, audio)["hidden_states"], expected["hidden_states"])
+
+
+def test_onednn_products_match_pytorch_and_step_aside_for_autograd(monkeypatch):
+    """Every product the mode takes gives PyTorch's numbers; with autograd on it takes none, and a
+    changed weight is re-packed."""
+    calls = []
+    linear = deploy._onednn_linear
+    monkeypatch.setattr(deploy, "_onednn_linear", lambda *args: calls.append(1) or linear(*args))
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 3, 5, 8, generator=generator), torch.randn(2, 3, 8, 6, generator=generator)
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(2, 5, 8, generator=generator)
+    products = {
+        "linear": lambda: layer(x),
+        "matmul 4-D": lambda: a @ b,
+        "bmm": lambda: torch.bmm(a[0], b[0]),
+        "mm": lambda: a[0, 0].mm(b[0, 0]),
+        "linear, transposed input": lambda: torch.nn.functional.linear(x.transpose(1, 2).mT, layer.weight),
+    }
+    with torch.no_grad():
+        expected = {name: product() for name, product in products.items()}
+    mode = deploy.OneDNNProducts()
+    for name, product in products.items():
+        with torch.no_grad(), mode:
+            got = product()
+        torch.testing.assert_close(got, expected[name], atol=1e-5, rtol=1e-5, msg=name)
+    assert len(calls) >= len(products)  # every one ran through oneDNN (4-D matmul: once per batch entry)
+    with torch.no_grad():
+        layer.weight.mul_(2)
+        doubled = layer(x)
+    with torch.no_grad(), mode:
+        torch.testing.assert_close(layer(x), doubled, atol=1e-5, rtol=1e-5)
+    calls.clear()
+    with mode:
+        layer(x).sum().backward()
+    assert not calls and layer.weight.grad is not None
