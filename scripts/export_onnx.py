@@ -48,6 +48,7 @@ from armhubert.deploy import (
     run_torch,
 )
 from armhubert.outputs import atomic_write_bytes
+from armhubert.progress import stages
 from configuration_armhubert import SAMPLING_RATE
 
 PROG = "export_onnx.py"
@@ -166,13 +167,20 @@ def export(argv: Sequence[str] | None = None) -> int:
     model = load_model(args.model, args.subfolder)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    model_bytes = convert_precision(export_onnx(model, args.opset), args.precision, args.int8_parts)
+    # Progress bars (a terminal only) name the long silent stages; the parity table prints between them.
+    with stages(["export", f"{args.precision} graph"], "ONNX") as begin:
+        begin("export")
+        exported = export_onnx(model, args.opset)
+        begin(f"{args.precision} graph")
+        model_bytes = convert_precision(exported, args.precision, args.int8_parts)
     session = onnx_session(model_bytes, threads)
     if not check_parity(model, session, args.precision, args):
         bound = f"--atol {args.atol}" if args.precision == "fp32" else "--min-cosine / --max-relative-error"
         print(f"{PROG}: error: parity check failed ({bound}); {output} was not written", file=sys.stderr)
         return 1
-    latency = measure_latency(model, session, args.latency_seconds, args.latency_runs)
+    with stages(["timing"], "ONNX") as begin:
+        begin("timing")
+        latency = measure_latency(model, session, args.latency_seconds, args.latency_runs)
     atomic_write_bytes(output, model_bytes)
     speedup = latency["PyTorch"] / latency["onnxruntime"]
     print(
