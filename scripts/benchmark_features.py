@@ -37,7 +37,6 @@ import torch
 from transformers import HfArgumentParser
 
 from armhubert.audio import read_audio
-from armhubert.chunking import CHUNK_LENGTH_S, STRIDE_LENGTH_S, chunk_windows, encode_chunked
 from armhubert.cli import UserError, run_main
 from armhubert.features.arguments import ExtractionArguments
 from armhubert.features.encoder import Encoder, load_encoder, select_layers
@@ -47,6 +46,7 @@ from armhubert.resources import BUNDLED_CORPUS
 from armhubert.units import assign_units, deduplicate_runs, fit_codebook
 from configuration_armhubert import SAMPLING_RATE
 from modeling_armhubert import superb_layer_outputs
+from pipeline_armhubert import CHUNK_LENGTH_S, STRIDE_LENGTH_S, chunk_windows, encode_chunked
 
 PROG = "benchmark_features.py"
 SECTIONS = ("throughput", "chunking", "fidelity", "kmeans", "units")

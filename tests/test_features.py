@@ -16,10 +16,10 @@ from helpers import ROOT, load_script, tiny_config
 from hostile import digest, refusal
 
 from armhubert.audio import read_audio
-from armhubert.chunking import encode_chunked
 from armhubert.features.index import FeatureIndex
 from armhubert.features.plan import plan_batches
 from modeling_armhubert import ARMHubertForCTC, ARMHubertModel, release_feature_extractor
+from pipeline_armhubert import encode_chunked
 
 CORPUS = ROOT / "data"
 SPLIT = "test-clean"  # 8 utterances, 26 s

@@ -14,7 +14,7 @@ What `scripts/extract_features.py` runs (`run.extract_features`), in steps that 
   at most `max_batch_seconds` of padded audio, batches into shards of about `shard_mb`; the plan
   depends on the corpus and the settings only, so a resumed run, or another process, finds the same shards;
 - `batches`: `encode_batch`: one padded batch through the model (inference mode, padding masks), or one
-  long utterance through `armhubert.chunking.encode_chunked`; per-utterance features (T, D) and units;
+  long utterance through `pipeline_armhubert.encode_chunked`; per-utterance features (T, D) and units;
   `decode_ahead` decodes the next batch while one is encoded;
 - `shards`: `write_shard`: each shard one safetensors file (per feature one (sum of frames, D) tensor,
   `units` (sum of units,) int16), written to a temporary name and renamed: a killed run loses at most

@@ -4,7 +4,7 @@
   this one is encoded;
 - `encode_batch`: one padded batch through the model (padding masks: frames past an utterance's end
   are dropped), or a single utterance longer than the chunking threshold through
-  `armhubert.chunking.encode_chunked`; per-utterance features (T, D) and units.
+  `pipeline_armhubert.encode_chunked`; per-utterance features (T, D) and units.
 """
 
 from collections.abc import Iterator, Sequence
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from configuration_armhubert import SAMPLING_RATE
+from pipeline_armhubert import encode_chunked
 
-from ..chunking import encode_chunked
 from ..units import Codebook, assign_units, deduplicate_runs
 from .arguments import ExtractionArguments
 from .encoder import Encoder, LayerSelection, selected_features
@@ -27,7 +27,7 @@ Decoded = list[tuple[str, np.ndarray | None, str | None]]  # per row: (id, sampl
 
 @dataclass
 class Chunking:
-    """Utterances longer than `chunk_length_s` run in windows (`armhubert.chunking`); None: never."""
+    """Utterances longer than `chunk_length_s` run in windows (`pipeline_armhubert.encode_windows`); None: never."""
 
     chunk_length_s: float
     stride_length_s: float

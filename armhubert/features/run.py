@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
+from pipeline_armhubert import num_frames
 
 from ..audio import DataError
-from ..chunking import num_frames
 from ..outputs import atomic_write_text
 from ..units import Codebook, load_codebook, save_codebook
 from .arguments import STORAGE_DTYPES, ExtractionArguments, check_arguments
