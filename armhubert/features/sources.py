@@ -51,6 +51,10 @@ class Corpus:
         """Audio seconds of these rows, from their headers."""
         return sum(self.lengths[row] for row in rows) / SAMPLING_RATE
 
+    def audio(self, row: int) -> dict:
+        """The undecoded audio ({"path", "bytes"}) of a row."""
+        return self.rows[row]["audio"]
+
     def read(self, row: int, min_samples: int) -> tuple[str, np.ndarray | None, str | None]:
         """(id, 16 kHz samples or None, why it was skipped): unreadable audio, or fewer than `min_samples`
         samples (the model's receptive field)."""
