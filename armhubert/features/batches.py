@@ -10,6 +10,7 @@
   is bounded by the window, not the recording; concatenated, they are `encode_batch`'s features of it.
 """
 
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,12 +61,28 @@ def chunking_for(args: ExtractionArguments) -> Chunking | None:
     return Chunking(args.chunk_length_s, args.stride_length_s, windows)
 
 
+def spare_core_for_decoding(device: torch.device) -> bool:
+    """Whether decoding in a thread beside the model gains time: on a GPU, or when torch leaves a CPU core idle.
+
+    When torch's threads already take every core, a decoding thread only preempts them (and threads
+    that wait for each other at every operator lose far more than the decoding takes), so the next
+    batch is decoded in turn instead.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return device.type != "cpu" or torch.get_num_threads() < cores
+
+
 def decode_ahead(
-    corpus: Corpus, batches: Sequence[Sequence[int]], min_samples: int, stream_samples: int | None = None
+    corpus: Corpus,
+    batches: Sequence[Sequence[int]],
+    min_samples: int,
+    stream_samples: int | None = None,
+    in_a_thread: bool = True,
 ) -> Iterator[Decoded]:
-    """[(id, samples, None) or (id, None, reason)] for each batch of corpus rows, the next batch decoded while
-    this one is used; rows shorter than `min_samples` (the receptive field) are skipped like unreadable ones.
-    Rows longer than `stream_samples` are not decoded: (id, `Streamed`, None)."""
+    """[(id, samples, None) or (id, None, reason)] for each batch of corpus rows; rows shorter than
+    `min_samples` (the receptive field) are skipped like unreadable ones, rows longer than `stream_samples`
+    are not decoded: (id, `Streamed`, None). `in_a_thread`: the next batch is decoded in a thread while this
+    one is used (see `spare_core_for_decoding`); else each batch when it is asked for."""
 
     def read(batch):
         return [
@@ -75,6 +92,9 @@ def decode_ahead(
             for row in batch
         ]
 
+    if not in_a_thread:
+        yield from map(read, batches)
+        return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
         ahead: Future | None = pool.submit(read, batches[0]) if batches else None
         for position in range(len(batches)):

@@ -25,7 +25,16 @@ from ..outputs import atomic_write_text
 from ..units import Codebook, load_codebook, save_codebook
 from .arguments import STORAGE_DTYPES, ExtractionArguments, check_arguments
 from .arrow import DATASET_FOLDER, write_arrow_dataset
-from .batches import Chunking, Decoded, Streamed, chunking_for, decode_ahead, encode_batch, encode_streamed
+from .batches import (
+    Chunking,
+    Decoded,
+    Streamed,
+    chunking_for,
+    decode_ahead,
+    encode_batch,
+    encode_streamed,
+    spare_core_for_decoding,
+)
 from .codebook import CODEBOOK_FILE, check_codebook, fit_units
 from .encoder import Encoder, LayerSelection, load_encoder, probe_widths, selection_for
 from .index import INDEX_FILE, build_index
@@ -149,7 +158,8 @@ def encode_shards(run: Run, shards: Sequence[ShardPlan]) -> tuple[int, float]:
         stream_samples = None
     writer, count, seconds = None, 0, 0.0
     with torch.inference_mode():
-        batches = decode_ahead(run.corpus, [batch for _, _, batch in work], field_size, stream_samples)
+        in_a_thread = spare_core_for_decoding(next(run.encoder.model.parameters()).device)
+        batches = decode_ahead(run.corpus, [batch for _, _, batch in work], field_size, stream_samples, in_a_thread)
         for (shard, fingerprint, batch), decoded in zip(work, batches):
             if writer is None:
                 writer = ShardWriter(run.output_dir / shard.file_name, widths, dtype, run.codebook is not None)
