@@ -321,7 +321,7 @@ def encode_windows(
             returning a `ModelOutput`, whose config has the CNN's kernels and strides).
         read: `read(start, count)` -> `(count,)` float tensor on the model's device: the input's samples
             [start, start + count). Called once per window, in order of `start`: a slice of an array, or
-            a read from a file (`armhubert.chunking.encode_file_windows`), so the input need not be in memory.
+            a read from a file (`armhubert.chunking.file_window_reader`), so the input need not be in memory.
         num_samples: the input's length.
         chunk_length_s, stride_length_s: see `chunk_windows`. An input no longer than a window runs whole.
         windows_per_batch: windows per model call (they have the same length: no padding).

@@ -8,19 +8,21 @@ samples are decoded on their own by `armhubert.audio.read_audio` (a seek and a b
 16 kHz file; for other rates the crop is resampled with context on either side), so memory is bounded
 by the window, not by the recording.
 
-    from armhubert.chunking import encode_file_windows
+    from armhubert.audio import header_num_samples
+    from armhubert.chunking import file_window_reader
+    from pipeline_armhubert import encode_windows
+
+    read = file_window_reader("talk.flac", torch.device("cpu"))
     with torch.inference_mode():
-        for window, output in encode_file_windows(model, "talk.flac", num_samples):
+        for window, output in encode_windows(model, read, header_num_samples("talk.flac")):
             output.last_hidden_state   # (1, window.keep_end - window.keep_start, D): frames keep_start.. of the grid
 """
 
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
-
-from pipeline_armhubert import CHUNK_LENGTH_S, FrameWindow, encode_windows
 
 from .audio import read_audio
 
@@ -41,22 +43,3 @@ def file_window_reader(audio: str | os.PathLike | dict, device: torch.device) ->
         return torch.from_numpy(samples).to(device)
 
     return read
-
-
-def encode_file_windows(
-    model: torch.nn.Module,
-    audio: str | os.PathLike | dict,
-    num_samples: int,
-    chunk_length_s: float = CHUNK_LENGTH_S,
-    stride_length_s: float | Sequence[float] | None = None,
-    windows_per_batch: int = 1,
-    transform: Callable[[Mapping], Mapping] | None = None,
-    **forward_kwargs,
-) -> Iterator[tuple[FrameWindow, Mapping]]:
-    """`pipeline_armhubert.encode_windows` over a file of `num_samples` samples at 16 kHz (from its header):
-    yields (window, output cut to its kept frames) in frame order, reading each window from the file."""
-    device = next(model.parameters()).device
-    read = file_window_reader(audio, device)
-    yield from encode_windows(
-        model, read, num_samples, chunk_length_s, stride_length_s, windows_per_batch, transform, **forward_kwargs
-    )

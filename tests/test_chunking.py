@@ -9,8 +9,8 @@ import torch
 from helpers import random_model, tiny_config, waveform
 
 from armhubert.audio import header_num_samples, read_audio
-from armhubert.chunking import encode_file_windows
-from pipeline_armhubert import chunk_windows, encode_chunked, num_frames, plan_windows, window_samples
+from armhubert.chunking import file_window_reader
+from pipeline_armhubert import chunk_windows, encode_chunked, encode_windows, num_frames, plan_windows, window_samples
 
 # A CNN without normalisation across time: a window's CNN features are the whole input's, frame for frame.
 LOCAL_CNN = dict(feat_extract_norm="layer", conv_dim=[32, 32, 32, 32, 32, 32, 40, 40, 40], conv_bias=True)
@@ -166,7 +166,8 @@ def test_windows_read_from_a_file_are_the_in_memory_windows(tmp_path, rate):
     num_samples = header_num_samples(path)
     with torch.inference_mode():
         whole = encode_chunked(model, decoded[:, :num_samples], chunk_length_s=1.0, stride_length_s=0.2)
-        parts = list(encode_file_windows(model, path, num_samples, chunk_length_s=1.0, stride_length_s=0.2))
+        read = file_window_reader(path, torch.device("cpu"))
+        parts = list(encode_windows(model, read, num_samples, chunk_length_s=1.0, stride_length_s=0.2))
     assert len(parts) > 4 and parts[-1][0].keep_end == whole.last_hidden_state.shape[1]
     for window, part in parts:
         expected = whole.last_hidden_state[:, window.keep_start : window.keep_end]

@@ -6,7 +6,7 @@
   are dropped), or a single decoded utterance longer than the chunking threshold through
   `pipeline_armhubert.encode_chunked`; per-utterance features (T, D) and units;
 - `encode_streamed`: a `Streamed` recording window by window from its file
-  (`armhubert.chunking.encode_file_windows`): the kept frames of each window as they come, so memory
+  (`pipeline_armhubert.encode_windows` reading through `armhubert.chunking.file_window_reader`): the kept frames of each window as they come, so memory
   is bounded by the window, not the recording; concatenated, they are `encode_batch`'s features of it.
 """
 
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from configuration_armhubert import SAMPLING_RATE
-from pipeline_armhubert import encode_chunked
+from pipeline_armhubert import encode_chunked, encode_windows
 
-from ..chunking import encode_file_windows
+from ..chunking import file_window_reader
 from ..units import Codebook, assign_units, deduplicate_runs
 from .arguments import ExtractionArguments
 from .encoder import Encoder, LayerSelection, selected_features
@@ -163,9 +163,9 @@ def encode_streamed(
 
     Raises `armhubert.audio.DataError` when a window cannot be read. Call under `torch.inference_mode()`.
     """
-    parts = encode_file_windows(
+    parts = encode_windows(
         encoder.model,
-        streamed.audio,
+        file_window_reader(streamed.audio, next(encoder.model.parameters()).device),
         streamed.num_samples,
         chunking.chunk_length_s,
         chunking.stride_length_s,
