@@ -5,9 +5,10 @@
 - `encode_batch`: one padded batch through the model (padding masks: frames past an utterance's end
   are dropped), or a single decoded utterance longer than the chunking threshold through
   `pipeline_armhubert.encode_chunked`; per-utterance features (T, D) and units;
-- `encode_streamed`: a `Streamed` recording window by window from its file
-  (`pipeline_armhubert.encode_windows` reading through `armhubert.chunking.file_window_reader`): the kept frames of each window as they come, so memory
-  is bounded by the window, not the recording; concatenated, they are `encode_batch`'s features of it.
+- `encode_streamed`: a `Streamed` recording window by window from its file (`pipeline_armhubert.encode_windows`
+  reading through `armhubert.chunking.file_window_reader`): the kept frames of each window as they come,
+  so memory is bounded by the window, not the recording; concatenated, they are `encode_batch`'s
+  features of it.
 """
 
 import os
