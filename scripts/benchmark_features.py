@@ -69,7 +69,7 @@ class FeatureBenchmarkArguments:
     preset: str = field(default="armhubert-960h", metadata={"help": "Random-weight preset when no --model."})
     data_dir: str = field(default=str(BUNDLED_CORPUS.parent), metadata={"help": "Folder holding LibriSpeech/."})
     splits: str = field(default="train-clean-100,dev-clean,test-clean", metadata={"help": "Splits encoded."})
-    repeats: int = field(default=3, metadata={"help": "Interleaved rounds of each throughput contender."})
+    repeats: int = field(default=3, metadata={"help": "Interleaved rounds (throughput contenders, chunking lengths)."})
     max_batch_seconds: float = field(default=100.0, metadata={"help": "Padded audio per batch (tool and loop)."})
     long_minutes: float = field(default=10.0, metadata={"help": "Length of the long synthetic recording."})
     fidelity_models: str = field(default="fixture", metadata={"help": "Model folders, 'fixture' or presets."})
@@ -217,7 +217,7 @@ def chunking(args: FeatureBenchmarkArguments) -> None:
             files[name] = Path(scratch) / f"{seconds:g}s.flac"
             soundfile.write(files[name], recording(args, seconds)[0].numpy(), SAMPLING_RATE)
         streamed_cost(encoder, files["1 min"], Path(scratch))  # warm-up
-        for _ in range(max(1, args.repeats // 2)):
+        for _ in range(args.repeats):  # interleaved rounds; the fastest of each length counts (noise only slows)
             for name in lengths:
                 costs[name].append(streamed_cost(encoder, files[name], Path(scratch)))
     weights = sum(t.untyped_storage().nbytes() for t in state_tensors(encoder.model))
@@ -230,7 +230,8 @@ def chunking(args: FeatureBenchmarkArguments) -> None:
         tensors, traced, frames = max(run[1] for run in runs), max(run[2] for run in runs), runs[0][3]
         summary[name] = (elapsed, tensors + traced, tensors + traced - weights)
         windows = len(chunk_windows(encoder.model.config, int(lengths[name] * SAMPLING_RATE)))
-        print(f"{name:>7}: {elapsed:6.1f} s ({windows} windows, {frames} frames written), peak {tensors / 2**20:6.1f} "
+        print(f"{name:>7}: {elapsed:6.1f} s ({windows} windows, {elapsed / windows:.2f} s each, {frames} frames written), "
+              f"rounds {', '.join(f'{run[0]:.1f}' for run in runs)} s; peak {tensors / 2**20:6.1f} "
               f"MiB of tensors + {traced / 2**20:5.1f} MiB traced = {(tensors + traced) / 2**20:6.1f} MiB "
               f"({(tensors + traced - weights) / 2**20:6.1f} MiB beyond the weights)")  # fmt: skip
     (short_time, short_peak, short_work), (long_time, long_peak, long_work) = summary.values()
