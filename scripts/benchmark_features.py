@@ -111,7 +111,8 @@ def tool_run(args, encoder, output_dir) -> None:
 
 
 def hand_written_loop(args, encoder, files) -> None:
-    """Read every file, sort by length, batch under the same budget, keep model(x) outputs in memory."""
+    """Read every file, sort by length, batch under the same budget (no mask without padding), keep model(x)
+    outputs in memory."""
     audio = sorted((read_audio(path) for path in files), key=len, reverse=True)
     budget, outputs, start = args.max_batch_seconds * SAMPLING_RATE, [], 0
     extractor = encoder.extractor
@@ -120,7 +121,8 @@ def hand_written_loop(args, encoder, files) -> None:
             count = max(1, min(len(audio) - start, int(budget // len(audio[start]))))
             batch = extractor(audio[start : start + count], sampling_rate=SAMPLING_RATE, padding=True,
                               return_attention_mask=True, return_tensors="pt")  # fmt: skip
-            output = encoder.model(batch.input_values, attention_mask=batch.attention_mask)
+            unpadded = len({len(samples) for samples in audio[start : start + count]}) == 1
+            output = encoder.model(batch.input_values, attention_mask=None if unpadded else batch.attention_mask)
             frames = encoder.model._get_feat_extract_output_lengths(batch.attention_mask.sum(-1))
             outputs += [output.last_hidden_state[row, :length] for row, length in enumerate(frames.tolist())]
             start += count

@@ -126,6 +126,8 @@ def encode_batch(
         list(waveforms), sampling_rate=SAMPLING_RATE, padding=True, return_attention_mask=True, return_tensors="pt"
     )
     input_values, attention_mask = batch["input_values"].to(device), batch["attention_mask"].to(device)
+    if len({len(waveform) for waveform in waveforms}) == 1:
+        attention_mask = None  # no padding: the model's unmasked path (a mask of ones costs time and changes nothing)
     if chunking is not None and len(waveforms) == 1 and len(waveforms[0]) > chunking.threshold_samples:
         output = encode_chunked(
             model,
