@@ -45,7 +45,8 @@ class Corpus:
     lengths: list[int] = field(init=False)
 
     def __post_init__(self):
-        self.ids, self.lengths = self.rows["id"], self.rows["num_samples"]  # read once: columns are costly
+        # Read once, as lists: indexing a datasets Column reads through the Arrow table (and hashes) every time.
+        self.ids, self.lengths = list(self.rows["id"]), list(self.rows["num_samples"])
 
     def seconds(self, rows: Sequence[int]) -> float:
         """Audio seconds of these rows, from their headers."""
