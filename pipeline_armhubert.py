@@ -8,11 +8,18 @@ pipeline through the folder's `config.custom_pipelines` (`armhubert.remote_code.
 text-only), `ARMHubertSpeechRecognitionPipeline` / `ARMHubertAudioClassificationPipeline` (transformers'
 own, reading audio files without ffmpeg) for the task heads. All three decode files with
 `read_audio_file`: soundfile + soxr, ffmpeg only as a fallback.
+
+Long inputs run in overlapping windows stitched on the unchunked frame grid (`chunk_windows`,
+`encode_windows`, and the model-level helper `encode_chunked(model, waveform[None])`): the feature
+pipeline's `chunk_length_s` / `stride_length_s` (default: inputs longer than 30 s), and the corpus tool
+(`armhubert.features`, streaming the windows from the file) use this one implementation.
 """
 
+import dataclasses
 import io
 import os
 import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -147,6 +154,272 @@ def decode_audio_files(inputs, sampling_rate: int = SAMPLING_RATE):
     return inputs
 
 
+# --------------------------------------------------------------------------------------------------
+# Long audio in overlapping windows, stitched on the whole input's frame grid.
+#
+# A HuBERT-class encoder attends over the whole input: on a 10-minute recording (30,000 frames) time
+# grows with the square of the length, and every frame's features depend on audio minutes away,
+# unlike anything the model saw in training (LibriSpeech utterances of at most 35 s). `encode_chunked`
+# runs windows of `chunk_length_s` seconds instead, each with `stride_length_s` seconds of context on
+# either side that are dropped again (the names and meaning of the ASR pipeline's options), and keeps
+# every window's centre frames. Time and memory then grow linearly with the length.
+#
+# The stitching is exact arithmetic, not resampling: frame t of a CNN with total stride S and
+# receptive field R (`config.inputs_to_logits_ratio`, `config.receptive_field`) reads samples
+# [t*S, t*S + R), and a signal of N samples yields floor((N - R) / S) + 1 frames (the per-layer formula
+# L <- floor((L - k) / s) + 1 composes to it). A window that starts at sample s*S and holds
+# (F - 1)*S + R samples therefore yields exactly frames s .. s + F - 1 of the whole input: every output
+# frame keeps its index, and the CNN features of a window equal the whole input's where the CNN has no
+# normalisation across time. (The releases' first CNN layer has a GroupNorm over the whole time axis,
+# so there a window's CNN features differ slightly from the whole input's.)
+#
+# One implementation serves the feature pipeline (`chunk_length_s`, `stride_length_s`), Python
+# (`encode_chunked(model, waveform[None])`) and the corpus tool, which streams windows from a file
+# through `encode_windows` (armhubert.chunking) instead of holding the recording.
+
+CHUNK_LENGTH_S = 30.0  # the longest training utterances are about this long
+STRIDE_LENGTH_S = CHUNK_LENGTH_S / 6  # context dropped on each side: the ASR pipeline's default ratio
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameWindow:
+    """One window of a chunked input, in frames of the whole input's grid.
+
+    The window yields frames [start, start + frames) and contributes [keep_start, keep_end) of them.
+    """
+
+    start: int
+    frames: int
+    keep_start: int
+    keep_end: int
+
+
+def plan_windows(total_frames: int, window_frames: int, left_frames: int, right_frames: int) -> list[FrameWindow]:
+    """Windows of `window_frames` frames covering [0, total_frames), each kept frame exactly once.
+
+    Every window but the first drops `left_frames` frames on its left, every window but the last
+    `right_frames` on its right, so a kept frame has at least that much context on both sides
+    (except at the input's own ends). The last window is moved back to end at the last frame (it
+    then drops more on its left) so that all windows have the same length: they batch without padding.
+    One window of the whole input when it is no longer than a window.
+    """
+    if total_frames <= window_frames:
+        return [FrameWindow(0, total_frames, 0, total_frames)]
+    step = window_frames - left_frames - right_frames
+    if step < 1 or left_frames < 0 or right_frames < 0:
+        raise ValueError(
+            f"a window of {window_frames} frames cannot drop {left_frames} + {right_frames} frames of context and "
+            "keep any; make stride_length_s less than half of chunk_length_s"
+        )
+    windows, start, keep_start = [], 0, 0
+    while start + window_frames < total_frames:
+        keep_end = start + window_frames - right_frames
+        windows.append(FrameWindow(start, window_frames, keep_start, keep_end))
+        keep_start, start = keep_end, start + step
+    windows.append(FrameWindow(total_frames - window_frames, window_frames, keep_start, total_frames))
+    return windows
+
+
+def num_frames(config, num_samples: int) -> int:
+    """Frames the model outputs for `num_samples` samples: floor((N - R) / S) + 1, less the crop to
+    `config.crop_seq_to_multiple`; 0 below the receptive field."""
+    stride, field = config.inputs_to_logits_ratio, config.receptive_field
+    frames = (num_samples - field) // stride + 1 if num_samples >= field else 0
+    return frames - frames % config.crop_seq_to_multiple
+
+
+def window_samples(config, window: FrameWindow) -> tuple[int, int]:
+    """(first sample, number of samples) of the audio that yields exactly the window's frames."""
+    stride = config.inputs_to_logits_ratio
+    return window.start * stride, (window.frames - 1) * stride + config.receptive_field
+
+
+def _context_seconds(stride_length_s: float | Sequence[float] | None, chunk_length_s: float) -> tuple[float, float]:
+    if stride_length_s is None:
+        return chunk_length_s / 6, chunk_length_s / 6
+    if isinstance(stride_length_s, (int, float)):
+        return float(stride_length_s), float(stride_length_s)
+    left, right = stride_length_s
+    return float(left), float(right)
+
+
+def chunk_windows(
+    config,
+    num_samples: int,
+    chunk_length_s: float = CHUNK_LENGTH_S,
+    stride_length_s: float | Sequence[float] | None = None,
+) -> list[FrameWindow]:
+    """The windows `encode_chunked` runs for an input of `num_samples` samples.
+
+    Args:
+        config: the model's config (CNN kernels and strides, `crop_seq_to_multiple`).
+        chunk_length_s: window length in seconds (rounded down to whole frames, and to a multiple of
+            `crop_seq_to_multiple` frames, so that the model crops nothing off a window).
+        stride_length_s: context dropped on each side, in seconds (rounded to whole frames), or a
+            (left, right) pair, as the ASR pipeline's option; `None`: chunk_length_s / 6 on each side.
+    """
+    if chunk_length_s <= 0:
+        raise ValueError(f"chunk_length_s must be positive, got {chunk_length_s}")
+    left_s, right_s = _context_seconds(stride_length_s, chunk_length_s)
+    if left_s < 0 or right_s < 0:
+        raise ValueError(f"stride_length_s must not be negative, got {stride_length_s}")
+    window_frames = num_frames(config, int(chunk_length_s * SAMPLING_RATE))
+    if window_frames < 1:
+        raise ValueError(
+            f"chunk_length_s={chunk_length_s} is shorter than the model's receptive field "
+            f"({config.receptive_field / SAMPLING_RATE:.3f} s); give a longer window"
+        )
+    frame_seconds = config.inputs_to_logits_ratio / SAMPLING_RATE
+    left, right = round(left_s / frame_seconds), round(right_s / frame_seconds)
+    return plan_windows(num_frames(config, num_samples), window_frames, left, right)
+
+
+def _window_piece(config, windows: list[FrameWindow], index: int, length: int) -> tuple[int, int]:
+    """(first sample, number of samples) to encode for window `index` of an input of `length` samples.
+
+    An input that is one window runs whole, every sample, as the unchunked model reads it.
+    """
+    return (0, length) if len(windows) == 1 else window_samples(config, windows[index])
+
+
+def frame_fields(output: Mapping) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The frame-aligned fields of an output, each as a tuple of (B, F, ...) tensors; no masks.
+
+    `ModelOutput`s are mappings of their non-None fields.
+    """
+    return {
+        name: value if isinstance(value, tuple) else (value,)
+        for name, value in output.items()
+        if value is not None and name != "frame_attention_mask"
+    }
+
+
+def _rebuilt(template: Mapping, fields: dict[str, tuple[torch.Tensor, ...]], mask: torch.Tensor | None) -> Mapping:
+    """An object of `template`'s type holding `fields` (tuples where the template has tuples) and `mask` as
+    its `frame_attention_mask`, where its type has that field."""
+    values = {name: tensors if isinstance(template[name], tuple) else tensors[0] for name, tensors in fields.items()}
+    names = {field.name for field in dataclasses.fields(template)} if dataclasses.is_dataclass(template) else template
+    if "frame_attention_mask" in names:
+        values["frame_attention_mask"] = mask
+    return type(template)(**values)
+
+
+def encode_windows(
+    model: torch.nn.Module,
+    read: Callable[[int, int], torch.Tensor],
+    num_samples: int,
+    chunk_length_s: float = CHUNK_LENGTH_S,
+    stride_length_s: float | Sequence[float] | None = None,
+    windows_per_batch: int = 1,
+    transform: Callable[[Mapping], Mapping] | None = None,
+    **forward_kwargs,
+) -> Iterator[tuple[FrameWindow, Mapping]]:
+    """Encode one input window by window; yield each window with its kept frames, in frame order.
+
+    Args:
+        model: an `ARMHubertModel` (any encoder called as `model(input_values, **forward_kwargs)`,
+            returning a `ModelOutput`, whose config has the CNN's kernels and strides).
+        read: `read(start, count)` -> `(count,)` float tensor on the model's device: the input's samples
+            [start, start + count). Called once per window, in order of `start`: a slice of an array, or
+            a read from a file (`armhubert.chunking.file_window_reader`), so the input need not be in memory.
+        num_samples: the input's length.
+        chunk_length_s, stride_length_s: see `chunk_windows`. An input no longer than a window runs whole.
+        windows_per_batch: windows per model call (they have the same length: no padding).
+        transform: applied to every model output first, e.g. to keep only some layers; returns a
+            `ModelOutput` or a dict.
+        **forward_kwargs: passed to the model, e.g. `output_hidden_states=True`.
+
+    Yields:
+        (window, output): `output` of the type the model (or `transform`) returns, every frame-aligned
+        tensor cut to the window's kept frames `(1, keep_end - keep_start, ...)` (tuples too), no mask.
+    """
+    if forward_kwargs.get("output_attentions"):
+        raise ValueError("chunked encoding cannot stitch attention maps (they span a window, not the input)")
+    if windows_per_batch < 1:
+        raise ValueError(f"windows_per_batch must be at least 1, got {windows_per_batch}")
+    config = model.config
+    windows = chunk_windows(config, num_samples, chunk_length_s, stride_length_s)
+    for first in range(0, len(windows), windows_per_batch):
+        batch = windows[first : first + windows_per_batch]
+        pieces = [read(*_window_piece(config, windows, first + index, num_samples)) for index in range(len(batch))]
+        output = model(torch.stack(pieces), **forward_kwargs)
+        output = transform(output) if transform is not None else output
+        fields = frame_fields(output)
+        for index, window in enumerate(batch):
+            offset = window.keep_start - window.start
+            kept = slice(offset, offset + window.keep_end - window.keep_start)
+            cut = {
+                name: tuple(tensor[index : index + 1, kept] for tensor in tensors) for name, tensors in fields.items()
+            }
+            yield window, _rebuilt(output, cut, None)
+
+
+def encode_chunked(
+    model: torch.nn.Module,
+    input_values: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    chunk_length_s: float = CHUNK_LENGTH_S,
+    stride_length_s: float | Sequence[float] | None = None,
+    windows_per_batch: int = 1,
+    transform: Callable[[Mapping], Mapping] | None = None,
+    **forward_kwargs,
+) -> Mapping:
+    """Encode (B, N) audio in overlapping windows and stitch their centre frames: the model-level helper.
+
+        with torch.inference_mode():
+            out = encode_chunked(model, waveform[None])   # 30 s windows, 5 s of context dropped on each side
+        out.last_hidden_state   # (1, T, D): T = model(waveform[None]).last_hidden_state.shape[1]
+
+    Args:
+        model: an `ARMHubertModel` (see `encode_windows`).
+        input_values (`(B, N)` float): raw 16 kHz audio; each row is planned by its own length.
+        attention_mask (`(B, N)`, optional): 1 = real sample; only a row's real samples are encoded
+            (its padding is never part of a window).
+        chunk_length_s, stride_length_s: window length and context dropped on each side (seconds; default
+            stride: chunk_length_s / 6); see `chunk_windows`. A row no longer than a window runs whole, as
+            `model(row)` would.
+        windows_per_batch, transform, **forward_kwargs: see `encode_windows`.
+
+    Returns:
+        An object of the type the model (or `transform`) returns with every frame-aligned tensor
+        `(B, T, ...)` stitched, tuples of them too (T = the frames of the longest row; frames past a
+        shorter row's end are zero), and `frame_attention_mask` `(B, T)` long (None when no row is shorter)
+        where the output type has that field.
+    """
+    if input_values.dim() != 2:
+        raise ValueError(f"input_values must have shape (batch, samples), got {tuple(input_values.shape)}")
+    lengths = [input_values.shape[1]] * input_values.shape[0]
+    if attention_mask is not None:
+        lengths = [int(length) for length in attention_mask.sum(-1)]
+    frames = [num_frames(model.config, length) for length in lengths]
+    total = max(frames)
+    stitched: dict[str, tuple[torch.Tensor, ...]] = {}
+    template = None
+    for row, length in enumerate(lengths):
+        parts = encode_windows(
+            model,
+            lambda start, count, row=row: input_values[row, start : start + count],
+            length,
+            chunk_length_s,
+            stride_length_s,
+            windows_per_batch,
+            transform,
+            **forward_kwargs,
+        )
+        for window, part in parts:
+            template = part if template is None else template
+            for name, tensors in frame_fields(part).items():
+                if name not in stitched:
+                    stitched[name] = tuple(t.new_zeros((len(lengths), total, *t.shape[2:])) for t in tensors)
+                for target, tensor in zip(stitched[name], tensors):
+                    target[row, window.keep_start : window.keep_end] = tensor[0]
+    mask = None
+    if min(frames) < total:
+        device = next(iter(stitched.values()))[0].device
+        mask = (torch.arange(total, device=device)[None, :] < torch.tensor(frames, device=device)[:, None]).long()
+    return _rebuilt(template, stitched, mask)
+
+
 class _ReadsAudioFiles:
     """Mixin for transformers' audio pipelines: files are decoded by `decode_audio_files`, not ffmpeg."""
 
@@ -180,6 +453,11 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
             (0 = encoder input); `"projected"` projected outputs 1..L (models with heads only).
         layers: an int or list of layer numbers from that set (default: all of it).
         return_tensors: `True` returns a torch tensor instead of a numpy array.
+        chunk_length_s: inputs longer than this (default 30 s, about the longest training utterance) run
+            in overlapping windows of this length, stitched on the unchunked frame grid (`encode_chunked`);
+            `0` never chunks (one forward pass over the whole input, time quadratic in its length).
+        stride_length_s: context dropped on each side of a window, seconds, or a (left, right) pair
+            (default chunk_length_s / 6), as the ASR pipeline's option.
 
     Inputs: a mono float array sampled at 16 kHz; a `{"raw" or "array": ..., "sampling_rate": 16000}`
     dict (the `datasets` format); or an audio file (a path, its bytes, or an undecoded `datasets` dict),
@@ -203,6 +481,8 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
         layers: int | list[int] | None = None,
         representation: str | None = None,
         return_tensors: bool | None = None,
+        chunk_length_s: float | None = None,
+        stride_length_s: float | Sequence[float] | None = None,
     ) -> tuple[dict, dict, dict]:
         forward_params, postprocess_params = {}, {}
         if representation is not None:
@@ -211,6 +491,12 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
             forward_params["representation"] = representation
         if layers is not None:
             forward_params["layers"] = [layers] if isinstance(layers, int) else list(layers)
+        if chunk_length_s is not None:
+            if chunk_length_s < 0:
+                raise ValueError(f"chunk_length_s={chunk_length_s} must be positive, or 0 to never chunk.")
+            forward_params["chunk_length_s"] = chunk_length_s
+        if stride_length_s is not None:
+            forward_params["stride_length_s"] = stride_length_s
         if return_tensors is not None:
             postprocess_params["return_tensors"] = return_tensors
         return {}, forward_params, postprocess_params
@@ -260,6 +546,19 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
             audio, sampling_rate=SAMPLING_RATE, return_attention_mask=True, return_tensors="pt"
         )
 
+    def _layer_numbers(self, representation: str, layers: list[int] | None) -> list[int]:
+        """The requested layer numbers of `representation` (default: all of it), checked against the model."""
+        count = self.model.config.num_hidden_layers
+        available = list(range(0 if representation == "hidden" else 1, count + 1))
+        numbers = available if layers is None else layers
+        unknown = [number for number in numbers if number not in available]
+        if unknown:
+            raise ValueError(
+                f"layers {unknown} are not in the {representation!r} representation; "
+                f"choose from {available[0]}..{available[-1]}."
+            )
+        return numbers
+
     def _layer_set(self, output, representation: str) -> dict[int, torch.Tensor]:
         """{layer number: (B, T, D) tensor} of the chosen representation."""
         config = self.model.config
@@ -278,24 +577,39 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
         return dict(enumerate(output.hidden_states[start:], start=start))
 
     def _forward(
-        self, model_inputs: dict, layers: list[int] | None = None, representation: str = "superb"
+        self,
+        model_inputs: dict,
+        layers: list[int] | None = None,
+        representation: str = "superb",
+        chunk_length_s: float = CHUNK_LENGTH_S,
+        stride_length_s: float | Sequence[float] | None = None,
     ) -> dict[str, torch.Tensor]:
         encoder = getattr(self.model, "armhubert", self.model)  # a task model's encoder works too
-        output = encoder(
-            model_inputs["input_values"], attention_mask=model_inputs.get("attention_mask"), output_hidden_states=True
-        )
-        available = self._layer_set(output, representation)
-        numbers = sorted(available) if layers is None else layers
-        unknown = [number for number in numbers if number not in available]
-        if unknown:
-            raise ValueError(
-                f"layers {unknown} are not in the {representation!r} representation; "
-                f"choose from {min(available)}..{max(available)}."
+        numbers = self._layer_numbers(representation, layers)
+
+        def selected(output) -> dict:
+            """{"features": (B, T, n, D) of the chosen layers (frames second, as chunking stitches them), mask}."""
+            available = self._layer_set(output, representation)
+            features = torch.stack([available[number] for number in numbers], dim=2)
+            return {"features": features, "frame_attention_mask": output.frame_attention_mask}
+
+        input_values, attention_mask = model_inputs["input_values"], model_inputs.get("attention_mask")
+        if chunk_length_s and input_values.shape[1] > chunk_length_s * SAMPLING_RATE:
+            output = encode_chunked(
+                encoder,
+                input_values,
+                attention_mask,
+                chunk_length_s,
+                stride_length_s,
+                transform=selected,
+                output_hidden_states=True,
             )
-        features = torch.stack([available[number] for number in numbers], dim=1)  # (B, n, T, D)
+        else:
+            output = selected(encoder(input_values, attention_mask=attention_mask, output_hidden_states=True))
+        features = output["features"].transpose(1, 2)  # (B, n, T, D)
         batch, _, frames, _ = features.shape
-        if output.frame_attention_mask is not None:
-            real_frames = output.frame_attention_mask.sum(-1)
+        if output["frame_attention_mask"] is not None:
+            real_frames = output["frame_attention_mask"].sum(-1)
         else:
             real_frames = torch.full((batch,), frames, dtype=torch.long, device=features.device)
         layer_numbers = torch.tensor(numbers, device=features.device).expand(batch, -1)

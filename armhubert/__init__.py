@@ -9,7 +9,8 @@ self-contained) <- this package <- the root CLIs (`distill_trainer.py`, `convert
 - `armhubert.untrusted`: bounds for untrusted structure, safe names in generated text, finite weights;
 - `armhubert.audio`: reading / resampling audio (`read_audio`, `load_16k`) and `DataError`;
 - `armhubert.librispeech`: LibriSpeech loading (local tree or Hub), batching, length-grouped sampling;
-- `armhubert.chunking`: long audio in overlapping windows, stitched on the whole input's frame grid;
+- `armhubert.chunking`: long recordings read from their file window by window (the windows and their
+  stitching are `pipeline_armhubert`'s `encode_windows` / `encode_chunked`);
 - `armhubert.features`: features of a whole corpus on disk (`sources`, `encoder`, `plan`, `batches`, `shards`,
   `index`, `arrow`, `codebook`, `processes`, `resume`, `run`: see its docstring);
 - `armhubert.units`: k-means codebooks over one layer's features, unit assignment and deduplication;

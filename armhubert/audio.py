@@ -91,8 +91,9 @@ CROP_CONTEXT_FRAMES = 4096
 def _planned_read(stream, name, target_rate, max_samples, choose_offset):
     """(first frame, frames, output samples to drop) of `stream` to decode: all of it, or the chosen crop.
 
-    A crop of a file at another rate is decoded with CROP_CONTEXT_FRAMES of context on either side and
-    the context dropped after resampling, so that the resampler's edges fall outside the crop.
+    A crop of a file at another rate is decoded with CROP_CONTEXT_FRAMES of context on either side (or a
+    little more, to start on a frame both sample grids share) and the context dropped after resampling,
+    so that the resampler's edges fall outside the crop and its samples are those of the whole decode.
     """
     rate, frames = stream.samplerate, stream.frames
     if stream.channels > MAX_FILE_CHANNELS:
@@ -108,8 +109,12 @@ def _planned_read(stream, name, target_rate, max_samples, choose_offset):
     offset = (choose_offset or (lambda choices: 0))(output - max_samples + 1)
     if rate == target_rate:
         return offset, max_samples, 0
-    start = max(0, offset * rate // target_rate - CROP_CONTEXT_FRAMES)
-    skip = offset - round(start * target_rate / rate)
+    # The crop's first frame falls on a common point of both sample grids (a multiple of rate / gcd input frames),
+    # so the resampled crop lies on the whole file's output grid: its samples are the whole decode's, not shifted
+    # by a fraction of a sample.
+    period = rate // math.gcd(rate, target_rate)
+    start = max(0, offset * rate // target_rate - CROP_CONTEXT_FRAMES) // period * period
+    skip = offset - start * target_rate // rate
     end = min(frames, math.ceil((offset + max_samples) * rate / target_rate) + CROP_CONTEXT_FRAMES)
     return start, end - start, skip
 

@@ -5,14 +5,16 @@ measured in the same run.
     HF_HUB_OFFLINE=1 python scripts/benchmark_features.py --sections units --units_model runs/quickstart
     HF_HUB_OFFLINE=1 python scripts/benchmark_features.py --sections fidelity --fidelity_models runs/quickstart,fixture
 
-Sections (`--sections`, comma-separated):
+Sections (`--sections throughput chunking`, or comma-separated):
 - `throughput`: the bundled corpus through `extract_features` (reading, batching, writing shards and the
   index) against the best hand-written loop over `model(x)` (files read, sorted by length, batches under
   the same `--max_batch_seconds`, outputs kept in memory, nothing written) and a naive loop (one file at a
   time), interleaved, `--repeats` rounds; audio seconds per second (median) and their ratios.
-- `chunking`: synthetic recordings of 1 and `--long_minutes` minutes (bundled utterances concatenated),
-  encoded by `encode_chunked` at the default window and stride: time and peak live-tensor memory, and the
-  ratios long / 1 minute.
+- `chunking`: synthetic recordings of 1 and `--long_minutes` minutes (bundled utterances concatenated,
+  written as 16 kHz FLAC) through the tool's path for a long recording: windows read from the file
+  (`encode_streamed`) at the default window and stride, kept frames written as they come (`ShardWriter`);
+  time and peak memory (live torch tensors, weights included, plus tracemalloc's peak: numpy and Python),
+  and the ratios long / 1 minute.
 - `fidelity`: on a 60 s recording, the mean cosine between chunked and unchunked features (every SUPERB
   layer), per window length (`--windows`, stride = window / 6), for each of `--fidelity_models` (model
   folders, `fixture` = the converted test fixture, or a preset name); the default window's worst chunk too.
@@ -27,26 +29,30 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jiwer
 import numpy as np
+import soundfile
 import torch
 from transformers import HfArgumentParser
 
-from armhubert.audio import read_audio
-from armhubert.chunking import CHUNK_LENGTH_S, STRIDE_LENGTH_S, chunk_windows, encode_chunked
+from armhubert.audio import header_num_samples, read_audio
 from armhubert.cli import UserError, run_main
 from armhubert.features.arguments import ExtractionArguments
+from armhubert.features.batches import Chunking, Streamed, encode_streamed
 from armhubert.features.encoder import Encoder, load_encoder, select_layers
 from armhubert.features.run import extract_features
+from armhubert.features.shards import ShardWriter
 from armhubert.profiling import LiveTensorBytes, state_tensors
 from armhubert.resources import BUNDLED_CORPUS
 from armhubert.units import assign_units, deduplicate_runs, fit_codebook
 from configuration_armhubert import SAMPLING_RATE
 from modeling_armhubert import superb_layer_outputs
+from pipeline_armhubert import CHUNK_LENGTH_S, STRIDE_LENGTH_S, chunk_windows, encode_chunked
 
 PROG = "benchmark_features.py"
 SECTIONS = ("throughput", "chunking", "fidelity", "kmeans", "units")
@@ -55,12 +61,15 @@ TEST_FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "
 
 @dataclass
 class FeatureBenchmarkArguments:
-    sections: str = field(default="throughput,chunking,fidelity", metadata={"help": f"Any of {', '.join(SECTIONS)}."})
+    sections: list[str] = field(
+        default_factory=lambda: ["throughput", "chunking", "fidelity"],
+        metadata={"help": f"Any of {', '.join(SECTIONS)} (space- or comma-separated)."},
+    )
     model: str | None = field(default=None, metadata={"help": "Model folder for throughput and chunking."})
     preset: str = field(default="armhubert-960h", metadata={"help": "Random-weight preset when no --model."})
     data_dir: str = field(default=str(BUNDLED_CORPUS.parent), metadata={"help": "Folder holding LibriSpeech/."})
     splits: str = field(default="train-clean-100,dev-clean,test-clean", metadata={"help": "Splits encoded."})
-    repeats: int = field(default=3, metadata={"help": "Interleaved rounds of each throughput contender."})
+    repeats: int = field(default=3, metadata={"help": "Interleaved rounds (throughput contenders, chunking lengths)."})
     max_batch_seconds: float = field(default=100.0, metadata={"help": "Padded audio per batch (tool and loop)."})
     long_minutes: float = field(default=10.0, metadata={"help": "Length of the long synthetic recording."})
     fidelity_models: str = field(default="fixture", metadata={"help": "Model folders, 'fixture' or presets."})
@@ -102,7 +111,8 @@ def tool_run(args, encoder, output_dir) -> None:
 
 
 def hand_written_loop(args, encoder, files) -> None:
-    """Read every file, sort by length, batch under the same budget, keep model(x) outputs in memory."""
+    """Read every file, sort by length, batch under the same budget (no mask without padding), keep model(x)
+    outputs in memory."""
     audio = sorted((read_audio(path) for path in files), key=len, reverse=True)
     budget, outputs, start = args.max_batch_seconds * SAMPLING_RATE, [], 0
     extractor = encoder.extractor
@@ -111,7 +121,8 @@ def hand_written_loop(args, encoder, files) -> None:
             count = max(1, min(len(audio) - start, int(budget // len(audio[start]))))
             batch = extractor(audio[start : start + count], sampling_rate=SAMPLING_RATE, padding=True,
                               return_attention_mask=True, return_tensors="pt")  # fmt: skip
-            output = encoder.model(batch.input_values, attention_mask=batch.attention_mask)
+            unpadded = len({len(samples) for samples in audio[start : start + count]}) == 1
+            output = encoder.model(batch.input_values, attention_mask=None if unpadded else batch.attention_mask)
             frames = encoder.model._get_feat_extract_output_lengths(batch.attention_mask.sum(-1))
             outputs += [output.last_hidden_state[row, :length] for row, length in enumerate(frames.tolist())]
             start += count
@@ -143,12 +154,17 @@ def throughput(args: FeatureBenchmarkArguments) -> None:
                 start = time.perf_counter()
                 contenders[name](Path(scratch) / f"out-{round_number}")
                 rates[name].append(seconds / (time.perf_counter() - start))
-    median = {name: statistics.median(values) for name, values in rates.items()}
     print(f"\n## Throughput: {len(files)} files, {seconds:.1f} s of audio, {encoder.name}, {args.repeats} rounds")
-    for name, value in median.items():
-        print(f"{name:>18}: {value:7.1f} audio s/s (rounds: {', '.join(f'{v:.1f}' for v in rates[name])})")
-    print(f"tool / hand-written loop: {median['tool'] / median['hand-written loop']:.2f}x (target >= 0.9)")
-    print(f"tool / naive loop:        {median['tool'] / median['naive loop']:.2f}x (target >= 2)")
+    for name, values in rates.items():
+        print(f"{name:>18}: best {max(values):6.2f} audio s/s, median {statistics.median(values):6.2f} "
+              f"(rounds: {', '.join(f'{v:.2f}' for v in values)})")  # fmt: skip
+    # On a shared machine other jobs only ever slow a contender down: the best round is the least disturbed one, and
+    # the ratio within a round compares contenders measured minutes apart at most.
+    for baseline, target in (("hand-written loop", 0.9), ("naive loop", 2.0)):
+        per_round = [tool / other for tool, other in zip(rates["tool"], rates[baseline])]
+        best = max(rates["tool"]) / max(rates[baseline])
+        print(f"tool / {baseline}: {best:.2f}x best round against best round, {statistics.median(per_round):.2f}x "
+              f"median of the rounds' ratios ({', '.join(f'{r:.2f}' for r in per_round)}) (target >= {target:g})")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,41 +182,64 @@ def recording(args: FeatureBenchmarkArguments, seconds: float) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(pieces)[: int(seconds * SAMPLING_RATE)])[None]
 
 
-def chunked_cost(model, audio: torch.Tensor) -> tuple[float, int, int]:
-    """(seconds, peak live-tensor bytes, output bytes) of one default chunked encoding."""
+def streamed_cost(encoder: Encoder, path: Path, output_dir: Path) -> tuple[float, int, int, int]:
+    """(seconds, peak live-tensor bytes, peak traced Python / numpy bytes, frames) of the tool's path for one long
+    recording: windows read from `path` (`encode_streamed`), kept frames written as they come (`ShardWriter`).
+
+    The model's weights count among the live tensors; the recording and its features are never held whole."""
+    config = encoder.model.config
+    selection = select_layers(config, "last", "superb", None, False)
+    chunking = Chunking(CHUNK_LENGTH_S, STRIDE_LENGTH_S, windows_per_batch=1)
+    streamed = Streamed({"path": str(path), "bytes": None}, header_num_samples(path))
+    widths = {name: config.hidden_size for name in selection.saved}
+    tracemalloc.start()
     start = time.perf_counter()
-    with torch.inference_mode(), LiveTensorBytes(state_tensors(model) + [audio]) as tracker:
-        output = encode_chunked(model, audio, windows_per_batch=1)
+    with torch.inference_mode(), LiveTensorBytes(state_tensors(encoder.model)) as tracker:
+        writer = ShardWriter(output_dir / "shard-00000.safetensors", widths, torch.float32, False)
+        writer.begin(path.stem)
+        for features in encode_streamed(encoder, selection, streamed, chunking):
+            writer.append(features)
+        writer.end()
+        writer.close("benchmark")
     elapsed = time.perf_counter() - start
-    return elapsed, tracker.peak, output.last_hidden_state.numel() * output.last_hidden_state.element_size()
+    traced = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return elapsed, tracker.peak, traced, writer.frames
 
 
 def chunking(args: FeatureBenchmarkArguments) -> None:
+    """The tool's streamed path on a 1-minute and a `--long_minutes` recording (16 kHz FLAC files): time and
+    peak memory, and their ratios."""
     encoder = the_encoder(args)
-    short, long = recording(args, 60), recording(args, args.long_minutes * 60)
-    chunked_cost(encoder.model, short)  # warm-up
-    costs = {"1 min": [], f"{args.long_minutes:g} min": []}
-    for _ in range(max(1, args.repeats // 2)):
-        for name, audio in zip(costs, (short, long)):
-            costs[name].append(chunked_cost(encoder.model, audio))
-    print(f"\n## Chunked encoding ({encoder.name}, window {CHUNK_LENGTH_S:g} s, stride {STRIDE_LENGTH_S:g} s per side)")
+    lengths = {"1 min": 60.0, f"{args.long_minutes:g} min": args.long_minutes * 60}
+    costs = {name: [] for name in lengths}
+    with tempfile.TemporaryDirectory() as scratch:
+        files = {}
+        for name, seconds in lengths.items():
+            files[name] = Path(scratch) / f"{seconds:g}s.flac"
+            soundfile.write(files[name], recording(args, seconds)[0].numpy(), SAMPLING_RATE)
+        streamed_cost(encoder, files["1 min"], Path(scratch))  # warm-up
+        for _ in range(args.repeats):  # interleaved rounds; the fastest of each length counts (noise only slows)
+            for name in lengths:
+                costs[name].append(streamed_cost(encoder, files[name], Path(scratch)))
+    weights = sum(t.untyped_storage().nbytes() for t in state_tensors(encoder.model))
+    print(f"\n## Chunked encoding, streamed from a file ({encoder.name}, window {CHUNK_LENGTH_S:g} s, stride "
+          f"{STRIDE_LENGTH_S:g} s per side; memory: peak live torch tensors incl. {weights / 2**20:.1f} MiB of "
+          "weights + peak tracemalloc (numpy, Python))")  # fmt: skip
     summary = {}
-    for (name, runs), audio in zip(costs.items(), (short, long)):
+    for name, runs in costs.items():
         elapsed = min(run[0] for run in runs)
-        peak, output_bytes = runs[0][1], runs[0][2]
-        working = (
-            peak
-            - audio.numel() * 4
-            - output_bytes
-            - sum(t.untyped_storage().nbytes() for t in state_tensors(encoder.model))
-        )
-        summary[name] = (elapsed, peak, working)
-        windows = len(chunk_windows(encoder.model.config, audio.shape[1]))
-        print(f"{name:>7}: {elapsed:6.1f} s ({windows} windows), peak {peak / 2**20:7.1f} MiB of tensors, "
-              f"{working / 2**20:7.1f} MiB beyond weights, input and output")  # fmt: skip
+        tensors, traced, frames = max(run[1] for run in runs), max(run[2] for run in runs), runs[0][3]
+        summary[name] = (elapsed, tensors + traced, tensors + traced - weights)
+        windows = len(chunk_windows(encoder.model.config, int(lengths[name] * SAMPLING_RATE)))
+        print(f"{name:>7}: {elapsed:6.1f} s ({windows} windows, {elapsed / windows:.2f} s each, {frames} frames written), "
+              f"rounds {', '.join(f'{run[0]:.1f}' for run in runs)} s; peak {tensors / 2**20:6.1f} "
+              f"MiB of tensors + {traced / 2**20:5.1f} MiB traced = {(tensors + traced) / 2**20:6.1f} MiB "
+              f"({(tensors + traced - weights) / 2**20:6.1f} MiB beyond the weights)")  # fmt: skip
     (short_time, short_peak, short_work), (long_time, long_peak, long_work) = summary.values()
-    print(f"long / 1 min: time {long_time / short_time:.2f}x (target <= {1.1 * args.long_minutes:g}), peak memory "
-          f"{long_peak / short_peak:.2f}x (target <= 1.5), working memory {long_work / short_work:.2f}x")  # fmt: skip
+    print(f"{args.long_minutes:g} min / 1 min: time {long_time / short_time:.2f}x (target <= {1.1 * args.long_minutes:g}), "
+          f"peak memory {long_peak / short_peak:.2f}x (target <= 1.5), beyond the weights "
+          f"{long_work / short_work:.2f}x")  # fmt: skip
 
 
 def fidelity_model(name: str):
@@ -373,7 +412,7 @@ def benchmark(argv: Sequence[str] | None = None) -> None:
     parser.prog = PROG
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     torch.set_num_threads(args.threads)
-    sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    sections = [name.strip() for item in args.sections for name in item.split(",") if name.strip()]
     unknown = [name for name in sections if name not in SECTIONS]
     if unknown:
         raise UserError(f"unknown sections {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")

@@ -3,10 +3,14 @@
 import random
 
 import pytest
+import soundfile
+import soxr
 import torch
 from helpers import random_model, tiny_config, waveform
 
-from armhubert.chunking import chunk_windows, encode_chunked, num_frames, plan_windows, window_samples
+from armhubert.audio import header_num_samples, read_audio
+from armhubert.chunking import file_window_reader
+from pipeline_armhubert import chunk_windows, encode_chunked, encode_windows, num_frames, plan_windows, window_samples
 
 # A CNN without normalisation across time: a window's CNN features are the whole input's, frame for frame.
 LOCAL_CNN = dict(feat_extract_norm="layer", conv_dim=[32, 32, 32, 32, 32, 32, 40, 40, 40], conv_bias=True)
@@ -150,3 +154,24 @@ def test_impossible_settings_are_refused():
         encode_chunked(model, audio, chunk_length_s=0.01)
     with pytest.raises(ValueError, match="attention maps"):
         encode_chunked(model, audio, output_attentions=True)
+
+
+@pytest.mark.parametrize("rate", [16000, 22050])
+def test_windows_read_from_a_file_are_the_in_memory_windows(tmp_path, rate):
+    model = random_model(tiny_config())
+    audio = waveform(16000 * 5 + 77, seed=9)[0].numpy()
+    path = tmp_path / "long.wav"
+    soundfile.write(path, audio if rate == 16000 else soxr.resample(audio, 16000, rate), rate, subtype="FLOAT")
+    decoded = torch.from_numpy(read_audio(path))[None]
+    num_samples = header_num_samples(path)
+    with torch.inference_mode():
+        whole = encode_chunked(model, decoded[:, :num_samples], chunk_length_s=1.0, stride_length_s=0.2)
+        read = file_window_reader(path, torch.device("cpu"))
+        parts = list(encode_windows(model, read, num_samples, chunk_length_s=1.0, stride_length_s=0.2))
+    assert len(parts) > 4 and parts[-1][0].keep_end == whole.last_hidden_state.shape[1]
+    for window, part in parts:
+        expected = whole.last_hidden_state[:, window.keep_start : window.keep_end]
+        if rate == 16000:  # a seek and an exact read: the same samples
+            assert torch.equal(part.last_hidden_state, expected)
+        else:  # each window resampled on its own, with context, on the whole decode's sample grid
+            torch.testing.assert_close(part.last_hidden_state, expected, rtol=0, atol=1e-4)

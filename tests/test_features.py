@@ -14,12 +14,15 @@ import soundfile
 import torch
 from helpers import ROOT, load_script, tiny_config
 from hostile import digest, refusal
+from safetensors.torch import save_file
 
 from armhubert.audio import read_audio
-from armhubert.chunking import encode_chunked
 from armhubert.features.index import FeatureIndex
 from armhubert.features.plan import plan_batches
+from armhubert.features.shards import FEATURES_FORMAT, ShardWriter
+from armhubert.units import assign_units, deduplicate_runs, load_codebook
 from modeling_armhubert import ARMHubertForCTC, ARMHubertModel, release_feature_extractor
+from pipeline_armhubert import encode_chunked
 
 CORPUS = ROOT / "data"
 SPLIT = "test-clean"  # 8 utterances, 26 s
@@ -118,16 +121,17 @@ import torch
 torch.set_num_threads(1)  # as this test process: the same float rounding, so the same bytes
 import armhubert.features.shards as shards
 import extract_features  # scripts/ is on the PYTHONPATH the test passes
-writes = []
-original = shards.save_file
-def save_then_die(tensors, path, metadata=None):
-    writes.append(path)
-    if len(writes) == 3:  # the third shard: half-written, then killed
-        with open(path, "wb") as handle:
-            handle.write(b"half a shard")
+outputs = []
+original = shards.shutil.copyfileobj
+def copy_then_die(source, output, length=0):  # the shard writer copies each staged tensor into the shard file
+    if output not in outputs:
+        outputs.append(output)
+    if len(outputs) == 3:  # the third shard: header and half a tensor written, then killed
+        output.write(source.read(100))
+        output.flush()
         os.kill(os.getpid(), signal.SIGKILL)
-    original(tensors, path, metadata=metadata)
-shards.save_file = save_then_die
+    original(source, output, length)
+shards.shutil.copyfileobj = copy_then_die
 extract_features.main({argv!r})
 """
 
@@ -208,6 +212,69 @@ def test_long_recordings_are_chunked_and_chunking_can_be_turned_off(tmp_path, ti
         whole = model(audio, output_hidden_states=True)
     assert torch.equal(FeatureIndex(tmp_path / "chunked")["talk"]["layer_2"], chunked.projected_hidden_states[1][0])
     assert torch.equal(FeatureIndex(tmp_path / "whole")["talk"]["layer_2"], whole.projected_hidden_states[1][0])
+
+
+def test_a_long_recording_streams_with_units_and_a_window_it_cannot_read_skips_it_alone(
+    tmp_path, tiny_model_dir, model, utterances
+):
+    folder = tmp_path / "long"
+    recording = np.concatenate([utterances[name] for name in sorted(utterances)[:3]])  # about 9 s
+    broken = recording.copy()
+    broken[16000 * 7] = np.nan  # read only by a late window: its earlier windows were written already
+    write_wav(folder / "talk.wav", recording)
+    write_wav(folder / "broken.wav", broken)
+    write_wav(folder / "short.wav", utterances[sorted(utterances)[3]])
+    output = tmp_path / "out"
+    run("--input", folder, "--model", tiny_model_dir, "--layers", "2", "--chunk_length_s", 3, "--stride_length_s", 0.5,
+        "--units", 8, "--deduplicate_units", "--shard_mb", 100, "--output_dir", output)  # fmt: skip
+    index = json.loads((output / "index.json").read_text())
+    assert sorted(index["utterances"]) == ["short", "talk"] and {
+        record["shard"] for record in index["utterances"].values()
+    } == {"shard-00000.safetensors"}
+    assert [name for name, _ in index["skipped"]] == ["broken"] and "NaN" in index["skipped"][0][1]
+    audio = torch.from_numpy(read_audio(folder / "talk.wav"))[None]
+    with torch.inference_mode():
+        chunked = encode_chunked(model, audio, None, 3.0, 0.5, windows_per_batch=33, output_hidden_states=True)
+    features = FeatureIndex(output)
+    assert torch.equal(features["talk"]["layer_2"], chunked.projected_hidden_states[1][0])
+    centroids = load_codebook(output / "codebook.safetensors").centroids
+    whole_units = deduplicate_runs(assign_units(chunked.projected_hidden_states[1][0], centroids))
+    assert torch.equal(features["talk"]["units"], whole_units)  # runs collapsed across window boundaries too
+
+
+def test_the_shard_writer_writes_the_bytes_of_safetensors_and_drops_a_discarded_utterance(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+
+    def utterance(frames):
+        return {
+            "layer_2": torch.randn(frames, 3, generator=generator),
+            "weighted": torch.randn(frames, 2, generator=generator),
+            "units": torch.randint(0, 9, (frames - 1,), generator=generator).short(),
+        }
+
+    first, second, bad = utterance(4), utterance(5), utterance(3)
+    writer = ShardWriter(tmp_path / "shard-00000.safetensors", {"weighted": 2, "layer_2": 3}, torch.float16, True)
+    writer.add("a", first)
+    writer.begin("bad")
+    writer.append(bad)
+    writer.discard("bad", "NaN samples")
+    writer.begin("b")
+    writer.append({name: value[:2] for name, value in second.items()})
+    writer.append({name: value[2:] for name, value in second.items()})
+    writer.end()
+    writer.skip("c", "unreadable")
+    writer.close("fingerprint")
+    tensors = {name: torch.cat([first[name], second[name]]).half() for name in ("layer_2", "weighted")}
+    tensors["units"] = torch.cat([first["units"], second["units"]])
+    metadata = {
+        "format": FEATURES_FORMAT,
+        "fingerprint": "fingerprint",
+        "utterances": [["a", 0, 4, 0, 3], ["b", 4, 5, 3, 4]],
+        "skipped": [["bad", "NaN samples"], ["c", "unreadable"]],
+    }
+    save_file(tensors, tmp_path / "expected.safetensors", metadata={"armhubert": json.dumps(metadata)})
+    assert (tmp_path / "shard-00000.safetensors").read_bytes() == (tmp_path / "expected.safetensors").read_bytes()
+    assert not list(tmp_path.glob(".*"))  # no staging or temporary file left
 
 
 def test_a_saved_dataset_with_an_id_column(tmp_path, tiny_model_dir, model, utterances):

@@ -12,7 +12,7 @@ from transformers import Wav2Vec2CTCTokenizer, pipeline
 
 from armhubert.audio import load_16k
 from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification
-from pipeline_armhubert import release_feature_extractor
+from pipeline_armhubert import encode_chunked, release_feature_extractor
 
 FLAC = ROOT / "data" / "LibriSpeech" / "dev-clean" / "1001" / "201" / "1001-201-0000.flac"
 STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False)
@@ -74,6 +74,44 @@ def test_feature_pipeline_batches_keep_each_utterance_length():
     torch.testing.assert_close(
         torch.from_numpy(outputs[0]["features"]), torch.stack(alone.projected_hidden_states)[:, 0]
     )
+
+
+def bundled_recording(seconds):
+    """Bundled utterances concatenated until the recording is at least `seconds` long."""
+    pieces = []
+    for path in sorted((ROOT / "data" / "LibriSpeech").rglob("*.flac")):
+        pieces.append(soundfile.read(path, dtype="float32")[0])
+        if sum(map(len, pieces)) >= 16000 * seconds:
+            return np.concatenate(pieces)
+    raise AssertionError(f"the bundled corpus holds less than {seconds} s")
+
+
+def test_feature_pipeline_chunks_long_inputs_exactly_as_the_model_level_helper():
+    model = random_model(tiny_config())
+    extractor = pipeline("audio-feature-extraction", model=model, feature_extractor=release_feature_extractor())
+    audio = bundled_recording(36)  # longer than the default 30 s window
+    batch = torch.from_numpy(audio)[None]
+    with torch.inference_mode():
+        helper = encode_chunked(model, batch, output_hidden_states=True)  # the defaults: 30 s windows, 5 s strides
+        narrow = encode_chunked(model, batch, None, 8.0, (1.0, 2.0), output_hidden_states=True)
+        whole = model(batch, output_hidden_states=True)
+
+    def layers(output):
+        return torch.stack([output.projected_hidden_states[1][0], output.projected_hidden_states[3][0]])
+
+    chunked = extractor(audio, layers=[2, 4], return_tensors=True)["features"]
+    unchunked = extractor(audio, layers=[2, 4], return_tensors=True, chunk_length_s=0)["features"]
+    windows = extractor(audio, layers=[2, 4], return_tensors=True, chunk_length_s=8, stride_length_s=(1, 2))
+    assert chunked.shape == unchunked.shape == layers(whole).shape  # the unchunked frame grid
+    assert torch.equal(chunked, layers(helper)) and torch.equal(windows["features"], layers(narrow))
+    assert torch.equal(unchunked, layers(whole))
+    assert not torch.equal(chunked, unchunked)  # the default did chunk: frames past 25 s saw other context
+    short = extractor(audio[: 16000 * 5], layers=4, return_tensors=True, chunk_length_s=8)["features"]
+    with torch.inference_mode():
+        alone = model(batch[:, : 16000 * 5]).last_hidden_state
+    assert torch.equal(short[0], alone[0])  # no longer than a window: one plain forward pass
+    with pytest.raises(ValueError, match="chunk_length_s=-1 must be positive, or 0"):
+        extractor(audio, chunk_length_s=-1)
 
 
 def test_feature_pipeline_refuses_bad_audio_with_clear_messages(tmp_path):

@@ -14,11 +14,12 @@ What `scripts/extract_features.py` runs (`run.extract_features`), in steps that 
   at most `max_batch_seconds` of padded audio, batches into shards of about `shard_mb`; the plan
   depends on the corpus and the settings only, so a resumed run, or another process, finds the same shards;
 - `batches`: `encode_batch`: one padded batch through the model (inference mode, padding masks), or one
-  long utterance through `armhubert.chunking.encode_chunked`; per-utterance features (T, D) and units;
-  `decode_ahead` decodes the next batch while one is encoded;
-- `shards`: `write_shard`: each shard one safetensors file (per feature one (sum of frames, D) tensor,
-  `units` (sum of units,) int16), written to a temporary name and renamed: a killed run loses at most
-  the shard it was writing and never leaves a broken one;
+  decoded long utterance through `pipeline_armhubert.encode_chunked`; `encode_streamed`: a recording
+  longer than the window read from its file window by window; per-utterance features (T, D) and units;
+  `decode_ahead` decodes the next batch while one is encoded (in turn when torch takes every core);
+- `shards`: `ShardWriter`: each shard one safetensors file (per feature one (sum of frames, D) tensor,
+  `units` (sum of units,) int16), its frames written as they come, then written to a temporary name and
+  renamed: a killed run loses at most the shard it was writing and never leaves a broken one;
 - `index`: `build_index`: `index.json` (utterance id -> shard, offset, frames) comes last and marks a
   complete output; `FeatureIndex` reads it back;
 - `arrow`: `write_arrow_dataset`: the same as a `datasets` dataset (`save_to_disk`), for `--format arrow`;

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 import torch
 
 from configuration_armhubert import PRESETS
+from pipeline_armhubert import CHUNK_LENGTH_S, STRIDE_LENGTH_S
 
-from ..chunking import CHUNK_LENGTH_S, STRIDE_LENGTH_S
 from ..cli import UserError
 from ..units import check_num_units
 

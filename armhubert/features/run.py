@@ -11,21 +11,30 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
+from pipeline_armhubert import num_frames
 
 from ..audio import DataError
-from ..chunking import num_frames
 from ..outputs import atomic_write_text
 from ..units import Codebook, load_codebook, save_codebook
 from .arguments import STORAGE_DTYPES, ExtractionArguments, check_arguments
 from .arrow import DATASET_FOLDER, write_arrow_dataset
-from .batches import Chunking, Decoded, chunking_for, decode_ahead, encode_batch
+from .batches import (
+    Chunking,
+    Decoded,
+    Streamed,
+    chunking_for,
+    decode_ahead,
+    encode_batch,
+    encode_streamed,
+    spare_core_for_decoding,
+)
 from .codebook import CODEBOOK_FILE, check_codebook, fit_units
 from .encoder import Encoder, LayerSelection, load_encoder, probe_widths, selection_for
 from .index import INDEX_FILE, build_index
@@ -39,7 +48,7 @@ from .resume import (
     settings_sha256,
     shard_fingerprint,
 )
-from .shards import FEATURES_FORMAT, shard_contents, shard_metadata, write_shard
+from .shards import FEATURES_FORMAT, ShardWriter, shard_metadata
 from .sources import Corpus, open_corpus
 
 logger = logging.getLogger(__name__)
@@ -94,18 +103,40 @@ def _pending_shards(run: Run, shards: Sequence[ShardPlan]) -> list[tuple[ShardPl
     return pending
 
 
-def _encode_decoded(run: Run, decoded: Decoded) -> tuple[list, list[list[str]], float]:
-    """([(id, features)], [[id, reason]] of the skipped rows, audio seconds encoded) of one decoded batch."""
-    readable = [(utterance_id, samples) for utterance_id, samples, _ in decoded if samples is not None]
-    skipped = [[utterance_id, reason] for utterance_id, _, reason in decoded if reason is not None]
-    for utterance_id, reason in skipped:
-        logger.warning("Skipping %s: %s", utterance_id, reason)
-    waveforms = [samples for _, samples in readable]
+def _encode_into(run: Run, writer: ShardWriter, decoded: Decoded) -> tuple[int, float]:
+    """Encode one decoded batch into the shard being written; returns (utterances written, audio seconds)."""
+    in_memory = [(utterance_id, audio) for utterance_id, audio, _ in decoded if isinstance(audio, np.ndarray)]
+    for utterance_id, _, reason in decoded:
+        if reason is not None:
+            logger.warning("Skipping %s: %s", utterance_id, reason)
+            writer.skip(utterance_id, reason)
+    waveforms = [samples for _, samples in in_memory]
     outputs = encode_batch(
         run.encoder, run.selection, waveforms, run.chunking, run.codebook, run.args.deduplicate_units
     )
-    encoded = list(zip((utterance_id for utterance_id, _ in readable), outputs))
-    return encoded, skipped, sum(len(samples) for samples in waveforms) / SAMPLING_RATE
+    for (utterance_id, _), features in zip(in_memory, outputs):
+        writer.add(utterance_id, features)
+    count, samples = len(in_memory), sum(len(waveform) for waveform in waveforms)
+    for utterance_id, audio, _ in decoded:
+        if isinstance(audio, Streamed) and _encode_streamed_into(run, writer, utterance_id, audio):
+            count, samples = count + 1, samples + audio.num_samples
+    return count, samples / SAMPLING_RATE
+
+
+def _encode_streamed_into(run: Run, writer: ShardWriter, utterance_id: str, streamed: Streamed) -> bool:
+    """Write a long recording window by window; False (skipped, listed) when a window cannot be read."""
+    writer.begin(utterance_id)
+    try:
+        for features in encode_streamed(
+            run.encoder, run.selection, streamed, run.chunking, run.codebook, run.args.deduplicate_units
+        ):
+            writer.append(features)
+    except DataError as error:
+        logger.warning("Skipping %s: %s", utterance_id, error)
+        writer.discard(utterance_id, str(error))
+        return False
+    writer.end()
+    return True
 
 
 def encode_shards(run: Run, shards: Sequence[ShardPlan]) -> tuple[int, float]:
@@ -120,26 +151,24 @@ def encode_shards(run: Run, shards: Sequence[ShardPlan]) -> tuple[int, float]:
         total=round(total_seconds, 1), unit="audio-s", disable=not run.args.progress or None, desc="encoding"
     )
     field_size = run.encoder.model.config.receptive_field
-    encoded, skipped, count, seconds = [], [], 0, 0.0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, torch.inference_mode():
-        writing: Future | None = None
-        decoded_batches = decode_ahead(run.corpus, [batch for _, _, batch in work], field_size)
-        for (shard, fingerprint, batch), decoded in zip(work, decoded_batches):
-            batch_encoded, batch_skipped, batch_seconds = _encode_decoded(run, decoded)
-            encoded.extend(batch_encoded)
-            skipped.extend(batch_skipped)
-            count, seconds = count + len(batch_encoded), seconds + batch_seconds
+    widths = {name: run.widths[name] for name in run.selection.saved}
+    # Long recordings stream from their files unless the folder's preprocessing normalises a whole utterance.
+    stream_samples = run.chunking.threshold_samples if run.chunking else None
+    if getattr(run.encoder.extractor, "do_normalize", False):
+        stream_samples = None
+    writer, count, seconds = None, 0, 0.0
+    with torch.inference_mode():
+        in_a_thread = spare_core_for_decoding(next(run.encoder.model.parameters()).device)
+        batches = decode_ahead(run.corpus, [batch for _, _, batch in work], field_size, stream_samples, in_a_thread)
+        for (shard, fingerprint, batch), decoded in zip(work, batches):
+            if writer is None:
+                writer = ShardWriter(run.output_dir / shard.file_name, widths, dtype, run.codebook is not None)
+            batch_count, batch_seconds = _encode_into(run, writer, decoded)
+            count, seconds = count + batch_count, seconds + batch_seconds
             progress.update(round(batch_seconds, 1))
-            if batch is shard.batches[-1]:  # the shard is complete: write it while the next one runs
-                contents = shard_contents(
-                    encoded, skipped, run.selection.saved, run.widths, dtype, run.codebook is not None
-                )
-                if writing is not None:
-                    writing.result()
-                writing = writer.submit(write_shard, run.output_dir / shard.file_name, contents, fingerprint)
-                encoded, skipped = [], []
-        if writing is not None:
-            writing.result()
+            if batch is shard.batches[-1]:
+                writer.close(fingerprint)
+                writer = None
     progress.close()
     return count, seconds
 

@@ -2,72 +2,147 @@
 
 A shard holds per feature one (sum of frames, D) tensor and `units` (sum of units,) int16, and in its
 metadata (one JSON entry `armhubert`) the format, its fingerprint (see `armhubert.features.resume`),
-each utterance's record [id, offset, frames, unit offset, units] and the files it skipped. It is
-written to a temporary name and renamed: a killed run loses at most the shard it was writing and
-never leaves a broken one.
+each utterance's record [id, offset, frames, unit offset, units] and the files it skipped.
+
+`ShardWriter` writes a shard as its frames come: each feature's rows go straight to an unnamed
+temporary file beside the output (in the storage dtype), a long recording window by window, so memory
+is bounded by a batch (or a window), not by the shard or the recording. `close` then writes the
+safetensors file (header, then the staged bytes; the bytes `safetensors.torch.save_file` writes) to a
+temporary name and renames it: a killed run loses at most the shard it was writing and never leaves a
+broken one (the staging files have no name, so nothing of them is left either).
 """
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+import shutil
+import struct
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from ..outputs import atomic_output_file
 
 FEATURES_FORMAT = "armhubert-features/1"
+# In the order safetensors lays tensors out (its Dtype enum, descending), then by name.
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.int16: "I16"}
+COPY_BYTES = 1 << 22
 
 
-@dataclass
-class ShardContents:
-    """What one shard holds: per-utterance records [id, offset, frames, unit offset, units] and the skipped files."""
+class ShardWriter:
+    """One shard, written utterance by utterance (`add`), or piece by piece (`begin`, `append`, `end` /
+    `discard` for an utterance that turns out unreadable half-way), then `close`d.
 
-    tensors: dict[str, torch.Tensor]
-    records: list[list]
-    skipped: list[list[str]]
+    Args:
+        path: the shard file.
+        widths: {feature name: width} of the features stored (in this order of names), in `dtype`.
+        dtype: storage dtype of the features (computation is float32).
+        with_units: whether the shard holds `units` (int16).
+    """
 
+    def __init__(self, path: Path, widths: Mapping[str, int], dtype: torch.dtype, with_units: bool):
+        self.path = Path(path)
+        self.shapes = {name: (width,) for name, width in widths.items()}
+        self.dtypes = {name: dtype for name in widths}
+        if with_units:
+            self.shapes["units"], self.dtypes["units"] = (), torch.int16
+        self.rows = dict.fromkeys(self.shapes, 0)
+        self.staging: dict[str, BinaryIO] = {
+            name: tempfile.TemporaryFile(dir=self.path.parent, prefix=".staging-") for name in self.shapes
+        }
+        self.records: list[list] = []
+        self.skipped: list[list[str]] = []
+        self.frames = 0  # frames of the utterances written
+        self._open: tuple[str, dict[str, int]] | None = None  # (id, rows when it began) of the utterance being added
+        self._frames = 0  # frames of the utterance being added
 
-def shard_contents(
-    encoded: Sequence[tuple[str, dict[str, torch.Tensor]]],
-    skipped: list[list[str]],
-    names: Sequence[str],
-    widths: dict[str, int],
-    dtype: torch.dtype,
-    with_units: bool,
-) -> ShardContents:
-    """Concatenate per-utterance features along time, in `dtype` (units int16), with their offsets."""
-    records, offset, unit_offset = [], 0, 0
-    for utterance_id, features in encoded:
-        frames = next(value.shape[0] for name, value in features.items() if name != "units")
-        units = features["units"].shape[0] if with_units else 0
-        records.append([utterance_id, offset, frames, unit_offset, units])
-        offset, unit_offset = offset + frames, unit_offset + units
-    tensors = {
-        name: torch.cat([features[name] for _, features in encoded]).to(dtype).contiguous()
-        if encoded
-        else torch.zeros(0, widths[name], dtype=dtype)
-        for name in names
-    }
-    if with_units:
-        units = [features["units"] for _, features in encoded]
-        tensors["units"] = torch.cat(units).contiguous() if units else torch.zeros(0, dtype=torch.int16)
-    return ShardContents(tensors, records, skipped)
+    def add(self, utterance_id: str, features: Mapping[str, torch.Tensor]) -> None:
+        """Write one utterance: {name: (T, D) for every stored feature, `units` (U,) int16 with units}; other
+        entries (a units layer that is not stored) only give its frame count."""
+        self.begin(utterance_id)
+        self.append(features)
+        self.end()
 
+    def begin(self, utterance_id: str) -> None:
+        """Start an utterance written piece by piece."""
+        if self._open is not None:
+            raise RuntimeError(f"utterance {self._open[0]} is still being written")
+        self._open, self._frames = (utterance_id, dict(self.rows)), 0
 
-def write_shard(path: Path, contents: ShardContents, fingerprint: str) -> None:
-    """One safetensors file, written to a temporary name and renamed (never half-written)."""
-    metadata = {
-        "format": FEATURES_FORMAT,
-        "fingerprint": fingerprint,
-        "utterances": contents.records,
-        "skipped": contents.skipped,
-    }
-    with atomic_output_file(path) as staging:
-        # One metadata entry: safetensors writes several in a random order, and a resumed run must write the same bytes.
-        save_file(contents.tensors, staging, metadata={"armhubert": json.dumps(metadata)})
+    def append(self, features: Mapping[str, torch.Tensor]) -> None:
+        """The next frames of the utterance begun (e.g. one window's kept frames), as in `add`."""
+        self._frames += next(value.shape[0] for name, value in features.items() if name != "units")
+        for name, handle in self.staging.items():
+            value = features[name].to(self.dtypes[name]).contiguous().cpu()
+            handle.write(value.numpy().data)
+            self.rows[name] += value.shape[0]
+
+    def end(self) -> None:
+        """Finish the utterance begun: its record [id, offset, frames, unit offset, units]."""
+        utterance_id, started = self._open
+        first_unit = started.get("units", 0)
+        self.records.append(
+            [utterance_id, self.frames, self._frames, first_unit, self.rows.get("units", 0) - first_unit]
+        )
+        self.frames += self._frames
+        self._open = None
+
+    def discard(self, utterance_id: str, reason: str) -> None:
+        """Drop what was written of the utterance begun, and list it as skipped."""
+        _, started = self._open
+        for name, handle in self.staging.items():
+            handle.truncate(self._bytes(name, started[name]))
+            handle.seek(0, 2)
+            self.rows[name] = started[name]
+        self._open = None
+        self.skip(utterance_id, reason)
+
+    def skip(self, utterance_id: str, reason: str) -> None:
+        self.skipped.append([utterance_id, reason])
+
+    def _bytes(self, name: str, rows: int) -> int:
+        width = self.shapes[name][0] if self.shapes[name] else 1
+        return rows * width * self.dtypes[name].itemsize
+
+    def close(self, fingerprint: str) -> None:
+        """Write the safetensors file (temporary name, then renamed) and drop the staging files."""
+        metadata = {
+            "format": FEATURES_FORMAT,
+            "fingerprint": fingerprint,
+            "utterances": self.records,
+            "skipped": self.skipped,
+        }
+        # save_file's layout: one metadata entry (several would come in a random order, and a resumed run must
+        # write the same bytes), tensors by dtype then name, the header padded with spaces to 8 bytes.
+        rank = list(SAFETENSORS_DTYPES)
+        order = sorted(self.shapes, key=lambda name: (rank.index(self.dtypes[name]), name))
+        header, start = {"__metadata__": {"armhubert": json.dumps(metadata)}}, 0
+        for name in order:
+            end = start + self._bytes(name, self.rows[name])
+            shape = [self.rows[name], *self.shapes[name]]
+            header[name] = {
+                "dtype": SAFETENSORS_DTYPES[self.dtypes[name]],
+                "shape": shape,
+                "data_offsets": [start, end],
+            }
+            start = end
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        try:
+            with atomic_output_file(self.path) as staging, open(staging, "wb") as output:
+                output.write(struct.pack("<Q", len(text)) + text)
+                for name in order:
+                    self.staging[name].seek(0)
+                    shutil.copyfileobj(self.staging[name], output, COPY_BYTES)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Drop the staging files (a shard abandoned, or written)."""
+        for handle in self.staging.values():
+            handle.close()
 
 
 def shard_metadata(path: Path) -> dict | None:

@@ -45,11 +45,16 @@ class Corpus:
     lengths: list[int] = field(init=False)
 
     def __post_init__(self):
-        self.ids, self.lengths = self.rows["id"], self.rows["num_samples"]  # read once: columns are costly
+        # Read once, as lists: indexing a datasets Column reads through the Arrow table (and hashes) every time.
+        self.ids, self.lengths = list(self.rows["id"]), list(self.rows["num_samples"])
 
     def seconds(self, rows: Sequence[int]) -> float:
         """Audio seconds of these rows, from their headers."""
         return sum(self.lengths[row] for row in rows) / SAMPLING_RATE
+
+    def audio(self, row: int) -> dict:
+        """The undecoded audio ({"path", "bytes"}) of a row."""
+        return self.rows[row]["audio"]
 
     def read(self, row: int, min_samples: int) -> tuple[str, np.ndarray | None, str | None]:
         """(id, 16 kHz samples or None, why it was skipped): unreadable audio, or fewer than `min_samples`
