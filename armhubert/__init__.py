@@ -25,8 +25,9 @@ self-contained) <- this package <- the root CLIs (`distill_trainer.py`, `convert
 - `armhubert.profiling`: the benchmarks' instruments (MACs, peak memory, fixed cost, timing, device name);
 - `armhubert.gpu_check`: the prepared GPU check, a module per section (`scales`, `rows`, `correctness`,
   `inference`, `distillation`, `ddp`, `profile`) and `report` (the whole run and its table);
-- `armhubert.deploy`: ONNX export (fp32 / int8 / fp16, optional attention mask), ONNX Runtime
-  sessions, per-layer fidelity to fp32, bf16 copies, `optimize_for_cpu`.
+- `armhubert.deploy`: ONNX export (fp32 / int8 / fp16, optional attention mask) and ONNX Runtime
+  sessions (`graph`), int8 / fp16 (`quantize`), per-layer fidelity to fp32 and bf16 copies (`fidelity`),
+  `optimize_for_cpu` (`cpu`).
 
 Submodules are imported on demand (`import armhubert` itself loads nothing heavy).
 """

@@ -9,6 +9,7 @@ import torch
 from helpers import load_script, random_model, tiny_config
 
 from armhubert.audio import read_audio
+from armhubert.cli import UserError
 from armhubert.convert.folders import save_model_folder
 from armhubert.resources import BUNDLED_CORPUS
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
@@ -16,6 +17,8 @@ from modeling_armhubert import ARMHubertModel
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
 from armhubert import deploy  # noqa: E402  (needs onnxruntime)
+from armhubert.deploy import cpu, quantize  # noqa: E402  (the modules whose private helpers are tested)
+from armhubert.deploy import graph as onnx_graph  # noqa: E402
 
 MIN_COSINE = 0.999  # every layer's mean cosine to fp32 (the issue's bound)
 
@@ -76,7 +79,7 @@ def test_export_writes_masked_fills_as_arithmetic_and_pointwise_convolutions_as_
     import onnx
 
     graph = onnx.load_from_string(fixture_graph).graph
-    constants = deploy._scalar_initializers(graph)
+    constants = onnx_graph._scalar_initializers(graph)
     fills = [
         node for node in graph.node if node.op_type == "Where" and constants.get(node.input[1]) in (0.0, -math.inf)
     ]
@@ -85,7 +88,7 @@ def test_export_writes_masked_fills_as_arithmetic_and_pointwise_convolutions_as_
     kernels = config.conv_kernel[1:]  # the first layer is a matmul over frames
     assert 1 in kernels
     assert sum(node.op_type == "Conv" for node in graph.node) == len(kernels) + 1  # + the positional convolution
-    cnn = [node.op_type for node in graph.node if deploy._part(node) == "cnn"]
+    cnn = [node.op_type for node in graph.node if quantize._part(node) == "cnn"]
     assert cnn.count("MatMul") == 1  # the waveform's frames; the 1 x 1 layers are Conv now
 
 
@@ -189,8 +192,8 @@ def test_bad_precision_is_one_line_and_writes_nothing(tiny_folder, tmp_path, cap
 def test_a_graph_without_the_chosen_products_cannot_be_quantised(fixture_graph, monkeypatch):
     """A model whose graph has none of the products asked for (here: no node in any part) is refused
     in one line, not with the quantizer's traceback."""
-    monkeypatch.setattr(deploy, "node_parts", lambda proto: {})
-    with pytest.raises(deploy.UserError, match="no matrix products to quantise"):
+    monkeypatch.setattr(quantize, "node_parts", lambda proto: {})
+    with pytest.raises(UserError, match="no matrix products to quantise"):
         deploy.quantize_int8(fixture_graph)
 
 
@@ -262,30 +265,35 @@ def test_optimize_for_cpu_matches_eager_and_leaves_the_model_alone():
 
 
 def test_onednn_products_match_pytorch_and_step_aside_for_autograd(monkeypatch):
-    """Every product the mode takes gives PyTorch's numbers; with autograd on it takes none, and a
-    changed weight is re-packed."""
+    """Every linear layer's product the mode takes gives PyTorch's numbers; products of two activations
+    (whose oneDNN kernel would be rebuilt on every call) and everything with autograd on stay PyTorch's;
+    a changed weight is re-packed."""
     calls = []
-    linear = deploy._onednn_linear
-    monkeypatch.setattr(deploy, "_onednn_linear", lambda *args: calls.append(1) or linear(*args))
+    linear = cpu._onednn_linear
+    monkeypatch.setattr(cpu, "_onednn_linear", lambda *args: calls.append(1) or linear(*args))
     generator = torch.Generator().manual_seed(0)
     a, b = torch.randn(2, 3, 5, 8, generator=generator), torch.randn(2, 3, 8, 6, generator=generator)
     layer = torch.nn.Linear(8, 4)
     x = torch.randn(2, 5, 8, generator=generator)
-    products = {
+    taken = {
         "linear": lambda: layer(x),
-        "matmul 4-D": lambda: a @ b,
-        "bmm": lambda: torch.bmm(a[0], b[0]),
-        "mm": lambda: a[0, 0].mm(b[0, 0]),
         "linear, transposed input": lambda: torch.nn.functional.linear(x.transpose(1, 2).mT, layer.weight),
     }
+    left_alone = {
+        "matmul 4-D": lambda: a @ b,
+        "bmm": lambda: torch.bmm(a[0], b[0]),
+        "linear with an activation as weight": lambda: torch.nn.functional.linear(a[0, 0], b[0, 0].mT),
+    }
     with torch.no_grad():
-        expected = {name: product() for name, product in products.items()}
-    mode = deploy.OneDNNProducts()
-    for name, product in products.items():
-        with torch.no_grad(), mode:
-            got = product()
-        torch.testing.assert_close(got, expected[name], atol=1e-5, rtol=1e-5, msg=name)
-    assert len(calls) >= len(products)  # every one ran through oneDNN (4-D matmul: once per batch entry)
+        expected = {name: product() for name, product in {**taken, **left_alone}.items()}
+    mode = cpu.OneDNNProducts()
+    for products, expect_calls in ((taken, 1), (left_alone, 0)):
+        for name, product in products.items():
+            calls.clear()
+            with torch.no_grad(), mode:
+                got = product()
+            torch.testing.assert_close(got, expected[name], atol=1e-5, rtol=1e-5, msg=name)
+            assert len(calls) == expect_calls, name
     with torch.no_grad():
         layer.weight.mul_(2)
         doubled = layer(x)

@@ -1,0 +1,143 @@
+"""int8 (ONNX Runtime dynamic quantisation, by model part) and fp16 versions of an exported graph."""
+
+import contextlib
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from armhubert.cli import UserError
+
+PRECISIONS = ("fp32", "int8", "fp16")
+# Model parts whose products int8 can take, by where the node sits (its module path) and its op types.
+QUANTIZABLE_PARTS = {
+    "cnn": "the CNN front-end's convolutions and frame matmuls (model.feature_extractor)",
+    "positional_conv": "the positional convolution (model.encoder.pos_conv_embed)",
+    "linear": "the weight products: feature projection, attention and feed-forward layers, projection heads",
+    "attention_maps": "the activation x activation products Q K^T and P V",
+}
+# Chosen from the measurements in docs/deployment.md: quantising the CNN front-end or the map
+# products costs cosine, and time is spent in the linear layers.
+DEFAULT_INT8_PARTS = ("linear",)
+
+
+def _part(node) -> str | None:
+    """Which of QUANTIZABLE_PARTS a MatMul / Conv node belongs to (from its module path), else None."""
+    if node.op_type not in ("MatMul", "Conv", "Gemm"):
+        return None
+    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+    if "feature_extractor" in scopes:
+        return "cnn"
+    if "pos_conv_embed" in scopes:
+        return "positional_conv"
+    return None  # decided by its inputs (see `node_parts`)
+
+
+def node_parts(proto) -> dict[str, str]:
+    """Node name -> part (of QUANTIZABLE_PARTS) for every MatMul / Conv / Gemm of the graph."""
+    weights = {initializer.name for initializer in proto.graph.initializer}
+    # Weights reach products directly or through a Transpose / Reshape of an initializer.
+    for node in proto.graph.node:
+        if node.op_type in ("Transpose", "Reshape", "Identity") and node.input and node.input[0] in weights:
+            weights.update(node.output)
+    parts = {}
+    for node in proto.graph.node:
+        if node.op_type not in ("MatMul", "Conv", "Gemm"):
+            continue
+        part = _part(node)
+        if part is None:
+            part = "linear" if any(name in weights for name in node.input[1:]) else "attention_maps"
+        parts[node.name] = part
+    return parts
+
+
+def check_int8_parts(parts: Sequence[str]) -> None:
+    """UserError unless every entry of `parts` names one of QUANTIZABLE_PARTS."""
+    unknown = [part for part in parts if part not in QUANTIZABLE_PARTS]
+    if unknown:
+        raise UserError(f"unknown int8 part {unknown[0]!r}: choose from {', '.join(QUANTIZABLE_PARTS)}")
+
+
+def quantize_int8(model_bytes: bytes, parts: Sequence[str] = DEFAULT_INT8_PARTS, per_channel: bool = True) -> bytes:
+    """ONNX Runtime dynamic int8 (U8S8) of the products in `parts` (of QUANTIZABLE_PARTS); the rest stays fp32."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    check_int8_parts(parts)
+    proto = onnx.load_from_string(model_bytes)
+    node_part = node_parts(proto)
+    chosen = [name for name, part in node_part.items() if part in parts]
+    if not chosen:
+        raise UserError("this graph has no matrix products to quantise to int8; export it with --precision fp32")
+    excluded = [name for name in node_part if name not in chosen]
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        source.write_bytes(model_bytes)
+        with _quiet_quantizer(), _quantizer_errors():
+            quantize_dynamic(
+                source,
+                target,
+                op_types_to_quantize=sorted({"MatMul", "Conv", "Gemm"}),
+                nodes_to_exclude=excluded,
+                per_channel=per_channel,
+                weight_type=QuantType.QInt8,
+                extra_options={"MatMulConstBOnly": False},
+            )
+        return target.read_bytes()
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """quantize_dynamic logs "Please consider to run pre-processing" on the root logger: not our case
+    (shape inference runs; the graph comes straight from the exporter)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+@contextlib.contextmanager
+def _quantizer_errors() -> Iterator[None]:
+    """The quantizer's refusals (a product whose weight is computed in the graph, an op it cannot
+    take) as one UserError line."""
+    try:
+        yield
+    except (ValueError, RuntimeError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"cannot quantise this model to int8 ({reason}); export it with --precision fp32, or choose "
+            "other --int8-parts"
+        ) from None
+
+
+def convert_fp16(model_bytes: bytes) -> bytes:
+    """Weights and activations in float16, inputs and outputs float32 (for GPUs / fp16 accelerators).
+
+    Layer norms stay float32 (`LayerNormalization` / `InstanceNormalization` accumulate variances),
+    as the casts around them cost little.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = onnx.load_from_string(model_bytes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the model is not valid after shape inference" noise
+        converted = convert_float_to_float16(
+            proto, keep_io_types=True, op_block_list=["LayerNormalization", "InstanceNormalization", "Range"]
+        )
+    return converted.SerializeToString()
+
+
+def convert_precision(model_bytes: bytes, precision: str, int8_parts: Sequence[str] = DEFAULT_INT8_PARTS) -> bytes:
+    """The fp32 graph in `precision` (one of PRECISIONS)."""
+    if precision == "fp32":
+        return model_bytes
+    if precision == "int8":
+        return quantize_int8(model_bytes, int8_parts)
+    if precision == "fp16":
+        return convert_fp16(model_bytes)
+    raise UserError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
