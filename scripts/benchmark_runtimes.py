@@ -14,9 +14,11 @@ PyTorch fp32. Runtimes: `pytorch-fp32` (eager); `pytorch-onednn`
 `onnx-fp32` and `onnx-int8` (`armhubert.deploy` graphs, as `export_onnx.py` writes them). A case is
 BATCHxSECONDS. Every (model, runtime) takes its turn in each of --repeats rounds after --warmup
 calls, so background load hits all alike; ONNX Runtime sessions do not spin (their idle threads
-sleep), so they never compete with PyTorch's threads; PyTorch's OpenMP threads sleep too
-(`OMP_WAIT_POLICY=PASSIVE` unless the environment sets it: spinning threads collapse on a machine
-with other work, 4x slower at 2 threads under load 2.5). Prints milliseconds (median), the ratio to
+sleep), so they never compete with PyTorch's threads. PyTorch's OpenMP threads spin while they wait,
+as they do by default: on a quiet machine that is its fast setting (2 threads, ARMHuBERT-960h 1 x 10 s:
+206 ms spinning vs 255 ms with `OMP_WAIT_POLICY=PASSIVE`), on a machine with other work spinning
+threads collapse (4x slower at 2 threads under load 2.5): there, run it with `OMP_WAIT_POLICY=PASSIVE`
+in the environment (the header prints the policy). Prints milliseconds (median), the ratio to
 HuBERT Base and to the same model's PyTorch fp32, the real-time factor (compute seconds per audio
 second), and file sizes (safetensors-equivalent weight bytes, ONNX files). `--profile` adds the
 operator profile of one call (torch.profiler, ONNX Runtime's own profiler) of each model and runtime
@@ -24,13 +26,9 @@ for the first case. For the cases 1x10 and 8x10 it then checks issue 17's target
 same run, pass / FAIL). Writes `benchmark_runtimes.json` to --output_dir. Exit status 2: bad arguments.
 """
 
-import os
-
-# Before torch loads its OpenMP runtime, which reads it once (see the docstring).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import gc
 import json
+import os
 import platform
 import statistics
 import tempfile
