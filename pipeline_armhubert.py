@@ -1,18 +1,14 @@
 """Pipelines of the ARMHuBERT family: audio feature extraction, and the task folders' own pipelines.
 
-Remote code beside `configuration_armhubert.py` and `modeling_armhubert.py`, as `transformers` ships
-processors apart from models: a saved model folder holds all three (`modeling_armhubert` imports this
-file, so `save_pretrained` copies it). `pipeline(model=folder, trust_remote_code=True)` finds its
-pipeline through the folder's `config.custom_pipelines` (`armhubert.remote_code.add_remote_code_entries`):
-`ARMHubertFeatureExtractionPipeline` for an encoder (the built-in "feature-extraction" task is
-text-only), `ARMHubertSpeechRecognitionPipeline` / `ARMHubertAudioClassificationPipeline` (transformers'
-own, reading audio files without ffmpeg) for the task heads. All three decode files with
-`read_audio_file`: soundfile + soxr, ffmpeg only as a fallback.
+Remote code beside the configuration and modeling files (`modeling_armhubert` imports this one, so
+`save_pretrained` ships it). `pipeline(model=folder, trust_remote_code=True)` finds a folder's pipeline
+through `config.custom_pipelines`: `ARMHubertFeatureExtractionPipeline` for an encoder (the built-in
+"feature-extraction" task is text-only), transformers' ASR / classification pipelines for the heads. All
+three read files with `read_audio_file` (soundfile + soxr; ffmpeg only as a fallback).
 
-Long inputs run in overlapping windows stitched on the unchunked frame grid (`chunk_windows`,
-`encode_windows`, and the model-level helper `encode_chunked(model, waveform[None])`): the feature
-pipeline's `chunk_length_s` / `stride_length_s` (default: inputs longer than 30 s), and the corpus tool
-(`armhubert.features`, streaming the windows from the file) use this one implementation.
+Long inputs run in overlapping windows stitched on the unchunked frame grid (`encode_windows`, and the
+model-level helper `encode_chunked(model, waveform[None])`), for the feature pipeline's `chunk_length_s` /
+`stride_length_s` and the corpus tool (`armhubert.features`) alike.
 """
 
 import dataclasses
@@ -49,8 +45,7 @@ HEAD_PIPELINES = {
         "AutoModelForAudioClassification",
     ),
 }
-# An encoder folder's pipeline, in the same form.
-ENCODER_PIPELINE = (FEATURE_EXTRACTION_TASK, "ARMHubertFeatureExtractionPipeline", "AutoModel")
+ENCODER_PIPELINE = (FEATURE_EXTRACTION_TASK, "ARMHubertFeatureExtractionPipeline", "AutoModel")  # same form
 
 
 def release_feature_extractor() -> Wav2Vec2FeatureExtractor:
@@ -60,9 +55,8 @@ def release_feature_extractor() -> Wav2Vec2FeatureExtractor:
     )
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+def _first_line(error: Exception) -> str:  # as armhubert.cli.first_line (remote code cannot import it)
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 MAX_AUDIO_SECONDS = 3600  # as armhubert.audio: longer recordings are cut into utterances first
@@ -73,16 +67,11 @@ BLOCK_FRAMES = 1 << 16
 def read_audio_file(source: str | os.PathLike | bytes, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     """An audio file (a path, or the file's bytes) -> mono float32 samples (samples,) at `sampling_rate`.
 
-    Decoded with soundfile (FLAC, WAV, OGG, MP3, ...) block by block, channels averaged, resampled with
-    soxr: no ffmpeg needed, and the memory a read takes is its output's. Both are imported here, as this
-    file also runs as Hub remote code, which may rely on torch, transformers and numpy only. Without
-    them, or for a format soundfile cannot read, ffmpeg decodes the file when it is on PATH
-    (transformers' `ffmpeg_read`, as its own audio pipelines do).
-
-    Raises:
-        ValueError: one line naming the file: missing; declaring more than MAX_AUDIO_SECONDS or
-            MAX_AUDIO_CHANNELS (read from its header, before decoding); non-finite samples; or
-            undecodable by every decoder at hand.
+    soundfile decodes it block by block (channels averaged), soxr resamples: no ffmpeg needed. They are
+    imported here (remote code may rely on torch, transformers and numpy only); without them, or for a
+    format soundfile cannot read, ffmpeg decodes it when on PATH (transformers' `ffmpeg_read`).
+    Raises ValueError (one line naming the file): missing, declaring more than MAX_AUDIO_SECONDS /
+    MAX_AUDIO_CHANNELS in its header, non-finite samples, or undecodable.
     """
     name = "<audio bytes>" if isinstance(source, bytes) else os.fspath(source)
     if not isinstance(source, bytes) and not os.path.isfile(name):
@@ -135,18 +124,11 @@ def _decode_blocks(stream, name: str, sampling_rate: int, soxr) -> np.ndarray:
 
 
 def decode_audio_files(inputs, sampling_rate: int = SAMPLING_RATE):
-    """A pipeline input with audio files decoded (`read_audio_file`); arrays and URLs unchanged.
-
-    Files are local paths, file bytes and undecoded `datasets` audio dicts ({"path", "bytes"}, as
-    `Audio(decode=False)` gives: datasets decodes only through torchcodec). They become a (samples,) array
-    at `sampling_rate`. http(s) URLs are left to transformers (which downloads and decodes them with ffmpeg).
-    """
+    """A pipeline input with audio files (paths, bytes, undecoded `datasets` {"path", "bytes"} dicts)
+    decoded to a (samples,) array at `sampling_rate` (`read_audio_file`); arrays and http(s) URLs unchanged."""
     if isinstance(inputs, dict) and not ("raw" in inputs or "array" in inputs):
-        if inputs.get("bytes"):
-            return read_audio_file(inputs["bytes"], sampling_rate)
-        if inputs.get("path"):
-            return read_audio_file(inputs["path"], sampling_rate)
-        return inputs  # the pipeline's own message names the keys it needs
+        source = inputs.get("bytes") or inputs.get("path")
+        return read_audio_file(source, sampling_rate) if source else inputs  # else the pipeline names the keys
     if isinstance(inputs, str) and inputs.startswith(("http://", "https://")):
         return inputs
     if isinstance(inputs, (str, os.PathLike, bytes)):
@@ -155,27 +137,11 @@ def decode_audio_files(inputs, sampling_rate: int = SAMPLING_RATE):
 
 
 # --------------------------------------------------------------------------------------------------
-# Long audio in overlapping windows, stitched on the whole input's frame grid.
-#
-# A HuBERT-class encoder attends over the whole input: on a 10-minute recording (30,000 frames) time
-# grows with the square of the length, and every frame's features depend on audio minutes away,
-# unlike anything the model saw in training (LibriSpeech utterances of at most 35 s). `encode_chunked`
-# runs windows of `chunk_length_s` seconds instead, each with `stride_length_s` seconds of context on
-# either side that are dropped again (the names and meaning of the ASR pipeline's options), and keeps
-# every window's centre frames. Time and memory then grow linearly with the length.
-#
-# The stitching is exact arithmetic, not resampling: frame t of a CNN with total stride S and
-# receptive field R (`config.inputs_to_logits_ratio`, `config.receptive_field`) reads samples
-# [t*S, t*S + R), and a signal of N samples yields floor((N - R) / S) + 1 frames (the per-layer formula
-# L <- floor((L - k) / s) + 1 composes to it). A window that starts at sample s*S and holds
-# (F - 1)*S + R samples therefore yields exactly frames s .. s + F - 1 of the whole input: every output
-# frame keeps its index, and the CNN features of a window equal the whole input's where the CNN has no
-# normalisation across time. (The releases' first CNN layer has a GroupNorm over the whole time axis,
-# so there a window's CNN features differ slightly from the whole input's.)
-#
-# One implementation serves the feature pipeline (`chunk_length_s`, `stride_length_s`), Python
-# (`encode_chunked(model, waveform[None])`) and the corpus tool, which streams windows from a file
-# through `encode_windows` (armhubert.chunking) instead of holding the recording.
+# Long audio in overlapping windows, stitched on the whole input's frame grid: each window keeps its
+# centre frames, so time and memory grow linearly with the length, and the stitching is exact
+# arithmetic (a window starting at sample s*S holding (F - 1)*S + R samples yields exactly frames
+# s .. s + F - 1 of the whole input; S, R = `config.inputs_to_logits_ratio`, `config.receptive_field`).
+# Why and the derivation: docs/features.md, "Long recordings in chunks".
 
 CHUNK_LENGTH_S = 30.0  # the longest training utterances are about this long
 STRIDE_LENGTH_S = CHUNK_LENGTH_S / 6  # context dropped on each side: the ASR pipeline's default ratio
@@ -195,13 +161,11 @@ class FrameWindow:
 
 
 def plan_windows(total_frames: int, window_frames: int, left_frames: int, right_frames: int) -> list[FrameWindow]:
-    """Windows of `window_frames` frames covering [0, total_frames), each kept frame exactly once.
+    """Windows of `window_frames` frames covering [0, total_frames), each frame kept exactly once.
 
-    Every window but the first drops `left_frames` frames on its left, every window but the last
-    `right_frames` on its right, so a kept frame has at least that much context on both sides
-    (except at the input's own ends). The last window is moved back to end at the last frame (it
-    then drops more on its left) so that all windows have the same length: they batch without padding.
-    One window of the whole input when it is no longer than a window.
+    Inner window edges drop `left_frames` / `right_frames` frames of context. The last window ends at
+    the last frame (dropping more on its left), so all windows have one length and batch without
+    padding. One window of the whole input when it is no longer than a window.
     """
     if total_frames <= window_frames:
         return [FrameWindow(0, total_frames, 0, total_frames)]
@@ -235,11 +199,8 @@ def window_samples(config, window: FrameWindow) -> tuple[int, int]:
 
 
 def _context_seconds(stride_length_s: float | Sequence[float] | None, chunk_length_s: float) -> tuple[float, float]:
-    if stride_length_s is None:
-        return chunk_length_s / 6, chunk_length_s / 6
-    if isinstance(stride_length_s, (int, float)):
-        return float(stride_length_s), float(stride_length_s)
-    left, right = stride_length_s
+    stride = chunk_length_s / 6 if stride_length_s is None else stride_length_s
+    left, right = (stride, stride) if isinstance(stride, (int, float)) else stride
     return float(left), float(right)
 
 
@@ -251,12 +212,9 @@ def chunk_windows(
 ) -> list[FrameWindow]:
     """The windows `encode_chunked` runs for an input of `num_samples` samples.
 
-    Args:
-        config: the model's config (CNN kernels and strides, `crop_seq_to_multiple`).
-        chunk_length_s: window length in seconds (rounded down to whole frames, and to a multiple of
-            `crop_seq_to_multiple` frames, so that the model crops nothing off a window).
-        stride_length_s: context dropped on each side, in seconds (rounded to whole frames), or a
-            (left, right) pair, as the ASR pipeline's option; `None`: chunk_length_s / 6 on each side.
+    `chunk_length_s`: window length (rounded down to whole frames and to `config.crop_seq_to_multiple`, so
+    the model crops nothing off a window); `stride_length_s`: context dropped on each side (rounded to
+    frames), or a (left, right) pair, as the ASR pipeline's option; `None`: chunk_length_s / 6 per side.
     """
     if chunk_length_s <= 0:
         raise ValueError(f"chunk_length_s must be positive, got {chunk_length_s}")
@@ -274,19 +232,8 @@ def chunk_windows(
     return plan_windows(num_frames(config, num_samples), window_frames, left, right)
 
 
-def _window_piece(config, windows: list[FrameWindow], index: int, length: int) -> tuple[int, int]:
-    """(first sample, number of samples) to encode for window `index` of an input of `length` samples.
-
-    An input that is one window runs whole, every sample, as the unchunked model reads it.
-    """
-    return (0, length) if len(windows) == 1 else window_samples(config, windows[index])
-
-
 def frame_fields(output: Mapping) -> dict[str, tuple[torch.Tensor, ...]]:
-    """The frame-aligned fields of an output, each as a tuple of (B, F, ...) tensors; no masks.
-
-    `ModelOutput`s are mappings of their non-None fields.
-    """
+    """The frame-aligned fields of an output (a `ModelOutput` or dict), each a tuple of (B, F, ...) tensors; no masks."""
     return {
         name: value if isinstance(value, tuple) else (value,)
         for name, value in output.items()
@@ -295,8 +242,8 @@ def frame_fields(output: Mapping) -> dict[str, tuple[torch.Tensor, ...]]:
 
 
 def _rebuilt(template: Mapping, fields: dict[str, tuple[torch.Tensor, ...]], mask: torch.Tensor | None) -> Mapping:
-    """An object of `template`'s type holding `fields` (tuples where the template has tuples) and `mask` as
-    its `frame_attention_mask`, where its type has that field."""
+    """`fields` (tuples where `template` has tuples) and `mask` as `frame_attention_mask` (where the type
+    has it), in an object of `template`'s type."""
     values = {name: tensors if isinstance(template[name], tuple) else tensors[0] for name, tensors in fields.items()}
     names = {field.name for field in dataclasses.fields(template)} if dataclasses.is_dataclass(template) else template
     if "frame_attention_mask" in names:
@@ -314,24 +261,16 @@ def encode_windows(
     transform: Callable[[Mapping], Mapping] | None = None,
     **forward_kwargs,
 ) -> Iterator[tuple[FrameWindow, Mapping]]:
-    """Encode one input window by window; yield each window with its kept frames, in frame order.
+    """Encode one input window by window; yield (window, output) with its kept frames, in frame order.
 
-    Args:
-        model: an `ARMHubertModel` (any encoder called as `model(input_values, **forward_kwargs)`,
-            returning a `ModelOutput`, whose config has the CNN's kernels and strides).
-        read: `read(start, count)` -> `(count,)` float tensor on the model's device: the input's samples
-            [start, start + count). Called once per window, in order of `start`: a slice of an array, or
-            a read from a file (`armhubert.chunking.file_window_reader`), so the input need not be in memory.
-        num_samples: the input's length.
-        chunk_length_s, stride_length_s: see `chunk_windows`. An input no longer than a window runs whole.
-        windows_per_batch: windows per model call (they have the same length: no padding).
-        transform: applied to every model output first, e.g. to keep only some layers; returns a
-            `ModelOutput` or a dict.
-        **forward_kwargs: passed to the model, e.g. `output_hidden_states=True`.
-
-    Yields:
-        (window, output): `output` of the type the model (or `transform`) returns, every frame-aligned
-        tensor cut to the window's kept frames `(1, keep_end - keep_start, ...)` (tuples too), no mask.
+    `model`: an `ARMHubertModel` (any encoder returning a `ModelOutput`, whose config has the CNN's
+    kernels and strides). `read(start, count)` -> `(count,)` float tensor on the model's device, the
+    input's samples [start, start + count), called once per window in order: an array slice, or a file
+    read (`armhubert.chunking.file_window_reader`), so the input need not be in memory. An input no
+    longer than a window runs whole. `windows_per_batch` windows (of equal length) go to one model call;
+    `transform` is applied to every model output first (e.g. to keep some layers); `forward_kwargs` go to
+    the model. Each yielded `output` has the model's (or `transform`'s) type, every frame-aligned tensor
+    cut to the window's kept frames `(1, keep_end - keep_start, ...)` (tuples too), no mask.
     """
     if forward_kwargs.get("output_attentions"):
         raise ValueError("chunked encoding cannot stitch attention maps (they span a window, not the input)")
@@ -341,7 +280,9 @@ def encode_windows(
     windows = chunk_windows(config, num_samples, chunk_length_s, stride_length_s)
     for first in range(0, len(windows), windows_per_batch):
         batch = windows[first : first + windows_per_batch]
-        pieces = [read(*_window_piece(config, windows, first + index, num_samples)) for index in range(len(batch))]
+        # An input that is one window runs whole, every sample, as the unchunked model reads it.
+        spans = [(0, num_samples)] if len(windows) == 1 else [window_samples(config, window) for window in batch]
+        pieces = [read(start, count) for start, count in spans]
         output = model(torch.stack(pieces), **forward_kwargs)
         output = transform(output) if transform is not None else output
         fields = frame_fields(output)
@@ -370,21 +311,12 @@ def encode_chunked(
             out = encode_chunked(model, waveform[None])   # 30 s windows, 5 s of context dropped on each side
         out.last_hidden_state   # (1, T, D): T = model(waveform[None]).last_hidden_state.shape[1]
 
-    Args:
-        model: an `ARMHubertModel` (see `encode_windows`).
-        input_values (`(B, N)` float): raw 16 kHz audio; each row is planned by its own length.
-        attention_mask (`(B, N)`, optional): 1 = real sample; only a row's real samples are encoded
-            (its padding is never part of a window).
-        chunk_length_s, stride_length_s: window length and context dropped on each side (seconds; default
-            stride: chunk_length_s / 6); see `chunk_windows`. A row no longer than a window runs whole, as
-            `model(row)` would.
-        windows_per_batch, transform, **forward_kwargs: see `encode_windows`.
-
-    Returns:
-        An object of the type the model (or `transform`) returns with every frame-aligned tensor
-        `(B, T, ...)` stitched, tuples of them too (T = the frames of the longest row; frames past a
-        shorter row's end are zero), and `frame_attention_mask` `(B, T)` long (None when no row is shorter)
-        where the output type has that field.
+    `input_values` `(B, N)`: raw 16 kHz audio, each row planned by its own length (`attention_mask`
+    `(B, N)`, 1 = real sample: padding is never part of a window); a row no longer than a window runs
+    whole, as `model(row)` would. The other arguments: see `encode_windows` and `chunk_windows`.
+    Returns the model's (or `transform`'s) output type with every frame-aligned tensor `(B, T, ...)`
+    stitched (T = the longest row's frames; zeros past a shorter row's end) and, where the type has the
+    field, `frame_attention_mask` `(B, T)` long (None when no row is shorter).
     """
     if input_values.dim() != 2:
         raise ValueError(f"input_values must have shape (batch, samples), got {tuple(input_values.shape)}")
@@ -421,18 +353,14 @@ def encode_chunked(
 
 
 class _ReadsAudioFiles:
-    """Mixin for transformers' audio pipelines: files are decoded by `decode_audio_files`, not ffmpeg."""
+    """Mixin for transformers' audio pipelines: files decoded by `decode_audio_files`, not ffmpeg."""
 
     def preprocess(self, inputs, *args, **kwargs):
         return super().preprocess(decode_audio_files(inputs, self.feature_extractor.sampling_rate), *args, **kwargs)
 
 
 class ARMHubertSpeechRecognitionPipeline(_ReadsAudioFiles, AutomaticSpeechRecognitionPipeline):
-    """transformers' speech recognition pipeline, reading audio file paths and bytes with soundfile + soxr.
-
-    asr = pipeline(model="out/ctc", trust_remote_code=True)   # a CTC folder's own pipeline
-    asr("speech.flac")["text"]                                  # no ffmpeg needed
-    """
+    """transformers' speech recognition pipeline reading audio files with soundfile + soxr (a CTC folder's own)."""
 
 
 class ARMHubertAudioClassificationPipeline(_ReadsAudioFiles, AudioClassificationPipeline):
@@ -453,16 +381,12 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
             (0 = encoder input); `"projected"` projected outputs 1..L (models with heads only).
         layers: an int or list of layer numbers from that set (default: all of it).
         return_tensors: `True` returns a torch tensor instead of a numpy array.
-        chunk_length_s: inputs longer than this (default 30 s, about the longest training utterance) run
-            in overlapping windows of this length, stitched on the unchunked frame grid (`encode_chunked`);
-            `0` never chunks (one forward pass over the whole input, time quadratic in its length).
-        stride_length_s: context dropped on each side of a window, seconds, or a (left, right) pair
-            (default chunk_length_s / 6), as the ASR pipeline's option.
+        chunk_length_s: inputs longer than this (default 30 s) run in windows of this length stitched on the
+            unchunked frame grid (`encode_chunked`); `0` never chunks (time quadratic in the length).
+        stride_length_s: context dropped on each window side, seconds or (left, right) (default chunk / 6).
 
-    Inputs: a mono float array sampled at 16 kHz; a `{"raw" or "array": ..., "sampling_rate": 16000}`
-    dict (the `datasets` format); or an audio file (a path, its bytes, or an undecoded `datasets` dict),
-    decoded by `read_audio_file` (channels averaged, resampled to 16 kHz). Arrays at other rates must be
-    resampled first (e.g. `soxr.resample(audio, rate, 16000)`).
+    Inputs: a mono float array at 16 kHz; a `{"raw" or "array": ..., "sampling_rate": 16000}` dict; or an
+    audio file (path, bytes, undecoded `datasets` dict), decoded by `read_audio_file` (resampled to 16 kHz).
     """
 
     REPRESENTATIONS = ("superb", "hidden", "projected")
@@ -608,10 +532,8 @@ class ARMHubertFeatureExtractionPipeline(Pipeline):
             output = selected(encoder(input_values, attention_mask=attention_mask, output_hidden_states=True))
         features = output["features"].transpose(1, 2)  # (B, n, T, D)
         batch, _, frames, _ = features.shape
-        if output["frame_attention_mask"] is not None:
-            real_frames = output["frame_attention_mask"].sum(-1)
-        else:
-            real_frames = torch.full((batch,), frames, dtype=torch.long, device=features.device)
+        mask = output["frame_attention_mask"]
+        real_frames = mask.sum(-1) if mask is not None else torch.full((batch,), frames, device=features.device)
         layer_numbers = torch.tensor(numbers, device=features.device).expand(batch, -1)
         return {"features": features, "frames": real_frames, "layer_numbers": layer_numbers}
 
