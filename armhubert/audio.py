@@ -20,7 +20,7 @@ import soxr
 
 from configuration_armhubert import SAMPLING_RATE
 
-from .cli import UserError
+from .cli import UserError, first_line
 
 MAX_CHANNELS = 8  # an axis this short is channels, not time
 
@@ -52,7 +52,7 @@ def read_audio(
     except DataError:
         raise
     except Exception as error:  # noqa: BLE001 - libsndfile errors, missing files, truncated streams
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise DataError(
             f"cannot read audio file {name}: {reason}; expected audio that soundfile can decode (FLAC, WAV)"
         ) from None

@@ -25,7 +25,7 @@ class StackedOutputs(torch.nn.Module):
     def __init__(self, model: PreTrainedModel) -> None:
         super().__init__()
         self.model = model
-        self.has_projections = getattr(model.config, "projection_head_size", None) is not None
+        self.has_projections = getattr(model.config, "has_projection_heads", False)  # HuBERT configs have none
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple:
         """(B, N)[, (B, N) mask] -> (B, T, D_out), (L+1, B, T, D)[, (L, B, T, P)]."""

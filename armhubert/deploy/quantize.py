@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from armhubert.cli import UserError
+from armhubert.cli import UserError, first_line
 
 PRECISIONS = ("fp32", "int8", "fp16")
 # Model parts whose products int8 can take, by where the node sits (its module path) and its op types.
@@ -107,7 +107,7 @@ def _quantizer_errors() -> Iterator[None]:
     try:
         yield
     except (ValueError, RuntimeError, KeyError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise UserError(
             f"cannot quantise this model to int8 ({reason}); export it with --precision fp32, or choose "
             "other --int8-parts"

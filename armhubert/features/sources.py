@@ -59,15 +59,15 @@ class Corpus:
     def read(self, row: int, min_samples: int) -> tuple[str, np.ndarray | None, str | None]:
         """(id, 16 kHz samples or None, why it was skipped): unreadable audio, or fewer than `min_samples`
         samples (the model's receptive field)."""
-        record = self.rows[row]
+        utterance = self.ids[row]
         try:
-            samples = read_audio(record["audio"])
+            samples = read_audio(self.audio(row))
         except DataError as error:
-            return record["id"], None, str(error)
+            return utterance, None, str(error)
         if len(samples) < min_samples:
             reason = f"{len(samples)} samples, fewer than the model's {min_samples}-sample receptive field"
-            return record["id"], None, reason
-        return record["id"], samples, None
+            return utterance, None, reason
+        return utterance, samples, None
 
 
 def _check_unique(ids: Sequence[str], what: str) -> None:
