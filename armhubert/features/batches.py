@@ -144,9 +144,10 @@ def encode_batch(
         output = selected_features(encoder, selection, model_output)
     mask = output.pop("frame_attention_mask")
     frames = [output[selection.names[0]].shape[1]] * len(waveforms) if mask is None else mask.sum(-1).tolist()
+    host = {name: output[name].float().cpu() for name in selection.names}  # one transfer per feature, not per row
     results = []
     for row, count in enumerate(frames):
-        features = {name: output[name][row, :count].float().cpu() for name in selection.names}
+        features = {name: host[name][row, :count] for name in selection.names}
         if codebook is not None:
             features["units"] = units_of(features[selection.units_name], codebook, deduplicate)
         results.append(features)
