@@ -1085,7 +1085,8 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         """A (B, N) mask of 0/1, each row's ones first (right padding), at least a receptive field long: it
         is read as a length per row, so anything else would silently change the outputs. One comparison
         with the right-padded mask of the same lengths finds both other values and left or inner padding,
-        read to the host with the shortest length in one device sync. Values are not read when compiling.
+        read to the host with the shortest length in one device sync. Values are not read when compiling,
+        nor in training on an accelerator (docs/gpu.md: no per-step host syncs).
         """
         if not torch.is_tensor(attention_mask) or attention_mask.dtype.is_complex:
             given = attention_mask.dtype if torch.is_tensor(attention_mask) else type(attention_mask).__name__
@@ -1100,6 +1101,8 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
             )
         if torch.compiler.is_compiling():
             return  # reading the mask's values would break the graph: eager calls check them
+        if self.training and attention_mask.device.type != "cpu":
+            return  # training batches come from collators; a read would wait for the device every step
         lengths = (attention_mask != 0).sum(-1)
         right_padded = torch.arange(shape[1], device=attention_mask.device) < lengths[:, None]
         wrong, shortest = torch.stack([(attention_mask != right_padded).any().long(), lengths.min()]).tolist()

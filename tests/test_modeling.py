@@ -283,6 +283,22 @@ def test_bad_attention_masks_are_refused_with_one_line(mask, message):
     assert "\n" not in str(refused.value)
 
 
+def test_mask_values_are_read_except_in_training_on_an_accelerator():
+    """Reading a mask's values waits for the device: training off the CPU skips it (collators build right-padded
+    0/1 masks), inference and CPU training check them. A meta-device mask stands in for an accelerator's: its
+    values cannot be read, so a check that reads them fails."""
+    model = random_model(tiny_config())
+    mask = torch.ones(2, 8000, dtype=torch.long, device="meta")
+    model.train()
+    model._check_attention_mask(mask, (2, 8000))  # no read
+    model.eval()
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        model._check_attention_mask(mask, (2, 8000))
+    model.train()
+    with pytest.raises(ValueError, match="padding .0. before real samples"):
+        model._check_attention_mask(torch.tensor([[0, 1] * 4000] * 2), (2, 8000))  # on the CPU: still read
+
+
 @pytest.mark.parametrize("dtype", [torch.bool, torch.int32, torch.float32])
 def test_right_padded_masks_of_any_0_1_dtype_give_the_long_masks_outputs(dtype):
     model = random_model(tiny_config())
