@@ -32,6 +32,7 @@ from armhubert.deploy import (
     QUANTIZABLE_PARTS,
     LayerFidelity,
     check_int8_parts,
+    cpu_has_vnni,
     export_onnx,
     fidelity_report,
     load_model,
@@ -135,9 +136,14 @@ def report(argv: Sequence[str] | None = None) -> int:
                 graphs[f"int8 {part} only"] = quantize_int8(graph, [part])
     seconds = sum(len(audio) for audio in audios) / SAMPLING_RATE
     print(f"{args.model}: {len(audios)} utterances, {seconds:.1f} s, one per call; fidelity to PyTorch fp32")
-    print(f"int8 parts ({'+'.join(args.int8_parts)}):")
+    print(f"int8 parts ({'+'.join(args.int8_parts)}), 7-bit weights (the same numbers on CPUs with and without VNNI):")
     print_parts(graph, args.int8_parts)
     print_table(fidelity_report(model, audios, graphs, args.threads))
+    vnni = cpu_has_vnni()
+    if vnni is False:
+        print(
+            "this CPU has no VNNI (AVX-512 VNNI / AVX-VNNI): int8 runs here at about fp32's speed (docs/deployment.md)"
+        )
     return 0
 
 

@@ -189,6 +189,31 @@ def test_bad_precision_is_one_line_and_writes_nothing(tiny_folder, tmp_path, cap
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_int8_weights_fit_seven_bits_so_cpus_without_vnni_do_not_overflow(fixture_graph):
+    """Without VNNI, ONNX Runtime sums pairs of u8 x s8 products in int16: full-range weights overflow it
+    (the fixture's worst layer fell to cosine 0.987 on such a CPU). The default file keeps |w| <= 64."""
+    import onnx
+    from onnx import numpy_helper
+
+    def weights(graph):
+        proto = onnx.load_from_string(graph)
+        int8 = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+        assert int8, "no int8 weights"
+        return max(int(abs(w.astype("int32")).max()) for w in int8)
+
+    assert weights(deploy.quantize_int8(fixture_graph)) <= 64
+    assert weights(deploy.quantize_int8(fixture_graph, reduce_range=False)) > 64  # the check can fail
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [("flags\t: fpu avx2 avx512f avx512_vnni", True), ("flags\t: fpu avx2 avx_vnni", True),
+     ("flags\t: fpu avx2 avx512f", False), ("Features\t: fp asimd", None)],
+)  # fmt: skip
+def test_cpu_has_vnni_reads_the_flags(flags, expected):
+    assert quantize.cpu_has_vnni(flags) is expected
+
+
 def test_a_graph_without_the_chosen_products_cannot_be_quantised(fixture_graph, monkeypatch):
     """A model whose graph has none of the products asked for (here: no node in any part) is refused
     in one line, not with the quantizer's traceback."""

@@ -20,7 +20,8 @@ each row of a padded batch gets what the utterance gets alone; the releases' gro
 normalises its first layer over the whole padded row, in ONNX as in PyTorch.
 
 int8 is ONNX Runtime's dynamic quantisation (`quantize_dynamic`: weights int8 per output channel,
-activations uint8 per tensor at run time, i.e. U8S8, which AVX-512 VNNI runs natively). What it
+activations uint8 per tensor at run time, i.e. U8S8, which AVX-512 VNNI runs natively; 7-bit weights, see
+`quantize_int8`). What it
 quantises is chosen by model part (`QUANTIZABLE_PARTS`), from per-layer measurements (see
 docs/deployment.md): the transformer's weight products by default; the CNN front-end, the positional
 convolution and the attention-map products stay float. The exported graph is rewritten where
@@ -68,6 +69,7 @@ from .quantize import (
     check_int8_parts,
     convert_fp16,
     convert_precision,
+    cpu_has_vnni,
     node_parts,
     quantize_int8,
 )
@@ -90,6 +92,7 @@ __all__ = [
     "concatenate_frames",
     "convert_fp16",
     "convert_precision",
+    "cpu_has_vnni",
     "export_onnx",
     "fidelity_report",
     "fold_weight_constants",
