@@ -67,14 +67,8 @@ def scale_gradient(tensor: Tensor, scale: float) -> Tensor:
 
 
 def split_layer_gradient(output: Tensor, index: int, num_layers: int, mode: str | bool) -> tuple[Tensor, Tensor]:
-    """Apply `config.layer_grad_scale` to layer `index`'s output (B, T, D), counted from 0 of `num_layers`.
-
-    Returns (the projection head's input, the next layer's input), both equal to `output` in the
-    forward pass. `mode` "release" (what the original training computed): the continuing tensor's
-    gradient is scaled by m = (L-i)/(L-i+1), and the head branch is taken from that already scaled
-    tensor and scaled by 1-m, so head i's gradient is scaled by (1-m)*m. "uniform": the continuing
-    tensor gets m = (L-i-1)/(L-i), the head branch 1-m taken from the unscaled output. False: no scaling.
-    """
+    """`config.layer_grad_scale` on layer `index`'s output (B, T, D): (head input, next layer's input), both
+    `output` in the forward pass, gradients scaled as `mode` says (docs/numerics.md, "Gradient scaling")."""
     if not mode:
         return output, output
     remaining = num_layers - index
@@ -117,14 +111,9 @@ class ARMHubertModelOutput(ModelOutput):
 
 
 class DerivedWeightsModule(nn.Module):
-    """A module that keeps tensors derived from its parameters (a channels-last or weight-normed kernel, an
-    FFT spectrum: a few ms each, per call as much as the CNN on 2 s) between inference calls.
-
-    `derived` hands out the same tensor while its source parameters are the same tensors with the same
-    version counter (optimiser steps, `load_state_dict` and in-place writes bump it). It derives afresh
-    when autograd needs the derivation, inside a `torch.compile` graph and after `train()` / `eval()`,
-    which drop the cache (so that writes through `param.data`, which keep the counter, are seen then).
-    """
+    """Keeps tensors derived from its parameters (re-laid-out kernels, an FFT spectrum) between inference
+    calls, while the parameters keep their version counters; autograd, compiling, `train()` and `eval()`
+    derive afresh (docs/speed.md, "Work done once, not per call")."""
 
     # module -> {name: (stamp, weak references to the sources, tensor)}: never saved, copied or pickled.
     _caches = weakref.WeakKeyDictionary()
@@ -160,12 +149,8 @@ class DerivedWeightsModule(nn.Module):
 
 
 def conv1d_channels_last(conv: nn.Conv1d, hidden_states: Tensor, kernel: Tensor | None = None) -> Tensor:
-    """Apply the `nn.Conv1d` `conv` to (B, C, 1, N) channels-last input; the output is channels-last too.
-
-    Time-major memory spares oneDNN a channels-first Conv1d's layout conversions (a fifth of the CNN's
-    time at 10 s) and makes the encoder's (B, T, C) view free. `kernel`: `conv.weight` laid out for
-    `F.conv2d` (`DerivedWeightsModule.channels_last_kernel`); the two matmul cases do not need it.
-    """
+    """`conv` on (B, C, 1, N) channels-last input, channels-last output (docs/speed.md: time-major).
+    `kernel`: `conv.weight` laid out for `F.conv2d` (`channels_last_kernel`), unused by the matmul cases."""
     width, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
     if conv.in_channels == 1 and padding == 0:
         # The waveform: a matmul over its strided frames is channels-last at once (a convolution's output
@@ -334,6 +319,8 @@ REUSE_BLOCK_ROWS = 256
 # it, the public SDPA runs and `logsumexp_blocks` adds the log-sum-exp (one extra Q K^T pass).
 CPU_FLASH_ATTENTION = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
+Mask = Tensor | None  # key_padding_mask (B, T) bool, True = padding; None when nothing is padded
+
 
 @dataclass
 class Handover:
@@ -371,12 +358,8 @@ def padding_bias(key_padding_mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def reuse_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the reuse computes and answers in: float32 for half-precision inputs, else their own.
-
-    After the release's second softmax a reused weight is about (1 + p_ij) / (n + 1) with p_ij ~ 1/n: the
-    map's whole structure is a relative ~1/n ripple on a constant, below bf16's resolution (2^-8) beyond
-    about 250 frames. Rounding the weights, their products or the output to half precision erases it.
-    """
+    """The dtype the reuse computes and answers in: float32 for half-precision inputs, else their own (after
+    the second softmax the map's structure is below bf16's resolution: docs/numerics.md, "Half precision")."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
@@ -388,7 +371,7 @@ def full_precision(tensor: Tensor) -> contextlib.AbstractContextManager:
     return torch.autocast(tensor.device.type, enabled=False)
 
 
-def real_mean(value: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+def real_mean(value: Tensor, key_padding_mask: Mask) -> Tensor:
     """(B, H, T, d) -> (B, H, 1, d) in `reuse_dtype`: the plain mean of V over real keys (what a uniform map gives)."""
     value = value.to(reuse_dtype(value.dtype))
     if key_padding_mask is None:
@@ -398,14 +381,14 @@ def real_mean(value: Tensor, key_padding_mask: Tensor | None) -> Tensor:
 
 
 def sdpa(
-    query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None, scale: float, dropout: float = 0.0
+    query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, scale: float, dropout: float = 0.0
 ) -> Tensor:
     """`F.scaled_dot_product_attention` (B, H, T, d) with padded keys masked (key_padding_mask (B, T), True = padding)."""
     mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 
-def masked_softmax(scores: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+def masked_softmax(scores: Tensor, key_padding_mask: Mask) -> Tensor:
     """Float32 softmax over keys of scores (B, H, T, T), padded keys masked, in the scores' dtype."""
     if key_padding_mask is not None:
         scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
@@ -414,7 +397,7 @@ def masked_softmax(scores: Tensor, key_padding_mask: Tensor | None) -> Tensor:
 
 
 def attention_with_logsumexp(
-    query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None, scale: float, dropout: float = 0.0
+    query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, scale: float, dropout: float = 0.0
 ) -> tuple[Tensor, Tensor]:
     """SDPA output (B, H, T, d) and the row log-sum-exp (B, H, T), float32, of its scaled, masked scores.
 
@@ -430,7 +413,7 @@ def attention_with_logsumexp(
 
 
 @torch.no_grad()
-def logsumexp_blocks(query: Tensor, key: Tensor, key_padding_mask: Tensor | None, scale: float) -> Tensor:
+def logsumexp_blocks(query: Tensor, key: Tensor, key_padding_mask: Mask, scale: float) -> Tensor:
     """Row log-sum-exp (B, H, T), float32, of Q K^T * scale with padded keys masked, block by block of rows."""
     batch, heads, time, _ = query.shape
     queries, keys = (query.float() * scale).flatten(0, 1), key.float().flatten(0, 1).transpose(1, 2)
@@ -447,10 +430,14 @@ def logsumexp_blocks(query: Tensor, key: Tensor, key_padding_mask: Tensor | None
     return result.view(batch, heads, time)
 
 
-def _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale):
-    """(output (B, H, T, d), softmax denominators (B*H, T)) of `resoftmax_blocks`, in `reuse_dtype`, autocast off.
+def resoftmax_blocks(
+    query: Tensor, key: Tensor, logsumexp: Tensor, value: Tensor, key_padding_mask: Mask, scale: float
+) -> tuple[Tensor, Tensor]:
+    """The release's reuse, softmax(P) V with P = exp(Q K^T * scale - lse), block by block of query rows.
 
-    Per block of rows: the numerators exp(P), P = exp(Q K^T * scale - lse), zero on padded keys.
+    query, key, value: (B, H, T, d); logsumexp: (B, H, T). Returns (output (B, H, T, d), softmax denominators
+    (B*H, T)), in `reuse_dtype`, autocast off. Padded keys get no weight in either softmax. Peak extra
+    memory: one block of scores (see `score_blocks`).
     """
     batch, heads, time, dim = query.shape
     dtype = reuse_dtype(query.dtype)
@@ -470,29 +457,14 @@ def _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale):
     return output.view(batch, heads, time, dim), denominators
 
 
-def resoftmax_blocks(
-    query: Tensor, key: Tensor, logsumexp: Tensor, value: Tensor, key_padding_mask: Tensor | None, scale: float
-) -> Tensor:
-    """The release's reuse, softmax(P) V with P = exp(Q K^T * scale - lse), block by block of query rows.
-
-    query, key, value: (B, H, T, d); logsumexp: (B, H, T). Returns (B, H, T, d) in `reuse_dtype`. Padded
-    keys get no weight in either softmax. Peak extra memory: one block of scores (see `score_blocks`).
-    """
-    return _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale)[0]
-
-
 class ResoftmaxReuse(torch.autograd.Function):
-    """`resoftmax_blocks` with an exact backward that rebuilds the map block by block (no saved maps).
-
-    Saves Q, K, V, the log-sum-exp, the output and the softmax denominators: O(B*H*T*d), where autograd
-    through the explicit path saves about three (B, H, T, T) maps per computing / reusing pair. The
-    log-sum-exp is a function of Q and K: the backward differentiates through it (full softmax
-    backward of the computing layer's map), so it takes no gradient of its own.
-    """
+    """`resoftmax_blocks` with an exact backward that rebuilds the map block by block. It saves Q, K, V, the
+    log-sum-exp, output and denominators (O(B*H*T*d), no maps); the log-sum-exp is a function of Q and K,
+    so the backward differentiates through it (the computing layer's full softmax backward)."""
 
     @staticmethod
     def forward(ctx, query, key, logsumexp, value, key_padding_mask, scale):
-        output, denominators = _resoftmax_forward(query, key, logsumexp, value, key_padding_mask, scale)
+        output, denominators = resoftmax_blocks(query, key, logsumexp, value, key_padding_mask, scale)
         ctx.save_for_backward(query, key, value, logsumexp, key_padding_mask, output, denominators)
         ctx.scale = scale
         return output
@@ -533,19 +505,11 @@ class ResoftmaxReuse(torch.autograd.Function):
 
 
 def flex_attention_with_logsumexp(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    key_padding_mask: Tensor | None,
-    scale: float,
-    score_mod: Callable | None = None,
+    query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, scale: float, score_mod: Callable | None = None
 ) -> tuple[Tensor, Tensor]:
-    """`attention_with_logsumexp` through FlexAttention (inference): output and log-sum-exp in one kernel.
-
-    `score_mod(score, batch, head, query_index)` replaces each scaled score before padded keys are masked.
-    Compiled once per process on GPUs (eager FlexAttention materialises the scores), eager on a CPU and
-    traced as it is inside a `torch.compile` graph.
-    """
+    """`attention_with_logsumexp` through FlexAttention (inference), in one kernel. `score_mod(score, batch,
+    head, query_index)` replaces each scaled score before padded keys are masked. Compiled once per process
+    on GPUs (eager FlexAttention materialises the scores), eager on a CPU and inside a `torch.compile` graph."""
     if flex_attention is None:
         raise ValueError('attn_implementation="flex_attention" needs torch >= 2.9 (FlexAttention with AuxRequest).')
     flex = flex_attention
@@ -566,15 +530,11 @@ def flex_attention_with_logsumexp(
 
 
 def flex_resoftmax(
-    query: Tensor, key: Tensor, logsumexp: Tensor, value: Tensor, key_padding_mask: Tensor | None, scale: float
+    query: Tensor, key: Tensor, logsumexp: Tensor, value: Tensor, key_padding_mask: Mask, scale: float
 ) -> Tensor:
-    """`resoftmax_blocks` through FlexAttention, in the expm1 form that keeps the map's structure in any dtype.
-
-    With E = expm1(P), P = exp(score - lse) the reused probabilities (E ~ P keeps full relative
-    precision where exp(P) ~ 1 would not): softmax(P) V = (colsum(V) + E V) / (n + rowsum(E)) over the
-    n real keys, i.e. mean(V) + rowsum(E) / (n + rowsum(E)) * (E V / rowsum(E) - mean(V)). FlexAttention
-    with score_mod = log(E) gives E V / rowsum(E) and log(rowsum(E)); the rest runs in `reuse_dtype`.
-    """
+    """`resoftmax_blocks`'s output through FlexAttention, in a form that keeps the map's structure in any dtype:
+    softmax(P) V = mean(V) + s / (n + s) * (E V / s - mean(V)), E = expm1(P), s = rowsum(E), over the n real
+    keys; FlexAttention with score_mod = log(E) gives E V / s and log(s) (docs/speed.md, "flex_attention")."""
 
     def log_expm1_probability(score, batch, head, query_index):
         return torch.log(torch.expm1(torch.exp(score - logsumexp[batch, head, query_index])))
@@ -588,13 +548,12 @@ def flex_resoftmax(
 
 
 # --------------------------------------------------------------------------------------------------
-# Attention paths: what a computing layer computes and hands over, and how a reusing layer applies it.
-# compute(attention, query, key, value, key_padding_mask, dropout) -> (output (B, H, T, d), Handover or None);
-# reuse(attention, handover, value, key_padding_mask, dropout) -> (output (B, H, T, d), applied weights or None).
-# `attention` is the calling `ARMHubertAttention` (its scaling, softmax mode and training flag), as in
-# transformers' attention interface.
+# Attention paths: what a computing layer computes and hands over, and how a reusing layer applies it,
+# with `attention` the calling `ARMHubertAttention` (its scaling, softmax mode and training flag), as in
+# transformers' attention interface:
+# compute(attention, query, key, value, mask, dropout) -> (output (B, H, T, d), Handover or None);
+# reuse(attention, handover, value, mask, dropout) -> (output (B, H, T, d), applied weights or None).
 
-Mask = Tensor | None  # key_padding_mask (B, T) bool, True = padding; None when nothing is padded
 Computed = tuple[Tensor, Handover | None]
 Reused = tuple[Tensor, Tensor | None]  # the weights (B, H, T, T) only on the explicit path
 # What an attention layer (and its encoder layer) returns: output (B, T, D), own Handover, applied weights.
@@ -607,76 +566,67 @@ class AttentionPath(NamedTuple):
 
 
 def compute_without_handover(
-    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, dropout: float
+    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
 ) -> Computed:
     """A computing layer whose map no later layer reuses: plain SDPA."""
-    return sdpa(query, key, value, key_padding_mask, attention.scaling, dropout), None
+    return sdpa(query, key, value, mask, attention.scaling, dropout), None
 
 
 def compute_map(
-    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, dropout: float
+    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
 ) -> Computed:
     """The explicit path: the probability map (B, H, T, T), handed over and returned as the layer's weights."""
-    probabilities = masked_softmax(torch.matmul(query * attention.scaling, key.transpose(-1, -2)), key_padding_mask)
+    probabilities = masked_softmax(torch.matmul(query * attention.scaling, key.transpose(-1, -2)), mask)
     output = torch.matmul(F.dropout(probabilities, dropout, attention.training), value)
     return output, Handover(map=probabilities)
 
 
-def reuse_map(
-    attention: nn.Module, handover: Handover, value: Tensor, key_padding_mask: Mask, dropout: float
-) -> Reused:
+def reuse_map(attention: nn.Module, handover: Handover, value: Tensor, mask: Mask, dropout: float) -> Reused:
     """The computing layer's map, after the release's second softmax in "resoftmax" mode, in `reuse_dtype`."""
     dtype = reuse_dtype(value.dtype)
     with full_precision(value):
         weights = handover.map.to(dtype)
         if attention.reuse_softmax == "resoftmax":
-            weights = masked_softmax(weights, key_padding_mask)
+            weights = masked_softmax(weights, mask)
         return torch.matmul(F.dropout(weights, dropout, attention.training), value.to(dtype)), weights
 
 
 def compute_query_key(
-    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, dropout: float
+    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
 ) -> Computed:
     """SDPA, handing over Q and K: the reusing layer's SDPA makes the same probabilities (probabilities mode)."""
-    return sdpa(query, key, value, key_padding_mask, attention.scaling, dropout), Handover(query=query, key=key)
+    return sdpa(query, key, value, mask, attention.scaling, dropout), Handover(query=query, key=key)
 
 
-def reuse_query_key(
-    attention: nn.Module, handover: Handover, value: Tensor, key_padding_mask: Mask, dropout: float
-) -> Reused:
-    return sdpa(handover.query, handover.key, value, key_padding_mask, attention.scaling, dropout), None
+def reuse_query_key(attention: nn.Module, handover: Handover, value: Tensor, mask: Mask, dropout: float) -> Reused:
+    return sdpa(handover.query, handover.key, value, mask, attention.scaling, dropout), None
 
 
 def compute_logsumexp(
-    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, dropout: float
+    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
 ) -> Computed:
-    output, logsumexp = attention_with_logsumexp(query, key, value, key_padding_mask, attention.scaling, dropout)
+    output, logsumexp = attention_with_logsumexp(query, key, value, mask, attention.scaling, dropout)
     return output, Handover(query=query, key=key, logsumexp=logsumexp)
 
 
-def reuse_logsumexp(
-    attention: nn.Module, handover: Handover, value: Tensor, key_padding_mask: Mask, dropout: float
-) -> Reused:
+def reuse_logsumexp(attention: nn.Module, handover: Handover, value: Tensor, mask: Mask, dropout: float) -> Reused:
     """The release's second softmax over the rebuilt map; exact gradients through `ResoftmaxReuse` (no dropout)."""
-    arguments = (handover.query, handover.key, handover.logsumexp, value, key_padding_mask, attention.scaling)
+    arguments = (handover.query, handover.key, handover.logsumexp, value, mask, attention.scaling)
     if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in (handover.query, handover.key, value)):
         return ResoftmaxReuse.apply(*arguments), None
-    return resoftmax_blocks(*arguments), None
+    return resoftmax_blocks(*arguments)[0], None
 
 
 def compute_flex_logsumexp(
-    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, dropout: float
+    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
 ) -> Computed:
     """`compute_logsumexp` through FlexAttention (inference without dropout only)."""
-    output, logsumexp = flex_attention_with_logsumexp(query, key, value, key_padding_mask, attention.scaling)
+    output, logsumexp = flex_attention_with_logsumexp(query, key, value, mask, attention.scaling)
     return output, Handover(query=query, key=key, logsumexp=logsumexp)
 
 
-def reuse_flex_logsumexp(
-    attention: nn.Module, handover: Handover, value: Tensor, key_padding_mask: Mask, dropout: float
-) -> Reused:
-    arguments = (handover.query, handover.key, handover.logsumexp, value, key_padding_mask, attention.scaling)
-    return flex_resoftmax(*arguments), None
+def reuse_flex_logsumexp(attention: nn.Module, handover: Handover, value: Tensor, mask: Mask, dropout: float) -> Reused:
+    return flex_resoftmax(handover.query, handover.key, handover.logsumexp, value, mask, attention.scaling), None
 
 
 # (handover, implementation) -> path; an implementation without an entry of its own takes the "sdpa" one
@@ -696,12 +646,9 @@ def attention_path(handover: str | None, implementation: str) -> AttentionPath:
 
 
 class ARMHubertAttention(nn.Module):
-    """Multi-head self-attention that either computes its own map or reuses an earlier one.
-
-    A computing layer has q/k/v/out projections; a reusing layer only v and out, and applies the map
-    of the most recent computing layer (after a second softmax in "resoftmax" mode), handed over as a
-    `Handover`. How is the encoder's choice, passed in as an `AttentionPath`.
-    """
+    """Multi-head self-attention that computes its own map (q/k/v/out projections) or reuses the most recent
+    computing layer's (v/out only; a second softmax in "resoftmax" mode), handed over as a `Handover`. How
+    is the encoder's choice, passed in as an `AttentionPath`."""
 
     def __init__(self, config: ARMHubertConfig, reuses_map: bool):
         super().__init__()
@@ -731,12 +678,9 @@ class ARMHubertAttention(nn.Module):
     def forward(
         self, hidden_states: Tensor, key_padding_mask: Mask, path: AttentionPath, handover: Handover | None = None
     ) -> AttentionOutput:
-        """Attend over time: hidden_states (B, T, D), key_padding_mask (B, T) bool (True = padding) or None.
-
-        `path` is how this layer computes (see `ATTENTION_PATHS`); `handover`, a reusing layer's input,
-        what the layer whose map it reuses handed over. Returns (output (B, T, D), this computing layer's
-        `Handover` or None, the applied weights (B, H, T, T) on the explicit path or None).
-        """
+        """hidden_states (B, T, D), key_padding_mask (B, T) bool (True = padding) or None; `path` from
+        `ATTENTION_PATHS`; `handover` a reusing layer's input. Returns (output (B, T, D), this computing
+        layer's `Handover` or None, the applied weights (B, H, T, T) on the explicit path or None)."""
         value = self._split_heads(self.v_proj(hidden_states))
         dropout = self.dropout if self.training else 0.0
         if self.reuses_map:
@@ -752,14 +696,9 @@ class ARMHubertAttention(nn.Module):
         return self._project(output, value, key_padding_mask), handover, weights
 
     def _project(self, output, value, key_padding_mask):
-        """out_proj of the heads' output (B, H, T, d) -> (B, T, D), in the dtype of the layer's values.
-
-        A reused output more precise than the values (float32 from half-precision values, see
-        `reuse_dtype`) is decomposed under autocast, where the residual stream is float32: out_proj of
-        the plain mean of V (one row per utterance) plus W_out times the structure (output - mean), whose
-        half-precision rounding is relative to the structure alone, summed in float32. Without autocast
-        (half-precision weights) the stream itself is half precision: the output is rounded once.
-        """
+        """out_proj of the heads' output (B, H, T, d) -> (B, T, D). A float32 reuse of half-precision values is
+        projected under autocast as out_proj(mean of V) + W_out (output - mean), summed in float32, so that
+        rounding is relative to the structure alone (docs/numerics.md, "Half precision")."""
         if output.dtype == value.dtype:
             return self.out_proj(self._merge_heads(output))
         if not torch.amp.is_autocast_available(output.device.type) or not torch.is_autocast_enabled(output.device.type):
@@ -1013,10 +952,9 @@ class ARMHubertProjectionHead(nn.Linear):
 class ARMHubertModel(ARMHubertPreTrainedModel):
     """The bare encoder: waveform in, per-layer features and (when configured) projected features out.
 
-    `last_head_only=True` (what task models without `use_weighted_layer_sum` build) keeps only the last
-    projection head, the only one whose output they read: heads 0..L-2 could never train there. The
-    entries of `projection_heads` stay numbered by layer (the others are `None`), so the last head keeps
-    its state-dict key, and loading a full encoder skips the other heads' weights without a warning.
+    `last_head_only=True` (task models without `use_weighted_layer_sum`) builds only the last projection
+    head, the one they read; `projection_heads` stays numbered by layer (the others `None`), so its
+    state-dict key is kept and a full encoder's other heads are skipped on loading without a warning.
     """
 
     def __init__(self, config: ARMHubertConfig, last_head_only: bool = False):
@@ -1082,12 +1020,9 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
                 )
 
     def _check_attention_mask(self, attention_mask, shape):
-        """A (B, N) mask of 0/1, each row's ones first (right padding), at least a receptive field long: it
-        is read as a length per row, so anything else would silently change the outputs. One comparison
-        with the right-padded mask of the same lengths finds both other values and left or inner padding,
-        read to the host with the shortest length in one device sync. Values are not read when compiling,
-        nor in training on an accelerator (docs/gpu.md: no per-step host syncs).
-        """
+        """A (B, N) mask of 0/1, right-padded, at least a receptive field long (it is read as a length per row).
+        One comparison with the right-padded mask of the same lengths finds other values and left or inner
+        padding, in one device sync; none when compiling or training on an accelerator (docs/gpu.md)."""
         if not torch.is_tensor(attention_mask) or attention_mask.dtype.is_complex:
             given = attention_mask.dtype if torch.is_tensor(attention_mask) else type(attention_mask).__name__
             raise ValueError(
@@ -1312,9 +1247,9 @@ class ARMHubertTaskModel(ARMHubertPreTrainedModel):
     """What the task heads share: the encoder, the optional weighted layer sum and SpecAugment.
 
     A head reads `last_hidden_state`, or with `config.use_weighted_layer_sum` a learned weighted sum of
-    `superb_layer_outputs`: `head_input_size(config)` wide either way. Every parameter trains, so DDP
-    needs no `find_unused_parameters`: without the layer sum only the last projection head is built,
-    and a distilled `mask_emb` that SpecAugment does not use is frozen.
+    `superb_layer_outputs`, `head_input_size(config)` wide. Every parameter trains (DDP needs no
+    `find_unused_parameters`): only the last projection head is built without the layer sum, and a
+    distilled `mask_emb` that SpecAugment does not use is frozen.
     """
 
     def __init__(self, config: ARMHubertConfig):

@@ -1,10 +1,11 @@
 """Measuring instruments for the benchmarks and the GPU check: MACs, live-tensor peak memory, fixed cost
-per call, latency, the device's name.
+per call, latency, the device's name, the CPUs available.
 
 The model instruments are model-agnostic: each takes anything called as
 `model(inputs, output_hidden_states=...)`.
 """
 
+import os
 import statistics
 import time
 import weakref
@@ -16,6 +17,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (what PyTorch's DataLoader checks its worker count against)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -194,6 +200,21 @@ def median_seconds(function: Callable[[], Any], steps: int, device: torch.device
         synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def medians_taking_turns(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall-clock seconds of each callable (CPU work), the callables taking turns within every round,
+    so that background load hits all alike; `warmup` untimed calls of each first."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def time_forward(model, inputs, all_outputs, clock=time.perf_counter):

@@ -30,9 +30,7 @@ import gc
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -50,7 +48,7 @@ from armhubert.deploy import (
     run_onnx,
 )
 from armhubert.outputs import atomic_write_text
-from armhubert.profiling import count_parameters
+from armhubert.profiling import count_parameters, medians_taking_turns
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
@@ -212,25 +210,13 @@ def subjects_of(name: str, runtimes: list[str], threads: int) -> list[Subject]:
     return subjects
 
 
-def time_round(subjects: list[Subject], audio: torch.Tensor) -> list[float]:
-    times = []
-    for subject in subjects:
-        start = time.perf_counter()
-        subject.run(audio)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def measure(subjects: list[Subject], cases, args: RuntimeArguments) -> dict:
     """Median seconds per (case, subject), subjects taking turns within each round."""
     results = {}
     for batch, seconds in cases:
         audio = 0.1 * torch.randn(batch, int(seconds * SAMPLING_RATE), generator=torch.Generator().manual_seed(0))
-        for subject in subjects:
-            for _ in range(args.warmup):
-                subject.run(audio)
-        rounds = [time_round(subjects, audio) for _ in range(args.repeats)]
-        results[f"{batch}x{seconds:g}"] = [statistics.median(column) for column in zip(*rounds)]
+        runs = {index: (lambda s=subject, a=audio: s.run(a)) for index, subject in enumerate(subjects)}
+        results[f"{batch}x{seconds:g}"] = list(medians_taking_turns(runs, args.repeats, args.warmup).values())
         gc.collect()
     return results
 

@@ -21,10 +21,8 @@ check passes. Exit status: 0 ok, 1 parity check failed, 2 bad input.
 """
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -48,6 +46,7 @@ from armhubert.deploy import (
     run_torch,
 )
 from armhubert.outputs import atomic_write_bytes
+from armhubert.profiling import medians_taking_turns
 from armhubert.progress import stages
 from configuration_armhubert import SAMPLING_RATE
 
@@ -88,27 +87,12 @@ def check_parity(model: PreTrainedModel, session, precision: str, args: argparse
     return passed
 
 
-def _median_ms(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median milliseconds of each callable, taking turns (background load hits all alike)."""
-    for run in runs.values():
-        for _ in range(warmup):
-            run()
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def measure_latency(model: PreTrainedModel, session, seconds: float = 10.0, runs: int = 10) -> dict[str, float]:
     """Median CPU latency (ms) of one utterance of `seconds`: PyTorch fp32 (inference mode) and onnxruntime."""
     audio = 0.1 * torch.randn(1, int(seconds * SAMPLING_RATE), generator=torch.Generator().manual_seed(1))
     samples = audio.numpy()
-    return _median_ms(
-        {"PyTorch": lambda: run_torch(model, audio), "onnxruntime": lambda: run_onnx(session, samples)}, runs
-    )
+    runners = {"PyTorch": lambda: run_torch(model, audio), "onnxruntime": lambda: run_onnx(session, samples)}
+    return {name: 1000 * seconds for name, seconds in medians_taking_turns(runners, runs, warmup=2).items()}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

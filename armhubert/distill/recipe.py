@@ -28,6 +28,7 @@ from configuration_armhubert import PRESETS
 
 from ..cli import UserError
 from ..guarded_trainer import check_training_values
+from ..profiling import available_cpus
 from ..resources import BUNDLED_RECIPES, HUB_DATASET, recipe_names
 from ..untrusted import brief, load_yaml_file, parse_yaml_text
 from .losses import STAR_LAYER0, STAR_NORMALIZATIONS, STAR_REDUCTIONS
@@ -324,11 +325,6 @@ def find_recipe(config: str | os.PathLike) -> Path:
     raise UserError(
         f"recipe {config} not found; give a recipe file or the name of a bundled recipe: {', '.join(recipe_names())}"
     )
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on (what PyTorch's DataLoader checks its worker count against)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _resolve_paths(recipe: dict[str, typing.Any], folder: Path) -> None:

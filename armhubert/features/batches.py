@@ -11,7 +11,6 @@
   features of it.
 """
 
-import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from configuration_armhubert import SAMPLING_RATE
 from pipeline_armhubert import encode_chunked, encode_windows
 
 from ..chunking import file_window_reader
+from ..profiling import available_cpus
 from ..units import Codebook, assign_units, deduplicate_runs
 from .arguments import ExtractionArguments
 from .encoder import Encoder, LayerSelection, selected_features
@@ -69,8 +69,7 @@ def spare_core_for_decoding(device: torch.device) -> bool:
     that wait for each other at every operator lose far more than the decoding takes), so the next
     batch is decoded in turn instead.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return device.type != "cpu" or torch.get_num_threads() < cores
+    return device.type != "cpu" or torch.get_num_threads() < available_cpus()
 
 
 def decode_ahead(
