@@ -1,4 +1,4 @@
-"""The prepared GPU check: correctness, inference, distillation and profile of one GPU, in one run.
+"""The prepared GPU check: correctness, inference, distillation, profile and features of one GPU, in one run.
 
     python scripts/gpu_check.py                 # one CUDA GPU, <= 8 minutes on an H200
     python scripts/gpu_check.py --quick         # the headline cases only (about 2 minutes)
@@ -15,7 +15,9 @@ Prints one table and writes runs/gpu_check.json (--output). Sections (armhubert/
    (random HuBERT Base teacher, bf16 and fp16): steps per second, audio-hours per GPU-hour, peak memory,
    MFU, teacher share of the step, the largest batch of 15 s utterances that fits; a DDP smoke step
    (NCCL: 2 processes on 2 GPUs, else 1; gloo, one CPU process, in the dry run);
-4. profile: the recipe step's top operators by self time.
+4. profile: the recipe step's top operators by self time;
+5. features: the bundled corpus (train-clean-100 + dev-clean) through extract_features on the GPU against a
+   naive one-file-at-a-time loop, taking turns: audio seconds per second and tool / naive (target >= 2).
 Without a CUDA GPU it refuses to start (exit status 2) unless --dry-run.
 """
 

@@ -4,6 +4,7 @@ table, the refusal without a GPU, the bounded batch search; on a GPU, the correc
 import contextlib
 import io
 import json
+import statistics
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from helpers import load_script
 from armhubert.gpu_check.correctness import correctness, gradient_error
 from armhubert.gpu_check.distillation import bounded_search
 from armhubert.gpu_check.scales import DRY_RUN, INFERENCE_MODELS, RECIPES
+from armhubert.resources import BUNDLED_CORPUS
 
 script = load_script("gpu_check")
 
@@ -36,7 +38,9 @@ def rows(report, section, **where):
 
 def test_dry_run_reports_every_section(dry_run):
     report, _ = dry_run
-    assert set(report) >= {"environment", "correctness", "inference", "distillation", "profile", "summary", "seconds"}
+    assert set(report) >= {
+        "environment", "correctness", "inference", "distillation", "profile", "features", "summary", "seconds"
+    }  # fmt: skip
     env = report["environment"]
     assert env["scale"] == "dry-run" and env["torch"] == torch.__version__ and env["device"].startswith("CPU")
     for section in ("correctness", "inference", "distillation", "profile"):
@@ -103,6 +107,21 @@ def test_dry_run_distillation_rows(dry_run):
     assert report["summary"]["armhubert_960h_bf16_audio_hours_per_gpu_hour"] == steps[0]["audio_hours_per_gpu_hour"]
 
 
+def test_dry_run_features_rows(dry_run):
+    """The tool and the naive loop each encode the whole dev-clean split (every round timed), and the summary's
+    ratio is the ratio of their medians, recomputed here."""
+    report, _ = dry_run
+    tool, naive, ratio = report["features"]
+    files = len(list((BUNDLED_CORPUS / "dev-clean").rglob("*.flac")))
+    assert f"({files} files," in tool["case"] and tool["case"].split(" (")[0].endswith("tool")
+    for measured in (tool, naive):
+        assert measured["passed"] and len(measured["rounds"]) == DRY_RUN.repeats
+        assert measured["audio_seconds_per_second"] == statistics.median(measured["rounds"]) > 0
+    expected = tool["audio_seconds_per_second"] / naive["audio_seconds_per_second"]
+    assert ratio["ratio"] == pytest.approx(expected) and ratio["passed"] is (expected >= ratio["target"] == 2.0)
+    assert report["summary"]["features_tool_over_naive"] == ratio["ratio"]
+
+
 def test_dry_run_profile_and_table(dry_run):
     report, table = dry_run
     shares = [r["share"] for r in report["profile"]]
@@ -111,7 +130,7 @@ def test_dry_run_profile_and_table(dry_run):
     lines = table.splitlines()
     assert lines[0].startswith("GPU check (dry-run): CPU")
     assert any(line.startswith("summary: correctness") for line in lines)
-    for section in ("correctness", "inference", "distillation", "profile"):
+    for section in ("correctness", "inference", "distillation", "profile", "features"):
         assert sum(line.startswith(section) for line in lines) == len(report[section])
     assert any("checkpointing reentrant fused" in line for line in lines)
 

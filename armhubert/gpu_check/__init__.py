@@ -1,4 +1,4 @@
-"""The prepared GPU check behind `scripts/gpu_check.py`: correctness, inference, distillation, profile.
+"""The prepared GPU check behind `scripts/gpu_check.py`: correctness, inference, distillation, profile, features.
 
 GPU time is scarce, so one run has to tell everything. Each section is a function that returns rows
 (flat dicts of JSON values) at a `Scale`: `FULL` (the released shapes on one GPU, <= 8 minutes on an
@@ -14,5 +14,6 @@ the distillation recipes in conf/ through `armhubert.distill` and a random HuBER
 - `distillation`: one step of each recipe (throughput, MFU, teacher share, largest batch), `bounded_search`;
 - `ddp`: the DDP smoke step (`ddp_smoke`);
 - `profile`: a recipe step's top operators;
+- `features`: the bundled corpus through `extract_features` against a naive one-file loop (issue 19);
 - `report`: `run_check` (every section into one report with its summary) and `format_table`.
 """

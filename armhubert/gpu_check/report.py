@@ -15,14 +15,17 @@ from ..profiling import device_name
 from .correctness import correctness
 from .ddp import ddp_smoke
 from .distillation import distillation
+from .features import TARGET as FEATURES_TARGET
+from .features import features
 from .inference import inference, throughput_ratio
 from .profile import profile
 from .scales import Scale
 
 # Dense bf16 / fp16 tensor-core peak of one GPU in TFLOP/s, by a part of its name (for MFU).
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0, "V100": 125.0}
-# The issue's targets (issue 20): recipe-step throughput and the inference speed-up over HuBERT Base.
-TARGETS = dict(audio_hours_per_gpu_hour=3000, inference_ratio=3.0)
+# The issues' targets: recipe-step throughput and the inference speed-up over HuBERT Base (issue 20), corpus
+# features by the tool against a naive loop (issue 19).
+TARGETS = dict(audio_hours_per_gpu_hour=3000, inference_ratio=3.0, features_tool_over_naive=FEATURES_TARGET)
 # (row key, table label, format) of the figures a table row shows, in this order.
 FIGURES = (
     ("passed", "ok", "{}"),
@@ -39,8 +42,9 @@ FIGURES = (
     ("max_weight_difference", "rank diff", "{:.1e}"),
     ("ms_per_step", "ms/step", "{:.2f}"),
     ("share", "share", "{:.1%}"),
+    ("ratio", "ratio", "{:.2f}x"),
 )
-SECTIONS = ("correctness", "inference", "distillation", "profile")
+SECTIONS = ("correctness", "inference", "distillation", "profile", "features")
 
 
 def peak_tflops(device: torch.device, override: float | None = None) -> float | None:
@@ -75,6 +79,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         armhubert_960h_bf16_audio_hours_per_gpu_hour=arm[0].get("audio_hours_per_gpu_hour") if arm else None,
         armhubert_over_hubert_base_throughput_bf16=throughput_ratio(report["inference"]),
         armhubert_over_hubert_base_throughput_bf16_compiled=throughput_ratio(report["inference"], compiled=True),
+        features_tool_over_naive=next((r.get("ratio") for r in report["features"] if "ratio" in r), None),
         targets=dict(TARGETS),
     )
 
@@ -82,7 +87,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
 def run_check(
     scale: Scale, device: torch.device, tflops: float | None = None, log: Callable[[str], Any] = print
 ) -> dict[str, Any]:
-    """All four sections at `scale` on `device`; the report (environment, rows per section, summary, timings).
+    """All five sections at `scale` on `device`; the report (environment, rows per section, summary, timings).
 
     `tflops` overrides the GPU's peak for MFU; `log` gets one progress line per section.
     """
@@ -103,6 +108,7 @@ def run_check(
     report["distillation"] = rows
     report["profile"] = timed("profile", lambda: profile(kept, scale.profile_steps))
     kept.clear()
+    report["features"] = timed("features", lambda: features(scale, device))
     report["summary"] = summary(report)
     report["seconds"]["total"] = time.perf_counter() - start
     return report
@@ -144,6 +150,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"ARMHuBERT-960h bf16 step {_number(s['armhubert_960h_bf16_audio_hours_per_gpu_hour'])} audio-h/GPU-h "
         f"(target {TARGETS['audio_hours_per_gpu_hour']}); inference ARMHuBERT / HuBERT Base "
         f"{_number(s['armhubert_over_hubert_base_throughput_bf16'], '.2f')}x (target {TARGETS['inference_ratio']:g}x); "
+        f"features tool / naive loop {_number(s['features_tool_over_naive'], '.2f')}x "
+        f"(target {TARGETS['features_tool_over_naive']:g}x); "
         f"{report['seconds']['total']:.0f} s in all"
     )
     return "\n".join(lines)

@@ -37,6 +37,7 @@ class Scale:
     probe_seconds: float  # utterance length of the largest-batch search
     probe_limit: int  # the search stops there (reported as ">=")
     profile_steps: int
+    feature_splits: str  # bundled corpus splits that the features rows encode
 
 
 INFERENCE_MODELS = ("armhubert-960h", "maskhubert-960h", "starhubert", "hubert-base")
@@ -61,6 +62,7 @@ FULL = Scale(
     probe_seconds=15.0,
     probe_limit=256,
     profile_steps=3,
+    feature_splits="train-clean-100,dev-clean",
 )
 QUICK = dataclasses.replace(
     FULL,
@@ -97,6 +99,7 @@ DRY_RUN = Scale(
     probe_seconds=1.0,
     probe_limit=4,
     profile_steps=1,
+    feature_splits="dev-clean",
 )
 
 
