@@ -41,6 +41,8 @@ from transformers import HfArgumentParser, HubertConfig, HubertModel
 from armhubert.cli import UserError, run_main
 from armhubert.deploy import (
     bfloat16_copy,
+    cpu_has_bf16,
+    cpu_has_vnni,
     export_onnx,
     onnx_session,
     optimize_for_cpu,
@@ -277,6 +279,10 @@ def print_profiles(subjects: list[Subject], case: str, top: int = 12) -> None:
             print(f"  {ms:9.1f} ms {100 * ms / max(total, 1e-9):5.1f} %  {name}")
 
 
+def yes_no(flag: bool | None) -> str:
+    return "unknown" if flag is None else ("yes" if flag else "no")
+
+
 def benchmark(argv=None) -> dict:
     (args,) = HfArgumentParser(RuntimeArguments).parse_args_into_dataclasses(args=argv)
     cases = check_arguments(args)
@@ -289,7 +295,8 @@ def benchmark(argv=None) -> dict:
     load = os.getloadavg()
     print(
         f"{platform.processor() or platform.machine()}, {args.threads} threads, load {load[0]:.2f} at start, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, VNNI (native int8) {yes_no(cpu_has_vnni())}, "
+        f"native bf16 {yes_no(cpu_has_bf16())}"
     )
     results = measure(subjects, cases, args)
     print_table(subjects, results)

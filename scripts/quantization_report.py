@@ -32,6 +32,7 @@ from armhubert.deploy import (
     QUANTIZABLE_PARTS,
     LayerFidelity,
     check_int8_parts,
+    cpu_has_bf16,
     cpu_has_vnni,
     export_onnx,
     fidelity_report,
@@ -139,11 +140,12 @@ def report(argv: Sequence[str] | None = None) -> int:
     print(f"int8 parts ({'+'.join(args.int8_parts)}), 7-bit weights (the same numbers on CPUs with and without VNNI):")
     print_parts(graph, args.int8_parts)
     print_table(fidelity_report(model, audios, graphs, args.threads))
-    vnni = cpu_has_vnni()
-    if vnni is False:
+    if cpu_has_vnni() is False:
         print(
             "this CPU has no VNNI (AVX-512 VNNI / AVX-VNNI): int8 runs here at about fp32's speed (docs/deployment.md)"
         )
+    if cpu_has_bf16() is False:
+        print("this CPU has no native bf16 (AVX-512 BF16 / AMX): bf16 runs here slower than fp32 (docs/deployment.md)")
     return 0
 
 

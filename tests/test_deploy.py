@@ -206,12 +206,13 @@ def test_int8_weights_fit_seven_bits_so_cpus_without_vnni_do_not_overflow(fixtur
 
 
 @pytest.mark.parametrize(
-    "flags, expected",
-    [("flags\t: fpu avx2 avx512f avx512_vnni", True), ("flags\t: fpu avx2 avx_vnni", True),
-     ("flags\t: fpu avx2 avx512f", False), ("Features\t: fp asimd", None)],
+    "flags, vnni, bf16",
+    [("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\nbugs\t: x", True, True),
+     ("flags\t: fpu avx2 avx_vnni amx_bf16", True, True), ("flags\t: fpu avx2 avx512f", False, False),
+     ("flags\t: fpu avx2 avx512_vnni_x", False, False), ("Features\t: fp asimd", None, None)],
 )  # fmt: skip
-def test_cpu_has_vnni_reads_the_flags(flags, expected):
-    assert quantize.cpu_has_vnni(flags) is expected
+def test_cpu_number_formats_are_read_from_the_flags(flags, vnni, bf16):
+    assert quantize.cpu_has_vnni(flags) is vnni and quantize.cpu_has_bf16(flags) is bf16
 
 
 def test_a_graph_without_the_chosen_products_cannot_be_quantised(fixture_graph, monkeypatch):
@@ -222,8 +223,10 @@ def test_a_graph_without_the_chosen_products_cannot_be_quantised(fixture_graph, 
         deploy.quantize_int8(fixture_graph)
 
 
-def test_quantization_report_prints_every_layer_and_the_parts(tiny_folder, capsys):
+def test_quantization_report_prints_every_layer_and_the_parts(tiny_folder, capsys, monkeypatch):
     report = load_script("quantization_report")
+    monkeypatch.setattr(report, "cpu_has_vnni", lambda: False)  # a CPU where int8 cannot pay: said
+    monkeypatch.setattr(report, "cpu_has_bf16", lambda: True)
     audio = sorted((BUNDLED_CORPUS / "dev-clean").rglob("*.flac"))[:2]
     code = report.main([str(tiny_folder), "--audio", *map(str, audio), "--max-seconds", "1", "--threads", "1"])
     out = capsys.readouterr().out
@@ -232,6 +235,7 @@ def test_quantization_report_prints_every_layer_and_the_parts(tiny_folder, capsy
     for row in ("last", "hidden 0", "hidden 2", "projected 2", "worst layer", "worst frame"):
         assert f"\n{row} " in out, row
     assert "bf16 weights" in out and "bf16 autocast" in out
+    assert "this CPU has no VNNI" in out and "no native bf16" not in out
 
 
 def test_quantization_report_refuses_missing_audio(tiny_folder, tmp_path, capsys):
