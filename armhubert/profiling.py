@@ -175,9 +175,9 @@ def measure_fixed_cost(model, inputs, all_outputs):
     return 1000 * tracker.seconds
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for `device`'s queued work (a no-op on a CPU), so that a clock reading covers it."""
-    if device.type == "cuda":
+def synchronize(device: torch.device | None) -> None:
+    """Wait for `device`'s queued work (a no-op on a CPU or None), so that a clock reading covers it."""
+    if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
@@ -188,33 +188,42 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-def median_seconds(function: Callable[[], Any], steps: int, device: torch.device, warmup: int = 1) -> float:
-    """Median wall-clock seconds of `function()` over `steps` runs after `warmup` untimed ones."""
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(steps):
-        synchronize(device)
-        start = time.perf_counter()
-        function()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def times_taking_turns(
+    runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, device: torch.device | None = None
+) -> dict[str, list[float]]:
+    """Wall-clock seconds of each callable in each of `repeats` rounds, after `warmup` untimed calls of each.
 
-
-def medians_taking_turns(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median wall-clock seconds of each callable (CPU work), the callables taking turns within every round,
-    so that background load hits all alike; `warmup` untimed calls of each first."""
+    The callables take turns within a round, round r starting at the r-th (so that background load and
+    warm caches hit all alike); on an accelerator `device` each time ends with the device's work.
+    """
     for run in runs.values():
         for _ in range(warmup):
             run()
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
+    names = list(runs)
+    times = {name: [] for name in names}
+    for round_number in range(repeats):
+        first = round_number % len(names)
+        for name in names[first:] + names[:first]:
+            synchronize(device)
             start = time.perf_counter()
-            run()
+            runs[name]()
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def medians_taking_turns(
+    runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, device: torch.device | None = None
+) -> dict[str, float]:
+    """The median of each callable's `times_taking_turns`."""
+    return {
+        name: statistics.median(values) for name, values in times_taking_turns(runs, repeats, warmup, device).items()
+    }
+
+
+def median_seconds(function: Callable[[], Any], steps: int, device: torch.device, warmup: int = 1) -> float:
+    """Median wall-clock seconds of `function()` over `steps` runs after `warmup` untimed ones."""
+    return medians_taking_turns({"function": function}, steps, warmup, device)["function"]
 
 
 def time_forward(model, inputs, all_outputs, clock=time.perf_counter):

@@ -42,12 +42,11 @@ from transformers import HfArgumentParser
 
 from armhubert.audio import header_num_samples, read_audio
 from armhubert.cli import UserError, run_main
-from armhubert.features.arguments import ExtractionArguments
+from armhubert.features.baselines import corpus_files, naive_loop, run_tool
 from armhubert.features.batches import Chunking, Streamed, encode_streamed
 from armhubert.features.encoder import Encoder, load_encoder, select_layers
-from armhubert.features.run import extract_features
 from armhubert.features.shards import ShardWriter
-from armhubert.profiling import LiveTensorBytes, state_tensors
+from armhubert.profiling import LiveTensorBytes, state_tensors, times_taking_turns
 from armhubert.resources import BUNDLED_CORPUS
 from armhubert.units import assign_units, deduplicate_runs, fit_codebook
 from configuration_armhubert import SAMPLING_RATE
@@ -81,9 +80,7 @@ class FeatureBenchmarkArguments:
 
 
 def bundled_files(args: FeatureBenchmarkArguments) -> list[Path]:
-    files = []
-    for split in args.splits.split(","):
-        files += sorted((Path(args.data_dir) / "LibriSpeech" / split.strip()).rglob("*.flac"))
+    files = corpus_files(args.data_dir, args.splits)
     if not files:
         raise UserError(f"no .flac files for {args.splits} under {args.data_dir}/LibriSpeech")
     return files
@@ -95,19 +92,6 @@ def the_encoder(args: FeatureBenchmarkArguments) -> Encoder:
 
 # --------------------------------------------------------------------------------------------------
 # Throughput
-
-
-def tool_run(args, encoder, output_dir) -> None:
-    extraction = ExtractionArguments(
-        input=args.data_dir,
-        split=args.splits,
-        output_dir=str(output_dir),
-        model=encoder.name,
-        max_batch_seconds=args.max_batch_seconds,
-        progress=False,
-        device="cpu",
-    )
-    extract_features(extraction, encoder=encoder)
 
 
 def hand_written_loop(args, encoder, files) -> None:
@@ -128,32 +112,20 @@ def hand_written_loop(args, encoder, files) -> None:
             start += count
 
 
-def naive_loop(encoder, files) -> None:
-    """One file at a time: read, model(x), keep the output."""
-    outputs = []
-    with torch.inference_mode():
-        for path in files:
-            outputs.append(encoder.model(torch.from_numpy(read_audio(path))[None]).last_hidden_state[0])
-
-
 def throughput(args: FeatureBenchmarkArguments) -> None:
     encoder, files = the_encoder(args), bundled_files(args)
     seconds = sum(len(read_audio(path)) for path in files) / SAMPLING_RATE
-    contenders = {
-        "tool": lambda folder: tool_run(args, encoder, folder),
-        "hand-written loop": lambda folder: hand_written_loop(args, encoder, files),
-        "naive loop": lambda folder: naive_loop(encoder, files),
-    }
-    rates = {name: [] for name in contenders}
+    cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as scratch:
-        naive_loop(encoder, files[:2])  # warm-up
-        for round_number in range(args.repeats):
-            names = list(contenders)
-            names = names[round_number % 3 :] + names[: round_number % 3]  # a different order every round
-            for name in names:
-                start = time.perf_counter()
-                contenders[name](Path(scratch) / f"out-{round_number}")
-                rates[name].append(seconds / (time.perf_counter() - start))
+        folders = (Path(scratch) / f"out-{number}" for number in itertools.count())
+        contenders = {
+            "tool": lambda: run_tool(encoder, args.data_dir, args.splits, next(folders), cpu, args.max_batch_seconds),
+            "hand-written loop": lambda: hand_written_loop(args, encoder, files),
+            "naive loop": lambda: naive_loop(encoder, files, cpu),
+        }
+        naive_loop(encoder, files[:2], cpu)  # warm-up
+        times = times_taking_turns(contenders, args.repeats, warmup=0)  # a different order every round
+    rates = {name: [seconds / value for value in values] for name, values in times.items()}
     print(f"\n## Throughput: {len(files)} files, {seconds:.1f} s of audio, {encoder.name}, {args.repeats} rounds")
     for name, values in rates.items():
         print(f"{name:>18}: best {max(values):6.2f} audio s/s, median {statistics.median(values):6.2f} "

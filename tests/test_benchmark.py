@@ -329,3 +329,15 @@ def test_variants_build_the_configured_model():
     assert benchmark.build_model("armhubert-960h:probabilities").config.reuse_softmax == "probabilities"
     assert benchmark.build_model("ARMHuBERT-960h:flex").config._attn_implementation == "flex_attention"
     assert benchmark.model_label("armhubert-960h:probabilities") == "ARMHuBERT-960h (probabilities)"
+
+
+def test_contenders_take_turns_and_each_round_starts_with_the_next():
+    """`times_taking_turns`: warm-up calls first, then every round runs each contender once, round r starting
+    at the r-th, so that no contender always runs first (on a cold cache) or right after the same one."""
+    calls = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = profiling.times_taking_turns(runs, repeats=4, warmup=1)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab") + list("abc")
+    assert list(times) == list("abc") and all(len(values) == 4 and min(values) >= 0 for values in times.values())
+    medians = profiling.medians_taking_turns(runs, repeats=3, warmup=0)
+    assert list(medians) == list("abc") and all(value >= 0 for value in medians.values())

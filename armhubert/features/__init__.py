@@ -29,11 +29,13 @@ What `scripts/extract_features.py` runs (`run.extract_features`), in steps that 
 - `resume`: what an output depends on (`run_settings`, `shard_fingerprint`) and the output folder's
   checks: a shard is skipped on `--resume` when its file exists with the same fingerprint (settings,
   model weights, codebook and the shard's utterances);
-- `run`: the whole run; the first process writes the index when all are done.
+- `run`: the whole run; the first process writes the index when all are done;
+- `baselines`: what throughput is timed on (the tool over a corpus, the naive one-file loop), for the benchmark
+  and the GPU check.
 
 Imports flow one way: `arguments`, `sources`, `plan` and `shards` import no sibling; `encoder` <- `arguments`;
 `batches` <- `encoder`, `sources`; `index`, `arrow` <- `shards`; `codebook` <- `batches`, `plan`;
-`processes` <- `plan`; `resume` <- `encoder`, `index`, `sources`; `run` uses them all.
+`processes` <- `plan`; `resume` <- `encoder`, `index`, `sources`; `run` uses them all; `baselines` <- `run`.
 
     from armhubert.features.index import FeatureIndex
     FeatureIndex("feats")["1001-201-0000"]["layer_12"]   # (T, D) tensor
