@@ -212,7 +212,7 @@ def test_int8_weights_fit_seven_bits_so_cpus_without_vnni_do_not_overflow(fixtur
      ("flags\t: fpu avx2 avx512_vnni_x", False, False), ("Features\t: fp asimd", None, None)],
 )  # fmt: skip
 def test_cpu_number_formats_are_read_from_the_flags(flags, vnni, bf16):
-    assert quantize.cpu_has_vnni(flags) is vnni and quantize.cpu_has_bf16(flags) is bf16
+    assert cpu.cpu_has_vnni(flags) is vnni and cpu.cpu_has_bf16(flags) is bf16
 
 
 def test_a_graph_without_the_chosen_products_cannot_be_quantised(fixture_graph, monkeypatch):

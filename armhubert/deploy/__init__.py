@@ -31,6 +31,8 @@ ONNX Runtime ran PyTorch's idioms slowly (`masked_fills_as_arithmetic`, `pointwi
 from .cpu import (
     CPUInferenceModel,
     OneDNNProducts,
+    cpu_has_bf16,
+    cpu_has_vnni,
     onednn_available,
     optimize_for_cpu,
 )
@@ -69,8 +71,6 @@ from .quantize import (
     check_int8_parts,
     convert_fp16,
     convert_precision,
-    cpu_has_bf16,
-    cpu_has_vnni,
     node_parts,
     quantize_int8,
 )

@@ -1,6 +1,8 @@
-"""PyTorch inference on CPUs with float32 products on oneDNN instead of MKL (`optimize_for_cpu`)."""
+"""PyTorch inference on CPUs with float32 products on oneDNN instead of MKL (`optimize_for_cpu`), and what the
+CPU can run natively (`cpu_flags`: VNNI for int8, bf16), which decides whether int8 or bf16 can pay."""
 
 import weakref
+from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -98,3 +100,29 @@ def optimize_for_cpu(model: PreTrainedModel) -> CPUInferenceModel:
     docs/deployment.md: about ONNX Runtime's speed.
     """
     return CPUInferenceModel(model)
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
+    """The x86 feature flags of /proc/cpuinfo (or of the `cpuinfo` text given); None where it cannot tell
+    (not Linux, not x86)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return None
+    line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    return None if line is None else set(line.partition(":")[2].split())
+
+
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool | None:
+    """Whether this CPU has VNNI (AVX-512 VNNI or AVX-VNNI), where ONNX Runtime's U8S8 products accumulate
+    in int32 (without it int8 runs at about fp32's speed); None where the flags cannot be read."""
+    flags = cpu_flags(cpuinfo)
+    return None if flags is None else bool(flags & {"avx512_vnni", "avx_vnni"})
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX); without it PyTorch's bf16 products are
+    converted to float32 and gain little. None where the flags cannot be read."""
+    flags = cpu_flags(cpuinfo)
+    return None if flags is None else bool(flags & {"avx512_bf16", "amx_bf16"})

@@ -59,32 +59,6 @@ def check_int8_parts(parts: Sequence[str]) -> None:
         raise UserError(f"unknown int8 part {unknown[0]!r}: choose from {', '.join(QUANTIZABLE_PARTS)}")
 
 
-def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
-    """The x86 feature flags of /proc/cpuinfo (or of the `cpuinfo` text given); None where it cannot tell
-    (not Linux, not x86)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return None
-    line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), None)
-    return None if line is None else set(line.partition(":")[2].split())
-
-
-def cpu_has_vnni(cpuinfo: str | None = None) -> bool | None:
-    """Whether this CPU has VNNI (AVX-512 VNNI or AVX-VNNI), where ONNX Runtime's U8S8 products accumulate
-    in int32 (without it int8 runs at about fp32's speed); None where the flags cannot be read."""
-    flags = cpu_flags(cpuinfo)
-    return None if flags is None else bool(flags & {"avx512_vnni", "avx_vnni"})
-
-
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool | None:
-    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX); without it PyTorch's bf16 products are
-    converted to float32 and gain little. None where the flags cannot be read."""
-    flags = cpu_flags(cpuinfo)
-    return None if flags is None else bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
 def quantize_int8(
     model_bytes: bytes, parts: Sequence[str] = DEFAULT_INT8_PARTS, per_channel: bool = True, reduce_range: bool = True
 ) -> bytes:
