@@ -534,7 +534,7 @@ def flex_resoftmax(
 ) -> Tensor:
     """`resoftmax_blocks`'s output through FlexAttention, in a form that keeps the map's structure in any dtype:
     softmax(P) V = mean(V) + s / (n + s) * (E V / s - mean(V)), E = expm1(P), s = rowsum(E), over the n real
-    keys; FlexAttention with score_mod = log(E) gives E V / s and log(s) (docs/speed.md, "flex_attention")."""
+    keys; FlexAttention with score_mod = log(E) gives E V / s and log(s) (docs/speed.md, "Attention without holding the map")."""
 
     def log_expm1_probability(score, batch, head, query_index):
         return torch.log(torch.expm1(torch.exp(score - logsumexp[batch, head, query_index])))
