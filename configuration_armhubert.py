@@ -73,6 +73,14 @@ REUSE_SOFTMAX_MODES = ("resoftmax", "probabilities")
 FEATURE_NORMS = ("group", "layer")
 # `layer_grad_scale` modes (see `ARMHubertConfig`); `True` means "release", `False` / `None` off.
 LAYER_GRAD_SCALE_MODES = ("release", "uniform")
+# Config attributes with class-level defaults, outside `__init__` (see the `ARMHubertConfig` docstring).
+RUNTIME_FIELDS = (
+    "last_head_only",
+    "explicit_map_elements",
+    "reuse_block_elements",
+    "reuse_block_rows",
+    "fused_cpu_attention",
+)
 
 
 def layer_grad_scale_mode(value: str | bool | None) -> str | bool:
@@ -157,9 +165,31 @@ class ARMHubertConfig(PreTrainedConfig):
         apply_spec_augment, mask_time_prob, mask_time_length, mask_time_min_masks, mask_feature_prob,
         mask_feature_length, mask_feature_min_masks: SpecAugment-style masking of task heads in
             training, as in `HubertConfig`.
+
+    Attributes set on a config (keyword arguments too) but saved only when set, since existing configs
+    do not hold them:
+        last_head_only (`bool`, default `False`): build only the last projection head (the task models
+            set it when they read nothing else); the others stay `None` in `projection_heads`.
+        explicit_map_elements (`int`, default 2**18): on a CPU, a (B, H, T, T) map of at most this many
+            elements (1 MiB in float32: one 12-head utterance of T <= 147 frames, about 3 s) is handed to
+            the reusing layer explicitly: in cache, holding it is faster than rebuilding it.
+        reuse_block_elements, reuse_block_rows (`int`, defaults 2**19 and 256): the blocks in which the
+            reusing kernels rebuild the map, about this many scores on a CPU (2 MiB in float32, a core's
+            L2 cache; 64x elsewhere) and at most this many query rows.
+        fused_cpu_attention (`bool`, default `True`): on a CPU, compute SDPA and its log-sum-exp in one
+            private kernel call where torch has it (else the public SDPA plus one more Q K^T pass).
     """
 
     model_type = "armhubert"
+
+    # Run-time choices between kernels that give the same numbers (see `RUNTIME_FIELDS`): class-level
+    # defaults, so that a config saves exactly as before unless one is set on it.
+    explicit_map_elements = 2**18
+    reuse_block_elements = 2**19
+    reuse_block_rows = 256
+    fused_cpu_attention = True
+    # Set by the task models that read only the last projection head (see `ARMHubertModel`).
+    last_head_only = False
 
     def __init__(
         self,
@@ -355,7 +385,7 @@ class ARMHubertConfig(PreTrainedConfig):
         Fields: those a default config saves, plus what `PreTrainedConfig` takes besides
         (`attn_implementation`, `num_labels`).
         """
-        known = {*cls().to_dict(), "attn_implementation", "num_labels"}
+        known = {*cls().to_dict(), *RUNTIME_FIELDS, "attn_implementation", "num_labels"}
         for key in values:
             if key not in known:
                 close = difflib.get_close_matches(key, sorted(known), n=1)

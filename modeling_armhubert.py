@@ -1,26 +1,24 @@
 """PyTorch ARMHuBERT: compressed HuBERT-class speech encoders with attention-map reuse.
 
-Top to bottom, as `transformers`' `modeling_hubert.py`: the CNN (`ARMHubertFeatureEncoder`), the
-attention kernels and paths (`ATTENTION_PATHS`), `ARMHubertEncoderLayer` (attention computing or reusing),
+Top to bottom, as `transformers`' `modeling_wavlm.py`: the CNN (`ARMHubertFeatureEncoder`), the
+positional convolution, `ARMHubertAttention` (computing or reusing a map), `ARMHubertEncoderLayer`,
 `ARMHubertEncoder` (which picks the attention path once per forward), `ARMHubertPreTrainedModel`,
-`ARMHubertModel` (+ per-layer projection heads), then the CTC and classification heads.
+`ARMHubertModel` (+ per-layer projection heads), then the CTC and classification heads. The kernels
+behind them (attention reuse without maps, the attention paths, weight caches, FFT convolution) are in
+`attention_armhubert.py`.
 
 Numerics follow the original release (see the project README): post-LN layers, float32 softmax,
 and in reusing layers a second softmax over the reused probability map. Unlike the original, maps
 are always paired per utterance and per head, so batched outputs equal per-utterance outputs.
 """
 
-import contextlib
 import math
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 from transformers import AutoModel, AutoModelForAudioClassification, AutoModelForCTC, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -29,55 +27,44 @@ from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutp
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 from transformers.utils import ModelOutput, logging
 
-try:  # FlexAttention and its log-sum-exp request (torch >= 2.9)
-    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
-except ImportError:
-    AuxRequest = flex_attention = None
-_COMPILED_FLEX = {}  # torch.compile(flex_attention), made on the first call on an accelerator
-
-# The pipeline file is imported so that `save_pretrained` ships it with the model (transformers copies a
-# model file's relative imports); `release_feature_extractor` is re-exported for existing imports.
+# `save_pretrained` copies this file's relative imports into the folder beside it. The pipeline file is
+# imported so that it ships too; `release_feature_extractor` is re-exported for existing imports.
 try:  # loaded as remote code from a model folder
+    from .attention_armhubert import (
+        AttentionOutput,
+        AttentionPath,
+        DerivedWeightsModule,
+        Handover,
+        Mask,
+        choose_attention,
+        conv1d_channels_last,
+        convolve_fft,
+        kernel_spectrum,
+        real_mean,
+        scale_gradient,
+        split_layer_gradient,
+    )
     from .configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
     from .pipeline_armhubert import release_feature_extractor  # noqa: F401 -- re-exported
 except ImportError:  # installed as a top-level module
+    from attention_armhubert import (
+        AttentionOutput,
+        AttentionPath,
+        DerivedWeightsModule,
+        Handover,
+        Mask,
+        choose_attention,
+        conv1d_channels_last,
+        convolve_fft,
+        kernel_spectrum,
+        real_mean,
+        scale_gradient,
+        split_layer_gradient,
+    )
     from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
     from pipeline_armhubert import release_feature_extractor  # noqa: F401 -- re-exported
 
 logger = logging.get_logger(__name__)
-
-
-class _ScaleGradient(torch.autograd.Function):
-    """Identity in the forward pass; multiplies the gradient by `scale` in the backward pass."""
-
-    @staticmethod
-    def forward(ctx, tensor, scale):
-        ctx.scale = scale
-        return tensor.view_as(tensor)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.scale, None
-
-
-def scale_gradient(tensor: Tensor, scale: float) -> Tensor:
-    if scale == 1.0 or not tensor.requires_grad:
-        return tensor
-    return _ScaleGradient.apply(tensor, scale)
-
-
-def split_layer_gradient(output: Tensor, index: int, num_layers: int, mode: str | bool) -> tuple[Tensor, Tensor]:
-    """`config.layer_grad_scale` on layer `index`'s output (B, T, D): (head input, next layer's input), both
-    `output` in the forward pass, gradients scaled as `mode` says (docs/numerics.md, "Gradient scaling")."""
-    if not mode:
-        return output, output
-    remaining = num_layers - index
-    if mode == "release":
-        keep = remaining / (remaining + 1)
-        continuing = scale_gradient(output, keep)
-        return scale_gradient(continuing, 1.0 - keep), continuing
-    keep = (remaining - 1) / remaining
-    return scale_gradient(output, 1.0 - keep), scale_gradient(output, keep)
 
 
 @dataclass
@@ -107,64 +94,7 @@ class ARMHubertModelOutput(ModelOutput):
 
 
 # --------------------------------------------------------------------------------------------------
-# Derived weights and the feature encoder
-
-
-class DerivedWeightsModule(nn.Module):
-    """Keeps tensors derived from its parameters (re-laid-out kernels, an FFT spectrum) between inference
-    calls, while the parameters keep their version counters; autograd, compiling, `train()` and `eval()`
-    derive afresh (docs/speed.md, "Work done once, not per call")."""
-
-    # module -> {name: (stamp, weak references to the sources, tensor)}: never saved, copied or pickled.
-    _caches = weakref.WeakKeyDictionary()
-
-    def derived(self, name: str, sources: tuple[Tensor, ...], make: Callable[[], Tensor]) -> Tensor:
-        """`make()`, or the tensor it returned last time if the `sources` parameters are unchanged."""
-        autograd = torch.is_grad_enabled() and any(source.requires_grad for source in sources)
-        if autograd or torch.compiler.is_compiling() or any(source.is_inference() for source in sources):
-            return make()
-        stamp = tuple((source.data_ptr(), source._version, source.dtype, source.device) for source in sources)
-        cache = self._caches.setdefault(self, {})
-        hit = cache.get(name)
-        if hit is not None and hit[0] == stamp and all(ref() is source for ref, source in zip(hit[1], sources)):
-            return hit[2]
-        with torch.inference_mode(False), torch.no_grad():  # a normal tensor: usable outside inference mode too
-            value = make()
-        cache[name] = (stamp, tuple(weakref.ref(source) for source in sources), value)
-        return value
-
-    def channels_last_kernel(self, conv: nn.Conv1d) -> Tensor:
-        """`conv.weight` (C_out, C_in / groups, k) as a (C_out, C_in / groups, 1, k) channels-last tensor."""
-        if parametrize.is_parametrized(conv, "weight"):
-            sources = tuple(conv.parametrizations.weight.parameters())  # e.g. weight norm's g and v
-        else:
-            sources = (conv.weight,)
-        return self.derived(
-            "kernel", sources, lambda: conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        )
-
-    def train(self, mode: bool = True) -> "DerivedWeightsModule":
-        self._caches.pop(self, None)
-        return super().train(mode)
-
-
-def conv1d_channels_last(conv: nn.Conv1d, hidden_states: Tensor, kernel: Tensor | None = None) -> Tensor:
-    """`conv` on (B, C, 1, N) channels-last input, channels-last output (docs/speed.md: time-major).
-    `kernel`: `conv.weight` laid out for `F.conv2d` (`channels_last_kernel`), unused by the matmul cases."""
-    width, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
-    if conv.in_channels == 1 and padding == 0:
-        # The waveform: a matmul over its strided frames is channels-last at once (a convolution's output
-        # would need a transposing copy of the CNN's largest tensor).
-        frames = hidden_states[:, 0, 0].unfold(-1, width, stride)  # (B, T, k)
-        return F.linear(frames, conv.weight[:, 0], conv.bias).transpose(1, 2).unsqueeze(2)
-    if width == 1 and stride == 1 and padding == 0 and conv.groups == 1:
-        # A 1 x 1 convolution: one matmul on the (B, 1, N, C) view (oneDNN's reference path is slow).
-        output = F.linear(hidden_states.permute(0, 2, 3, 1), conv.weight[:, :, 0], conv.bias)
-        return output.permute(0, 3, 1, 2)
-    if kernel is None:
-        kernel = conv.weight.unsqueeze(2)
-    output = F.conv2d(hidden_states, kernel, conv.bias, stride=(1, stride), padding=(0, padding), groups=conv.groups)
-    return output.contiguous(memory_format=torch.channels_last)  # a no-op unless the input was odd
+# The CNN feature encoder
 
 
 class ARMHubertConvLayer(DerivedWeightsModule):
@@ -258,33 +188,14 @@ class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
         weights = self.conv.parametrizations.weight.parameters()
         return not torch.is_grad_enabled() or not (hidden_states.requires_grad or any(w.requires_grad for w in weights))
 
-    def _kernel_spectrum(self):
-        """(F * G, C/G, C/G) complex, F = fft_size // 2 + 1: the flipped kernel's spectrum, per frequency and group."""
-        conv = self.conv
-        group_width = conv.in_channels // conv.groups  # not conv.weight.shape: reading it derives the weight
-        bins = self.fft_size // 2 + 1
-
-        def make():
-            spectrum = torch.fft.rfft(conv.weight.flip(-1), n=self.fft_size)  # (C, C/G, F)
-            spectrum = spectrum.view(conv.groups, group_width, group_width, bins).permute(3, 0, 1, 2)
-            return spectrum.reshape(bins * conv.groups, group_width, group_width)
-
-        return self.derived("spectrum", tuple(conv.parametrizations.weight.parameters()), make)
-
     def _convolve_fft(self, hidden_states):
-        """(B, T, D) -> (B, T', D), T' = T + 2 * (K // 2) - K + 1: the padded convolution, by overlap-save."""
-        batch, time, width = hidden_states.shape
-        kernel, groups, size = self.conv.kernel_size[0], self.conv.groups, self.fft_size
-        step, bins, padding = size - kernel + 1, size // 2 + 1, kernel // 2
-        outputs = time + 2 * padding - kernel + 1
-        blocks = -(-outputs // step)
-        padded = F.pad(hidden_states, (0, 0, padding, blocks * step + kernel - 1 - time - padding))
-        spectrum = torch.fft.rfft(padded.unfold(1, size, step), n=size)  # (B, blocks, D, F)
-        spectrum = spectrum.view(batch * blocks, groups, width // groups, bins).permute(3, 1, 2, 0)
-        product = torch.bmm(self._kernel_spectrum(), spectrum.reshape(bins * groups, width // groups, batch * blocks))
-        product = product.view(bins, width, batch, blocks).permute(2, 3, 1, 0)  # (B, blocks, D, F)
-        result = torch.fft.irfft(product, n=size)[..., kernel - 1 :]  # (B, blocks, D, step): the valid outputs
-        return result.transpose(2, 3).reshape(batch, blocks * step, width)[:, :outputs] + self.conv.bias
+        """(B, T, D) -> (B, T', D), T' = T + 2 * (K // 2) - K + 1: the padded convolution, by overlap-save
+        (`convolve_fft`) with the kernel's spectrum kept between inference calls."""
+        conv, size = self.conv, self.fft_size
+        sources = tuple(conv.parametrizations.weight.parameters())
+        return convolve_fft(
+            conv, hidden_states, self.derived("spectrum", sources, lambda: kernel_spectrum(conv, size)), size
+        )
 
     def _convolve_direct(self, hidden_states):
         """(B, T, D) -> (B, T', D), as `_convolve_fft`. A contiguous (B, T, D) input is already channels-last."""
@@ -302,347 +213,7 @@ class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
 
 
 # --------------------------------------------------------------------------------------------------
-# Attention-map reuse without (B, H, T, T) maps
-#
-# A reusing layer applies the computing layer's P = softmax(Q K^T * scale) (padded keys masked) to its
-# own values, after a second masked softmax in the release's "resoftmax" mode. The computing layer
-# hands over a `Handover`; `ARMHubertEncoder._attention_paths` picks which kind once per forward, and
-# `ATTENTION_PATHS` maps it to a compute and a reuse function. How and why: docs/speed.md.
-
-# A (B, H, T, T) map up to this size (1 MiB in float32: one 12-head utterance of T <= 147 frames, about
-# 3 s) is handed over explicitly on a CPU: in cache, holding it is faster than rebuilding it.
-EXPLICIT_MAP_ELEMENTS = 2**18
-# Elements of one block of rebuilt scores: 2 MiB in float32, a CPU core's L2 cache; at most this many rows.
-REUSE_BLOCK_ELEMENTS = 2**19
-REUSE_BLOCK_ROWS = 256
-# A private CPU kernel that returns SDPA's output and its log-sum-exp in one call. Where a torch lacks
-# it, the public SDPA runs and `logsumexp_blocks` adds the log-sum-exp (one extra Q K^T pass).
-CPU_FLASH_ATTENTION = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-
-Mask = Tensor | None  # key_padding_mask (B, T) bool, True = padding; None when nothing is padded
-
-
-@dataclass
-class Handover:
-    """What a computing layer hands to the reusing layers after it.
-
-    "map": `map` (B, H, T, T), the explicit probabilities. "logsumexp": `query` and `key` (B, H, T, d)
-    and `logsumexp` (B, H, T), float32, of the scaled, masked scores. "probabilities": `query` and `key`.
-    """
-
-    map: torch.Tensor | None = None
-    query: torch.Tensor | None = None
-    key: torch.Tensor | None = None
-    logsumexp: torch.Tensor | None = None
-
-
-def score_blocks(batch_heads: int, time: int, device: torch.device) -> list[tuple[slice, slice]]:
-    """Blocks (slice of B*H, slice of query rows) that tile the (B*H, T, T) scores, about
-    REUSE_BLOCK_ELEMENTS values each on a CPU (64x on other devices): up to REUSE_BLOCK_ROWS rows of as
-    many heads as fit, both split evenly, so that products stay efficient when the batch or T grows."""
-    budget = REUSE_BLOCK_ELEMENTS if device.type == "cpu" else 64 * REUSE_BLOCK_ELEMENTS
-    rows = -(-time // -(-time // min(time, REUSE_BLOCK_ROWS)))
-    heads = max(1, budget // (rows * time))
-    heads = -(-batch_heads // -(-batch_heads // heads))
-    return [
-        (slice(first_head, min(first_head + heads, batch_heads)), slice(first_row, min(first_row + rows, time)))
-        for first_head in range(0, batch_heads, heads)
-        for first_row in range(0, time, rows)
-    ]
-
-
-def padding_bias(key_padding_mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """(B, T) bool, True = padding -> (B, T) additive mask: 0 for real keys, half the dtype's lowest value
-    for padded ones (finite, so that products and sums holding it never make a NaN; its exp is 0)."""
-    return key_padding_mask.to(dtype) * (torch.finfo(dtype).min / 2)
-
-
-def reuse_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the reuse computes and answers in: float32 for half-precision inputs, else their own (after
-    the second softmax the map's structure is below bf16's resolution: docs/numerics.md, "Half precision")."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def full_precision(tensor: Tensor) -> contextlib.AbstractContextManager:
-    """Autocast off on `tensor`'s device, so that the reuse's products run in the dtype given (a no-op on
-    devices without autocast, such as the meta device of MAC counting)."""
-    if not torch.amp.is_autocast_available(tensor.device.type):
-        return contextlib.nullcontext()
-    return torch.autocast(tensor.device.type, enabled=False)
-
-
-def real_mean(value: Tensor, key_padding_mask: Mask) -> Tensor:
-    """(B, H, T, d) -> (B, H, 1, d) in `reuse_dtype`: the plain mean of V over real keys (what a uniform map gives)."""
-    value = value.to(reuse_dtype(value.dtype))
-    if key_padding_mask is None:
-        return value.mean(-2, keepdim=True)
-    real = (~key_padding_mask).to(value.dtype)[:, None, :, None]
-    return (value * real).sum(-2, keepdim=True) / real.sum(-2, keepdim=True)
-
-
-def sdpa(
-    query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, scale: float, dropout: float = 0.0
-) -> Tensor:
-    """`F.scaled_dot_product_attention` (B, H, T, d) with padded keys masked (key_padding_mask (B, T), True = padding)."""
-    mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
-
-
-def masked_softmax(scores: Tensor, key_padding_mask: Mask) -> Tensor:
-    """Float32 softmax over keys of scores (B, H, T, T), padded keys masked, in the scores' dtype."""
-    if key_padding_mask is not None:
-        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-    # dtype= computes in float32 inside the kernel: no float32 copy of a half-precision map.
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
-
-
-def attention_with_logsumexp(
-    query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, scale: float, dropout: float = 0.0
-) -> tuple[Tensor, Tensor]:
-    """SDPA output (B, H, T, d) and the row log-sum-exp (B, H, T), float32, of its scaled, masked scores.
-
-    One fused call (`CPU_FLASH_ATTENTION`) on a CPU without dropout; elsewhere SDPA plus
-    `logsumexp_blocks`. The log-sum-exp carries no gradient: `ResoftmaxReuse` differentiates through it.
-    """
-    if query.device.type == "cpu" and dropout == 0.0 and CPU_FLASH_ATTENTION is not None:
-        mask = None if key_padding_mask is None else padding_bias(key_padding_mask, query.dtype)[:, None, None, :]
-        output, logsumexp = CPU_FLASH_ATTENTION(query, key, value, attn_mask=mask, scale=scale)
-        return output, logsumexp.detach().to(torch.promote_types(logsumexp.dtype, torch.float32))
-    output = sdpa(query, key, value, key_padding_mask, scale, dropout)
-    return output, logsumexp_blocks(query, key, key_padding_mask, scale)
-
-
-@torch.no_grad()
-def logsumexp_blocks(query: Tensor, key: Tensor, key_padding_mask: Mask, scale: float) -> Tensor:
-    """Row log-sum-exp (B, H, T), float32, of Q K^T * scale with padded keys masked, block by block of rows."""
-    batch, heads, time, _ = query.shape
-    queries, keys = (query.float() * scale).flatten(0, 1), key.float().flatten(0, 1).transpose(1, 2)
-    bias = None
-    if key_padding_mask is not None:
-        bias = padding_bias(key_padding_mask, torch.float32).repeat_interleave(heads, dim=0)[:, None, :]
-    result = query.new_empty(batch * heads, time, dtype=torch.float32)
-    with full_precision(query):
-        for group, rows in score_blocks(batch * heads, time, query.device):
-            scores = torch.bmm(queries[group, rows], keys[group])
-            if bias is not None:
-                scores += bias[group]
-            result[group, rows] = torch.logsumexp(scores, dim=-1)
-    return result.view(batch, heads, time)
-
-
-def resoftmax_blocks(
-    query: Tensor, key: Tensor, logsumexp: Tensor, value: Tensor, key_padding_mask: Mask, scale: float
-) -> tuple[Tensor, Tensor]:
-    """The release's reuse, softmax(P) V with P = exp(Q K^T * scale - lse), block by block of query rows.
-
-    query, key, value: (B, H, T, d); logsumexp: (B, H, T). Returns (output (B, H, T, d), softmax denominators
-    (B*H, T)), in `reuse_dtype`, autocast off. Padded keys get no weight in either softmax. Peak extra
-    memory: one block of scores (see `score_blocks`).
-    """
-    batch, heads, time, dim = query.shape
-    dtype = reuse_dtype(query.dtype)
-    queries, keys = (query.to(dtype) * scale).flatten(0, 1), key.to(dtype).flatten(0, 1).transpose(1, 2)
-    values, lse = value.to(dtype).flatten(0, 1), logsumexp.flatten(0, 1)[..., None]
-    padded = None if key_padding_mask is None else key_padding_mask.repeat_interleave(heads, 0)[:, None, :]
-    output = values.new_empty(batch * heads, time, dim)
-    denominators = values.new_empty(batch * heads, time)
-    with full_precision(query):
-        for group, rows in score_blocks(batch * heads, time, query.device):
-            numerators = torch.bmm(queries[group, rows], keys[group]).sub_(lse[group, rows]).exp_().exp_()
-            if padded is not None:
-                numerators.masked_fill_(padded[group], 0.0)
-            sums = numerators.sum(-1, keepdim=True)
-            output[group, rows] = torch.bmm(numerators, values[group]).div_(sums)
-            denominators[group, rows] = sums[..., 0]
-    return output.view(batch, heads, time, dim), denominators
-
-
-class ResoftmaxReuse(torch.autograd.Function):
-    """`resoftmax_blocks` with an exact backward that rebuilds the map block by block. It saves Q, K, V, the
-    log-sum-exp, output and denominators (O(B*H*T*d), no maps); the log-sum-exp is a function of Q and K,
-    so the backward differentiates through it (the computing layer's full softmax backward)."""
-
-    @staticmethod
-    def forward(ctx, query, key, logsumexp, value, key_padding_mask, scale):
-        output, denominators = resoftmax_blocks(query, key, logsumexp, value, key_padding_mask, scale)
-        ctx.save_for_backward(query, key, value, logsumexp, key_padding_mask, output, denominators)
-        ctx.scale = scale
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        query, key, value, logsumexp, key_padding_mask, output, denominators = ctx.saved_tensors
-        batch, heads, time, dim = query.shape
-        work = reuse_dtype(query.dtype)
-        plain_query, plain_key, plain_value = (t.to(work).flatten(0, 1) for t in (query, key, value))
-        queries, lse = plain_query * ctx.scale, logsumexp.flatten(0, 1)[..., None]
-        padded = None if key_padding_mask is None else key_padding_mask.repeat_interleave(heads, 0)[:, None, :]
-        grad_output = grad_output.to(work).flatten(0, 1)
-        # Softmax backward of the reusing layer needs rowsum(dW * W) = rowsum(dO * O) (as flash attention).
-        grad_dot_output = (grad_output * output.flatten(0, 1)).sum(-1, keepdim=True)
-        grad_query = torch.empty_like(plain_query)
-        grad_key, grad_value = torch.zeros_like(plain_key), torch.zeros_like(plain_value)
-        with full_precision(grad_output):
-            for group, rows in score_blocks(batch * heads, time, query.device):
-                scores = torch.bmm(queries[group, rows], plain_key[group].transpose(1, 2)).sub_(lse[group, rows])
-                probabilities = scores.exp_()  # the computing layer's P
-                if padded is not None:
-                    probabilities.masked_fill_(padded[group], 0.0)
-                weights = probabilities.exp().div_(denominators[group, rows, None])  # the reusing layer's W
-                if padded is not None:
-                    weights.masked_fill_(padded[group], 0.0)
-                grad = grad_output[group, rows]
-                grad_value[group].baddbmm_(weights.transpose(1, 2), grad)
-                # dP = W * (dW - rowsum(dW * W)), then dS = P * (dP - rowsum(dP * P)), in place.
-                grad_map = torch.bmm(grad, plain_value[group].transpose(1, 2)).sub_(grad_dot_output[group, rows])
-                grad_map.mul_(weights)
-                grad_map.sub_((grad_map * probabilities).sum(-1, keepdim=True)).mul_(probabilities)
-                grad_query[group, rows] = torch.bmm(grad_map, plain_key[group])
-                grad_key[group].baddbmm_(grad_map.transpose(1, 2), plain_query[group, rows])
-        grads = [grad_query * ctx.scale, grad_key * ctx.scale, grad_value]
-        grads = [grad.view(batch, heads, time, dim).to(t.dtype) for grad, t in zip(grads, (query, key, value))]
-        return grads[0], grads[1], None, grads[2], None, None
-
-
-def flex_attention_with_logsumexp(
-    query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask, scale: float, score_mod: Callable | None = None
-) -> tuple[Tensor, Tensor]:
-    """`attention_with_logsumexp` through FlexAttention (inference), in one kernel. `score_mod(score, batch,
-    head, query_index)` replaces each scaled score before padded keys are masked. Compiled once per process
-    on GPUs (eager FlexAttention materialises the scores), eager on a CPU and inside a `torch.compile` graph."""
-    if flex_attention is None:
-        raise ValueError('attn_implementation="flex_attention" needs torch >= 2.9 (FlexAttention with AuxRequest).')
-    flex = flex_attention
-    if query.device.type != "cpu" and not torch.compiler.is_compiling():
-        if "flex" not in _COMPILED_FLEX:
-            _COMPILED_FLEX["flex"] = torch.compile(flex_attention)
-        flex = _COMPILED_FLEX["flex"]
-
-    def modified_score(score, batch, head, query_index, key_index):
-        if score_mod is not None:
-            score = score_mod(score, batch, head, query_index)
-        if key_padding_mask is None:
-            return score
-        return torch.where(key_padding_mask[batch, key_index], float("-inf"), score)
-
-    output, aux = flex(query, key, value, score_mod=modified_score, scale=scale, return_aux=AuxRequest(lse=True))
-    return output, aux.lse.float()
-
-
-def flex_resoftmax(
-    query: Tensor, key: Tensor, logsumexp: Tensor, value: Tensor, key_padding_mask: Mask, scale: float
-) -> Tensor:
-    """`resoftmax_blocks`'s output through FlexAttention, in a form that keeps the map's structure in any dtype:
-    softmax(P) V = mean(V) + s / (n + s) * (E V / s - mean(V)), E = expm1(P), s = rowsum(E), over the n real
-    keys; FlexAttention with score_mod = log(E) gives E V / s and log(s) (docs/speed.md, "Attention without holding the map")."""
-
-    def log_expm1_probability(score, batch, head, query_index):
-        return torch.log(torch.expm1(torch.exp(score - logsumexp[batch, head, query_index])))
-
-    mean = real_mean(value, key_padding_mask)
-    output, log_sums = flex_attention_with_logsumexp(query, key, value, key_padding_mask, scale, log_expm1_probability)
-    with full_precision(query):
-        sums = log_sums.exp()[..., None]  # rowsum(E) (B, H, T, 1)
-        real = value.shape[-2] if key_padding_mask is None else (~key_padding_mask).sum(-1)[:, None, None, None]
-        return mean + sums / (real + sums) * (output.to(mean.dtype) - mean)
-
-
-# --------------------------------------------------------------------------------------------------
-# Attention paths: what a computing layer computes and hands over, and how a reusing layer applies it,
-# with `attention` the calling `ARMHubertAttention` (its scaling, softmax mode and training flag), as in
-# transformers' attention interface:
-# compute(attention, query, key, value, mask, dropout) -> (output (B, H, T, d), Handover or None);
-# reuse(attention, handover, value, mask, dropout) -> (output (B, H, T, d), applied weights or None).
-
-Computed = tuple[Tensor, Handover | None]
-Reused = tuple[Tensor, Tensor | None]  # the weights (B, H, T, T) only on the explicit path
-# What an attention layer (and its encoder layer) returns: output (B, T, D), own Handover, applied weights.
-AttentionOutput = tuple[Tensor, Handover | None, Tensor | None]
-
-
-class AttentionPath(NamedTuple):
-    compute: Callable[..., Computed]
-    reuse: Callable[..., Reused] | None
-
-
-def compute_without_handover(
-    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
-) -> Computed:
-    """A computing layer whose map no later layer reuses: plain SDPA."""
-    return sdpa(query, key, value, mask, attention.scaling, dropout), None
-
-
-def compute_map(
-    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
-) -> Computed:
-    """The explicit path: the probability map (B, H, T, T), handed over and returned as the layer's weights."""
-    probabilities = masked_softmax(torch.matmul(query * attention.scaling, key.transpose(-1, -2)), mask)
-    output = torch.matmul(F.dropout(probabilities, dropout, attention.training), value)
-    return output, Handover(map=probabilities)
-
-
-def reuse_map(attention: nn.Module, handover: Handover, value: Tensor, mask: Mask, dropout: float) -> Reused:
-    """The computing layer's map, after the release's second softmax in "resoftmax" mode, in `reuse_dtype`."""
-    dtype = reuse_dtype(value.dtype)
-    with full_precision(value):
-        weights = handover.map.to(dtype)
-        if attention.reuse_softmax == "resoftmax":
-            weights = masked_softmax(weights, mask)
-        return torch.matmul(F.dropout(weights, dropout, attention.training), value.to(dtype)), weights
-
-
-def compute_query_key(
-    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
-) -> Computed:
-    """SDPA, handing over Q and K: the reusing layer's SDPA makes the same probabilities (probabilities mode)."""
-    return sdpa(query, key, value, mask, attention.scaling, dropout), Handover(query=query, key=key)
-
-
-def reuse_query_key(attention: nn.Module, handover: Handover, value: Tensor, mask: Mask, dropout: float) -> Reused:
-    return sdpa(handover.query, handover.key, value, mask, attention.scaling, dropout), None
-
-
-def compute_logsumexp(
-    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
-) -> Computed:
-    output, logsumexp = attention_with_logsumexp(query, key, value, mask, attention.scaling, dropout)
-    return output, Handover(query=query, key=key, logsumexp=logsumexp)
-
-
-def reuse_logsumexp(attention: nn.Module, handover: Handover, value: Tensor, mask: Mask, dropout: float) -> Reused:
-    """The release's second softmax over the rebuilt map; exact gradients through `ResoftmaxReuse` (no dropout)."""
-    arguments = (handover.query, handover.key, handover.logsumexp, value, mask, attention.scaling)
-    if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in (handover.query, handover.key, value)):
-        return ResoftmaxReuse.apply(*arguments), None
-    return resoftmax_blocks(*arguments)[0], None
-
-
-def compute_flex_logsumexp(
-    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
-) -> Computed:
-    """`compute_logsumexp` through FlexAttention (inference without dropout only)."""
-    output, logsumexp = flex_attention_with_logsumexp(query, key, value, mask, attention.scaling)
-    return output, Handover(query=query, key=key, logsumexp=logsumexp)
-
-
-def reuse_flex_logsumexp(attention: nn.Module, handover: Handover, value: Tensor, mask: Mask, dropout: float) -> Reused:
-    return flex_resoftmax(handover.query, handover.key, handover.logsumexp, value, mask, attention.scaling), None
-
-
-# (handover, implementation) -> path; an implementation without an entry of its own takes the "sdpa" one
-# (the encoder turns "eager" into "map" handovers everywhere and FlexAttention with autograd into "sdpa").
-ATTENTION_PATHS = {
-    (None, "sdpa"): AttentionPath(compute_without_handover, None),
-    ("map", "sdpa"): AttentionPath(compute_map, reuse_map),
-    ("probabilities", "sdpa"): AttentionPath(compute_query_key, reuse_query_key),
-    ("logsumexp", "sdpa"): AttentionPath(compute_logsumexp, reuse_logsumexp),
-    ("logsumexp", "flex_attention"): AttentionPath(compute_flex_logsumexp, reuse_flex_logsumexp),
-}
-
-
-def attention_path(handover: str | None, implementation: str) -> AttentionPath:
-    """The `ATTENTION_PATHS` entry for a handover ("map", "logsumexp", "probabilities" or None) and implementation."""
-    return ATTENTION_PATHS.get((handover, implementation)) or ATTENTION_PATHS[(handover, "sdpa")]
+# Attention, computing or reusing a map (its kernels and paths: attention_armhubert.py)
 
 
 class ARMHubertAttention(nn.Module):
@@ -652,6 +223,7 @@ class ARMHubertAttention(nn.Module):
 
     def __init__(self, config: ARMHubertConfig, reuses_map: bool):
         super().__init__()
+        self.config = config  # the kernels' block sizes and switches, read at every call
         self.embed_dim = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.head_dim = self.embed_dim // self.num_heads
@@ -679,7 +251,7 @@ class ARMHubertAttention(nn.Module):
         self, hidden_states: Tensor, key_padding_mask: Mask, path: AttentionPath, handover: Handover | None = None
     ) -> AttentionOutput:
         """hidden_states (B, T, D), key_padding_mask (B, T) bool (True = padding) or None; `path` from
-        `ATTENTION_PATHS`; `handover` a reusing layer's input. Returns (output (B, T, D), this computing
+        `choose_attention`; `handover` a reusing layer's input. Returns (output (B, T, D), this computing
         layer's `Handover` or None, the applied weights (B, H, T, T) on the explicit path or None)."""
         value = self._split_heads(self.v_proj(hidden_states))
         dropout = self.dropout if self.training else 0.0
@@ -762,7 +334,7 @@ class ARMHubertEncoderOutput(ModelOutput):
 
 class ARMHubertEncoder(nn.Module):
     """Positional convolution -> L layers, post-LN (LayerNorm first) or pre-LN (LayerNorm last); it picks
-    each forward's attention paths (`_attention_paths`)."""
+    each forward's attention paths (`choose_attention`)."""
 
     def __init__(self, config: ARMHubertConfig):
         super().__init__()
@@ -785,38 +357,6 @@ class ARMHubertEncoder(nn.Module):
             key_padding_mask = hidden_states.new_zeros(hidden_states.shape[:2], dtype=torch.bool)
         return F.pad(hidden_states, (0, 0, 0, pad)), F.pad(key_padding_mask, (0, pad), value=True), pad
 
-    def _attention_paths(self, hidden_states, output_attentions):
-        """The attention of this forward, chosen once: (pair path, lone path) from `ATTENTION_PATHS`.
-
-        The pair path serves the computing layers whose map the next layer reuses and the reusing
-        layers; the lone path the other computing layers (SDPA, no handover). Returned or asked-for
-        maps (eager) make both explicit. FlexAttention has no backward: autograd and dropout take SDPA.
-        """
-        config = self.config
-        if output_attentions or config._attn_implementation == "eager":
-            explicit = attention_path("map", "sdpa")
-            return explicit, explicit
-        lone = attention_path(None, "sdpa")
-        if not any(self._map_needed_by_next):
-            return lone, lone
-        grad = torch.is_grad_enabled() and (
-            hidden_states.requires_grad or any(param.requires_grad for param in self.parameters())
-        )
-        resoftmax = config.reuse_softmax == "resoftmax"
-        reuse_dropout = config.reuse_attention_dropout if self.training else 0.0
-        batch, time, _ = hidden_states.shape
-        small_map = batch * config.num_attention_heads * time**2 <= EXPLICIT_MAP_ELEMENTS
-        if resoftmax and grad and (not config.reuse_recompute_backward or reuse_dropout > 0):
-            handover = "map"  # autograd through the saved map (`ResoftmaxReuse` has no dropout)
-        elif small_map and hidden_states.device.type == "cpu":
-            handover = "map"  # a map this small stays in cache: holding it beats rebuilding it
-        else:
-            handover = "logsumexp" if resoftmax else "probabilities"
-        implementation = config._attn_implementation
-        if grad or (self.training and config.attention_dropout > 0):
-            implementation = "sdpa"
-        return attention_path(handover, implementation), lone
-
     def forward(
         self, hidden_states: Tensor, key_padding_mask: Tensor | None = None, output_attentions: bool = False
     ) -> ARMHubertEncoderOutput:
@@ -829,7 +369,10 @@ class ARMHubertEncoder(nn.Module):
         encoder_input = hidden_states
         hidden_states, key_padding_mask, pad = self._pad_to_multiple(self.dropout(hidden_states), key_padding_mask)
 
-        pair_path, lone_path = self._attention_paths(hidden_states, output_attentions)
+        grad = torch.is_grad_enabled() and (
+            hidden_states.requires_grad or any(param.requires_grad for param in self.parameters())
+        )
+        pair_path, lone_path = choose_attention(self.config, hidden_states, grad, self.training, output_attentions)
         grad_scale = self.config.layer_grad_scale if self.training else False
         layer_outputs, attentions, handover = [], [], None
         for index, layer in enumerate(self.layers):
@@ -952,13 +495,14 @@ class ARMHubertProjectionHead(nn.Linear):
 class ARMHubertModel(ARMHubertPreTrainedModel):
     """The bare encoder: waveform in, per-layer features and (when configured) projected features out.
 
-    `last_head_only=True` (task models without `use_weighted_layer_sum`) builds only the last projection
-    head, the one they read; `projection_heads` stays numbered by layer (the others `None`), so its
-    state-dict key is kept and a full encoder's other heads are skipped on loading without a warning.
+    `config.last_head_only` (set by the task models without `use_weighted_layer_sum`) builds only the last
+    projection head, the one they read; `projection_heads` stays numbered by layer (the others `None`), so
+    its state-dict key is kept and a full encoder's other heads are skipped on loading without a warning.
     """
 
-    def __init__(self, config: ARMHubertConfig, last_head_only: bool = False):
+    def __init__(self, config: ARMHubertConfig):
         super().__init__(config)
+        last_head_only = config.last_head_only
         self.feature_extractor = ARMHubertFeatureEncoder(config)
         channels, width = config.conv_dim[-1], config.hidden_size
         self.feature_layer_norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
@@ -1255,7 +799,9 @@ class ARMHubertTaskModel(ARMHubertPreTrainedModel):
     def __init__(self, config: ARMHubertConfig):
         super().__init__(config)
         last_head_only = config.has_projection_heads and not config.use_weighted_layer_sum
-        self.armhubert = ARMHubertModel(config, last_head_only=last_head_only)
+        if config.last_head_only != last_head_only:  # set only where it differs: other configs save as before
+            config.last_head_only = last_head_only
+        self.armhubert = ARMHubertModel(config)
         if last_head_only:
             logger.info(
                 "%s reads only the last projection head (no use_weighted_layer_sum): heads 0..%d are not built "

@@ -1,6 +1,6 @@
-"""ARMHuBERT toolkit: everything beside the model's three remote-code files.
+"""ARMHuBERT toolkit: everything beside the model's four remote-code files.
 
-Imports flow one way: `configuration_armhubert` / `modeling_armhubert` / `pipeline_armhubert` (the Hub repo's remote code,
+Imports flow one way: `configuration_armhubert` / `attention_armhubert` / `modeling_armhubert` / `pipeline_armhubert` (the Hub repo's remote code,
 self-contained) <- this package <- the root CLIs (`distill_trainer.py`, `convert_checkpoint.py`) and
 `scripts/`. One concern per module:
 

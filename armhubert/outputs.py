@@ -106,6 +106,7 @@ OUTPUT_FILE_NAMES = frozenset(
         "model.safetensors.index.json",
         "preprocessor_config.json",
         "README.md",
+        "attention_armhubert.py",
         "configuration_armhubert.py",
         "modeling_armhubert.py",
         "pipeline_armhubert.py",

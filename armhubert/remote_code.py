@@ -1,7 +1,7 @@
 """What a saved model folder records so that it opens as remote code: Auto classes and its own pipeline.
 
-The folder's code is the three root files (`configuration_armhubert.py`, `modeling_armhubert.py`,
-`pipeline_armhubert.py`), which `save_pretrained` copies; this module fills `config.auto_map` and
+The folder's code is the four root files (`configuration_armhubert.py`, `attention_armhubert.py`,
+`modeling_armhubert.py`, `pipeline_armhubert.py`), which `save_pretrained` copies; this module fills `config.auto_map` and
 `config.custom_pipelines` to point into them.
 """
 

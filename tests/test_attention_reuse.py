@@ -1,22 +1,30 @@
 """Attention-map reuse without (B, H, T, T) maps: kernels, model paths, training, derived weights."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import load_script, random_model, tiny_config, waveform
+from helpers import load_script, random_model, waveform
+from helpers import tiny_config as release_tiny_config
 
-import modeling_armhubert
+import attention_armhubert
 from armhubert import profiling
-from configuration_armhubert import PRESETS, ARMHubertConfig
-from modeling_armhubert import (
-    ARMHubertModel,
+from attention_armhubert import (
+    CPU_FLASH_ATTENTION,
+    BlockSize,
     ResoftmaxReuse,
     attention_with_logsumexp,
+    choose_attention,
+    compiled_flex_attention,
     flex_attention_with_logsumexp,
     flex_resoftmax,
     logsumexp_blocks,
     resoftmax_blocks,
+    score_blocks,
 )
+from configuration_armhubert import PRESETS, ARMHubertConfig
+from modeling_armhubert import ARMHubertModel
 
 ATOL = 1e-5
 QUIET = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0)
@@ -42,63 +50,57 @@ def explicit_pair(query, key, value, reuse_value, padding, scale):
     return probabilities @ value, torch.softmax(reused, dim=-1) @ reuse_value
 
 
-@pytest.fixture(autouse=True)
-def fused_at_every_length(monkeypatch):
-    """These tests use short inputs, which would otherwise hand over explicit maps (EXPLICIT_MAP_ELEMENTS)."""
-    monkeypatch.setattr(modeling_armhubert, "EXPLICIT_MAP_ELEMENTS", 0)
+# These tests use short inputs, which would otherwise hand over explicit maps (`explicit_map_elements`).
+FUSED = dict(explicit_map_elements=0)
+# Blocks of one head and at most 16 query rows: kernels then work over many blocks, some shorter.
+SMALL_BLOCKS = dict(reuse_block_elements=1, reuse_block_rows=16)
+SMALL = BlockSize(1, 16)
 
 
-def use_small_blocks(monkeypatch):
-    """Blocks of one head and at most 16 query rows: kernels then work over many blocks, some shorter."""
-    monkeypatch.setattr(modeling_armhubert, "REUSE_BLOCK_ELEMENTS", 1)
-    monkeypatch.setattr(modeling_armhubert, "REUSE_BLOCK_ROWS", 16)
-
-
-@pytest.fixture
-def small_blocks(monkeypatch):
-    use_small_blocks(monkeypatch)
+def tiny_config(**overrides):
+    """`helpers.tiny_config` with the fused handover at every length."""
+    return release_tiny_config(**{**FUSED, **overrides})
 
 
 def test_score_blocks_tile_the_scores_evenly():
-    blocks = modeling_armhubert.score_blocks(24, 1499, torch.device("cpu"))  # batch 2 x 12 heads, 30 s
+    blocks = score_blocks(24, 1499, torch.device("cpu"))  # batch 2 x 12 heads, 30 s
     assert {(group.stop - group.start, rows.stop - rows.start) for group, rows in blocks} == {(1, 250), (1, 249)}
     assert len(blocks) == 24 * 6 and sum((g.stop - g.start) * (r.stop - r.start) for g, r in blocks) == 24 * 1499
-    assert modeling_armhubert.score_blocks(12, 99, torch.device("cpu")) == [(slice(0, 12), slice(0, 99))]
-    halves = modeling_armhubert.score_blocks(12, 499, torch.device("cpu"))  # 10 s: 4 heads x 250 rows at most
+    assert score_blocks(12, 99, torch.device("cpu")) == [(slice(0, 12), slice(0, 99))]
+    halves = score_blocks(12, 499, torch.device("cpu"))  # 10 s: 4 heads x 250 rows at most
     assert [(g.start, g.stop, r.start, r.stop) for g, r in halves[:2]] == [(0, 4, 0, 250), (0, 4, 250, 499)]
     assert len(halves) == 6
+    assert len(score_blocks(2, 37, torch.device("cpu"), SMALL)) == 2 * 3  # one head, rows 16 + 16 + 5
 
 
 @pytest.mark.parametrize("blocks", ["small-blocks", "one-block"])
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
-def test_fused_pair_equals_the_explicit_pair(padded, blocks, monkeypatch):
-    if blocks == "small-blocks":
-        use_small_blocks(monkeypatch)
+def test_fused_pair_equals_the_explicit_pair(padded, blocks):
+    size = SMALL if blocks == "small-blocks" else attention_armhubert.DEFAULT_BLOCK_SIZE
     query, key, value, reuse_value, padding = random_attention_inputs()
     padding = padding if padded else None
     scale = 8**-0.5
     expected_output, expected_reuse = explicit_pair(query, key, value, reuse_value, padding, scale)
     output, logsumexp = attention_with_logsumexp(query, key, value, padding, scale)
     torch.testing.assert_close(output, expected_output, atol=ATOL, rtol=1e-5)
-    torch.testing.assert_close(logsumexp, logsumexp_blocks(query, key, padding, scale), atol=ATOL, rtol=1e-5)
-    reuse, _ = resoftmax_blocks(query, key, logsumexp, reuse_value, padding, scale)
+    torch.testing.assert_close(logsumexp, logsumexp_blocks(query, key, padding, scale, size), atol=ATOL, rtol=1e-5)
+    reuse, _ = resoftmax_blocks(query, key, logsumexp, reuse_value, padding, scale, size)
     torch.testing.assert_close(reuse, expected_reuse, atol=ATOL, rtol=1e-5)
     assert logsumexp.shape == (2, 3, 37) and reuse.shape == (2, 3, 37, 8)
 
 
-def test_logsumexp_blocks_is_the_masked_row_logsumexp(small_blocks):
+def test_logsumexp_blocks_is_the_masked_row_logsumexp():
     query, key, _, _, padding = random_attention_inputs(dtype=torch.float64)
     scores = (query * 0.3) @ key.transpose(-1, -2)
     expected = torch.logsumexp(scores.masked_fill(padding[:, None, None, :], float("-inf")), dim=-1)
-    torch.testing.assert_close(logsumexp_blocks(query, key, padding, 0.3), expected.float())
+    torch.testing.assert_close(logsumexp_blocks(query, key, padding, 0.3, SMALL), expected.float())
 
 
 @pytest.mark.parametrize("blocks", ["small-blocks", "one-block"])
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
-def test_recompute_backward_gives_the_explicit_gradients(padded, blocks, monkeypatch):
+def test_recompute_backward_gives_the_explicit_gradients(padded, blocks):
     """Exact: the backward differentiates through the log-sum-exp (float64, differences at rounding level)."""
-    if blocks == "small-blocks":
-        use_small_blocks(monkeypatch)
+    size = SMALL if blocks == "small-blocks" else attention_armhubert.DEFAULT_BLOCK_SIZE
     query, key, value, reuse_value, padding = random_attention_inputs(dtype=torch.float64)
     padding = padding if padded else None
     leaves = [t.requires_grad_() for t in (query, key, value, reuse_value)]
@@ -107,7 +109,7 @@ def test_recompute_backward_gives_the_explicit_gradients(padded, blocks, monkeyp
     expected = torch.autograd.grad((expected_reuse * weights).sum() + expected_output.pow(2).sum(), leaves)
     output, logsumexp = attention_with_logsumexp(query, key, value, padding, 0.35)
     assert not logsumexp.requires_grad  # the backward accounts for it
-    reuse = ResoftmaxReuse.apply(query, key, logsumexp, reuse_value, padding, 0.35)
+    reuse = ResoftmaxReuse.apply(query, key, logsumexp, reuse_value, padding, 0.35, size)
     torch.testing.assert_close(reuse, expected_reuse)
     actual = torch.autograd.grad((reuse * weights).sum() + output.pow(2).sum(), leaves)
     for got, want in zip(actual, expected):
@@ -151,7 +153,7 @@ def fused_and_explicit(model, audio, attention_mask=None):
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 @pytest.mark.parametrize("reuse_softmax", ["resoftmax", "probabilities"])
 def test_every_preset_fused_equals_explicit_single_and_padded(preset, reuse_softmax):
-    config = ARMHubertConfig.from_preset(preset, reuse_softmax=reuse_softmax)
+    config = ARMHubertConfig.from_preset(preset, reuse_softmax=reuse_softmax, **FUSED)
     model = random_model(config)
     for audio, attention_mask in [(waveform(12000, seed=20), None), padded_pair()]:
         fused, explicit = fused_and_explicit(model, audio, attention_mask)
@@ -164,8 +166,9 @@ def test_every_preset_fused_equals_explicit_single_and_padded(preset, reuse_soft
     [dict(crop_seq_to_multiple=3, required_seq_len_multiple=5), dict(required_seq_len_multiple=8)],
     ids=["crop-3-pad-5", "pad-8"],
 )
-def test_sequence_multiples_fused_equals_explicit(overrides, small_blocks):
-    model = random_model(tiny_config(layer_reuses_attention_map=[False, True, True, False], **overrides))
+def test_sequence_multiples_fused_equals_explicit(overrides):
+    config = tiny_config(layer_reuses_attention_map=[False, True, True, False], **SMALL_BLOCKS, **overrides)
+    model = random_model(config)
     audio, attention_mask = padded_pair()
     for mask in (None, attention_mask):
         fused, explicit = fused_and_explicit(model, audio, mask)
@@ -176,7 +179,9 @@ def test_sequence_multiples_fused_equals_explicit(overrides, small_blocks):
 def test_fixture_fused_equals_explicit(converted_tiny, reference_io, case):
     audio = reference_io[f"input.{case}.source"]
     mask = None if case == "single" else (~reference_io["input.batch_pad.padding_mask"]).long()
-    fused, explicit = fused_and_explicit(converted_tiny, audio, mask)
+    model = copy.deepcopy(converted_tiny)
+    model.config.explicit_map_elements = 0
+    fused, explicit = fused_and_explicit(model, audio, mask)
     assert_same_outputs(fused, explicit)
 
 
@@ -211,9 +216,9 @@ def assert_same_gradients(actual, expected):
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
-def test_recompute_backward_training_gradients_equal_the_explicit_path(checkpointing, small_blocks):
+def test_recompute_backward_training_gradients_equal_the_explicit_path(checkpointing):
     audio, attention_mask = padded_pair()
-    layout = dict(layer_reuses_attention_map=[False, True, True, False], layer_grad_scale=True, **QUIET)
+    layout = dict(layer_reuses_attention_map=[False, True, True, False], layer_grad_scale=True, **SMALL_BLOCKS, **QUIET)
     explicit = parameter_gradients(tiny_config(**layout), audio, attention_mask)
     recompute = tiny_config(reuse_recompute_backward=True, **layout)
     assert_same_gradients(parameter_gradients(recompute, audio, attention_mask, checkpointing), explicit)
@@ -255,12 +260,13 @@ def test_what_the_computing_layer_hands_over():
     assert handover(random_model(dropout).train(), audio, grad=True).map is not None
 
 
-def test_short_inputs_hand_over_the_whole_map_with_the_fused_outputs(monkeypatch):
+def test_short_inputs_hand_over_the_whole_map_with_the_fused_outputs():
     model = random_model(tiny_config())
     short, long = waveform(6480, seed=23), waveform(16000 * 2, seed=25)  # 20 and 99 frames, 4 heads
     with torch.inference_mode():
         fused = [model(audio, output_hidden_states=True) for audio in (short, long)]
-    monkeypatch.setattr(modeling_armhubert, "EXPLICIT_MAP_ELEMENTS", 4 * 20 * 20)
+    model.config.explicit_map_elements = 4 * 20 * 20
+    assert release_tiny_config().explicit_map_elements == 2**18  # the default: about 3 s of a 12-head model
     assert handover(model, short).map.shape == (1, 4, 20, 20)
     assert handover(model, long).map is None  # 4 x 99 x 99 values: over the limit, fused
     with torch.inference_mode():
@@ -342,7 +348,7 @@ def test_positional_convolution_by_fft_equals_the_direct_one(kernel, frames):
 @pytest.mark.parametrize("num_samples", [32000, 64000], ids=["2s-direct-conv", "4s-fft-conv"])
 def test_a_warm_call_derives_nothing_from_the_weights(num_samples):
     """The fixed per-call cost is gone: after the first call no operator makes a tensor from weights alone."""
-    model = ARMHubertModel(ARMHubertConfig.from_preset("armhubert-960h")).eval()
+    model = ARMHubertModel(ARMHubertConfig.from_preset("armhubert-960h", **FUSED)).eval()
     audio = waveform(num_samples, seed=26)
     with torch.inference_mode():
         model(audio)
@@ -371,12 +377,15 @@ def test_flex_attention_is_compiled_once_off_cpu(monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    monkeypatch.setattr(modeling_armhubert, "_COMPILED_FLEX", {})
+    compiled_flex_attention.cache_clear()
     query = torch.empty(1, 2, 8, 4, device="meta")  # any non-CPU device takes the compiled path
-    for _ in range(2):
-        with pytest.raises(Compiled):
-            flex_attention_with_logsumexp(query, query, query, None, 0.5)
-    assert compiled == [modeling_armhubert.flex_attention]
+    try:
+        for _ in range(2):
+            with pytest.raises(Compiled):
+                flex_attention_with_logsumexp(query, query, query, None, 0.5)
+    finally:
+        compiled_flex_attention.cache_clear()  # forget the fake
+    assert compiled == [attention_armhubert.flex_attention]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,10 +394,9 @@ def test_flex_attention_is_compiled_once_off_cpu(monkeypatch):
 
 def chosen_paths(config, frames=40, grad=False, training=False, output_attentions=False):
     """Names of the (pair, lone) compute functions the encoder picks for a (1, frames, D) input."""
-    encoder = random_model(config).train(training).encoder
+    config = random_model(config).config  # as a built model holds it (its attention implementation set)
     hidden_states = torch.zeros(1, frames, config.hidden_size)
-    with torch.set_grad_enabled(grad):
-        paths = encoder._attention_paths(hidden_states, output_attentions)
+    paths = choose_attention(config, hidden_states, grad, training, output_attentions)
     return tuple(path.compute.__name__ for path in paths)
 
 
@@ -421,27 +429,40 @@ def test_without_reusing_layers_every_layer_runs_sdpa():
     assert chosen_paths(config, grad=True, training=True) == ("compute_without_handover",) * 2
 
 
-def test_without_the_private_cpu_kernel_the_public_sdpa_gives_the_same_numbers(monkeypatch):
-    """`CPU_FLASH_ATTENTION` is a private op: a torch without it takes SDPA + `logsumexp_blocks`."""
+def operator_counts(run):
+    """{aten operator name: calls} of `run()` on the CPU, by torch's profiler."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        result = run()
+    return result, {event.key: event.count for event in profile.key_averages()}
+
+
+@pytest.mark.skipif(CPU_FLASH_ATTENTION is None, reason="this torch lacks the private CPU kernel")
+def test_without_the_private_cpu_kernel_the_public_sdpa_gives_the_same_numbers():
+    """`CPU_FLASH_ATTENTION` is a private op: a torch without it (as `fused_cpu_attention=False`) takes SDPA +
+    `logsumexp_blocks`, whose row log-sum-exp the fused call does not need."""
     query, key, value, _, padding = random_attention_inputs()
-    calls = []
-    kernel = modeling_armhubert.CPU_FLASH_ATTENTION
-    monkeypatch.setattr(modeling_armhubert, "CPU_FLASH_ATTENTION", lambda *a, **k: calls.append(1) or kernel(*a, **k))
-    fused = attention_with_logsumexp(query, key, value, padding, 0.35)
+    fused, counts = operator_counts(lambda: attention_with_logsumexp(query, key, value, padding, 0.35))
+    assert "aten::logsumexp" not in counts
+    fallback, counts = operator_counts(lambda: attention_with_logsumexp(query, key, value, padding, 0.35, fused=False))
+    assert counts["aten::logsumexp"] >= 1
+    for got, want in zip(fallback, fused):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
     model = random_model(tiny_config(layer_reuses_attention_map=[False, True, True, False]))
     audio, attention_mask = padded_pair()
     with torch.inference_mode():
-        expected = model(audio, attention_mask=attention_mask, output_hidden_states=True)
-    assert len(calls) == 2  # the direct call, and layer 0 (the only computing layer that hands over)
-    monkeypatch.setattr(modeling_armhubert, "CPU_FLASH_ATTENTION", None)
-    fallback = attention_with_logsumexp(query, key, value, padding, 0.35)
-    for got, want in zip(fallback, fused):
-        torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
-    with torch.inference_mode():
-        assert_same_outputs(model(audio, attention_mask=attention_mask, output_hidden_states=True), expected)
+        expected, counts = operator_counts(
+            lambda: model(audio, attention_mask=attention_mask, output_hidden_states=True)
+        )
+        assert "aten::logsumexp" not in counts  # layer 0, the only computing layer that hands over, is fused
+        model.config.fused_cpu_attention = False
+        fallback, counts = operator_counts(
+            lambda: model(audio, attention_mask=attention_mask, output_hidden_states=True)
+        )
+        assert counts["aten::logsumexp"] >= 1
+        assert_same_outputs(fallback, expected)
 
 
-# Every reuse path, as the encoder picks it in training at any length (EXPLICIT_MAP_ELEMENTS is 0 here).
+# Every reuse path, as the encoder picks it in training at any length (`explicit_map_elements` is 0 here).
 REUSE_PATHS = {
     "explicit": {},
     "fused": dict(reuse_recompute_backward=True),

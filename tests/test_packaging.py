@@ -1,6 +1,6 @@
 """Packaging: a non-editable install carries the whole package with its bundled recipes and corpus (and runs
 the main job from any folder), an editable one finds them at the repository root, and saved model folders
-need nothing but their three remote-code files (the Hub repo ships only them)."""
+need nothing but their four remote-code files (the Hub repo ships only them)."""
 
 import json
 import os

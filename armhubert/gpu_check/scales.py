@@ -20,7 +20,7 @@ class Scale:
 
     name: str
     tiny: bool  # toy student / teacher shapes instead of the released ones
-    correctness_seconds: float  # long enough that the fused path runs (on a CPU: above EXPLICIT_MAP_ELEMENTS)
+    correctness_seconds: float  # long enough that the fused path runs (on a CPU: above config.explicit_map_elements)
     dtypes: tuple[str, ...]
     inference_models: tuple[str, ...]
     inference_batches: tuple[int, ...]
