@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from helpers import VARIANTS, random_model, tiny_config, waveform
 
-from configuration_armhubert import PRESETS, ARMHubertConfig
+from configuration_armhubert import PRESETS, RUNTIME_FIELDS, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
 ATOL = 1e-5
@@ -56,6 +56,24 @@ def test_preset_overrides_refuse_unknown_fields_with_a_suggestion():
         attn_implementation="eager",
     )
     assert (config.hidden_size, config.num_labels, config._attn_implementation) == (432, 3, "eager")
+
+
+def test_kernel_thresholds_are_config_attributes_saved_only_when_set(tmp_path):
+    """`explicit_map_elements` and the like choose between kernels of equal numbers: defaults on the class,
+    so a config that does not set them saves as before and an old config.json loads with them."""
+    default = ARMHubertConfig()
+    assert not set(RUNTIME_FIELDS) & set(default.to_diff_dict())
+    assert (default.explicit_map_elements, default.reuse_block_elements, default.reuse_block_rows) == (
+        2**18,
+        2**19,
+        256,
+    )
+    assert default.fused_cpu_attention and not default.last_head_only
+    config = ARMHubertConfig.from_preset("armhubert-960h", explicit_map_elements=0, reuse_block_rows=16)
+    config.save_pretrained(tmp_path)
+    reloaded = ARMHubertConfig.from_pretrained(tmp_path)
+    assert (reloaded.explicit_map_elements, reloaded.reuse_block_rows) == (0, 16)
+    assert reloaded.reuse_block_elements == 2**19 and ARMHubertConfig().explicit_map_elements == 2**18
 
 
 def test_release_cnn_geometry():
