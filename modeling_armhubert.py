@@ -27,8 +27,8 @@ from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutp
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 from transformers.utils import ModelOutput, logging
 
-# `save_pretrained` copies this file's relative imports into the folder beside it. The pipeline file is
-# imported so that it ships too; `release_feature_extractor` is re-exported for existing imports.
+# `save_pretrained` copies this file's relative imports into the folder beside it (the pipeline file, which
+# this one does not import, is shipped by the code that saves folders: `armhubert.remote_code.ship_pipeline`).
 try:  # loaded as remote code from a model folder
     from .attention_armhubert import (
         AttentionOutput,
@@ -45,7 +45,6 @@ try:  # loaded as remote code from a model folder
         split_layer_gradient,
     )
     from .configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
-    from .pipeline_armhubert import release_feature_extractor  # noqa: F401 -- re-exported
 except ImportError:  # installed as a top-level module
     from attention_armhubert import (
         AttentionOutput,
@@ -62,7 +61,6 @@ except ImportError:  # installed as a top-level module
         split_layer_gradient,
     )
     from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
-    from pipeline_armhubert import release_feature_extractor  # noqa: F401 -- re-exported
 
 logger = logging.get_logger(__name__)
 

@@ -1,7 +1,7 @@
 """Pipelines of the ARMHuBERT family: audio feature extraction, and the task folders' own pipelines.
 
-Remote code beside the configuration and modeling files (`modeling_armhubert` imports this one, so
-`save_pretrained` ships it). `pipeline(model=folder, trust_remote_code=True)` finds a folder's pipeline
+Remote code beside the configuration and modeling files; the model does not import it: the code that saves
+model folders ships it (`armhubert.remote_code.ship_pipeline`). `pipeline(model=folder, trust_remote_code=True)` finds a folder's pipeline
 through `config.custom_pipelines`: `ARMHubertFeatureExtractionPipeline` for an encoder (the built-in
 "feature-extraction" task is text-only), transformers' ASR / classification pipelines for the heads. All
 three read files with `read_audio_file` (soundfile + soxr; ffmpeg only as a fallback).

@@ -14,6 +14,7 @@ from .cli import UserError
 from .curves import save_loss_curves
 from .outputs import move_files_into
 from .progress import print_logs_when_piped
+from .remote_code import ship_pipeline
 from .untrusted import check_finite_weights
 
 # Under fp16 the gradient scaler skips a step whose gradients overflow (and lowers its scale); this
@@ -141,6 +142,7 @@ def save_trained_model(trainer: Trainer, output_dir: str | Path, card: str | Non
     if not trainer.args.should_save:
         return
     try:
+        ship_pipeline(staging)
         if card is not None:
             (staging / "README.md").write_text(card, encoding="utf-8")
         (staging / "training_args.bin").unlink(missing_ok=True)

@@ -1,9 +1,15 @@
 """What a saved model folder records so that it opens as remote code: Auto classes and its own pipeline.
 
 The folder's code is the four root files (`configuration_armhubert.py`, `attention_armhubert.py`,
-`modeling_armhubert.py`, `pipeline_armhubert.py`), which `save_pretrained` copies; this module fills `config.auto_map` and
-`config.custom_pipelines` to point into them.
+`modeling_armhubert.py`, `pipeline_armhubert.py`). `save_pretrained` copies the model file and what it
+imports, the first three; `ship_pipeline` adds the pipeline file, which the model does not import. This
+module also fills `config.auto_map` and `config.custom_pipelines` to point into them.
 """
+
+import shutil
+import sys
+from os import PathLike
+from pathlib import Path
 
 from transformers import PretrainedConfig
 
@@ -15,6 +21,20 @@ from pipeline_armhubert import (
     HEAD_PIPELINES,
     ARMHubertFeatureExtractionPipeline,
 )
+
+
+def ship_pipeline(folder: str | PathLike) -> None:
+    """Copy `pipeline_armhubert.py` into a folder that `save_pretrained` gave this model's code (where
+    `config.custom_pipelines` points); a folder without `modeling_armhubert.py` (a plain HuBERT) is left as it is.
+
+    Every command that saves a model folder calls it after `save_pretrained` (`armhubert.convert.folders`,
+    `armhubert.guarded_trainer.save_trained_model`): transformers copies only a model file's relative imports,
+    and the model does not import its pipeline.
+    """
+    folder = Path(folder)
+    if (folder / f"{_module_name(ARMHubertModel)}.py").is_file():
+        source = Path(sys.modules[ARMHubertFeatureExtractionPipeline.__module__].__file__)
+        shutil.copyfile(source, folder / source.name)
 
 
 def _module_name(cls: type) -> str:

@@ -39,7 +39,8 @@ from armhubert.guarded_trainer import GuardedTrainer
 from armhubert.labelled_audio import build_dataset, read_examples
 from armhubert.metrics import accuracy
 from configuration_armhubert import SAMPLING_RATE
-from modeling_armhubert import ARMHubertForSequenceClassification, release_feature_extractor
+from modeling_armhubert import ARMHubertForSequenceClassification
+from pipeline_armhubert import release_feature_extractor
 
 PROG = "finetune_classification.py"
 

@@ -37,7 +37,8 @@ from armhubert.guarded_trainer import GuardedTrainer
 from armhubert.librispeech import load_librispeech
 from armhubert.metrics import greedy_decoding_metrics, normalize_transcript
 from armhubert.resources import BUNDLED_CORPUS
-from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
+from modeling_armhubert import ARMHubertForCTC
+from pipeline_armhubert import release_feature_extractor
 
 PROG = "finetune_ctc.py"
 PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"

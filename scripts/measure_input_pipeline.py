@@ -31,7 +31,7 @@ from armhubert.cli import run_main
 from armhubert.distill.recipe import build_arguments, load_recipe
 from armhubert.librispeech import AudioCollator, EpochSeededLengthGroupedSampler, load_librispeech
 from configuration_armhubert import SAMPLING_RATE
-from modeling_armhubert import release_feature_extractor
+from pipeline_armhubert import release_feature_extractor
 
 ROOT = Path(__file__).resolve().parent.parent
 # aten operators whose result the host must wait for (the value or the shape depends on the data).

@@ -22,7 +22,8 @@ from armhubert.cli import UserError, run_main
 from armhubert.model_folders import check_model_folder, load_pretrained
 from armhubert.resources import BUNDLED_CORPUS
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
-from modeling_armhubert import ARMHubertModel, release_feature_extractor
+from modeling_armhubert import ARMHubertModel
+from pipeline_armhubert import release_feature_extractor
 
 PROG = "quickstart.py"
 

@@ -5,6 +5,7 @@ import torch
 from helpers import TINY_CKPT, TINY_IO, VARIANTS, random_model, tiny_config
 
 from armhubert.convert.original import convert
+from armhubert.remote_code import ship_pipeline
 
 # Tiny models: with two threads on a busy 2-core machine OpenMP spin-waits cost more than they give.
 torch.set_num_threads(1)
@@ -28,9 +29,10 @@ def converted_tiny():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved folder of a random tiny encoder (`random_model(tiny_config())`) with the releases' preprocessing."""
-    from modeling_armhubert import release_feature_extractor
+    from pipeline_armhubert import release_feature_extractor
 
     folder = tmp_path_factory.mktemp("tiny-model")
     random_model(tiny_config()).save_pretrained(folder)
+    ship_pipeline(folder)
     release_feature_extractor().save_pretrained(folder)
     return folder

@@ -23,7 +23,7 @@ from armhubert.distill.recipe import build_arguments, load_recipe
 from armhubert.librispeech import AudioCollator
 from configuration_armhubert import PRESETS
 from distill_trainer import main, run
-from modeling_armhubert import release_feature_extractor
+from pipeline_armhubert import release_feature_extractor
 
 QUICKSTART = str(ROOT / "conf" / "quickstart.yaml")
 CORPUS = ROOT / "data" / "LibriSpeech"

@@ -21,8 +21,8 @@ from armhubert.features.index import FeatureIndex
 from armhubert.features.plan import plan_batches
 from armhubert.features.shards import FEATURES_FORMAT, ShardWriter
 from armhubert.units import assign_units, deduplicate_runs, load_codebook
-from modeling_armhubert import ARMHubertForCTC, ARMHubertModel, release_feature_extractor
-from pipeline_armhubert import encode_chunked
+from modeling_armhubert import ARMHubertForCTC, ARMHubertModel
+from pipeline_armhubert import encode_chunked, release_feature_extractor
 
 CORPUS = ROOT / "data"
 SPLIT = "test-clean"  # 8 utterances, 26 s

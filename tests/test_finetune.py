@@ -23,7 +23,8 @@ from armhubert.finetune import (
     random_window,
 )
 from armhubert.resources import BUNDLED_CORPUS
-from modeling_armhubert import ARMHubertForCTC, release_feature_extractor
+from modeling_armhubert import ARMHubertForCTC
+from pipeline_armhubert import release_feature_extractor
 
 finetune_classification = load_script("finetune_classification")
 finetune_ctc = load_script("finetune_ctc")

@@ -4,6 +4,7 @@ import json
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from transformers.models.auto import configuration_auto, modeling_auto
 import pipeline_armhubert
 from armhubert import finetune
 from armhubert.convert.folders import save_model_folder
-from armhubert.remote_code import add_remote_code_entries
+from armhubert.remote_code import add_remote_code_entries, ship_pipeline
 from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification
 from pipeline_armhubert import FEATURE_EXTRACTION_TASK, read_audio_file, release_feature_extractor
 
@@ -59,6 +60,7 @@ def folders(tmp_path_factory):
         model = head_class.from_pretrained(root / "encoder", **head_config)
         add_remote_code_entries(model.config, type(model))
         model.save_pretrained(root / name)
+        ship_pipeline(root / name)
         release_feature_extractor().save_pretrained(root / name)
         if name == "ctc":
             tokenizer.save_pretrained(root / name)
@@ -174,3 +176,24 @@ def test_ffmpeg_decodes_what_soundfile_cannot_when_it_is_on_path(tmp_path, monke
     monkeypatch.setenv("PATH", str(tools))
     (tmp_path / "speech.webm").write_bytes(b"a container soundfile does not read")
     np.testing.assert_array_equal(read_audio_file(tmp_path / "speech.webm"), np.full(800, 0.25, dtype=np.float32))
+
+
+def test_the_model_does_not_import_its_pipeline_and_folder_savers_ship_it(tmp_path):
+    """`save_pretrained` copies the model file and its relative imports, which leave out the pipeline;
+    `ship_pipeline` (run by every command that saves a folder) adds it, and leaves other folders alone."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    imported = sorted(Path(path).name for path in get_relative_import_files(ROOT / "modeling_armhubert.py"))
+    assert imported == ["attention_armhubert.py", "configuration_armhubert.py"]
+    model = random_model(tiny_config())
+    model.save_pretrained(tmp_path / "plain")
+    assert sorted(path.name for path in (tmp_path / "plain").glob("*.py")) == [
+        "attention_armhubert.py",
+        "configuration_armhubert.py",
+        "modeling_armhubert.py",
+    ]
+    ship_pipeline(tmp_path / "plain")
+    assert (tmp_path / "plain" / "pipeline_armhubert.py").read_bytes() == (ROOT / "pipeline_armhubert.py").read_bytes()
+    (tmp_path / "other").mkdir()
+    ship_pipeline(tmp_path / "other")  # no model code here (e.g. a plain HuBERT folder): nothing to ship beside it
+    assert not any((tmp_path / "other").iterdir())

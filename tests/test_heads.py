@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from helpers import random_model, tiny_config, waveform
 
-from armhubert.remote_code import add_remote_code_entries
+from armhubert.remote_code import add_remote_code_entries, ship_pipeline
 from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification, ARMHubertModel, head_input_size
 
 STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False)
@@ -211,6 +211,7 @@ def test_heads_and_pipeline_reload_through_auto_classes_with_remote_code_in_a_fr
     add_remote_code_entries(encoder.config)
     for name, model in (("ctc", ctc), ("cls", classifier), ("enc", encoder)):
         model.save_pretrained(tmp_path / name)
+        ship_pipeline(tmp_path / name)
     input_values, attention_mask = padded_batch()
     torch.save({"x": input_values, "mask": attention_mask}, tmp_path / "input.pt")
     script = f"""

@@ -27,7 +27,7 @@ from armhubert.cli import UserError
 from armhubert.librispeech import AudioCollator, load_librispeech
 from armhubert.resources import BUNDLED_CORPUS
 from distill_trainer import main as distill_main
-from modeling_armhubert import release_feature_extractor
+from pipeline_armhubert import release_feature_extractor
 
 finetune_ctc = load_script("finetune_ctc")
 finetune_classification = load_script("finetune_classification")

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
-from modeling_armhubert import ARMHubertModel, release_feature_extractor
+from modeling_armhubert import ARMHubertModel
+from pipeline_armhubert import release_feature_extractor
 
 from ..cli import UserError
 from ..outputs import staged_folder
-from ..remote_code import add_remote_code_entries
+from ..remote_code import add_remote_code_entries, ship_pipeline
 from ..untrusted import check_code_text, check_finite_weights, check_safe_name
 from .cards import CardFacts, file_sha256, model_card, repository_card
 from .hubert_export import hubert_additions, to_hubert_model
@@ -33,13 +34,15 @@ PREFERRED_DEFAULT = "ARMHuBERT-960h"  # what a repository's bare id loads when i
 
 
 def _write_model(model, folder):
-    """`save_pretrained` (which also copies the code files of auto-registered classes) plus the preprocessor."""
+    """`save_pretrained` (which also copies the code files of auto-registered classes), the pipeline file
+    and the preprocessor."""
     check_finite_weights(model, "the converted model")
     if isinstance(model, ARMHubertModel):
         add_remote_code_entries(
             model.config, type(model)
         )  # AutoModelForCTC / audio classification / feature pipeline too
     model.save_pretrained(folder)  # a failed write is reported by `staged_folder`, naming the target
+    ship_pipeline(folder)
     release_feature_extractor().save_pretrained(folder)
 
 

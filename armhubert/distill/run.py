@@ -11,7 +11,7 @@ import yaml
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 
 from configuration_armhubert import SAMPLING_RATE, receptive_field
-from modeling_armhubert import release_feature_extractor
+from pipeline_armhubert import release_feature_extractor
 
 from ..cards import DistillationFacts, distilled_card, format_duration, last_logged
 from ..cli import UserError

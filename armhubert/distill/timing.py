@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from configuration_armhubert import SAMPLING_RATE
-from modeling_armhubert import release_feature_extractor
+from pipeline_armhubert import release_feature_extractor
 
 from .masks import SpanMasker, recipe_masker
 from .models import teacher_and_student
