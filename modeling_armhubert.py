@@ -27,39 +27,16 @@ from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutp
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 from transformers.utils import ModelOutput, logging
 
-# `save_pretrained` copies this file's relative imports into the folder beside it (the pipeline file, which
-# this one does not import, is shipped by the code that saves folders: `armhubert.remote_code.ship_pipeline`).
+# `save_pretrained` copies this file's relative imports into the folder beside it: the configuration and the
+# kernels (`kernels.*`, attention_armhubert.py). The pipeline file, which this one does not import, is shipped
+# by the code that saves model folders (`armhubert.remote_code.ship_pipeline`).
 try:  # loaded as remote code from a model folder
-    from .attention_armhubert import (
-        AttentionOutput,
-        AttentionPath,
-        DerivedWeightsModule,
-        Handover,
-        Mask,
-        choose_attention,
-        conv1d_channels_last,
-        convolve_fft,
-        kernel_spectrum,
-        real_mean,
-        scale_gradient,
-        split_layer_gradient,
-    )
+    from . import attention_armhubert as kernels
+    from .attention_armhubert import ConvolutionByFFT, DerivedWeightsModule
     from .configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 except ImportError:  # installed as a top-level module
-    from attention_armhubert import (
-        AttentionOutput,
-        AttentionPath,
-        DerivedWeightsModule,
-        Handover,
-        Mask,
-        choose_attention,
-        conv1d_channels_last,
-        convolve_fft,
-        kernel_spectrum,
-        real_mean,
-        scale_gradient,
-        split_layer_gradient,
-    )
+    import attention_armhubert as kernels
+    from attention_armhubert import ConvolutionByFFT, DerivedWeightsModule
     from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 
 logger = logging.get_logger(__name__)
@@ -120,7 +97,7 @@ class ARMHubertConvLayer(DerivedWeightsModule):
     def forward(self, hidden_states: Tensor) -> Tensor:
         """(B, C_in, 1, N) -> (B, C_out, 1, N'), both channels-last (see `conv1d_channels_last`)."""
         kernel = self.channels_last_kernel(self.conv) if self.needs_kernel else None
-        hidden_states = conv1d_channels_last(self.conv, hidden_states, kernel)
+        hidden_states = kernels.conv1d_channels_last(self.conv, hidden_states, kernel)
         if isinstance(self.layer_norm, nn.LayerNorm):
             hidden_states = self.layer_norm(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         elif self.layer_norm is not None:
@@ -156,12 +133,11 @@ class ARMHubertFeatureEncoder(nn.Module):
 # Transformer encoder
 
 
-class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
+class ARMHubertPositionalConvEmbedding(ConvolutionByFFT):
     """Weight-normed grouped Conv1d over time -> drop the last frame for even kernels -> GELU.
 
-    Inference on more than one block of frames convolves by FFT (overlap-save over blocks of `fft_size`
-    frames; 3.5x faster at 30 s for the releases' 128 taps, same numbers to float32 rounding). Training,
-    `torch.compile` graphs, half precision, short inputs and `fft = False` (MAC counting) run it directly.
+    Long inputs in inference convolve by FFT, others directly (`ConvolutionByFFT`, same numbers to float32
+    rounding; `fft = False` for MAC counting).
     """
 
     def __init__(self, config: ARMHubertConfig):
@@ -176,35 +152,9 @@ class ARMHubertPositionalConvEmbedding(DerivedWeightsModule):
         self.fft_size = 1 << (2 * kernel - 1).bit_length()
         self.fft = True
 
-    def _use_fft(self, hidden_states):
-        if not self.fft or torch.compiler.is_compiling():
-            return False
-        # One block's small per-frequency products cost more than the direct convolution of so few frames.
-        step = self.fft_size - self.conv.kernel_size[0] + 1
-        if hidden_states.shape[1] + 1 <= step or hidden_states.dtype not in (torch.float32, torch.float64):
-            return False
-        weights = self.conv.parametrizations.weight.parameters()
-        return not torch.is_grad_enabled() or not (hidden_states.requires_grad or any(w.requires_grad for w in weights))
-
-    def _convolve_fft(self, hidden_states):
-        """(B, T, D) -> (B, T', D), T' = T + 2 * (K // 2) - K + 1: the padded convolution, by overlap-save
-        (`convolve_fft`) with the kernel's spectrum kept between inference calls."""
-        conv, size = self.conv, self.fft_size
-        sources = tuple(conv.parametrizations.weight.parameters())
-        return convolve_fft(
-            conv, hidden_states, self.derived("spectrum", sources, lambda: kernel_spectrum(conv, size)), size
-        )
-
-    def _convolve_direct(self, hidden_states):
-        """(B, T, D) -> (B, T', D), as `_convolve_fft`. A contiguous (B, T, D) input is already channels-last."""
-        kernel = self.channels_last_kernel(self.conv)
-        channels_last = hidden_states.transpose(1, 2).unsqueeze(2)
-        return conv1d_channels_last(self.conv, channels_last, kernel).squeeze(2).transpose(1, 2)
-
     def forward(self, hidden_states: Tensor) -> Tensor:
         """(B, T, D) -> (B, T, D)."""
-        convolve = self._convolve_fft if self._use_fft(hidden_states) else self._convolve_direct
-        hidden_states = convolve(hidden_states)
+        hidden_states = self.convolve(hidden_states)
         if self.num_pad_remove:
             hidden_states = hidden_states[:, : -self.num_pad_remove]
         return self.activation(hidden_states)
@@ -246,8 +196,12 @@ class ARMHubertAttention(nn.Module):
         return tensor.transpose(1, 2).reshape(batch, time, self.embed_dim)
 
     def forward(
-        self, hidden_states: Tensor, key_padding_mask: Mask, path: AttentionPath, handover: Handover | None = None
-    ) -> AttentionOutput:
+        self,
+        hidden_states: Tensor,
+        key_padding_mask: kernels.Mask,
+        path: kernels.AttentionPath,
+        handover: kernels.Handover | None = None,
+    ) -> kernels.AttentionOutput:
         """hidden_states (B, T, D), key_padding_mask (B, T) bool (True = padding) or None; `path` from
         `choose_attention`; `handover` a reusing layer's input. Returns (output (B, T, D), this computing
         layer's `Handover` or None, the applied weights (B, H, T, T) on the explicit path or None)."""
@@ -273,7 +227,7 @@ class ARMHubertAttention(nn.Module):
             return self.out_proj(self._merge_heads(output))
         if not torch.amp.is_autocast_available(output.device.type) or not torch.is_autocast_enabled(output.device.type):
             return self.out_proj(self._merge_heads(output.to(value.dtype)))
-        mean = real_mean(value, key_padding_mask)
+        mean = kernels.real_mean(value, key_padding_mask)
         structure = F.linear(self._merge_heads(output - mean), self.out_proj.weight)
         return self.out_proj(self._merge_heads(mean)).float() + structure.float()
 
@@ -304,7 +258,7 @@ class ARMHubertEncoderLayer(GradientCheckpointingLayer):
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pre_layer_norm = config.do_stable_layer_norm
 
-    def forward(self, hidden_states: Tensor, *attention_inputs) -> AttentionOutput:
+    def forward(self, hidden_states: Tensor, *attention_inputs) -> kernels.AttentionOutput:
         """(B, T, D) -> ((B, T, D), own `Handover` or None, applied weights or None); `attention_inputs` are
         `ARMHubertAttention.forward`'s key_padding_mask, path and handover."""
         residual = hidden_states
@@ -370,7 +324,9 @@ class ARMHubertEncoder(nn.Module):
         grad = torch.is_grad_enabled() and (
             hidden_states.requires_grad or any(param.requires_grad for param in self.parameters())
         )
-        pair_path, lone_path = choose_attention(self.config, hidden_states, grad, self.training, output_attentions)
+        pair_path, lone_path = kernels.choose_attention(
+            self.config, hidden_states, grad, self.training, output_attentions
+        )
         grad_scale = self.config.layer_grad_scale if self.training else False
         layer_outputs, attentions, handover = [], [], None
         for index, layer in enumerate(self.layers):
@@ -387,7 +343,7 @@ class ARMHubertEncoder(nn.Module):
                 output, handover, weights = layer(hidden_states, key_padding_mask, path)
             # Keep a (B, H, T, T) map only when it is returned: holding all L of them would dominate memory.
             attentions.append(weights if output_attentions else None)
-            head_input, hidden_states = split_layer_gradient(output, index, len(self.layers), grad_scale)
+            head_input, hidden_states = kernels.split_layer_gradient(output, index, len(self.layers), grad_scale)
             layer_outputs.append(head_input)
 
         if self.config.do_stable_layer_norm:
@@ -606,7 +562,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         mult = self.config.feature_grad_mult
         with torch.set_grad_enabled(torch.is_grad_enabled() and mult != 0.0 and self.feature_extractor._requires_grad):
             features = self.feature_extractor(input_values)
-        return (scale_gradient(features, mult) if self.training else features).transpose(1, 2)
+        return (kernels.scale_gradient(features, mult) if self.training else features).transpose(1, 2)
 
     def _frame_padding_mask(self, num_frames, attention_mask):
         """(B, T) bool, True = padded frame; None when nothing is padded."""
