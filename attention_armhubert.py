@@ -1,8 +1,9 @@
 """Kernels of the ARMHuBERT models: attention-map reuse without (B, H, T, T) maps, its attention paths,
-derived-weight caches, the channels-last and FFT convolutions, and gradient scaling.
+derived-weight caches, the channels-last and FFT convolutions, gradient scaling, and the checks of model
+inputs that would otherwise fail deep inside the model.
 
-Remote code beside `modeling_armhubert.py`, which imports it (so `save_pretrained` ships it); the model
-file holds the layers and reads top to bottom as transformers' `modeling_wavlm.py`. Every size threshold
+Remote code beside `modeling_armhubert.py`, which imports it as `kernels` (so `save_pretrained` ships it);
+the model file holds the layers and reads top to bottom as transformers' `modeling_wavlm.py`. Every size threshold
 and switch that chooses between these kernels is an `ARMHubertConfig` attribute (`explicit_map_elements`,
 `reuse_block_elements`, `reuse_block_rows`, `fused_cpu_attention`), passed in by the calling layer: no
 module global changes what a kernel does. How and why: docs/speed.md and docs/numerics.md.
@@ -610,3 +611,78 @@ def choose_attention(
     if grad or (training and config.attention_dropout > 0):
         implementation = "sdpa"
     return attention_path(handover, implementation), lone
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks: one line for inputs that would fail deep inside the model or be silently misread
+
+
+def check_attention_mask(attention_mask: Tensor, shape: tuple[int, int], receptive_field: int, training: bool) -> None:
+    """A (B, N) mask of 0/1, right-padded, at least `receptive_field` samples long (it is read as a length per
+    row), for input_values of `shape` (B, N); `training` is the model's mode. One comparison with the right-padded mask of the same lengths finds other values and left or inner
+    padding, in one device sync; none when compiling or training on an accelerator (docs/gpu.md)."""
+    if not torch.is_tensor(attention_mask) or attention_mask.dtype.is_complex:
+        given = attention_mask.dtype if torch.is_tensor(attention_mask) else type(attention_mask).__name__
+        raise ValueError(
+            f"attention_mask must be a tensor of 0/1 (integer or bool), got {given}; pass the feature "
+            "extractor's attention_mask or (input_values != padding).long()."
+        )
+    if tuple(attention_mask.shape) != tuple(shape):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_values has "
+            f"{tuple(shape)}; they must match (1 = real sample, 0 = padding)."
+        )
+    if torch.compiler.is_compiling():
+        return  # reading the mask's values would break the graph: eager calls check them
+    if training and attention_mask.device.type != "cpu":
+        return  # training batches come from collators; a read would wait for the device every step
+    lengths = (attention_mask != 0).sum(-1)
+    right_padded = torch.arange(shape[1], device=attention_mask.device) < lengths[:, None]
+    wrong, shortest = torch.stack([(attention_mask != right_padded).any().long(), lengths.min()]).tolist()
+    if wrong:
+        values = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+        if values.numel():
+            raise ValueError(
+                f"attention_mask holds values {sorted(set(values.tolist()))[:5]}; it must hold only "
+                "1 (real sample) and 0 (padding)."
+            )
+        row = int((attention_mask != right_padded).any(-1).nonzero()[0, 0])
+        raise ValueError(
+            f"attention_mask row {row} has padding (0) before real samples (1); pad on the right "
+            "(each row's real samples first, then zeros), as the feature extractor does."
+        )
+    if shortest < receptive_field:
+        raise ValueError(
+            f"attention_mask marks only {shortest} real samples in some row, fewer than the "
+            f"{receptive_field}-sample receptive field. Drop such rows."
+        )
+
+
+def check_ctc_labels(labels: Tensor, logit_lengths: Tensor, config: ARMHubertConfig) -> None:
+    """Clear errors for labels that are not (B, U) integer ids, ids outside `config.vocab_size`, and
+    transcripts longer than their audio's `logit_lengths` (B,) frames (unless `config.ctc_zero_infinity`)."""
+    batch = logit_lengths.shape[0]
+    if not torch.is_tensor(labels) or labels.is_floating_point() or labels.dim() != 2 or labels.shape[0] != batch:
+        given = f"shape {tuple(labels.shape)} {labels.dtype}" if torch.is_tensor(labels) else type(labels).__name__
+        raise ValueError(
+            f"CTC labels must be an integer tensor of shape (batch, tokens) = ({batch}, U) for these inputs, "
+            f"got {given}; give one row of token ids per utterance, padded with -100."
+        )
+    vocab_size, blank = config.vocab_size, config.pad_token_id
+    ignored = (labels == -100) | (labels == blank)
+    outside = ~ignored & ((labels < 0) | (labels >= vocab_size))
+    if bool(outside.any()):
+        bad = sorted(set(labels[outside].tolist()))[:5]
+        raise ValueError(
+            f"labels hold ids {bad} outside the vocabulary [0, {vocab_size}); pad label rows with -100 and "
+            "encode transcripts with the tokenizer the model was built for."
+        )
+    target_lengths = (~ignored).sum(-1).to(logit_lengths.device)
+    too_long = target_lengths > logit_lengths
+    if bool(too_long.any()) and not config.ctc_zero_infinity:
+        row = int(too_long.nonzero()[0, 0])
+        raise ValueError(
+            f"labels row {row} has {int(target_lengths[row])} tokens but its audio gives only "
+            f"{int(logit_lengths[row])} frames ({config.inputs_to_logits_ratio} samples each); CTC needs "
+            "at least one frame per token. Drop such utterances or set config.ctc_zero_infinity=True."
+        )

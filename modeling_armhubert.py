@@ -506,7 +506,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
                 f"receptive field of the feature encoder ({field / SAMPLING_RATE * 1000:.0f} ms at 16 kHz). Pad or drop it."
             )
         if attention_mask is not None:
-            self._check_attention_mask(attention_mask, input_values.shape)
+            kernels.check_attention_mask(attention_mask, input_values.shape, field, self.training)
         if mask_time_indices is not None:
             if self.mask_emb is None:
                 raise ValueError("mask_time_indices needs a model built with use_mask_embedding=True.")
@@ -516,46 +516,6 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
                     f"mask_time_indices has shape {tuple(mask_time_indices.shape)}, expected (batch, frames) = "
                     f"{(input_values.shape[0], frames)} for this input."
                 )
-
-    def _check_attention_mask(self, attention_mask, shape):
-        """A (B, N) mask of 0/1, right-padded, at least a receptive field long (it is read as a length per row).
-        One comparison with the right-padded mask of the same lengths finds other values and left or inner
-        padding, in one device sync; none when compiling or training on an accelerator (docs/gpu.md)."""
-        if not torch.is_tensor(attention_mask) or attention_mask.dtype.is_complex:
-            given = attention_mask.dtype if torch.is_tensor(attention_mask) else type(attention_mask).__name__
-            raise ValueError(
-                f"attention_mask must be a tensor of 0/1 (integer or bool), got {given}; pass the feature "
-                "extractor's attention_mask or (input_values != padding).long()."
-            )
-        if tuple(attention_mask.shape) != tuple(shape):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but input_values has "
-                f"{tuple(shape)}; they must match (1 = real sample, 0 = padding)."
-            )
-        if torch.compiler.is_compiling():
-            return  # reading the mask's values would break the graph: eager calls check them
-        if self.training and attention_mask.device.type != "cpu":
-            return  # training batches come from collators; a read would wait for the device every step
-        lengths = (attention_mask != 0).sum(-1)
-        right_padded = torch.arange(shape[1], device=attention_mask.device) < lengths[:, None]
-        wrong, shortest = torch.stack([(attention_mask != right_padded).any().long(), lengths.min()]).tolist()
-        if wrong:
-            values = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
-            if values.numel():
-                raise ValueError(
-                    f"attention_mask holds values {sorted(set(values.tolist()))[:5]}; it must hold only "
-                    "1 (real sample) and 0 (padding)."
-                )
-            row = int((attention_mask != right_padded).any(-1).nonzero()[0, 0])
-            raise ValueError(
-                f"attention_mask row {row} has padding (0) before real samples (1); pad on the right "
-                "(each row's real samples first, then zeros), as the feature extractor does."
-            )
-        if shortest < self.config.receptive_field:
-            raise ValueError(
-                f"attention_mask marks only {shortest} real samples in some row, fewer than the "
-                f"{self.config.receptive_field}-sample receptive field. Drop such rows."
-            )
 
     def _extract_features(self, input_values):
         """(B, N) -> (B, T, C), with `feature_grad_mult` applied to the CNN's gradient."""
@@ -851,35 +811,6 @@ class ARMHubertForCTC(ARMHubertTaskModel):
         self.lm_head = nn.Linear(self.output_size, config.vocab_size)
         self.post_init()
 
-    def _check_labels(self, labels, logit_lengths):
-        """Clear errors for labels that are not (B, U) integer ids, ids outside the vocabulary, and
-        transcripts longer than their audio."""
-        batch = logit_lengths.shape[0]
-        if not torch.is_tensor(labels) or labels.is_floating_point() or labels.dim() != 2 or labels.shape[0] != batch:
-            given = f"shape {tuple(labels.shape)} {labels.dtype}" if torch.is_tensor(labels) else type(labels).__name__
-            raise ValueError(
-                f"CTC labels must be an integer tensor of shape (batch, tokens) = ({batch}, U) for these inputs, "
-                f"got {given}; give one row of token ids per utterance, padded with -100."
-            )
-        vocab_size, blank = self.config.vocab_size, self.config.pad_token_id
-        ignored = (labels == -100) | (labels == blank)
-        outside = ~ignored & ((labels < 0) | (labels >= vocab_size))
-        if bool(outside.any()):
-            bad = sorted(set(labels[outside].tolist()))[:5]
-            raise ValueError(
-                f"labels hold ids {bad} outside the vocabulary [0, {vocab_size}); pad label rows with -100 and "
-                "encode transcripts with the tokenizer the model was built for."
-            )
-        target_lengths = (~ignored).sum(-1).to(logit_lengths.device)
-        too_long = target_lengths > logit_lengths
-        if bool(too_long.any()) and not self.config.ctc_zero_infinity:
-            row = int(too_long.nonzero()[0, 0])
-            raise ValueError(
-                f"labels row {row} has {int(target_lengths[row])} tokens but its audio gives only "
-                f"{int(logit_lengths[row])} frames ({self.config.inputs_to_logits_ratio} samples each); CTC needs "
-                "at least one frame per token. Drop such utterances or set config.ctc_zero_infinity=True."
-            )
-
     def _logits_and_loss(self, features, frame_mask, labels):
         """CTC logits (B, T, vocab_size), and the CTC loss over the real frames when `labels` (B, U) are given.
 
@@ -892,7 +823,7 @@ class ARMHubertForCTC(ARMHubertTaskModel):
             logit_lengths = frame_mask.sum(-1).long()
         else:
             logit_lengths = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
-        self._check_labels(labels, logit_lengths)
+        kernels.check_ctc_labels(labels, logit_lengths, self.config)
         loss = self.loss_function(
             logits=logits,
             labels=labels,

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from helpers import VARIANTS, random_model, tiny_config, waveform
 
+from attention_armhubert import check_attention_mask
 from configuration_armhubert import PRESETS, RUNTIME_FIELDS, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
@@ -305,16 +306,15 @@ def test_mask_values_are_read_except_in_training_on_an_accelerator():
     """Reading a mask's values waits for the device: training off the CPU skips it (collators build right-padded
     0/1 masks), inference and CPU training check them. A meta-device mask stands in for an accelerator's: its
     values cannot be read, so a check that reads them fails."""
-    model = random_model(tiny_config())
     mask = torch.ones(2, 8000, dtype=torch.long, device="meta")
-    model.train()
-    model._check_attention_mask(mask, (2, 8000))  # no read
-    model.eval()
+    check_attention_mask(mask, (2, 8000), 400, training=True)  # no read
     with pytest.raises((NotImplementedError, RuntimeError)):
-        model._check_attention_mask(mask, (2, 8000))
-    model.train()
+        check_attention_mask(mask, (2, 8000), 400, training=False)
     with pytest.raises(ValueError, match="padding .0. before real samples"):
-        model._check_attention_mask(torch.tensor([[0, 1] * 4000] * 2), (2, 8000))  # on the CPU: still read
+        check_attention_mask(torch.tensor([[0, 1] * 4000] * 2), (2, 8000), 400, training=True)  # on the CPU: read
+    model = random_model(tiny_config()).train()
+    with pytest.raises(ValueError, match="padding .0. before real samples"):  # the model's forward checks too
+        model(torch.zeros(2, 8000), attention_mask=torch.tensor([[0, 1] * 4000] * 2))
 
 
 @pytest.mark.parametrize("dtype", [torch.bool, torch.int32, torch.float32])
