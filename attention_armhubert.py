@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 try:  # FlexAttention and its log-sum-exp request (torch >= 2.9)
     from torch.nn.attention.flex_attention import AuxRequest, flex_attention
@@ -500,6 +501,20 @@ def compute_without_handover(
     return sdpa(query, key, value, mask, attention.scaling, dropout), None
 
 
+def compute_registered(
+    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
+) -> Computed:
+    """A computing layer whose map no later layer reuses, through the attention function registered with
+    transformers (`AttentionInterface.register`) under `config._attn_implementation`, called as transformers'
+    models call it: (B, H, T, d) inputs, an additive (B, 1, 1, T) padding mask, output (B, T, H, d)."""
+    function = ALL_ATTENTION_FUNCTIONS[attention.config._attn_implementation]
+    bias = None if mask is None else padding_bias(mask, query.dtype)[:, None, None, :]
+    output, _ = function(
+        attention, query, key, value, bias, dropout=dropout, scaling=attention.scaling, is_causal=False
+    )
+    return output.transpose(1, 2), None
+
+
 def compute_map(
     attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
 ) -> Computed:
@@ -564,6 +579,9 @@ def reuse_flex_logsumexp(attention: nn.Module, handover: Handover, value: Tensor
 
 # (handover, implementation) -> path; an implementation without an entry of its own takes the "sdpa" one
 # (the encoder turns "eager" into "map" handovers everywhere and FlexAttention with autograd into "sdpa").
+# Implementations these paths run themselves; any other name registered with transformers serves the
+# computing layers whose map nobody reuses (`compute_registered`).
+OWN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention")
 ATTENTION_PATHS = {
     (None, "sdpa"): AttentionPath(compute_without_handover, None),
     ("map", "sdpa"): AttentionPath(compute_map, reuse_map),
@@ -584,7 +602,8 @@ def choose_attention(
     """The attention of one encoder forward over hidden_states (B, T, D): (pair path, lone path).
 
     The pair path serves the computing layers whose map the next layer reuses and the reusing layers;
-    the lone path the other computing layers (SDPA, no handover). `grad`: autograd reaches the encoder.
+    the lone path the other computing layers (SDPA, or a function registered with transformers under
+    `config._attn_implementation`; no handover). `grad`: autograd reaches the encoder.
     - Returned or asked-for maps (`output_attentions`, "eager") make both explicit.
     - "resoftmax" under autograd holds the map, unless `reuse_recompute_backward` (without reuse dropout)
       rebuilds it in the backward; on a CPU a map of at most `explicit_map_elements` stays in cache and
@@ -595,6 +614,11 @@ def choose_attention(
         explicit = attention_path("map", "sdpa")
         return explicit, explicit
     lone = attention_path(None, "sdpa")
+    if (
+        config._attn_implementation not in OWN_IMPLEMENTATIONS
+        and config._attn_implementation in ALL_ATTENTION_FUNCTIONS
+    ):
+        lone = AttentionPath(compute_registered, None)
     if not any(config.layer_reuses_attention_map):
         return lone, lone
     resoftmax = config.reuse_softmax == "resoftmax"

@@ -172,6 +172,7 @@ class ARMHubertAttention(nn.Module):
     def __init__(self, config: ARMHubertConfig, reuses_map: bool):
         super().__init__()
         self.config = config  # the kernels' block sizes and switches, read at every call
+        self.is_causal = False  # read by the attention functions registered with transformers
         self.embed_dim = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.head_dim = self.embed_dim // self.num_heads
@@ -375,7 +376,8 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["ARMHubertEncoderLayer"]
     # "sdpa" (the default): SDPA, reused maps rebuilt block by block; "flex_attention": computing / reusing
-    # pairs through FlexAttention in inference (meant for GPUs); "eager": explicit maps. See `ATTENTION_PATHS`.
+    # pairs through FlexAttention in inference (meant for GPUs); "eager": explicit maps; a function registered
+    # with transformers' `AttentionInterface`: the computing layers whose map nobody reuses. See `choose_attention`.
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = True

@@ -520,3 +520,30 @@ def test_reentrant_checkpointing_is_allowed_without_reused_maps():
     loss = output.last_hidden_state.pow(2).mean() + sum(p.pow(2).mean() for p in output.projected_hidden_states)
     loss.backward()
     assert_same_gradients({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, plain)
+
+
+def test_a_registered_attention_function_serves_the_layers_whose_map_nobody_reuses():
+    """`attn_implementation` naming a function registered with transformers is called by every computing layer
+    without a reusing layer after it (all four of MaskHuBERT's layout, the last of [F, T, T, F]); the pairs
+    keep their own paths. Outputs are those of SDPA."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    calls = []
+
+    def counted_sdpa(module, query, key, value, attention_mask, **kwargs):
+        calls.append(query.shape)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("counted_sdpa_for_tests", counted_sdpa)
+    audio, attention_mask = padded_pair()
+    for layout, lone_layers in (([False] * 4, 4), ([False, True, True, False], 1)):
+        config = tiny_config(layer_reuses_attention_map=layout)
+        model = random_model(config)
+        with torch.inference_mode():
+            expected = model(audio, attention_mask=attention_mask, output_hidden_states=True)
+            model.set_attn_implementation("counted_sdpa_for_tests")
+            calls.clear()
+            registered = model(audio, attention_mask=attention_mask, output_hidden_states=True)
+        assert len(calls) == lone_layers
+        assert_same_outputs(registered, expected)
