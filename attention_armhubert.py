@@ -494,25 +494,27 @@ class AttentionPath(NamedTuple):
     reuse: Callable[..., Reused] | None
 
 
-def compute_without_handover(
-    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
-) -> Computed:
-    """A computing layer whose map no later layer reuses: plain SDPA."""
-    return sdpa(query, key, value, mask, attention.scaling, dropout), None
-
-
 def compute_registered(
     attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
 ) -> Computed:
-    """A computing layer whose map no later layer reuses, through the attention function registered with
-    transformers (`AttentionInterface.register`) under `config._attn_implementation`, called as transformers'
-    models call it: (B, H, T, d) inputs, an additive (B, 1, 1, T) padding mask, output (B, T, H, d)."""
-    function = ALL_ATTENTION_FUNCTIONS[attention.config._attn_implementation]
-    bias = None if mask is None else padding_bias(mask, query.dtype)[:, None, None, :]
+    """A computing layer whose map no later layer reuses, through transformers' `ALL_ATTENTION_FUNCTIONS` under
+    `config._attn_implementation`: its SDPA for "sdpa" (the same call as `sdpa`; also for FlexAttention under
+    autograd), or a function registered with `AttentionInterface.register`. Called as transformers' models call
+    it: (B, H, T, d) inputs, a boolean (B, 1, 1, T) mask (True = attend), output (B, T, H, d)."""
+    name = attention.config._attn_implementation
+    function = ALL_ATTENTION_FUNCTIONS["sdpa" if name in (None, "flex_attention") else name]
+    keep = None if mask is None else ~mask[:, None, None, :]
     output, _ = function(
-        attention, query, key, value, bias, dropout=dropout, scaling=attention.scaling, is_causal=False
+        attention, query, key, value, keep, dropout=dropout, scaling=attention.scaling, is_causal=False
     )
     return output.transpose(1, 2), None
+
+
+def compute_flex_without_handover(
+    attention: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Mask, dropout: float
+) -> Computed:
+    """A computing layer whose map nobody reuses, through FlexAttention (inference without dropout only)."""
+    return flex_attention_with_logsumexp(query, key, value, mask, attention.scaling)[0], None
 
 
 def compute_map(
@@ -579,11 +581,10 @@ def reuse_flex_logsumexp(attention: nn.Module, handover: Handover, value: Tensor
 
 # (handover, implementation) -> path; an implementation without an entry of its own takes the "sdpa" one
 # (the encoder turns "eager" into "map" handovers everywhere and FlexAttention with autograd into "sdpa").
-# Implementations these paths run themselves; any other name registered with transformers serves the
-# computing layers whose map nobody reuses (`compute_registered`).
-OWN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention")
+# Without a handover, "sdpa" calls transformers' registered function for the implementation.
 ATTENTION_PATHS = {
-    (None, "sdpa"): AttentionPath(compute_without_handover, None),
+    (None, "sdpa"): AttentionPath(compute_registered, None),
+    (None, "flex_attention"): AttentionPath(compute_flex_without_handover, None),
     ("map", "sdpa"): AttentionPath(compute_map, reuse_map),
     ("probabilities", "sdpa"): AttentionPath(compute_query_key, reuse_query_key),
     ("logsumexp", "sdpa"): AttentionPath(compute_logsumexp, reuse_logsumexp),
@@ -602,8 +603,8 @@ def choose_attention(
     """The attention of one encoder forward over hidden_states (B, T, D): (pair path, lone path).
 
     The pair path serves the computing layers whose map the next layer reuses and the reusing layers;
-    the lone path the other computing layers (SDPA, or a function registered with transformers under
-    `config._attn_implementation`; no handover). `grad`: autograd reaches the encoder.
+    the lone path the other computing layers (no handover: transformers' registered function for
+    `config._attn_implementation`, SDPA by default, or FlexAttention). `grad`: autograd reaches the encoder.
     - Returned or asked-for maps (`output_attentions`, "eager") make both explicit.
     - "resoftmax" under autograd holds the map, unless `reuse_recompute_backward` (without reuse dropout)
       rebuilds it in the backward; on a CPU a map of at most `explicit_map_elements` stays in cache and
@@ -613,12 +614,10 @@ def choose_attention(
     if output_attentions or config._attn_implementation == "eager":
         explicit = attention_path("map", "sdpa")
         return explicit, explicit
-    lone = attention_path(None, "sdpa")
-    if (
-        config._attn_implementation not in OWN_IMPLEMENTATIONS
-        and config._attn_implementation in ALL_ATTENTION_FUNCTIONS
-    ):
-        lone = AttentionPath(compute_registered, None)
+    implementation = config._attn_implementation
+    if grad or (training and config.attention_dropout > 0):
+        implementation = "sdpa"  # FlexAttention has no backward here
+    lone = attention_path(None, implementation)
     if not any(config.layer_reuses_attention_map):
         return lone, lone
     resoftmax = config.reuse_softmax == "resoftmax"
@@ -631,9 +630,6 @@ def choose_attention(
         handover = "map"  # a map this small stays in cache: holding it beats rebuilding it
     else:
         handover = "logsumexp" if resoftmax else "probabilities"
-    implementation = config._attn_implementation
-    if grad or (training and config.attention_dropout > 0):
-        implementation = "sdpa"
     return attention_path(handover, implementation), lone
 
 

@@ -186,11 +186,14 @@ def test_fixture_fused_equals_explicit(converted_tiny, reference_io, case):
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-def test_flex_attention_implementation_equals_the_default():
-    config = tiny_config(layer_reuses_attention_map=[False, True, True, False], attn_implementation="flex_attention")
+@pytest.mark.parametrize("layout", [[False, True, True, False], [False] * 4], ids=["reuse", "mask-hubert"])
+def test_flex_attention_implementation_equals_the_default(layout):
+    """Every computing layer runs FlexAttention in inference, the pairs' and the others (MaskHuBERT / STaR)."""
+    config = tiny_config(layer_reuses_attention_map=layout, attn_implementation="flex_attention")
     flex = random_model(config)
     assert flex.config._attn_implementation == "flex_attention"
-    default = random_model(tiny_config(layer_reuses_attention_map=[False, True, True, False]))
+    assert chosen_paths(config)[1] == "compute_flex_without_handover"
+    default = random_model(tiny_config(layer_reuses_attention_map=layout))
     audio, attention_mask = padded_pair()
     with torch.inference_mode():
         assert_same_outputs(
@@ -417,16 +420,18 @@ def chosen_paths(config, frames=40, grad=False, training=False, output_attention
     ],
 )
 def test_the_encoder_chooses_the_attention_path_once(overrides, grad, output_attentions, expected):
-    """The pair path as `expected`; other computing layers run SDPA unless every map is explicit."""
+    """The pair path as `expected`; other computing layers run transformers' registered SDPA (FlexAttention in
+    inference when asked) unless every map is explicit."""
     config = tiny_config(**overrides)
     explicit = output_attentions or config._attn_implementation == "eager"
-    lone = "compute_map" if explicit else "compute_without_handover"
+    flex = config._attn_implementation == "flex_attention" and not grad
+    lone = "compute_map" if explicit else "compute_flex_without_handover" if flex else "compute_registered"
     assert chosen_paths(config, grad=grad, training=grad, output_attentions=output_attentions) == (expected, lone)
 
 
 def test_without_reusing_layers_every_layer_runs_sdpa():
     config = tiny_config(layer_reuses_attention_map=[False] * 4)
-    assert chosen_paths(config, grad=True, training=True) == ("compute_without_handover",) * 2
+    assert chosen_paths(config, grad=True, training=True) == ("compute_registered",) * 2
 
 
 def operator_counts(run):
