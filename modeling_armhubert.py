@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 from transformers import AutoModel, AutoModelForAudioClassification, AutoModelForCTC, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.audio_utils import mel_filter_bank
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
@@ -38,10 +39,10 @@ _COMPILED_FLEX = {}  # torch.compile(flex_attention), made on the first call on 
 # The pipeline file is imported so that `save_pretrained` ships it with the model (transformers copies a
 # model file's relative imports); `release_feature_extractor` is re-exported for existing imports.
 try:  # loaded as remote code from a model folder
-    from .configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
+    from .configuration_armhubert import MEL_HOP, MEL_WINDOW, SAMPLING_RATE, ARMHubertConfig
     from .pipeline_armhubert import release_feature_extractor  # noqa: F401 -- re-exported
 except ImportError:  # installed as a top-level module
-    from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
+    from configuration_armhubert import MEL_HOP, MEL_WINDOW, SAMPLING_RATE, ARMHubertConfig
     from pipeline_armhubert import release_feature_extractor  # noqa: F401 -- re-exported
 
 logger = logging.get_logger(__name__)
@@ -222,6 +223,53 @@ class ARMHubertFeatureEncoder(nn.Module):
         for conv_layer in self.conv_layers:
             hidden_states = conv_layer(hidden_states)
         return hidden_states.squeeze(2)
+
+
+class ARMHubertLogMelFrontEnd(nn.Module):
+    """Whisper's front-end (`frontend="log_mel"`): raw waveform (B, N) -> frame features (B, D, T), T = ceil(N / 320).
+
+    The log-mel spectrogram is Whisper's feature extractor's, computed in the model so that every
+    ARMHubert takes the same raw audio: |STFT|^2 (400-sample Hann window, hop 160, centred, last frame
+    dropped) -> slaney mel filters -> log10 (floor 1e-10) -> at most 8 below each utterance's maximum ->
+    (x + 4) / 4. Then Conv1d(k=3) -> GELU -> Conv1d(k=3, stride 2) -> GELU, as Whisper's encoder.
+    """
+
+    def __init__(self, config: ARMHubertConfig):
+        super().__init__()
+        self.num_mel_bins = config.num_mel_bins
+        self.register_buffer("mel_filters", torch.empty(config.num_mel_bins, MEL_WINDOW // 2 + 1), persistent=False)
+        self.register_buffer("window", torch.empty(MEL_WINDOW), persistent=False)
+        self.reset_buffers()
+        self.conv1 = nn.Conv1d(config.num_mel_bins, config.hidden_size, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(config.hidden_size, config.hidden_size, kernel_size=3, stride=2, padding=1)
+        self.activation = ACT2FN[config.feat_extract_activation]
+        self._requires_grad = True
+
+    def _freeze_parameters(self):
+        self.requires_grad_(False)
+        self._requires_grad = False
+
+    def reset_buffers(self) -> None:
+        """The slaney mel filters (n_mels, 201) and the Hann window: derived, not saved (also after loading)."""
+        bins = MEL_WINDOW // 2 + 1
+        filters = mel_filter_bank(bins, self.num_mel_bins, 0.0, SAMPLING_RATE / 2, SAMPLING_RATE, "slaney", "slaney")
+        init.copy_(self.mel_filters, torch.tensor(filters, dtype=torch.float32).T)
+        init.copy_(self.window, torch.hann_window(MEL_WINDOW))
+
+    def log_mel(self, input_values: Tensor) -> Tensor:
+        """(B, N) -> (B, num_mel_bins, N // 160), float32 whatever the weights' dtype."""
+        spectrum = torch.stft(input_values.float(), MEL_WINDOW, MEL_HOP, window=self.window, return_complex=True)[
+            ..., :-1
+        ]
+        mel = self.mel_filters @ spectrum.abs().square()
+        log_mel = mel.clamp(min=1e-10).log10()
+        log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0)
+        return (log_mel + 4.0) / 4.0
+
+    def forward(self, input_values: Tensor) -> Tensor:
+        """(B, N) -> (B, D, T)."""
+        features = self.log_mel(input_values).to(self.conv1.weight.dtype)
+        return self.activation(self.conv2(self.activation(self.conv1(features))))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -767,7 +815,10 @@ class ARMHubertEncoder(nn.Module):
     def __init__(self, config: ARMHubertConfig):
         super().__init__()
         self.config = config
-        self.pos_conv_embed = ARMHubertPositionalConvEmbedding(config)
+        if config.position_embeddings == "absolute":  # Whisper's learned table
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        else:
+            self.pos_conv_embed = ARMHubertPositionalConvEmbedding(config)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
         reuse = config.layer_reuses_attention_map
@@ -823,7 +874,10 @@ class ARMHubertEncoder(nn.Module):
         """hidden_states (B, T, D); key_padding_mask (B, T) bool, True = padding, or None."""
         if key_padding_mask is not None:
             hidden_states = hidden_states.masked_fill(key_padding_mask[..., None], 0.0)
-        hidden_states = hidden_states + self.pos_conv_embed(hidden_states)
+        if self.config.position_embeddings == "absolute":
+            hidden_states = hidden_states + self.embed_positions.weight[: hidden_states.shape[1]]
+        else:
+            hidden_states = hidden_states + self.pos_conv_embed(hidden_states)
         if not self.config.do_stable_layer_norm:
             hidden_states = self.layer_norm(hidden_states)
         encoder_input = hidden_states
@@ -921,6 +975,8 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
             init.uniform_(module.mask_emb)
         elif isinstance(module, (ARMHubertWeightedLayerSum, ARMHubertSpecAugment)):
             module.reset_parameters()
+        elif isinstance(module, ARMHubertLogMelFrontEnd):
+            module.reset_buffers()
 
     def _output_flags(self, output_hidden_states, output_attentions, return_dict):
         """The three output switches of a forward, `None` meaning the config's value."""
@@ -932,7 +988,10 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
         )
 
     def _get_feat_extract_output_lengths(self, input_lengths):
-        """Frames produced from `input_lengths` samples: L <- floor((L - k) / s) + 1 per CNN layer."""
+        """Frames produced from `input_lengths` samples: L <- floor((L - k) / s) + 1 per CNN layer; for the
+        log-mel front-end ceil((L // 160) / 2) (centred STFT less its last frame, then the stride-2 conv)."""
+        if self.config.frontend == "log_mel":
+            return torch.div(torch.div(input_lengths, MEL_HOP, rounding_mode="floor") + 1, 2, rounding_mode="floor")
         for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride):
             input_lengths = torch.div(input_lengths - kernel, stride, rounding_mode="floor") + 1
         return input_lengths
@@ -959,10 +1018,15 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
 
     def __init__(self, config: ARMHubertConfig, last_head_only: bool = False):
         super().__init__(config)
-        self.feature_extractor = ARMHubertFeatureEncoder(config)
-        channels, width = config.conv_dim[-1], config.hidden_size
-        self.feature_layer_norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
-        self.feature_projection = nn.Linear(channels, width) if channels != width else None
+        width = config.hidden_size
+        if config.frontend == "log_mel":  # Whisper's: no feature LayerNorm, no projection
+            self.feature_extractor = ARMHubertLogMelFrontEnd(config)
+            self.feature_layer_norm = self.feature_projection = None
+        else:
+            self.feature_extractor = ARMHubertFeatureEncoder(config)
+            channels = config.conv_dim[-1]
+            self.feature_layer_norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+            self.feature_projection = nn.Linear(channels, width) if channels != width else None
         self.feature_dropout = nn.Dropout(config.feat_proj_dropout)
         self.mask_emb = nn.Parameter(torch.empty(width).uniform_()) if config.use_mask_embedding else None
         self.encoder = ARMHubertEncoder(config)
@@ -1001,6 +1065,19 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
             )
         if input_values.shape[0] == 0:
             raise ValueError("input_values has a batch of 0 rows; pass at least one utterance.")
+        window = self.config.frontend_window_samples
+        if window is not None and input_values.shape[1] > window:
+            raise ValueError(
+                f"input_values has {input_values.shape[1]} samples per row, more than this model's "
+                f"{window}-sample window ({window / SAMPLING_RATE:.0f} s); cut the audio into windows."
+            )
+        frames = int(self._num_frames(input_values.shape[1]))
+        if self.config.position_embeddings == "absolute" and frames > self.config.max_position_embeddings:
+            raise ValueError(
+                f"input_values gives {frames} frames, more than this model's {self.config.max_position_embeddings} "
+                f"positions ({self.config.max_position_embeddings * self.config.inputs_to_logits_ratio / SAMPLING_RATE:.0f} s); "
+                "cut the audio into shorter pieces."
+            )
         field = self.config.receptive_field
         if input_values.shape[1] < field:
             raise ValueError(
@@ -1012,7 +1089,6 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         if mask_time_indices is not None:
             if self.mask_emb is None:
                 raise ValueError("mask_time_indices needs a model built with use_mask_embedding=True.")
-            frames = int(self._get_feat_extract_output_lengths(torch.tensor(input_values.shape[1])))
             if tuple(mask_time_indices.shape) != (input_values.shape[0], frames):
                 raise ValueError(
                     f"mask_time_indices has shape {tuple(mask_time_indices.shape)}, expected (batch, frames) = "
@@ -1059,16 +1135,25 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
                 f"{self.config.receptive_field}-sample receptive field. Drop such rows."
             )
 
+    def _num_frames(self, num_samples: int) -> int:
+        """Frames of an input of `num_samples` per row: its own, or its window's."""
+        window = self.config.frontend_window_samples
+        return int(self._get_feat_extract_output_lengths(torch.tensor(num_samples if window is None else window)))
+
     def _extract_features(self, input_values):
-        """(B, N) -> (B, T, C), with `feature_grad_mult` applied to the CNN's gradient."""
+        """(B, N) -> (B, T, C), with `feature_grad_mult` applied to the CNN's gradient; inputs padded with
+        zeros to `frontend_window_samples` first when the model has a window."""
+        window = self.config.frontend_window_samples
+        if window is not None:
+            input_values = F.pad(input_values, (0, window - input_values.shape[1]))
         mult = self.config.feature_grad_mult
         with torch.set_grad_enabled(torch.is_grad_enabled() and mult != 0.0 and self.feature_extractor._requires_grad):
             features = self.feature_extractor(input_values)
         return (scale_gradient(features, mult) if self.training else features).transpose(1, 2)
 
     def _frame_padding_mask(self, num_frames, attention_mask):
-        """(B, T) bool, True = padded frame; None when nothing is padded."""
-        if attention_mask is None:
+        """(B, T) bool, True = padded frame; None when nothing is padded (or a window is attended whole)."""
+        if attention_mask is None or self.config.frontend_window_samples is not None:
             return None
         real = self._get_feature_vector_attention_mask(num_frames, attention_mask).bool()
         if torch.compiler.is_compiling() or real.device.type != "cpu":
@@ -1090,8 +1175,10 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         """
         self._check_inputs(input_values, attention_mask, mask_time_indices)
         # float16 / bfloat16 / float64 audio is computed in the weights' dtype (as HF's audio pipelines do)
-        input_values = input_values.to(self.feature_extractor.conv_layers[0].conv.weight.dtype)
-        features = self.feature_layer_norm(self._extract_features(input_values))
+        input_values = input_values.to(self.dtype)
+        features = self._extract_features(input_values)
+        if self.feature_layer_norm is not None:
+            features = self.feature_layer_norm(features)
         num_frames = features.shape[1]
         padding_mask = self._frame_padding_mask(num_frames, attention_mask)
         crop = num_frames - num_frames % self.config.crop_seq_to_multiple
