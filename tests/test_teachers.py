@@ -139,7 +139,7 @@ def test_teacher_frames_a_step_apart_are_compared_on_their_common_real_frames(tm
         ),
         (
             ["teacher=random-whisper", f"teacher_config={WHISPER}", "distill_mode=star", "star_layer0=cnn"],
-            "star_layer0: cnn needs a wav2vec2-style teacher's CNN features; Whisper teachers take star_layer0: input",
+            "star_layer0: cnn needs a wav2vec2-style teacher's CNN features; Whisper teachers take star_layer0: encoder-input",
         ),
         (
             ["teacher=random-hubert", "teacher_config={conv_stride: [5, 2, 2, 2, 2, 2, 4]}"],

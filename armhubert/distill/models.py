@@ -108,15 +108,36 @@ def load_teacher(distill_args: DistillArguments, seed: int) -> TeacherEncoder:
     check_mode(teacher, distill_args.distill_mode)
     if distill_args.distill_mode == "masking":
         teacher.config.apply_spec_augment = True  # transformers ignores mask_time_indices without it
-    if (
-        distill_args.distill_mode == "star"
-        and distill_args.star_layer0 == "cnn"
-        and not isinstance(teacher, Wav2Vec2StyleTeacher)
-    ):
+    cnn_layer0 = distill_args.distill_mode == "star" and distill_args.star_layer0 == "cnn"
+    if cnn_layer0 and not isinstance(teacher, Wav2Vec2StyleTeacher):
         raise UserError(
-            f"star_layer0: cnn needs a wav2vec2-style teacher's CNN features; {teacher.family} teachers take star_layer0: input"
+            f"star_layer0: cnn needs a wav2vec2-style teacher's CNN features; {teacher.family} teachers take "
+            "star_layer0: encoder-input"
+        )
+    if distill_args.cache_teacher_outputs and (cnn_layer0 or not teacher.rows_independent):
+        raise UserError(
+            "cache_teacher_outputs keeps the teacher's layers of each utterance alone: it needs star_layer0: "
+            f"encoder-input and a teacher whose rows do not depend on the batch ({distill_args.teacher!r} normalises "
+            "its CNN over the padded batch: feat_extract_norm group); turn the cache off"
+            if not teacher.rows_independent
+            else "cache_teacher_outputs keeps the teacher's layers, not its CNN features: use star_layer0: encoder-input"
         )
     return teacher
+
+
+def freeze_all_but(student: ARMHubertModel, layers: list[int]) -> None:
+    """Train only the 1-based encoder `layers` (and the final LayerNorm with the last layer): the rest is frozen."""
+    count = student.config.num_hidden_layers
+    if not layers or any(not 1 <= layer <= count for layer in layers):
+        raise UserError(f"trainable_layers must name layers in 1..{count}, got {layers}")
+    student.requires_grad_(False)
+    for layer in layers:
+        student.encoder.layers[layer - 1].requires_grad_(True)
+    if count in layers and not student.config.has_projection_heads:
+        student.encoder.layer_norm.requires_grad_(True)
+    if student.projection_heads is not None:
+        for layer in layers:
+            student.projection_heads[layer - 1].requires_grad_(True)
 
 
 def _mirror_student(distill_args: DistillArguments, teacher: TeacherEncoder) -> ARMHubertModel:
@@ -214,6 +235,8 @@ def teacher_and_student(distill_args: DistillArguments, seed: int) -> tuple[Teac
         student = _mirror_student(distill_args, teacher)
     else:
         student = build_student(distill_args, teacher.config, seed)
+    if distill_args.trainable_layers is not None:
+        freeze_all_but(student, distill_args.trainable_layers)
     check_frame_rates(teacher, student)
     pairs = layer_pairs(distill_args, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     return teacher, student, pairs

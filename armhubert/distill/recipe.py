@@ -93,6 +93,16 @@ class DistillArguments:
     reuse_layers: list | None = _arg(
         None, "`student: mirror`: the layers (1-based, from 2) that reuse the previous layer's attention map."
     )
+    trainable_layers: list | None = _arg(
+        None,
+        "Student layers (1-based) that train; the front-end, positions and other layers stay frozen (e.g. a mirror's "
+        "layers from the first reusing one). null: everything trains.",
+    )
+    cache_teacher_outputs: bool = _arg(
+        False,
+        "Keep each utterance's teacher hidden states after its first pass instead of recomputing them every epoch: "
+        "for many epochs over a small corpus. regression / star only, with fixed crops; in memory on the device.",
+    )
     data_source: str = _arg(HUB_DATASET, "Local folder holding LibriSpeech/<split>/..., or the Hub id.")
     train_splits: list = _arg(list(LIBRISPEECH_960H), "LibriSpeech training split(s), concatenated.")
     eval_split: str | None = _arg("dev-clean", "Validation split (unmasked student vs unmasked teacher); null: none.")
@@ -156,6 +166,8 @@ class DistillArguments:
             raise UserError(f"mask_prob must lie in [0, 1], got {self.mask_prob}")
         if self.mask_length < 1 or self.mask_min_space < 0 or self.mask_min_spans < 0:
             raise UserError("mask_length must be >= 1, mask_min_space and mask_min_spans >= 0")
+        if self.cache_teacher_outputs and self.distill_mode == "masking":
+            raise UserError("cache_teacher_outputs keeps clean teacher passes only; use it with regression or star")
         if self.keep_best_checkpoints is not None and self.keep_best_checkpoints < 1:
             raise UserError(f"keep_best_checkpoints must be >= 1 or null, got {self.keep_best_checkpoints}")
         if self.crop_seconds is not None and self.crop_seconds <= 0:
@@ -189,7 +201,7 @@ class DistillArguments:
             raise UserError(
                 f"train_splits must be a split name or a non-empty list of names, got {brief(self.train_splits)}"
             )
-        for name in ("teacher_layers", "reuse_layers"):
+        for name in ("teacher_layers", "reuse_layers", "trainable_layers"):
             layers = getattr(self, name)
             if layers is not None and not all(
                 isinstance(layer, int) and not isinstance(layer, bool) for layer in layers

@@ -177,6 +177,7 @@ def _distill(
             max_samples,
             min_samples,
             masker=recipe_masker(distill_args, training_args, student.config),
+            with_ids=distill_args.cache_teacher_outputs,
         ),
         processing_class=feature_extractor,
         callbacks=list(callbacks),

@@ -113,6 +113,8 @@ class DistillTrainer(GuardedTrainer):
         self.loss_is_scaled_for_ga = False
         self.model_accepts_loss_kwargs = False
         self._teacher_single_pass = distill_args.teacher_single_pass
+        # {utterance id: L + 1 teacher states (T_kept, D)}, filled on first sight (cache_teacher_outputs)
+        self._teacher_cache = {} if distill_args.cache_teacher_outputs else None
         self._length_sampler = None
         self._train_parts, self._eval_parts = {}, {}
         self._audio_samples, self._unreadable, self._unreadable_total, self._eval_unreadable = 0.0, 0, 0, 0
@@ -199,6 +201,27 @@ class DistillTrainer(GuardedTrainer):
                 self._teacher_states(input_values, attention_mask, mask),
             )
 
+    def cached_teacher_states(self, ids: list[str], input_values: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
+        """`teacher_hidden_states` on clean input, each utterance's computed once and then kept (by id).
+
+        A row keeps its real frames, or the teacher's whole window for a student with one (a Whisper
+        mirror reads it all); rows are padded with zeros to the batch's longest (outside `_frame_validity`).
+        """
+        missing = [row for row, key in enumerate(ids) if key not in self._teacher_cache]
+        if missing:
+            rows = torch.tensor(missing, device=input_values.device)
+            states, _ = self.teacher_hidden_states(input_values[rows], attention_mask[rows])
+            keep = self.teacher.real_frames(attention_mask[rows].sum(-1)).tolist()
+            if self.accelerator.unwrap_model(self.model).config.frontend_window_samples is not None:
+                keep = [states[0].shape[1]] * len(missing)
+            for index, row in enumerate(missing):
+                self._teacher_cache[ids[row]] = [state[index, : keep[index]].clone() for state in states]
+        cached = [self._teacher_cache[key] for key in ids]
+        return tuple(
+            torch.nn.utils.rnn.pad_sequence([row[layer] for row in cached], batch_first=True)
+            for layer in range(len(cached[0]))
+        )
+
     def distillation_loss(
         self, model: nn.Module, inputs: dict[str, Tensor], masked: bool
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -213,8 +236,12 @@ class DistillTrainer(GuardedTrainer):
             capture = capture_cnn_features(self.teacher.model, self.accelerator.unwrap_model(model))
         else:
             capture = contextlib.nullcontext({})
+        ids = inputs.get("utterance_ids")
         with capture as cnn:
-            teacher_clean, teacher_masked = self.teacher_hidden_states(input_values, attention_mask, mask)
+            if self._teacher_cache is not None and ids is not None:
+                teacher_clean, teacher_masked = self.cached_teacher_states(ids, input_values, attention_mask), None
+            else:
+                teacher_clean, teacher_masked = self.teacher_hidden_states(input_values, attention_mask, mask)
             output = model(
                 input_values, attention_mask=attention_mask, mask_time_indices=mask, output_hidden_states=True
             )

@@ -53,6 +53,11 @@ class TeacherEncoder:
     def supports_masking(self) -> bool:
         return getattr(self.model, "masked_spec_embed", None) is not None
 
+    @property
+    def rows_independent(self) -> bool:
+        """Whether a row's states are the same in any batch (a group-norm CNN normalises over the padding too)."""
+        return getattr(self.config, "feat_extract_norm", "layer") != "group"
+
     def to(self, device) -> "TeacherEncoder":
         self.model.to(device)
         return self
