@@ -124,7 +124,7 @@ def test_released_recipe_step_gives_the_originals_loss_and_gradients(tmp_path, r
 
 
 def test_no_recipe_clips_gradients(tmp_path):
-    assert len(RECIPES) == 10
+    assert len(RECIPES) == 12
     for name in RECIPES:
         _, training_args = build_arguments(load_recipe(ROOT / "conf" / f"{name}.yaml", [f"output_dir={tmp_path}"]))
         assert training_args.max_grad_norm == 0.0, name  # the Trainer clips only for a positive norm

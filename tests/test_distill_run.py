@@ -29,7 +29,7 @@ QUICKSTART = str(ROOT / "conf" / "quickstart.yaml")
 CORPUS = ROOT / "data" / "LibriSpeech"
 # Small and quick: 1 s crops, no workers, nothing written to the console's TensorBoard.
 FAST = ["crop_seconds=0.5", "dataloader_num_workers=0", "report_to=none", "disable_tqdm=true"]
-RECIPES = sorted(p.stem for p in (ROOT / "conf").glob("*.yaml") if p.stem != "quickstart")
+RECIPES = sorted(p.stem for p in (ROOT / "conf").glob("*.yaml") if p.stem.endswith(("100h", "960h")))  # the releases'
 
 
 def _copy_corpus(tmp_path, splits=("train-clean-100", "dev-clean")):
