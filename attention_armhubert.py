@@ -1,6 +1,6 @@
 """Kernels of the ARMHuBERT models: attention-map reuse without (B, H, T, T) maps, its attention paths,
-derived-weight caches, the channels-last and FFT convolutions, gradient scaling, and the checks of model
-inputs that would otherwise fail deep inside the model.
+derived-weight caches, the channels-last and FFT convolutions, Whisper's log-mel spectrogram, gradient
+scaling, and the checks of model inputs that would otherwise fail deep inside the model.
 
 Remote code beside `modeling_armhubert.py`, which imports it as `kernels` (so `save_pretrained` ships it);
 the model file holds the layers and reads top to bottom as transformers' `modeling_wavlm.py`. Every size threshold
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from transformers.audio_utils import mel_filter_bank
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 try:  # FlexAttention and its log-sum-exp request (torch >= 2.9)
@@ -28,9 +29,9 @@ except ImportError:
     AuxRequest = flex_attention = None
 
 try:  # loaded as remote code from a model folder
-    from .configuration_armhubert import ARMHubertConfig
+    from .configuration_armhubert import MEL_HOP, MEL_WINDOW, SAMPLING_RATE, ARMHubertConfig
 except ImportError:  # installed as a top-level module
-    from configuration_armhubert import ARMHubertConfig
+    from configuration_armhubert import MEL_HOP, MEL_WINDOW, SAMPLING_RATE, ARMHubertConfig
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,6 +196,24 @@ class ConvolutionByFFT(DerivedWeightsModule):
     def convolve(self, hidden_states: Tensor) -> Tensor:
         """(B, T, D) -> (B, T', D), by FFT where `_use_fft` says it pays."""
         return (self._convolve_fft if self._use_fft(hidden_states) else self._convolve_direct)(hidden_states)
+
+
+def mel_filters(num_mel_bins: int) -> Tensor:
+    """(num_mel_bins, 201) float32: Whisper's slaney mel filters over the 400-sample window's frequencies."""
+    bins = MEL_WINDOW // 2 + 1
+    filters = mel_filter_bank(bins, num_mel_bins, 0.0, SAMPLING_RATE / 2, SAMPLING_RATE, "slaney", "slaney")
+    return torch.tensor(filters, dtype=torch.float32).T
+
+
+def log_mel_spectrogram(input_values: Tensor, window: Tensor, filters: Tensor) -> Tensor:
+    """(B, N) -> (B, num_mel_bins, N // 160) float32, as Whisper's feature extractor: |STFT|^2 (the Hann
+    `window`, hop 160, centred, last frame dropped) -> mel `filters` -> log10 (floor 1e-10) -> at most 8 below
+    each utterance's maximum -> (x + 4) / 4."""
+    spectrum = torch.stft(input_values.float(), MEL_WINDOW, MEL_HOP, window=window, return_complex=True)[..., :-1]
+    mel = filters @ spectrum.abs().square()
+    log_mel = mel.clamp(min=1e-10).log10()
+    log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0)
+    return (log_mel + 4.0) / 4.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -476,6 +495,17 @@ def flex_resoftmax(
         return mean + sums / (real + sums) * (output.to(mean.dtype) - mean)
 
 
+def pad_to_multiple(hidden_states: Tensor, key_padding_mask: Mask, multiple: int) -> tuple[Tensor, Mask, int]:
+    """(B, T, D) and its (B, T) mask padded with padding frames to a multiple of `multiple` frames (the
+    encoder's `required_seq_len_multiple`): (padded states, padded mask, frames added)."""
+    pad = -hidden_states.shape[1] % multiple
+    if pad == 0:
+        return hidden_states, key_padding_mask, 0
+    if key_padding_mask is None:
+        key_padding_mask = hidden_states.new_zeros(hidden_states.shape[:2], dtype=torch.bool)
+    return F.pad(hidden_states, (0, 0, 0, pad)), F.pad(key_padding_mask, (0, pad), value=True), pad
+
+
 # --------------------------------------------------------------------------------------------------
 # Attention paths: what a computing layer computes and hands over, and how a reusing layer applies it,
 # with `attention` the calling `ARMHubertAttention` (its scaling, softmax mode, training flag and config), as in
@@ -485,7 +515,7 @@ def flex_resoftmax(
 
 Computed = tuple[Tensor, Handover | None]
 Reused = tuple[Tensor, Tensor | None]  # the weights (B, H, T, T) only on the explicit path
-# What an attention layer (and its encoder layer) returns: output (B, T, D), own Handover, applied weights.
+# What an attention layer (and its encoder layer) returns: output (B, T, D), the Handover for the next layer, weights.
 AttentionOutput = tuple[Tensor, Handover | None, Tensor | None]
 
 
@@ -635,6 +665,56 @@ def choose_attention(
 
 # --------------------------------------------------------------------------------------------------
 # Input checks: one line for inputs that would fail deep inside the model or be silently misread
+
+
+def check_model_inputs(
+    model: nn.Module, input_values: Tensor, attention_mask: Tensor | None, mask_time_indices: Tensor | None
+) -> None:
+    """The inputs of `ARMHubertModel.forward` (`model`): input_values (B, N) floating point, N within the
+    model's receptive field, window and positions; attention_mask (B, N) (`check_attention_mask`);
+    mask_time_indices (B, T) for a model with a mask embedding."""
+    if not torch.is_tensor(input_values) or not input_values.is_floating_point():
+        given = input_values.dtype if torch.is_tensor(input_values) else type(input_values).__name__
+        raise ValueError(
+            f"input_values must be a floating-point tensor of raw 16 kHz audio, got {given}. "
+            "Convert with torch.as_tensor(audio, dtype=torch.float32)."
+        )
+    if input_values.dim() != 2:
+        raise ValueError(
+            f"input_values must have shape (batch, samples), got {tuple(input_values.shape)}. "
+            "Add a batch axis with input_values[None] for one utterance; average stereo channels first."
+        )
+    if input_values.shape[0] == 0:
+        raise ValueError("input_values has a batch of 0 rows; pass at least one utterance.")
+    window = model.config.frontend_window_samples
+    if window is not None and input_values.shape[1] > window:
+        raise ValueError(
+            f"input_values has {input_values.shape[1]} samples per row, more than this model's "
+            f"{window}-sample window ({window / SAMPLING_RATE:.0f} s); cut the audio into windows."
+        )
+    frames = int(model._num_frames(input_values.shape[1]))
+    if model.config.position_embeddings == "absolute" and frames > model.config.max_position_embeddings:
+        raise ValueError(
+            f"input_values gives {frames} frames, more than this model's {model.config.max_position_embeddings} "
+            f"positions ({model.config.max_position_embeddings * model.config.inputs_to_logits_ratio / SAMPLING_RATE:.0f} s); "
+            "cut the audio into shorter pieces."
+        )
+    field = model.config.receptive_field
+    if input_values.shape[1] < field:
+        raise ValueError(
+            f"input_values has {input_values.shape[1]} samples per row, fewer than the {field}-sample "
+            f"receptive field of the feature encoder ({field / SAMPLING_RATE * 1000:.0f} ms at 16 kHz). Pad or drop it."
+        )
+    if attention_mask is not None:
+        check_attention_mask(attention_mask, input_values.shape, field, model.training)
+    if mask_time_indices is not None:
+        if model.mask_emb is None:
+            raise ValueError("mask_time_indices needs a model built with use_mask_embedding=True.")
+        if tuple(mask_time_indices.shape) != (input_values.shape[0], frames):
+            raise ValueError(
+                f"mask_time_indices has shape {tuple(mask_time_indices.shape)}, expected (batch, frames) = "
+                f"{(input_values.shape[0], frames)} for this input."
+            )
 
 
 def check_attention_mask(attention_mask: Tensor, shape: tuple[int, int], receptive_field: int, training: bool) -> None:

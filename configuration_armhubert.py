@@ -70,6 +70,10 @@ PRESETS = {
 }
 
 REUSE_SOFTMAX_MODES = ("resoftmax", "probabilities")
+FRONTENDS = ("cnn", "log_mel")
+POSITION_EMBEDDINGS = ("conv", "absolute")
+# Whisper's log-mel front-end: 25 ms windows every 10 ms, then a stride-2 convolution (20 ms frames).
+MEL_WINDOW, MEL_HOP = 400, 160
 FEATURE_NORMS = ("group", "layer")
 # `layer_grad_scale` modes (see `ARMHubertConfig`); `True` means "release", `False` / `None` off.
 LAYER_GRAD_SCALE_MODES = ("release", "uniform")
@@ -106,6 +110,19 @@ class ARMHubertConfig(PreTrainedConfig):
         conv_dim, conv_kernel, conv_stride (`list[int]`):
             Output channels, kernel sizes and strides of the CNN feature encoder, one entry per layer.
         conv_bias (`bool`): Whether the CNN convolutions have a bias (no in the releases).
+        frontend (`str`): `"cnn"` (default, every release): the waveform CNN above. `"log_mel"`: Whisper's
+            front-end, computed inside the model from the same raw 16 kHz audio: an 80-bin log-mel
+            spectrogram (25 ms windows, 10 ms hop, Whisper's scaling), then Conv1d(k=3) -> GELU ->
+            Conv1d(k=3, stride 2) -> GELU to `hidden_size` channels: 20 ms frames, the CNN's grid. It
+            has no feature LayerNorm or projection (as Whisper); `conv_*` fields are then unused.
+        num_mel_bins (`int`): Mel bins of the "log_mel" front-end (80 for Whisper tiny ... large-v2).
+        frontend_window_samples (`int` or `None`): Pad every input with zeros to this many samples and
+            attend over the whole window, padding included (Whisper: 480000 = 30 s; longer inputs are
+            refused). `None` (default): no window; padded frames are masked out of attention.
+        position_embeddings (`str`): `"conv"` (default, every release): the convolutional positional
+            embedding. `"absolute"`: a learned table of `max_position_embeddings` rows added to the
+            front-end's frames (Whisper's `embed_positions`).
+        max_position_embeddings (`int`): Rows of the "absolute" table: the most frames an input may have.
         feat_extract_norm (`str`): `"group"`: GroupNorm in the first CNN layer only (fairseq's
             "default" extractor mode, all releases); `"layer"`: LayerNorm after every CNN layer.
         feat_extract_activation (`str`): Activation of the CNN layers.
@@ -197,6 +214,11 @@ class ARMHubertConfig(PreTrainedConfig):
         conv_kernel: list[int] | None = None,
         conv_stride: list[int] | None = None,
         conv_bias: bool = False,
+        frontend: str = "cnn",
+        num_mel_bins: int = 80,
+        frontend_window_samples: int | None = None,
+        position_embeddings: str = "conv",
+        max_position_embeddings: int = 1500,
         feat_extract_norm: str = "group",
         feat_extract_activation: str = "gelu",
         hidden_size: int = 480,
@@ -247,6 +269,11 @@ class ARMHubertConfig(PreTrainedConfig):
         self.conv_kernel = list(conv_kernel) if conv_kernel is not None else default_kernels
         self.conv_stride = list(conv_stride) if conv_stride is not None else default_strides
         self.conv_bias = conv_bias
+        self.frontend = frontend
+        self.num_mel_bins = num_mel_bins
+        self.frontend_window_samples = frontend_window_samples
+        self.position_embeddings = position_embeddings
+        self.max_position_embeddings = max_position_embeddings
         self.feat_extract_norm = feat_extract_norm
         self.feat_extract_activation = feat_extract_activation
         self.hidden_size = hidden_size
@@ -316,6 +343,19 @@ class ARMHubertConfig(PreTrainedConfig):
             )
         if any(int(v) <= 0 for column in layers for v in column):
             fail("conv_dim/conv_kernel/conv_stride", "every entry must be a positive integer", "Fix the CNN lists.")
+        if self.frontend not in FRONTENDS:
+            fail("frontend", f"got {self.frontend!r}", f"Use one of {FRONTENDS}.")
+        if self.position_embeddings not in POSITION_EMBEDDINGS:
+            fail("position_embeddings", f"got {self.position_embeddings!r}", f"Use one of {POSITION_EMBEDDINGS}.")
+        for field in ("num_mel_bins", "max_position_embeddings"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(field, f"got {value!r}", "Use a positive integer.")
+        window = self.frontend_window_samples
+        if window is not None and (
+            not isinstance(window, int) or isinstance(window, bool) or window < self.receptive_field
+        ):
+            fail("frontend_window_samples", f"got {window!r}", f"Use None or at least {self.receptive_field} samples.")
         if self.feat_extract_norm not in FEATURE_NORMS:
             fail("feat_extract_norm", f"got {self.feat_extract_norm!r}", f"Use one of {FEATURE_NORMS}.")
         if self.hidden_size % self.num_attention_heads:
@@ -397,17 +437,25 @@ class ARMHubertConfig(PreTrainedConfig):
         return len(self.conv_dim)
 
     @property
+    def frame_kernels_and_strides(self) -> tuple[list[int], list[int]]:
+        """The front-end as a stack of (kernel, stride) layers in samples: the CNN's, or the log-mel window
+        and hop followed by the two convolutions over mel frames."""
+        if self.frontend == "log_mel":
+            return [MEL_WINDOW, 3, 3], [MEL_HOP, 1, 2]
+        return self.conv_kernel, self.conv_stride
+
+    @property
     def inputs_to_logits_ratio(self) -> int:
-        """Samples per output frame (320 for the releases)."""
+        """Samples per output frame (320 for the releases and the log-mel front-end)."""
         ratio = 1
-        for stride in self.conv_stride:
+        for stride in self.frame_kernels_and_strides[1]:
             ratio *= stride
         return ratio
 
     @property
     def receptive_field(self) -> int:
         """Fewest input samples that yield one output frame (400 for the releases)."""
-        return receptive_field(self.conv_kernel, self.conv_stride)
+        return receptive_field(*self.frame_kernels_and_strides)
 
     @property
     def has_projection_heads(self) -> bool:

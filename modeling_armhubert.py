@@ -1,11 +1,11 @@
 """PyTorch ARMHuBERT: compressed HuBERT-class speech encoders with attention-map reuse.
 
-Top to bottom, as `transformers`' `modeling_wavlm.py`: the CNN (`ARMHubertFeatureEncoder`), the
-positional convolution, `ARMHubertAttention` (computing or reusing a map), `ARMHubertEncoderLayer`,
-`ARMHubertEncoder` (which picks the attention path once per forward), `ARMHubertPreTrainedModel`,
-`ARMHubertModel` (+ per-layer projection heads), then the CTC and classification heads. The kernels
-behind them (attention reuse without maps, the attention paths, weight caches, FFT convolution) are in
-`attention_armhubert.py`.
+Top to bottom, as `transformers`' `modeling_wavlm.py`: the front-ends (`ARMHubertFeatureEncoder`, the
+CNN; `ARMHubertLogMelFrontEnd`, Whisper's), the positional convolution, `ARMHubertAttention` (computing or
+reusing a map), `ARMHubertEncoderLayer`, `ARMHubertEncoder` (which picks the attention path once per
+forward), `ARMHubertPreTrainedModel`, `ARMHubertModel` (+ per-layer projection heads), then the CTC and
+classification heads. The kernels behind them (attention reuse without maps, the attention paths, weight
+caches, FFT convolution, the log-mel spectrogram, input checks) are `kernels`: `attention_armhubert.py`.
 
 Numerics follow the original release (see the project README): post-LN layers, float32 softmax,
 and in reusing layers a second softmax over the reused probability map. Unlike the original, maps
@@ -33,11 +33,11 @@ from transformers.utils import ModelOutput, logging
 try:  # loaded as remote code from a model folder
     from . import attention_armhubert as kernels
     from .attention_armhubert import ConvolutionByFFT, DerivedWeightsModule
-    from .configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
+    from .configuration_armhubert import MEL_HOP, MEL_WINDOW, ARMHubertConfig
 except ImportError:  # installed as a top-level module
     import attention_armhubert as kernels
     from attention_armhubert import ConvolutionByFFT, DerivedWeightsModule
-    from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
+    from configuration_armhubert import MEL_HOP, MEL_WINDOW, ARMHubertConfig
 
 logger = logging.get_logger(__name__)
 
@@ -129,6 +129,45 @@ class ARMHubertFeatureEncoder(nn.Module):
         return hidden_states.squeeze(2)
 
 
+class ARMHubertLogMelFrontEnd(nn.Module):
+    """Whisper's front-end (`frontend="log_mel"`): raw waveform (B, N) -> frame features (B, D, T), T = ceil(N / 320).
+
+    The log-mel spectrogram is Whisper's feature extractor's, computed in the model so that every
+    ARMHubert takes the same raw audio: |STFT|^2 (400-sample Hann window, hop 160, centred, last frame
+    dropped) -> slaney mel filters -> log10 (floor 1e-10) -> at most 8 below each utterance's maximum ->
+    (x + 4) / 4. Then Conv1d(k=3) -> GELU -> Conv1d(k=3, stride 2) -> GELU, as Whisper's encoder.
+    """
+
+    def __init__(self, config: ARMHubertConfig):
+        super().__init__()
+        self.num_mel_bins = config.num_mel_bins
+        self.register_buffer("mel_filters", torch.empty(config.num_mel_bins, MEL_WINDOW // 2 + 1), persistent=False)
+        self.register_buffer("window", torch.empty(MEL_WINDOW), persistent=False)
+        self.reset_buffers()
+        self.conv1 = nn.Conv1d(config.num_mel_bins, config.hidden_size, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(config.hidden_size, config.hidden_size, kernel_size=3, stride=2, padding=1)
+        self.activation = ACT2FN[config.feat_extract_activation]
+        self._requires_grad = True
+
+    def _freeze_parameters(self):
+        self.requires_grad_(False)
+        self._requires_grad = False
+
+    def reset_buffers(self) -> None:
+        """The slaney mel filters (n_mels, 201) and the Hann window: derived, not saved (also after loading)."""
+        init.copy_(self.mel_filters, kernels.mel_filters(self.num_mel_bins))
+        init.copy_(self.window, torch.hann_window(MEL_WINDOW))
+
+    def log_mel(self, input_values: Tensor) -> Tensor:
+        """(B, N) -> (B, num_mel_bins, N // 160), float32 whatever the weights' dtype."""
+        return kernels.log_mel_spectrogram(input_values, self.window, self.mel_filters)
+
+    def forward(self, input_values: Tensor) -> Tensor:
+        """(B, N) -> (B, D, T)."""
+        features = self.log_mel(input_values).to(self.conv1.weight.dtype)
+        return self.activation(self.conv2(self.activation(self.conv1(features))))
+
+
 # --------------------------------------------------------------------------------------------------
 # Transformer encoder
 
@@ -204,15 +243,15 @@ class ARMHubertAttention(nn.Module):
         handover: kernels.Handover | None = None,
     ) -> kernels.AttentionOutput:
         """hidden_states (B, T, D), key_padding_mask (B, T) bool (True = padding) or None; `path` from
-        `choose_attention`; `handover` a reusing layer's input. Returns (output (B, T, D), this computing
-        layer's `Handover` or None, the applied weights (B, H, T, T) on the explicit path or None)."""
+        `choose_attention`; `handover` the latest computing layer's. Returns (output (B, T, D), the `Handover` for
+        the next layer: a computing layer's own or None, a reusing layer's input; the applied weights (B, H, T, T)
+        on the explicit path or None)."""
         value = self._split_heads(self.v_proj(hidden_states))
         dropout = self.dropout if self.training else 0.0
         if self.reuses_map:
             if handover is None:
                 raise ValueError("A reusing attention layer needs the map of an earlier layer.")
-            output, weights = path.reuse(self, handover, value, key_padding_mask, dropout)
-            handover = None
+            output, weights = path.reuse(self, handover, value, key_padding_mask, dropout)  # passed on
         else:
             query = self._split_heads(self.q_proj(hidden_states))
             key = self._split_heads(self.k_proj(hidden_states))
@@ -260,8 +299,8 @@ class ARMHubertEncoderLayer(GradientCheckpointingLayer):
         self.pre_layer_norm = config.do_stable_layer_norm
 
     def forward(self, hidden_states: Tensor, *attention_inputs) -> kernels.AttentionOutput:
-        """(B, T, D) -> ((B, T, D), own `Handover` or None, applied weights or None); `attention_inputs` are
-        `ARMHubertAttention.forward`'s key_padding_mask, path and handover."""
+        """(B, T, D) -> ((B, T, D), the `Handover` for the next layer, applied weights or None); `attention_inputs`
+        are `ARMHubertAttention.forward`'s key_padding_mask, path and handover."""
         residual = hidden_states
         if self.pre_layer_norm:
             hidden_states = self.layer_norm(hidden_states)
@@ -292,7 +331,10 @@ class ARMHubertEncoder(nn.Module):
     def __init__(self, config: ARMHubertConfig):
         super().__init__()
         self.config = config
-        self.pos_conv_embed = ARMHubertPositionalConvEmbedding(config)
+        if config.position_embeddings == "absolute":  # Whisper's learned table
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        else:
+            self.pos_conv_embed = ARMHubertPositionalConvEmbedding(config)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
         reuse = config.layer_reuses_attention_map
@@ -301,34 +343,27 @@ class ARMHubertEncoder(nn.Module):
         self._map_needed_by_next = [*reuse[1:], False]
         self.gradient_checkpointing = False
 
-    def _pad_to_multiple(self, hidden_states, key_padding_mask):
-        """(B, T, D) and its (B, T) mask padded to a multiple of `required_seq_len_multiple` frames, the pad."""
-        pad = -hidden_states.shape[1] % self.config.required_seq_len_multiple
-        if pad == 0:
-            return hidden_states, key_padding_mask, 0
-        if key_padding_mask is None:
-            key_padding_mask = hidden_states.new_zeros(hidden_states.shape[:2], dtype=torch.bool)
-        return F.pad(hidden_states, (0, 0, 0, pad)), F.pad(key_padding_mask, (0, pad), value=True), pad
-
     def forward(
         self, hidden_states: Tensor, key_padding_mask: Tensor | None = None, output_attentions: bool = False
     ) -> ARMHubertEncoderOutput:
         """hidden_states (B, T, D); key_padding_mask (B, T) bool, True = padding, or None."""
         if key_padding_mask is not None:
             hidden_states = hidden_states.masked_fill(key_padding_mask[..., None], 0.0)
-        hidden_states = hidden_states + self.pos_conv_embed(hidden_states)
+        if self.config.position_embeddings == "absolute":
+            hidden_states = hidden_states + self.embed_positions.weight[: hidden_states.shape[1]]
+        else:
+            hidden_states = hidden_states + self.pos_conv_embed(hidden_states)
         if not self.config.do_stable_layer_norm:
             hidden_states = self.layer_norm(hidden_states)
         encoder_input = hidden_states
-        hidden_states, key_padding_mask, pad = self._pad_to_multiple(self.dropout(hidden_states), key_padding_mask)
+        hidden_states, key_padding_mask, pad = kernels.pad_to_multiple(
+            self.dropout(hidden_states), key_padding_mask, self.config.required_seq_len_multiple
+        )
 
-        grad = torch.is_grad_enabled() and (
-            hidden_states.requires_grad or any(param.requires_grad for param in self.parameters())
-        )
-        pair_path, lone_path = kernels.choose_attention(
-            self.config, hidden_states, grad, self.training, output_attentions
-        )
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden_states, *self.parameters()))
+        pair, lone = kernels.choose_attention(self.config, hidden_states, grad, self.training, output_attentions)
         grad_scale = self.config.layer_grad_scale if self.training else False
+        # As WavLM's position_bias, the handover is returned by a computing layer and passed on by the reusing ones.
         layer_outputs, attentions, handover = [], [], None
         for index, layer in enumerate(self.layers):
             skip = self.training and self.config.layerdrop > 0 and torch.rand([]) < self.config.layerdrop
@@ -336,12 +371,10 @@ class ARMHubertEncoder(nn.Module):
                 layer_outputs.append(hidden_states)
                 attentions.append(None)
                 continue
-            if layer.attention.reuses_map:
-                output, _, weights = layer(hidden_states, key_padding_mask, pair_path, handover)
-            else:
+            if not layer.attention.reuses_map:
                 handover = None  # this layer makes its own map: free the previous one first
-                path = pair_path if self._map_needed_by_next[index] else lone_path
-                output, handover, weights = layer(hidden_states, key_padding_mask, path)
+            path = pair if layer.attention.reuses_map or self._map_needed_by_next[index] else lone
+            output, handover, weights = layer(hidden_states, key_padding_mask, path, handover)
             # Keep a (B, H, T, T) map only when it is returned: holding all L of them would dominate memory.
             attentions.append(weights if output_attentions else None)
             head_input, hidden_states = kernels.split_layer_gradient(output, index, len(self.layers), grad_scale)
@@ -420,6 +453,8 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
             init.uniform_(module.mask_emb)
         elif isinstance(module, (ARMHubertWeightedLayerSum, ARMHubertSpecAugment)):
             module.reset_parameters()
+        elif isinstance(module, ARMHubertLogMelFrontEnd):
+            module.reset_buffers()
 
     def _output_flags(self, output_hidden_states, output_attentions, return_dict):
         """The three output switches of a forward, `None` meaning the config's value."""
@@ -431,7 +466,10 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
         )
 
     def _get_feat_extract_output_lengths(self, input_lengths):
-        """Frames produced from `input_lengths` samples: L <- floor((L - k) / s) + 1 per CNN layer."""
+        """Frames produced from `input_lengths` samples: L <- floor((L - k) / s) + 1 per CNN layer; for the
+        log-mel front-end ceil((L // 160) / 2) (centred STFT less its last frame, then the stride-2 conv)."""
+        if self.config.frontend == "log_mel":
+            return torch.div(torch.div(input_lengths, MEL_HOP, rounding_mode="floor") + 1, 2, rounding_mode="floor")
         for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride):
             input_lengths = torch.div(input_lengths - kernel, stride, rounding_mode="floor") + 1
         return input_lengths
@@ -459,10 +497,15 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
     def __init__(self, config: ARMHubertConfig):
         super().__init__(config)
         last_head_only = config.last_head_only
-        self.feature_extractor = ARMHubertFeatureEncoder(config)
-        channels, width = config.conv_dim[-1], config.hidden_size
-        self.feature_layer_norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
-        self.feature_projection = nn.Linear(channels, width) if channels != width else None
+        width = config.hidden_size
+        if config.frontend == "log_mel":  # Whisper's: no feature LayerNorm, no projection
+            self.feature_extractor = ARMHubertLogMelFrontEnd(config)
+            self.feature_layer_norm = self.feature_projection = None
+        else:
+            self.feature_extractor = ARMHubertFeatureEncoder(config)
+            channels = config.conv_dim[-1]
+            self.feature_layer_norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+            self.feature_projection = nn.Linear(channels, width) if channels != width else None
         self.feature_dropout = nn.Dropout(config.feat_proj_dropout)
         self.mask_emb = nn.Parameter(torch.empty(width).uniform_()) if config.use_mask_embedding else None
         self.encoder = ARMHubertEncoder(config)
@@ -486,49 +529,25 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         """Stop gradients into the CNN feature encoder (common when fine-tuning)."""
         self.feature_extractor._freeze_parameters()
 
-    def _check_inputs(self, input_values, attention_mask, mask_time_indices):
-        """One line for inputs that would fail deep inside the model or be silently misread."""
-        if not torch.is_tensor(input_values) or not input_values.is_floating_point():
-            given = input_values.dtype if torch.is_tensor(input_values) else type(input_values).__name__
-            raise ValueError(
-                f"input_values must be a floating-point tensor of raw 16 kHz audio, got {given}. "
-                "Convert with torch.as_tensor(audio, dtype=torch.float32)."
-            )
-        if input_values.dim() != 2:
-            raise ValueError(
-                f"input_values must have shape (batch, samples), got {tuple(input_values.shape)}. "
-                "Add a batch axis with input_values[None] for one utterance; average stereo channels first."
-            )
-        if input_values.shape[0] == 0:
-            raise ValueError("input_values has a batch of 0 rows; pass at least one utterance.")
-        field = self.config.receptive_field
-        if input_values.shape[1] < field:
-            raise ValueError(
-                f"input_values has {input_values.shape[1]} samples per row, fewer than the {field}-sample "
-                f"receptive field of the feature encoder ({field / SAMPLING_RATE * 1000:.0f} ms at 16 kHz). Pad or drop it."
-            )
-        if attention_mask is not None:
-            kernels.check_attention_mask(attention_mask, input_values.shape, field, self.training)
-        if mask_time_indices is not None:
-            if self.mask_emb is None:
-                raise ValueError("mask_time_indices needs a model built with use_mask_embedding=True.")
-            frames = int(self._get_feat_extract_output_lengths(torch.tensor(input_values.shape[1])))
-            if tuple(mask_time_indices.shape) != (input_values.shape[0], frames):
-                raise ValueError(
-                    f"mask_time_indices has shape {tuple(mask_time_indices.shape)}, expected (batch, frames) = "
-                    f"{(input_values.shape[0], frames)} for this input."
-                )
+    def _num_frames(self, num_samples: int) -> int:
+        """Frames of an input of `num_samples` per row: its own, or its window's."""
+        window = self.config.frontend_window_samples
+        return int(self._get_feat_extract_output_lengths(torch.tensor(num_samples if window is None else window)))
 
     def _extract_features(self, input_values):
-        """(B, N) -> (B, T, C), with `feature_grad_mult` applied to the CNN's gradient."""
+        """(B, N) -> (B, T, C), with `feature_grad_mult` applied to the CNN's gradient; inputs padded with
+        zeros to `frontend_window_samples` first when the model has a window."""
+        window = self.config.frontend_window_samples
+        if window is not None:
+            input_values = F.pad(input_values, (0, window - input_values.shape[1]))
         mult = self.config.feature_grad_mult
         with torch.set_grad_enabled(torch.is_grad_enabled() and mult != 0.0 and self.feature_extractor._requires_grad):
             features = self.feature_extractor(input_values)
         return (kernels.scale_gradient(features, mult) if self.training else features).transpose(1, 2)
 
     def _frame_padding_mask(self, num_frames, attention_mask):
-        """(B, T) bool, True = padded frame; None when nothing is padded."""
-        if attention_mask is None:
+        """(B, T) bool, True = padded frame; None when nothing is padded (or a window is attended whole)."""
+        if attention_mask is None or self.config.frontend_window_samples is not None:
             return None
         real = self._get_feature_vector_attention_mask(num_frames, attention_mask).bool()
         if torch.compiler.is_compiling() or real.device.type != "cpu":
@@ -548,10 +567,12 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         The encoder input is where HuBERT masks: after the feature projection, with `mask_time_indices`
         frames replaced by `mask_emb` (and where the task heads apply SpecAugment).
         """
-        self._check_inputs(input_values, attention_mask, mask_time_indices)
+        kernels.check_model_inputs(self, input_values, attention_mask, mask_time_indices)
         # float16 / bfloat16 / float64 audio is computed in the weights' dtype (as HF's audio pipelines do)
-        input_values = input_values.to(self.feature_extractor.conv_layers[0].conv.weight.dtype)
-        features = self.feature_layer_norm(self._extract_features(input_values))
+        input_values = input_values.to(self.dtype)
+        features = self._extract_features(input_values)
+        if self.feature_layer_norm is not None:
+            features = self.feature_layer_norm(features)
         num_frames = features.shape[1]
         padding_mask = self._frame_padding_mask(num_frames, attention_mask)
         crop = num_frames - num_frames % self.config.crop_seq_to_multiple

@@ -269,6 +269,7 @@ class AudioCollator:
     min_samples: int = 400
     masker: Callable[[list[int], int, list[str], int], torch.Tensor] | None = None
     epoch: int = 0  # kept current by the trainer: masks are seeded by (seed, epoch, utterance ids)
+    with_ids: bool = False  # also return `utterance_ids` (list[str]): the teacher cache's keys
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         waveforms, ids, skipped, problems = [], [], [], []
@@ -302,6 +303,8 @@ class AudioCollator:
             "attention_mask": batch["attention_mask"],
             "num_unreadable": torch.tensor(len(skipped)),
         }
+        if self.with_ids:
+            collated["utterance_ids"] = ids
         if self.masker is not None:
             lengths = [len(w) for w in waveforms]
             collated["mask_time_indices"] = self.masker(lengths, batch["input_values"].shape[1], ids, self.epoch)

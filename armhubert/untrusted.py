@@ -360,7 +360,7 @@ def check_model_size(build: Callable[[], torch.nn.Module], what: str) -> None:
     try:
         with torch.device("meta"):
             model = build()
-    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError) as error:
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError, AssertionError) as error:
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise UserError(f"{what} does not describe a model that can be built: {reason}") from None
     count = sum(parameter.numel() for parameter in model.parameters())

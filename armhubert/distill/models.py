@@ -2,22 +2,47 @@
 
 import functools
 import inspect
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, HubertConfig, PretrainedConfig, PreTrainedModel, Wav2Vec2Config, WavLMConfig
+from transformers import (
+    AutoModel,
+    Data2VecAudioConfig,
+    HubertConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    UniSpeechSatConfig,
+    Wav2Vec2BertConfig,
+    Wav2Vec2Config,
+    Wav2Vec2ConformerConfig,
+    WavLMConfig,
+    WhisperConfig,
+)
 
 from configuration_armhubert import PRESETS, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
 from ..remote_code import add_remote_code_entries
+from ..teachers.ctranslate2 import is_ctranslate2_whisper, whisper_from_ctranslate2
+from ..teachers.encoders import TeacherEncoder, Wav2Vec2StyleTeacher, check_mode, teacher_encoder
+from ..teachers.mirror import student_from_teacher
 from ..untrusted import check_model_size
 from .recipe import DistillArguments, did_you_mean
 
-RANDOM_TEACHERS = {"random-hubert": HubertConfig, "random-wavlm": WavLMConfig, "random-wav2vec2": Wav2Vec2Config}
+# Random-weight teachers of every family the trainer feeds (offline runs and tests); config from teacher_config.
+RANDOM_TEACHERS = {
+    "random-hubert": HubertConfig,
+    "random-wavlm": WavLMConfig,
+    "random-wav2vec2": Wav2Vec2Config,
+    "random-data2vec-audio": Data2VecAudioConfig,
+    "random-wav2vec2-conformer": Wav2Vec2ConformerConfig,
+    "random-unispeech-sat": UniSpeechSatConfig,
+    "random-whisper": WhisperConfig,
+    "random-w2v-bert": Wav2Vec2BertConfig,
+}
+MIRROR = "mirror"  # `student: mirror`: the teacher's own encoder, with map reuse in `reuse_layers`
 
 
 @functools.cache
@@ -49,8 +74,7 @@ def check_config_fields(distill_args: DistillArguments) -> None:
         _check_fields(distill_args.teacher_config, RANDOM_TEACHERS[distill_args.teacher], "teacher_config")
 
 
-def load_teacher(distill_args: DistillArguments, seed: int) -> PreTrainedModel:
-    """The frozen teacher in eval mode, layer drop off (never trained, wrapped by DDP or saved)."""
+def _load_teacher_model(distill_args: DistillArguments, seed: int) -> PreTrainedModel:
     name = distill_args.teacher
     if name in RANDOM_TEACHERS:
         try:
@@ -59,34 +83,80 @@ def load_teacher(distill_args: DistillArguments, seed: int) -> PreTrainedModel:
             raise UserError(f"teacher_config for {name}: {str(error).splitlines()[0]}") from None
         check_model_size(lambda: AutoModel.from_config(config), f"teacher_config for {name}")
         torch.manual_seed(seed)
-        teacher = AutoModel.from_config(config)
-    else:
-        if distill_args.teacher_config:
-            raise UserError("teacher_config only applies to random-hubert / random-wavlm / random-wav2vec2 teachers")
-        try:
-            teacher = AutoModel.from_pretrained(name)
-        except Exception as error:  # noqa: BLE001 - missing folder, no network, wrong repo: all user-facing
-            raise UserError(
-                f"could not load teacher {name!r}: {str(error).strip().splitlines()[0]}; give a transformers HuBERT / "
-                "WavLM / wav2vec2 model id or folder (online, or cached with HF_HUB_OFFLINE=1), or random-hubert"
-            ) from None
-    if not hasattr(teacher, "_get_feat_extract_output_lengths") or not hasattr(teacher, "feature_extractor"):
-        raise UserError(f"teacher {name!r} ({type(teacher).__name__}) is not a wav2vec2-style speech encoder")
+        return AutoModel.from_config(config)
+    if distill_args.teacher_config:
+        raise UserError(f"teacher_config only applies to random teachers ({', '.join(RANDOM_TEACHERS)})")
+    if is_ctranslate2_whisper(name):
+        return whisper_from_ctranslate2(name)
+    try:
+        return AutoModel.from_pretrained(name)
+    except Exception as error:  # noqa: BLE001 - missing folder, no network, wrong repo: all user-facing
+        raise UserError(
+            f"could not load teacher {name!r}: {str(error).strip().splitlines()[0]}; give a transformers speech "
+            "encoder's model id or folder (online, or cached with HF_HUB_OFFLINE=1), a CTranslate2 Whisper "
+            "folder, or random-hubert"
+        ) from None
+
+
+def load_teacher(distill_args: DistillArguments, seed: int) -> TeacherEncoder:
+    """The frozen teacher in eval mode, layer drop off (never trained, wrapped by DDP or saved), wrapped with
+    its family's preprocessing (`TeacherEncoder`)."""
+    teacher = teacher_encoder(
+        _load_teacher_model(distill_args, seed), distill_args.teacher, random=distill_args.teacher in RANDOM_TEACHERS
+    )
     teacher.config.layerdrop = 0.0
+    check_mode(teacher, distill_args.distill_mode)
     if distill_args.distill_mode == "masking":
-        if getattr(teacher, "masked_spec_embed", None) is None:
-            raise UserError(
-                f"teacher {name!r} has no mask embedding (masked_spec_embed; its config has mask_time_prob=0), "
-                "which masking distillation needs"
-            )
         teacher.config.apply_spec_augment = True  # transformers ignores mask_time_indices without it
-    return teacher.eval().requires_grad_(False)
+    cnn_layer0 = distill_args.distill_mode == "star" and distill_args.star_layer0 == "cnn"
+    if cnn_layer0 and not isinstance(teacher, Wav2Vec2StyleTeacher):
+        raise UserError(
+            f"star_layer0: cnn needs a wav2vec2-style teacher's CNN features; {teacher.family} teachers take "
+            "star_layer0: encoder-input"
+        )
+    if distill_args.cache_teacher_outputs and (cnn_layer0 or not teacher.rows_independent):
+        raise UserError(
+            "cache_teacher_outputs keeps the teacher's layers of each utterance alone: it needs star_layer0: "
+            f"encoder-input and a teacher whose rows do not depend on the batch ({distill_args.teacher!r} normalises "
+            "its CNN over the padded batch: feat_extract_norm group); turn the cache off"
+            if not teacher.rows_independent
+            else "cache_teacher_outputs keeps the teacher's layers, not its CNN features: use star_layer0: encoder-input"
+        )
+    return teacher
+
+
+def freeze_all_but(student: ARMHubertModel, layers: list[int]) -> None:
+    """Train only the 1-based encoder `layers` (and the final LayerNorm with the last layer): the rest is frozen."""
+    count = student.config.num_hidden_layers
+    if not layers or any(not 1 <= layer <= count for layer in layers):
+        raise UserError(f"trainable_layers must name layers in 1..{count}, got {layers}")
+    student.requires_grad_(False)
+    for layer in layers:
+        student.encoder.layers[layer - 1].requires_grad_(True)
+    if count in layers and not student.config.has_projection_heads:
+        student.encoder.layer_norm.requires_grad_(True)
+    if student.projection_heads is not None:
+        for layer in layers:
+            student.projection_heads[layer - 1].requires_grad_(True)
+
+
+def _mirror_student(distill_args: DistillArguments, teacher: TeacherEncoder) -> ARMHubertModel:
+    """`student: mirror`: the teacher's encoder with map reuse in `reuse_layers` (student_config overrides)."""
+    student = student_from_teacher(teacher.model, distill_args.reuse_layers or ())
+    overrides = dict(distill_args.student_config or {})
+    for key, value in overrides.items():
+        setattr(student.config, key, value)
+    return student.train()
 
 
 def build_student(distill_args: DistillArguments, teacher_config: PretrainedConfig, seed: int) -> ARMHubertModel:
     """A random student from a preset or config; projection heads as wide as the teacher."""
     overrides = dict(distill_args.student_config or {})
     name = distill_args.student
+    if distill_args.reuse_layers and name != MIRROR:
+        raise UserError(
+            f"reuse_layers applies to `student: {MIRROR}`; give a preset student layer_reuses_attention_map in student_config"
+        )
     try:
         if name.lower() in PRESETS:
             config = ARMHubertConfig.from_preset(name, **overrides)
@@ -135,26 +205,38 @@ def layer_pairs(distill_args: DistillArguments, student_layers: int, teacher_lay
     return [max(1, round(layer * teacher_layers / student_layers)) for layer in range(1, student_layers + 1)]
 
 
-def check_frame_rates(teacher: PreTrainedModel, student: ARMHubertModel) -> None:
-    """Teacher and student must give the same number of frames for every input length."""
-    probe = torch.tensor([400, 401, 719, 16000, 16319, 48123, 160007])
-    teacher_frames = teacher._get_feat_extract_output_lengths(probe).tolist()
-    student_frames = student._get_feat_extract_output_lengths(probe)
-    multiple = student.config.crop_seq_to_multiple
-    student_frames = (student_frames - student_frames % multiple).tolist()
-    if teacher_frames != student_frames:
+def check_frame_rates(teacher: TeacherEncoder, student: ARMHubertModel) -> None:
+    """Teacher and student frames must lie on one grid: the same hop, and for every input length frame
+    counts at most one apart (the trainer compares their common real frames)."""
+    student_hop = student.config.inputs_to_logits_ratio
+    if teacher.frame_samples != student_hop or student.config.crop_seq_to_multiple != 1:
         raise UserError(
-            f"teacher and student frame rates differ: for {probe.tolist()} samples the teacher gives {teacher_frames} "
-            f"frames, the student {student_frames}; give the student a CNN with the teacher's kernels/strides "
-            f"(total stride {math.prod(teacher.config.conv_stride)}) and crop_seq_to_multiple=1"
+            f"teacher {teacher.name!r} gives a frame every {teacher.frame_samples} samples "
+            f"({teacher.frame_samples / 16:.1f} ms), the student every {student_hop} "
+            f"(crop_seq_to_multiple {student.config.crop_seq_to_multiple}); they cannot be aligned: give the student "
+            f"a front-end of total stride {teacher.frame_samples} and crop_seq_to_multiple=1, or another teacher"
+        )
+    probe = torch.tensor([1040, 16000, 16319, 48123, 160007])
+    teacher_frames = teacher.real_frames(probe)
+    student_frames = student._get_feat_extract_output_lengths(probe)
+    if (teacher_frames - student_frames).abs().max() > 1:
+        raise UserError(
+            f"teacher and student frames do not line up: for {probe.tolist()} samples the teacher gives "
+            f"{teacher_frames.tolist()} frames, the student {student_frames.tolist()}; give the student the "
+            "teacher's front-end kernels and strides"
         )
 
 
-def teacher_and_student(distill_args: DistillArguments, seed: int) -> tuple[PreTrainedModel, ARMHubertModel, list[int]]:
+def teacher_and_student(distill_args: DistillArguments, seed: int) -> tuple[TeacherEncoder, ARMHubertModel, list[int]]:
     """The frozen teacher, the seeded student (checked to give the teacher's frames) and the teacher layer
     (1-based) paired with each student layer."""
     teacher = load_teacher(distill_args, seed)
-    student = build_student(distill_args, teacher.config, seed)
+    if distill_args.student == MIRROR:
+        student = _mirror_student(distill_args, teacher)
+    else:
+        student = build_student(distill_args, teacher.config, seed)
+    if distill_args.trainable_layers is not None:
+        freeze_all_but(student, distill_args.trainable_layers)
     check_frame_rates(teacher, student)
     pairs = layer_pairs(distill_args, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     return teacher, student, pairs

@@ -72,8 +72,10 @@ class DistillArguments:
     distill_mode: str = _arg("masking", "masking (MaskHuBERT/ARM*), star (STaRHuBERT) or regression (no masking).")
     teacher: str = _arg(
         "facebook/hubert-base-ls960",
-        "transformers HuBERT / WavLM / wav2vec2-style model id or folder, or random-hubert / random-wavlm / "
-        "random-wav2vec2 (random weights from teacher_config, for offline runs).",
+        "A transformers speech encoder's model id or folder (HuBERT, WavLM, wav2vec2, data2vec-audio, "
+        "wav2vec2-conformer, UniSpeech-SAT, Whisper, w2v-BERT 2.0), a CTranslate2 Whisper folder, or random-hubert / "
+        "random-wavlm / random-wav2vec2 / random-data2vec-audio / random-wav2vec2-conformer / random-unispeech-sat / "
+        "random-whisper / random-w2v-bert (random weights from teacher_config, for offline runs).",
     )
     teacher_config: dict | None = _arg(None, "Config fields of a random-* teacher.")
     teacher_layers: list | None = _arg(
@@ -82,8 +84,25 @@ class DistillArguments:
     teacher_single_pass: bool = _arg(
         True, "Run the masked and unmasked teacher passes as one forward over a doubled batch (falls back on OOM)."
     )
-    student: str = _arg("armhubert-960h", f"A preset ({', '.join(PRESETS)}) or an ARMHubert config.json / folder.")
+    student: str = _arg(
+        "armhubert-960h",
+        f"A preset ({', '.join(PRESETS)}), an ARMHubert config.json / folder, or `mirror`: the teacher's own "
+        "encoder, from its weights (Whisper, HuBERT, wav2vec2), with map reuse in reuse_layers.",
+    )
     student_config: dict | None = _arg(None, "Student config fields that replace the preset's.")
+    reuse_layers: list | None = _arg(
+        None, "`student: mirror`: the layers (1-based, from 2) that reuse the previous layer's attention map."
+    )
+    trainable_layers: list | None = _arg(
+        None,
+        "Student layers (1-based) that train; the front-end, positions and other layers stay frozen (e.g. a mirror's "
+        "layers from the first reusing one). null: everything trains.",
+    )
+    cache_teacher_outputs: bool = _arg(
+        False,
+        "Keep each utterance's teacher hidden states after its first pass instead of recomputing them every epoch: "
+        "for many epochs over a small corpus. regression / star only, with fixed crops; in memory on the device.",
+    )
     data_source: str = _arg(HUB_DATASET, "Local folder holding LibriSpeech/<split>/..., or the Hub id.")
     train_splits: list = _arg(list(LIBRISPEECH_960H), "LibriSpeech training split(s), concatenated.")
     eval_split: str | None = _arg("dev-clean", "Validation split (unmasked student vs unmasked teacher); null: none.")
@@ -147,6 +166,8 @@ class DistillArguments:
             raise UserError(f"mask_prob must lie in [0, 1], got {self.mask_prob}")
         if self.mask_length < 1 or self.mask_min_space < 0 or self.mask_min_spans < 0:
             raise UserError("mask_length must be >= 1, mask_min_space and mask_min_spans >= 0")
+        if self.cache_teacher_outputs and self.distill_mode == "masking":
+            raise UserError("cache_teacher_outputs keeps clean teacher passes only; use it with regression or star")
         if self.keep_best_checkpoints is not None and self.keep_best_checkpoints < 1:
             raise UserError(f"keep_best_checkpoints must be >= 1 or null, got {self.keep_best_checkpoints}")
         if self.crop_seconds is not None and self.crop_seconds <= 0:
@@ -180,12 +201,12 @@ class DistillArguments:
             raise UserError(
                 f"train_splits must be a split name or a non-empty list of names, got {brief(self.train_splits)}"
             )
-        if self.teacher_layers is not None and not all(
-            isinstance(layer, int) and not isinstance(layer, bool) for layer in self.teacher_layers
-        ):
-            raise UserError(
-                f"teacher_layers must list integers (1-based teacher layers), got {brief(self.teacher_layers)}"
-            )
+        for name in ("teacher_layers", "reuse_layers", "trainable_layers"):
+            layers = getattr(self, name)
+            if layers is not None and not all(
+                isinstance(layer, int) and not isinstance(layer, bool) for layer in layers
+            ):
+                raise UserError(f"{name} must list integers (1-based layers), got {brief(layers)}")
         for name in ("student_config", "teacher_config"):
             if not all(isinstance(key, str) for key in getattr(self, name) or {}):
                 raise UserError(f"{name} must map field names to values, got {brief(getattr(self, name))}")

@@ -10,7 +10,7 @@ import transformers
 import yaml
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 
-from configuration_armhubert import SAMPLING_RATE, receptive_field
+from configuration_armhubert import SAMPLING_RATE
 from pipeline_armhubert import release_feature_extractor
 
 from ..cards import DistillationFacts, distilled_card, format_duration, last_logged
@@ -18,6 +18,7 @@ from ..cli import UserError
 from ..guarded_trainer import save_trained_model
 from ..librispeech import AudioCollator, load_librispeech
 from ..outputs import WriteFailure, atomic_write_text, check_output_location, output_lock, reported_write_failures
+from ..teachers.encoders import TeacherEncoder
 from .masks import recipe_masker
 from .models import check_config_fields, teacher_and_student
 from .recipe import DistillArguments, apply_effective_batch_size, build_arguments, load_recipe
@@ -36,10 +37,9 @@ def setup_logging(training_args: TrainingArguments) -> None:
     datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
 
 
-def _min_samples(teacher: PreTrainedModel, student: PreTrainedModel) -> int:
+def _min_samples(teacher: TeacherEncoder, student: PreTrainedModel) -> int:
     """Shortest waveform both models turn into at least one frame (shorter utterances are dropped)."""
-    teacher_field = receptive_field(teacher.config.conv_kernel, teacher.config.conv_stride)
-    return max(student.config.receptive_field, teacher_field)
+    return max(student.config.receptive_field, teacher.min_samples())
 
 
 def _load_splits(
@@ -177,6 +177,7 @@ def _distill(
             max_samples,
             min_samples,
             masker=recipe_masker(distill_args, training_args, student.config),
+            with_ids=distill_args.cache_teacher_outputs,
         ),
         processing_class=feature_extractor,
         callbacks=list(callbacks),

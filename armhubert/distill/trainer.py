@@ -19,7 +19,7 @@ import torch
 from accelerate.utils.memory import clear_device_cache
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from transformers import PreTrainedModel, TrainerCallback
+from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 
@@ -28,6 +28,7 @@ from configuration_armhubert import SAMPLING_RATE
 from ..cli import UserError
 from ..guarded_trainer import GuardedTrainer
 from ..librispeech import AudioCollator, EpochSeededLengthGroupedSampler
+from ..teachers.encoders import TeacherEncoder
 from .losses import layer_weights, masking_distillation_loss, regression_loss, star_loss
 from .recipe import DistillArguments
 
@@ -93,14 +94,16 @@ def capture_cnn_features(teacher: nn.Module, student: nn.Module):
 class DistillTrainer(GuardedTrainer):
     """`transformers.Trainer` for distillation: `model` is the student, `teacher` a frozen encoder.
 
-    The teacher lives beside the Trainer's model: it is never wrapped by DDP, never in the optimiser
-    and never saved. Losses: masking distillation, STaR or plain regression (`DistillArguments`).
+    The teacher (a `TeacherEncoder`: any family, fed its own inputs from the batch's audio) lives beside
+    the Trainer's model: it is never wrapped by DDP, never in the optimiser and never saved. Teacher and
+    student are compared on their common real frames (the teacher's frame count may differ by one, and
+    Whisper's is its 30 s window's). Losses: masking distillation, STaR or plain regression (`DistillArguments`).
     Logs every loss part, audio seconds per second and skipped files; validation compares the
     unmasked student with the unmasked teacher.
     """
 
     def __init__(
-        self, *args, teacher: PreTrainedModel, distill_args: DistillArguments, teacher_layers: list[int], **kwargs
+        self, *args, teacher: TeacherEncoder, distill_args: DistillArguments, teacher_layers: list[int], **kwargs
     ):
         super().__init__(*args, **kwargs)
         self.distill_args = distill_args
@@ -110,6 +113,8 @@ class DistillTrainer(GuardedTrainer):
         self.loss_is_scaled_for_ga = False
         self.model_accepts_loss_kwargs = False
         self._teacher_single_pass = distill_args.teacher_single_pass
+        # {utterance id: L + 1 teacher states (T_kept, D)}, filled on first sight (cache_teacher_outputs)
+        self._teacher_cache = {} if distill_args.cache_teacher_outputs else None
         self._length_sampler = None
         self._train_parts, self._eval_parts = {}, {}
         self._audio_samples, self._unreadable, self._unreadable_total, self._eval_unreadable = 0.0, 0, 0, 0
@@ -154,17 +159,18 @@ class DistillTrainer(GuardedTrainer):
 
     # ---- forward passes
 
-    def _frame_validity(self, model, input_values, attention_mask):
-        """(B, T) bool, True = real frame, for the student's (= the teacher's) frames."""
+    def _frame_validity(self, model, num_frames: int, attention_mask: Tensor) -> Tensor:
+        """(B, T) bool, True = a frame both models compare: real for the student and the teacher. A student
+        with a window (a Whisper mirror) is compared on its whole window, which a decoder reads."""
         student = self.accelerator.unwrap_model(model)
-        num_frames = int(student._get_feat_extract_output_lengths(torch.tensor(input_values.shape[1])))
-        return student._get_feature_vector_attention_mask(num_frames, attention_mask).bool()
+        if student.config.frontend_window_samples is not None:
+            return attention_mask.new_ones(attention_mask.shape[0], num_frames, dtype=torch.bool)
+        real = student._get_feature_vector_attention_mask(num_frames, attention_mask).bool()
+        teacher_frames = self.teacher.real_frames(attention_mask.sum(-1))
+        return real & (torch.arange(num_frames, device=real.device)[None] < teacher_frames[:, None])
 
     def _teacher_states(self, input_values, attention_mask, mask_time_indices=None):
-        output = self.teacher(
-            input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices, output_hidden_states=True
-        )
-        return output.hidden_states
+        return self.teacher.hidden_states(input_values, attention_mask, mask_time_indices)
 
     def teacher_hidden_states(
         self, input_values: Tensor, attention_mask: Tensor, mask: Tensor | None = None
@@ -195,37 +201,63 @@ class DistillTrainer(GuardedTrainer):
                 self._teacher_states(input_values, attention_mask, mask),
             )
 
+    def cached_teacher_states(self, ids: list[str], input_values: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
+        """`teacher_hidden_states` on clean input, each utterance's computed once and then kept (by id).
+
+        A row keeps its real frames, or the teacher's whole window for a student with one (a Whisper
+        mirror reads it all); rows are padded with zeros to the batch's longest (outside `_frame_validity`).
+        """
+        missing = [row for row, key in enumerate(ids) if key not in self._teacher_cache]
+        if missing:
+            rows = torch.tensor(missing, device=input_values.device)
+            states, _ = self.teacher_hidden_states(input_values[rows], attention_mask[rows])
+            keep = self.teacher.real_frames(attention_mask[rows].sum(-1)).tolist()
+            if self.accelerator.unwrap_model(self.model).config.frontend_window_samples is not None:
+                keep = [states[0].shape[1]] * len(missing)
+            for index, row in enumerate(missing):
+                self._teacher_cache[ids[row]] = [state[index, : keep[index]].clone() for state in states]
+        cached = [self._teacher_cache[key] for key in ids]
+        return tuple(
+            torch.nn.utils.rnn.pad_sequence([row[layer] for row in cached], batch_first=True)
+            for layer in range(len(cached[0]))
+        )
+
     def distillation_loss(
         self, model: nn.Module, inputs: dict[str, Tensor], masked: bool
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """(loss, parts) of the configured objective; `masked=False` gives the unmasked (validation) loss."""
         d = self.distill_args
         input_values, attention_mask = inputs["input_values"], inputs["attention_mask"]
-        valid = self._frame_validity(model, input_values, attention_mask)
         mask = inputs.get("mask_time_indices") if masked and d.distill_mode == "masking" else None
         if masked and d.distill_mode == "masking" and mask is None:
             raise UserError("masking distillation needs mask_time_indices in the batch (AudioCollator with a masker)")
         cnn_layer0 = d.distill_mode == "star" and d.star_layer0 == "cnn"
         if cnn_layer0:
-            capture = capture_cnn_features(self.teacher, self.accelerator.unwrap_model(model))
+            capture = capture_cnn_features(self.teacher.model, self.accelerator.unwrap_model(model))
         else:
             capture = contextlib.nullcontext({})
+        ids = inputs.get("utterance_ids")
         with capture as cnn:
-            teacher_clean, teacher_masked = self.teacher_hidden_states(input_values, attention_mask, mask)
+            if self._teacher_cache is not None and ids is not None:
+                teacher_clean, teacher_masked = self.cached_teacher_states(ids, input_values, attention_mask), None
+            else:
+                teacher_clean, teacher_masked = self.teacher_hidden_states(input_values, attention_mask, mask)
             output = model(
                 input_values, attention_mask=attention_mask, mask_time_indices=mask, output_hidden_states=True
             )
-        if output.hidden_states[0].shape[1] != teacher_clean[0].shape[1]:
-            raise UserError(
-                f"teacher gives {teacher_clean[0].shape[1]} frames, student {output.hidden_states[0].shape[1]} for "
-                f"{input_values.shape[1]} samples: their frame rates differ"
-            )
+        frames = min(output.hidden_states[0].shape[1], teacher_clean[0].shape[1])
+        valid = self._frame_validity(model, frames, attention_mask)
         pairs = self.teacher_layers
+        student_states = list(output.hidden_states)
+        if not self.accelerator.unwrap_model(model).config.has_projection_heads:
+            # The last layer as the model returns it: transformers' pre-LN teachers return theirs after the
+            # final LayerNorm, and so does a head-less pre-LN student's `last_hidden_state` (post-LN: the same).
+            student_states[-1] = output.last_hidden_state
         if d.distill_mode == "star":
-            student = list(output.hidden_states)
-            teacher = [teacher_clean[0]] + [teacher_clean[layer] for layer in pairs]
+            student = [state[:, :frames] for state in student_states]
+            teacher = [teacher_clean[0][:, :frames]] + [teacher_clean[layer][:, :frames] for layer in pairs]
             if cnn_layer0:
-                teacher[0], student[0] = cnn["teacher"], cnn["student"]
+                teacher[0], student[0] = cnn["teacher"][:, :frames], cnn["student"][:, :frames]
             return star_loss(
                 student,
                 teacher,
@@ -236,15 +268,14 @@ class DistillTrainer(GuardedTrainer):
                 d.star_intra_weight,
                 d.star_recompute,
             )
-        student = (
-            output.projected_hidden_states if output.projected_hidden_states is not None else output.hidden_states[1:]
-        )
+        student = output.projected_hidden_states if output.projected_hidden_states is not None else student_states[1:]
+        student = [state[:, :frames] for state in student]
         weights = layer_weights(len(pairs), d.hint_layer_weight, d.last_layer_weight)
-        clean = [teacher_clean[layer] for layer in pairs]
+        clean = [teacher_clean[layer][:, :frames] for layer in pairs]
         if mask is not None:
-            masked_targets = [teacher_masked[layer] for layer in pairs]
+            masked_targets = [teacher_masked[layer][:, :frames] for layer in pairs]
             return masking_distillation_loss(
-                student, clean, masked_targets, mask, valid, weights, d.loss_type, d.loss_normalization
+                student, clean, masked_targets, mask[:, :frames], valid, weights, d.loss_type, d.loss_normalization
             )
         return regression_loss(student, clean, valid, weights, d.loss_type)
 

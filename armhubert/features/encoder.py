@@ -20,9 +20,9 @@ from modeling_armhubert import (
     ARMHubertForCTC,
     ARMHubertForSequenceClassification,
     ARMHubertModel,
-    release_feature_extractor,
     superb_layer_outputs,
 )
+from pipeline_armhubert import release_feature_extractor
 
 from ..cli import UserError, first_line
 from ..model_folders import check_model_folder

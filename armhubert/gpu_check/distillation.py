@@ -40,7 +40,7 @@ def step_flops(trainer: DistillTrainer, num_samples: int) -> float:
     """FLOPs of one utterance's step: student forward + backward (3x its forward) and the teacher pass(es)."""
     student = trainer.accelerator.unwrap_model(trainer.model)
     teacher_passes = 2 if trainer.distill_args.distill_mode == "masking" else 1
-    macs = 3 * count_macs(student, num_samples) + teacher_passes * count_macs(trainer.teacher, num_samples)
+    macs = 3 * count_macs(student, num_samples) + teacher_passes * count_macs(trainer.teacher.model, num_samples)
     return 2.0 * macs
 
 

@@ -1,0 +1,234 @@
+"""Read a CTranslate2 Whisper folder (what faster-whisper users hold) into transformers' Whisper classes.
+
+A CTranslate2 model folder has `model.bin` (plain little-endian binary, no pickle), `config.json` and
+`tokenizer.json`. `model.bin` is: u32 format version, u16-length spec name ("WhisperSpec"), u32 spec
+revision, u32 variable count; per variable a u16-length name, u8 rank, rank x u32 dims, u8 dtype, u32
+byte count and the bytes; then u32 alias count and pairs of u16-length names. Every count and size is
+checked against the file before anything is allocated, so a hostile file costs its own size at most
+(the file is memory-mapped, each weight copied once into its tensor).
+
+Mapping notes: CTranslate2 fuses self-attention Q, K, V into `linear_0` ([3d, d]) and cross-attention
+K, V into `linear_1` ([2d, d]); transformers' Whisper has no K bias, and CTranslate2's K bias can be
+dropped exactly (it adds one constant to every logit of a query, which softmax ignores).
+"""
+
+import math
+import mmap
+import struct
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
+
+from ..cli import UserError
+
+MODEL_FILE = "model.bin"
+DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+MAX_VARIABLES = 100_000
+MAX_RANK = 4
+# Whisper's special tokens (the same ids in every English-only and multilingual checkpoint's tokenizer.json
+# are looked up by name, not assumed).
+START, NO_TIMESTAMPS, END = "<|startoftranscript|>", "<|notimestamps|>", "<|endoftext|>"
+
+
+def is_ctranslate2_whisper(folder: str | PathLike) -> bool:
+    """Whether `folder` is a CTranslate2 model folder (a `model.bin` whose spec is WhisperSpec)."""
+    path = Path(folder) / MODEL_FILE
+    if not path.is_file():
+        return False
+    with open(path, "rb") as stream:
+        head = stream.read(4 + 2 + 64)
+    if len(head) < 6:
+        return False
+    length = struct.unpack_from("<H", head, 4)[0]
+    return head[6 : 6 + length].rstrip(b"\0") == b"WhisperSpec"
+
+
+class _Reader:
+    """Bounded little-endian reads over a byte buffer; every overrun is one UserError naming the file."""
+
+    def __init__(self, buffer, name: str):
+        self.buffer, self.name, self.offset = buffer, name, 0
+
+    def take(self, size: int):
+        if size < 0 or self.offset + size > len(self.buffer):
+            raise UserError(
+                f"{self.name}: truncated or corrupt CTranslate2 file (a field at byte {self.offset} runs past its "
+                f"end); download or convert the model again"
+            )
+        start, self.offset = self.offset, self.offset + size
+        return start
+
+    def number(self, code: str) -> int:
+        start = self.take(struct.calcsize(code))
+        return struct.unpack_from("<" + code, self.buffer, start)[0]
+
+    def text(self) -> str:
+        size = self.number("H")
+        start = self.take(size)
+        try:
+            return bytes(self.buffer[start : start + size]).rstrip(b"\0").decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{self.name}: a name at byte {start} is not UTF-8; not a CTranslate2 file") from None
+
+
+def read_variables(path: str | PathLike) -> dict[str, np.ndarray]:
+    """{name: array} of a CTranslate2 `model.bin` (float16 weights stay float16; aliases resolved).
+
+    The arrays view a private memory map of the file: copy what you keep (`torch.tensor(array)`).
+    """
+    name = str(path)
+    try:
+        with open(path, "rb") as stream:
+            buffer = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError) as error:  # ValueError: mmap of an empty file
+        raise UserError(f"cannot read {name}: {error}; expected a CTranslate2 model.bin") from None
+    reader = _Reader(buffer, name)
+    version, spec, _revision = reader.number("I"), reader.text(), reader.number("I")
+    if spec != "WhisperSpec":
+        raise UserError(f"{name} holds a CTranslate2 {spec or 'unnamed'} model (format {version}), not Whisper")
+    count = reader.number("I")
+    if count > MAX_VARIABLES:
+        raise UserError(f"{name} declares {count} variables (at most {MAX_VARIABLES}); the file is corrupt")
+    variables = {}
+    for _ in range(count):
+        key, rank = reader.text(), reader.number("B")
+        if rank > MAX_RANK:
+            raise UserError(f"{name}: variable {key!r} has rank {rank} (at most {MAX_RANK}); the file is corrupt")
+        dims = [reader.number("I") for _ in range(rank)]
+        dtype, size = reader.number("B"), reader.number("I")
+        if dtype not in DTYPES:
+            raise UserError(f"{name}: variable {key!r} has unknown dtype code {dtype}; the file is corrupt")
+        if size != math.prod(dims) * np.dtype(DTYPES[dtype]).itemsize:
+            raise UserError(f"{name}: variable {key!r} declares {size} bytes for shape {dims}; the file is corrupt")
+        start = reader.take(size)
+        variables[key] = np.frombuffer(buffer, DTYPES[dtype], math.prod(dims), start).reshape(dims)
+    for _ in range(reader.number("I") if reader.offset < len(buffer) else 0):
+        alias, target = reader.text(), reader.text()
+        if target not in variables:
+            raise UserError(f"{name}: alias {alias!r} names a missing variable {target!r}; the file is corrupt")
+        variables[alias] = variables[target]
+    return variables
+
+
+def _layer_count(variables: dict, prefix: str) -> int:
+    return sum(1 for key in variables if key.startswith(prefix) and key.endswith("/ffn/linear_0/weight"))
+
+
+def whisper_config(variables: dict[str, np.ndarray]) -> WhisperConfig:
+    """The WhisperConfig the weights' shapes imply (sizes, layers, heads, vocabulary, positions)."""
+    try:
+        width, mels, _ = variables["encoder/conv1/weight"].shape
+        vocabulary = variables["decoder/embeddings/weight"].shape[0]
+        # Whisper's special-token ids, where the vocabulary has them (else 0: tiny random test models).
+        special = {"pad_token_id": 50256, "bos_token_id": 50256, "eos_token_id": 50256, "decoder_start_token_id": 50257}
+        return WhisperConfig(
+            **{key: value if value < vocabulary else 0 for key, value in special.items()},
+            vocab_size=vocabulary,
+            num_mel_bins=int(mels),
+            d_model=int(width),
+            encoder_layers=_layer_count(variables, "encoder/"),
+            decoder_layers=_layer_count(variables, "decoder/"),
+            encoder_attention_heads=int(variables["encoder/num_heads"]),
+            decoder_attention_heads=int(variables["decoder/num_heads"]),
+            encoder_ffn_dim=variables["encoder/layer_0/ffn/linear_0/weight"].shape[0],
+            decoder_ffn_dim=variables["decoder/layer_0/ffn/linear_0/weight"].shape[0],
+            max_source_positions=variables["encoder/position_encodings/encodings"].shape[0],
+            max_target_positions=variables["decoder/position_encodings/encodings"].shape[0],
+            activation_function="gelu",
+        )
+    except (KeyError, ValueError) as error:
+        raise UserError(f"not a complete CTranslate2 Whisper model: missing or misshapen {error}") from None
+
+
+def _norm(prefix: str) -> dict[str, str]:
+    return {"weight": f"{prefix}/gamma", "bias": f"{prefix}/beta"}
+
+
+def _linear(prefix: str) -> dict[str, str]:
+    return {"weight": f"{prefix}/weight", "bias": f"{prefix}/bias"}
+
+
+def _split(array: np.ndarray, parts: int, index: int) -> np.ndarray:
+    return np.split(array, parts, axis=0)[index]
+
+
+def _state_dict(variables: dict[str, np.ndarray], config: WhisperConfig) -> dict[str, torch.Tensor]:
+    """transformers' Whisper state dict (float32) from CTranslate2's variables."""
+    tensors: dict[str, np.ndarray] = {}
+
+    def put(target: str, names: dict[str, str]):
+        for field, source in names.items():
+            tensors[f"{target}.{field}"] = variables[source]
+
+    def fused(target: str, source: str, parts: int, index: int, bias: bool = True):
+        tensors[f"{target}.weight"] = _split(variables[f"{source}/weight"], parts, index)
+        if bias:
+            tensors[f"{target}.bias"] = _split(variables[f"{source}/bias"], parts, index)
+
+    for side in ("encoder", "decoder"):
+        layers = config.encoder_layers if side == "encoder" else config.decoder_layers
+        for i in range(layers):
+            ours, theirs = f"model.{side}.layers.{i}", f"{side}/layer_{i}"
+            attention = f"{theirs}/self_attention"
+            for index, projection in enumerate(("q_proj", "k_proj", "v_proj")):
+                fused(f"{ours}.self_attn.{projection}", f"{attention}/linear_0", 3, index, projection != "k_proj")
+            put(f"{ours}.self_attn.out_proj", _linear(f"{attention}/linear_1"))
+            put(f"{ours}.self_attn_layer_norm", _norm(f"{attention}/layer_norm"))
+            put(f"{ours}.fc1", _linear(f"{theirs}/ffn/linear_0"))
+            put(f"{ours}.fc2", _linear(f"{theirs}/ffn/linear_1"))
+            put(f"{ours}.final_layer_norm", _norm(f"{theirs}/ffn/layer_norm"))
+            if side == "decoder":
+                cross = f"{theirs}/attention"
+                put(f"{ours}.encoder_attn.q_proj", _linear(f"{cross}/linear_0"))
+                fused(f"{ours}.encoder_attn.k_proj", f"{cross}/linear_1", 2, 0, bias=False)
+                fused(f"{ours}.encoder_attn.v_proj", f"{cross}/linear_1", 2, 1)
+                put(f"{ours}.encoder_attn.out_proj", _linear(f"{cross}/linear_2"))
+                put(f"{ours}.encoder_attn_layer_norm", _norm(f"{cross}/layer_norm"))
+        put(f"model.{side}.layer_norm", _norm(f"{side}/layer_norm"))
+        tensors[f"model.{side}.embed_positions.weight"] = variables[f"{side}/position_encodings/encodings"]
+    for conv in ("conv1", "conv2"):
+        put(f"model.encoder.{conv}", _linear(f"encoder/{conv}"))
+    tensors["model.decoder.embed_tokens.weight"] = variables["decoder/embeddings/weight"]
+    return {key: torch.tensor(np.asarray(value, dtype=np.float32)) for key, value in tensors.items()}
+
+
+def whisper_from_ctranslate2(folder: str | PathLike) -> WhisperForConditionalGeneration:
+    """transformers' `WhisperForConditionalGeneration` (float32, eval mode) with a CTranslate2 folder's weights."""
+    variables = read_variables(Path(folder) / MODEL_FILE)
+    config = whisper_config(variables)
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(config)
+    try:
+        state = _state_dict(variables, config)
+    except KeyError as error:
+        raise UserError(f"{folder}: not a complete CTranslate2 Whisper model: missing {error}") from None
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [key for key in missing if key != "proj_out.weight"]  # tied to the token embedding
+    if missing or unexpected:
+        raise UserError(
+            f"{folder}: CTranslate2 weights do not fill Whisper: missing {missing[:3]}, extra {unexpected[:3]}"
+        )
+    model.tie_weights()
+    for name, value in model.named_parameters():
+        if value.shape != state.get(name, value).shape:
+            raise UserError(f"{folder}: {name} has shape {tuple(value.shape)}; the file is corrupt")
+    return model.eval()
+
+
+def whisper_tokenizer(folder: str | PathLike) -> PreTrainedTokenizerFast:
+    """The folder's `tokenizer.json` as a fast tokenizer (decoding and special-token ids)."""
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(f"{folder} has no tokenizer.json; a CTranslate2 Whisper folder holds one beside model.bin")
+    return PreTrainedTokenizerFast(tokenizer_file=str(path))
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    """Ids of the start, no-timestamps and end tokens, looked up in the tokenizer."""
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (START, NO_TIMESTAMPS, END)}
+    if any(value is None or value == tokenizer.unk_token_id for value in ids.values()):
+        raise UserError(f"the tokenizer lacks Whisper's special tokens {list(ids)}")
+    return ids
