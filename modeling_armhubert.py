@@ -69,7 +69,7 @@ class ARMHubertModelOutput(ModelOutput):
 
 
 # --------------------------------------------------------------------------------------------------
-# The CNN feature encoder
+# Front-ends: the CNN feature encoder, and Whisper's log-mel one
 
 
 class ARMHubertConvLayer(DerivedWeightsModule):
