@@ -31,8 +31,12 @@ from .model_folders import is_model_folder
 logger = logging.getLogger(__name__)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and one rename."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, replace: bool = True, flag: str = "--overwrite") -> Path:
+    """Write `data` to `path` through a temporary file in the same folder and one rename.
+
+    With `replace=False` an existing `path` is never replaced, also one that appeared while the data was
+    written: the file arrives by a hard link, which fails if the name is taken (UserError naming `flag`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -40,16 +44,33 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.chmod(staging, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the user's usual mode
-        os.replace(staging, path)
-    except BaseException:
+        if replace:
+            os.replace(staging, path)
+        else:
+            _link_new(staging, path, flag)
+    finally:
         Path(staging).unlink(missing_ok=True)
-        raise
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 `text` to `path` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def _link_new(staging: str, path: Path, flag: str) -> None:
+    """Give the file `staging` the name `path` only if that name is free (where hard links are not supported,
+    a check and a rename)."""
+    try:
+        os.link(staging, path)
+    except FileExistsError:
+        raise UserError(f"{path} exists; pass {flag} to replace it") from None
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(path):
+            raise UserError(f"{path} exists; pass {flag} to replace it") from None
+        os.replace(staging, path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, replace: bool = True, flag: str = "--overwrite") -> Path:
+    """Write UTF-8 `text` to `path` atomically (`replace`, `flag`: as `atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), replace, flag)
 
 
 @contextmanager
@@ -259,14 +280,42 @@ def check_output_location(output: str | os.PathLike, inputs: Sequence[str | os.P
     check_apart(output, inputs)
     if output.exists() and not output.is_dir():
         raise UserError(f"output {output} exists and is not a folder")
-    existing = output.absolute()
+    _check_writable(output)
+    return output
+
+
+def check_output_file(
+    output: str | os.PathLike,
+    overwrite: bool,
+    inputs: Sequence[str | os.PathLike | None] = (),
+    flag: str = "--overwrite",
+    what: str = "output",
+) -> Path:
+    """Refuse an output file that is, holds or lies inside an input (`check_apart`: pass every input, the files
+    a CSV or dataset names included), is a folder, exists without `overwrite` (the command's `flag`), or
+    whose nearest existing folder is not writable. Write it with `atomic_write_*(..., replace=overwrite)`."""
+    if not str(output).strip():
+        raise UserError(f"{what} is empty; give a file name")
+    output = Path(output)
+    check_apart(output, inputs)
+    if output.is_dir():
+        raise UserError(f"{what} {output} is a folder; give a file name")
+    if os.path.lexists(output) and not overwrite:
+        raise UserError(f"{what} {output} exists; pass {flag} to replace it, or choose another name")
+    _check_writable(output, output.absolute().parent)
+    return output
+
+
+def _check_writable(output: Path, folder: Path | None = None) -> None:
+    """Refuse an output whose nearest existing folder (from `folder`, by default the output itself) is a file
+    or cannot be written."""
+    existing = (folder or output).absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"cannot create output {output}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write output {output}: {existing} is not writable; choose another folder")
-    return output
 
 
 def check_output_folder(
