@@ -131,6 +131,8 @@ def load_codebook(path: str | os.PathLike, read_centroids: bool = True) -> Codeb
     this read gigabytes. `read_centroids=False` reads the header only (centroids on the meta device: their
     shape, no memory), so that a caller can check the width against a model before the bytes are read.
     """
+    if not os.path.exists(path):
+        raise UserError(f"codebook {path} does not exist; give a codebook.safetensors written by --units K")
     path = check_regular_file(path, f"codebook {path}")
     try:
         with safe_open(path, framework="pt") as handle:

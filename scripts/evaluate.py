@@ -114,10 +114,11 @@ def head_class(folder: str) -> type[PreTrainedModel]:
     config = load_config(folder)
     architecture = (getattr(config, "architectures", None) or ["ARMHubertModel"])[0]
     if not isinstance(config, ARMHubertConfig) or architecture not in HEADS:
-        kind = architecture if isinstance(config, ARMHubertConfig) else f"a {type(config).__name__} model"
+        kind = brief(architecture) if not str(architecture).isidentifier() else architecture
+        kind = kind if isinstance(config, ARMHubertConfig) else f"a {type(config).__name__} model"
         raise UserError(
-            f"{folder} holds {brief(kind)}, not a fine-tuned ARMHuBERT model (a CTC or classification head); evaluate "
-            "a folder written by scripts/finetune_ctc.py or scripts/finetune_classification.py"
+            f"{folder} holds {kind}, not a fine-tuned model (an ARMHuBERT CTC or classification head); evaluate a "
+            "folder written by scripts/finetune_ctc.py or scripts/finetune_classification.py"
         )
     return HEADS[architecture]
 

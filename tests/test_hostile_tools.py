@@ -523,3 +523,19 @@ def test_fifos_devices_and_bombs_are_refused_without_hanging_in_bounded_memory(f
     assert digest(*inputs) == before
     assert not (tmp_path / "out-features").exists()
     assert sorted(p.name for p in (tmp_path / "sparse-run").iterdir()) == ["run.json"]
+
+
+def test_weights_a_folder_lacks_are_refused_not_left_random(folders, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "ctc"
+    subprocess.run(["cp", "-a", str(folders["ctc"]), str(folder)], check=True)
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("lm_head.")}, folder / "model.safetensors")
+    data = csv_file(tmp_path / "dev.csv", [(folders["audio"][0], "a b")])
+    line = refusal(capsys, evaluate.main, folder, "--data", data)
+    assert "lacks weights its ARMHubertForCTC needs (lm_head.bias, lm_head.weight)" in line
+    # A fine-tuned folder keeps the last projection head only: projected features of other layers are refused.
+    argv = ["--model", folders["ctc"], "--input", folders["audio"][0].parent, "--output_dir", tmp_path / "out"]
+    line = refusal(capsys, extract.main, *argv, "--layers", "2", "--representation", "projected")
+    assert "holds no projection head for layer 2" in line and not (tmp_path / "out").exists()
