@@ -11,6 +11,7 @@ what killed runs left beside a target is put back or removed on the next run
 import ctypes
 import errno
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -38,8 +39,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, replace: bool = Tru
     written: the file arrives by a hard link, which fails if the name is taken (UserError naming `flag`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    handle, staging = _staging_file(path)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -81,8 +81,7 @@ def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
     stays as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    handle, staging = _staging_file(path, path.suffix)
     os.close(handle)
     try:
         yield Path(staging)
@@ -90,6 +89,31 @@ def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(staging, path)
     finally:
         Path(staging).unlink(missing_ok=True)
+
+
+_FILE_STAGING_TAG = "armhubert-tmp"
+
+
+def _staging_file(path: Path, suffix: str = "") -> tuple[int, str]:
+    """(handle, name) of a new temporary file beside `path`, named `.NAME.armhubert-tmp-PID-XXXX` so that the
+    next write of `path` removes what a killed run left (`remove_dead_staging_files`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_staging_files(path)
+    return tempfile.mkstemp(prefix=f".{path.name}.{_FILE_STAGING_TAG}-{os.getpid()}-", suffix=suffix, dir=path.parent)
+
+
+def remove_dead_staging_files(path: str | os.PathLike) -> None:
+    """Delete the temporary files beside `path` that writes of it by runs no longer alive left behind (a killed
+    export, a killed evaluation); never a file of a running process, of this one, or a file of another name."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_FILE_STAGING_TAG}-(\d+)-.*")
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.{_FILE_STAGING_TAG}-*"):
+        match = pattern.fullmatch(entry.name)
+        if not match or entry.is_symlink() or not entry.is_file():
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and not _pid_alive(pid) and entry.lstat().st_mtime < _PROCESS_START:
+            entry.unlink(missing_ok=True)
 
 
 def _umask() -> int:

@@ -36,6 +36,7 @@ import torch
 from transformers import AutoFeatureExtractor, HfArgumentParser, PreTrainedModel, Wav2Vec2CTCTokenizer
 
 from armhubert.audio import DataError
+from armhubert.chunking import check_unchunked_lengths
 from armhubert.cli import UserError, run_main
 from armhubert.finetune import decode_audio_batch
 from armhubert.labelled_audio import audio_num_samples, csv_audio_path, examples_from_folder, read_csv_rows
@@ -223,7 +224,10 @@ def batches(dataset: datasets.Dataset, batch_size: int) -> Iterator[list[dict]]:
 
 
 def _check_lengths(dataset: datasets.Dataset, model: PreTrainedModel) -> None:
-    short = [i for i, n in enumerate(dataset["num_samples"]) if n < model.config.receptive_field]
+    lengths = list(dataset["num_samples"])
+    names = [audio.get("path") or f"row {row}" for row, audio in enumerate(dataset["audio"])]
+    check_unchunked_lengths(lengths, names, "evaluation runs whole utterances: cut them into utterances first")
+    short = [i for i, n in enumerate(lengths) if n < model.config.receptive_field]
     if short:
         path = dataset[short[0]]["audio"].get("path")
         raise DataError(

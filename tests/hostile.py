@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
+import soundfile
 import torch
 from helpers import ROOT, TINY_CKPT, TINY_YAML
 
@@ -133,4 +135,15 @@ def compressed_checkpoint(path, padding_bytes):
                 member.write(source.read(info.filename))
                 for _ in range(padding_bytes // len(chunk)):
                     member.write(chunk)
+    return path
+
+
+def long_flac(path, hours):
+    """A one-second FLAC whose STREAMINFO claims `hours` of audio (what a 20 h file of silence declares)."""
+    soundfile.write(path, np.zeros(16000, dtype=np.float32), 16000, format="FLAC")
+    data = bytearray(Path(path).read_bytes())
+    fields = int.from_bytes(data[18:26], "big")  # sample rate (20 bits), channels, bits, total samples (36 bits)
+    fields = (fields & ~((1 << 36) - 1)) | int(hours * 3600 * 16000)
+    data[18:26] = fields.to_bytes(8, "big")
+    Path(path).write_bytes(bytes(data))
     return path

@@ -12,14 +12,12 @@ checks it).
 """
 
 import zipfile
-from pathlib import Path
 
 import numpy as np
-import soundfile
 import torch
 import yaml
 from helpers import TINY_CKPT
-from hostile import compressed_checkpoint, distiller, run_capped, save, tiny_checkpoint, tiny_yaml_text
+from hostile import compressed_checkpoint, distiller, long_flac, run_capped, save, tiny_checkpoint, tiny_yaml_text
 
 MAX_SECONDS = 2
 
@@ -76,17 +74,6 @@ def _allocating_pickle(size, wrap_in_size=False):
     if wrap_in_size:
         call = b"ctorch\nSize\n" + call + b"\x85R"
     return b"\x80\x02}X\x0a\x00\x00\x00state_dict" + call + b"s."
-
-
-def _long_flac(path, hours):
-    """A one-second FLAC whose STREAMINFO claims `hours` of audio (what a 20 h file of silence declares)."""
-    soundfile.write(path, np.zeros(16000, dtype=np.float32), 16000, format="FLAC")
-    data = bytearray(Path(path).read_bytes())
-    fields = int.from_bytes(data[18:26], "big")  # sample rate (20 bits), channels, bits, total samples (36 bits)
-    fields = (fields & ~((1 << 36) - 1)) | int(hours * 3600 * 16000)
-    data[18:26] = fields.to_bytes(8, "big")
-    Path(path).write_bytes(bytes(data))
-    return path
 
 
 def _rng_bomb(path, elements):
@@ -181,7 +168,7 @@ def _cases(folder):
     raw("size-of-bytearray", _allocating_pickle(300_000_000, wrap_in_size=True), "calls builtins.bytearray")
     # 600,000 NONE opcodes in one list: 0.6 MB of pickle, seconds and hundreds of MB to unpickle.
     raw("opcode-flood", b"\x80\x02](" + b"N" * 600_000 + b"e.", "more than 500,000 pickle opcodes")
-    flac = _long_flac(folder / "silence-20h.flac", 20)
+    flac = long_flac(folder / "silence-20h.flac", 20)
     cases.append(("flac-20h", "audio", [str(flac)], "(20.0 h), more than the 1 h a file may have"))
     bomb = _rng_bomb(folder / "rng_state.pth", 2_000_000_000)
     cases.append(("rng-state", "rng", [str(bomb)], "claims 2,000,000,000 elements"))

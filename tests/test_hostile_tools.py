@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -21,7 +22,7 @@ import pytest
 import soundfile
 import torch
 from helpers import load_script, tiny_config
-from hostile import digest, refusal, run_capped
+from hostile import digest, long_flac, refusal, run_capped
 from transformers import HubertConfig, Wav2Vec2CTCTokenizer
 
 from armhubert.units import CODEBOOK_FORMAT, Codebook, save_codebook
@@ -539,3 +540,50 @@ def test_weights_a_folder_lacks_are_refused_not_left_random(folders, tmp_path, c
     argv = ["--model", folders["ctc"], "--input", folders["audio"][0].parent, "--output_dir", tmp_path / "out"]
     line = refusal(capsys, extract.main, *argv, "--layers", "2", "--representation", "projected")
     assert "holds no projection head for layer 2" in line and not (tmp_path / "out").exists()
+
+
+def test_the_next_write_removes_the_temporary_file_a_killed_write_left(tmp_path):
+    import time
+
+    from armhubert.outputs import atomic_write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended
+    left = tmp_path / f".figures.json.armhubert-tmp-{pid}-abc123"
+    alive = tmp_path / f".figures.json.armhubert-tmp-{os.getppid()}-def456"  # a running process's: kept
+    other = tmp_path / f".notes.json.armhubert-tmp-{pid}-ghi789"  # another file's: kept
+    for path in (left, alive, other):
+        path.write_text("partial")
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    atomic_write_text(tmp_path / "figures.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["figures.json", alive.name, other.name])
+
+
+def test_long_audio_that_would_run_whole_is_refused_before_decoding(folders, tmp_path, capsys):
+    corpus = tmp_path / "long"
+    corpus.mkdir()
+    flac = long_flac(corpus / "talk.flac", 0.5)  # 1 s of audio whose header declares 30 minutes
+    before = digest(corpus)
+    data = csv_file(tmp_path / "dev.csv", [(flac, "a b")])
+    line = refusal(capsys, evaluate.main, folders["ctc"], "--data", data)
+    assert "1 utterance(s) are longer than 120 s" in line and "(1800 s)" in line
+    argv = ["--model", folders["ctc"], "--input", corpus, "--chunk_length_s", "0", "--output_dir", tmp_path / "out"]
+    assert "give --chunk_length_s (e.g. 30)" in refusal(capsys, extract.main, *argv)
+    assert digest(corpus) == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[" * 40 + "]" * 40, "nests deeper than 32 levels"),
+        ("[1, 2]", "is not an index of this tool"),
+        ("{", "not valid JSON"),
+    ],
+)
+def test_a_hostile_index_json_is_one_user_error(tmp_path, text, message):
+    from armhubert.cli import UserError
+    from armhubert.features.index import FeatureIndex
+
+    (tmp_path / "index.json").write_text(text)
+    with pytest.raises(UserError, match=message):
+        FeatureIndex(tmp_path)

@@ -21,6 +21,7 @@ from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 from pipeline_armhubert import num_frames
 
 from ..audio import DataError
+from ..chunking import check_unchunked_lengths
 from ..cli import UserError
 from ..outputs import atomic_write_text
 from ..units import Codebook, load_codebook, save_codebook
@@ -239,6 +240,8 @@ def extract_features(args: ExtractionArguments, encoder: Encoder | None = None) 
     if encoder is None:
         encoder = load_encoder(args.model, args.preset, args.layers == "weighted", device, args.seed)
     check_chunking(args, encoder.model.config)
+    if args.chunk_length_s == 0:
+        check_unchunked_lengths(corpus.lengths, corpus.ids, "give --chunk_length_s (e.g. 30) to encode them in windows")
     selection = selection_for(args, encoder.model.config, given_codebook)
     check_heads(encoder, selection)
     widths = probe_widths(encoder, selection)
