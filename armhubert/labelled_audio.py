@@ -17,8 +17,10 @@ from configuration_armhubert import SAMPLING_RATE
 
 from .audio import DataError, audio_num_samples
 from .cli import UserError
+from .untrusted import check_regular_file
 
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif")
+MAX_CSV_BYTES = 64 << 20  # 600,000 rows: its rows in memory stay a few hundred MB
 
 
 def examples_from_folder(folder: str | Path) -> list[tuple[Path, str]]:
@@ -39,7 +41,11 @@ def examples_from_folder(folder: str | Path) -> list[tuple[Path, str]]:
 
 def read_csv_rows(csv_path: str | Path, columns: Sequence[str]) -> list[dict[str, str]]:
     """The rows of a UTF-8 CSV file with a header holding `columns` (and at least one row)."""
-    csv_path = Path(csv_path)
+    csv_path = check_regular_file(csv_path, f"the CSV file {csv_path}", DataError)
+    if csv_path.stat().st_size > MAX_CSV_BYTES:
+        raise DataError(
+            f"{csv_path} is larger than {MAX_CSV_BYTES >> 20} MiB; a CSV of utterances has ~100 bytes a row: split it"
+        )
     try:
         with open(csv_path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))

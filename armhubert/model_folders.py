@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.utils import logging as transformers_logging
 
 from .cli import UserError
-from .untrusted import check_model_size, load_json_file
+from .untrusted import check_model_size, check_regular_file, load_json_file
 
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few kB
 # JSON files of a model folder besides config.json that transformers reads (a vocabulary is a few kB too).
@@ -91,7 +91,11 @@ def check_model_folder(
 def read_folder_config(folder: str | os.PathLike) -> dict:
     """The `config.json` of a local model folder as a dict: a regular file of at most MAX_CONFIG_BYTES, valid
     JSON bounded in depth and values before it is built (`parse_json`). The folder's other JSON files that
-    transformers reads (preprocessing, tokenizer) pass the same checks, and must hold an object too."""
+    transformers reads (preprocessing, tokenizer) pass the same checks, and must hold an object too; its
+    weight files must be regular files."""
+    for name in WEIGHT_FILES:  # a FIFO would block the load forever, a device never end
+        if os.path.lexists(Path(folder) / name):
+            check_regular_file(Path(folder) / name, str(Path(folder) / name))
     configs = {}
     for name in ("config.json", *PROCESSOR_FILES):
         path = Path(folder) / name

@@ -326,6 +326,8 @@ def check_output_file(
         raise UserError(f"{what} {output} is a folder; give a file name")
     if os.path.lexists(output) and not overwrite:
         raise UserError(f"{what} {output} exists; pass {flag} to replace it, or choose another name")
+    if os.path.lexists(output) and not (output.is_file() or output.is_symlink()):
+        raise UserError(f"{what} {output} exists and is not a regular file (a device, FIFO or socket); choose a file")
     _check_writable(output, output.absolute().parent)
     return output
 

@@ -111,6 +111,11 @@ def test_output_json_never_replaces_a_file_without_overwrite(folders, tmp_path, 
     folder.mkdir()
     assert "is a folder" in refusal(capsys, evaluate.main, folders["ctc"], "--data", data, "--output_json", folder)
     assert "is empty" in refusal(capsys, evaluate.main, folders["ctc"], "--data", data, "--output_json", "")
+    for special in ("/dev/null", fifo(tmp_path / "pipe.json")):  # never replaced, even with --overwrite
+        line = refusal(capsys, evaluate.main, folders["ctc"], "--data", data, "--output_json", special, "--overwrite")
+        assert "is not a regular file" in line
+    assert os.path.exists("/dev/null") and Path("/dev/null").is_char_device()
+    (tmp_path / "pipe.json").unlink()
     # With --overwrite it is replaced (in one rename), and a new name is written without it.
     assert evaluate.main([str(folders["ctc"]), "--data", str(data), "--output_json", str(notes), "--overwrite"]) == 0
     assert json.loads(notes.read_text())["utterances"] == 1
@@ -458,6 +463,19 @@ def _child_cases(folders, folder):
     cases.append(
         ("csv-folder", "evaluate", [ctc, "--data", csv_file(folder / "dir.csv", [(folder, "a")])], "is a folder")
     )
+    weights_fifo = folder / "weights-fifo"
+    subprocess.run(["cp", "-a", str(ctc), str(weights_fifo)], check=True)
+    (weights_fifo / "model.safetensors").unlink()
+    fifo(weights_fifo / "model.safetensors")
+    ok_csv = csv_file(folder / "ok-1.csv", [(good, "a")])
+    cases.append(("weights-fifo-evaluate", "evaluate", [weights_fifo, "--data", ok_csv], "is a FIFO"))
+    argv = ["--model", weights_fifo, "--input", good.parent, "--output_dir", folder / "out-features"]
+    cases.append(("weights-fifo-features", "features", argv, "is a FIFO"))
+    cases.append(("csv-itself-a-fifo", "evaluate", [ctc, "--data", fifo(folder / "pipe.csv")], "is a FIFO"))
+    big = folder / "big.csv"
+    big.write_bytes(b"path,text\n")
+    os.truncate(big, 100 << 20)  # sparse
+    cases.append(("csv-100MiB", "evaluate", [ctc, "--data", big], "is larger than 64 MiB"))
     fifo(folder / "labels" / "yes" / "pipe.flac")
     write_wav(folder / "labels" / "no" / "a.wav")
     cases.append(("label-folder-fifo", "evaluate", [sid, "--data", folder / "labels"], "is a FIFO"))
