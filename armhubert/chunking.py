@@ -19,7 +19,7 @@ by the window, not by the recording.
 """
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,15 +32,15 @@ from .untrusted import brief
 MAX_UNCHUNKED_SECONDS = 120
 
 
-def check_unchunked_lengths(lengths: list[int], names: list[str], advice: str) -> None:
+def check_unchunked_lengths(lengths: Sequence[int], name_of: Callable[[int], str], advice: str) -> None:
     """Refuse utterances longer than MAX_UNCHUNKED_SECONDS (`lengths` in 16 kHz samples) that would run whole,
-    naming the longest; `advice` says what to do instead (one line)."""
+    naming the longest (`name_of(row)`); `advice` says what to do instead (one line)."""
     limit = MAX_UNCHUNKED_SECONDS * 16000
     longest = max(range(len(lengths)), key=lengths.__getitem__, default=None)
     if longest is not None and lengths[longest] > limit:
         count = sum(length > limit for length in lengths)
         raise DataError(
-            f"{count} utterance(s) are longer than {MAX_UNCHUNKED_SECONDS} s, the longest {brief(names[longest])} "
+            f"{count} utterance(s) are longer than {MAX_UNCHUNKED_SECONDS} s, the longest {brief(name_of(longest))} "
             f"({lengths[longest] / 16000:.0f} s), and would run whole (memory grows with the length); {advice}"
         )
 

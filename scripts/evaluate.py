@@ -32,6 +32,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow.compute
 import torch
 from transformers import AutoFeatureExtractor, HfArgumentParser, PreTrainedModel, Wav2Vec2CTCTokenizer
 
@@ -184,9 +185,15 @@ def _saved_or_hub_dataset(args: EvaluateArguments) -> datasets.Dataset:
     return open_dataset(args.data.removeprefix("hf://"), args.split, args.dataset_config)
 
 
-def audio_paths(dataset: datasets.Dataset) -> list[str]:
-    """The files the rows' audio names (rows that carry their bytes name none)."""
-    return [audio["path"] for audio in dataset["audio"] if audio.get("path") and not audio.get("bytes")]
+def audio_paths(dataset: datasets.Dataset, rows_at_once: int = 10_000) -> list[str]:
+    """The files the rows' audio names (rows that carry their bytes name none), read from the Arrow columns
+    without copying the audio bytes a dataset may embed."""
+    paths, table = [], dataset.select_columns(["audio"]).with_format("arrow")
+    for start in range(0, len(table), rows_at_once):
+        for chunk in table[start : start + rows_at_once]["audio"].chunks:
+            embedded = pyarrow.compute.binary_length(chunk.field("bytes")).fill_null(0).to_pylist()
+            paths += [path for path, inline in zip(chunk.field("path").to_pylist(), embedded) if path and not inline]
+    return paths
 
 
 def load_ctc_data(args: EvaluateArguments) -> datasets.Dataset:
@@ -225,8 +232,11 @@ def batches(dataset: datasets.Dataset, batch_size: int) -> Iterator[list[dict]]:
 
 def _check_lengths(dataset: datasets.Dataset, model: PreTrainedModel) -> None:
     lengths = list(dataset["num_samples"])
-    names = [audio.get("path") or f"row {row}" for row, audio in enumerate(dataset["audio"])]
-    check_unchunked_lengths(lengths, names, "evaluation runs whole utterances: cut them into utterances first")
+    check_unchunked_lengths(
+        lengths,
+        lambda row: dataset[row]["audio"].get("path") or f"row {row}",
+        "evaluation runs whole utterances: cut them into utterances first",
+    )
     short = [i for i, n in enumerate(lengths) if n < model.config.receptive_field]
     if short:
         path = dataset[short[0]]["audio"].get("path")

@@ -241,7 +241,9 @@ def extract_features(args: ExtractionArguments, encoder: Encoder | None = None) 
         encoder = load_encoder(args.model, args.preset, args.layers == "weighted", device, args.seed)
     check_chunking(args, encoder.model.config)
     if args.chunk_length_s == 0:
-        check_unchunked_lengths(corpus.lengths, corpus.ids, "give --chunk_length_s (e.g. 30) to encode them in windows")
+        check_unchunked_lengths(
+            corpus.lengths, corpus.ids.__getitem__, "give --chunk_length_s (e.g. 30) to encode them in windows"
+        )
     selection = selection_for(args, encoder.model.config, given_codebook)
     check_heads(encoder, selection)
     widths = probe_widths(encoder, selection)
