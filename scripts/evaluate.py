@@ -19,7 +19,10 @@ MODEL is a folder written by `scripts/finetune_ctc.py` or `scripts/finetune_clas
 Batches are formed in the data's order and padded as in fine-tuning (`--batch_size` 8, the Trainer's
 evaluation default), so the figures are those the fine-tuning printed on the same data. CTC output is
 decoded greedily over each utterance's real frames. Prints the figures (and `--output_json FILE`
-writes them); bad input: one line on stderr, exit status 2.
+writes them: never over an input, an audio file the data names included, nor over an existing file
+without `--overwrite`); bad input: one line on stderr, exit status 2. The model folder is read through
+the checked loader (`armhubert.model_folders`): a foreign, broken or incomplete folder, or weights that
+are not finite, are refused before anything is encoded; audio must be regular files.
 """
 
 import json
@@ -32,6 +35,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow
 import pyarrow.compute
 import torch
 from transformers import AutoFeatureExtractor, HfArgumentParser, PreTrainedModel, Wav2Vec2CTCTokenizer
@@ -191,7 +195,10 @@ def audio_paths(dataset: datasets.Dataset, rows_at_once: int = 10_000) -> list[s
     paths, table = [], dataset.select_columns(["audio"]).with_format("arrow")
     for start in range(0, len(table), rows_at_once):
         for chunk in table[start : start + rows_at_once]["audio"].chunks:
-            embedded = pyarrow.compute.binary_length(chunk.field("bytes")).fill_null(0).to_pylist()
+            data = chunk.field("bytes")
+            embedded = [0] * len(data)  # an all-None column has the null type: no bytes anywhere
+            if not pyarrow.types.is_null(data.type):
+                embedded = pyarrow.compute.binary_length(data).fill_null(0).to_pylist()
             paths += [path for path, inline in zip(chunk.field("path").to_pylist(), embedded) if path and not inline]
     return paths
 

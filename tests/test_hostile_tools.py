@@ -409,20 +409,23 @@ def test_a_hostile_shard_metadata_is_re_encoded_not_a_traceback(feature_run, tmp
 
 
 @pytest.mark.parametrize("existing", [False, True])
-def test_a_run_refused_after_it_began_leaves_the_output_as_it_was(folders, tmp_path, capsys, existing):
-    corpus = tmp_path / "short"
-    for i in range(2):  # readable headers, but shorter than the model's receptive field: refused at the index
-        write_wav(corpus / f"{i}.wav", seconds=0.01, seed=i)
+@pytest.mark.parametrize("when", ["at-the-index", "fitting-units"])
+def test_a_run_refused_after_it_began_leaves_the_output_as_it_was(folders, tmp_path, capsys, existing, when):
+    corpus = tmp_path / "corpus"
+    if when == "at-the-index":  # readable headers, but shorter than the model's receptive field
+        argv, message = [], "could be read"
+        for i in range(2):
+            write_wav(corpus / f"{i}.wav", seconds=0.01, seed=i)
+    else:  # run.json is written, then k-means finds too few frames for K units
+        argv, message = ["--units", "5000"], "k-means needs at least K = 5000 frames"
+        write_wav(corpus / "a.wav")
     output = tmp_path / "out"
     if existing:
         output.mkdir()
-    line = refusal(capsys, extract.main, "--model", folders["ctc"], "--input", corpus, "--output_dir", output)
-    assert "could be read" in line
+    argv = ["--model", folders["ctc"], "--input", corpus, "--output_dir", output, *argv]
+    assert message in refusal(capsys, extract.main, *argv)
     assert sorted(output.iterdir()) == [] if existing else not output.exists()
-    # so the same command can run again at once (it is not refused as "not empty")
-    assert "could be read" in refusal(
-        capsys, extract.main, "--model", folders["ctc"], "--input", corpus, "--output_dir", output
-    )
+    assert message in refusal(capsys, extract.main, *argv)  # the same command is not refused as "not empty"
 
 
 def test_no_datasets_cache_is_written_into_the_input_dataset(folders, tmp_path, capsys):
