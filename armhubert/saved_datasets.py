@@ -19,7 +19,7 @@ import datasets
 
 from .audio import DataError
 from .cli import first_line
-from .untrusted import load_json_file
+from .untrusted import check_regular_file, load_json_file
 
 SAVED_DATASET_MARKERS = ("state.json", "dataset_dict.json")
 MAX_DATASET_JSON_BYTES = 4 << 20
@@ -44,9 +44,16 @@ def caches_outside_inputs() -> Iterator[None]:
 
 
 def check_dataset_files(folder: Path) -> None:
-    """The JSON files of a `save_to_disk` folder (and of its splits' folders), bounded before `datasets` reads them."""
-    for path in sorted([*folder.glob("*.json"), *folder.glob("*/*.json")]):
-        load_json_file(path, str(path), "a saved dataset's JSON files are a few kB", MAX_DATASET_JSON_BYTES)
+    """The files of a `save_to_disk` folder (and of its splits' folders) before `datasets` opens them: regular
+    files only (a FIFO where an Arrow file belongs would block the load forever), JSON bounded."""
+    for path in sorted(
+        [*folder.iterdir(), *(child for split in folder.iterdir() if split.is_dir() for child in split.iterdir())]
+    ):
+        if path.is_dir() and path.parent == folder:
+            continue
+        check_regular_file(path, str(path), DataError)
+        if path.suffix == ".json":
+            load_json_file(path, str(path), "a saved dataset's JSON files are a few kB", MAX_DATASET_JSON_BYTES)
 
 
 def open_dataset(name: str, split: str | None, config: str | None = None) -> datasets.Dataset:

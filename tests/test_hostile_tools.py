@@ -486,6 +486,16 @@ def _child_cases(folders, folder):
     datasets.Dataset.from_dict({"audio": [{"path": str(pipe), "bytes": None}], "label": ["yes"]}).save_to_disk(saved)
     cases.append(("dataset-row-fifo-evaluate", "evaluate", [sid, "--data", saved], "is a FIFO"))
     out = folder / "out-features"
+    arrow_fifo = folder / "saved-arrow-fifo"
+    datasets.Dataset.from_dict({"audio": [{"path": str(good), "bytes": None}], "label": ["yes"]}).save_to_disk(
+        arrow_fifo
+    )
+    for arrow in arrow_fifo.glob("*.arrow"):
+        arrow.unlink()
+        fifo(arrow)
+    cases.append(("dataset-arrow-fifo-evaluate", "evaluate", [sid, "--data", arrow_fifo], "is a FIFO"))
+    argv = ["--model", ctc, "--input", arrow_fifo, "--output_dir", out]
+    cases.append(("dataset-arrow-fifo-features", "features", argv, "is a FIFO"))
     cases.append(
         (
             "dataset-row-fifo-features",
