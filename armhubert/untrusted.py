@@ -213,13 +213,27 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 JSON_INTEGER_BITS = 14_300  # 4,300 decimal digits
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object as a dict; a key given twice (the last would silently win) raises _DuplicateKey."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen = set()
+        raise _DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return value
+
+
 def parse_json(data: bytes | str, what: str, max_nodes: int = MAX_NODES) -> Any:
     """Plain data from JSON text, its size in values and its nesting bounded *before* anything is built.
 
     Bytes bound a file but not what it builds: 60 MB of `[[],[],...]` is 20 million lists (1.8 GB).
     The text is scanned first, its strings blanked: more than `max_nodes` commas and openings (an upper
     bound of the values it holds) or nesting deeper than MAX_DEPTH is refused; invalid JSON, or a
-    result beyond `check_structure`'s other limits (text, integer widths), likewise. One UserError.
+    result beyond `check_structure`'s other limits (text, integer widths), or a key given twice in one
+    object (the last would silently win), likewise. One UserError.
     """
     data = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     skeleton = _JSON_STRING.sub(b'""', data)
@@ -233,7 +247,9 @@ def parse_json(data: bytes | str, what: str, max_nodes: int = MAX_NODES) -> Any:
             raise UserError(f"{what} nests deeper than {MAX_DEPTH} levels; refusing to read it")
     del skeleton
     try:
-        value = json.loads(data)
+        value = json.loads(data, object_pairs_hook=_object_without_duplicates)
+    except _DuplicateKey as error:
+        raise UserError(f"{what} holds the key {brief(error.args[0])} twice in one object; keep one") from None
     except (ValueError, RecursionError) as error:
         raise UserError(
             f"{what} is not valid JSON: {brief(str(error).splitlines()[0] if str(error) else error)}"

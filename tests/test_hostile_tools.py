@@ -153,6 +153,10 @@ def _broken_model(folder, kind):
         config["num_hidden_layers"] = [4]
         (folder / "config.json").write_text(json.dumps(config))
         return "cannot load the model"
+    if kind == "duplicate-key":  # json.loads keeps the last: the model would not be what the file seems to say
+        text = json.dumps(tiny_config().to_dict())
+        (folder / "config.json").write_text(text.replace('"hidden_size": 48', '"hidden_size": 48, "hidden_size": 96'))
+        return "holds the key 'hidden_size' twice"
     if kind == "list-config":
         (folder / "config.json").write_text("[1, 2]")
         return "holds a list, not a JSON object"
@@ -171,7 +175,16 @@ def _broken_model(folder, kind):
     raise AssertionError(kind)
 
 
-MODEL_CASES = ["hubert", "deep-config", "many-values", "wrong-type", "list-config", "huge", "broken-preprocessor"]
+MODEL_CASES = [
+    "hubert",
+    "deep-config",
+    "many-values",
+    "wrong-type",
+    "duplicate-key",
+    "list-config",
+    "huge",
+    "broken-preprocessor",
+]
 
 
 @pytest.mark.parametrize("kind", MODEL_CASES)
@@ -338,6 +351,7 @@ def test_parse_json_bounds_values_and_depth_before_building():
         (b"[" + b"[]," * 300_000 + b"[]]", "more than 200,000 JSON values"),
         (b"[" * 33 + b"]" * 33, "nests deeper than 32 levels"),
         (b'{"a": 1', "is not valid JSON"),
+        (b'{"a": 1, "b": {"c": 2, "c": 3}}', "holds the key 'c' twice"),
         (b'["' + b"9" * 5000 + b'", ' + b"9" * 5000 + b"]", "is not valid JSON"),  # Python's int() digit limit
     ]:
         with pytest.raises(UserError, match=message):
