@@ -43,13 +43,10 @@ print(json.dumps(results))
 """
 
 
-def run_capped(prelude, cases, timeout=300):
-    """Run `cases` [(name, command, args, expected message fragment)] in one capped child process (a hang fails
-    as a timeout) and assert each: exit status 2, one line naming the problem, growth under MAX_GROWTH_BYTES.
-    Returns {name: result}."""
-    request = json.dumps([(name, command, [str(arg) for arg in args]) for name, command, args, _ in cases])
-    child = subprocess.run(
-        [sys.executable, "-c", prelude + _CHILD_LOOP, request],
+def run_child(code, args, timeout=300):
+    """`python -c code *args` offline on one thread, from tests/ with the repository and tests/ importable."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -61,6 +58,14 @@ def run_capped(prelude, cases, timeout=300):
             "OMP_NUM_THREADS": "1",
         },
     )
+
+
+def run_capped(prelude, cases, timeout=300):
+    """Run `cases` [(name, command, args, expected message fragment)] in one capped child process (a hang fails
+    as a timeout) and assert each: exit status 2, one line naming the problem, growth under MAX_GROWTH_BYTES.
+    Returns {name: result}."""
+    request = json.dumps([(name, command, [str(arg) for arg in args]) for name, command, args, _ in cases])
+    child = run_child(prelude + _CHILD_LOOP, [request], timeout)
     assert child.returncode == 0, child.stderr[-3000:]
     results = json.loads(child.stdout.strip().splitlines()[-1])
     for name, _, _, message in cases:

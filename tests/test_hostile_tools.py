@@ -22,7 +22,7 @@ import pytest
 import soundfile
 import torch
 from helpers import load_script, tiny_config
-from hostile import digest, long_flac, refusal, run_capped
+from hostile import digest, long_flac, refusal, run_capped, run_child
 from transformers import HubertConfig, Wav2Vec2CTCTokenizer
 
 from armhubert.units import CODEBOOK_FORMAT, Codebook, save_codebook
@@ -632,3 +632,38 @@ def test_a_hostile_index_json_is_one_user_error(tmp_path, text, message):
     (tmp_path / "index.json").write_text(text)
     with pytest.raises(UserError, match=message):
         FeatureIndex(tmp_path)
+
+
+_FSIZE_CHILD = r"""
+import contextlib, io, resource, sys
+from helpers import load_script
+extract = load_script("extract_features")
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # prlimit --fsize: no file over 100 kB
+stderr = io.StringIO()  # what the command prints (not what libraries print when imported)
+with contextlib.redirect_stderr(stderr):
+    code = extract.main(sys.argv[1:])
+print(stderr.getvalue(), end="")
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_features_run_that_cannot_write_its_shard_gives_one_line_and_takes_back_its_files(
+    folders, tmp_path, existing
+):
+    corpus = tmp_path / "corpus"
+    for i in range(3):
+        write_wav(corpus / f"{i}.wav", seconds=2.0, seed=i)
+    output = tmp_path / "out"
+    if existing:
+        output.mkdir()
+    argv = ["--model", folders["ctc"], "--input", corpus, "--layers", "all", "--representation", "hidden"]
+    argv += ["--output_dir", output]
+    child = run_child(_FSIZE_CHILD, argv)
+    lines = child.stdout.strip().splitlines()
+    assert child.returncode == 2 and len(lines) == 1 and "File too large" in lines[0], (
+        child.stdout,
+        child.stderr[-2000:],
+    )
+    assert sorted(output.iterdir()) == [] if existing else not output.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"] + (["out"] if existing else [])

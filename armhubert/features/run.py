@@ -264,7 +264,7 @@ def extract_features(args: ExtractionArguments, encoder: Encoder | None = None) 
             settings,
             started,
         )
-    except UserError:
+    except (UserError, OSError):  # OSError: a full disk, a file-size limit
         if fresh and processes.is_main:
             take_back_run(output_dir, remove_folder=not existed)
         raise
