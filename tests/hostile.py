@@ -43,6 +43,24 @@ print(json.dumps(results))
 """
 
 
+def file_size_limited(prelude, main):
+    """Code for `run_child`: after `prelude` (imports), run `main(sys.argv[1:])` with no file over 100 kB allowed
+    (`prlimit --fsize`), print what the command wrote on stderr (not what libraries print when imported) and exit
+    with its status."""
+    return (
+        prelude
+        + f"""
+import contextlib, io, resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):
+    code = {main}(sys.argv[1:])
+print(stderr.getvalue(), end="")
+sys.exit(code)
+"""
+    )
+
+
 def run_child(code, args, timeout=300):
     """`python -c code *args` offline on one thread, from tests/ with the repository and tests/ importable."""
     return subprocess.run(

@@ -22,7 +22,7 @@ import pytest
 import soundfile
 import torch
 from helpers import load_script, tiny_config
-from hostile import digest, long_flac, refusal, run_capped, run_child
+from hostile import digest, file_size_limited, long_flac, refusal, run_capped, run_child
 from transformers import HubertConfig, Wav2Vec2CTCTokenizer
 
 from armhubert.units import CODEBOOK_FORMAT, Codebook, save_codebook
@@ -634,17 +634,9 @@ def test_a_hostile_index_json_is_one_user_error(tmp_path, text, message):
         FeatureIndex(tmp_path)
 
 
-_FSIZE_CHILD = r"""
-import contextlib, io, resource, sys
-from helpers import load_script
-extract = load_script("extract_features")
-resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # prlimit --fsize: no file over 100 kB
-stderr = io.StringIO()  # what the command prints (not what libraries print when imported)
-with contextlib.redirect_stderr(stderr):
-    code = extract.main(sys.argv[1:])
-print(stderr.getvalue(), end="")
-sys.exit(code)
-"""
+_FSIZE_CHILD = file_size_limited(
+    'from helpers import load_script\nextract = load_script("extract_features")', "extract.main"
+)
 
 
 @pytest.mark.parametrize("existing", [False, True])
