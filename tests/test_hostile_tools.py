@@ -675,3 +675,14 @@ def test_a_refusal_while_a_dataset_is_read_is_still_one_line(folders, tmp_path, 
     datasets.Dataset.from_dict({**rows, "label": ["yes", "no"]}).save_to_disk(saved)
     capsys.readouterr()  # the bar of saving it
     assert "/dev/zero is a device" in refusal(capsys, evaluate.main, folders["sid"], "--data", saved)
+
+
+def test_a_fifo_in_an_audio_folder_is_skipped_and_listed_never_opened(folders, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    write_wav(corpus / "good.wav")
+    fifo(corpus / "pipe.wav")
+    (corpus / "gone.flac").symlink_to(tmp_path / "nowhere.flac")
+    argv = ["--model", folders["ctc"], "--input", corpus, "--output_dir", tmp_path / "out", "--progress", "false"]
+    assert extract.main([str(x) for x in argv]) == 0
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert list(index["utterances"]) == ["good"] and sorted(name for name, _ in index["skipped"]) == ["gone", "pipe"]

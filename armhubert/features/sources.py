@@ -84,7 +84,7 @@ def _with_lengths(rows: datasets.Dataset, what: str) -> Corpus:
     """Add `num_samples` from the headers; files whose header is unreadable are skipped and listed."""
     rows = add_num_samples(rows, "reading audio headers")
     bad = [position for position, length in enumerate(rows["num_samples"]) if length < 0]
-    skipped = [(rows[position]["id"], "soundfile cannot read its header") for position in bad]
+    skipped = [(rows[position]["id"], "not a regular file, or soundfile cannot read its header") for position in bad]
     if len(bad) == len(rows):
         raise DataError(
             f"none of the {len(rows)} audio files of {what} is readable (soundfile cannot read them), e.g. "
@@ -100,9 +100,10 @@ def _with_lengths(rows: datasets.Dataset, what: str) -> Corpus:
 
 
 def audio_folder(folder: str | os.PathLike) -> Corpus:
-    """Every audio file below `folder` (sub-folders too; suffixes soundfile knows), id = path without suffix."""
+    """Every audio file below `folder` (sub-folders too; suffixes soundfile knows), id = path without suffix.
+    An entry that is not a regular file (a FIFO, a device, a broken link) is skipped and listed, never opened."""
     folder = Path(folder)
-    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file())
+    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in AUDIO_SUFFIXES and not path.is_dir())
     if not files:
         raise DataError(
             f"no audio files in {folder} (looked for {', '.join(AUDIO_SUFFIXES[:6])}, ... in sub-folders too); "
