@@ -539,9 +539,10 @@ def test_quickstart_runs_no_folder_code_unless_asked(tmp_path, tiny_model_dir, c
         ({"model_type": "armhubert"}, "cannot load the model"),
         ({"hidden_size": 8_000_000}, "describes a model of"),
         ({"conv_kernel": [10.5, 3, 3, 3, 3, 2, 2]}, "cannot load the model"),
-        ("[" * 100_000 + "]" * 100_000, "nests too deeply to be a model config"),
+        ("[" * 100_000 + "]" * 100_000, "nests deeper than 32 levels"),
+        ("[" + "[]," * 250_000 + "[]]", "more than 200,000 JSON values"),
     ],
-    ids=["only-model-type", "huge-hidden-size", "float-kernel", "deep-json"],
+    ids=["only-model-type", "huge-hidden-size", "float-kernel", "deep-json", "many-values-json"],
 )
 def test_a_broken_config_json_is_one_line_for_quickstart_and_fine_tuning(
     tmp_path, tiny_model_dir, capsys, config, message
