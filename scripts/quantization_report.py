@@ -1,17 +1,17 @@
 """What int8 (ONNX Runtime) and bf16 (PyTorch) cost a model in fidelity, layer by layer, on your audio.
 
     python scripts/quantization_report.py converted/armhubert-960h
-    python scripts/quantization_report.py converted/armhubert-960h --audio my/*.flac --each-part
+    python scripts/quantization_report.py converted/armhubert-960h --audio my/*.flac --each_part
 
 Real checkpoints have weight and activation outliers that random weights lack: check the int8 file
 of a trained model on audio like yours before deploying it. For each layer (the encoder input
 `hidden 0`, the L layer outputs, the projections and the last state) it prints the mean and worst
 cosine per frame to PyTorch fp32 and the relative error ||x - fp32|| / ||fp32||, for the int8 graph
-that `export_onnx.py --precision int8 --int8-parts ...` writes, for bf16 weights
+that `export_onnx.py --precision int8 --int8_parts ...` writes, for bf16 weights
 (`from_pretrained(..., dtype=torch.bfloat16)`) and for fp32 weights under bf16 autocast. It also says
-which parts int8 quantises and which it keeps in float (node counts by op type). `--each-part`
+which parts int8 quantises and which it keeps in float (node counts by op type). `--each_part`
 adds int8 with each part quantised alone: where the fidelity goes. Audio: --audio files (any rate,
-mono-mixed, at most --max-seconds each), by default the bundled corpus's dev-clean utterances, one
+mono-mixed, at most --max_seconds each), by default the bundled corpus's dev-clean utterances, one
 per call. Exit status: 0, or 2 for bad input.
 """
 
@@ -22,11 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from armhubert.audio import read_audio
-from armhubert.cli import UserError, run_main
+from armhubert.cli import FlagParser, UserError, require_extra, run_main
 from armhubert.deploy import (
     DEFAULT_INT8_PARTS,
     QUANTIZABLE_PARTS,
@@ -49,18 +48,18 @@ MAX_FILES = 1000
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = FlagParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="converted model folder (or Hub id)")
     parser.add_argument("--subfolder", help="variant subfolder of a multi-model repository")
     parser.add_argument("--audio", nargs="+", type=Path, help="audio files (default: the bundled dev-clean)")
-    parser.add_argument("--max-seconds", type=float, default=20.0, help="longest audio per file (the rest is cut)")
+    parser.add_argument("--max_seconds", type=float, default=20.0, help="longest audio per file (the rest is cut)")
     parser.add_argument(
-        "--int8-parts",
+        "--int8_parts",
         nargs="+",
         default=list(DEFAULT_INT8_PARTS),
         help="parts the int8 graph quantises (as export_onnx.py)",
     )
-    parser.add_argument("--each-part", action="store_true", help="also int8 with each part quantised alone")
+    parser.add_argument("--each_part", action="store_true", help="also int8 with each part quantised alone")
     parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's)")
     return parser.parse_args(argv)
 
@@ -82,7 +81,7 @@ def audio_files(paths: Sequence[Path] | None) -> list[Path]:
 def load_audio(files: Sequence[Path], max_seconds: float, shortest: int) -> list[np.ndarray]:
     """16 kHz mono arrays, each cut to max_seconds; a file shorter than the receptive field is refused."""
     if not max_seconds > 0:
-        raise UserError(f"--max-seconds must be positive, got {max_seconds}")
+        raise UserError(f"--max_seconds must be positive, got {max_seconds}")
     audios = []
     for path in files:
         samples = read_audio(path)[: int(max_seconds * SAMPLING_RATE)]
@@ -94,6 +93,8 @@ def load_audio(files: Sequence[Path], max_seconds: float, shortest: int) -> list
 
 def print_parts(graph: bytes, parts: Sequence[str]) -> None:
     counts = Counter()
+    import onnx  # the onnx extra, checked before the work starts
+
     proto = onnx.load_from_string(graph)
     types = {node.name: node.op_type for node in proto.graph.node}
     for name, part in node_parts(proto).items():
@@ -123,6 +124,7 @@ def print_table(results: dict[str, list[LayerFidelity]]) -> None:
 
 def report(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    require_extra("onnx", "the quantisation report")
     check_int8_parts(args.int8_parts)
     files = audio_files(args.audio)
     model = load_model(args.model, args.subfolder)
