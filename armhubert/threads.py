@@ -1,10 +1,12 @@
 """The CPU thread count of the training and demo scripts: as many as the machine has cores free.
 
 PyTorch starts one thread per core, and its OpenMP threads spin while they wait for each other. On a
-machine that other programs keep busy that collapses: a fine-tuning demo that takes 36 s with one
-thread took 636 s with two on a 2-core machine whose cores were busy. The scripts therefore use the
-cores left free by the load at start (the 1-minute load average), at least one, unless the user chose:
-`OMP_NUM_THREADS=N` (or `torch.set_num_threads` before calling a script's `main` from Python) is kept.
+machine that other programs keep busy that collapses: 60 steps of the CTC demo on a 2-core machine at
+load 6-14 took 81 s with one thread, 300 s with two spinning threads and 83 s with two threads under
+`OMP_WAIT_POLICY=PASSIVE` (one run each, taking turns). The scripts therefore use the
+cores left free by the load at start (the 1-minute load average), at least one and never more than
+torch's own count, unless the user chose: `OMP_NUM_THREADS=N` is kept, and so is a lower
+`torch.set_num_threads` made before calling a script's `main` from Python.
 
     use_machine_threads("finetune_ctc.py")   # prints one line: what it chose and how to override
 
@@ -36,7 +38,8 @@ def machine_threads() -> tuple[int, str]:
     if os.environ.get(OVERRIDE, "").strip():
         return torch.get_num_threads(), f"{OVERRIDE}={os.environ[OVERRIDE].strip()}"
     cores, load = available_cores(), os.getloadavg()[0]
-    return free_cores(cores, load), f"{cores} cores, load {load:.2f}; set {OVERRIDE}=N to choose"
+    threads = min(free_cores(cores, load), torch.get_num_threads())
+    return threads, f"{cores} cores, load {load:.2f}; set {OVERRIDE}=N to choose"
 
 
 def use_machine_threads(prog: str) -> int:
