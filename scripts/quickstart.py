@@ -74,7 +74,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def quickstart(argv: Sequence[str] | None = None) -> None:
     """Encode the utterances with the model and print what came out and how fast."""
     args = parse_args(argv)
-    use_machine_threads(PROG)
+    threads = use_machine_threads(PROG)
     torch.manual_seed(0)
     if args.model:
         check_model_folder(args.model, subfolder_option=None)
@@ -103,7 +103,7 @@ def quickstart(argv: Sequence[str] | None = None) -> None:
         )
     print(
         f"time: {elapsed:.3f} s per batch, median of {args.repeats} warm calls ({seconds / elapsed:.0f} s of audio "
-        f"per second, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}: one measurement)"
+        f"per second, {threads} thread{'s' if threads > 1 else ''}, load {os.getloadavg()[0]:.2f}: one measurement)"
     )
 
 
