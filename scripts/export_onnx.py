@@ -49,6 +49,7 @@ from armhubert.deploy import (
 from armhubert.outputs import atomic_write_bytes
 from armhubert.profiling import medians_taking_turns
 from armhubert.progress import stages
+from armhubert.threads import use_machine_threads
 from configuration_armhubert import SAMPLING_RATE
 
 PROG = "export_onnx.py"
@@ -123,7 +124,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--latency_seconds", type=float, default=10.0, help="utterance length for the timing")
     parser.add_argument("--latency_runs", type=int, default=10, help="timed runs per runtime (median reported)")
-    parser.add_argument("--threads", type=int, help="CPU threads for both runtimes (default: PyTorch's)")
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads for both runtimes (default: the cores the load leaves free)"
+    )
     return parser.parse_args(argv)
 
 
@@ -151,7 +154,7 @@ def export(argv: Sequence[str] | None = None) -> int:
     check_precision(args.precision, args.int8_parts)
     check_output(output, args.overwrite)
     model = load_model(args.model, args.subfolder)
-    threads = args.threads or torch.get_num_threads()
+    threads = args.threads or use_machine_threads(PROG)
     torch.set_num_threads(threads)
     # Progress bars (a terminal only) name the long silent stages; the parity table prints between them.
     with stages(["export", f"{args.precision} graph"], "ONNX") as begin:

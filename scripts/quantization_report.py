@@ -41,6 +41,7 @@ from armhubert.deploy import (
     quantize_int8,
 )
 from armhubert.resources import BUNDLED_CORPUS
+from armhubert.threads import use_machine_threads
 from configuration_armhubert import SAMPLING_RATE
 
 PROG = "quantization_report.py"
@@ -60,7 +61,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="parts the int8 graph quantises (as export_onnx.py)",
     )
     parser.add_argument("--each_part", action="store_true", help="also int8 with each part quantised alone")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores the load leaves free)")
     return parser.parse_args(argv)
 
 
@@ -128,8 +129,8 @@ def report(argv: Sequence[str] | None = None) -> int:
     check_int8_parts(args.int8_parts)
     files = audio_files(args.audio)
     model = load_model(args.model, args.subfolder)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or use_machine_threads(PROG)
+    torch.set_num_threads(threads)
     audios = load_audio(files, args.max_seconds, min_samples(model.config))
     graph = export_onnx(model)
     graphs = {"int8 " + "+".join(args.int8_parts): quantize_int8(graph, args.int8_parts)}
@@ -141,7 +142,7 @@ def report(argv: Sequence[str] | None = None) -> int:
     print(f"{args.model}: {len(audios)} utterances, {seconds:.1f} s, one per call; fidelity to PyTorch fp32")
     print(f"int8 parts ({'+'.join(args.int8_parts)}), 7-bit weights (the same numbers on CPUs with and without VNNI):")
     print_parts(graph, args.int8_parts)
-    print_table(fidelity_report(model, audios, graphs, args.threads))
+    print_table(fidelity_report(model, audios, graphs, threads))
     if cpu_has_vnni() is False:
         print(
             "this CPU has no VNNI (AVX-512 VNNI / AVX-VNNI): int8 runs here at about fp32's speed (docs/deployment.md)"
