@@ -46,10 +46,11 @@ from armhubert.deploy import (
     run_onnx,
     run_torch,
 )
-from armhubert.outputs import atomic_write_bytes
+from armhubert.outputs import atomic_write_bytes, check_output_file
 from armhubert.profiling import medians_taking_turns
 from armhubert.progress import stages
 from armhubert.threads import use_machine_threads
+from armhubert.untrusted import check_number
 from configuration_armhubert import SAMPLING_RATE
 
 PROG = "export_onnx.py"
@@ -137,13 +138,18 @@ def check_precision(precision: str, parts: Sequence[str]) -> None:
     check_int8_parts(parts)
 
 
-def check_output(output: Path, overwrite: bool) -> None:
-    if output.suffix.lower() != ".onnx":  # never e.g. the model's own model.safetensors or config.json
-        raise UserError(f"--output {output} must name a .onnx file")
-    if output.exists() and not overwrite:
-        raise UserError(f"{output} exists; pass --overwrite to replace it")
-    if output.is_dir():
-        raise UserError(f"{output} is a folder; --output names the .onnx file to write")
+def check_arguments(args: argparse.Namespace) -> None:
+    """Before the (slow) export: the output apart from the model folder, numbers finite and in range."""
+    if Path(args.output).suffix.lower() != ".onnx":  # never e.g. the model's own model.safetensors or config.json
+        raise UserError(f"--output {args.output} must name a .onnx file")
+    check_output_file(args.output, args.overwrite, [args.model], what="--output")
+    if args.opset is not None and not 7 <= args.opset <= 30:  # what onnx and the exporter know
+        raise UserError(f"--opset must be an ONNX opset between 7 and 30, got {args.opset}")
+    check_number(args.atol, "--atol", 0, 1)
+    check_number(args.min_cosine, "--min_cosine", -1, 1)
+    check_number(args.max_relative_error, "--max_relative_error", 0, 10)
+    check_number(args.latency_seconds, "--latency_seconds", 0, 600)
+    check_number(args.latency_runs, "--latency_runs", 0, 10_000)
 
 
 def export(argv: Sequence[str] | None = None) -> int:
@@ -152,7 +158,7 @@ def export(argv: Sequence[str] | None = None) -> int:
     require_extra("onnx", "exporting to ONNX")
     output = Path(args.output)
     check_precision(args.precision, args.int8_parts)
-    check_output(output, args.overwrite)
+    check_arguments(args)
     model = load_model(args.model, args.subfolder)
     threads = args.threads or use_machine_threads(PROG)
     torch.set_num_threads(threads)
@@ -170,7 +176,7 @@ def export(argv: Sequence[str] | None = None) -> int:
     with stages(["timing"], "ONNX") as begin:
         begin("timing")
         latency = measure_latency(model, session, args.latency_seconds, args.latency_runs)
-    atomic_write_bytes(output, model_bytes)
+    atomic_write_bytes(output, model_bytes, replace=args.overwrite)
     speedup = latency["PyTorch"] / latency["onnxruntime"]
     print(
         f"CPU latency, 1 x {args.latency_seconds:g} s, {threads} threads, median of {args.latency_runs}, taking turns: "
