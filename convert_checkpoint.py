@@ -1,8 +1,8 @@
 """Convert original ARMHuBERT / ARMwavLM / MaskHuBERT / STaRHuBERT checkpoints to Transformers folders.
 
-    python convert_checkpoint.py CKPT [--config YAML] [--release NAME|none] --output-dir DIR [--overwrite]
-    python convert_checkpoint.py --all SRC_DIR --output-dir REPO_DIR [--default NAME] [--overwrite]
-        [--format {armhubert,hubert}] [--push-to-hub REPO_ID [--private]]
+    python convert_checkpoint.py CKPT [--config YAML] [--release NAME|none] --output_dir DIR [--overwrite]
+    python convert_checkpoint.py --all SRC_DIR --output_dir REPO_DIR [--default NAME] [--overwrite]
+        [--format {armhubert,hubert}] [--push_to_hub REPO_ID [--private]]
 
 The original release stores PyTorch-Lightning checkpoints whose `state_dict` holds the frozen teacher
 and the student (`student_model.*`), with the model configuration in
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 from transformers.utils import logging as transformers_logging
 
-from armhubert.cli import run_main
+from armhubert.cli import FlagParser, run_main
 from armhubert.convert.folders import OUTPUT_FORMATS, convert_checkpoint, convert_folder
 from armhubert.convert.publish import publish_output
 
@@ -40,7 +40,7 @@ PROG = "convert_checkpoint.py"  # the name error lines start with, also for the 
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = FlagParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", nargs="?", help="original .ckpt file (PyTorch-Lightning format)")
     parser.add_argument("--config", help="training YAML (required for STaR checkpoints, overrides the ckpt's)")
     parser.add_argument(
@@ -55,14 +55,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--all",
         metavar="SRC_DIR",
         dest="source_dir",
-        help="convert every .ckpt of SRC_DIR (with NAME.yaml where present) into subfolders of --output-dir",
+        help="convert every .ckpt of SRC_DIR (with NAME.yaml where present) into subfolders of --output_dir",
     )
     parser.add_argument(
         "--default",
         metavar="NAME",
         help="with --all: the variant the repository root holds (the bare id loads it) when there is no ARMHuBERT-960h",
     )
-    parser.add_argument("--output-dir", required=True, help="folder to write the converted model (or repository) into")
+    parser.add_argument("--output_dir", required=True, help="folder to write the converted model (or repository) into")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument(
         "--format",
@@ -71,7 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="armhubert",
         help="armhubert: this repo's model (remote code); hubert: plain transformers HubertModel (STaR models only)",
     )
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the finished output to this Hub repository")
+    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="upload the finished output to this Hub repository")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
     args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.source_dir is None):
@@ -81,7 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.default is not None and args.source_dir is None:
         parser.error("--default applies to --all")
     if args.private and not args.push_to_hub:
-        parser.error("--private needs --push-to-hub")
+        parser.error("--private needs --push_to_hub")
     return args
 
 

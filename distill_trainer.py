@@ -11,6 +11,7 @@ one entry of a mapping). This file is the command line only; the work is done by
 """
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from transformers import TrainerCallback
 from armhubert.cli import run_main
 from armhubert.distill.run import distill
 from armhubert.distill.trainer import DistillTrainer
+from armhubert.threads import use_machine_threads
 
 
 def parse_cli(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -57,8 +59,18 @@ def run(argv: Sequence[str] | None = None, callbacks: Sequence[TrainerCallback] 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command: a `UserError` (bad recipe, data or output folder) is one line on stderr and exit status 2."""
-    return run_main("distill_trainer.py", run, argv)
+    """The command: a `UserError` (bad recipe, data or output folder) is one line on stderr and exit status 2.
+
+    A single process takes the cores the machine's load leaves free (two spinning threads on a busy 2-core
+    machine run 5x slower than one); launched processes (torchrun, accelerate) keep their launcher's setting.
+    """
+
+    def job(arguments):
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            use_machine_threads("distill_trainer.py")
+        return run(arguments)
+
+    return run_main("distill_trainer.py", job, argv)
 
 
 if __name__ == "__main__":

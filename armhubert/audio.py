@@ -21,6 +21,7 @@ import soxr
 from configuration_armhubert import SAMPLING_RATE
 
 from .cli import UserError, first_line
+from .untrusted import check_regular_file
 
 MAX_CHANNELS = 8  # an axis this short is channels, not time
 
@@ -61,25 +62,46 @@ def read_audio(
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
-def header_num_samples(audio: str | os.PathLike | dict, target_rate: int = SAMPLING_RATE) -> int | None:
+def audio_num_samples(audio: str | os.PathLike | dict, target_rate: int = SAMPLING_RATE) -> int:
     """Length at `target_rate` of an audio file or undecoded audio dict, from its header alone (nothing is
-    decoded); None when soundfile cannot read the header."""
+    decoded); DataError naming the file when it is not a regular file or soundfile cannot read its header."""
+    name, source = _source(audio)
     try:
-        info = soundfile.info(_source(audio)[1])
-    except Exception:  # noqa: BLE001 - any unreadable header (or entry) makes the file unusable
-        return None
+        info = soundfile.info(source)
+    except Exception as error:  # noqa: BLE001 - missing files and every libsndfile error
+        raise DataError(f"cannot read audio file {name}: {first_line(error)}") from None
     return int(round(info.frames * target_rate / info.samplerate))
 
 
+def header_num_samples(audio: str | os.PathLike | dict, target_rate: int = SAMPLING_RATE) -> int | None:
+    """`audio_num_samples`, or None when the file is unusable (for sources that skip such files)."""
+    try:
+        return audio_num_samples(audio, target_rate)
+    except DataError:
+        return None
+
+
 def _source(audio: str | os.PathLike | dict) -> tuple[str, Any]:
-    """(name for messages, what soundfile opens) of a path or an undecoded audio dict ({"path", "bytes"})."""
+    """(name for messages, what soundfile opens) of a path or an undecoded audio dict ({"path", "bytes"}).
+
+    The door every audio file passes: a path must be a regular file (a FIFO would block the open forever,
+    a device never end), checked without opening it.
+    """
     if not isinstance(audio, dict):
-        return os.fspath(audio), os.fspath(audio)
+        name = os.fspath(audio)
+        check_regular_file(name, f"audio file {name}", DataError)
+        return name, name
+    if not isinstance(audio.get("bytes"), (bytes, type(None))) or not isinstance(audio.get("path"), (str, type(None))):
+        raise DataError(
+            "audio entry's 'bytes' / 'path' are not bytes / text; expected an undecoded datasets audio dict"
+        )
     name = audio.get("path") or "<audio bytes>"
-    source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
-    if source is None:
+    if audio.get("bytes"):
+        return name, io.BytesIO(audio["bytes"])
+    if audio.get("path") is None:
         raise DataError("audio entry has neither 'bytes' nor 'path'; expected an undecoded datasets audio dict")
-    return name, source
+    check_regular_file(name, f"audio file {name}", DataError)
+    return name, name
 
 
 MAX_AUDIO_SECONDS = 3600  # longer recordings are cut into utterances first (LibriSpeech's are under 35 s)

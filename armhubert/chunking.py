@@ -19,12 +19,30 @@ by the window, not by the recording.
 """
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .audio import read_audio
+from .audio import DataError, read_audio
+from .untrusted import brief
+
+# Longest utterance a model runs whole: its first convolution alone keeps 512 channels at a fifth of the sample
+# rate, 410 bytes a sample (800 MB for 2 minutes, 23 GB for an hour). Longer ones are chunked or refused.
+MAX_UNCHUNKED_SECONDS = 120
+
+
+def check_unchunked_lengths(lengths: Sequence[int], name_of: Callable[[int], str], advice: str) -> None:
+    """Refuse utterances longer than MAX_UNCHUNKED_SECONDS (`lengths` in 16 kHz samples) that would run whole,
+    naming the longest (`name_of(row)`); `advice` says what to do instead (one line)."""
+    limit = MAX_UNCHUNKED_SECONDS * 16000
+    longest = max(range(len(lengths)), key=lengths.__getitem__, default=None)
+    if longest is not None and lengths[longest] > limit:
+        count = sum(length > limit for length in lengths)
+        raise DataError(
+            f"{count} utterance(s) are longer than {MAX_UNCHUNKED_SECONDS} s, the longest {brief(name_of(longest))} "
+            f"({lengths[longest] / 16000:.0f} s), and would run whole (memory grows with the length); {advice}"
+        )
 
 
 def file_window_reader(audio: str | os.PathLike | dict, device: torch.device) -> Callable[[int, int], torch.Tensor]:

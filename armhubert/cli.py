@@ -6,6 +6,8 @@ line `prog: error: ...` on stderr and returns exit status 2, without a traceback
 reaches `run_main` (a full disk, a read-only or vanished folder) is reported the same way.
 """
 
+import argparse
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 
@@ -14,6 +16,40 @@ from .progress import quiet_when_piped
 
 class UserError(Exception):
     """A problem with the user's input, arguments or environment; the message says what to do."""
+
+
+# Each optional feature's extra (pyproject.toml's [project.optional-dependencies]) and the modules it brings,
+# as (import name, distribution name); tests/test_packaging.py checks that the two agree.
+EXTRAS = {
+    "onnx": (("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxscript", "onnxscript")),
+    "units": (("faiss", "faiss-cpu"), ("sklearn", "scikit-learn")),
+    "tensorboard": (("tensorboard", "tensorboard"),),
+}
+
+
+class MissingExtra(UserError):
+    """An optional feature whose packages are not installed; the message names the extra that brings them."""
+
+
+def require_extra(extra: str, what: str) -> None:
+    """Raise `MissingExtra` (one line naming `pip install 'armhubert[EXTRA]'`) unless `extra`'s modules import.
+
+    Call it before the work that needs them, inside a function run by `run_main`, so that a missing
+    optional package is exit status 2 and one line, never a traceback.
+    """
+    missing = [distribution for module, distribution in EXTRAS[extra] if importlib.util.find_spec(module) is None]
+    if missing:
+        raise MissingExtra(f"{what} needs {', '.join(missing)}: pip install 'armhubert[{extra}]'")
+
+
+class FlagParser(argparse.ArgumentParser):
+    """argparse with the project's one flag style: `--output_dir` (as `HfArgumentParser` writes flags), with the
+    dashed spelling `--output-dir` accepted as an alias. Flags may be declared in either spelling."""
+
+    def add_argument(self, *names, **kwargs):
+        spellings = [f"--{name[2:].replace('-', '_')}" if name.startswith("--") else name for name in names]
+        aliases = [f"--{name[2:].replace('_', '-')}" for name in spellings if name.startswith("--") and "_" in name]
+        return super().add_argument(*spellings, *aliases, **kwargs)
 
 
 def error_line(error: BaseException) -> str:
@@ -50,9 +86,11 @@ def run_main(prog: str, function: Callable[[Sequence[str] | None], object], argv
 
     Returns the function's exit status when it returns an int, else 0 (a function may return its
     result, e.g. a trainer, for callers that use it from Python). Progress bars are drawn only when
-    stderr is a terminal (`armhubert.progress`).
+    stderr is a terminal (`armhubert.progress`); torch's thread count is the caller's again afterwards.
     """
     quiet_when_piped()
+    torch = sys.modules.get("torch")  # a command may choose its thread count (armhubert.threads): not for its caller
+    threads = torch.get_num_threads() if torch is not None else None
     try:
         status = function(argv)
     except UserError as error:
@@ -61,4 +99,7 @@ def run_main(prog: str, function: Callable[[Sequence[str] | None], object], argv
     except OSError as error:  # the environment: full disk, permissions, a path that went away
         print(f"{prog}: error: {os_error_line(error)}", file=sys.stderr)
         return 2
+    finally:
+        if threads is not None:
+            torch.set_num_threads(threads)
     return status if isinstance(status, int) else 0

@@ -18,6 +18,18 @@ from .outputs import atomic_output_file
 FILE_NAME = "loss.png"
 # Evaluation entries that are bookkeeping, not results (timing, counters).
 _NOT_RESULTS = ("_runtime", "_per_second", "_unreadable_files")
+# What the evaluation results are, for the legend (others keep their name).
+MEANINGS = {
+    "wer": "WER (word error rate)",
+    "cer": "CER (character error rate)",
+    "accuracy": "accuracy",
+    "hint": "hint: distance to the teacher, layers before the last",
+    "rec": "rec: distance to the teacher, last layer",
+    "hint_masked": "hint, masked frames",
+    "hint_unmasked": "hint, unmasked frames",
+    "rec_masked": "rec, masked frames",
+    "rec_unmasked": "rec, unmasked frames",
+}
 
 
 def curve_points(log_history: Sequence[Mapping]) -> dict[str, list[tuple[int, float]]]:
@@ -61,11 +73,10 @@ def plot_training_curves(log_history: Sequence[Mapping], path: str | Path, title
     if not losses:
         return None
     panels = [losses] + ([curves] if curves else [])
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for axis, panel, label in zip(axes[0], panels, ("loss", "evaluation")):
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), squeeze=False)
+    for axis, panel, label in zip(axes[0], panels, ("loss", "evaluation result (see legend)")):
         for name, points in panel.items():
-            steps, values = zip(*points)
-            axis.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=name)
+            _draw(axis, MEANINGS.get(name, name), points)
         axis.set(xlabel="optimiser step", ylabel=label)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
@@ -77,6 +88,17 @@ def plot_training_curves(log_history: Sequence[Mapping], path: str | Path, title
         figure.savefig(staging, format="png", dpi=80)
     plt.close(figure)
     return path
+
+
+def _draw(axis, label: str, points: Sequence[tuple[int, float]]) -> None:
+    """A curve of `points`; one point is a marker whose legend gives its value, not a curve."""
+    steps, values = zip(*points)
+    if len(points) == 1:
+        axis.plot(
+            steps, values, linestyle="none", marker="D", label=f"{label}: {values[0]:.4g} (one value, step {steps[0]})"
+        )
+    else:
+        axis.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=label)
 
 
 def save_loss_curves(log_history: Sequence[Mapping], folder: str | Path, title: str | None = None) -> Path | None:

@@ -37,6 +37,7 @@ from .guarded_trainer import check_training_values, save_trained_model
 from .model_folders import check_model_folder, load_pretrained
 from .outputs import check_output_folder, output_lock
 from .remote_code import add_remote_code_entries
+from .threads import use_machine_threads
 from .untrusted import check_code_text
 
 
@@ -142,6 +143,7 @@ def parse_run_arguments(
         # so DDP needs no search for unused ones, unless layer drop skips whole layers.
         training_args.ddp_find_unused_parameters = model_args.layerdrop > 0
     set_seed(training_args.seed)
+    use_machine_threads(prog)
     return model_args, data_args, training_args
 
 

@@ -8,19 +8,19 @@ Rows keep their audio undecoded (`{"path", "bytes"}`) for `armhubert.finetune.de
 """
 
 import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
-import soundfile
 
 from configuration_armhubert import SAMPLING_RATE
 
-from .audio import DataError
+from .audio import DataError, audio_num_samples
 from .cli import UserError
+from .untrusted import check_regular_file
 
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif")
+MAX_CSV_BYTES = 64 << 20  # 600,000 rows: its rows in memory stay a few hundred MB
 
 
 def examples_from_folder(folder: str | Path) -> list[tuple[Path, str]]:
@@ -41,7 +41,11 @@ def examples_from_folder(folder: str | Path) -> list[tuple[Path, str]]:
 
 def read_csv_rows(csv_path: str | Path, columns: Sequence[str]) -> list[dict[str, str]]:
     """The rows of a UTF-8 CSV file with a header holding `columns` (and at least one row)."""
-    csv_path = Path(csv_path)
+    csv_path = check_regular_file(csv_path, f"the CSV file {csv_path}", DataError)
+    if csv_path.stat().st_size > MAX_CSV_BYTES:
+        raise DataError(
+            f"{csv_path} is larger than {MAX_CSV_BYTES >> 20} MiB; a CSV of utterances has ~100 bytes a row: split it"
+        )
     try:
         with open(csv_path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
@@ -79,21 +83,6 @@ def read_examples(folder: str | None, csv_path: str | None, what: str) -> list[t
     if bool(folder) == bool(csv_path):
         raise UserError(f"give exactly one of --{what}_dir and --{what}_csv")
     return examples_from_folder(folder) if folder else examples_from_csv(csv_path)
-
-
-def audio_num_samples(audio: str | Path | dict) -> int:
-    """Length at 16 kHz of an audio file or undecoded audio dict, from its header; DataError when unreadable."""
-    if isinstance(audio, dict):
-        name = audio.get("path") or "<audio bytes>"
-        source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
-    else:
-        name = source = str(audio)
-    try:
-        info = soundfile.info(source)
-    except Exception as error:  # noqa: BLE001 - missing files and every libsndfile error
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"cannot read audio file {name}: {reason}") from None
-    return int(round(info.frames * SAMPLING_RATE / info.samplerate))
 
 
 def build_dataset(

@@ -268,8 +268,21 @@ class AudioCollator:
     max_samples: int | None = None
     min_samples: int = 400
     masker: Callable[[list[int], int, list[str], int], torch.Tensor] | None = None
-    epoch: int = 0  # kept current by the trainer: masks are seeded by (seed, epoch, utterance ids)
     with_ids: bool = False  # also return `utterance_ids` (list[str]): the teacher cache's keys
+    # The epoch masks are seeded by (with the seed and utterance ids), kept current by the trainer. In shared
+    # memory: data-loader workers hold a copy of the collator, persistent ones for the whole run, and would
+    # otherwise draw epoch 0's masks every epoch.
+    _epoch: torch.Tensor = dataclasses.field(
+        default_factory=lambda: torch.zeros((), dtype=torch.int64).share_memory_(), repr=False
+    )
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.fill_(int(value))
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         waveforms, ids, skipped, problems = [], [], [], []

@@ -1,6 +1,6 @@
 """Model folders: what counts as one (`is_model_folder`, the one rule every tool uses), a multi-model
 repository root (no weights, variant subfolders) named as such, and models loaded without running the folder's
-code (`load_pretrained`).
+code (`load_config`, `load_pretrained`, `load_folder_part`).
 
 `convert_checkpoint.py --all` writes a default variant at the root, but a repository assembled by hand,
 or one written before that, has only subfolders; `from_pretrained` then fails with messages about a
@@ -13,17 +13,28 @@ it describes is sized on the meta device before any weight is allocated, and a f
 installed classes); whatever makes the folder unloadable is one UserError.
 """
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.utils import logging as transformers_logging
 
 from .cli import UserError
-from .untrusted import check_model_size, check_structure, read_bounded
+from .untrusted import check_model_size, check_regular_file, load_json_file
 
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few kB
+# JSON files of a model folder besides config.json that transformers reads (a vocabulary is a few kB too).
+PROCESSOR_FILES = (
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "generation_config.json",
+)
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -78,19 +89,31 @@ def check_model_folder(
 
 
 def read_folder_config(folder: str | os.PathLike) -> dict:
-    """The `config.json` of a local model folder as a dict: at most MAX_CONFIG_BYTES, valid JSON, bounded structure."""
-    path = Path(folder) / "config.json"
-    data = read_bounded(path, str(path), MAX_CONFIG_BYTES, "a model config is a few kB")
+    """The `config.json` of a local model folder as a dict: a regular file of at most MAX_CONFIG_BYTES, valid
+    JSON bounded in depth and values before it is built (`parse_json`). The folder's other JSON files that
+    transformers reads (preprocessing, tokenizer) pass the same checks, and must hold an object too; its
+    weight files must be regular files."""
+    for name in WEIGHT_FILES:  # a FIFO would block the load forever, a device never end
+        if os.path.lexists(Path(folder) / name):
+            check_regular_file(Path(folder) / name, str(Path(folder) / name))
+    configs = {}
+    for name in ("config.json", *PROCESSOR_FILES):
+        path = Path(folder) / name
+        if name != "config.json" and not os.path.lexists(path):
+            continue
+        configs[name] = load_json_file(path, str(path), "a model config is a few kB", MAX_CONFIG_BYTES)
+        if not isinstance(configs[name], dict):
+            raise UserError(f"{path} holds a {type(configs[name]).__name__}, not a JSON object (a config)")
+    return configs["config.json"]
+
+
+def load_folder_part(load: Callable[[str], Any], folder: str | os.PathLike, what: str) -> Any:
+    """`load(folder)` (a processor part's `from_pretrained`, after `load_config` checked the folder's JSON files);
+    whatever makes it fail is one UserError naming `what` (e.g. "tokenizer")."""
     try:
-        config = json.loads(data)
-    except RecursionError:
-        raise UserError(f"{path} nests too deeply to be a model config") from None
-    except ValueError as error:
-        raise UserError(f"{path} is not valid JSON: {str(error).splitlines()[0][:120]}") from None
-    check_structure(config, str(path))
-    if not isinstance(config, dict):
-        raise UserError(f"{path} holds a {type(config).__name__}, not a model config")
-    return config
+        return load(str(folder))
+    except Exception as error:  # noqa: BLE001 -- values the class rejects, missing or broken files
+        raise UserError(f"cannot load the {what} of {folder}: {_reason(error)}") from None
 
 
 def _reason(error: BaseException) -> str:
@@ -98,21 +121,14 @@ def _reason(error: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(error).__name__
 
 
-def load_pretrained(
-    load: Callable[..., PreTrainedModel],
-    source: str | os.PathLike,
-    subfolder: str | None = None,
-    trust_remote_code: bool = False,
-    **kwargs,
-) -> PreTrainedModel:
-    """`load(source, subfolder=..., **kwargs)` (a `from_pretrained`) of a model folder or Hub id, checked first.
-
-    A local folder's config is read bounded (`read_folder_config`); the model is sized on the meta
-    device (`check_model_size`) before any weight is allocated; the folder's own code runs only with
-    `trust_remote_code` (an unknown `model_type` is refused, naming the flag). Any failure of the load
-    itself (missing or mismatched weights, a config the model class rejects) is one UserError.
-    """
-    where = f"{source}{f' (subfolder {subfolder})' if subfolder else ''}"
+def load_config(
+    source: str | os.PathLike, subfolder: str | None = None, trust_remote_code: bool = False
+) -> PretrainedConfig:
+    """The config of a model folder or Hub id, checked: a local folder's `config.json` is read bounded
+    (`read_folder_config`), the model it describes is sized on the meta device (`check_model_size`) before
+    any weight is allocated, and the folder's own code runs only with `trust_remote_code` (an unknown
+    `model_type` is refused, naming the flag). Whatever makes it unreadable is one UserError."""
+    where = _where(source, subfolder)
     folder = Path(source) / (subfolder or "")
     if folder.is_dir():
         read_folder_config(folder)
@@ -129,7 +145,51 @@ def load_pretrained(
     check_model_size(
         lambda: AutoModel.from_config(config, trust_remote_code=trust_remote_code), f"the config of {where}"
     )
+    return config
+
+
+def _where(source: str | os.PathLike, subfolder: str | None) -> str:
+    return f"{source}{f' (subfolder {subfolder})' if subfolder else ''}"
+
+
+def load_pretrained(
+    load: Callable[..., PreTrainedModel],
+    source: str | os.PathLike,
+    subfolder: str | None = None,
+    trust_remote_code: bool = False,
+    **kwargs,
+) -> PreTrainedModel:
+    """`load(source, subfolder=..., **kwargs)` (a `from_pretrained`) of a model folder or Hub id whose config
+    passed `load_config`. Any failure of the load itself (missing or mismatched weights, a config the model
+    class rejects) is one UserError."""
+    load_config(source, subfolder, trust_remote_code)
     try:
         return load(source, subfolder=subfolder or "", **kwargs)
     except Exception as error:  # noqa: BLE001 -- a user's folder: missing, truncated or mismatched weights, bad values
-        raise UserError(f"cannot load the model {where}: {_reason(error)}") from None
+        raise UserError(f"cannot load the model {_where(source, subfolder)}: {_reason(error)}") from None
+
+
+def load_with_missing(
+    load: Callable[..., PreTrainedModel], source: str | os.PathLike, **kwargs
+) -> tuple[PreTrainedModel, list[str]]:
+    """`load_pretrained` that also returns the weights the folder lacks (missing or of another shape), which
+    transformers initialised at random; its load report is not printed (the caller says what matters in one
+    line)."""
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        model, info = load_pretrained(load, source, output_loading_info=True, **kwargs)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    missing = set(info.get("missing_keys", ())) | {item[0] for item in info.get("mismatched_keys", ())}
+    return model, sorted(missing)
+
+
+def refuse_missing(missing: list[str], source: str | os.PathLike, what: str) -> None:
+    """One UserError naming the first weights `source` lacks, if any (`what`: what needs them)."""
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise UserError(
+            f"{source} lacks weights {what} needs ({', '.join(missing[:3])}{more}); they would be random: give a "
+            "complete model folder"
+        )

@@ -11,6 +11,7 @@ what killed runs left beside a target is put back or removed on the next run
 import ctypes
 import errno
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -31,25 +32,45 @@ from .model_folders import is_model_folder
 logger = logging.getLogger(__name__)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and one rename."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, replace: bool = True, flag: str = "--overwrite") -> Path:
+    """Write `data` to `path` through a temporary file in the same folder and one rename.
+
+    With `replace=False` an existing `path` is never replaced, also one that appeared while the data was
+    written: the file arrives by a hard link, which fails if the name is taken (UserError naming `flag`).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    handle, staging = _staging_file(path)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.chmod(staging, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the user's usual mode
-        os.replace(staging, path)
-    except BaseException:
+        if replace:
+            os.replace(staging, path)
+        else:
+            _link_new(staging, path, flag)
+    finally:
         Path(staging).unlink(missing_ok=True)
-        raise
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 `text` to `path` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def _link_new(staging: str, path: Path, flag: str) -> None:
+    """Give the file `staging` the name `path` only if that name is free (where hard links are not supported,
+    a check and a rename)."""
+    try:
+        os.link(staging, path)
+    except FileExistsError:
+        raise UserError(f"{path} exists; pass {flag} to replace it") from None
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(path):
+            raise UserError(f"{path} exists; pass {flag} to replace it") from None
+        os.replace(staging, path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, replace: bool = True, flag: str = "--overwrite") -> Path:
+    """Write UTF-8 `text` to `path` atomically (`replace`, `flag`: as `atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), replace, flag)
 
 
 @contextmanager
@@ -60,8 +81,7 @@ def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
     stays as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    handle, staging = _staging_file(path, path.suffix)
     os.close(handle)
     try:
         yield Path(staging)
@@ -69,6 +89,31 @@ def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(staging, path)
     finally:
         Path(staging).unlink(missing_ok=True)
+
+
+_FILE_STAGING_TAG = "armhubert-tmp"
+
+
+def _staging_file(path: Path, suffix: str = "") -> tuple[int, str]:
+    """(handle, name) of a new temporary file beside `path`, named `.NAME.armhubert-tmp-PID-XXXX` so that the
+    next write of `path` removes what a killed run left (`remove_dead_staging_files`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_staging_files(path)
+    return tempfile.mkstemp(prefix=f".{path.name}.{_FILE_STAGING_TAG}-{os.getpid()}-", suffix=suffix, dir=path.parent)
+
+
+def remove_dead_staging_files(path: str | os.PathLike) -> None:
+    """Delete the temporary files beside `path` that writes of it by runs no longer alive left behind (a killed
+    export, a killed evaluation); never a file of a running process, of this one, or a file of another name."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_FILE_STAGING_TAG}-(\d+)-.*")
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.{_FILE_STAGING_TAG}-*"):
+        match = pattern.fullmatch(entry.name)
+        if not match or entry.is_symlink() or not entry.is_file():
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and not _pid_alive(pid) and entry.lstat().st_mtime < _PROCESS_START:
+            entry.unlink(missing_ok=True)
 
 
 def _umask() -> int:
@@ -260,14 +305,44 @@ def check_output_location(output: str | os.PathLike, inputs: Sequence[str | os.P
     check_apart(output, inputs)
     if output.exists() and not output.is_dir():
         raise UserError(f"output {output} exists and is not a folder")
-    existing = output.absolute()
+    _check_writable(output)
+    return output
+
+
+def check_output_file(
+    output: str | os.PathLike,
+    overwrite: bool,
+    inputs: Sequence[str | os.PathLike | None] = (),
+    flag: str = "--overwrite",
+    what: str = "output",
+) -> Path:
+    """Refuse an output file that is, holds or lies inside an input (`check_apart`: pass every input, the files
+    a CSV or dataset names included), is a folder, exists without `overwrite` (the command's `flag`), or
+    whose nearest existing folder is not writable. Write it with `atomic_write_*(..., replace=overwrite)`."""
+    if not str(output).strip():
+        raise UserError(f"{what} is empty; give a file name")
+    output = Path(output)
+    check_apart(output, inputs)
+    if output.is_dir():
+        raise UserError(f"{what} {output} is a folder; give a file name")
+    if os.path.lexists(output) and not overwrite:
+        raise UserError(f"{what} {output} exists; pass {flag} to replace it, or choose another name")
+    if os.path.lexists(output) and not (output.is_file() or output.is_symlink()):
+        raise UserError(f"{what} {output} exists and is not a regular file (a device, FIFO or socket); choose a file")
+    _check_writable(output, output.absolute().parent)
+    return output
+
+
+def _check_writable(output: Path, folder: Path | None = None) -> None:
+    """Refuse an output whose nearest existing folder (from `folder`, by default the output itself) is a file
+    or cannot be written."""
+    existing = (folder or output).absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"cannot create output {output}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write output {output}: {existing} is not writable; choose another folder")
-    return output
 
 
 def check_output_folder(

@@ -25,9 +25,11 @@ from safetensors.torch import save_file
 
 from .cli import UserError
 from .outputs import atomic_output_file
+from .untrusted import brief, check_regular_file, parse_json
 
 CODEBOOK_FORMAT = "armhubert-codebook/1"
 MAX_UNITS = torch.iinfo(torch.int16).max  # unit sequences are int16
+MAX_CODEBOOK_WIDTH = 8192  # features are at most a few thousand wide (HuBERT XL: 1280)
 ASSIGN_BLOCK_FRAMES = 8192  # frames per distance block: (block, K) scores stay a few MB
 
 
@@ -121,30 +123,59 @@ def save_codebook(codebook: Codebook, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_codebook(path: str | os.PathLike) -> Codebook:
-    """The codebook saved at `path`; UserError for a missing file, another format or broken centroids."""
-    path = Path(path)
-    if not path.is_file():
+def load_codebook(path: str | os.PathLike, read_centroids: bool = True) -> Codebook:
+    """The codebook saved at `path`; UserError for a missing file, another format or broken centroids.
+
+    The centroids' declared dtype and shape are checked (K <= MAX_UNITS, D <= MAX_CODEBOOK_WIDTH) before
+    their bytes are read, and the metadata is bounded before it is built: a small header cannot make
+    this read gigabytes. `read_centroids=False` reads the header only (centroids on the meta device: their
+    shape, no memory), so that a caller can check the width against a model before the bytes are read.
+    """
+    if not os.path.exists(path):
         raise UserError(f"codebook {path} does not exist; give a codebook.safetensors written by --units K")
+    path = check_regular_file(path, f"codebook {path}")
     try:
         with safe_open(path, framework="pt") as handle:
-            metadata = json.loads((handle.metadata() or {}).get("armhubert", "{}"))
-            centroids = handle.get_tensor("centroids") if "centroids" in handle.keys() else None
-    except (SafetensorError, OSError, ValueError) as error:
-        raise UserError(f"codebook {path} is not a readable safetensors file: {error}") from None
-    if metadata.get("format") != CODEBOOK_FORMAT or centroids is None:
-        raise UserError(f"{path} is not a codebook of this tool (format {CODEBOOK_FORMAT}); make one with --units K")
-    if centroids.dim() != 2 or not 2 <= centroids.shape[0] <= MAX_UNITS or not centroids.is_floating_point():
-        raise UserError(f"codebook {path} holds centroids of shape {tuple(centroids.shape)}; expected (K, D), 2 <= K")
+            metadata = parse_json((handle.metadata() or {}).get("armhubert", "{}"), f"codebook {path}'s metadata")
+            if not isinstance(metadata, dict) or metadata.get("format") != CODEBOOK_FORMAT:
+                raise UserError(
+                    f"{path} is not a codebook of this tool (format {CODEBOOK_FORMAT}); make one with --units K"
+                )
+            if "centroids" not in handle.keys():  # noqa: SIM118 -- safe_open has no __contains__
+                raise UserError(f"codebook {path} holds no centroids; make one with --units K")
+            declared = handle.get_slice("centroids")
+            shape, dtype = tuple(declared.get_shape()), declared.get_dtype()
+            if len(shape) != 2 or not 2 <= shape[0] <= MAX_UNITS or not 1 <= shape[1] <= MAX_CODEBOOK_WIDTH:
+                raise UserError(
+                    f"codebook {path} holds centroids of shape {brief(shape)}; expected (K, D) with 2 <= K <= "
+                    f"{MAX_UNITS} and D <= {MAX_CODEBOOK_WIDTH}"
+                )
+            if dtype not in ("F16", "BF16", "F32", "F64"):
+                raise UserError(f"codebook {path} holds {brief(dtype)} centroids; expected floating-point ones")
+            if not read_centroids:
+                return _codebook(torch.empty(shape, device="meta"), metadata)
+            centroids = handle.get_tensor("centroids")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:  # RuntimeError: a failed mmap
+        raise UserError(f"codebook {path} is not a readable safetensors file: {brief(str(error))}") from None
     if not bool(torch.isfinite(centroids).all()):
         raise UserError(f"codebook {path} holds NaN or infinite centroids; fit a new one with --units K")
+    return _codebook(centroids.to(torch.float32), metadata)
+
+
+def _codebook(centroids: torch.Tensor, metadata: dict) -> Codebook:
+    fitted_frames = metadata.get("fitted_frames", 0)
     return Codebook(
-        centroids=centroids.to(torch.float32),
-        layer=str(metadata.get("layer")),
-        representation=str(metadata.get("representation")),
-        model=str(metadata.get("model")),
-        fitted_frames=int(metadata.get("fitted_frames", 0)),
+        centroids=centroids,
+        layer=_plain(metadata.get("layer")),
+        representation=_plain(metadata.get("representation")),
+        model=_plain(metadata.get("model")),
+        fitted_frames=fitted_frames if isinstance(fitted_frames, int) and not isinstance(fitted_frames, bool) else 0,
     )
+
+
+def _plain(value) -> str:
+    """A metadata value as it may appear in a message: short printable text as it is, anything else as `brief`."""
+    return value if isinstance(value, str) and value.isprintable() and len(value) <= 200 else brief(value)
 
 
 def assign_units(features: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:

@@ -7,18 +7,24 @@ turn into code in a generated model card. Every refusal is a `UserError` naming 
 - `check_structure`: nesting depth, node count (shared references counted every time they occur, as
   a copy or a printout would expand them), string sizes and integer widths of a loaded object;
 - `load_yaml_file`: size, encoding, nesting depth and alias count checked before the YAML is built;
+- `parse_json` / `load_json_file`: size, nesting depth and value count checked before the JSON is built;
 - `check_zip_members`: a zip checkpoint's members (sizes, CRCs) and pickles (`scan_pickle`), before `torch.load`;
 - `scan_pickle`: opcode count and named globals of a pickle, before anything of it is built;
 - `load_torch_file`: `torch.load(weights_only=True)` of a file that passed those checks, or one UserError;
 - `check_weight_tensor`: a loaded weight is dense, on the CPU, floating-point and backed by its bytes;
 - `check_safe_name` / `check_code_text`: names and paths that reach generated text and code;
-- `check_finite_weights`: a model is never saved with NaN or infinite weights;
+- `check_finite_weights`: a model is never saved, or used to encode, with NaN or infinite weights;
+- `check_number`: a float option is finite and in its range;
 - `brief`: a bounded `repr` for error messages about untrusted values.
 """
 
+import json
+import math
+import os
 import pickletools
 import re
 import reprlib
+import stat
 import zipfile
 from collections.abc import Callable, Sequence
 from os import PathLike
@@ -82,8 +88,10 @@ def _children(value):
     return iter([state] if state is not None else [])
 
 
-def check_structure(value: Any, what: str) -> None:
-    """Refuse a structure deeper than MAX_DEPTH, with more than MAX_NODES nodes (as a tree), more than
+def check_structure(
+    value: Any, what: str, max_nodes: int = MAX_NODES, max_integer_bits: int = MAX_INTEGER_BITS
+) -> None:
+    """Refuse a structure deeper than MAX_DEPTH, with more than `max_nodes` nodes (as a tree), more than
     MAX_TEXT_CHARACTERS of text or integers wider than MAX_INTEGER_BITS.
 
     Shared references are counted at every occurrence, as printing or copying would expand them;
@@ -96,7 +104,7 @@ def check_structure(value: Any, what: str) -> None:
 
     def too_many():
         return UserError(
-            f"{what} has more than {MAX_NODES:,} values (counting shared references); refusing to expand it"
+            f"{what} has more than {max_nodes:,} values (counting shared references); refusing to expand it"
         )
 
     while stack:
@@ -107,11 +115,11 @@ def check_structure(value: Any, what: str) -> None:
             characters += len(item)
             if characters > MAX_TEXT_CHARACTERS:
                 raise UserError(f"{what} holds more than {MAX_TEXT_CHARACTERS:,} characters of text; refusing it")
-        elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > MAX_INTEGER_BITS:
-            raise UserError(f"{what} holds an integer wider than {MAX_INTEGER_BITS} bits; refusing it")
+        elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > max_integer_bits:
+            raise UserError(f"{what} holds an integer wider than {max_integer_bits} bits; refusing it")
         else:
             nodes += _child_count(item)
-            if nodes > MAX_NODES:
+            if nodes > max_nodes:
                 raise too_many()
             stack.extend((child, depth + 1) for child in _children(item))
 
@@ -196,6 +204,103 @@ def load_yaml_file(path: str | PathLike, what: str, loader: type = yaml.SafeLoad
     except UnicodeDecodeError as error:
         raise UserError(f"{what} {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     return parse_yaml_text(text, f"{what} {path}", loader)
+
+
+# A JSON string (escapes included): blanked before brackets and commas are counted, so text cannot hide them.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKETS = re.compile(rb"[\[\]{}]")
+MAX_JSON_BYTES = 64 * 1024 * 1024
+JSON_INTEGER_BITS = 14_300  # 4,300 decimal digits
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object as a dict; a key given twice (the last would silently win) raises _DuplicateKey."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen = set()
+        raise _DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return value
+
+
+def parse_json(data: bytes | str, what: str, max_nodes: int = MAX_NODES) -> Any:
+    """Plain data from JSON text, its size in values and its nesting bounded *before* anything is built.
+
+    Bytes bound a file but not what it builds: 60 MB of `[[],[],...]` is 20 million lists (1.8 GB).
+    The text is scanned first, its strings blanked: more than `max_nodes` commas and openings (an upper
+    bound of the values it holds) or nesting deeper than MAX_DEPTH is refused; invalid JSON, or a
+    result beyond `check_structure`'s other limits (text, integer widths), or a key given twice in one
+    object (the last would silently win), likewise. One UserError.
+    """
+    data = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    skeleton = _JSON_STRING.sub(b'""', data)
+    values = skeleton.count(b",") + skeleton.count(b"[") + skeleton.count(b"{")
+    if values > max_nodes:
+        raise UserError(f"{what} holds more than {max_nodes:,} JSON values; refusing to read it")
+    depth = 0
+    for bracket in _JSON_BRACKETS.findall(skeleton):
+        depth += 1 if bracket in b"[{" else -1
+        if depth > MAX_DEPTH:
+            raise UserError(f"{what} nests deeper than {MAX_DEPTH} levels; refusing to read it")
+    del skeleton
+    try:
+        value = json.loads(data, object_pairs_hook=_object_without_duplicates)
+    except _DuplicateKey as error:
+        raise UserError(f"{what} holds the key {brief(error.args[0])} twice in one object; keep one") from None
+    except (ValueError, RecursionError) as error:
+        raise UserError(
+            f"{what} is not valid JSON: {brief(str(error).splitlines()[0] if str(error) else error)}"
+        ) from None
+    # Integers: Python's JSON reader refuses more than 4,300 digits; transformers writes 1e30 as one (68 bits).
+    check_structure(value, what, max_nodes, max_integer_bits=JSON_INTEGER_BITS)
+    return value
+
+
+def load_json_file(
+    path: str | PathLike, what: str, usual: str, max_bytes: int = MAX_JSON_BYTES, max_nodes: int = MAX_NODES
+) -> Any:
+    """`parse_json` of a regular file of at most `max_bytes` (`usual`: what size such a file has, for the message)."""
+    check_regular_file(path, what)
+    return parse_json(read_bounded(path, what, max_bytes, usual), what, max_nodes)
+
+
+def check_regular_file(path: str | PathLike, what: str, error: type[UserError] = UserError) -> Path:
+    """`path` if it is a regular file (or a link to one); a FIFO, device, socket or folder is refused before it is
+    opened (opening a FIFO blocks until someone writes to it; a device never ends), a missing path too."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as failure:
+        raise error(f"cannot read {what}: {failure.strerror or failure}") from None
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(mode)
+            else "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
+        raise error(f"{what} is {kind}, not a regular file; give a file")
+    return Path(path)
+
+
+def check_number(value: Any, what: str, low: float, high: float, low_inclusive: bool = False) -> float:
+    """`value` if it is a finite number in (low, high] ([low, high] with `low_inclusive`); else one UserError.
+
+    `> 0` lets `inf` through (and every comparison with `nan` is False): options are checked finite first.
+    """
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    above = number >= low if low_inclusive else number > low
+    if not (math.isfinite(number) and above and number <= high):
+        interval = f"{'[' if low_inclusive else '('}{low:g}, {high:g}]"
+        raise UserError(f"{what} must be a finite number in {interval}, got {brief(value)}")
+    return value
 
 
 def scan_pickle(data: bytes, what: str) -> set[str]:
@@ -311,8 +416,14 @@ def check_weight_tensor(value: torch.Tensor, what: str) -> None:
         )
 
 
-def check_finite_weights(model: torch.nn.Module, what: str) -> None:
-    """Refuse to save `model` when any parameter or buffer holds NaN or infinity (names the first few)."""
+SAVING_ADVICE = (
+    "nothing was saved. Lower the learning rate, check the data for broken audio, or use bf16 instead of fp16"
+)
+
+
+def check_finite_weights(model: torch.nn.Module, what: str, advice: str = SAVING_ADVICE) -> None:
+    """Refuse `model` when any parameter or buffer holds NaN or infinity (names the first few): it is never
+    saved (the default `advice`), nor used to encode (its outputs would be NaN)."""
     broken = [
         name
         for name, tensor in (*model.named_parameters(), *model.named_buffers())
@@ -320,10 +431,7 @@ def check_finite_weights(model: torch.nn.Module, what: str) -> None:
     ]
     if broken:
         more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
-        raise UserError(
-            f"{what} has NaN or infinite weights ({', '.join(broken[:3])}{more}); nothing was saved. "
-            "Lower the learning rate, check the data for broken audio, or use bf16 instead of fp16"
-        )
+        raise UserError(f"{what} has NaN or infinite weights ({', '.join(broken[:3])}{more}); {advice}")
 
 
 def load_torch_file(path: str | PathLike, what: str, safe_globals: Sequence[Any] = ()) -> Any:

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import HfArgumentParser, HubertConfig, HubertModel
 
-from armhubert.cli import UserError, run_main
+from armhubert.cli import UserError, require_extra, run_main
 from armhubert.deploy import (
     bfloat16_copy,
     cpu_has_bf16,
@@ -121,6 +121,9 @@ def check_arguments(args: RuntimeArguments) -> list[tuple[int, float]]:
             raise UserError(f"--{name} must be at least 1, got {value}")
     if args.warmup < 0:
         raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
+    onnx_runtimes = [name for name in args.runtimes if name.startswith("onnx")]
+    if onnx_runtimes:
+        require_extra("onnx", f"--runtimes {' '.join(onnx_runtimes)}")
     return [parse_case(case) for case in args.cases]
 
 

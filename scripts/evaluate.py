@@ -19,7 +19,10 @@ MODEL is a folder written by `scripts/finetune_ctc.py` or `scripts/finetune_clas
 Batches are formed in the data's order and padded as in fine-tuning (`--batch_size` 8, the Trainer's
 evaluation default), so the figures are those the fine-tuning printed on the same data. CTC output is
 decoded greedily over each utterance's real frames. Prints the figures (and `--output_json FILE`
-writes them); bad input: one line on stderr, exit status 2.
+writes them: never over an input, an audio file the data names included, nor over an existing file
+without `--overwrite`); bad input: one line on stderr, exit status 2. The model folder is read through
+the checked loader (`armhubert.model_folders`): a foreign, broken or incomplete folder, or weights that
+are not finite, are refused before anything is encoded; audio must be regular files.
 """
 
 import json
@@ -32,18 +35,23 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow
+import pyarrow.compute
 import torch
 from transformers import AutoFeatureExtractor, HfArgumentParser, PreTrainedModel, Wav2Vec2CTCTokenizer
 
 from armhubert.audio import DataError
+from armhubert.chunking import check_unchunked_lengths
 from armhubert.cli import UserError, run_main
 from armhubert.finetune import decode_audio_batch
 from armhubert.labelled_audio import audio_num_samples, csv_audio_path, examples_from_folder, read_csv_rows
 from armhubert.librispeech import HUB_SPLITS, load_librispeech
 from armhubert.metrics import confusion_matrix, error_rates, normalize_transcript
-from armhubert.model_folders import check_model_folder
-from armhubert.outputs import atomic_write_text, check_apart
+from armhubert.model_folders import check_model_folder, load_config, load_folder_part, load_with_missing, refuse_missing
+from armhubert.outputs import atomic_write_text, check_output_file
 from armhubert.progress import progress
+from armhubert.saved_datasets import caches_outside_inputs, is_saved_dataset, open_dataset
+from armhubert.untrusted import brief, check_finite_weights
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification
 
@@ -75,6 +83,7 @@ class EvaluateArguments:
     max_samples: int = field(default=None, metadata={"help": "Evaluate only the first N utterances."})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when available)."})
     output_json: str = field(default=None, metadata={"help": "Also write the figures to this JSON file."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output_json file."})
 
 
 def parse_arguments(argv: Sequence[str] | None) -> tuple[str, EvaluateArguments]:
@@ -91,42 +100,45 @@ def parse_arguments(argv: Sequence[str] | None) -> tuple[str, EvaluateArguments]
         raise UserError(f"--device must be auto, cpu or cuda, got {args.device!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda needs a CUDA GPU and torch.cuda.is_available() is False; use --device cpu")
-    if args.output_json:
-        check_apart(args.output_json, [rest.model, args.data])
-        if Path(args.output_json).is_dir():
-            raise UserError(f"--output_json {args.output_json} is a folder; give a file name")
+    if args.output_json is not None:
+        check_output_json(args, [rest.model, args.data])
     return rest.model, args
 
 
-def load_model(folder: str) -> PreTrainedModel:
-    """The fine-tuned model of `folder` (CTC or classification head), in eval mode."""
+def check_output_json(args: EvaluateArguments, inputs: Sequence[str | Path]) -> None:
+    """Refuse an --output_json that is, or lies inside, an input, or that exists without --overwrite."""
+    check_output_file(args.output_json, args.overwrite, inputs, what="--output_json")
+
+
+def head_class(folder: str) -> type[PreTrainedModel]:
+    """The head class (CTC or classification) `folder`'s checked config names; nothing of the weights is read."""
     check_model_folder(folder, subfolder_option=None)
     if not Path(folder, "config.json").is_file():
         raise UserError(
             f"{folder} is not a model folder (no config.json); give a folder written by a fine-tuning script"
         )
-    try:
-        config = ARMHubertConfig.from_pretrained(folder)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read the model config in {folder}: {str(error).strip().splitlines()[0]}") from None
-    architecture = (config.architectures or ["ARMHubertModel"])[0]
-    if architecture not in HEADS:
+    config = load_config(folder)
+    architecture = (getattr(config, "architectures", None) or ["ARMHubertModel"])[0]
+    if not isinstance(config, ARMHubertConfig) or architecture not in HEADS:
+        kind = brief(architecture) if not str(architecture).isidentifier() else architecture
+        kind = kind if isinstance(config, ARMHubertConfig) else f"a {type(config).__name__} model"
         raise UserError(
-            f"{folder} holds {architecture}, not a fine-tuned model (a CTC or classification head); evaluate a folder written by "
-            "scripts/finetune_ctc.py or scripts/finetune_classification.py"
+            f"{folder} holds {kind}, not a fine-tuned model (an ARMHuBERT CTC or classification head); evaluate a "
+            "folder written by scripts/finetune_ctc.py or scripts/finetune_classification.py"
         )
-    try:
-        model = HEADS[architecture].from_pretrained(folder)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load the model {folder}: {str(error).strip().splitlines()[0]}") from None
+    return HEADS[architecture]
+
+
+def load_model(folder: str, head: type[PreTrainedModel]) -> PreTrainedModel:
+    """The fine-tuned model of `folder` (through the checked loader), in eval mode; refused when a weight is
+    missing (it would be random) or not finite (every figure would be computed from NaN)."""
+    model, missing = load_with_missing(head.from_pretrained, folder)
+    refuse_missing(missing, folder, f"its {head.__name__}")
+    check_finite_weights(model, f"the model {folder}", "its outputs would be NaN; evaluate a model that trained well")
     return model.eval()
 
 
 # ---- data: every source becomes a Dataset with `audio` (undecoded), `num_samples` and `target` (text or label name)
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return path.is_dir() and any((path / name).is_file() for name in ("state.json", "dataset_dict.json"))
 
 
 def _is_hub_id(data: str) -> bool:
@@ -174,23 +186,21 @@ def _from_datasets(dataset: datasets.Dataset, args: EvaluateArguments, column: s
 
 
 def _saved_or_hub_dataset(args: EvaluateArguments) -> datasets.Dataset:
-    path = Path(args.data)
-    try:
-        if _is_saved_dataset(path):
-            loaded = datasets.load_from_disk(str(path))
-        else:
-            name = args.data.removeprefix("hf://")
-            loaded = datasets.load_dataset(name, args.dataset_config, split=args.split)
-    except Exception as error:  # noqa: BLE001 - missing, malformed, offline: all user-facing
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if not path.exists():
-            raise DataError(f"no file or folder {args.data}, and as a Hub dataset it does not load: {reason}") from None
-        raise DataError(f"cannot load the dataset {args.data}: {reason}") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if args.split not in loaded:
-            raise UserError(f"{args.data} holds the splits {', '.join(loaded)}; choose one with --split")
-        loaded = loaded[args.split]
-    return loaded
+    return open_dataset(args.data.removeprefix("hf://"), args.split, args.dataset_config)
+
+
+def audio_paths(dataset: datasets.Dataset, rows_at_once: int = 10_000) -> list[str]:
+    """The files the rows' audio names (rows that carry their bytes name none), read from the Arrow columns
+    without copying the audio bytes a dataset may embed."""
+    paths, table = [], dataset.select_columns(["audio"]).with_format("arrow")
+    for start in range(0, len(table), rows_at_once):
+        for chunk in table[start : start + rows_at_once]["audio"].chunks:
+            data = chunk.field("bytes")
+            embedded = [0] * len(data)  # an all-None column has the null type: no bytes anywhere
+            if not pyarrow.types.is_null(data.type):
+                embedded = pyarrow.compute.binary_length(data).fill_null(0).to_pylist()
+            paths += [path for path, inline in zip(chunk.field("path").to_pylist(), embedded) if path and not inline]
+    return paths
 
 
 def load_ctc_data(args: EvaluateArguments) -> datasets.Dataset:
@@ -198,7 +208,7 @@ def load_ctc_data(args: EvaluateArguments) -> datasets.Dataset:
     path = Path(args.data)
     if path.suffix.lower() == ".csv":
         return _from_csv(args.data, "text")
-    if _is_saved_dataset(path) or (_is_hub_id(args.data) and args.split not in HUB_SPLITS):
+    if is_saved_dataset(path) or (_is_hub_id(args.data) and args.split not in HUB_SPLITS):
         return _from_datasets(_saved_or_hub_dataset(args), args, args.text_column)
     if args.split:
         dataset = load_librispeech(args.data, args.split)
@@ -216,7 +226,7 @@ def load_classification_data(args: EvaluateArguments) -> datasets.Dataset:
     path = Path(args.data)
     if path.suffix.lower() == ".csv":
         return _from_csv(args.data, "label")
-    if _is_saved_dataset(path) or _is_hub_id(args.data):
+    if is_saved_dataset(path) or _is_hub_id(args.data):
         return _from_datasets(_saved_or_hub_dataset(args), args, args.label_column)
     examples = examples_from_folder(path / args.split if args.split else path)
     return _from_rows([example_path for example_path, _ in examples], [label for _, label in examples])
@@ -228,7 +238,13 @@ def batches(dataset: datasets.Dataset, batch_size: int) -> Iterator[list[dict]]:
 
 
 def _check_lengths(dataset: datasets.Dataset, model: PreTrainedModel) -> None:
-    short = [i for i, n in enumerate(dataset["num_samples"]) if n < model.config.receptive_field]
+    lengths = list(dataset["num_samples"])
+    check_unchunked_lengths(
+        lengths,
+        lambda row: dataset[row]["audio"].get("path") or f"row {row}",
+        "evaluation runs whole utterances: cut them into utterances first",
+    )
+    short = [i for i, n in enumerate(lengths) if n < model.config.receptive_field]
     if short:
         path = dataset[short[0]]["audio"].get("path")
         raise DataError(
@@ -250,8 +266,9 @@ def predict(model, extractor, dataset, batch_size, device, description) -> Itera
 
 def evaluate_ctc(model, folder: str, dataset, args: EvaluateArguments, device) -> dict[str, Any]:
     """WER and CER of greedy decoding against the normalised transcripts."""
-    tokenizer = Wav2Vec2CTCTokenizer.from_pretrained(folder)  # not AutoTokenizer: it would ask about remote code
-    extractor = AutoFeatureExtractor.from_pretrained(folder)
+    # Not AutoTokenizer: it would ask about remote code.
+    tokenizer = load_folder_part(Wav2Vec2CTCTokenizer.from_pretrained, folder, "tokenizer")
+    extractor = load_folder_part(AutoFeatureExtractor.from_pretrained, folder, "feature extractor")
     references, hypotheses = [], []
     for rows, output, frames in predict(model, extractor, dataset, args.batch_size, device, "evaluating"):
         ids = output.logits.argmax(-1).cpu()
@@ -275,7 +292,7 @@ def evaluate_classification(model, folder: str, dataset, args: EvaluateArguments
             f"the data has labels the model was not trained on: {', '.join(unknown[:5])}; the model knows "
             + ", ".join(sorted(label2id, key=label2id.get))
         )
-    extractor = AutoFeatureExtractor.from_pretrained(folder)
+    extractor = load_folder_part(AutoFeatureExtractor.from_pretrained, folder, "feature extractor")
     true_ids, predicted_ids = [], []
     for rows, output, _ in predict(model, extractor, dataset, args.batch_size, device, "evaluating"):
         predicted_ids += output.logits.argmax(-1).cpu().tolist()
@@ -310,18 +327,22 @@ def format_report(result: dict[str, Any]) -> list[str]:
 def evaluate(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Evaluate MODEL on --data; prints and returns the figures."""
     folder, args = parse_arguments(argv)
-    model = load_model(folder)
-    device = torch.device(
-        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
-    model.to(device)
-    is_ctc = isinstance(model, ARMHubertForCTC)
-    dataset = load_ctc_data(args) if is_ctc else load_classification_data(args)
+    head = head_class(folder)
+    is_ctc = head is ARMHubertForCTC
+    with caches_outside_inputs():
+        dataset = load_ctc_data(args) if is_ctc else load_classification_data(args)
+    if args.output_json is not None:  # apart from every audio file the data names, too
+        check_output_json(args, [folder, args.data, *audio_paths(dataset)])
     if args.max_samples is not None:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     if not len(dataset):
         raise DataError(f"{args.data} holds no utterance to evaluate")
+    model = load_model(folder, head)
     _check_lengths(dataset, model)
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    model.to(device)
     run = evaluate_ctc if is_ctc else evaluate_classification
     result = run(model, folder, dataset, args, device)
     seconds = sum(dataset["num_samples"]) / SAMPLING_RATE
@@ -332,7 +353,7 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print("\n".join(format_report(result)))
     if args.output_json:
         report = {"model": folder, "arguments": asdict(args), **result}
-        atomic_write_text(args.output_json, json.dumps(report, indent=1, ensure_ascii=False))
+        atomic_write_text(args.output_json, json.dumps(report, indent=1, ensure_ascii=False), replace=args.overwrite)
         print(f"wrote {args.output_json}")
     return result
 

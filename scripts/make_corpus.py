@@ -16,7 +16,7 @@ repository installed (``pip install -e .``: audio is read by ``armhubert.audio``
 
 Usage::
 
-    python scripts/make_corpus.py --output-dir data [--seed 0] [--overwrite]
+    python scripts/make_corpus.py --output_dir data [--seed 0] [--overwrite]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 import soundfile as sf
 
 from armhubert.audio import read_audio
-from armhubert.cli import UserError, run_main
+from armhubert.cli import FlagParser, UserError, run_main
 from armhubert.outputs import staged_folder
 from configuration_armhubert import SAMPLING_RATE
 
@@ -205,9 +205,9 @@ def build_corpus(root: Path, seed: int, exe: str) -> tuple[int, float]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = FlagParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--output-dir", type=Path, default=Path("data"), help="directory that will contain LibriSpeech/ (default: data)"
+        "--output_dir", type=Path, default=Path("data"), help="directory that will contain LibriSpeech/ (default: data)"
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for sentence assignment and prosody jitter (default: 0)"

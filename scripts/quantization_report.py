@@ -1,17 +1,17 @@
 """What int8 (ONNX Runtime) and bf16 (PyTorch) cost a model in fidelity, layer by layer, on your audio.
 
     python scripts/quantization_report.py converted/armhubert-960h
-    python scripts/quantization_report.py converted/armhubert-960h --audio my/*.flac --each-part
+    python scripts/quantization_report.py converted/armhubert-960h --audio my/*.flac --each_part
 
 Real checkpoints have weight and activation outliers that random weights lack: check the int8 file
 of a trained model on audio like yours before deploying it. For each layer (the encoder input
 `hidden 0`, the L layer outputs, the projections and the last state) it prints the mean and worst
 cosine per frame to PyTorch fp32 and the relative error ||x - fp32|| / ||fp32||, for the int8 graph
-that `export_onnx.py --precision int8 --int8-parts ...` writes, for bf16 weights
+that `export_onnx.py --precision int8 --int8_parts ...` writes, for bf16 weights
 (`from_pretrained(..., dtype=torch.bfloat16)`) and for fp32 weights under bf16 autocast. It also says
-which parts int8 quantises and which it keeps in float (node counts by op type). `--each-part`
+which parts int8 quantises and which it keeps in float (node counts by op type). `--each_part`
 adds int8 with each part quantised alone: where the fidelity goes. Audio: --audio files (any rate,
-mono-mixed, at most --max-seconds each), by default the bundled corpus's dev-clean utterances, one
+mono-mixed, at most --max_seconds each), by default the bundled corpus's dev-clean utterances, one
 per call. Exit status: 0, or 2 for bad input.
 """
 
@@ -22,11 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from armhubert.audio import read_audio
-from armhubert.cli import UserError, run_main
+from armhubert.cli import FlagParser, UserError, require_extra, run_main
 from armhubert.deploy import (
     DEFAULT_INT8_PARTS,
     QUANTIZABLE_PARTS,
@@ -42,6 +41,7 @@ from armhubert.deploy import (
     quantize_int8,
 )
 from armhubert.resources import BUNDLED_CORPUS
+from armhubert.threads import use_machine_threads
 from configuration_armhubert import SAMPLING_RATE
 
 PROG = "quantization_report.py"
@@ -49,19 +49,19 @@ MAX_FILES = 1000
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = FlagParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="converted model folder (or Hub id)")
     parser.add_argument("--subfolder", help="variant subfolder of a multi-model repository")
     parser.add_argument("--audio", nargs="+", type=Path, help="audio files (default: the bundled dev-clean)")
-    parser.add_argument("--max-seconds", type=float, default=20.0, help="longest audio per file (the rest is cut)")
+    parser.add_argument("--max_seconds", type=float, default=20.0, help="longest audio per file (the rest is cut)")
     parser.add_argument(
-        "--int8-parts",
+        "--int8_parts",
         nargs="+",
         default=list(DEFAULT_INT8_PARTS),
         help="parts the int8 graph quantises (as export_onnx.py)",
     )
-    parser.add_argument("--each-part", action="store_true", help="also int8 with each part quantised alone")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's)")
+    parser.add_argument("--each_part", action="store_true", help="also int8 with each part quantised alone")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores the load leaves free)")
     return parser.parse_args(argv)
 
 
@@ -82,7 +82,7 @@ def audio_files(paths: Sequence[Path] | None) -> list[Path]:
 def load_audio(files: Sequence[Path], max_seconds: float, shortest: int) -> list[np.ndarray]:
     """16 kHz mono arrays, each cut to max_seconds; a file shorter than the receptive field is refused."""
     if not max_seconds > 0:
-        raise UserError(f"--max-seconds must be positive, got {max_seconds}")
+        raise UserError(f"--max_seconds must be positive, got {max_seconds}")
     audios = []
     for path in files:
         samples = read_audio(path)[: int(max_seconds * SAMPLING_RATE)]
@@ -94,6 +94,8 @@ def load_audio(files: Sequence[Path], max_seconds: float, shortest: int) -> list
 
 def print_parts(graph: bytes, parts: Sequence[str]) -> None:
     counts = Counter()
+    import onnx  # the onnx extra, checked before the work starts
+
     proto = onnx.load_from_string(graph)
     types = {node.name: node.op_type for node in proto.graph.node}
     for name, part in node_parts(proto).items():
@@ -123,11 +125,12 @@ def print_table(results: dict[str, list[LayerFidelity]]) -> None:
 
 def report(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    require_extra("onnx", "the quantisation report")
     check_int8_parts(args.int8_parts)
     files = audio_files(args.audio)
     model = load_model(args.model, args.subfolder)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or use_machine_threads(PROG)
+    torch.set_num_threads(threads)
     audios = load_audio(files, args.max_seconds, min_samples(model.config))
     graph = export_onnx(model)
     graphs = {"int8 " + "+".join(args.int8_parts): quantize_int8(graph, args.int8_parts)}
@@ -139,7 +142,7 @@ def report(argv: Sequence[str] | None = None) -> int:
     print(f"{args.model}: {len(audios)} utterances, {seconds:.1f} s, one per call; fidelity to PyTorch fp32")
     print(f"int8 parts ({'+'.join(args.int8_parts)}), 7-bit weights (the same numbers on CPUs with and without VNNI):")
     print_parts(graph, args.int8_parts)
-    print_table(fidelity_report(model, audios, graphs, args.threads))
+    print_table(fidelity_report(model, audios, graphs, threads))
     if cpu_has_vnni() is False:
         print(
             "this CPU has no VNNI (AVX-512 VNNI / AVX-VNNI): int8 runs here at about fp32's speed (docs/deployment.md)"

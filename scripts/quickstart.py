@@ -7,6 +7,7 @@ converted or trained model folder). The time is the median of `--repeats` warm c
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -18,9 +19,10 @@ import torch
 from transformers import AutoModel
 
 from armhubert.audio import read_audio
-from armhubert.cli import UserError, run_main
+from armhubert.cli import FlagParser, UserError, run_main
 from armhubert.model_folders import check_model_folder, load_pretrained
 from armhubert.resources import BUNDLED_CORPUS
+from armhubert.threads import use_machine_threads
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 from pipeline_armhubert import release_feature_extractor
@@ -52,7 +54,7 @@ def warm_latency(model: torch.nn.Module, batch, repeats: int) -> float:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = FlagParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="armhubert-960h", choices=sorted(PRESETS))
     parser.add_argument("--model", help="a saved model folder to load instead of a random preset")
     parser.add_argument(
@@ -60,19 +62,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="let a --model folder of another model type run its own Python code (ARMHuBERT folders never need it)",
     )
-    parser.add_argument("--data-dir", default=str(BUNDLED_CORPUS))
+    parser.add_argument("--data_dir", default=str(BUNDLED_CORPUS))
     parser.add_argument("--split", default="dev-clean")
-    parser.add_argument("--num-utterances", type=int, default=8)
+    parser.add_argument("--num_utterances", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5, help="timed warm calls; the time is their median")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.num_utterances < 1:
-        raise UserError("--repeats and --num-utterances must be at least 1")
+        raise UserError("--repeats and --num_utterances must be at least 1")
     return args
 
 
 def quickstart(argv: Sequence[str] | None = None) -> None:
     """Encode the utterances with the model and print what came out and how fast."""
     args = parse_args(argv)
+    threads = use_machine_threads(PROG)
     torch.manual_seed(0)
     if args.model:
         check_model_folder(args.model, subfolder_option=None)
@@ -101,7 +104,7 @@ def quickstart(argv: Sequence[str] | None = None) -> None:
         )
     print(
         f"time: {elapsed:.3f} s per batch, median of {args.repeats} warm calls ({seconds / elapsed:.0f} s of audio "
-        f"per second, {torch.get_num_threads()} threads)"
+        f"per second, {threads} thread{'s' if threads > 1 else ''}, load {os.getloadavg()[0]:.2f}: one measurement)"
     )
 
 

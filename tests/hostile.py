@@ -1,11 +1,99 @@
 """Helpers of the hostile-input suites (tests/test_hostile_*.py): refusals, file digests, hostile files."""
 
 import hashlib
+import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
+import soundfile
 import torch
-from helpers import TINY_CKPT, TINY_YAML
+from helpers import ROOT, TINY_CKPT, TINY_YAML
+
+MAX_GROWTH_BYTES = 200 << 20  # the issue's promise: 200 MB above the tool's own baseline (and 2 s)
+
+# Runs each (name, command, args) of argv[1] after PRELUDE (which defines COMMANDS: command -> main) and prints
+# each case's exit status, stderr, seconds and peak-memory growth (VmHWM, reset before each case), under an
+# address-space cap (its size after the imports plus 1.5 GiB) so that a regression fails instead of swamping
+# the machine.
+_CHILD_LOOP = r"""
+import contextlib, io, json, resource, sys, time
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+resource.setrlimit(resource.RLIMIT_AS, (status("VmSize") + int(1.5 * 2**30),) * 2)
+results = {}
+for name, command, args in json.loads(sys.argv[1]):
+    main = COMMANDS[command]
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak-memory mark
+    before, start, stderr = status("VmRSS"), time.perf_counter(), io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            code = main(args)
+    except BaseException as error:  # a traceback: reported, not raised
+        code = f"{type(error).__name__}: {str(error)[:200]}"
+    results[name] = dict(code=code, stderr=stderr.getvalue()[:2000], seconds=time.perf_counter() - start,
+                         growth=status("VmHWM") - before)
+print(json.dumps(results))
+"""
+
+
+def file_size_limited(prelude, main):
+    """Code for `run_child`: after `prelude` (imports), run `main(sys.argv[1:])` with no file over 100 kB allowed
+    (`prlimit --fsize`), print what the command wrote on stderr (not what libraries print when imported) and exit
+    with its status."""
+    return (
+        prelude
+        + f"""
+import contextlib, io, resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+stderr = io.StringIO()
+with contextlib.redirect_stderr(stderr):
+    code = {main}(sys.argv[1:])
+print(stderr.getvalue(), end="")
+sys.exit(code)
+"""
+    )
+
+
+def run_child(code, args, timeout=300):
+    """`python -c code *args` offline on one thread, from tests/ with the repository and tests/ importable."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT / "tests",
+        env={
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",
+            "PATH": "/usr/bin:/bin",
+            "OMP_NUM_THREADS": "1",
+        },
+    )
+
+
+def run_capped(prelude, cases, timeout=300):
+    """Run `cases` [(name, command, args, expected message fragment)] in one capped child process (a hang fails
+    as a timeout) and assert each: exit status 2, one line naming the problem, growth under MAX_GROWTH_BYTES.
+    Returns {name: result}."""
+    request = json.dumps([(name, command, [str(arg) for arg in args]) for name, command, args, _ in cases])
+    child = run_child(prelude + _CHILD_LOOP, [request], timeout)
+    assert child.returncode == 0, child.stderr[-3000:]
+    results = json.loads(child.stdout.strip().splitlines()[-1])
+    for name, _, _, message in cases:
+        result = results[name]
+        lines = result["stderr"].strip().splitlines()
+        assert result["code"] == 2, (name, result)
+        assert len(lines) == 1 and message in lines[0], (name, result["stderr"])
+        assert result["growth"] < MAX_GROWTH_BYTES, (name, result)
+    print({name: (round(result["seconds"], 2), result["growth"] >> 20) for name, result in results.items()})
+    return results
 
 
 def refusal(capsys, main, *args):
@@ -70,4 +158,15 @@ def compressed_checkpoint(path, padding_bytes):
                 member.write(source.read(info.filename))
                 for _ in range(padding_bytes // len(chunk)):
                     member.write(chunk)
+    return path
+
+
+def long_flac(path, hours):
+    """A one-second FLAC whose STREAMINFO claims `hours` of audio (what a 20 h file of silence declares)."""
+    soundfile.write(path, np.zeros(16000, dtype=np.float32), 16000, format="FLAC")
+    data = bytearray(Path(path).read_bytes())
+    fields = int.from_bytes(data[18:26], "big")  # sample rate (20 bits), channels, bits, total samples (36 bits)
+    fields = (fields & ~((1 << 36) - 1)) | int(hours * 3600 * 16000)
+    data[18:26] = fields.to_bytes(8, "big")
+    Path(path).write_bytes(bytes(data))
     return path

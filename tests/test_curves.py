@@ -43,6 +43,19 @@ def test_plot_writes_a_png_with_a_panel_per_kind(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]  # no temporary file left
 
 
+def test_legends_say_what_is_drawn_and_one_value_is_a_marker_not_a_curve():
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots()
+    curves._draw(axis, curves.MEANINGS["hint"], [(10, 3.0)])
+    curves._draw(axis, curves.MEANINGS["rec"], [(5, 2.0), (10, 1.0)])
+    single, curve = axis.get_lines()
+    plt.close(figure)
+    assert single.get_linestyle() == "None" and single.get_label().endswith(": 3 (one value, step 10)")
+    assert curve.get_linestyle() == "-" and list(curve.get_xdata()) == [5, 10]
+    assert "layers before the last" in single.get_label() and "last layer" in curve.get_label()
+
+
 def test_nothing_logged_draws_nothing(tmp_path, capsys):
     history = [{"train_runtime": 1.0, "train_loss": math.inf, "step": 3}]
     assert curves.save_loss_curves(history, tmp_path) is None

@@ -140,3 +140,27 @@ def test_masks_count_real_frames_as_the_original_teacher():
             reached[row] |= mask[row, convolution[row] - 1]
     # The frame before it, the last frame the convolution formula leaves real, is masked now and then.
     assert reached[1:].all()
+
+
+def test_persistent_data_loader_workers_draw_each_epochs_masks():
+    """Workers that live for the whole run (dataloader_persistent_workers) hold one copy of the collator: the
+    epoch the trainer sets must still reach them, or every epoch replays epoch 0's masks."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from armhubert.librispeech import AudioCollator, load_librispeech
+    from armhubert.resources import BUNDLED_CORPUS
+    from modeling_armhubert import release_feature_extractor
+
+    dataset = load_librispeech(BUNDLED_CORPUS.parent, "dev-clean").select(range(4))
+    masker = SpanMasker([10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2], 0.8, seed=0)
+    collator = AudioCollator(release_feature_extractor(), max_samples=16000, masker=masker)
+    loader = DataLoader(dataset, batch_size=4, collate_fn=collator, num_workers=1, persistent_workers=True)
+    masks = []
+    for epoch in range(3):
+        collator.epoch = epoch  # what the trainer's callback does at each epoch's start
+        masks.append(next(iter(loader))["mask_time_indices"])
+    in_process = [masker([16000] * 4, 16000, dataset["id"], epoch) for epoch in range(3)]
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+    for got, expected in zip(masks, in_process):
+        assert torch.equal(got, expected)

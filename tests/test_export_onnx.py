@@ -79,3 +79,22 @@ def test_bad_model_is_one_line_and_writes_nothing(tmp_path, capsys):
         and len(err.strip().splitlines()) == 1
     )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--output", "{model}/model.onnx"], "is inside the input"),
+        (["--output", "{tmp}/x.onnx", "--opset", "1"], "--opset must be an ONNX opset between 7 and 30, got 1"),
+        (["--output", "{tmp}/x.onnx", "--latency_runs", "0"], "--latency_runs must be a finite number in (0, 10000]"),
+        (["--output", "{tmp}/x.onnx", "--latency_seconds", "inf"], "--latency_seconds must be a finite number"),
+        (["--output", "{tmp}/x.onnx", "--atol", "nan"], "--atol must be a finite number"),
+    ],
+)
+def test_bad_options_are_one_line_before_any_export(tiny_model_dir, tmp_path, capsys, extra, message):
+    before = sorted(p.name for p in tiny_model_dir.iterdir())
+    argv = [str(tiny_model_dir)] + [a.format(model=tiny_model_dir, tmp=tmp_path) for a in extra]
+    code = export_onnx.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert sorted(p.name for p in tiny_model_dir.iterdir()) == before and list(tmp_path.iterdir()) == []

@@ -1,6 +1,7 @@
 """Corpus feature extraction: written features are the model's, in both formats; resume after kill -9; sources;
 processes; bad input gets one line and exit status 2."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -271,6 +272,10 @@ def test_the_shard_writer_writes_the_bytes_of_safetensors_and_drops_a_discarded_
         "fingerprint": "fingerprint",
         "utterances": [["a", 0, 4, 0, 3], ["b", 4, 5, 3, 4]],
         "skipped": [["bad", "NaN samples"], ["c", "unreadable"]],
+        # The tensor bytes in the file's order (float16 before int16, then by name).
+        "sha256": hashlib.sha256(
+            b"".join(tensors[n].numpy().tobytes() for n in ("layer_2", "weighted", "units"))
+        ).hexdigest(),
     }
     save_file(tensors, tmp_path / "expected.safetensors", metadata={"armhubert": json.dumps(metadata)})
     assert (tmp_path / "shard-00000.safetensors").read_bytes() == (tmp_path / "expected.safetensors").read_bytes()

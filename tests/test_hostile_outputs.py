@@ -10,16 +10,14 @@ import errno
 import os
 import signal
 import stat
-import subprocess
-import sys
 import time
 import zipfile
 
 import pytest
 import transformers
 import transformers.modeling_utils
-from helpers import ROOT, TINY_CKPT, load_script
-from hostile import digest, hidden_entries, refusal
+from helpers import TINY_CKPT, load_script
+from hostile import digest, file_size_limited, hidden_entries, refusal, run_child
 from safetensors import SafetensorError
 
 import convert_checkpoint
@@ -292,27 +290,11 @@ def test_a_symlinked_output_dir_stays_a_link_and_nothing_is_left_beside_it(previ
     assert hidden_entries(tmp_path) == []
 
 
-_FSIZE_CHILD = r"""
-import contextlib, io, resource, sys
-import convert_checkpoint
-resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # prlimit --fsize: no file over 100 kB
-stderr = io.StringIO()  # what the command prints (not what libraries print when imported)
-with contextlib.redirect_stderr(stderr):
-    code = convert_checkpoint.main(sys.argv[1:])
-print(stderr.getvalue(), end="")
-sys.exit(code)
-"""
+_FSIZE_CHILD = file_size_limited("import convert_checkpoint", "convert_checkpoint.main")
 
 
 def test_a_file_size_limit_gives_one_line_and_leaves_nothing(tmp_path):
-    child = subprocess.run(
-        [sys.executable, "-c", _FSIZE_CHILD, str(TINY_CKPT), "--output-dir", str(tmp_path / "model")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
-    )
+    child = run_child(_FSIZE_CHILD, [TINY_CKPT, "--output-dir", tmp_path / "model"])
     lines = child.stdout.strip().splitlines()
     assert child.returncode == 2 and len(lines) == 1, (child.stdout, child.stderr[-2000:])
     assert "could not write" in lines[0] and "File too large" in lines[0] and "free disk space" in lines[0], lines

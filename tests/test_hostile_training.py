@@ -443,6 +443,7 @@ def _state(checkpoint, **fields):
     [
         (lambda c: _truncate(c / "trainer_state.json"), "is not a complete trainer state"),
         (lambda c: (c / "trainer_state.json").write_text("[" * 100_000), "is not a complete trainer state"),
+        (lambda c: (c / "trainer_state.json").write_text("[" + "[]," * 2_500_000 + "[]]"), "more than 2,000,000 JSON"),
         (lambda c: _state(c, global_step=10**15), "says global_step 1000000000000000, but this run's schedule has 4"),
         (lambda c: _state(c, global_step="2"), "says global_step '2'"),
         (
@@ -459,6 +460,7 @@ def _state(checkpoint, **fields):
     ids=[
         "truncated-state",
         "deep-state",
+        "many-values-state",
         "huge-step",
         "text-step",
         "random-optimizer",
@@ -539,9 +541,10 @@ def test_quickstart_runs_no_folder_code_unless_asked(tmp_path, tiny_model_dir, c
         ({"model_type": "armhubert"}, "cannot load the model"),
         ({"hidden_size": 8_000_000}, "describes a model of"),
         ({"conv_kernel": [10.5, 3, 3, 3, 3, 2, 2]}, "cannot load the model"),
-        ("[" * 100_000 + "]" * 100_000, "nests too deeply to be a model config"),
+        ("[" * 100_000 + "]" * 100_000, "nests deeper than 32 levels"),
+        ("[" + "[]," * 250_000 + "[]]", "more than 200,000 JSON values"),
     ],
-    ids=["only-model-type", "huge-hidden-size", "float-kernel", "deep-json"],
+    ids=["only-model-type", "huge-hidden-size", "float-kernel", "deep-json", "many-values-json"],
 )
 def test_a_broken_config_json_is_one_line_for_quickstart_and_fine_tuning(
     tmp_path, tiny_model_dir, capsys, config, message

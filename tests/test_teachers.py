@@ -417,3 +417,39 @@ def test_real_whisper_tiny_en_transcribes_the_bundled_real_speech():
     student = student_from_teacher(model)  # the mirror decodes the same words
     mirrored = transcribe(model, tokenizer, [u.audio for u in utterances[:2]], encoder=student_encoder(student))
     assert mirrored == hypotheses[:2]
+
+
+def test_cached_teacher_states_are_the_teachers_and_computed_once_per_utterance(tmp_path, monkeypatch):
+    trainer = _distill(tmp_path, "random-whisper", WHISPER, "regression", "max_steps=1", "cache_teacher_outputs=true")
+    lengths = torch.tensor([8000, 6000, 7000])
+    input_values = 0.1 * torch.randn(3, 8000, generator=torch.Generator().manual_seed(0))
+    attention_mask = (torch.arange(8000)[None] < lengths[:, None]).long()
+    batch = {"input_values": input_values, "attention_mask": attention_mask}
+    model = trainer.model.eval()
+    with torch.no_grad():
+        plain, _ = trainer.distillation_loss(model, batch, masked=False)
+        rows = []
+        passes = trainer.teacher.hidden_states
+        monkeypatch.setattr(
+            trainer.teacher, "hidden_states", lambda x, m, t=None: rows.append(len(x)) or passes(x, m, t)
+        )
+        first, _ = trainer.distillation_loss(model, {**batch, "utterance_ids": ["a", "b", "c"]}, masked=False)
+        again, _ = trainer.distillation_loss(model, {**batch, "utterance_ids": ["a", "b", "c"]}, masked=False)
+        mixed = {
+            "input_values": input_values[[2, 0]],
+            "attention_mask": attention_mask[[2, 0]],
+            "utterance_ids": ["c", "d"],
+        }
+        trainer.distillation_loss(model, mixed, masked=False)
+    assert rows == [3, 1]  # the first batch whole, then only the unseen "d"
+    torch.testing.assert_close(first, plain)
+    torch.testing.assert_close(again, plain)
+    assert trainer._teacher_cache["b"][0].shape[0] == int(trainer.teacher.real_frames(torch.tensor(6000)))
+
+
+def test_the_cache_is_refused_where_a_rows_states_depend_on_its_batch(tmp_path, capsys):
+    out = tmp_path / "out"
+    overrides = ["distill_mode=regression", "cache_teacher_outputs=true"]  # quickstart's HuBERT: group-norm CNN
+    assert main(["--config", QUICKSTART, f"output_dir={out}", *FAST, *overrides]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "normalises its CNN over the padded batch" in error[0], error

@@ -138,7 +138,7 @@ def _what_it_is(facts):
     if release is None:
         return (
             f"A speech encoder of the {family} family, converted from an original checkpoint. Which release it is "
-            "could not be determined (convert with `--name` to name it), so no published results are listed."
+            "could not be determined (convert with `--release NAME` to name it), so no published results are listed."
         )
     source = " ".join(
         part

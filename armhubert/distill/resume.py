@@ -7,7 +7,6 @@ the Trainer will read, bounded (`armhubert.untrusted`), and compares it with the
 within the schedule, every weight has the student's name and shape.
 """
 
-import json
 import math
 from pathlib import Path
 
@@ -18,9 +17,10 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 
 from ..cli import UserError
-from ..untrusted import brief, load_torch_file
+from ..untrusted import brief, load_json_file, load_torch_file
 
 MAX_STATE_BYTES = 64 * 1024 * 1024  # trainer_state.json: the log history of a long run is a few MB
+MAX_STATE_VALUES = 2_000_000  # JSON values in it: 100,000 logged steps of ~20 values
 MAX_RNG_ARRAY_ELEMENTS = 1 << 16  # numpy's saved generator state: an array of 624 words
 
 _NUMPY_CORE = np._core if hasattr(np, "_core") else np.core
@@ -58,14 +58,11 @@ def total_steps(trainer: Trainer) -> int:
 
 def _read_state(checkpoint: Path, steps: int) -> dict:
     path = checkpoint / TRAINER_STATE_NAME
-    if path.stat().st_size > MAX_STATE_BYTES:
-        raise UserError(f"--resume: {path} is larger than {MAX_STATE_BYTES >> 20} MiB; it is not a trainer state")
-    try:
-        state = json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as error:
-        reason = str(error).splitlines()[0][:100] if not isinstance(error, RecursionError) else "nested too deeply"
+    try:  # bounded in bytes, values and depth before anything is built
+        state = load_json_file(path, str(path), "a trainer state is a few MB", MAX_STATE_BYTES, MAX_STATE_VALUES)
+    except UserError as error:
         raise UserError(
-            f"--resume: {path} is not a complete trainer state ({reason}); resume an earlier checkpoint"
+            f"--resume: {path} is not a complete trainer state ({error}); resume an earlier checkpoint"
         ) from None
     step = state.get("global_step") if isinstance(state, dict) else None
     if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= steps:

@@ -28,8 +28,10 @@ What `scripts/extract_features.py` runs (`run.extract_features`), in steps that 
 - `processes`: processes started by `accelerate launch` (or torchrun) take every N-th shard (`Processes`);
 - `resume`: what an output depends on (`run_settings`, `shard_fingerprint`) and the output folder's
   checks: a shard is skipped on `--resume` when its file exists with the same fingerprint (settings,
-  model weights, codebook and the shard's utterances);
-- `run`: the whole run; the first process writes the index when all are done;
+  model weights, codebook and the shard's utterances) and its bytes the sha256 it carries (`run.json`
+  read bounded);
+- `run`: the whole run; the first process writes the index when all are done; a run refused after it
+  began writing into a new folder takes back what it wrote;
 - `baselines`: what throughput is timed on (the tool over a corpus, the naive one-file loop), for the benchmark
   and the GPU check.
 

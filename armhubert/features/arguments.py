@@ -7,13 +7,25 @@ import torch
 from configuration_armhubert import PRESETS
 from pipeline_armhubert import CHUNK_LENGTH_S, STRIDE_LENGTH_S
 
+from ..audio import MAX_AUDIO_SECONDS
 from ..cli import UserError
 from ..units import check_num_units
+from ..untrusted import check_number
 
 INPUT_TYPES = ("auto", "folder", "librispeech", "dataset")
 REPRESENTATIONS = ("superb", "hidden", "projected")
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 OUTPUT_FORMATS = ("safetensors", "arrow")
+# (exclusive minimum, maximum) of the float options; inf and nan never pass. A batch or window longer than
+# the longest file read (an hour) buys nothing; a terabyte shard or 100,000 hours of k-means sample is a typo.
+FLOAT_RANGES = {
+    "max_batch_seconds": (0, 100 * MAX_AUDIO_SECONDS),
+    "shard_mb": (0, 1e6),
+    "units_sample_hours": (0, 1e5),
+    "chunk_length_s": (0, MAX_AUDIO_SECONDS),
+    "stride_length_s": (0, MAX_AUDIO_SECONDS),
+}
+ZERO_ALLOWED = ("chunk_length_s", "stride_length_s")  # 0: never chunk; no context
 
 
 @dataclass
@@ -92,11 +104,11 @@ def check_arguments(args: ExtractionArguments, encoder_given: bool = False) -> N
         raise UserError("give a model: --model FOLDER_OR_HUB_ID (or --preset NAME for random weights), not both")
     if args.preset is not None and args.preset.lower() not in PRESETS:
         raise UserError(f"--preset {args.preset!r} is unknown; use one of {', '.join(PRESETS)}")
-    for name in ("max_batch_seconds", "shard_mb", "units_sample_hours"):
-        if not getattr(args, name) > 0:
-            raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
-    if args.chunk_length_s < 0:
-        raise UserError(f"--chunk_length_s must be positive (or 0: never chunk), got {args.chunk_length_s}")
+    for name in ("input", "output_dir"):
+        if not str(getattr(args, name)).strip():
+            raise UserError(f"--{name} is empty; give a path (the current folder is never taken for an empty one)")
+    for name, (low, high) in FLOAT_RANGES.items():
+        check_number(getattr(args, name), f"--{name}", low, high, low_inclusive=name in ZERO_ALLOWED)
     if args.chunk_length_s > 0 and not 0 <= args.stride_length_s < args.chunk_length_s / 2:
         raise UserError(
             f"--stride_length_s {args.stride_length_s} must be at least 0 and less than half of --chunk_length_s "

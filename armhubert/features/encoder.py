@@ -10,10 +10,11 @@
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, Wav2Vec2FeatureExtractor
+from transformers import Wav2Vec2FeatureExtractor
 
 from configuration_armhubert import ARMHubertConfig
 from modeling_armhubert import (
@@ -24,11 +25,13 @@ from modeling_armhubert import (
 )
 from pipeline_armhubert import release_feature_extractor
 
-from ..cli import UserError, first_line
-from ..model_folders import check_model_folder
+from ..cli import UserError
+from ..model_folders import check_model_folder, load_config, load_folder_part, load_with_missing, refuse_missing
 from ..units import Codebook
+from ..untrusted import brief, check_finite_weights
 from .arguments import ExtractionArguments
 
+NAN_ADVICE = "its features would be NaN; encode with a model that trained well"
 TASK_CLASSES = {cls.__name__: cls for cls in (ARMHubertForCTC, ARMHubertForSequenceClassification)}
 
 
@@ -40,25 +43,35 @@ class Encoder:
     extractor: Wav2Vec2FeatureExtractor
     layer_sum: torch.nn.Module | None
     name: str
+    missing_heads: tuple[int, ...] = ()  # projection heads the folder lacks (0-based): not to be used
 
 
-def _load_error(name: str, error: BaseException) -> UserError:
-    return UserError(f"cannot load the model {name}: {first_line(error)}")
-
-
-def _weighted_task_model(model: str, config: ARMHubertConfig) -> torch.nn.Module:
-    """The fine-tuned task model of folder `model`, which must have learned layer weights."""
+def _weighted_task_model(model: str, config: ARMHubertConfig) -> tuple[torch.nn.Module, list[str]]:
+    """The fine-tuned task model of folder `model`, which must have learned layer weights, and the weights
+    it lacks."""
     architecture = (config.architectures or [""])[0]
     if architecture not in TASK_CLASSES or not config.use_weighted_layer_sum:
         raise UserError(
             f"--layers weighted needs a folder fine-tuned with use_weighted_layer_sum=True; {model} is a "
-            f"{architecture or 'bare encoder'} without learned layer weights: give layer numbers instead"
+            f"{brief(architecture or 'bare encoder')} without learned layer weights: give layer numbers instead"
         )
-    return TASK_CLASSES[architecture].from_pretrained(model)
+    task_model, missing = load_with_missing(TASK_CLASSES[architecture].from_pretrained, model)
+    return task_model, [key.removeprefix("armhubert.") for key in missing]
+
+
+def _folder_extractor(model: str) -> Wav2Vec2FeatureExtractor:
+    """The preprocessing a folder / Hub id asks for; the releases' where it has no preprocessor_config.json."""
+    if Path(model).is_dir() and not Path(model, "preprocessor_config.json").is_file():
+        return release_feature_extractor()
+    try:
+        return Wav2Vec2FeatureExtractor.from_pretrained(model)
+    except OSError:  # a Hub id without the file
+        return release_feature_extractor()
 
 
 def load_encoder(model: str | None, preset: str | None, weighted: bool, device: torch.device, seed: int = 0) -> Encoder:
-    """The encoder in eval mode on `device`: a saved folder / Hub id, or a preset with random weights.
+    """The encoder in eval mode on `device`: a saved folder / Hub id (through the checked loader,
+    `armhubert.model_folders`), or a preset with random weights; a model with non-finite weights is refused.
 
     `weighted`: load the fine-tuned task model of the folder for its learned layer weights.
     """
@@ -69,26 +82,21 @@ def load_encoder(model: str | None, preset: str | None, weighted: bool, device: 
         encoder = ARMHubertModel(ARMHubertConfig.from_preset(preset))
         return Encoder(encoder.to(device).eval(), release_feature_extractor(), None, preset)
     check_model_folder(model, subfolder_option=None)
-    try:
-        config = AutoConfig.from_pretrained(model)
-    except (OSError, ValueError) as error:
-        raise _load_error(model, error) from None
+    config = load_config(model)
     if not isinstance(config, ARMHubertConfig):
         raise UserError(f"{model} is a {type(config).__name__} model; this tool encodes ARMHuBERT-family models")
     layer_sum = None
-    try:
-        if weighted:
-            task_model = _weighted_task_model(model, config)
-            encoder, layer_sum = task_model.armhubert, task_model.layer_sum.to(device).eval()
-        else:
-            encoder = ARMHubertModel.from_pretrained(model)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise _load_error(model, error) from None
-    try:
-        extractor = Wav2Vec2FeatureExtractor.from_pretrained(model)
-    except OSError:  # no preprocessor_config.json: the releases' preprocessing
-        extractor = release_feature_extractor()
-    return Encoder(encoder.to(device).eval(), extractor, layer_sum, model)
+    if weighted:
+        task_model, missing = _weighted_task_model(model, config)
+        encoder, layer_sum = task_model.armhubert, task_model.layer_sum.to(device).eval()
+    else:
+        encoder, missing = load_with_missing(ARMHubertModel.from_pretrained, model)
+    # A fine-tuned folder keeps only the last projection head: the others are refused if a feature needs them.
+    heads = tuple(sorted({int(key.split(".")[1]) for key in missing if key.startswith("projection_heads.")}))
+    refuse_missing([key for key in missing if not key.startswith("projection_heads.")], model, "the encoder")
+    check_finite_weights(task_model if weighted else encoder, f"the model {model}", NAN_ADVICE)
+    extractor = load_folder_part(_folder_extractor, model, "feature extractor")
+    return Encoder(encoder.to(device).eval(), extractor, layer_sum, model, heads)
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,18 @@ def selection_for(args: ExtractionArguments, config: ARMHubertConfig, codebook: 
     with_units = args.units is not None or codebook is not None
     selection = select_layers(config, args.layers, args.representation, units_layer, with_units)
     return selection if args.save_features else dataclasses.replace(selection, saved=())
+
+
+def check_heads(encoder: Encoder, selection: LayerSelection) -> None:
+    """Refuse projected features whose projection head the model folder does not hold (it would be random)."""
+    if selection.representation != "projected":
+        return
+    used = sorted({layer_number(name) for name in selection.names} & {head + 1 for head in encoder.missing_heads})
+    if used:
+        raise UserError(
+            f"{encoder.name} holds no projection head for layer {used[0]} (a fine-tuned folder keeps only the last); "
+            "choose --representation hidden, or the last layer"
+        )
 
 
 def selected_features(encoder: Encoder, selection: LayerSelection, output: Any) -> dict[str, Any]:

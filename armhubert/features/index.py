@@ -6,7 +6,6 @@ utterance id to its `shard`, `offset` and `frames` (and `units_offset`, `units`)
 `skipped` files with the reason.
 """
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,10 +14,13 @@ import torch
 from safetensors import safe_open
 
 from ..cli import UserError
+from ..untrusted import load_json_file
 from .plan import ShardPlan
 from .shards import FEATURES_FORMAT, shard_metadata
 
 INDEX_FILE = "index.json"
+MAX_INDEX_VALUES = 10_000_000  # five values an utterance: two million utterances (LibriSpeech 960 h has 281,241)
+MAX_INDEX_BYTES = 1 << 30
 
 
 def build_index(output_dir: Path, shards: Sequence[ShardPlan], header: dict, skipped: list[list[str]]) -> dict:
@@ -50,8 +52,10 @@ class FeatureIndex:
         path = self.folder / INDEX_FILE
         if not path.is_file():
             raise UserError(f"{self.folder} has no {INDEX_FILE}: not a finished feature folder (run with --resume)")
-        self.index = json.loads(path.read_text(encoding="utf-8"))
-        if self.index.get("format") != FEATURES_FORMAT:
+        self.index = load_json_file(
+            path, str(path), "an index has ~100 bytes an utterance", MAX_INDEX_BYTES, MAX_INDEX_VALUES
+        )
+        if not isinstance(self.index, dict) or self.index.get("format") != FEATURES_FORMAT:
             raise UserError(f"{path} is not an index of this tool (format {FEATURES_FORMAT})")
 
     @property

@@ -17,6 +17,7 @@ from ..cli import UserError
 from ..convert.cards import file_sha256
 from ..outputs import check_output_location
 from ..units import Codebook
+from ..untrusted import load_json_file
 from .arguments import ExtractionArguments
 from .encoder import Encoder
 from .index import INDEX_FILE
@@ -25,12 +26,18 @@ from .shards import FEATURES_FORMAT
 from .sources import Corpus
 
 RUN_FILE = "run.json"
+MAX_RUN_FILE_BYTES = 1 << 20
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of every parameter and buffer (names, shapes, bytes): a resumed run must use the same weights."""
+def model_fingerprint(model: torch.nn.Module, leave_out: tuple[str, ...] = ()) -> str:
+    """sha256 of every parameter and buffer (names, shapes, bytes): a resumed run must use the same weights.
+
+    `leave_out`: name prefixes of weights the folder lacks (random, never used), which would differ every run.
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        if leave_out and name.startswith(leave_out):
+            continue
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy())  # no copy of the bytes
     return digest.hexdigest()
@@ -49,7 +56,7 @@ def run_settings(args: ExtractionArguments, corpus: Corpus, encoder: Encoder) ->
     options["input"] = str(Path(args.input).absolute()) if Path(args.input).exists() else args.input
     if args.codebook:
         options["codebook"] = file_sha256(args.codebook)
-    model_sha256 = model_fingerprint(encoder.model)
+    model_sha256 = model_fingerprint(encoder.model, tuple(f"projection_heads.{n}." for n in encoder.missing_heads))
     if encoder.layer_sum is not None:
         model_sha256 += model_fingerprint(encoder.layer_sum)
     return {
@@ -92,9 +99,9 @@ def _previous_settings(output_dir: Path) -> dict:
             f"--resume: {output_dir} holds no {RUN_FILE}, so it is not an output of this tool; use a new folder"
         )
     try:
-        previous = json.loads(run_file.read_text(encoding="utf-8"))
-    except ValueError:
-        previous = None
+        previous = load_json_file(run_file, str(run_file), "a run file is a few kB", MAX_RUN_FILE_BYTES, 10_000)
+    except UserError as error:
+        raise UserError(f"--resume: {error}; it is not the run file of this tool: use a new folder") from None
     if not isinstance(previous, dict) or not isinstance(previous.get("options", {}), dict):
         raise UserError(f"--resume: {run_file} is not the run file of this tool (not its JSON); use a new folder")
     return previous

@@ -21,6 +21,8 @@ from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 from pipeline_armhubert import num_frames
 
 from ..audio import DataError
+from ..chunking import check_unchunked_lengths
+from ..cli import UserError
 from ..outputs import atomic_write_text
 from ..units import Codebook, load_codebook, save_codebook
 from .arguments import STORAGE_DTYPES, ExtractionArguments, check_arguments
@@ -36,7 +38,7 @@ from .batches import (
     spare_core_for_decoding,
 )
 from .codebook import CODEBOOK_FILE, check_codebook, fit_units
-from .encoder import Encoder, LayerSelection, load_encoder, probe_widths, selection_for
+from .encoder import Encoder, LayerSelection, check_heads, load_encoder, probe_widths, selection_for
 from .index import INDEX_FILE, build_index
 from .plan import ShardPlan, plan_batches, plan_shards
 from .processes import Processes, current_processes
@@ -48,7 +50,7 @@ from .resume import (
     settings_sha256,
     shard_fingerprint,
 )
-from .shards import FEATURES_FORMAT, ShardWriter, shard_metadata
+from .shards import FEATURES_FORMAT, ShardWriter, shard_is_intact, shard_metadata
 from .sources import Corpus, open_corpus
 
 logger = logging.getLogger(__name__)
@@ -97,8 +99,9 @@ def _pending_shards(run: Run, shards: Sequence[ShardPlan]) -> list[tuple[ShardPl
     pending = []
     for shard in run.processes.take(shards):
         fingerprint = shard_fingerprint(run.settings_sha256, run.codebook, run.corpus, shard)
-        metadata = shard_metadata(run.output_dir / shard.file_name)
-        if metadata is None or metadata.get("fingerprint") != fingerprint:
+        path = run.output_dir / shard.file_name
+        metadata = shard_metadata(path)
+        if metadata is None or metadata["fingerprint"] != fingerprint or not shard_is_intact(path, metadata):
             pending.append((shard, fingerprint))
     return pending
 
@@ -225,24 +228,78 @@ def extract_features(args: ExtractionArguments, encoder: Encoder | None = None) 
     """Encode a corpus into `args.output_dir` (see `armhubert.features`); returns the index (main process).
 
     `encoder`: a model already loaded (e.g. `Encoder(model, release_feature_extractor(), None, "my-model")`),
-    used instead of loading `args.model` / `args.preset`.
+    used instead of loading `args.model` / `args.preset`. A run refused after it began writing into a new
+    (or empty) folder takes back what it wrote: the folder is left as it was.
     """
     check_arguments(args, encoder_given=encoder is not None)
     processes, device = current_processes(args.device)
     started = time.perf_counter()
     corpus = open_corpus(args.input, args.split, args.input_type, args.audio_column, args.id_column)
-    given_codebook = load_codebook(args.codebook) if args.codebook else None
+    # The codebook's header first: its centroids are read once their width is known to fit the model.
+    given_codebook = load_codebook(args.codebook, read_centroids=False) if args.codebook else None
     if encoder is None:
         encoder = load_encoder(args.model, args.preset, args.layers == "weighted", device, args.seed)
+    check_chunking(args, encoder.model.config)
+    if args.chunk_length_s == 0:
+        check_unchunked_lengths(
+            corpus.lengths, corpus.ids.__getitem__, "give --chunk_length_s (e.g. 30) to encode them in windows"
+        )
     selection = selection_for(args, encoder.model.config, given_codebook)
+    check_heads(encoder, selection)
     widths = probe_widths(encoder, selection)
     if given_codebook is not None:
         check_codebook(given_codebook, selection, widths, args.codebook)
+        given_codebook = load_codebook(args.codebook)
+        check_codebook(given_codebook, selection, widths, args.codebook)  # the same file, unless it changed
     settings = run_settings(args, corpus, encoder)
     output_dir = check_output(args, settings)
     if args.format == "arrow" and (output_dir / DATASET_FOLDER / "state.json").is_file():
         print(f"{output_dir / DATASET_FOLDER} is complete (same settings): nothing to do")
         return {}
+    existed = output_dir.is_dir()
+    fresh = not existed or not any(output_dir.iterdir())
+    try:
+        return _write_run(
+            Run(args, corpus, encoder, selection, None, given_codebook, widths, output_dir, "", processes),
+            settings,
+            started,
+        )
+    except (UserError, OSError):  # OSError: a full disk, a file-size limit
+        if fresh and processes.is_main:
+            take_back_run(output_dir, remove_folder=not existed)
+        raise
+
+
+def check_chunking(args: ExtractionArguments, config: ARMHubertConfig) -> None:
+    """Refuse a --chunk_length_s window shorter than the model's receptive field (it would hold no frame)."""
+    if 0 < args.chunk_length_s * SAMPLING_RATE < config.receptive_field:
+        raise UserError(
+            f"--chunk_length_s {args.chunk_length_s} is shorter than the model's receptive field "
+            f"({config.receptive_field / SAMPLING_RATE:.3f} s); give a longer window, or 0 to never chunk"
+        )
+
+
+# What a run writes into its output folder (besides the temporaries `remove_stale_temporaries` knows).
+RUN_OUTPUT_NAMES = (RUN_FILE, INDEX_FILE, CODEBOOK_FILE)
+RUN_OUTPUT_PATTERN = "shard-*.safetensors"
+
+
+def take_back_run(output_dir: Path, remove_folder: bool) -> None:
+    """Remove what a refused run wrote into `output_dir` (only this tool's file names), and the folder itself
+    when the run created it and nothing else is in it."""
+    if not output_dir.is_dir():
+        return
+    remove_stale_temporaries(output_dir)
+    for path in [*(output_dir / name for name in RUN_OUTPUT_NAMES), *output_dir.glob(RUN_OUTPUT_PATTERN)]:
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    if remove_folder and not any(output_dir.iterdir()):
+        output_dir.rmdir()
+
+
+def _write_run(run: Run, settings: dict, started: float) -> dict:
+    """Everything after the checks: run.json, the codebook, the shards, the index."""
+    args, processes, output_dir = run.args, run.processes, run.output_dir
     processes.barrier()  # every process has checked the output folder before the first writes to it
     if processes.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -250,20 +307,9 @@ def extract_features(args: ExtractionArguments, encoder: Encoder | None = None) 
         atomic_write_text(output_dir / RUN_FILE, json.dumps(settings, indent=1))
     processes.barrier()
 
-    chunking = chunking_for(args)
-    shards = plan_run(args, corpus, encoder.model.config, selection, widths, chunking)
-    run = Run(
-        args,
-        corpus,
-        encoder,
-        selection,
-        chunking,
-        given_codebook,
-        widths,
-        output_dir,
-        settings_sha256(settings),
-        processes,
-    )
+    run.chunking = chunking_for(args)
+    run.settings_sha256 = settings_sha256(settings)
+    shards = plan_run(args, run.corpus, run.encoder.model.config, run.selection, run.widths, run.chunking)
     if args.units is not None:
         run.codebook = _fitted_codebook(run)
     count, seconds = encode_shards(run, shards)

@@ -2,7 +2,8 @@
 
 A shard holds per feature one (sum of frames, D) tensor and `units` (sum of units,) int16, and in its
 metadata (one JSON entry `armhubert`) the format, its fingerprint (see `armhubert.features.resume`),
-each utterance's record [id, offset, frames, unit offset, units] and the files it skipped.
+each utterance's record [id, offset, frames, unit offset, units], the files it skipped and the sha256
+of its tensor bytes (`shard_is_intact`: `--resume` keeps only a shard whose bytes are those written).
 
 `ShardWriter` writes a shard as its frames come: each feature's rows go straight to an unnamed
 temporary file beside the output (in the storage dtype), a long recording window by window, so memory
@@ -12,6 +13,7 @@ temporary name and renames it: a killed run loses at most the shard it was writi
 broken one (the staging files have no name, so nothing of them is left either).
 """
 
+import hashlib
 import json
 import shutil
 import struct
@@ -23,12 +25,15 @@ from typing import BinaryIO
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ..cli import UserError
 from ..outputs import atomic_output_file
+from ..untrusted import parse_json
 
 FEATURES_FORMAT = "armhubert-features/1"
 # In the order safetensors lays tensors out (its Dtype enum, descending), then by name.
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.int16: "I16"}
 COPY_BYTES = 1 << 22
+MAX_METADATA_VALUES = 2_000_000  # six values an utterance: 330,000 utterances a shard
 
 
 class ShardWriter:
@@ -118,6 +123,7 @@ class ShardWriter:
         # write the same bytes), tensors by dtype then name, the header padded with spaces to 8 bytes.
         rank = list(SAFETENSORS_DTYPES)
         order = sorted(self.shapes, key=lambda name: (rank.index(self.dtypes[name]), name))
+        metadata["sha256"] = self._sha256(order)
         header, start = {"__metadata__": {"armhubert": json.dumps(metadata)}}, 0
         for name in order:
             end = start + self._bytes(name, self.rows[name])
@@ -139,6 +145,15 @@ class ShardWriter:
         finally:
             self.release()
 
+    def _sha256(self, order: list[str]) -> str:
+        """sha256 of the tensor bytes the shard will hold (the staged files in `order`), for `--resume` to verify."""
+        digest = hashlib.sha256()
+        for name in order:
+            self.staging[name].seek(0)
+            while piece := self.staging[name].read(COPY_BYTES):
+                digest.update(piece)
+        return digest.hexdigest()
+
     def release(self) -> None:
         """Drop the staging files (a shard abandoned, or written)."""
         for handle in self.staging.values():
@@ -146,10 +161,53 @@ class ShardWriter:
 
 
 def shard_metadata(path: Path) -> dict | None:
-    """The metadata of a shard file, or None when there is none or it is not a shard of this tool."""
+    """The metadata of a shard file, or None when there is none or it is not a shard of this tool (bounded
+    before it is built, and its records of the types `ShardWriter` writes)."""
     try:
+        if not path.is_file():
+            return None
         with safe_open(path, framework="pt") as handle:
-            metadata = json.loads((handle.metadata() or {}).get("armhubert", "{}"))
-    except (SafetensorError, OSError, ValueError):
+            text = (handle.metadata() or {}).get("armhubert", "{}")
+        metadata = parse_json(text, str(path), MAX_METADATA_VALUES)
+    except (SafetensorError, OSError, RuntimeError, UserError):  # RuntimeError: a failed mmap
         return None
-    return metadata if metadata.get("format") == FEATURES_FORMAT else None
+    if not isinstance(metadata, dict) or metadata.get("format") != FEATURES_FORMAT:
+        return None
+    records, skipped = metadata.get("utterances"), metadata.get("skipped")
+    if not (
+        isinstance(metadata.get("fingerprint"), str)
+        and isinstance(records, list)
+        and all(_is_record(record) for record in records)
+        and isinstance(skipped, list)
+        and all(isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item) for item in skipped)
+    ):
+        return None
+    return metadata
+
+
+def _is_record(record) -> bool:
+    """[id, offset, frames, unit offset, units]: a text id and four counts."""
+    return (
+        isinstance(record, list)
+        and len(record) == 5
+        and isinstance(record[0], str)
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in record[1:])
+    )
+
+
+def shard_is_intact(path: Path, metadata: dict) -> bool:
+    """Whether the tensor bytes of the shard at `path` have the sha256 its metadata carries (a shard written
+    before shards carried one is not)."""
+    expected = metadata.get("sha256")
+    if not isinstance(expected, str):
+        return False
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            (header_bytes,) = struct.unpack("<Q", handle.read(8))
+            handle.seek(8 + header_bytes)
+            while piece := handle.read(COPY_BYTES):
+                digest.update(piece)
+    except (OSError, struct.error):
+        return False
+    return digest.hexdigest() == expected

@@ -18,13 +18,12 @@ import soundfile
 from configuration_armhubert import SAMPLING_RATE
 
 from ..audio import DataError, read_audio
-from ..cli import first_line
 from ..librispeech import LIBRISPEECH_LAYOUT, add_num_samples, load_librispeech
+from ..saved_datasets import caches_outside_inputs, is_saved_dataset, open_dataset
 
 logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = tuple(sorted("." + name.lower() for name in soundfile.available_formats()))
-SAVED_DATASET_MARKERS = ("state.json", "dataset_dict.json")
 ROW_FEATURES = datasets.Features(
     {
         "id": datasets.Value("string"),
@@ -85,7 +84,7 @@ def _with_lengths(rows: datasets.Dataset, what: str) -> Corpus:
     """Add `num_samples` from the headers; files whose header is unreadable are skipped and listed."""
     rows = add_num_samples(rows, "reading audio headers")
     bad = [position for position, length in enumerate(rows["num_samples"]) if length < 0]
-    skipped = [(rows[position]["id"], "soundfile cannot read its header") for position in bad]
+    skipped = [(rows[position]["id"], "not a regular file, or soundfile cannot read its header") for position in bad]
     if len(bad) == len(rows):
         raise DataError(
             f"none of the {len(rows)} audio files of {what} is readable (soundfile cannot read them), e.g. "
@@ -101,9 +100,10 @@ def _with_lengths(rows: datasets.Dataset, what: str) -> Corpus:
 
 
 def audio_folder(folder: str | os.PathLike) -> Corpus:
-    """Every audio file below `folder` (sub-folders too; suffixes soundfile knows), id = path without suffix."""
+    """Every audio file below `folder` (sub-folders too; suffixes soundfile knows), id = path without suffix.
+    An entry that is not a regular file (a FIFO, a device, a broken link) is skipped and listed, never opened."""
     folder = Path(folder)
-    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file())
+    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in AUDIO_SUFFIXES and not path.is_dir())
     if not files:
         raise DataError(
             f"no audio files in {folder} (looked for {', '.join(AUDIO_SUFFIXES[:6])}, ... in sub-folders too); "
@@ -125,36 +125,9 @@ def librispeech_split(root: str | os.PathLike, split: str) -> Corpus:
     return Corpus(rows, [], f"{root} {split}")
 
 
-def _is_saved_dataset(path: Path) -> bool:
-    """A folder `datasets.save_to_disk` wrote (a dataset or a dataset dict)."""
-    return path.is_dir() and any((path / marker).is_file() for marker in SAVED_DATASET_MARKERS)
-
-
-def _dataset_split(loaded: datasets.Dataset | datasets.DatasetDict, split: str | None, name: str) -> datasets.Dataset:
-    if not isinstance(loaded, datasets.DatasetDict):
-        return loaded
-    if split is None and len(loaded) == 1:
-        return next(iter(loaded.values()))
-    if split not in loaded:
-        raise DataError(f"{name} has the splits {', '.join(loaded)}; choose one with --split")
-    return loaded[split]
-
-
 def dataset_source(name: str, split: str | None, audio_column: str, id_column: str | None) -> Corpus:
     """A `datasets` dataset: a `save_to_disk` folder, or a Hub id / loadable folder through `load_dataset`."""
-    path = Path(name)
-    try:
-        if _is_saved_dataset(path):
-            loaded = _dataset_split(datasets.load_from_disk(str(path)), split, name)
-        else:
-            loaded = _dataset_split(datasets.load_dataset(name, split=split), split, name)
-    except DataError:
-        raise
-    except Exception as error:  # noqa: BLE001 - network, missing dataset, broken files: all the user's to fix
-        raise DataError(
-            f"cannot load the dataset {name}: {first_line(error)}; give a local folder, or a Hub id with the network "
-            "on (HF_HUB_OFFLINE unset)"
-        ) from None
+    loaded = open_dataset(name, split)
     columns = loaded.column_names
     if audio_column not in columns:
         raise DataError(f"{name} has no column {audio_column!r} (columns: {', '.join(columns)}); pass --audio_column")
@@ -184,7 +157,7 @@ def _detected_input_type(source: str, split: str | None) -> str:
         return "dataset"  # a Hub id (or a mistyped path: the loader says it was not found)
     if not path.is_dir():
         raise DataError(f"{source} is a file; give a folder of audio, a LibriSpeech root or a dataset")
-    if _is_saved_dataset(path):
+    if is_saved_dataset(path):
         return "dataset"
     return "librispeech" if _is_librispeech_root(path, split) else "folder"
 
@@ -192,7 +165,13 @@ def _detected_input_type(source: str, split: str | None) -> str:
 def open_corpus(
     source: str, split: str | None = None, input_type: str = "auto", audio_column: str = "audio", id_column=None
 ) -> Corpus:
-    """The utterances of `source`: `input_type` says what it is, or `auto` tells them apart."""
+    """The utterances of `source`: `input_type` says what it is, or `auto` tells them apart. Nothing is written
+    into the source (`caches_outside_inputs`)."""
+    with caches_outside_inputs():
+        return _open_corpus(source, split, input_type, audio_column, id_column)
+
+
+def _open_corpus(source: str, split: str | None, input_type: str, audio_column: str, id_column: str | None) -> Corpus:
     path = Path(source)
     if input_type == "auto":
         input_type = _detected_input_type(source, split)

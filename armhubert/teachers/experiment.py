@@ -82,6 +82,12 @@ def layer_distances(student, teacher: WhisperTeacher, pairs: Sequence[int], utte
     return [round(v, 4) for v in l1 / frames], [round(v, 4) for v in cosine / frames]
 
 
+def _distill(recipe: str, teacher_path: str, corpus: Path, run: Path, steps: int, overrides: list[str]):
+    """The project's trainer on conf/whisper-tiny-en-<recipe>.yaml with this experiment's teacher, data and run."""
+    common = [f"teacher={teacher_path}", f"data_source={corpus}", f"output_dir={run}", f"max_steps={steps}"]
+    return distill(BUNDLED_RECIPES / f"whisper-tiny-en-{recipe}.yaml", common + overrides)
+
+
 def _real_curve(trainer) -> list[tuple[int, float]]:
     return [
         (entry["step"], round(entry["eval_loss"], 4)) for entry in trainer.state.log_history if "eval_loss" in entry
@@ -98,18 +104,13 @@ def run_scratch(teacher_path: str, corpus: Path, output: Path, steps: int, eval_
     # Equal size: the no-reuse twin gives the Q and K that reuse saves back as a narrower feed-forward
     # (1,698,912 vs 1,698,528 parameters), as MaskHuBERT (FFN 640) vs ARMHuBERT (FFN 864) in the papers.
     for name, reuse, ffn in (("arm", [False, True, False, True], 384), ("no_reuse", [False] * 4, 288)):
-        run = output / f"scratch-{name}"
-        common = [
-            f"teacher={teacher_path}",
-            f"data_source={corpus}",
-            f"output_dir={run}",
+        overrides = [
             f"student_config.layer_reuses_attention_map={reuse}",
             f"student_config.intermediate_size={ffn}",
-            f"max_steps={steps}",
             f"eval_steps={eval_steps}",
             f"seed={seed}",
         ]
-        trainer = distill(BUNDLED_RECIPES / "whisper-tiny-en-scratch.yaml", common)
+        trainer = _distill("scratch", teacher_path, corpus, output / f"scratch-{name}", steps, overrides)
         student = trainer.accelerator.unwrap_model(trainer.model).eval()
         before = _fresh_student_distances(trainer, seed)
         after = layer_distances(student, trainer.teacher, trainer.teacher_layers, real_utterances())
@@ -167,14 +168,10 @@ def run_mirror(
         untrained = student_from_teacher(whisper, layers)
         before, _ = _wer(whisper, tokenizer, utterances, student_encoder(untrained))
         overrides = [
-            f"teacher={teacher_path}",
-            f"data_source={corpus}",
-            f"output_dir={output / f'mirror-{name}'}",
             f"reuse_layers={list(layers)}",
             f"trainable_layers={list(range(min(layers), whisper.config.encoder_layers + 1))}",
-            f"max_steps={steps}",
         ]
-        trainer = distill(BUNDLED_RECIPES / "whisper-tiny-en-mirror.yaml", overrides)
+        trainer = _distill("mirror", teacher_path, corpus, output / f"mirror-{name}", steps, overrides)
         student = trainer.accelerator.unwrap_model(trainer.model).eval()
         after, text = _wer(whisper, tokenizer, utterances, student_encoder(student))
         trained[name] = student

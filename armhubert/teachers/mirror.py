@@ -27,6 +27,16 @@ from ..cli import UserError
 from ..remote_code import add_remote_code_entries
 
 WHISPER_WINDOW_SAMPLES = 480_000  # Whisper's fixed 30 s input
+# Every mirror: reused probabilities as they are, no heads or mask embedding, no dropout (the teacher's eval).
+MIRROR_FIELDS = {
+    "reuse_softmax": "probabilities",
+    "projection_head_size": None,
+    "use_mask_embedding": False,
+    "hidden_dropout": 0.0,
+    "activation_dropout": 0.0,
+    "attention_dropout": 0.0,
+    "feat_proj_dropout": 0.0,
+}
 
 
 def _encoder_of(teacher: PreTrainedModel):
@@ -63,16 +73,10 @@ def _whisper_config(encoder: WhisperEncoder, flags: list[bool]) -> ARMHubertConf
         num_attention_heads=config.encoder_attention_heads,
         num_hidden_layers=config.encoder_layers,
         layer_reuses_attention_map=flags,
-        reuse_softmax="probabilities",
         do_stable_layer_norm=True,
-        projection_head_size=None,
-        use_mask_embedding=False,
         hidden_act="gelu",
         feat_extract_activation="gelu",
-        hidden_dropout=0.0,
-        activation_dropout=0.0,
-        attention_dropout=0.0,
-        feat_proj_dropout=0.0,
+        **MIRROR_FIELDS,
     )
 
 
@@ -126,18 +130,12 @@ def _wav2vec2_config(teacher: PreTrainedModel, flags: list[bool]) -> ARMHubertCo
         num_attention_heads=config.num_attention_heads,
         num_hidden_layers=config.num_hidden_layers,
         layer_reuses_attention_map=flags,
-        reuse_softmax="probabilities",
         do_stable_layer_norm=config.do_stable_layer_norm,
         hidden_act=config.hidden_act,
         num_conv_pos_embeddings=config.num_conv_pos_embeddings,
         num_conv_pos_embedding_groups=config.num_conv_pos_embedding_groups,
-        projection_head_size=None,
-        use_mask_embedding=False,
         layer_norm_eps=config.layer_norm_eps,
-        hidden_dropout=0.0,
-        activation_dropout=0.0,
-        attention_dropout=0.0,
-        feat_proj_dropout=0.0,
+        **MIRROR_FIELDS,
     )
 
 
