@@ -186,7 +186,9 @@ class ARMHubertConfig(PreTrainedConfig):
     Attributes set on a config (keyword arguments too) but saved only when set, since existing configs
     do not hold them:
         last_head_only (`bool`, default `False`): build only the last projection head (the task models
-            set it when they read nothing else); the others stay `None` in `projection_heads`.
+            set it when they read nothing else); the others stay `None` in `projection_heads`. Never saved:
+            a task model derives it, and its folder opens as a full encoder too (whose tools then find the
+            heads the folder lacks by their missing weights).
         explicit_map_elements (`int`, default 2**18): on a CPU, a (B, H, T, T) map of at most this many
             elements (1 MiB in float32: one 12-head utterance of T <= 147 frames, about 3 s) is handed to
             the reusing layer explicitly: in cache, holding it is faster than rebuilding it.
@@ -417,6 +419,12 @@ class ARMHubertConfig(PreTrainedConfig):
             raise ValueError(f"Unknown ARMHubert preset {name!r}. Available presets: {', '.join(PRESETS)}.")
         cls.check_fields(overrides)
         return cls(**{**PRESETS[key], **overrides})
+
+    def to_dict(self) -> dict:
+        """`PreTrainedConfig.to_dict` without `last_head_only` (see the class docstring)."""
+        output = super().to_dict()
+        output.pop("last_head_only", None)
+        return output
 
     @classmethod
     def check_fields(cls, values: dict) -> None:

@@ -150,7 +150,7 @@ def test_persistent_data_loader_workers_draw_each_epochs_masks():
 
     from armhubert.librispeech import AudioCollator, load_librispeech
     from armhubert.resources import BUNDLED_CORPUS
-    from modeling_armhubert import release_feature_extractor
+    from pipeline_armhubert import release_feature_extractor
 
     dataset = load_librispeech(BUNDLED_CORPUS.parent, "dev-clean").select(range(4))
     masker = SpanMasker([10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2], 0.8, seed=0)

@@ -27,7 +27,8 @@ from transformers import HubertConfig, Wav2Vec2CTCTokenizer
 
 from armhubert.units import CODEBOOK_FORMAT, Codebook, save_codebook
 from armhubert.untrusted import check_number, parse_json
-from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification, release_feature_extractor
+from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification
+from pipeline_armhubert import release_feature_extractor
 
 evaluate = load_script("evaluate")
 extract = load_script("extract_features")
