@@ -476,7 +476,7 @@ def staged_folder(
         output_dir = Path(os.path.realpath(output_dir))
     if _inside(Path.cwd().resolve(), output_dir.resolve()):  # replacing it would pull the floor away
         raise UserError(
-            f"the output {output_dir} contains the current folder; give a new folder, e.g. --output-dir out"
+            f"the output {output_dir} contains the current folder; give a new folder, e.g. --output_dir out"
         )
     recover_interrupted_writes(output_dir)
     output_dir = check_output_folder(output_dir, overwrite, inputs, problem)

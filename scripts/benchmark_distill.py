@@ -11,18 +11,17 @@ Prints the median time of
 and the overhead ratio step / (teacher + student) (target <= 1.1), plus seconds (= hours) of audio
 per second (= hour). Waveforms are synthetic (lengths spread +-5 % around --seconds, as in a
 length-grouped batch); the teacher has random weights of the recipe teacher's architecture unless
---pretrained-teacher (timings do not depend on the weights). Extra `key=value` arguments override
+--pretrained_teacher (timings do not depend on the weights). Extra `key=value` arguments override
 the recipe as in distill_trainer.py.
 """
 
-import argparse
 import statistics
 import sys
 import time
 
 import torch
 
-from armhubert.cli import run_main
+from armhubert.cli import FlagParser, run_main
 from armhubert.distill.timing import optimiser_step, synthetic_batch, timing_recipe, timing_trainer
 from armhubert.profiling import device_name, synchronize
 
@@ -31,15 +30,15 @@ RANDOM_TWINS = {"facebook/hubert-base-ls960": "random-hubert", "microsoft/wavlm-
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = FlagParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="recipe YAML")
-    parser.add_argument("--batch-size", type=int, help="utterances per step (default: the recipe's per-device batch)")
+    parser.add_argument("--batch_size", type=int, help="utterances per step (default: the recipe's per-device batch)")
     parser.add_argument("--seconds", type=float, default=12.0, help="mean utterance length (LibriSpeech: 12.3 s)")
     parser.add_argument("--steps", type=int, default=10, help="timed repetitions (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
     parser.add_argument(
-        "--pretrained-teacher", action="store_true", help="load the recipe's teacher weights (needs the Hub)"
+        "--pretrained_teacher", action="store_true", help="load the recipe's teacher weights (needs the Hub)"
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     return parser.parse_args(argv)
@@ -47,7 +46,7 @@ def parse_args(argv=None):
 
 def build_trainer(args):
     """(trainer, masker or None, precision) of the recipe, with a random twin of its teacher unless
-    --pretrained-teacher."""
+    --pretrained_teacher."""
     cuda = torch.cuda.is_available()
     precision = args.precision or ("bf16" if cuda else "fp32")
     overrides = list(args.overrides)

@@ -1,4 +1,4 @@
-"""CPU-side figures for GPU distillation (issue 20): FLAC decoding rate, padding of length-grouped batches,
+"""CPU-side figures for GPU distillation: FLAC decoding rate, padding of length-grouped batches,
 host syncs per training step.
 
     HF_HUB_OFFLINE=1 python scripts/measure_input_pipeline.py [--data data] [--repeats 3]

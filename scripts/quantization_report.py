@@ -42,6 +42,7 @@ from armhubert.deploy import (
 )
 from armhubert.resources import BUNDLED_CORPUS
 from armhubert.threads import use_machine_threads
+from armhubert.untrusted import check_number
 from configuration_armhubert import SAMPLING_RATE
 
 PROG = "quantization_report.py"
@@ -81,11 +82,10 @@ def audio_files(paths: Sequence[Path] | None) -> list[Path]:
 
 def load_audio(files: Sequence[Path], max_seconds: float, shortest: int) -> list[np.ndarray]:
     """16 kHz mono arrays, each cut to max_seconds; a file shorter than the receptive field is refused."""
-    if not max_seconds > 0:
-        raise UserError(f"--max_seconds must be positive, got {max_seconds}")
+    check_number(max_seconds, "--max_seconds", 0, 3600)
     audios = []
     for path in files:
-        samples = read_audio(path)[: int(max_seconds * SAMPLING_RATE)]
+        samples = read_audio(path, max_samples=int(max_seconds * SAMPLING_RATE))  # decodes only what is kept
         if len(samples) < shortest:
             raise UserError(f"{path} has {len(samples)} samples at 16 kHz, fewer than the model's {shortest}")
         audios.append(samples)
