@@ -30,8 +30,10 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.audio_utils import ffmpeg_read
 
 try:  # loaded as remote code from a model folder
+    from .attention_armhubert import check_attention_mask
     from .configuration_armhubert import SAMPLING_RATE, is_remote_code_copy
 except ImportError:  # installed as a top-level module
+    from attention_armhubert import check_attention_mask
     from configuration_armhubert import SAMPLING_RATE, is_remote_code_copy
 
 FEATURE_EXTRACTION_TASK = "audio-feature-extraction"
@@ -321,7 +323,8 @@ def encode_chunked(
     if input_values.dim() != 2:
         raise ValueError(f"input_values must have shape (batch, samples), got {tuple(input_values.shape)}")
     lengths = [input_values.shape[1]] * input_values.shape[0]
-    if attention_mask is not None:
+    if attention_mask is not None:  # read as lengths: 0/1 and right padding checked as the model checks them
+        check_attention_mask(attention_mask, tuple(input_values.shape), model.config.receptive_field, training=False)
         lengths = [int(length) for length in attention_mask.sum(-1)]
     frames = [num_frames(model.config, length) for length in lengths]
     total = max(frames)

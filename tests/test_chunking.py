@@ -175,3 +175,20 @@ def test_windows_read_from_a_file_are_the_in_memory_windows(tmp_path, rate):
             assert torch.equal(part.last_hidden_state, expected)
         else:  # each window resampled on its own, with context, on the whole decode's sample grid
             torch.testing.assert_close(part.last_hidden_state, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda mask: mask.mul_(2), "holds values [2]"),  # values of 2: read as lengths, they would double a row
+        (lambda mask: mask.copy_(mask.flip(-1)), "has padding (0) before real samples"),  # left padding
+    ],
+)
+def test_encode_chunked_reads_attention_mask_as_the_model_does(damage, message):
+    model = random_model(tiny_config())
+    batch = torch.cat([waveform(16000 * 2, seed=7), waveform(16000 * 2, seed=8)])
+    mask = torch.ones_like(batch, dtype=torch.long)
+    mask[1, 20000:] = 0
+    damage(mask)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        encode_chunked(model, batch, mask, chunk_length_s=1.2, stride_length_s=0.2)
