@@ -215,7 +215,8 @@ def plot_curves(results: dict, path: Path) -> None:
     for name, run in results.get("mirror", {}).items():
         if name != "teacher" and run.get("train_loss"):
             steps, losses = zip(*run["train_loss"])
-            axes[1].plot(steps, losses, label=f"Whisper tiny.en, {name.replace('-', ' ', 1)}")
+            layers = ", ".join(map(str, run["reuse_layers"]))
+            axes[1].plot(steps, losses, label=f"Whisper tiny.en, reuse in {layers}")
     axes[1].set(title="Compressed Whisper: training loss", xlabel="training step", ylabel="L1 loss (synthetic speech)")
     for axis in axes:
         if axis.lines:
