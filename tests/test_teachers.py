@@ -146,9 +146,10 @@ def test_teacher_frames_a_step_apart_are_compared_on_their_common_real_frames(tm
             "gives a frame every 640 samples (40.0 ms), the student every 320",
         ),
         (
-            ["student=mirror", "reuse_layers=[1]", "teacher_config={num_hidden_layers: 2}"],
+            ["student=mirror", "reuse_layers=[1]", "teacher_config={num_hidden_layers: 2}", "student_config=null"],
             "reuse_layers must name layers in 2..2",
         ),
+        (["student=mirror", "teacher_config={num_hidden_layers: 2}"], "takes the teacher's shape and weights; remove"),
         (["reuse_layers=[2]"], "reuse_layers applies to `student: mirror`"),
         (
             ["teacher=random-whisper", "teacher_config={encoder_attention_heads: 5}"],

@@ -141,12 +141,12 @@ def freeze_all_but(student: ARMHubertModel, layers: list[int]) -> None:
 
 
 def _mirror_student(distill_args: DistillArguments, teacher: TeacherEncoder) -> ARMHubertModel:
-    """`student: mirror`: the teacher's encoder with map reuse in `reuse_layers` (student_config overrides)."""
-    student = student_from_teacher(teacher.model, distill_args.reuse_layers or ())
-    overrides = dict(distill_args.student_config or {})
-    for key, value in overrides.items():
-        setattr(student.config, key, value)
-    return student.train()
+    """`student: mirror`: the teacher's encoder with map reuse in `reuse_layers`."""
+    if distill_args.student_config:
+        raise UserError(
+            f"student: {MIRROR} takes the teacher's shape and weights; remove student_config (or set it to null)"
+        )
+    return student_from_teacher(teacher.model, distill_args.reuse_layers or ()).train()
 
 
 def build_student(distill_args: DistillArguments, teacher_config: PretrainedConfig, seed: int) -> ARMHubertModel:

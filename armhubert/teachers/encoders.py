@@ -25,7 +25,7 @@ from transformers import (
 )
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from configuration_armhubert import SAMPLING_RATE
+from configuration_armhubert import SAMPLING_RATE, receptive_field
 
 from ..cli import UserError
 
@@ -94,8 +94,6 @@ class Wav2Vec2StyleTeacher(TeacherEncoder):
         return self.model._get_feat_extract_output_lengths(lengths)
 
     def min_samples(self):
-        from configuration_armhubert import receptive_field
-
         return receptive_field(self.config.conv_kernel, self.config.conv_stride)
 
     def hidden_states(self, input_values, attention_mask, mask_time_indices=None):
@@ -190,7 +188,8 @@ def _fit_frames(mask: Tensor, frames: int) -> Tensor:
     return torch.nn.functional.pad(mask, (0, frames - mask.shape[1]), value=False)
 
 
-def _whisper_encoder(model: PreTrainedModel) -> WhisperEncoder | None:
+def whisper_encoder(model: PreTrainedModel) -> WhisperEncoder | None:
+    """The Whisper encoder of a Whisper model (or the encoder itself); None for other models."""
     if isinstance(model, WhisperEncoder):
         return model
     get_encoder = getattr(model, "get_encoder", None)
@@ -208,7 +207,7 @@ def _preprocessor(name: str):
 
 def teacher_encoder(model: PreTrainedModel, name: str, random: bool = False) -> TeacherEncoder:
     """Wrap a loaded teacher by family; one line for a model that is no speech encoder of a known family."""
-    whisper = _whisper_encoder(model)
+    whisper = whisper_encoder(model)
     if whisper is not None:
         return WhisperTeacher(whisper, name)
     extractor = None if random else _preprocessor(name)

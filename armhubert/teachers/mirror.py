@@ -25,6 +25,7 @@ from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
 from ..remote_code import add_remote_code_entries
+from .encoders import whisper_encoder
 
 WHISPER_WINDOW_SAMPLES = 480_000  # Whisper's fixed 30 s input
 # Every mirror: reused probabilities as they are, no heads or mask embedding, no dropout (the teacher's eval).
@@ -37,15 +38,6 @@ MIRROR_FIELDS = {
     "attention_dropout": 0.0,
     "feat_proj_dropout": 0.0,
 }
-
-
-def _encoder_of(teacher: PreTrainedModel):
-    """The Whisper encoder inside a Whisper model, or the model itself for other teachers."""
-    if isinstance(teacher, WhisperEncoder):
-        return teacher
-    get_encoder = getattr(teacher, "get_encoder", None)
-    encoder = get_encoder() if callable(get_encoder) else None
-    return encoder if isinstance(encoder, WhisperEncoder) else teacher
 
 
 def reuse_flags(num_layers: int, reuse_layers: Sequence[int]) -> list[bool]:
@@ -160,8 +152,8 @@ def _wav2vec2_weights(teacher: PreTrainedModel, flags: list[bool]) -> dict[str, 
 def student_from_teacher(teacher: PreTrainedModel, reuse_layers: Sequence[int] = ()) -> ARMHubertModel:
     """An `ARMHubertModel` mirroring `teacher`'s encoder, initialised from its weights, with the 1-based
     `reuse_layers` reusing the map of the layer before (their Q and K dropped). Float32, train mode off."""
-    encoder = _encoder_of(teacher)
-    if isinstance(encoder, WhisperEncoder):
+    encoder = whisper_encoder(teacher)
+    if encoder is not None:
         flags = reuse_flags(encoder.config.encoder_layers, reuse_layers)
         config, state = _whisper_config(encoder, flags), _whisper_weights(encoder, flags)
     elif isinstance(teacher, (HubertModel, Wav2Vec2Model)):
