@@ -168,9 +168,9 @@ def test_export_writes_a_checked_int8_or_fp16_graph(tiny_folder, tmp_path, capsy
     out = capsys.readouterr().out
     assert code == 0 and output.is_file()
     assert f"{precision} fidelity to PyTorch fp32 (batch 3 x 1.7 s, padded rows" in out and "below the bound" not in out
-    # An impossible bound: status 1, nothing written.
+    # A bound no graph meets (--min_cosine > 1 is refused at parsing: a cosine never exceeds 1): status 1, nothing written.
     output.unlink()
-    code = export_onnx.main([*argv, "--min-cosine", "1.5"])
+    code = export_onnx.main([*argv, "--max_relative_error", "1e-12"])
     assert code == 1 and "parity check failed" in capsys.readouterr().err and not output.exists()
 
 
