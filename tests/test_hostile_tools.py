@@ -589,18 +589,17 @@ def test_weights_a_folder_lacks_are_refused_not_left_random(folders, tmp_path, c
 
 
 def test_the_next_write_removes_the_temporary_file_a_killed_write_left(tmp_path):
-    import time
-
-    from armhubert.outputs import atomic_write_text
+    from armhubert.outputs import _PROCESS_START, atomic_write_text
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)  # a process that has ended
     left = tmp_path / f".figures.json.armhubert-tmp-{pid}-abc123"
     alive = tmp_path / f".figures.json.armhubert-tmp-{os.getppid()}-def456"  # a running process's: kept
     other = tmp_path / f".notes.json.armhubert-tmp-{pid}-ghi789"  # another file's: kept
+    before_this_process = _PROCESS_START - 60  # only files older than the running process are candidates
     for path in (left, alive, other):
         path.write_text("partial")
-        os.utime(path, (time.time() - 60, time.time() - 60))
+        os.utime(path, (before_this_process, before_this_process))
     atomic_write_text(tmp_path / "figures.json", "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["figures.json", alive.name, other.name])
 
