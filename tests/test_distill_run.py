@@ -19,7 +19,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, TrainerCallback
 
 from armhubert.audio import read_audio
+from armhubert.cards import format_duration
 from armhubert.distill.recipe import build_arguments, load_recipe
+from armhubert.distill.trainer import complete_checkpoints
 from armhubert.librispeech import AudioCollator
 from configuration_armhubert import PRESETS
 from distill_trainer import main, run
@@ -183,6 +185,33 @@ def test_resume_continues_exactly(quickstart, tmp_path):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
     last = [entry["loss"] for entry in full.state.log_history if "loss" in entry][-1]
     assert [entry["loss"] for entry in resumed.state.log_history if "loss" in entry][-1] == last
+
+
+def test_resume_refuses_another_runs_checkpoint_and_saves_the_recipe_it_resumes_with(quickstart, tmp_path, capsys):
+    _, corpus, first, _ = quickstart
+    checkpoint = complete_checkpoints(first)[-1]
+    other = _quickstart_args(corpus, tmp_path / "other") + [
+        "student_config.hidden_size=32",
+        "--resume",
+        str(checkpoint),
+    ]
+    assert main(other) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"{checkpoint} belongs to a run with student_config=" in error[0], error
+    assert not (tmp_path / "other").exists()
+
+    shutil.copytree(first, tmp_path / "again")
+    trainer = run(_quickstart_args(corpus, tmp_path / "again") + ["max_steps=8", "learning_rate=0.001", "--resume"])
+    assert trainer.state.global_step == 8
+    saved = yaml.safe_load((tmp_path / "again" / "distill_recipe.yaml").read_text())
+    assert saved["learning_rate"] == 0.001 and saved["max_steps"] == 8
+
+
+def test_the_card_counts_the_audio_training_reads(quickstart):
+    trainer, _, folder, _ = quickstart
+    cropped = sum(min(n, int(0.5 * 16000)) for n in trainer.train_dataset["num_samples"]) / 16000  # FAST's crop
+    card = (folder / "README.md").read_text()
+    assert f"{len(trainer.train_dataset)} utterances" in card and format_duration(cropped) in card, card
 
 
 def _shrunk(recipe, quick):

@@ -19,6 +19,7 @@ from ..guarded_trainer import save_trained_model
 from ..librispeech import AudioCollator, load_librispeech
 from ..outputs import WriteFailure, atomic_write_text, check_output_location, output_lock, reported_write_failures
 from ..teachers.encoders import TeacherEncoder
+from ..untrusted import brief, load_yaml_file
 from .masks import recipe_masker
 from .models import check_config_fields, teacher_and_student
 from .recipe import DistillArguments, apply_effective_batch_size, build_arguments, load_recipe
@@ -64,7 +65,36 @@ def _parameters(model: PreTrainedModel) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def _student_card(trainer: DistillTrainer, distill_args: DistillArguments, train_dataset: datasets.Dataset) -> str:
+def _training_seconds(train_dataset: datasets.Dataset, max_samples: int | None) -> float:
+    """Audio seconds training reads: each utterance up to its crop (a 20 h file cropped to 2 s counts 2 s)."""
+    lengths = train_dataset["num_samples"]
+    return sum(lengths if max_samples is None else (min(n, max_samples) for n in lengths)) / SAMPLING_RATE
+
+
+# The recipe keys that make two runs the same model: a checkpoint of another teacher, student or objective
+# would load (or be refused deep inside) with no word about what it is.
+RUN_IDENTITY = ("distill_mode", "teacher", "teacher_config", "student", "student_config", "reuse_layers")
+RECIPE_FILE = "distill_recipe.yaml"
+
+
+def check_same_run(checkpoint: str | Path, recipe: dict) -> None:
+    """Refuse resuming a checkpoint whose run (the `distill_recipe.yaml` beside it) trained another model."""
+    saved_path = Path(checkpoint).parent / RECIPE_FILE
+    if not saved_path.is_file():
+        return  # a checkpoint copied on its own: the weights check (check_resume_checkpoint) still applies
+    saved = load_yaml_file(saved_path, str(saved_path))
+    if not isinstance(saved, dict):
+        raise UserError(f"--resume: {saved_path} is not a recipe; resume a checkpoint of a distill_trainer.py run")
+    differ = [key for key in RUN_IDENTITY if saved.get(key) != recipe.get(key)]
+    if differ:
+        key = differ[0]
+        raise UserError(
+            f"--resume: {checkpoint} belongs to a run with {key}={brief(saved.get(key))}, this recipe has "
+            f"{key}={brief(recipe.get(key))}; resume with that run's recipe, or start a new output_dir"
+        )
+
+
+def _student_card(trainer: DistillTrainer, distill_args: DistillArguments, utterances: int, seconds: float) -> str:
     """The student's README.md: teacher, recipe, data, steps and the last logged losses."""
     history = trainer.state.log_history
     splits = distill_args.train_splits
@@ -77,8 +107,8 @@ def _student_card(trainer: DistillTrainer, distill_args: DistillArguments, train
             parameters=_parameters(trainer.model),
             data_source=distill_args.data_source,
             train_splits=[splits] if isinstance(splits, str) else list(splits),
-            train_utterances=len(train_dataset),
-            train_seconds=sum(train_dataset["num_samples"]) / SAMPLING_RATE,
+            train_utterances=utterances,
+            train_seconds=seconds,
             steps=trainer.state.global_step,
             final_train_loss=last_logged(history, "loss"),
             final_eval_loss=last_logged(history, "eval_loss"),
@@ -139,6 +169,8 @@ def _distill(
 ) -> DistillTrainer:
     """`distill` once the recipe is read and the output_dir is this run's."""
     resume = resolve_resume(resume or training_args.resume_from_checkpoint, training_args.output_dir)
+    if resume is not None:
+        check_same_run(resume, recipe)
     apply_effective_batch_size(distill_args, training_args)
 
     teacher, student, pairs = teacher_and_student(distill_args, training_args.seed)
@@ -153,17 +185,6 @@ def _distill(
         )
     train_dataset, eval_dataset = _load_splits(distill_args, training_args, min_samples)
     feature_extractor = release_feature_extractor()
-    logger.info(
-        "Distilling %s (%s) into a %s-parameter student (%s layout): %d training utterances (%s), teacher layers %s",
-        distill_args.teacher,
-        distill_args.distill_mode,
-        f"{_parameters(student):,}",
-        distill_args.student,
-        len(train_dataset),
-        format_duration(sum(train_dataset["num_samples"]) / SAMPLING_RATE),
-        pairs,
-    )
-
     trainer = DistillTrainer(
         model=student,
         args=training_args,
@@ -182,14 +203,24 @@ def _distill(
         processing_class=feature_extractor,
         callbacks=list(callbacks),
     )
-    if training_args.should_save and resume is None:
-        atomic_write_text(
-            Path(training_args.output_dir) / "distill_recipe.yaml", yaml.safe_dump(recipe, sort_keys=False)
-        )
     if resume is not None:
         check_resume_checkpoint(resume, trainer)
+    if training_args.should_save:  # the recipe this run trains with, also after a resume with new settings
+        atomic_write_text(Path(training_args.output_dir) / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
+    seconds = _training_seconds(train_dataset, max_samples)
+    logger.info(  # only once every check passed: a refusal is the run's one line
+        "Distilling %s (%s) into a %s-parameter student (%s layout): %d training utterances (%s), teacher layers %s",
+        distill_args.teacher,
+        distill_args.distill_mode,
+        f"{_parameters(student):,}",
+        distill_args.student,
+        len(train_dataset),
+        format_duration(seconds),
+        pairs,
+    )
     _train(trainer, resume)
-    save_trained_model(trainer, training_args.output_dir, card=_student_card(trainer, distill_args, train_dataset))
+    card = _student_card(trainer, distill_args, len(train_dataset), seconds)
+    save_trained_model(trainer, training_args.output_dir, card=card)
     if training_args.should_save:  # where the student is, and what it really is
         print(f"saved the student ({_parameters(student):,} parameters) to {training_args.output_dir}")
     if training_args.push_to_hub:
