@@ -33,9 +33,10 @@ from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 
 from .audio import DataError, read_audio, window
 from .cli import UserError
+from .distill.trainer import resolve_resume
 from .guarded_trainer import check_training_values, save_trained_model
 from .model_folders import check_model_folder, load_pretrained
-from .outputs import check_output_folder, output_lock
+from .outputs import check_apart, check_output_folder, output_lock
 from .remote_code import add_remote_code_entries
 from .threads import use_machine_threads
 from .untrusted import check_code_text
@@ -132,9 +133,18 @@ def parse_run_arguments(
     check_code_text(model_args.model_name_or_path or "", "--model_name_or_path")
     data_paths = [getattr(data_args, name) for name in getattr(data_arguments_class, "INPUT_FIELDS", ())]
     inputs = [model_args.model_name_or_path, *data_paths]
-    check_output_folder(
-        training_args.output_dir, output_args.overwrite_output_dir, inputs, flag="--overwrite_output_dir"
-    )
+    resume = training_args.resume_from_checkpoint
+    if resume:  # continue a run in its own output_dir: a complete checkpoint, the folder apart from the inputs
+        last = str(resume).lower() in ("true", "last")
+        flag = "--resume_from_checkpoint"
+        training_args.resume_from_checkpoint = resolve_resume(
+            "last" if last else resume, training_args.output_dir, flag
+        )
+        check_apart(training_args.output_dir, inputs)
+    else:
+        check_output_folder(
+            training_args.output_dir, output_args.overwrite_output_dir, inputs, flag="--overwrite_output_dir"
+        )
     # Rows keep their undecoded audio for the collator; length grouping reads `num_samples`.
     training_args.remove_unused_columns = False
     training_args.length_column_name = "num_samples"
@@ -294,7 +304,7 @@ def final_evaluation(trainer: Trainer) -> dict:
 
 
 def _train_evaluate_and_save(trainer: Trainer, output_dir: str | Path, make_card: Callable[[dict, int], str]) -> dict:
-    train_result = trainer.train()
+    train_result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     metrics = final_evaluation(trainer)
     trainer.log_metrics("eval", metrics)
     add_remote_code_entries(trainer.model.config, type(trainer.model))  # the head's own pipeline

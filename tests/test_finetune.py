@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import load_script, random_model, tiny_config
+from safetensors.torch import load_file
 from transformers import pipeline
 
 from armhubert.audio import DataError, load_16k
@@ -387,6 +388,15 @@ def test_demo_runs_keep_one_small_checkpoint_unless_asked(tiny_model_dir, tmp_pa
     checkpoints = sorted((tmp_path / "full").glob("checkpoint-*"))
     assert [path.name for path in checkpoints] == ["checkpoint-2", "checkpoint-3"]
     assert (checkpoints[-1] / "optimizer.pt").is_file()
+
+    # --resume_from_checkpoint continues that run in its own output_dir: from its last step (3) to max_steps 3 is
+    # no step at all, so the saved model is checkpoint-3's (a run from scratch at this rate would not be).
+    resumed = [*common, "--output_dir", str(tmp_path / "full"), "--learning_rate", "0.5"]
+    finetune_classification.run([*resumed, "--resume_from_checkpoint", str(checkpoints[-1])])
+    final, last = (load_file(folder / "model.safetensors") for folder in (tmp_path / "full", checkpoints[-1]))
+    assert all(torch.equal(final[name], last[name]) for name in last)
+    with pytest.raises(UserError, match="--resume_from_checkpoint .*: not a complete checkpoint folder"):
+        finetune_classification.run([*resumed, "--resume_from_checkpoint", str(tmp_path / "small")])
 
 
 def test_final_evaluation_reuses_the_evaluation_logged_at_the_last_step():

@@ -393,22 +393,23 @@ def keep_best_and_last_checkpoints(output_dir: str | os.PathLike, log_history: l
             shutil.rmtree(path, ignore_errors=True)
 
 
-def resolve_resume(resume: str | bool | None, output_dir: str | os.PathLike) -> str | None:
-    """The checkpoint to resume from (None for a fresh run); a fresh run needs an empty output_dir."""
+def resolve_resume(resume: str | bool | None, output_dir: str | os.PathLike, flag: str = "--resume") -> str | None:
+    """The checkpoint to resume from (None for a fresh run); a fresh run needs an empty output_dir. `flag`: the
+    command's name for resuming, in messages."""
     output = Path(output_dir)
     if resume is True or resume in ("true", "True"):  # resume_from_checkpoint: true in a recipe
         resume = "last"
     if resume is None or resume is False:
         if output.is_dir() and any(output.iterdir()):
             raise UserError(
-                f"output_dir {output} is not empty; pass --resume to continue its last checkpoint, or choose a new output_dir"
+                f"output_dir {output} is not empty; pass {flag} to continue its last checkpoint, or choose a new output_dir"
             )
         return None
     if resume != "last":
         if not (Path(resume) / TRAINER_STATE_NAME).is_file():
-            raise UserError(f"--resume {resume}: not a complete checkpoint folder (no {TRAINER_STATE_NAME})")
+            raise UserError(f"{flag} {resume}: not a complete checkpoint folder (no {TRAINER_STATE_NAME})")
         return str(resume)
     checkpoints = complete_checkpoints(output)
     if not checkpoints:
-        raise UserError(f"--resume: no complete {PREFIX_CHECKPOINT_DIR}-<step> folder in {output} to resume from")
+        raise UserError(f"{flag}: no complete {PREFIX_CHECKPOINT_DIR}-<step> folder in {output} to resume from")
     return str(checkpoints[-1])
