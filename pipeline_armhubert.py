@@ -13,6 +13,7 @@ model-level helper `encode_chunked(model, waveform[None])`), for the feature pip
 
 import dataclasses
 import io
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -201,9 +202,18 @@ def window_samples(config, window: FrameWindow) -> tuple[int, int]:
 
 
 def _context_seconds(stride_length_s: float | Sequence[float] | None, chunk_length_s: float) -> tuple[float, float]:
+    """(left, right) context in seconds: finite and >= 0, from one number or a pair; one ValueError naming it."""
     stride = chunk_length_s / 6 if stride_length_s is None else stride_length_s
-    left, right = (stride, stride) if isinstance(stride, (int, float)) else stride
-    return float(left), float(right)
+    pair = (stride, stride) if isinstance(stride, (int, float)) and not isinstance(stride, bool) else stride
+    try:
+        left, right = (float(side) for side in pair)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"stride_length_s must be seconds or a (left, right) pair of seconds, got {stride_length_s!r}"
+        ) from None
+    if not (math.isfinite(left) and math.isfinite(right) and left >= 0 and right >= 0):
+        raise ValueError(f"stride_length_s must be finite and not negative, got {stride_length_s!r}")
+    return left, right
 
 
 def chunk_windows(
@@ -218,11 +228,9 @@ def chunk_windows(
     the model crops nothing off a window); `stride_length_s`: context dropped on each side (rounded to
     frames), or a (left, right) pair, as the ASR pipeline's option; `None`: chunk_length_s / 6 per side.
     """
-    if chunk_length_s <= 0:
-        raise ValueError(f"chunk_length_s must be positive, got {chunk_length_s}")
+    if not isinstance(chunk_length_s, (int, float)) or not math.isfinite(chunk_length_s) or chunk_length_s <= 0:
+        raise ValueError(f"chunk_length_s must be a finite number of seconds above 0, got {chunk_length_s!r}")
     left_s, right_s = _context_seconds(stride_length_s, chunk_length_s)
-    if left_s < 0 or right_s < 0:
-        raise ValueError(f"stride_length_s must not be negative, got {stride_length_s}")
     window_frames = num_frames(config, int(chunk_length_s * SAMPLING_RATE))
     if window_frames < 1:
         raise ValueError(

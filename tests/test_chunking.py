@@ -192,3 +192,20 @@ def test_encode_chunked_reads_attention_mask_as_the_model_does(damage, message):
     damage(mask)
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         encode_chunked(model, batch, mask, chunk_length_s=1.2, stride_length_s=0.2)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"stride_length_s": float("nan")}, "stride_length_s must be finite and not negative, got nan"),
+        ({"stride_length_s": (0.1, 0.2, 0.3)}, "stride_length_s must be seconds or a (left, right) pair"),
+        ({"stride_length_s": "wide"}, "stride_length_s must be seconds or a (left, right) pair"),
+        ({"stride_length_s": -0.1}, "stride_length_s must be finite and not negative"),
+        ({"chunk_length_s": float("inf")}, "chunk_length_s must be a finite number of seconds above 0"),
+    ],
+)
+def test_window_options_of_the_wrong_shape_or_value_name_the_parameter(arguments, message):
+    model = random_model(tiny_config())
+    with pytest.raises(ValueError) as error:
+        encode_chunked(model, waveform(16000 * 2, seed=9), **{"chunk_length_s": 1.0, **arguments})
+    assert message in str(error.value)
