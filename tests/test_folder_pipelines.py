@@ -106,11 +106,11 @@ def test_fine_tuning_saves_the_heads_pipeline(monkeypatch, tmp_path):
     model.config.custom_pipelines = {FEATURE_EXTRACTION_TASK: {"impl": "x.Y"}}  # as loaded from an encoder folder
     trainer = types.SimpleNamespace(
         model=model,
-        train=lambda: types.SimpleNamespace(global_step=1),
+        train=lambda resume_from_checkpoint=None: types.SimpleNamespace(global_step=1),
         evaluate=lambda: {},
         log_metrics=lambda *args: None,
         state=types.SimpleNamespace(log_history=[], global_step=1),
-        args=types.SimpleNamespace(save_total_limit=None, should_save=True),
+        args=types.SimpleNamespace(save_total_limit=None, should_save=True, resume_from_checkpoint=None),
         add_callback=lambda callback: None,
     )
     finetune.train_evaluate_and_save(trainer, tmp_path, lambda metrics, steps: "card")
