@@ -1,10 +1,9 @@
 """Pipelines of the ARMHuBERT family: audio feature extraction, and the task folders' own pipelines.
 
-Remote code beside the configuration and modeling files; the model does not import it: the code that saves
-model folders ships it (`armhubert.remote_code.ship_pipeline`). `pipeline(model=folder, trust_remote_code=True)` finds a folder's pipeline
-through `config.custom_pipelines`: `ARMHubertFeatureExtractionPipeline` for an encoder (the built-in
-"feature-extraction" task is text-only), transformers' ASR / classification pipelines for the heads. All
-three read files with `read_audio_file` (soundfile + soxr; ffmpeg only as a fallback).
+Remote code beside the other files; the model does not import it (`armhubert.remote_code.ship_pipeline` ships
+it). `pipeline(model=folder, trust_remote_code=True)` finds a folder's pipeline in `config.custom_pipelines`:
+`ARMHubertFeatureExtractionPipeline` for an encoder (the built-in "feature-extraction" task is text-only),
+transformers' ASR / classification pipelines for heads; all read files with `read_audio_file` (soundfile + soxr).
 
 Long inputs run in overlapping windows stitched on the unchunked frame grid (`encode_windows`, and the
 model-level helper `encode_chunked(model, waveform[None])`), for the feature pipeline's `chunk_length_s` /
@@ -202,17 +201,17 @@ def window_samples(config, window: FrameWindow) -> tuple[int, int]:
 
 
 def _context_seconds(stride_length_s: float | Sequence[float] | None, chunk_length_s: float) -> tuple[float, float]:
-    """(left, right) context in seconds: finite and >= 0, from one number or a pair; one ValueError naming it."""
+    """(left, right) context in seconds from one number or a pair, finite and >= 0; else one ValueError."""
     stride = chunk_length_s / 6 if stride_length_s is None else stride_length_s
     pair = (stride, stride) if isinstance(stride, (int, float)) and not isinstance(stride, bool) else stride
     try:
         left, right = (float(side) for side in pair)
     except (TypeError, ValueError):
+        left = right = math.nan
+    if not (math.isfinite(left) and math.isfinite(right) and min(left, right) >= 0):
         raise ValueError(
-            f"stride_length_s must be seconds or a (left, right) pair of seconds, got {stride_length_s!r}"
-        ) from None
-    if not (math.isfinite(left) and math.isfinite(right) and left >= 0 and right >= 0):
-        raise ValueError(f"stride_length_s must be finite and not negative, got {stride_length_s!r}")
+            f"stride_length_s must be seconds >= 0, or a (left, right) pair of them; got {stride_length_s!r}"
+        )
     return left, right
 
 

@@ -197,10 +197,16 @@ def test_encode_chunked_reads_attention_mask_as_the_model_does(damage, message):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        ({"stride_length_s": float("nan")}, "stride_length_s must be finite and not negative, got nan"),
-        ({"stride_length_s": (0.1, 0.2, 0.3)}, "stride_length_s must be seconds or a (left, right) pair"),
-        ({"stride_length_s": "wide"}, "stride_length_s must be seconds or a (left, right) pair"),
-        ({"stride_length_s": -0.1}, "stride_length_s must be finite and not negative"),
+        (
+            {"stride_length_s": float("nan")},
+            "stride_length_s must be seconds >= 0, or a (left, right) pair of them; got nan",
+        ),
+        (
+            {"stride_length_s": (0.1, 0.2, 0.3)},
+            "stride_length_s must be seconds >= 0, or a (left, right) pair of them; got",
+        ),
+        ({"stride_length_s": "wide"}, "stride_length_s must be seconds >= 0, or a (left, right) pair of them; got"),
+        ({"stride_length_s": -0.1}, "stride_length_s must be seconds >= 0, or a (left, right) pair of them; got -0.1"),
         ({"chunk_length_s": float("inf")}, "chunk_length_s must be a finite number of seconds above 0"),
     ],
 )

@@ -17,7 +17,6 @@ Every run goes through the project's trainer (`armhubert.distill.run.distill`) w
 
 import json
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,15 +24,18 @@ import numpy as np
 import soundfile
 import torch
 import torch.nn.functional as F
+from transformers import WhisperFeatureExtractor
 
 from configuration_armhubert import SAMPLING_RATE
 
+from ..distill.models import build_student
 from ..distill.run import distill
 from ..profiling import medians_taking_turns
 from ..real_speech import Utterance, real_utterances
 from ..resources import BUNDLED_CORPUS, BUNDLED_RECIPES
 from .ctranslate2 import whisper_from_ctranslate2, whisper_tokenizer
 from .encoders import WhisperTeacher
+from .mirror import student_from_teacher
 from .transcribe import student_encoder, transcribe, word_error_rate
 
 TRAIN_SPLITS = ("train-clean-100", "dev-clean", "test-clean")  # the whole synthesised corpus: 60 utterances
@@ -125,8 +127,6 @@ def run_scratch(teacher_path: str, corpus: Path, output: Path, steps: int, eval_
 
 def _fresh_student_distances(trainer, seed: int):
     """The distances of the same student at initialisation (rebuilt from its config with the run's seed)."""
-    from ..distill.models import build_student
-
     fresh = build_student(trainer.distill_args, trainer.teacher.config, seed).eval()
     return layer_distances(fresh, trainer.teacher, trainer.teacher_layers, real_utterances())
 
@@ -138,8 +138,6 @@ def _wer(model, tokenizer, utterances, encoder=None) -> tuple[float, list[str]]:
 
 def _encoder_seconds(whisper, students: dict, audio: np.ndarray, repeats: int) -> dict[str, float]:
     """Median seconds of one 30 s window through each encoder, taking turns (log-mel included for all)."""
-    from transformers import WhisperFeatureExtractor
-
     extractor = WhisperFeatureExtractor(feature_size=whisper.config.num_mel_bins)
     encoder = whisper.get_encoder()
     batch = torch.as_tensor(audio)[None]
@@ -156,8 +154,6 @@ def run_mirror(
     teacher_path: str, corpus: Path, output: Path, reuse_sets: Sequence[Sequence[int]], steps: int, repeats: int = 5
 ) -> dict:
     """Whisper tiny.en's encoder with reuse in each of `reuse_sets`, before and after distillation."""
-    from .mirror import student_from_teacher
-
     whisper, tokenizer = whisper_from_ctranslate2(teacher_path), whisper_tokenizer(teacher_path)
     utterances = real_utterances()
     teacher_wer, teacher_text = _wer(whisper, tokenizer, utterances)
@@ -192,10 +188,6 @@ def run_mirror(
 
 def save_results(results: dict, output: Path) -> None:
     (output / "results.json").write_text(json.dumps(results, indent=1))
-
-
-def clean_corpus(folder: Path) -> None:
-    shutil.rmtree(folder / "LibriSpeech", ignore_errors=True)
 
 
 def plot_curves(results: dict, path: Path) -> None:
