@@ -29,7 +29,7 @@ from transformers.utils import ModelOutput, logging
 
 # `save_pretrained` copies this file's relative imports into the folder beside it: the configuration and the
 # kernels (`kernels.*`, attention_armhubert.py). The pipeline file, which this one does not import, is shipped
-# by the code that saves model folders (`armhubert.remote_code.ship_pipeline`).
+# by the code that saves model folders (`armhubert.folders.remote_code.ship_pipeline`).
 try:  # loaded as remote code from a model folder
     from . import attention_armhubert as kernels
     from .attention_armhubert import ConvolutionByFFT, DerivedWeightsModule

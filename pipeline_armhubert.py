@@ -1,6 +1,6 @@
 """Pipelines of the ARMHuBERT family: audio feature extraction, and the task folders' own pipelines.
 
-Remote code beside the other files; the model does not import it (`armhubert.remote_code.ship_pipeline` ships
+Remote code beside the other files; the model does not import it (`armhubert.folders.remote_code.ship_pipeline` ships
 it). `pipeline(model=folder, trust_remote_code=True)` finds a folder's pipeline in `config.custom_pipelines`:
 `ARMHubertFeatureExtractionPipeline` for an encoder (the built-in "feature-extraction" task is text-only),
 transformers' ASR / classification pipelines for heads; all read files with `read_audio_file` (soundfile + soxr).
@@ -61,7 +61,7 @@ def _first_line(error: Exception) -> str:  # as armhubert.cli.first_line (remote
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-MAX_AUDIO_SECONDS = 3600  # as armhubert.audio: longer recordings are cut into utterances first
+MAX_AUDIO_SECONDS = 3600  # as armhubert.data.audio: longer recordings are cut into utterances first
 MAX_AUDIO_CHANNELS = 64
 BLOCK_FRAMES = 1 << 16
 
@@ -275,7 +275,7 @@ def encode_windows(
     `model`: an `ARMHubertModel` (any encoder returning a `ModelOutput`, whose config has the CNN's
     kernels and strides). `read(start, count)` -> `(count,)` float tensor on the model's device, the
     input's samples [start, start + count), called once per window in order: an array slice, or a file
-    read (`armhubert.chunking.file_window_reader`), so the input need not be in memory. An input no
+    read (`armhubert.data.chunking.file_window_reader`), so the input need not be in memory. An input no
     longer than a window runs whole. `windows_per_batch` windows (of equal length) go to one model call;
     `transform` is applied to every model output first (e.g. to keep some layers); `forward_kwargs` go to
     the model. Each yielded `output` has the model's (or `transform`'s) type, every frame-aligned tensor

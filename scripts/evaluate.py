@@ -21,7 +21,7 @@ evaluation default), so the figures are those the fine-tuning printed on the sam
 decoded greedily over each utterance's real frames. Prints the figures (and `--output_json FILE`
 writes them: never over an input, an audio file the data names included, nor over an existing file
 without `--overwrite`); bad input: one line on stderr, exit status 2. The model folder is read through
-the checked loader (`armhubert.model_folders`): a foreign, broken or incomplete folder, or weights that
+the checked loader (`armhubert.folders.model_folders`): a foreign, broken or incomplete folder, or weights that
 are not finite, are refused before anything is encoded; audio must be regular files.
 """
 
@@ -40,18 +40,24 @@ import pyarrow.compute
 import torch
 from transformers import AutoFeatureExtractor, HfArgumentParser, PreTrainedModel, Wav2Vec2CTCTokenizer
 
-from armhubert.audio import DataError
-from armhubert.chunking import check_unchunked_lengths
 from armhubert.cli import UserError, run_main
-from armhubert.finetune import decode_audio_batch
-from armhubert.labelled_audio import audio_num_samples, csv_audio_path, examples_from_folder, read_csv_rows
-from armhubert.librispeech import HUB_SPLITS, load_librispeech
-from armhubert.metrics import confusion_matrix, error_rates, normalize_transcript
-from armhubert.model_folders import check_model_folder, load_config, load_folder_part, load_with_missing, refuse_missing
-from armhubert.outputs import atomic_write_text, check_output_file
+from armhubert.data.audio import DataError
+from armhubert.data.chunking import check_unchunked_lengths
+from armhubert.data.labelled_audio import audio_num_samples, csv_audio_path, examples_from_folder, read_csv_rows
+from armhubert.data.librispeech import HUB_SPLITS, load_librispeech
+from armhubert.data.saved_datasets import caches_outside_inputs, is_saved_dataset, open_dataset
+from armhubert.files.atomic import atomic_write_text, check_output_file
+from armhubert.files.untrusted import brief, check_finite_weights
+from armhubert.folders.model_folders import (
+    check_model_folder,
+    load_config,
+    load_folder_part,
+    load_with_missing,
+    refuse_missing,
+)
 from armhubert.progress import progress
-from armhubert.saved_datasets import caches_outside_inputs, is_saved_dataset, open_dataset
-from armhubert.untrusted import brief, check_finite_weights
+from armhubert.training.finetune import decode_audio_batch
+from armhubert.training.metrics import confusion_matrix, error_rates, normalize_transcript
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification
 

@@ -46,11 +46,11 @@ from armhubert.deploy import (
     run_onnx,
     run_torch,
 )
-from armhubert.outputs import atomic_write_bytes, check_output_file
-from armhubert.profiling import medians_taking_turns
+from armhubert.deploy.timing import medians_taking_turns
+from armhubert.files.atomic import atomic_write_bytes, check_output_file
+from armhubert.files.untrusted import check_number
 from armhubert.progress import stages
 from armhubert.threads import use_machine_threads
-from armhubert.untrusted import check_number
 from configuration_armhubert import SAMPLING_RATE
 
 PROG = "export_onnx.py"
@@ -182,7 +182,7 @@ def export(argv: Sequence[str] | None = None) -> int:
         f"CPU latency, 1 x {args.latency_seconds:g} s, {threads} threads, median of {args.latency_runs}, taking turns: "
         f"PyTorch fp32 {latency['PyTorch']:.1f} ms, onnxruntime {args.precision} {latency['onnxruntime']:.1f} ms; "
         f"one measurement at load {os.getloadavg()[0]:.2f} on this machine: onnxruntime ran at {speedup:.2f}x "
-        "PyTorch's speed (it varies with the load; scripts/benchmark_runtimes.py measures it properly)"
+        "PyTorch's speed (it varies with the load; benchmarks/benchmark_runtimes.py measures it properly)"
     )
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     return 0

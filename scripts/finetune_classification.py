@@ -9,7 +9,7 @@
     # small data: train on random 1.5 s windows, drawn anew each time (evaluation uses whole utterances)
     ... --crop_seconds 1.5
 
-Audio is decoded with soundfile and resampled to 16 kHz with soxr (`armhubert.audio.read_audio`).
+Audio is decoded with soundfile and resampled to 16 kHz with soxr (`armhubert.data.audio.read_audio`).
 OUTPUT_DIR receives the model (labels in `config.id2label`), the feature extractor and a README.md
 model card with the accuracy, and opens with
 `pipeline("audio-classification", model=OUTPUT_DIR, trust_remote_code=True)`.
@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from transformers import BatchFeature, Wav2Vec2FeatureExtractor
 
-from armhubert.audio import DataError
-from armhubert.cards import classification_card
 from armhubert.cli import UserError, run_main
-from armhubert.finetune import (
+from armhubert.data.audio import DataError
+from armhubert.data.labelled_audio import build_dataset, read_examples
+from armhubert.folders.cards import classification_card
+from armhubert.training.finetune import (
     check_min_duration,
     decode_audio_batch,
     load_head_model,
@@ -35,9 +36,8 @@ from armhubert.finetune import (
     random_window,
     train_evaluate_and_save,
 )
-from armhubert.guarded_trainer import GuardedTrainer
-from armhubert.labelled_audio import build_dataset, read_examples
-from armhubert.metrics import accuracy
+from armhubert.training.guarded_trainer import GuardedTrainer
+from armhubert.training.metrics import accuracy
 from configuration_armhubert import SAMPLING_RATE
 from modeling_armhubert import ARMHubertForSequenceClassification
 from pipeline_armhubert import release_feature_extractor
@@ -71,7 +71,7 @@ class ClassificationCollator:
     """Decodes and pads the audio of a batch; stacks the label ids.
 
     With `crop_samples`, rows marked `random_crop` are cut to a random window of that many samples
-    (`armhubert.finetune.random_window`).
+    (`armhubert.training.finetune.random_window`).
     """
 
     feature_extractor: Wav2Vec2FeatureExtractor
@@ -89,7 +89,7 @@ class ClassificationCollator:
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Fine-tune; returns {"train", "eval", "log_history"} (see armhubert.finetune.train_evaluate_and_save)."""
+    """Fine-tune; returns {"train", "eval", "log_history"} (see armhubert.training.finetune.train_evaluate_and_save)."""
     model_args, data_args, training_args = parse_run_arguments(DataArguments, argv, PROG)
 
     train_examples = read_examples(data_args.train_dir, data_args.train_csv, "train")

@@ -5,7 +5,7 @@
         [any TrainingArguments, e.g. --num_train_epochs 20 --learning_rate 1e-4 --per_device_train_batch_size 8]
 
 Data come from a local LibriSpeech tree (default: the bundled corpus) or the Hub copy, through
-`armhubert.librispeech.load_librispeech`; the set-up shared with classification is `armhubert.finetune`.
+`armhubert.data.librispeech.load_librispeech`; the set-up shared with classification is `armhubert.training.finetune`.
 The vocabulary is built from the training transcripts (characters, "|" between words, [PAD] = CTC
 blank, [UNK]); evaluation reports WER and CER of greedy decoding (jiwer). OUTPUT_DIR receives the model, the processor and a README.md model card with the
 result, and opens with `pipeline("automatic-speech-recognition", model=OUTPUT_DIR, trust_remote_code=True)`.
@@ -23,20 +23,20 @@ import datasets
 import torch
 from transformers import BatchFeature, Wav2Vec2CTCTokenizer, Wav2Vec2Processor
 
-from armhubert.audio import DataError
-from armhubert.cards import ctc_card
 from armhubert.cli import run_main
-from armhubert.finetune import (
+from armhubert.data.audio import DataError
+from armhubert.data.librispeech import load_librispeech
+from armhubert.folders.cards import ctc_card
+from armhubert.resources import BUNDLED_CORPUS
+from armhubert.training.finetune import (
     check_min_duration,
     decode_audio_batch,
     load_head_model,
     parse_run_arguments,
     train_evaluate_and_save,
 )
-from armhubert.guarded_trainer import GuardedTrainer
-from armhubert.librispeech import load_librispeech
-from armhubert.metrics import greedy_decoding_metrics, normalize_transcript
-from armhubert.resources import BUNDLED_CORPUS
+from armhubert.training.guarded_trainer import GuardedTrainer
+from armhubert.training.metrics import greedy_decoding_metrics, normalize_transcript
 from modeling_armhubert import ARMHubertForCTC
 from pipeline_armhubert import release_feature_extractor
 
@@ -139,7 +139,7 @@ def load_splits(data_args: DataArguments) -> tuple[datasets.Dataset, datasets.Da
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Fine-tune; returns {"train", "eval", "log_history"} (see armhubert.finetune.train_evaluate_and_save)."""
+    """Fine-tune; returns {"train", "eval", "log_history"} (see armhubert.training.finetune.train_evaluate_and_save)."""
     model_args, data_args, training_args = parse_run_arguments(DataArguments, argv, PROG)
 
     train, evaluation = load_splits(data_args)

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from armhubert.audio import read_audio
 from armhubert.cli import FlagParser, UserError, require_extra, run_main
+from armhubert.data.audio import read_audio
 from armhubert.deploy import (
     DEFAULT_INT8_PARTS,
     QUANTIZABLE_PARTS,
@@ -40,9 +40,9 @@ from armhubert.deploy import (
     node_parts,
     quantize_int8,
 )
+from armhubert.files.untrusted import check_number
 from armhubert.resources import BUNDLED_CORPUS
 from armhubert.threads import use_machine_threads
-from armhubert.untrusted import check_number
 from configuration_armhubert import SAMPLING_RATE
 
 PROG = "quantization_report.py"

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from armhubert.cli import UserError, run_main
-from armhubert.model_folders import check_model_folder, load_pretrained
+from armhubert.folders.model_folders import check_model_folder, load_pretrained
 from configuration_armhubert import SAMPLING_RATE
 from modeling_armhubert import ARMHubertModel, superb_layer_outputs
 

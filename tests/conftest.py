@@ -5,7 +5,7 @@ import torch
 from helpers import TINY_CKPT, TINY_IO, VARIANTS, random_model, tiny_config
 
 from armhubert.convert.original import convert
-from armhubert.remote_code import ship_pipeline
+from armhubert.folders.remote_code import ship_pipeline
 
 # Tiny models: with two threads on a busy 2-core machine OpenMP spin-waits cost more than they give.
 torch.set_num_threads(1)

@@ -84,9 +84,10 @@ def waveform(num_samples, seed):
 
 
 def load_script(name):
-    """scripts/<name>.py as a module, for tests that call a script's functions (scripts are entry points,
-    not on sys.path)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    """scripts/<name>.py (or benchmarks/<name>.py) as a module, for tests that call a script's functions
+    (scripts are entry points, not on sys.path)."""
+    path = ROOT / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path if path.exists() else ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the script runs
     spec.loader.exec_module(module)

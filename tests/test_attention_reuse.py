@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from helpers import load_script, random_model, waveform
 from helpers import tiny_config as release_tiny_config
+from instruments import profiling
 
 import attention_armhubert
-from armhubert import profiling
 from attention_armhubert import (
     CPU_FLASH_ATTENTION,
     BlockSize,

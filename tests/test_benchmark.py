@@ -1,4 +1,4 @@
-"""What `scripts/benchmark.py` reports (MACs, memory, ratios), and the model's fast paths it measures."""
+"""What `benchmarks/benchmark.py` reports (MACs, memory, ratios), and the model's fast paths it measures."""
 
 import json
 from pathlib import Path
@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import ROOT, load_script, random_model, tiny_config, waveform
+from instruments import profiling
 from transformers import HubertConfig, HubertModel
 
-from armhubert import profiling
 from armhubert.cli import UserError
+from armhubert.deploy import timing
 from modeling_armhubert import ARMHubertModel
 
 benchmark = load_script("benchmark")
@@ -336,8 +337,8 @@ def test_contenders_take_turns_and_each_round_starts_with_the_next():
     at the r-th, so that no contender always runs first (on a cold cache) or right after the same one."""
     calls = []
     runs = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    times = profiling.times_taking_turns(runs, repeats=4, warmup=1)
+    times = timing.times_taking_turns(runs, repeats=4, warmup=1)
     assert calls == list("abc") + list("abc") + list("bca") + list("cab") + list("abc")
     assert list(times) == list("abc") and all(len(values) == 4 and min(values) >= 0 for values in times.values())
-    medians = profiling.medians_taking_turns(runs, repeats=3, warmup=0)
+    medians = timing.medians_taking_turns(runs, repeats=3, warmup=0)
     assert list(medians) == list("abc") and all(value >= 0 for value in medians.values())

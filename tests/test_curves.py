@@ -1,4 +1,4 @@
-"""Loss curves (`armhubert.curves`): what is drawn from a Trainer's log history, and the loss.png that
+"""Loss curves (`armhubert.training.curves`): what is drawn from a Trainer's log history, and the loss.png that
 every trained folder gets."""
 
 import builtins
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers import load_script
 
-from armhubert import curves
 from armhubert.resources import BUNDLED_CORPUS
+from armhubert.training import curves
 
 PNG = b"\x89PNG\r\n\x1a\n"
 HISTORY = [

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 from helpers import ROOT, TORCHRUN_TWO_PROCESSES, run_offline
 
-from armhubert.finetune import parse_run_arguments
+from armhubert.training.finetune import parse_run_arguments
 
 
 def test_ctc_finetuning_runs_under_ddp_on_two_processes_without_unused_parameter_search(tmp_path, tiny_model_dir):

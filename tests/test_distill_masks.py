@@ -148,7 +148,7 @@ def test_persistent_data_loader_workers_draw_each_epochs_masks():
     import torch
     from torch.utils.data import DataLoader
 
-    from armhubert.librispeech import AudioCollator, load_librispeech
+    from armhubert.data.librispeech import AudioCollator, load_librispeech
     from armhubert.resources import BUNDLED_CORPUS
     from pipeline_armhubert import release_feature_extractor
 

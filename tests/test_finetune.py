@@ -1,4 +1,4 @@
-"""Fine-tuning: the shared set-up (`armhubert.finetune`), the CTC and classification recipes on the
+"""Fine-tuning: the shared set-up (`armhubert.training.finetune`), the CTC and classification recipes on the
 bundled corpus, and the SUPERB upstream expert."""
 
 import csv
@@ -13,9 +13,10 @@ from helpers import load_script, random_model, tiny_config
 from safetensors.torch import load_file
 from transformers import pipeline
 
-from armhubert.audio import DataError, load_16k
 from armhubert.cli import UserError
-from armhubert.finetune import (
+from armhubert.data.audio import DataError, load_16k
+from armhubert.resources import BUNDLED_CORPUS
+from armhubert.training.finetune import (
     ModelArguments,
     check_min_duration,
     decode_audio_batch,
@@ -23,7 +24,6 @@ from armhubert.finetune import (
     parse_run_arguments,
     random_window,
 )
-from armhubert.resources import BUNDLED_CORPUS
 from modeling_armhubert import ARMHubertForCTC
 from pipeline_armhubert import release_feature_extractor
 
@@ -402,7 +402,7 @@ def test_demo_runs_keep_one_small_checkpoint_unless_asked(tiny_model_dir, tmp_pa
 def test_final_evaluation_reuses_the_evaluation_logged_at_the_last_step():
     from types import SimpleNamespace
 
-    from armhubert.finetune import final_evaluation
+    from armhubert.training.finetune import final_evaluation
 
     calls = []
     logged = {"eval_loss": 1.5, "eval_wer": 0.5, "epoch": 2.0, "step": 30}

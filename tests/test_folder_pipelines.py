@@ -14,9 +14,9 @@ from transformers import AudioClassificationPipeline, AutomaticSpeechRecognition
 from transformers.models.auto import configuration_auto, modeling_auto
 
 import pipeline_armhubert
-from armhubert import finetune
 from armhubert.convert.folders import save_model_folder
-from armhubert.remote_code import add_remote_code_entries, ship_pipeline
+from armhubert.folders.remote_code import add_remote_code_entries, ship_pipeline
+from armhubert.training import finetune
 from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification
 from pipeline_armhubert import FEATURE_EXTRACTION_TASK, read_audio_file, release_feature_extractor
 

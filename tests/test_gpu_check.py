@@ -1,4 +1,4 @@
-"""scripts/gpu_check.py: the dry run (every section on the CPU at toy sizes) end to end, its report and
+"""benchmarks/gpu_check.py: the dry run (every section on the CPU at toy sizes) end to end, its report and
 table, the refusal without a GPU, the bounded batch search; on a GPU, the correctness rows at toy sizes."""
 
 import contextlib
@@ -8,11 +8,11 @@ import statistics
 
 import pytest
 import torch
+from gpu.correctness import correctness, gradient_error
+from gpu.distillation import bounded_search
+from gpu.scales import DRY_RUN, INFERENCE_MODELS, RECIPES
 from helpers import load_script
 
-from armhubert.gpu_check.correctness import correctness, gradient_error
-from armhubert.gpu_check.distillation import bounded_search
-from armhubert.gpu_check.scales import DRY_RUN, INFERENCE_MODELS, RECIPES
 from armhubert.resources import BUNDLED_CORPUS
 
 script = load_script("gpu_check")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from helpers import random_model, tiny_config, waveform
 
-from armhubert.remote_code import add_remote_code_entries, ship_pipeline
+from armhubert.folders.remote_code import add_remote_code_entries, ship_pipeline
 from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification, ARMHubertModel, head_input_size
 
 STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False)

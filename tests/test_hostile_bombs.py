@@ -23,10 +23,10 @@ MAX_SECONDS = 2
 
 _PRELUDE = r"""
 import convert_checkpoint, distill_trainer
-from armhubert.audio import read_audio
+from armhubert.data.audio import read_audio
 from armhubert.cli import run_main
 from armhubert.distill.resume import _RNG_GLOBALS
-from armhubert.untrusted import load_torch_file
+from armhubert.files.untrusted import load_torch_file
 
 def audio(args):
     return run_main("audio", lambda a: read_audio(a[0]), args)

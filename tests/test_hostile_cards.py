@@ -16,7 +16,8 @@ from helpers import ROOT, TINY_CKPT
 from huggingface_hub import ModelCard
 from markdown_it import MarkdownIt
 
-from armhubert.cards import (
+from armhubert.convert.folders import convert_checkpoint, convert_folder
+from armhubert.folders.cards import (
     DistillationFacts,
     classification_card,
     ctc_card,
@@ -26,7 +27,6 @@ from armhubert.cards import (
     python_string,
     table_row,
 )
-from armhubert.convert.folders import convert_checkpoint, convert_folder
 
 IMAGE = "<img src=x onerror=alert(1)>"
 LINK = "[click me](javascript:alert(1))"
@@ -162,7 +162,7 @@ def test_a_hostile_repository_folder_name_is_the_root_title_as_text(tmp_path):
 
 
 def test_the_trained_card_module_loads_no_data_libraries():
-    probe = "import sys, armhubert.cards; print(sorted({'datasets', 'soundfile', 'armhubert.librispeech'} & set(sys.modules)))"
+    probe = "import sys, armhubert.folders.cards; print(sorted({'datasets', 'soundfile', 'armhubert.data.librispeech'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

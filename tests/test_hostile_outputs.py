@@ -21,9 +21,9 @@ from hostile import digest, file_size_limited, hidden_entries, refusal, run_chil
 from safetensors import SafetensorError
 
 import convert_checkpoint
-from armhubert import outputs
 from armhubert.cli import UserError
 from armhubert.convert import folders
+from armhubert.files import atomic as outputs
 
 
 def _convert(target, *extra):
@@ -258,7 +258,7 @@ _TINY_HUBERT = dict(
 def test_fine_tuning_rotation_removes_only_checkpoints_this_run_saved(tmp_path):
     from transformers import TrainerState, TrainingArguments
 
-    from armhubert.finetune import OwnCheckpointRotation
+    from armhubert.training.finetune import OwnCheckpointRotation
 
     args = TrainingArguments(output_dir=str(tmp_path), save_total_limit=1, report_to="none")
     rotation = OwnCheckpointRotation(args)

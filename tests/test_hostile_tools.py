@@ -25,8 +25,8 @@ from helpers import load_script, tiny_config
 from hostile import digest, file_size_limited, long_flac, refusal, run_capped, run_child
 from transformers import HubertConfig, Wav2Vec2CTCTokenizer
 
-from armhubert.units import CODEBOOK_FORMAT, Codebook, save_codebook
-from armhubert.untrusted import check_number, parse_json
+from armhubert.features.units import CODEBOOK_FORMAT, Codebook, save_codebook
+from armhubert.files.untrusted import check_number, parse_json
 from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification
 from pipeline_armhubert import release_feature_extractor
 
@@ -126,7 +126,7 @@ def test_output_json_never_replaces_a_file_without_overwrite(folders, tmp_path, 
 
 def test_a_file_that_appears_while_evaluating_is_not_replaced(tmp_path):
     from armhubert.cli import UserError
-    from armhubert.outputs import atomic_write_text
+    from armhubert.files.atomic import atomic_write_text
 
     target = tmp_path / "figures.json"
     target.write_text("arrived meanwhile")
@@ -459,7 +459,7 @@ def test_no_datasets_cache_is_written_into_the_input_dataset(folders, tmp_path, 
 _PRELUDE = r"""
 from helpers import load_script
 from armhubert.cli import run_main
-from armhubert.untrusted import load_json_file
+from armhubert.files.untrusted import load_json_file
 
 def json_file(args):
     return run_main("json", lambda a: load_json_file(a[0], a[0], "a few kB"), args)
@@ -589,7 +589,7 @@ def test_weights_a_folder_lacks_are_refused_not_left_random(folders, tmp_path, c
 
 
 def test_the_next_write_removes_the_temporary_file_a_killed_write_left(tmp_path):
-    from armhubert.outputs import _PROCESS_START, atomic_write_text
+    from armhubert.files.atomic import _PROCESS_START, atomic_write_text
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)  # a process that has ended

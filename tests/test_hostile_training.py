@@ -21,11 +21,11 @@ from helpers import ROOT, load_script, random_model, tiny_config
 from hostile import digest, hidden_entries, refusal
 from transformers import Trainer, TrainingArguments, pipeline
 
-from armhubert import guarded_trainer
-from armhubert.audio import DataError, load_16k, read_audio
 from armhubert.cli import UserError
-from armhubert.librispeech import AudioCollator, load_librispeech
+from armhubert.data.audio import DataError, load_16k, read_audio
+from armhubert.data.librispeech import AudioCollator, load_librispeech
 from armhubert.resources import BUNDLED_CORPUS
+from armhubert.training import guarded_trainer
 from distill_trainer import main as distill_main
 from pipeline_armhubert import release_feature_extractor
 
@@ -483,7 +483,7 @@ def test_a_damaged_resume_checkpoint_is_one_line_and_changes_nothing(stopped_run
 
 
 def test_a_second_distillation_into_the_same_output_dir_is_refused(tmp_path, capsys):
-    from armhubert.outputs import output_lock
+    from armhubert.files.atomic import output_lock
 
     out = tmp_path / "run"
     with output_lock(out):  # a first run, writing
@@ -615,7 +615,7 @@ def test_ctc_unknown_eval_split_and_a_multi_model_root_are_one_line(tmp_path, ti
 
 
 def test_only_the_crop_is_decoded_and_equals_the_window_of_the_whole_file(monkeypatch):
-    from armhubert.librispeech import _audio_duration_crop, fixed_offset
+    from armhubert.data.librispeech import _audio_duration_crop, fixed_offset
 
     whole = read_audio(UTTERANCE)
     decoded, blocks = [], soundfile.SoundFile.blocks

@@ -19,7 +19,7 @@ from helpers import REMOTE_CODE, ROOT, TINY_CKPT, load_script, tiny_config, wave
 from transformers import Trainer, TrainingArguments
 
 from armhubert.cli import EXTRAS
-from armhubert.guarded_trainer import save_trained_model
+from armhubert.training.guarded_trainer import save_trained_model
 from modeling_armhubert import ARMHubertForCTC
 
 ROOT_MODULES = [module[: -len(".py")] for module in REMOTE_CODE] + ["convert_checkpoint", "distill_trainer"]

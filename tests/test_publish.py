@@ -27,7 +27,6 @@ from helpers import (
 from huggingface_hub import ModelCard
 
 import convert_checkpoint  # the command
-from armhubert import outputs
 from armhubert.cli import UserError
 from armhubert.convert import folders
 from armhubert.convert.cards import CardFacts, file_sha256, model_card
@@ -35,6 +34,7 @@ from armhubert.convert.hubert_export import to_hubert_model
 from armhubert.convert.original import load_original_checkpoint
 from armhubert.convert.publish import PublishError, push_to_hub
 from armhubert.convert.releases import detect_release, release_by_name
+from armhubert.files import atomic as outputs
 from configuration_armhubert import ARMHubertConfig
 
 

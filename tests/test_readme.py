@@ -27,7 +27,11 @@ HISTORY = re.compile(
 COMMANDS = {  # script named in a command -> how the test loads it
     "distill_trainer.py": lambda: importlib.import_module("distill_trainer"),
     "convert_checkpoint.py": lambda: importlib.import_module("convert_checkpoint"),
-    **{f"scripts/{path.name}": (lambda name=path.stem: load_script(name)) for path in (ROOT / "scripts").glob("*.py")},
+    **{
+        f"{path.parent.name}/{path.name}": (lambda name=path.stem: load_script(name))
+        for folder in ("scripts", "benchmarks")
+        for path in (ROOT / folder).glob("*.py")
+    },
 }
 
 

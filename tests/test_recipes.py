@@ -57,7 +57,7 @@ def test_relative_inputs_of_a_recipe_file_are_relative_to_its_folder(tmp_path, m
 
 
 def test_worker_counts_of_recipes_are_capped_at_the_cpus_unless_given(tmp_path, monkeypatch):
-    monkeypatch.setattr(recipes, "available_cpus", lambda: 2)
+    monkeypatch.setattr(recipes, "available_cores", lambda: 2)
     output = [f"output_dir={tmp_path / 'out'}"]
     assert load_recipe("armhubert-960h")["dataloader_num_workers"] == 2  # the recipe says 8
     assert load_recipe("armhubert-960h", ["dataloader_num_workers=8"])["dataloader_num_workers"] == 8
@@ -65,9 +65,9 @@ def test_worker_counts_of_recipes_are_capped_at_the_cpus_unless_given(tmp_path, 
     no_workers_key = {key: value for key, value in load_recipe("quickstart", output).items()}
     del no_workers_key["dataloader_num_workers"]
     assert build_arguments(no_workers_key)[1].dataloader_num_workers == 2  # the default, 4, capped too
-    monkeypatch.setattr(recipes, "available_cpus", lambda: 16)
+    monkeypatch.setattr(recipes, "available_cores", lambda: 16)
     assert load_recipe("armhubert-960h")["dataloader_num_workers"] == 8
-    assert recipes.available_cpus() >= 1 and os.cpu_count() >= 1
+    assert recipes.available_cores() >= 1 and os.cpu_count() >= 1
 
 
 @pytest.mark.parametrize(

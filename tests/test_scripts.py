@@ -20,7 +20,6 @@ HELP_STARTS = {
     "superb_upstream": "SUPERB with any saved ARMHuBERT-family model",
     "export_onnx": "usage: export_onnx.py",
     "quantization_report": "usage: quantization_report.py",
-    "benchmark_runtimes": "usage: benchmark_runtimes.py",
     "make_corpus": "usage: make_corpus.py",
     "extract_features": "usage: extract_features.py",
 }

@@ -3,7 +3,7 @@
 from helpers import ROOT
 from huggingface_hub import ModelCard
 
-from armhubert.cards import classification_card, ctc_card, describe_data, format_duration
+from armhubert.folders.cards import classification_card, ctc_card, describe_data, format_duration
 from distill_trainer import run
 
 QUICKSTART = str(ROOT / "conf" / "quickstart.yaml")

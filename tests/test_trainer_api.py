@@ -8,7 +8,7 @@ import pytest
 from transformers import Trainer, TrainerCallback
 
 from armhubert.distill.trainer import DistillTrainer, _DistillCallback
-from armhubert.guarded_trainer import GuardedTrainer
+from armhubert.training.guarded_trainer import GuardedTrainer
 
 
 @pytest.mark.parametrize("cls", [GuardedTrainer, DistillTrainer, _DistillCallback])

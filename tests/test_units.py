@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from armhubert.cli import UserError
 from armhubert.features.index import FeatureIndex
-from armhubert.units import (
+from armhubert.features.units import (
     Codebook,
     assign_units,
     check_num_units,

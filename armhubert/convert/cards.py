@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 
-from ..cards import card_metadata, code_link, inline_code, markdown_text, python_string, render_card, table_row
+from ..folders.cards import card_metadata, code_link, inline_code, markdown_text, python_string, render_card, table_row
 from ..progress import progress
 from .releases import (
     COMPUTE_CLAIMS,
@@ -94,7 +94,7 @@ RELEASE_TAGS = ("self-supervised-learning", "knowledge-distillation", "hubert")
 
 
 def card_data(families: Iterable[str], releases_known: bool = True) -> ModelCardData:
-    """The card's YAML metadata (`armhubert.cards.card_metadata`): the release tags, one tag per family and,
+    """The card's YAML metadata (`armhubert.folders.cards.card_metadata`): the release tags, one tag per family and,
     only for identified releases (all distilled on LibriSpeech), data set and language.
 
     `pipeline_tag` is the Hub's feature-extraction category: the folders carry the audio version of that

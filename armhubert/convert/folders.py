@@ -4,7 +4,7 @@ A folder holds `config.json` (with `auto_map`), `model.safetensors`, the four co
 `preprocessor_config.json` and a model card (`README.md`), so
 `AutoModel.from_pretrained(DIR, trust_remote_code=True)` loads it. A repository keeps the code files
 once at its root (`from_pretrained(REPO_DIR, subfolder="ARMHuBERT-960h", ...)` finds them there).
-Every output is built in a temporary folder beside the target (`armhubert.outputs.staged_folder`) and
+Every output is built in a temporary folder beside the target (`armhubert.files.atomic.staged_folder`) and
 renamed at the end, so an error or interruption leaves the target as it was.
 """
 
@@ -20,9 +20,9 @@ from modeling_armhubert import ARMHubertModel
 from pipeline_armhubert import release_feature_extractor
 
 from ..cli import UserError
-from ..outputs import staged_folder
-from ..remote_code import add_remote_code_entries, ship_pipeline
-from ..untrusted import check_code_text, check_finite_weights, check_safe_name
+from ..files.atomic import staged_folder
+from ..files.untrusted import check_code_text, check_finite_weights, check_safe_name
+from ..folders.remote_code import add_remote_code_entries, ship_pipeline
 from .cards import CardFacts, file_sha256, model_card, repository_card
 from .hubert_export import hubert_additions, to_hubert_model
 from .original import convert_with_training_config

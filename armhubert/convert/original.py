@@ -27,8 +27,7 @@ from configuration_armhubert import ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
-from ..progress import progress
-from ..untrusted import (
+from ..files.untrusted import (
     brief,
     check_plain_data,
     check_structure,
@@ -36,6 +35,7 @@ from ..untrusted import (
     check_zip_members,
     load_yaml_file,
 )
+from ..progress import progress
 
 STUDENT_PREFIX = "student_model."
 # The model families of the release, as the training config's `model` field names them.
@@ -376,7 +376,7 @@ def load_original_checkpoint(path: str | os.PathLike) -> dict:
     read into memory: only the student's pages are touched, when its tensors are copied out.
 
     Only zip checkpoints are read (the legacy format sizes its storages from the file's own claims);
-    their members' uncompressed sizes and the unpickled structure are bounded (`armhubert.untrusted`),
+    their members' uncompressed sizes and the unpickled structure are bounded (`armhubert.files.untrusted`),
     so a small hostile file cannot take much memory or time.
     """
     path = Path(path)

@@ -45,7 +45,8 @@ def load_model(model: str, subfolder: str | None = None) -> PreTrainedModel:
     from transformers import AutoModel
 
     import modeling_armhubert  # noqa: F401  (registers the armhubert model type: no remote code needed)
-    from armhubert.model_folders import check_model_folder, load_pretrained
+
+    from ..folders.model_folders import check_model_folder, load_pretrained
 
     check_model_folder(model, subfolder)
     return load_pretrained(AutoModel.from_pretrained, model, subfolder, dtype=torch.float32).eval()

@@ -24,11 +24,11 @@ from configuration_armhubert import PRESETS, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
-from ..remote_code import add_remote_code_entries
+from ..files.untrusted import check_model_size
+from ..folders.remote_code import add_remote_code_entries
 from ..teachers.ctranslate2 import is_ctranslate2_whisper, whisper_from_ctranslate2
 from ..teachers.encoders import TeacherEncoder, Wav2Vec2StyleTeacher, check_mode, teacher_encoder
 from ..teachers.mirror import student_from_teacher
-from ..untrusted import check_model_size
 from .recipe import DistillArguments, did_you_mean
 
 # Random-weight teachers of every family the trainer feeds (offline runs and tests); config from teacher_config.

@@ -27,10 +27,10 @@ from transformers.integrations import is_tensorboard_available
 from configuration_armhubert import PRESETS
 
 from ..cli import UserError
-from ..guarded_trainer import check_training_values
-from ..profiling import available_cpus
+from ..files.untrusted import brief, load_yaml_file, parse_yaml_text
 from ..resources import BUNDLED_RECIPES, HUB_DATASET, recipe_names
-from ..untrusted import brief, load_yaml_file, parse_yaml_text
+from ..threads import available_cores
+from ..training.guarded_trainer import check_training_values
 from .losses import STAR_LAYER0, STAR_NORMALIZATIONS, STAR_REDUCTIONS
 
 logger = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ TRAINING_DEFAULTS = dict(
     eval_strategy="epoch",
     save_strategy="epoch",
     logging_steps=50,
-    dataloader_num_workers=4,  # at most the CPUs available (see `available_cpus`)
+    dataloader_num_workers=4,  # at most the CPUs available (see `available_cores`)
     # Parameters a mode does not use are frozen (build_student), so DDP needs no unused-parameter search.
     ddp_find_unused_parameters=False,
     # No gradient clipping: the release never clipped (Lightning's default; its optimiser does not
@@ -358,7 +358,7 @@ def _resolve_paths(recipe: dict[str, typing.Any], folder: Path) -> None:
 
 def _cap_workers(recipe: dict[str, typing.Any]) -> None:
     """A recipe file's `dataloader_num_workers`, at most the CPUs available (the release recipes say 8)."""
-    workers, cpus = recipe.get("dataloader_num_workers"), available_cpus()
+    workers, cpus = recipe.get("dataloader_num_workers"), available_cores()
     if isinstance(workers, int) and not isinstance(workers, bool) and workers > cpus:
         logger.info(
             "dataloader_num_workers %d -> %d, the CPUs available; pass dataloader_num_workers=N to set it",
@@ -433,7 +433,7 @@ def build_arguments(recipe: dict[str, typing.Any]) -> tuple[DistillArguments, Tr
     check_training_values(training_values)
     defaults = {
         **TRAINING_DEFAULTS,
-        "dataloader_num_workers": min(TRAINING_DEFAULTS["dataloader_num_workers"], available_cpus()),
+        "dataloader_num_workers": min(TRAINING_DEFAULTS["dataloader_num_workers"], available_cores()),
     }
     training_values = {**defaults, "report_to": _report_to_default(), **training_values, **TRAINING_FIXED}
     try:

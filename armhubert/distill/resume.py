@@ -3,7 +3,7 @@
 The Trainer trusts its checkpoint folders: a truncated `trainer_state.json`, a random `optimizer.pt`,
 a `global_step` of 10**15 or the weights of another student end in a traceback, or worse, in exit 0
 with an untrained student whose card claims 10**15 steps. `check_resume_checkpoint` reads each file
-the Trainer will read, bounded (`armhubert.untrusted`), and compares it with the run: the step lies
+the Trainer will read, bounded (`armhubert.files.untrusted`), and compares it with the run: the step lies
 within the schedule, every weight has the student's name and shape.
 """
 
@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 
 from ..cli import UserError
-from ..untrusted import brief, load_json_file, load_torch_file
+from ..files.untrusted import brief, load_json_file, load_torch_file
 
 MAX_STATE_BYTES = 64 * 1024 * 1024  # trainer_state.json: the log history of a long run is a few MB
 MAX_STATE_VALUES = 2_000_000  # JSON values in it: 100,000 logged steps of ~20 values

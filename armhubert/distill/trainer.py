@@ -26,9 +26,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 from configuration_armhubert import SAMPLING_RATE
 
 from ..cli import UserError
-from ..guarded_trainer import GuardedTrainer
-from ..librispeech import AudioCollator, EpochSeededLengthGroupedSampler
+from ..data.librispeech import AudioCollator, EpochSeededLengthGroupedSampler
 from ..teachers.encoders import TeacherEncoder
+from ..training.guarded_trainer import GuardedTrainer
 from .losses import layer_weights, masking_distillation_loss, regression_loss, star_loss
 from .recipe import DistillArguments
 

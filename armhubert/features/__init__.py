@@ -4,7 +4,7 @@ What `scripts/extract_features.py` runs (`run.extract_features`), in steps that 
 
 - `arguments`: `ExtractionArguments` (the command's options) and `check_arguments`;
 - `sources`: `open_corpus`: a folder of audio files (any format soundfile reads, sub-folders too), a
-  LibriSpeech-layout split (`armhubert.librispeech`), or a `datasets` dataset (a `save_to_disk`
+  LibriSpeech-layout split (`armhubert.data.librispeech`), or a `datasets` dataset (a `save_to_disk`
   folder or a Hub id, with an audio column) -> a `Corpus` of (id, undecoded audio, length) rows;
   files whose header cannot be read are skipped and listed;
 - `encoder`: `load_encoder` + `select_layers`: the model and the features it yields (`LayerSelection`:
@@ -24,7 +24,7 @@ What `scripts/extract_features.py` runs (`run.extract_features`), in steps that 
   complete output; `FeatureIndex` reads it back;
 - `arrow`: `write_arrow_dataset`: the same as a `datasets` dataset (`save_to_disk`), for `--format arrow`;
 - `codebook`: the units' k-means codebook fitted on a sample of the corpus (`fit_units`), or a given one
-  checked against the layer selection (`check_codebook`); the k-means itself is `armhubert.units`;
+  checked against the layer selection (`check_codebook`); the k-means itself is `units` (codebook, assignment, deduplicated runs);
 - `processes`: processes started by `accelerate launch` (or torchrun) take every N-th shard (`Processes`);
 - `resume`: what an output depends on (`run_settings`, `shard_fingerprint`) and the output folder's
   checks: a shard is skipped on `--resume` when its file exists with the same fingerprint (settings,
@@ -32,12 +32,10 @@ What `scripts/extract_features.py` runs (`run.extract_features`), in steps that 
   read bounded);
 - `run`: the whole run; the first process writes the index when all are done; a run refused after it
   began writing into a new folder takes back what it wrote;
-- `baselines`: what throughput is timed on (the tool over a corpus, the naive one-file loop), for the benchmark
-  and the GPU check.
 
 Imports flow one way: `arguments`, `sources`, `plan` and `shards` import no sibling; `encoder` <- `arguments`;
 `batches` <- `encoder`, `sources`; `index`, `arrow` <- `shards`; `codebook` <- `batches`, `plan`;
-`processes` <- `plan`; `resume` <- `encoder`, `index`, `sources`; `run` uses them all; `baselines` <- `run`.
+`processes` <- `plan`; `resume` <- `encoder`, `index`, `sources`; `run` uses them all.
 
     from armhubert.features.index import FeatureIndex
     FeatureIndex("feats")["1001-201-0000"]["layer_12"]   # (T, D) tensor

@@ -7,10 +7,10 @@ import torch
 from configuration_armhubert import PRESETS
 from pipeline_armhubert import CHUNK_LENGTH_S, STRIDE_LENGTH_S
 
-from ..audio import MAX_AUDIO_SECONDS
 from ..cli import UserError
-from ..units import check_num_units
-from ..untrusted import check_number
+from ..data.audio import MAX_AUDIO_SECONDS
+from ..files.untrusted import check_number
+from .units import check_num_units
 
 INPUT_TYPES = ("auto", "folder", "librispeech", "dataset")
 REPRESENTATIONS = ("superb", "hidden", "projected")

@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 from safetensors import safe_open
 
-from ..outputs import staged_folder
+from ..files.atomic import staged_folder
 from .shards import shard_metadata
 
 DATASET_FOLDER = "dataset"

@@ -6,7 +6,7 @@
   are dropped), or a single decoded utterance longer than the chunking threshold through
   `pipeline_armhubert.encode_chunked`; per-utterance features (T, D) and units;
 - `encode_streamed`: a `Streamed` recording window by window from its file (`pipeline_armhubert.encode_windows`
-  reading through `armhubert.chunking.file_window_reader`): the kept frames of each window as they come,
+  reading through `armhubert.data.chunking.file_window_reader`): the kept frames of each window as they come,
   so memory is bounded by the window, not the recording; concatenated, they are `encode_batch`'s
   features of it.
 """
@@ -21,12 +21,12 @@ import torch
 from configuration_armhubert import SAMPLING_RATE
 from pipeline_armhubert import encode_chunked, encode_windows
 
-from ..chunking import file_window_reader
-from ..profiling import available_cpus
-from ..units import Codebook, assign_units, deduplicate_runs
+from ..data.chunking import file_window_reader
+from ..threads import available_cores
 from .arguments import ExtractionArguments
 from .encoder import Encoder, LayerSelection, selected_features
 from .sources import Corpus
+from .units import Codebook, assign_units, deduplicate_runs
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def spare_core_for_decoding(device: torch.device) -> bool:
     that wait for each other at every operator lose far more than the decoding takes), so the next
     batch is decoded in turn instead.
     """
-    return device.type != "cpu" or torch.get_num_threads() < available_cpus()
+    return device.type != "cpu" or torch.get_num_threads() < available_cores()
 
 
 def decode_ahead(
@@ -164,7 +164,7 @@ def encode_streamed(
     """A long recording's features window by window, read from its file: {name: (F, D) float32 kept frames,
     `units` (U,) int16 with a codebook}, in frame order (runs of equal units collapsed across windows too).
 
-    Raises `armhubert.audio.DataError` when a window cannot be read. Call under `torch.inference_mode()`.
+    Raises `armhubert.data.audio.DataError` when a window cannot be read. Call under `torch.inference_mode()`.
     """
     parts = encode_windows(
         encoder.model,

@@ -1,5 +1,5 @@
 """The run's units codebook: fitted on a seeded sample of the corpus (`--units K`), or given (`--codebook`)
-and checked against the layer selection. The k-means, saving and assignment are `armhubert.units`."""
+and checked against the layer selection. The k-means, saving and assignment are `armhubert.features.units`."""
 
 import logging
 
@@ -8,14 +8,14 @@ import torch
 
 from configuration_armhubert import SAMPLING_RATE
 
-from ..audio import DataError
 from ..cli import UserError
-from ..units import Codebook, fit_codebook
+from ..data.audio import DataError
 from .arguments import ExtractionArguments
 from .batches import Chunking, decode_ahead, encode_batch
 from .encoder import Encoder, LayerSelection
 from .plan import plan_batches
 from .sources import Corpus
+from .units import Codebook, fit_codebook
 
 logger = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from modeling_armhubert import (
 from pipeline_armhubert import release_feature_extractor
 
 from ..cli import UserError
-from ..model_folders import check_model_folder, load_config, load_folder_part, load_with_missing, refuse_missing
-from ..units import Codebook
-from ..untrusted import brief, check_finite_weights
+from ..files.untrusted import brief, check_finite_weights
+from ..folders.model_folders import check_model_folder, load_config, load_folder_part, load_with_missing, refuse_missing
 from .arguments import ExtractionArguments
+from .units import Codebook
 
 NAN_ADVICE = "its features would be NaN; encode with a model that trained well"
 TASK_CLASSES = {cls.__name__: cls for cls in (ARMHubertForCTC, ARMHubertForSequenceClassification)}
@@ -71,7 +71,7 @@ def _folder_extractor(model: str) -> Wav2Vec2FeatureExtractor:
 
 def load_encoder(model: str | None, preset: str | None, weighted: bool, device: torch.device, seed: int = 0) -> Encoder:
     """The encoder in eval mode on `device`: a saved folder / Hub id (through the checked loader,
-    `armhubert.model_folders`), or a preset with random weights; a model with non-finite weights is refused.
+    `armhubert.folders.model_folders`), or a preset with random weights; a model with non-finite weights is refused.
 
     `weighted`: load the fine-tuned task model of the folder for its learned layer weights.
     """

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 from ..cli import UserError
-from ..untrusted import load_json_file
+from ..files.untrusted import load_json_file
 from .plan import ShardPlan
 from .shards import FEATURES_FORMAT, shard_metadata
 

@@ -15,15 +15,15 @@ import torch
 
 from ..cli import UserError
 from ..convert.cards import file_sha256
-from ..outputs import check_output_location
-from ..units import Codebook
-from ..untrusted import load_json_file
+from ..files.atomic import check_output_location
+from ..files.untrusted import load_json_file
 from .arguments import ExtractionArguments
 from .encoder import Encoder
 from .index import INDEX_FILE
 from .plan import ShardPlan
 from .shards import FEATURES_FORMAT
 from .sources import Corpus
+from .units import Codebook
 
 RUN_FILE = "run.json"
 MAX_RUN_FILE_BYTES = 1 << 20

@@ -20,11 +20,10 @@ import torch
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 from pipeline_armhubert import num_frames
 
-from ..audio import DataError
-from ..chunking import check_unchunked_lengths
 from ..cli import UserError
-from ..outputs import atomic_write_text
-from ..units import Codebook, load_codebook, save_codebook
+from ..data.audio import DataError
+from ..data.chunking import check_unchunked_lengths
+from ..files.atomic import atomic_write_text
 from .arguments import STORAGE_DTYPES, ExtractionArguments, check_arguments
 from .arrow import DATASET_FOLDER, write_arrow_dataset
 from .batches import (
@@ -52,6 +51,7 @@ from .resume import (
 )
 from .shards import FEATURES_FORMAT, ShardWriter, shard_is_intact, shard_metadata
 from .sources import Corpus, open_corpus
+from .units import Codebook, load_codebook, save_codebook
 
 logger = logging.getLogger(__name__)
 

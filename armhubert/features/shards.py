@@ -26,8 +26,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..cli import UserError
-from ..outputs import atomic_output_file
-from ..untrusted import parse_json
+from ..files.atomic import atomic_output_file
+from ..files.untrusted import parse_json
 
 FEATURES_FORMAT = "armhubert-features/1"
 # In the order safetensors lays tensors out (its Dtype enum, descending), then by name.

@@ -24,7 +24,7 @@ from configuration_armhubert import ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
-from ..remote_code import add_remote_code_entries
+from ..folders.remote_code import add_remote_code_entries
 from .encoders import whisper_encoder
 
 WHISPER_WINDOW_SAMPLES = 480_000  # Whisper's fixed 30 s input

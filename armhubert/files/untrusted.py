@@ -1,0 +1,479 @@
+"""Guards against hostile or broken data: bounded structure, bounded YAML and pickles, safe names, finite weights.
+
+Untrusted input (checkpoints, their configs, YAML files, file names) is checked *before* it is
+expanded or interpolated, so that a tiny file cannot take gigabytes or minutes, and a name cannot
+turn into code in a generated model card. Every refusal is a `UserError` naming the limit.
+
+- `check_structure`: nesting depth, node count (shared references counted every time they occur, as
+  a copy or a printout would expand them), string sizes and integer widths of a loaded object;
+- `load_yaml_file`: size, encoding, nesting depth and alias count checked before the YAML is built;
+- `parse_json` / `load_json_file`: size, nesting depth and value count checked before the JSON is built;
+- `check_zip_members`: a zip checkpoint's members (sizes, CRCs) and pickles (`scan_pickle`), before `torch.load`;
+- `scan_pickle`: opcode count and named globals of a pickle, before anything of it is built;
+- `load_torch_file`: `torch.load(weights_only=True)` of a file that passed those checks, or one UserError;
+- `check_weight_tensor`: a loaded weight is dense, on the CPU, floating-point and backed by its bytes;
+- `check_safe_name` / `check_code_text`: names and paths that reach generated text and code;
+- `check_finite_weights`: a model is never saved, or used to encode, with NaN or infinite weights;
+- `check_number`: a float option is finite and in its range;
+- `brief`: a bounded `repr` for error messages about untrusted values.
+"""
+
+import json
+import math
+import os
+import pickletools
+import re
+import reprlib
+import stat
+import zipfile
+from collections.abc import Callable, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..cli import UserError
+
+MAX_DEPTH = 32  # nesting of containers (the release's configs nest 4 deep)
+MAX_NODES = 200_000  # containers and values, counted as a tree (a release checkpoint has a few thousand)
+MAX_TEXT_CHARACTERS = 10_000_000  # all strings / bytes of a structure together
+MAX_INTEGER_BITS = 64
+MAX_YAML_BYTES = 256 * 1024  # recipes and release YAMLs are a few kB
+MAX_YAML_ALIASES = 1_000
+MAX_PICKLE_BYTES = 8 * 1024 * 1024  # a checkpoint's pickle (tensors are separate members); the release's are < 1 MB
+# Opcodes of one pickle: each builds at most one object, so this bounds the unpickler's time and memory
+# (about 200 bytes an opcode at worst: 100 MB) before it starts. A release checkpoint has about 30,000.
+MAX_PICKLE_OPS = 500_000
+# Callables torch's weights-only unpickler allows that allocate memory of a size given by their argument
+# (`bytearray(10**10)`, then `torch.Size` of it): a small file could ask for gigabytes. No checkpoint this
+# project reads needs them. (Other allowed callables, `torch.Size` included, take objects the pickle has
+# already built, which MAX_PICKLE_OPS bounds.)
+ALLOCATING_GLOBALS = frozenset({"builtins.bytearray", "builtins.bytes"})
+MAX_ZIP_MEMBERS = 1_000_000
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+# Characters that would end a quoted string or a code block in a generated card.
+_CODE_BREAKING = re.compile(r"[\"'\\`\x00-\x1f\x7f]")
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = _BRIEF.maxother = 60
+_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = 6
+_BRIEF.maxlevel = 3
+BRIEF_CHARACTERS = 120
+
+
+def brief(value: Any) -> str:
+    """A `repr` of at most BRIEF_CHARACTERS that never expands a large or shared structure (for error messages)."""
+    text = _BRIEF.repr(value)
+    return text if len(text) <= BRIEF_CHARACTERS else text[: BRIEF_CHARACTERS - 3] + "..."
+
+
+def _child_count(value) -> int:
+    """How many children `_children` would give, without building them."""
+    if isinstance(value, dict):
+        return 2 * len(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return len(value)
+    return 1
+
+
+def _children(value):
+    """The children of a container (lazily: a huge one is counted, never copied, before it is refused)."""
+    if isinstance(value, dict):
+        return (item for pair in value.items() for item in pair)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return iter(value)
+    state = getattr(value, "state", None) if not torch.is_tensor(value) else None  # pickled stand-ins
+    return iter([state] if state is not None else [])
+
+
+def check_structure(
+    value: Any, what: str, max_nodes: int = MAX_NODES, max_integer_bits: int = MAX_INTEGER_BITS
+) -> None:
+    """Refuse a structure deeper than MAX_DEPTH, with more than `max_nodes` nodes (as a tree), more than
+    MAX_TEXT_CHARACTERS of text or integers wider than MAX_INTEGER_BITS.
+
+    Shared references are counted at every occurrence, as printing or copying would expand them;
+    cycles end at the depth limit. The walk stops at the first limit, so it is cheap for any input:
+    a container's children are counted before any of them is pushed. Tensors are leaves (their size is
+    bounded by the file that holds them).
+    """
+    stack = [(value, 1)]
+    nodes, characters = 1, 0
+
+    def too_many():
+        return UserError(
+            f"{what} has more than {max_nodes:,} values (counting shared references); refusing to expand it"
+        )
+
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise UserError(f"{what} nests deeper than {MAX_DEPTH} levels; refusing to expand it")
+        if isinstance(item, (str, bytes, bytearray)):
+            characters += len(item)
+            if characters > MAX_TEXT_CHARACTERS:
+                raise UserError(f"{what} holds more than {MAX_TEXT_CHARACTERS:,} characters of text; refusing it")
+        elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > max_integer_bits:
+            raise UserError(f"{what} holds an integer wider than {max_integer_bits} bits; refusing it")
+        else:
+            nodes += _child_count(item)
+            if nodes > max_nodes:
+                raise too_many()
+            stack.extend((child, depth + 1) for child in _children(item))
+
+
+def check_plain_data(value: Any, what: str) -> None:
+    """Refuse anything but dicts, lists, tuples, strings, numbers, booleans and None (e.g. tensors in a config).
+
+    Call after `check_structure` (this walk is not bounded itself).
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif not isinstance(item, (str, int, float, bool, type(None))):
+            raise UserError(
+                f"{what} holds a {type(item).__name__}; only plain values (text, numbers, lists) belong there"
+            )
+
+
+def _check_yaml_events(text, what, loader):
+    """Nesting depth and alias count from the event stream (the parser is iterative, the builder is not)."""
+    depth = aliases = 0
+    for event in yaml.parse(text, Loader=loader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise UserError(f"{what} nests deeper than {MAX_DEPTH} levels; refusing to read it")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise UserError(f"{what} uses more than {MAX_YAML_ALIASES} YAML aliases (*name); refusing to expand it")
+
+
+def parse_yaml_text(text: str, what: str, loader: type = yaml.SafeLoader) -> Any:
+    """Plain data from YAML text (a SafeLoader: no objects), bounded before and after it is built.
+
+    Raises UserError for more than MAX_YAML_BYTES, invalid YAML, nesting deeper than MAX_DEPTH, more
+    than MAX_YAML_ALIASES aliases, or a result that expands beyond `check_structure`'s limits (an
+    anchor referenced many times). The event stream is checked first: the parser is iterative, the
+    builder recursive.
+    """
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError(f"{what} is larger than {MAX_YAML_BYTES // 1024} KiB; a recipe or config is a few kB")
+    try:
+        _check_yaml_events(text, what, loader)
+        value = yaml.load(text, Loader=loader)  # `loader` is a SafeLoader (plain data only)
+    except yaml.YAMLError as error:
+        raise UserError(f"{what} is not valid YAML: {str(error).splitlines()[0]}") from None
+    except ValueError as error:  # an integer of more than 4,300 digits (Python's int() limit), a bad date, ...
+        raise UserError(f"{what} holds a value YAML cannot build ({str(error).splitlines()[0][:80]})") from None
+    check_structure(value, what)
+    return value
+
+
+def read_bounded(path: str | PathLike, what: str, limit: int, usual: str) -> bytes:
+    """The bytes of a file of at most `limit` bytes (reads one more to tell); UserError if larger or unreadable.
+
+    `usual` says what size such a file has, for the message.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise UserError(f"cannot read {what}: {error.strerror or error}") from None
+    if len(data) > limit:
+        raise UserError(f"{what} is larger than {limit // 1024:,} KiB; {usual}")
+    return data
+
+
+def load_yaml_file(path: str | PathLike, what: str, loader: type = yaml.SafeLoader) -> Any:
+    """`parse_yaml_text` of a UTF-8 file; a missing, unreadable, oversized or non-UTF-8 file is a UserError."""
+    path = Path(path)
+    data = read_bounded(path, f"{what} {path}", MAX_YAML_BYTES, "a recipe or config is a few kB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    return parse_yaml_text(text, f"{what} {path}", loader)
+
+
+# A JSON string (escapes included): blanked before brackets and commas are counted, so text cannot hide them.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKETS = re.compile(rb"[\[\]{}]")
+MAX_JSON_BYTES = 64 * 1024 * 1024
+JSON_INTEGER_BITS = 14_300  # 4,300 decimal digits
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object as a dict; a key given twice (the last would silently win) raises _DuplicateKey."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen = set()
+        raise _DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return value
+
+
+def parse_json(data: bytes | str, what: str, max_nodes: int = MAX_NODES) -> Any:
+    """Plain data from JSON text, its size in values and its nesting bounded *before* anything is built.
+
+    Bytes bound a file but not what it builds: 60 MB of `[[],[],...]` is 20 million lists (1.8 GB).
+    The text is scanned first, its strings blanked: more than `max_nodes` commas and openings (an upper
+    bound of the values it holds) or nesting deeper than MAX_DEPTH is refused; invalid JSON, or a
+    result beyond `check_structure`'s other limits (text, integer widths), or a key given twice in one
+    object (the last would silently win), likewise. One UserError.
+    """
+    data = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    skeleton = _JSON_STRING.sub(b'""', data)
+    values = skeleton.count(b",") + skeleton.count(b"[") + skeleton.count(b"{")
+    if values > max_nodes:
+        raise UserError(f"{what} holds more than {max_nodes:,} JSON values; refusing to read it")
+    depth = 0
+    for bracket in _JSON_BRACKETS.findall(skeleton):
+        depth += 1 if bracket in b"[{" else -1
+        if depth > MAX_DEPTH:
+            raise UserError(f"{what} nests deeper than {MAX_DEPTH} levels; refusing to read it")
+    del skeleton
+    try:
+        value = json.loads(data, object_pairs_hook=_object_without_duplicates)
+    except _DuplicateKey as error:
+        raise UserError(f"{what} holds the key {brief(error.args[0])} twice in one object; keep one") from None
+    except (ValueError, RecursionError) as error:
+        raise UserError(
+            f"{what} is not valid JSON: {brief(str(error).splitlines()[0] if str(error) else error)}"
+        ) from None
+    # Integers: Python's JSON reader refuses more than 4,300 digits; transformers writes 1e30 as one (68 bits).
+    check_structure(value, what, max_nodes, max_integer_bits=JSON_INTEGER_BITS)
+    return value
+
+
+def load_json_file(
+    path: str | PathLike, what: str, usual: str, max_bytes: int = MAX_JSON_BYTES, max_nodes: int = MAX_NODES
+) -> Any:
+    """`parse_json` of a regular file of at most `max_bytes` (`usual`: what size such a file has, for the message)."""
+    check_regular_file(path, what)
+    return parse_json(read_bounded(path, what, max_bytes, usual), what, max_nodes)
+
+
+def check_regular_file(path: str | PathLike, what: str, error: type[UserError] = UserError) -> Path:
+    """`path` if it is a regular file (or a link to one); a FIFO, device, socket or folder is refused before it is
+    opened (opening a FIFO blocks until someone writes to it; a device never ends), a missing path too."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as failure:
+        raise error(f"cannot read {what}: {failure.strerror or failure}") from None
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(mode)
+            else "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
+        raise error(f"{what} is {kind}, not a regular file; give a file")
+    return Path(path)
+
+
+def check_number(value: Any, what: str, low: float, high: float, low_inclusive: bool = False) -> float:
+    """`value` if it is a finite number in (low, high] ([low, high] with `low_inclusive`); else one UserError.
+
+    `> 0` lets `inf` through (and every comparison with `nan` is False): options are checked finite first.
+    """
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    above = number >= low if low_inclusive else number > low
+    if not (math.isfinite(number) and above and number <= high):
+        interval = f"{'[' if low_inclusive else '('}{low:g}, {high:g}]"
+        raise UserError(f"{what} must be a finite number in {interval}, got {brief(value)}")
+    return value
+
+
+def scan_pickle(data: bytes, what: str) -> set[str]:
+    """The globals (`module.name`) a pickle names, read from its opcodes before anything is built.
+
+    Refuses more than MAX_PICKLE_OPS opcodes (each builds at most one object, so this bounds the
+    unpickler's time and memory), a call of one of ALLOCATING_GLOBALS, and opcodes that are not a pickle.
+    Only GLOBAL / INST name callables in a pickle torch's weights-only unpickler reads.
+    """
+    names = set()
+    try:
+        for count, (opcode, argument, _) in enumerate(pickletools.genops(data), 1):
+            if count > MAX_PICKLE_OPS:
+                raise UserError(f"{what} has more than {MAX_PICKLE_OPS:,} pickle opcodes; refusing to unpickle it")
+            if opcode.name in ("GLOBAL", "INST"):
+                name = ".".join(str(argument).split(" ", 1))
+                if name in ALLOCATING_GLOBALS:
+                    raise UserError(
+                        f"{what} calls {name}, which allocates memory of a size the file chooses; no checkpoint needs "
+                        "it, so nothing of the file was built"
+                    )
+                names.add(name)
+    except ValueError as error:  # pickletools: unknown opcode, truncated argument
+        raise UserError(f"{what} is not a readable pickle: {brief(str(error))}") from None
+    return names
+
+
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, keep: bool) -> bytes:
+    """A member's bytes (`keep`) or nothing, read in 1 MiB pieces so that zipfile checks its CRC-32 at the end."""
+    pieces = []
+    with archive.open(member) as stream:
+        while piece := stream.read(1 << 20):
+            if keep:
+                pieces.append(piece)
+    return b"".join(pieces)
+
+
+def check_zip_members(path: str | PathLike, what: str) -> set[str]:
+    """Check a zip checkpoint (what `torch.save` writes) before `torch.load`; returns the globals its pickles name.
+
+    From the zip's directory first: at most MAX_ZIP_MEMBERS members, no pickle or compressed member
+    that would decompress to more than MAX_PICKLE_BYTES (`torch.save` stores members uncompressed, so
+    a compressed member is a decompression bomb until proven otherwise). Then every member is read
+    once: its CRC-32 must match (a flipped byte in a weight is refused, not converted), and each pickle
+    passes `scan_pickle`. Tensors are loaded memory-mapped later, so reading them here costs only time.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            if len(members) > MAX_ZIP_MEMBERS:
+                raise UserError(f"{what} has {len(members):,} zip members, more than {MAX_ZIP_MEMBERS:,}; refusing it")
+            limit = MAX_PICKLE_BYTES
+            for member in members:
+                compressed = member.compress_type != zipfile.ZIP_STORED
+                if (compressed or member.filename.endswith(".pkl")) and member.file_size > limit:
+                    raise UserError(
+                        f"{what}: member {member.filename} would decompress to {member.file_size:,} bytes, more than "
+                        f"the {limit // 2**20} MiB a checkpoint's pickle or compressed member may have; refusing it"
+                    )
+            names = set()
+            for member in members:
+                data = _read_member(archive, member, keep=member.filename.endswith(".pkl"))
+                if data:
+                    names |= scan_pickle(data, f"{what} ({member.filename})")
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as error:
+        if "CRC" in str(error):
+            raise UserError(f"{what} is corrupt ({error}); copy or download it again") from None
+        raise UserError(f"{what} is not a readable zip archive: {brief(str(error))}") from None
+    return names
+
+
+def check_safe_name(name: str, what: str) -> str:
+    """`name` if it is 1-100 letters, digits, '.', '_', '+' or '-' (starting with a letter or digit), else UserError.
+
+    For names that become folder names and appear in generated cards and code.
+    """
+    if not SAFE_NAME.fullmatch(name) or name.endswith(".") or ".." in name:
+        raise UserError(
+            f"{what} {name!r} is not a safe name: use 1-100 letters, digits, '.', '_', '+' or '-', starting with a "
+            "letter or digit (it becomes a folder name and appears in the model card's code); rename it"
+        )
+    return name
+
+
+def check_code_text(text: str, what: str) -> str:
+    """`text` if it can be written inside a quoted Python string in a card's code block, else UserError."""
+    bad = _CODE_BREAKING.search(text)
+    if bad:
+        raise UserError(
+            f"{what} {brief(text)} contains {bad.group()!r}, which cannot appear in the model card's usage code; "
+            "choose a name without quotes, backslashes, backticks or control characters"
+        )
+    return text
+
+
+def check_weight_tensor(value: torch.Tensor, what: str) -> None:
+    """A loaded weight must be a dense CPU floating-point tensor whose storage holds its elements.
+
+    Sparse, meta or quantized tensors cannot be weights; an expanded view (stride 0) of a few stored
+    bytes would take far more memory once copied than the file holds.
+    """
+    if value.is_nested:
+        raise UserError(f"{what} is a nested tensor; weights are dense CPU tensors")
+    if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized:
+        raise UserError(f"{what} is a {value.layout} tensor on {value.device.type}; weights are dense CPU tensors")
+    if not value.is_floating_point():
+        raise UserError(f"{what} has dtype {value.dtype}; weights are floating-point")
+    needed, stored = value.numel() * value.element_size(), value.untyped_storage().nbytes()
+    if needed > stored - value.storage_offset() * value.element_size():
+        raise UserError(
+            f"{what} of shape {tuple(value.shape)} needs {needed:,} bytes but its storage holds {stored:,}; "
+            "it is not a saved weight"
+        )
+
+
+SAVING_ADVICE = (
+    "nothing was saved. Lower the learning rate, check the data for broken audio, or use bf16 instead of fp16"
+)
+
+
+def check_finite_weights(model: torch.nn.Module, what: str, advice: str = SAVING_ADVICE) -> None:
+    """Refuse `model` when any parameter or buffer holds NaN or infinity (names the first few): it is never
+    saved (the default `advice`), nor used to encode (its outputs would be NaN)."""
+    broken = [
+        name
+        for name, tensor in (*model.named_parameters(), *model.named_buffers())
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if broken:
+        more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+        raise UserError(f"{what} has NaN or infinite weights ({', '.join(broken[:3])}{more}); {advice}")
+
+
+def load_torch_file(path: str | PathLike, what: str, safe_globals: Sequence[Any] = ()) -> Any:
+    """`torch.load(weights_only=True, mmap=True)` of a zip file after `check_zip_members`, its structure
+    bounded by `check_structure`; whatever makes it unreadable is one UserError.
+
+    `safe_globals` are what torch may build beyond its own allow-list (classes, or (stand-in, name) pairs).
+    """
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{what} is not the zip archive torch.save writes; it is truncated or not a checkpoint")
+    check_zip_members(path, what)
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            value = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 -- torch raises many types for corrupt, truncated or foreign files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{what} is not a readable checkpoint file: {reason[:200]}") from None
+    check_structure(value, what)
+    return value
+
+
+MAX_PARAMETERS = 4_000_000_000  # 16 GB of float32 weights: ten HuBERT Large; a config beyond is a typo or hostile
+
+
+def check_model_size(build: Callable[[], torch.nn.Module], what: str) -> None:
+    """Build the model `build()` makes on the meta device (no memory) and refuse more than MAX_PARAMETERS.
+
+    A config is small but says how much memory its model takes (`hidden_size=8000000` asks for
+    terabytes): this bounds it before any real tensor is allocated. A config `build` cannot turn into
+    a model at all is refused with the reason.
+    """
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError, AssertionError) as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UserError(f"{what} does not describe a model that can be built: {reason}") from None
+    count = sum(parameter.numel() for parameter in model.parameters())
+    if count > MAX_PARAMETERS:
+        raise UserError(
+            f"{what} describes a model of {count:,} parameters, more than the {MAX_PARAMETERS:,} this tool builds; "
+            "check its sizes (hidden_size, intermediate_size, num_hidden_layers)"
+        )

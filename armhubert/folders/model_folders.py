@@ -1,0 +1,195 @@
+"""Model folders: what counts as one (`is_model_folder`, the one rule every tool uses), a multi-model
+repository root (no weights, variant subfolders) named as such, and models loaded without running the folder's
+code (`load_config`, `load_pretrained`, `load_folder_part`).
+
+`convert_checkpoint.py --all` writes a default variant at the root, but a repository assembled by hand,
+or one written before that, has only subfolders; `from_pretrained` then fails with messages about a
+missing `model_type` or weights file that never mention `subfolder=`. Every tool that takes a model
+folder calls `check_model_folder` first so the user is told which subfolders there are.
+
+`load_pretrained` is how every script loads a model folder: its `config.json` is read bounded, the model
+it describes is sized on the meta device before any weight is allocated, and a folder's own Python code
+(`auto_map`) is imported only with `--trust_remote_code` (this project's model type loads with the
+installed classes); whatever makes the folder unloadable is one UserError.
+"""
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.utils import logging as transformers_logging
+
+from ..cli import UserError
+from ..files.untrusted import check_model_size, check_regular_file, load_json_file
+
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few kB
+# JSON files of a model folder besides config.json that transformers reads (a vocabulary is a few kB too).
+PROCESSOR_FILES = (
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "generation_config.json",
+)
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def is_model_folder(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds a complete saved model: `config.json` and weights `from_pretrained` reads.
+
+    Our commands write safetensors only; `pytorch_model.bin` counts too, so a folder of another tool is
+    recognised as a model (and, where an output would replace it, reported as files we did not write).
+    """
+    folder = Path(folder)
+    return (folder / "config.json").is_file() and any((folder / name).is_file() for name in WEIGHT_FILES)
+
+
+def variant_subfolders(path: str | os.PathLike) -> list[str]:
+    """Names of the subfolders of `path` that hold a complete model (config and weights), sorted."""
+    return sorted(child.name for child in Path(path).iterdir() if child.is_dir() and is_model_folder(child))
+
+
+def check_model_folder(
+    path: str | os.PathLike, subfolder: str | None = None, subfolder_option: str | None = "--subfolder (or subfolder=)"
+) -> None:
+    """Refuse a local multi-model repository root that holds no model itself, naming its variants.
+
+    A Hub id or a path that is not a local folder is left to `from_pretrained`. `subfolder_option` is how
+    the calling tool selects a variant; None for tools that take the variant's folder itself.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    if subfolder:
+        folder = folder / subfolder
+        if not folder.is_dir():
+            choices = ", ".join(variant_subfolders(path)) or "none"
+            raise UserError(f"{path} has no subfolder {subfolder}; its model subfolders are: {choices}")
+    if is_model_folder(folder):
+        return
+    variants = variant_subfolders(folder)
+    if not variants:
+        return  # not a repository: from_pretrained says what is missing
+    if subfolder_option:
+        raise UserError(f"{folder} is a multi-model repository; pass {subfolder_option} one of: {', '.join(variants)}")
+    raise UserError(
+        f"{folder} is a multi-model repository; give one model's folder, {folder}/NAME, with NAME one of: "
+        + ", ".join(variants)
+    )
+
+
+def read_folder_config(folder: str | os.PathLike) -> dict:
+    """The `config.json` of a local model folder as a dict: a regular file of at most MAX_CONFIG_BYTES, valid
+    JSON bounded in depth and values before it is built (`parse_json`). The folder's other JSON files that
+    transformers reads (preprocessing, tokenizer) pass the same checks, and must hold an object too; its
+    weight files must be regular files."""
+    for name in WEIGHT_FILES:  # a FIFO would block the load forever, a device never end
+        if os.path.lexists(Path(folder) / name):
+            check_regular_file(Path(folder) / name, str(Path(folder) / name))
+    configs = {}
+    for name in ("config.json", *PROCESSOR_FILES):
+        path = Path(folder) / name
+        if name != "config.json" and not os.path.lexists(path):
+            continue
+        configs[name] = load_json_file(path, str(path), "a model config is a few kB", MAX_CONFIG_BYTES)
+        if not isinstance(configs[name], dict):
+            raise UserError(f"{path} holds a {type(configs[name]).__name__}, not a JSON object (a config)")
+    return configs["config.json"]
+
+
+def load_folder_part(load: Callable[[str], Any], folder: str | os.PathLike, what: str) -> Any:
+    """`load(folder)` (a processor part's `from_pretrained`, after `load_config` checked the folder's JSON files);
+    whatever makes it fail is one UserError naming `what` (e.g. "tokenizer")."""
+    try:
+        return load(str(folder))
+    except Exception as error:  # noqa: BLE001 -- values the class rejects, missing or broken files
+        raise UserError(f"cannot load the {what} of {folder}: {_reason(error)}") from None
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def load_config(
+    source: str | os.PathLike, subfolder: str | None = None, trust_remote_code: bool = False
+) -> PretrainedConfig:
+    """The config of a model folder or Hub id, checked: a local folder's `config.json` is read bounded
+    (`read_folder_config`), the model it describes is sized on the meta device (`check_model_size`) before
+    any weight is allocated, and the folder's own code runs only with `trust_remote_code` (an unknown
+    `model_type` is refused, naming the flag). Whatever makes it unreadable is one UserError."""
+    where = _where(source, subfolder)
+    folder = Path(source) / (subfolder or "")
+    if folder.is_dir():
+        read_folder_config(folder)
+    try:
+        config = AutoConfig.from_pretrained(source, subfolder=subfolder or "", trust_remote_code=trust_remote_code)
+    except Exception as error:  # noqa: BLE001 -- transformers raises ValueError, KeyError, OSError, TypeError
+        reason = _reason(error)
+        if "trust_remote_code" in str(error) or "custom code" in str(error):
+            reason = (
+                "its config.json names a model type this installation does not know, whose code is in the folder; "
+                "pass --trust_remote_code to run that code, if you trust it"
+            )
+        raise UserError(f"cannot load the model {where}: {reason}") from None
+    check_model_size(
+        lambda: AutoModel.from_config(config, trust_remote_code=trust_remote_code), f"the config of {where}"
+    )
+    return config
+
+
+def _where(source: str | os.PathLike, subfolder: str | None) -> str:
+    return f"{source}{f' (subfolder {subfolder})' if subfolder else ''}"
+
+
+def load_pretrained(
+    load: Callable[..., PreTrainedModel],
+    source: str | os.PathLike,
+    subfolder: str | None = None,
+    trust_remote_code: bool = False,
+    **kwargs,
+) -> PreTrainedModel:
+    """`load(source, subfolder=..., **kwargs)` (a `from_pretrained`) of a model folder or Hub id whose config
+    passed `load_config`. Any failure of the load itself (missing or mismatched weights, a config the model
+    class rejects) is one UserError."""
+    load_config(source, subfolder, trust_remote_code)
+    try:
+        return load(source, subfolder=subfolder or "", **kwargs)
+    except Exception as error:  # noqa: BLE001 -- a user's folder: missing, truncated or mismatched weights, bad values
+        raise UserError(f"cannot load the model {_where(source, subfolder)}: {_reason(error)}") from None
+
+
+def load_with_missing(
+    load: Callable[..., PreTrainedModel], source: str | os.PathLike, **kwargs
+) -> tuple[PreTrainedModel, list[str]]:
+    """`load_pretrained` that also returns the weights the folder lacks (missing or of another shape), which
+    transformers initialised at random; its load report is not printed (the caller says what matters in one
+    line)."""
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        model, info = load_pretrained(load, source, output_loading_info=True, **kwargs)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    missing = set(info.get("missing_keys", ())) | {item[0] for item in info.get("mismatched_keys", ())}
+    return model, sorted(missing)
+
+
+def refuse_missing(missing: list[str], source: str | os.PathLike, what: str) -> None:
+    """One UserError naming the first weights `source` lacks, if any (`what`: what needs them)."""
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise UserError(
+            f"{source} lacks weights {what} needs ({', '.join(missing[:3])}{more}); they would be random: give a "
+            "complete model folder"
+        )
