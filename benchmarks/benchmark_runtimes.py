@@ -22,7 +22,7 @@ in the environment (the header prints the policy). Prints milliseconds (median),
 HuBERT Base and to the same model's PyTorch fp32, the real-time factor (compute seconds per audio
 second), and file sizes (safetensors-equivalent weight bytes, ONNX files). `--profile` adds the
 operator profile of one call (torch.profiler, ONNX Runtime's own profiler) of each model and runtime
-for the first case. For the cases 1x10 and 8x10 it then checks issue 17's targets (`TARGETS`) (ratios of the
+for the first case. For the cases 1x10 and 8x10 it then checks the deployment targets (`TARGETS`) (ratios of the
 same run, pass / FAIL). Writes `benchmark_runtimes.json` to --output_dir. Exit status 2: bad arguments.
 """
 
@@ -63,7 +63,7 @@ DEFAULT_RUNTIMES = RUNTIMES
 
 @dataclass(frozen=True)
 class Target:
-    """Issue 17's bound on `runtime`'s time over `reference`'s, (model, runtime) (model None: the same
+    """The deployment target's bound on `runtime`'s time over `reference`'s, (model, runtime) (model None: the same
     model), in the `cases` the issue sets it for."""
 
     runtime: str
@@ -259,7 +259,7 @@ def print_targets(subjects: list[Subject], results: dict) -> list[dict]:
                         dict(case=case, model=model, **asdict(target), ratio=ratio, passed=ratio <= target.bound)
                     )
     if checks:
-        print("\nissue 17 targets (time / reference time, same run)")
+        print("\ndeployment targets (time / reference time, same run)")
     for check in checks:
         reference = " ".join(filter(None, check["reference"]))  # the runtime alone: the same model's
         print(

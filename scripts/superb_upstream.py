@@ -7,7 +7,7 @@
 The first form is s3prl's `run_downstream.py` with every one of its options; this script only adds
 `armhubert_local` to `s3prl.hub`, with `-k` naming a model folder (from convert_checkpoint.py or
 distill_trainer.py) or a Hub id. The expert returns what the original release's expert returned
-(spec `original-release.md` 3.7): `hidden_states` = the L projected (768-d) layer outputs for
+(as the original release's upstream): `hidden_states` = the L projected (768-d) layer outputs for
 ARM / Mask models or the L raw layer outputs for STaR models (the sets the published SUPERB numbers
 used), and `last_hidden_state` = the release's `x` (last projection, or last layer), one frame per
 320 samples.

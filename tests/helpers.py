@@ -50,7 +50,7 @@ def tiny_config(**overrides):
     return ARMHubertConfig(**fields)
 
 
-# Configurations beyond the fixture: every path of the spec.
+# Configurations beyond the fixture: every path the original release has.
 VARIANTS = {
     "arm-post-ln": {},
     "arm-pre-ln": dict(do_stable_layer_norm=True),
@@ -206,7 +206,7 @@ TRAIN_960H = ["train-clean-100", "train-clean-360", "train-other-500"]
 
 
 def genuine_checkpoint(path, student_state, cfg, teacher_numel=1000, with_hparams=True, extra_student=None):
-    """A checkpoint laid out like the released files (spec section 2).
+    """A checkpoint laid out like the released files (the original release's format).
 
     Teacher tensors, then `student_model.*`; Lightning training state; an optimizer state with moments for
     every student tensor and the s3prl schedule object in its param group; hyper-parameters in an AttributeDict.

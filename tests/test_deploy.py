@@ -266,7 +266,7 @@ def test_benchmark_runtimes_times_every_runtime_interleaved(tmp_path, capsys, mo
     assert [t["case"] for t in report["targets"]] == ["2x0.5"] * 4 and len(targets) == 4
     check = targets["onnx-int8", None]
     assert check["ratio"] == times["onnx-int8"] / times["pytorch-fp32"] and check["passed"] == (check["ratio"] <= 0.35)
-    assert "issue 17 targets" in out and out.count("pass") + out.count("FAIL") == 4
+    assert "deployment targets" in out and out.count("pass") + out.count("FAIL") == 4
     assert "/ HuBERT Base" in out and "RTF" in out and (tmp_path / "benchmark_runtimes.json").is_file()
     sizes = {s["runtime"]: s["file_bytes"] for s in report["subjects"][1:]}
     assert sizes["onnx-int8"] < sizes["onnx-fp32"] and sizes["pytorch-bf16"] < sizes["pytorch-fp32"]

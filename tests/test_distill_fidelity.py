@@ -1,7 +1,7 @@
 """The released recipes train what the release trained: loss and gradients of one step, no clipping, STaR options.
 
-The reference step is written here from the original's formulas (spec distillation.md, original-release.md
-3.8), independently of `armhubert.distill`: the original's loss (crossed targets, layer weights 0.1 / 1,
+The reference step is written here from the original's formulas (the original's published algorithm and
+code), independently of `armhubert.distill`: the original's loss (crossed targets, layer weights 0.1 / 1,
 sums divided by B*T) on the student built without `layer_grad_scale`, with the original encoder loop's
 gradient scaling put on it by hooks (`original_layer_grad_scale`).
 """

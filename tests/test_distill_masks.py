@@ -1,4 +1,4 @@
-"""The span-mask sampler of masking distillation (spec original-release.md section 4)."""
+"""The span-mask sampler of masking distillation (as the original release draws them)."""
 
 import numpy as np
 import pytest

@@ -224,7 +224,7 @@ def _shrunk(recipe, quick):
 
 
 def test_every_recipe_parses_and_starts(tmp_path):
-    """Every recipe parses with the spec's batches; one of each kind trains a step with shrunk models."""
+    """Every recipe parses with the release's batches; one of each kind trains a step with shrunk models."""
     quick = yaml.safe_load(open(QUICKSTART))
     expected_batches = {"960h": (18, 4, 144), "100h": (6, 3, 36)}
     assert len(RECIPES) == 9

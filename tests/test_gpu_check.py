@@ -49,7 +49,7 @@ def test_dry_run_reports_every_section(dry_run):
 
 
 def test_dry_run_correctness_rows(dry_run):
-    """Every correctness row passes in the dry run; reentrant checkpointing is refused (issue 20, defect 1)."""
+    """Every correctness row passes in the dry run; reentrant checkpointing is refused."""
     report, _ = dry_run
     cases = {r["case"]: r for r in report["correctness"]}
     for attention in ("sdpa", "flex_attention", "eager"):
@@ -61,7 +61,7 @@ def test_dry_run_correctness_rows(dry_run):
     assert cases["gradients fused vs explicit bf16 autocast"]["passed"]
     for path in ("explicit", "fused", "probabilities"):
         assert cases[f"checkpointing non-reentrant {path}"]["passed"]
-        refused = cases[f"checkpointing reentrant {path}"]  # issue 20, defect 1: refused in one line
+        refused = cases[f"checkpointing reentrant {path}"]  # refused in one line
         assert refused["passed"] and "use_reentrant=False" in refused["refused"], refused
     assert cases["cpu vs cpu fp32"]["error"] == 0.0
     failed = [case for case, r in cases.items() if not r["passed"]]

@@ -2,7 +2,7 @@
 
 `post-ln`: the release's own format and outputs (`armhubert-tiny`, outputs of the original code).
 `pre-ln` (`layer_norm_first`): the release has no such model, so its reference outputs come from
-`tests/fixtures/original_reference.py`, the original's forward written from the spec's formulas, which is
+`tests/fixtures/original_reference.py`, the original's forward written from its published formulas, which is
 first shown here to reproduce the original's own outputs on the post-LN fixture.
 """
 

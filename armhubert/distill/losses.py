@@ -42,7 +42,7 @@ def masking_distillation_loss(
     loss_type: str = "mse",
     normalization: str = "valid",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Masking distillation with crossed targets (spec distillation.md).
+    """Masking distillation with crossed targets (the release's algorithm: docs/distillation.md).
 
     Masked frames regress the teacher's output on clean input, unmasked frames the teacher's output
     on masked input. `normalization="valid"` leaves padded frames out and divides by the number of

@@ -1,4 +1,4 @@
-"""The release's span masks for masking distillation (spec original-release.md section 4).
+"""The release's span masks for masking distillation.
 
 Our own implementation: per row, int(p * valid / mean_length + U[0,1)) spans (at least `min_spans`)
 with lengths uniform in 0..2*mean_length, placed longest first into free intervals (chosen with

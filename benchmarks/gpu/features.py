@@ -1,4 +1,4 @@
-"""The GPU check's corpus-features rows (issue 19): the bundled corpus through `extract_features` on the
+"""The GPU check's corpus-features rows: the bundled corpus through `extract_features` on the
 device, against a naive loop (one file at a time, `model(x)`, features kept on the host), both taking
 turns; audio seconds per second and the ratio tool / naive (target >= 2: batching by length must pay
 where a CPU could not show it, see docs/features.md)."""

@@ -23,8 +23,8 @@ from .scales import Scale
 
 # Dense bf16 / fp16 tensor-core peak of one GPU in TFLOP/s, by a part of its name (for MFU).
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0, "V100": 125.0}
-# The issues' targets: recipe-step throughput and the inference speed-up over HuBERT Base (issue 20), corpus
-# features by the tool against a naive loop (issue 19).
+# The targets: recipe-step throughput and the inference speed-up over HuBERT Base, corpus features by the tool
+# against a naive loop.
 TARGETS = dict(audio_hours_per_gpu_hour=3000, inference_ratio=3.0, features_tool_over_naive=FEATURES_TARGET)
 # (row key, table label, format) of the figures a table row shows, in this order.
 FIGURES = (
