@@ -7,7 +7,7 @@
 A recipe is a flat YAML mapping of `DistillArguments` and `transformers.TrainingArguments` fields;
 `key=value` arguments override it (values are parsed as YAML, `student_config.hidden_size=64` sets
 one entry of a mapping). This file is the command line only; the work is done by `armhubert.distill`
-(masks, losses, recipe, models, trainer, run) and `armhubert.data.librispeech` (data): import those.
+(masks, losses, recipe, models, trainer, run) and `armhubert.speech.librispeech` (data): import those.
 """
 
 import argparse

@@ -61,7 +61,7 @@ def _first_line(error: Exception) -> str:  # as armhubert.cli.first_line (remote
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-MAX_AUDIO_SECONDS = 3600  # as armhubert.data.audio: longer recordings are cut into utterances first
+MAX_AUDIO_SECONDS = 3600  # as armhubert.speech.audio: longer recordings are cut into utterances first
 MAX_AUDIO_CHANNELS = 64
 BLOCK_FRAMES = 1 << 16
 
@@ -275,7 +275,7 @@ def encode_windows(
     `model`: an `ARMHubertModel` (any encoder returning a `ModelOutput`, whose config has the CNN's
     kernels and strides). `read(start, count)` -> `(count,)` float tensor on the model's device, the
     input's samples [start, start + count), called once per window in order: an array slice, or a file
-    read (`armhubert.data.chunking.file_window_reader`), so the input need not be in memory. An input no
+    read (`armhubert.speech.chunking.file_window_reader`), so the input need not be in memory. An input no
     longer than a window runs whole. `windows_per_batch` windows (of equal length) go to one model call;
     `transform` is applied to every model output first (e.g. to keep some layers); `forward_kwargs` go to
     the model. Each yielded `output` has the model's (or `transform`'s) type, every frame-aligned tensor

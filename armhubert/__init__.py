@@ -11,7 +11,7 @@ lives outside the package, in the repository's `benchmarks/`.
 - `armhubert.resources`: the bundled recipes and corpus (package data in a wheel, the root in a checkout);
 - `armhubert.files`: writing outputs atomically and where they may go (`atomic`), reading untrusted files
   and structure within bounds (`untrusted`);
-- `armhubert.data`: audio files (`audio`), long recordings window by window (`chunking`), LibriSpeech
+- `armhubert.speech`: audio files (`audio`), long recordings window by window (`chunking`), LibriSpeech
   (`librispeech`), labelled audio (`labelled_audio`), `datasets` folders (`saved_datasets`), the bundled
   real-speech split (`real_speech`);
 - `armhubert.folders`: model folders (`model_folders`: what one is, the checked loader), the remote-code

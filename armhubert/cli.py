@@ -1,7 +1,7 @@
 """One error type for problems the user must fix, and one runner that reports them.
 
 Every command (root CLIs and scripts) raises `UserError` (or a subclass such as
-`armhubert.data.audio.DataError`) for bad input, and runs its `main` through `run_main`, which prints one
+`armhubert.speech.audio.DataError`) for bad input, and runs its `main` through `run_main`, which prints one
 line `prog: error: ...` on stderr and returns exit status 2, without a traceback. An `OSError` that
 reaches `run_main` (a full disk, a read-only or vanished folder) is reported the same way.
 """

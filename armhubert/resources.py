@@ -1,7 +1,7 @@
 """What the package ships and names: the bundled recipes (`conf/`), the bundled corpus (`data/`), LibriSpeech's Hub id.
 
 The recipes and the corpus live at the repository root (`conf/`, `data/`). A wheel carries them as
-package data inside the package (`armhubert/conf`, `armhubert/corpus`: see `[tool.setuptools.package-dir]`
+package data inside the package (`armhubert/conf`, `armhubert/data`: see `[tool.setuptools.package-dir]`
 in pyproject.toml); a source checkout or an editable install finds them at the root. `bundled_folder`
 is the one place that knows both. Light on purpose (no datasets / soundfile): cards and recipes import it.
 """
@@ -12,13 +12,9 @@ _PACKAGE = Path(__file__).resolve().parent
 HUB_DATASET = "openslr/librispeech_asr"
 
 
-# Where a wheel puts each root folder inside the package (`armhubert/data` is the data-loading code).
-_PACKAGED_AS = {"conf": "conf", "data": "corpus"}
-
-
 def bundled_folder(name: str) -> Path:
     """`conf` or `data`: the installed package's copy (wheel), else the source checkout's (editable, clone)."""
-    packaged = _PACKAGE / _PACKAGED_AS[name]
+    packaged = _PACKAGE / name
     return packaged if packaged.is_dir() else _PACKAGE.parent / name
 
 

@@ -43,13 +43,13 @@ from instruments.profiling import LiveTensorBytes, state_tensors
 from transformers import HfArgumentParser
 
 from armhubert.cli import UserError, run_main
-from armhubert.data.audio import header_num_samples, read_audio
 from armhubert.deploy.timing import times_taking_turns
 from armhubert.features.batches import Chunking, Streamed, encode_streamed
 from armhubert.features.encoder import Encoder, load_encoder, select_layers
 from armhubert.features.shards import ShardWriter
 from armhubert.features.units import assign_units, deduplicate_runs, fit_codebook
 from armhubert.resources import BUNDLED_CORPUS
+from armhubert.speech.audio import header_num_samples, read_audio
 from configuration_armhubert import SAMPLING_RATE
 from modeling_armhubert import superb_layer_outputs
 from pipeline_armhubert import CHUNK_LENGTH_S, STRIDE_LENGTH_S, chunk_windows, encode_chunked

@@ -28,8 +28,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import TrainerCallback
 
 from armhubert.cli import run_main
-from armhubert.data.librispeech import AudioCollator, EpochSeededLengthGroupedSampler, load_librispeech
 from armhubert.distill.recipe import build_arguments, load_recipe
+from armhubert.speech.librispeech import AudioCollator, EpochSeededLengthGroupedSampler, load_librispeech
 from configuration_armhubert import SAMPLING_RATE
 from pipeline_armhubert import release_feature_extractor
 

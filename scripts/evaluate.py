@@ -41,11 +41,6 @@ import torch
 from transformers import AutoFeatureExtractor, HfArgumentParser, PreTrainedModel, Wav2Vec2CTCTokenizer
 
 from armhubert.cli import UserError, run_main
-from armhubert.data.audio import DataError
-from armhubert.data.chunking import check_unchunked_lengths
-from armhubert.data.labelled_audio import audio_num_samples, csv_audio_path, examples_from_folder, read_csv_rows
-from armhubert.data.librispeech import HUB_SPLITS, load_librispeech
-from armhubert.data.saved_datasets import caches_outside_inputs, is_saved_dataset, open_dataset
 from armhubert.files.atomic import atomic_write_text, check_output_file
 from armhubert.files.untrusted import brief, check_finite_weights
 from armhubert.folders.model_folders import (
@@ -56,6 +51,11 @@ from armhubert.folders.model_folders import (
     refuse_missing,
 )
 from armhubert.progress import progress
+from armhubert.speech.audio import DataError
+from armhubert.speech.chunking import check_unchunked_lengths
+from armhubert.speech.labelled_audio import audio_num_samples, csv_audio_path, examples_from_folder, read_csv_rows
+from armhubert.speech.librispeech import HUB_SPLITS, load_librispeech
+from armhubert.speech.saved_datasets import caches_outside_inputs, is_saved_dataset, open_dataset
 from armhubert.training.finetune import decode_audio_batch
 from armhubert.training.metrics import confusion_matrix, error_rates, normalize_transcript
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig

@@ -9,7 +9,7 @@
     # small data: train on random 1.5 s windows, drawn anew each time (evaluation uses whole utterances)
     ... --crop_seconds 1.5
 
-Audio is decoded with soundfile and resampled to 16 kHz with soxr (`armhubert.data.audio.read_audio`).
+Audio is decoded with soundfile and resampled to 16 kHz with soxr (`armhubert.speech.audio.read_audio`).
 OUTPUT_DIR receives the model (labels in `config.id2label`), the feature extractor and a README.md
 model card with the accuracy, and opens with
 `pipeline("audio-classification", model=OUTPUT_DIR, trust_remote_code=True)`.
@@ -25,9 +25,9 @@ import torch
 from transformers import BatchFeature, Wav2Vec2FeatureExtractor
 
 from armhubert.cli import UserError, run_main
-from armhubert.data.audio import DataError
-from armhubert.data.labelled_audio import build_dataset, read_examples
 from armhubert.folders.cards import classification_card
+from armhubert.speech.audio import DataError
+from armhubert.speech.labelled_audio import build_dataset, read_examples
 from armhubert.training.finetune import (
     check_min_duration,
     decode_audio_batch,

@@ -5,7 +5,7 @@
         [any TrainingArguments, e.g. --num_train_epochs 20 --learning_rate 1e-4 --per_device_train_batch_size 8]
 
 Data come from a local LibriSpeech tree (default: the bundled corpus) or the Hub copy, through
-`armhubert.data.librispeech.load_librispeech`; the set-up shared with classification is `armhubert.training.finetune`.
+`armhubert.speech.librispeech.load_librispeech`; the set-up shared with classification is `armhubert.training.finetune`.
 The vocabulary is built from the training transcripts (characters, "|" between words, [PAD] = CTC
 blank, [UNK]); evaluation reports WER and CER of greedy decoding (jiwer). OUTPUT_DIR receives the model, the processor and a README.md model card with the
 result, and opens with `pipeline("automatic-speech-recognition", model=OUTPUT_DIR, trust_remote_code=True)`.
@@ -24,10 +24,10 @@ import torch
 from transformers import BatchFeature, Wav2Vec2CTCTokenizer, Wav2Vec2Processor
 
 from armhubert.cli import run_main
-from armhubert.data.audio import DataError
-from armhubert.data.librispeech import load_librispeech
 from armhubert.folders.cards import ctc_card
 from armhubert.resources import BUNDLED_CORPUS
+from armhubert.speech.audio import DataError
+from armhubert.speech.librispeech import load_librispeech
 from armhubert.training.finetune import (
     check_min_duration,
     decode_audio_batch,

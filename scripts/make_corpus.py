@@ -12,7 +12,7 @@ Output layout (LibriSpeech's native one)::
     <output-dir>/LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
 
 Requirements: the ``espeak-ng`` binary (``apt-get install espeak-ng``) and this
-repository installed (``pip install -e .``: audio is read by ``armhubert.data.audio``).
+repository installed (``pip install -e .``: audio is read by ``armhubert.speech.audio``).
 
 Usage::
 
@@ -36,8 +36,8 @@ import numpy as np
 import soundfile as sf
 
 from armhubert.cli import FlagParser, UserError, run_main
-from armhubert.data.audio import read_audio
 from armhubert.files.atomic import staged_folder
+from armhubert.speech.audio import read_audio
 from configuration_armhubert import SAMPLING_RATE
 
 PROG = "make_corpus.py"

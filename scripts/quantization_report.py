@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from armhubert.cli import FlagParser, UserError, require_extra, run_main
-from armhubert.data.audio import read_audio
 from armhubert.deploy import (
     DEFAULT_INT8_PARTS,
     QUANTIZABLE_PARTS,
@@ -42,6 +41,7 @@ from armhubert.deploy import (
 )
 from armhubert.files.untrusted import check_number
 from armhubert.resources import BUNDLED_CORPUS
+from armhubert.speech.audio import read_audio
 from armhubert.threads import use_machine_threads
 from configuration_armhubert import SAMPLING_RATE
 

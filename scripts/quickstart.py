@@ -19,9 +19,9 @@ import torch
 from transformers import AutoModel
 
 from armhubert.cli import FlagParser, UserError, run_main
-from armhubert.data.audio import read_audio
 from armhubert.folders.model_folders import check_model_folder, load_pretrained
 from armhubert.resources import BUNDLED_CORPUS
+from armhubert.speech.audio import read_audio
 from armhubert.threads import use_machine_threads
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel

@@ -8,8 +8,8 @@ import soxr
 import torch
 from helpers import random_model, tiny_config, waveform
 
-from armhubert.data.audio import header_num_samples, read_audio
-from armhubert.data.chunking import file_window_reader
+from armhubert.speech.audio import header_num_samples, read_audio
+from armhubert.speech.chunking import file_window_reader
 from pipeline_armhubert import chunk_windows, encode_chunked, encode_windows, num_frames, plan_windows, window_samples
 
 # A CNN without normalisation across time: a window's CNN features are the whole input's, frame for frame.

@@ -10,8 +10,8 @@ from helpers import load_script, random_model, tiny_config
 
 from armhubert.cli import UserError
 from armhubert.convert.folders import save_model_folder
-from armhubert.data.audio import read_audio
 from armhubert.resources import BUNDLED_CORPUS
+from armhubert.speech.audio import read_audio
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 

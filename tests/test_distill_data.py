@@ -1,4 +1,4 @@
-"""The shared LibriSpeech data API: armhubert.data.librispeech.load_librispeech, armhubert.data.audio.read_audio, DataError."""
+"""The shared LibriSpeech data API: armhubert.speech.librispeech.load_librispeech, armhubert.speech.audio.read_audio, DataError."""
 
 import shutil
 
@@ -7,8 +7,8 @@ import pytest
 import soundfile
 from helpers import ROOT
 
-from armhubert.data.audio import DataError, read_audio
-from armhubert.data.librispeech import load_librispeech
+from armhubert.speech.audio import DataError, read_audio
+from armhubert.speech.librispeech import load_librispeech
 
 CORPUS = ROOT / "data" / "LibriSpeech"
 
@@ -71,7 +71,7 @@ def test_unreadable_files_are_skipped_with_a_warning(tmp_path, caplog):
     shutil.copytree(CORPUS / "dev-clean", tmp_path / "LibriSpeech" / "dev-clean")
     broken = tmp_path / "LibriSpeech/dev-clean/1002/202/1002-202-0001.flac"
     broken.write_bytes(b"not audio at all")
-    with caplog.at_level("WARNING", logger="armhubert.data.librispeech"):
+    with caplog.at_level("WARNING", logger="armhubert.speech.librispeech"):
         dataset = load_librispeech(tmp_path, "dev-clean")
     assert len(dataset) == 11 and "1002-202-0001" not in dataset["id"]
     assert "Skipping 1 unreadable audio file(s)" in caplog.text and "1002-202-0001.flac" in caplog.text
@@ -149,7 +149,7 @@ def test_hub_source_maps_split_names_and_reads_headers_from_bytes(monkeypatch):
 
 def test_distillation_crops_are_fixed_per_utterance():
     """The same utterance gets the same window every epoch (resumable runs); utterances differ; short ones stay whole."""
-    from armhubert.data.librispeech import _audio_duration_crop
+    from armhubert.speech.librispeech import _audio_duration_crop
 
     samples = np.arange(10_000, dtype=np.float32)
     first = _audio_duration_crop(samples, 4000, "1001-101-0000")

@@ -148,8 +148,8 @@ def test_persistent_data_loader_workers_draw_each_epochs_masks():
     import torch
     from torch.utils.data import DataLoader
 
-    from armhubert.data.librispeech import AudioCollator, load_librispeech
     from armhubert.resources import BUNDLED_CORPUS
+    from armhubert.speech.librispeech import AudioCollator, load_librispeech
     from pipeline_armhubert import release_feature_extractor
 
     dataset = load_librispeech(BUNDLED_CORPUS.parent, "dev-clean").select(range(4))

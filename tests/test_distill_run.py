@@ -18,11 +18,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, TrainerCallback
 
-from armhubert.data.audio import read_audio
-from armhubert.data.librispeech import AudioCollator
 from armhubert.distill.recipe import build_arguments, load_recipe
-from armhubert.distill.trainer import complete_checkpoints
 from armhubert.folders.cards import format_duration
+from armhubert.speech.audio import read_audio
+from armhubert.speech.librispeech import AudioCollator
+from armhubert.training.checkpoints import complete_checkpoints
 from configuration_armhubert import PRESETS
 from distill_trainer import main, run
 from pipeline_armhubert import release_feature_extractor
@@ -345,7 +345,7 @@ def test_collator_skips_and_counts_unreadable_files(tmp_path, caplog):
         {"id": "gone", "audio": {"path": str(tmp_path / "gone.flac"), "bytes": None}},
     ]
     collator = AudioCollator(release_feature_extractor(), max_samples=16000)
-    with caplog.at_level(logging.WARNING, logger="armhubert.data.librispeech"):
+    with caplog.at_level(logging.WARNING, logger="armhubert.speech.librispeech"):
         batch = collator(rows)
     assert batch["input_values"].shape == (1, 16000) and int(batch["num_unreadable"]) == 1
     assert "gone.flac" in caplog.text

@@ -17,11 +17,11 @@ from helpers import ROOT, load_script, tiny_config
 from hostile import digest, refusal
 from safetensors.torch import save_file
 
-from armhubert.data.audio import read_audio
 from armhubert.features.index import FeatureIndex
 from armhubert.features.plan import plan_batches
 from armhubert.features.shards import FEATURES_FORMAT, ShardWriter
 from armhubert.features.units import assign_units, deduplicate_runs, load_codebook
+from armhubert.speech.audio import read_audio
 from modeling_armhubert import ARMHubertForCTC, ARMHubertModel
 from pipeline_armhubert import encode_chunked, release_feature_extractor
 

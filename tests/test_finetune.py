@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from transformers import pipeline
 
 from armhubert.cli import UserError
-from armhubert.data.audio import DataError, load_16k
 from armhubert.resources import BUNDLED_CORPUS
+from armhubert.speech.audio import DataError, load_16k
 from armhubert.training.finetune import (
     ModelArguments,
     check_min_duration,
@@ -392,9 +392,12 @@ def test_demo_runs_keep_one_small_checkpoint_unless_asked(tiny_model_dir, tmp_pa
     # --resume_from_checkpoint continues that run in its own output_dir: from its last step (3) to max_steps 3 is
     # no step at all, so the saved model is checkpoint-3's (a run from scratch at this rate would not be).
     resumed = [*common, "--output_dir", str(tmp_path / "full"), "--learning_rate", "0.5"]
+    last = load_file(checkpoints[-1] / "model.safetensors")
     finetune_classification.run([*resumed, "--resume_from_checkpoint", str(checkpoints[-1])])
-    final, last = (load_file(folder / "model.safetensors") for folder in (tmp_path / "full", checkpoints[-1]))
+    final = load_file(tmp_path / "full" / "model.safetensors")
     assert all(torch.equal(final[name], last[name]) for name in last)
+    # The resumed run's rotation (the default limit, 1) counts the checkpoints it resumed as its own.
+    assert [path.name for path in (tmp_path / "full").glob("checkpoint-*")] == ["checkpoint-4"]
     with pytest.raises(UserError, match="--resume_from_checkpoint .*: not a complete checkpoint folder"):
         finetune_classification.run([*resumed, "--resume_from_checkpoint", str(tmp_path / "small")])
 

@@ -23,7 +23,7 @@ MAX_SECONDS = 2
 
 _PRELUDE = r"""
 import convert_checkpoint, distill_trainer
-from armhubert.data.audio import read_audio
+from armhubert.speech.audio import read_audio
 from armhubert.cli import run_main
 from armhubert.distill.resume import _RNG_GLOBALS
 from armhubert.files.untrusted import load_torch_file

@@ -162,7 +162,7 @@ def test_a_hostile_repository_folder_name_is_the_root_title_as_text(tmp_path):
 
 
 def test_the_trained_card_module_loads_no_data_libraries():
-    probe = "import sys, armhubert.folders.cards; print(sorted({'datasets', 'soundfile', 'armhubert.data.librispeech'} & set(sys.modules)))"
+    probe = "import sys, armhubert.folders.cards; print(sorted({'datasets', 'soundfile', 'armhubert.speech.librispeech'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

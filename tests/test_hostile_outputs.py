@@ -258,10 +258,10 @@ _TINY_HUBERT = dict(
 def test_fine_tuning_rotation_removes_only_checkpoints_this_run_saved(tmp_path):
     from transformers import TrainerState, TrainingArguments
 
-    from armhubert.training.finetune import OwnCheckpointRotation
+    from armhubert.training.checkpoints import CheckpointRotation
 
     args = TrainingArguments(output_dir=str(tmp_path), save_total_limit=1, report_to="none")
-    rotation = OwnCheckpointRotation(args)
+    rotation = CheckpointRotation(args, keep_last=args.save_total_limit)
     assert args.save_total_limit is None  # the Trainer's own rotation (any checkpoint-N of the folder) is off
     _make_file(tmp_path / "checkpoint-0" / "my-notes.txt")
     state = TrainerState()

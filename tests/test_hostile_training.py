@@ -22,9 +22,9 @@ from hostile import digest, hidden_entries, refusal
 from transformers import Trainer, TrainingArguments, pipeline
 
 from armhubert.cli import UserError
-from armhubert.data.audio import DataError, load_16k, read_audio
-from armhubert.data.librispeech import AudioCollator, load_librispeech
 from armhubert.resources import BUNDLED_CORPUS
+from armhubert.speech.audio import DataError, load_16k, read_audio
+from armhubert.speech.librispeech import AudioCollator, load_librispeech
 from armhubert.training import guarded_trainer
 from distill_trainer import main as distill_main
 from pipeline_armhubert import release_feature_extractor
@@ -615,7 +615,7 @@ def test_ctc_unknown_eval_split_and_a_multi_model_root_are_one_line(tmp_path, ti
 
 
 def test_only_the_crop_is_decoded_and_equals_the_window_of_the_whole_file(monkeypatch):
-    from armhubert.data.librispeech import _audio_duration_crop, fixed_offset
+    from armhubert.speech.librispeech import _audio_duration_crop, fixed_offset
 
     whole = read_audio(UTTERANCE)
     decoded, blocks = [], soundfile.SoundFile.blocks

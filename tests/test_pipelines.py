@@ -10,7 +10,7 @@ import torch
 from helpers import ROOT, random_model, tiny_config
 from transformers import Wav2Vec2CTCTokenizer, pipeline
 
-from armhubert.data.audio import load_16k
+from armhubert.speech.audio import load_16k
 from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification
 from pipeline_armhubert import encode_chunked, release_feature_extractor
 

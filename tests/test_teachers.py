@@ -23,7 +23,7 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutput
 
 from armhubert.cli import UserError
-from armhubert.data.real_speech import REAL_SPLIT, real_utterances
+from armhubert.speech.real_speech import REAL_SPLIT, real_utterances
 from armhubert.teachers.ctranslate2 import MODEL_FILE, is_ctranslate2_whisper, whisper_from_ctranslate2
 from armhubert.teachers.encoders import WhisperTeacher, teacher_encoder
 from armhubert.teachers.mirror import student_from_teacher

@@ -8,5 +8,5 @@
 - `run`: one whole run (`distill`), as `distill_trainer.py` starts it;
 - `timing`: a data-less trainer driven by hand on synthetic batches (the step benchmark, the GPU check).
 
-The data side (LibriSpeech, batching, sampling) is `armhubert.data.librispeech`.
+The data side (LibriSpeech, batching, sampling) is `armhubert.speech.librispeech`.
 """

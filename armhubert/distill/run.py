@@ -14,17 +14,18 @@ from configuration_armhubert import SAMPLING_RATE
 from pipeline_armhubert import release_feature_extractor
 
 from ..cli import UserError
-from ..data.librispeech import AudioCollator, load_librispeech
 from ..files.atomic import WriteFailure, atomic_write_text, check_output_location, output_lock, reported_write_failures
 from ..files.untrusted import brief, load_yaml_file
 from ..folders.cards import DistillationFacts, distilled_card, format_duration, last_logged
+from ..speech.librispeech import AudioCollator, load_librispeech
 from ..teachers.encoders import TeacherEncoder
+from ..training.checkpoints import complete_checkpoints
 from ..training.guarded_trainer import save_trained_model
 from .masks import recipe_masker
 from .models import check_config_fields, teacher_and_student
 from .recipe import DistillArguments, apply_effective_batch_size, build_arguments, load_recipe
 from .resume import check_resume_checkpoint
-from .trainer import DistillTrainer, complete_checkpoints, resolve_resume
+from .trainer import DistillTrainer, resolve_resume
 
 logger = logging.getLogger(__name__)
 

@@ -1,16 +1,15 @@
-"""All Trainer customisation of distillation: `DistillTrainer`, its callback, checkpoint rotation and resuming.
+"""All Trainer customisation of distillation: `DistillTrainer`, its callbacks and resuming.
 
 Only public `Trainer` methods are overridden (`get_train_dataloader`, `compute_loss`, `prediction_step`,
 `evaluation_loop`, `log`, `get_decay_parameter_names`) and a callback does the rest (sampler epoch,
-throughput clock, checkpoint rotation), so a `transformers` release that reshapes its private helpers
+throughput clock; `armhubert.training.checkpoints.CheckpointRotation` keeps the best
+checkpoints), so a `transformers` release that reshapes its private helpers
 does not silently change a run.
 """
 
 import contextlib
 import logging
 import os
-import re
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -26,8 +25,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
 from configuration_armhubert import SAMPLING_RATE
 
 from ..cli import UserError
-from ..data.librispeech import AudioCollator, EpochSeededLengthGroupedSampler
+from ..speech.librispeech import AudioCollator, EpochSeededLengthGroupedSampler
 from ..teachers.encoders import TeacherEncoder
+from ..training.checkpoints import CheckpointRotation, complete_checkpoints
 from ..training.guarded_trainer import GuardedTrainer
 from .losses import layer_weights, masking_distillation_loss, regression_loss, star_loss
 from .recipe import DistillArguments
@@ -36,8 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 class _DistillCallback(TrainerCallback):
-    """Keeps the sampler's epoch, the throughput clock, the checkpoints kept and the end-of-run report in step
-    with training."""
+    """Keeps the sampler's epoch, the throughput clock and the end-of-run report in step with training."""
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -51,12 +50,6 @@ class _DistillCallback(TrainerCallback):
             self.trainer._length_sampler.set_epoch(epoch)
         if isinstance(self.trainer.data_collator, AudioCollator):
             self.trainer.data_collator.epoch = epoch
-
-    def on_save(self, args, state, control, **kwargs):
-        """After each checkpoint (and the evaluation before it): keep the best k by eval_loss plus the last."""
-        keep = self.trainer.distill_args.keep_best_checkpoints
-        if args.should_save and keep is not None:
-            keep_best_and_last_checkpoints(args.output_dir, state.log_history, keep)
 
     def on_train_end(self, args, state, control, **kwargs):
         total = self.trainer._drain_unreadable()
@@ -120,6 +113,10 @@ class DistillTrainer(GuardedTrainer):
         self._audio_samples, self._unreadable, self._unreadable_total, self._eval_unreadable = 0.0, 0, 0, 0
         self._log_clock = None
         self.add_callback(_DistillCallback(self))
+        keep_best = self.distill_args.keep_best_checkpoints  # the best k by eval_loss, plus the last
+        self.add_callback(
+            CheckpointRotation(self.args, keep_last=None if keep_best is None else 1, keep_best=keep_best or 0)
+        )
 
     # ---- data
 
@@ -362,35 +359,6 @@ def _accumulate(store: dict[str, list[Tensor]], parts: dict[str, Tensor]) -> Non
             store[name][1] += 1
         else:
             store[name] = [value.clone(), torch.ones((), device=value.device)]
-
-
-def _checkpoint_step(path):
-    match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name)
-    return int(match.group(1)) if match else None
-
-
-def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """checkpoint-<step> folders whose trainer state was written (the Trainer writes it last), by step."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    found = [(step, path) for path in folder.iterdir() if (step := _checkpoint_step(path)) is not None]
-    return [path for step, path in sorted(found) if (path / TRAINER_STATE_NAME).is_file()]
-
-
-def keep_best_and_last_checkpoints(output_dir: str | os.PathLike, log_history: list[dict], keep_best: int) -> None:
-    """Delete every checkpoint but the last and the `keep_best` with the lowest eval_loss at their step."""
-    scores = {entry["step"]: entry["eval_loss"] for entry in log_history if "eval_loss" in entry}
-    checkpoints = complete_checkpoints(output_dir)
-    if not checkpoints:
-        return
-    scored = sorted(
-        (scores[_checkpoint_step(p)], _checkpoint_step(p), p) for p in checkpoints if _checkpoint_step(p) in scores
-    )
-    keep = {checkpoints[-1]} | {path for _, _, path in scored[:keep_best]}
-    for path in checkpoints:
-        if path not in keep:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def resolve_resume(resume: str | bool | None, output_dir: str | os.PathLike, flag: str = "--resume") -> str | None:

@@ -4,7 +4,7 @@ What `scripts/extract_features.py` runs (`run.extract_features`), in steps that 
 
 - `arguments`: `ExtractionArguments` (the command's options) and `check_arguments`;
 - `sources`: `open_corpus`: a folder of audio files (any format soundfile reads, sub-folders too), a
-  LibriSpeech-layout split (`armhubert.data.librispeech`), or a `datasets` dataset (a `save_to_disk`
+  LibriSpeech-layout split (`armhubert.speech.librispeech`), or a `datasets` dataset (a `save_to_disk`
   folder or a Hub id, with an audio column) -> a `Corpus` of (id, undecoded audio, length) rows;
   files whose header cannot be read are skipped and listed;
 - `encoder`: `load_encoder` + `select_layers`: the model and the features it yields (`LayerSelection`:

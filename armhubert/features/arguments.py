@@ -8,8 +8,8 @@ from configuration_armhubert import PRESETS
 from pipeline_armhubert import CHUNK_LENGTH_S, STRIDE_LENGTH_S
 
 from ..cli import UserError
-from ..data.audio import MAX_AUDIO_SECONDS
 from ..files.untrusted import check_number
+from ..speech.audio import MAX_AUDIO_SECONDS
 from .units import check_num_units
 
 INPUT_TYPES = ("auto", "folder", "librispeech", "dataset")

@@ -6,7 +6,7 @@
   are dropped), or a single decoded utterance longer than the chunking threshold through
   `pipeline_armhubert.encode_chunked`; per-utterance features (T, D) and units;
 - `encode_streamed`: a `Streamed` recording window by window from its file (`pipeline_armhubert.encode_windows`
-  reading through `armhubert.data.chunking.file_window_reader`): the kept frames of each window as they come,
+  reading through `armhubert.speech.chunking.file_window_reader`): the kept frames of each window as they come,
   so memory is bounded by the window, not the recording; concatenated, they are `encode_batch`'s
   features of it.
 """
@@ -21,7 +21,7 @@ import torch
 from configuration_armhubert import SAMPLING_RATE
 from pipeline_armhubert import encode_chunked, encode_windows
 
-from ..data.chunking import file_window_reader
+from ..speech.chunking import file_window_reader
 from ..threads import available_cores
 from .arguments import ExtractionArguments
 from .encoder import Encoder, LayerSelection, selected_features
@@ -164,7 +164,7 @@ def encode_streamed(
     """A long recording's features window by window, read from its file: {name: (F, D) float32 kept frames,
     `units` (U,) int16 with a codebook}, in frame order (runs of equal units collapsed across windows too).
 
-    Raises `armhubert.data.audio.DataError` when a window cannot be read. Call under `torch.inference_mode()`.
+    Raises `armhubert.speech.audio.DataError` when a window cannot be read. Call under `torch.inference_mode()`.
     """
     parts = encode_windows(
         encoder.model,

@@ -9,7 +9,7 @@ import torch
 from configuration_armhubert import SAMPLING_RATE
 
 from ..cli import UserError
-from ..data.audio import DataError
+from ..speech.audio import DataError
 from .arguments import ExtractionArguments
 from .batches import Chunking, decode_ahead, encode_batch
 from .encoder import Encoder, LayerSelection

@@ -21,9 +21,9 @@ from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 from pipeline_armhubert import num_frames
 
 from ..cli import UserError
-from ..data.audio import DataError
-from ..data.chunking import check_unchunked_lengths
 from ..files.atomic import atomic_write_text
+from ..speech.audio import DataError
+from ..speech.chunking import check_unchunked_lengths
 from .arguments import STORAGE_DTYPES, ExtractionArguments, check_arguments
 from .arrow import DATASET_FOLDER, write_arrow_dataset
 from .batches import (

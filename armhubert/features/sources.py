@@ -2,7 +2,7 @@
 
 Every source becomes the same rows: `id` (str), `audio` (undecoded: {"path", "bytes"}) and
 `num_samples` (length at 16 kHz, from the header). Audio is decoded later, a batch at a time
-(`Corpus.read`), by `armhubert.data.audio.read_audio` (soundfile), never through datasets' decoder.
+(`Corpus.read`), by `armhubert.speech.audio.read_audio` (soundfile), never through datasets' decoder.
 """
 
 import logging
@@ -17,9 +17,9 @@ import soundfile
 
 from configuration_armhubert import SAMPLING_RATE
 
-from ..data.audio import DataError, read_audio
-from ..data.librispeech import LIBRISPEECH_LAYOUT, add_num_samples, load_librispeech
-from ..data.saved_datasets import caches_outside_inputs, is_saved_dataset, open_dataset
+from ..speech.audio import DataError, read_audio
+from ..speech.librispeech import LIBRISPEECH_LAYOUT, add_num_samples, load_librispeech
+from ..speech.saved_datasets import caches_outside_inputs, is_saved_dataset, open_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def audio_folder(folder: str | os.PathLike) -> Corpus:
 
 def librispeech_split(root: str | os.PathLike, split: str) -> Corpus:
     """A LibriSpeech-layout split, or several (`dev-clean,test-clean`), through
-    `armhubert.data.librispeech.load_librispeech` (which warns about unreadable files)."""
+    `armhubert.speech.librispeech.load_librispeech` (which warns about unreadable files)."""
     splits = [name.strip() for name in split.split(",") if name.strip()]
     rows = load_librispeech(root, splits).select_columns(["id", "audio", "num_samples"])
     return Corpus(rows, [], f"{root} {split}")
@@ -136,7 +136,7 @@ def dataset_source(name: str, split: str | None, audio_column: str, id_column: s
     id_column = id_column or ("id" if "id" in columns else None)
     ids = [str(value) for value in loaded[id_column]] if id_column else [str(row) for row in range(len(loaded))]
     _check_unique(ids, name)
-    # Undecoded: audio is read by armhubert.data.audio (soundfile), not through datasets' torchcodec decoder.
+    # Undecoded: audio is read by armhubert.speech.audio (soundfile), not through datasets' torchcodec decoder.
     audio = loaded.cast_column(audio_column, datasets.Audio(decode=False)).select_columns([audio_column])
     if audio_column != "audio":
         audio = audio.rename_column(audio_column, "audio")

@@ -221,7 +221,7 @@ def _pipeline_usage(task: str, output_dir: str, call: str) -> str:
         "```python\n"
         "from transformers import pipeline\n\n"
         f"model = pipeline(model={python_string(output_dir)}, trust_remote_code=True)  # the folder's own {task} pipeline\n"
-        f"{call}  # 16 kHz mono array, or load_16k(path) from armhubert.data.audio\n"
+        f"{call}  # 16 kHz mono array, or load_16k(path) from armhubert.speech.audio\n"
         "```\n"
     )
 

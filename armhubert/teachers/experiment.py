@@ -28,11 +28,11 @@ from transformers import WhisperFeatureExtractor
 
 from configuration_armhubert import SAMPLING_RATE
 
-from ..data.real_speech import Utterance, real_utterances
 from ..deploy.timing import medians_taking_turns
 from ..distill.models import build_student
 from ..distill.run import distill
 from ..resources import BUNDLED_CORPUS, BUNDLED_RECIPES
+from ..speech.real_speech import Utterance, real_utterances
 from .ctranslate2 import whisper_from_ctranslate2, whisper_tokenizer
 from .encoders import WhisperTeacher
 from .mirror import student_from_teacher

@@ -1,7 +1,7 @@
 """What the fine-tuning recipes (`scripts/finetune_ctc.py`, `scripts/finetune_classification.py`) share.
 
 Model arguments and loading of the task model, argument parsing and seeding, audio batching, the
-minimum-duration check and the train / evaluate / save tail. Audio is read by `armhubert.data.audio`, the
+minimum-duration check and the train / evaluate / save tail. Audio is read by `armhubert.speech.audio`, the
 final save is `armhubert.training.guarded_trainer.save_trained_model`; nothing here depends on distillation.
 
     model_args, data_args, training_args = parse_run_arguments(DataArguments, argv, "finetune_x.py")
@@ -10,7 +10,6 @@ final save is `armhubert.training.guarded_trainer.save_trained_model`; nothing h
     return train_evaluate_and_save(trainer, training_args.output_dir, make_card)
 """
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,22 +22,21 @@ from transformers import (
     HfArgumentParser,
     PreTrainedModel,
     Trainer,
-    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 
 from ..cli import UserError
-from ..data.audio import DataError, read_audio, window
 from ..distill.trainer import resolve_resume
 from ..files.atomic import check_apart, check_output_folder, output_lock
 from ..files.untrusted import check_code_text
 from ..folders.model_folders import check_model_folder, load_pretrained
 from ..folders.remote_code import add_remote_code_entries
+from ..speech.audio import DataError, read_audio, window
 from ..threads import use_machine_threads
+from .checkpoints import CheckpointRotation
 from .guarded_trainer import check_training_values, save_trained_model
 
 
@@ -248,43 +246,17 @@ def check_min_duration(dataset: Any, config: ARMHubertConfig, what: str) -> None
         )
 
 
-class OwnCheckpointRotation(TrainerCallback):
-    """`save_total_limit` for the checkpoints this run saved, and for those only.
-
-    The Trainer's own rotation deletes the oldest `checkpoint-N` folders of output_dir, whoever wrote
-    them (a previous run's, a user's `checkpoint-0/`). This callback takes the limit over (the Trainer's
-    is set to None) and removes only folders it saw this run save, never the best checkpoint.
-    """
-
-    def __init__(self, args: TrainingArguments):
-        self.limit, args.save_total_limit = args.save_total_limit, None
-        self.saved: list[Path] = []
-
-    def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero or self.limit is None:
-            return
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if folder not in self.saved:
-            self.saved.append(folder)
-        keep = set(self.saved[-self.limit :]) if self.limit > 0 else set()
-        if state.best_model_checkpoint:
-            keep.add(Path(state.best_model_checkpoint))
-        for old in [folder for folder in self.saved if folder not in keep]:
-            shutil.rmtree(old, ignore_errors=True)
-            self.saved.remove(old)
-
-
 def train_evaluate_and_save(
     trainer: Trainer, output_dir: str | Path, make_card: Callable[[dict, int], str]
 ) -> dict[str, Any]:
     """Train, evaluate, then save model, processor and `make_card(metrics, steps)` atomically.
 
     The saved config lists every Auto class and the head's pipeline (`add_remote_code_entries`).
-    Checkpoint rotation removes only this run's checkpoints (`OwnCheckpointRotation`); a second run into
+    Checkpoint rotation removes only this run's checkpoints (`CheckpointRotation`); a second run into
     the same output_dir at the same time is refused (`output_lock`).
     Returns {"train": TrainOutput, "eval": metrics, "log_history": the Trainer's log entries}.
     """
-    trainer.add_callback(OwnCheckpointRotation(trainer.args))
+    trainer.add_callback(CheckpointRotation(trainer.args, keep_last=trainer.args.save_total_limit))
     if not trainer.args.should_save:  # the main process holds the lock for all
         return _train_evaluate_and_save(trainer, output_dir, make_card)
     with output_lock(output_dir, "--output_dir"):

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from instruments.feature_baselines import corpus_files, naive_loop, run_tool
 
-from armhubert.data.audio import read_audio
 from armhubert.deploy.timing import times_taking_turns
 from armhubert.features.arguments import ExtractionArguments
 from armhubert.features.encoder import Encoder
 from armhubert.resources import BUNDLED_CORPUS
+from armhubert.speech.audio import read_audio
 from configuration_armhubert import SAMPLING_RATE
 from pipeline_armhubert import release_feature_extractor
 

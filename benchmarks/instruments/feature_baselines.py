@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from armhubert.data.audio import read_audio
 from armhubert.features.arguments import ExtractionArguments
 from armhubert.features.encoder import Encoder
 from armhubert.features.run import extract_features
+from armhubert.speech.audio import read_audio
 
 
 def corpus_files(data_dir: str | Path, splits: str) -> list[Path]:

@@ -2,9 +2,9 @@
 
 Columns of a loaded split: `id` (str), `audio` (undecoded dict with "path" and/or "bytes"), `text`
 (str, as in the transcripts), `speaker_id` (int), `num_samples` (int, length at 16 kHz). Audio is
-decoded by `armhubert.data.audio.read_audio` in `AudioCollator`, in the data-loader workers.
+decoded by `armhubert.speech.audio.read_audio` in `AudioCollator`, in the data-loader workers.
 
-    from armhubert.data.librispeech import load_librispeech
+    from armhubert.speech.librispeech import load_librispeech
     train = load_librispeech("/data", ["train-clean-100", "train-clean-360"], max_duration=20.0)
 """
 
@@ -26,8 +26,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from configuration_armhubert import SAMPLING_RATE
 
-from .audio import DataError, header_num_samples, read_audio, window
 from ..resources import HUB_DATASET, is_hub_librispeech
+from .audio import DataError, header_num_samples, read_audio, window
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def _load_local_split(root, split):
 
 def add_num_samples(dataset: datasets.Dataset, desc: str) -> datasets.Dataset:
     """`dataset` with a column `num_samples`: each undecoded `audio` entry's length at 16 kHz, read from its
-    header (`armhubert.data.audio.header_num_samples`); -1 where soundfile cannot read the header."""
+    header (`armhubert.speech.audio.header_num_samples`); -1 where soundfile cannot read the header."""
 
     def lengths(batch):
         found = [header_num_samples(audio) for audio in batch["audio"]]

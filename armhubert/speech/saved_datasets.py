@@ -17,9 +17,9 @@ from pathlib import Path
 
 import datasets
 
-from .audio import DataError
 from ..cli import first_line
 from ..files.untrusted import check_regular_file, load_json_file
+from .audio import DataError
 
 SAVED_DATASET_MARKERS = ("state.json", "dataset_dict.json")
 MAX_DATASET_JSON_BYTES = 4 << 20

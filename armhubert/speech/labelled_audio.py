@@ -15,9 +15,9 @@ import datasets
 
 from configuration_armhubert import SAMPLING_RATE
 
-from .audio import DataError, audio_num_samples
 from ..cli import UserError
 from ..files.untrusted import check_regular_file
+from .audio import DataError, audio_num_samples
 
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif")
 MAX_CSV_BYTES = 64 << 20  # 600,000 rows: its rows in memory stay a few hundred MB

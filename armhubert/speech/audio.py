@@ -3,7 +3,7 @@
 The one audio reader of the project, used by distillation, fine-tuning, the pipelines' `load_16k`
 and the scripts. No ffmpeg, torchcodec or torchaudio is needed.
 
-    from armhubert.data.audio import load_16k
+    from armhubert.speech.audio import load_16k
     asr(load_16k("speech_44k.wav"))                    # file: decoded, channels averaged, resampled
     asr(load_16k(stereo, sampling_rate=44100))         # array: (samples, channels) or (channels, samples)
 """

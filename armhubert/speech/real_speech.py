@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import read_audio
 from ..resources import bundled_folder
+from .audio import read_audio
 
 REAL_SPLIT = bundled_folder("data") / "real"
 SUBSETS = ("librivox", "cards")

@@ -4,12 +4,12 @@ The windows, their frame-grid arithmetic and the stitching live in `pipeline_arm
 so that a saved model folder's feature pipeline chunks too): `chunk_windows`, `encode_windows` and the
 model-level helper `encode_chunked`. One implementation serves the feature pipeline, Python and the
 corpus tool; this module only feeds `encode_windows` from a file instead of an array. Each window's
-samples are decoded on their own by `armhubert.data.audio.read_audio` (a seek and a bounded read for a
+samples are decoded on their own by `armhubert.speech.audio.read_audio` (a seek and a bounded read for a
 16 kHz file; for other rates the crop is resampled with context on either side), so memory is bounded
 by the window, not by the recording.
 
-    from armhubert.data.audio import header_num_samples
-    from armhubert.data.chunking import file_window_reader
+    from armhubert.speech.audio import header_num_samples
+    from armhubert.speech.chunking import file_window_reader
     from pipeline_armhubert import encode_windows
 
     read = file_window_reader("talk.flac", torch.device("cpu"))
@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .audio import DataError, read_audio
 from ..files.untrusted import brief
+from .audio import DataError, read_audio
 
 # Longest utterance a model runs whole: its first convolution alone keeps 512 channels at a fifth of the sample
 # rate, 410 bytes a sample (800 MB for 2 minutes, 23 GB for an hour). Longer ones are chunked or refused.
@@ -51,7 +51,7 @@ def file_window_reader(audio: str | os.PathLike | dict, device: torch.device) ->
 
     The file's length comes from its header (`header_num_samples`); for a file at another rate that can be
     a sample longer than the resampled stream, so a read past its end is padded with zeros.
-    Raises `armhubert.data.audio.DataError` for an unreadable window (decoding error, NaN samples).
+    Raises `armhubert.speech.audio.DataError` for an unreadable window (decoding error, NaN samples).
     """
 
     def read(start: int, count: int) -> torch.Tensor:
