@@ -275,7 +275,12 @@ def test_every_recipe_parses_and_starts(tmp_path):
         (["data_source=/nonexistent/corpus"], "data root /nonexistent/corpus does not exist"),
         (["lerning_rate=1e-3"], "unknown recipe key 'lerning_rate' (did you mean learning_rate"),
         (["student_config.conv_stride=[5, 1, 2, 2, 2, 2, 1, 2, 1]"], "they cannot be aligned"),
-        (["distill_mode=masked"], "distill_mode must be one of masking, star, regression"),
+        (
+            ["distill_mode=masked"],
+            "--distill_mode: invalid choice: 'masked' (choose from 'masking', 'star', 'regression')",
+        ),
+        (["--distill_mode", "masked"], "--distill_mode: invalid choice: 'masked'"),
+        (["--lerning_rate", "1e-3"], "unrecognised argument '--lerning_rate' (did you mean --learning_rate"),
         (["teacher=/nonexistent/teacher", "teacher_config=null"], "could not load teacher '/nonexistent/teacher'"),
     ],
 )
