@@ -86,7 +86,7 @@ def _poison(path, value=float("nan"), everywhere=False):
         (["learning_rate=[1]"], "learning_rate takes float, not [1]"),
         (["mask_prob=null"], "mask_prob takes float, not None"),
         (["learning_rate=.nan"], "learning_rate must be a finite number, got nan"),
-        (["effective_batch_size=-8"], "effective_batch_size must be positive or null, got -8"),
+        (["effective_batch_size=-8"], "effective_batch_size must be >= 1 or null, got -8"),
         (["max_steps=0"], "max_steps must be -1 (use num_train_epochs) or a positive number of steps, got 0"),
         (["num_train_epochs=0"], "num_train_epochs is 0 and max_steps is not set"),
         (["teacher_layers=[a, b, c, d]"], "--teacher_layers: invalid int value: 'a'"),

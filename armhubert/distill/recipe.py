@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import functools
 import logging
+import math
 import os
 import re
 import types
@@ -68,6 +69,21 @@ STAR_VARIANTS = {
         star_intra_weight=1.0,
     ),
 }
+# The ranges of the numeric distillation options: (smallest, largest, whether the smallest itself is allowed).
+DISTILL_RANGES = {
+    "mask_prob": (0, 1, True),
+    "mask_length": (1, math.inf, True),
+    "mask_min_spans": (0, math.inf, True),
+    "mask_min_space": (0, math.inf, True),
+    "hint_layer_weight": (0, math.inf, True),
+    "last_layer_weight": (0, math.inf, True),
+    "star_layer_weight": (0, math.inf, True),
+    "star_intra_weight": (0, math.inf, True),
+    "effective_batch_size": (1, math.inf, True),
+    "keep_best_checkpoints": (1, math.inf, True),
+    "crop_seconds": (0, math.inf, False),
+}
+OPTIONAL_RANGES = ("effective_batch_size", "keep_best_checkpoints", "crop_seconds")  # null: not used
 # TrainingArguments fields a distillation run needs as they are: the dataset keeps its audio column for the
 # collator; lengths come from num_samples; checkpoints are rotated by the trainer (best-k by eval_loss plus last).
 TRAINING_FIXED = dict(
@@ -261,16 +277,11 @@ class DistillTrainingArguments(TrainingArguments):
         for name in ("teacher", "student", "data_source"):
             if not getattr(self, name).strip():
                 raise UserError(f"{name} must not be empty")
-        for name in ("hint_layer_weight", "last_layer_weight", "star_layer_weight", "star_intra_weight"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("effective_batch_size", "keep_best_checkpoints", "crop_seconds"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise UserError(f"{name} must be positive or null, got {getattr(self, name)}")
-        if not 0.0 <= self.mask_prob <= 1.0:
-            raise UserError(f"mask_prob must lie in [0, 1], got {self.mask_prob}")
-        if self.mask_length < 1 or self.mask_min_space < 0 or self.mask_min_spans < 0:
-            raise UserError("mask_length must be >= 1, mask_min_space and mask_min_spans >= 0")
+        for name, (low, high, inclusive) in DISTILL_RANGES.items():
+            value = getattr(self, name)
+            if value is not None and (value < low or (value == low and not inclusive) or value > high):
+                bound = f"in [{low}, {high}]" if high < math.inf else f">= {low}" if inclusive else f"> {low}"
+                raise UserError(f"{name} must be {bound}{' or null' if name in OPTIONAL_RANGES else ''}, got {value}")
         if self.cache_teacher_outputs and self.distill_mode == "masking":
             raise UserError("cache_teacher_outputs keeps clean teacher passes only; use it with regression or star")
 
