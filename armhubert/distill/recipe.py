@@ -37,7 +37,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from configuration_armhubert import PRESETS
 
-from ..cli import UserError, first_line
+from ..cli import OneLineArgumentErrors, UserError, first_line
 from ..files.untrusted import brief, load_yaml_file, parse_yaml_text
 from ..resources import BUNDLED_RECIPES, HUB_DATASET, recipe_names
 from ..threads import available_cores
@@ -417,16 +417,12 @@ def did_you_mean(key: str, known: typing.Iterable[str]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-class RecipeParser(HfArgumentParser):
+class RecipeParser(OneLineArgumentErrors, HfArgumentParser):
     """`HfArgumentParser` of `DistillTrainingArguments` whose refusals are `UserError`s (one line, exit status 2,
     through `run_main`) and which takes no abbreviated flag (`--learn` is not silently `--learning_rate`)."""
 
     def __init__(self, **kwargs):
         super().__init__(DistillTrainingArguments, prog=PROG, allow_abbrev=False, **kwargs)
-
-    def error(self, message):
-        """argparse's refusal as one UserError, each field named once: `--seed: invalid int value: '1.5'`."""
-        raise UserError(re.sub(r"^argument (--\w+)(?:/--[\w-]+)*: ", r"\1: ", message))
 
     def fields(self) -> set[str]:
         return {action.dest for action in self._actions if action.dest in _field_types()}
