@@ -211,6 +211,10 @@ class DistillTrainingArguments(TrainingArguments):
         default_factory=lambda: min(4, available_cores()),
         metadata={"help": "Data-loading processes (default 4, at most the CPUs available)."},
     )
+    # Parameters a mode does not use are frozen (build_student), so DDP needs no unused-parameter search.
+    ddp_find_unused_parameters: bool | None = _arg(
+        False, "DDP's search for parameters without gradient (switched on for a student that drops layers)."
+    )
     # No gradient clipping: the release never clipped (Lightning's default; its optimiser does not clip).
     max_grad_norm: float = _arg(0.0, "Gradient clipping norm; 0 (the release) clips nothing.")
     report_to: None | str | list[str] = dataclasses.field(

@@ -167,8 +167,8 @@ def _distill(recipe: dict, args: DistillTrainingArguments, callbacks: Sequence[T
     apply_effective_batch_size(args)
 
     teacher, student, pairs = teacher_and_student(args, args.seed)
-    if args.ddp_find_unused_parameters is None:  # a dropped layer leaves its parameters without gradient
-        args.ddp_find_unused_parameters = student.config.layerdrop > 0
+    if student.config.layerdrop > 0 and "ddp_find_unused_parameters" not in recipe:
+        args.ddp_find_unused_parameters = True  # a dropped layer leaves its parameters without gradient
     min_samples = _min_samples(teacher, student)
     max_samples = None if args.crop_seconds is None else int(args.crop_seconds * SAMPLING_RATE)
     if max_samples is not None and max_samples < min_samples:
