@@ -8,6 +8,7 @@ reaches `run_main` (a full disk, a read-only or vanished folder) is reported the
 
 import argparse
 import importlib.util
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -40,6 +41,15 @@ def require_extra(extra: str, what: str) -> None:
     missing = [distribution for module, distribution in EXTRAS[extra] if importlib.util.find_spec(module) is None]
     if missing:
         raise MissingExtra(f"{what} needs {', '.join(missing)}: pip install 'armhubert[{extra}]'")
+
+
+class OneLineArgumentErrors:
+    """For an argparse parser (a `transformers.HfArgumentParser` subclass, say): a refused argument is a `UserError`,
+    so `run_main` prints one line and returns exit status 2 instead of argparse's usage text, and each option is
+    named once, in its first spelling (`--seed: invalid int value: '1.5'`)."""
+
+    def error(self, message: str):
+        raise UserError(re.sub(r"^argument (--\w+)(?:/--[\w-]+)*: ", r"\1: ", message))
 
 
 class FlagParser(argparse.ArgumentParser):

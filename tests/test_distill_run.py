@@ -201,10 +201,12 @@ def test_resume_refuses_another_runs_checkpoint_and_saves_the_recipe_it_resumes_
     assert not (tmp_path / "other").exists()
 
     shutil.copytree(first, tmp_path / "again")
-    trainer = run(_quickstart_args(corpus, tmp_path / "again") + ["max_steps=8", "learning_rate=0.001", "--resume"])
+    again = _quickstart_args(corpus, tmp_path / "again") + ["max_steps=8", "--learning_rate", "0.001", "--resume"]
+    trainer = run(again)
     assert trainer.state.global_step == 8
     saved = yaml.safe_load((tmp_path / "again" / "distill_recipe.yaml").read_text())
-    assert saved["learning_rate"] == 0.001 and saved["max_steps"] == 8
+    assert saved["learning_rate"] == 0.001 and saved["max_steps"] == 8  # flags are recorded as key=value words
+    assert "resume_from_checkpoint" not in saved  # how this process started, not what the run is
 
 
 def test_the_card_counts_the_audio_training_reads(quickstart):
@@ -275,7 +277,12 @@ def test_every_recipe_parses_and_starts(tmp_path):
         (["data_source=/nonexistent/corpus"], "data root /nonexistent/corpus does not exist"),
         (["lerning_rate=1e-3"], "unknown recipe key 'lerning_rate' (did you mean learning_rate"),
         (["student_config.conv_stride=[5, 1, 2, 2, 2, 2, 1, 2, 1]"], "they cannot be aligned"),
-        (["distill_mode=masked"], "distill_mode must be one of masking, star, regression"),
+        (
+            ["distill_mode=masked"],
+            "--distill_mode: invalid choice: 'masked' (choose from 'masking', 'star', 'regression')",
+        ),
+        (["--distill_mode", "masked"], "--distill_mode: invalid choice: 'masked'"),
+        (["--lerning_rate", "1e-3"], "unrecognised argument '--lerning_rate' (did you mean --learning_rate"),
         (["teacher=/nonexistent/teacher", "teacher_config=null"], "could not load teacher '/nonexistent/teacher'"),
     ],
 )

@@ -2,10 +2,11 @@
 
 - `masks`: the release's span-mask sampler (`sample_span_mask`, `SpanMasker`, a recipe's `recipe_masker`);
 - `losses`: masking distillation, regression and STaR losses;
-- `recipe`: `DistillArguments`, Trainer defaults, recipe YAML loading and validation;
+- `recipe`: `DistillTrainingArguments` (every option of a run, `TrainingArguments` included, with the release's
+  defaults), read by one `HfArgumentParser` from a recipe YAML and the command line (`parse_command_line`);
 - `models`: the frozen teacher, the random student, layer pairing, frame-rate check (`teacher_and_student`);
 - `trainer`: `DistillTrainer`, checkpoint rotation and resuming;
-- `run`: one whole run (`distill`), as `distill_trainer.py` starts it;
+- `run`: one whole run (`distill_command_line`, as `distill_trainer.py` starts it, or `distill`);
 - `timing`: a data-less trainer driven by hand on synthetic batches (the step benchmark, the GPU check).
 
 The data side (LibriSpeech, batching, sampling) is `armhubert.speech.librispeech`.

@@ -1,32 +1,43 @@
-"""Distillation recipes: `DistillArguments`, the Trainer defaults, YAML loading with key=value overrides.
+"""Distillation recipes: `DistillTrainingArguments`, read by `HfArgumentParser` from a YAML recipe and the command line.
 
-A recipe is a flat YAML mapping of `DistillArguments` and `transformers.TrainingArguments` fields,
-given as a file or by the name of a bundled recipe (`quickstart`, `armhubert-960h`, ...: `conf/`).
-`key=value` overrides are parsed as YAML (`student_config.hidden_size=64` sets one entry of a
-mapping). Relative input paths in a recipe file (`data_source`, `teacher`, `student`, `deepspeed`)
-are relative to the file's folder, so a recipe runs from any folder; on the command line they are
-relative to the current folder, as any argument. `build_arguments` validates the recipe into the two
-argument objects; every problem is a `UserError` naming the key.
+A recipe is a flat YAML mapping of `DistillTrainingArguments` fields (the distillation options and every
+`transformers.TrainingArguments` field), given as a file or by the name of a bundled recipe (`quickstart`,
+`armhubert-960h`, ...: `conf/`). The command line changes it in two spellings:
+
+- `key=value` replaces a recipe entry; the value is YAML, as in the file (`eval_split=null`,
+  `train_splits=[a, b]`; `student_config.hidden_size=64` sets one entry of a mapping);
+- `--key value` (or `--key-value`-style dashes) is the `HfArgumentParser` flag of the same field, and wins
+  over both the file and `key=value`.
+
+The file and the `key=value` entries are read exactly as flags would be: each entry becomes `--key value`
+for the one parser, so a value has its field's type wherever it was written (`seed: 1.5` is refused like
+`--seed 1.5`). Relative input paths in a recipe file (`data_source`, `teacher`, `student`, `deepspeed`) are
+relative to the file's folder, so a recipe runs from any folder; on the command line they are relative to
+the current folder, as any argument. Every refusal is one `UserError` line naming the key.
 """
 
+import argparse
 import dataclasses
 import difflib
+import functools
 import logging
 import math
 import os
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from transformers import TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 from transformers.integrations import is_tensorboard_available
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from configuration_armhubert import PRESETS
 
-from ..cli import UserError
+from ..cli import OneLineArgumentErrors, UserError, first_line
 from ..files.untrusted import brief, load_yaml_file, parse_yaml_text
 from ..resources import BUNDLED_RECIPES, HUB_DATASET, recipe_names
 from ..threads import available_cores
@@ -35,6 +46,7 @@ from .losses import STAR_LAYER0, STAR_NORMALIZATIONS, STAR_REDUCTIONS
 
 logger = logging.getLogger(__name__)
 
+PROG = "distill_trainer.py"
 DISTILL_MODES = ("masking", "star", "regression")
 LOSS_NORMALIZATIONS = ("valid", "original")
 LIBRISPEECH_960H = ["train-clean-100", "train-clean-360", "train-other-500"]
@@ -57,6 +69,35 @@ STAR_VARIANTS = {
         star_intra_weight=1.0,
     ),
 }
+# The ranges of the numeric distillation options: (smallest, largest, whether the smallest itself is allowed).
+DISTILL_RANGES = {
+    "mask_prob": (0, 1, True),
+    "mask_length": (1, math.inf, True),
+    "mask_min_spans": (0, math.inf, True),
+    "mask_min_space": (0, math.inf, True),
+    "hint_layer_weight": (0, math.inf, True),
+    "last_layer_weight": (0, math.inf, True),
+    "star_layer_weight": (0, math.inf, True),
+    "star_intra_weight": (0, math.inf, True),
+    "effective_batch_size": (1, math.inf, True),
+    "keep_best_checkpoints": (1, math.inf, True),
+    "crop_seconds": (0, math.inf, False),
+}
+OPTIONAL_RANGES = ("effective_batch_size", "keep_best_checkpoints", "crop_seconds")  # null: not used
+# TrainingArguments fields a distillation run needs as they are: the dataset keeps its audio column for the
+# collator; lengths come from num_samples; checkpoints are rotated by the trainer (best-k by eval_loss plus last).
+TRAINING_FIXED = dict(
+    remove_unused_columns=False,
+    length_column_name="num_samples",
+    save_total_limit=None,
+    metric_for_best_model="eval_loss",
+    greater_is_better=False,
+    label_names=[],
+)
+
+
+def _report_to_default() -> list[str] | str:
+    return ["tensorboard"] if is_tensorboard_available() else "none"
 
 
 def _arg(default, help_text):
@@ -66,10 +107,18 @@ def _arg(default, help_text):
 
 
 @dataclasses.dataclass
-class DistillArguments:
-    """What to distil, from what, on which data, with which loss. Everything else is `TrainingArguments`."""
+class DistillTrainingArguments(TrainingArguments):
+    """Every option of a distillation run: what to distil, from what, on which data, with which loss, and the
+    `TrainingArguments` (whose defaults here are the release's optimiser and schedule).
 
-    distill_mode: str = _arg("masking", "masking (MaskHuBERT/ARM*), star (STaRHuBERT) or regression (no masking).")
+    `__post_init__` refuses what no run can use (out-of-range values, a fixed Trainer setting changed) with one
+    line each, so the code after parsing trusts every field. `HfArgumentParser` reads it: a value has the type
+    its field declares wherever it was written (recipe file or command line).
+    """
+
+    distill_mode: Literal[DISTILL_MODES] = _arg(
+        "masking", "masking (MaskHuBERT/ARM*), star (STaRHuBERT) or regression (no masking)."
+    )
     teacher: str = _arg(
         "facebook/hubert-base-ls960",
         "A transformers speech encoder's model id or folder (HuBERT, WavLM, wav2vec2, data2vec-audio, "
@@ -77,8 +126,8 @@ class DistillArguments:
         "random-wavlm / random-wav2vec2 / random-data2vec-audio / random-wav2vec2-conformer / random-unispeech-sat / "
         "random-whisper / random-w2v-bert (random weights from teacher_config, for offline runs).",
     )
-    teacher_config: dict | None = _arg(None, "Config fields of a random-* teacher.")
-    teacher_layers: list | None = _arg(
+    teacher_config: dict | str | None = _arg(None, "Config fields of a random-* teacher (a mapping, or its YAML).")
+    teacher_layers: list[int] | None = _arg(
         None, "Teacher layer (1-based) distilled into each student layer; default 1:1, or evenly spaced."
     )
     teacher_single_pass: bool = _arg(
@@ -89,11 +138,13 @@ class DistillArguments:
         f"A preset ({', '.join(PRESETS)}), an ARMHubert config.json / folder, or `mirror`: the teacher's own "
         "encoder, from its weights (Whisper, HuBERT, wav2vec2), with map reuse in reuse_layers.",
     )
-    student_config: dict | None = _arg(None, "Student config fields that replace the preset's.")
-    reuse_layers: list | None = _arg(
+    student_config: dict | str | None = _arg(
+        None, "Student config fields that replace the preset's (a mapping, or its YAML)."
+    )
+    reuse_layers: list[int] | None = _arg(
         None, "`student: mirror`: the layers (1-based, from 2) that reuse the previous layer's attention map."
     )
-    trainable_layers: list | None = _arg(
+    trainable_layers: list[int] | None = _arg(
         None,
         "Student layers (1-based) that train; the front-end, positions and other layers stay frozen (e.g. a mirror's "
         "layers from the first reusing one). null: everything trains.",
@@ -104,7 +155,7 @@ class DistillArguments:
         "for many epochs over a small corpus. regression / star only, with fixed crops; in memory on the device.",
     )
     data_source: str = _arg(HUB_DATASET, "Local folder holding LibriSpeech/<split>/..., or the Hub id.")
-    train_splits: list = _arg(list(LIBRISPEECH_960H), "LibriSpeech training split(s), concatenated.")
+    train_splits: list[str] = _arg(list(LIBRISPEECH_960H), "LibriSpeech training split(s), concatenated.")
     eval_split: str | None = _arg("dev-clean", "Validation split (unmasked student vs unmasked teacher); null: none.")
     crop_seconds: float | None = _arg(None, "Crop longer utterances to a window of this many seconds (null: whole).")
     mask_prob: float = _arg(0.8, "Masking distillation: mask probability (0.8 for 960 h, 0.4 for 100 h).")
@@ -112,23 +163,25 @@ class DistillArguments:
     mask_min_spans: int = _arg(2, "Fewest spans per utterance.")
     mask_min_space: int = _arg(1, "Unmasked frames kept between spans.")
     mask_same_count: bool = _arg(True, "Thin every row to the batch's smallest masked count (as the release).")
-    loss_type: str = _arg("mse", "Frame error of masking / regression losses: mse or l1.")
+    loss_type: Literal["mse", "l1"] = _arg("mse", "Frame error of masking / regression losses: mse or l1.")
     hint_layer_weight: float = _arg(0.1, "Weight of layers 1..L-1 (hint) in masking / regression losses.")
     last_layer_weight: float = _arg(1.0, "Weight of the last layer.")
-    loss_normalization: str = _arg(
+    loss_normalization: Literal[LOSS_NORMALIZATIONS] = _arg(
         "valid",
         "valid: exclude padded frames, divide by real frames; original: as the release (padding counted, / B*T).",
     )
-    star_variant: str | None = _arg(
+    star_variant: Literal[tuple(STAR_VARIANTS)] | None = _arg(
         None,
         "STaR: public-reimplementation = the public reimplementation that reached the paper's numbers (raw Grams, "
         "MSE over all T x T entries, CNN output as layer 0); it sets the star_* options below. null: those options.",
     )
-    star_normalization: str | None = _arg(
+    star_normalization: Literal[STAR_NORMALIZATIONS] | None = _arg(
         None, "STaR Gram normalisation: l2 (cosine, default), dim (/ width) or none (raw)."
     )
-    star_reduction: str | None = _arg(None, "STaR: mean over real (t, t') entries (default), or sum per utterance.")
-    star_layer0: str | None = _arg(
+    star_reduction: Literal[STAR_REDUCTIONS] | None = _arg(
+        None, "STaR: mean over real (t, t') entries (default), or sum per utterance."
+    )
+    star_layer0: Literal[STAR_LAYER0] | None = _arg(
         None,
         "STaR: layer 0 of the intra-layer Grams: encoder-input (default; after the positional conv) or cnn (the "
         "CNN features as the transformer receives them, before the positional conv).",
@@ -143,196 +196,159 @@ class DistillArguments:
     )
     keep_best_checkpoints: int | None = _arg(3, "Keep this many checkpoints with the best eval_loss, plus the last.")
 
+    # Distillation defaults of TrainingArguments (spec: AdamW (0.9, 0.98), eps 1e-6, weight decay 0.01,
+    # 5 % linear warm-up then linear decay); a recipe may replace any of them.
+    adam_beta1: float = _arg(0.9, "AdamW beta1.")
+    adam_beta2: float = _arg(0.98, "AdamW beta2 (the release's 0.98).")
+    adam_epsilon: float = _arg(1e-6, "AdamW epsilon.")
+    weight_decay: float = _arg(0.01, "Weight decay of every parameter but biases.")
+    warmup_steps: float = _arg(0.05, "Warm-up: steps, or a fraction of all steps when below 1 (0.05: 5 percent).")
+    train_sampling_strategy: str = _arg("group_by_length", "Batches of similar lengths (less padding).")
+    eval_strategy: IntervalStrategy | str = _arg("epoch", "When to evaluate (no eval_split: never).")
+    save_strategy: SaveStrategy | str = _arg("epoch", "When to save a checkpoint.")
+    logging_steps: float = _arg(50, "Steps between logged losses.")
+    dataloader_num_workers: int = dataclasses.field(
+        default_factory=lambda: min(4, available_cores()),
+        metadata={"help": "Data-loading processes (default 4, at most the CPUs available)."},
+    )
+    # Parameters a mode does not use are frozen (build_student), so DDP needs no unused-parameter search.
+    ddp_find_unused_parameters: bool | None = _arg(
+        False, "DDP's search for parameters without gradient (switched on for a student that drops layers)."
+    )
+    # No gradient clipping: the release never clipped (Lightning's default; its optimiser does not clip).
+    max_grad_norm: float = _arg(0.0, "Gradient clipping norm; 0 (the release) clips nothing.")
+    report_to: None | str | list[str] = dataclasses.field(
+        default_factory=_report_to_default, metadata={"help": "Loggers: tensorboard when installed, else none."}
+    )
+    # TRAINING_FIXED: refused when changed.
+    remove_unused_columns: bool = _arg(False, "Fixed: the collator reads the audio column.")
+    length_column_name: str = _arg("num_samples", "Fixed: lengths for length-grouped batches.")
+    save_total_limit: int | None = _arg(None, "Fixed: keep_best_checkpoints rotates checkpoints.")
+    metric_for_best_model: str | None = _arg("eval_loss", "Fixed: checkpoints are ranked by eval_loss.")
+    greater_is_better: bool | None = _arg(False, "Fixed: a lower eval_loss is better.")
+    label_names: list[str] | None = _arg([], "Fixed: distillation has no labels.")
+
     def __post_init__(self):
-        def choose(field, allowed):
-            if getattr(self, field) not in allowed:
-                raise UserError(f"{field} must be one of {', '.join(allowed)}, got {brief(getattr(self, field))}")
-
-        if isinstance(self.train_splits, str):
-            self.train_splits = [self.train_splits]
-        hints = typing.get_type_hints(DistillArguments)
-        for field in dataclasses.fields(self):
-            check_value_type(getattr(self, field.name), hints[field.name], field.name)
-
-        choose("distill_mode", DISTILL_MODES)
-        choose("loss_type", ("mse", "l1"))
-        choose("loss_normalization", LOSS_NORMALIZATIONS)
+        self._check_fixed()
+        self._read_config_mappings()
+        self._check_choices()
         self._resolve_star_options()
-        choose("star_normalization", STAR_NORMALIZATIONS)
-        choose("star_reduction", STAR_REDUCTIONS)
-        choose("star_layer0", STAR_LAYER0)
         self._check_ranges()
-        if not 0.0 <= self.mask_prob <= 1.0:
-            raise UserError(f"mask_prob must lie in [0, 1], got {self.mask_prob}")
-        if self.mask_length < 1 or self.mask_min_space < 0 or self.mask_min_spans < 0:
-            raise UserError("mask_length must be >= 1, mask_min_space and mask_min_spans >= 0")
-        if self.cache_teacher_outputs and self.distill_mode == "masking":
-            raise UserError("cache_teacher_outputs keeps clean teacher passes only; use it with regression or star")
-        if self.keep_best_checkpoints is not None and self.keep_best_checkpoints < 1:
-            raise UserError(f"keep_best_checkpoints must be >= 1 or null, got {self.keep_best_checkpoints}")
-        if self.crop_seconds is not None and self.crop_seconds <= 0:
-            raise UserError(f"crop_seconds must be positive or null, got {self.crop_seconds}")
+        check_training_values(vars(self))  # ranges of TrainingArguments values, every number finite
+        if self.eval_split is None:
+            self.eval_strategy = "no"  # nothing to evaluate on
+        super().__post_init__()
+
+    def _check_fixed(self):
+        for key, value in TRAINING_FIXED.items():
+            if getattr(self, key) != value:
+                raise UserError(f"{key} is fixed to {value!r} by {PROG}; remove it from the recipe")
+
+    def _read_config_mappings(self):
+        """`student_config` / `teacher_config` given as text (a command-line flag) are read as YAML mappings."""
+        for name in ("student_config", "teacher_config"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = parse_yaml_text(value, name, RecipeLoader)
+            if value is not None and not (isinstance(value, dict) and all(isinstance(key, str) for key in value)):
+                raise UserError(f"{name} must be a mapping or null, got {brief(value)}")
+            setattr(self, name, value)
+
+    def _check_choices(self):
+        """Literal fields hold one of their values (the parser checks them too; this covers Python callers)."""
+        for name, allowed in _choices().items():
+            if getattr(self, name) not in allowed:
+                named = ", ".join(value for value in allowed if value is not None)
+                null = " or null" if None in allowed else ""
+                raise UserError(f"{name} must be one of {named}{null}, got {brief(getattr(self, name))}")
 
     def _resolve_star_options(self):
         """Fill unset star_* options from `star_variant` (which then owns them all) or the documented defaults."""
-        if self.star_variant is None:
-            for field, value in STAR_DEFAULTS.items():
-                if getattr(self, field) is None:
-                    setattr(self, field, value)
-            return
-        if self.star_variant not in STAR_VARIANTS:
-            raise UserError(
-                f"star_variant must be one of {', '.join(STAR_VARIANTS)} or null, got {self.star_variant!r}"
-            )
-        for field, value in STAR_VARIANTS[self.star_variant].items():
+        chosen = STAR_DEFAULTS if self.star_variant is None else STAR_VARIANTS[self.star_variant]
+        for field, value in chosen.items():
             given = getattr(self, field)
-            if given is not None and given != value:
+            if self.star_variant is not None and given is not None and given != value:
                 raise UserError(
                     f"star_variant {self.star_variant} sets {field}={value}; remove {field}={given} from the recipe"
                 )
-            setattr(self, field, value)
+            if given is None or self.star_variant is not None:
+                setattr(self, field, value)
 
     def _check_ranges(self):
         """Values of the right type but outside what the run can use."""
+        if isinstance(self.train_splits, str):  # a Python caller's single split
+            self.train_splits = [self.train_splits]
         for name in ("teacher", "student", "data_source"):
             if not getattr(self, name).strip():
                 raise UserError(f"{name} must not be empty")
-        if not self.train_splits or not all(isinstance(split, str) and split for split in self.train_splits):
-            raise UserError(
-                f"train_splits must be a split name or a non-empty list of names, got {brief(self.train_splits)}"
-            )
-        for name in ("teacher_layers", "reuse_layers", "trainable_layers"):
-            layers = getattr(self, name)
-            if layers is not None and not all(
-                isinstance(layer, int) and not isinstance(layer, bool) for layer in layers
-            ):
-                raise UserError(f"{name} must list integers (1-based layers), got {brief(layers)}")
-        for name in ("student_config", "teacher_config"):
-            if not all(isinstance(key, str) for key in getattr(self, name) or {}):
-                raise UserError(f"{name} must map field names to values, got {brief(getattr(self, name))}")
-        for name in ("hint_layer_weight", "last_layer_weight", "star_layer_weight", "star_intra_weight"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise UserError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
-        if self.effective_batch_size is not None and self.effective_batch_size < 1:
-            raise UserError(
-                f"effective_batch_size must be a positive number of utterances or null, got {self.effective_batch_size}"
-            )
+        for name, (low, high, inclusive) in DISTILL_RANGES.items():
+            value = getattr(self, name)
+            if value is not None and (value < low or (value == low and not inclusive) or value > high):
+                bound = f"in [{low}, {high}]" if high < math.inf else f">= {low}" if inclusive else f"> {low}"
+                raise UserError(f"{name} must be {bound}{' or null' if name in OPTIONAL_RANGES else ''}, got {value}")
+        if self.cache_teacher_outputs and self.distill_mode == "masking":
+            raise UserError("cache_teacher_outputs keeps clean teacher passes only; use it with regression or star")
 
 
-# Distillation defaults for TrainingArguments (spec: AdamW (0.9, 0.98), eps 1e-6, weight decay 0.01,
-# 5 % linear warm-up then linear decay); a recipe may replace any of them.
-TRAINING_DEFAULTS = dict(
-    adam_beta1=0.9,
-    adam_beta2=0.98,
-    adam_epsilon=1e-6,
-    weight_decay=0.01,
-    lr_scheduler_type="linear",
-    warmup_steps=0.05,
-    train_sampling_strategy="group_by_length",
-    eval_strategy="epoch",
-    save_strategy="epoch",
-    logging_steps=50,
-    dataloader_num_workers=4,  # at most the CPUs available (see `available_cores`)
-    # Parameters a mode does not use are frozen (build_student), so DDP needs no unused-parameter search.
-    ddp_find_unused_parameters=False,
-    # No gradient clipping: the release never clipped (Lightning's default; its optimiser does not
-    # clip). 0 switches off the Trainer's default of 1.0; a recipe may set a norm.
-    max_grad_norm=0.0,
-)
-# Fixed: the dataset keeps its audio column for the collator; lengths come from num_samples; we
-# rotate checkpoints ourselves (best-k by eval_loss plus last).
-TRAINING_FIXED = dict(
-    remove_unused_columns=False,
-    length_column_name="num_samples",
-    save_total_limit=None,
-    metric_for_best_model="eval_loss",
-    greater_is_better=False,
-    label_names=[],
-)
+# The name the rest of the package gives the distillation half of the arguments (one object since the two merged).
+DistillArguments = DistillTrainingArguments
 
 
-def _parse_scalar(text, kind):
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in ("true", "yes", "on", "1"):
-            return True
-        if lowered in ("false", "no", "off", "0"):
-            return False
-        raise ValueError(text)
-    return kind(text)
-
-
-def _options(annotation):
-    """The alternatives of a (possibly Optional / union) annotation."""
+def _options(annotation) -> tuple:
+    """The alternatives of a (possibly optional / union) annotation."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return typing.get_args(annotation)
     return (annotation,)
 
 
-def check_value_type(value: typing.Any, annotation: typing.Any, key: str) -> None:
-    """Refuse a value whose type the field does not take: `seed=1.5`, `learning_rate=[1]`, `student_config=5`.
-
-    Fields typed with enums or classes are left to their own validation (TrainingArguments checks them);
-    an int is accepted where a float is, a bool only where a bool is.
-    """
-    accepted = []
-    for option in _options(annotation):
-        kind = typing.get_origin(option) or option
-        if kind not in (int, float, str, bool, list, dict, type(None)):
-            return
-        accepted.append(kind)
-    if isinstance(value, bool):
-        valid = bool in accepted
-    elif isinstance(value, int):
-        valid = int in accepted or float in accepted
-    else:
-        valid = isinstance(value, tuple(accepted))
-    if isinstance(value, float) and valid and not math.isfinite(value):
-        raise UserError(f"{key} must be a finite number, got {value}")
-    if not valid:
-        names = {
-            int: "an integer",
-            float: "a number",
-            str: "text",
-            bool: "true or false",
-            list: "a list",
-            dict: "a mapping",
-            type(None): "null",
-        }
-        raise UserError(f"{key} must be {' or '.join(names[kind] for kind in accepted)}, got {brief(value)}")
+@functools.cache
+def _field_types() -> dict[str, typing.Any]:
+    return typing.get_type_hints(DistillTrainingArguments)
 
 
-def _coerce(value, annotation, key):
-    """YAML leaves some values as strings (e.g. 5e-3): convert them to the field's scalar type."""
-    if not isinstance(value, str):
-        return value
-    options = typing.get_args(annotation) or (annotation,)
-    if str in options:
-        return value
-    for kind in (bool, int, float):
-        if kind in options:
-            try:
-                return _parse_scalar(value, kind)
-            except ValueError:
-                raise UserError(f"{key} must be a {kind.__name__}, got {value!r}") from None
-    return value
+@functools.cache
+def _choices() -> dict[str, tuple]:
+    """The values each Literal field of DistillTrainingArguments allows (None too where it is optional)."""
+    choices = {}
+    for name, annotation in _field_types().items():
+        options = _options(annotation)
+        literals = [option for option in options if typing.get_origin(option) is Literal]
+        if literals:
+            choices[name] = (*typing.get_args(literals[0]), *((None,) if type(None) in options else ()))
+    return choices
 
 
-class _RecipeLoader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false, so `eval_strategy: no` stays the string "no"."""
+class RecipeLoader(yaml.SafeLoader):
+    """YAML for recipes: YAML 1.2 booleans (only true / false, so `eval_strategy: no` stays the text "no" that
+    the field takes), and a key given twice is refused (the last would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader refuses it below
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice (line {key_node.start_mark.line + 1})", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
-_RecipeLoader.yaml_implicit_resolvers = {
+RecipeLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_RecipeLoader.add_implicit_resolver(
+RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
 
 # Recipe keys that name an input file or folder (a Hub id, preset or random-* teacher is left as it is).
 PATH_KEYS = ("data_source", "teacher", "student", "deepspeed")
+# A command-line word that replaces a recipe entry: `key=value` or `mapping.key=value`.
+OVERRIDE = re.compile(r"[A-Za-z_]\w*(?:\.[\w.]+)?=")
 
 
 def find_recipe(config: str | os.PathLike) -> Path:
@@ -368,33 +384,34 @@ def _cap_workers(recipe: dict[str, typing.Any]) -> None:
         recipe["dataloader_num_workers"] = cpus
 
 
+def _override(recipe: dict[str, typing.Any], word: str) -> None:
+    """Apply one `key=value` word (the value read as YAML, never eval; text that is not YAML stays text)."""
+    key, _, text = word.partition("=")
+    try:
+        value = parse_yaml_text(text, f"override {key}", RecipeLoader) if text else None
+    except UserError:
+        value = text  # not YAML (e.g. a path with a colon): the text itself
+    top, dot, sub = key.partition(".")
+    if not dot:
+        recipe[key] = value
+        return
+    mapping = recipe.get(top) or {}  # one entry of a mapping field, e.g. student_config.hidden_size=64
+    if not isinstance(mapping, dict):
+        raise UserError(f"override {word!r}: {top} is not a mapping")
+    recipe[top] = {**mapping, sub: value}
+
+
 def load_recipe(config: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, typing.Any]:
     """The recipe (a file or a bundled recipe's name) as a dict, its relative input paths resolved against the
-    file's folder and its worker count capped at the CPUs, then the `key=value` overrides applied (values
-    parsed as YAML, never eval; as given)."""
+    file's folder and its worker count capped at the CPUs, then the `key=value` overrides applied."""
     path = find_recipe(config)
-    recipe = load_yaml_file(path, "recipe", _RecipeLoader) or {}
+    recipe = load_yaml_file(path, "recipe", RecipeLoader) or {}
     if not isinstance(recipe, dict):
         raise UserError(f"{path} must be a mapping of key: value lines, found a {type(recipe).__name__}")
     _resolve_paths(recipe, path.resolve().parent)
     _cap_workers(recipe)
-    for override in overrides:
-        key, sep, text = override.partition("=")
-        if not sep or not key:
-            raise UserError(f"override {override!r} is not of the form key=value")
-        try:
-            value = parse_yaml_text(text, f"override {key}", _RecipeLoader) if text else None
-        except UserError:
-            value = text  # not YAML (e.g. a path with a colon): the text itself
-        if "." in key:  # one entry of a mapping field, e.g. student_config.hidden_size=64
-            top, sub = key.split(".", 1)
-            if recipe.get(top) is None:
-                recipe[top] = {}
-            if not isinstance(recipe[top], dict):
-                raise UserError(f"override {override!r}: {top} is not a mapping")
-            recipe[top][sub] = value
-        else:
-            recipe[key] = value
+    for word in overrides:
+        _override(recipe, word)
     return recipe
 
 
@@ -404,65 +421,148 @@ def did_you_mean(key: str, known: typing.Iterable[str]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-def _report_to_default():
-    return ["tensorboard"] if is_tensorboard_available() else "none"
+class RecipeParser(OneLineArgumentErrors, HfArgumentParser):
+    """`HfArgumentParser` of `DistillTrainingArguments` whose refusals are `UserError`s (one line, exit status 2,
+    through `run_main`) and which takes no abbreviated flag (`--learn` is not silently `--learning_rate`)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(DistillTrainingArguments, prog=PROG, allow_abbrev=False, **kwargs)
+
+    def fields(self) -> set[str]:
+        return {action.dest for action in self._actions if action.dest in _field_types()}
 
 
-def build_arguments(recipe: dict[str, typing.Any]) -> tuple[DistillArguments, TrainingArguments]:
-    """(DistillArguments, TrainingArguments) from a recipe dict; unknown keys and bad values raise UserError."""
-    distill_fields = {f.name for f in dataclasses.fields(DistillArguments)}
-    training_fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+def command_parser() -> RecipeParser:
+    """The command line of distill_trainer.py: every field's flag, `--config` and `--resume`."""
+    parser = RecipeParser(
+        description="Distil an ARMHuBERT-family student from a HuBERT / WavLM teacher on LibriSpeech.",
+        epilog="Example: accelerate launch distill_trainer.py --config conf/armhubert-s-100h.yaml --bf16 --fp16 false"
+        " (or bf16=true fp16=false). key=value words replace recipe entries (YAML values); --key value flags win.",
+    )
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="recipe YAML file, or the name of a bundled recipe (conf/<name>.yaml), e.g. quickstart or armhubert-960h",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        dest="resume_from_checkpoint",
+        metavar="CHECKPOINT",
+        help="continue the last complete checkpoint in output_dir (or the given checkpoint folder) exactly; "
+        "the same as --resume_from_checkpoint",
+    )
+    return parser
+
+
+def _given_flags(words: Sequence[str]) -> dict[str, typing.Any]:
+    """The values of the `--key value` flags among `words` (only those given), typed by the parser."""
+    parser = command_parser()
+    if {"-h", "--help"} & set(words):
+        parser.parse_args(["--help"])  # prints the options with their defaults, and exits
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # so that the namespace holds only what was given
+    given, unknown = parser.parse_known_args(words)
+    if unknown:
+        word = unknown[0]
+        flags = [option for action in parser._actions for option in action.option_strings]
+        hint = did_you_mean(word.partition("=")[0], flags) if word.startswith("-") else ""
+        raise UserError(f"unrecognised argument {word!r}{hint}; give options as --key value or key=value")
+    return vars(given)
+
+
+def _word(value: typing.Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _type_name(annotation: typing.Any) -> str:
+    """A field's type as a message names it: `float`, `list[int] or null`."""
+    return " or ".join(
+        "null"
+        if option is type(None)
+        else str(option).replace("typing.", "")
+        if typing.get_args(option)
+        else getattr(option, "__name__", str(option))
+        for option in _options(annotation)
+    )
+
+
+def _as_flags(recipe: dict[str, typing.Any], parser: RecipeParser) -> tuple[list[str], dict[str, typing.Any]]:
+    """(command-line words, parser defaults) that give the parser `recipe`: every scalar and list the way a flag
+    gives it, so that the parser types it; null, mappings and the lists of list-or-text fields (`report_to`),
+    which no word can carry, as defaults where the field takes them."""
+    list_fields = {action.dest for action in parser._actions if action.nargs == "+"}
+    words, defaults = [], {}
+    for key, value in recipe.items():
+        if key in list_fields and isinstance(value, (list, str, int, float)):
+            words += [f"--{key}", *map(_word, value if isinstance(value, list) else [value])]
+        elif isinstance(value, (str, int, float)):
+            words.append(f"--{key}={_word(value)}")
+        elif type(value) in {typing.get_origin(option) or option for option in _options(_field_types()[key])}:
+            defaults[key] = value
+        else:
+            raise UserError(f"{key} takes {_type_name(_field_types()[key])}, not {brief(value)}")
+    return words, defaults
+
+
+def recipe_arguments(recipe: dict[str, typing.Any]) -> DistillTrainingArguments:
+    """The recipe dict read by the one parser into `DistillTrainingArguments`; any unknown key or bad value is a
+    `UserError` naming it."""
+    parser = RecipeParser()
+    known = parser.fields()
     for key in recipe:
-        if key not in distill_fields and key not in training_fields:
+        if key not in known:
             raise UserError(
-                f"unknown recipe key {key!r}{did_you_mean(key, distill_fields | training_fields)}; keys are DistillArguments fields "
-                "(armhubert/distill/recipe.py) or transformers.TrainingArguments fields"
+                f"unknown recipe key {key!r}{did_you_mean(key, known)}; keys are DistillTrainingArguments fields "
+                "(armhubert/distill/recipe.py), TrainingArguments' included"
             )
-        if key in TRAINING_FIXED and recipe[key] != TRAINING_FIXED[key]:
-            raise UserError(
-                f"{key} is fixed to {TRAINING_FIXED[key]!r} by distill_trainer.py; remove it from the recipe"
-            )
-    if not recipe.get("output_dir") or not isinstance(recipe["output_dir"], str):
+    if not recipe.get("output_dir"):
         raise UserError("the recipe sets no output_dir folder; add output_dir: <folder> or pass output_dir=<folder>")
-    distill_types = typing.get_type_hints(DistillArguments)
-    training_types = typing.get_type_hints(TrainingArguments)
-    distill_values = {k: _coerce(v, distill_types[k], k) for k, v in recipe.items() if k in distill_fields}
-    training_values = {k: _coerce(v, training_types[k], k) for k, v in recipe.items() if k in training_fields}
-    for key, value in training_values.items():
-        check_value_type(value, training_types[key], key)
-    check_training_values(training_values)
-    defaults = {
-        **TRAINING_DEFAULTS,
-        "dataloader_num_workers": min(TRAINING_DEFAULTS["dataloader_num_workers"], available_cores()),
-    }
-    training_values = {**defaults, "report_to": _report_to_default(), **training_values, **TRAINING_FIXED}
+    words, defaults = _as_flags(recipe, parser)
+    parser.set_defaults(**defaults)
     try:
-        distill_args = DistillArguments(**distill_values)
-        training_args = TrainingArguments(**training_values)
-    except (TypeError, ValueError) as error:
-        raise UserError(f"invalid recipe: {str(error).strip().splitlines()[0]}") from None
-    return distill_args, training_args
+        (arguments,) = parser.parse_args_into_dataclasses(words, look_for_args_file=False)
+    except (TypeError, ValueError) as error:  # TrainingArguments' own refusals
+        raise UserError(f"invalid recipe: {first_line(error)}") from None
+    return arguments
 
 
-def apply_effective_batch_size(distill_args: DistillArguments, training_args: TrainingArguments) -> None:
+def build_arguments(recipe: dict[str, typing.Any]) -> tuple[DistillTrainingArguments, DistillTrainingArguments]:
+    """`recipe_arguments(recipe)` twice, for callers that name its distillation and Trainer halves apart."""
+    arguments = recipe_arguments(recipe)
+    return arguments, arguments
+
+
+def parse_command_line(argv: Sequence[str]) -> tuple[DistillTrainingArguments, dict[str, typing.Any]]:
+    """(arguments, recipe) of a distill_trainer.py command line: `--config`'s recipe, then its `key=value` words,
+    then its `--key value` flags. The recipe dict is what `distill_recipe.yaml` records."""
+    overrides = [word for word in argv if OVERRIDE.match(word)]
+    flags = _given_flags([word for word in argv if not OVERRIDE.match(word)])
+    recipe = load_recipe(flags.pop("config"), overrides)
+    recipe.update(flags)
+    return recipe_arguments(recipe), recipe
+
+
+def apply_effective_batch_size(arguments: DistillTrainingArguments) -> None:
     """Set gradient accumulation so that per-GPU batch x GPUs x accumulation = effective_batch_size."""
-    if distill_args.effective_batch_size is None:
+    if arguments.effective_batch_size is None:
         return
-    per_step = training_args.per_device_train_batch_size * training_args.world_size
-    if distill_args.effective_batch_size % per_step:
+    per_step = arguments.per_device_train_batch_size * arguments.world_size
+    if arguments.effective_batch_size % per_step:
         raise UserError(
-            f"effective_batch_size {distill_args.effective_batch_size} is not a multiple of per_device_train_batch_size "
-            f"{training_args.per_device_train_batch_size} x {training_args.world_size} process(es); adjust one of them"
+            f"effective_batch_size {arguments.effective_batch_size} is not a multiple of per_device_train_batch_size "
+            f"{arguments.per_device_train_batch_size} x {arguments.world_size} process(es); adjust one of them"
         )
-    accumulation = distill_args.effective_batch_size // per_step
-    if accumulation != training_args.gradient_accumulation_steps:
+    accumulation = arguments.effective_batch_size // per_step
+    if accumulation != arguments.gradient_accumulation_steps:
         logger.warning(
             "gradient_accumulation_steps %d -> %d so that %d process(es) x %d x %d = effective_batch_size %d",
-            training_args.gradient_accumulation_steps,
+            arguments.gradient_accumulation_steps,
             accumulation,
-            training_args.world_size,
-            training_args.per_device_train_batch_size,
+            arguments.world_size,
+            arguments.per_device_train_batch_size,
             accumulation,
-            distill_args.effective_batch_size,
+            arguments.effective_batch_size,
         )
-        training_args.gradient_accumulation_steps = accumulation
+        arguments.gradient_accumulation_steps = accumulation

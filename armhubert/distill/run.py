@@ -23,7 +23,7 @@ from ..training.checkpoints import complete_checkpoints
 from ..training.guarded_trainer import save_trained_model
 from .masks import recipe_masker
 from .models import check_config_fields, teacher_and_student
-from .recipe import DistillArguments, apply_effective_batch_size, build_arguments, load_recipe
+from .recipe import DistillTrainingArguments, apply_effective_batch_size, parse_command_line
 from .resume import check_resume_checkpoint
 from .trainer import DistillTrainer, resolve_resume
 
@@ -44,22 +44,14 @@ def _min_samples(teacher: TeacherEncoder, student: PreTrainedModel) -> int:
     return max(student.config.receptive_field, teacher.min_samples())
 
 
-def _load_splits(
-    distill_args: DistillArguments, training_args: TrainingArguments, min_samples: int
-) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """(train, eval) datasets without utterances shorter than `min_samples`; no eval split turns evaluation off."""
+def _load_splits(args: DistillTrainingArguments, min_samples: int) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """(train, eval) datasets without utterances shorter than `min_samples` (no eval split: no evaluation)."""
 
     def load(splits):
-        dataset = load_librispeech(distill_args.data_source, splits)
+        dataset = load_librispeech(args.data_source, splits)
         return dataset.filter(lambda n: n >= min_samples, input_columns="num_samples")
 
-    eval_dataset = None
-    train_dataset = load(distill_args.train_splits)
-    if distill_args.eval_split:
-        eval_dataset = load(distill_args.eval_split)
-    elif training_args.eval_strategy != "no":
-        training_args.eval_strategy = "no"
-    return train_dataset, eval_dataset
+    return load(args.train_splits), load(args.eval_split) if args.eval_split else None
 
 
 def _parameters(model: PreTrainedModel) -> int:
@@ -95,7 +87,9 @@ def check_same_run(checkpoint: str | Path, recipe: dict) -> None:
         )
 
 
-def _student_card(trainer: DistillTrainer, distill_args: DistillArguments, utterances: int, seconds: float) -> str:
+def _student_card(
+    trainer: DistillTrainer, distill_args: DistillTrainingArguments, utterances: int, seconds: float
+) -> str:
     """The student's README.md: teacher, recipe, data, steps and the last logged losses."""
     history = trainer.state.log_history
     splits = distill_args.train_splits
@@ -107,7 +101,7 @@ def _student_card(trainer: DistillTrainer, distill_args: DistillArguments, utter
             student_layout=distill_args.student,
             parameters=_parameters(trainer.model),
             data_source=distill_args.data_source,
-            train_splits=[splits] if isinstance(splits, str) else list(splits),
+            train_splits=list(splits),
             train_utterances=utterances,
             train_seconds=seconds,
             steps=trainer.state.global_step,
@@ -140,57 +134,56 @@ def distill(
     resume: str | bool | None = None,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> DistillTrainer:
-    """Load and validate the recipe, models and data, then train and save the student. Returns the trainer.
+    """`distill_command_line` of `--config config_path`, the words `overrides` (`key=value` or `--key value`) and,
+    when `resume` is given, `--resume_from_checkpoint` ("last", true or a checkpoint folder). Returns the trainer."""
+    words = ["--config", str(config_path), *overrides]
+    if resume:
+        words += ["--resume_from_checkpoint", "last" if resume is True else str(resume)]
+    return distill_command_line(words, callbacks)
 
-    Args:
-        config_path: the recipe YAML.
-        overrides: `key=value` replacements of recipe entries.
-        resume: "last" (the last complete checkpoint of output_dir), a checkpoint folder, or None for a
-            fresh run (which needs an empty output_dir; the recipe's resume_from_checkpoint also counts).
-        callbacks: extra `TrainerCallback`s.
+
+def distill_command_line(argv: Sequence[str], callbacks: Sequence[TrainerCallback] = ()) -> DistillTrainer:
+    """Read and validate the recipe, models and data of a distill_trainer.py command line, then train and save the
+    student. Returns the trainer.
+
+    `resume_from_checkpoint` (`--resume`): "last" (the last complete checkpoint of output_dir) or a checkpoint
+    folder; without it, a fresh run, which needs an empty output_dir. `callbacks`: extra `TrainerCallback`s.
     """
-    recipe = load_recipe(config_path, overrides)
-    distill_args, training_args = build_arguments(recipe)
-    check_config_fields(distill_args)
-    inputs = [distill_args.data_source, distill_args.teacher, distill_args.student]  # those that are paths
-    check_output_location(training_args.output_dir, inputs)
-    setup_logging(training_args)
-    if not training_args.should_save:  # the main process holds the output_dir's lock for all
-        return _distill(recipe, distill_args, training_args, resume, callbacks)
-    with output_lock(training_args.output_dir):
-        return _distill(recipe, distill_args, training_args, resume, callbacks)
+    args, recipe = parse_command_line(argv)
+    check_config_fields(args)
+    inputs = [args.data_source, args.teacher, args.student]  # those that are paths
+    check_output_location(args.output_dir, inputs)
+    setup_logging(args)
+    if not args.should_save:  # the main process holds the output_dir's lock for all
+        return _distill(recipe, args, callbacks)
+    with output_lock(args.output_dir):
+        return _distill(recipe, args, callbacks)
 
 
-def _distill(
-    recipe: dict,
-    distill_args: DistillArguments,
-    training_args: TrainingArguments,
-    resume: str | bool | None,
-    callbacks: Sequence[TrainerCallback],
-) -> DistillTrainer:
-    """`distill` once the recipe is read and the output_dir is this run's."""
-    resume = resolve_resume(resume or training_args.resume_from_checkpoint, training_args.output_dir)
+def _distill(recipe: dict, args: DistillTrainingArguments, callbacks: Sequence[TrainerCallback]) -> DistillTrainer:
+    """`distill_command_line` once the recipe is read and the output_dir is this run's."""
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume is not None:
         check_same_run(resume, recipe)
-    apply_effective_batch_size(distill_args, training_args)
+    apply_effective_batch_size(args)
 
-    teacher, student, pairs = teacher_and_student(distill_args, training_args.seed)
+    teacher, student, pairs = teacher_and_student(args, args.seed)
     if student.config.layerdrop > 0 and "ddp_find_unused_parameters" not in recipe:
-        training_args.ddp_find_unused_parameters = True  # a dropped layer leaves its parameters without gradient
+        args.ddp_find_unused_parameters = True  # a dropped layer leaves its parameters without gradient
     min_samples = _min_samples(teacher, student)
-    max_samples = None if distill_args.crop_seconds is None else int(distill_args.crop_seconds * SAMPLING_RATE)
+    max_samples = None if args.crop_seconds is None else int(args.crop_seconds * SAMPLING_RATE)
     if max_samples is not None and max_samples < min_samples:
         raise UserError(
-            f"crop_seconds={distill_args.crop_seconds} keeps {max_samples} samples, fewer than the {min_samples}-sample "
+            f"crop_seconds={args.crop_seconds} keeps {max_samples} samples, fewer than the {min_samples}-sample "
             f"receptive field of the models; use at least {min_samples / SAMPLING_RATE:.3f}"
         )
-    train_dataset, eval_dataset = _load_splits(distill_args, training_args, min_samples)
+    train_dataset, eval_dataset = _load_splits(args, min_samples)
     feature_extractor = release_feature_extractor()
     trainer = DistillTrainer(
         model=student,
-        args=training_args,
+        args=args,
         teacher=teacher,
-        distill_args=distill_args,
+        distill_args=args,
         teacher_layers=pairs,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
@@ -198,33 +191,34 @@ def _distill(
             feature_extractor,
             max_samples,
             min_samples,
-            masker=recipe_masker(distill_args, training_args, student.config),
-            with_ids=distill_args.cache_teacher_outputs,
+            masker=recipe_masker(args, args, student.config),
+            with_ids=args.cache_teacher_outputs,
         ),
         processing_class=feature_extractor,
         callbacks=list(callbacks),
     )
     if resume is not None:
         check_resume_checkpoint(resume, trainer)
-    if training_args.should_save:  # the recipe this run trains with, also after a resume with new settings
-        atomic_write_text(Path(training_args.output_dir) / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
+    if args.should_save:  # the recipe this run trains with, also after a resume with new settings
+        saved = {key: value for key, value in recipe.items() if key != "resume_from_checkpoint"}
+        atomic_write_text(Path(args.output_dir) / RECIPE_FILE, yaml.safe_dump(saved, sort_keys=False))
     seconds = _training_seconds(train_dataset, max_samples)
     logger.info(  # only once every check passed: a refusal is the run's one line
         "Distilling %s (%s) into a %s-parameter student (%s layout): %d training utterances (%s), teacher layers %s",
-        distill_args.teacher,
-        distill_args.distill_mode,
+        args.teacher,
+        args.distill_mode,
         f"{_parameters(student):,}",
-        distill_args.student,
+        args.student,
         len(train_dataset),
         format_duration(seconds),
         pairs,
     )
     _train(trainer, resume)
-    card = _student_card(trainer, distill_args, len(train_dataset), seconds)
-    save_trained_model(trainer, training_args.output_dir, card=card)
-    if training_args.should_save:  # where the student is, and what it really is
-        print(f"saved the student ({_parameters(student):,} parameters) to {training_args.output_dir}")
-    if training_args.push_to_hub:
+    card = _student_card(trainer, args, len(train_dataset), seconds)
+    save_trained_model(trainer, args.output_dir, card=card)
+    if args.should_save:  # where the student is, and what it really is
+        print(f"saved the student ({_parameters(student):,} parameters) to {args.output_dir}")
+    if args.push_to_hub:
         trainer.create_model_card = lambda *args, **kwargs: None  # keep the student's card, not Trainer's generic one
         trainer.push_to_hub(commit_message="Distilled student")
     return trainer
