@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import TrainerCallback
 
 from armhubert.cli import run_main
-from armhubert.distill.recipe import build_arguments, load_recipe
+from armhubert.distill.recipe import load_recipe, recipe_arguments
 from armhubert.speech.librispeech import AudioCollator, EpochSeededLengthGroupedSampler, load_librispeech
 from configuration_armhubert import SAMPLING_RATE
 from pipeline_armhubert import release_feature_extractor
@@ -80,7 +80,7 @@ def padding_fraction(lengths: list[int], order: list[int], batch_size: int) -> f
 
 def recipe_padding(lengths: list[int], recipe: Path, epochs: int = 5) -> dict[str, float]:
     """Mean padding fraction over `epochs` of the recipe's length-grouped and of random batches."""
-    distill_args, training_args = build_arguments(load_recipe(recipe, ["output_dir=/tmp/unused", "use_cpu=true"]))
+    training_args = recipe_arguments(load_recipe(recipe, ["output_dir=/tmp/unused", "use_cpu=true"]))
     batch = training_args.per_device_train_batch_size
     sampler = EpochSeededLengthGroupedSampler(batch * training_args.gradient_accumulation_steps, lengths, 0)
     grouped, shuffled = [], []

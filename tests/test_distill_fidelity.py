@@ -16,7 +16,7 @@ from armhubert.cli import UserError
 from armhubert.distill.losses import star_loss
 from armhubert.distill.masks import SpanMasker
 from armhubert.distill.models import build_student, layer_pairs, load_teacher
-from armhubert.distill.recipe import DistillArguments, build_arguments, load_recipe
+from armhubert.distill.recipe import DistillTrainingArguments, load_recipe, recipe_arguments
 from armhubert.distill.trainer import DistillTrainer
 
 QUICKSTART = yaml.safe_load((ROOT / "conf" / "quickstart.yaml").read_text())
@@ -42,7 +42,7 @@ def tiny_trainer(tmp_path, recipe, *overrides):
             *overrides,
         ],
     )
-    distill_args, training_args = build_arguments(loaded)
+    distill_args = training_args = recipe_arguments(loaded)
     teacher = load_teacher(distill_args, seed=0)
     student = build_student(distill_args, teacher.config, seed=0)
     pairs = layer_pairs(distill_args, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
@@ -126,27 +126,27 @@ def test_released_recipe_step_gives_the_originals_loss_and_gradients(tmp_path, r
 def test_no_recipe_clips_gradients(tmp_path):
     assert len(RECIPES) == 12
     for name in RECIPES:
-        _, training_args = build_arguments(load_recipe(ROOT / "conf" / f"{name}.yaml", [f"output_dir={tmp_path}"]))
+        training_args = recipe_arguments(load_recipe(ROOT / "conf" / f"{name}.yaml", [f"output_dir={tmp_path}"]))
         assert training_args.max_grad_norm == 0.0, name  # the Trainer clips only for a positive norm
-    _, training_args = build_arguments(load_recipe(ROOT / "conf" / "quickstart.yaml", ["max_grad_norm=1.0"]))
+    training_args = recipe_arguments(load_recipe(ROOT / "conf" / "quickstart.yaml", ["max_grad_norm=1.0"]))
     assert training_args.max_grad_norm == 1.0
 
 
 def test_star_defaults_and_the_public_reimplementation_variant():
-    documented = DistillArguments(distill_mode="star")
+    documented = DistillTrainingArguments(distill_mode="star")
     assert (documented.star_normalization, documented.star_reduction, documented.star_layer0) == (
         "l2",
         "mean",
         "encoder-input",
     )
     assert (documented.star_layer_weight, documented.star_intra_weight) == (1.0, 1.0)
-    variant = DistillArguments(distill_mode="star", star_variant="public-reimplementation")
+    variant = DistillTrainingArguments(distill_mode="star", star_variant="public-reimplementation")
     assert (variant.star_normalization, variant.star_reduction, variant.star_layer0) == ("none", "mean", "cnn")
     assert (variant.star_layer_weight, variant.star_intra_weight) == (1.0, 1.0)
     with pytest.raises(UserError, match="star_variant public-reimplementation sets star_normalization=none"):
-        DistillArguments(distill_mode="star", star_variant="public-reimplementation", star_normalization="l2")
+        DistillTrainingArguments(distill_mode="star", star_variant="public-reimplementation", star_normalization="l2")
     with pytest.raises(UserError, match="star_variant must be one of public-reimplementation"):
-        DistillArguments(distill_mode="star", star_variant="paper")
+        DistillTrainingArguments(distill_mode="star", star_variant="paper")
 
 
 def test_public_reimplementation_variant_uses_raw_grams_with_the_cnn_features_as_layer_0(tmp_path):

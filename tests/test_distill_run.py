@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, TrainerCallback
 
-from armhubert.distill.recipe import build_arguments, load_recipe
+from armhubert.distill.recipe import load_recipe, recipe_arguments
 from armhubert.folders.cards import format_duration
 from armhubert.speech.audio import read_audio
 from armhubert.speech.librispeech import AudioCollator
@@ -232,7 +232,7 @@ def test_every_recipe_parses_and_starts(tmp_path):
     assert len(RECIPES) == 9
     for name in RECIPES:
         recipe = load_recipe(ROOT / "conf" / f"{name}.yaml", [f"output_dir={tmp_path}"])
-        distill_args, training_args = build_arguments(recipe)
+        distill_args = training_args = recipe_arguments(recipe)
         batch = (training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps)
         assert batch + (distill_args.effective_batch_size,) == expected_batches[name[-4:]], name
         assert training_args.adam_beta2 == 0.98 and training_args.adam_epsilon == 1e-6 and training_args.fp16

@@ -12,10 +12,10 @@ from armhubert.distill import recipe as recipes
 from armhubert.distill.models import check_config_fields
 from armhubert.distill.recipe import (
     DistillTrainingArguments,
-    build_arguments,
     find_recipe,
     load_recipe,
     parse_command_line,
+    recipe_arguments,
 )
 from armhubert.resources import BUNDLED_CORPUS, BUNDLED_RECIPES, recipe_names
 from distill_trainer import main
@@ -71,7 +71,7 @@ def test_worker_counts_of_recipes_are_capped_at_the_cpus_unless_given(tmp_path, 
     assert load_recipe("quickstart")["dataloader_num_workers"] == 0
     no_workers_key = {key: value for key, value in load_recipe("quickstart", output).items()}
     del no_workers_key["dataloader_num_workers"]
-    assert build_arguments(no_workers_key)[1].dataloader_num_workers == 2  # the default, 4, capped too
+    assert recipe_arguments(no_workers_key).dataloader_num_workers == 2  # the default, 4, capped too
     monkeypatch.setattr(recipes, "available_cores", lambda: 16)
     assert load_recipe("armhubert-960h")["dataloader_num_workers"] == 8
     assert recipes.available_cores() >= 1 and os.cpu_count() >= 1
@@ -96,7 +96,7 @@ def test_mistyped_nested_keys_exit_2_with_a_suggestion(tmp_path, capsys, overrid
 
 def test_teacher_fields_are_those_of_the_random_teachers_class(tmp_path):
     def distill_args(*overrides):
-        return build_arguments(load_recipe("quickstart", [f"output_dir={tmp_path}", *overrides]))[0]
+        return recipe_arguments(load_recipe("quickstart", [f"output_dir={tmp_path}", *overrides]))
 
     check_config_fields(distill_args("teacher=random-wavlm", "teacher_config.num_buckets=8"))  # a WavLM field
     with pytest.raises(

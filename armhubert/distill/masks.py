@@ -21,7 +21,7 @@ import torch
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, TrainingArguments
 
-    from .recipe import DistillArguments
+    from .recipe import DistillTrainingArguments
 
 
 def _span_lengths(valid_length, mask_prob, mean_length, min_spans, rng):
@@ -164,7 +164,7 @@ class SpanMasker:
 
 
 def recipe_masker(
-    distill_args: "DistillArguments", training_args: "TrainingArguments", student_config: "PretrainedConfig"
+    distill_args: "DistillTrainingArguments", training_args: "TrainingArguments", student_config: "PretrainedConfig"
 ) -> SpanMasker | None:
     """The span-mask sampler of masking distillation, on the student's frames (None for other modes)."""
     if distill_args.distill_mode != "masking":

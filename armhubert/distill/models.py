@@ -29,7 +29,7 @@ from ..folders.remote_code import add_remote_code_entries
 from ..teachers.ctranslate2 import is_ctranslate2_whisper, whisper_from_ctranslate2
 from ..teachers.encoders import TeacherEncoder, Wav2Vec2StyleTeacher, check_mode, teacher_encoder
 from ..teachers.mirror import student_from_teacher
-from .recipe import DistillArguments, did_you_mean
+from .recipe import DistillTrainingArguments, did_you_mean
 
 # Random-weight teachers of every family the trainer feeds (offline runs and tests); config from teacher_config.
 RANDOM_TEACHERS = {
@@ -66,7 +66,7 @@ def _check_fields(values: Mapping[str, object] | None, config_class: type[Pretra
             )
 
 
-def check_config_fields(distill_args: DistillArguments) -> None:
+def check_config_fields(distill_args: DistillTrainingArguments) -> None:
     """Refuse a mistyped `student_config` / `teacher_config` field (`hidden_sise`) before any model is built:
     the config classes would keep it as an unused attribute and train the default size."""
     _check_fields(distill_args.student_config, ARMHubertConfig, "student_config")
@@ -74,7 +74,7 @@ def check_config_fields(distill_args: DistillArguments) -> None:
         _check_fields(distill_args.teacher_config, RANDOM_TEACHERS[distill_args.teacher], "teacher_config")
 
 
-def _load_teacher_model(distill_args: DistillArguments, seed: int) -> PreTrainedModel:
+def _load_teacher_model(distill_args: DistillTrainingArguments, seed: int) -> PreTrainedModel:
     name = distill_args.teacher
     if name in RANDOM_TEACHERS:
         try:
@@ -98,7 +98,7 @@ def _load_teacher_model(distill_args: DistillArguments, seed: int) -> PreTrained
         ) from None
 
 
-def load_teacher(distill_args: DistillArguments, seed: int) -> TeacherEncoder:
+def load_teacher(distill_args: DistillTrainingArguments, seed: int) -> TeacherEncoder:
     """The frozen teacher in eval mode, layer drop off (never trained, wrapped by DDP or saved), wrapped with
     its family's preprocessing (`TeacherEncoder`)."""
     teacher = teacher_encoder(
@@ -140,7 +140,7 @@ def freeze_all_but(student: ARMHubertModel, layers: list[int]) -> None:
             student.projection_heads[layer - 1].requires_grad_(True)
 
 
-def _mirror_student(distill_args: DistillArguments, teacher: TeacherEncoder) -> ARMHubertModel:
+def _mirror_student(distill_args: DistillTrainingArguments, teacher: TeacherEncoder) -> ARMHubertModel:
     """`student: mirror`: the teacher's encoder with map reuse in `reuse_layers`."""
     if distill_args.student_config:
         raise UserError(
@@ -149,7 +149,9 @@ def _mirror_student(distill_args: DistillArguments, teacher: TeacherEncoder) -> 
     return student_from_teacher(teacher.model, distill_args.reuse_layers or ()).train()
 
 
-def build_student(distill_args: DistillArguments, teacher_config: PretrainedConfig, seed: int) -> ARMHubertModel:
+def build_student(
+    distill_args: DistillTrainingArguments, teacher_config: PretrainedConfig, seed: int
+) -> ARMHubertModel:
     """A random student from a preset or config; projection heads as wide as the teacher."""
     overrides = dict(distill_args.student_config or {})
     name = distill_args.student
@@ -191,7 +193,7 @@ def build_student(distill_args: DistillArguments, teacher_config: PretrainedConf
     return student
 
 
-def layer_pairs(distill_args: DistillArguments, student_layers: int, teacher_layers: int) -> list[int]:
+def layer_pairs(distill_args: DistillTrainingArguments, student_layers: int, teacher_layers: int) -> list[int]:
     """Teacher layer (1-based) for each student layer 1..L_s."""
     if distill_args.teacher_layers is not None:
         pairs = [int(layer) for layer in distill_args.teacher_layers]
@@ -227,7 +229,9 @@ def check_frame_rates(teacher: TeacherEncoder, student: ARMHubertModel) -> None:
         )
 
 
-def teacher_and_student(distill_args: DistillArguments, seed: int) -> tuple[TeacherEncoder, ARMHubertModel, list[int]]:
+def teacher_and_student(
+    distill_args: DistillTrainingArguments, seed: int
+) -> tuple[TeacherEncoder, ARMHubertModel, list[int]]:
     """The frozen teacher, the seeded student (checked to give the teacher's frames) and the teacher layer
     (1-based) paired with each student layer."""
     teacher = load_teacher(distill_args, seed)

@@ -291,7 +291,6 @@ class DistillTrainingArguments(TrainingArguments):
 
 
 # The name the rest of the package gives the distillation half of the arguments (one object since the two merged).
-DistillArguments = DistillTrainingArguments
 
 
 def _options(annotation) -> tuple:
@@ -526,12 +525,6 @@ def recipe_arguments(recipe: dict[str, typing.Any]) -> DistillTrainingArguments:
     except (TypeError, ValueError) as error:  # TrainingArguments' own refusals
         raise UserError(f"invalid recipe: {first_line(error)}") from None
     return arguments
-
-
-def build_arguments(recipe: dict[str, typing.Any]) -> tuple[DistillTrainingArguments, DistillTrainingArguments]:
-    """`recipe_arguments(recipe)` twice, for callers that name its distillation and Trainer halves apart."""
-    arguments = recipe_arguments(recipe)
-    return arguments, arguments
 
 
 def parse_command_line(argv: Sequence[str]) -> tuple[DistillTrainingArguments, dict[str, typing.Any]]:

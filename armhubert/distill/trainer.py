@@ -30,7 +30,7 @@ from ..teachers.encoders import TeacherEncoder
 from ..training.checkpoints import CheckpointRotation, complete_checkpoints
 from ..training.guarded_trainer import GuardedTrainer
 from .losses import layer_weights, masking_distillation_loss, regression_loss, star_loss
-from .recipe import DistillArguments
+from .recipe import DistillTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +90,18 @@ class DistillTrainer(GuardedTrainer):
     The teacher (a `TeacherEncoder`: any family, fed its own inputs from the batch's audio) lives beside
     the Trainer's model: it is never wrapped by DDP, never in the optimiser and never saved. Teacher and
     student are compared on their common real frames (the teacher's frame count may differ by one, and
-    Whisper's is its 30 s window's). Losses: masking distillation, STaR or plain regression (`DistillArguments`).
+    Whisper's is its 30 s window's). Losses: masking distillation, STaR or plain regression (`DistillTrainingArguments`).
     Logs every loss part, audio seconds per second and skipped files; validation compares the
     unmasked student with the unmasked teacher.
     """
 
     def __init__(
-        self, *args, teacher: TeacherEncoder, distill_args: DistillArguments, teacher_layers: list[int], **kwargs
+        self,
+        *args,
+        teacher: TeacherEncoder,
+        distill_args: DistillTrainingArguments,
+        teacher_layers: list[int],
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.distill_args = distill_args

@@ -14,7 +14,7 @@ import torch
 
 from armhubert.distill.masks import SpanMasker, recipe_masker
 from armhubert.distill.models import teacher_and_student
-from armhubert.distill.recipe import build_arguments, load_recipe
+from armhubert.distill.recipe import load_recipe, recipe_arguments
 from armhubert.distill.trainer import DistillTrainer
 from configuration_armhubert import SAMPLING_RATE
 from pipeline_armhubert import release_feature_extractor
@@ -42,7 +42,7 @@ def timing_trainer(recipe: dict[str, Any]) -> tuple[DistillTrainer, SpanMasker |
 
     The optimiser and scheduler exist and gradient accumulation is 1, so `optimiser_step` can drive it.
     """
-    distill_args, training_args = build_arguments(recipe)
+    distill_args = training_args = recipe_arguments(recipe)
     teacher, student, pairs = teacher_and_student(distill_args, training_args.seed)
     trainer = DistillTrainer(
         model=student, args=training_args, teacher=teacher, distill_args=distill_args, teacher_layers=pairs
