@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 from transformers.utils import logging as transformers_logging
 
-from armhubert.cli import FlagParser, run_main
+from armhubert.cli import CommandParser, run_main
 from armhubert.convert.folders import OUTPUT_FORMATS, convert_checkpoint, convert_folder
 from armhubert.convert.publish import publish_output
 
@@ -40,7 +40,7 @@ PROG = "convert_checkpoint.py"  # the name error lines start with, also for the 
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = FlagParser(description=__doc__.split("\n\n")[0])
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", nargs="?", help="original .ckpt file (PyTorch-Lightning format)")
     parser.add_argument("--config", help="training YAML (required for STaR checkpoints, overrides the ckpt's)")
     parser.add_argument(

@@ -6,11 +6,12 @@ line `prog: error: ...` on stderr and returns exit status 2, without a traceback
 reaches `run_main` (a full disk, a read-only or vanished folder) is reported the same way.
 """
 
-import argparse
 import importlib.util
 import re
 import sys
 from collections.abc import Callable, Sequence
+
+from transformers import HfArgumentParser
 
 from .progress import quiet_when_piped
 
@@ -43,23 +44,36 @@ def require_extra(extra: str, what: str) -> None:
         raise MissingExtra(f"{what} needs {', '.join(missing)}: pip install 'armhubert[{extra}]'")
 
 
-class OneLineArgumentErrors:
-    """For an argparse parser (a `transformers.HfArgumentParser` subclass, say): a refused argument is a `UserError`,
-    so `run_main` prints one line and returns exit status 2 instead of argparse's usage text, and each option is
-    named once, in its first spelling (`--seed: invalid int value: '1.5'`)."""
+class CommandParser(HfArgumentParser):
+    """The argument parser of every command: `HfArgumentParser` (a dataclass's fields become `--field` flags),
+    with the project's one flag style and one-line errors.
 
-    def error(self, message: str):
-        raise UserError(re.sub(r"^argument (--\w+)(?:/--[\w-]+)*: ", r"\1: ", message))
+    Flags are spelled `--output_dir` (as `HfArgumentParser` writes fields), the dashed `--output-dir` accepted
+    as an alias, whichever spelling `add_argument` was given. A refused argument is a `UserError`, so
+    `run_main` prints one line and returns exit status 2 instead of argparse's usage text, each option named
+    once, in its first spelling (`--seed: invalid int value: '1.5'`).
+    """
 
-
-class FlagParser(argparse.ArgumentParser):
-    """argparse with the project's one flag style: `--output_dir` (as `HfArgumentParser` writes flags), with the
-    dashed spelling `--output-dir` accepted as an alias. Flags may be declared in either spelling."""
+    def __init__(self, dataclass_types=(), prog: str | None = None, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # `--learn` is not silently `--learning_rate`
+        super().__init__(list(dataclass_types), **kwargs)
+        if prog:
+            self.prog = prog
 
     def add_argument(self, *names, **kwargs):
         spellings = [f"--{name[2:].replace('-', '_')}" if name.startswith("--") else name for name in names]
         aliases = [f"--{name[2:].replace('_', '-')}" for name in spellings if name.startswith("--") and "_" in name]
-        return super().add_argument(*spellings, *aliases, **kwargs)
+        return super().add_argument(*dict.fromkeys([*spellings, *aliases]), **kwargs)
+
+    def error(self, message: str):
+        raise UserError(re.sub(r"^argument (--\w+)(?:/--[\w-]+)*: ", r"\1: ", message))
+
+    def parse_into_dataclasses(self, argv: Sequence[str] | None) -> tuple:
+        """`parse_args_into_dataclasses`, a dataclass's refusal (`__post_init__`'s ValueError) as one line."""
+        try:
+            return self.parse_args_into_dataclasses(args=argv)
+        except ValueError as error:
+            raise UserError(first_line(error)) from None
 
 
 def error_line(error: BaseException) -> str:

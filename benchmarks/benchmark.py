@@ -38,9 +38,9 @@ from instruments.profiling import (
     measure_peak_memory,
     time_forward,
 )
-from transformers import HfArgumentParser, HubertConfig, HubertModel, WavLMConfig, WavLMModel
+from transformers import HubertConfig, HubertModel, WavLMConfig, WavLMModel
 
-from armhubert.cli import UserError, run_main
+from armhubert.cli import CommandParser, UserError, run_main
 from armhubert.files.atomic import atomic_output_file, atomic_write_text
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
@@ -402,8 +402,7 @@ def plot_latency(results, args, machine, path):
 
 def run(argv=None):
     """Parse the arguments, measure, print the tables, write the JSON and the plot; returns the report."""
-    parser = HfArgumentParser(BenchmarkArguments)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    (args,) = CommandParser([BenchmarkArguments], prog="benchmark.py").parse_into_dataclasses(argv)
     results = run_benchmark(args)
     machine = machine_description(args)
     print()

@@ -23,7 +23,7 @@ import torch
 from instruments.distill_timing import optimiser_step, synthetic_batch, timing_recipe, timing_trainer
 from instruments.profiling import device_name
 
-from armhubert.cli import FlagParser, run_main
+from armhubert.cli import CommandParser, run_main
 from armhubert.deploy.timing import synchronize
 
 # Recipe teachers by architecture: a random model of the same shape times the same.
@@ -31,7 +31,7 @@ RANDOM_TWINS = {"facebook/hubert-base-ls960": "random-hubert", "microsoft/wavlm-
 
 
 def parse_args(argv=None):
-    parser = FlagParser(description=__doc__.split("\n\n")[0])
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="recipe YAML")
     parser.add_argument("--batch_size", type=int, help="utterances per step (default: the recipe's per-device batch)")
     parser.add_argument("--seconds", type=float, default=12.0, help="mean utterance length (LibriSpeech: 12.3 s)")

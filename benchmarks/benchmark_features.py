@@ -40,9 +40,8 @@ import soundfile
 import torch
 from instruments.feature_baselines import corpus_files, naive_loop, run_tool
 from instruments.profiling import LiveTensorBytes, state_tensors
-from transformers import HfArgumentParser
 
-from armhubert.cli import UserError, run_main
+from armhubert.cli import CommandParser, UserError, run_main
 from armhubert.deploy.timing import times_taking_turns
 from armhubert.features.batches import Chunking, Streamed, encode_streamed
 from armhubert.features.encoder import Encoder, load_encoder, select_layers
@@ -381,9 +380,7 @@ def units(args: FeatureBenchmarkArguments) -> None:
 
 
 def benchmark(argv: Sequence[str] | None = None) -> None:
-    parser = HfArgumentParser(FeatureBenchmarkArguments)
-    parser.prog = PROG
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    (args,) = CommandParser([FeatureBenchmarkArguments], prog=PROG).parse_into_dataclasses(argv)
     torch.set_num_threads(args.threads)
     sections = [name.strip() for item in args.sections for name in item.split(",") if name.strip()]
     unknown = [name for name in sections if name not in SECTIONS]

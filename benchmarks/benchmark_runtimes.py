@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from instruments.profiling import count_parameters
-from transformers import HfArgumentParser, HubertConfig, HubertModel
+from transformers import HubertConfig, HubertModel
 
-from armhubert.cli import UserError, require_extra, run_main
+from armhubert.cli import CommandParser, UserError, require_extra, run_main
 from armhubert.deploy import (
     bfloat16_copy,
     cpu_has_bf16,
@@ -288,7 +288,7 @@ def yes_no(flag: bool | None) -> str:
 
 
 def benchmark(argv=None) -> dict:
-    (args,) = HfArgumentParser(RuntimeArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = CommandParser([RuntimeArguments], prog="benchmark_runtimes.py").parse_into_dataclasses(argv)
     cases = check_arguments(args)
     torch.set_num_threads(args.threads)
     base = hubert_base()

@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from gpu.report import format_table, run_check
 from gpu.scales import DRY_RUN, FULL, QUICK, Scale
-from transformers import HfArgumentParser
 
-from armhubert.cli import UserError, run_main
+from armhubert.cli import CommandParser, UserError, run_main
 from armhubert.files.atomic import atomic_write_text
 
 PROG = "gpu_check.py"
@@ -48,7 +47,7 @@ class CheckArguments:
 
 
 def parse_args(argv=None) -> CheckArguments:
-    (args,) = HfArgumentParser(CheckArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = CommandParser([CheckArguments], prog=PROG).parse_into_dataclasses(argv)
     return args
 
 

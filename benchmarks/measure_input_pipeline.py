@@ -14,7 +14,6 @@ host syncs per training step.
    optimiser step, and one logging step, of the quickstart recipe, with the line that asks for each.
 """
 
-import argparse
 import collections
 import statistics
 import sys
@@ -27,7 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import TrainerCallback
 
-from armhubert.cli import run_main
+from armhubert.cli import CommandParser, run_main
 from armhubert.distill.recipe import load_recipe, recipe_arguments
 from armhubert.speech.librispeech import AudioCollator, EpochSeededLengthGroupedSampler, load_librispeech
 from configuration_armhubert import SAMPLING_RATE
@@ -41,7 +40,7 @@ SYNCING_METHODS = ("cpu", "tolist", "numpy")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT / "data"), help="folder holding LibriSpeech/<split>/...")
     parser.add_argument("--splits", nargs="+", default=["train-clean-100", "dev-clean", "test-clean"])
     parser.add_argument("--repeats", type=int, default=3, help="decoding passes (median reported)")

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from armhubert.cli import FlagParser, UserError, require_extra, run_main
+from armhubert.cli import CommandParser, UserError, require_extra, run_main
 from armhubert.deploy import (
     DEFAULT_INT8_PARTS,
     OUTPUT_NAMES,
@@ -99,7 +99,7 @@ def measure_latency(model: PreTrainedModel, session, seconds: float = 10.0, runs
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = FlagParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="converted model folder (or Hub id)")
     parser.add_argument("--subfolder", help="variant subfolder of a multi-model repository")
     parser.add_argument("--output", required=True, help="the .onnx file to write")

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from armhubert.cli import FlagParser, UserError, run_main
+from armhubert.cli import CommandParser, UserError, run_main
 from armhubert.files.atomic import staged_folder
 from armhubert.speech.audio import read_audio
 from configuration_armhubert import SAMPLING_RATE
@@ -205,7 +205,7 @@ def build_corpus(root: Path, seed: int, exe: str) -> tuple[int, float]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = FlagParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--output_dir", type=Path, default=Path("data"), help="directory that will contain LibriSpeech/ (default: data)"
     )

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from armhubert.cli import FlagParser, UserError, require_extra, run_main
+from armhubert.cli import CommandParser, UserError, require_extra, run_main
 from armhubert.deploy import (
     DEFAULT_INT8_PARTS,
     QUANTIZABLE_PARTS,
@@ -50,7 +50,7 @@ MAX_FILES = 1000
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = FlagParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="converted model folder (or Hub id)")
     parser.add_argument("--subfolder", help="variant subfolder of a multi-model repository")
     parser.add_argument("--audio", nargs="+", type=Path, help="audio files (default: the bundled dev-clean)")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import AutoModel
 
-from armhubert.cli import FlagParser, UserError, run_main
+from armhubert.cli import CommandParser, UserError, run_main
 from armhubert.folders.model_folders import check_model_folder, load_pretrained
 from armhubert.resources import BUNDLED_CORPUS
 from armhubert.speech.audio import read_audio
@@ -54,7 +54,7 @@ def warm_latency(model: torch.nn.Module, batch, repeats: int) -> float:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = FlagParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="armhubert-960h", choices=sorted(PRESETS))
     parser.add_argument("--model", help="a saved model folder to load instead of a random preset")
     parser.add_argument(

@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 from transformers.integrations import is_tensorboard_available
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from configuration_armhubert import PRESETS
 
-from ..cli import OneLineArgumentErrors, UserError, first_line
+from ..cli import CommandParser, UserError, first_line
 from ..files.untrusted import brief, load_yaml_file, parse_yaml_text
 from ..resources import BUNDLED_RECIPES, HUB_DATASET, recipe_names
 from ..threads import available_cores
@@ -420,12 +420,11 @@ def did_you_mean(key: str, known: typing.Iterable[str]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-class RecipeParser(OneLineArgumentErrors, HfArgumentParser):
-    """`HfArgumentParser` of `DistillTrainingArguments` whose refusals are `UserError`s (one line, exit status 2,
-    through `run_main`) and which takes no abbreviated flag (`--learn` is not silently `--learning_rate`)."""
+class RecipeParser(CommandParser):
+    """The command parser of `DistillTrainingArguments`."""
 
     def __init__(self, **kwargs):
-        super().__init__(DistillTrainingArguments, prog=PROG, allow_abbrev=False, **kwargs)
+        super().__init__([DistillTrainingArguments], prog=PROG, **kwargs)
 
     def fields(self) -> set[str]:
         return {action.dest for action in self._actions if action.dest in _field_types()}

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from transformers import (
     BatchFeature,
-    HfArgumentParser,
     PreTrainedModel,
     Trainer,
     TrainingArguments,
@@ -28,7 +27,7 @@ from transformers import (
 
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 
-from ..cli import UserError
+from ..cli import CommandParser, UserError
 from ..distill.trainer import resolve_resume
 from ..files.atomic import check_apart, check_output_folder, output_lock
 from ..files.untrusted import check_code_text
@@ -101,13 +100,8 @@ class FinetuneTrainingArguments(TrainingArguments):
 
 
 def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None, prog: str) -> tuple:
-    """HfArgumentParser over the dataclasses + FinetuneTrainingArguments; invalid values become a UserError."""
-    parser = HfArgumentParser((*dataclass_types, FinetuneTrainingArguments))
-    parser.prog = prog
-    try:
-        return parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as error:
-        raise UserError(str(error).strip().splitlines()[0]) from None
+    """The command parser over the dataclasses + FinetuneTrainingArguments; invalid values are one UserError line."""
+    return CommandParser((*dataclass_types, FinetuneTrainingArguments), prog=prog).parse_into_dataclasses(argv)
 
 
 def parse_run_arguments(
