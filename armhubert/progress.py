@@ -5,11 +5,11 @@ every redraw becomes a line of its own (a 30-step distillation once printed abou
 
 - `quiet_when_piped()` (called by `armhubert.cli.run_main` for every command) turns off the bars of
   `datasets`, `huggingface_hub` and `transformers` when stderr is not a terminal;
-- `print_logs_when_piped(trainer)` replaces the Trainer's progress bar by one printed line per log
-  (loss, evaluation) in that case;
+- the Trainer-based commands set `disable_tqdm` in that case (`armhubert.training.guarded_trainer`):
+  the Trainer then prints one line per log (loss, evaluation) instead of redrawing its bar;
 - `progress(iterable, ...)` is the bar for this project's own long loops (tensors of a conversion,
   blocks of a checksum, batches of an evaluation), and `stages(names, ...)` the bar of a command made
-  of a few long steps (an ONNX export); both are drawn only on a terminal.
+  of a few long steps (an ONNX export); both are tqdm bars with `disable=None`, drawn only on a terminal.
 """
 
 import os
@@ -53,29 +53,13 @@ def quiet_when_piped() -> None:
         datasets.disable_progress_bars()
 
 
-def print_logs_when_piped(trainer) -> None:
-    """Off a terminal, swap the Trainer's progress bar (`ProgressCallback`) for one printed line per log.
-
-    What is logged (loss every `logging_steps`, evaluation results) stays visible; the bar's redraws go.
-    """
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    if on_terminal() or not any(isinstance(c, ProgressCallback) for c in trainer.callback_handler.callbacks):
-        return
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(PrinterCallback)
-
-
 def progress(
     iterable: Iterable[Item], total: int | None = None, description: str = "", unit: str = "it"
 ) -> Iterator[Item]:
-    """`iterable` with a progress bar on a terminal (tqdm), unchanged elsewhere."""
-    if not on_terminal():
-        yield from iterable
-        return
+    """`iterable` with a progress bar on a terminal (tqdm's `disable=None`: no bar when stderr is not one)."""
     from tqdm.auto import tqdm
 
-    yield from tqdm(iterable, total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True)
+    yield from tqdm(iterable, total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True, disable=None)
 
 
 @contextmanager
@@ -86,15 +70,12 @@ def stages(names: Sequence[str], description: str = "") -> Iterator[Callable[[st
             begin("export"); ...
             begin("parity check"); ...
 
-    Off a terminal `begin` does nothing (the command's own result lines say what happened).
+    Off a terminal nothing is drawn (the command's own result lines say what happened).
     """
-    if not on_terminal():
-        yield lambda name: None
-        return
     from tqdm.auto import tqdm
 
     bar_format = "{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed}{postfix}"  # stages take minutes: no rate
-    bar = tqdm(total=len(names), desc=description, bar_format=bar_format, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=len(names), desc=description, bar_format=bar_format, leave=False, dynamic_ncols=True, disable=None)
     started = []
 
     def begin(name: str) -> None:

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 from helpers import load_script
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from armhubert import progress
@@ -70,15 +70,17 @@ def test_library_bars_are_turned_off_when_piped(stderr_is, monkeypatch):
 
 
 def test_trainer_prints_one_line_per_log_when_piped(stderr_is, tmp_path):
+    """Off a terminal the guarded Trainer sets `disable_tqdm`, so transformers prints each log as a line
+    (PrinterCallback) instead of redrawing a bar; on a terminal the bar stays."""
+    from armhubert.training.guarded_trainer import GuardedTrainer
+
     model = torch.nn.Linear(2, 2)
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     stderr_is(True)
-    trainer = Trainer(model=model, args=args)
-    progress.print_logs_when_piped(trainer)
+    trainer = GuardedTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]))
     kinds = {type(callback) for callback in trainer.callback_handler.callbacks}
     assert ProgressCallback in kinds and PrinterCallback not in kinds
     stderr_is(False)
-    progress.print_logs_when_piped(trainer)
+    trainer = GuardedTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]))
     kinds = {type(callback) for callback in trainer.callback_handler.callbacks}
     assert ProgressCallback not in kinds and PrinterCallback in kinds
 

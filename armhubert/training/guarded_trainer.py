@@ -14,7 +14,7 @@ from ..cli import UserError
 from ..files.atomic import move_files_into
 from ..files.untrusted import check_finite_weights
 from ..folders.remote_code import ship_pipeline
-from ..progress import print_logs_when_piped
+from ..progress import on_terminal
 from .curves import save_loss_curves
 
 # Under fp16 the gradient scaler skips a step whose gradients overflow (and lowers its scale); this
@@ -74,10 +74,11 @@ class GuardedTrainer(Trainer):
     optimiser step at all is refused the same way.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model=None, args=None, *rest, **kwargs):
+        if args is not None and not on_terminal():
+            args.disable_tqdm = True  # off a terminal: the Trainer prints one line per log, no progress-bar redraws
+        super().__init__(model, args, *rest, **kwargs)
         self._non_finite_steps = 0
-        print_logs_when_piped(self)  # off a terminal: one line per log, no progress-bar redraws
 
     def train(self, *args, **kwargs):
         """`Trainer.train`, refusing a run that took no optimiser step (it would save an untrained model)."""
