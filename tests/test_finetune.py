@@ -154,6 +154,29 @@ def test_ctc_demo_command_trains_on_the_digits_and_leaves_what_the_docs_promise(
     assert (out / "loss.png").stat().st_size > 10_000
 
 
+def test_ctc_evaluation_in_training_gives_the_figures_evaluate_py_gives(tiny_model_dir, tmp_path):
+    """Frames past an utterance's end in a padded evaluation batch are not decoded: an untrained head writes
+    characters on every frame, padding included, so the figures would differ if they were."""
+    out = tmp_path / "ctc"
+    result = finetune_ctc.run(
+        [
+            *("--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out)),
+            *("--data_source", str(DIGITS_CORPUS), "--max_train_samples", "8", "--max_steps", "1"),
+            *("--learning_rate", "1e-6", *QUIET),
+        ]
+    )
+    assert 0.3 < result["eval"]["eval_cer"] < 10  # it writes characters: the padding would add many
+    report = tmp_path / "evaluate.json"
+    evaluate = load_script("evaluate")
+    assert (
+        evaluate.main([str(out), "--data", str(DIGITS_CORPUS), "--split", "dev-clean", "--output_json", str(report)])
+        == 0
+    )
+    figures = finetune_ctc.json.loads(report.read_text())
+    assert figures["wer"] == pytest.approx(result["eval"]["eval_wer"]), (figures, result["eval"])
+    assert figures["cer"] == pytest.approx(result["eval"]["eval_cer"]), (figures, result["eval"])
+
+
 def copy_of_corpus(tmp_path, splits=("train-clean-100", "dev-clean")):
     root = tmp_path / "LibriSpeech"
     for split in splits:
