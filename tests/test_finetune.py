@@ -2,6 +2,7 @@
 bundled corpus, and the SUPERB upstream expert."""
 
 import csv
+import shlex
 import shutil
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from helpers import load_script, random_model, tiny_config
+from helpers import ROOT, load_script, random_model, tiny_config
 from safetensors.torch import load_file
 from transformers import pipeline
 
@@ -30,6 +31,7 @@ from pipeline_armhubert import release_feature_extractor
 finetune_classification = load_script("finetune_classification")
 finetune_ctc = load_script("finetune_ctc")
 superb_upstream = load_script("superb_upstream")
+make_corpus = load_script("make_corpus")
 
 CORPUS = BUNDLED_CORPUS
 STAR = dict(layer_reuses_attention_map=[False] * 4, projection_head_size=None, use_mask_embedding=False)
@@ -80,6 +82,99 @@ def test_ctc_finetuning_lowers_the_loss_and_writes_a_usable_model(tiny_model_dir
     asr = pipeline("automatic-speech-recognition", model=str(out), trust_remote_code=True)
     text = asr(load_16k(CORPUS / "dev-clean" / "1002" / "202" / "1002-202-0000.flac"))["text"]
     assert isinstance(text, str) and set(text) <= set(vocab)
+
+
+DIGITS_CORPUS = ROOT / "data" / "digits" / "LibriSpeech"
+
+
+def transcripts(split_folder):
+    """{utterance id: transcript} of a LibriSpeech-layout split."""
+    lines = [line for path in split_folder.rglob("*.trans.txt") for line in path.read_text().splitlines()]
+    return dict(line.split(" ", 1) for line in lines)
+
+
+def test_bundled_digits_corpus_is_the_one_make_corpus_plans_and_evaluates_on_new_sequences():
+    """The CTC demo's corpus: what `make_corpus.py --corpus digits --seed 0` writes, every evaluation sequence new."""
+    planned = {
+        split: {f"{speaker.speaker_id}-{chapter}-{utt:04d}": text for _, speaker, chapter, utt, text, _, _ in plan}
+        for split, plan in (
+            (name, [row for row in make_corpus.plan_digit_utterances(0) if row[0] == name])
+            for name, _, _ in make_corpus.DIGIT_SPLITS
+        )
+    }
+    bundled = {split: transcripts(DIGITS_CORPUS / split) for split in planned}
+    assert bundled == planned
+    assert [len(bundled[split]) for split in ("train-clean-100", "dev-clean", "test-clean")] == [120, 40, 20]
+    assert all(len(list((DIGITS_CORPUS / split).rglob("*.flac"))) == len(bundled[split]) for split in bundled)
+    words = [word for text in bundled["train-clean-100"].values() for word in text.split()]
+    assert set(words) == set(make_corpus.DIGITS) and len(words) > 400  # each word heard about 47 times in training
+    training = set(bundled["train-clean-100"].values())
+    assert not training & set(bundled["dev-clean"].values()) and not training & set(bundled["test-clean"].values())
+
+
+def demo_arguments(page):
+    """The arguments of the CTC demo command on a documentation page (its finetune_ctc.py line from runs/quickstart)."""
+    text = page.read_text().replace("\\\n", " ")
+    lines = [line for line in text.splitlines() if "scripts/finetune_ctc.py" in line and "runs/quickstart" in line]
+    assert len(lines) == 1, (page, lines)
+    words = shlex.split(lines[0])
+    return words[words.index("scripts/finetune_ctc.py") + 1 :]
+
+
+def replace_option(arguments, option, value):
+    index = arguments.index(option)
+    return [*arguments[: index + 1], value, *arguments[index + 2 :]]
+
+
+def test_ctc_demo_command_trains_on_the_digits_and_leaves_what_the_docs_promise(tiny_model_dir, tmp_path):
+    """The documented demo, cut to 60 steps from the tiny encoder: the digits vocabulary, a falling loss, an
+    evaluation curve of several points, a card and loss.png (the full run is measured in docs/finetuning.md)."""
+    arguments = demo_arguments(ROOT / "README.md")
+    assert arguments == demo_arguments(ROOT / "docs" / "finetuning.md")
+    out = tmp_path / "ctc"
+    for option, value in (
+        ("--model_name_or_path", str(tiny_model_dir)),
+        ("--output_dir", str(out)),
+        ("--max_steps", "60"),
+        ("--eval_steps", "20"),
+        ("--logging_steps", "5"),
+    ):
+        arguments = replace_option(arguments, option, value)
+    result = finetune_ctc.run([*arguments, "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"])
+
+    letters = {char for word in make_corpus.DIGITS for char in word}
+    assert set(finetune_ctc.json.loads((out / "vocab.json").read_text())) == {"[PAD]", "[UNK]", "|", *letters}
+    losses = training_losses(result)
+    assert len(losses) == 12 and np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+    evaluations = [entry for entry in result["log_history"] if "eval_wer" in entry]
+    assert [entry["step"] for entry in evaluations] == [20, 40, 60]  # a curve, not a single point
+    assert all(0 <= entry["eval_wer"] <= 1.5 and 0 <= entry["eval_cer"] <= 1.5 for entry in evaluations)
+    card = (out / "README.md").read_text()
+    assert "data/digits/LibriSpeech" in card and f"WER {100 * result['eval']['eval_wer']:.2f} %" in card
+    assert (out / "loss.png").stat().st_size > 10_000
+
+
+def test_ctc_evaluation_in_training_gives_the_figures_evaluate_py_gives(tiny_model_dir, tmp_path):
+    """Frames past an utterance's end in a padded evaluation batch are not decoded: an untrained head writes
+    characters on every frame, padding included, so the figures would differ if they were."""
+    out = tmp_path / "ctc"
+    result = finetune_ctc.run(
+        [
+            *("--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out)),
+            *("--data_source", str(DIGITS_CORPUS), "--max_train_samples", "8", "--max_steps", "1"),
+            *("--learning_rate", "1e-6", *QUIET),
+        ]
+    )
+    assert 0.3 < result["eval"]["eval_cer"] < 10  # it writes characters: the padding would add many
+    report = tmp_path / "evaluate.json"
+    evaluate = load_script("evaluate")
+    assert (
+        evaluate.main([str(out), "--data", str(DIGITS_CORPUS), "--split", "dev-clean", "--output_json", str(report)])
+        == 0
+    )
+    figures = finetune_ctc.json.loads(report.read_text())
+    assert figures["wer"] == pytest.approx(result["eval"]["eval_wer"]), (figures, result["eval"])
+    assert figures["cer"] == pytest.approx(result["eval"]["eval_cer"]), (figures, result["eval"])
 
 
 def copy_of_corpus(tmp_path, splits=("train-clean-100", "dev-clean")):
