@@ -36,6 +36,9 @@ def _bundled_files():
         *(ROOT / "conf").glob("*.yaml"),
         *(ROOT / "data" / "LibriSpeech").rglob("*.flac"),
         *(ROOT / "data" / "LibriSpeech").rglob("*.trans.txt"),
+        *(ROOT / "data" / "digits").rglob("*.flac"),
+        *(ROOT / "data" / "digits").rglob("*.trans.txt"),
+        ROOT / "data" / "digits" / "README.md",
         *real,
     ]
     return sorted(f"armhubert/{path.relative_to(ROOT)}" for path in files)
