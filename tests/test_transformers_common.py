@@ -8,6 +8,7 @@ a right-padded attention mask (the model refuses other masks). Skips say why; ev
 
 import contextlib
 import unittest
+import warnings
 
 import pytest
 import torch
@@ -18,7 +19,9 @@ from configuration_armhubert import ARMHubertConfig
 from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification, ARMHubertModel
 
 try:
-    common = load()
+    with warnings.catch_warnings():  # transformers' own pytest marks (flash_attn_test, ...), registered in its repo
+        warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
+        common = load()
 except FetchError as error:  # one failing test with the reason, not a collection error that stops the suite
     FETCH_ERROR = str(error)
     common = None

@@ -67,7 +67,7 @@ def _pip_download(requirement: str, destination: str, source_only: bool) -> Path
         last = (done.stderr.strip().splitlines() or ["no file downloaded"])[-1]
         raise FetchError(
             f"could not download {requirement} from PyPI for transformers' common tests ({last}); "
-            f"connect to PyPI, or unpack its sdist's tests/ into {CACHE}/tests yourself."
+            "check the network and pip's index (PIP_INDEX_URL), then rerun."
         )
     return files[0]
 
