@@ -556,6 +556,40 @@ def test_reentrant_checkpointing_is_allowed_without_reused_maps():
     assert_same_gradients({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, plain)
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # eager on a CPU, by design
+def test_every_attention_implementation_is_honoured_or_refused_in_one_line():
+    """Each implementation transformers knows, set in the config or on a built model: it runs with SDPA's numbers
+    (FlexAttention, eager maps, paged eager) or is refused in one line (the flash kernels, unknown names)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    audio, attention_mask = padded_pair()
+    reference = random_model(tiny_config())
+    with torch.inference_mode():
+        expected = reference(audio, attention_mask=attention_mask, output_hidden_states=True)
+    names = {"eager", "no-such-attention", *ALL_ATTENTION_FUNCTIONS.keys()}
+    ran = set()
+    for name in sorted(names):
+        for where in ("config", "set_attn_implementation"):
+            try:
+                if where == "config":
+                    model = ARMHubertModel(tiny_config(attn_implementation=name))
+                else:
+                    model = ARMHubertModel(tiny_config())
+                    model.set_attn_implementation(name)
+            except ValueError as refused:
+                assert len(str(refused).strip().splitlines()) == 1, (name, where, str(refused))
+                continue
+            assert model.config._attn_implementation == name
+            model.load_state_dict(reference.state_dict())
+            with torch.inference_mode():
+                assert_same_outputs(
+                    model.eval()(audio, attention_mask=attention_mask, output_hidden_states=True), expected
+                )
+            ran.add(name)
+    assert {"sdpa", "eager", "flex_attention"} <= ran and "no-such-attention" not in ran
+    assert not any(name.startswith("flash_attention") for name in ran)
+
+
 def test_a_registered_attention_function_serves_the_layers_whose_map_nobody_reuses():
     """`attn_implementation` naming a function registered with transformers is called by every computing layer
     without a reusing layer after it (all four of MaskHuBERT's layout, the last of [F, T, T, F]); the pairs
