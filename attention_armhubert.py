@@ -661,8 +661,8 @@ def choose_attention(
       is held too; else the reusing layer rebuilds it from Q, K (and the log-sum-exp in "resoftmax").
     - FlexAttention has no backward: autograd and attention dropout take SDPA.
     - Export (`exporting`) takes the paths that trace to public ops with no shape-dependent branch: explicit maps
-      in "resoftmax", SDPA in "probabilities" mode and for the lone layers (the fused CPU kernel and the block
-      loops would fix the batch size or mis-export; docs/deployment.md). FlexAttention exports as SDPA.
+      for the pairs, SDPA for the lone layers (the fused CPU kernel and the block loops would fix the batch
+      size or mis-export; docs/deployment.md). FlexAttention exports as SDPA.
     """
     if output_attentions or config._attn_implementation == "eager":
         explicit = attention_path("map", "sdpa")
@@ -676,9 +676,11 @@ def choose_attention(
     resoftmax = config.reuse_softmax == "resoftmax"
     reuse_dropout = config.reuse_attention_dropout if training else 0.0
     batch, time, _ = hidden_states.shape
-    if resoftmax and (exporting() or grad and (not config.reuse_recompute_backward or reuse_dropout > 0)):
-        handover = "map"  # autograd through the saved map (`ResoftmaxReuse` has no dropout); export
-    elif hidden_states.device.type == "cpu" and not exporting() and small_map(config, batch, time):
+    if exporting():
+        handover = "map"  # public ops without shape-dependent branches (as exported graphs always had at 1 s)
+    elif resoftmax and grad and (not config.reuse_recompute_backward or reuse_dropout > 0):
+        handover = "map"  # autograd through the saved map (`ResoftmaxReuse` has no dropout)
+    elif hidden_states.device.type == "cpu" and small_map(config, batch, time):
         handover = "map"  # a map this small stays in cache: holding it beats rebuilding it
     else:
         handover = "logsumexp" if resoftmax else "probabilities"
