@@ -460,6 +460,8 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
         elif isinstance(module, ARMHubertLogMelFrontEnd):
             module.reset_buffers()
 
+    # Outputs: `can_return_tuple` as transformers' models. Not `capture_outputs`' hooks: hidden states are taken after
+    # `layer_grad_scale`'s split and the `required_seq_len_multiple` crop, and maps exist on the explicit path only.
     def _output_flags(self, output_hidden_states, output_attentions):
         """The two output switches of a forward, `None` meaning the config's value (`return_dict` is
         `can_return_tuple`'s)."""
