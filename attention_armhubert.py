@@ -627,6 +627,26 @@ def attention_path(handover: str | None, implementation: str) -> AttentionPath:
     return ATTENTION_PATHS.get((handover, implementation)) or ATTENTION_PATHS[(handover, "sdpa")]
 
 
+def exporting() -> bool:
+    """Whether the model is being traced for export (`torch.export`, the dynamo ONNX exporter, or the TorchScript one)."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
+def padded_or_none(key_padding_mask: Mask) -> Mask:
+    """key_padding_mask (B, T) bool, True = padding, or None where it pads nothing and reading it costs nothing: on a
+    CPU, outside compiled and exported graphs (an all-real mask changes no number; None takes the unmasked kernels).
+    An accelerator would wait for the device at every step to read it (issue 20)."""
+    if key_padding_mask is None or torch.compiler.is_compiling() or key_padding_mask.device.type != "cpu":
+        return key_padding_mask
+    return key_padding_mask if bool(key_padding_mask.any()) else None
+
+
+def small_map(config: ARMHubertConfig, batch: int, time: int) -> bool:
+    """Whether a (B, H, T, T) map has at most `config.explicit_map_elements` elements (never asked while exporting:
+    the answer would fix the batch size of the graph)."""
+    return batch * config.num_attention_heads * time**2 <= config.explicit_map_elements
+
+
 def choose_attention(
     config: ARMHubertConfig, hidden_states: Tensor, grad: bool, training: bool, output_attentions: bool
 ) -> tuple[AttentionPath, AttentionPath]:
@@ -640,12 +660,15 @@ def choose_attention(
       rebuilds it in the backward; on a CPU a map of at most `explicit_map_elements` stays in cache and
       is held too; else the reusing layer rebuilds it from Q, K (and the log-sum-exp in "resoftmax").
     - FlexAttention has no backward: autograd and attention dropout take SDPA.
+    - Export (`exporting`) takes the paths that trace to public ops with no shape-dependent branch: explicit maps
+      for the pairs, SDPA for the lone layers (the fused CPU kernel and the block loops would fix the batch
+      size or mis-export; docs/deployment.md). FlexAttention exports as SDPA.
     """
     if output_attentions or config._attn_implementation == "eager":
         explicit = attention_path("map", "sdpa")
         return explicit, explicit
     implementation = config._attn_implementation
-    if grad or (training and config.attention_dropout > 0):
+    if grad or (training and config.attention_dropout > 0) or exporting():
         implementation = "sdpa"  # FlexAttention has no backward here
     lone = attention_path(None, implementation)
     if not any(config.layer_reuses_attention_map):
@@ -653,14 +676,43 @@ def choose_attention(
     resoftmax = config.reuse_softmax == "resoftmax"
     reuse_dropout = config.reuse_attention_dropout if training else 0.0
     batch, time, _ = hidden_states.shape
-    small_map = batch * config.num_attention_heads * time**2 <= config.explicit_map_elements
-    if resoftmax and grad and (not config.reuse_recompute_backward or reuse_dropout > 0):
+    if exporting():
+        handover = "map"  # public ops without shape-dependent branches (as exported graphs always had at 1 s)
+    elif resoftmax and grad and (not config.reuse_recompute_backward or reuse_dropout > 0):
         handover = "map"  # autograd through the saved map (`ResoftmaxReuse` has no dropout)
-    elif small_map and hidden_states.device.type == "cpu":
+    elif hidden_states.device.type == "cpu" and small_map(config, batch, time):
         handover = "map"  # a map this small stays in cache: holding it beats rebuilding it
     else:
         handover = "logsumexp" if resoftmax else "probabilities"
     return attention_path(handover, implementation), lone
+
+
+# --------------------------------------------------------------------------------------------------
+# Reentrant checkpointing: it tracks only a layer's positional tensors, not the `Handover`, so it would drop the
+# reused map's gradient or double it (issue 20). Refused in one line by every route where maps are reused.
+
+REENTRANT_CHECKPOINTING = (
+    "Reentrant activation checkpointing loses the gradients of reused attention maps: checkpoint with "
+    'use_reentrant=False, i.e. activation_checkpointing_kwargs={"use_reentrant": False} '
+    '(TrainingArguments: gradient_checkpointing_kwargs={"use_reentrant": False}; torch\'s checkpoint_wrapper: '
+    "checkpoint_impl=CheckpointImpl.NO_REENTRANT)."
+)
+
+
+def check_checkpointing(config: ARMHubertConfig, gradient_checkpointing_func: Callable | None) -> None:
+    """Refuse, when checkpointing is enabled through transformers, a reentrant `gradient_checkpointing_func` (a
+    partial of torch's `checkpoint`; reentrant unless it says use_reentrant=False) for a model that reuses maps."""
+    keywords = getattr(gradient_checkpointing_func, "keywords", {})
+    reentrant = keywords.get("use_reentrant") is not False  # torch's default (with a warning)
+    if reentrant and any(config.layer_reuses_attention_map):
+        raise ValueError(REENTRANT_CHECKPOINTING)
+
+
+def check_not_reentrant(hidden_states: Tensor) -> None:
+    """Refuse a reusing layer's input (B, T, D) that needs a gradient while autograd is off: only reentrant
+    checkpointing runs a layer so (torch's `checkpoint_wrapper`, or any route around `check_checkpointing`)."""
+    if hidden_states.requires_grad and not torch.is_grad_enabled():
+        raise ValueError(REENTRANT_CHECKPOINTING)
 
 
 # --------------------------------------------------------------------------------------------------

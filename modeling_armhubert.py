@@ -25,7 +25,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 # `save_pretrained` copies this file's relative imports into the folder beside it: the configuration and the
 # kernels (`kernels.*`, attention_armhubert.py). The pipeline file, which this one does not import, is shipped
@@ -57,7 +57,8 @@ class ARMHubertModelOutput(ModelOutput):
         projected_hidden_states (tuple of L `(B, T, P)`, when asked and the model has all L heads):
             head_i(output of layer i), the representation the release fed to SUPERB.
         attentions (tuple of L `(B, H, T, T)`, when asked): the weights every layer applied to V.
-        frame_attention_mask (`(B, T)` long, or `None`): 1 for real frames, 0 for padding.
+        frame_attention_mask (`(B, T)` long, or `None`): 1 for real frames, 0 for padding; present whenever an
+            `attention_mask` is given (all ones when nothing is padded), except for a model with a window.
     """
 
     last_hidden_state: torch.FloatTensor = None
@@ -301,6 +302,8 @@ class ARMHubertEncoderLayer(GradientCheckpointingLayer):
     def forward(self, hidden_states: Tensor, *attention_inputs) -> kernels.AttentionOutput:
         """(B, T, D) -> ((B, T, D), the `Handover` for the next layer, applied weights or None); `attention_inputs`
         are `ARMHubertAttention.forward`'s key_padding_mask, path and handover."""
+        if self.attention.reuses_map:
+            kernels.check_not_reentrant(hidden_states)
         residual = hidden_states
         if self.pre_layer_norm:
             hidden_states = self.layer_norm(hidden_states)
@@ -422,19 +425,20 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
         return True
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Callable = None, **kwargs):
-        """Refuse reentrant checkpointing of a model whose layers reuse maps: it tracks only positional
-        tensors, not the `Handover`, so it drops the reused map's gradient or doubles it (issue 20)."""
-        keywords = getattr(gradient_checkpointing_func, "keywords", {})
-        reentrant = keywords.get("use_reentrant") is not False  # torch's default (with a warning)
-        if enable and reentrant and any(self.config.layer_reuses_attention_map):
-            raise ValueError(
-                "Reentrant activation checkpointing loses the gradients of reused attention maps: checkpoint with "
-                'use_reentrant=False, i.e. activation_checkpointing_kwargs={"use_reentrant": False} '
-                '(TrainingArguments: gradient_checkpointing_kwargs={"use_reentrant": False}).'
-            )
+        """Refuse reentrant checkpointing of a model whose layers reuse maps (`kernels.check_checkpointing`)."""
+        if enable:
+            kernels.check_checkpointing(self.config, gradient_checkpointing_func)
         if gradient_checkpointing_func is not None:
             kwargs["gradient_checkpointing_func"] = gradient_checkpointing_func
         super()._set_gradient_checkpointing(enable, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with every Auto class of `AUTO_CLASSES` in `config.auto_map` (transformers
+        records only the saving class): the folder opens as remote code through any of them, whoever saved it."""
+        module = type(self).__module__.split(".")[-1]  # "modeling_armhubert", also as a folder's remote code
+        entries = {auto.__name__: f"{module}.{model.__name__}" for auto, model in AUTO_CLASSES.items()}
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **entries}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module):
         if isinstance(module, ARMHubertProjectionHead):
@@ -456,13 +460,15 @@ class ARMHubertPreTrainedModel(PreTrainedModel):
         elif isinstance(module, ARMHubertLogMelFrontEnd):
             module.reset_buffers()
 
-    def _output_flags(self, output_hidden_states, output_attentions, return_dict):
-        """The three output switches of a forward, `None` meaning the config's value."""
+    # Outputs: `can_return_tuple` as transformers' models. Not `capture_outputs`' hooks: hidden states are taken after
+    # `layer_grad_scale`'s split and the `required_seq_len_multiple` crop, and maps exist on the explicit path only.
+    def _output_flags(self, output_hidden_states, output_attentions):
+        """The two output switches of a forward, `None` meaning the config's value (`return_dict` is
+        `can_return_tuple`'s)."""
         config = self.config
         return (
             bool(config.output_hidden_states if output_hidden_states is None else output_hidden_states),
             bool(config.output_attentions if output_attentions is None else output_attentions),
-            config.return_dict if return_dict is None else return_dict,
         )
 
     def _get_feat_extract_output_lengths(self, input_lengths):
@@ -546,15 +552,11 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         return (kernels.scale_gradient(features, mult) if self.training else features).transpose(1, 2)
 
     def _frame_padding_mask(self, num_frames, attention_mask):
-        """(B, T) bool, True = padded frame; None when nothing is padded (or a window is attended whole)."""
+        """(B, T) bool, True = padded frame, whenever an attention_mask is given, padded or not (so that the
+        output's fields never depend on the data); None without one or when a window is attended whole."""
         if attention_mask is None or self.config.frontend_window_samples is not None:
             return None
-        real = self._get_feature_vector_attention_mask(num_frames, attention_mask).bool()
-        if torch.compiler.is_compiling() or real.device.type != "cpu":
-            # No data-dependent shortcut inside a compiled graph, nor on an accelerator, where reading the
-            # mask would wait for the device every step (issue 20): an all-real mask changes nothing.
-            return ~real
-        return None if bool(real.all()) else ~real
+        return ~self._get_feature_vector_attention_mask(num_frames, attention_mask).bool()
 
     def encoder_input(
         self,
@@ -562,7 +564,8 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         mask_time_indices: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Raw audio (B, N) -> (CNN features (B, T, C), encoder input (B, T, D), frame padding mask (B, T) or None).
+        """Raw audio (B, N) -> (CNN features (B, T, C), encoder input (B, T, D), frame padding mask (B, T) or None:
+        `_frame_padding_mask`).
 
         The encoder input is where HuBERT masks: after the feature projection, with `mask_time_indices`
         frames replaced by `mask_emb` (and where the task heads apply SpecAugment).
@@ -596,7 +599,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         output_attentions: bool = False,
     ) -> ARMHubertModelOutput:
         """The transformer and the projection heads over `encoder_input`'s three outputs."""
-        encoded = self.encoder(hidden_states, padding_mask, output_attentions=output_attentions)
+        encoded = self.encoder(hidden_states, kernels.padded_or_none(padding_mask), output_attentions=output_attentions)
         projected = None
         heads = self.projection_heads
         if heads is not None and output_hidden_states and all(head is not None for head in heads):
@@ -616,6 +619,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
             frame_attention_mask=None if padding_mask is None else (~padding_mask).long(),
         )
 
+    @can_return_tuple
     def forward(
         self,
         input_values: torch.Tensor,
@@ -623,7 +627,6 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         mask_time_indices: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> ARMHubertModelOutput | tuple:
         """Encode raw 16 kHz audio.
@@ -635,13 +638,11 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
                 (masking distillation).
             output_hidden_states: also return `hidden_states` and `projected_hidden_states`.
             output_attentions: also return every layer's attention weights (explicit path).
+            return_dict: `False` for a tuple (`can_return_tuple`; the config's by default).
         """
-        output_hidden_states, output_attentions, return_dict = self._output_flags(
-            output_hidden_states, output_attentions, return_dict
-        )
+        output_hidden_states, output_attentions = self._output_flags(output_hidden_states, output_attentions)
         frames = self.encoder_input(input_values, attention_mask, mask_time_indices)
-        output = self.encode(*frames, output_hidden_states, output_attentions)
-        return output if return_dict else output.to_tuple()
+        return self.encode(*frames, output_hidden_states, output_attentions)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -765,10 +766,12 @@ class ARMHubertTaskModel(ARMHubertPreTrainedModel):
             param.requires_grad = False
 
     def _encode(self, input_values, attention_mask, output_hidden_states, output_attentions):
-        """Run the encoder, SpecAugment in training: (its output, the head input (B, T, P), frame mask (B, T) or None)."""
+        """Run the encoder, SpecAugment in training: (its output, the head input (B, T, P), frame mask (B, T) or None
+        where nothing is padded on a CPU: the heads' numbers do not depend on whether a mask was given)."""
         features, hidden_states, padding_mask = self.armhubert.encoder_input(input_values, attention_mask)
+        padded = kernels.padded_or_none(padding_mask)
         if self.training and self.spec_augment is not None:
-            hidden_states = self.spec_augment(hidden_states, padding_mask, self.armhubert.mask_emb)
+            hidden_states = self.spec_augment(hidden_states, padded, self.armhubert.mask_emb)
         outputs = self.armhubert.encode(
             features, hidden_states, padding_mask, self.layer_sum is not None or output_hidden_states, output_attentions
         )
@@ -776,8 +779,9 @@ class ARMHubertTaskModel(ARMHubertPreTrainedModel):
             features = self.layer_sum(superb_layer_outputs(self.config, outputs))
         else:
             features = outputs.last_hidden_state
-        return outputs, features, outputs.frame_attention_mask
+        return outputs, features, None if padded is None else (~padded).long()
 
+    @can_return_tuple
     def forward(
         self,
         input_values: torch.Tensor,
@@ -785,28 +789,21 @@ class ARMHubertTaskModel(ARMHubertPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
     ) -> ModelOutput | tuple:
         """The head's logits for raw 16 kHz audio, and its loss when `labels` are given (see `_logits_and_loss`).
 
         Args:
             input_values, attention_mask, output_hidden_states, output_attentions: as for [`ARMHubertModel`].
             labels: CTC token ids (B, U) or class ids (B,).
+            return_dict: `False` for a tuple (`can_return_tuple`; the config's by default).
         """
-        output_hidden_states, output_attentions, return_dict = self._output_flags(
-            output_hidden_states, output_attentions, return_dict
-        )
+        output_hidden_states, output_attentions = self._output_flags(output_hidden_states, output_attentions)
         outputs, features, frame_mask = self._encode(
             input_values, attention_mask, output_hidden_states, output_attentions
         )
         logits, loss = self._logits_and_loss(features, frame_mask, labels)
-        output = self.output_class(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
-            attentions=outputs.attentions,
-        )
-        return output if return_dict else output.to_tuple()
+        hidden_states = outputs.hidden_states if output_hidden_states else None
+        return self.output_class(loss=loss, logits=logits, hidden_states=hidden_states, attentions=outputs.attentions)
 
 
 class ARMHubertForCTC(ARMHubertTaskModel):
@@ -891,9 +888,12 @@ class ARMHubertForSequenceClassification(ARMHubertTaskModel):
         return logits, self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
 
 
-AutoModel.register(ARMHubertConfig, ARMHubertModel, exist_ok=True)
-ARMHubertModel.register_for_auto_class("AutoModel")
-AutoModelForCTC.register(ARMHubertConfig, ARMHubertForCTC, exist_ok=True)
-ARMHubertForCTC.register_for_auto_class("AutoModelForCTC")
-AutoModelForAudioClassification.register(ARMHubertConfig, ARMHubertForSequenceClassification, exist_ok=True)
-ARMHubertForSequenceClassification.register_for_auto_class("AutoModelForAudioClassification")
+# Every Auto class opens every saved folder (`ARMHubertPreTrainedModel.save_pretrained` records them all).
+AUTO_CLASSES = {
+    AutoModel: ARMHubertModel,
+    AutoModelForCTC: ARMHubertForCTC,
+    AutoModelForAudioClassification: ARMHubertForSequenceClassification,
+}
+for auto_class, model_class in AUTO_CLASSES.items():
+    auto_class.register(ARMHubertConfig, model_class, exist_ok=True)
+    model_class.register_for_auto_class(auto_class.__name__)

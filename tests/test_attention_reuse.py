@@ -496,6 +496,35 @@ def test_checkpointing_gives_the_plain_gradients_and_refuses_reentrant(path):
     assert not model.encoder.layers[0].gradient_checkpointing
 
 
+@pytest.mark.parametrize("path", sorted(REUSE_PATHS))
+def test_torch_checkpoint_wrapper_reentrant_is_refused_and_non_reentrant_gives_the_plain_gradients(path):
+    """Checkpointing applied with torch's `checkpoint_wrapper` instead of transformers' switch: reentrant (which
+    would silently drop the reused layers' Q/K gradients) stops at the first reusing layer in one line, before
+    any backward; non-reentrant gives the plain gradients."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+
+    audio, attention_mask = padded_pair()
+    config = tiny_config(layer_reuses_attention_map=[False, True, True, False], **REUSE_PATHS[path], **QUIET)
+    plain = parameter_gradients(config, audio, attention_mask)
+    for impl in (CheckpointImpl.REENTRANT, CheckpointImpl.NO_REENTRANT):
+        model = random_model(config).train()
+        layers = model.encoder.layers
+        for index, layer in enumerate(layers):
+            layers[index] = checkpoint_wrapper(layer, checkpoint_impl=impl)
+        if impl is CheckpointImpl.REENTRANT:
+            with pytest.raises(ValueError) as refused:
+                model(audio, attention_mask=attention_mask, output_hidden_states=True)
+            assert REFUSAL in str(refused.value) and "CheckpointImpl.NO_REENTRANT" in str(refused.value)
+            assert len(str(refused.value).splitlines()) == 1
+            assert all(param.grad is None for param in model.parameters())
+            continue
+        output = model(audio, attention_mask=attention_mask, output_hidden_states=True)
+        loss = output.last_hidden_state.pow(2).mean() + sum(p.pow(2).mean() for p in output.projected_hidden_states)
+        loss.backward()
+        grads = {name.replace("._checkpoint_wrapped_module", ""): p.grad for name, p in model.named_parameters()}
+        assert_same_gradients({name: grad for name, grad in grads.items() if grad is not None}, plain)
+
+
 def test_trainer_refuses_reentrant_checkpointing_before_the_first_step(tmp_path):
     """TrainingArguments' gradient_checkpointing_kwargs reach the same refusal, before any step runs."""
     from transformers import Trainer, TrainingArguments
@@ -525,6 +554,40 @@ def test_reentrant_checkpointing_is_allowed_without_reused_maps():
     loss = output.last_hidden_state.pow(2).mean() + sum(p.pow(2).mean() for p in output.projected_hidden_states)
     loss.backward()
     assert_same_gradients({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, plain)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # eager on a CPU, by design
+def test_every_attention_implementation_is_honoured_or_refused_in_one_line():
+    """Each implementation transformers knows, set in the config or on a built model: it runs with SDPA's numbers
+    (FlexAttention, eager maps, paged eager) or is refused in one line (the flash kernels, unknown names)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    audio, attention_mask = padded_pair()
+    reference = random_model(tiny_config())
+    with torch.inference_mode():
+        expected = reference(audio, attention_mask=attention_mask, output_hidden_states=True)
+    names = {"eager", "no-such-attention", *ALL_ATTENTION_FUNCTIONS.keys()}
+    ran = set()
+    for name in sorted(names):
+        for where in ("config", "set_attn_implementation"):
+            try:
+                if where == "config":
+                    model = ARMHubertModel(tiny_config(attn_implementation=name))
+                else:
+                    model = ARMHubertModel(tiny_config())
+                    model.set_attn_implementation(name)
+            except ValueError as refused:
+                assert len(str(refused).strip().splitlines()) == 1, (name, where, str(refused))
+                continue
+            assert model.config._attn_implementation == name
+            model.load_state_dict(reference.state_dict())
+            with torch.inference_mode():
+                assert_same_outputs(
+                    model.eval()(audio, attention_mask=attention_mask, output_hidden_states=True), expected
+                )
+            ran.add(name)
+    assert {"sdpa", "eager", "flex_attention"} <= ran and "no-such-attention" not in ran
+    assert not any(name.startswith("flash_attention") for name in ran)
 
 
 def test_a_registered_attention_function_serves_the_layers_whose_map_nobody_reuses():

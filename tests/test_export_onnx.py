@@ -6,6 +6,7 @@ import torch
 from helpers import load_script, random_model, tiny_config
 
 from armhubert.convert.folders import save_model_folder
+from armhubert.deploy.graph import quiet_exporter
 from configuration_armhubert import receptive_field
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
@@ -98,3 +99,78 @@ def test_bad_options_are_one_line_before_any_export(tiny_model_dir, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert sorted(p.name for p in tiny_model_dir.iterdir()) == before and list(tmp_path.iterdir()) == []
+
+
+# Every attention path as export takes it (`choose_attention` while exporting): the reusing pair of layers 0-1,
+# and layer 2, a computing layer whose map nobody reuses. 4 s of audio: 199 frames, past `explicit_map_elements`,
+# where inference would take the fused kernels (a private CPU op, and block loops over the batch).
+EXPORT_PATHS = {
+    "resoftmax": {},
+    "probabilities": dict(reuse_softmax="probabilities"),
+    "eager": dict(attn_implementation="eager"),
+}
+FOUR_SECONDS = 64000
+
+
+def export_model(path):
+    config = tiny_config(num_hidden_layers=3, layer_reuses_attention_map=[False, True, False], **EXPORT_PATHS[path])
+    return random_model(config, seed=3)
+
+
+def padded_audio(batch):
+    """(B, 4 s) audio and its mask, the second row padded after 2.5 s."""
+    audio = 0.1 * torch.randn(batch, FOUR_SECONDS, generator=torch.Generator().manual_seed(batch))
+    mask = torch.ones(batch, FOUR_SECONDS, dtype=torch.long)
+    mask[1:, 40000:] = 0
+    return audio * mask, mask
+
+
+class LastHiddenState(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_values, attention_mask):
+        return self.model(input_values, attention_mask=attention_mask).last_hidden_state
+
+
+@pytest.mark.parametrize("path", ["resoftmax", "probabilities"])
+def test_torch_export_with_a_dynamic_batch_takes_batch_one(path):
+    """Traced on a batch of 2 without autograd, as transformers' HubertModel, the program takes 1 and 3 rows: no
+    attention path choice guards the batch size."""
+    model = export_model(path).eval()
+    audio, mask = padded_audio(2)
+    batch = torch.export.Dim("batch")
+    with torch.no_grad():
+        program = torch.export.export(
+            LastHiddenState(model).eval(), (audio, mask), dynamic_shapes=({0: batch}, {0: batch}), strict=False
+        )
+        for rows in (1, 3):
+            audio, mask = padded_audio(rows)
+            expected = model(audio, attention_mask=mask).last_hidden_state
+            torch.testing.assert_close(program.module()(audio, mask), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", sorted(EXPORT_PATHS))
+def test_onnx_exporter_matches_pytorch_within_1e_4_on_every_attention_path(path):
+    """torch's ONNX exporter (as transformers' docs use it) on 4 s of audio with a dynamic batch: ONNX Runtime's
+    outputs for a padded batch of 2 and for 1 row are within 1e-4 of PyTorch's inference (the fused path)."""
+    model = export_model(path).eval()
+    audio, mask = padded_audio(2)
+    batch = torch.export.Dim("batch")
+    with torch.no_grad(), quiet_exporter():
+        program = torch.onnx.export(
+            LastHiddenState(model).eval(),
+            (audio, mask),
+            dynamo=True,
+            input_names=["input_values", "attention_mask"],
+            dynamic_shapes=({0: batch}, {0: batch}),
+            verbose=False,
+        )
+    session = onnxruntime.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for rows in (2, 1):
+        audio, mask = padded_audio(rows)
+        (got,) = session.run(None, {"input_values": audio.numpy(), "attention_mask": mask.numpy()})
+        with torch.inference_mode():
+            expected = model(audio, attention_mask=mask).last_hidden_state
+        np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=1e-4)

@@ -246,6 +246,52 @@ torch.save(out + [features["features"], torch.tensor(features["layers"]), torch.
     torch.testing.assert_close(features, torch.stack(direct.hidden_states[1:])[:, 0])
 
 
+def test_plain_save_pretrained_folders_open_through_every_auto_class_as_remote_code(tmp_path):
+    """`save_pretrained` alone (no `add_remote_code_entries`) records every Auto class, whichever class saved the
+    folder: in a process that never imported this project, each of the three folders opens as each of the three
+    models through remote code, with the saved weights."""
+    models = {
+        "enc": random_model(tiny_config()),
+        "ctc": head(ARMHubertForCTC, vocab_size=9),
+        "cls": head(ARMHubertForSequenceClassification, num_labels=3),
+    }
+    for name, model in models.items():
+        model.save_pretrained(tmp_path / name)
+        assert sorted(json.loads((tmp_path / name / "config.json").read_text())["auto_map"]) == [
+            "AutoConfig",
+            "AutoModel",
+            "AutoModelForAudioClassification",
+            "AutoModelForCTC",
+        ]
+    script = f"""
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification, AutoModelForCTC
+root, sums = {str(tmp_path)!r}, {{}}
+for folder in ("enc", "ctc", "cls"):
+    assert type(AutoConfig.from_pretrained(root + "/" + folder, trust_remote_code=True)).__name__ == "ARMHubertConfig"
+    for auto in (AutoModel, AutoModelForCTC, AutoModelForAudioClassification):
+        model = auto.from_pretrained(root + "/" + folder, trust_remote_code=True, vocab_size=9, num_labels=3)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        encoder = getattr(model, "armhubert", model)
+        sums[folder, auto.__name__] = (type(model).__name__, float(encoder.encoder.layers[0].attention.v_proj.weight.sum()))
+torch.save(sums, root + "/sums.pt")
+"""
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sums = torch.load(tmp_path / "sums.pt", weights_only=False)
+    classes = {"AutoModel": "ARMHubertModel", "AutoModelForCTC": "ARMHubertForCTC"}
+    for (folder, auto), (class_name, weight_sum) in sums.items():
+        assert class_name == classes.get(auto, "ARMHubertForSequenceClassification")
+        model = models[folder]
+        expected = getattr(model, "armhubert", model).encoder.layers[0].attention.v_proj.weight.detach().sum()
+        assert weight_sum == pytest.approx(float(expected), abs=1e-6), (folder, auto)
+    assert len(sums) == 9
+
+
 def test_remote_code_entries_name_every_auto_class_and_the_pipeline():
     config = add_remote_code_entries(tiny_config())
     assert config.auto_map == {

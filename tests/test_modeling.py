@@ -108,6 +108,33 @@ def test_padded_batch_rows_equal_their_own_runs(variant_config):
     assert int(batched.frame_attention_mask[1].sum()) == min(valid_frames, batched.frame_attention_mask.shape[1])
 
 
+@pytest.mark.parametrize("model_class", ["ARMHubertModel", "ARMHubertForCTC", "ARMHubertForSequenceClassification"])
+def test_output_fields_depend_on_the_arguments_never_on_the_data(model_class):
+    """With an attention_mask the outputs hold the same fields (and tuples the same length) whether a row is padded
+    or not: `frame_attention_mask` is all ones then, not missing (as it was on a CPU only). Without padding, the
+    numbers equal those without a mask, bit for bit."""
+    import modeling_armhubert
+
+    model = getattr(modeling_armhubert, model_class)(tiny_config(vocab_size=8, num_labels=3)).eval()
+    audio = torch.cat([waveform(8000, seed=5), waveform(8000, seed=6)])
+    padded, unpadded = torch.ones(2, 8000, dtype=torch.long), torch.ones(2, 8000, dtype=torch.long)
+    padded[1, 5000:] = 0
+    kinds = {}
+    with torch.no_grad():
+        for name, mask in (("padded", padded), ("unpadded", unpadded), ("none", None)):
+            output = model(audio, attention_mask=mask, output_hidden_states=True)
+            tuple_output = model(audio, attention_mask=mask, output_hidden_states=True, return_dict=False)
+            kinds[name] = output
+            assert len(tuple_output) == len(output.to_tuple())
+    assert list(kinds["padded"].keys()) == list(kinds["unpadded"].keys())
+    first = next(iter(kinds["none"].values()))
+    torch.testing.assert_close(next(iter(kinds["unpadded"].values())), first, rtol=0, atol=0)
+    if model_class == "ARMHubertModel":
+        assert kinds["unpadded"].frame_attention_mask.tolist() == [[1] * 24, [1] * 24]
+        assert kinds["padded"].frame_attention_mask.sum(-1).tolist() == [24, 15]
+        assert "frame_attention_mask" not in kinds["none"]
+
+
 def test_padding_never_leaks_into_real_frames():
     """Whatever sits in the padded samples, real frames of the encoder are unchanged (no GroupNorm)."""
     model = random_model(tiny_config(feat_extract_norm="layer"))
