@@ -635,7 +635,7 @@ def exporting() -> bool:
 def padded_or_none(key_padding_mask: Mask) -> Mask:
     """key_padding_mask (B, T) bool, True = padding, or None where it pads nothing and reading it costs nothing: on a
     CPU, outside compiled and exported graphs (an all-real mask changes no number; None takes the unmasked kernels).
-    An accelerator would wait for the device at every step to read it (issue 20)."""
+    An accelerator would wait for the device at every step to read it."""
     if key_padding_mask is None or torch.compiler.is_compiling() or key_padding_mask.device.type != "cpu":
         return key_padding_mask
     return key_padding_mask if bool(key_padding_mask.any()) else None
@@ -689,7 +689,7 @@ def choose_attention(
 
 # --------------------------------------------------------------------------------------------------
 # Reentrant checkpointing: it tracks only a layer's positional tensors, not the `Handover`, so it would drop the
-# reused map's gradient or double it (issue 20). Refused in one line by every route where maps are reused.
+# reused map's gradient or double it. Refused in one line by every route where maps are reused.
 
 REENTRANT_CHECKPOINTING = (
     "Reentrant activation checkpointing loses the gradients of reused attention maps: checkpoint with "

@@ -650,7 +650,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
 
 
 def superb_layer_outputs(config: ARMHubertConfig, output: ARMHubertModelOutput) -> tuple[Tensor, ...]:
-    """The per-layer representations behind the published SUPERB numbers (spec 3.7): the L projected outputs
+    """The per-layer representations behind the published SUPERB numbers: the L projected outputs
     with projection heads (ARM / Mask), else the L layer outputs (STaR), of an `output_hidden_states` output."""
     return output.projected_hidden_states if config.has_projection_heads else output.hidden_states[1:]
 

@@ -1,4 +1,4 @@
-"""Half precision (issue 20, defect 2): the reuse keeps its float32 parts under autocast and with bf16 values.
+"""Half precision: the reuse keeps its float32 parts under autocast and with bf16 values.
 
 After the release's second softmax a reused weight is ~(1 + p_ij) / (n + 1): the map's structure is a
 relative ~1/n ripple, below bf16's resolution beyond ~250 frames. These tests hold the reuse's output
@@ -130,7 +130,7 @@ def layer_cosines(model, audio, attention_mask, half_model=None, autocast=False)
 @pytest.mark.parametrize("path", ["explicit", "fused", "flex_attention"])
 def test_bf16_models_stay_close_to_float32_on_every_layer(path):
     """A padded batch through a model under bf16 autocast and with bf16 weights: every layer's cosine to
-    the float32 model's >= 0.999 (issue 17), outputs finite."""
+    the float32 model's >= 0.999, outputs finite."""
     implementation = "flex_attention" if path == "flex_attention" else "sdpa"
     config = tiny_config(layer_reuses_attention_map=[False, True, True, False], attn_implementation=implementation)
     if path != "explicit":

@@ -382,7 +382,7 @@ def test_projected_features_of_a_task_model_with_one_head_are_refused_clearly():
 
 
 def test_compiled_ctc_training_step_draws_spec_augment_outside_the_graph():
-    """torch.compile(fullgraph=False) of a CTC training step with SpecAugment (issue 20, defect 3): the mask
+    """torch.compile(fullgraph=False) of a CTC training step with SpecAugment: the mask
     drawing (host NumPy, data-dependent span counts) runs outside the graph; loss and gradients equal eager."""
     import numpy as np
 
