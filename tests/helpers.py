@@ -84,8 +84,11 @@ def waveform(num_samples, seed):
 
 
 def load_script(name):
-    """scripts/<name>.py (or benchmarks/<name>.py) as a module, for tests that call a script's functions
+    """The module behind a command, for tests that call its functions: `armhubert.commands.<name>` for the
+    scripts that are entry points over it, else scripts/<name>.py or benchmarks/<name>.py loaded from its file
     (scripts are entry points, not on sys.path)."""
+    if (ROOT / "armhubert" / "commands" / f"{name}.py").is_file():
+        return importlib.import_module(f"armhubert.commands.{name}")
     path = ROOT / "scripts" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path if path.exists() else ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

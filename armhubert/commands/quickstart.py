@@ -1,0 +1,111 @@
+"""Build a model from a preset, encode bundled utterances, print shapes, size and speed.
+
+    HF_HUB_OFFLINE=1 python scripts/quickstart.py [--preset armhubert-960h] [--split dev-clean] [--repeats 5]
+
+Runs offline on the synthetic corpus in `data/LibriSpeech` (random weights unless `--model` names a
+converted or trained model folder). The time is the median of `--repeats` warm calls on the batch.
+"""
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel
+
+from armhubert.cli import CommandParser, UserError, run_main
+from armhubert.folders.model_folders import check_model_folder, load_pretrained
+from armhubert.resources import BUNDLED_CORPUS
+from armhubert.speech.audio import read_audio
+from armhubert.threads import use_machine_threads
+from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
+from modeling_armhubert import ARMHubertModel
+from pipeline_armhubert import release_feature_extractor
+
+PROG = "quickstart.py"
+
+
+def read_utterances(split_dir: Path, limit: int) -> tuple[list[Path], list[np.ndarray]]:
+    """The first `limit` .flac files below `split_dir` (sorted) and their 16 kHz mono samples."""
+    files = sorted(Path(split_dir).rglob("*.flac"))[:limit]
+    if not files:
+        raise UserError(f"no .flac files under {split_dir}; expected LibriSpeech/<split>/<spk>/<chap>/*.flac")
+    return files, [read_audio(path, target_rate=SAMPLING_RATE) for path in files]
+
+
+def warm_latency(model: torch.nn.Module, batch, repeats: int) -> float:
+    """Median seconds of `repeats` calls on `batch`, after the first (cold) call has run.
+
+    A first call pays one-off work (allocations, derived weights, thread start-up), so one timed
+    call varies tens of times from run to run; the median of warm calls is what a user's loop sees.
+    """
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(batch.input_values, attention_mask=batch.attention_mask, output_hidden_states=True)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="armhubert-960h", choices=sorted(PRESETS))
+    parser.add_argument("--model", help="a saved model folder to load instead of a random preset")
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="let a --model folder of another model type run its own Python code (ARMHuBERT folders never need it)",
+    )
+    parser.add_argument("--data_dir", default=str(BUNDLED_CORPUS))
+    parser.add_argument("--split", default="dev-clean")
+    parser.add_argument("--num_utterances", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5, help="timed warm calls; the time is their median")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.num_utterances < 1:
+        raise UserError("--repeats and --num_utterances must be at least 1")
+    return args
+
+
+def quickstart(argv: Sequence[str] | None = None) -> None:
+    """Encode the utterances with the model and print what came out and how fast."""
+    args = parse_args(argv)
+    threads = use_machine_threads(PROG)
+    torch.manual_seed(0)
+    if args.model:
+        check_model_folder(args.model, subfolder_option=None)
+        model = load_pretrained(AutoModel.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)
+    else:
+        model = ARMHubertModel(ARMHubertConfig.from_preset(args.preset))
+    model.eval()
+    files, audio = read_utterances(Path(args.data_dir) / args.split, args.num_utterances)
+    batch = release_feature_extractor()(audio, sampling_rate=SAMPLING_RATE, padding=True, return_tensors="pt")
+
+    with torch.inference_mode():
+        output = model(batch.input_values, attention_mask=batch.attention_mask, output_hidden_states=True)
+    elapsed = warm_latency(model, batch, args.repeats)
+
+    seconds = sum(len(a) for a in audio) / SAMPLING_RATE
+    name = args.model or args.preset
+    print(f"model: {name}, {sum(p.numel() for p in model.parameters()):,} parameters")
+    print(
+        f"input: {len(files)} utterances from {args.split}, {seconds:.1f} s of audio, batch {tuple(batch.input_values.shape)}"
+    )
+    print(f"last_hidden_state: {tuple(output.last_hidden_state.shape)}")
+    print(f"hidden_states: {len(output.hidden_states)} x {tuple(output.hidden_states[-1].shape)}")
+    if output.projected_hidden_states is not None:
+        print(
+            f"projected_hidden_states: {len(output.projected_hidden_states)} x {tuple(output.projected_hidden_states[0].shape)}"
+        )
+    print(
+        f"time: {elapsed:.3f} s per batch, median of {args.repeats} warm calls ({seconds / elapsed:.0f} s of audio "
+        f"per second, {threads} thread{'s' if threads > 1 else ''}, load {os.getloadavg()[0]:.2f}: one measurement)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(PROG, quickstart, argv)
