@@ -19,8 +19,6 @@ import yaml
 from helpers import TINY_CKPT
 from hostile import compressed_checkpoint, distiller, long_flac, run_capped, save, tiny_checkpoint, tiny_yaml_text
 
-MAX_SECONDS = 2
-
 _PRELUDE = r"""
 import convert_checkpoint, distill_trainer
 from armhubert.data.audio import read_audio
@@ -215,7 +213,5 @@ def _cases(folder):
 def test_small_hostile_files_are_refused_fast_and_in_bounded_memory(tmp_path):
     cases = _cases(tmp_path)
     assert all(path.stat().st_size < 1 << 20 for path in tmp_path.iterdir())  # each hostile file is under 1 MB
-    results = run_capped(_PRELUDE, cases)
-    for name, result in results.items():
-        assert result["seconds"] < MAX_SECONDS, (name, result)
+    run_capped(_PRELUDE, cases)  # each: exit 2, one line, under 200 MB and 2 s of CPU
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("out-", "run-", "."))]

@@ -17,7 +17,7 @@ from configuration_armhubert import SAMPLING_RATE
 
 from .audio import DataError, audio_num_samples
 from ..cli import UserError
-from ..files.untrusted import check_regular_file
+from ..files.untrusted import check_number, check_regular_file
 
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif")
 MAX_CSV_BYTES = 64 << 20  # 600,000 rows: its rows in memory stay a few hundred MB
@@ -96,6 +96,8 @@ def build_dataset(
 
     `random_crop` marks the rows the collator may cut to a random window (training rows with --crop_seconds).
     """
+    if max_duration is not None:  # nan would keep every file silently
+        check_number(max_duration, "--max_duration", 0, 86_400)
     unknown = sorted({label for _, label in examples} - set(label2id))
     if unknown:
         raise DataError(

@@ -184,8 +184,10 @@ def parse_yaml_text(text: str, what: str, loader: type = yaml.SafeLoader) -> Any
 def read_bounded(path: str | PathLike, what: str, limit: int, usual: str) -> bytes:
     """The bytes of a file of at most `limit` bytes (reads one more to tell); UserError if larger or unreadable.
 
-    `usual` says what size such a file has, for the message.
+    `usual` says what size such a file has, for the message. A FIFO, device or folder is refused before it is
+    opened (`check_regular_file`: opening a FIFO blocks until someone writes to it).
     """
+    check_regular_file(path, what)
     try:
         with open(path, "rb") as handle:
             data = handle.read(limit + 1)

@@ -13,6 +13,7 @@ it describes is sized on the meta device before any weight is allocated, and a f
 installed classes); whatever makes the folder unloadable is one UserError.
 """
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -163,14 +164,39 @@ def _load_quietly(
     report (the multi-line table of MISSING / UNEXPECTED keys) not printed: the callers say what matters in one
     line. Any failure of the load itself is one UserError."""
     load_config(source, subfolder, trust_remote_code)
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
+    library_logger = transformers_logging._get_library_root_logger()
+    report = _Report()
+    handlers, library_logger.handlers = library_logger.handlers, [report]  # kept, not printed
     try:
         return load(source, subfolder=subfolder or "", output_loading_info=True, **kwargs)
     except Exception as error:  # noqa: BLE001 -- a user's folder: missing, truncated or mismatched weights, bad values
-        raise UserError(f"cannot load the model {_where(source, subfolder)}: {_reason(error)}") from None
+        reason = _reason(error)
+        mismatched = report.rows("MISMATCH")
+        if mismatched:  # transformers' reason only says "look at the above report": the rows it means
+            reason = f"weights of another shape than the model's ({'; '.join(mismatched[:2])})"
+        raise UserError(f"cannot load the model {_where(source, subfolder)}: {reason}") from None
     finally:
-        transformers_logging.set_verbosity(verbosity)
+        library_logger.handlers = handlers
+
+
+class _Report(logging.Handler):
+    """Keeps what transformers logs while loading (its load report) instead of printing it."""
+
+    def __init__(self):
+        super().__init__(logging.NOTSET)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def rows(self, status: str) -> list[str]:
+        """The report's table rows of that status, as `key: details`."""
+        rows = []
+        for line in "\n".join(self.messages).splitlines():
+            cells = [cell.strip() for cell in line.split("|")]
+            if len(cells) >= 2 and cells[1].startswith(status):
+                rows.append(f"{cells[0]}: {' '.join(cell for cell in cells[2:] if cell)}".rstrip(": "))
+        return sorted(rows)
 
 
 def _missing(info: dict) -> list[str]:
