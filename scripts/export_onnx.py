@@ -48,7 +48,7 @@ from armhubert.deploy import (
 )
 from armhubert.deploy.timing import medians_taking_turns
 from armhubert.files.atomic import atomic_write_bytes, check_output_file
-from armhubert.files.untrusted import check_number
+from armhubert.files.untrusted import check_finite_weights, check_number
 from armhubert.progress import stages
 from armhubert.threads import use_machine_threads
 from configuration_armhubert import SAMPLING_RATE
@@ -160,6 +160,8 @@ def export(argv: Sequence[str] | None = None) -> int:
     check_precision(args.precision, args.int8_parts)
     check_arguments(args)
     model = load_model(args.model, args.subfolder)
+    # NaN weights give NaN outputs, which every parity comparison lets through: refused before the export.
+    check_finite_weights(model, f"the model {args.model}", "its outputs would be NaN; export a model that trained well")
     threads = args.threads or use_machine_threads(PROG)
     torch.set_num_threads(threads)
     # Progress bars (a terminal only) name the long silent stages; the parity table prints between them.
@@ -176,7 +178,12 @@ def export(argv: Sequence[str] | None = None) -> int:
     with stages(["timing"], "ONNX") as begin:
         begin("timing")
         latency = measure_latency(model, session, args.latency_seconds, args.latency_runs)
-    atomic_write_bytes(output, model_bytes, replace=args.overwrite)
+    try:
+        atomic_write_bytes(output, model_bytes, replace=args.overwrite)  # the previous file stays until the rename
+    except OSError as error:  # a full disk, a file-size limit: nothing of the new file is left
+        raise UserError(
+            f"could not write {output} ({error.strerror or error}); free disk space or choose another folder"
+        ) from None
     speedup = latency["PyTorch"] / latency["onnxruntime"]
     print(
         f"CPU latency, 1 x {args.latency_seconds:g} s, {threads} threads, median of {args.latency_runs}, taking turns: "

@@ -39,7 +39,7 @@ from armhubert.deploy import (
     node_parts,
     quantize_int8,
 )
-from armhubert.files.untrusted import check_number
+from armhubert.files.untrusted import check_finite_weights, check_number
 from armhubert.resources import BUNDLED_CORPUS
 from armhubert.speech.audio import read_audio
 from armhubert.threads import use_machine_threads
@@ -128,7 +128,11 @@ def report(argv: Sequence[str] | None = None) -> int:
     require_extra("onnx", "the quantisation report")
     check_int8_parts(args.int8_parts)
     files = audio_files(args.audio)
+    check_number(args.max_seconds, "--max_seconds", 0, 3600)  # before the (slow) load
     model = load_model(args.model, args.subfolder)
+    check_finite_weights(
+        model, f"the model {args.model}", "its outputs would be NaN; measure a model that trained well"
+    )
     threads = args.threads or use_machine_threads(PROG)
     torch.set_num_threads(threads)
     audios = load_audio(files, args.max_seconds, min_samples(model.config))

@@ -19,8 +19,6 @@ import yaml
 from helpers import TINY_CKPT
 from hostile import compressed_checkpoint, distiller, long_flac, run_capped, save, tiny_checkpoint, tiny_yaml_text
 
-MAX_SECONDS = 2
-
 _PRELUDE = r"""
 import convert_checkpoint, distill_trainer
 from armhubert.speech.audio import read_audio
@@ -74,6 +72,22 @@ def _allocating_pickle(size, wrap_in_size=False):
     if wrap_in_size:
         call = b"ctorch\nSize\n" + call + b"\x85R"
     return b"\x80\x02}X\x0a\x00\x00\x00state_dict" + call + b"s."
+
+
+def _in_hyper_parameters(value_ops, protocol=2):
+    """`{"state_dict": {}, "hyper_parameters": {"extra": {"x": VALUE}}}` with VALUE's opcodes given (hand-written)."""
+    return (
+        bytes([0x80, protocol])
+        + b"}(X\x0a\x00\x00\x00state_dict}X\x10\x00\x00\x00hyper_parameters}X\x05\x00\x00\x00extra}"
+        + b"X\x01\x00\x00\x00x"
+        + value_ops
+        + b"ssu."
+    )
+
+
+def _declared(opcode, size, width=8):
+    """An opcode whose argument declares `size` bytes, followed by three (the file ends there)."""
+    return opcode + size.to_bytes(width, "little") + b"abc"
 
 
 def _rng_bomb(path, elements):
@@ -165,6 +179,27 @@ def _cases(folder):
         cases.append((name, "convert", [str(path), "--output-dir", str(folder / f"out-{name}")], message))
 
     raw("bytearray-2GB", _allocating_pickle(2_200_000_000), "calls builtins.bytearray")
+    # The same call under the Python 2 names protocol 2 writes (which the unpickler maps), nested in hyper_parameters.
+    py2_bytearray = b"c__builtin__\nbytearray\n" + _long(1_800_000_000) + b"\x85R"
+    raw("hparams-__builtin__-bytearray-1.8GB", _in_hyper_parameters(py2_bytearray), "calls builtins.bytearray")
+    py2_bytes = b"c__builtin__\nbytes\n" + _long(1_800_000_000) + b"\x85R"
+    raw("hparams-__builtin__-bytes-1.8GB", _in_hyper_parameters(py2_bytes), "calls builtins.bytes")
+    reduced = b"ccopy_reg\n_reconstructor\n(c__builtin__\nbytearray\nc__builtin__\nbytearray\n"
+    raw("hparams-copyreg-bytearray", _in_hyper_parameters(reduced + _long(1_800_000_000) + b"tR"), "calls builtins")
+    for name, protocol, value in [
+        ("bytearray8-2GB", 5, _declared(b"\x96", 2_000_000_000)),
+        ("binbytes8-2GB", 4, _declared(b"\x8e", 2_000_000_000)),
+        ("binbytes-4GB", 3, _declared(b"B", 0xFFFF_FFF0, 4)),
+        ("binunicode-4GB", 2, _declared(b"X", 0xFFFF_FFF0, 4)),
+    ]:  # a length the file does not hold: refused while scanning, nothing of that size allocated
+        raw(f"hparams-{name}", _in_hyper_parameters(value, protocol), "is not a readable pickle")
+    real = tiny_checkpoint()  # a real torch.save zip, protocol 2: the fixture with a small bytearray in its hparams
+    distiller(real)["extra"] = {"nested": bytearray(1000)}
+    path = save(folder / "hparams-real-bytearray.ckpt", real)
+    cases.append(("hparams-real-bytearray", "convert", [str(path), "--output-dir", str(folder / "out-r")], "bytearray"))
+    legacy = folder / "hparams-legacy-bytearray.ckpt"
+    torch.save(real, legacy, _use_new_zipfile_serialization=False)
+    cases.append(("hparams-legacy-bytearray", "convert", [str(legacy), "--output-dir", str(folder / "out-l")], "zip"))
     raw("size-of-bytearray", _allocating_pickle(300_000_000, wrap_in_size=True), "calls builtins.bytearray")
     # 600,000 NONE opcodes in one list: 0.6 MB of pickle, seconds and hundreds of MB to unpickle.
     raw("opcode-flood", b"\x80\x02](" + b"N" * 600_000 + b"e.", "more than 500,000 pickle opcodes")
@@ -178,7 +213,5 @@ def _cases(folder):
 def test_small_hostile_files_are_refused_fast_and_in_bounded_memory(tmp_path):
     cases = _cases(tmp_path)
     assert all(path.stat().st_size < 1 << 20 for path in tmp_path.iterdir())  # each hostile file is under 1 MB
-    results = run_capped(_PRELUDE, cases)
-    for name, result in results.items():
-        assert result["seconds"] < MAX_SECONDS, (name, result)
+    run_capped(_PRELUDE, cases)  # each: exit 2, one line, under 200 MB and 2 s of CPU
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("out-", "run-", "."))]

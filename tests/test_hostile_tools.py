@@ -21,13 +21,14 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from helpers import load_script, tiny_config
+from helpers import TINY_CKPT, load_script, tiny_config
 from hostile import digest, file_size_limited, long_flac, refusal, run_capped, run_child
 from transformers import HubertConfig, Wav2Vec2CTCTokenizer
 
 from armhubert.features.units import CODEBOOK_FORMAT, Codebook, save_codebook
 from armhubert.files.untrusted import check_number, parse_json
-from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification
+from armhubert.resources import BUNDLED_CORPUS
+from modeling_armhubert import ARMHubertForCTC, ARMHubertForSequenceClassification, ARMHubertModel
 from pipeline_armhubert import release_feature_extractor
 
 evaluate = load_script("evaluate")
@@ -386,6 +387,92 @@ def test_resume_rewrites_a_shard_whose_bytes_changed_and_keeps_an_intact_one(fea
     assert shards[1].stat().st_mtime_ns == untouched  # kept, not re-encoded
 
 
+def _edit_shard_records(path, change):
+    """Rewrite a shard's metadata records with `change(records)`, its fingerprint, sha256 and tensors unchanged
+    (what `--resume` checks still matches: only the layout the records claim is hostile)."""
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    metadata = json.loads(header["__metadata__"]["armhubert"])
+    metadata["utterances"] = change(metadata["utterances"])
+    header["__metadata__"]["armhubert"] = json.dumps(metadata)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length :])
+
+
+_HOSTILE_RECORDS = {  # records [id, offset, frames, unit offset, units] of a shard holding one utterance
+    "offset-past-the-tensors": (lambda r: [[r[0][0], 10**6, *r[0][2:]]], "starts at frame 1000000"),
+    "frames-past-the-tensors": (lambda r: [[r[0][0], 0, r[0][2] + 7, 0, 0]], "which has"),
+    "overlapping-utterances": (lambda r: [r[0], [r[0][0] + "-again", 0, *r[0][2:]]], "not where the one before"),
+    "extra-utterance": (lambda r: [*r, ["0-extra", r[0][2], 0, 0, 0]], "lists 2 utterances, not the 1"),
+    "other-utterance": (lambda r: [["someone-else", *r[0][1:]]], "lists 1 utterances, not the 1 this run planned"),
+    "no-utterance": (lambda r: [], "its 0 utterances take 0 rows"),
+}
+
+
+@pytest.mark.parametrize("case", list(_HOSTILE_RECORDS))
+def test_resume_refuses_a_shard_whose_records_do_not_lay_out_its_tensors(feature_run, tmp_path, capsys, case):
+    argv, output = feature_run
+    copy = tmp_path / "out"
+    subprocess.run(["cp", "-a", str(output), str(copy)], check=True)
+    (copy / "index.json").unlink()
+    change, message = _HOSTILE_RECORDS[case]
+    _edit_shard_records(sorted(copy.glob("shard-*.safetensors"))[0], change)
+    before = digest(copy)
+    line = refusal(capsys, extract.main, *argv[:-1], copy, "--resume")
+    assert "carries this run's fingerprint but its metadata does not match its tensors" in line, line
+    assert message in line and "delete it, then run again with --resume" in line, line
+    assert digest(copy) == before  # nothing rewritten, nothing removed
+
+
+def _edit_index(folder, change):
+    index = json.loads((folder / "index.json").read_text())
+    change(index)
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize(
+    "case, change, message",
+    [
+        ("offset-past", lambda e, s: e[0].update(offset=10**6), "starts at frame 1000000"),
+        ("frames-past", lambda e, s: e[0].update(frames=e[0]["frames"] + 7), "which has"),
+        ("negative", lambda e, s: e[0].update(offset=-3), "starts at frame -3"),
+        ("overlap", lambda e, s: e[1].update(shard=e[0]["shard"]), "not where the one before"),
+        ("shard-outside", lambda e, s: e[0].update(shard="../shard-00000.safetensors"), "is not one this tool"),
+        ("shard-unlisted", lambda e, s: s.append("/etc/passwd"), "is not an index of this tool"),
+        ("text-offset", lambda e, s: e[0].update(offset="0"), "is not one this tool writes"),
+        ("lost-utterance", lambda e, s: None, "its 0 utterances take 0 rows"),
+    ],
+)
+def test_the_feature_index_refuses_entries_that_do_not_lay_out_the_shards(feature_run, tmp_path, case, change, message):
+    from armhubert.cli import UserError
+    from armhubert.features.index import FeatureIndex
+
+    _, output = feature_run
+    copy = tmp_path / "out"
+    subprocess.run(["cp", "-a", str(output), str(copy)], check=True)
+    assert len(FeatureIndex(copy)) == 2
+
+    def edit(index):
+        entries = list(index["utterances"].values())
+        change(entries, index["shards"])
+        if case == "lost-utterance":
+            del index["utterances"][list(index["utterances"])[-1]]
+
+    _edit_index(copy, edit)
+    with pytest.raises(UserError) as refused:
+        FeatureIndex(copy)
+    assert message in str(refused.value) and "\n" not in str(refused.value), str(refused.value)
+    fifo_copy = tmp_path / "fifo"  # a shard that is a FIFO: refused before it is opened (opening would block)
+    subprocess.run(["cp", "-a", str(output), str(fifo_copy)], check=True)
+    shard = sorted(fifo_copy.glob("shard-*.safetensors"))[0]
+    shard.unlink()
+    fifo(shard)
+    with pytest.raises(UserError, match="is a FIFO"):
+        FeatureIndex(fifo_copy)
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -686,3 +773,176 @@ def test_a_fifo_in_an_audio_folder_is_skipped_and_listed_never_opened(folders, t
     assert extract.main([str(x) for x in argv]) == 0
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert list(index["utterances"]) == ["good"] and sorted(name for name, _ in index["skipped"]) == ["gone", "pipe"]
+
+
+# ---- every tool, in one capped child: exit 2, one line, under 200 MB and 2 s of CPU, inputs unchanged
+
+_TOOLS_PRELUDE = r"""
+import onnx, onnxruntime, datasets, soundfile  # imported before the cases: their import is no refusal's time
+import convert_checkpoint
+from helpers import load_script, tiny_config
+from armhubert.cli import UserError, run_main
+from modeling_armhubert import ARMHubertModel
+from pipeline_armhubert import ARMHubertFeatureExtractionPipeline, release_feature_extractor
+
+scripts = {name: load_script(name) for name in ("evaluate", "extract_features", "export_onnx", "quantization_report",
+                                                 "finetune_ctc", "finetune_classification")}
+features = ARMHubertFeatureExtractionPipeline(model=ARMHubertModel(tiny_config()).eval(),
+                                              feature_extractor=release_feature_extractor())
+
+def pipeline(args):  # a library call: its ValueError is what a caller turns into one line
+    def call(a):
+        try:
+            features(a[0])
+        except (ValueError, TypeError) as error:
+            raise UserError(str(error)) from None
+    return run_main("pipeline", call, args)
+
+COMMANDS = {"convert": convert_checkpoint.main, "pipeline": pipeline,
+            **{name: script.main for name, script in scripts.items()}}
+"""
+
+_FINETUNE_QUIET = ["--use_cpu", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]
+
+
+def _weights_changed(source, folder, change):
+    from safetensors.torch import load_file, save_file
+
+    subprocess.run(["cp", "-a", str(source), str(folder)], check=True)
+    weights = load_file(folder / "model.safetensors")
+    change(weights)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def _tool_cases(folders, root):
+    """(name, command, arguments, expected message fragment) for every tool."""
+    ctc, good, cases = folders["ctc"], folders["audio"][0], []
+    encoder_key = "armhubert.encoder.layers.0.feed_forward.output_dense.weight"
+    missing = _weights_changed(ctc, root / "missing", lambda w: w.pop(encoder_key))
+
+    def nan_and_unexpected(weights):
+        weights[encoder_key] = torch.full_like(weights[encoder_key], float("nan"))
+        weights[encoder_key.replace("layers.0", "not_a_layer")] = torch.zeros(
+            3
+        )  # an UNEXPECTED line of the load report
+
+    broken = _weights_changed(ctc, root / "nan-unexpected", nan_and_unexpected)
+    encoder = root / "encoder"  # a converted encoder (a fine-tuned folder keeps only its last projection head)
+    ARMHubertModel(tiny_config()).save_pretrained(encoder)
+    release_feature_extractor().save_pretrained(encoder)
+    encoder_key = encoder_key.removeprefix("armhubert.")
+    encoder_missing = _weights_changed(encoder, root / "encoder-missing", lambda w: w.pop(encoder_key))
+    encoder_broken = _weights_changed(encoder, root / "encoder-nan-unexpected", nan_and_unexpected)
+    pipe = fifo(root / "pipe.wav")
+    flac = long_flac(root / "long.flac", 20)  # one second declaring 20 h
+    ok_csv = csv_file(root / "ok.csv", [(good, "a")])
+    fifo_csv = csv_file(root / "fifo.csv", [(pipe, "a")])
+    out = root / "out"
+    onnx_out = root / "out.onnx"
+    # convert_checkpoint.py
+    cases.append(("convert-fifo-checkpoint", "convert", [pipe, "--output-dir", out], "is not a file"))
+    cases.append(("convert-fifo-config", "convert", [TINY_CKPT, "--config", pipe, "--output-dir", out], "FIFO"))
+    cases.append(("convert-device-checkpoint", "convert", ["/dev/zero", "--output-dir", out], "is not a file"))
+    # evaluate.py
+    cases.append(("evaluate-missing-weight", "evaluate", [missing, "--data", ok_csv], "lacks weights"))
+    cases.append(("evaluate-nan-unexpected", "evaluate", [broken, "--data", ok_csv], "NaN or infinite weights"))
+    cases.append(("evaluate-csv-fifo", "evaluate", [ctc, "--data", fifo_csv], "is a FIFO"))
+    cases.append(("evaluate-long-flac", "evaluate", [ctc, "--data", csv_file(root / "l.csv", [(flac, "a")])], "20"))
+    # extract_features.py
+    argv = ["--input", good.parent, "--output_dir", out]
+    cases.append(("features-missing-weight", "extract_features", ["--model", missing, *argv], "lacks weights"))
+    cases.append(("features-nan-unexpected", "extract_features", ["--model", broken, *argv], "NaN or infinite"))
+    cases.append(
+        ("features-input-fifo", "extract_features", ["--model", ctc, "--input", pipe, "--output_dir", out], "")
+    )
+    argv = ["--model", ctc, "--input", good.parent, "--output_dir", out, "--max_batch_seconds", "nan"]
+    cases.append(("features-nan-option", "extract_features", argv, "--max_batch_seconds"))
+    # export_onnx.py
+    cases.append(("export-missing-weight", "export_onnx", [encoder_missing, "--output", onnx_out], "lacks weights"))
+    cases.append(
+        ("export-nan-unexpected", "export_onnx", [encoder_broken, "--output", onnx_out], "NaN or infinite weights")
+    )
+    cases.append(
+        ("export-output-fifo", "export_onnx", [encoder, "--output", fifo(root / "p.onnx"), "--overwrite"], "regular")
+    )
+    cases.append(("export-atol-nan", "export_onnx", [encoder, "--output", onnx_out, "--atol", "nan"], "--atol must be"))
+    cases.append(("export-output-is-model", "export_onnx", [encoder, "--output", ctc / "model.safetensors"], ".onnx"))
+    # quantization_report.py
+    cases.append(("quant-missing-weight", "quantization_report", [encoder_missing, "--audio", good], "lacks weights"))
+    cases.append(("quant-nan-unexpected", "quantization_report", [encoder_broken, "--audio", good], "NaN or infinite"))
+    cases.append(("quant-audio-fifo", "quantization_report", [encoder, "--audio", pipe], "is not a file"))
+    cases.append(("quant-audio-long", "quantization_report", [encoder, "--audio", flac], "20"))
+    cases.append(("quant-max-seconds-inf", "quantization_report", [encoder, "--max_seconds", "inf"], "--max_seconds"))
+    # fine-tuning: --model_name_or_path and data refusals
+    common = [*_FINETUNE_QUIET, "--output_dir", out]
+    argv = ["--model_name_or_path", encoder_missing, "--data_source", BUNDLED_CORPUS.parent, *common]
+    cases.append(("ctc-missing-weight", "finetune_ctc", argv, "lacks weights"))
+    argv = ["--model_name_or_path", ctc, "--data_source", BUNDLED_CORPUS.parent, *common]  # another vocabulary
+    cases.append(
+        ("ctc-other-vocabulary", "finetune_ctc", argv, "weights of another shape than the model's (lm_head.bias")
+    )
+    argv = ["--model_name_or_path", ctc, "--data_source", pipe, *common]
+    cases.append(("ctc-data-fifo", "finetune_ctc", argv, ""))
+    argv = ["--model_name_or_path", ctc, "--data_source", BUNDLED_CORPUS.parent, "--max_duration", "nan", *common]
+    cases.append(("ctc-max-duration-nan", "finetune_ctc", argv, "--max_duration must be"))
+    labels = root / "labels"
+    fifo(labels / "yes" / "pipe.flac")
+    write_wav(labels / "no" / "a.wav")
+    argv = ["--model_name_or_path", ctc, "--train_dir", labels, "--eval_dir", labels, *common]
+    cases.append(("classification-label-fifo", "finetune_classification", argv, "FIFO"))
+    rows = root / "rows.csv"
+    rows.write_text(f"path,label\n{pipe},yes\n{good},no\n")
+    argv = ["--model_name_or_path", ctc, "--train_csv", rows, "--eval_csv", rows, *common]
+    cases.append(("classification-csv-fifo", "finetune_classification", argv, "FIFO"))
+    argv = ["--model_name_or_path", ctc, "--train_dir", labels, "--eval_dir", labels, "--max_duration", "nan", *common]
+    cases.append(("classification-max-duration-nan", "finetune_classification", argv, "--max_duration must be"))
+    argv = ["--model_name_or_path", ctc, "--train_csv", fifo(root / "t.csv"), "--eval_csv", rows, *common]
+    cases.append(("classification-csv-itself-fifo", "finetune_classification", argv, "FIFO"))
+    clean = root / "clean.csv"
+    clean.write_text(f"path,label\n{good},yes\n{folders['audio'][1]},no\n")
+    argv = ["--model_name_or_path", encoder_missing, "--train_csv", clean, "--eval_csv", clean, *common]
+    cases.append(("classification-missing-weight", "finetune_classification", argv, "lacks weights"))
+    # the remote-code pipelines (they read files with read_audio_file)
+    cases.append(("pipeline-fifo", "pipeline", [pipe], "does not exist"))
+    cases.append(("pipeline-device", "pipeline", ["/dev/zero"], "does not exist"))
+    cases.append(("pipeline-long-flac", "pipeline", [flac], "declares 1 channels and 72,000 s"))
+    return cases
+
+
+def test_every_tool_refuses_hostile_input_in_one_line_bounded_fast_and_leaves_the_inputs(folders, tmp_path):
+    cases = _tool_cases(folders, tmp_path)
+    inputs = [folders["root"], *(p for p in tmp_path.rglob("*") if p.is_file())]
+    before = digest(*inputs)
+    results = run_capped(_TOOLS_PRELUDE, cases, timeout=400)
+    tools = {command for _, command, _, _ in cases}
+    assert len(tools) == 8 and set(results) == {name for name, *_ in cases}
+    assert digest(*inputs) == before
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.onnx").exists()
+
+
+_EXPORT_FSIZE_CHILD = file_size_limited(
+    'from helpers import load_script\nexport = load_script("export_onnx")', "export.main"
+)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_onnx_export_that_cannot_write_gives_one_line_and_keeps_the_previous_file(tmp_path, existing):
+    """A full disk (emulated by a 100 kB file-size limit; the graph is about 450 kB): one line, exit 2, the
+    previous --output as it was (or none), no temporary file left."""
+    encoder = tmp_path / "encoder"
+    ARMHubertModel(tiny_config()).save_pretrained(encoder)
+    release_feature_extractor().save_pretrained(encoder)
+    output = tmp_path / "out" / "model.onnx"
+    output.parent.mkdir()
+    if existing:
+        output.write_bytes(b"the previous export")
+    before = digest(tmp_path)
+    argv = [encoder, "--output", output, "--overwrite", "--latency_seconds", "0.5", "--latency_runs", "1"]
+    argv += ["--atol", "1"]  # the parity of random weights is not what this test is about
+    child = run_child(_EXPORT_FSIZE_CHILD, argv)
+    lines = child.stdout.strip().splitlines()
+    assert child.returncode == 2 and len(lines) == 1, (child.stdout, child.stderr[-2000:])
+    assert f"could not write {output} (File too large); free disk space" in lines[0], lines
+    assert digest(tmp_path) == before
+    assert sorted(p.name for p in output.parent.iterdir()) == (["model.onnx"] if existing else [])

@@ -3,6 +3,7 @@ make ONNX Runtime run it fast; ONNX Runtime sessions and the two runtimes' outpu
 """
 
 import contextlib
+import io
 import logging
 import math
 import warnings
@@ -65,18 +66,27 @@ def quiet_exporter() -> Iterator[None]:
 
     torch.onnx logs "torchvision is not installed. Skipping torchvision::nms" (and three more) on
     every export, and torch.export warns about its own deprecated pytree API and about axis names
-    it merges: none of them says anything about the model.
+    it merges; torch.fx's symbolic shapes log "Unable to find user code corresponding to {u0}" with the whole
+    traced graph (some 80 lines), and torch.export prints that graph again: none of them says anything about the
+    model.
     """
-    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [
+        logging.getLogger(name)
+        for name in ("torch.onnx._internal.exporter._registration", "torch.fx.experimental.symbolic_shapes")
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        # torch.export prints the partial graph of a strategy that failed (the exporter then tries the next one)
+        # straight to stderr: kept out of the user's stderr, whose errors come as exceptions.
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
             warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def export_onnx(model: PreTrainedModel, opset: int | None = None) -> bytes:

@@ -7,6 +7,7 @@ utterance id to its `shard`, `offset` and `frames` (and `units_offset`, `units`)
 """
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,11 +15,12 @@ import torch
 from safetensors import safe_open
 
 from ..cli import UserError
-from ..files.untrusted import load_json_file
+from ..files.untrusted import brief, load_json_file
 from .plan import ShardPlan
-from .shards import FEATURES_FORMAT, shard_metadata
+from .shards import FEATURES_FORMAT, layout_problem, shard_metadata, tensor_rows
 
 INDEX_FILE = "index.json"
+SHARD_NAME = re.compile(r"shard-[0-9]{1,9}\.safetensors")  # a file of the folder: no path leads out of it
 MAX_INDEX_VALUES = 10_000_000  # five values an utterance: two million utterances (LibriSpeech 960 h has 281,241)
 MAX_INDEX_BYTES = 1 << 30
 
@@ -30,6 +32,9 @@ def build_index(output_dir: Path, shards: Sequence[ShardPlan], header: dict, ski
         metadata = shard_metadata(output_dir / shard.file_name)
         if metadata is None:
             raise UserError(f"shard {shard.file_name} is missing from {output_dir}; run again with --resume")
+        problem = layout_problem(tensor_rows(output_dir / shard.file_name), metadata["utterances"], header["features"])
+        if problem is not None:
+            raise UserError(f"shard {output_dir / shard.file_name} does not match its metadata ({problem}); delete it")
         for utterance_id, offset, frames, unit_offset, units in metadata["utterances"]:
             entry = {"shard": shard.file_name, "offset": offset, "frames": frames}
             if header.get("units"):
@@ -57,6 +62,41 @@ class FeatureIndex:
         )
         if not isinstance(self.index, dict) or self.index.get("format") != FEATURES_FORMAT:
             raise UserError(f"{path} is not an index of this tool (format {FEATURES_FORMAT})")
+        self._check_entries(path)
+
+    def _check_entries(self, path: Path) -> None:
+        """Every utterance's entry names one of the index's shards, and the entries of each shard lay out its
+        tensors as the shard's own records do (`layout_problem`): none points past them or overlaps another,
+        so reading an utterance never reads out of bounds. Only the shards' headers are read."""
+        index, shards = self.index, self.index.get("shards")
+        features, utterances = index.get("features"), index.get("utterances")
+        with_units = bool(index.get("units"))
+        if not (
+            isinstance(shards, list)
+            and all(isinstance(name, str) and SHARD_NAME.fullmatch(name) for name in shards)
+            and isinstance(features, list)
+            and all(isinstance(name, str) for name in features)
+            and isinstance(utterances, dict)
+        ):
+            raise UserError(f"{path} is not an index of this tool (its shards, features or utterances)")
+        fields = ("offset", "frames", *(("units_offset", "units") if with_units else ()))
+        records = {name: [] for name in shards}
+        for utterance_id, entry in utterances.items():
+            if not (
+                isinstance(entry, dict)
+                and entry.get("shard") in records
+                and all(isinstance(entry.get(k), int) and not isinstance(entry.get(k), bool) for k in fields)
+            ):
+                raise UserError(f"{path}: the entry of utterance {brief(utterance_id)} is not one this tool writes")
+            records[entry["shard"]].append([utterance_id, *(entry[k] for k in fields), *(() if with_units else (0, 0))])
+        for name, shard_records in records.items():
+            rows = tensor_rows(self.folder / name)
+            if not with_units:
+                rows.pop("units", None)
+            shard_records.sort(key=lambda record: (record[1], record[3]))
+            problem = layout_problem(rows, shard_records, features)
+            if problem is not None:
+                raise UserError(f"{path} does not match shard {name} ({problem}); extract the features again")
 
     @property
     def ids(self) -> list[str]:

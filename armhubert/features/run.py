@@ -49,7 +49,7 @@ from .resume import (
     settings_sha256,
     shard_fingerprint,
 )
-from .shards import FEATURES_FORMAT, ShardWriter, shard_is_intact, shard_metadata
+from .shards import FEATURES_FORMAT, ShardWriter, layout_problem, shard_is_intact, shard_metadata, tensor_rows
 from .sources import Corpus, open_corpus
 from .units import Codebook, load_codebook, save_codebook
 
@@ -103,6 +103,19 @@ def _pending_shards(run: Run, shards: Sequence[ShardPlan]) -> list[tuple[ShardPl
         metadata = shard_metadata(path)
         if metadata is None or metadata["fingerprint"] != fingerprint or not shard_is_intact(path, metadata):
             pending.append((shard, fingerprint))
+            continue
+        # This run's fingerprint and intact tensor bytes, yet records that do not lay them out (the header was
+        # edited): the index would point past the tensors or overlap utterances.
+        planned = sorted(run.corpus.ids[row] for row in shard.rows)
+        listed = sorted([record[0] for record in metadata["utterances"]] + [item[0] for item in metadata["skipped"]])
+        problem = layout_problem(tensor_rows(path), metadata["utterances"])
+        if problem is None and listed != planned:
+            problem = f"it lists {len(listed)} utterances, not the {len(planned)} this run planned for it"
+        if problem is not None:
+            raise UserError(
+                f"--resume: shard {path} carries this run's fingerprint but its metadata does not match its tensors "
+                f"({problem}); it was altered: delete it, then run again with --resume"
+            )
     return pending
 
 

@@ -18,7 +18,7 @@ import json
 import shutil
 import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..cli import UserError
 from ..files.atomic import atomic_output_file
-from ..files.untrusted import parse_json
+from ..files.untrusted import brief, check_regular_file, parse_json
 
 FEATURES_FORMAT = "armhubert-features/1"
 # In the order safetensors lays tensors out (its Dtype enum, descending), then by name.
@@ -193,6 +193,40 @@ def _is_record(record) -> bool:
         and isinstance(record[0], str)
         and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in record[1:])
     )
+
+
+def tensor_rows(path: Path) -> dict[str, int]:
+    """{tensor name: rows} of a safetensors file, from its header (nothing of the tensors is read); UserError when
+    the file is not a readable safetensors file."""
+    check_regular_file(path, f"shard {path}")  # a FIFO would block, a device never end
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return {name: (handle.get_slice(name).get_shape() or [0])[0] for name in handle.keys()}
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise UserError(f"shard {path} is not a readable safetensors file: {brief(str(error))}") from None
+
+
+def layout_problem(rows: dict[str, int], records: list[list], features: Sequence[str] = ()) -> str | None:
+    """What is wrong with a shard's records [id, offset, frames, unit offset, units] given its tensors' `rows`
+    (`tensor_rows`), or None: each utterance must start where the previous one ended (no gap, no overlap) and
+    together they must fill each feature tensor (`features`: those that must be there, e.g. an index's) and
+    `units` exactly, so that no record points past its tensors."""
+    missing = [name for name in features if name not in rows]
+    if missing:
+        return f"it holds no tensor {missing[0]}"
+    frames = units = 0
+    for utterance_id, offset, length, unit_offset, unit_count in records:
+        if offset != frames or unit_offset != units:
+            return (
+                f"utterance {brief(utterance_id)} starts at frame {offset} / unit {unit_offset}, not where the one "
+                f"before it ends ({frames} / {units})"
+            )
+        frames, units = frames + length, units + unit_count
+    for name, count in rows.items():
+        expected = units if name == "units" else frames
+        if count != expected:
+            return f"its {len(records)} utterances take {expected:,} rows of {name}, which has {count:,}"
+    return None
 
 
 def shard_is_intact(path: Path, metadata: dict) -> bool:

@@ -18,6 +18,7 @@ turn into code in a generated model card. Every refusal is a `UserError` naming 
 - `brief`: a bounded `repr` for error messages about untrusted values.
 """
 
+import _compat_pickle
 import json
 import math
 import os
@@ -183,8 +184,10 @@ def parse_yaml_text(text: str, what: str, loader: type = yaml.SafeLoader) -> Any
 def read_bounded(path: str | PathLike, what: str, limit: int, usual: str) -> bytes:
     """The bytes of a file of at most `limit` bytes (reads one more to tell); UserError if larger or unreadable.
 
-    `usual` says what size such a file has, for the message.
+    `usual` says what size such a file has, for the message. A FIFO, device or folder is refused before it is
+    opened (`check_regular_file`: opening a FIFO blocks until someone writes to it).
     """
+    check_regular_file(path, what)
     try:
         with open(path, "rb") as handle:
             data = handle.read(limit + 1)
@@ -303,12 +306,23 @@ def check_number(value: Any, what: str, low: float, high: float, low_inclusive: 
     return value
 
 
+def _unpickled_name(module: str, name: str) -> str:
+    """`module.name` as torch's unpickler resolves a pickled global: protocol-2 pickles name Python 2 modules
+    (`__builtin__.bytearray` is `builtins.bytearray`), mapped as `pickle` and torch map them."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[module, name]
+    else:
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return f"{module}.{name}"
+
+
 def scan_pickle(data: bytes, what: str) -> set[str]:
     """The globals (`module.name`) a pickle names, read from its opcodes before anything is built.
 
     Refuses more than MAX_PICKLE_OPS opcodes (each builds at most one object, so this bounds the
     unpickler's time and memory), a call of one of ALLOCATING_GLOBALS, and opcodes that are not a pickle.
-    Only GLOBAL / INST name callables in a pickle torch's weights-only unpickler reads.
+    Only GLOBAL / INST name callables in a pickle torch's weights-only unpickler reads; their Python 2 names
+    (what protocol 2 writes: `__builtin__.bytearray`) are mapped to the ones the unpickler resolves.
     """
     names = set()
     try:
@@ -316,7 +330,7 @@ def scan_pickle(data: bytes, what: str) -> set[str]:
             if count > MAX_PICKLE_OPS:
                 raise UserError(f"{what} has more than {MAX_PICKLE_OPS:,} pickle opcodes; refusing to unpickle it")
             if opcode.name in ("GLOBAL", "INST"):
-                name = ".".join(str(argument).split(" ", 1))
+                name = _unpickled_name(*str(argument).split(" ", 1))
                 if name in ALLOCATING_GLOBALS:
                     raise UserError(
                         f"{what} calls {name}, which allocates memory of a size the file chooses; no checkpoint needs "

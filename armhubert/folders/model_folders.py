@@ -13,6 +13,7 @@ it describes is sized on the meta device before any weight is allocated, and a f
 installed classes); whatever makes the folder unloadable is one UserError.
 """
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -152,6 +153,57 @@ def _where(source: str | os.PathLike, subfolder: str | None) -> str:
     return f"{source}{f' (subfolder {subfolder})' if subfolder else ''}"
 
 
+def _load_quietly(
+    load: Callable[..., PreTrainedModel],
+    source: str | os.PathLike,
+    subfolder: str | None,
+    trust_remote_code: bool,
+    **kwargs,
+) -> tuple[PreTrainedModel, dict]:
+    """`load(source, subfolder=..., output_loading_info=True, **kwargs)` after `load_config`, transformers' load
+    report (the multi-line table of MISSING / UNEXPECTED keys) not printed: the callers say what matters in one
+    line. Any failure of the load itself is one UserError."""
+    load_config(source, subfolder, trust_remote_code)
+    library_logger = transformers_logging._get_library_root_logger()
+    report = _Report()
+    handlers, library_logger.handlers = library_logger.handlers, [report]  # kept, not printed
+    try:
+        return load(source, subfolder=subfolder or "", output_loading_info=True, **kwargs)
+    except Exception as error:  # noqa: BLE001 -- a user's folder: missing, truncated or mismatched weights, bad values
+        reason = _reason(error)
+        mismatched = report.rows("MISMATCH")
+        if mismatched:  # transformers' reason only says "look at the above report": the rows it means
+            reason = f"weights of another shape than the model's ({'; '.join(mismatched[:2])})"
+        raise UserError(f"cannot load the model {_where(source, subfolder)}: {reason}") from None
+    finally:
+        library_logger.handlers = handlers
+
+
+class _Report(logging.Handler):
+    """Keeps what transformers logs while loading (its load report) instead of printing it."""
+
+    def __init__(self):
+        super().__init__(logging.NOTSET)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def rows(self, status: str) -> list[str]:
+        """The report's table rows of that status, as `key: details`."""
+        rows = []
+        for line in "\n".join(self.messages).splitlines():
+            cells = [cell.strip() for cell in line.split("|")]
+            if len(cells) >= 2 and cells[1].startswith(status):
+                rows.append(f"{cells[0]}: {' '.join(cell for cell in cells[2:] if cell)}".rstrip(": "))
+        return sorted(rows)
+
+
+def _missing(info: dict) -> list[str]:
+    """The weights a load lacked (missing, or of another shape), which transformers initialised at random."""
+    return sorted(set(info.get("missing_keys", ())) | {item[0] for item in info.get("mismatched_keys", ())})
+
+
 def load_pretrained(
     load: Callable[..., PreTrainedModel],
     source: str | os.PathLike,
@@ -160,29 +212,29 @@ def load_pretrained(
     **kwargs,
 ) -> PreTrainedModel:
     """`load(source, subfolder=..., **kwargs)` (a `from_pretrained`) of a model folder or Hub id whose config
-    passed `load_config`. Any failure of the load itself (missing or mismatched weights, a config the model
-    class rejects) is one UserError."""
-    load_config(source, subfolder, trust_remote_code)
-    try:
-        return load(source, subfolder=subfolder or "", **kwargs)
-    except Exception as error:  # noqa: BLE001 -- a user's folder: missing, truncated or mismatched weights, bad values
-        raise UserError(f"cannot load the model {_where(source, subfolder)}: {_reason(error)}") from None
+    passed `load_config`, without transformers' load report. The encoder must be complete: weights of the base
+    model the folder lacks are refused (they would be random); a task head the folder has not (fine-tuning
+    starts one from an encoder) is initialised. Any failure of the load itself is one UserError."""
+    model, info = _load_quietly(load, source, subfolder, trust_remote_code, **kwargs)
+    prefix = "" if model.base_model is model else f"{model.base_model_prefix}."
+    refuse_missing(
+        [key for key in _missing(info) if key.startswith(prefix)],
+        _where(source, subfolder),
+        f"its {type(model).__name__}",
+    )
+    return model
 
 
 def load_with_missing(
     load: Callable[..., PreTrainedModel], source: str | os.PathLike, **kwargs
 ) -> tuple[PreTrainedModel, list[str]]:
-    """`load_pretrained` that also returns the weights the folder lacks (missing or of another shape), which
-    transformers initialised at random; its load report is not printed (the caller says what matters in one
-    line)."""
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        model, info = load_pretrained(load, source, output_loading_info=True, **kwargs)
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-    missing = set(info.get("missing_keys", ())) | {item[0] for item in info.get("mismatched_keys", ())}
-    return model, sorted(missing)
+    """`load_pretrained` that also returns every weight the folder lacks (missing or of another shape, the task
+    head's included), which transformers initialised at random; its load report is not printed (the caller says
+    what matters in one line)."""
+    model, info = _load_quietly(
+        load, source, kwargs.pop("subfolder", None), kwargs.pop("trust_remote_code", False), **kwargs
+    )
+    return model, _missing(info)
 
 
 def refuse_missing(missing: list[str], source: str | os.PathLike, what: str) -> None:

@@ -26,6 +26,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from configuration_armhubert import SAMPLING_RATE
 
+from ..files.untrusted import check_number
 from ..resources import HUB_DATASET, is_hub_librispeech
 from .audio import DataError, header_num_samples, read_audio, window
 
@@ -228,6 +229,8 @@ def load_librispeech(
     Raises:
         DataError: missing or malformed tree, unknown split, Hub unavailable, nothing readable.
     """
+    if max_duration is not None:  # before any file is read (nan would fail at int(), inf keep everything)
+        check_number(max_duration, "--max_duration", 0, 86_400)
     source = str(source)
     parts = []
     for split in _split_names(splits):
