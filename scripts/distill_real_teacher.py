@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
-from armhubert.cli import UserError, run_main
+from armhubert.cli import CommandParser, UserError, run_main
 from armhubert.teachers.ctranslate2 import is_ctranslate2_whisper
 from armhubert.teachers.experiment import (
     experiment_corpus,
@@ -56,7 +55,7 @@ def default_teacher() -> str:
 
 def main(argv=None) -> int:
     def job(argv):
-        (args,) = HfArgumentParser(Arguments).parse_args_into_dataclasses(argv)
+        (args,) = CommandParser([Arguments], prog=PROG).parse_into_dataclasses(argv)
         teacher = args.teacher or default_teacher()
         if not is_ctranslate2_whisper(teacher):
             raise UserError(f"--teacher {teacher}: not a CTranslate2 Whisper folder (model.bin of a WhisperSpec)")

@@ -1,0 +1,200 @@
+"""Export a converted model to ONNX (fp32, int8 or fp16), check it against PyTorch, and time both on CPU.
+
+    python scripts/export_onnx.py converted/armhubert-960h --output armhubert-960h.onnx
+    python scripts/export_onnx.py converted/armhubert-960h --precision int8 --output armhubert-960h.int8.onnx
+    python scripts/export_onnx.py REPO_DIR --subfolder STaRHuBERT --output starhubert.onnx --latency_seconds 10
+
+MODEL is any folder written by `convert_checkpoint.py` (ARMHuBERT format or `--format hubert`), or a
+Hub id. The graph takes `input_values` (batch, samples) float32 raw 16 kHz audio and optionally
+`attention_mask` (batch, samples) int64, 1 = real sample (left out: nothing padded), with dynamic
+batch and time axes, and returns `last_hidden_state`, `hidden_states` (L+1 stacked) and, for models
+with projection heads, `projected_hidden_states` (L stacked): see `armhubert.deploy`.
+
+--precision int8 quantises the transformer's weight products (ONNX Runtime dynamic U8S8, per
+channel; `--int8_parts` chooses others), fp16 stores weights and activations in float16 (inputs and
+outputs stay float32). After the export, ONNX Runtime runs the file on batches whose size and
+length differ from the export example, one of them padded (with a mask), and compares with PyTorch
+fp32: fp32 by the largest |difference| (--atol), int8 / fp16 by each layer's mean cosine to fp32
+(--min_cosine) and relative error (--max_relative_error). Both runtimes are then timed, taking turns,
+on one utterance of --latency_seconds. The file is written to --output (atomically) only once the
+check passes. Exit status: 0 ok, 1 parity check failed, 2 bad input.
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from armhubert.cli import CommandParser, UserError, require_extra, run_main
+from armhubert.deploy import (
+    DEFAULT_INT8_PARTS,
+    OUTPUT_NAMES,
+    PRECISIONS,
+    QUANTIZABLE_PARTS,
+    check_int8_parts,
+    convert_precision,
+    export_onnx,
+    layer_fidelity,
+    load_model,
+    max_abs_differences,
+    min_samples,
+    onnx_session,
+    run_onnx,
+    run_torch,
+)
+from armhubert.deploy.timing import medians_taking_turns
+from armhubert.files.atomic import atomic_write_bytes, check_output_file
+from armhubert.files.untrusted import check_finite_weights, check_number
+from armhubert.progress import stages
+from armhubert.threads import use_machine_threads
+from configuration_armhubert import SAMPLING_RATE
+
+PROG = "export_onnx.py"
+__all__ = ["OUTPUT_NAMES", "export_onnx", "load_model", "main", "min_samples"]
+
+
+def parity_inputs(config, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Batches unlike the export example's (2 x 1.0 s): 3 x 1.7 s, and 3 rows of 0.6 / 1.1 / 1.7 s padded."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = int(1.7 * SAMPLING_RATE)
+    audio = 0.1 * torch.randn(3, samples, generator=generator)
+    lengths = [max(int(0.6 * SAMPLING_RATE), min_samples(config)), int(1.1 * SAMPLING_RATE), samples]
+    mask = (torch.arange(samples)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return [(audio, None), (audio * mask, mask)]
+
+
+def check_parity(model: PreTrainedModel, session, precision: str, args: argparse.Namespace) -> bool:
+    """Print the parity table of the graph against PyTorch fp32; whether it passes the precision's bound."""
+    passed = True
+    for audio, mask in parity_inputs(model.config):
+        expected = run_torch(model, audio, mask)
+        got = run_onnx(session, audio.numpy(), None if mask is None else mask.numpy())
+        case = "batch 3 x 1.7 s" + (", padded rows 0.6 / 1.1 / 1.7 s" if mask is not None else "")
+        if precision == "fp32":
+            differences = max_abs_differences(expected, got)
+            print(f"parity ({case}; export example was 2 x 1.0 s), max |onnxruntime - PyTorch|:")
+            for name, difference in differences.items():
+                print(f"  {name:<24} {difference:.2e}")
+            passed &= max(differences.values()) <= args.atol
+            continue
+        print(f"{precision} fidelity to PyTorch fp32 ({case}): mean / min cosine per frame, relative error")
+        for layer in layer_fidelity(expected, got):
+            ok = layer.passes(args.min_cosine, args.max_relative_error)
+            passed &= ok
+            flag = "" if ok else "  <- below the bound"
+            print(f"  {layer.name:<14} {layer.mean_cosine:.6f} {layer.min_cosine:.6f} {layer.relative_error:.2e}{flag}")
+    return passed
+
+
+def measure_latency(model: PreTrainedModel, session, seconds: float = 10.0, runs: int = 10) -> dict[str, float]:
+    """Median CPU latency (ms) of one utterance of `seconds`: PyTorch fp32 (inference mode) and onnxruntime."""
+    audio = 0.1 * torch.randn(1, int(seconds * SAMPLING_RATE), generator=torch.Generator().manual_seed(1))
+    samples = audio.numpy()
+    runners = {"PyTorch": lambda: run_torch(model, audio), "onnxruntime": lambda: run_onnx(session, samples)}
+    return {name: 1000 * seconds for name, seconds in medians_taking_turns(runners, runs, warmup=2).items()}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="converted model folder (or Hub id)")
+    parser.add_argument("--subfolder", help="variant subfolder of a multi-model repository")
+    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--precision", default="fp32", help=f"number format of the graph: {', '.join(PRECISIONS)}")
+    parser.add_argument(
+        "--int8_parts",
+        nargs="+",
+        default=list(DEFAULT_INT8_PARTS),
+        help="model parts whose products int8 quantises (the rest stays fp32): "
+        + "; ".join(f"{name}: {what}" for name, what in QUANTIZABLE_PARTS.items()),
+    )
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="fp32: largest allowed |onnxruntime - PyTorch|")
+    parser.add_argument(
+        "--min_cosine", type=float, default=0.999, help="int8 / fp16: smallest allowed mean cosine of a layer to fp32"
+    )
+    parser.add_argument(
+        "--max_relative_error",
+        type=float,
+        default=0.05,
+        help="int8 / fp16: largest allowed ||x - fp32|| / ||fp32|| of a layer",
+    )
+    parser.add_argument("--latency_seconds", type=float, default=10.0, help="utterance length for the timing")
+    parser.add_argument("--latency_runs", type=int, default=10, help="timed runs per runtime (median reported)")
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads for both runtimes (default: the cores the load leaves free)"
+    )
+    return parser.parse_args(argv)
+
+
+def check_precision(precision: str, parts: Sequence[str]) -> None:
+    """Before the (slow) export: a known --precision and known --int8_parts."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    check_int8_parts(parts)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Before the (slow) export: the output apart from the model folder, numbers finite and in range."""
+    if Path(args.output).suffix.lower() != ".onnx":  # never e.g. the model's own model.safetensors or config.json
+        raise UserError(f"--output {args.output} must name a .onnx file")
+    check_output_file(args.output, args.overwrite, [args.model], what="--output")
+    if args.opset is not None and not 7 <= args.opset <= 30:  # what onnx and the exporter know
+        raise UserError(f"--opset must be an ONNX opset between 7 and 30, got {args.opset}")
+    check_number(args.atol, "--atol", 0, 1)
+    check_number(args.min_cosine, "--min_cosine", -1, 1)
+    check_number(args.max_relative_error, "--max_relative_error", 0, 10)
+    check_number(args.latency_seconds, "--latency_seconds", 0, 600)
+    check_number(args.latency_runs, "--latency_runs", 0, 10_000)
+
+
+def export(argv: Sequence[str] | None = None) -> int:
+    """Export, convert, check parity, time, and write --output; 1 (nothing written) when the check fails."""
+    args = parse_args(argv)
+    require_extra("onnx", "exporting to ONNX")
+    output = Path(args.output)
+    check_precision(args.precision, args.int8_parts)
+    check_arguments(args)
+    model = load_model(args.model, args.subfolder)
+    # NaN weights give NaN outputs, which every parity comparison lets through: refused before the export.
+    check_finite_weights(model, f"the model {args.model}", "its outputs would be NaN; export a model that trained well")
+    threads = args.threads or use_machine_threads(PROG)
+    torch.set_num_threads(threads)
+    # Progress bars (a terminal only) name the long silent stages; the parity table prints between them.
+    with stages(["export", f"{args.precision} graph"], "ONNX") as begin:
+        begin("export")
+        exported = export_onnx(model, args.opset)
+        begin(f"{args.precision} graph")
+        model_bytes = convert_precision(exported, args.precision, args.int8_parts)
+    session = onnx_session(model_bytes, threads)
+    if not check_parity(model, session, args.precision, args):
+        bound = f"--atol {args.atol}" if args.precision == "fp32" else "--min_cosine / --max_relative_error"
+        print(f"{PROG}: error: parity check failed ({bound}); {output} was not written", file=sys.stderr)
+        return 1
+    with stages(["timing"], "ONNX") as begin:
+        begin("timing")
+        latency = measure_latency(model, session, args.latency_seconds, args.latency_runs)
+    try:
+        atomic_write_bytes(output, model_bytes, replace=args.overwrite)  # the previous file stays until the rename
+    except OSError as error:  # a full disk, a file-size limit: nothing of the new file is left
+        raise UserError(
+            f"could not write {output} ({error.strerror or error}); free disk space or choose another folder"
+        ) from None
+    speedup = latency["PyTorch"] / latency["onnxruntime"]
+    print(
+        f"CPU latency, 1 x {args.latency_seconds:g} s, {threads} threads, median of {args.latency_runs}, taking turns: "
+        f"PyTorch fp32 {latency['PyTorch']:.1f} ms, onnxruntime {args.precision} {latency['onnxruntime']:.1f} ms; "
+        f"one measurement at load {os.getloadavg()[0]:.2f} on this machine: onnxruntime ran at {speedup:.2f}x "
+        "PyTorch's speed (it varies with the load; benchmarks/benchmark_runtimes.py measures it properly)"
+    )
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(PROG, export, argv)
+
