@@ -43,9 +43,8 @@ from instruments.profiling import LiveTensorBytes, state_tensors
 
 from armhubert.cli import CommandParser, UserError, run_main
 from armhubert.deploy.timing import times_taking_turns
-from armhubert.features.batches import Chunking, Streamed, encode_streamed
-from armhubert.features.encoder import Encoder, load_encoder, select_layers
-from armhubert.features.shards import ShardWriter
+from armhubert.features.encoding import Chunking, Encoder, Streamed, encode_streamed, load_encoder, select_layers
+from armhubert.features.storage import ShardWriter
 from armhubert.features.units import assign_units, deduplicate_runs, fit_codebook
 from armhubert.resources import BUNDLED_CORPUS
 from armhubert.speech.audio import header_num_samples, read_audio

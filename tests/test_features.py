@@ -17,9 +17,8 @@ from helpers import ROOT, load_script, tiny_config
 from hostile import digest, refusal
 from safetensors.torch import save_file
 
-from armhubert.features.index import FeatureIndex
 from armhubert.features.plan import plan_batches
-from armhubert.features.shards import FEATURES_FORMAT, ShardWriter
+from armhubert.features.storage import FEATURES_FORMAT, FeatureIndex, ShardWriter
 from armhubert.features.units import assign_units, deduplicate_runs, load_codebook
 from armhubert.speech.audio import read_audio
 from modeling_armhubert import ARMHubertForCTC, ARMHubertModel
@@ -120,7 +119,7 @@ KILLED_RUN = """
 import os, signal
 import torch
 torch.set_num_threads(1)  # as this test process: the same float rounding, so the same bytes
-import armhubert.features.shards as shards
+import armhubert.features.storage as shards
 import extract_features  # scripts/ is on the PYTHONPATH the test passes
 outputs = []
 original = shards.shutil.copyfileobj

@@ -447,7 +447,7 @@ def _edit_index(folder, change):
 )
 def test_the_feature_index_refuses_entries_that_do_not_lay_out_the_shards(feature_run, tmp_path, case, change, message):
     from armhubert.cli import UserError
-    from armhubert.features.index import FeatureIndex
+    from armhubert.features.storage import FeatureIndex
 
     _, output = feature_run
     copy = tmp_path / "out"
@@ -714,7 +714,7 @@ def test_long_audio_that_would_run_whole_is_refused_before_decoding(folders, tmp
 )
 def test_a_hostile_index_json_is_one_user_error(tmp_path, text, message):
     from armhubert.cli import UserError
-    from armhubert.features.index import FeatureIndex
+    from armhubert.features.storage import FeatureIndex
 
     (tmp_path / "index.json").write_text(text)
     with pytest.raises(UserError, match=message):

@@ -7,7 +7,7 @@ from hostile import refusal
 from safetensors.torch import save_file
 
 from armhubert.cli import UserError
-from armhubert.features.index import FeatureIndex
+from armhubert.features.storage import FeatureIndex
 from armhubert.features.units import (
     Codebook,
     assign_units,

@@ -27,7 +27,6 @@ are not finite, are refused before anything is encoded; audio must be regular fi
 
 import json
 import math
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -364,4 +363,3 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main(PROG, evaluate, argv)
-

@@ -197,4 +197,3 @@ def export(argv: Sequence[str] | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main(PROG, export, argv)
-

@@ -9,7 +9,7 @@
 
 Inputs: a folder of audio files, a LibriSpeech-layout root with --split, a `datasets` folder
 (save_to_disk) or Hub id (--audio_column). Output: safetensors shards and index.json (read them with
-`armhubert.features.index.FeatureIndex`), or `--format arrow` a datasets folder `dataset/`
+`armhubert.features.storage.FeatureIndex`), or `--format arrow` a datasets folder `dataset/`
 (`datasets.load_from_disk`). A killed run continues with --resume. See docs/features.md.
 """
 
@@ -20,7 +20,7 @@ import datasets
 from transformers.utils import logging as transformers_logging
 
 from armhubert.cli import CommandParser, run_main
-from armhubert.features.arguments import ExtractionArguments
+from armhubert.features.plan import ExtractionArguments
 from armhubert.features.run import extract_features
 
 PROG = "extract_features.py"
@@ -43,4 +43,3 @@ def command(argv: Sequence[str] | None = None) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status 0, or 2 with one line on stderr for bad input."""
     return run_main(PROG, command, argv)
-

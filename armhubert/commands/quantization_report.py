@@ -16,7 +16,6 @@ per call. Exit status: 0, or 2 for bad input.
 """
 
 import argparse
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,4 +157,3 @@ def report(argv: Sequence[str] | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main(PROG, report, argv)
-

@@ -17,12 +17,10 @@ from ..cli import UserError
 from ..convert.cards import file_sha256
 from ..files.atomic import check_output_location
 from ..files.untrusted import load_json_file
-from .arguments import ExtractionArguments
-from .encoder import Encoder
-from .index import INDEX_FILE
-from .plan import ShardPlan
-from .shards import FEATURES_FORMAT
+from .encoding import Encoder
+from .plan import ExtractionArguments, ShardPlan
 from .sources import Corpus
+from .storage import FEATURES_FORMAT, INDEX_FILE
 from .units import Codebook
 
 RUN_FILE = "run.json"

@@ -24,23 +24,35 @@ from ..cli import UserError
 from ..files.atomic import atomic_write_text
 from ..speech.audio import DataError
 from ..speech.chunking import check_unchunked_lengths
-from .arguments import STORAGE_DTYPES, ExtractionArguments, check_arguments
-from .arrow import DATASET_FOLDER, write_arrow_dataset
-from .batches import (
+from .encoding import (
+    CODEBOOK_FILE,
     Chunking,
     Decoded,
+    Encoder,
+    LayerSelection,
     Streamed,
+    check_codebook,
+    check_heads,
     chunking_for,
     decode_ahead,
     encode_batch,
     encode_streamed,
+    fit_units,
+    load_encoder,
+    probe_widths,
+    selection_for,
     spare_core_for_decoding,
 )
-from .codebook import CODEBOOK_FILE, check_codebook, fit_units
-from .encoder import Encoder, LayerSelection, check_heads, load_encoder, probe_widths, selection_for
-from .index import INDEX_FILE, build_index
-from .plan import ShardPlan, plan_batches, plan_shards
-from .processes import Processes, current_processes
+from .plan import (
+    STORAGE_DTYPES,
+    ExtractionArguments,
+    Processes,
+    ShardPlan,
+    check_arguments,
+    current_processes,
+    plan_batches,
+    plan_shards,
+)
 from .resume import (
     RUN_FILE,
     check_output,
@@ -49,8 +61,19 @@ from .resume import (
     settings_sha256,
     shard_fingerprint,
 )
-from .shards import FEATURES_FORMAT, ShardWriter, layout_problem, shard_is_intact, shard_metadata, tensor_rows
 from .sources import Corpus, open_corpus
+from .storage import (
+    DATASET_FOLDER,
+    FEATURES_FORMAT,
+    INDEX_FILE,
+    ShardWriter,
+    build_index,
+    layout_problem,
+    shard_is_intact,
+    shard_metadata,
+    tensor_rows,
+    write_arrow_dataset,
+)
 from .units import Codebook, load_codebook, save_codebook
 
 logger = logging.getLogger(__name__)

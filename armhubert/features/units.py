@@ -40,7 +40,7 @@ class Codebook:
     Attributes:
         centroids (`(K, D)` float32): the cluster centres.
         layer: the feature name they belong to, e.g. `layer_9` or `weighted`.
-        representation: `superb`, `hidden`, `projected` or `weighted` (see `armhubert.features.encoder`).
+        representation: `superb`, `hidden`, `projected` or `weighted` (see `armhubert.features.encoding`).
         model: the model (folder, Hub id or preset) whose features were clustered.
         fitted_frames: how many frames the fit saw.
     """

@@ -13,8 +13,8 @@ import torch
 from instruments.feature_baselines import corpus_files, naive_loop, run_tool
 
 from armhubert.deploy.timing import times_taking_turns
-from armhubert.features.arguments import ExtractionArguments
-from armhubert.features.encoder import Encoder
+from armhubert.features.encoding import Encoder
+from armhubert.features.plan import ExtractionArguments
 from armhubert.resources import BUNDLED_CORPUS
 from armhubert.speech.audio import read_audio
 from configuration_armhubert import SAMPLING_RATE

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from armhubert.features.arguments import ExtractionArguments
-from armhubert.features.encoder import Encoder
+from armhubert.features.encoding import Encoder
+from armhubert.features.plan import ExtractionArguments
 from armhubert.features.run import extract_features
 from armhubert.speech.audio import read_audio
 
