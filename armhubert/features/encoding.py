@@ -266,6 +266,7 @@ def probe_widths(encoder: Encoder, selection: LayerSelection) -> dict[str, int]:
 # Batches through the model: decoded one ahead, encoded padded, or one long recording streamed in windows
 
 
+@dataclass(frozen=True)
 class Streamed:
     """A recording longer than the chunking window: read from its file window by window as it is encoded."""
 

@@ -145,6 +145,7 @@ def check_arguments(args: ExtractionArguments, encoder_given: bool = False) -> N
 # The plan of a run: utterances sorted by length into padded batches, batches into shards
 
 
+@dataclass(frozen=True)
 class ShardPlan:
     """One shard: its number and its batches (corpus row numbers, longest utterance first)."""
 
@@ -202,6 +203,7 @@ def plan_shards(
 # Several processes on one corpus: those `accelerate launch` (or torchrun) started each take every N-th shard
 
 
+@dataclass
 class Processes:
     """This process's place among those `accelerate launch` / torchrun started (one: index 0 of 1)."""
 
