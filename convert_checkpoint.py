@@ -40,7 +40,7 @@ PROG = "convert_checkpoint.py"  # the name error lines start with, also for the 
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = CommandParser(description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", nargs="?", help="original .ckpt file (PyTorch-Lightning format)")
     parser.add_argument("--config", help="training YAML (required for STaR checkpoints, overrides the ckpt's)")
     parser.add_argument(

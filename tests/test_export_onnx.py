@@ -174,3 +174,18 @@ def test_onnx_exporter_matches_pytorch_within_1e_4_on_every_attention_path(path)
         with torch.inference_mode():
             expected = model(audio, attention_mask=mask).last_hidden_state
         np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_parity_of_padded_rows_reads_only_their_real_frames():
+    """Frames past a padded row's end are dropped by the frame mask and filled differently by each runtime;
+    the parity measure compares the frames a reader gets (a tiny group-norm model differed by 1e-3 there)."""
+    from armhubert.deploy.fidelity import max_abs_differences
+
+    reference = {"last_hidden_state": np.zeros((2, 3, 4)), "hidden_states": np.zeros((5, 2, 3, 4))}
+    candidate = {name: value.copy() for name, value in reference.items()}
+    for value in candidate.values():
+        value[..., 1, 2, :] = 1.0  # row 1's last frame: padding
+        value[..., 0, 0, :] = 1e-6  # a real frame, off by 1e-6
+    frames = np.array([[True, True, True], [True, True, False]])
+    assert max_abs_differences(reference, candidate) == {"last_hidden_state": 1.0, "hidden_states": 1.0}
+    assert max_abs_differences(reference, candidate, frames) == {"last_hidden_state": 1e-6, "hidden_states": 1e-6}

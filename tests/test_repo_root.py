@@ -89,8 +89,8 @@ def test_without_a_default_it_refuses_listing_the_choices(two_runs, tmp_path, ca
 
 
 def test_default_needs_all(capsys):
-    with pytest.raises(SystemExit):
-        run_main(capsys, str(TINY_CKPT), "--output-dir", "x", "--default", "run-a")
+    code, stderr = run_main(capsys, str(TINY_CKPT), "--output-dir", "x", "--default", "run-a")
+    assert code == 2 and stderr.strip() == "convert_checkpoint.py: error: --default applies to --all"
 
 
 def test_upload_failure_message_has_no_double_period(monkeypatch, tmp_path):

@@ -56,13 +56,20 @@ def _fidelity(name: str, want: np.ndarray, got: np.ndarray) -> LayerFidelity:
     return LayerFidelity(name, float(cosine.mean()), float(cosine.min()), float(relative))
 
 
-def max_abs_differences(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict[str, float]:
-    """Largest |candidate - reference| per output (the fp32 parity measure)."""
+def max_abs_differences(
+    reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], frames: np.ndarray | None = None
+) -> dict[str, float]:
+    """Largest |candidate - reference| per output (the fp32 parity measure), over the real frames only when
+    `frames` ((B, T) bool, True for a real frame) is given: a padded row's frames past its end are not
+    outputs anyone reads (the frame mask drops them), and two runtimes fill them differently."""
     differences = {}
     for name, want in reference.items():
         if candidate[name].shape != want.shape:
             raise AssertionError(f"{name}: shape {candidate[name].shape}, reference {want.shape}")
-        differences[name] = float(np.abs(candidate[name] - want).max())
+        difference = np.abs(candidate[name] - want)  # (B, T, D), or (L, B, T, D) for the per-layer outputs
+        if frames is not None:
+            difference = difference[..., frames, :]
+        differences[name] = float(difference.max())
     return differences
 
 
