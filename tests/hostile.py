@@ -45,15 +45,15 @@ for name, command, args in json.loads(sys.argv[1]):
 """
 
 
-def file_size_limited(prelude, main):
-    """Code for `run_child`: after `prelude` (imports), run `main(sys.argv[1:])` with no file over 100 kB allowed
-    (`prlimit --fsize`), print what the command wrote on stderr (not what libraries print when imported, nor its
-    own output) and exit with its status."""
+def file_size_limited(prelude, main, limit=100_000):
+    """Code for `run_child`: after `prelude` (imports), run `main(sys.argv[1:])` with no file over `limit` bytes
+    allowed (`prlimit --fsize`), print what the command wrote on stderr (not what libraries print when imported,
+    nor its own output) and exit with its status."""
     return (
         prelude
         + f"""
 import contextlib, io, resource, sys
-resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 stderr = io.StringIO()
 with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
     code = {main}(sys.argv[1:])

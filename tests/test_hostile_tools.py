@@ -125,6 +125,29 @@ def test_output_json_never_replaces_a_file_without_overwrite(folders, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder", "dev.csv", "new.json", "notes.json"]
 
 
+_EVALUATE_FSIZE_CHILD = file_size_limited(
+    'from helpers import load_script\nevaluate = load_script("evaluate")', "evaluate.main", limit=64
+)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_output_json_that_cannot_be_written_gives_one_line_and_keeps_the_previous_file(folders, tmp_path, existing):
+    """A full disk (emulated by a 64-byte file-size limit; the report is larger): one line, exit 2, the previous
+    --output_json as it was (or none), no temporary file left, the inputs unchanged."""
+    data = csv_file(tmp_path / "data.csv", [(folders["audio"][0], "hello")])
+    output = tmp_path / "out" / "report.json"
+    output.parent.mkdir()
+    if existing:
+        output.write_text("the previous report")
+    before = digest(tmp_path, folders["ctc"])
+    child = run_child(_EVALUATE_FSIZE_CHILD, [folders["ctc"], "--data", data, "--output_json", output, "--overwrite"])
+    lines = child.stdout.strip().splitlines()
+    assert child.returncode == 2 and len(lines) == 1, (child.stdout, child.stderr[-2000:])
+    assert str(output) in lines[0] and "File too large" in lines[0], lines
+    assert digest(tmp_path, folders["ctc"]) == before
+    assert sorted(p.name for p in output.parent.iterdir()) == (["report.json"] if existing else [])
+
+
 def test_a_file_that_appears_while_evaluating_is_not_replaced(tmp_path):
     from armhubert.cli import UserError
     from armhubert.files.atomic import atomic_write_text

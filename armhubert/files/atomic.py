@@ -41,8 +41,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, replace: bool = Tru
     path = Path(path)
     handle, staging = _staging_file(path)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+        except OSError as error:  # full disk, file-size limit, quota: one line naming the file, nothing left
+            reason = error.strerror or type(error).__name__
+            raise WriteFailure(f"could not write {path} ({reason}); free disk space or choose another folder") from None
         os.chmod(staging, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the user's usual mode
         if replace:
             os.replace(staging, path)
