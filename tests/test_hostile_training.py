@@ -18,7 +18,7 @@ import soundfile
 import torch
 import transformers
 from helpers import ROOT, load_script, random_model, tiny_config
-from hostile import digest, hidden_entries, refusal
+from hostile import digest, file_size_limited, hidden_entries, refusal, run_child
 from transformers import Trainer, TrainingArguments, pipeline
 
 from armhubert.cli import UserError
@@ -656,3 +656,22 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_removes_that_chec
     assert f"could not write a checkpoint into {out}" in line and "free disk space" in line, line
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
     assert hidden_entries(tmp_path) == []
+
+
+_FINETUNE_FSIZE_CHILD = file_size_limited(
+    'from helpers import load_script\nfinetune = load_script("finetune_classification")', "finetune.main"
+)
+
+
+def test_fine_tuning_onto_a_full_disk_gives_one_line_and_leaves_no_incomplete_checkpoint(tiny_model_dir, tmp_path):
+    """A full disk at the first checkpoint (emulated by a 100 kB file-size limit; the weights are larger): one line,
+    exit 2, the checkpoint it was writing removed (as distillation does), the model folder unchanged."""
+    output = tmp_path / "out"
+    before = digest(tiny_model_dir)
+    argv = ["--model_name_or_path", tiny_model_dir, "--output_dir", output, "--use_cpu", "--report_to", "none"]
+    argv += ["--train_dir", BUNDLED_CORPUS / "train-clean-100", "--eval_dir", BUNDLED_CORPUS / "dev-clean"]
+    child = run_child(_FINETUNE_FSIZE_CHILD, [*argv, "--max_steps", "2", "--save_steps", "1"])
+    lines = child.stdout.strip().splitlines()
+    assert child.returncode == 2 and len(lines) == 1, (child.stdout, child.stderr[-2000:])
+    assert f"could not write a checkpoint into {output}" in lines[0] and "free disk space" in lines[0], lines
+    assert not list(output.glob("checkpoint-*")) and digest(tiny_model_dir) == before

@@ -1,7 +1,6 @@
 """One distillation run: validate everything first, then train and save the student (`distill`)."""
 
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,12 +13,12 @@ from configuration_armhubert import SAMPLING_RATE
 from pipeline_armhubert import release_feature_extractor
 
 from ..cli import UserError
-from ..files.atomic import WriteFailure, atomic_write_text, check_output_location, output_lock, reported_write_failures
+from ..files.atomic import atomic_write_text, check_output_location, output_lock
 from ..files.untrusted import brief, load_yaml_file
 from ..folders.cards import DistillationFacts, distilled_card, format_duration, last_logged
 from ..speech.librispeech import AudioCollator, load_librispeech
 from ..teachers.encoders import TeacherEncoder
-from ..training.checkpoints import complete_checkpoints
+from ..training.checkpoints import train_keeping_complete_checkpoints
 from ..training.guarded_trainer import save_trained_model
 from .masks import recipe_masker
 from .models import check_config_fields, teacher_and_student
@@ -111,22 +110,6 @@ def _student_card(
     )
 
 
-def _train(trainer: DistillTrainer, resume: str | None) -> None:
-    """`trainer.train`; a checkpoint that could not be written (a full disk) is removed and reported in one line.
-
-    torch and safetensors report a failed write as RuntimeError / SafetensorError, not OSError; the
-    checkpoint-N this run was writing is incomplete (no trainer state) and is deleted, earlier ones stay.
-    """
-    before = set(Path(trainer.args.output_dir).glob("checkpoint-*"))
-    try:
-        with reported_write_failures(f"a checkpoint into {trainer.args.output_dir}"):
-            trainer.train(resume_from_checkpoint=resume)
-    except (WriteFailure, OSError):
-        complete = set(complete_checkpoints(trainer.args.output_dir))
-        for folder in set(Path(trainer.args.output_dir).glob("checkpoint-*")) - before - complete:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
-
 
 def distill(
     config_path: str | Path,
@@ -213,7 +196,7 @@ def _distill(recipe: dict, args: DistillTrainingArguments, callbacks: Sequence[T
         format_duration(seconds),
         pairs,
     )
-    _train(trainer, resume)
+    train_keeping_complete_checkpoints(trainer, resume)
     card = _student_card(trainer, args, len(train_dataset), seconds)
     save_trained_model(trainer, args.output_dir, card=card)
     if args.should_save:  # where the student is, and what it really is

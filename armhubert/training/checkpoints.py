@@ -12,9 +12,11 @@ import re
 import shutil
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..files.atomic import WriteFailure, reported_write_failures
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -78,3 +80,20 @@ class CheckpointRotation(TrainerCallback):
             if (step := checkpoint_step(path)) in scores and math.isfinite(scores[step])
         ]
         return [path for _, _, path in sorted(scored)]
+
+
+def train_keeping_complete_checkpoints(trainer: Trainer, resume: str | None):
+    """`trainer.train` (its TrainOutput); a checkpoint that could not be written (a full disk) is removed and reported in one line.
+
+    torch and safetensors report a failed write as RuntimeError / SafetensorError, not OSError; the
+    checkpoint-N the run was writing is incomplete (no trainer state) and is deleted, earlier ones stay.
+    """
+    before = set(Path(trainer.args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
+    try:
+        with reported_write_failures(f"a checkpoint into {trainer.args.output_dir}"):
+            return trainer.train(resume_from_checkpoint=resume)
+    except (WriteFailure, OSError):
+        complete = set(complete_checkpoints(trainer.args.output_dir))
+        for folder in set(Path(trainer.args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")) - before - complete:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise

@@ -35,7 +35,7 @@ from ..folders.model_folders import check_model_folder, load_pretrained
 from ..folders.remote_code import add_remote_code_entries
 from ..speech.audio import DataError, read_audio, window
 from ..threads import use_machine_threads
-from .checkpoints import CheckpointRotation
+from .checkpoints import CheckpointRotation, train_keeping_complete_checkpoints
 from .guarded_trainer import check_training_values, save_trained_model
 
 
@@ -270,7 +270,7 @@ def final_evaluation(trainer: Trainer) -> dict:
 
 
 def _train_evaluate_and_save(trainer: Trainer, output_dir: str | Path, make_card: Callable[[dict, int], str]) -> dict:
-    train_result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    train_result = train_keeping_complete_checkpoints(trainer, trainer.args.resume_from_checkpoint)
     metrics = final_evaluation(trainer)
     trainer.log_metrics("eval", metrics)
     add_remote_code_entries(trainer.model.config, type(trainer.model))  # the head's own pipeline
