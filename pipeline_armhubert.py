@@ -61,7 +61,7 @@ def _first_line(error: Exception) -> str:  # as armhubert.cli.first_line (remote
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-MAX_AUDIO_SECONDS = 3600  # as armhubert.speech.audio: longer recordings are cut into utterances first
+MAX_AUDIO_SECONDS = 3600  # longer recordings are cut into utterances first (LibriSpeech's are under 35 s)
 MAX_AUDIO_CHANNELS = 64
 BLOCK_FRAMES = 1 << 16
 
@@ -80,7 +80,7 @@ def read_audio_file(source: str | os.PathLike | bytes, sampling_rate: int = SAMP
         raise ValueError(f"audio file {name} does not exist.")
     try:
         import soundfile
-        import soxr
+        import soxr  # noqa: F401  (decode_blocks needs it: checked here, where ffmpeg is the way out)
     except ImportError:
         problem = "soundfile and soxr are not installed (pip install soundfile soxr)"
     else:
@@ -90,7 +90,7 @@ def read_audio_file(source: str | os.PathLike | bytes, sampling_rate: int = SAMP
             problem = f"soundfile cannot decode it ({_first_line(error)})"
         else:
             with stream:
-                return _decode_blocks(stream, name, sampling_rate, soxr)
+                return decode_blocks(stream, name, sampling_rate)
     if shutil.which("ffmpeg") is None:
         raise ValueError(
             f"cannot decode audio file {name}: {problem}, and ffmpeg is not on PATH. Convert it to FLAC or WAV, "
@@ -105,17 +105,26 @@ def read_audio_file(source: str | os.PathLike | bytes, sampling_rate: int = SAMP
         raise ValueError(f"cannot decode audio file {name}: {problem}, nor can ffmpeg.") from error
 
 
-def _decode_blocks(stream, name: str, sampling_rate: int, soxr) -> np.ndarray:
-    """A soundfile stream -> (samples,) float32 mono at `sampling_rate`, after checking its declared size."""
-    rate, channels, frames = stream.samplerate, stream.channels, stream.frames
-    if channels > MAX_AUDIO_CHANNELS or frames > MAX_AUDIO_SECONDS * rate:
+def decode_blocks(
+    stream, name: str, sampling_rate: int = SAMPLING_RATE, start: int = 0, frames: int = -1
+) -> np.ndarray:
+    """`frames` frames of a soundfile stream from `start` (all by default) -> (samples,) float32 mono at
+    `sampling_rate`, after checking its declared size: block by block, each checked finite, channels averaged,
+    resampled as it comes (soxr), so the memory a read takes is its output's. The one audio decoder: the
+    package's `read_audio` decodes its crops through it. ValueError naming the file for a declared size over
+    MAX_AUDIO_CHANNELS / MAX_AUDIO_SECONDS or non-finite samples."""
+    import soxr
+
+    rate, channels = stream.samplerate, stream.channels
+    if channels > MAX_AUDIO_CHANNELS or stream.frames > MAX_AUDIO_SECONDS * rate:
         raise ValueError(
-            f"audio file {name} declares {channels} channels and {frames / rate:,.0f} s; at most "
+            f"audio file {name} declares {channels} channels and {stream.frames / rate:,.0f} s; at most "
             f"{MAX_AUDIO_CHANNELS} channels and {MAX_AUDIO_SECONDS:,} s are read. Cut it into utterances."
         )
+    stream.seek(start)
     resampler = soxr.ResampleStream(rate, sampling_rate, 1, dtype="float32") if rate != sampling_rate else None
     pieces = []
-    for block in stream.blocks(blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True):
+    for block in stream.blocks(blocksize=BLOCK_FRAMES, frames=frames, dtype="float32", always_2d=True):
         if not np.isfinite(block).all():
             raise ValueError(f"audio file {name} holds NaN or infinite samples; the outputs would be NaN.")
         mono = block.mean(axis=1) if channels > 1 else block[:, 0].copy()

@@ -110,7 +110,9 @@ def test_fine_tuning_saves_the_heads_pipeline(monkeypatch, tmp_path):
         evaluate=lambda: {},
         log_metrics=lambda *args: None,
         state=types.SimpleNamespace(log_history=[], global_step=1),
-        args=types.SimpleNamespace(save_total_limit=None, should_save=True, resume_from_checkpoint=None),
+        args=types.SimpleNamespace(
+            save_total_limit=None, should_save=True, resume_from_checkpoint=None, output_dir=str(tmp_path)
+        ),
         add_callback=lambda callback: None,
     )
     finetune.train_evaluate_and_save(trainer, tmp_path, lambda metrics, steps: "card")

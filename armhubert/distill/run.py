@@ -110,7 +110,6 @@ def _student_card(
     )
 
 
-
 def distill(
     config_path: str | Path,
     overrides: Sequence[str] = (),

@@ -19,6 +19,7 @@ import soundfile
 import soxr
 
 from configuration_armhubert import SAMPLING_RATE
+from pipeline_armhubert import MAX_AUDIO_CHANNELS, MAX_AUDIO_SECONDS, decode_blocks
 
 from ..cli import UserError, first_line
 from ..files.untrusted import check_regular_file
@@ -104,9 +105,6 @@ def _source(audio: str | os.PathLike | dict) -> tuple[str, Any]:
     return name, name
 
 
-MAX_AUDIO_SECONDS = 3600  # longer recordings are cut into utterances first (LibriSpeech's are under 35 s)
-MAX_FILE_CHANNELS = 64
-BLOCK_FRAMES = 1 << 16
 CROP_CONTEXT_FRAMES = 4096
 
 
@@ -118,8 +116,8 @@ def _planned_read(stream, name, target_rate, max_samples, choose_offset):
     so that the resampler's edges fall outside the crop and its samples are those of the whole decode.
     """
     rate, frames = stream.samplerate, stream.frames
-    if stream.channels > MAX_FILE_CHANNELS:
-        raise DataError(f"audio file {name} declares {stream.channels} channels; at most {MAX_FILE_CHANNELS} are read")
+    if stream.channels > MAX_AUDIO_CHANNELS:
+        raise DataError(f"audio file {name} declares {stream.channels} channels; at most {MAX_AUDIO_CHANNELS} are read")
     if frames > MAX_AUDIO_SECONDS * rate:
         raise DataError(
             f"audio file {name} declares {frames:,} frames at {rate} Hz ({frames / rate / 3600:.1f} h), more than the "
@@ -142,22 +140,11 @@ def _planned_read(stream, name, target_rate, max_samples, choose_offset):
 
 
 def _decode(stream, name, start, frames, target_rate):
-    """`frames` frames of `stream` from `start`, block by block: each checked finite, averaged to mono, resampled."""
-    stream.seek(start)
-    resampler = (
-        soxr.ResampleStream(stream.samplerate, target_rate, 1, dtype="float32")
-        if stream.samplerate != target_rate
-        else None
-    )
-    pieces = []
-    for block in stream.blocks(blocksize=BLOCK_FRAMES, frames=frames, dtype="float32", always_2d=True):
-        if not np.isfinite(block).all():  # float WAV / FLAC can hold NaN or inf: they would poison training
-            raise DataError(f"audio file {name} holds NaN or infinite samples; expected finite samples in [-1, 1]")
-        mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
-        pieces.append(resampler.resample_chunk(mono) if resampler is not None else mono.copy())
-    if resampler is not None:
-        pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    """`frames` frames of `stream` from `start` through the one decoder (`pipeline_armhubert.decode_blocks`)."""
+    try:
+        return decode_blocks(stream, name, target_rate, start, frames)
+    except ValueError as error:  # non-finite samples: they would poison training
+        raise DataError(str(error)) from None
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
