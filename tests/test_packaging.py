@@ -93,7 +93,11 @@ def test_wheel_carries_every_module_recipe_and_corpus_file_and_the_console_scrip
     for name in [*(f"{module}.py" for module in ROOT_MODULES), *_package_files(), *_bundled_files()]:
         assert name in names, f"{name} missing from {wheel.name}"
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
-    assert "armhubert-convert = convert_checkpoint:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    commands = [path.stem for path in (ROOT / "armhubert" / "commands").glob("*.py") if path.stem != "__init__"]
+    expected = ["armhubert-convert = convert_checkpoint:main", "armhubert-distill = distill_trainer:main"]
+    expected += [f"armhubert-{name.replace('_', '-')} = armhubert.commands.{name}:main" for name in commands]
+    assert len(commands) == 8 and [line for line in expected if line not in scripts] == []  # every command a script
 
 
 def _requirements(wheel):
