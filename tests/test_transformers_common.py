@@ -71,7 +71,7 @@ class ARMHubertModelTester:
 
 
 if common is not None:
-    from parameterized import parameterized  # installed, or the wheel `load` put on the path
+    from parameterized import parameterized  # the dev extra installs it
 
     modeling_common = common.test_modeling_common
     ConfigTester = common.test_configuration_common.ConfigTester

@@ -2,8 +2,8 @@
 taken from its source distribution on PyPI, never copied into this repository.
 
 `fetch()` downloads the sdist of exactly the installed version (`pip download --no-deps --no-binary :all:`) and
-unpacks its `tests/` folder into `~/.cache/armhubert/transformers-<version>-tests/` once, beside the wheel of
-`parameterized` (which those tests import, and which no package of ours needs). `load()` imports that folder as
+unpacks its `tests/` folder into `~/.cache/armhubert/transformers-<version>-tests/` once (the `parameterized`
+those tests import comes with the dev extra). `load()` imports that folder as
 the package `transformers_sdist_tests`, with stand-ins for the three helper modules the sdist lacks:
 `exporters/test_export.py` and `generation/test_utils.py` (mixins of export and generation tests: empty here, as
 this encoder cannot generate and tests/test_export_onnx.py covers its export) and `utils/test_configuration_utils.py`
@@ -26,7 +26,6 @@ import transformers
 
 VERSION = transformers.__version__
 PACKAGE = "transformers_sdist_tests"
-PARAMETERIZED = "parameterized==0.9.0"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "armhubert" / f"transformers-{VERSION}-tests"
 
 # General config arguments with values other than their defaults (stand-in for the sdist's missing
@@ -56,11 +55,10 @@ class FetchError(RuntimeError):
     """The sdist could not be downloaded or unpacked (PyPI unreachable, or no such version)."""
 
 
-def _pip_download(requirement: str, destination: str, source_only: bool) -> Path:
-    """`pip download --no-deps` of one requirement into `destination`; the downloaded file."""
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", destination, requirement]
-    if source_only:
-        command[5:5] = ["--no-binary", ":all:"]
+def _pip_download(requirement: str, destination: str) -> Path:
+    """`pip download --no-deps --no-binary :all:` (the sdist) of one requirement into `destination`; the file."""
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
+    command += ["-d", destination, requirement]
     done = subprocess.run(command, capture_output=True, text=True)
     files = sorted(Path(destination).iterdir())
     if done.returncode or not files:
@@ -73,14 +71,12 @@ def _pip_download(requirement: str, destination: str, source_only: bool) -> Path
 
 
 def fetch(cache: Path = CACHE) -> Path:
-    """The cache folder holding `tests/` of transformers==VERSION's sdist and a `parameterized` wheel (downloaded
-    on the first call)."""
-    if (cache / "tests" / "__init__.py").is_file() and list(cache.glob("parameterized-*.whl")):
+    """The cache folder holding `tests/` of transformers==VERSION's sdist (downloaded on the first call)."""
+    if (cache / "tests" / "__init__.py").is_file():
         return cache
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as work:
-        sdist = _pip_download(f"transformers=={VERSION}", str(Path(work) / "sdist"), source_only=True)
-        wheel = _pip_download(PARAMETERIZED, str(Path(work) / "wheel"), source_only=False)
+        sdist = _pip_download(f"transformers=={VERSION}", str(Path(work) / "sdist"))
         root = f"transformers-{VERSION}/tests/"
         with tarfile.open(sdist) as archive:
             members = [m for m in archive.getmembers() if m.name.startswith(root) and (m.isfile() or m.isdir())]
@@ -96,7 +92,6 @@ def fetch(cache: Path = CACHE) -> Path:
         if (cache / "tests").exists():  # a partial folder from an interrupted run
             (cache / "tests").rename(Path(work) / "stale")
         (Path(work) / "unpacked" / "tests").rename(cache / "tests")
-        wheel.rename(cache / wheel.name)
     return cache
 
 
@@ -112,8 +107,6 @@ def load(cache: Path = CACHE) -> types.ModuleType:
     if PACKAGE in sys.modules:
         return sys.modules[PACKAGE]
     cache = fetch(cache)
-    if importlib.util.find_spec("parameterized") is None:
-        sys.path.append(str(next(cache.glob("parameterized-*.whl"))))  # a pure-Python wheel imports as a zip
     init = cache / "tests" / "__init__.py"
     spec = importlib.util.spec_from_file_location(PACKAGE, init, submodule_search_locations=[str(init.parent)])
     package = importlib.util.module_from_spec(spec)
