@@ -108,11 +108,8 @@ def read_audio_file(source: str | os.PathLike | bytes, sampling_rate: int = SAMP
 def decode_blocks(
     stream, name: str, sampling_rate: int = SAMPLING_RATE, start: int = 0, frames: int = -1
 ) -> np.ndarray:
-    """`frames` frames of a soundfile stream from `start` (all by default) -> (samples,) float32 mono at
-    `sampling_rate`, after checking its declared size: block by block, each checked finite, channels averaged,
-    resampled as it comes (soxr), so the memory a read takes is its output's. The one audio decoder: the
-    package's `read_audio` decodes its crops through it. ValueError naming the file for a declared size over
-    MAX_AUDIO_CHANNELS / MAX_AUDIO_SECONDS or non-finite samples."""
+    """`frames` frames of a soundfile stream from `start` -> (samples,) float32 mono at `sampling_rate`, block by block
+    (memory: the output's); the one audio decoder. ValueError naming the file: declared size over bounds, NaN."""
     import soxr
 
     rate, channels = stream.samplerate, stream.channels
