@@ -16,7 +16,7 @@ README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 SET_UP_COMMANDS = [
     'pip install -e ".[dev]" && HF_HUB_OFFLINE=1 python distill_trainer.py --config conf/quickstart.yaml',
-    "HF_HUB_OFFLINE=1 python -m pytest -q tests",
+    "HF_HUB_OFFLINE=1 python -m pytest -q -n auto tests",
 ]
 # Development history has no place in user documentation.
 HISTORY = re.compile(

@@ -23,6 +23,7 @@ import types
 from pathlib import Path
 
 import transformers
+from filelock import FileLock
 
 VERSION = transformers.__version__
 PACKAGE = "transformers_sdist_tests"
@@ -75,6 +76,14 @@ def fetch(cache: Path = CACHE) -> Path:
     if (cache / "tests" / "__init__.py").is_file():
         return cache
     cache.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist's workers import the tests at once: one fetches, the others wait and find its folder.
+    with FileLock(cache / "fetch.lock"):
+        if not (cache / "tests" / "__init__.py").is_file():
+            _fetch_into(cache)
+    return cache
+
+
+def _fetch_into(cache: Path) -> None:
     with tempfile.TemporaryDirectory(dir=cache) as work:
         sdist = _pip_download(f"transformers=={VERSION}", str(Path(work) / "sdist"))
         root = f"transformers-{VERSION}/tests/"
@@ -92,7 +101,6 @@ def fetch(cache: Path = CACHE) -> Path:
         if (cache / "tests").exists():  # a partial folder from an interrupted run
             (cache / "tests").rename(Path(work) / "stale")
         (Path(work) / "unpacked" / "tests").rename(cache / "tests")
-    return cache
 
 
 def _stub(name: str, **attributes) -> None:
