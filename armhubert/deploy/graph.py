@@ -47,10 +47,9 @@ def load_model(model: str, subfolder: str | None = None) -> PreTrainedModel:
 
     import modeling_armhubert  # noqa: F401  (registers the armhubert model type: no remote code needed)
 
-    from ..folders.model_folders import check_model_folder, load_pretrained
+    from ..folders.model_folders import open_model_folder
 
-    check_model_folder(model, subfolder)
-    return load_pretrained(AutoModel.from_pretrained, model, subfolder, dtype=torch.float32).eval()
+    return open_model_folder(model, subfolder).load(AutoModel.from_pretrained, dtype=torch.float32).eval()
 
 
 def min_samples(config) -> int:

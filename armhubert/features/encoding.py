@@ -50,7 +50,7 @@ from pipeline_armhubert import encode_chunked, encode_windows, release_feature_e
 
 from ..cli import UserError
 from ..files.untrusted import brief, check_finite_weights
-from ..folders.model_folders import check_model_folder, load_config, load_folder_part, load_with_missing, refuse_missing
+from ..folders.model_folders import ModelFolder, load_folder_part, open_model_folder, refuse_missing
 from ..speech.audio import DataError
 from ..speech.chunking import file_window_reader
 from ..threads import available_cores
@@ -76,16 +76,15 @@ class Encoder:
     missing_heads: tuple[int, ...] = ()  # projection heads the folder lacks (0-based): not to be used
 
 
-def _weighted_task_model(model: str, config: ARMHubertConfig) -> tuple[torch.nn.Module, list[str]]:
-    """The fine-tuned task model of folder `model`, which must have learned layer weights, and the weights
-    it lacks."""
-    architecture = (config.architectures or [""])[0]
-    if architecture not in TASK_CLASSES or not config.use_weighted_layer_sum:
+def _weighted_task_model(folder: ModelFolder) -> tuple[torch.nn.Module, list[str]]:
+    """The fine-tuned task model of `folder`, which must have learned layer weights, and the weights it lacks."""
+    architecture = folder.architecture
+    if architecture not in TASK_CLASSES or not folder.config.use_weighted_layer_sum:
         raise UserError(
-            f"--layers weighted needs a folder fine-tuned with use_weighted_layer_sum=True; {model} is a "
+            f"--layers weighted needs a folder fine-tuned with use_weighted_layer_sum=True; {folder.where} is a "
             f"{brief(architecture or 'bare encoder')} without learned layer weights: give layer numbers instead"
         )
-    task_model, missing = load_with_missing(TASK_CLASSES[architecture].from_pretrained, model)
+    task_model, missing = folder.load_with_missing(TASK_CLASSES[architecture].from_pretrained)
     return task_model, [key.removeprefix("armhubert.") for key in missing]
 
 
@@ -100,8 +99,9 @@ def _folder_extractor(model: str) -> Wav2Vec2FeatureExtractor:
 
 
 def load_encoder(model: str | None, preset: str | None, weighted: bool, device: torch.device, seed: int = 0) -> Encoder:
-    """The encoder in eval mode on `device`: a saved folder / Hub id (through the checked loader,
-    `armhubert.folders.model_folders`), or a preset with random weights; a model with non-finite weights is refused.
+    """The encoder in eval mode on `device`: a saved folder / Hub id (through the model folders' door,
+    `armhubert.folders.model_folders.open_model_folder`), or a preset with random weights; a model with
+    non-finite weights is refused.
 
     `weighted`: load the fine-tuned task model of the folder for its learned layer weights.
     """
@@ -111,16 +111,15 @@ def load_encoder(model: str | None, preset: str | None, weighted: bool, device: 
         torch.manual_seed(seed)
         encoder = ARMHubertModel(ARMHubertConfig.from_preset(preset))
         return Encoder(encoder.to(device).eval(), release_feature_extractor(), None, preset)
-    check_model_folder(model, subfolder_option=None)
-    config = load_config(model)
-    if not isinstance(config, ARMHubertConfig):
-        raise UserError(f"{model} is a {type(config).__name__} model; this tool encodes ARMHuBERT-family models")
+    folder = open_model_folder(model, subfolder_option=None)
+    if not isinstance(folder.config, ARMHubertConfig):
+        raise UserError(f"{model} is a {type(folder.config).__name__} model; this tool encodes ARMHuBERT-family models")
     layer_sum = None
     if weighted:
-        task_model, missing = _weighted_task_model(model, config)
+        task_model, missing = _weighted_task_model(folder)
         encoder, layer_sum = task_model.armhubert, task_model.layer_sum.to(device).eval()
     else:
-        encoder, missing = load_with_missing(ARMHubertModel.from_pretrained, model)
+        encoder, missing = folder.load_with_missing(ARMHubertModel.from_pretrained)
     # A fine-tuned folder keeps only the last projection head: the others are refused if a feature needs them.
     heads = tuple(sorted({int(key.split(".")[1]) for key in missing if key.startswith("projection_heads.")}))
     refuse_missing([key for key in missing if not key.startswith("projection_heads.")], model, "the encoder")

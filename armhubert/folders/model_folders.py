@@ -7,15 +7,18 @@ or one written before that, has only subfolders; `from_pretrained` then fails wi
 missing `model_type` or weights file that never mention `subfolder=`. Every tool that takes a model
 folder calls `check_model_folder` first so the user is told which subfolders there are.
 
-`load_pretrained` is how every script loads a model folder: its `config.json` is read bounded, the model
-it describes is sized on the meta device before any weight is allocated, and a folder's own Python code
-(`auto_map`) is imported only with `--trust_remote_code` (this project's model type loads with the
-installed classes); whatever makes the folder unloadable is one UserError.
+`open_model_folder` is the one door for a model folder or Hub id: the repository check above, then its
+`config.json` read bounded, the model it describes sized on the meta device before any weight is allocated,
+and a folder's own Python code (`auto_map`) imported only with `--trust_remote_code` (this project's model
+type loads with the installed classes); whatever makes the folder unloadable is one UserError. It returns a
+`ModelFolder` (the checked config), whose `load`, `load_with_missing` and `load_part` trust it: nothing is
+read or checked twice. `load_pretrained` / `load_with_missing` are the same loads from a path.
 """
 
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,17 +79,14 @@ def check_model_folder(
         if not folder.is_dir():
             choices = ", ".join(variant_subfolders(path)) or "none"
             raise UserError(f"{path} has no subfolder {subfolder}; its model subfolders are: {choices}")
-    if is_model_folder(folder):
-        return
-    variants = variant_subfolders(folder)
-    if not variants:
-        return  # not a repository: from_pretrained says what is missing
-    if subfolder_option:
-        raise UserError(f"{folder} is a multi-model repository; pass {subfolder_option} one of: {', '.join(variants)}")
-    raise UserError(
-        f"{folder} is a multi-model repository; give one model's folder, {folder}/NAME, with NAME one of: "
-        + ", ".join(variants)
-    )
+    variants = [] if is_model_folder(folder) else variant_subfolders(folder)
+    if variants:  # else a model, or not a repository: from_pretrained says what is missing
+        choose = (
+            f"pass {subfolder_option} one of:"
+            if subfolder_option
+            else f"give one model's folder, {folder}/NAME, with NAME one of:"
+        )
+        raise UserError(f"{folder} is a multi-model repository; {choose} {', '.join(variants)}")
 
 
 def read_folder_config(folder: str | os.PathLike) -> dict:
@@ -153,30 +153,70 @@ def _where(source: str | os.PathLike, subfolder: str | None) -> str:
     return f"{source}{f' (subfolder {subfolder})' if subfolder else ''}"
 
 
-def _load_quietly(
-    load: Callable[..., PreTrainedModel],
+@dataclass(frozen=True)
+class ModelFolder:
+    """A model folder or Hub id that passed `open_model_folder`: its checked config, and its loads (which trust
+    it: the config is not read or sized again). Any failure of a load itself is one UserError."""
+
+    source: str
+    subfolder: str | None
+    config: PretrainedConfig
+    trust_remote_code: bool = False
+
+    @property
+    def where(self) -> str:
+        """The folder as messages name it (with its subfolder)."""
+        return _where(self.source, self.subfolder)
+
+    @property
+    def architecture(self) -> str:
+        """The class its config names (`architectures[0]`), "" when it names none."""
+        return (getattr(self.config, "architectures", None) or [""])[0]
+
+    def _load(self, load: Callable[..., PreTrainedModel], **kwargs) -> tuple[PreTrainedModel, dict]:
+        """`load(source, subfolder=..., output_loading_info=True, **kwargs)`, transformers' load report (the
+        multi-line table of MISSING / UNEXPECTED keys) not printed: the callers say what matters in one line."""
+        library_logger = transformers_logging._get_library_root_logger()
+        report = _Report()
+        handlers, library_logger.handlers = library_logger.handlers, [report]  # kept, not printed
+        try:
+            return load(self.source, subfolder=self.subfolder or "", output_loading_info=True, **kwargs)
+        except Exception as error:  # noqa: BLE001 -- a user's folder: missing, truncated or mismatched weights
+            reason = _reason(error)
+            mismatched = report.rows("MISMATCH")
+            if mismatched:  # transformers' reason only says "look at the above report": the rows it means
+                reason = f"weights of another shape than the model's ({'; '.join(mismatched[:2])})"
+            raise UserError(f"cannot load the model {self.where}: {reason}") from None
+        finally:
+            library_logger.handlers = handlers
+
+    def load_with_missing(self, load: Callable[..., PreTrainedModel], **kwargs) -> tuple[PreTrainedModel, list[str]]:
+        """`load` (a `from_pretrained`) and every weight the folder lacks (missing or of another shape, a task
+        head's included), which transformers initialised at random."""
+        model, info = self._load(load, **kwargs)
+        return model, _missing(info)
+
+    def load(self, load: Callable[..., PreTrainedModel], **kwargs) -> PreTrainedModel:
+        """`load` (a `from_pretrained`). The encoder must be complete: weights of the base model the folder lacks
+        are refused (they would be random); a task head the folder has not (fine-tuning starts one from an
+        encoder) is initialised."""
+        model, missing = self.load_with_missing(load, **kwargs)
+        prefix = "" if model.base_model is model else f"{model.base_model_prefix}."
+        refuse_missing([key for key in missing if key.startswith(prefix)], self.where, f"its {type(model).__name__}")
+        return model
+
+
+def open_model_folder(
     source: str | os.PathLike,
-    subfolder: str | None,
-    trust_remote_code: bool,
-    **kwargs,
-) -> tuple[PreTrainedModel, dict]:
-    """`load(source, subfolder=..., output_loading_info=True, **kwargs)` after `load_config`, transformers' load
-    report (the multi-line table of MISSING / UNEXPECTED keys) not printed: the callers say what matters in one
-    line. Any failure of the load itself is one UserError."""
-    load_config(source, subfolder, trust_remote_code)
-    library_logger = transformers_logging._get_library_root_logger()
-    report = _Report()
-    handlers, library_logger.handlers = library_logger.handlers, [report]  # kept, not printed
-    try:
-        return load(source, subfolder=subfolder or "", output_loading_info=True, **kwargs)
-    except Exception as error:  # noqa: BLE001 -- a user's folder: missing, truncated or mismatched weights, bad values
-        reason = _reason(error)
-        mismatched = report.rows("MISMATCH")
-        if mismatched:  # transformers' reason only says "look at the above report": the rows it means
-            reason = f"weights of another shape than the model's ({'; '.join(mismatched[:2])})"
-        raise UserError(f"cannot load the model {_where(source, subfolder)}: {reason}") from None
-    finally:
-        library_logger.handlers = handlers
+    subfolder: str | None = None,
+    trust_remote_code: bool = False,
+    subfolder_option: str | None = "--subfolder (or subfolder=)",
+) -> ModelFolder:
+    """The door for a model folder or Hub id: `check_model_folder` (a multi-model root names its variants,
+    `subfolder_option` as there), then `load_config`; the `ModelFolder` holds the checked config."""
+    check_model_folder(source, subfolder, subfolder_option)
+    config = load_config(source, subfolder, trust_remote_code)
+    return ModelFolder(str(source), subfolder, config, trust_remote_code)
 
 
 class _Report(logging.Handler):
@@ -211,30 +251,16 @@ def load_pretrained(
     trust_remote_code: bool = False,
     **kwargs,
 ) -> PreTrainedModel:
-    """`load(source, subfolder=..., **kwargs)` (a `from_pretrained`) of a model folder or Hub id whose config
-    passed `load_config`, without transformers' load report. The encoder must be complete: weights of the base
-    model the folder lacks are refused (they would be random); a task head the folder has not (fine-tuning
-    starts one from an encoder) is initialised. Any failure of the load itself is one UserError."""
-    model, info = _load_quietly(load, source, subfolder, trust_remote_code, **kwargs)
-    prefix = "" if model.base_model is model else f"{model.base_model_prefix}."
-    refuse_missing(
-        [key for key in _missing(info) if key.startswith(prefix)],
-        _where(source, subfolder),
-        f"its {type(model).__name__}",
-    )
-    return model
+    """`ModelFolder.load` of `source` through `open_model_folder`."""
+    return open_model_folder(source, subfolder, trust_remote_code).load(load, **kwargs)
 
 
 def load_with_missing(
     load: Callable[..., PreTrainedModel], source: str | os.PathLike, **kwargs
 ) -> tuple[PreTrainedModel, list[str]]:
-    """`load_pretrained` that also returns every weight the folder lacks (missing or of another shape, the task
-    head's included), which transformers initialised at random; its load report is not printed (the caller says
-    what matters in one line)."""
-    model, info = _load_quietly(
-        load, source, kwargs.pop("subfolder", None), kwargs.pop("trust_remote_code", False), **kwargs
-    )
-    return model, _missing(info)
+    """`ModelFolder.load_with_missing` of `source` through `open_model_folder`."""
+    folder = open_model_folder(source, kwargs.pop("subfolder", None), kwargs.pop("trust_remote_code", False))
+    return folder.load_with_missing(load, **kwargs)
 
 
 def refuse_missing(missing: list[str], source: str | os.PathLike, what: str) -> None:
