@@ -14,8 +14,6 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from armhubert.cli import UserError
-
 OUTPUT_NAMES = ("last_hidden_state", "hidden_states", "projected_hidden_states")
 INPUT_NAME, MASK_NAME = "input_values", "attention_mask"
 
@@ -264,11 +262,10 @@ def onnx_session(model_bytes: bytes | str | Path, threads: int | None = None, pr
     from PyTorch (or another session) running in the same process or on the same cores.
 
     `profile_prefix`: record ONNX Runtime's own operator profile (`session.end_profiling()` writes it).
+    onnxruntime is the `onnx` extra: the commands ask for it first (`armhubert.cli.require_extra`).
     """
-    try:
-        import onnxruntime  # optional: pip install onnxruntime
-    except ImportError:
-        raise UserError("onnxruntime is not installed: pip install onnxruntime") from None
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
