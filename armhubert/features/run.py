@@ -6,6 +6,7 @@ writes `run.json`, fits the units codebook when asked, encodes this process's un
 process once all are done, writes the index (or the Arrow dataset) and prints a summary.
 """
 
+import contextlib
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ import torch
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 from pipeline_armhubert import num_frames
 
-from ..cli import UserError
+from ..cli import UserError, require_extra
 from ..files.atomic import atomic_write_text
 from ..speech.audio import DataError
 from ..speech.chunking import check_unchunked_lengths
@@ -68,13 +69,10 @@ from .storage import (
     INDEX_FILE,
     ShardWriter,
     build_index,
-    layout_problem,
-    shard_is_intact,
-    shard_metadata,
-    tensor_rows,
+    read_shard,
     write_arrow_dataset,
 )
-from .units import Codebook, load_codebook, save_codebook
+from .units import Codebook, CodebookFile, load_codebook, open_codebook, save_codebook
 
 logger = logging.getLogger(__name__)
 
@@ -120,24 +118,20 @@ def plan_run(
 def _pending_shards(run: Run, shards: Sequence[ShardPlan]) -> list[tuple[ShardPlan, str]]:
     """This process's shards that are not finished yet, with their fingerprints."""
     pending = []
-    for shard in run.processes.take(shards):
-        fingerprint = shard_fingerprint(run.settings_sha256, run.codebook, run.corpus, shard)
-        path = run.output_dir / shard.file_name
-        metadata = shard_metadata(path)
-        if metadata is None or metadata["fingerprint"] != fingerprint or not shard_is_intact(path, metadata):
-            pending.append((shard, fingerprint))
+    for plan in run.processes.take(shards):
+        fingerprint = shard_fingerprint(run.settings_sha256, run.codebook, run.corpus, plan)
+        shard = read_shard(run.output_dir / plan.file_name)
+        if shard is None or shard.fingerprint != fingerprint or not shard.is_intact():
+            pending.append((plan, fingerprint))
             continue
-        # This run's fingerprint and intact tensor bytes, yet records that do not lay them out (the header was
-        # edited): the index would point past the tensors or overlap utterances.
-        planned = sorted(run.corpus.ids[row] for row in shard.rows)
-        listed = sorted([record[0] for record in metadata["utterances"]] + [item[0] for item in metadata["skipped"]])
-        problem = layout_problem(tensor_rows(path), metadata["utterances"])
-        if problem is None and listed != planned:
-            problem = f"it lists {len(listed)} utterances, not the {len(planned)} this run planned for it"
-        if problem is not None:
+        # This run's fingerprint and intact tensor bytes, yet other utterances than planned (the header was edited).
+        planned = sorted(run.corpus.ids[row] for row in plan.rows)
+        listed = sorted([record[0] for record in shard.records] + [item[0] for item in shard.skipped])
+        if listed != planned:
             raise UserError(
-                f"--resume: shard {path} carries this run's fingerprint but its metadata does not match its tensors "
-                f"({problem}); it was altered: delete it, then run again with --resume"
+                f"--resume: shard {shard.path} carries this run's fingerprint but its metadata does not match its "
+                f"tensors (it lists {len(listed)} utterances, not the {len(planned)} this run planned for it); it was "
+                "altered: delete it, then run again with --resume"
             )
     return pending
 
@@ -268,25 +262,14 @@ def extract_features(args: ExtractionArguments, encoder: Encoder | None = None) 
     (or empty) folder takes back what it wrote: the folder is left as it was.
     """
     check_arguments(args, encoder_given=encoder is not None)
+    if args.units is not None:
+        require_extra("units", "fitting units (--units K)")
     processes, device = current_processes(args.device)
     started = time.perf_counter()
     corpus = open_corpus(args.input, args.split, args.input_type, args.audio_column, args.id_column)
-    # The codebook's header first: its centroids are read once their width is known to fit the model.
-    given_codebook = load_codebook(args.codebook, read_centroids=False) if args.codebook else None
-    if encoder is None:
-        encoder = load_encoder(args.model, args.preset, args.layers == "weighted", device, args.seed)
-    check_chunking(args, encoder.model.config)
-    if args.chunk_length_s == 0:
-        check_unchunked_lengths(
-            corpus.lengths, corpus.ids.__getitem__, "give --chunk_length_s (e.g. 30) to encode them in windows"
-        )
-    selection = selection_for(args, encoder.model.config, given_codebook)
-    check_heads(encoder, selection)
-    widths = probe_widths(encoder, selection)
-    if given_codebook is not None:
-        check_codebook(given_codebook, selection, widths, args.codebook)
-        given_codebook = load_codebook(args.codebook)
-        check_codebook(given_codebook, selection, widths, args.codebook)  # the same file, unless it changed
+    # The codebook's header first: its centroids are read, from the same open file, once they fit the model.
+    with open_codebook(args.codebook) if args.codebook else contextlib.nullcontext() as codebook_file:
+        encoder, selection, widths, given_codebook = _model_and_units(args, corpus, encoder, device, codebook_file)
     settings = run_settings(args, corpus, encoder)
     output_dir = check_output(args, settings)
     if args.format == "arrow" and (output_dir / DATASET_FOLDER / "state.json").is_file():
@@ -304,6 +287,32 @@ def extract_features(args: ExtractionArguments, encoder: Encoder | None = None) 
         if fresh and processes.is_main:
             take_back_run(output_dir, remove_folder=not existed)
         raise
+
+
+def _model_and_units(
+    args: ExtractionArguments,
+    corpus: Corpus,
+    encoder: Encoder | None,
+    device: torch.device,
+    codebook_file: CodebookFile | None,
+) -> tuple[Encoder, LayerSelection, dict[str, int], Codebook | None]:
+    """The model (loaded unless given), the features it keeps and their widths, and the given codebook, read
+    once its header fits them."""
+    if encoder is None:
+        encoder = load_encoder(args.model, args.preset, args.layers == "weighted", device, args.seed)
+    check_chunking(args, encoder.model.config)
+    if args.chunk_length_s == 0:
+        check_unchunked_lengths(
+            corpus.lengths, corpus.ids.__getitem__, "give --chunk_length_s (e.g. 30) to encode them in windows"
+        )
+    header = codebook_file.header if codebook_file is not None else None
+    selection = selection_for(args, encoder.model.config, header)
+    check_heads(encoder, selection)
+    widths = probe_widths(encoder, selection)
+    if codebook_file is None:
+        return encoder, selection, widths, None
+    check_codebook(header, selection, widths, args.codebook)
+    return encoder, selection, widths, codebook_file.read()
 
 
 def check_chunking(args: ExtractionArguments, config: ARMHubertConfig) -> None:

@@ -7,7 +7,8 @@ Shard files: the features of a shard's utterances concatenated along time, one s
 A shard holds per feature one (sum of frames, D) tensor and `units` (sum of units,) int16, and in its
 metadata (one JSON entry `armhubert`) the format, its fingerprint (see `armhubert.features.resume`),
 each utterance's record [id, offset, frames, unit offset, units], the files it skipped and the sha256
-of its tensor bytes (`shard_is_intact`: `--resume` keeps only a shard whose bytes are those written).
+of its tensor bytes. `read_shard` is the door for a shard file: a checked `Shard` (`--resume` keeps one
+only when its bytes are those written, `Shard.is_intact`).
 
 `ShardWriter` writes a shard as its frames come: each feature's rows go straight to an unnamed
 temporary file beside the output (in the storage dtype), a long recording window by window, so memory
@@ -27,6 +28,7 @@ utterance id to its `shard`, `offset` and `frames` (and `units_offset`, `units`)
 """
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -34,6 +36,7 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -180,14 +183,44 @@ class ShardWriter:
             handle.close()
 
 
-def shard_metadata(path: Path) -> dict | None:
-    """The metadata of a shard file, or None when there is none or it is not a shard of this tool (bounded
-    before it is built, and its records of the types `ShardWriter` writes)."""
+@dataclass(frozen=True)
+class Shard:
+    """A shard file of this tool, checked by `read_shard`: its metadata is what `ShardWriter` writes and its
+    records [id, offset, frames, unit offset, units] lay out its tensors exactly."""
+
+    path: Path
+    fingerprint: str
+    records: list[list]
+    skipped: list[list[str]]
+    sha256: str | None  # of its tensor bytes (None in a shard written before shards carried one)
+
+    def is_intact(self) -> bool:
+        """Whether its tensor bytes have the sha256 its metadata carries (read in full: for `--resume`)."""
+        if self.sha256 is None:
+            return False
+        digest = hashlib.sha256()
+        try:
+            with open(self.path, "rb") as handle:
+                (header_bytes,) = struct.unpack("<Q", handle.read(8))
+                handle.seek(8 + header_bytes)
+                while piece := handle.read(COPY_BYTES):
+                    digest.update(piece)
+        except (OSError, struct.error):
+            return False
+        return digest.hexdigest() == self.sha256
+
+
+def read_shard(path: Path) -> Shard | None:
+    """The door for a shard file: its metadata (bounded before it is built) and its tensors' rows (from the
+    header) as a `Shard`; None when there is no file or it is not a shard of this tool (unreadable, other
+    metadata, records of other types). A shard of this tool whose records do not lay out its tensors (the
+    header was edited: they would point past the tensors or overlap) is refused."""
     try:
         if not path.is_file():
             return None
         with safe_open(path, framework="pt") as handle:
             text = (handle.metadata() or {}).get("armhubert", "{}")
+            rows = {name: (handle.get_slice(name).get_shape() or [0])[0] for name in handle.keys()}
         metadata = parse_json(text, str(path), MAX_METADATA_VALUES)
     except (SafetensorError, OSError, RuntimeError, UserError):  # RuntimeError: a failed mmap
         return None
@@ -202,7 +235,14 @@ def shard_metadata(path: Path) -> dict | None:
         and all(isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item) for item in skipped)
     ):
         return None
-    return metadata
+    problem = layout_problem(rows, records)
+    if problem is not None:
+        raise UserError(
+            f"shard {path}'s metadata does not match its tensors ({problem}); it was altered: delete it, then run "
+            "again with --resume"
+        )
+    sha256 = metadata.get("sha256")
+    return Shard(path, metadata["fingerprint"], records, skipped, sha256 if isinstance(sha256, str) else None)
 
 
 def _is_record(record) -> bool:
@@ -249,24 +289,6 @@ def layout_problem(rows: dict[str, int], records: list[list], features: Sequence
     return None
 
 
-def shard_is_intact(path: Path, metadata: dict) -> bool:
-    """Whether the tensor bytes of the shard at `path` have the sha256 its metadata carries (a shard written
-    before shards carried one is not)."""
-    expected = metadata.get("sha256")
-    if not isinstance(expected, str):
-        return False
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            (header_bytes,) = struct.unpack("<Q", handle.read(8))
-            handle.seek(8 + header_bytes)
-            while piece := handle.read(COPY_BYTES):
-                digest.update(piece)
-    except (OSError, struct.error):
-        return False
-    return digest.hexdigest() == expected
-
-
 # ----------------------------------------------------------------------------------------------------
 # `index.json`: which shard holds each utterance, built from the finished shards; `FeatureIndex` reads it back
 
@@ -277,22 +299,33 @@ MAX_INDEX_BYTES = 1 << 30
 
 
 def build_index(output_dir: Path, shards: Sequence[ShardPlan], header: dict, skipped: list[list[str]]) -> dict:
-    """index.json's contents from the finished shards' metadata (every planned shard must exist)."""
+    """index.json's contents from the finished shards (`read_shard`; every planned shard must exist)."""
     utterances, all_skipped = {}, list(skipped)
-    for shard in shards:
-        metadata = shard_metadata(output_dir / shard.file_name)
-        if metadata is None:
-            raise UserError(f"shard {shard.file_name} is missing from {output_dir}; run again with --resume")
-        problem = layout_problem(tensor_rows(output_dir / shard.file_name), metadata["utterances"], header["features"])
-        if problem is not None:
-            raise UserError(f"shard {output_dir / shard.file_name} does not match its metadata ({problem}); delete it")
-        for utterance_id, offset, frames, unit_offset, units in metadata["utterances"]:
-            entry = {"shard": shard.file_name, "offset": offset, "frames": frames}
+    for plan in shards:
+        shard = read_shard(output_dir / plan.file_name)
+        if shard is None:
+            raise UserError(f"shard {plan.file_name} is missing from {output_dir}; run again with --resume")
+        for utterance_id, offset, frames, unit_offset, units in shard.records:
+            entry = {"shard": plan.file_name, "offset": offset, "frames": frames}
             if header.get("units"):
                 entry.update(units_offset=unit_offset, units=units)
             utterances[utterance_id] = entry
-        all_skipped.extend(metadata["skipped"])
-    return {**header, "shards": [shard.file_name for shard in shards], "utterances": utterances, "skipped": all_skipped}
+        all_skipped.extend(shard.skipped)
+    return {**header, "shards": [plan.file_name for plan in shards], "utterances": utterances, "skipped": all_skipped}
+
+
+def _is_index(index) -> bool:
+    """Whether `index` has the header of an index this tool writes: its format, shard file names of the folder,
+    feature names and a mapping of utterances."""
+    return (
+        isinstance(index, dict)
+        and index.get("format") == FEATURES_FORMAT
+        and isinstance(index.get("shards"), list)
+        and all(isinstance(name, str) and SHARD_NAME.fullmatch(name) for name in index["shards"])
+        and isinstance(index.get("features"), list)
+        and all(isinstance(name, str) for name in index["features"])
+        and isinstance(index.get("utterances"), dict)
+    )
 
 
 class FeatureIndex:
@@ -311,25 +344,19 @@ class FeatureIndex:
         self.index = load_json_file(
             path, str(path), "an index has ~100 bytes an utterance", MAX_INDEX_BYTES, MAX_INDEX_VALUES
         )
-        if not isinstance(self.index, dict) or self.index.get("format") != FEATURES_FORMAT:
-            raise UserError(f"{path} is not an index of this tool (format {FEATURES_FORMAT})")
+        if not _is_index(self.index):
+            raise UserError(
+                f"{path} is not an index of this tool (format {FEATURES_FORMAT}, its shards, features and utterances)"
+            )
         self._check_entries(path)
 
     def _check_entries(self, path: Path) -> None:
         """Every utterance's entry names one of the index's shards, and the entries of each shard lay out its
         tensors as the shard's own records do (`layout_problem`): none points past them or overlaps another,
         so reading an utterance never reads out of bounds. Only the shards' headers are read."""
-        index, shards = self.index, self.index.get("shards")
-        features, utterances = index.get("features"), index.get("utterances")
+        index, shards = self.index, self.index["shards"]
+        features, utterances = index["features"], index["utterances"]
         with_units = bool(index.get("units"))
-        if not (
-            isinstance(shards, list)
-            and all(isinstance(name, str) and SHARD_NAME.fullmatch(name) for name in shards)
-            and isinstance(features, list)
-            and all(isinstance(name, str) for name in features)
-            and isinstance(utterances, dict)
-        ):
-            raise UserError(f"{path} is not an index of this tool (its shards, features or utterances)")
         fields = ("offset", "frames", *(("units_offset", "units") if with_units else ()))
         records = {name: [] for name in shards}
         for utterance_id, entry in utterances.items():
@@ -385,20 +412,18 @@ def write_arrow_dataset(output_dir: Path, index: dict) -> Path:
     columns.update({name: datasets.Array2D((None, width), dtype) for name, width in index["widths"].items()})
     if index.get("units"):
         columns["units"] = datasets.Sequence(datasets.Value("int16"))
-    shard_names = index["shards"]
 
-    def rows():
-        for shard_name in shard_names:
+    def rows():  # the index's entries, shard by shard (as `build_index` made them from the checked shards)
+        for shard_name, entries in itertools.groupby(index["utterances"].items(), lambda item: item[1]["shard"]):
             with safe_open(output_dir / shard_name, framework="np") as handle:
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-                for utterance_id, offset, frames, unit_offset, units in shard_metadata(output_dir / shard_name)[
-                    "utterances"
-                ]:
-                    row = {"id": utterance_id, "frames": frames}
-                    row.update({name: tensors[name][offset : offset + frames] for name in index["widths"]})
-                    if "units" in columns:
-                        row["units"] = tensors["units"][unit_offset : unit_offset + units]
-                    yield row
+            for utterance_id, entry in entries:
+                start, frames = entry["offset"], entry["frames"]
+                row = {"id": utterance_id, "frames": frames}
+                row.update({name: tensors[name][start : start + frames] for name in index["widths"]})
+                if "units" in columns:
+                    row["units"] = tensors["units"][entry["units_offset"] : entry["units_offset"] + entry["units"]]
+                yield row
 
     target = output_dir / DATASET_FOLDER
     for stale in output_dir.glob(f"{ARROW_CACHE_PREFIX}*"):  # left by a run killed while converting

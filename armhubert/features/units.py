@@ -10,12 +10,16 @@ later to features of another layer or another model is refused instead of giving
   with the HuBERT recipe's settings reaches about the same distortion 17x slower, and faiss alone
   (random seeding) can merge well-separated clusters. The `units` extra installs both;
 - `save_codebook` / `load_codebook`: a safetensors file, tensor `centroids` (K, D) float32 plus metadata;
+  `open_codebook` is the door that checks its header before the centroids are read;
 - `assign_units`: nearest centroid in torch (exact squared distances, the same units on every call);
 - `deduplicate_runs`: collapse repeated units (`1 1 1 5 5 2` -> `1 5 2`), as unit LMs take them.
 """
 
+import contextlib
+import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,23 +77,19 @@ def check_num_units(num_units: int) -> int:
 def fit_codebook(features: torch.Tensor, num_units: int, seed: int = 0, iterations: int = 20) -> torch.Tensor:
     """(K, D) float32 k-means centroids of `features` (N, D): k-means++ seeds, then `iterations` Lloyd steps.
 
-    Deterministic for a seed (on one machine and thread count). Raises UserError when there are fewer
-    frames than units or the libraries are missing.
+    Deterministic for a seed (on one machine and thread count). `num_units` passed `check_num_units` and the
+    `units` extra is installed (the command checks both before anything is read); raises UserError when there
+    are fewer frames than units.
     """
-    check_num_units(num_units)
+    import faiss
+    from sklearn.cluster import kmeans_plusplus
+    from threadpoolctl import threadpool_limits
+
     if features.shape[0] < num_units:
         raise UserError(
             f"k-means needs at least K = {num_units} frames and the sample holds {features.shape[0]}; raise "
             "--units_sample_hours or lower --units"
         )
-    try:
-        import faiss
-        from sklearn.cluster import kmeans_plusplus
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        raise UserError(
-            "fitting units needs faiss and scikit-learn: pip install faiss-cpu scikit-learn (the 'units' extra)"
-        ) from None
     data = features.detach().to("cpu", torch.float32).contiguous().numpy()
     # Seeding is K small products; with BLAS threads it took 15x longer on a busy 2-core machine (106 s vs 6.9 s).
     with threadpool_limits(limits=1, user_api="blas"):
@@ -123,43 +123,81 @@ def save_codebook(codebook: Codebook, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_codebook(path: str | os.PathLike, read_centroids: bool = True) -> Codebook:
-    """The codebook saved at `path`; UserError for a missing file, another format or broken centroids.
+@contextlib.contextmanager
+def _readable(path: str | os.PathLike) -> Iterator[None]:
+    """What makes a codebook file unreadable (not safetensors, a failed mmap) as one UserError."""
+    try:
+        yield
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:  # RuntimeError: a failed mmap
+        raise UserError(f"codebook {path} is not a readable safetensors file: {brief(str(error))}") from None
 
-    The centroids' declared dtype and shape are checked (K <= MAX_UNITS, D <= MAX_CODEBOOK_WIDTH) before
-    their bytes are read, and the metadata is bounded before it is built: a small header cannot make
-    this read gigabytes. `read_centroids=False` reads the header only (centroids on the meta device: their
-    shape, no memory), so that a caller can check the width against a model before the bytes are read.
-    """
+
+class CodebookFile:
+    """An open codebook file whose header passed `open_codebook`'s checks. `header` is its `Codebook` with the
+    centroids on the meta device (their shape, no memory), for a caller to check against a model before their
+    bytes are read; `read()` then reads them from this same open file, so what was checked is what is read."""
+
+    def __init__(self, path: Path, handle, header: Codebook):
+        self.path, self.handle, self.header = path, handle, header
+
+    def read(self) -> Codebook:
+        """The codebook with its centroids (float32); UserError when they are not finite."""
+        with _readable(self.path):
+            centroids = self.handle.get_tensor("centroids")
+        if not bool(torch.isfinite(centroids).all()):
+            raise UserError(f"codebook {self.path} holds NaN or infinite centroids; fit a new one with --units K")
+        return dataclasses.replace(self.header, centroids=centroids.to(torch.float32))
+
+    def __enter__(self) -> "CodebookFile":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.handle.__exit__(None, None, None)
+
+
+def open_codebook(path: str | os.PathLike) -> CodebookFile:
+    """The door for a codebook file: a regular file of this tool's format whose centroids' declared dtype and
+    shape (K <= MAX_UNITS, D <= MAX_CODEBOOK_WIDTH) are checked before their bytes are read, its metadata
+    bounded before it is built (a small header cannot make this read gigabytes); UserError otherwise."""
     if not os.path.exists(path):
         raise UserError(f"codebook {path} does not exist; give a codebook.safetensors written by --units K")
     path = check_regular_file(path, f"codebook {path}")
+    with _readable(path):
+        handle = safe_open(path, framework="pt")
     try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = parse_json((handle.metadata() or {}).get("armhubert", "{}"), f"codebook {path}'s metadata")
-            if not isinstance(metadata, dict) or metadata.get("format") != CODEBOOK_FORMAT:
-                raise UserError(
-                    f"{path} is not a codebook of this tool (format {CODEBOOK_FORMAT}); make one with --units K"
-                )
-            if "centroids" not in handle.keys():  # noqa: SIM118 -- safe_open has no __contains__
-                raise UserError(f"codebook {path} holds no centroids; make one with --units K")
-            declared = handle.get_slice("centroids")
-            shape, dtype = tuple(declared.get_shape()), declared.get_dtype()
-            if len(shape) != 2 or not 2 <= shape[0] <= MAX_UNITS or not 1 <= shape[1] <= MAX_CODEBOOK_WIDTH:
-                raise UserError(
-                    f"codebook {path} holds centroids of shape {brief(shape)}; expected (K, D) with 2 <= K <= "
-                    f"{MAX_UNITS} and D <= {MAX_CODEBOOK_WIDTH}"
-                )
-            if dtype not in ("F16", "BF16", "F32", "F64"):
-                raise UserError(f"codebook {path} holds {brief(dtype)} centroids; expected floating-point ones")
-            if not read_centroids:
-                return _codebook(torch.empty(shape, device="meta"), metadata)
-            centroids = handle.get_tensor("centroids")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:  # RuntimeError: a failed mmap
-        raise UserError(f"codebook {path} is not a readable safetensors file: {brief(str(error))}") from None
-    if not bool(torch.isfinite(centroids).all()):
-        raise UserError(f"codebook {path} holds NaN or infinite centroids; fit a new one with --units K")
-    return _codebook(centroids.to(torch.float32), metadata)
+        return CodebookFile(path, handle, _checked_header(path, handle))
+    except UserError:
+        handle.__exit__(None, None, None)  # refused: nothing more is read from it
+        raise
+
+
+def _checked_header(path: Path, handle) -> Codebook:
+    """The codebook an open file declares, its centroids on the meta device, once its header passed the checks."""
+    with _readable(path):
+        metadata = parse_json((handle.metadata() or {}).get("armhubert", "{}"), f"codebook {path}'s metadata")
+        if not isinstance(metadata, dict) or metadata.get("format") != CODEBOOK_FORMAT:
+            raise UserError(
+                f"{path} is not a codebook of this tool (format {CODEBOOK_FORMAT}); make one with --units K"
+            )
+        if "centroids" not in handle.keys():  # noqa: SIM118 -- safe_open has no __contains__
+            raise UserError(f"codebook {path} holds no centroids; make one with --units K")
+        declared = handle.get_slice("centroids")
+        shape, dtype = tuple(declared.get_shape()), declared.get_dtype()
+    if len(shape) != 2 or not 2 <= shape[0] <= MAX_UNITS or not 1 <= shape[1] <= MAX_CODEBOOK_WIDTH:
+        raise UserError(
+            f"codebook {path} holds centroids of shape {brief(shape)}; expected (K, D) with 2 <= K <= "
+            f"{MAX_UNITS} and D <= {MAX_CODEBOOK_WIDTH}"
+        )
+    if dtype not in ("F16", "BF16", "F32", "F64"):
+        raise UserError(f"codebook {path} holds {brief(dtype)} centroids; expected floating-point ones")
+    return _codebook(torch.empty(shape, device="meta"), metadata)
+
+
+def load_codebook(path: str | os.PathLike) -> Codebook:
+    """The codebook saved at `path` (`open_codebook`, then its centroids); UserError for a missing file, another
+    format or broken centroids."""
+    with open_codebook(path) as codebook_file:
+        return codebook_file.read()
 
 
 def _codebook(centroids: torch.Tensor, metadata: dict) -> Codebook:
