@@ -88,3 +88,19 @@ def test_finetune_loading_asks_for_a_variant_folder(bare_repository):
         ARMHubertForCTC, ModelArguments(model_name_or_path=str(bare_repository / "small")), vocab_size=8
     )
     assert model.config.vocab_size == 8
+
+
+def test_the_model_folder_door_reads_and_sizes_a_config_once(bare_repository, monkeypatch):
+    """`open_model_folder` checks the folder; the encoder's loads trust its `ModelFolder`, nothing is checked twice."""
+    import torch
+
+    from armhubert.features.encoding import load_encoder
+    from armhubert.folders import model_folders
+
+    sized = []
+    check_model_size = model_folders.check_model_size
+    monkeypatch.setattr(model_folders, "check_model_size", lambda *args: sized.append(1) or check_model_size(*args))
+    folder = model_folders.open_model_folder(bare_repository / "small")
+    assert folder.config.model_type == "armhubert" and folder.architecture == "ARMHubertModel" and len(sized) == 1
+    load_encoder(str(bare_repository / "small"), None, False, torch.device("cpu"))
+    assert len(sized) == 2  # one more folder opened, its config sized once (twice before the door)

@@ -15,6 +15,7 @@ from armhubert.features.units import (
     deduplicate_runs,
     fit_codebook,
     load_codebook,
+    open_codebook,
     save_codebook,
 )
 
@@ -86,6 +87,17 @@ def test_a_codebook_keeps_its_layer_and_broken_ones_are_refused(tmp_path):
     for count in (1, 40000):
         with pytest.raises(UserError, match="between 2 and 32767"):
             check_num_units(count)
+
+
+def test_a_codebook_checked_on_its_header_is_read_from_the_same_open_file(tmp_path):
+    path, other = tmp_path / "codebook.safetensors", tmp_path / "other.safetensors"
+    save_codebook(Codebook(torch.randn(4, 6), "layer_2", "hidden", "m", 10), path)
+    save_codebook(Codebook(torch.randn(3000, 512), "layer_9", "projected", "m", 10), other)
+    with open_codebook(path) as codebook_file:
+        assert codebook_file.header.centroids.is_meta and codebook_file.header.dim == 6
+        other.replace(path)  # swapped after the header was checked: what was checked is still what is read
+        codebook = codebook_file.read()
+    assert codebook.centroids.shape == (4, 6) and codebook.layer == "layer_2"
 
 
 def test_fitted_units_are_the_nearest_centroids_and_an_applied_codebook_gives_the_same_units(tmp_path, tiny_model_dir):
