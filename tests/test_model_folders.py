@@ -104,3 +104,49 @@ def test_the_model_folder_door_reads_and_sizes_a_config_once(bare_repository, mo
     assert folder.config.model_type == "armhubert" and folder.architecture == "ARMHubertModel" and len(sized) == 1
     load_encoder(str(bare_repository / "small"), None, False, torch.device("cpu"))
     assert len(sized) == 2  # one more folder opened, its config sized once (twice before the door)
+
+
+_FOLDER_CODE = """
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+
+
+class FolderConfig(PretrainedConfig):
+    model_type = "folder-code-model"
+
+    def __init__(self, width=4, **kwargs):
+        self.width = width
+        super().__init__(**kwargs)
+
+
+class FolderModel(PreTrainedModel):
+    config_class = FolderConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.linear = torch.nn.Linear(config.width, config.width)
+        self.post_init()
+"""
+
+
+def test_a_folder_with_its_own_code_loads_when_trusted(tmp_path):
+    """--trust_remote_code lets the folder's code build its config and its model (the load was refused before)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModel
+
+    from armhubert.folders.model_folders import load_pretrained
+
+    folder = tmp_path / "own-code"
+    folder.mkdir()
+    (folder / "folder_code.py").write_text(_FOLDER_CODE)
+    auto_map = {"AutoConfig": "folder_code.FolderConfig", "AutoModel": "folder_code.FolderModel"}
+    config = {"model_type": "folder-code-model", "auto_map": auto_map, "architectures": ["FolderModel"], "width": 4}
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file({"linear.weight": torch.eye(4), "linear.bias": torch.zeros(4)}, folder / "model.safetensors")
+    with pytest.raises(UserError, match="pass --trust_remote_code"):
+        load_pretrained(AutoModel.from_pretrained, folder)
+    model = load_pretrained(AutoModel.from_pretrained, folder, trust_remote_code=True)
+    assert type(model).__name__ == "FolderModel" and torch.equal(model.linear.weight, torch.eye(4))

@@ -175,7 +175,10 @@ class ModelFolder:
 
     def _load(self, load: Callable[..., PreTrainedModel], **kwargs) -> tuple[PreTrainedModel, dict]:
         """`load(source, subfolder=..., output_loading_info=True, **kwargs)`, transformers' load report (the
-        multi-line table of MISSING / UNEXPECTED keys) not printed: the callers say what matters in one line."""
+        multi-line table of MISSING / UNEXPECTED keys) not printed: the callers say what matters in one line.
+        The folder's own code, which its config check was allowed to run, may build the model too."""
+        if self.trust_remote_code:
+            kwargs["trust_remote_code"] = True
         library_logger = transformers_logging._get_library_root_logger()
         report = _Report()
         handlers, library_logger.handlers = library_logger.handlers, [report]  # kept, not printed
