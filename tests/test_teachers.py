@@ -369,6 +369,16 @@ def test_hostile_ctranslate2_files_give_one_line(tmp_path):
     del incomplete["encoder/layer_1/ffn/linear_1/bias"]
     with pytest.raises(UserError, match="missing 'encoder/layer_1/ffn/linear_1/bias'"):
         whisper_from_ctranslate2(_write_ctranslate2(tmp_path / "incomplete", incomplete))
+    misshapen = dict(variables)  # a layer wider than the others: one line, not torch's size-mismatch traceback
+    misshapen["encoder/layer_1/ffn/linear_0/weight"] = np.zeros((7, variables["encoder/conv1/weight"].shape[0]))
+    with pytest.raises(UserError, match=r"shape mismatch for model\.encoder\.layers\.1\.fc1\.weight: \(7, "):
+        whisper_from_ctranslate2(_write_ctranslate2(tmp_path / "misshapen", misshapen))
+    fused = dict(variables)  # a fused Q/K/V projection that does not split in three
+    fused["encoder/layer_0/self_attention/linear_0/weight"] = np.zeros((7, variables["encoder/conv1/weight"].shape[0]))
+    with pytest.raises(
+        UserError, match=r"shape mismatch for model\.encoder\.layers\.0\.self_attn\.[a-z_]*proj\.weight"
+    ):
+        whisper_from_ctranslate2(_write_ctranslate2(tmp_path / "fused", fused))
     other = _write_ctranslate2(tmp_path / "other", variables, spec="TransformerSpec")
     assert not is_ctranslate2_whisper(other)
     with pytest.raises(UserError, match="holds a CTranslate2 TransformerSpec model"):

@@ -30,6 +30,7 @@ from ..cli import UserError
 from ..files.untrusted import (
     brief,
     check_plain_data,
+    check_state_fits,
     check_structure,
     check_weight_tensor,
     check_zip_members,
@@ -469,30 +470,6 @@ def rename_original_key(key: str) -> str:
     return rename_key(key, ORIGINAL_KEY_RULES)
 
 
-def _describe(keys, limit=6):
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def check_keys_and_shapes(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
-    """Refuse `state` unless it has exactly the keys of `expected`, each with the same shape."""
-    missing = set(expected) - set(state)
-    unexpected = set(state) - set(expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {_describe(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_describe(unexpected)}")
-        raise UserError("checkpoint and config disagree: " + "; ".join(parts))
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise UserError(
-                f"shape mismatch for {key}: checkpoint {tuple(value.shape)}, config expects {tuple(expected[key].shape)}"
-            )
-
-
 def build_model(config: ARMHubertConfig, student: Mapping[str, torch.Tensor]) -> ARMHubertModel:
     """Build the model around the renamed student tensors, loaded strictly.
 
@@ -502,7 +479,9 @@ def build_model(config: ARMHubertConfig, student: Mapping[str, torch.Tensor]) ->
     with torch.device("meta"):
         model = ARMHubertModel(config)
     state = {rename_original_key(key): value for key, value in student.items()}
-    check_keys_and_shapes(state, model.state_dict())
+    shapes = {key: value.shape for key, value in state.items()}
+    expected = {key: value.shape for key, value in model.state_dict().items()}
+    check_state_fits(shapes, expected, "the checkpoint", "its config", "pass the training YAML it was trained with")
     keys = progress(list(state), len(state), "reading the student", "tensor")  # from disk, when memory-mapped
     owned = {key: state.pop(key).to(torch.float32, copy=True) for key in keys}
     model.load_state_dict(owned, strict=True, assign=True)

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 
 from ..cli import UserError
-from ..files.untrusted import brief, load_json_file, load_torch_file
+from ..files.untrusted import brief, check_state_fits, load_json_file, load_torch_file
 
 MAX_STATE_BYTES = 64 * 1024 * 1024  # trainer_state.json: the log history of a long run is a few MB
 MAX_STATE_VALUES = 2_000_000  # JSON values in it: 100,000 logged steps of ~20 values
@@ -83,13 +83,10 @@ def _check_weights(checkpoint: Path, student: PreTrainedModel) -> None:
     except Exception as error:  # noqa: BLE001 -- SafetensorError, OSError: a truncated or foreign file
         reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
         raise UserError(f"--resume: {path} is not a readable safetensors file ({reason})") from None
-    expected = {key: tuple(value.shape) for key, value in student.state_dict().items()}
-    for key in sorted(set(expected) | set(shapes)):
-        if shapes.get(key) != expected.get(key):
-            raise UserError(
-                f"--resume: {path} does not fit this run's student: {key} is {shapes.get(key) or 'missing'} there, "
-                f"{expected.get(key) or 'absent'} in the student; resume a checkpoint of the same student"
-            )
+    expected = {key: value.shape for key, value in student.state_dict().items()}
+    check_state_fits(
+        shapes, expected, f"--resume: {path}", "this run's student", "resume a checkpoint of the same student"
+    )
 
 
 def check_resume_checkpoint(checkpoint: str | Path, trainer: Trainer) -> None:

@@ -23,11 +23,12 @@ import torch
 from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
 
 from ..cli import UserError
+from ..files.untrusted import Limit, check_state_fits
 
 MODEL_FILE = "model.bin"
 DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
-MAX_VARIABLES = 100_000
-MAX_RANK = 4
+VARIABLES = Limit(100_000, "{what} declares {count} variables (at most {most}); the file is corrupt")
+RANK = Limit(4, "{what}: variable {key!r} has rank {count} (at most {most}); the file is corrupt")
 # Whisper's special tokens (the same ids in every English-only and multilingual checkpoint's tokenizer.json
 # are looked up by name, not assumed).
 START, NO_TIMESTAMPS, END = "<|startoftranscript|>", "<|notimestamps|>", "<|endoftext|>"
@@ -89,14 +90,10 @@ def read_variables(path: str | PathLike) -> dict[str, np.ndarray]:
     version, spec, _revision = reader.number("I"), reader.text(), reader.number("I")
     if spec != "WhisperSpec":
         raise UserError(f"{name} holds a CTranslate2 {spec or 'unnamed'} model (format {version}), not Whisper")
-    count = reader.number("I")
-    if count > MAX_VARIABLES:
-        raise UserError(f"{name} declares {count} variables (at most {MAX_VARIABLES}); the file is corrupt")
     variables = {}
-    for _ in range(count):
-        key, rank = reader.text(), reader.number("B")
-        if rank > MAX_RANK:
-            raise UserError(f"{name}: variable {key!r} has rank {rank} (at most {MAX_RANK}); the file is corrupt")
+    for _ in range(VARIABLES.check(reader.number("I"), name)):
+        key = reader.text()
+        rank = RANK.check(reader.number("B"), name, key=key)
         dims = [reader.number("I") for _ in range(rank)]
         dtype, size = reader.number("B"), reader.number("I")
         if dtype not in DTYPES:
@@ -152,7 +149,8 @@ def _linear(prefix: str) -> dict[str, str]:
 
 
 def _split(array: np.ndarray, parts: int, index: int) -> np.ndarray:
-    return np.split(array, parts, axis=0)[index]
+    """Part `index` of `parts` of a fused projection (uneven parts of a misshapen one: `check_state_fits` names it)."""
+    return np.array_split(np.atleast_1d(array), parts, axis=0)[index]
 
 
 def _state_dict(variables: dict[str, np.ndarray], config: WhisperConfig) -> dict[str, torch.Tensor]:
@@ -205,16 +203,11 @@ def whisper_from_ctranslate2(folder: str | PathLike) -> WhisperForConditionalGen
         state = _state_dict(variables, config)
     except KeyError as error:
         raise UserError(f"{folder}: not a complete CTranslate2 Whisper model: missing {error}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [key for key in missing if key != "proj_out.weight"]  # tied to the token embedding
-    if missing or unexpected:
-        raise UserError(
-            f"{folder}: CTranslate2 weights do not fill Whisper: missing {missing[:3]}, extra {unexpected[:3]}"
-        )
+    expected = {key: value.shape for key, value in model.state_dict().items() if key != "proj_out.weight"}
+    shapes = {key: value.shape for key, value in state.items()}  # proj_out is tied to the token embedding
+    check_state_fits(shapes, expected, f"{folder}: the CTranslate2 weights", "Whisper", "the file is corrupt")
+    model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
-    for name, value in model.named_parameters():
-        if value.shape != state.get(name, value).shape:
-            raise UserError(f"{folder}: {name} has shape {tuple(value.shape)}; the file is corrupt")
     return model.eval()
 
 
