@@ -456,7 +456,7 @@ def _state(checkpoint, **fields):
         (lambda c: _state(c, global_step="2"), "says global_step '2'"),
         (
             lambda c: (c / "optimizer.pt").write_bytes(np.random.default_rng(0).bytes(5000)),
-            "optimizer.pt is not the zip",
+            "optimizer.pt is not a readable PyTorch checkpoint: it is not the zip",
         ),
         (lambda c: _truncate(c / "optimizer.pt"), "optimizer.pt is not"),
         (lambda c: _bytearray_pickle(c / "optimizer.pt"), "calls builtins.bytearray"),

@@ -12,12 +12,8 @@ is refused by name, and nothing from a pickle is ever run. Config expressions su
 import ast
 import math
 import os
-import pickletools
 import re
-import warnings
-import zipfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,9 +27,8 @@ from ..files.untrusted import (
     brief,
     check_plain_data,
     check_state_fits,
-    check_structure,
     check_weight_tensor,
-    check_zip_members,
+    load_torch_file,
     load_yaml_file,
 )
 from ..progress import progress
@@ -340,72 +335,15 @@ KNOWN_PICKLED_CLASSES = {
 _STAND_INS = [(stand_in, name) for name, stand_in in KNOWN_PICKLED_CLASSES.items()]
 
 
-def _refused(path, names):
-    known = ", ".join(KNOWN_PICKLED_CLASSES)
-    return UserError(
-        f"refusing to load {path}: its pickle needs {', '.join(sorted(names))}; only tensors, plain containers and "
-        f"the known classes of the original training stack ({known}) are allowed, so nothing from it was run"
-    )
-
-
-def _unreadable(path, error):
-    message = str(error).strip()
-    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", message)
-    if unsupported:
-        return _refused(path, [unsupported.group(1)])
-    operand = re.search(r"Unsupported operand (\d+)", message)
-    if operand:
-        code = int(operand.group(1))
-        name, protocol = next(((op.name, op.proto) for op in pickletools.opcodes if ord(op.code) == code), ("?", "?"))
-        reason = (
-            f"its pickle uses opcode {code} ({name}, pickle protocol {protocol}), which weights-only loading does not "
-            "read; nothing was run (re-save it with torch.save's default protocol)"
-        )
-    elif "weights_only" in message:
-        reason = "it holds pickled Python objects that are not tensors; refusing to unpickle them"
-    else:
-        reason = message.splitlines()[0] if message else type(error).__name__
-    return UserError(f"{path} is not a readable PyTorch checkpoint: {reason}")
-
-
 def load_original_checkpoint(path: str | os.PathLike) -> dict:
-    """`torch.load(weights_only=True)` of an original checkpoint, with one-line errors.
+    """The checkpoint dict of an original `.ckpt`, read by the door of `torch.save` files (`load_torch_file`).
 
     Known training-stack classes unpickle into inert stand-ins; a file whose pickle names any other
-    class or function is refused before anything is unpickled. Zip checkpoints (every torch.save since
-    torch 1.6, hence Lightning 1.7) are memory-mapped, so the teacher and optimizer tensors are never
-    read into memory: only the student's pages are touched, when its tensors are copied out.
-
-    Only zip checkpoints are read (the legacy format sizes its storages from the file's own claims);
-    their members' uncompressed sizes and the unpickled structure are bounded (`armhubert.files.untrusted`),
-    so a small hostile file cannot take much memory or time.
+    class or function is refused before anything is unpickled. The teacher and optimizer tensors are
+    memory-mapped and never read: only the student's pages are touched, when its tensors are copied out.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist or is not a file")
-    if not zipfile.is_zipfile(path):
-        raise UserError(
-            f"{path} is not a readable PyTorch checkpoint: it is not the zip archive torch.save writes (PyTorch >= 1.6, "
-            "as the release's .ckpt files); re-save an older checkpoint with a current torch"
-        )
-    check_zip_members(path, f"checkpoint {path}")
-    with torch.serialization.safe_globals(_STAND_INS):
-        try:
-            # A static scan of the pickle's globals names every unknown class at once.
-            unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            if unknown:
-                raise _refused(path, unknown)
-            with warnings.catch_warnings():  # e.g. "nested tensors are a prototype": the refusal is the one line
-                warnings.simplefilter("ignore")
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except UserError:
-            raise
-        except Exception as error:  # noqa: BLE001 -- torch raises many types for corrupt, truncated or foreign files
-            raise _unreadable(path, error) from None
-    if not isinstance(checkpoint, dict):
-        raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
-    check_structure(checkpoint, f"checkpoint {path}")
-    return checkpoint
+    known = f"the known classes of the original training stack ({', '.join(KNOWN_PICKLED_CLASSES)})"
+    return load_torch_file(path, str(path), _STAND_INS, known, "a checkpoint dict")
 
 
 def student_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -17,25 +17,25 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 
 from ..cli import UserError
-from ..files.untrusted import brief, check_state_fits, load_json_file, load_torch_file
+from ..files.untrusted import Limit, brief, check_state_fits, load_json_file, load_torch_file
 
 MAX_STATE_BYTES = 64 * 1024 * 1024  # trainer_state.json: the log history of a long run is a few MB
 MAX_STATE_VALUES = 2_000_000  # JSON values in it: 100,000 logged steps of ~20 values
-MAX_RNG_ARRAY_ELEMENTS = 1 << 16  # numpy's saved generator state: an array of 624 words
+# numpy's saved generator state: an array of 624 words.
+RNG_ARRAY_ELEMENTS = Limit(1 << 16, "a pickled array claims {count:,} elements; a generator state has a few hundred")
 
 _NUMPY_CORE = np._core if hasattr(np, "_core") else np.core
 
 
 def _bounded_reconstruct(subtype, shape, dtype):
-    """numpy's `_reconstruct` (how a pickled array starts) for shapes of at most MAX_RNG_ARRAY_ELEMENTS elements.
+    """numpy's `_reconstruct` (how a pickled array starts) for shapes of at most RNG_ARRAY_ELEMENTS elements.
 
     The real one allocates the shape it is given before the data arrives: a few bytes of pickle could
     ask for gigabytes.
     """
     if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
         raise UserError(f"a pickled array has the shape {brief(shape)}; not a saved generator state")
-    if math.prod(shape) > MAX_RNG_ARRAY_ELEMENTS:
-        raise UserError(f"a pickled array claims {math.prod(shape):,} elements; a generator state has a few hundred")
+    RNG_ARRAY_ELEMENTS.check(math.prod(shape), "a pickled array")
     return _NUMPY_CORE.multiarray._reconstruct(subtype, shape, dtype)
 
 
@@ -101,10 +101,8 @@ def check_resume_checkpoint(checkpoint: str | Path, trainer: Trainer) -> None:
     _check_weights(checkpoint, trainer.accelerator.unwrap_model(trainer.model))
     for name in (OPTIMIZER_NAME, SCHEDULER_NAME, "scaler.pt"):
         if (checkpoint / name).exists():
-            value = load_torch_file(checkpoint / name, f"--resume: {checkpoint / name}")
-            if not isinstance(value, dict):
-                raise UserError(f"--resume: {checkpoint / name} holds a {type(value).__name__}, not a saved state")
+            load_torch_file(checkpoint / name, f"--resume: {checkpoint / name}")
     for path in sorted(checkpoint.glob("rng_state*.pth")):
-        value = load_torch_file(path, f"--resume: {path}", _RNG_GLOBALS)
-        if not isinstance(value, dict) or not torch.is_tensor(value.get("cpu")):
+        value = load_torch_file(path, f"--resume: {path}", _RNG_GLOBALS, "numpy's generator state")
+        if not torch.is_tensor(value.get("cpu")):
             raise UserError(f"--resume: {path} is not a saved generator state (no 'cpu' tensor)")

@@ -12,7 +12,8 @@ turn into code in a generated model card. Every refusal is a `UserError` naming 
 - `parse_json` / `load_json_file`: size, nesting depth and value count checked before the JSON is built;
 - `check_zip_members`: a zip checkpoint's members (sizes, CRCs) and pickles (`scan_pickle`), before `torch.load`;
 - `scan_pickle`: opcode count and named globals of a pickle, before anything of it is built;
-- `load_torch_file`: `torch.load(weights_only=True)` of a file that passed those checks, or one UserError;
+- `load_torch_file`: the door of `torch.save` files: `torch.load(weights_only=True)` of a file that passed those
+  checks and a scan of the classes it names, a dict, or one UserError;
 - `check_state_fits`: loaded weights have exactly the names and shapes of the model they are for;
 - `check_weight_tensor`: a loaded weight is dense, on the CPU, floating-point and backed by its bytes;
 - `check_safe_name` / `check_code_text`: names and paths that reach generated text and code;
@@ -29,6 +30,7 @@ import pickletools
 import re
 import reprlib
 import stat
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -475,23 +477,68 @@ def check_state_fits(
         raise UserError(f"{what} does not fit {model}: {'; '.join(parts)}; {advice}")
 
 
-def load_torch_file(path: str | PathLike, what: str, safe_globals: Sequence[Any] = ()) -> Any:
-    """`torch.load(weights_only=True, mmap=True)` of a zip file after `check_zip_members`, its structure
-    bounded by `check_structure`; whatever makes it unreadable is one UserError.
+def _refused(what: str, names: Sequence[str], allowed: str) -> UserError:
+    return UserError(
+        f"refusing to load {what}: its pickle needs {', '.join(sorted(names))}; only tensors, plain containers"
+        f"{' and ' + allowed if allowed else ''} are allowed, so nothing from it was run"
+    )
 
-    `safe_globals` are what torch may build beyond its own allow-list (classes, or (stand-in, name) pairs).
+
+def _unreadable(what: str, error: Exception, allowed: str) -> UserError:
+    """One line for whatever `torch.load(weights_only=True)` raised."""
+    message = str(error).strip()
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    if unsupported:
+        return _refused(what, [unsupported.group(1)], allowed)
+    operand = re.search(r"Unsupported operand (\d+)", message)
+    if operand:
+        code = int(operand.group(1))
+        name, protocol = next(((op.name, op.proto) for op in pickletools.opcodes if ord(op.code) == code), ("?", "?"))
+        reason = (
+            f"its pickle uses opcode {code} ({name}, pickle protocol {protocol}), which weights-only loading does not "
+            "read; nothing was run (re-save it with torch.save's default protocol)"
+        )
+    elif "weights_only" in message:
+        reason = "it holds pickled Python objects that are not tensors; refusing to unpickle them"
+    else:
+        reason = message.splitlines()[0][:200] if message else type(error).__name__
+    return UserError(f"{what} is not a readable PyTorch checkpoint: {reason}")
+
+
+def load_torch_file(
+    path: str | PathLike, what: str, safe_globals: Sequence[Any] = (), allowed: str = "", holds: str = "a saved state"
+) -> dict:
+    """The door of every file `torch.save` wrote (foreign checkpoints, a resumed run's optimizer and RNG states):
+    the dict `torch.load(weights_only=True, mmap=True)` reads, or one UserError.
+
+    The file must be a regular file and a zip archive (every `torch.save` since torch 1.6: the legacy format
+    sizes its storages from the file's own claims) that passes `check_zip_members`; a static scan of its
+    pickle names every global beyond torch's allow-list and `safe_globals` (classes, or (stand-in, name)
+    pairs; `allowed` describes them for the message) before anything is unpickled. What it holds must be
+    a dict (`holds`: what it should be, for the message) within `check_structure`'s limits. Tensors are
+    memory-mapped: only the pages of those a caller copies out are read.
     """
+    check_regular_file(path, what)
     if not zipfile.is_zipfile(path):
-        raise UserError(f"{what} is not the zip archive torch.save writes; it is truncated or not a checkpoint")
+        raise UserError(
+            f"{what} is not a readable PyTorch checkpoint: it is not the zip archive torch.save writes (PyTorch >= "
+            "1.6); it is truncated, or re-save an older checkpoint with a current torch"
+        )
     check_zip_members(path, what)
-    try:
-        with torch.serialization.safe_globals(list(safe_globals)):
-            value = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except UserError:
-        raise
-    except Exception as error:  # noqa: BLE001 -- torch raises many types for corrupt, truncated or foreign files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{what} is not a readable checkpoint file: {reason[:200]}") from None
+    with torch.serialization.safe_globals(list(safe_globals)):
+        try:
+            unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            if unknown:
+                raise _refused(what, unknown, allowed)
+            with warnings.catch_warnings():  # e.g. "nested tensors are a prototype": the refusal is the one line
+                warnings.simplefilter("ignore")
+                value = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 -- torch raises many types for corrupt, truncated or foreign files
+            raise _unreadable(what, error, allowed) from None
+    if not isinstance(value, dict):
+        raise UserError(f"{what} holds a {type(value).__name__}, not {holds}")
     check_structure(value, what)
     return value
 
