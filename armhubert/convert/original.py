@@ -13,7 +13,8 @@ import ast
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
 from ..files.untrusted import (
+    Limit,
     brief,
     check_plain_data,
     check_state_fits,
@@ -41,8 +43,8 @@ KNOWN_FAMILIES = (*FAMILIES, *FAMILY_ALIASES)
 # Student keys the original loader deletes: STaR's unused pre-training projection.
 DROPPED_KEYS = ("final_proj.weight", "final_proj.bias")
 # Bounds of a config expression and of what it builds (the release's have ~100 characters, 7 layers).
-MAX_EXPRESSION_CHARACTERS = 10_000
-MAX_EXPRESSION_ITEMS = 10_000
+EXPRESSION_CHARACTERS = Limit(10_000, "config expression of {count:,} characters; at most {most:,} are read")
+EXPRESSION_ITEMS = Limit(10_000, "config expression {text} builds more than {most:,} items; refusing it")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -57,10 +59,7 @@ def parse_literal_expression(text: Any) -> Any:
     and every list, tuple or string it builds are bounded (`[0] * 10**9` is refused before it is built).
     """
     text = str(text)
-    if len(text) > MAX_EXPRESSION_CHARACTERS:
-        raise UserError(
-            f"config expression of {len(text):,} characters; at most {MAX_EXPRESSION_CHARACTERS:,} are read"
-        )
+    EXPRESSION_CHARACTERS.check(len(text), "config expression")
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, RecursionError) as error:
@@ -73,15 +72,13 @@ def parse_literal_expression(text: Any) -> Any:
         )
 
     def combine(node, left, right):
-        """left + right or left * right, refusing a sequence longer than MAX_EXPRESSION_ITEMS before building it."""
+        """left + right or left * right, refusing a sequence longer than EXPRESSION_ITEMS before building it."""
         lengths = [
             len(v) if isinstance(v, (list, tuple, str)) else abs(v) if isinstance(v, int) else 1 for v in (left, right)
         ]
         size = sum(lengths) if isinstance(node.op, ast.Add) else math.prod(lengths)
-        if any(isinstance(v, (list, tuple, str)) for v in (left, right)) and size > MAX_EXPRESSION_ITEMS:
-            raise UserError(
-                f"config expression {brief(text)} builds more than {MAX_EXPRESSION_ITEMS:,} items; refusing it"
-            )
+        if any(isinstance(v, (list, tuple, str)) for v in (left, right)):
+            EXPRESSION_ITEMS.check(size, "config expression", text=brief(text))
         try:
             return left + right if isinstance(node.op, ast.Add) else left * right
         except TypeError:
@@ -113,52 +110,42 @@ def _literal(value):
     return parse_literal_expression(value) if isinstance(value, str) else value
 
 
-# Sizes of the distiller section: field -> (default, largest accepted). The bounds only stop absurd
-# values early (a model with them would never fit in memory); every release is far below them.
-_DISTILLER_SIZES = {
-    "encoder_layers": (12, 1024),
-    "encoder_embed_dim": (None, 65536),
-    "encoder_ffn_embed_dim": (3072, 262144),
-    "encoder_attention_heads": (12, 1024),
-    "conv_pos": (128, 4096),
-    "conv_pos_groups": (16, 65536),
-    "pred_head_final_dim": (768, 65536),
-    "required_seq_len_multiple": (1, 1024),
-    "crop_seq_to_multiple": (1, 1024),
-}
-_DISTILLER_RATES = {  # field -> default; each a number in [0, 1]
-    "dropout": 0.1,
-    "attention_dropout": 0.1,
-    "activation_dropout": 0.0,
-    "dropout_input": 0.0,
-    "encoder_layerdrop": 0.0,
-}
-MAX_CONV_LAYERS, MAX_CONV_VALUE = 64, 65536
-
-
 def _is_integer(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _size(distiller, field):
-    default, maximum = _DISTILLER_SIZES[field]
-    value = distiller.get(field, default)
-    if not _is_integer(value) or not 1 <= value <= maximum:
-        raise UserError(f"distiller.{field} must be an integer in 1..{maximum}, got {brief(value)}")
-    return value
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _rate(distiller, field, default=None, maximum=1.0):
-    value = distiller.get(field, _DISTILLER_RATES.get(field, default))
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= maximum:
-        raise UserError(f"distiller.{field} must be a number in [0, {maximum:g}], got {brief(value)}")
-    return value
+@dataclass(frozen=True)
+class _Field:
+    """A field of the distiller section: its default, what it must be (for the message), the test of that, and
+    whether it may be written as a config expression (`parse_literal_expression`)."""
+
+    default: Any
+    must: str
+    accepts: Callable[[Any], bool]
+    expression: bool = False
 
 
-def _conv_layers(distiller):
-    """(dims, kernels, strides) from conv_feature_layers: a list of (dim, kernel, stride) positive integers."""
-    layers = _literal(distiller["conv_feature_layers"])
-    valid = (
+def _size(default, maximum):
+    return _Field(default, f"an integer in 1..{maximum}", lambda value: _is_integer(value) and 1 <= value <= maximum)
+
+
+def _rate(default, maximum=1.0):
+    return _Field(default, f"a number in [0, {maximum:g}]", lambda value: _is_number(value) and 0 <= value <= maximum)
+
+
+def _one_of(*allowed, why=""):
+    return _Field(allowed[0], f"one of {', '.join(map(repr, allowed))}{why}", lambda value: value in allowed)
+
+
+MAX_CONV_LAYERS, MAX_CONV_VALUE = 64, 65536
+
+
+def _conv_layers_valid(layers):
+    return (
         isinstance(layers, (list, tuple))
         and 1 <= len(layers) <= MAX_CONV_LAYERS
         and all(
@@ -168,12 +155,58 @@ def _conv_layers(distiller):
             for layer in layers
         )
     )
-    if not valid:
-        raise UserError(
-            f"conv_feature_layers must be a list of 1..{MAX_CONV_LAYERS} (dim, kernel, stride) positive integers, "
-            f"got {brief(layers)}"
-        )
-    return tuple(list(column) for column in zip(*layers))
+
+
+EXTRACTOR_MODES = {"default": "group", "layer_norm": "layer"}  # the release's extractor_mode -> feat_extract_norm
+UNRELEASED = " (the released architectures)"
+# What the distiller section may hold, checked by `_distiller_values` alone. The size bounds only stop absurd
+# values early (a model with them would never fit in memory); every release is far below them.
+DISTILLER_FIELDS = {
+    "encoder_layers": _size(12, 1024),
+    "encoder_embed_dim": _size(None, 65536),
+    "encoder_ffn_embed_dim": _size(3072, 262144),
+    "encoder_attention_heads": _size(12, 1024),
+    "conv_pos": _size(128, 4096),
+    "conv_pos_groups": _size(16, 65536),
+    "pred_head_final_dim": _size(768, 65536),
+    "required_seq_len_multiple": _size(1, 1024),
+    "crop_seq_to_multiple": _size(1, 1024),
+    "dropout": _rate(0.1),
+    "attention_dropout": _rate(0.1),
+    "activation_dropout": _rate(0.0),
+    "dropout_input": _rate(0.0),
+    "encoder_layerdrop": _rate(0.0),
+    "feature_grad_mult": _rate(1.0, maximum=1e6),
+    "conv_feature_layers": _Field(
+        None,
+        f"a list of 1..{MAX_CONV_LAYERS} (dim, kernel, stride) integers in 1..{MAX_CONV_VALUE}",
+        _conv_layers_valid,
+        expression=True,
+    ),
+    "extractor_mode": _one_of(*EXTRACTOR_MODES),
+    "activation_fn": _Field(
+        "gelu", "an activation transformers knows", lambda value: isinstance(value, str) and value in ACT2FN
+    ),
+    # Architectures no release has: refused rather than converted into something else.
+    "pos_conv_depth": _one_of(1, why=UNRELEASED),
+    "layer_type": _one_of("transformer", why=UNRELEASED),
+    "pred_head_inter_dim": _one_of(0, None, why=UNRELEASED),
+    "enable_tr_layer": _one_of(False, None, why=UNRELEASED),
+    "attn_type": _one_of("", None, why=UNRELEASED),
+    "pos_enc_type": _one_of("abs", None, why=UNRELEASED),
+}
+
+
+def _distiller_values(distiller: dict) -> dict[str, Any]:
+    """{field: value} of every DISTILLER_FIELDS field (its default where the section has none), each checked."""
+    values = {}
+    for name, field in DISTILLER_FIELDS.items():
+        value = distiller.get(name, field.default)
+        value = _literal(value) if field.expression else value
+        if not field.accepts(value):
+            raise UserError(f"distiller.{name} must be {field.must}, got {brief(value)}")
+        values[name] = value
+    return values
 
 
 def _reuse_pattern(distiller, layers):
@@ -187,42 +220,16 @@ def _reuse_pattern(distiller, layers):
     return computes
 
 
-def _check_supported(distiller):
-    unsupported = {
-        "pos_conv_depth": (1,),
-        "layer_type": ("transformer",),
-        "pred_head_inter_dim": (0, None),
-        "enable_tr_layer": (False, None),
-        "attn_type": ("", None),
-        "pos_enc_type": ("abs", None),
-    }
-    for field, allowed in unsupported.items():
-        if field in distiller and distiller[field] not in allowed:
-            raise UserError(
-                f"distiller.{field}={brief(distiller[field])} is not a released architecture; supported: {allowed}"
-            )
-
-
 def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> ARMHubertConfig:
     """Build an `ARMHubertConfig` from the original `distiller` section."""
     if not isinstance(distiller, dict) or not {"encoder_embed_dim", "conv_feature_layers"} <= set(distiller):
         raise UserError(
             "the config has no usable 'distiller' section (expected encoder_embed_dim, conv_feature_layers, ...)"
         )
-    _check_supported(distiller)
-    sizes = {field: _size(distiller, field) for field in _DISTILLER_SIZES}
-    rates = {field: _rate(distiller, field) for field in _DISTILLER_RATES}
-    layers = sizes["encoder_layers"]
-    dims, kernels, strides = _conv_layers(distiller)
+    values = _distiller_values(distiller)
+    layers = values["encoder_layers"]
+    dims, kernels, strides = (list(column) for column in zip(*values["conv_feature_layers"]))
     computes = _reuse_pattern(distiller, layers)
-    modes = {"default": "group", "layer_norm": "layer"}
-    mode = distiller.get("extractor_mode", "default")
-    if not isinstance(mode, str) or mode not in modes:
-        raise UserError(f"distiller.extractor_mode={brief(mode)} is unknown; expected one of {list(modes)}")
-    activation = distiller.get("activation_fn", "gelu")
-    if not isinstance(activation, str) or activation not in ACT2FN:
-        raise UserError(f"distiller.activation_fn={brief(activation)} is not an activation transformers knows")
-    grad_mult = _rate(distiller, "feature_grad_mult", default=1.0, maximum=1e6)
     heads = bool(distiller.get("layerwise_proj", False))
     try:
         return ARMHubertConfig(
@@ -230,28 +237,28 @@ def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> AR
             conv_kernel=kernels,
             conv_stride=strides,
             conv_bias=bool(distiller.get("conv_bias", False)),
-            feat_extract_norm=modes[mode],
-            hidden_size=sizes["encoder_embed_dim"],
-            intermediate_size=sizes["encoder_ffn_embed_dim"],
-            num_attention_heads=sizes["encoder_attention_heads"],
+            feat_extract_norm=EXTRACTOR_MODES[values["extractor_mode"]],
+            hidden_size=values["encoder_embed_dim"],
+            intermediate_size=values["encoder_ffn_embed_dim"],
+            num_attention_heads=values["encoder_attention_heads"],
             num_hidden_layers=layers,
             # The release's reuse_pattern says True = "computes attention"; ours says True = "reuses".
             layer_reuses_attention_map=[not flag for flag in computes],
             do_stable_layer_norm=bool(distiller.get("layer_norm_first", False)),
-            hidden_act=activation,
-            num_conv_pos_embeddings=sizes["conv_pos"],
-            num_conv_pos_embedding_groups=sizes["conv_pos_groups"],
-            projection_head_size=sizes["pred_head_final_dim"] if heads else None,
+            hidden_act=values["activation_fn"],
+            num_conv_pos_embeddings=values["conv_pos"],
+            num_conv_pos_embedding_groups=values["conv_pos_groups"],
+            projection_head_size=values["pred_head_final_dim"] if heads else None,
             use_mask_embedding=has_mask_embedding,
-            hidden_dropout=rates["dropout"],
-            attention_dropout=rates["attention_dropout"],
-            activation_dropout=rates["activation_dropout"],
-            feat_proj_dropout=rates["dropout_input"],
-            layerdrop=rates["encoder_layerdrop"],
+            hidden_dropout=values["dropout"],
+            attention_dropout=values["attention_dropout"],
+            activation_dropout=values["activation_dropout"],
+            feat_proj_dropout=values["dropout_input"],
+            layerdrop=values["encoder_layerdrop"],
             layer_grad_scale=bool(distiller.get("layer_grad_scale", False)) and heads,
-            feature_grad_mult=grad_mult,
-            crop_seq_to_multiple=sizes["crop_seq_to_multiple"],
-            required_seq_len_multiple=sizes["required_seq_len_multiple"],
+            feature_grad_mult=values["feature_grad_mult"],
+            crop_seq_to_multiple=values["crop_seq_to_multiple"],
+            required_seq_len_multiple=values["required_seq_len_multiple"],
         )
     except (ValueError, TypeError, ZeroDivisionError) as error:
         raise UserError(f"the distiller section does not describe a valid model: {error}") from None
