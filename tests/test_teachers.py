@@ -369,6 +369,10 @@ def test_hostile_ctranslate2_files_give_one_line(tmp_path):
     del incomplete["encoder/layer_1/ffn/linear_1/bias"]
     with pytest.raises(UserError, match="missing 'encoder/layer_1/ffn/linear_1/bias'"):
         whisper_from_ctranslate2(_write_ctranslate2(tmp_path / "incomplete", incomplete))
+    for heads in (np.array([2, 2], np.int16), np.array(0, np.int16)):  # were a TypeError / ZeroDivisionError
+        odd = {**variables, "encoder/num_heads": heads}
+        with pytest.raises(UserError, match="not a complete CTranslate2 Whisper model: misshapen"):
+            whisper_from_ctranslate2(_write_ctranslate2(tmp_path / f"heads-{heads.size}", odd))
     misshapen = dict(variables)  # a layer wider than the others: one line, not torch's size-mismatch traceback
     misshapen["encoder/layer_1/ffn/linear_0/weight"] = np.zeros((7, variables["encoder/conv1/weight"].shape[0]))
     with pytest.raises(UserError, match=r"shape mismatch for model\.encoder\.layers\.1\.fc1\.weight: \(7, "):

@@ -66,11 +66,33 @@ def _check_fields(values: Mapping[str, object] | None, config_class: type[Pretra
             )
 
 
+# Recipe values that go together only in some models: (whether a recipe breaks the rule, the refusal).
+MODEL_RULES = (
+    (
+        lambda args: bool(args.teacher_config) and args.teacher not in RANDOM_TEACHERS,
+        f"teacher_config only applies to random teachers ({', '.join(RANDOM_TEACHERS)})",
+    ),
+    (
+        lambda args: args.student == MIRROR and bool(args.student_config),
+        f"student: {MIRROR} takes the teacher's shape and weights; remove student_config (or set it to null)",
+    ),
+    (
+        lambda args: bool(args.reuse_layers) and args.student != MIRROR,
+        f"reuse_layers applies to `student: {MIRROR}`; give a preset student layer_reuses_attention_map in "
+        "student_config",
+    ),
+)
+
+
 def check_config_fields(distill_args: DistillTrainingArguments) -> None:
-    """Refuse a mistyped `student_config` / `teacher_config` field (`hidden_sise`) before any model is built:
-    the config classes would keep it as an unused attribute and train the default size."""
+    """Refuse what no model of the recipe can take before any model is built: a recipe that breaks one of
+    MODEL_RULES, or a mistyped `student_config` / `teacher_config` field (`hidden_sise`), which the config
+    classes would keep as an unused attribute and train the default size. The model builders trust both."""
+    for broken, refusal in MODEL_RULES:
+        if broken(distill_args):
+            raise UserError(refusal)
     _check_fields(distill_args.student_config, ARMHubertConfig, "student_config")
-    if distill_args.teacher in RANDOM_TEACHERS:  # other teachers refuse teacher_config altogether
+    if distill_args.teacher in RANDOM_TEACHERS:  # other teachers refuse teacher_config altogether (MODEL_RULES)
         _check_fields(distill_args.teacher_config, RANDOM_TEACHERS[distill_args.teacher], "teacher_config")
 
 
@@ -84,8 +106,6 @@ def _load_teacher_model(distill_args: DistillTrainingArguments, seed: int) -> Pr
         check_model_size(lambda: AutoModel.from_config(config), f"teacher_config for {name}")
         torch.manual_seed(seed)
         return AutoModel.from_config(config)
-    if distill_args.teacher_config:
-        raise UserError(f"teacher_config only applies to random teachers ({', '.join(RANDOM_TEACHERS)})")
     if is_ctranslate2_whisper(name):
         return whisper_from_ctranslate2(name)
     try:
@@ -141,11 +161,7 @@ def freeze_all_but(student: ARMHubertModel, layers: list[int]) -> None:
 
 
 def _mirror_student(distill_args: DistillTrainingArguments, teacher: TeacherEncoder) -> ARMHubertModel:
-    """`student: mirror`: the teacher's encoder with map reuse in `reuse_layers`."""
-    if distill_args.student_config:
-        raise UserError(
-            f"student: {MIRROR} takes the teacher's shape and weights; remove student_config (or set it to null)"
-        )
+    """`student: mirror`: the teacher's encoder with map reuse in `reuse_layers` (no student_config: MODEL_RULES)."""
     return student_from_teacher(teacher.model, distill_args.reuse_layers or ()).train()
 
 
@@ -155,10 +171,6 @@ def build_student(
     """A random student from a preset or config; projection heads as wide as the teacher."""
     overrides = dict(distill_args.student_config or {})
     name = distill_args.student
-    if distill_args.reuse_layers and name != MIRROR:
-        raise UserError(
-            f"reuse_layers applies to `student: {MIRROR}`; give a preset student layer_reuses_attention_map in student_config"
-        )
     try:
         if name.lower() in PRESETS:
             config = ARMHubertConfig.from_preset(name, **overrides)

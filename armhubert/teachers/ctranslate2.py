@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
 
-from ..cli import UserError
+from ..cli import UserError, first_line
 from ..files.untrusted import Limit, check_state_fits
 
 MODEL_FILE = "model.bin"
@@ -115,29 +115,29 @@ def _layer_count(variables: dict, prefix: str) -> int:
 
 
 def whisper_config(variables: dict[str, np.ndarray]) -> WhisperConfig:
-    """The WhisperConfig the weights' shapes imply (sizes, layers, heads, vocabulary, positions)."""
-    try:
-        width, mels, _ = variables["encoder/conv1/weight"].shape
-        vocabulary = variables["decoder/embeddings/weight"].shape[0]
-        # Whisper's special-token ids, where the vocabulary has them (else 0: tiny random test models).
-        special = {"pad_token_id": 50256, "bos_token_id": 50256, "eos_token_id": 50256, "decoder_start_token_id": 50257}
-        return WhisperConfig(
-            **{key: value if value < vocabulary else 0 for key, value in special.items()},
-            vocab_size=vocabulary,
-            num_mel_bins=int(mels),
-            d_model=int(width),
-            encoder_layers=_layer_count(variables, "encoder/"),
-            decoder_layers=_layer_count(variables, "decoder/"),
-            encoder_attention_heads=int(variables["encoder/num_heads"]),
-            decoder_attention_heads=int(variables["decoder/num_heads"]),
-            encoder_ffn_dim=variables["encoder/layer_0/ffn/linear_0/weight"].shape[0],
-            decoder_ffn_dim=variables["decoder/layer_0/ffn/linear_0/weight"].shape[0],
-            max_source_positions=variables["encoder/position_encodings/encodings"].shape[0],
-            max_target_positions=variables["decoder/position_encodings/encodings"].shape[0],
-            activation_function="gelu",
-        )
-    except (KeyError, ValueError) as error:
-        raise UserError(f"not a complete CTranslate2 Whisper model: missing or misshapen {error}") from None
+    """The WhisperConfig the weights' shapes imply (sizes, layers, heads, vocabulary, positions).
+
+    KeyError for a missing variable, ValueError / TypeError / IndexError for a misshapen one.
+    """
+    width, mels, _ = variables["encoder/conv1/weight"].shape
+    vocabulary = variables["decoder/embeddings/weight"].shape[0]
+    # Whisper's special-token ids, where the vocabulary has them (else 0: tiny random test models).
+    special = {"pad_token_id": 50256, "bos_token_id": 50256, "eos_token_id": 50256, "decoder_start_token_id": 50257}
+    return WhisperConfig(
+        **{key: value if value < vocabulary else 0 for key, value in special.items()},
+        vocab_size=vocabulary,
+        num_mel_bins=int(mels),
+        d_model=int(width),
+        encoder_layers=_layer_count(variables, "encoder/"),
+        decoder_layers=_layer_count(variables, "decoder/"),
+        encoder_attention_heads=int(variables["encoder/num_heads"]),
+        decoder_attention_heads=int(variables["decoder/num_heads"]),
+        encoder_ffn_dim=variables["encoder/layer_0/ffn/linear_0/weight"].shape[0],
+        decoder_ffn_dim=variables["decoder/layer_0/ffn/linear_0/weight"].shape[0],
+        max_source_positions=variables["encoder/position_encodings/encodings"].shape[0],
+        max_target_positions=variables["decoder/position_encodings/encodings"].shape[0],
+        activation_function="gelu",
+    )
 
 
 def _norm(prefix: str) -> dict[str, str]:
@@ -196,13 +196,14 @@ def _state_dict(variables: dict[str, np.ndarray], config: WhisperConfig) -> dict
 def whisper_from_ctranslate2(folder: str | PathLike) -> WhisperForConditionalGeneration:
     """transformers' `WhisperForConditionalGeneration` (float32, eval mode) with a CTranslate2 folder's weights."""
     variables = read_variables(Path(folder) / MODEL_FILE)
-    config = whisper_config(variables)
-    with torch.device("meta"):
-        model = WhisperForConditionalGeneration(config)
-    try:
+    try:  # the config the shapes imply, the model it describes (on no memory) and the weights that fill it
+        config = whisper_config(variables)
+        with torch.device("meta"):
+            model = WhisperForConditionalGeneration(config)
         state = _state_dict(variables, config)
-    except KeyError as error:
-        raise UserError(f"{folder}: not a complete CTranslate2 Whisper model: missing {error}") from None
+    except (KeyError, ValueError, TypeError, IndexError, ZeroDivisionError) as error:
+        problem = f"missing {error}" if isinstance(error, KeyError) else f"misshapen ({first_line(error)[:120]})"
+        raise UserError(f"{folder}: not a complete CTranslate2 Whisper model: {problem}; the file is corrupt") from None
     expected = {key: value.shape for key, value in model.state_dict().items() if key != "proj_out.weight"}
     shapes = {key: value.shape for key, value in state.items()}  # proj_out is tied to the token embedding
     check_state_fits(shapes, expected, f"{folder}: the CTranslate2 weights", "Whisper", "the file is corrupt")
