@@ -264,37 +264,26 @@ def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> AR
         raise UserError(f"the distiller section does not describe a valid model: {error}") from None
 
 
-def read_training_config(checkpoint: Mapping[str, Any], config_path: str | os.PathLike | None = None) -> dict:
-    """The training config as a dict: the YAML when given, else the checkpoint's hyper-parameters."""
-    if config_path is not None:
-        config = load_yaml_file(config_path, "config")
-    else:
-        hyper_parameters = checkpoint.get("hyper_parameters") or {}
-        if not isinstance(hyper_parameters, dict):
-            raise UserError(f"the checkpoint's hyper_parameters is a {type(hyper_parameters).__name__}, not a mapping")
-        config = hyper_parameters.get("cfg")
-        if config is None:
-            raise UserError(
-                "the checkpoint has no hyper_parameters['cfg'] (STaR checkpoints do not): pass its YAML with --config"
-            )
-    if not isinstance(config, dict):
-        raise UserError("the training config is not a mapping of sections")
-    check_plain_data(config, "the training config")
-    family = config.get("model")
-    if family is not None and (not isinstance(family, str) or family.lower() not in KNOWN_FAMILIES):
-        raise UserError(f"unknown model family {brief(family)}; this converter knows {', '.join(KNOWN_FAMILIES)}")
-    return config
+def _mapping(value: Any, what: str, of: str = "") -> dict:
+    """`value` if it is a dict (the sections and entries of a checkpoint), else one UserError naming `what`."""
+    if not isinstance(value, dict):
+        raise UserError(f"{what} is a {type(value).__name__}, not a mapping{of}")
+    return value
 
 
-def training_family(training_config: Mapping[str, Any]) -> str:
-    """The family the training config names, as one of `FAMILIES` ("" when it names none)."""
-    family = str(training_config.get("model") or "").lower()
-    return FAMILY_ALIASES.get(family, family)
+@dataclass(frozen=True)
+class TrainingConfig:
+    """What the converter takes from an original run's training config, as its door (`read_training_config`)
+    checked it."""
+
+    family: str  # one of FAMILIES, "" when the config names none
+    hours: int | None  # 100 or 960 from its LibriSpeech subsets; None when they do not say
+    distiller: Any  # the model section, checked field by field by `config_from_distiller`
 
 
-def training_hours(training_config: Mapping[str, Any]) -> int | None:
+def _training_hours(config: dict) -> int | None:
     """100 or 960 from the training config's LibriSpeech subsets; None when they do not say."""
-    data = training_config.get("data")
+    data = config.get("data")
     subsets = data.get("train_set") if isinstance(data, dict) else None
     subsets = {subset for subset in subsets if isinstance(subset, str)} if isinstance(subsets, list) else set()
     if subsets == {"train-clean-100"}:
@@ -302,6 +291,25 @@ def training_hours(training_config: Mapping[str, Any]) -> int | None:
     if {"train-clean-100", "train-clean-360", "train-other-500"} <= subsets:
         return 960
     return None
+
+
+def read_training_config(checkpoint: Mapping[str, Any], config_path: str | os.PathLike | None = None) -> TrainingConfig:
+    """The training config, from the YAML when given, else the checkpoint's hyper-parameters: plain data whose
+    model family, if it names one, is known."""
+    if config_path is not None:
+        config = load_yaml_file(config_path, "config")
+    else:
+        config = _mapping(checkpoint.get("hyper_parameters") or {}, "the checkpoint's hyper_parameters").get("cfg")
+        if config is None:
+            raise UserError(
+                "the checkpoint has no hyper_parameters['cfg'] (STaR checkpoints do not): pass its YAML with --config"
+            )
+    check_plain_data(_mapping(config, "the training config", " of sections"), "the training config")
+    family = config.get("model")
+    if family is not None and (not isinstance(family, str) or family.lower() not in KNOWN_FAMILIES):
+        raise UserError(f"unknown model family {brief(family)}; this converter knows {', '.join(KNOWN_FAMILIES)}")
+    family = (family or "").lower()
+    return TrainingConfig(FAMILY_ALIASES.get(family, family), _training_hours(config), config.get("distiller"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -355,9 +363,7 @@ def load_original_checkpoint(path: str | os.PathLike) -> dict:
 
 def student_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Student tensors with the `student_model.` prefix stripped, as the original loader does."""
-    state = checkpoint.get("state_dict", checkpoint)
-    if not isinstance(state, dict):
-        raise UserError("the checkpoint's state_dict is not a mapping")
+    state = _mapping(checkpoint.get("state_dict", checkpoint), "the checkpoint's state_dict")
     for key in state:
         if not isinstance(key, str):
             raise UserError(
@@ -435,14 +441,14 @@ def build_model(config: ARMHubertConfig, student: Mapping[str, torch.Tensor]) ->
 
 def convert_with_training_config(
     checkpoint_path: str | os.PathLike, config_path: str | os.PathLike | None = None
-) -> tuple[ARMHubertModel, dict]:
+) -> tuple[ARMHubertModel, TrainingConfig]:
     """(converted model, training config) of an original checkpoint and optional YAML."""
     checkpoint = load_original_checkpoint(checkpoint_path)
-    training_config = read_training_config(checkpoint, config_path)
+    training = read_training_config(checkpoint, config_path)
     student = student_state_dict(checkpoint)
     del checkpoint  # drop the teacher and optimizer entries (never read from disk) before building
-    config = config_from_distiller(training_config.get("distiller"), has_mask_embedding="mask_emb" in student)
-    return build_model(config, student), training_config
+    config = config_from_distiller(training.distiller, has_mask_embedding="mask_emb" in student)
+    return build_model(config, student), training
 
 
 def convert(checkpoint_path: str | os.PathLike, config_path: str | os.PathLike | None = None) -> ARMHubertModel:
