@@ -208,7 +208,7 @@ def build_student(
 def layer_pairs(distill_args: DistillTrainingArguments, student_layers: int, teacher_layers: int) -> list[int]:
     """Teacher layer (1-based) for each student layer 1..L_s."""
     if distill_args.teacher_layers is not None:
-        pairs = [int(layer) for layer in distill_args.teacher_layers]
+        pairs = list(distill_args.teacher_layers)  # whole numbers: the recipe's type
         if len(pairs) != student_layers or not all(1 <= layer <= teacher_layers for layer in pairs):
             raise UserError(
                 f"teacher_layers must list {student_layers} teacher layers in 1..{teacher_layers}, got {pairs}"

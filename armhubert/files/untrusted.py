@@ -281,7 +281,6 @@ def load_json_file(
     path: str | PathLike, what: str, usual: str, max_bytes: int = MAX_JSON_BYTES, max_nodes: int = JSON_VALUES.most
 ) -> Any:
     """`parse_json` of a regular file of at most `max_bytes` (`usual`: what size such a file has, for the message)."""
-    check_regular_file(path, what)
     return parse_json(read_bounded(path, what, max_bytes, usual), what, max_nodes)
 
 

@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
 
 from ..cli import UserError, first_line
-from ..files.untrusted import Limit, check_state_fits
+from ..files.untrusted import Limit, check_regular_file, check_state_fits
 
 MODEL_FILE = "model.bin"
 DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
@@ -81,6 +81,7 @@ def read_variables(path: str | PathLike) -> dict[str, np.ndarray]:
     The arrays view a private memory map of the file: copy what you keep (`torch.tensor(array)`).
     """
     name = str(path)
+    check_regular_file(path, name)  # a FIFO named model.bin would block the open
     try:
         with open(path, "rb") as stream:
             buffer = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_COPY)
