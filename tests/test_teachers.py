@@ -151,6 +151,14 @@ def test_teacher_frames_a_step_apart_are_compared_on_their_common_real_frames(tm
         ),
         (["student=mirror", "teacher_config={num_hidden_layers: 2}"], "takes the teacher's shape and weights; remove"),
         (["reuse_layers=[2]"], "reuse_layers applies to `student: mirror`"),
+        (["student_config.projection_head_size=32"], "masking distillation regresses teacher features of width 64"),
+        (["student_config.use_mask_embedding=false"], "masking distillation needs a student with use_mask_embedding"),
+        (
+            ["distill_mode=star", "cache_teacher_outputs=true", "teacher_config.feat_extract_norm=layer"]
+            + ["star_layer0=cnn"],
+            "cache_teacher_outputs keeps the teacher's layers, not its CNN features",
+        ),
+        (["distill_mode=star", "cache_teacher_outputs=true"], "'random-hubert' normalises its CNN over the padded"),
         (
             ["teacher=random-whisper", "teacher_config={encoder_attention_heads: 5}"],
             "teacher_config for random-whisper",
