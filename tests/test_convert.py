@@ -203,7 +203,7 @@ def _bad_checkpoints(tmp_path):
     cases["unknown family"] = ([TINY_CKPT, "--config", family_yaml], "unknown model family 'fithubert'")
     hostile_yaml = edited_yaml("hostile", with_distiller(conv_feature_layers="__import__('os').getcwd()"))
     cases["code in config"] = ([TINY_CKPT, "--config", hostile_yaml], "only list/tuple literals")
-    cases["missing file"] = ([tmp_path / "absent.ckpt"], "does not exist")
+    cases["missing file"] = ([tmp_path / "absent.ckpt"], "absent.ckpt: No such file or directory")
     return cases
 
 

@@ -495,6 +495,11 @@ def test_demo_runs_keep_one_small_checkpoint_unless_asked(tiny_model_dir, tmp_pa
     assert [path.name for path in (tmp_path / "full").glob("checkpoint-*")] == ["checkpoint-4"]
     with pytest.raises(UserError, match="--resume_from_checkpoint .*: not a complete checkpoint folder"):
         finetune_classification.run([*resumed, "--resume_from_checkpoint", str(tmp_path / "small")])
+    # A truncated trainer state is refused in one line before the Trainer reads it (it was a JSON traceback).
+    state = checkpoints[-1].parent / "checkpoint-4" / "trainer_state.json"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(UserError, match="trainer_state.json is not valid JSON"):
+        finetune_classification.run([*resumed, "--resume_from_checkpoint", "last"])
 
 
 def test_final_evaluation_reuses_the_evaluation_logged_at_the_last_step():

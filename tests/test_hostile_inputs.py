@@ -53,7 +53,11 @@ def _checkpoint_cases(folder):
     changed(
         "dropout-text", lambda c: distiller(c).update(dropout="0.1"), "distiller.dropout must be a number in [0, 1]"
     )
-    changed("activation", lambda c: distiller(c).update(activation_fn="rm -rf"), "activation_fn='rm -rf' is not")
+    changed(
+        "activation",
+        lambda c: distiller(c).update(activation_fn="rm -rf"),
+        "activation_fn must be an activation transformers knows, got 'rm -rf'",
+    )
     changed("reuse-pattern", lambda c: distiller(c).update(reuse_pattern="[True, 7]"), "reuse_pattern must list 4")
     changed(
         "conv-layers", lambda c: distiller(c).update(conv_feature_layers="[(32, 10)]"), "conv_feature_layers must be"

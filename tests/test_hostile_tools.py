@@ -864,9 +864,9 @@ def _tool_cases(folders, root):
     out = root / "out"
     onnx_out = root / "out.onnx"
     # convert_checkpoint.py
-    cases.append(("convert-fifo-checkpoint", "convert", [pipe, "--output-dir", out], "is not a file"))
+    cases.append(("convert-fifo-checkpoint", "convert", [pipe, "--output-dir", out], "is a FIFO (named pipe), not a"))
     cases.append(("convert-fifo-config", "convert", [TINY_CKPT, "--config", pipe, "--output-dir", out], "FIFO"))
-    cases.append(("convert-device-checkpoint", "convert", ["/dev/zero", "--output-dir", out], "is not a file"))
+    cases.append(("convert-device-checkpoint", "convert", ["/dev/zero", "--output-dir", out], "is a device, not a"))
     # evaluate.py
     cases.append(("evaluate-missing-weight", "evaluate", [missing, "--data", ok_csv], "lacks weights"))
     cases.append(("evaluate-nan-unexpected", "evaluate", [broken, "--data", ok_csv], "NaN or infinite weights"))

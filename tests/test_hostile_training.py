@@ -449,14 +449,14 @@ def _state(checkpoint, **fields):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda c: _truncate(c / "trainer_state.json"), "is not a complete trainer state"),
-        (lambda c: (c / "trainer_state.json").write_text("[" * 100_000), "is not a complete trainer state"),
+        (lambda c: _truncate(c / "trainer_state.json"), "not a complete checkpoint folder"),
+        (lambda c: (c / "trainer_state.json").write_text("[" * 100_000), "not a complete checkpoint folder"),
         (lambda c: (c / "trainer_state.json").write_text("[" + "[]," * 2_500_000 + "[]]"), "more than 2,000,000 JSON"),
         (lambda c: _state(c, global_step=10**15), "says global_step 1000000000000000, but this run's schedule has 4"),
         (lambda c: _state(c, global_step="2"), "says global_step '2'"),
         (
             lambda c: (c / "optimizer.pt").write_bytes(np.random.default_rng(0).bytes(5000)),
-            "optimizer.pt is not the zip",
+            "optimizer.pt is not a readable PyTorch checkpoint: it is not the zip",
         ),
         (lambda c: _truncate(c / "optimizer.pt"), "optimizer.pt is not"),
         (lambda c: _bytearray_pickle(c / "optimizer.pt"), "calls builtins.bytearray"),

@@ -31,7 +31,7 @@ from armhubert.cli import UserError
 from armhubert.convert import folders
 from armhubert.convert.cards import CardFacts, file_sha256, model_card
 from armhubert.convert.hubert_export import to_hubert_model
-from armhubert.convert.original import load_original_checkpoint
+from armhubert.convert.original import load_original_checkpoint, read_training_config
 from armhubert.convert.publish import PublishError, push_to_hub
 from armhubert.convert.releases import detect_release, release_by_name
 from armhubert.files import atomic as outputs
@@ -275,7 +275,9 @@ def test_card_numbers_for_other_releases(name, parameters, macs, row):
 
 def test_release_detection_and_names(release_dir, tmp_path, capsys):
     def detected(preset, **cfg):
-        release = detect_release(ARMHubertConfig.from_preset(preset), cfg)
+        release = detect_release(
+            ARMHubertConfig.from_preset(preset), read_training_config({"hyper_parameters": {"cfg": cfg}})
+        )
         return release and release.name
 
     assert detected("armhubert-960h", model="armhubert", data={"train_set": TRAIN_960H}) == "ARMHuBERT-960h"

@@ -151,6 +151,14 @@ def test_teacher_frames_a_step_apart_are_compared_on_their_common_real_frames(tm
         ),
         (["student=mirror", "teacher_config={num_hidden_layers: 2}"], "takes the teacher's shape and weights; remove"),
         (["reuse_layers=[2]"], "reuse_layers applies to `student: mirror`"),
+        (["student_config.projection_head_size=32"], "masking distillation regresses teacher features of width 64"),
+        (["student_config.use_mask_embedding=false"], "masking distillation needs a student with use_mask_embedding"),
+        (
+            ["distill_mode=star", "cache_teacher_outputs=true", "teacher_config.feat_extract_norm=layer"]
+            + ["star_layer0=cnn"],
+            "cache_teacher_outputs keeps the teacher's layers, not its CNN features",
+        ),
+        (["distill_mode=star", "cache_teacher_outputs=true"], "'random-hubert' normalises its CNN over the padded"),
         (
             ["teacher=random-whisper", "teacher_config={encoder_attention_heads: 5}"],
             "teacher_config for random-whisper",
@@ -369,6 +377,20 @@ def test_hostile_ctranslate2_files_give_one_line(tmp_path):
     del incomplete["encoder/layer_1/ffn/linear_1/bias"]
     with pytest.raises(UserError, match="missing 'encoder/layer_1/ffn/linear_1/bias'"):
         whisper_from_ctranslate2(_write_ctranslate2(tmp_path / "incomplete", incomplete))
+    for heads in (np.array([2, 2], np.int16), np.array(0, np.int16)):  # were a TypeError / ZeroDivisionError
+        odd = {**variables, "encoder/num_heads": heads}
+        with pytest.raises(UserError, match="not a complete CTranslate2 Whisper model: misshapen"):
+            whisper_from_ctranslate2(_write_ctranslate2(tmp_path / f"heads-{heads.size}", odd))
+    misshapen = dict(variables)  # a layer wider than the others: one line, not torch's size-mismatch traceback
+    misshapen["encoder/layer_1/ffn/linear_0/weight"] = np.zeros((7, variables["encoder/conv1/weight"].shape[0]))
+    with pytest.raises(UserError, match=r"shape mismatch for model\.encoder\.layers\.1\.fc1\.weight: \(7, "):
+        whisper_from_ctranslate2(_write_ctranslate2(tmp_path / "misshapen", misshapen))
+    fused = dict(variables)  # a fused Q/K/V projection that does not split in three
+    fused["encoder/layer_0/self_attention/linear_0/weight"] = np.zeros((7, variables["encoder/conv1/weight"].shape[0]))
+    with pytest.raises(
+        UserError, match=r"shape mismatch for model\.encoder\.layers\.0\.self_attn\.[a-z_]*proj\.weight"
+    ):
+        whisper_from_ctranslate2(_write_ctranslate2(tmp_path / "fused", fused))
     other = _write_ctranslate2(tmp_path / "other", variables, spec="TransformerSpec")
     assert not is_ctranslate2_whisper(other)
     with pytest.raises(UserError, match="holds a CTranslate2 TransformerSpec model"):

@@ -64,8 +64,8 @@ class Conversion:
 
 def _write_variant(conversion, folder, output_format):
     """Convert one checkpoint into `folder` (model and preprocessor); returns the facts its card needs."""
-    model, training_config = convert_with_training_config(conversion.checkpoint, conversion.config_path)
-    release = resolve_release(model.config, training_config, conversion.checkpoint, conversion.name)
+    model, training = convert_with_training_config(conversion.checkpoint, conversion.config_path)
+    release = resolve_release(model.config, training, conversion.checkpoint, conversion.name)
     written, additions = model, {}
     if output_format == "hubert":
         written = to_hubert_model(model)
@@ -74,7 +74,7 @@ def _write_variant(conversion, folder, output_format):
     return CardFacts(
         title=release.name if release else conversion.checkpoint.stem,
         release=release,
-        family=guess_family(model.config, training_config),
+        family=guess_family(model.config, training),
         output_format=output_format,
         parameters=sum(parameter.numel() for parameter in written.parameters()),
         hubert_additions=additions,

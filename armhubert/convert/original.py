@@ -12,12 +12,9 @@ is refused by name, and nothing from a pickle is ever run. Config expressions su
 import ast
 import math
 import os
-import pickletools
 import re
-import warnings
-import zipfile
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,11 +25,12 @@ from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
 from ..files.untrusted import (
+    Limit,
     brief,
     check_plain_data,
-    check_structure,
+    check_state_fits,
     check_weight_tensor,
-    check_zip_members,
+    load_torch_file,
     load_yaml_file,
 )
 from ..progress import progress
@@ -45,8 +43,8 @@ KNOWN_FAMILIES = (*FAMILIES, *FAMILY_ALIASES)
 # Student keys the original loader deletes: STaR's unused pre-training projection.
 DROPPED_KEYS = ("final_proj.weight", "final_proj.bias")
 # Bounds of a config expression and of what it builds (the release's have ~100 characters, 7 layers).
-MAX_EXPRESSION_CHARACTERS = 10_000
-MAX_EXPRESSION_ITEMS = 10_000
+EXPRESSION_CHARACTERS = Limit(10_000, "config expression of {count:,} characters; at most {most:,} are read")
+EXPRESSION_ITEMS = Limit(10_000, "config expression {text} builds more than {most:,} items; refusing it")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -61,10 +59,7 @@ def parse_literal_expression(text: Any) -> Any:
     and every list, tuple or string it builds are bounded (`[0] * 10**9` is refused before it is built).
     """
     text = str(text)
-    if len(text) > MAX_EXPRESSION_CHARACTERS:
-        raise UserError(
-            f"config expression of {len(text):,} characters; at most {MAX_EXPRESSION_CHARACTERS:,} are read"
-        )
+    EXPRESSION_CHARACTERS.check(len(text), "config expression")
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, RecursionError) as error:
@@ -77,15 +72,13 @@ def parse_literal_expression(text: Any) -> Any:
         )
 
     def combine(node, left, right):
-        """left + right or left * right, refusing a sequence longer than MAX_EXPRESSION_ITEMS before building it."""
+        """left + right or left * right, refusing a sequence longer than EXPRESSION_ITEMS before building it."""
         lengths = [
             len(v) if isinstance(v, (list, tuple, str)) else abs(v) if isinstance(v, int) else 1 for v in (left, right)
         ]
         size = sum(lengths) if isinstance(node.op, ast.Add) else math.prod(lengths)
-        if any(isinstance(v, (list, tuple, str)) for v in (left, right)) and size > MAX_EXPRESSION_ITEMS:
-            raise UserError(
-                f"config expression {brief(text)} builds more than {MAX_EXPRESSION_ITEMS:,} items; refusing it"
-            )
+        if any(isinstance(v, (list, tuple, str)) for v in (left, right)):
+            EXPRESSION_ITEMS.check(size, "config expression", text=brief(text))
         try:
             return left + right if isinstance(node.op, ast.Add) else left * right
         except TypeError:
@@ -117,52 +110,42 @@ def _literal(value):
     return parse_literal_expression(value) if isinstance(value, str) else value
 
 
-# Sizes of the distiller section: field -> (default, largest accepted). The bounds only stop absurd
-# values early (a model with them would never fit in memory); every release is far below them.
-_DISTILLER_SIZES = {
-    "encoder_layers": (12, 1024),
-    "encoder_embed_dim": (None, 65536),
-    "encoder_ffn_embed_dim": (3072, 262144),
-    "encoder_attention_heads": (12, 1024),
-    "conv_pos": (128, 4096),
-    "conv_pos_groups": (16, 65536),
-    "pred_head_final_dim": (768, 65536),
-    "required_seq_len_multiple": (1, 1024),
-    "crop_seq_to_multiple": (1, 1024),
-}
-_DISTILLER_RATES = {  # field -> default; each a number in [0, 1]
-    "dropout": 0.1,
-    "attention_dropout": 0.1,
-    "activation_dropout": 0.0,
-    "dropout_input": 0.0,
-    "encoder_layerdrop": 0.0,
-}
-MAX_CONV_LAYERS, MAX_CONV_VALUE = 64, 65536
-
-
 def _is_integer(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _size(distiller, field):
-    default, maximum = _DISTILLER_SIZES[field]
-    value = distiller.get(field, default)
-    if not _is_integer(value) or not 1 <= value <= maximum:
-        raise UserError(f"distiller.{field} must be an integer in 1..{maximum}, got {brief(value)}")
-    return value
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _rate(distiller, field, default=None, maximum=1.0):
-    value = distiller.get(field, _DISTILLER_RATES.get(field, default))
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= maximum:
-        raise UserError(f"distiller.{field} must be a number in [0, {maximum:g}], got {brief(value)}")
-    return value
+@dataclass(frozen=True)
+class _Field:
+    """A field of the distiller section: its default, what it must be (for the message), the test of that, and
+    whether it may be written as a config expression (`parse_literal_expression`)."""
+
+    default: Any
+    must: str
+    accepts: Callable[[Any], bool]
+    expression: bool = False
 
 
-def _conv_layers(distiller):
-    """(dims, kernels, strides) from conv_feature_layers: a list of (dim, kernel, stride) positive integers."""
-    layers = _literal(distiller["conv_feature_layers"])
-    valid = (
+def _size(default, maximum):
+    return _Field(default, f"an integer in 1..{maximum}", lambda value: _is_integer(value) and 1 <= value <= maximum)
+
+
+def _rate(default, maximum=1.0):
+    return _Field(default, f"a number in [0, {maximum:g}]", lambda value: _is_number(value) and 0 <= value <= maximum)
+
+
+def _one_of(*allowed, why=""):
+    return _Field(allowed[0], f"one of {', '.join(map(repr, allowed))}{why}", lambda value: value in allowed)
+
+
+MAX_CONV_LAYERS, MAX_CONV_VALUE = 64, 65536
+
+
+def _conv_layers_valid(layers):
+    return (
         isinstance(layers, (list, tuple))
         and 1 <= len(layers) <= MAX_CONV_LAYERS
         and all(
@@ -172,12 +155,58 @@ def _conv_layers(distiller):
             for layer in layers
         )
     )
-    if not valid:
-        raise UserError(
-            f"conv_feature_layers must be a list of 1..{MAX_CONV_LAYERS} (dim, kernel, stride) positive integers, "
-            f"got {brief(layers)}"
-        )
-    return tuple(list(column) for column in zip(*layers))
+
+
+EXTRACTOR_MODES = {"default": "group", "layer_norm": "layer"}  # the release's extractor_mode -> feat_extract_norm
+UNRELEASED = " (the released architectures)"
+# What the distiller section may hold, checked by `_distiller_values` alone. The size bounds only stop absurd
+# values early (a model with them would never fit in memory); every release is far below them.
+DISTILLER_FIELDS = {
+    "encoder_layers": _size(12, 1024),
+    "encoder_embed_dim": _size(None, 65536),
+    "encoder_ffn_embed_dim": _size(3072, 262144),
+    "encoder_attention_heads": _size(12, 1024),
+    "conv_pos": _size(128, 4096),
+    "conv_pos_groups": _size(16, 65536),
+    "pred_head_final_dim": _size(768, 65536),
+    "required_seq_len_multiple": _size(1, 1024),
+    "crop_seq_to_multiple": _size(1, 1024),
+    "dropout": _rate(0.1),
+    "attention_dropout": _rate(0.1),
+    "activation_dropout": _rate(0.0),
+    "dropout_input": _rate(0.0),
+    "encoder_layerdrop": _rate(0.0),
+    "feature_grad_mult": _rate(1.0, maximum=1e6),
+    "conv_feature_layers": _Field(
+        None,
+        f"a list of 1..{MAX_CONV_LAYERS} (dim, kernel, stride) integers in 1..{MAX_CONV_VALUE}",
+        _conv_layers_valid,
+        expression=True,
+    ),
+    "extractor_mode": _one_of(*EXTRACTOR_MODES),
+    "activation_fn": _Field(
+        "gelu", "an activation transformers knows", lambda value: isinstance(value, str) and value in ACT2FN
+    ),
+    # Architectures no release has: refused rather than converted into something else.
+    "pos_conv_depth": _one_of(1, why=UNRELEASED),
+    "layer_type": _one_of("transformer", why=UNRELEASED),
+    "pred_head_inter_dim": _one_of(0, None, why=UNRELEASED),
+    "enable_tr_layer": _one_of(False, None, why=UNRELEASED),
+    "attn_type": _one_of("", None, why=UNRELEASED),
+    "pos_enc_type": _one_of("abs", None, why=UNRELEASED),
+}
+
+
+def _distiller_values(distiller: dict) -> dict[str, Any]:
+    """{field: value} of every DISTILLER_FIELDS field (its default where the section has none), each checked."""
+    values = {}
+    for name, field in DISTILLER_FIELDS.items():
+        value = distiller.get(name, field.default)
+        value = _literal(value) if field.expression else value
+        if not field.accepts(value):
+            raise UserError(f"distiller.{name} must be {field.must}, got {brief(value)}")
+        values[name] = value
+    return values
 
 
 def _reuse_pattern(distiller, layers):
@@ -191,42 +220,16 @@ def _reuse_pattern(distiller, layers):
     return computes
 
 
-def _check_supported(distiller):
-    unsupported = {
-        "pos_conv_depth": (1,),
-        "layer_type": ("transformer",),
-        "pred_head_inter_dim": (0, None),
-        "enable_tr_layer": (False, None),
-        "attn_type": ("", None),
-        "pos_enc_type": ("abs", None),
-    }
-    for field, allowed in unsupported.items():
-        if field in distiller and distiller[field] not in allowed:
-            raise UserError(
-                f"distiller.{field}={brief(distiller[field])} is not a released architecture; supported: {allowed}"
-            )
-
-
 def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> ARMHubertConfig:
     """Build an `ARMHubertConfig` from the original `distiller` section."""
     if not isinstance(distiller, dict) or not {"encoder_embed_dim", "conv_feature_layers"} <= set(distiller):
         raise UserError(
             "the config has no usable 'distiller' section (expected encoder_embed_dim, conv_feature_layers, ...)"
         )
-    _check_supported(distiller)
-    sizes = {field: _size(distiller, field) for field in _DISTILLER_SIZES}
-    rates = {field: _rate(distiller, field) for field in _DISTILLER_RATES}
-    layers = sizes["encoder_layers"]
-    dims, kernels, strides = _conv_layers(distiller)
+    values = _distiller_values(distiller)
+    layers = values["encoder_layers"]
+    dims, kernels, strides = (list(column) for column in zip(*values["conv_feature_layers"]))
     computes = _reuse_pattern(distiller, layers)
-    modes = {"default": "group", "layer_norm": "layer"}
-    mode = distiller.get("extractor_mode", "default")
-    if not isinstance(mode, str) or mode not in modes:
-        raise UserError(f"distiller.extractor_mode={brief(mode)} is unknown; expected one of {list(modes)}")
-    activation = distiller.get("activation_fn", "gelu")
-    if not isinstance(activation, str) or activation not in ACT2FN:
-        raise UserError(f"distiller.activation_fn={brief(activation)} is not an activation transformers knows")
-    grad_mult = _rate(distiller, "feature_grad_mult", default=1.0, maximum=1e6)
     heads = bool(distiller.get("layerwise_proj", False))
     try:
         return ARMHubertConfig(
@@ -234,64 +237,53 @@ def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> AR
             conv_kernel=kernels,
             conv_stride=strides,
             conv_bias=bool(distiller.get("conv_bias", False)),
-            feat_extract_norm=modes[mode],
-            hidden_size=sizes["encoder_embed_dim"],
-            intermediate_size=sizes["encoder_ffn_embed_dim"],
-            num_attention_heads=sizes["encoder_attention_heads"],
+            feat_extract_norm=EXTRACTOR_MODES[values["extractor_mode"]],
+            hidden_size=values["encoder_embed_dim"],
+            intermediate_size=values["encoder_ffn_embed_dim"],
+            num_attention_heads=values["encoder_attention_heads"],
             num_hidden_layers=layers,
             # The release's reuse_pattern says True = "computes attention"; ours says True = "reuses".
             layer_reuses_attention_map=[not flag for flag in computes],
             do_stable_layer_norm=bool(distiller.get("layer_norm_first", False)),
-            hidden_act=activation,
-            num_conv_pos_embeddings=sizes["conv_pos"],
-            num_conv_pos_embedding_groups=sizes["conv_pos_groups"],
-            projection_head_size=sizes["pred_head_final_dim"] if heads else None,
+            hidden_act=values["activation_fn"],
+            num_conv_pos_embeddings=values["conv_pos"],
+            num_conv_pos_embedding_groups=values["conv_pos_groups"],
+            projection_head_size=values["pred_head_final_dim"] if heads else None,
             use_mask_embedding=has_mask_embedding,
-            hidden_dropout=rates["dropout"],
-            attention_dropout=rates["attention_dropout"],
-            activation_dropout=rates["activation_dropout"],
-            feat_proj_dropout=rates["dropout_input"],
-            layerdrop=rates["encoder_layerdrop"],
+            hidden_dropout=values["dropout"],
+            attention_dropout=values["attention_dropout"],
+            activation_dropout=values["activation_dropout"],
+            feat_proj_dropout=values["dropout_input"],
+            layerdrop=values["encoder_layerdrop"],
             layer_grad_scale=bool(distiller.get("layer_grad_scale", False)) and heads,
-            feature_grad_mult=grad_mult,
-            crop_seq_to_multiple=sizes["crop_seq_to_multiple"],
-            required_seq_len_multiple=sizes["required_seq_len_multiple"],
+            feature_grad_mult=values["feature_grad_mult"],
+            crop_seq_to_multiple=values["crop_seq_to_multiple"],
+            required_seq_len_multiple=values["required_seq_len_multiple"],
         )
     except (ValueError, TypeError, ZeroDivisionError) as error:
         raise UserError(f"the distiller section does not describe a valid model: {error}") from None
 
 
-def read_training_config(checkpoint: Mapping[str, Any], config_path: str | os.PathLike | None = None) -> dict:
-    """The training config as a dict: the YAML when given, else the checkpoint's hyper-parameters."""
-    if config_path is not None:
-        config = load_yaml_file(config_path, "config")
-    else:
-        hyper_parameters = checkpoint.get("hyper_parameters") or {}
-        if not isinstance(hyper_parameters, dict):
-            raise UserError(f"the checkpoint's hyper_parameters is a {type(hyper_parameters).__name__}, not a mapping")
-        config = hyper_parameters.get("cfg")
-        if config is None:
-            raise UserError(
-                "the checkpoint has no hyper_parameters['cfg'] (STaR checkpoints do not): pass its YAML with --config"
-            )
-    if not isinstance(config, dict):
-        raise UserError("the training config is not a mapping of sections")
-    check_plain_data(config, "the training config")
-    family = config.get("model")
-    if family is not None and (not isinstance(family, str) or family.lower() not in KNOWN_FAMILIES):
-        raise UserError(f"unknown model family {brief(family)}; this converter knows {', '.join(KNOWN_FAMILIES)}")
-    return config
+def _mapping(value: Any, what: str, of: str = "") -> dict:
+    """`value` if it is a dict (the sections and entries of a checkpoint), else one UserError naming `what`."""
+    if not isinstance(value, dict):
+        raise UserError(f"{what} is a {type(value).__name__}, not a mapping{of}")
+    return value
 
 
-def training_family(training_config: Mapping[str, Any]) -> str:
-    """The family the training config names, as one of `FAMILIES` ("" when it names none)."""
-    family = str(training_config.get("model") or "").lower()
-    return FAMILY_ALIASES.get(family, family)
+@dataclass(frozen=True)
+class TrainingConfig:
+    """What the converter takes from an original run's training config, as its door (`read_training_config`)
+    checked it."""
+
+    family: str  # one of FAMILIES, "" when the config names none
+    hours: int | None  # 100 or 960 from its LibriSpeech subsets; None when they do not say
+    distiller: Any  # the model section, checked field by field by `config_from_distiller`
 
 
-def training_hours(training_config: Mapping[str, Any]) -> int | None:
+def _training_hours(config: dict) -> int | None:
     """100 or 960 from the training config's LibriSpeech subsets; None when they do not say."""
-    data = training_config.get("data")
+    data = config.get("data")
     subsets = data.get("train_set") if isinstance(data, dict) else None
     subsets = {subset for subset in subsets if isinstance(subset, str)} if isinstance(subsets, list) else set()
     if subsets == {"train-clean-100"}:
@@ -299,6 +291,25 @@ def training_hours(training_config: Mapping[str, Any]) -> int | None:
     if {"train-clean-100", "train-clean-360", "train-other-500"} <= subsets:
         return 960
     return None
+
+
+def read_training_config(checkpoint: Mapping[str, Any], config_path: str | os.PathLike | None = None) -> TrainingConfig:
+    """The training config, from the YAML when given, else the checkpoint's hyper-parameters: plain data whose
+    model family, if it names one, is known."""
+    if config_path is not None:
+        config = load_yaml_file(config_path, "config")
+    else:
+        config = _mapping(checkpoint.get("hyper_parameters") or {}, "the checkpoint's hyper_parameters").get("cfg")
+        if config is None:
+            raise UserError(
+                "the checkpoint has no hyper_parameters['cfg'] (STaR checkpoints do not): pass its YAML with --config"
+            )
+    check_plain_data(_mapping(config, "the training config", " of sections"), "the training config")
+    family = config.get("model")
+    if family is not None and (not isinstance(family, str) or family.lower() not in KNOWN_FAMILIES):
+        raise UserError(f"unknown model family {brief(family)}; this converter knows {', '.join(KNOWN_FAMILIES)}")
+    family = (family or "").lower()
+    return TrainingConfig(FAMILY_ALIASES.get(family, family), _training_hours(config), config.get("distiller"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,79 +350,20 @@ KNOWN_PICKLED_CLASSES = {
 _STAND_INS = [(stand_in, name) for name, stand_in in KNOWN_PICKLED_CLASSES.items()]
 
 
-def _refused(path, names):
-    known = ", ".join(KNOWN_PICKLED_CLASSES)
-    return UserError(
-        f"refusing to load {path}: its pickle needs {', '.join(sorted(names))}; only tensors, plain containers and "
-        f"the known classes of the original training stack ({known}) are allowed, so nothing from it was run"
-    )
-
-
-def _unreadable(path, error):
-    message = str(error).strip()
-    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", message)
-    if unsupported:
-        return _refused(path, [unsupported.group(1)])
-    operand = re.search(r"Unsupported operand (\d+)", message)
-    if operand:
-        code = int(operand.group(1))
-        name, protocol = next(((op.name, op.proto) for op in pickletools.opcodes if ord(op.code) == code), ("?", "?"))
-        reason = (
-            f"its pickle uses opcode {code} ({name}, pickle protocol {protocol}), which weights-only loading does not "
-            "read; nothing was run (re-save it with torch.save's default protocol)"
-        )
-    elif "weights_only" in message:
-        reason = "it holds pickled Python objects that are not tensors; refusing to unpickle them"
-    else:
-        reason = message.splitlines()[0] if message else type(error).__name__
-    return UserError(f"{path} is not a readable PyTorch checkpoint: {reason}")
-
-
 def load_original_checkpoint(path: str | os.PathLike) -> dict:
-    """`torch.load(weights_only=True)` of an original checkpoint, with one-line errors.
+    """The checkpoint dict of an original `.ckpt`, read by the door of `torch.save` files (`load_torch_file`).
 
     Known training-stack classes unpickle into inert stand-ins; a file whose pickle names any other
-    class or function is refused before anything is unpickled. Zip checkpoints (every torch.save since
-    torch 1.6, hence Lightning 1.7) are memory-mapped, so the teacher and optimizer tensors are never
-    read into memory: only the student's pages are touched, when its tensors are copied out.
-
-    Only zip checkpoints are read (the legacy format sizes its storages from the file's own claims);
-    their members' uncompressed sizes and the unpickled structure are bounded (`armhubert.files.untrusted`),
-    so a small hostile file cannot take much memory or time.
+    class or function is refused before anything is unpickled. The teacher and optimizer tensors are
+    memory-mapped and never read: only the student's pages are touched, when its tensors are copied out.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist or is not a file")
-    if not zipfile.is_zipfile(path):
-        raise UserError(
-            f"{path} is not a readable PyTorch checkpoint: it is not the zip archive torch.save writes (PyTorch >= 1.6, "
-            "as the release's .ckpt files); re-save an older checkpoint with a current torch"
-        )
-    check_zip_members(path, f"checkpoint {path}")
-    with torch.serialization.safe_globals(_STAND_INS):
-        try:
-            # A static scan of the pickle's globals names every unknown class at once.
-            unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            if unknown:
-                raise _refused(path, unknown)
-            with warnings.catch_warnings():  # e.g. "nested tensors are a prototype": the refusal is the one line
-                warnings.simplefilter("ignore")
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except UserError:
-            raise
-        except Exception as error:  # noqa: BLE001 -- torch raises many types for corrupt, truncated or foreign files
-            raise _unreadable(path, error) from None
-    if not isinstance(checkpoint, dict):
-        raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
-    check_structure(checkpoint, f"checkpoint {path}")
-    return checkpoint
+    known = f"the known classes of the original training stack ({', '.join(KNOWN_PICKLED_CLASSES)})"
+    return load_torch_file(path, str(path), _STAND_INS, known, "a checkpoint dict")
 
 
 def student_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Student tensors with the `student_model.` prefix stripped, as the original loader does."""
-    state = checkpoint.get("state_dict", checkpoint)
-    if not isinstance(state, dict):
-        raise UserError("the checkpoint's state_dict is not a mapping")
+    state = _mapping(checkpoint.get("state_dict", checkpoint), "the checkpoint's state_dict")
     for key in state:
         if not isinstance(key, str):
             raise UserError(
@@ -469,30 +421,6 @@ def rename_original_key(key: str) -> str:
     return rename_key(key, ORIGINAL_KEY_RULES)
 
 
-def _describe(keys, limit=6):
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def check_keys_and_shapes(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
-    """Refuse `state` unless it has exactly the keys of `expected`, each with the same shape."""
-    missing = set(expected) - set(state)
-    unexpected = set(state) - set(expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {_describe(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_describe(unexpected)}")
-        raise UserError("checkpoint and config disagree: " + "; ".join(parts))
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise UserError(
-                f"shape mismatch for {key}: checkpoint {tuple(value.shape)}, config expects {tuple(expected[key].shape)}"
-            )
-
-
 def build_model(config: ARMHubertConfig, student: Mapping[str, torch.Tensor]) -> ARMHubertModel:
     """Build the model around the renamed student tensors, loaded strictly.
 
@@ -502,7 +430,9 @@ def build_model(config: ARMHubertConfig, student: Mapping[str, torch.Tensor]) ->
     with torch.device("meta"):
         model = ARMHubertModel(config)
     state = {rename_original_key(key): value for key, value in student.items()}
-    check_keys_and_shapes(state, model.state_dict())
+    shapes = {key: value.shape for key, value in state.items()}
+    expected = {key: value.shape for key, value in model.state_dict().items()}
+    check_state_fits(shapes, expected, "the checkpoint", "its config", "pass the training YAML it was trained with")
     keys = progress(list(state), len(state), "reading the student", "tensor")  # from disk, when memory-mapped
     owned = {key: state.pop(key).to(torch.float32, copy=True) for key in keys}
     model.load_state_dict(owned, strict=True, assign=True)
@@ -511,14 +441,14 @@ def build_model(config: ARMHubertConfig, student: Mapping[str, torch.Tensor]) ->
 
 def convert_with_training_config(
     checkpoint_path: str | os.PathLike, config_path: str | os.PathLike | None = None
-) -> tuple[ARMHubertModel, dict]:
+) -> tuple[ARMHubertModel, TrainingConfig]:
     """(converted model, training config) of an original checkpoint and optional YAML."""
     checkpoint = load_original_checkpoint(checkpoint_path)
-    training_config = read_training_config(checkpoint, config_path)
+    training = read_training_config(checkpoint, config_path)
     student = student_state_dict(checkpoint)
     del checkpoint  # drop the teacher and optimizer entries (never read from disk) before building
-    config = config_from_distiller(training_config.get("distiller"), has_mask_embedding="mask_emb" in student)
-    return build_model(config, student), training_config
+    config = config_from_distiller(training.distiller, has_mask_embedding="mask_emb" in student)
+    return build_model(config, student), training
 
 
 def convert(checkpoint_path: str | os.PathLike, config_path: str | os.PathLike | None = None) -> ARMHubertModel:

@@ -6,15 +6,13 @@ and STaR (ICASSP 2024).
 """
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from configuration_armhubert import ARMHubertConfig
 
 from ..cli import UserError
-from .original import FAMILIES, training_family, training_hours
+from .original import TrainingConfig
 
 HUB_SOURCE = "the `sungnyun/ARMHuBERT` Hub repository"
 STAR_SOURCE = "the STaRHuBERT release (`.ckpt` + `.yaml` pairs)"
@@ -151,9 +149,9 @@ def check_release_shape(config: ARMHubertConfig, release: Release, what: str) ->
         )
 
 
-def detect_release(config: ARMHubertConfig, training_config: Mapping[str, Any]) -> Release | None:
+def detect_release(config: ARMHubertConfig, training: TrainingConfig) -> Release | None:
     """The one release whose public shape, family and training hours fit the checkpoint, else None."""
-    family, hours = training_family(training_config), training_hours(training_config)
+    family, hours = training.family, training.hours
     candidates = [
         release
         for release in RELEASES.values()
@@ -167,7 +165,7 @@ def detect_release(config: ARMHubertConfig, training_config: Mapping[str, Any]) 
 
 def resolve_release(
     config: ARMHubertConfig,
-    training_config: Mapping[str, Any],
+    training: TrainingConfig,
     checkpoint_path: str | os.PathLike,
     name: str | None = None,
 ) -> Release | None:
@@ -186,14 +184,13 @@ def resolve_release(
     if release is not None:
         check_release_shape(config, release, f"checkpoint {Path(checkpoint_path).name}")
         return release
-    return detect_release(config, training_config)
+    return detect_release(config, training)
 
 
-def guess_family(config: ARMHubertConfig, training_config: Mapping[str, Any]) -> str:
+def guess_family(config: ARMHubertConfig, training: TrainingConfig) -> str:
     """The training config's family, else the one the structure implies (reuse: ARM, heads: Mask, none: STaR)."""
-    family = training_family(training_config)
-    if family in FAMILIES:
-        return family
+    if training.family:
+        return training.family
     if any(config.layer_reuses_attention_map):
         return "armhubert"
     return "maskhubert" if config.has_projection_heads else "starhubert"

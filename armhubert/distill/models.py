@@ -27,7 +27,7 @@ from ..cli import UserError
 from ..files.untrusted import check_model_size
 from ..folders.remote_code import add_remote_code_entries
 from ..teachers.ctranslate2 import is_ctranslate2_whisper, whisper_from_ctranslate2
-from ..teachers.encoders import TeacherEncoder, Wav2Vec2StyleTeacher, check_mode, teacher_encoder
+from ..teachers.encoders import TeacherEncoder, Wav2Vec2StyleTeacher, teacher_encoder
 from ..teachers.mirror import student_from_teacher
 from .recipe import DistillTrainingArguments, did_you_mean
 
@@ -66,11 +66,80 @@ def _check_fields(values: Mapping[str, object] | None, config_class: type[Pretra
             )
 
 
+def _cnn_layer0(args: DistillTrainingArguments) -> bool:
+    return args.distill_mode == "star" and args.star_layer0 == "cnn"
+
+
+# Recipe values that go together only in some models, checked by `refuse_broken`: (whether the rule is broken,
+# given `args` (the recipe) and the models known at that point, the refusal, formatted with the same names).
+# MODEL_RULES need the recipe alone; TEACHER_RULES the loaded `teacher`; STUDENT_RULES the `student`, the
+# teacher's config (`teacher`) and the `width` of the student's distilled outputs.
+MODEL_RULES = (
+    (
+        lambda args: bool(args.teacher_config) and args.teacher not in RANDOM_TEACHERS,
+        f"teacher_config only applies to random teachers ({', '.join(RANDOM_TEACHERS)})",
+    ),
+    (
+        lambda args: args.student == MIRROR and bool(args.student_config),
+        f"student: {MIRROR} takes the teacher's shape and weights; remove student_config (or set it to null)",
+    ),
+    (
+        lambda args: bool(args.reuse_layers) and args.student != MIRROR,
+        f"reuse_layers applies to `student: {MIRROR}`; give a preset student layer_reuses_attention_map in "
+        "student_config",
+    ),
+)
+TEACHER_RULES = (
+    (
+        lambda args, teacher: args.distill_mode == "masking" and not teacher.supports_masking,
+        "teacher {teacher.name!r} has no mask embedding ({teacher.no_mask_embedding}), which masking distillation "
+        "needs; use distill_mode regression or star with it",
+    ),
+    (
+        lambda args, teacher: _cnn_layer0(args) and not isinstance(teacher, Wav2Vec2StyleTeacher),
+        "star_layer0: cnn needs a wav2vec2-style teacher's CNN features; {teacher.family} teachers take "
+        "star_layer0: encoder-input",
+    ),
+    (
+        lambda args, teacher: args.cache_teacher_outputs and not teacher.rows_independent,
+        "cache_teacher_outputs keeps the teacher's layers of each utterance alone: it needs star_layer0: "
+        "encoder-input and a teacher whose rows do not depend on the batch ({args.teacher!r} normalises its CNN "
+        "over the padded batch: feat_extract_norm group); turn the cache off",
+    ),
+    (
+        lambda args, teacher: args.cache_teacher_outputs and _cnn_layer0(args),
+        "cache_teacher_outputs keeps the teacher's layers, not its CNN features: use star_layer0: encoder-input",
+    ),
+)
+STUDENT_RULES = (
+    (
+        lambda args, student, teacher, width: (
+            args.distill_mode in ("masking", "regression") and width != teacher.hidden_size
+        ),
+        "{args.distill_mode} distillation regresses teacher features of width {teacher.hidden_size}, but the "
+        "student gives {width}; give the student projection heads (projection_head_size) or the teacher's width",
+    ),
+    (
+        lambda args, student, teacher, width: args.distill_mode == "masking" and student.mask_emb is None,
+        "masking distillation needs a student with use_mask_embedding=True",
+    ),
+)
+
+
+def refuse_broken(rules: tuple, **subjects: object) -> None:
+    """Refuse the first of `rules` that `subjects` (the recipe `args` and models) break, in its one line."""
+    for broken, refusal in rules:
+        if broken(**subjects):
+            raise UserError(refusal.format(**subjects))
+
+
 def check_config_fields(distill_args: DistillTrainingArguments) -> None:
-    """Refuse a mistyped `student_config` / `teacher_config` field (`hidden_sise`) before any model is built:
-    the config classes would keep it as an unused attribute and train the default size."""
+    """Refuse what no model of the recipe can take before any model is built: a recipe that breaks one of
+    MODEL_RULES, or a mistyped `student_config` / `teacher_config` field (`hidden_sise`), which the config
+    classes would keep as an unused attribute and train the default size. The model builders trust both."""
+    refuse_broken(MODEL_RULES, args=distill_args)
     _check_fields(distill_args.student_config, ARMHubertConfig, "student_config")
-    if distill_args.teacher in RANDOM_TEACHERS:  # other teachers refuse teacher_config altogether
+    if distill_args.teacher in RANDOM_TEACHERS:  # other teachers refuse teacher_config altogether (MODEL_RULES)
         _check_fields(distill_args.teacher_config, RANDOM_TEACHERS[distill_args.teacher], "teacher_config")
 
 
@@ -84,8 +153,6 @@ def _load_teacher_model(distill_args: DistillTrainingArguments, seed: int) -> Pr
         check_model_size(lambda: AutoModel.from_config(config), f"teacher_config for {name}")
         torch.manual_seed(seed)
         return AutoModel.from_config(config)
-    if distill_args.teacher_config:
-        raise UserError(f"teacher_config only applies to random teachers ({', '.join(RANDOM_TEACHERS)})")
     if is_ctranslate2_whisper(name):
         return whisper_from_ctranslate2(name)
     try:
@@ -104,24 +171,10 @@ def load_teacher(distill_args: DistillTrainingArguments, seed: int) -> TeacherEn
     teacher = teacher_encoder(
         _load_teacher_model(distill_args, seed), distill_args.teacher, random=distill_args.teacher in RANDOM_TEACHERS
     )
+    refuse_broken(TEACHER_RULES, args=distill_args, teacher=teacher)
     teacher.config.layerdrop = 0.0
-    check_mode(teacher, distill_args.distill_mode)
     if distill_args.distill_mode == "masking":
         teacher.config.apply_spec_augment = True  # transformers ignores mask_time_indices without it
-    cnn_layer0 = distill_args.distill_mode == "star" and distill_args.star_layer0 == "cnn"
-    if cnn_layer0 and not isinstance(teacher, Wav2Vec2StyleTeacher):
-        raise UserError(
-            f"star_layer0: cnn needs a wav2vec2-style teacher's CNN features; {teacher.family} teachers take "
-            "star_layer0: encoder-input"
-        )
-    if distill_args.cache_teacher_outputs and (cnn_layer0 or not teacher.rows_independent):
-        raise UserError(
-            "cache_teacher_outputs keeps the teacher's layers of each utterance alone: it needs star_layer0: "
-            f"encoder-input and a teacher whose rows do not depend on the batch ({distill_args.teacher!r} normalises "
-            "its CNN over the padded batch: feat_extract_norm group); turn the cache off"
-            if not teacher.rows_independent
-            else "cache_teacher_outputs keeps the teacher's layers, not its CNN features: use star_layer0: encoder-input"
-        )
     return teacher
 
 
@@ -141,11 +194,7 @@ def freeze_all_but(student: ARMHubertModel, layers: list[int]) -> None:
 
 
 def _mirror_student(distill_args: DistillTrainingArguments, teacher: TeacherEncoder) -> ARMHubertModel:
-    """`student: mirror`: the teacher's encoder with map reuse in `reuse_layers`."""
-    if distill_args.student_config:
-        raise UserError(
-            f"student: {MIRROR} takes the teacher's shape and weights; remove student_config (or set it to null)"
-        )
+    """`student: mirror`: the teacher's encoder with map reuse in `reuse_layers` (no student_config: MODEL_RULES)."""
     return student_from_teacher(teacher.model, distill_args.reuse_layers or ()).train()
 
 
@@ -155,10 +204,6 @@ def build_student(
     """A random student from a preset or config; projection heads as wide as the teacher."""
     overrides = dict(distill_args.student_config or {})
     name = distill_args.student
-    if distill_args.reuse_layers and name != MIRROR:
-        raise UserError(
-            f"reuse_layers applies to `student: {MIRROR}`; give a preset student layer_reuses_attention_map in student_config"
-        )
     try:
         if name.lower() in PRESETS:
             config = ARMHubertConfig.from_preset(name, **overrides)
@@ -177,14 +222,8 @@ def build_student(
     torch.manual_seed(seed)
     student = ARMHubertModel(config)
     mode = distill_args.distill_mode
-    distilled_width = config.projection_head_size if config.has_projection_heads else config.hidden_size
-    if mode in ("masking", "regression") and distilled_width != teacher_config.hidden_size:
-        raise UserError(
-            f"{mode} distillation regresses teacher features of width {teacher_config.hidden_size}, but the student "
-            f"gives {distilled_width}; give the student projection heads (projection_head_size) or the teacher's width"
-        )
-    if mode == "masking" and student.mask_emb is None:
-        raise UserError("masking distillation needs a student with use_mask_embedding=True")
+    width = config.projection_head_size if config.has_projection_heads else config.hidden_size
+    refuse_broken(STUDENT_RULES, args=distill_args, student=student, teacher=teacher_config, width=width)
     # Parameters a mode never uses stay out of the optimiser (and out of DDP's gradient reduction).
     if mode != "masking" and student.mask_emb is not None:
         student.mask_emb.requires_grad_(False)
@@ -196,7 +235,7 @@ def build_student(
 def layer_pairs(distill_args: DistillTrainingArguments, student_layers: int, teacher_layers: int) -> list[int]:
     """Teacher layer (1-based) for each student layer 1..L_s."""
     if distill_args.teacher_layers is not None:
-        pairs = [int(layer) for layer in distill_args.teacher_layers]
+        pairs = list(distill_args.teacher_layers)  # whole numbers: the recipe's type
         if len(pairs) != student_layers or not all(1 <= layer <= teacher_layers for layer in pairs):
             raise UserError(
                 f"teacher_layers must list {student_layers} teacher layers in 1..{teacher_layers}, got {pairs}"

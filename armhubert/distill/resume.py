@@ -2,12 +2,18 @@
 
 The Trainer trusts its checkpoint folders: a truncated `trainer_state.json`, a random `optimizer.pt`,
 a `global_step` of 10**15 or the weights of another student end in a traceback, or worse, in exit 0
-with an untrained student whose card claims 10**15 steps. `check_resume_checkpoint` reads each file
-the Trainer will read, bounded (`armhubert.files.untrusted`), and compares it with the run: the step lies
-within the schedule, every weight has the student's name and shape.
+with an untrained student whose card claims 10**15 steps. Two steps, one door:
+
+- `find_resume_checkpoint` (before any model is built): the folder `--resume` names, or output_dir's last
+  complete checkpoint, with its trainer state read, bounded: a `ResumeCheckpoint`;
+- `check_resume_checkpoint` (once the Trainer is built): its step lies within the run's schedule, every
+  weight has the student's name and shape, and each pickled file the Trainer will read passes the door of
+  `torch.save` files (`armhubert.files.untrusted.load_torch_file`).
 """
 
 import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,27 +21,29 @@ import safetensors
 import torch
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..cli import UserError
-from ..files.untrusted import brief, load_json_file, load_torch_file
+from ..files.untrusted import Limit, brief, check_state_fits, load_json_file, load_torch_file
+from ..training.checkpoints import complete_checkpoints
 
 MAX_STATE_BYTES = 64 * 1024 * 1024  # trainer_state.json: the log history of a long run is a few MB
 MAX_STATE_VALUES = 2_000_000  # JSON values in it: 100,000 logged steps of ~20 values
-MAX_RNG_ARRAY_ELEMENTS = 1 << 16  # numpy's saved generator state: an array of 624 words
+# numpy's saved generator state: an array of 624 words.
+RNG_ARRAY_ELEMENTS = Limit(1 << 16, "a pickled array claims {count:,} elements; a generator state has a few hundred")
 
 _NUMPY_CORE = np._core if hasattr(np, "_core") else np.core
 
 
 def _bounded_reconstruct(subtype, shape, dtype):
-    """numpy's `_reconstruct` (how a pickled array starts) for shapes of at most MAX_RNG_ARRAY_ELEMENTS elements.
+    """numpy's `_reconstruct` (how a pickled array starts) for shapes of at most RNG_ARRAY_ELEMENTS elements.
 
     The real one allocates the shape it is given before the data arrives: a few bytes of pickle could
     ask for gigabytes.
     """
     if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
         raise UserError(f"a pickled array has the shape {brief(shape)}; not a saved generator state")
-    if math.prod(shape) > MAX_RNG_ARRAY_ELEMENTS:
-        raise UserError(f"a pickled array claims {math.prod(shape):,} elements; a generator state has a few hundred")
+    RNG_ARRAY_ELEMENTS.check(math.prod(shape), "a pickled array")
     return _NUMPY_CORE.multiarray._reconstruct(subtype, shape, dtype)
 
 
@@ -56,21 +64,58 @@ def total_steps(trainer: Trainer) -> int:
     return math.ceil(args.num_train_epochs * max(1, math.ceil(batches / args.gradient_accumulation_steps)))
 
 
-def _read_state(checkpoint: Path, steps: int) -> dict:
-    path = checkpoint / TRAINER_STATE_NAME
+@dataclass(frozen=True)
+class ResumeCheckpoint:
+    """A checkpoint folder whose trainer state was read and holds a step count (`find_resume_checkpoint`)."""
+
+    folder: Path
+    global_step: int
+    flag: str  # the command's name for resuming, in messages
+
+
+def _read_state(folder: Path, flag: str) -> ResumeCheckpoint:
+    path = folder / TRAINER_STATE_NAME
     try:  # bounded in bytes, values and depth before anything is built
         state = load_json_file(path, str(path), "a trainer state is a few MB", MAX_STATE_BYTES, MAX_STATE_VALUES)
     except UserError as error:
         raise UserError(
-            f"--resume: {path} is not a complete trainer state ({error}); resume an earlier checkpoint"
+            f"{flag} {folder}: not a complete checkpoint folder ({error}); resume an earlier checkpoint"
         ) from None
     step = state.get("global_step") if isinstance(state, dict) else None
-    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= steps:
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise UserError(
-            f"--resume: {path} says global_step {brief(step)}, but this run's schedule has {steps:,} steps; "
-            "resume a checkpoint of this run (or raise max_steps / num_train_epochs)"
+            f"{flag}: {path} says global_step {brief(step)}, not a step count; resume an earlier checkpoint"
         )
-    return state
+    return ResumeCheckpoint(folder, step, flag)
+
+
+def find_resume_checkpoint(
+    resume: str | bool | None, output_dir: str | os.PathLike, flag: str = "--resume"
+) -> ResumeCheckpoint | None:
+    """The checkpoint to resume from (None for a fresh run, which needs an empty output_dir): `resume` "last"
+    (or true) is output_dir's last complete checkpoint, else the folder it names. `flag`: the command's name
+    for resuming, in messages."""
+    output = Path(output_dir)
+    if resume is True or resume in ("true", "True"):  # resume_from_checkpoint: true in a recipe
+        resume = "last"
+    if resume is None or resume is False:
+        if output.is_dir() and any(output.iterdir()):
+            raise UserError(
+                f"output_dir {output} is not empty; pass {flag} to continue its last checkpoint, or choose a new output_dir"
+            )
+        return None
+    if resume != "last":
+        return _read_state(Path(resume), flag)
+    checkpoints = complete_checkpoints(output)
+    if not checkpoints:
+        raise UserError(f"{flag}: no complete {PREFIX_CHECKPOINT_DIR}-<step> folder in {output} to resume from")
+    return _read_state(checkpoints[-1], flag)
+
+
+def resolve_resume(resume: str | bool | None, output_dir: str | os.PathLike, flag: str = "--resume") -> str | None:
+    """`find_resume_checkpoint`'s folder, as the Trainer's `resume_from_checkpoint` takes it (None: a fresh run)."""
+    checkpoint = find_resume_checkpoint(resume, output_dir, flag)
+    return None if checkpoint is None else str(checkpoint.folder)
 
 
 def _check_weights(checkpoint: Path, student: PreTrainedModel) -> None:
@@ -83,31 +128,30 @@ def _check_weights(checkpoint: Path, student: PreTrainedModel) -> None:
     except Exception as error:  # noqa: BLE001 -- SafetensorError, OSError: a truncated or foreign file
         reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
         raise UserError(f"--resume: {path} is not a readable safetensors file ({reason})") from None
-    expected = {key: tuple(value.shape) for key, value in student.state_dict().items()}
-    for key in sorted(set(expected) | set(shapes)):
-        if shapes.get(key) != expected.get(key):
-            raise UserError(
-                f"--resume: {path} does not fit this run's student: {key} is {shapes.get(key) or 'missing'} there, "
-                f"{expected.get(key) or 'absent'} in the student; resume a checkpoint of the same student"
-            )
+    expected = {key: value.shape for key, value in student.state_dict().items()}
+    check_state_fits(
+        shapes, expected, f"--resume: {path}", "this run's student", "resume a checkpoint of the same student"
+    )
 
 
-def check_resume_checkpoint(checkpoint: str | Path, trainer: Trainer) -> None:
+def check_resume_checkpoint(resume: ResumeCheckpoint, trainer: Trainer) -> None:
     """Refuse a checkpoint the Trainer could not resume correctly, with one line naming the file and the fault.
 
-    Checks the trainer state (complete JSON, global_step within the schedule), the weights (names and
-    shapes of the student) and every pickled file (optimizer, scheduler, scaler, RNG states) as untrusted
-    input: bounded, CRC-checked, no allocating callables, readable.
+    Checks the step against the run's schedule, the weights (names and shapes of the student) and every
+    pickled file (optimizer, scheduler, scaler, RNG states) as untrusted input: bounded, CRC-checked, no
+    allocating callables, readable.
     """
-    checkpoint = Path(checkpoint)
-    _read_state(checkpoint, total_steps(trainer))
+    checkpoint, steps = resume.folder, total_steps(trainer)
+    if resume.global_step > steps:
+        raise UserError(
+            f"{resume.flag}: {checkpoint / TRAINER_STATE_NAME} says global_step {resume.global_step}, but this run's "
+            f"schedule has {steps:,} steps; resume a checkpoint of this run (or raise max_steps / num_train_epochs)"
+        )
     _check_weights(checkpoint, trainer.accelerator.unwrap_model(trainer.model))
     for name in (OPTIMIZER_NAME, SCHEDULER_NAME, "scaler.pt"):
         if (checkpoint / name).exists():
-            value = load_torch_file(checkpoint / name, f"--resume: {checkpoint / name}")
-            if not isinstance(value, dict):
-                raise UserError(f"--resume: {checkpoint / name} holds a {type(value).__name__}, not a saved state")
+            load_torch_file(checkpoint / name, f"--resume: {checkpoint / name}")
     for path in sorted(checkpoint.glob("rng_state*.pth")):
-        value = load_torch_file(path, f"--resume: {path}", _RNG_GLOBALS)
-        if not isinstance(value, dict) or not torch.is_tensor(value.get("cpu")):
+        value = load_torch_file(path, f"--resume: {path}", _RNG_GLOBALS, "numpy's generator state")
+        if not torch.is_tensor(value.get("cpu")):
             raise UserError(f"--resume: {path} is not a saved generator state (no 'cpu' tensor)")

@@ -23,8 +23,8 @@ from ..training.guarded_trainer import save_trained_model
 from .masks import recipe_masker
 from .models import check_config_fields, teacher_and_student
 from .recipe import DistillTrainingArguments, apply_effective_batch_size, parse_command_line
-from .resume import check_resume_checkpoint
-from .trainer import DistillTrainer, resolve_resume
+from .resume import check_resume_checkpoint, find_resume_checkpoint
+from .trainer import DistillTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -144,9 +144,9 @@ def distill_command_line(argv: Sequence[str], callbacks: Sequence[TrainerCallbac
 
 def _distill(recipe: dict, args: DistillTrainingArguments, callbacks: Sequence[TrainerCallback]) -> DistillTrainer:
     """`distill_command_line` once the recipe is read and the output_dir is this run's."""
-    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    resume = find_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     if resume is not None:
-        check_same_run(resume, recipe)
+        check_same_run(resume.folder, recipe)
     apply_effective_batch_size(args)
 
     teacher, student, pairs = teacher_and_student(args, args.seed)
@@ -195,7 +195,7 @@ def _distill(recipe: dict, args: DistillTrainingArguments, callbacks: Sequence[T
         format_duration(seconds),
         pairs,
     )
-    train_keeping_complete_checkpoints(trainer, resume)
+    train_keeping_complete_checkpoints(trainer, None if resume is None else str(resume.folder))
     card = _student_card(trainer, args, len(train_dataset), seconds)
     save_trained_model(trainer, args.output_dir, card=card)
     if args.should_save:  # where the student is, and what it really is

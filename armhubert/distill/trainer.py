@@ -9,28 +9,26 @@ does not silently change a run.
 
 import contextlib
 import logging
-import os
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 from accelerate.utils.memory import clear_device_cache
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker
+from transformers.trainer_utils import seed_worker
 
 from configuration_armhubert import SAMPLING_RATE
 
 from ..cli import UserError
 from ..speech.librispeech import AudioCollator, EpochSeededLengthGroupedSampler
 from ..teachers.encoders import TeacherEncoder
-from ..training.checkpoints import CheckpointRotation, complete_checkpoints
+from ..training.checkpoints import CheckpointRotation
 from ..training.guarded_trainer import GuardedTrainer
 from .losses import layer_weights, masking_distillation_loss, regression_loss, star_loss
 from .recipe import DistillTrainingArguments
+from .resume import resolve_resume  # noqa: F401 -- where fine-tuning finds it
 
 logger = logging.getLogger(__name__)
 
@@ -364,25 +362,3 @@ def _accumulate(store: dict[str, list[Tensor]], parts: dict[str, Tensor]) -> Non
             store[name][1] += 1
         else:
             store[name] = [value.clone(), torch.ones((), device=value.device)]
-
-
-def resolve_resume(resume: str | bool | None, output_dir: str | os.PathLike, flag: str = "--resume") -> str | None:
-    """The checkpoint to resume from (None for a fresh run); a fresh run needs an empty output_dir. `flag`: the
-    command's name for resuming, in messages."""
-    output = Path(output_dir)
-    if resume is True or resume in ("true", "True"):  # resume_from_checkpoint: true in a recipe
-        resume = "last"
-    if resume is None or resume is False:
-        if output.is_dir() and any(output.iterdir()):
-            raise UserError(
-                f"output_dir {output} is not empty; pass {flag} to continue its last checkpoint, or choose a new output_dir"
-            )
-        return None
-    if resume != "last":
-        if not (Path(resume) / TRAINER_STATE_NAME).is_file():
-            raise UserError(f"{flag} {resume}: not a complete checkpoint folder (no {TRAINER_STATE_NAME})")
-        return str(resume)
-    checkpoints = complete_checkpoints(output)
-    if not checkpoints:
-        raise UserError(f"{flag}: no complete {PREFIX_CHECKPOINT_DIR}-<step> folder in {output} to resume from")
-    return str(checkpoints[-1])

@@ -4,13 +4,17 @@ Untrusted input (checkpoints, their configs, YAML files, file names) is checked 
 expanded or interpolated, so that a tiny file cannot take gigabytes or minutes, and a name cannot
 turn into code in a generated model card. Every refusal is a `UserError` naming the limit.
 
+- `Limit` and the table of limits (`DEPTH`, `NODES`, ...): the most of something an input may hold, checked by
+  `Limit.check`, the one refusal of every "more than N" (here, in checkpoints, CTranslate2 files, config expressions);
 - `check_structure`: nesting depth, node count (shared references counted every time they occur, as
   a copy or a printout would expand them), string sizes and integer widths of a loaded object;
 - `load_yaml_file`: size, encoding, nesting depth and alias count checked before the YAML is built;
 - `parse_json` / `load_json_file`: size, nesting depth and value count checked before the JSON is built;
 - `check_zip_members`: a zip checkpoint's members (sizes, CRCs) and pickles (`scan_pickle`), before `torch.load`;
 - `scan_pickle`: opcode count and named globals of a pickle, before anything of it is built;
-- `load_torch_file`: `torch.load(weights_only=True)` of a file that passed those checks, or one UserError;
+- `load_torch_file`: the door of `torch.save` files: `torch.load(weights_only=True)` of a file that passed those
+  checks and a scan of the classes it names, a dict, or one UserError;
+- `check_state_fits`: loaded weights have exactly the names and shapes of the model they are for;
 - `check_weight_tensor`: a loaded weight is dense, on the CPU, floating-point and backed by its bytes;
 - `check_safe_name` / `check_code_text`: names and paths that reach generated text and code;
 - `check_finite_weights`: a model is never saved, or used to encode, with NaN or infinite weights;
@@ -26,8 +30,10 @@ import pickletools
 import re
 import reprlib
 import stat
+import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -37,22 +43,52 @@ import yaml
 
 from ..cli import UserError
 
-MAX_DEPTH = 32  # nesting of containers (the release's configs nest 4 deep)
-MAX_NODES = 200_000  # containers and values, counted as a tree (a release checkpoint has a few thousand)
-MAX_TEXT_CHARACTERS = 10_000_000  # all strings / bytes of a structure together
-MAX_INTEGER_BITS = 64
-MAX_YAML_BYTES = 256 * 1024  # recipes and release YAMLs are a few kB
-MAX_YAML_ALIASES = 1_000
-MAX_PICKLE_BYTES = 8 * 1024 * 1024  # a checkpoint's pickle (tensors are separate members); the release's are < 1 MB
+
+@dataclass(frozen=True)
+class Limit:
+    """The most of something an untrusted input may hold, and the one line that refuses more.
+
+    `refusal` is formatted with `what` (the input, for the message), `most`, `kib` / `mib` (`most` in KiB / MiB),
+    `count` and the keywords given to `check`.
+    """
+
+    most: int
+    refusal: str
+
+    def check(self, count: int, what: str, most: int | None = None, **details: Any) -> int:
+        """`count` if it is at most `most` (this limit's own by default); else one UserError."""
+        most = self.most if most is None else most
+        if count > most:
+            sizes = dict(kib=most // 1024, mib=most // 2**20)
+            raise UserError(self.refusal.format(what=what, most=most, count=count, **sizes, **details))
+        return count
+
+
+# What untrusted input may hold: every "more than N" refusal of the package is one of these (or built from one).
+DEPTH = Limit(32, "{what} nests deeper than {most} levels; refusing to read it")  # the release's configs nest 4 deep
+# Containers and values, counted as a tree (a release checkpoint has a few thousand).
+NODES = Limit(200_000, "{what} has more than {most:,} values (counting shared references); refusing to expand it")
+TEXT = Limit(10_000_000, "{what} holds more than {most:,} characters of text; refusing it")  # all strings together
+INTEGER_BITS = Limit(64, "{what} holds an integer wider than {most} bits; refusing it")
+FILE_BYTES = Limit(0, "{what} is larger than {kib:,} KiB; {usual}")  # `most` and `usual` given by the reader
+YAML_BYTES = Limit(256 * 1024, "{what} is larger than {kib} KiB; a recipe or config is a few kB")  # a few kB
+YAML_ALIASES = Limit(1_000, "{what} uses more than {most} YAML aliases (*name); refusing to expand it")
+JSON_VALUES = Limit(NODES.most, "{what} holds more than {most:,} JSON values; refusing to read it")
 # Opcodes of one pickle: each builds at most one object, so this bounds the unpickler's time and memory
 # (about 200 bytes an opcode at worst: 100 MB) before it starts. A release checkpoint has about 30,000.
-MAX_PICKLE_OPS = 500_000
+PICKLE_OPS = Limit(500_000, "{what} has more than {most:,} pickle opcodes; refusing to unpickle it")
+ZIP_MEMBERS = Limit(1_000_000, "{what} has {count:,} zip members, more than {most:,}; refusing it")
+# A checkpoint's pickle (tensors are separate members); the release's are < 1 MB.
+PICKLE_BYTES = Limit(
+    8 * 1024 * 1024,
+    "{what}: member {member} would decompress to {count:,} bytes, more than the {mib} MiB a checkpoint's pickle "
+    "or compressed member may have; refusing it",
+)
 # Callables torch's weights-only unpickler allows that allocate memory of a size given by their argument
 # (`bytearray(10**10)`, then `torch.Size` of it): a small file could ask for gigabytes. No checkpoint this
 # project reads needs them. (Other allowed callables, `torch.Size` included, take objects the pickle has
-# already built, which MAX_PICKLE_OPS bounds.)
+# already built, which PICKLE_OPS bounds.)
 ALLOCATING_GLOBALS = frozenset({"builtins.bytearray", "builtins.bytes"})
-MAX_ZIP_MEMBERS = 1_000_000
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 # Characters that would end a quoted string or a code block in a generated card.
 _CODE_BREAKING = re.compile(r"[\"'\\`\x00-\x1f\x7f]")
@@ -90,10 +126,10 @@ def _children(value):
 
 
 def check_structure(
-    value: Any, what: str, max_nodes: int = MAX_NODES, max_integer_bits: int = MAX_INTEGER_BITS
+    value: Any, what: str, max_nodes: int = NODES.most, max_integer_bits: int = INTEGER_BITS.most
 ) -> None:
-    """Refuse a structure deeper than MAX_DEPTH, with more than `max_nodes` nodes (as a tree), more than
-    MAX_TEXT_CHARACTERS of text or integers wider than MAX_INTEGER_BITS.
+    """Refuse a structure deeper than DEPTH, with more than `max_nodes` nodes (as a tree), more than TEXT
+    characters of text or integers wider than `max_integer_bits`.
 
     Shared references are counted at every occurrence, as printing or copying would expand them;
     cycles end at the depth limit. The walk stops at the first limit, so it is cheap for any input:
@@ -102,27 +138,16 @@ def check_structure(
     """
     stack = [(value, 1)]
     nodes, characters = 1, 0
-
-    def too_many():
-        return UserError(
-            f"{what} has more than {max_nodes:,} values (counting shared references); refusing to expand it"
-        )
-
     while stack:
         item, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise UserError(f"{what} nests deeper than {MAX_DEPTH} levels; refusing to expand it")
+        DEPTH.check(depth, what)
         if isinstance(item, (str, bytes, bytearray)):
-            characters += len(item)
-            if characters > MAX_TEXT_CHARACTERS:
-                raise UserError(f"{what} holds more than {MAX_TEXT_CHARACTERS:,} characters of text; refusing it")
-        elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > max_integer_bits:
-            raise UserError(f"{what} holds an integer wider than {max_integer_bits} bits; refusing it")
-        else:
-            nodes += _child_count(item)
-            if nodes > max_nodes:
-                raise too_many()
-            stack.extend((child, depth + 1) for child in _children(item))
+            characters = TEXT.check(characters + len(item), what)
+            continue
+        if isinstance(item, int) and not isinstance(item, bool):
+            INTEGER_BITS.check(item.bit_length(), what, max_integer_bits)
+        nodes = NODES.check(nodes + _child_count(item), what, max_nodes)
+        stack.extend((child, depth + 1) for child in _children(item))
 
 
 def check_plain_data(value: Any, what: str) -> None:
@@ -149,27 +174,22 @@ def _check_yaml_events(text, what, loader):
     depth = aliases = 0
     for event in yaml.parse(text, Loader=loader):
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise UserError(f"{what} nests deeper than {MAX_DEPTH} levels; refusing to read it")
+            depth = DEPTH.check(depth + 1, what)
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
         elif isinstance(event, yaml.AliasEvent):
-            aliases += 1
-            if aliases > MAX_YAML_ALIASES:
-                raise UserError(f"{what} uses more than {MAX_YAML_ALIASES} YAML aliases (*name); refusing to expand it")
+            aliases = YAML_ALIASES.check(aliases + 1, what)
 
 
 def parse_yaml_text(text: str, what: str, loader: type = yaml.SafeLoader) -> Any:
     """Plain data from YAML text (a SafeLoader: no objects), bounded before and after it is built.
 
-    Raises UserError for more than MAX_YAML_BYTES, invalid YAML, nesting deeper than MAX_DEPTH, more
-    than MAX_YAML_ALIASES aliases, or a result that expands beyond `check_structure`'s limits (an
+    Raises UserError for more than YAML_BYTES, invalid YAML, nesting deeper than DEPTH, more
+    than YAML_ALIASES aliases, or a result that expands beyond `check_structure`'s limits (an
     anchor referenced many times). The event stream is checked first: the parser is iterative, the
     builder recursive.
     """
-    if len(text) > MAX_YAML_BYTES:
-        raise UserError(f"{what} is larger than {MAX_YAML_BYTES // 1024} KiB; a recipe or config is a few kB")
+    YAML_BYTES.check(len(text), what)
     try:
         _check_yaml_events(text, what, loader)
         value = yaml.load(text, Loader=loader)  # `loader` is a SafeLoader (plain data only)
@@ -193,15 +213,14 @@ def read_bounded(path: str | PathLike, what: str, limit: int, usual: str) -> byt
             data = handle.read(limit + 1)
     except OSError as error:
         raise UserError(f"cannot read {what}: {error.strerror or error}") from None
-    if len(data) > limit:
-        raise UserError(f"{what} is larger than {limit // 1024:,} KiB; {usual}")
+    FILE_BYTES.check(len(data), what, limit, usual=usual)
     return data
 
 
 def load_yaml_file(path: str | PathLike, what: str, loader: type = yaml.SafeLoader) -> Any:
     """`parse_yaml_text` of a UTF-8 file; a missing, unreadable, oversized or non-UTF-8 file is a UserError."""
     path = Path(path)
-    data = read_bounded(path, f"{what} {path}", MAX_YAML_BYTES, "a recipe or config is a few kB")
+    data = read_bounded(path, f"{what} {path}", YAML_BYTES.most, "a recipe or config is a few kB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -229,25 +248,21 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     return value
 
 
-def parse_json(data: bytes | str, what: str, max_nodes: int = MAX_NODES) -> Any:
+def parse_json(data: bytes | str, what: str, max_nodes: int = JSON_VALUES.most) -> Any:
     """Plain data from JSON text, its size in values and its nesting bounded *before* anything is built.
 
     Bytes bound a file but not what it builds: 60 MB of `[[],[],...]` is 20 million lists (1.8 GB).
     The text is scanned first, its strings blanked: more than `max_nodes` commas and openings (an upper
-    bound of the values it holds) or nesting deeper than MAX_DEPTH is refused; invalid JSON, or a
+    bound of the values it holds) or nesting deeper than DEPTH is refused; invalid JSON, or a
     result beyond `check_structure`'s other limits (text, integer widths), or a key given twice in one
     object (the last would silently win), likewise. One UserError.
     """
     data = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     skeleton = _JSON_STRING.sub(b'""', data)
-    values = skeleton.count(b",") + skeleton.count(b"[") + skeleton.count(b"{")
-    if values > max_nodes:
-        raise UserError(f"{what} holds more than {max_nodes:,} JSON values; refusing to read it")
+    JSON_VALUES.check(skeleton.count(b",") + skeleton.count(b"[") + skeleton.count(b"{"), what, max_nodes)
     depth = 0
     for bracket in _JSON_BRACKETS.findall(skeleton):
-        depth += 1 if bracket in b"[{" else -1
-        if depth > MAX_DEPTH:
-            raise UserError(f"{what} nests deeper than {MAX_DEPTH} levels; refusing to read it")
+        depth = DEPTH.check(depth + (1 if bracket in b"[{" else -1), what)
     del skeleton
     try:
         value = json.loads(data, object_pairs_hook=_object_without_duplicates)
@@ -263,10 +278,9 @@ def parse_json(data: bytes | str, what: str, max_nodes: int = MAX_NODES) -> Any:
 
 
 def load_json_file(
-    path: str | PathLike, what: str, usual: str, max_bytes: int = MAX_JSON_BYTES, max_nodes: int = MAX_NODES
+    path: str | PathLike, what: str, usual: str, max_bytes: int = MAX_JSON_BYTES, max_nodes: int = JSON_VALUES.most
 ) -> Any:
     """`parse_json` of a regular file of at most `max_bytes` (`usual`: what size such a file has, for the message)."""
-    check_regular_file(path, what)
     return parse_json(read_bounded(path, what, max_bytes, usual), what, max_nodes)
 
 
@@ -319,7 +333,7 @@ def _unpickled_name(module: str, name: str) -> str:
 def scan_pickle(data: bytes, what: str) -> set[str]:
     """The globals (`module.name`) a pickle names, read from its opcodes before anything is built.
 
-    Refuses more than MAX_PICKLE_OPS opcodes (each builds at most one object, so this bounds the
+    Refuses more than PICKLE_OPS opcodes (each builds at most one object, so this bounds the
     unpickler's time and memory), a call of one of ALLOCATING_GLOBALS, and opcodes that are not a pickle.
     Only GLOBAL / INST name callables in a pickle torch's weights-only unpickler reads; their Python 2 names
     (what protocol 2 writes: `__builtin__.bytearray`) are mapped to the ones the unpickler resolves.
@@ -327,8 +341,7 @@ def scan_pickle(data: bytes, what: str) -> set[str]:
     names = set()
     try:
         for count, (opcode, argument, _) in enumerate(pickletools.genops(data), 1):
-            if count > MAX_PICKLE_OPS:
-                raise UserError(f"{what} has more than {MAX_PICKLE_OPS:,} pickle opcodes; refusing to unpickle it")
+            PICKLE_OPS.check(count, what)
             if opcode.name in ("GLOBAL", "INST"):
                 name = _unpickled_name(*str(argument).split(" ", 1))
                 if name in ALLOCATING_GLOBALS:
@@ -355,8 +368,8 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, keep: bool) 
 def check_zip_members(path: str | PathLike, what: str) -> set[str]:
     """Check a zip checkpoint (what `torch.save` writes) before `torch.load`; returns the globals its pickles name.
 
-    From the zip's directory first: at most MAX_ZIP_MEMBERS members, no pickle or compressed member
-    that would decompress to more than MAX_PICKLE_BYTES (`torch.save` stores members uncompressed, so
+    From the zip's directory first: at most ZIP_MEMBERS members, no pickle or compressed member
+    that would decompress to more than PICKLE_BYTES (`torch.save` stores members uncompressed, so
     a compressed member is a decompression bomb until proven otherwise). Then every member is read
     once: its CRC-32 must match (a flipped byte in a weight is refused, not converted), and each pickle
     passes `scan_pickle`. Tensors are loaded memory-mapped later, so reading them here costs only time.
@@ -364,16 +377,10 @@ def check_zip_members(path: str | PathLike, what: str) -> set[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-            if len(members) > MAX_ZIP_MEMBERS:
-                raise UserError(f"{what} has {len(members):,} zip members, more than {MAX_ZIP_MEMBERS:,}; refusing it")
-            limit = MAX_PICKLE_BYTES
+            ZIP_MEMBERS.check(len(members), what)
             for member in members:
-                compressed = member.compress_type != zipfile.ZIP_STORED
-                if (compressed or member.filename.endswith(".pkl")) and member.file_size > limit:
-                    raise UserError(
-                        f"{what}: member {member.filename} would decompress to {member.file_size:,} bytes, more than "
-                        f"the {limit // 2**20} MiB a checkpoint's pickle or compressed member may have; refusing it"
-                    )
+                if member.compress_type != zipfile.ZIP_STORED or member.filename.endswith(".pkl"):
+                    PICKLE_BYTES.check(member.file_size, what, member=member.filename)
             names = set()
             for member in members:
                 data = _read_member(archive, member, keep=member.filename.endswith(".pkl"))
@@ -448,32 +455,103 @@ def check_finite_weights(model: torch.nn.Module, what: str, advice: str = SAVING
         raise UserError(f"{what} has NaN or infinite weights ({', '.join(broken[:3])}{more}); {advice}")
 
 
-def load_torch_file(path: str | PathLike, what: str, safe_globals: Sequence[Any] = ()) -> Any:
-    """`torch.load(weights_only=True, mmap=True)` of a zip file after `check_zip_members`, its structure
-    bounded by `check_structure`; whatever makes it unreadable is one UserError.
+def _describe(keys: set[str], limit: int = 6) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
-    `safe_globals` are what torch may build beyond its own allow-list (classes, or (stand-in, name) pairs).
+
+def check_state_fits(
+    shapes: Mapping[str, Sequence[int]], expected: Mapping[str, Sequence[int]], what: str, model: str, advice: str
+) -> None:
+    """Refuse weights (`shapes`: name -> shape) unless they are exactly the names of `expected`, each of its shape:
+    one line "`what` does not fit `model`: missing ...; unexpected ...; shape mismatch for ...; `advice`"."""
+    missing, unexpected = set(expected) - set(shapes), set(shapes) - set(expected)
+    parts = [f"missing {_describe(missing)}"] if missing else []
+    parts += [f"unexpected {_describe(unexpected)}"] if unexpected else []
+    wrong = sorted(key for key in set(shapes) & set(expected) if tuple(shapes[key]) != tuple(expected[key]))
+    parts += [
+        f"shape mismatch for {key}: {tuple(shapes[key])}, {model} has {tuple(expected[key])}" for key in wrong[:1]
+    ]
+    if parts:
+        raise UserError(f"{what} does not fit {model}: {'; '.join(parts)}; {advice}")
+
+
+def _refused(what: str, names: Sequence[str], allowed: str) -> UserError:
+    return UserError(
+        f"refusing to load {what}: its pickle needs {', '.join(sorted(names))}; only tensors, plain containers"
+        f"{' and ' + allowed if allowed else ''} are allowed, so nothing from it was run"
+    )
+
+
+def _unreadable(what: str, error: Exception, allowed: str) -> UserError:
+    """One line for whatever `torch.load(weights_only=True)` raised."""
+    message = str(error).strip()
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    if unsupported:
+        return _refused(what, [unsupported.group(1)], allowed)
+    operand = re.search(r"Unsupported operand (\d+)", message)
+    if operand:
+        code = int(operand.group(1))
+        name, protocol = next(((op.name, op.proto) for op in pickletools.opcodes if ord(op.code) == code), ("?", "?"))
+        reason = (
+            f"its pickle uses opcode {code} ({name}, pickle protocol {protocol}), which weights-only loading does not "
+            "read; nothing was run (re-save it with torch.save's default protocol)"
+        )
+    elif "weights_only" in message:
+        reason = "it holds pickled Python objects that are not tensors; refusing to unpickle them"
+    else:
+        reason = message.splitlines()[0][:200] if message else type(error).__name__
+    return UserError(f"{what} is not a readable PyTorch checkpoint: {reason}")
+
+
+def load_torch_file(
+    path: str | PathLike, what: str, safe_globals: Sequence[Any] = (), allowed: str = "", holds: str = "a saved state"
+) -> dict:
+    """The door of every file `torch.save` wrote (foreign checkpoints, a resumed run's optimizer and RNG states):
+    the dict `torch.load(weights_only=True, mmap=True)` reads, or one UserError.
+
+    The file must be a regular file and a zip archive (every `torch.save` since torch 1.6: the legacy format
+    sizes its storages from the file's own claims) that passes `check_zip_members`; a static scan of its
+    pickle names every global beyond torch's allow-list and `safe_globals` (classes, or (stand-in, name)
+    pairs; `allowed` describes them for the message) before anything is unpickled. What it holds must be
+    a dict (`holds`: what it should be, for the message) within `check_structure`'s limits. Tensors are
+    memory-mapped: only the pages of those a caller copies out are read.
     """
+    check_regular_file(path, what)
     if not zipfile.is_zipfile(path):
-        raise UserError(f"{what} is not the zip archive torch.save writes; it is truncated or not a checkpoint")
+        raise UserError(
+            f"{what} is not a readable PyTorch checkpoint: it is not the zip archive torch.save writes (PyTorch >= "
+            "1.6); it is truncated, or re-save an older checkpoint with a current torch"
+        )
     check_zip_members(path, what)
-    try:
-        with torch.serialization.safe_globals(list(safe_globals)):
-            value = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except UserError:
-        raise
-    except Exception as error:  # noqa: BLE001 -- torch raises many types for corrupt, truncated or foreign files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{what} is not a readable checkpoint file: {reason[:200]}") from None
+    with torch.serialization.safe_globals(list(safe_globals)):
+        try:
+            unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            if unknown:
+                raise _refused(what, unknown, allowed)
+            with warnings.catch_warnings():  # e.g. "nested tensors are a prototype": the refusal is the one line
+                warnings.simplefilter("ignore")
+                value = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 -- torch raises many types for corrupt, truncated or foreign files
+            raise _unreadable(what, error, allowed) from None
+    if not isinstance(value, dict):
+        raise UserError(f"{what} holds a {type(value).__name__}, not {holds}")
     check_structure(value, what)
     return value
 
 
-MAX_PARAMETERS = 4_000_000_000  # 16 GB of float32 weights: ten HuBERT Large; a config beyond is a typo or hostile
+# 16 GB of float32 weights: ten HuBERT Large; a config beyond is a typo or hostile.
+PARAMETERS = Limit(
+    4_000_000_000,
+    "{what} describes a model of {count:,} parameters, more than the {most:,} this tool builds; check its sizes "
+    "(hidden_size, intermediate_size, num_hidden_layers)",
+)
 
 
 def check_model_size(build: Callable[[], torch.nn.Module], what: str) -> None:
-    """Build the model `build()` makes on the meta device (no memory) and refuse more than MAX_PARAMETERS.
+    """Build the model `build()` makes on the meta device (no memory) and refuse more than PARAMETERS.
 
     A config is small but says how much memory its model takes (`hidden_size=8000000` asks for
     terabytes): this bounds it before any real tensor is allocated. A config `build` cannot turn into
@@ -485,9 +563,4 @@ def check_model_size(build: Callable[[], torch.nn.Module], what: str) -> None:
     except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError, AssertionError) as error:
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise UserError(f"{what} does not describe a model that can be built: {reason}") from None
-    count = sum(parameter.numel() for parameter in model.parameters())
-    if count > MAX_PARAMETERS:
-        raise UserError(
-            f"{what} describes a model of {count:,} parameters, more than the {MAX_PARAMETERS:,} this tool builds; "
-            "check its sizes (hidden_size, intermediate_size, num_hidden_layers)"
-        )
+    PARAMETERS.check(sum(parameter.numel() for parameter in model.parameters()), what)

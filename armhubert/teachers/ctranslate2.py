@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
 
-from ..cli import UserError
+from ..cli import UserError, first_line
+from ..files.untrusted import Limit, check_regular_file, check_state_fits
 
 MODEL_FILE = "model.bin"
 DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
-MAX_VARIABLES = 100_000
-MAX_RANK = 4
+VARIABLES = Limit(100_000, "{what} declares {count} variables (at most {most}); the file is corrupt")
+RANK = Limit(4, "{what}: variable {key!r} has rank {count} (at most {most}); the file is corrupt")
 # Whisper's special tokens (the same ids in every English-only and multilingual checkpoint's tokenizer.json
 # are looked up by name, not assumed).
 START, NO_TIMESTAMPS, END = "<|startoftranscript|>", "<|notimestamps|>", "<|endoftext|>"
@@ -80,6 +81,7 @@ def read_variables(path: str | PathLike) -> dict[str, np.ndarray]:
     The arrays view a private memory map of the file: copy what you keep (`torch.tensor(array)`).
     """
     name = str(path)
+    check_regular_file(path, name)  # a FIFO named model.bin would block the open
     try:
         with open(path, "rb") as stream:
             buffer = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_COPY)
@@ -89,14 +91,10 @@ def read_variables(path: str | PathLike) -> dict[str, np.ndarray]:
     version, spec, _revision = reader.number("I"), reader.text(), reader.number("I")
     if spec != "WhisperSpec":
         raise UserError(f"{name} holds a CTranslate2 {spec or 'unnamed'} model (format {version}), not Whisper")
-    count = reader.number("I")
-    if count > MAX_VARIABLES:
-        raise UserError(f"{name} declares {count} variables (at most {MAX_VARIABLES}); the file is corrupt")
     variables = {}
-    for _ in range(count):
-        key, rank = reader.text(), reader.number("B")
-        if rank > MAX_RANK:
-            raise UserError(f"{name}: variable {key!r} has rank {rank} (at most {MAX_RANK}); the file is corrupt")
+    for _ in range(VARIABLES.check(reader.number("I"), name)):
+        key = reader.text()
+        rank = RANK.check(reader.number("B"), name, key=key)
         dims = [reader.number("I") for _ in range(rank)]
         dtype, size = reader.number("B"), reader.number("I")
         if dtype not in DTYPES:
@@ -118,29 +116,29 @@ def _layer_count(variables: dict, prefix: str) -> int:
 
 
 def whisper_config(variables: dict[str, np.ndarray]) -> WhisperConfig:
-    """The WhisperConfig the weights' shapes imply (sizes, layers, heads, vocabulary, positions)."""
-    try:
-        width, mels, _ = variables["encoder/conv1/weight"].shape
-        vocabulary = variables["decoder/embeddings/weight"].shape[0]
-        # Whisper's special-token ids, where the vocabulary has them (else 0: tiny random test models).
-        special = {"pad_token_id": 50256, "bos_token_id": 50256, "eos_token_id": 50256, "decoder_start_token_id": 50257}
-        return WhisperConfig(
-            **{key: value if value < vocabulary else 0 for key, value in special.items()},
-            vocab_size=vocabulary,
-            num_mel_bins=int(mels),
-            d_model=int(width),
-            encoder_layers=_layer_count(variables, "encoder/"),
-            decoder_layers=_layer_count(variables, "decoder/"),
-            encoder_attention_heads=int(variables["encoder/num_heads"]),
-            decoder_attention_heads=int(variables["decoder/num_heads"]),
-            encoder_ffn_dim=variables["encoder/layer_0/ffn/linear_0/weight"].shape[0],
-            decoder_ffn_dim=variables["decoder/layer_0/ffn/linear_0/weight"].shape[0],
-            max_source_positions=variables["encoder/position_encodings/encodings"].shape[0],
-            max_target_positions=variables["decoder/position_encodings/encodings"].shape[0],
-            activation_function="gelu",
-        )
-    except (KeyError, ValueError) as error:
-        raise UserError(f"not a complete CTranslate2 Whisper model: missing or misshapen {error}") from None
+    """The WhisperConfig the weights' shapes imply (sizes, layers, heads, vocabulary, positions).
+
+    KeyError for a missing variable, ValueError / TypeError / IndexError for a misshapen one.
+    """
+    width, mels, _ = variables["encoder/conv1/weight"].shape
+    vocabulary = variables["decoder/embeddings/weight"].shape[0]
+    # Whisper's special-token ids, where the vocabulary has them (else 0: tiny random test models).
+    special = {"pad_token_id": 50256, "bos_token_id": 50256, "eos_token_id": 50256, "decoder_start_token_id": 50257}
+    return WhisperConfig(
+        **{key: value if value < vocabulary else 0 for key, value in special.items()},
+        vocab_size=vocabulary,
+        num_mel_bins=int(mels),
+        d_model=int(width),
+        encoder_layers=_layer_count(variables, "encoder/"),
+        decoder_layers=_layer_count(variables, "decoder/"),
+        encoder_attention_heads=int(variables["encoder/num_heads"]),
+        decoder_attention_heads=int(variables["decoder/num_heads"]),
+        encoder_ffn_dim=variables["encoder/layer_0/ffn/linear_0/weight"].shape[0],
+        decoder_ffn_dim=variables["decoder/layer_0/ffn/linear_0/weight"].shape[0],
+        max_source_positions=variables["encoder/position_encodings/encodings"].shape[0],
+        max_target_positions=variables["decoder/position_encodings/encodings"].shape[0],
+        activation_function="gelu",
+    )
 
 
 def _norm(prefix: str) -> dict[str, str]:
@@ -152,7 +150,8 @@ def _linear(prefix: str) -> dict[str, str]:
 
 
 def _split(array: np.ndarray, parts: int, index: int) -> np.ndarray:
-    return np.split(array, parts, axis=0)[index]
+    """Part `index` of `parts` of a fused projection (uneven parts of a misshapen one: `check_state_fits` names it)."""
+    return np.array_split(np.atleast_1d(array), parts, axis=0)[index]
 
 
 def _state_dict(variables: dict[str, np.ndarray], config: WhisperConfig) -> dict[str, torch.Tensor]:
@@ -198,23 +197,19 @@ def _state_dict(variables: dict[str, np.ndarray], config: WhisperConfig) -> dict
 def whisper_from_ctranslate2(folder: str | PathLike) -> WhisperForConditionalGeneration:
     """transformers' `WhisperForConditionalGeneration` (float32, eval mode) with a CTranslate2 folder's weights."""
     variables = read_variables(Path(folder) / MODEL_FILE)
-    config = whisper_config(variables)
-    with torch.device("meta"):
-        model = WhisperForConditionalGeneration(config)
-    try:
+    try:  # the config the shapes imply, the model it describes (on no memory) and the weights that fill it
+        config = whisper_config(variables)
+        with torch.device("meta"):
+            model = WhisperForConditionalGeneration(config)
         state = _state_dict(variables, config)
-    except KeyError as error:
-        raise UserError(f"{folder}: not a complete CTranslate2 Whisper model: missing {error}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [key for key in missing if key != "proj_out.weight"]  # tied to the token embedding
-    if missing or unexpected:
-        raise UserError(
-            f"{folder}: CTranslate2 weights do not fill Whisper: missing {missing[:3]}, extra {unexpected[:3]}"
-        )
+    except (KeyError, ValueError, TypeError, IndexError, ZeroDivisionError) as error:
+        problem = f"missing {error}" if isinstance(error, KeyError) else f"misshapen ({first_line(error)[:120]})"
+        raise UserError(f"{folder}: not a complete CTranslate2 Whisper model: {problem}; the file is corrupt") from None
+    expected = {key: value.shape for key, value in model.state_dict().items() if key != "proj_out.weight"}
+    shapes = {key: value.shape for key, value in state.items()}  # proj_out is tied to the token embedding
+    check_state_fits(shapes, expected, f"{folder}: the CTranslate2 weights", "Whisper", "the file is corrupt")
+    model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
-    for name, value in model.named_parameters():
-        if value.shape != state.get(name, value).shape:
-            raise UserError(f"{folder}: {name} has shape {tuple(value.shape)}; the file is corrupt")
     return model.eval()
 
 

@@ -49,6 +49,9 @@ class TeacherEncoder:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
+    # Why a teacher without `supports_masking` has no mask embedding, for the refusal of masking distillation.
+    no_mask_embedding = "masked_spec_embed; mask_time_prob=0"
+
     @property
     def supports_masking(self) -> bool:
         return getattr(self.model, "masked_spec_embed", None) is not None
@@ -121,6 +124,8 @@ class WhisperTeacher(TeacherEncoder):
         super().__init__(model, name)
         self.extractor = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
         self.window = self.extractor.n_samples  # 480000
+
+    no_mask_embedding = "Whisper encoders have none"
 
     @property
     def supports_masking(self):
@@ -219,13 +224,3 @@ def teacher_encoder(model: PreTrainedModel, name: str, random: bool = False) -> 
         f"teacher {name!r} ({type(model).__name__}) is not a speech encoder this trainer can feed: give a HuBERT, "
         "WavLM, wav2vec2, data2vec-audio, wav2vec2-conformer, UniSpeech-SAT, Whisper or w2v-BERT 2.0 model"
     )
-
-
-def check_mode(teacher: TeacherEncoder, mode: str) -> None:
-    """Refuse a distillation mode the teacher cannot serve, naming the modes that work with it."""
-    if mode == "masking" and not teacher.supports_masking:
-        why = "Whisper encoders have none" if teacher.family == "Whisper" else "masked_spec_embed; mask_time_prob=0"
-        raise UserError(
-            f"teacher {teacher.name!r} has no mask embedding ({why}), which masking distillation needs; "
-            "use distill_mode regression or star with it"
-        )

@@ -24,6 +24,7 @@ from configuration_armhubert import ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
+from ..files.untrusted import check_state_fits
 from ..folders.remote_code import add_remote_code_entries
 from .encoders import whisper_encoder
 
@@ -166,10 +167,10 @@ def student_from_teacher(teacher: PreTrainedModel, reuse_layers: Sequence[int] =
         )
     add_remote_code_entries(config)
     student = ARMHubertModel(config)
-    missing, unexpected = student.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    missing = [name for name in missing if name != "mask_emb"]
-    if missing or unexpected:
-        raise UserError(
-            f"the mirrored student does not match the teacher: missing {missing[:3]}, extra {unexpected[:3]}"
-        )
+    expected = {name: value.shape for name, value in student.state_dict().items() if name != "mask_emb"}
+    shapes = {name: value.shape for name, value in state.items()}
+    check_state_fits(
+        shapes, expected, f"the {type(teacher).__name__} teacher", "its mirrored student", "it cannot be mirrored"
+    )
+    student.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     return student.eval()
