@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from filelock import FileLock
 from helpers import TINY_CKPT, load_script, tiny_config
 from hostile import digest, file_size_limited, long_flac, refusal, run_capped, run_child
 from transformers import HubertConfig, Wav2Vec2CTCTokenizer
@@ -961,29 +962,43 @@ for name, argv in json.loads(sys.argv[1]):
 """
 
 
-@pytest.fixture(scope="module")
-def onnx_full_disk(tmp_path_factory):
-    """Both cases of the test below, run in one child: for each `existing` (an --output there before or not), the
-    --output, the digest of the encoder and the output's folder before the run, then the exit status and stderr."""
-    encoder = tmp_path_factory.mktemp("encoder")
+def _full_disk_cases(root):
+    """Both cases of the test below, run in one child in `root`: for each `existing` (an --output there before or
+    not), the encoder, the --output, the digest of both folders before the run, then the exit status and stderr."""
+    encoder = root / "encoder"
     ARMHubertModel(tiny_config()).save_pretrained(encoder)
     release_feature_extractor().save_pretrained(encoder)
     cases = {}
     for existing in (False, True):
-        output = tmp_path_factory.mktemp("full-disk") / "out" / "model.onnx"
-        output.parent.mkdir()
+        output = root / f"existing-{existing}" / "out" / "model.onnx"
+        output.parent.mkdir(parents=True)
         if existing:
             output.write_bytes(b"the previous export")
         argv = [encoder, "--output", output, "--overwrite", "--latency_seconds", "0.5", "--latency_runs", "1"]
         before = digest(encoder, output.parent)
-        cases[existing] = dict(encoder=encoder, output=output, argv=[str(arg) for arg in argv], before=before)
+        cases[existing] = dict(encoder=str(encoder), output=str(output), argv=list(map(str, argv)), before=before)
     child = run_child(_EXPORT_FSIZE_CASES, [json.dumps([(existing, case["argv"]) for existing, case in cases.items()])])
     assert child.returncode == 0, child.stderr[-3000:]
     for line in child.stdout.splitlines():
         if line.startswith("["):
             existing, code, stderr = json.loads(line)
             cases[existing].update(code=code, stderr=stderr)
-    return cases
+    return [cases[False], cases[True]]
+
+
+@pytest.fixture(scope="module")
+def onnx_full_disk(tmp_path_factory):
+    """`_full_disk_cases`, {existing: case}, run once a session: under pytest-xdist by the first worker that needs
+    it, in the folder the workers share and under a file lock there, the others reading what it wrote."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    results = shared / "onnx-full-disk.json"
+    with FileLock(shared / "onnx-full-disk.lock"):
+        if not results.exists():
+            results.write_text(json.dumps(_full_disk_cases(shared / "onnx-full-disk")))
+    cases = json.loads(results.read_text())
+    return {existing: dict(case, output=Path(case["output"])) for existing, case in zip((False, True), cases)}
 
 
 @pytest.mark.parametrize("existing", [False, True])
