@@ -261,3 +261,29 @@ def run_offline(command: list, cwd=None) -> subprocess.CompletedProcess:
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "Traceback" not in result.stderr
     return result
+
+
+_ONNX_GRAPHS = {}  # the graphs `memoize_onnx_export` exported in this process, by model
+
+
+def memoize_onnx_export(module, setattr=setattr):
+    """Replace `module.export_onnx` (the command's `armhubert.deploy.export_onnx`) by one that exports each model
+    once in this process and gives the same bytes for a model equal to it (class, config and every tensor), for
+    tests that run a command on one model several times: each export costs 10-30 s of CPU. Pass
+    `monkeypatch.setattr` as `setattr` to have it undone after the test."""
+    import hashlib
+
+    export = module.export_onnx
+
+    def export_once(model, opset=None):
+        digest = hashlib.sha256(f"{type(model).__name__} {model.config.to_json_string()} {opset}".encode())
+        for name, tensor in model.state_dict().items():
+            digest.update(
+                name.encode() + tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+            )
+        key = digest.hexdigest()
+        if key not in _ONNX_GRAPHS:
+            _ONNX_GRAPHS[key] = export(model, opset)
+        return _ONNX_GRAPHS[key]
+
+    setattr(module, "export_onnx", export_once)

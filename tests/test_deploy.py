@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import load_script, random_model, tiny_config
+from helpers import load_script, memoize_onnx_export, random_model, tiny_config
 
 from armhubert.cli import UserError
 from armhubert.convert.folders import save_model_folder
@@ -160,8 +160,9 @@ def tiny_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
-def test_export_writes_a_checked_int8_or_fp16_graph(tiny_folder, tmp_path, capsys, precision):
+def test_export_writes_a_checked_int8_or_fp16_graph(tiny_folder, tmp_path, capsys, monkeypatch, precision):
     export_onnx = load_script("export_onnx")
+    memoize_onnx_export(export_onnx, monkeypatch.setattr)  # one export of tiny_folder's model for all four runs
     output = tmp_path / f"model.{precision}.onnx"
     argv = [str(tiny_folder), "--output", str(output), "--precision", precision, "--latency-seconds", "1"]
     code = export_onnx.main([*argv, "--latency-runs", "1"])

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from filelock import FileLock
 from helpers import TINY_CKPT, load_script, tiny_config
 from hostile import digest, file_size_limited, long_flac, refusal, run_capped, run_child
 from transformers import HubertConfig, Wav2Vec2CTCTokenizer
@@ -944,27 +945,69 @@ def test_every_tool_refuses_hostile_input_in_one_line_bounded_fast_and_leaves_th
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.onnx").exists()
 
 
-_EXPORT_FSIZE_CHILD = file_size_limited(
-    'from helpers import load_script\nexport = load_script("export_onnx")', "export.main"
-)
+# Runs each (name, argv) of argv[1] through the ONNX exporter under a 100 kB file-size limit, as `file_size_limited`
+# runs one, and prints [name, exit status, what the command wrote on stderr] per case: the cases export one model,
+# once (`memoize_onnx_export`), after one start-up.
+_EXPORT_FSIZE_CASES = """
+import contextlib, io, json, resource, sys
+from helpers import load_script, memoize_onnx_export
+export = load_script("export_onnx")
+memoize_onnx_export(export)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+for name, argv in json.loads(sys.argv[1]):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        code = export.main(argv)
+    print(json.dumps([name, code, stderr.getvalue()]), flush=True)
+"""
+
+
+def _full_disk_cases(root):
+    """Both cases of the test below, run in one child in `root`: for each `existing` (an --output there before or
+    not), the encoder, the --output, the digest of both folders before the run, then the exit status and stderr."""
+    encoder = root / "encoder"
+    ARMHubertModel(tiny_config()).save_pretrained(encoder)
+    release_feature_extractor().save_pretrained(encoder)
+    cases = {}
+    for existing in (False, True):
+        output = root / f"existing-{existing}" / "out" / "model.onnx"
+        output.parent.mkdir(parents=True)
+        if existing:
+            output.write_bytes(b"the previous export")
+        argv = [encoder, "--output", output, "--overwrite", "--latency_seconds", "0.5", "--latency_runs", "1"]
+        before = digest(encoder, output.parent)
+        cases[existing] = dict(encoder=str(encoder), output=str(output), argv=list(map(str, argv)), before=before)
+    child = run_child(_EXPORT_FSIZE_CASES, [json.dumps([(existing, case["argv"]) for existing, case in cases.items()])])
+    assert child.returncode == 0, child.stderr[-3000:]
+    for line in child.stdout.splitlines():
+        if line.startswith("["):
+            existing, code, stderr = json.loads(line)
+            cases[existing].update(code=code, stderr=stderr)
+    return [cases[False], cases[True]]
+
+
+@pytest.fixture(scope="module")
+def onnx_full_disk(tmp_path_factory):
+    """`_full_disk_cases`, {existing: case}, run once a session: under pytest-xdist by the first worker that needs
+    it, in the folder the workers share and under a file lock there, the others reading what it wrote."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    results = shared / "onnx-full-disk.json"
+    with FileLock(shared / "onnx-full-disk.lock"):
+        if not results.exists():
+            results.write_text(json.dumps(_full_disk_cases(shared / "onnx-full-disk")))
+    cases = json.loads(results.read_text())
+    return {existing: dict(case, output=Path(case["output"])) for existing, case in zip((False, True), cases)}
 
 
 @pytest.mark.parametrize("existing", [False, True])
-def test_an_onnx_export_that_cannot_write_gives_one_line_and_keeps_the_previous_file(tmp_path, existing):
-    """A full disk (emulated by a 100 kB file-size limit; the graph is about 450 kB): one line, exit 2, the
+def test_an_onnx_export_that_cannot_write_gives_one_line_and_keeps_the_previous_file(onnx_full_disk, existing):
+    """A full disk (emulated by a 100 kB file-size limit; the graph is about 1.1 MB): one line, exit 2, the
     previous --output as it was (or none), no temporary file left."""
-    encoder = tmp_path / "encoder"
-    ARMHubertModel(tiny_config()).save_pretrained(encoder)
-    release_feature_extractor().save_pretrained(encoder)
-    output = tmp_path / "out" / "model.onnx"
-    output.parent.mkdir()
-    if existing:
-        output.write_bytes(b"the previous export")
-    before = digest(tmp_path)
-    argv = [encoder, "--output", output, "--overwrite", "--latency_seconds", "0.5", "--latency_runs", "1"]
-    child = run_child(_EXPORT_FSIZE_CHILD, argv)
-    lines = child.stdout.strip().splitlines()
-    assert child.returncode == 2 and len(lines) == 1, (child.stdout, child.stderr[-2000:])
+    case = onnx_full_disk[existing]
+    output, lines = case["output"], case["stderr"].strip().splitlines()
+    assert case["code"] == 2 and len(lines) == 1, case
     assert f"could not write {output} (File too large); free disk space" in lines[0], lines
-    assert digest(tmp_path) == before
+    assert digest(case["encoder"], output.parent) == case["before"]
     assert sorted(p.name for p in output.parent.iterdir()) == (["model.onnx"] if existing else [])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import REMOTE_CODE, ROOT, TINY_CKPT, load_script, tiny_config, waveform
+from helpers import REMOTE_CODE, ROOT, TINY_CKPT, load_script, run_main, tiny_config, waveform
 from transformers import Trainer, TrainingArguments
 
 from armhubert.cli import EXTRAS
@@ -275,17 +275,10 @@ def _code_files(folder):
     return sorted(path.name for path in folder.rglob("*.py"))
 
 
-def test_converted_folder_loads_without_the_repository(converted_tiny, tmp_path):
+def test_converted_folder_loads_without_the_repository(converted_tiny, tmp_path, capsys):
     folder = tmp_path / "converted"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "convert_checkpoint.py"), str(TINY_CKPT), "--output-dir", str(folder)],
-        cwd=tmp_path,
-        env=_clean_env(tmp_path, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    code, err = run_main(capsys, TINY_CKPT, "--output-dir", folder)  # the converter command, in this process
+    assert code == 0, err
     assert _code_files(folder) == REMOTE_CODE
     audio = waveform(8000, seed=3)
     remote = _load_remote_only(folder, "AutoModel", audio, tmp_path)

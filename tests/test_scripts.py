@@ -1,6 +1,7 @@
 """scripts/ are entry points: they run from any folder (no sys.path set-up), and make_corpus.py builds
 its corpus atomically (with a stand-in for espeak-ng, which the test machine need not have)."""
 
+import json
 import os
 import stat
 import subprocess
@@ -25,30 +26,66 @@ HELP_STARTS = {
 }
 
 
+# Runs each script of argv[1] [(name, script, args)] as `python SCRIPT ARGS` would, in a child forked from one
+# interpreter that has paid for the third-party imports every script shares (torch, transformers' model and
+# processor code, datasets; ~5 s of CPU a start): the child gets the script's folder as sys.path[0], its argv and
+# `__main__`, and nothing of the repository is imported before it; it writes NAME.out / NAME.err and NAME.code.
+_FORKED_SCRIPTS = r"""
+import json, os, runpy, sys, traceback
+import datasets, torch, transformers.modeling_utils, transformers.processing_utils
+
+children = {}
+for name, script, args in json.loads(sys.argv[1]):
+    sys.stdout.flush(), sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        children[pid] = name
+        continue
+    for fd, suffix in ((1, "out"), (2, "err")):
+        os.dup2(os.open(f"{name}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    sys.argv, sys.path[0] = [script, *args], os.path.dirname(script)
+    try:
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as exit:  # as the interpreter exits: None is 0, a number itself, anything else printed, 1
+        code = exit.code if isinstance(exit.code, int) else exit.code is not None and (print(exit.code, file=sys.stderr) or 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush(), sys.stderr.flush()
+    open(f"{name}.code", "w").write(str(code))
+    os._exit(code)
+for _ in children:
+    pid, status = os.wait()
+    assert os.waitstatus_to_exitcode(status) >= 0, (children[pid], status)
+"""
+
+
 def test_scripts_run_from_another_folder(tmp_path):
-    """`python /path/to/scripts/X.py --help` from a folder that is not the repository (run in parallel: each
-    start imports torch and transformers); a user error there is one line and exit status 2."""
+    """`python /path/to/scripts/X.py --help` from a folder that is not the repository (each script in a child
+    forked from one interpreter that imported torch and transformers, run in parallel); a user error there is one
+    line and exit status 2."""
     commands = {name: [f"{name}.py", "--help"] for name in HELP_STARTS}
-    commands["finetune_ctc error"] = ["finetune_ctc.py", "--output_dir", str(tmp_path / "out")]
+    commands["finetune_ctc_error"] = ["finetune_ctc.py", "--output_dir", str(tmp_path / "out")]
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
-    processes = {
-        name: subprocess.Popen(
-            [sys.executable, str(SCRIPTS / script), *argv],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, (script, *argv) in commands.items()
-    }
-    results = {name: (*process.communicate(timeout=300), process.returncode) for name, process in processes.items()}
+    request = [(name, str(SCRIPTS / script), argv) for name, (script, *argv) in commands.items()]
+    driver = subprocess.run(
+        [sys.executable, "-c", _FORKED_SCRIPTS, json.dumps(request)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert driver.returncode == 0, driver.stderr[-2000:]
+    read = lambda name, suffix: (tmp_path / f"{name}.{suffix}").read_text()  # noqa: E731
+    results = {name: (read(name, "out"), read(name, "err"), int(read(name, "code"))) for name in commands}
 
     for name, start in HELP_STARTS.items():
         out, err, code = results[name]
         assert code == 0 and out.startswith(start), (name, code, err[-2000:])
-    out, err, code = results["finetune_ctc error"]
+    out, err, code = results["finetune_ctc_error"]
     assert code == 2 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("finetune_ctc.py: error: no model given")
     assert not (tmp_path / "out").exists()
