@@ -143,20 +143,27 @@ def check_fields(arguments: typing.Any, prefix: str = "--", null: str | None = N
 
     for rule in _rules(type(arguments)):
         value = getattr(arguments, rule.name)
-        name = f"{prefix}{rule.name}"
         or_null = f" or {null}" if null and rule.optional else ""
         for item in value if isinstance(value, (list, tuple)) else [value]:
+            expected = None
             if item is None:
                 continue
             if rule.choices is not None and item not in rule.choices:
-                raise UserError(
-                    f"{name} must be one of {', '.join(map(str, rule.choices))}{or_null}, got {brief(item)}"
-                )
-            kind = "an integer" if rule.integer else "a finite number"
-            if rule.bounds is not None and not rule.bounds.allows(item):
-                raise UserError(f"{name} must be {kind} {rule.bounds}{or_null}, got {brief(item)}")
-            if isinstance(item, float) and not math.isfinite(item):
-                raise UserError(f"{name} must be a finite number, got {item}")
+                expected = f"one of {', '.join(map(str, rule.choices))}{or_null}"
+            elif rule.bounds is not None and not rule.bounds.allows(item):
+                expected = f"{'an integer' if rule.integer else 'a finite number'} {rule.bounds}{or_null}"
+            elif isinstance(item, float) and not math.isfinite(item):
+                expected = "a finite number"
+            if expected:
+                raise UserError(f"{prefix}{rule.name} must be {expected}, got {brief(item)}")
+
+
+def check_cuda(device: str, flag: str = "--device") -> None:
+    """Refuse a CUDA `device` (`cuda`, `cuda:N`) where torch sees no CUDA GPU, naming the option that asked."""
+    import torch  # only commands that take a device ask
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"{flag} {device} needs a CUDA GPU and torch.cuda.is_available() is False; use {flag} cpu")
 
 
 class CommandParser(HfArgumentParser):

@@ -41,7 +41,7 @@ from instruments.profiling import (
 )
 from transformers import HubertConfig, HubertModel, WavLMConfig, WavLMModel
 
-from armhubert.cli import CommandParser, UserError, at_least, check_fields, run_main
+from armhubert.cli import CommandParser, UserError, at_least, check_cuda, check_fields, run_main
 from armhubert.files.atomic import atomic_output_file, atomic_write_text
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
@@ -128,8 +128,7 @@ def check_arguments(args):
     bad = [spec for spec in variants if split_name(spec)[1] not in VARIANTS or split_name(spec)[0] not in PRESETS]
     if bad:
         raise UserError(f"unknown variant in {', '.join(bad)}; presets take :{', :'.join(VARIANTS)}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda needs a CUDA GPU and torch.cuda.is_available() is False; use --device cpu")
+    check_cuda(args.device)
     if args.dtype == "float16" and args.device == "cpu":
         raise UserError("--dtype float16 needs --device cuda (CPU float16 kernels are slow); use bfloat16 or float32")
     if args.clock == "process" and args.device == "cuda":

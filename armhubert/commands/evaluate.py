@@ -39,7 +39,7 @@ import pyarrow.compute
 import torch
 from transformers import AutoFeatureExtractor, PreTrainedModel, Wav2Vec2CTCTokenizer
 
-from armhubert.cli import CommandParser, UserError, at_least, run_main
+from armhubert.cli import CommandParser, UserError, at_least, check_cuda, run_main
 from armhubert.files.atomic import atomic_write_text, check_output_file
 from armhubert.files.untrusted import brief, check_finite_weights
 from armhubert.folders.model_folders import (
@@ -103,8 +103,7 @@ def parse_arguments(argv: Sequence[str] | None) -> tuple[str, EvaluateArguments]
     args, rest = parser.parse_into_dataclasses(argv)
     if not args.data:
         raise UserError("--data is required: a folder, a CSV file or a datasets dataset to evaluate on")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda needs a CUDA GPU and torch.cuda.is_available() is False; use --device cpu")
+    check_cuda(args.device)
     if args.output_json is not None:
         check_output_json(args, [rest.model, args.data])
     return rest.model, args

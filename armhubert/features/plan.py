@@ -24,7 +24,7 @@ import torch
 from configuration_armhubert import PRESETS, SAMPLING_RATE
 from pipeline_armhubert import CHUNK_LENGTH_S, STRIDE_LENGTH_S
 
-from ..cli import UserError, above, between, check_fields
+from ..cli import UserError, above, between, check_cuda, check_fields
 from ..speech.audio import MAX_AUDIO_SECONDS
 from .units import check_num_units
 
@@ -233,6 +233,5 @@ def current_processes(device: str) -> tuple[Processes, torch.device]:
             chosen = torch.device(device)
         except RuntimeError:
             raise UserError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-        if chosen.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
+        check_cuda(device)
     return Processes(state.process_index, state.num_processes, state.wait_for_everyone), chosen
