@@ -125,7 +125,10 @@ def _rules(cls: type) -> tuple[_Rule, ...]:
     for declared in dataclasses.fields(cls):
         options = type_options(hints[declared.name])
         items = [typing.get_args(option)[0] if typing.get_origin(option) is list else option for option in options]
-        literals = [typing.get_args(item) for item in items if typing.get_origin(item) is Literal]
+        values = [item for item in items if item is not type(None)]
+        literals = [typing.get_args(item) for item in values if typing.get_origin(item) is Literal]
+        if len(literals) != len(values):  # e.g. `str | Literal[False]`: text too
+            literals = []
         integer = int in items and float not in items
         optional = type(None) in options
         rules.append(
@@ -145,9 +148,9 @@ def check_fields(arguments: typing.Any, prefix: str = "--", null: str | None = N
         value = getattr(arguments, rule.name)
         or_null = f" or {null}" if null and rule.optional else ""
         for item in value if isinstance(value, (list, tuple)) else [value]:
-            expected = None
             if item is None:
                 continue
+            expected = None
             if rule.choices is not None and item not in rule.choices:
                 expected = f"one of {', '.join(map(str, rule.choices))}{or_null}"
             elif rule.bounds is not None and not rule.bounds.allows(item):
