@@ -4,14 +4,27 @@ Every command (root CLIs and scripts) raises `UserError` (or a subclass such as
 `armhubert.speech.audio.DataError`) for bad input, and runs its `main` through `run_main`, which prints one
 line `prog: error: ...` on stderr and returns exit status 2, without a traceback. An `OSError` that
 reaches `run_main` (a full disk, a read-only or vanished folder) is reported the same way.
+
+Command-line arguments and recipe values have one door, `check_fields`: an arguments dataclass declares each
+field's choices as its `Literal[...]` type and its numeric range as `bounds` in the field's metadata
+(`field(default=8, metadata={"help": ..., "bounds": at_least(1)})`); `CommandParser.parse_into_dataclasses`
+checks every dataclass it returns, Python callers and `__post_init__`s call `check_fields` themselves, and the
+code after it trusts every field. Rules that relate two fields stay explicit checks beside it.
 """
 
+import dataclasses
+import functools
 import importlib.util
+import math
 import re
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 from transformers import HfArgumentParser
+from transformers.hf_argparser import make_choice_type_function
 
 from .progress import quiet_when_piped
 
@@ -44,6 +57,118 @@ def require_extra(extra: str, what: str) -> None:
         raise MissingExtra(f"{what} needs {', '.join(missing)}: pip install 'armhubert[{extra}]'")
 
 
+def _number_text(number: float) -> str:
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The numbers a field takes: from `low` to `high`, both included unless `low_open` (NaN and infinity never)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {_number_text(self.low)}"
+        if self.low == -math.inf:
+            return f"<= {_number_text(self.high)}"
+        return f"in {'(' if self.low_open else '['}{_number_text(self.low)}, {_number_text(self.high)}]"
+
+    def allows(self, value: typing.Any) -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return False
+        return (value > self.low if self.low_open else value >= self.low) and value <= self.high
+
+
+def at_least(low: float) -> Bounds:
+    return Bounds(low)
+
+
+def above(low: float, high: float = math.inf) -> Bounds:
+    return Bounds(low, high, low_open=True)
+
+
+def between(low: float, high: float) -> Bounds:
+    return Bounds(low, high)
+
+
+def type_options(annotation: typing.Any) -> tuple:
+    """The alternatives of a (possibly optional / union) annotation."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+    """What `check_fields` knows of one field: its bounds, its choices, and how to name its kind of value."""
+
+    name: str
+    bounds: Bounds | None
+    choices: tuple | None
+    integer: bool
+    optional: bool
+
+
+@functools.cache
+def _rules(cls: type) -> tuple[_Rule, ...]:
+    """The rules of a dataclass's fields; a field redeclared without `bounds` keeps those of a base class."""
+    bounds = {}
+    for klass in reversed(cls.__mro__):
+        for declared in vars(klass).get("__dataclass_fields__", {}).values():
+            if "bounds" in declared.metadata:
+                bounds[declared.name] = declared.metadata["bounds"]
+    hints = typing.get_type_hints(cls)
+    rules = []
+    for declared in dataclasses.fields(cls):
+        options = type_options(hints[declared.name])
+        items = [typing.get_args(option)[0] if typing.get_origin(option) is list else option for option in options]
+        values = [item for item in items if item is not type(None)]
+        literals = [typing.get_args(item) for item in values if typing.get_origin(item) is Literal]
+        if len(literals) != len(values):  # e.g. `str | Literal[False]`: text too
+            literals = []
+        integer = int in items and float not in items
+        optional = type(None) in options
+        rules.append(
+            _Rule(declared.name, bounds.get(declared.name), literals[0] if literals else None, integer, optional)
+        )
+    return tuple(rules)
+
+
+def check_fields(arguments: typing.Any, prefix: str = "--", null: str | None = None) -> None:
+    """Refuse, in one `UserError` line naming the field (`prefix` + its name), its allowed values and the value
+    given: a number outside the field's `bounds`, NaN or infinity in any number field, a value its `Literal`
+    type does not list. Each item of a list field is checked alike; None (not set) passes. `null`: the word
+    for None in the message of an optional field (a recipe's `null`; a command line cannot give None)."""
+    from .files.untrusted import brief  # untrusted.py imports this module
+
+    for rule in _rules(type(arguments)):
+        value = getattr(arguments, rule.name)
+        or_null = f" or {null}" if null and rule.optional else ""
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is None:
+                continue
+            expected = None
+            if rule.choices is not None and item not in rule.choices:
+                expected = f"one of {', '.join(map(str, rule.choices))}{or_null}"
+            elif rule.bounds is not None and not rule.bounds.allows(item):
+                expected = f"{'an integer' if rule.integer else 'a finite number'} {rule.bounds}{or_null}"
+            elif isinstance(item, float) and not math.isfinite(item):
+                expected = "a finite number"
+            if expected:
+                raise UserError(f"{prefix}{rule.name} must be {expected}, got {brief(item)}")
+
+
+def check_cuda(device: str, flag: str = "--device") -> None:
+    """Refuse a CUDA `device` (`cuda`, `cuda:N`) where torch sees no CUDA GPU, naming the option that asked."""
+    import torch  # only commands that take a device ask
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"{flag} {device} needs a CUDA GPU and torch.cuda.is_available() is False; use {flag} cpu")
+
+
 class CommandParser(HfArgumentParser):
     """The argument parser of every command: `HfArgumentParser` (a dataclass's fields become `--field` flags),
     with the project's one flag style and one-line errors.
@@ -61,6 +186,12 @@ class CommandParser(HfArgumentParser):
             self.prog = prog
 
     def add_argument(self, *names, **kwargs):
+        bounds = kwargs.pop("bounds", None)  # checked by check_fields, after parsing
+        if bounds is not None and kwargs.get("help"):
+            kwargs["help"] = f"{kwargs['help']} ({bounds})"
+        if typing.get_origin(kwargs.get("type")) is Literal:  # list[Literal[...]]: each item one of them
+            kwargs["choices"] = typing.get_args(kwargs["type"])
+            kwargs["type"] = make_choice_type_function(kwargs["choices"])
         spellings = [f"--{name[2:].replace('-', '_')}" if name.startswith("--") else name for name in names]
         aliases = [f"--{name[2:].replace('_', '-')}" for name in spellings if name.startswith("--") and "_" in name]
         return super().add_argument(*dict.fromkeys([*spellings, *aliases]), **kwargs)
@@ -69,11 +200,16 @@ class CommandParser(HfArgumentParser):
         raise UserError(re.sub(r"^argument (--\w+)(?:/--[\w-]+)*: ", r"\1: ", message))
 
     def parse_into_dataclasses(self, argv: Sequence[str] | None) -> tuple:
-        """`parse_args_into_dataclasses`, a dataclass's refusal (`__post_init__`'s ValueError) as one line."""
+        """`parse_args_into_dataclasses`, a dataclass's refusal (`__post_init__`'s ValueError) as one line, and
+        every dataclass's fields checked (`check_fields`)."""
         try:
-            return self.parse_args_into_dataclasses(args=argv)
+            parsed = self.parse_args_into_dataclasses(args=argv)
         except ValueError as error:
             raise UserError(first_line(error)) from None
+        for arguments in parsed:
+            if dataclasses.is_dataclass(arguments):
+                check_fields(arguments)
+        return parsed
 
 
 def error_line(error: BaseException) -> str:

@@ -29,6 +29,7 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 from instruments.profiling import (
@@ -40,7 +41,7 @@ from instruments.profiling import (
 )
 from transformers import HubertConfig, HubertModel, WavLMConfig, WavLMModel
 
-from armhubert.cli import CommandParser, UserError, run_main
+from armhubert.cli import CommandParser, UserError, at_least, check_cuda, check_fields, run_main
 from armhubert.files.atomic import atomic_output_file, atomic_write_text
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
@@ -77,19 +78,31 @@ class BenchmarkArguments:
         default_factory=lambda: list(MODELS),
         metadata={"help": f"Models ({', '.join(MODELS)} or a preset, [:{'|'.join(VARIANTS)}]); HuBERT Base is added."},
     )
-    seconds: list[float] = field(default_factory=lambda: [2.0, 10.0, 30.0], metadata={"help": "Audio lengths (s)."})
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8], metadata={"help": "Batch sizes."})
-    device: str = field(default="cpu", metadata={"help": "cpu or cuda."})
-    dtype: str = field(default="float32", metadata={"help": "float32, or float16 / bfloat16 (float16 on cuda only)."})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads (set_num_threads); default: torch's."})
-    warmup: int = field(default=1, metadata={"help": "Untimed runs per case before timing (at least 1)."})
-    repeats: int = field(default=3, metadata={"help": "Timed runs per case; latency is their median."})
+    seconds: list[float] = field(  # 400 samples: the receptive field
+        default_factory=lambda: [2.0, 10.0, 30.0], metadata={"help": "Audio lengths (s).", "bounds": at_least(0.05)}
+    )
+    batch_sizes: list[int] = field(
+        default_factory=lambda: [1, 8], metadata={"help": "Batch sizes.", "bounds": at_least(1)}
+    )
+    device: Literal["cpu", "cuda"] = field(default="cpu", metadata={"help": "cpu or cuda."})
+    dtype: Literal[tuple(DTYPES)] = field(
+        default="float32", metadata={"help": "float32, or float16 / bfloat16 (float16 on cuda only)."}
+    )
+    threads: int | None = field(
+        default=None, metadata={"help": "CPU threads (set_num_threads); default: torch's.", "bounds": at_least(1)}
+    )
+    warmup: int = field(default=1, metadata={"help": "Untimed runs per case before timing.", "bounds": at_least(1)})
+    repeats: int = field(
+        default=3, metadata={"help": "Timed runs per case; latency is their median.", "bounds": at_least(1)}
+    )
     max_audio_per_pass: float = field(
         default=80.0,
         metadata={"help": "Skip cases above this many seconds of audio per pass; 240 adds batch 8 x 30 s (slow)."},
     )
-    outputs: str = field(default="all", metadata={"help": "all: every layer output and projection; last: model(x)."})
-    clock: str = field(
+    outputs: Literal["all", "last"] = field(
+        default="all", metadata={"help": "all: every layer output and projection; last: model(x)."}
+    )
+    clock: Literal[tuple(CLOCKS)] = field(
         default="wall", metadata={"help": "wall: elapsed time; process: CPU time (steadier on a shared CPU, 1 thread)."}
     )
     output_dir: str = field(default="runs/benchmark", metadata={"help": "Where the JSON and PNG go."})
@@ -104,6 +117,8 @@ def split_name(spec):
 
 
 def check_arguments(args):
+    """What the fields' own choices and bounds (checked here for Python callers too) do not say."""
+    check_fields(args)
     unknown = [spec for spec in args.models if split_name(spec)[0] not in MODELS and split_name(spec)[0] not in PRESETS]
     if unknown:
         raise UserError(
@@ -113,23 +128,11 @@ def check_arguments(args):
     bad = [spec for spec in variants if split_name(spec)[1] not in VARIANTS or split_name(spec)[0] not in PRESETS]
     if bad:
         raise UserError(f"unknown variant in {', '.join(bad)}; presets take :{', :'.join(VARIANTS)}")
-    if args.device not in ("cpu", "cuda"):
-        raise UserError(f"--device must be cpu or cuda, got {args.device!r}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda needs a CUDA GPU and torch.cuda.is_available() is False; use --device cpu")
-    if args.dtype not in DTYPES:
-        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
+    check_cuda(args.device)
     if args.dtype == "float16" and args.device == "cpu":
         raise UserError("--dtype float16 needs --device cuda (CPU float16 kernels are slow); use bfloat16 or float32")
-    if args.outputs not in ("all", "last"):
-        raise UserError(f"--outputs must be all or last, got {args.outputs!r}")
-    if args.clock not in CLOCKS or (args.clock == "process" and args.device == "cuda"):
-        raise UserError(f"--clock must be wall, or process on a CPU, got {args.clock!r}")
-    if min(args.seconds) < 0.05:
-        raise UserError(f"every --seconds value must be at least 0.05 (400 samples), got {min(args.seconds)}")
-    threads_ok = args.threads is None or args.threads >= 1
-    if min(args.batch_sizes) < 1 or args.repeats < 1 or args.warmup < 1 or not threads_ok:
-        raise UserError("--batch_sizes, --repeats, --warmup and --threads must be at least 1")
+    if args.clock == "process" and args.device == "cuda":
+        raise UserError("--clock process measures CPU time, not the GPU's; use --clock wall with --device cuda")
     if not benchmark_cases(args):
         raise UserError(f"no case fits --max_audio_per_pass {args.max_audio_per_pass:g} s; raise it")
 

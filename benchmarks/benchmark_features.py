@@ -41,7 +41,7 @@ import torch
 from instruments.feature_baselines import corpus_files, naive_loop, run_tool
 from instruments.profiling import LiveTensorBytes, state_tensors
 
-from armhubert.cli import CommandParser, UserError, run_main
+from armhubert.cli import CommandParser, UserError, at_least, run_main
 from armhubert.deploy.timing import times_taking_turns
 from armhubert.features.encoding import Chunking, Encoder, Streamed, encode_streamed, load_encoder, select_layers
 from armhubert.features.storage import ShardWriter
@@ -67,7 +67,10 @@ class FeatureBenchmarkArguments:
     preset: str = field(default="armhubert-960h", metadata={"help": "Random-weight preset when no --model."})
     data_dir: str = field(default=str(BUNDLED_CORPUS.parent), metadata={"help": "Folder holding LibriSpeech/."})
     splits: str = field(default="train-clean-100,dev-clean,test-clean", metadata={"help": "Splits encoded."})
-    repeats: int = field(default=3, metadata={"help": "Interleaved rounds (throughput contenders, chunking lengths)."})
+    repeats: int = field(
+        default=3,
+        metadata={"help": "Interleaved rounds (throughput contenders, chunking lengths).", "bounds": at_least(1)},
+    )
     max_batch_seconds: float = field(default=100.0, metadata={"help": "Padded audio per batch (tool and loop)."})
     long_minutes: float = field(default=10.0, metadata={"help": "Length of the long synthetic recording."})
     fidelity_models: str = field(default="fixture", metadata={"help": "Model folders, 'fixture' or presets."})
@@ -75,7 +78,7 @@ class FeatureBenchmarkArguments:
     units_model: str | None = field(default=None, metadata={"help": "Distilled student for the units section."})
     units_k: int = field(default=50, metadata={"help": "Units of the codebook in the units section."})
     units_layer: int | None = field(default=None, metadata={"help": "Layer of the units (default: the last)."})
-    threads: int = field(default=2, metadata={"help": "torch threads."})
+    threads: int = field(default=2, metadata={"help": "torch threads.", "bounds": at_least(1)})
 
 
 def bundled_files(args: FeatureBenchmarkArguments) -> list[Path]:

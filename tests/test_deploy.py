@@ -178,7 +178,7 @@ def test_export_writes_a_checked_int8_or_fp16_graph(tiny_folder, tmp_path, capsy
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--precision", "int3"], "--precision int3: choose one of fp32, int8, fp16"),
+        (["--precision", "int3"], "--precision: invalid choice: 'int3' (choose from 'fp32', 'int8', 'fp16')"),
         (["--precision", "int8", "--int8-parts", "everything"], "unknown int8 part 'everything': choose from cnn"),
     ],
 )

@@ -87,7 +87,10 @@ def test_csv_and_saved_datasets_give_the_same_figures(trained, tmp_path):
         (lambda t, p: [str(p / "nothing"), "--data", str(DEV)], "is not a model folder"),
         (lambda t, p: [str(t["root"] / "sid"), "--data", str(BUNDLED_CORPUS)], "labels the model was not trained on"),
         (lambda t, p: [str(t["root"] / "ctc"), "--data", str(p / "no" / "such")], "does not exist"),
-        (lambda t, p: [str(t["root"] / "sid"), "--data", str(DEV), "--batch_size", "0"], "at least 1"),
+        (
+            lambda t, p: [str(t["root"] / "sid"), "--data", str(DEV), "--batch_size", "0"],
+            "--batch_size must be an integer >= 1, got 0",
+        ),
         (
             lambda t, p: [str(t["root"] / "sid"), "--data", str(DEV), "--output_json", str(DEV / "x.json")],
             "inside the input",

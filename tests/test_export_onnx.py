@@ -86,8 +86,8 @@ def test_bad_model_is_one_line_and_writes_nothing(tmp_path, capsys):
     "extra, message",
     [
         (["--output", "{model}/model.onnx"], "is inside the input"),
-        (["--output", "{tmp}/x.onnx", "--opset", "1"], "--opset must be an ONNX opset between 7 and 30, got 1"),
-        (["--output", "{tmp}/x.onnx", "--latency_runs", "0"], "--latency_runs must be a finite number in (0, 10000]"),
+        (["--output", "{tmp}/x.onnx", "--opset", "1"], "--opset must be an integer in [7, 30], got 1"),
+        (["--output", "{tmp}/x.onnx", "--latency_runs", "0"], "--latency_runs must be an integer in [1, 10000], got 0"),
         (["--output", "{tmp}/x.onnx", "--latency_seconds", "inf"], "--latency_seconds must be a finite number"),
         (["--output", "{tmp}/x.onnx", "--atol", "nan"], "--atol must be a finite number"),
     ],

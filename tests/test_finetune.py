@@ -325,8 +325,8 @@ def test_classification_refuses_crop_windows_it_cannot_use(tiny_model_dir, tmp_p
     ]
     for value, message in (
         ("0.01", "shorter than the model's receptive field"),
-        ("nan", "positive number"),
-        ("-1", "positive number"),
+        ("nan", "--crop_seconds must be a finite number > 0, got nan"),
+        ("-1", "--crop_seconds must be a finite number > 0, got -1.0"),
     ):
         assert finetune_classification.main([*common, "--crop_seconds", value]) == 2
         error = capsys.readouterr().err.strip().splitlines()

@@ -76,22 +76,22 @@ def _poison(path, value=float("nan"), everywhere=False):
         (["student_config=5"], "student_config must be a mapping or null, got 5"),
         (["train_splits=5"], "no split folder '5'"),  # a list of text, as --train_splits 5 gives it
         (["train_splits=[]"], "--train_splits: expected at least one argument"),
-        (["per_device_train_batch_size=0"], "per_device_train_batch_size must be >= 1, got 0"),
+        (["per_device_train_batch_size=0"], "per_device_train_batch_size must be an integer >= 1, got 0"),
         (["seed=1.5"], "--seed: invalid int value: '1.5'"),
         (["--seed", "1.5"], "--seed: invalid int value: '1.5'"),
         (["seed=true"], "--seed: invalid int value: 'true'"),
         (["fp16=maybe"], "--fp16: Truthy value expected: got maybe"),
-        (["seed=-1"], "seed must be in [0, 4294967295], got -1"),
+        (["seed=-1"], "seed must be an integer in [0, 4294967295], got -1"),
         (["crop_seconds=0.01"], "crop_seconds=0.01 keeps 160 samples, fewer than the 400-sample receptive field"),
         (["learning_rate=[1]"], "learning_rate takes float, not [1]"),
         (["mask_prob=null"], "mask_prob takes float, not None"),
-        (["learning_rate=.nan"], "learning_rate must be a finite number, got nan"),
-        (["effective_batch_size=-8"], "effective_batch_size must be >= 1 or null, got -8"),
+        (["learning_rate=.nan"], "learning_rate must be a finite number > 0, got nan"),
+        (["effective_batch_size=-8"], "effective_batch_size must be an integer >= 1 or null, got -8"),
         (["max_steps=0"], "max_steps must be -1 (use num_train_epochs) or a positive number of steps, got 0"),
         (["num_train_epochs=0"], "num_train_epochs is 0 and max_steps is not set"),
         (["teacher_layers=[a, b, c, d]"], "--teacher_layers: invalid int value: 'a'"),
-        (["hint_layer_weight=-1"], "hint_layer_weight must be >= 0, got -1.0"),
-        (["hint_layer_weight=.inf"], "hint_layer_weight must be a finite number, got inf"),
+        (["hint_layer_weight=-1"], "hint_layer_weight must be a finite number >= 0, got -1.0"),
+        (["hint_layer_weight=.inf"], "hint_layer_weight must be a finite number >= 0, got inf"),
         (["label_names=[labels]"], "label_names is fixed to [] by distill_trainer.py; remove it from the recipe"),
         (["student_config={a: 1, a: 2}"], "'a' is given twice"),
         (["student_config.num_attention_heads=0"], "ARMHubertConfig.num_attention_heads: got 0"),
@@ -373,7 +373,7 @@ def test_fine_tuning_never_overwrites_a_user_s_files(tmp_path, tiny_model_dir, c
     assert "cannot appear in the model card" in refusal(
         capsys, finetune_ctc.main, *common, "--output_dir", tmp_path / 'a"b'
     )
-    assert "per_device_train_batch_size must be >= 1" in refusal(
+    assert "--per_device_train_batch_size must be an integer >= 1, got 0" in refusal(
         capsys, finetune_ctc.main, *common, "--output_dir", tmp_path / "x", "--per_device_train_batch_size", "0"
     )
     # A previous output of the script may be replaced; the new model arrives whole. (Only path arguments

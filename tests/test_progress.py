@@ -112,7 +112,7 @@ def test_quickstart_prints_shapes_and_warm_timing(tmp_path, converted_tiny, caps
     out = capsys.readouterr().out
     assert "2 utterances from dev-clean" in out and "median of 2 warm calls" in out
     assert quickstart.main(["--repeats", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "quickstart.py: error: --repeats and --num_utterances must be at least 1"
+    assert capsys.readouterr().err.strip() == "quickstart.py: error: --repeats must be an integer >= 1, got 0"
 
 
 def test_stages_bar_names_each_stage_on_a_terminal_only(stderr_is):

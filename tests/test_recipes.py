@@ -161,7 +161,7 @@ def test_a_recipe_file_is_read_as_its_flags(tmp_path, capsys):
         ("star_variant: paper\n", "--star_variant: invalid choice: 'paper' (choose from 'public-reimplementation')"),
         ("remove_unused_columns: true\n", "remove_unused_columns is fixed to False by distill_trainer.py"),
         ("learnig_rate: 1.0\n", "unknown recipe key 'learnig_rate' (did you mean learning_rate"),
-        ("mask_prob: 1.5\n", "mask_prob must be in [0, 1], got 1.5"),
+        ("mask_prob: 1.5\n", "mask_prob must be a finite number in [0, 1], got 1.5"),
     ):
         line = one_line_refusal(capsys, *recipe(text))
         assert message in line, (text, line)

@@ -30,7 +30,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import numpy as np
@@ -39,7 +39,7 @@ import pyarrow.compute
 import torch
 from transformers import AutoFeatureExtractor, PreTrainedModel, Wav2Vec2CTCTokenizer
 
-from armhubert.cli import CommandParser, UserError, run_main
+from armhubert.cli import CommandParser, UserError, at_least, check_cuda, run_main
 from armhubert.files.atomic import atomic_write_text, check_output_file
 from armhubert.files.untrusted import brief, check_finite_weights
 from armhubert.folders.model_folders import (
@@ -84,9 +84,15 @@ class EvaluateArguments:
     chars_to_ignore: str = field(
         default="", metadata={"help": "Characters removed from the transcripts, as in fine-tuning (CTC)."}
     )
-    batch_size: int = field(default=8, metadata={"help": "Utterances per padded batch (1: no padding at all)."})
-    max_samples: int = field(default=None, metadata={"help": "Evaluate only the first N utterances."})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when available)."})
+    batch_size: int = field(
+        default=8, metadata={"help": "Utterances per padded batch (1: no padding at all).", "bounds": at_least(1)}
+    )
+    max_samples: int = field(
+        default=None, metadata={"help": "Evaluate only the first N utterances.", "bounds": at_least(1)}
+    )
+    device: Literal["auto", "cpu", "cuda"] = field(
+        default="auto", metadata={"help": "cpu, cuda, or auto (cuda when available)."}
+    )
     output_json: str = field(default=None, metadata={"help": "Also write the figures to this JSON file."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output_json file."})
 
@@ -97,12 +103,7 @@ def parse_arguments(argv: Sequence[str] | None) -> tuple[str, EvaluateArguments]
     args, rest = parser.parse_into_dataclasses(argv)
     if not args.data:
         raise UserError("--data is required: a folder, a CSV file or a datasets dataset to evaluate on")
-    if args.batch_size < 1 or (args.max_samples is not None and args.max_samples < 1):
-        raise UserError("--batch_size and --max_samples must be at least 1")
-    if args.device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda, got {args.device!r}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda needs a CUDA GPU and torch.cuda.is_available() is False; use --device cpu")
+    check_cuda(args.device)
     if args.output_json is not None:
         check_output_json(args, [rest.model, args.data])
     return rest.model, args

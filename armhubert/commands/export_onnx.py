@@ -20,16 +20,17 @@ on one utterance of --latency_seconds. The file is written to --output (atomical
 check passes. Exit status: 0 ok, 1 parity check failed, 2 bad input.
 """
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import PreTrainedModel
 
-from armhubert.cli import CommandParser, UserError, require_extra, run_main
+from armhubert.cli import CommandParser, UserError, above, between, require_extra, run_main
 from armhubert.deploy import (
     DEFAULT_INT8_PARTS,
     OUTPUT_NAMES,
@@ -48,13 +49,53 @@ from armhubert.deploy import (
 )
 from armhubert.deploy.timing import medians_taking_turns
 from armhubert.files.atomic import atomic_write_bytes, check_output_file
-from armhubert.files.untrusted import check_finite_weights, check_number
+from armhubert.files.untrusted import check_finite_weights
 from armhubert.progress import stages
 from armhubert.threads import use_machine_threads
 from configuration_armhubert import SAMPLING_RATE
 
 PROG = "export_onnx.py"
 __all__ = ["OUTPUT_NAMES", "export_onnx", "load_model", "main", "min_samples"]
+
+
+@dataclass
+class ExportArguments:
+    """Where the graph goes, its number format, the parity bounds and the timing (MODEL is the positional argument)."""
+
+    output: str = field(metadata={"help": "the .onnx file to write"})
+    subfolder: str | None = field(default=None, metadata={"help": "variant subfolder of a multi-model repository"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --output"})
+    precision: Literal[PRECISIONS] = field(default="fp32", metadata={"help": "number format of the graph"})
+    int8_parts: list[str] = field(
+        default_factory=lambda: list(DEFAULT_INT8_PARTS),
+        metadata={
+            "help": "model parts whose products int8 quantises (the rest stays fp32): "
+            + "; ".join(f"{name}: {what}" for name, what in QUANTIZABLE_PARTS.items())
+        },
+    )
+    opset: int | None = field(  # what onnx and the exporter know
+        default=None, metadata={"help": "ONNX opset (default: the exporter's)", "bounds": between(7, 30)}
+    )
+    atol: float = field(
+        default=1e-4, metadata={"help": "fp32: largest allowed |onnxruntime - PyTorch|", "bounds": above(0, 1)}
+    )
+    min_cosine: float = field(
+        default=0.999,
+        metadata={"help": "int8 / fp16: smallest allowed mean cosine of a layer to fp32", "bounds": above(-1, 1)},
+    )
+    max_relative_error: float = field(
+        default=0.05,
+        metadata={"help": "int8 / fp16: largest allowed ||x - fp32|| / ||fp32|| of a layer", "bounds": above(0, 10)},
+    )
+    latency_seconds: float = field(
+        default=10.0, metadata={"help": "utterance length for the timing", "bounds": above(0, 600)}
+    )
+    latency_runs: int = field(
+        default=10, metadata={"help": "timed runs per runtime (median reported)", "bounds": between(1, 10_000)}
+    )
+    threads: int | None = field(
+        default=None, metadata={"help": "CPU threads for both runtimes (default: the cores the load leaves free)"}
+    )
 
 
 def parity_inputs(config, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -67,7 +108,7 @@ def parity_inputs(config, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tenso
     return [(audio, None), (audio * mask, mask)]
 
 
-def check_parity(model: PreTrainedModel, session, precision: str, args: argparse.Namespace) -> bool:
+def check_parity(model: PreTrainedModel, session, precision: str, args: ExportArguments) -> bool:
     """Print the parity table of the graph against PyTorch fp32; whether it passes the precision's bound."""
     passed = True
     for audio, mask in parity_inputs(model.config):
@@ -102,70 +143,31 @@ def measure_latency(model: PreTrainedModel, session, seconds: float = 10.0, runs
     return {name: 1000 * seconds for name, seconds in medians_taking_turns(runners, runs, warmup=2).items()}
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def parse_args(argv: Sequence[str] | None = None) -> tuple[str, ExportArguments]:
+    """(MODEL, the checked options)."""
+    parser = CommandParser([ExportArguments], prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="converted model folder (or Hub id)")
-    parser.add_argument("--subfolder", help="variant subfolder of a multi-model repository")
-    parser.add_argument("--output", required=True, help="the .onnx file to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.add_argument("--precision", default="fp32", help=f"number format of the graph: {', '.join(PRECISIONS)}")
-    parser.add_argument(
-        "--int8_parts",
-        nargs="+",
-        default=list(DEFAULT_INT8_PARTS),
-        help="model parts whose products int8 quantises (the rest stays fp32): "
-        + "; ".join(f"{name}: {what}" for name, what in QUANTIZABLE_PARTS.items()),
-    )
-    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
-    parser.add_argument("--atol", type=float, default=1e-4, help="fp32: largest allowed |onnxruntime - PyTorch|")
-    parser.add_argument(
-        "--min_cosine", type=float, default=0.999, help="int8 / fp16: smallest allowed mean cosine of a layer to fp32"
-    )
-    parser.add_argument(
-        "--max_relative_error",
-        type=float,
-        default=0.05,
-        help="int8 / fp16: largest allowed ||x - fp32|| / ||fp32|| of a layer",
-    )
-    parser.add_argument("--latency_seconds", type=float, default=10.0, help="utterance length for the timing")
-    parser.add_argument("--latency_runs", type=int, default=10, help="timed runs per runtime (median reported)")
-    parser.add_argument(
-        "--threads", type=int, help="CPU threads for both runtimes (default: the cores the load leaves free)"
-    )
-    return parser.parse_args(argv)
+    args, rest = parser.parse_into_dataclasses(argv)
+    return rest.model, args
 
 
-def check_precision(precision: str, parts: Sequence[str]) -> None:
-    """Before the (slow) export: a known --precision and known --int8_parts."""
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
-    check_int8_parts(parts)
-
-
-def check_arguments(args: argparse.Namespace) -> None:
-    """Before the (slow) export: the output apart from the model folder, numbers finite and in range."""
+def check_output(model: str, args: ExportArguments) -> None:
+    """Before the (slow) export: the output a .onnx file, apart from the model folder."""
     if Path(args.output).suffix.lower() != ".onnx":  # never e.g. the model's own model.safetensors or config.json
         raise UserError(f"--output {args.output} must name a .onnx file")
-    check_output_file(args.output, args.overwrite, [args.model], what="--output")
-    if args.opset is not None and not 7 <= args.opset <= 30:  # what onnx and the exporter know
-        raise UserError(f"--opset must be an ONNX opset between 7 and 30, got {args.opset}")
-    check_number(args.atol, "--atol", 0, 1)
-    check_number(args.min_cosine, "--min_cosine", -1, 1)
-    check_number(args.max_relative_error, "--max_relative_error", 0, 10)
-    check_number(args.latency_seconds, "--latency_seconds", 0, 600)
-    check_number(args.latency_runs, "--latency_runs", 0, 10_000)
+    check_output_file(args.output, args.overwrite, [model], what="--output")
 
 
 def export(argv: Sequence[str] | None = None) -> int:
     """Export, convert, check parity, time, and write --output; 1 (nothing written) when the check fails."""
-    args = parse_args(argv)
+    source, args = parse_args(argv)
     require_extra("onnx", "exporting to ONNX")
     output = Path(args.output)
-    check_precision(args.precision, args.int8_parts)
-    check_arguments(args)
-    model = load_model(args.model, args.subfolder)
+    check_int8_parts(args.int8_parts)
+    check_output(source, args)
+    model = load_model(source, args.subfolder)
     # NaN weights give NaN outputs, which every parity comparison lets through: refused before the export.
-    check_finite_weights(model, f"the model {args.model}", "its outputs would be NaN; export a model that trained well")
+    check_finite_weights(model, f"the model {source}", "its outputs would be NaN; export a model that trained well")
     threads = args.threads or use_machine_threads(PROG)
     torch.set_num_threads(threads)
     # Progress bars (a terminal only) name the long silent stages; the parity table prints between them.

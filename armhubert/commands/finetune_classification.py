@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers import BatchFeature, Wav2Vec2FeatureExtractor
 
-from armhubert.cli import UserError, run_main
+from armhubert.cli import UserError, above, run_main
 from armhubert.folders.cards import classification_card
 from armhubert.speech.audio import DataError
 from armhubert.speech.labelled_audio import build_dataset, read_examples
@@ -60,7 +60,8 @@ class DataArguments:
         default=None,
         metadata={
             "help": "Train on a random window of this many seconds of each utterance, drawn anew every time "
-            "(augmentation for small data); evaluation always uses whole utterances."
+            "(augmentation for small data); evaluation always uses whole utterances.",
+            "bounds": above(0),
         },
     )
 
@@ -97,8 +98,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if len(labels) < 2:
         raise DataError(f"the training data has {len(labels)} label(s); classification needs at least 2")
     label2id = {label: index for index, label in enumerate(labels)}
-    if data_args.crop_seconds is not None and not 0 < data_args.crop_seconds < float("inf"):
-        raise UserError(f"--crop_seconds must be a positive number of seconds, got {data_args.crop_seconds}")
     crop_samples = None if data_args.crop_seconds is None else round(data_args.crop_seconds * SAMPLING_RATE)
     train = build_dataset(train_examples, label2id, "training", data_args.max_duration, crop_samples is not None)
     evaluation = build_dataset(eval_examples, label2id, "evaluation")

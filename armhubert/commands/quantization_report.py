@@ -15,15 +15,15 @@ mono-mixed, at most --max_seconds each), by default the bundled corpus's dev-cle
 per call. Exit status: 0, or 2 for bad input.
 """
 
-import argparse
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from armhubert.cli import CommandParser, UserError, require_extra, run_main
+from armhubert.cli import CommandParser, UserError, above, require_extra, run_main
 from armhubert.deploy import (
     DEFAULT_INT8_PARTS,
     QUANTIZABLE_PARTS,
@@ -38,7 +38,7 @@ from armhubert.deploy import (
     node_parts,
     quantize_int8,
 )
-from armhubert.files.untrusted import check_finite_weights, check_number
+from armhubert.files.untrusted import check_finite_weights
 from armhubert.resources import BUNDLED_CORPUS
 from armhubert.speech.audio import read_audio
 from armhubert.threads import use_machine_threads
@@ -48,21 +48,31 @@ PROG = "quantization_report.py"
 MAX_FILES = 1000
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="converted model folder (or Hub id)")
-    parser.add_argument("--subfolder", help="variant subfolder of a multi-model repository")
-    parser.add_argument("--audio", nargs="+", type=Path, help="audio files (default: the bundled dev-clean)")
-    parser.add_argument("--max_seconds", type=float, default=20.0, help="longest audio per file (the rest is cut)")
-    parser.add_argument(
-        "--int8_parts",
-        nargs="+",
-        default=list(DEFAULT_INT8_PARTS),
-        help="parts the int8 graph quantises (as export_onnx.py)",
+@dataclass
+class ReportArguments:
+    """Which parts int8 quantises, on which audio (MODEL is the positional argument)."""
+
+    subfolder: str | None = field(default=None, metadata={"help": "variant subfolder of a multi-model repository"})
+    audio: list[Path] | None = field(default=None, metadata={"help": "audio files (default: the bundled dev-clean)"})
+    max_seconds: float = field(
+        default=20.0, metadata={"help": "longest audio per file (the rest is cut)", "bounds": above(0, 3600)}
     )
-    parser.add_argument("--each_part", action="store_true", help="also int8 with each part quantised alone")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores the load leaves free)")
-    return parser.parse_args(argv)
+    int8_parts: list[str] = field(
+        default_factory=lambda: list(DEFAULT_INT8_PARTS),
+        metadata={"help": "parts the int8 graph quantises (as export_onnx.py)"},
+    )
+    each_part: bool = field(default=False, metadata={"help": "also int8 with each part quantised alone"})
+    threads: int | None = field(
+        default=None, metadata={"help": "CPU threads (default: the cores the load leaves free)"}
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[str, ReportArguments]:
+    """(MODEL, the checked options)."""
+    parser = CommandParser([ReportArguments], prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="converted model folder (or Hub id)")
+    args, rest = parser.parse_into_dataclasses(argv)
+    return rest.model, args
 
 
 def audio_files(paths: Sequence[Path] | None) -> list[Path]:
@@ -81,7 +91,6 @@ def audio_files(paths: Sequence[Path] | None) -> list[Path]:
 
 def load_audio(files: Sequence[Path], max_seconds: float, shortest: int) -> list[np.ndarray]:
     """16 kHz mono arrays, each cut to max_seconds; a file shorter than the receptive field is refused."""
-    check_number(max_seconds, "--max_seconds", 0, 3600)
     audios = []
     for path in files:
         samples = read_audio(path, max_samples=int(max_seconds * SAMPLING_RATE))  # decodes only what is kept
@@ -123,15 +132,12 @@ def print_table(results: dict[str, list[LayerFidelity]]) -> None:
 
 
 def report(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    source, args = parse_args(argv)
     require_extra("onnx", "the quantisation report")
     check_int8_parts(args.int8_parts)
     files = audio_files(args.audio)
-    check_number(args.max_seconds, "--max_seconds", 0, 3600)  # before the (slow) load
-    model = load_model(args.model, args.subfolder)
-    check_finite_weights(
-        model, f"the model {args.model}", "its outputs would be NaN; measure a model that trained well"
-    )
+    model = load_model(source, args.subfolder)
+    check_finite_weights(model, f"the model {source}", "its outputs would be NaN; measure a model that trained well")
     threads = args.threads or use_machine_threads(PROG)
     torch.set_num_threads(threads)
     audios = load_audio(files, args.max_seconds, min_samples(model.config))
@@ -142,7 +148,7 @@ def report(argv: Sequence[str] | None = None) -> int:
             if [part] != list(args.int8_parts):
                 graphs[f"int8 {part} only"] = quantize_int8(graph, [part])
     seconds = sum(len(audio) for audio in audios) / SAMPLING_RATE
-    print(f"{args.model}: {len(audios)} utterances, {seconds:.1f} s, one per call; fidelity to PyTorch fp32")
+    print(f"{source}: {len(audios)} utterances, {seconds:.1f} s, one per call; fidelity to PyTorch fp32")
     print(f"int8 parts ({'+'.join(args.int8_parts)}), 7-bit weights (the same numbers on CPUs with and without VNNI):")
     print_parts(graph, args.int8_parts)
     print_table(fidelity_report(model, audios, graphs, threads))

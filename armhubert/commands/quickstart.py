@@ -6,18 +6,19 @@ Runs offline on the synthetic corpus in `data/LibriSpeech` (random weights unles
 converted or trained model folder). The time is the median of `--repeats` warm calls on the batch.
 """
 
-import argparse
 import os
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from transformers import AutoModel
 
-from armhubert.cli import CommandParser, UserError, run_main
+from armhubert.cli import CommandParser, UserError, at_least, run_main
 from armhubert.folders.model_folders import check_model_folder, load_pretrained
 from armhubert.resources import BUNDLED_CORPUS
 from armhubert.speech.audio import read_audio
@@ -52,22 +53,32 @@ def warm_latency(model: torch.nn.Module, batch, repeats: int) -> float:
     return statistics.median(times)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="armhubert-960h", choices=sorted(PRESETS))
-    parser.add_argument("--model", help="a saved model folder to load instead of a random preset")
-    parser.add_argument(
-        "--trust_remote_code",
-        action="store_true",
-        help="let a --model folder of another model type run its own Python code (ARMHuBERT folders never need it)",
+@dataclass
+class QuickstartArguments:
+    """Which model encodes which bundled utterances, and how often it is timed."""
+
+    preset: Literal[tuple(sorted(PRESETS))] = field(default="armhubert-960h", metadata={"help": "random-weight preset"})
+    model: str | None = field(
+        default=None, metadata={"help": "a saved model folder to load instead of a random preset"}
     )
-    parser.add_argument("--data_dir", default=str(BUNDLED_CORPUS))
-    parser.add_argument("--split", default="dev-clean")
-    parser.add_argument("--num_utterances", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5, help="timed warm calls; the time is their median")
-    args = parser.parse_args(argv)
-    if args.repeats < 1 or args.num_utterances < 1:
-        raise UserError("--repeats and --num_utterances must be at least 1")
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "let a --model folder of another model type run its own Python code (ARMHuBERT folders never "
+            "need it)"
+        },
+    )
+    data_dir: str = field(default=str(BUNDLED_CORPUS), metadata={"help": "folder holding LibriSpeech splits"})
+    split: str = field(default="dev-clean", metadata={"help": "the split whose utterances are encoded"})
+    num_utterances: int = field(default=8, metadata={"help": "utterances in the batch", "bounds": at_least(1)})
+    repeats: int = field(
+        default=5, metadata={"help": "timed warm calls; the time is their median", "bounds": at_least(1)}
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> QuickstartArguments:
+    parser = CommandParser([QuickstartArguments], prog=PROG, description=__doc__.split("\n\n")[0])
+    (args,) = parser.parse_into_dataclasses(argv)
     return args
 
 

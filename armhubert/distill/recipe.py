@@ -21,27 +21,24 @@ import dataclasses
 import difflib
 import functools
 import logging
-import math
 import os
 import re
-import types
 import typing
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from transformers import TrainingArguments
 from transformers.integrations import is_tensorboard_available
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from configuration_armhubert import PRESETS
 
-from ..cli import CommandParser, UserError, first_line
+from ..cli import CommandParser, UserError, above, at_least, between, check_fields, first_line, type_options
 from ..files.untrusted import brief, load_yaml_file, parse_yaml_text
 from ..resources import BUNDLED_RECIPES, HUB_DATASET, recipe_names
 from ..threads import available_cores
-from ..training.guarded_trainer import check_training_values
+from ..training.guarded_trainer import BoundedTrainingArguments, check_training_steps
 from .losses import STAR_LAYER0, STAR_NORMALIZATIONS, STAR_REDUCTIONS
 
 logger = logging.getLogger(__name__)
@@ -69,21 +66,6 @@ STAR_VARIANTS = {
         star_intra_weight=1.0,
     ),
 }
-# The ranges of the numeric distillation options: (smallest, largest, whether the smallest itself is allowed).
-DISTILL_RANGES = {
-    "mask_prob": (0, 1, True),
-    "mask_length": (1, math.inf, True),
-    "mask_min_spans": (0, math.inf, True),
-    "mask_min_space": (0, math.inf, True),
-    "hint_layer_weight": (0, math.inf, True),
-    "last_layer_weight": (0, math.inf, True),
-    "star_layer_weight": (0, math.inf, True),
-    "star_intra_weight": (0, math.inf, True),
-    "effective_batch_size": (1, math.inf, True),
-    "keep_best_checkpoints": (1, math.inf, True),
-    "crop_seconds": (0, math.inf, False),
-}
-OPTIONAL_RANGES = ("effective_batch_size", "keep_best_checkpoints", "crop_seconds")  # null: not used
 # TrainingArguments fields a distillation run needs as they are: the dataset keeps its audio column for the
 # collator; lengths come from num_samples; checkpoints are rotated by the trainer (best-k by eval_loss plus last).
 TRAINING_FIXED = dict(
@@ -100,14 +82,15 @@ def _report_to_default() -> list[str] | str:
     return ["tensorboard"] if is_tensorboard_available() else "none"
 
 
-def _arg(default, help_text):
+def _arg(default, help_text, bounds=None):
+    metadata = {"help": help_text} if bounds is None else {"help": help_text, "bounds": bounds}
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help_text})
-    return dataclasses.field(default=default, metadata={"help": help_text})
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
-class DistillTrainingArguments(TrainingArguments):
+class DistillTrainingArguments(BoundedTrainingArguments):
     """Every option of a distillation run: what to distil, from what, on which data, with which loss, and the
     `TrainingArguments` (whose defaults here are the release's optimiser and schedule).
 
@@ -157,15 +140,19 @@ class DistillTrainingArguments(TrainingArguments):
     data_source: str = _arg(HUB_DATASET, "Local folder holding LibriSpeech/<split>/..., or the Hub id.")
     train_splits: list[str] = _arg(list(LIBRISPEECH_960H), "LibriSpeech training split(s), concatenated.")
     eval_split: str | None = _arg("dev-clean", "Validation split (unmasked student vs unmasked teacher); null: none.")
-    crop_seconds: float | None = _arg(None, "Crop longer utterances to a window of this many seconds (null: whole).")
-    mask_prob: float = _arg(0.8, "Masking distillation: mask probability (0.8 for 960 h, 0.4 for 100 h).")
-    mask_length: int = _arg(10, "Mean span length; span lengths are uniform on 0..2*mask_length.")
-    mask_min_spans: int = _arg(2, "Fewest spans per utterance.")
-    mask_min_space: int = _arg(1, "Unmasked frames kept between spans.")
+    crop_seconds: float | None = _arg(
+        None, "Crop longer utterances to a window of this many seconds (null: whole).", above(0)
+    )
+    mask_prob: float = _arg(
+        0.8, "Masking distillation: mask probability (0.8 for 960 h, 0.4 for 100 h).", between(0, 1)
+    )
+    mask_length: int = _arg(10, "Mean span length; span lengths are uniform on 0..2*mask_length.", at_least(1))
+    mask_min_spans: int = _arg(2, "Fewest spans per utterance.", at_least(0))
+    mask_min_space: int = _arg(1, "Unmasked frames kept between spans.", at_least(0))
     mask_same_count: bool = _arg(True, "Thin every row to the batch's smallest masked count (as the release).")
     loss_type: Literal["mse", "l1"] = _arg("mse", "Frame error of masking / regression losses: mse or l1.")
-    hint_layer_weight: float = _arg(0.1, "Weight of layers 1..L-1 (hint) in masking / regression losses.")
-    last_layer_weight: float = _arg(1.0, "Weight of the last layer.")
+    hint_layer_weight: float = _arg(0.1, "Weight of layers 1..L-1 (hint) in masking / regression losses.", at_least(0))
+    last_layer_weight: float = _arg(1.0, "Weight of the last layer.", at_least(0))
     loss_normalization: Literal[LOSS_NORMALIZATIONS] = _arg(
         "valid",
         "valid: exclude padded frames, divide by real frames; original: as the release (padding counted, / B*T).",
@@ -186,15 +173,19 @@ class DistillTrainingArguments(TrainingArguments):
         "STaR: layer 0 of the intra-layer Grams: encoder-input (default; after the positional conv) or cnn (the "
         "CNN features as the transformer receives them, before the positional conv).",
     )
-    star_layer_weight: float | None = _arg(None, "STaR: weight of the layer-wise TGM loss (default 1).")
-    star_intra_weight: float | None = _arg(None, "STaR: weight of the intra-layer TGM loss (default 1).")
+    star_layer_weight: float | None = _arg(None, "STaR: weight of the layer-wise TGM loss (default 1).", at_least(0))
+    star_intra_weight: float | None = _arg(None, "STaR: weight of the intra-layer TGM loss (default 1).", at_least(0))
     star_recompute: bool = _arg(
         True, "STaR: recompute each layer's Grams in backward (memory O(B T^2), not O(L B T^2))."
     )
     effective_batch_size: int | None = _arg(
-        None, "Utterances per optimiser step over all GPUs; sets gradient_accumulation_steps for the actual GPU count."
+        None,
+        "Utterances per optimiser step over all GPUs; sets gradient_accumulation_steps for the actual GPU count.",
+        at_least(1),
     )
-    keep_best_checkpoints: int | None = _arg(3, "Keep this many checkpoints with the best eval_loss, plus the last.")
+    keep_best_checkpoints: int | None = _arg(
+        3, "Keep this many checkpoints with the best eval_loss, plus the last.", at_least(1)
+    )
 
     # Distillation defaults of TrainingArguments (spec: AdamW (0.9, 0.98), eps 1e-6, weight decay 0.01,
     # 5 % linear warm-up then linear decay); a recipe may replace any of them.
@@ -231,10 +222,10 @@ class DistillTrainingArguments(TrainingArguments):
     def __post_init__(self):
         self._check_fixed()
         self._read_config_mappings()
-        self._check_choices()
+        check_fields(self, prefix="", null="null")  # choices and ranges, every number finite
         self._resolve_star_options()
-        self._check_ranges()
-        check_training_values(vars(self))  # ranges of TrainingArguments values, every number finite
+        self._check_values()
+        check_training_steps(self)
         if self.eval_split is None:
             self.eval_strategy = "no"  # nothing to evaluate on
         super().__post_init__()
@@ -254,14 +245,6 @@ class DistillTrainingArguments(TrainingArguments):
                 raise UserError(f"{name} must be a mapping or null, got {brief(value)}")
             setattr(self, name, value)
 
-    def _check_choices(self):
-        """Literal fields hold one of their values (the parser checks them too; this covers Python callers)."""
-        for name, allowed in _choices().items():
-            if getattr(self, name) not in allowed:
-                named = ", ".join(value for value in allowed if value is not None)
-                null = " or null" if None in allowed else ""
-                raise UserError(f"{name} must be one of {named}{null}, got {brief(getattr(self, name))}")
-
     def _resolve_star_options(self):
         """Fill unset star_* options from `star_variant` (which then owns them all) or the documented defaults."""
         chosen = STAR_DEFAULTS if self.star_variant is None else STAR_VARIANTS[self.star_variant]
@@ -274,18 +257,13 @@ class DistillTrainingArguments(TrainingArguments):
             if given is None or self.star_variant is not None:
                 setattr(self, field, value)
 
-    def _check_ranges(self):
-        """Values of the right type but outside what the run can use."""
+    def _check_values(self):
+        """What no field's own range says: names that are not empty, and options that go together."""
         if isinstance(self.train_splits, str):  # a Python caller's single split
             self.train_splits = [self.train_splits]
         for name in ("teacher", "student", "data_source"):
             if not getattr(self, name).strip():
                 raise UserError(f"{name} must not be empty")
-        for name, (low, high, inclusive) in DISTILL_RANGES.items():
-            value = getattr(self, name)
-            if value is not None and (value < low or (value == low and not inclusive) or value > high):
-                bound = f"in [{low}, {high}]" if high < math.inf else f">= {low}" if inclusive else f"> {low}"
-                raise UserError(f"{name} must be {bound}{' or null' if name in OPTIONAL_RANGES else ''}, got {value}")
         if self.cache_teacher_outputs and self.distill_mode == "masking":
             raise UserError("cache_teacher_outputs keeps clean teacher passes only; use it with regression or star")
 
@@ -293,28 +271,9 @@ class DistillTrainingArguments(TrainingArguments):
 # The name the rest of the package gives the distillation half of the arguments (one object since the two merged).
 
 
-def _options(annotation) -> tuple:
-    """The alternatives of a (possibly optional / union) annotation."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
 @functools.cache
 def _field_types() -> dict[str, typing.Any]:
     return typing.get_type_hints(DistillTrainingArguments)
-
-
-@functools.cache
-def _choices() -> dict[str, tuple]:
-    """The values each Literal field of DistillTrainingArguments allows (None too where it is optional)."""
-    choices = {}
-    for name, annotation in _field_types().items():
-        options = _options(annotation)
-        literals = [option for option in options if typing.get_origin(option) is Literal]
-        if literals:
-            choices[name] = (*typing.get_args(literals[0]), *((None,) if type(None) in options else ()))
-    return choices
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -482,7 +441,7 @@ def _type_name(annotation: typing.Any) -> str:
         else str(option).replace("typing.", "")
         if typing.get_args(option)
         else getattr(option, "__name__", str(option))
-        for option in _options(annotation)
+        for option in type_options(annotation)
     )
 
 
@@ -497,7 +456,7 @@ def _as_flags(recipe: dict[str, typing.Any], parser: RecipeParser) -> tuple[list
             words += [f"--{key}", *map(_word, value if isinstance(value, list) else [value])]
         elif isinstance(value, (str, int, float)):
             words.append(f"--{key}={_word(value)}")
-        elif type(value) in {typing.get_origin(option) or option for option in _options(_field_types()[key])}:
+        elif type(value) in {typing.get_origin(option) or option for option in type_options(_field_types()[key])}:
             defaults[key] = value
         else:
             raise UserError(f"{key} takes {_type_name(_field_types()[key])}, not {brief(value)}")

@@ -36,7 +36,7 @@ from ..folders.remote_code import add_remote_code_entries
 from ..speech.audio import DataError, read_audio, window
 from ..threads import use_machine_threads
 from .checkpoints import CheckpointRotation, train_keeping_complete_checkpoints
-from .guarded_trainer import check_training_values, save_trained_model
+from .guarded_trainer import BoundedTrainingArguments, check_training_steps, save_trained_model
 
 
 @dataclass
@@ -84,8 +84,8 @@ class OutputArguments:
 
 
 @dataclass
-class FinetuneTrainingArguments(TrainingArguments):
-    """`TrainingArguments` whose checkpoints stay small unless asked: one kept, model weights only."""
+class FinetuneTrainingArguments(BoundedTrainingArguments):
+    """`TrainingArguments` (their ranges declared) whose checkpoints stay small unless asked: one kept, model weights only."""
 
     save_total_limit: int | None = field(
         default=1, metadata={"help": "Keep at most this many checkpoint-N folders (default 1: the last)."}
@@ -120,7 +120,7 @@ def parse_run_arguments(
     check_model_arguments(model_args)
     if model_args.model_name_or_path:  # a multi-model root is named before any data is read (and progress shown)
         check_model_folder(model_args.model_name_or_path, subfolder_option=None)
-    check_training_values(vars(training_args))
+    check_training_steps(training_args)
     check_code_text(training_args.output_dir, "--output_dir")  # both appear in the model card's code
     check_code_text(model_args.model_name_or_path or "", "--model_name_or_path")
     data_paths = [getattr(data_args, name) for name in getattr(data_arguments_class, "INPUT_FIELDS", ())]

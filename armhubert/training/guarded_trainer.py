@@ -1,16 +1,15 @@
 """What every Trainer-based command (distillation, fine-tuning) shares: value ranges, the non-finite loss guard,
 the final model save."""
 
-import math
+import dataclasses
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
-from ..cli import UserError
+from ..cli import Bounds, UserError, above, at_least, between
 from ..files.atomic import move_files_into
 from ..files.untrusted import check_finite_weights
 from ..folders.remote_code import ship_pipeline
@@ -22,44 +21,41 @@ from .curves import save_loss_curves
 MAX_SKIPPED_FP16_STEPS = 10
 
 
-# TrainingArguments values a recipe or command line may set, with their ranges: (smallest, largest, smallest allowed itself).
-_TRAINING_RANGES = {
-    "per_device_train_batch_size": (1, None, True),
-    "per_device_eval_batch_size": (1, None, True),
-    "gradient_accumulation_steps": (1, None, True),
-    "learning_rate": (0, None, False),
-    "logging_steps": (0, None, False),
-    "save_steps": (0, None, False),
-    "eval_steps": (0, None, False),
-    "num_train_epochs": (0, None, True),
-    "weight_decay": (0, None, True),
-    "warmup_steps": (0, None, True),
-    "max_grad_norm": (0, None, True),
-    "adam_epsilon": (0, None, True),
-    "adam_beta1": (0, 1, True),
-    "adam_beta2": (0, 1, True),
-    "dataloader_num_workers": (0, None, True),
-    "seed": (0, 2**32 - 1, True),
-    "data_seed": (0, 2**32 - 1, True),
-}
+def _bounded(name: str, bounds: Bounds) -> Any:
+    """TrainingArguments' own field `name` (its default and help), with `bounds`."""
+    inherited = TrainingArguments.__dataclass_fields__[name]
+    return dataclasses.field(default=inherited.default, metadata={**inherited.metadata, "bounds": bounds})
 
 
-def check_training_values(values: Mapping[str, Any]) -> None:
-    """Refuse TrainingArguments values outside their range, NaN or infinite numbers, and a run that would take no step."""
-    for key, value in values.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{key} must be a finite number, got {value}")
-    for key, (low, high, inclusive) in _TRAINING_RANGES.items():
-        value = values.get(key)
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if value < low or (value == low and not inclusive) or (high is not None and value > high):
-            bound = f"in [{low}, {high}]" if high is not None else f">= {low}" if inclusive else f"> {low}"
-            raise UserError(f"{key} must be {bound}, got {value}")
-    max_steps = values.get("max_steps", -1)
+@dataclasses.dataclass
+class BoundedTrainingArguments(TrainingArguments):
+    """`TrainingArguments` whose numbers a recipe or command line may set declare their ranges (`check_fields`)."""
+
+    per_device_train_batch_size: int = _bounded("per_device_train_batch_size", at_least(1))
+    per_device_eval_batch_size: int = _bounded("per_device_eval_batch_size", at_least(1))
+    gradient_accumulation_steps: int = _bounded("gradient_accumulation_steps", at_least(1))
+    learning_rate: float = _bounded("learning_rate", above(0))
+    logging_steps: float = _bounded("logging_steps", above(0))
+    save_steps: float = _bounded("save_steps", above(0))
+    eval_steps: float | None = _bounded("eval_steps", above(0))
+    num_train_epochs: float = _bounded("num_train_epochs", at_least(0))
+    weight_decay: float = _bounded("weight_decay", at_least(0))
+    warmup_steps: float = _bounded("warmup_steps", at_least(0))
+    max_grad_norm: float = _bounded("max_grad_norm", at_least(0))
+    adam_epsilon: float = _bounded("adam_epsilon", at_least(0))
+    adam_beta1: float = _bounded("adam_beta1", between(0, 1))
+    adam_beta2: float = _bounded("adam_beta2", between(0, 1))
+    dataloader_num_workers: int = _bounded("dataloader_num_workers", at_least(0))
+    seed: int = _bounded("seed", between(0, 2**32 - 1))
+    data_seed: int | None = _bounded("data_seed", between(0, 2**32 - 1))
+
+
+def check_training_steps(arguments: TrainingArguments) -> None:
+    """Refuse a max_steps that is neither -1 nor positive, and a run that would take no step."""
+    max_steps = arguments.max_steps
     if max_steps == 0 or max_steps < -1:
         raise UserError(f"max_steps must be -1 (use num_train_epochs) or a positive number of steps, got {max_steps}")
-    if max_steps < 0 and values.get("num_train_epochs", 3) == 0:
+    if max_steps < 0 and arguments.num_train_epochs == 0:
         raise UserError("num_train_epochs is 0 and max_steps is not set: the run would train no step")
 
 
