@@ -25,7 +25,7 @@ from helpers import (
 
 from armhubert.cli import UserError
 from armhubert.convert import folders
-from armhubert.convert.original import convert, parse_literal_expression
+from armhubert.convert.original import config_from_distiller, convert, parse_literal_expression
 
 
 def write_original_checkpoint(path, model, family="armhubert", with_hparams=True, extra_student=None):
@@ -61,6 +61,19 @@ def test_literal_expressions_parse_without_eval():
     for hostile in ["__import__('os').system('true')", "[x for x in range(3)]", "open('f')", "(1).real"]:
         with pytest.raises(UserError, match="only list/tuple literals"):
             parse_literal_expression(hostile)
+
+
+def test_distiller_flags_are_booleans_or_0_1_never_text():
+    section = distiller_section(tiny_config(projection_head_size=8, layer_grad_scale=True))
+    expected = config_from_distiller(section).to_dict()
+    as_integers = {name: int(section[name]) for name in ("conv_bias", "layer_norm_first", "layer_grad_scale")}
+    assert config_from_distiller({**section, **as_integers, "layerwise_proj": 1}).to_dict() == expected
+    defaults = {k: v for k, v in section.items() if k not in ("conv_bias", "layer_norm_first")}
+    assert config_from_distiller(defaults).to_dict() == expected  # absent flags are off
+    for name in ("conv_bias", "layer_norm_first", "layer_grad_scale", "layerwise_proj"):
+        for bad in ("false", "True", 2, -1, None, 0.0):
+            with pytest.raises(UserError, match=rf"^distiller\.{name} must be true or false, got "):
+                config_from_distiller({**section, name: bad})
 
 
 def test_cli_writes_a_complete_folder_that_reproduces_the_fixture(tmp_path):

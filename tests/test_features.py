@@ -17,7 +17,9 @@ from helpers import ROOT, load_script, tiny_config
 from hostile import digest, refusal
 from safetensors.torch import save_file
 
-from armhubert.features.plan import plan_batches
+from armhubert import cli
+from armhubert.cli import MissingExtra, UserError
+from armhubert.features.plan import ExtractionArguments, check_arguments, plan_batches
 from armhubert.features.storage import FEATURES_FORMAT, FeatureIndex, ShardWriter
 from armhubert.features.units import assign_units, deduplicate_runs, load_codebook
 from armhubert.speech.audio import read_audio
@@ -342,6 +344,27 @@ def test_the_weighted_sum_of_a_fine_tuned_folder(tmp_path, capsys, tiny_model_di
         tmp_path / "bare",
     )
     assert "use_weighted_layer_sum" in line
+
+
+def test_the_option_checks_refuse_weighted_misuse_and_a_missing_units_extra_before_anything_is_read(monkeypatch):
+    def arguments(**options):  # an input that does not exist: nothing is read before these refusals
+        return ExtractionArguments(input="/nonexistent/corpus", output_dir="/nonexistent/out", **options)
+
+    cases = {
+        "^--layers weighted needs a fine-tuned --model folder, not a random preset$": dict(preset="armhubert-960h"),
+        "^with --layers weighted the units are computed on the weighted sum; drop --units_layer$": dict(
+            model="/nonexistent/model", units=8, units_layer=2
+        ),
+    }
+    for message, options in cases.items():
+        with pytest.raises(UserError, match=message):
+            check_arguments(arguments(layers="weighted", **options))
+    check_arguments(arguments(layers="weighted", preset="armhubert-960h"), encoder_given=True)  # the preset names it
+    check_arguments(arguments(layers="weighted", model="/nonexistent/model"))
+    monkeypatch.setitem(cli.EXTRAS, "units", (("no_such_module_here", "no-such-package"),))
+    with pytest.raises(MissingExtra, match=r"^fitting units \(--units K\) needs no-such-package: pip install"):
+        check_arguments(arguments(preset="armhubert-960h", units=8))
+    check_arguments(arguments(preset="armhubert-960h"))  # no units: the extra is not needed
 
 
 def test_bad_input_gets_one_line_and_exit_status_2(tmp_path, capsys, tiny_model_dir):

@@ -58,6 +58,12 @@ def _checkpoint_cases(folder):
         lambda c: distiller(c).update(activation_fn="rm -rf"),
         "activation_fn must be an activation transformers knows, got 'rm -rf'",
     )
+    changed(
+        "flag-text",
+        lambda c: distiller(c).update(layerwise_proj="false"),
+        "distiller.layerwise_proj must be true or false, got 'false'",
+    )
+    changed("flag-two", lambda c: distiller(c).update(conv_bias=2), "distiller.conv_bias must be true or false, got 2")
     changed("reuse-pattern", lambda c: distiller(c).update(reuse_pattern="[True, 7]"), "reuse_pattern must list 4")
     changed(
         "conv-layers", lambda c: distiller(c).update(conv_feature_layers="[(32, 10)]"), "conv_feature_layers must be"

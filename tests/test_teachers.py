@@ -5,6 +5,9 @@ Tiny random models everywhere, except one test that reads the real Whisper tiny.
 """
 
 import importlib.util
+import os
+import re
+import signal
 import struct
 from pathlib import Path
 
@@ -24,7 +27,15 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from armhubert.cli import UserError
 from armhubert.speech.real_speech import REAL_SPLIT, real_utterances
-from armhubert.teachers.ctranslate2 import MODEL_FILE, is_ctranslate2_whisper, whisper_from_ctranslate2
+from armhubert.teachers.ctranslate2 import (
+    MODEL_FILE,
+    TOKENIZER_BYTES,
+    TOKENIZER_FILE,
+    is_ctranslate2_whisper,
+    special_token_ids,
+    whisper_from_ctranslate2,
+    whisper_tokenizer,
+)
 from armhubert.teachers.encoders import WhisperTeacher, teacher_encoder
 from armhubert.teachers.mirror import student_from_teacher
 from armhubert.teachers.transcribe import normalize_text, word_error_rate
@@ -405,6 +416,41 @@ def test_a_broken_ctranslate2_teacher_folder_is_one_line_at_the_command_line(tmp
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "truncated or corrupt CTranslate2 file" in error[0], error
     assert not out.exists()
+
+
+def test_the_tokenizer_json_is_read_bounded_and_a_fifo_or_huge_one_is_refused(tmp_path):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
+    words = Tokenizer(WordLevel({token: index for index, token in enumerate(["<unk>", "hello", *specials])}, "<unk>"))
+    good = tmp_path / "good"
+    good.mkdir()
+    words.save(str(good / TOKENIZER_FILE))
+    assert special_token_ids(whisper_tokenizer(good)) == {specials[1]: 3, specials[2]: 4, specials[0]: 2}
+
+    cases = {"fifo": "is a FIFO (named pipe), not a regular file", "huge": "is larger than 32,768 KiB"}
+    cases |= {"text": "is not a tokenizers tokenizer.json", "missing": "has no tokenizer.json"}
+    for case in cases:
+        (tmp_path / case).mkdir()
+    os.mkfifo(tmp_path / "fifo" / TOKENIZER_FILE)  # opening it would wait for a writer forever
+    with open(tmp_path / "huge" / TOKENIZER_FILE, "wb") as sparse:
+        sparse.truncate(TOKENIZER_BYTES + 1)
+    (tmp_path / "text" / TOKENIZER_FILE).write_text("just some notes")
+
+    def hung(*_):
+        raise TimeoutError("reading the tokenizer hung")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        for case, message in cases.items():
+            with pytest.raises(UserError, match=re.escape(message)) as refusal:
+                whisper_tokenizer(tmp_path / case)
+            assert "\n" not in str(refusal.value)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -137,6 +137,13 @@ def _rate(default, maximum=1.0):
     return _Field(default, f"a number in [0, {maximum:g}]", lambda value: _is_number(value) and 0 <= value <= maximum)
 
 
+def _flag(default=False):
+    """A boolean field; 0 and 1 are accepted as well (as in `reuse_pattern`), not the string "false"."""
+    return _Field(
+        default, "true or false", lambda value: isinstance(value, bool) or _is_integer(value) and value in (0, 1)
+    )
+
+
 def _one_of(*allowed, why=""):
     return _Field(allowed[0], f"one of {', '.join(map(repr, allowed))}{why}", lambda value: value in allowed)
 
@@ -184,6 +191,10 @@ DISTILLER_FIELDS = {
         expression=True,
     ),
     "extractor_mode": _one_of(*EXTRACTOR_MODES),
+    "conv_bias": _flag(),
+    "layer_norm_first": _flag(),
+    "layer_grad_scale": _flag(),
+    "layerwise_proj": _flag(),
     "activation_fn": _Field(
         "gelu", "an activation transformers knows", lambda value: isinstance(value, str) and value in ACT2FN
     ),
@@ -230,13 +241,13 @@ def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> AR
     layers = values["encoder_layers"]
     dims, kernels, strides = (list(column) for column in zip(*values["conv_feature_layers"]))
     computes = _reuse_pattern(distiller, layers)
-    heads = bool(distiller.get("layerwise_proj", False))
+    heads = bool(values["layerwise_proj"])
     try:
         return ARMHubertConfig(
             conv_dim=dims,
             conv_kernel=kernels,
             conv_stride=strides,
-            conv_bias=bool(distiller.get("conv_bias", False)),
+            conv_bias=bool(values["conv_bias"]),
             feat_extract_norm=EXTRACTOR_MODES[values["extractor_mode"]],
             hidden_size=values["encoder_embed_dim"],
             intermediate_size=values["encoder_ffn_embed_dim"],
@@ -244,7 +255,7 @@ def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> AR
             num_hidden_layers=layers,
             # The release's reuse_pattern says True = "computes attention"; ours says True = "reuses".
             layer_reuses_attention_map=[not flag for flag in computes],
-            do_stable_layer_norm=bool(distiller.get("layer_norm_first", False)),
+            do_stable_layer_norm=bool(values["layer_norm_first"]),
             hidden_act=values["activation_fn"],
             num_conv_pos_embeddings=values["conv_pos"],
             num_conv_pos_embedding_groups=values["conv_pos_groups"],
@@ -255,7 +266,7 @@ def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> AR
             activation_dropout=values["activation_dropout"],
             feat_proj_dropout=values["dropout_input"],
             layerdrop=values["encoder_layerdrop"],
-            layer_grad_scale=bool(distiller.get("layer_grad_scale", False)) and heads,
+            layer_grad_scale=bool(values["layer_grad_scale"]) and heads,
             feature_grad_mult=values["feature_grad_mult"],
             crop_seq_to_multiple=values["crop_seq_to_multiple"],
             required_seq_len_multiple=values["required_seq_len_multiple"],

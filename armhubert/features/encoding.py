@@ -103,11 +103,10 @@ def load_encoder(model: str | None, preset: str | None, weighted: bool, device: 
     `armhubert.folders.model_folders.open_model_folder`), or a preset with random weights; a model with
     non-finite weights is refused.
 
-    `weighted`: load the fine-tuned task model of the folder for its learned layer weights.
+    `weighted`: load the fine-tuned task model of the folder for its learned layer weights (a preset has none:
+    `check_arguments` refuses --layers weighted with --preset).
     """
     if preset is not None:
-        if weighted:
-            raise UserError("--layers weighted needs a fine-tuned --model folder, not a random preset")
         torch.manual_seed(seed)
         encoder = ARMHubertModel(ARMHubertConfig.from_preset(preset))
         return Encoder(encoder.to(device).eval(), release_feature_extractor(), None, preset)
@@ -190,10 +189,9 @@ def _units_number(layers: str, numbers: list[int], units_layer: int | None, avai
 def select_layers(
     config: ARMHubertConfig, layers: str, representation: str, units_layer: int | None, units: bool
 ) -> LayerSelection:
-    """The `LayerSelection` of the options `--layers`, `--representation`, `--units_layer`."""
+    """The `LayerSelection` of the options `--layers`, `--representation`, `--units_layer` (with `weighted` the
+    units are the weighted sum's: `check_arguments` refused --units_layer with it)."""
     if layers == "weighted":
-        if units_layer is not None:
-            raise UserError("with --layers weighted the units are computed on the weighted sum; drop --units_layer")
         return LayerSelection("weighted", (), ("weighted",), "weighted" if units else None, False)
     resolved, available = available_layers(config, representation)
     if layers == "last":

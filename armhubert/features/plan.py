@@ -24,7 +24,7 @@ import torch
 from configuration_armhubert import PRESETS, SAMPLING_RATE
 from pipeline_armhubert import CHUNK_LENGTH_S, STRIDE_LENGTH_S
 
-from ..cli import UserError, above, between, check_cuda, check_fields
+from ..cli import UserError, above, between, check_cuda, check_fields, require_extra
 from ..speech.audio import MAX_AUDIO_SECONDS
 from .units import check_num_units
 
@@ -140,6 +140,12 @@ def check_arguments(args: ExtractionArguments, encoder_given: bool = False) -> N
         check_num_units(args.units)
     if not args.save_features and args.units is None and args.codebook is None:
         raise UserError("--save_features false leaves nothing to write; add --units K or --codebook FILE")
+    if args.layers == "weighted" and args.preset is not None and not encoder_given:
+        raise UserError("--layers weighted needs a fine-tuned --model folder, not a random preset")
+    if args.layers == "weighted" and args.units_layer is not None:
+        raise UserError("with --layers weighted the units are computed on the weighted sum; drop --units_layer")
+    if args.units is not None:
+        require_extra("units", "fitting units (--units K)")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from configuration_armhubert import SAMPLING_RATE, ARMHubertConfig
 from pipeline_armhubert import num_frames
 
-from ..cli import UserError, require_extra
+from ..cli import UserError
 from ..files.atomic import atomic_write_text
 from ..speech.audio import DataError
 from ..speech.chunking import check_unchunked_lengths
@@ -262,8 +262,6 @@ def extract_features(args: ExtractionArguments, encoder: Encoder | None = None) 
     (or empty) folder takes back what it wrote: the folder is left as it was.
     """
     check_arguments(args, encoder_given=encoder is not None)
-    if args.units is not None:
-        require_extra("units", "fitting units (--units K)")
     processes, device = current_processes(args.device)
     started = time.perf_counter()
     corpus = open_corpus(args.input, args.split, args.input_type, args.audio_column, args.id_column)

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
 
 from ..cli import UserError, first_line
-from ..files.untrusted import Limit, check_regular_file, check_state_fits
+from ..files.untrusted import Limit, check_regular_file, check_state_fits, read_bounded
 
 MODEL_FILE = "model.bin"
 DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
@@ -32,6 +33,7 @@ RANK = Limit(4, "{what}: variable {key!r} has rank {count} (at most {most}); the
 # Whisper's special tokens (the same ids in every English-only and multilingual checkpoint's tokenizer.json
 # are looked up by name, not assumed).
 START, NO_TIMESTAMPS, END = "<|startoftranscript|>", "<|notimestamps|>", "<|endoftext|>"
+TOKENIZER_FILE, TOKENIZER_BYTES = "tokenizer.json", 32 * 1024 * 1024  # Whisper's is 2-3 MB
 
 
 def is_ctranslate2_whisper(folder: str | PathLike) -> bool:
@@ -214,11 +216,19 @@ def whisper_from_ctranslate2(folder: str | PathLike) -> WhisperForConditionalGen
 
 
 def whisper_tokenizer(folder: str | PathLike) -> PreTrainedTokenizerFast:
-    """The folder's `tokenizer.json` as a fast tokenizer (decoding and special-token ids)."""
-    path = Path(folder) / "tokenizer.json"
-    if not path.is_file():
-        raise UserError(f"{folder} has no tokenizer.json; a CTranslate2 Whisper folder holds one beside model.bin")
-    return PreTrainedTokenizerFast(tokenizer_file=str(path))
+    """The folder's `tokenizer.json` as a fast tokenizer (decoding and special-token ids).
+
+    Read whole, at most TOKENIZER_BYTES, by `read_bounded` (a FIFO or device is refused before it is opened).
+    """
+    path = Path(folder) / TOKENIZER_FILE
+    if not path.exists():
+        raise UserError(f"{folder} has no {TOKENIZER_FILE}; a CTranslate2 Whisper folder holds one beside model.bin")
+    data = read_bounded(path, str(path), TOKENIZER_BYTES, "Whisper's is 2-3 MB")
+    try:
+        tokenizer = Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as error:  # noqa: BLE001 -- UnicodeDecodeError, or the tokenizers library's plain Exception
+        raise UserError(f"{path} is not a tokenizers tokenizer.json: {first_line(error)[:120]}") from None
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
 
 
 def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
