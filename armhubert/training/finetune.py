@@ -31,7 +31,7 @@ from ..cli import CommandParser, UserError
 from ..distill.trainer import resolve_resume
 from ..files.atomic import check_apart, check_output_folder, output_lock
 from ..files.untrusted import check_code_text
-from ..folders.model_folders import check_model_folder, load_pretrained
+from ..folders.model_folders import ModelFolder, open_model_folder
 from ..folders.remote_code import add_remote_code_entries
 from ..speech.audio import DataError, read_audio, window
 from ..threads import use_machine_threads
@@ -71,6 +71,14 @@ class ModelArguments:
     mask_feature_length: int = field(default=10, metadata={"help": "Length of a channel-mask span."})
     final_dropout: float = field(default=0.1, metadata={"help": "Dropout before the CTC head."})
     layerdrop: float = field(default=0.0, metadata={"help": "Probability of skipping a whole layer while training."})
+    # The checked --model_name_or_path (`parse_run_arguments` opens it), not an argument.
+    model_folder: ModelFolder | None = field(default=None, init=False, repr=False)
+
+    def open_model_folder(self) -> ModelFolder:
+        """--model_name_or_path through the model-folder door, once: it takes one model's folder."""
+        if self.model_folder is None:
+            self.model_folder = open_model_folder(self.model_name_or_path, subfolder_option=None)
+        return self.model_folder
 
 
 @dataclass
@@ -118,8 +126,8 @@ def parse_run_arguments(
     if training_args.output_dir in (None, "trainer_output"):
         raise UserError("--output_dir is required")
     check_model_arguments(model_args)
-    if model_args.model_name_or_path:  # a multi-model root is named before any data is read (and progress shown)
-        check_model_folder(model_args.model_name_or_path, subfolder_option=None)
+    if model_args.model_name_or_path:  # checked before any data is read (and progress shown)
+        model_args.open_model_folder()
     check_training_steps(training_args)
     check_code_text(training_args.output_dir, "--output_dir")  # both appear in the model card's code
     check_code_text(model_args.model_name_or_path or "", "--model_name_or_path")
@@ -182,9 +190,8 @@ def load_head_model(
     )
     check_model_arguments(model_args)
     if model_args.model_name_or_path:
-        source = model_args.model_name_or_path
-        check_model_folder(source, subfolder_option=None)  # --model_name_or_path takes one model's folder
-        model = load_pretrained(head_class.from_pretrained, source, **overrides)  # the installed class: no folder code
+        # the installed class: no folder code
+        model = model_args.open_model_folder().load(head_class.from_pretrained, **overrides)
     else:
         try:
             model = head_class(ARMHubertConfig.from_preset(model_args.preset, **overrides))
