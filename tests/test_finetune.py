@@ -352,6 +352,10 @@ def test_classification_csv_errors_are_one_line_with_status_2(tiny_model_dir, tm
         (["--train_csv", str(bad_csv), "--eval_csv", str(eval_csv)], "needs a header with 'path' and 'label'"),
         (["--train_csv", str(missing_csv), "--eval_csv", str(eval_csv)], "cannot read audio file"),
         (["--train_csv", str(train_csv)], "give exactly one of --eval_dir and --eval_csv"),
+        (
+            ["--train_csv", str(train_csv), "--train_dir", str(CORPUS / "dev-clean"), "--eval_csv", str(eval_csv)],
+            "give exactly one of --train_dir and --train_csv",
+        ),
     ]
     for arguments, message in cases:
         assert finetune_classification.main(arguments + common) == 2

@@ -65,6 +65,11 @@ class DataArguments:
         },
     )
 
+    def __post_init__(self):
+        for what in ("train", "eval"):  # read_examples trusts that each split has one source
+            if bool(getattr(self, f"{what}_dir")) == bool(getattr(self, f"{what}_csv")):
+                raise UserError(f"give exactly one of --{what}_dir and --{what}_csv")
+
 
 @dataclass
 class ClassificationCollator:
@@ -92,8 +97,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Fine-tune; returns {"train", "eval", "log_history"} (see armhubert.training.finetune.train_evaluate_and_save)."""
     model_args, data_args, training_args = parse_run_arguments(DataArguments, argv, PROG)
 
-    train_examples = read_examples(data_args.train_dir, data_args.train_csv, "train")
-    eval_examples = read_examples(data_args.eval_dir, data_args.eval_csv, "eval")
+    train_examples = read_examples(data_args.train_dir, data_args.train_csv)
+    eval_examples = read_examples(data_args.eval_dir, data_args.eval_csv)
     labels = sorted({label for _, label in train_examples})
     if len(labels) < 2:
         raise DataError(f"the training data has {len(labels)} label(s); classification needs at least 2")

@@ -3,7 +3,7 @@
 Used by `scripts/finetune_classification.py` (training and evaluation data) and `scripts/evaluate.py`.
 Rows keep their audio undecoded (`{"path", "bytes"}`) for `armhubert.training.finetune.decode_audio_batch`.
 
-    examples = read_examples("data/LibriSpeech/dev-clean", None, "eval")   # [(path, "1001"), ...]
+    examples = read_examples("data/LibriSpeech/dev-clean", None)   # [(path, "1001"), ...]
     dataset = build_dataset(examples, {"1001": 0, "1002": 1, ...}, "evaluation")
 """
 
@@ -15,7 +15,6 @@ import datasets
 
 from configuration_armhubert import SAMPLING_RATE
 
-from ..cli import UserError
 from ..files.untrusted import check_number, check_regular_file
 from .audio import DataError, audio_num_samples
 
@@ -78,10 +77,8 @@ def examples_from_csv(csv_path: str | Path) -> list[tuple[Path, str]]:
     return examples
 
 
-def read_examples(folder: str | None, csv_path: str | None, what: str) -> list[tuple[Path, str]]:
-    """(path, label) pairs from exactly one of --{what}_dir and --{what}_csv."""
-    if bool(folder) == bool(csv_path):
-        raise UserError(f"give exactly one of --{what}_dir and --{what}_csv")
+def read_examples(folder: str | None, csv_path: str | None) -> list[tuple[Path, str]]:
+    """(path, label) pairs from `folder`, else from `csv_path` (the arguments hold exactly one of them)."""
     return examples_from_folder(folder) if folder else examples_from_csv(csv_path)
 
 
