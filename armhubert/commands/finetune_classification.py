@@ -31,6 +31,7 @@ from armhubert.training.finetune import (
     check_min_duration,
     decode_audio_batch,
     load_head_model,
+    max_duration_field,
     parse_run_arguments,
     random_window,
     train_evaluate_and_save,
@@ -55,7 +56,7 @@ class DataArguments:
     eval_dir: str = field(default=None, metadata={"help": "Evaluation folder, same layout as --train_dir."})
     train_csv: str = field(default=None, metadata={"help": "CSV with columns path,label (paths relative to the CSV)."})
     eval_csv: str = field(default=None, metadata={"help": "Evaluation CSV, same columns as --train_csv."})
-    max_duration: float = field(default=20.0, metadata={"help": "Drop training utterances longer than this (seconds)."})
+    max_duration: float = max_duration_field()
     crop_seconds: float = field(
         default=None,
         metadata={

@@ -27,7 +27,7 @@ from transformers import (
 
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 
-from ..cli import CommandParser, UserError
+from ..cli import CommandParser, UserError, above
 from ..distill.trainer import resolve_resume
 from ..files.atomic import check_apart, check_output_folder, output_lock
 from ..files.untrusted import check_code_text
@@ -79,6 +79,14 @@ class ModelArguments:
         if self.model_folder is None:
             self.model_folder = open_model_folder(self.model_name_or_path, subfolder_option=None)
         return self.model_folder
+
+
+def max_duration_field() -> Any:
+    """The --max_duration argument of a fine-tuning data class: seconds, checked by `check_fields`."""
+    return field(
+        default=20.0,
+        metadata={"help": "Drop training utterances longer than this (seconds).", "bounds": above(0, 86_400)},
+    )
 
 
 @dataclass
