@@ -28,7 +28,7 @@ from transformers import (
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 
 from ..cli import CommandParser, UserError, above
-from ..distill.trainer import resolve_resume
+from ..distill.resume import ResumeCheckpoint, check_resume_checkpoint, find_resume_checkpoint
 from ..files.atomic import check_apart, check_output_folder, output_lock
 from ..files.untrusted import check_code_text
 from ..folders.model_folders import ModelFolder, open_model_folder
@@ -37,6 +37,8 @@ from ..speech.audio import DataError, read_audio, window
 from ..threads import use_machine_threads
 from .checkpoints import CheckpointRotation, train_keeping_complete_checkpoints
 from .guarded_trainer import BoundedTrainingArguments, check_training_steps, save_trained_model
+
+FLAG_RESUME = "--resume_from_checkpoint"
 
 
 @dataclass
@@ -113,6 +115,8 @@ class FinetuneTrainingArguments(BoundedTrainingArguments):
             "--save_only_model false to be able to continue a run with --resume_from_checkpoint."
         },
     )
+    # The checkpoint --resume_from_checkpoint names, its trainer state read (`parse_run_arguments`), not an argument.
+    resume_checkpoint: ResumeCheckpoint | None = field(default=None, init=False, repr=False)
 
 
 def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None, prog: str) -> tuple:
@@ -144,10 +148,9 @@ def parse_run_arguments(
     resume = training_args.resume_from_checkpoint
     if resume:  # continue a run in its own output_dir: a complete checkpoint, the folder apart from the inputs
         last = str(resume).lower() in ("true", "last")
-        flag = "--resume_from_checkpoint"
-        training_args.resume_from_checkpoint = resolve_resume(
-            "last" if last else resume, training_args.output_dir, flag
-        )
+        checkpoint = find_resume_checkpoint("last" if last else resume, training_args.output_dir, FLAG_RESUME)
+        training_args.resume_checkpoint = checkpoint
+        training_args.resume_from_checkpoint = str(checkpoint.folder)
         check_apart(training_args.output_dir, inputs)
     else:
         check_output_folder(
@@ -265,6 +268,9 @@ def train_evaluate_and_save(
     the same output_dir at the same time is refused (`output_lock`).
     Returns {"train": TrainOutput, "eval": metrics, "log_history": the Trainer's log entries}.
     """
+    resume = getattr(trainer.args, "resume_checkpoint", None)  # FinetuneTrainingArguments' (parse_run_arguments)
+    if resume is not None:  # its weights and pickles, as distillation checks them, before the Trainer reads them
+        check_resume_checkpoint(resume, trainer)
     trainer.add_callback(CheckpointRotation(trainer.args, keep_last=trainer.args.save_total_limit))
     if not trainer.args.should_save:  # the main process holds the lock for all
         return _train_evaluate_and_save(trainer, output_dir, make_card)
