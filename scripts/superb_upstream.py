@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from armhubert.cli import UserError, run_main
-from armhubert.folders.model_folders import check_model_folder, load_pretrained
+from armhubert.folders.model_folders import open_model_folder
 from configuration_armhubert import SAMPLING_RATE
 from modeling_armhubert import ARMHubertModel, superb_layer_outputs
 
@@ -82,9 +82,9 @@ class UpstreamExpert(_UpstreamBase):
 
     def __init__(self, ckpt: str, model_config: str | None = None, **kwargs) -> None:
         super().__init__()
-        check_model_folder(ckpt, subfolder_option=None)  # -k takes one model's folder
+        folder = open_model_folder(ckpt, subfolder_option=None)  # -k takes one model's folder
         # layer_grad_scale is distillation-only: off, as it would damp a trainable upstream's (-f) lower layers
-        self.model = load_pretrained(ARMHubertModel.from_pretrained, ckpt, layer_grad_scale=False)
+        self.model = folder.load(ARMHubertModel.from_pretrained, layer_grad_scale=False)
         self.model.eval()
 
     def get_downsample_rates(self, key: str) -> int:

@@ -352,6 +352,10 @@ def test_classification_csv_errors_are_one_line_with_status_2(tiny_model_dir, tm
         (["--train_csv", str(bad_csv), "--eval_csv", str(eval_csv)], "needs a header with 'path' and 'label'"),
         (["--train_csv", str(missing_csv), "--eval_csv", str(eval_csv)], "cannot read audio file"),
         (["--train_csv", str(train_csv)], "give exactly one of --eval_dir and --eval_csv"),
+        (
+            ["--train_csv", str(train_csv), "--train_dir", str(CORPUS / "dev-clean"), "--eval_csv", str(eval_csv)],
+            "give exactly one of --train_dir and --train_csv",
+        ),
     ]
     for arguments, message in cases:
         assert finetune_classification.main(arguments + common) == 2
@@ -500,6 +504,28 @@ def test_demo_runs_keep_one_small_checkpoint_unless_asked(tiny_model_dir, tmp_pa
     state.write_bytes(state.read_bytes()[:100])
     with pytest.raises(UserError, match="trainer_state.json is not valid JSON"):
         finetune_classification.run([*resumed, "--resume_from_checkpoint", "last"])
+
+
+def test_a_resume_checkpoint_whose_optimizer_is_not_a_torch_file_is_one_line_and_changes_nothing(
+    tiny_model_dir, tmp_path, capsys
+):
+    """Resuming fine-tuning checks the checkpoint's weights and pickles as distillation does (it was a traceback)."""
+    from hostile import digest, refusal
+
+    out = tmp_path / "out"
+    common = ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--train_dir"]
+    common += [str(CORPUS / "train-clean-100"), "--eval_dir", str(CORPUS / "dev-clean"), "--use_cpu"]
+    common += ["--report_to", "none", "--disable_tqdm", "true", "--save_steps", "1", "--save_only_model", "false"]
+    finetune_classification.run([*common, "--max_steps", "2"])
+    checkpoint = out / "checkpoint-2"
+    (checkpoint / "optimizer.pt").write_bytes(np.random.default_rng(0).bytes(5000))
+    before = digest(tmp_path)
+    capsys.readouterr()
+    line = refusal(
+        capsys, finetune_classification.main, *common, "--max_steps", "3", "--resume_from_checkpoint", "last"
+    )
+    assert f"{checkpoint / 'optimizer.pt'} is not a readable PyTorch checkpoint" in line, line
+    assert digest(tmp_path) == before
 
 
 def test_final_evaluation_reuses_the_evaluation_logged_at_the_last_step():

@@ -137,7 +137,7 @@ def test_a_folder_with_its_own_code_loads_when_trusted(tmp_path):
     from safetensors.torch import save_file
     from transformers import AutoModel
 
-    from armhubert.folders.model_folders import load_pretrained
+    from armhubert.folders.model_folders import open_model_folder
 
     folder = tmp_path / "own-code"
     folder.mkdir()
@@ -147,6 +147,6 @@ def test_a_folder_with_its_own_code_loads_when_trusted(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     save_file({"linear.weight": torch.eye(4), "linear.bias": torch.zeros(4)}, folder / "model.safetensors")
     with pytest.raises(UserError, match="pass --trust_remote_code"):
-        load_pretrained(AutoModel.from_pretrained, folder)
-    model = load_pretrained(AutoModel.from_pretrained, folder, trust_remote_code=True)
+        open_model_folder(folder).load(AutoModel.from_pretrained)
+    model = open_model_folder(folder, trust_remote_code=True).load(AutoModel.from_pretrained)
     assert type(model).__name__ == "FolderModel" and torch.equal(model.linear.weight, torch.eye(4))

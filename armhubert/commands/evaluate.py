@@ -42,13 +42,7 @@ from transformers import AutoFeatureExtractor, PreTrainedModel, Wav2Vec2CTCToken
 from armhubert.cli import CommandParser, UserError, at_least, check_cuda, run_main
 from armhubert.files.atomic import atomic_write_text, check_output_file
 from armhubert.files.untrusted import brief, check_finite_weights
-from armhubert.folders.model_folders import (
-    check_model_folder,
-    load_config,
-    load_folder_part,
-    load_with_missing,
-    refuse_missing,
-)
+from armhubert.folders.model_folders import ModelFolder, load_folder_part, open_model_folder, refuse_missing
 from armhubert.progress import progress
 from armhubert.speech.audio import DataError
 from armhubert.speech.chunking import check_unchunked_lengths
@@ -114,15 +108,15 @@ def check_output_json(args: EvaluateArguments, inputs: Sequence[str | Path]) -> 
     check_output_file(args.output_json, args.overwrite, inputs, what="--output_json")
 
 
-def head_class(folder: str) -> type[PreTrainedModel]:
-    """The head class (CTC or classification) `folder`'s checked config names; nothing of the weights is read."""
-    check_model_folder(folder, subfolder_option=None)
-    if not Path(folder, "config.json").is_file():
+def head_class(folder: str) -> tuple[ModelFolder, type[PreTrainedModel]]:
+    """`folder` through the model-folder door, and the head class (CTC or classification) its checked config
+    names; nothing of the weights is read."""
+    if not Path(folder).is_dir():  # a fine-tuning output is a local folder: the door would ask the Hub
         raise UserError(
-            f"{folder} is not a model folder (no config.json); give a folder written by a fine-tuning script"
+            f"{folder} is not a model folder (no such folder); give a folder written by a fine-tuning script"
         )
-    config = load_config(folder)
-    architecture = (getattr(config, "architectures", None) or ["ARMHubertModel"])[0]
+    model = open_model_folder(folder, subfolder_option=None)
+    config, architecture = model.config, model.architecture or "ARMHubertModel"
     if not isinstance(config, ARMHubertConfig) or architecture not in HEADS:
         kind = brief(architecture) if not str(architecture).isidentifier() else architecture
         kind = kind if isinstance(config, ARMHubertConfig) else f"a {type(config).__name__} model"
@@ -130,15 +124,17 @@ def head_class(folder: str) -> type[PreTrainedModel]:
             f"{folder} holds {kind}, not a fine-tuned model (an ARMHuBERT CTC or classification head); evaluate a "
             "folder written by scripts/finetune_ctc.py or scripts/finetune_classification.py"
         )
-    return HEADS[architecture]
+    return model, HEADS[architecture]
 
 
-def load_model(folder: str, head: type[PreTrainedModel]) -> PreTrainedModel:
-    """The fine-tuned model of `folder` (through the checked loader), in eval mode; refused when a weight is
-    missing (it would be random) or not finite (every figure would be computed from NaN)."""
-    model, missing = load_with_missing(head.from_pretrained, folder)
-    refuse_missing(missing, folder, f"its {head.__name__}")
-    check_finite_weights(model, f"the model {folder}", "its outputs would be NaN; evaluate a model that trained well")
+def load_model(folder: ModelFolder, head: type[PreTrainedModel]) -> PreTrainedModel:
+    """The fine-tuned model of the checked `folder`, in eval mode; refused when a weight is missing (it would be
+    random) or not finite (every figure would be computed from NaN)."""
+    model, missing = folder.load_with_missing(head.from_pretrained)
+    refuse_missing(missing, folder.where, f"its {head.__name__}")
+    check_finite_weights(
+        model, f"the model {folder.where}", "its outputs would be NaN; evaluate a model that trained well"
+    )
     return model.eval()
 
 
@@ -331,7 +327,7 @@ def format_report(result: dict[str, Any]) -> list[str]:
 def evaluate(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Evaluate MODEL on --data; prints and returns the figures."""
     folder, args = parse_arguments(argv)
-    head = head_class(folder)
+    model_folder, head = head_class(folder)
     is_ctc = head is ARMHubertForCTC
     with caches_outside_inputs():
         dataset = load_ctc_data(args) if is_ctc else load_classification_data(args)
@@ -341,7 +337,7 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, Any]:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     if not len(dataset):
         raise DataError(f"{args.data} holds no utterance to evaluate")
-    model = load_model(folder, head)
+    model = load_model(model_folder, head)
     _check_lengths(dataset, model)
     device = torch.device(
         "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"

@@ -31,6 +31,7 @@ from armhubert.training.finetune import (
     check_min_duration,
     decode_audio_batch,
     load_head_model,
+    max_duration_field,
     parse_run_arguments,
     random_window,
     train_evaluate_and_save,
@@ -55,7 +56,7 @@ class DataArguments:
     eval_dir: str = field(default=None, metadata={"help": "Evaluation folder, same layout as --train_dir."})
     train_csv: str = field(default=None, metadata={"help": "CSV with columns path,label (paths relative to the CSV)."})
     eval_csv: str = field(default=None, metadata={"help": "Evaluation CSV, same columns as --train_csv."})
-    max_duration: float = field(default=20.0, metadata={"help": "Drop training utterances longer than this (seconds)."})
+    max_duration: float = max_duration_field()
     crop_seconds: float = field(
         default=None,
         metadata={
@@ -64,6 +65,11 @@ class DataArguments:
             "bounds": above(0),
         },
     )
+
+    def __post_init__(self):
+        for what in ("train", "eval"):  # read_examples trusts that each split has one source
+            if bool(getattr(self, f"{what}_dir")) == bool(getattr(self, f"{what}_csv")):
+                raise UserError(f"give exactly one of --{what}_dir and --{what}_csv")
 
 
 @dataclass
@@ -92,8 +98,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Fine-tune; returns {"train", "eval", "log_history"} (see armhubert.training.finetune.train_evaluate_and_save)."""
     model_args, data_args, training_args = parse_run_arguments(DataArguments, argv, PROG)
 
-    train_examples = read_examples(data_args.train_dir, data_args.train_csv, "train")
-    eval_examples = read_examples(data_args.eval_dir, data_args.eval_csv, "eval")
+    train_examples = read_examples(data_args.train_dir, data_args.train_csv)
+    eval_examples = read_examples(data_args.eval_dir, data_args.eval_csv)
     labels = sorted({label for _, label in train_examples})
     if len(labels) < 2:
         raise DataError(f"the training data has {len(labels)} label(s); classification needs at least 2")

@@ -31,6 +31,7 @@ from armhubert.training.finetune import (
     check_min_duration,
     decode_audio_batch,
     load_head_model,
+    max_duration_field,
     parse_run_arguments,
     train_evaluate_and_save,
 )
@@ -55,7 +56,7 @@ class DataArguments:
     )
     train_split: str = field(default="train-clean-100", metadata={"help": "Training split(s), comma-separated."})
     eval_split: str = field(default="dev-clean", metadata={"help": "Evaluation split(s), comma-separated."})
-    max_duration: float = field(default=20.0, metadata={"help": "Drop training utterances longer than this (seconds)."})
+    max_duration: float = max_duration_field()
     max_train_samples: int = field(default=None, metadata={"help": "Keep only the first N training utterances."})
     max_eval_samples: int = field(default=None, metadata={"help": "Keep only the first N evaluation utterances."})
     chars_to_ignore: str = field(

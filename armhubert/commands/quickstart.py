@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModel
 
 from armhubert.cli import CommandParser, UserError, at_least, run_main
-from armhubert.folders.model_folders import check_model_folder, load_pretrained
+from armhubert.folders.model_folders import open_model_folder
 from armhubert.resources import BUNDLED_CORPUS
 from armhubert.speech.audio import read_audio
 from armhubert.threads import use_machine_threads
@@ -88,8 +88,8 @@ def quickstart(argv: Sequence[str] | None = None) -> None:
     threads = use_machine_threads(PROG)
     torch.manual_seed(0)
     if args.model:
-        check_model_folder(args.model, subfolder_option=None)
-        model = load_pretrained(AutoModel.from_pretrained, args.model, trust_remote_code=args.trust_remote_code)
+        folder = open_model_folder(args.model, trust_remote_code=args.trust_remote_code, subfolder_option=None)
+        model = folder.load(AutoModel.from_pretrained)
     else:
         model = ARMHubertModel(ARMHubertConfig.from_preset(args.preset))
     model.eval()

@@ -18,13 +18,11 @@ turn into code in a generated model card. Every refusal is a `UserError` naming 
 - `check_weight_tensor`: a loaded weight is dense, on the CPU, floating-point and backed by its bytes;
 - `check_safe_name` / `check_code_text`: names and paths that reach generated text and code;
 - `check_finite_weights`: a model is never saved, or used to encode, with NaN or infinite weights;
-- `check_number`: a float option is finite and in its range;
 - `brief`: a bounded `repr` for error messages about untrusted values.
 """
 
 import _compat_pickle
 import json
-import math
 import os
 import pickletools
 import re
@@ -305,19 +303,6 @@ def check_regular_file(path: str | PathLike, what: str, error: type[UserError] =
         )
         raise error(f"{what} is {kind}, not a regular file; give a file")
     return Path(path)
-
-
-def check_number(value: Any, what: str, low: float, high: float, low_inclusive: bool = False) -> float:
-    """`value` if it is a finite number in (low, high] ([low, high] with `low_inclusive`); else one UserError.
-
-    `> 0` lets `inf` through (and every comparison with `nan` is False): options are checked finite first.
-    """
-    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-    above = number >= low if low_inclusive else number > low
-    if not (math.isfinite(number) and above and number <= high):
-        interval = f"{'[' if low_inclusive else '('}{low:g}, {high:g}]"
-        raise UserError(f"{what} must be a finite number in {interval}, got {brief(value)}")
-    return value
 
 
 def _unpickled_name(module: str, name: str) -> str:

@@ -1,18 +1,18 @@
 """Model folders: what counts as one (`is_model_folder`, the one rule every tool uses), a multi-model
 repository root (no weights, variant subfolders) named as such, and models loaded without running the folder's
-code (`load_config`, `load_pretrained`, `load_folder_part`).
+code (`open_model_folder`, `load_config`, `load_folder_part`).
 
 `convert_checkpoint.py --all` writes a default variant at the root, but a repository assembled by hand,
 or one written before that, has only subfolders; `from_pretrained` then fails with messages about a
 missing `model_type` or weights file that never mention `subfolder=`. Every tool that takes a model
-folder calls `check_model_folder` first so the user is told which subfolders there are.
+folder opens it through `open_model_folder`, whose `check_model_folder` tells the user which subfolders there are.
 
 `open_model_folder` is the one door for a model folder or Hub id: the repository check above, then its
 `config.json` read bounded, the model it describes sized on the meta device before any weight is allocated,
 and a folder's own Python code (`auto_map`) imported only with `--trust_remote_code` (this project's model
 type loads with the installed classes); whatever makes the folder unloadable is one UserError. It returns a
-`ModelFolder` (the checked config), whose `load`, `load_with_missing` and `load_part` trust it: nothing is
-read or checked twice. `load_pretrained` / `load_with_missing` are the same loads from a path.
+`ModelFolder` (the checked config), whose `load` and `load_with_missing` trust it: nothing is read or
+checked twice.
 """
 
 import logging
@@ -100,7 +100,9 @@ def read_folder_config(folder: str | os.PathLike) -> dict:
     configs = {}
     for name in ("config.json", *PROCESSOR_FILES):
         path = Path(folder) / name
-        if name != "config.json" and not os.path.lexists(path):
+        if not os.path.lexists(path):
+            if name == "config.json":
+                raise UserError(f"{folder} is not a model folder (no config.json); give the folder of a saved model")
             continue
         configs[name] = load_json_file(path, str(path), "a model config is a few kB", MAX_CONFIG_BYTES)
         if not isinstance(configs[name], dict):
@@ -245,25 +247,6 @@ class _Report(logging.Handler):
 def _missing(info: dict) -> list[str]:
     """The weights a load lacked (missing, or of another shape), which transformers initialised at random."""
     return sorted(set(info.get("missing_keys", ())) | {item[0] for item in info.get("mismatched_keys", ())})
-
-
-def load_pretrained(
-    load: Callable[..., PreTrainedModel],
-    source: str | os.PathLike,
-    subfolder: str | None = None,
-    trust_remote_code: bool = False,
-    **kwargs,
-) -> PreTrainedModel:
-    """`ModelFolder.load` of `source` through `open_model_folder`."""
-    return open_model_folder(source, subfolder, trust_remote_code).load(load, **kwargs)
-
-
-def load_with_missing(
-    load: Callable[..., PreTrainedModel], source: str | os.PathLike, **kwargs
-) -> tuple[PreTrainedModel, list[str]]:
-    """`ModelFolder.load_with_missing` of `source` through `open_model_folder`."""
-    folder = open_model_folder(source, kwargs.pop("subfolder", None), kwargs.pop("trust_remote_code", False))
-    return folder.load_with_missing(load, **kwargs)
 
 
 def refuse_missing(missing: list[str], source: str | os.PathLike, what: str) -> None:

@@ -27,16 +27,18 @@ from transformers import (
 
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 
-from ..cli import CommandParser, UserError
-from ..distill.trainer import resolve_resume
+from ..cli import CommandParser, UserError, above
+from ..distill.resume import ResumeCheckpoint, check_resume_checkpoint, find_resume_checkpoint
 from ..files.atomic import check_apart, check_output_folder, output_lock
 from ..files.untrusted import check_code_text
-from ..folders.model_folders import check_model_folder, load_pretrained
+from ..folders.model_folders import ModelFolder, open_model_folder
 from ..folders.remote_code import add_remote_code_entries
 from ..speech.audio import DataError, read_audio, window
 from ..threads import use_machine_threads
 from .checkpoints import CheckpointRotation, train_keeping_complete_checkpoints
 from .guarded_trainer import BoundedTrainingArguments, check_training_steps, save_trained_model
+
+FLAG_RESUME = "--resume_from_checkpoint"
 
 
 @dataclass
@@ -71,6 +73,22 @@ class ModelArguments:
     mask_feature_length: int = field(default=10, metadata={"help": "Length of a channel-mask span."})
     final_dropout: float = field(default=0.1, metadata={"help": "Dropout before the CTC head."})
     layerdrop: float = field(default=0.0, metadata={"help": "Probability of skipping a whole layer while training."})
+    # The checked --model_name_or_path (`parse_run_arguments` opens it), not an argument.
+    model_folder: ModelFolder | None = field(default=None, init=False, repr=False)
+
+    def open_model_folder(self) -> ModelFolder:
+        """--model_name_or_path through the model-folder door, once: it takes one model's folder."""
+        if self.model_folder is None:
+            self.model_folder = open_model_folder(self.model_name_or_path, subfolder_option=None)
+        return self.model_folder
+
+
+def max_duration_field() -> Any:
+    """The --max_duration argument of a fine-tuning data class: seconds, checked by `check_fields`."""
+    return field(
+        default=20.0,
+        metadata={"help": "Drop training utterances longer than this (seconds).", "bounds": above(0, 86_400)},
+    )
 
 
 @dataclass
@@ -97,6 +115,8 @@ class FinetuneTrainingArguments(BoundedTrainingArguments):
             "--save_only_model false to be able to continue a run with --resume_from_checkpoint."
         },
     )
+    # The checkpoint --resume_from_checkpoint names, its trainer state read (`parse_run_arguments`), not an argument.
+    resume_checkpoint: ResumeCheckpoint | None = field(default=None, init=False, repr=False)
 
 
 def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None, prog: str) -> tuple:
@@ -118,8 +138,8 @@ def parse_run_arguments(
     if training_args.output_dir in (None, "trainer_output"):
         raise UserError("--output_dir is required")
     check_model_arguments(model_args)
-    if model_args.model_name_or_path:  # a multi-model root is named before any data is read (and progress shown)
-        check_model_folder(model_args.model_name_or_path, subfolder_option=None)
+    if model_args.model_name_or_path:  # checked before any data is read (and progress shown)
+        model_args.open_model_folder()
     check_training_steps(training_args)
     check_code_text(training_args.output_dir, "--output_dir")  # both appear in the model card's code
     check_code_text(model_args.model_name_or_path or "", "--model_name_or_path")
@@ -128,10 +148,9 @@ def parse_run_arguments(
     resume = training_args.resume_from_checkpoint
     if resume:  # continue a run in its own output_dir: a complete checkpoint, the folder apart from the inputs
         last = str(resume).lower() in ("true", "last")
-        flag = "--resume_from_checkpoint"
-        training_args.resume_from_checkpoint = resolve_resume(
-            "last" if last else resume, training_args.output_dir, flag
-        )
+        checkpoint = find_resume_checkpoint("last" if last else resume, training_args.output_dir, FLAG_RESUME)
+        training_args.resume_checkpoint = checkpoint
+        training_args.resume_from_checkpoint = str(checkpoint.folder)
         check_apart(training_args.output_dir, inputs)
     else:
         check_output_folder(
@@ -182,9 +201,8 @@ def load_head_model(
     )
     check_model_arguments(model_args)
     if model_args.model_name_or_path:
-        source = model_args.model_name_or_path
-        check_model_folder(source, subfolder_option=None)  # --model_name_or_path takes one model's folder
-        model = load_pretrained(head_class.from_pretrained, source, **overrides)  # the installed class: no folder code
+        # the installed class: no folder code
+        model = model_args.open_model_folder().load(head_class.from_pretrained, **overrides)
     else:
         try:
             model = head_class(ARMHubertConfig.from_preset(model_args.preset, **overrides))
@@ -250,6 +268,9 @@ def train_evaluate_and_save(
     the same output_dir at the same time is refused (`output_lock`).
     Returns {"train": TrainOutput, "eval": metrics, "log_history": the Trainer's log entries}.
     """
+    resume = getattr(trainer.args, "resume_checkpoint", None)  # FinetuneTrainingArguments' (parse_run_arguments)
+    if resume is not None:  # its weights and pickles, as distillation checks them, before the Trainer reads them
+        check_resume_checkpoint(resume, trainer)
     trainer.add_callback(CheckpointRotation(trainer.args, keep_last=trainer.args.save_total_limit))
     if not trainer.args.should_save:  # the main process holds the lock for all
         return _train_evaluate_and_save(trainer, output_dir, make_card)
