@@ -6,9 +6,13 @@ from helpers import TINY_CKPT, TINY_IO, VARIANTS, random_model, tiny_config
 
 from armhubert.convert.original import convert
 from armhubert.folders.remote_code import ship_pipeline
+from armhubert.progress import quiet_when_piped
 
 # Tiny models: with two threads on a busy 2-core machine OpenMP spin-waits cost more than they give.
 torch.set_num_threads(1)
+# Tests read stderr line by line: the libraries' progress bars stay off from the first test on, not only once a
+# command has run (`run_main` turns them off the same way); under xdist a worker may start with any test.
+quiet_when_piped()
 
 
 @pytest.fixture(params=sorted(VARIANTS))

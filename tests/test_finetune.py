@@ -524,7 +524,7 @@ def test_a_resume_checkpoint_whose_optimizer_is_not_a_torch_file_is_one_line_and
     line = refusal(
         capsys, finetune_classification.main, *common, "--max_steps", "3", "--resume_from_checkpoint", "last"
     )
-    assert f"{checkpoint / 'optimizer.pt'} is not a readable PyTorch checkpoint" in line, line
+    assert f"--resume_from_checkpoint: {checkpoint / 'optimizer.pt'} is not a readable PyTorch checkpoint" in line, line
     assert digest(tmp_path) == before
 
 

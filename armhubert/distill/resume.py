@@ -118,19 +118,19 @@ def resolve_resume(resume: str | bool | None, output_dir: str | os.PathLike, fla
     return None if checkpoint is None else str(checkpoint.folder)
 
 
-def _check_weights(checkpoint: Path, student: PreTrainedModel) -> None:
+def _check_weights(checkpoint: Path, student: PreTrainedModel, flag: str) -> None:
     path = checkpoint / "model.safetensors"
     if not path.is_file():
-        raise UserError(f"--resume: {checkpoint} has no model.safetensors; resume a complete checkpoint")
+        raise UserError(f"{flag}: {checkpoint} has no model.safetensors; resume a complete checkpoint")
     try:
         with safetensors.safe_open(str(path), framework="pt") as weights:
             shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118 -- safe_open has no __iter__
     except Exception as error:  # noqa: BLE001 -- SafetensorError, OSError: a truncated or foreign file
         reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
-        raise UserError(f"--resume: {path} is not a readable safetensors file ({reason})") from None
+        raise UserError(f"{flag}: {path} is not a readable safetensors file ({reason})") from None
     expected = {key: value.shape for key, value in student.state_dict().items()}
     check_state_fits(
-        shapes, expected, f"--resume: {path}", "this run's student", "resume a checkpoint of the same student"
+        shapes, expected, f"{flag}: {path}", "this run's student", "resume a checkpoint of the same student"
     )
 
 
@@ -147,11 +147,11 @@ def check_resume_checkpoint(resume: ResumeCheckpoint, trainer: Trainer) -> None:
             f"{resume.flag}: {checkpoint / TRAINER_STATE_NAME} says global_step {resume.global_step}, but this run's "
             f"schedule has {steps:,} steps; resume a checkpoint of this run (or raise max_steps / num_train_epochs)"
         )
-    _check_weights(checkpoint, trainer.accelerator.unwrap_model(trainer.model))
+    _check_weights(checkpoint, trainer.accelerator.unwrap_model(trainer.model), resume.flag)
     for name in (OPTIMIZER_NAME, SCHEDULER_NAME, "scaler.pt"):
         if (checkpoint / name).exists():
-            load_torch_file(checkpoint / name, f"--resume: {checkpoint / name}")
+            load_torch_file(checkpoint / name, f"{resume.flag}: {checkpoint / name}")
     for path in sorted(checkpoint.glob("rng_state*.pth")):
-        value = load_torch_file(path, f"--resume: {path}", _RNG_GLOBALS, "numpy's generator state")
+        value = load_torch_file(path, f"{resume.flag}: {path}", _RNG_GLOBALS, "numpy's generator state")
         if not torch.is_tensor(value.get("cpu")):
-            raise UserError(f"--resume: {path} is not a saved generator state (no 'cpu' tensor)")
+            raise UserError(f"{resume.flag}: {path} is not a saved generator state (no 'cpu' tensor)")
