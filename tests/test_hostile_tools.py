@@ -763,14 +763,6 @@ def test_a_features_run_that_cannot_write_its_shard_gives_one_line_and_takes_bac
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"] + (["out"] if existing else [])
 
 
-@pytest.fixture
-def progress_bars():
-    """Progress bars on (as for a user on a terminal): they share stderr with the error line."""
-    datasets.enable_progress_bars()
-    yield
-    datasets.disable_progress_bars()
-
-
 def test_a_refusal_while_a_dataset_is_read_is_still_one_line(folders, tmp_path, capsys, progress_bars):
     saved = tmp_path / "saved"
     rows = {"audio": [{"path": str(folders["audio"][0]), "bytes": None}, {"path": "/dev/zero", "bytes": None}]}

@@ -10,13 +10,11 @@ import os
 import shutil
 import zipfile
 
-import datasets
 import numpy as np
 import pytest
 import safetensors.torch
 import soundfile
 import torch
-import transformers
 from helpers import ROOT, load_script, random_model, tiny_config
 from hostile import digest, file_size_limited, hidden_entries, refusal, run_child
 from transformers import Trainer, TrainingArguments, pipeline
@@ -36,20 +34,6 @@ QUICKSTART = str(ROOT / "conf" / "quickstart.yaml")
 FAST = ["crop_seconds=0.5", "dataloader_num_workers=0", "report_to=none", "disable_tqdm=true"]
 QUIET = ["--use_cpu", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0"]
 UTTERANCE = BUNDLED_CORPUS / "dev-clean" / "1001" / "201" / "1001-201-0000.flac"
-
-
-def _show_progress_bars(show):
-    (datasets.enable_progress_bars if show else datasets.disable_progress_bars)()
-    logs = transformers.utils.logging
-    (logs.enable_progress_bar if show else logs.disable_progress_bar)()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_progress_bars():
-    """Progress bars share stderr with the error line; these tests count stderr's lines."""
-    _show_progress_bars(False)
-    yield
-    _show_progress_bars(True)
 
 
 def _copy_corpus(root, splits=("train-clean-100", "dev-clean")):
@@ -585,14 +569,6 @@ def test_a_broken_config_json_is_one_line_for_quickstart_and_fine_tuning(
 
 # --------------------------------------------------------------------------------------------------
 # Exit 2 is one line: no warning or progress bar before it
-
-
-@pytest.fixture
-def progress_bars():
-    """Progress bars on (as for a user), for the cases whose stderr must still be one line."""
-    _show_progress_bars(True)
-    yield
-    _show_progress_bars(False)
 
 
 def test_an_all_corrupt_corpus_is_one_line_without_warnings(tmp_path, capsys, progress_bars):

@@ -64,9 +64,9 @@ def test_library_bars_are_turned_off_when_piped(stderr_is, monkeypatch):
         progress.quiet_when_piped()
         assert not transformers_logging.is_progress_bar_enabled()
         assert not datasets.is_progress_bar_enabled()
-    finally:
-        transformers_logging.enable_progress_bar()
-        datasets.enable_progress_bars()
+    finally:  # off again, as conftest leaves them for every test
+        transformers_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
 
 
 def test_trainer_prints_one_line_per_log_when_piped(stderr_is, tmp_path):
