@@ -24,6 +24,7 @@ import convert_checkpoint
 from armhubert.cli import UserError
 from armhubert.convert import folders
 from armhubert.files import atomic as outputs
+from armhubert.files.lock import output_lock
 
 
 def _convert(target, *extra):
@@ -318,11 +319,11 @@ def test_a_flipped_byte_in_a_zip_member_is_refused(tmp_path, capsys):
 
 def test_one_writer_per_output_dir(tmp_path):
     out = tmp_path / "run"
-    with outputs.output_lock(out):
+    with output_lock(out):
         with pytest.raises(UserError, match=rf"output_dir {out} is being written by process {os.getpid()} "):
-            with outputs.output_lock(out):
+            with output_lock(out):
                 pass
         assert hidden_entries(tmp_path) == [".run.armhubert-lock"]
     assert hidden_entries(tmp_path) == []
-    with outputs.output_lock(out):  # free again once the first writer is done
+    with output_lock(out):  # free again once the first writer is done
         pass

@@ -475,7 +475,7 @@ def test_a_damaged_resume_checkpoint_is_one_line_and_changes_nothing(stopped_run
 
 
 def test_a_second_distillation_into_the_same_output_dir_is_refused(tmp_path, capsys):
-    from armhubert.files.atomic import output_lock
+    from armhubert.files.lock import output_lock
 
     out = tmp_path / "run"
     with output_lock(out):  # a first run, writing

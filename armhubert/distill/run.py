@@ -13,7 +13,8 @@ from configuration_armhubert import SAMPLING_RATE
 from pipeline_armhubert import release_feature_extractor
 
 from ..cli import UserError
-from ..files.atomic import atomic_write_text, check_output_location, output_lock
+from ..files.atomic import atomic_write_text, check_output_location
+from ..files.lock import output_lock
 from ..files.untrusted import brief, load_yaml_file
 from ..folders.cards import DistillationFacts, distilled_card, format_duration, last_logged
 from ..speech.librispeech import AudioCollator, load_librispeech

@@ -14,10 +14,9 @@ turn into code in a generated model card. Every refusal is a `UserError` naming 
 - `scan_pickle`: opcode count and named globals of a pickle, before anything of it is built;
 - `load_torch_file`: the door of `torch.save` files: `torch.load(weights_only=True)` of a file that passed those
   checks and a scan of the classes it names, a dict, or one UserError;
-- `check_state_fits`: loaded weights have exactly the names and shapes of the model they are for;
-- `check_weight_tensor`: a loaded weight is dense, on the CPU, floating-point and backed by its bytes;
+- `check_state_fits` / `check_weight_tensor` / `check_finite_weights`: loaded weights have exactly the names and
+  shapes of their model, are dense floating-point CPU tensors backed by their bytes, and are never NaN or infinite;
 - `check_safe_name` / `check_code_text`: names and paths that reach generated text and code;
-- `check_finite_weights`: a model is never saved, or used to encode, with NaN or infinite weights;
 - `brief`: a bounded `repr` for error messages about untrusted values.
 """
 
