@@ -9,7 +9,9 @@ Command-line arguments and recipe values have one door, `check_fields`: an argum
 field's choices as its `Literal[...]` type and its numeric range as `bounds` in the field's metadata
 (`field(default=8, metadata={"help": ..., "bounds": at_least(1)})`); `CommandParser.parse_into_dataclasses`
 checks every dataclass it returns, Python callers and `__post_init__`s call `check_fields` themselves, and the
-code after it trusts every field. Rules that relate two fields stay explicit checks beside it.
+code after it trusts every field. Rules that relate fields are data too: a dataclass's `RULES`, a tuple of
+`Rule`s (whether the arguments break it, the one-line refusal), which `check_fields` checks after the fields
+with `refuse_broken`; other doors keep their own tables of rules over what they check (a recipe and its models).
 """
 
 import dataclasses
@@ -137,11 +139,24 @@ def _rules(cls: type) -> tuple[_Rule, ...]:
     return tuple(rules)
 
 
+Rule = tuple[Callable[..., object], str]
+"""A refusal as data: (broken, refusal). `broken(**subjects)` is true when the subjects break the rule;
+`refusal` is its one line, a `str.format` template over the same subjects (`"--x {args.x} ..."`)."""
+
+
+def refuse_broken(rules: Sequence[Rule], **subjects: object) -> None:
+    """Refuse the first of `rules` that `subjects` break (a `UserError` with its refusal), in table order."""
+    for broken, refusal in rules:
+        if broken(**subjects):
+            raise UserError(refusal.format(**subjects))
+
+
 def check_fields(arguments: typing.Any, prefix: str = "--", null: str | None = None) -> None:
     """Refuse, in one `UserError` line naming the field (`prefix` + its name), its allowed values and the value
     given: a number outside the field's `bounds`, NaN or infinity in any number field, a value its `Literal`
     type does not list. Each item of a list field is checked alike; None (not set) passes. `null`: the word
-    for None in the message of an optional field (a recipe's `null`; a command line cannot give None)."""
+    for None in the message of an optional field (a recipe's `null`; a command line cannot give None).
+    Then the dataclass's `RULES` (rules between fields, subject `args`), in order, once every field passed."""
     from .files.untrusted import brief  # untrusted.py imports this module
 
     for rule in _rules(type(arguments)):
@@ -159,6 +174,7 @@ def check_fields(arguments: typing.Any, prefix: str = "--", null: str | None = N
                 expected = "a finite number"
             if expected:
                 raise UserError(f"{prefix}{rule.name} must be {expected}, got {brief(item)}")
+    refuse_broken(getattr(type(arguments), "RULES", ()), args=arguments)
 
 
 def check_cuda(device: str, flag: str = "--device") -> None:

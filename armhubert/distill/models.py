@@ -23,7 +23,7 @@ from transformers import (
 from configuration_armhubert import PRESETS, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
-from ..cli import UserError
+from ..cli import UserError, refuse_broken
 from ..files.untrusted import check_model_size
 from ..folders.remote_code import add_remote_code_entries
 from ..teachers.ctranslate2 import is_ctranslate2_whisper, whisper_from_ctranslate2
@@ -124,13 +124,6 @@ STUDENT_RULES = (
         "masking distillation needs a student with use_mask_embedding=True",
     ),
 )
-
-
-def refuse_broken(rules: tuple, **subjects: object) -> None:
-    """Refuse the first of `rules` that `subjects` (the recipe `args` and models) break, in its one line."""
-    for broken, refusal in rules:
-        if broken(**subjects):
-            raise UserError(refusal.format(**subjects))
 
 
 def check_config_fields(distill_args: DistillTrainingArguments) -> None:

@@ -16,11 +16,13 @@ turn into code in a generated model card. Every refusal is a `UserError` naming 
   checks and a scan of the classes it names, a dict, or one UserError;
 - `check_state_fits` / `check_weight_tensor` / `check_finite_weights`: loaded weights have exactly the names and
   shapes of their model, are dense floating-point CPU tensors backed by their bytes, and are never NaN or infinite;
+- `open_safetensors`: the door of safetensors files (shards, codebooks, checkpoints' weights), one refusal;
 - `check_safe_name` / `check_code_text`: names and paths that reach generated text and code;
 - `brief`: a bounded `repr` for error messages about untrusted values.
 """
 
 import _compat_pickle
+import contextlib
 import json
 import os
 import pickletools
@@ -29,7 +31,7 @@ import reprlib
 import stat
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -37,6 +39,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError, safe_open
 
 from ..cli import UserError
 
@@ -279,6 +282,19 @@ def load_json_file(
 ) -> Any:
     """`parse_json` of a regular file of at most `max_bytes` (`usual`: what size such a file has, for the message)."""
     return parse_json(read_bounded(path, what, max_bytes, usual), what, max_nodes)
+
+
+@contextlib.contextmanager
+def open_safetensors(path: str | PathLike, what: str) -> Iterator[Any]:
+    """`safe_open(path)` (torch tensors) for the block, the door of safetensors files: a path that is not a regular
+    file, or a file safetensors cannot read (another format, truncated, a failed mmap: also when the block reads a
+    header or a tensor), is one UserError naming `what`."""
+    check_regular_file(path, what)  # a FIFO would block, a device never end
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            yield handle
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:  # RuntimeError: a failed mmap
+        raise UserError(f"{what} is not a readable safetensors file: {brief(str(error))}") from None
 
 
 def check_regular_file(path: str | PathLike, what: str, error: type[UserError] = UserError) -> Path:

@@ -24,12 +24,25 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from configuration_armhubert import SAMPLING_RATE
+
+from ..cli import UserError
 from ..files.untrusted import brief
 from .audio import DataError, read_audio
 
 # Longest utterance a model runs whole: its first convolution alone keeps 512 channels at a fifth of the sample
 # rate, 410 bytes a sample (800 MB for 2 minutes, 23 GB for an hour). Longer ones are chunked or refused.
 MAX_UNCHUNKED_SECONDS = 120
+
+
+def check_window(seconds: float, field_samples: int, what: str, advice: str) -> None:
+    """Refuse an audio window of `seconds` (`what`: the option that sets it, with its value) shorter than
+    `field_samples`, the models' receptive field: a window that short holds no frame. `advice`: what to do."""
+    if seconds * SAMPLING_RATE < field_samples:
+        raise UserError(
+            f"{what} is shorter than the receptive field ({field_samples} samples, "
+            f"{field_samples / SAMPLING_RATE:.3f} s); {advice}"
+        )
 
 
 def check_unchunked_lengths(lengths: Sequence[int], name_of: Callable[[int], str], advice: str) -> None:
