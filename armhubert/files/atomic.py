@@ -10,6 +10,7 @@ what killed runs left beside a target is put back or removed on the next run
 
 import ctypes
 import errno
+import functools
 import glob
 import json
 import logging
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from ..cli import UserError
+from ..cli import Rule, UserError, refuse_broken
 from ..folders.model_folders import is_model_folder
 
 logger = logging.getLogger(__name__)
@@ -61,14 +62,16 @@ def _link_new(staging: str, path: Path, flag: str) -> None:
     a check and a rename)."""
     try:
         os.link(staging, path)
+        return
     except FileExistsError:
-        raise UserError(f"{path} exists; pass {flag} to replace it") from None
+        taken = True
     except OSError as error:
         if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise
-        if os.path.lexists(path):
-            raise UserError(f"{path} exists; pass {flag} to replace it") from None
-        os.replace(staging, path)
+        taken = os.path.lexists(path)
+    if taken:
+        raise UserError(f"{path} exists; pass {flag} to replace it") from None
+    os.replace(staging, path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, replace: bool = True, flag: str = "--overwrite") -> Path:
@@ -288,28 +291,118 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+class _Output:
+    """An output path as the output rules see it, each fact found when a rule asks: the input it overlaps
+    (`overlap`: "is", "contains" or "is inside", and that input as `source`), its nearest existing folder
+    (`existing`, from `path`, or from `writable_from` for a file's folder) and, for a non-empty folder to be
+    replaced, why it is not a previous output of this tool (`problem`, by the caller's `judge`)."""
+
+    def __init__(self, path, inputs=(), writable_from: Path | None = None, judge: Callable | None = None):
+        self.path, self.inputs, self.writable_from, self.judge = Path(path), inputs, writable_from, judge
+
+    @functools.cached_property
+    def overlap(self) -> tuple[str, Path] | None:
+        resolved = self.path.resolve()
+        for item in self.inputs:
+            if item is not None and os.path.lexists(item):
+                source = Path(item).resolve()
+                if _inside(source, resolved) or _inside(resolved, source):
+                    return "is" if source == resolved else "contains" if _inside(
+                        source, resolved
+                    ) else "is inside", source
+        return None
+
+    @property
+    def resolved(self) -> Path:
+        return self.path.resolve()
+
+    @property
+    def relation(self) -> str:
+        return self.overlap[0]
+
+    @property
+    def source(self) -> Path:
+        return self.overlap[1]
+
+    @functools.cached_property
+    def existing(self) -> Path:
+        existing = (self.writable_from or self.path).absolute()
+        while not existing.exists():
+            existing = existing.parent
+        return existing
+
+    @property
+    def non_empty(self) -> bool:
+        return self.path.is_dir() and any(self.path.iterdir())
+
+    @functools.cached_property
+    def problem(self) -> str | None:
+        return self.judge(self.path)
+
+
+# Where an output may go, as `Rule`s over `out` (an `_Output`) and the command's `overwrite`, its `flag` and `what`
+# it calls the output. Never over, into or around an input (replacing it would delete the input); only where its
+# nearest existing folder is a writable folder; a file only as a regular file, replaced only with `flag`; a
+# non-empty folder only with `flag`, and then only a previous output of this tool (`previous_output_problem`).
+APART_RULES: tuple[Rule, ...] = (
+    (
+        lambda out, **_: out.overlap is not None,
+        "the output {out.resolved} {out.relation} the input {out.source}; choose an output folder apart from the inputs",
+    ),
+)
+_WRITABLE_RULES: tuple[Rule, ...] = (
+    (
+        lambda out, **_: not out.existing.is_dir(),
+        "cannot create output {out.path}: {out.existing} is a file, not a folder",
+    ),
+    (
+        lambda out, **_: not os.access(out.existing, os.W_OK | os.X_OK),
+        "cannot write output {out.path}: {out.existing} is not writable; choose another folder",
+    ),
+)
+LOCATION_RULES: tuple[Rule, ...] = (
+    *APART_RULES,
+    (lambda out, **_: out.path.exists() and not out.path.is_dir(), "output {out.path} exists and is not a folder"),
+    *_WRITABLE_RULES,
+)
+FOLDER_RULES: tuple[Rule, ...] = (
+    *LOCATION_RULES,
+    (
+        lambda out, overwrite, **_: out.non_empty and not overwrite,
+        "output folder {out.path} is not empty; pass {flag} to replace it",
+    ),
+    (
+        lambda out, **_: out.non_empty and out.problem is not None,
+        "{flag} only replaces a previous output of this tool, and {out.path} is not one: {out.problem}; "
+        "remove those files yourself or choose another folder",
+    ),
+)
+FILE_RULES: tuple[Rule, ...] = (
+    (lambda text, **_: not text.strip(), "{what} is empty; give a file name"),
+    *APART_RULES,
+    (lambda out, **_: out.path.is_dir(), "{what} {out.path} is a folder; give a file name"),
+    (
+        lambda out, overwrite, **_: os.path.lexists(out.path) and not overwrite,
+        "{what} {out.path} exists; pass {flag} to replace it, or choose another name",
+    ),
+    (
+        lambda out, **_: os.path.lexists(out.path) and not (out.path.is_file() or out.path.is_symlink()),
+        "{what} {out.path} exists and is not a regular file (a device, FIFO or socket); choose a file",
+    ),
+    *_WRITABLE_RULES,
+)
+
+
 def check_apart(output: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = ()) -> None:
     """Refuse an output that is, contains or lies inside an input: replacing it would delete the input."""
-    output = Path(output).resolve()
-    for item in inputs:
-        if item is None or not os.path.lexists(item):
-            continue
-        source = Path(item).resolve()
-        if _inside(source, output) or _inside(output, source):
-            relation = "is" if source == output else "contains" if _inside(source, output) else "is inside"
-            raise UserError(
-                f"the output {output} {relation} the input {source}; choose an output folder apart from the inputs"
-            )
+    refuse_broken(APART_RULES, out=_Output(output, inputs))
 
 
 def check_output_location(output: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
-    """Refuse an output that overlaps an input (`check_apart`), is a file, or whose nearest existing folder is not writable."""
-    output = Path(output)
-    check_apart(output, inputs)
-    if output.exists() and not output.is_dir():
-        raise UserError(f"output {output} exists and is not a folder")
-    _check_writable(output)
-    return output
+    """Refuse an output folder that breaks LOCATION_RULES: it overlaps an input, is a file, or its nearest
+    existing folder is not writable."""
+    refuse_broken(LOCATION_RULES, out=_Output(output, inputs))
+    return Path(output)
 
 
 def check_output_file(
@@ -319,33 +412,13 @@ def check_output_file(
     flag: str = "--overwrite",
     what: str = "output",
 ) -> Path:
-    """Refuse an output file that is, holds or lies inside an input (`check_apart`: pass every input, the files
-    a CSV or dataset names included), is a folder, exists without `overwrite` (the command's `flag`), or
-    whose nearest existing folder is not writable. Write it with `atomic_write_*(..., replace=overwrite)`."""
-    if not str(output).strip():
-        raise UserError(f"{what} is empty; give a file name")
-    output = Path(output)
-    check_apart(output, inputs)
-    if output.is_dir():
-        raise UserError(f"{what} {output} is a folder; give a file name")
-    if os.path.lexists(output) and not overwrite:
-        raise UserError(f"{what} {output} exists; pass {flag} to replace it, or choose another name")
-    if os.path.lexists(output) and not (output.is_file() or output.is_symlink()):
-        raise UserError(f"{what} {output} exists and is not a regular file (a device, FIFO or socket); choose a file")
-    _check_writable(output, output.absolute().parent)
-    return output
-
-
-def _check_writable(output: Path, folder: Path | None = None) -> None:
-    """Refuse an output whose nearest existing folder (from `folder`, by default the output itself) is a file
-    or cannot be written."""
-    existing = (folder or output).absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"cannot create output {output}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write output {output}: {existing} is not writable; choose another folder")
+    """Refuse an output file that breaks FILE_RULES: it is empty text, is, holds or lies inside an input (pass
+    every input, the files a CSV or dataset names included), is a folder, exists without `overwrite` (the
+    command's `flag`) or is not a regular file, or its folder is not writable. Write it with
+    `atomic_write_*(..., replace=overwrite)`."""
+    out = _Output(output, inputs, writable_from=Path(output).absolute().parent)
+    refuse_broken(FILE_RULES, out=out, text=str(output), overwrite=overwrite, flag=flag, what=what)
+    return out.path
 
 
 def check_output_folder(
@@ -355,19 +428,11 @@ def check_output_folder(
     problem: Callable[[Path], str | None] = previous_output_problem,
     flag: str = "--overwrite",
 ) -> Path:
-    """Refuse an output folder that overlaps an input, cannot be written, or is non-empty without `overwrite`
-    (the command's `flag`); with it, refuse one that `problem` finds is not a previous output of this tool."""
-    output_dir = check_output_location(output_dir, inputs)
-    if output_dir.is_dir() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise UserError(f"output folder {output_dir} is not empty; pass {flag} to replace it")
-        reason = problem(output_dir)
-        if reason is not None:
-            raise UserError(
-                f"{flag} only replaces a previous output of this tool, and {output_dir} is not one: {reason}; "
-                "remove those files yourself or choose another folder"
-            )
-    return output_dir
+    """Refuse an output folder that breaks FOLDER_RULES: it overlaps an input, cannot be written, or is non-empty
+    without `overwrite` (the command's `flag`); with it, one that `problem` finds is not a previous output."""
+    out = _Output(output_dir, inputs, judge=problem)
+    refuse_broken(FOLDER_RULES, out=out, overwrite=overwrite, flag=flag)
+    return out.path
 
 
 def _staging_match(name: str) -> re.Match | None:

@@ -41,7 +41,7 @@ import torch
 import yaml
 from safetensors import SafetensorError, safe_open
 
-from ..cli import UserError
+from ..cli import Rule, UserError, refuse_broken
 
 
 @dataclass(frozen=True)
@@ -417,24 +417,51 @@ def check_code_text(text: str, what: str) -> str:
     return text
 
 
-def check_weight_tensor(value: torch.Tensor, what: str) -> None:
-    """A loaded weight must be a dense CPU floating-point tensor whose storage holds its elements.
+class _Storage:
+    """A tensor's shape, the bytes its elements need and those its storage holds, read when a rule asks (a nested
+    or sparse tensor has neither: earlier rules refuse it first)."""
 
-    Sparse, meta or quantized tensors cannot be weights; an expanded view (stride 0) of a few stored
-    bytes would take far more memory once copied than the file holds.
-    """
-    if value.is_nested:
-        raise UserError(f"{what} is a nested tensor; weights are dense CPU tensors")
-    if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized:
-        raise UserError(f"{what} is a {value.layout} tensor on {value.device.type}; weights are dense CPU tensors")
-    if not value.is_floating_point():
-        raise UserError(f"{what} has dtype {value.dtype}; weights are floating-point")
-    needed, stored = value.numel() * value.element_size(), value.untyped_storage().nbytes()
-    if needed > stored - value.storage_offset() * value.element_size():
-        raise UserError(
-            f"{what} of shape {tuple(value.shape)} needs {needed:,} bytes but its storage holds {stored:,}; "
-            "it is not a saved weight"
-        )
+    def __init__(self, value: torch.Tensor):
+        self.value = value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape)
+
+    @property
+    def needed(self) -> int:
+        return self.value.numel() * self.value.element_size()
+
+    @property
+    def stored(self) -> int:
+        return self.value.untyped_storage().nbytes()
+
+    @property
+    def after_offset(self) -> int:
+        return self.stored - self.value.storage_offset() * self.value.element_size()
+
+
+# What a loaded weight `value` (named `what`; `size`: its `_Storage`) must be, as `Rule`s: a dense CPU floating-point
+# tensor whose storage holds its elements. Sparse, meta or quantized tensors cannot be weights; an expanded view
+# (stride 0) of a few stored bytes would take far more memory once copied than the file holds.
+WEIGHT_RULES: tuple[Rule, ...] = (
+    (lambda value, **_: value.is_nested, "{what} is a nested tensor; weights are dense CPU tensors"),
+    (
+        lambda value, **_: value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized,
+        "{what} is a {value.layout} tensor on {value.device.type}; weights are dense CPU tensors",
+    ),
+    (lambda value, **_: not value.is_floating_point(), "{what} has dtype {value.dtype}; weights are floating-point"),
+    (
+        lambda size, **_: size.needed > size.after_offset,
+        "{what} of shape {size.shape} needs {size.needed:,} bytes but its storage holds {size.stored:,}; it is not a "
+        "saved weight",
+    ),
+)
+
+
+def check_weight_tensor(value: torch.Tensor, what: str) -> None:
+    """Refuse a loaded weight that breaks one of WEIGHT_RULES."""
+    refuse_broken(WEIGHT_RULES, value=value, what=what, size=_Storage(value))
 
 
 SAVING_ADVICE = (

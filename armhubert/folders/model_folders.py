@@ -15,9 +15,10 @@ type loads with the installed classes); whatever makes the folder unloadable is 
 checked twice.
 """
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,14 +114,35 @@ def read_folder_config(folder: str | os.PathLike) -> dict:
 def load_folder_part(load: Callable[[str], Any], folder: str | os.PathLike, what: str) -> Any:
     """`load(folder)` (a processor part's `from_pretrained`, after `load_config` checked the folder's JSON files);
     whatever makes it fail is one UserError naming `what` (e.g. "tokenizer")."""
-    try:
+    with _loading(f"the {what} of {folder}"):
         return load(str(folder))
-    except Exception as error:  # noqa: BLE001 -- values the class rejects, missing or broken files
-        raise UserError(f"cannot load the {what} of {folder}: {_reason(error)}") from None
 
 
-def _reason(error: BaseException) -> str:
+@contextlib.contextmanager
+def _loading(subject: str, report: "_Report | None" = None) -> Iterator[None]:
+    """Whatever makes a load in the block fail (values the class rejects, missing, truncated or mismatched files:
+    transformers raises ValueError, KeyError, OSError, TypeError, ...) as one UserError "cannot load `subject`"."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 -- a user's folder
+        raise UserError(f"cannot load {subject}: {_reason(error, report)}") from None
+
+
+def _reason(error: BaseException, report: "_Report | None") -> str:
+    """Why a load failed, in one line: transformers' first line, except where it speaks to another reader: a model
+    type only the folder's own code knows (name the flag), weights of another shape (transformers says only "look
+    at the above report": the `report`'s rows it means)."""
     text = str(error).strip()
+    if "trust_remote_code" in text or "custom code" in text:
+        return (
+            "its config.json names a model type this installation does not know, whose code is in the folder; "
+            "pass --trust_remote_code to run that code, if you trust it"
+        )
+    mismatched = report.rows("MISMATCH") if report is not None else []
+    if mismatched:
+        return f"weights of another shape than the model's ({'; '.join(mismatched[:2])})"
     return text.splitlines()[0][:300] if text else type(error).__name__
 
 
@@ -135,16 +157,8 @@ def load_config(
     folder = Path(source) / (subfolder or "")
     if folder.is_dir():
         read_folder_config(folder)
-    try:
+    with _loading(f"the model {where}"):
         config = AutoConfig.from_pretrained(source, subfolder=subfolder or "", trust_remote_code=trust_remote_code)
-    except Exception as error:  # noqa: BLE001 -- transformers raises ValueError, KeyError, OSError, TypeError
-        reason = _reason(error)
-        if "trust_remote_code" in str(error) or "custom code" in str(error):
-            reason = (
-                "its config.json names a model type this installation does not know, whose code is in the folder; "
-                "pass --trust_remote_code to run that code, if you trust it"
-            )
-        raise UserError(f"cannot load the model {where}: {reason}") from None
     check_model_size(
         lambda: AutoModel.from_config(config, trust_remote_code=trust_remote_code), f"the config of {where}"
     )
@@ -185,13 +199,8 @@ class ModelFolder:
         report = _Report()
         handlers, library_logger.handlers = library_logger.handlers, [report]  # kept, not printed
         try:
-            return load(self.source, subfolder=self.subfolder or "", output_loading_info=True, **kwargs)
-        except Exception as error:  # noqa: BLE001 -- a user's folder: missing, truncated or mismatched weights
-            reason = _reason(error)
-            mismatched = report.rows("MISMATCH")
-            if mismatched:  # transformers' reason only says "look at the above report": the rows it means
-                reason = f"weights of another shape than the model's ({'; '.join(mismatched[:2])})"
-            raise UserError(f"cannot load the model {self.where}: {reason}") from None
+            with _loading(f"the model {self.where}", report):
+                return load(self.source, subfolder=self.subfolder or "", output_loading_info=True, **kwargs)
         finally:
             library_logger.handlers = handlers
 
