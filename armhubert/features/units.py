@@ -64,22 +64,12 @@ class Codebook:
         return self.centroids.shape[1]
 
 
-def check_num_units(num_units: int) -> int:
-    """`num_units` if k-means can make that many int16 units, else UserError."""
-    if not 2 <= num_units <= MAX_UNITS:
-        raise UserError(
-            f"--units {num_units}: the number of units K must be between 2 and {MAX_UNITS} (units are stored as "
-            "int16); HuBERT-style units use K = 50 to 1000"
-        )
-    return num_units
-
-
 def fit_codebook(features: torch.Tensor, num_units: int, seed: int = 0, iterations: int = 20) -> torch.Tensor:
     """(K, D) float32 k-means centroids of `features` (N, D): k-means++ seeds, then `iterations` Lloyd steps.
 
-    Deterministic for a seed (on one machine and thread count). `num_units` passed `check_num_units` and the
-    `units` extra is installed (the command checks both before anything is read); raises UserError when there
-    are fewer frames than units.
+    Deterministic for a seed (on one machine and thread count). `num_units` is within the bounds of `--units`
+    and the `units` extra is installed (`check_arguments` checks both before anything is read); raises UserError
+    when there are fewer frames than units.
     """
     import faiss
     from sklearn.cluster import kmeans_plusplus
