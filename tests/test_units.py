@@ -1,5 +1,7 @@
 """Discrete units: k-means codebooks, nearest-centroid assignment, deduplication, and the --units / --codebook paths."""
 
+import json
+
 import pytest
 import torch
 from helpers import ROOT, load_script
@@ -10,6 +12,7 @@ from armhubert.cli import UserError, check_fields
 from armhubert.features.plan import ExtractionArguments
 from armhubert.features.storage import FeatureIndex
 from armhubert.features.units import (
+    CODEBOOK_FORMAT,
     Codebook,
     assign_units,
     deduplicate_runs,
@@ -84,6 +87,12 @@ def test_a_codebook_keeps_its_layer_and_broken_ones_are_refused(tmp_path):
             load_codebook(path)
     with pytest.raises(UserError, match="non-finite"):
         save_codebook(Codebook(torch.full((2, 3), float("nan")), "layer_1", "hidden", "m", 2), tmp_path / "nan.st")
+    centroids = torch.ones(2, 3)
+    centroids[1, 2] = float("inf")  # written by another tool: the door reads it, then refuses it
+    header = {"format": CODEBOOK_FORMAT, "layer": "layer_1", "representation": "hidden", "model": "m"}
+    save_file({"centroids": centroids}, tmp_path / "inf.st", metadata={"armhubert": json.dumps(header)})
+    with pytest.raises(UserError, match=r"^codebook .*inf\.st holds NaN or infinite centroids; fit a new one"):
+        load_codebook(tmp_path / "inf.st")
     for count in (1, 40000):
         with pytest.raises(UserError, match=rf"^--units must be an integer in \[2, 32767\], got {count}$"):
             check_fields(ExtractionArguments(input="in", output_dir="out", units=count))
