@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import accelerate
 import datasets
 import numpy as np
 import pytest
@@ -16,11 +17,13 @@ import torch
 from helpers import ROOT, load_script, tiny_config
 from hostile import digest, refusal
 from safetensors.torch import save_file
+from transformers import HubertConfig, HubertModel
 
 from armhubert import cli
 from armhubert.cli import MissingExtra, UserError
-from armhubert.features.plan import ExtractionArguments, check_arguments, plan_batches
-from armhubert.features.storage import FEATURES_FORMAT, FeatureIndex, ShardWriter
+from armhubert.features.encoding import load_encoder, select_layers
+from armhubert.features.plan import ExtractionArguments, ShardPlan, check_arguments, current_processes, plan_batches
+from armhubert.features.storage import FEATURES_FORMAT, FeatureIndex, ShardWriter, build_index
 from armhubert.features.units import assign_units, deduplicate_runs, load_codebook
 from armhubert.speech.audio import read_audio
 from modeling_armhubert import ARMHubertForCTC, ARMHubertModel
@@ -359,6 +362,19 @@ def test_the_option_checks_refuse_weighted_misuse_and_a_missing_units_extra_befo
     for message, options in cases.items():
         with pytest.raises(UserError, match=message):
             check_arguments(arguments(layers="weighted", **options))
+    other_cases = {  # RULES (the parser checks them too) and MODEL_RULES
+        r"^--preset 'armhubert-96h' is unknown; use one of armhubert-960h, ": dict(preset="armhubert-96h"),
+        "^--save_features false leaves nothing to write; add --units K or --codebook FILE$": dict(
+            preset="armhubert-960h", save_features=False
+        ),
+        r"^give a model: --model FOLDER_OR_HUB_ID \(or --preset NAME for random weights\), not both$": dict(),
+    }
+    for message, options in other_cases.items():
+        with pytest.raises(UserError, match=message):
+            check_arguments(arguments(**options))
+    with pytest.raises(UserError, match="^give a model: "):
+        check_arguments(arguments(model="/nonexistent/model", preset="armhubert-960h"))
+    check_arguments(arguments(preset="ARMHuBERT-960h"))  # presets are named in any case
     check_arguments(arguments(layers="weighted", preset="armhubert-960h"), encoder_given=True)  # the preset names it
     check_arguments(arguments(layers="weighted", model="/nonexistent/model"))
     monkeypatch.setitem(cli.EXTRAS, "units", (("no_such_module_here", "no-such-package"),))
@@ -409,3 +425,51 @@ def test_bad_input_gets_one_line_and_exit_status_2(tmp_path, capsys, tiny_model_
         capsys, extract.main, *base, "--input", CORPUS, "--split", SPLIT, "--output_dir", broken_run, "--resume"
     )
     assert "is not the run file of this tool" in line and (broken_run / "run.json").read_text() == "{not json"
+
+
+def test_layer_choices_a_lost_shard_a_missing_index_and_a_bad_device_are_refused_in_one_line(tmp_path, monkeypatch):
+    config = tiny_config()
+    for layers, units_layer, message in [
+        ("4,x", None, r"^--layers '4,x' is not a list of layer numbers such as 4,8,12 \(or last, all, weighted\)$"),
+        (",", None, r"^--layers ',': choose layers from 1\.\.4 of this representation$"),
+        ("2,4", 9, r"^--units_layer '9': choose layers from 1\.\.4 of this representation$"),
+        ("2,4", None, "^--layers 2,4 gives 2 layers; say which one the units use: --units_layer N$"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            select_layers(config, layers, "superb", units_layer, units=True)
+    selection = select_layers(config, "4, 2,4", "superb", 2, units=True)
+    assert (selection.saved, selection.units_name) == (("layer_4", "layer_2"), "layer_2")
+    assert select_layers(config, "2,4", "hidden", 9, units=False).names == ("layer_2", "layer_4")
+    with pytest.raises(UserError, match="^--representation projected needs a model with projection heads"):
+        select_layers(tiny_config(projection_head_size=None), "last", "projected", None, units=False)
+
+    with pytest.raises(UserError, match=rf"^shard shard-00000\.safetensors is missing from {tmp_path}; run again"):
+        build_index(tmp_path, [ShardPlan(0, ((0,),))], {}, [])  # e.g. written by a process on another machine
+    with pytest.raises(
+        UserError, match=r"index\.json is missing: not a finished feature folder \(run with --resume\)$"
+    ):
+        FeatureIndex(tmp_path)
+
+    class OneProcess:  # accelerate's state, not started here: a test must not fix its device for the others
+        process_index, num_processes = 0, 1
+
+        def __init__(self, cpu):
+            self.device = torch.device("cpu")
+
+        def wait_for_everyone(self):
+            pass
+
+    monkeypatch.setattr(accelerate, "PartialState", OneProcess)
+    with pytest.raises(UserError, match=r"^--device 'gpu0' is not a device; use auto, cpu, cuda or cuda:N$"):
+        current_processes("gpu0")
+    assert current_processes("cpu")[1] == torch.device("cpu")
+
+
+def test_a_model_of_another_family_is_refused_before_its_weights_are_read(tmp_path):
+    hubert = HubertConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, conv_dim=(8,),
+        conv_kernel=(10,), conv_stride=(5,), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=1,
+    )  # fmt: skip
+    HubertModel(hubert).save_pretrained(tmp_path / "hubert")
+    with pytest.raises(UserError, match="is a HubertConfig model; this tool encodes ARMHuBERT-family models$"):
+        load_encoder(str(tmp_path / "hubert"), None, False, torch.device("cpu"))

@@ -1,17 +1,20 @@
 """Discrete units: k-means codebooks, nearest-centroid assignment, deduplication, and the --units / --codebook paths."""
 
+import json
+
 import pytest
 import torch
 from helpers import ROOT, load_script
 from hostile import refusal
 from safetensors.torch import save_file
 
-from armhubert.cli import UserError
+from armhubert.cli import UserError, check_fields
+from armhubert.features.plan import ExtractionArguments
 from armhubert.features.storage import FeatureIndex
 from armhubert.features.units import (
+    CODEBOOK_FORMAT,
     Codebook,
     assign_units,
-    check_num_units,
     deduplicate_runs,
     fit_codebook,
     load_codebook,
@@ -84,9 +87,15 @@ def test_a_codebook_keeps_its_layer_and_broken_ones_are_refused(tmp_path):
             load_codebook(path)
     with pytest.raises(UserError, match="non-finite"):
         save_codebook(Codebook(torch.full((2, 3), float("nan")), "layer_1", "hidden", "m", 2), tmp_path / "nan.st")
+    centroids = torch.ones(2, 3)
+    centroids[1, 2] = float("inf")  # written by another tool: the door reads it, then refuses it
+    header = {"format": CODEBOOK_FORMAT, "layer": "layer_1", "representation": "hidden", "model": "m"}
+    save_file({"centroids": centroids}, tmp_path / "inf.st", metadata={"armhubert": json.dumps(header)})
+    with pytest.raises(UserError, match=r"^codebook .*inf\.st holds NaN or infinite centroids; fit a new one"):
+        load_codebook(tmp_path / "inf.st")
     for count in (1, 40000):
-        with pytest.raises(UserError, match="between 2 and 32767"):
-            check_num_units(count)
+        with pytest.raises(UserError, match=rf"^--units must be an integer in \[2, 32767\], got {count}$"):
+            check_fields(ExtractionArguments(input="in", output_dir="out", units=count))
 
 
 def test_a_codebook_checked_on_its_header_is_read_from_the_same_open_file(tmp_path):
@@ -135,7 +144,7 @@ def test_bad_units_options_get_one_line_and_exit_status_2(tmp_path, capsys, tiny
     narrow = save_codebook(Codebook(torch.randn(4, 10), "layer_4", "projected", "x", 4), tmp_path / "narrow.st")
     other = save_codebook(Codebook(torch.randn(4, 64), "layer_2", "hidden", "x", 4), tmp_path / "other.st")
     cases = {
-        "between 2 and 32767": ["--units", 1],
+        "--units must be an integer in [2, 32767], got 1": ["--units", 1],
         "10-wide centroids but layer_4 of this model is 64 wide": ["--codebook", narrow],
         "fitted on layer_2 (hidden)": ["--codebook", other, "--units_layer", 4],
         "not both": ["--units", 8, "--codebook", narrow],

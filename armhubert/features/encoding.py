@@ -48,7 +48,7 @@ from modeling_armhubert import (
 )
 from pipeline_armhubert import encode_chunked, encode_windows, release_feature_extractor
 
-from ..cli import UserError
+from ..cli import UserError, refuse_broken
 from ..files.untrusted import brief, check_finite_weights
 from ..folders.model_folders import ModelFolder, load_folder_part, open_model_folder, refuse_missing
 from ..speech.audio import DataError
@@ -164,43 +164,70 @@ def available_layers(config: ARMHubertConfig, representation: str) -> tuple[str,
     return representation, list(range(start, count + 1))
 
 
-def _parse_numbers(text: str, what: str, available: list[int]) -> list[int]:
+@dataclass(frozen=True)
+class LayerOptions:
+    """`--layers` as given and its numbers (None: not a list of numbers), `--units_layer`, whether units are
+    computed, and the layers of the representation they choose from: the subject of LAYER_RULES."""
+
+    layers: str
+    numbers: list[int] | None
+    units_layer: int | None
+    units: bool
+    available: list[int]
+
+    @property
+    def choices(self) -> str:
+        return f"{self.available[0]}..{self.available[-1]}"
+
+    @property
+    def count(self) -> int:
+        return len(self.numbers)
+
+
+# What `select_layers` refuses (`refuse_broken`, in order: a rule may trust those before it), subject `options`.
+LAYER_RULES = (
+    (
+        lambda options: options.numbers is None,
+        "--layers {options.layers!r} is not a list of layer numbers such as 4,8,12 (or last, all, weighted)",
+    ),
+    (
+        lambda options: not options.numbers or not set(options.numbers) <= set(options.available),
+        "--layers {options.layers!r}: choose layers from {options.choices} of this representation",
+    ),
+    (
+        lambda options: options.units and options.units_layer not in (None, *options.available),
+        "--units_layer '{options.units_layer}': choose layers from {options.choices} of this representation",
+    ),
+    (
+        lambda options: options.units and options.units_layer is None and len(options.numbers) > 1,
+        "--layers {options.layers} gives {options.count} layers; say which one the units use: --units_layer N",
+    ),
+)
+
+
+def _layer_numbers(layers: str, available: list[int]) -> list[int] | None:
+    """The layer numbers `--layers` names (`last`, `all` or a comma-separated list, each once); None when it is
+    not a list of numbers."""
+    if layers in ("last", "all"):
+        return available[-1:] if layers == "last" else available
     try:
-        numbers = [int(part) for part in text.split(",") if part.strip()]
+        return list(dict.fromkeys(int(part) for part in layers.split(",") if part.strip()))
     except ValueError:
-        raise UserError(
-            f"{what} {text!r} is not a list of layer numbers such as 4,8,12 (or last, all, weighted)"
-        ) from None
-    unknown = [number for number in numbers if number not in available]
-    if unknown or not numbers:
-        raise UserError(f"{what} {text!r}: choose layers from {available[0]}..{available[-1]} of this representation")
-    return list(dict.fromkeys(numbers))
-
-
-def _units_number(layers: str, numbers: list[int], units_layer: int | None, available: list[int]) -> int:
-    """The layer the units are computed on: `--units_layer`, or the one layer of `--layers`."""
-    if units_layer is not None:
-        return _parse_numbers(str(units_layer), "--units_layer", available)[0]
-    if len(numbers) > 1:
-        raise UserError(f"--layers {layers} gives {len(numbers)} layers; say which one the units use: --units_layer N")
-    return numbers[0]
+        return None
 
 
 def select_layers(
     config: ARMHubertConfig, layers: str, representation: str, units_layer: int | None, units: bool
 ) -> LayerSelection:
     """The `LayerSelection` of the options `--layers`, `--representation`, `--units_layer` (with `weighted` the
-    units are the weighted sum's: `check_arguments` refused --units_layer with it)."""
+    units are the weighted sum's: `check_arguments` refused --units_layer with it); LAYER_RULES refuse the others.
+    The units are computed on `--units_layer`, or the one layer of `--layers`."""
     if layers == "weighted":
         return LayerSelection("weighted", (), ("weighted",), "weighted" if units else None, False)
     resolved, available = available_layers(config, representation)
-    if layers == "last":
-        numbers = [available[-1]]
-    elif layers == "all":
-        numbers = available
-    else:
-        numbers = _parse_numbers(layers, "--layers", available)
-    units_number = _units_number(layers, numbers, units_layer, available) if units else None
+    numbers = _layer_numbers(layers, available)
+    refuse_broken(LAYER_RULES, options=LayerOptions(layers, numbers, units_layer, units, available))
+    units_number = (numbers[0] if units_layer is None else units_layer) if units else None
     # `last_hidden_state` is the last head's output with heads, the last layer's in post-LN models without.
     if config.has_projection_heads:
         is_last_hidden_state = resolved == "projected"
@@ -471,17 +498,26 @@ def fit_units(
     return Codebook(centroids, selection.units_name, selection.representation, encoder.name, features.shape[0])
 
 
+# A given codebook that the units would not come from (`check_codebook`, with `refuse_broken`): its `codebook`
+# header against the `selection`, the `width` of the units' feature, its `path`.
+CODEBOOK_RULES = (
+    (
+        lambda codebook, selection, width, path: codebook.dim != width,
+        "codebook {path} has {codebook.dim}-wide centroids but {selection.units_name} of this model is {width} "
+        "wide; it was fitted on {codebook.layer} of {codebook.model}: use the same model and layer, or fit a new "
+        "codebook with --units K",
+    ),
+    (
+        lambda codebook, selection, width, path: (
+            codebook.layer != selection.units_name or codebook.representation != selection.representation
+        ),
+        "codebook {path} was fitted on {codebook.layer} ({codebook.representation}) but the units would come from "
+        "{selection.units_name} ({selection.representation}); pass --units_layer / --representation to match it",
+    ),
+)
+
+
 def check_codebook(codebook: Codebook, selection: LayerSelection, widths: dict[str, int], path: str) -> None:
     """Refuse a given codebook of another width, layer or representation than the units would come from."""
     width = widths[selection.units_name]
-    if codebook.dim != width:
-        raise UserError(
-            f"codebook {path} has {codebook.dim}-wide centroids but {selection.units_name} of this model is {width} "
-            f"wide; it was fitted on {codebook.layer} of {codebook.model}: use the same model and layer, or fit a new "
-            "codebook with --units K"
-        )
-    if codebook.layer != selection.units_name or codebook.representation != selection.representation:
-        raise UserError(
-            f"codebook {path} was fitted on {codebook.layer} ({codebook.representation}) but the units would come from "
-            f"{selection.units_name} ({selection.representation}); pass --units_layer / --representation to match it"
-        )
+    refuse_broken(CODEBOOK_RULES, codebook=codebook, selection=selection, width=width, path=path)

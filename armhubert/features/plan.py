@@ -24,9 +24,9 @@ import torch
 from configuration_armhubert import PRESETS, SAMPLING_RATE
 from pipeline_armhubert import CHUNK_LENGTH_S, STRIDE_LENGTH_S
 
-from ..cli import UserError, above, between, check_cuda, check_fields, require_extra
+from ..cli import UserError, above, between, check_cuda, check_fields, refuse_broken, require_extra
 from ..speech.audio import MAX_AUDIO_SECONDS
-from .units import check_num_units
+from .units import MAX_UNITS
 
 # ----------------------------------------------------------------------------------------------------
 # The options of `scripts/extract_features.py` (`ExtractionArguments`) and the checks run before anything is read
@@ -101,7 +101,14 @@ class ExtractionArguments:
     )
     device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu, cuda, cuda:1, ..."})
     resume: bool = field(default=False, metadata={"help": "Continue an interrupted run: finished shards are kept."})
-    units: int | None = field(default=None, metadata={"help": "Fit a k-means codebook of K units and write units."})
+    units: int | None = field(
+        default=None,
+        metadata={
+            "help": f"Fit a k-means codebook of K units (2..{MAX_UNITS}: units are int16; HuBERT-style units use "
+            "K = 50 to 1000) and write units.",
+            "bounds": between(2, MAX_UNITS),
+        },
+    )
     units_layer: int | None = field(
         default=None, metadata={"help": "Layer the units are computed on (default: the one layer of --layers)."}
     )
@@ -115,35 +122,61 @@ class ExtractionArguments:
 
     # Fields that do not change what is written: left out of the fingerprint.
     RUNTIME_FIELDS = ("output_dir", "device", "resume", "progress")
+    # Options that do not go together, checked by `check_fields` after each field's own choices and bounds.
+    RULES = (
+        (
+            lambda args: args.preset is not None and args.preset.lower() not in PRESETS,  # case-insensitive
+            f"--preset {{args.preset!r}} is unknown; use one of {', '.join(PRESETS)}",
+        ),
+        (
+            lambda args: not str(args.input).strip(),
+            "--input is empty; give a path (the current folder is never taken for an empty one)",
+        ),
+        (
+            lambda args: not str(args.output_dir).strip(),
+            "--output_dir is empty; give a path (the current folder is never taken for an empty one)",
+        ),
+        (
+            lambda args: args.chunk_length_s > 0 and not args.stride_length_s < args.chunk_length_s / 2,
+            "--stride_length_s {args.stride_length_s} must be less than half of --chunk_length_s "
+            "{args.chunk_length_s} (or --chunk_length_s 0 to never chunk)",
+        ),
+        (
+            lambda args: args.units is not None and args.codebook is not None,
+            "give --units K to fit a codebook or --codebook FILE to apply one, not both",
+        ),
+        (
+            lambda args: not args.save_features and args.units is None and args.codebook is None,
+            "--save_features false leaves nothing to write; add --units K or --codebook FILE",
+        ),
+        (
+            lambda args: args.layers == "weighted" and args.units_layer is not None,
+            "with --layers weighted the units are computed on the weighted sum; drop --units_layer",
+        ),
+    )
+
+
+# Options whose meaning depends on whether `extract_features` was given a loaded model (`encoder_given`: then
+# --model / --preset only name it), checked by `check_arguments` with `refuse_broken` after RULES.
+MODEL_RULES = (
+    (
+        lambda args, encoder_given: (args.model is None) == (args.preset is None) and not encoder_given,
+        "give a model: --model FOLDER_OR_HUB_ID (or --preset NAME for random weights), not both",
+    ),
+    (
+        lambda args, encoder_given: args.layers == "weighted" and args.preset is not None and not encoder_given,
+        "--layers weighted needs a fine-tuned --model folder, not a random preset",
+    ),
+)
 
 
 def check_arguments(args: ExtractionArguments, encoder_given: bool = False) -> None:
     """Refuse settings that cannot work, before anything is read or written (`encoder_given`: a loaded model
-    is passed in, so --model / --preset only name it). The fields' own choices and bounds are checked here too,
-    for Python callers (the command line's parser checked them already)."""
+    is passed in, so --model / --preset only name it): the fields' choices and bounds and the RULES between
+    them (`check_fields`: the command line's parser checked them already, Python callers have not), then
+    MODEL_RULES; a missing `units` extra for --units."""
     check_fields(args)
-    if (args.model is None) == (args.preset is None) and not encoder_given:
-        raise UserError("give a model: --model FOLDER_OR_HUB_ID (or --preset NAME for random weights), not both")
-    if args.preset is not None and args.preset.lower() not in PRESETS:
-        raise UserError(f"--preset {args.preset!r} is unknown; use one of {', '.join(PRESETS)}")
-    for name in ("input", "output_dir"):
-        if not str(getattr(args, name)).strip():
-            raise UserError(f"--{name} is empty; give a path (the current folder is never taken for an empty one)")
-    if args.chunk_length_s > 0 and not args.stride_length_s < args.chunk_length_s / 2:
-        raise UserError(
-            f"--stride_length_s {args.stride_length_s} must be less than half of --chunk_length_s "
-            f"{args.chunk_length_s} (or --chunk_length_s 0 to never chunk)"
-        )
-    if args.units is not None and args.codebook is not None:
-        raise UserError("give --units K to fit a codebook or --codebook FILE to apply one, not both")
-    if args.units is not None:
-        check_num_units(args.units)
-    if not args.save_features and args.units is None and args.codebook is None:
-        raise UserError("--save_features false leaves nothing to write; add --units K or --codebook FILE")
-    if args.layers == "weighted" and args.preset is not None and not encoder_given:
-        raise UserError("--layers weighted needs a fine-tuned --model folder, not a random preset")
-    if args.layers == "weighted" and args.units_layer is not None:
-        raise UserError("with --layers weighted the units are computed on the weighted sum; drop --units_layer")
+    refuse_broken(MODEL_RULES, args=args, encoder_given=encoder_given)
     if args.units is not None:
         require_extra("units", "fitting units (--units K)")
 

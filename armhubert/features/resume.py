@@ -90,18 +90,20 @@ def remove_stale_temporaries(output_dir: Path) -> None:
 
 
 def _previous_settings(output_dir: Path) -> dict:
-    """The settings in `output_dir/run.json`; UserError when there are none (not an output of this tool)."""
+    """The settings in `output_dir/run.json` (the door of a run file: bounded JSON, a mapping with a mapping of
+    options); one UserError when there are none (not an output of this tool) or it is not such a file."""
     run_file = output_dir / RUN_FILE
-    if not run_file.is_file():
-        raise UserError(
-            f"--resume: {output_dir} holds no {RUN_FILE}, so it is not an output of this tool; use a new folder"
-        )
-    try:
-        previous = load_json_file(run_file, str(run_file), "a run file is a few kB", MAX_RUN_FILE_BYTES, 10_000)
-    except UserError as error:
-        raise UserError(f"--resume: {error}; it is not the run file of this tool: use a new folder") from None
-    if not isinstance(previous, dict) or not isinstance(previous.get("options", {}), dict):
-        raise UserError(f"--resume: {run_file} is not the run file of this tool (not its JSON); use a new folder")
+    previous, problem = None, f"{output_dir} holds no {RUN_FILE}, so it is not an output of this tool"
+    if run_file.is_file():
+        try:
+            previous = load_json_file(run_file, str(run_file), "a run file is a few kB", MAX_RUN_FILE_BYTES, 10_000)
+        except UserError as error:
+            problem = f"{error}; it is not the run file of this tool"
+        else:
+            is_run_file = isinstance(previous, dict) and isinstance(previous.get("options", {}), dict)
+            problem = None if is_run_file else f"{run_file} is not the run file of this tool (not its JSON)"
+    if problem is not None:
+        raise UserError(f"--resume: {problem}; use a new folder")
     return previous
 
 

@@ -24,7 +24,7 @@ from pipeline_armhubert import num_frames
 from ..cli import UserError
 from ..files.atomic import atomic_write_text
 from ..speech.audio import DataError
-from ..speech.chunking import check_unchunked_lengths
+from ..speech.chunking import check_unchunked_lengths, check_window
 from .encoding import (
     CODEBOOK_FILE,
     Chunking,
@@ -314,12 +314,11 @@ def _model_and_units(
 
 
 def check_chunking(args: ExtractionArguments, config: ARMHubertConfig) -> None:
-    """Refuse a --chunk_length_s window shorter than the model's receptive field (it would hold no frame)."""
-    if 0 < args.chunk_length_s * SAMPLING_RATE < config.receptive_field:
-        raise UserError(
-            f"--chunk_length_s {args.chunk_length_s} is shorter than the model's receptive field "
-            f"({config.receptive_field / SAMPLING_RATE:.3f} s); give a longer window, or 0 to never chunk"
-        )
+    """Refuse a --chunk_length_s window shorter than the model's receptive field (it would hold no frame); 0 never
+    chunks."""
+    if args.chunk_length_s > 0:
+        what = f"--chunk_length_s {args.chunk_length_s}"
+        check_window(args.chunk_length_s, config.receptive_field, what, "give a longer window, or 0 to never chunk")
 
 
 # What a run writes into its output folder (besides the temporaries `remove_stale_temporaries` knows).

@@ -42,11 +42,11 @@ from typing import BinaryIO
 
 import datasets
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 
 from ..cli import UserError
 from ..files.atomic import atomic_output_file, staged_folder
-from ..files.untrusted import brief, check_regular_file, load_json_file, parse_json
+from ..files.untrusted import brief, load_json_file, open_safetensors, parse_json
 from .plan import ShardPlan
 
 # ----------------------------------------------------------------------------------------------------
@@ -218,11 +218,11 @@ def read_shard(path: Path) -> Shard | None:
     try:
         if not path.is_file():
             return None
-        with safe_open(path, framework="pt") as handle:
+        with open_safetensors(path, f"shard {path}") as handle:
             text = (handle.metadata() or {}).get("armhubert", "{}")
             rows = {name: (handle.get_slice(name).get_shape() or [0])[0] for name in handle.keys()}
         metadata = parse_json(text, str(path), MAX_METADATA_VALUES)
-    except (SafetensorError, OSError, RuntimeError, UserError):  # RuntimeError: a failed mmap
+    except UserError:  # not readable, or metadata beyond bounds: not a shard of this tool, encoded again
         return None
     if not isinstance(metadata, dict) or metadata.get("format") != FEATURES_FORMAT:
         return None
@@ -257,13 +257,9 @@ def _is_record(record) -> bool:
 
 def tensor_rows(path: Path) -> dict[str, int]:
     """{tensor name: rows} of a safetensors file, from its header (nothing of the tensors is read); UserError when
-    the file is not a readable safetensors file."""
-    check_regular_file(path, f"shard {path}")  # a FIFO would block, a device never end
-    try:
-        with safe_open(path, framework="pt") as handle:
-            return {name: (handle.get_slice(name).get_shape() or [0])[0] for name in handle.keys()}
-    except (SafetensorError, OSError, RuntimeError) as error:
-        raise UserError(f"shard {path} is not a readable safetensors file: {brief(str(error))}") from None
+    the file is not a readable safetensors file (`open_safetensors`)."""
+    with open_safetensors(path, f"shard {path}") as handle:
+        return {name: (handle.get_slice(name).get_shape() or [0])[0] for name in handle.keys()}
 
 
 def layout_problem(rows: dict[str, int], records: list[list], features: Sequence[str] = ()) -> str | None:
@@ -339,18 +335,26 @@ class FeatureIndex:
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         path = self.folder / INDEX_FILE
-        if not path.is_file():
-            raise UserError(f"{self.folder} has no {INDEX_FILE}: not a finished feature folder (run with --resume)")
-        self.index = load_json_file(
-            path, str(path), "an index has ~100 bytes an utterance", MAX_INDEX_BYTES, MAX_INDEX_VALUES
+        self.index = (
+            load_json_file(path, str(path), "an index has ~100 bytes an utterance", MAX_INDEX_BYTES, MAX_INDEX_VALUES)
+            if path.is_file()
+            else None
         )
-        if not _is_index(self.index):
-            raise UserError(
-                f"{path} is not an index of this tool (format {FEATURES_FORMAT}, its shards, features and utterances)"
-            )
-        self._check_entries(path)
+        problem = self._problem()
+        if problem is not None:
+            raise UserError(f"{path} {problem}")
 
-    def _check_entries(self, path: Path) -> None:
+    def _problem(self) -> str | None:
+        """What makes the folder's index not one this tool wrote for its shards, as the rest of a line
+        `.../index.json ...`, or None: it must be there, have an index's header (`_is_index`), and its entries
+        must lay out the shards (`_entries_problem`)."""
+        if self.index is None:
+            return "is missing: not a finished feature folder (run with --resume)"
+        if not _is_index(self.index):
+            return f"is not an index of this tool (format {FEATURES_FORMAT}, its shards, features and utterances)"
+        return self._entries_problem()
+
+    def _entries_problem(self) -> str | None:
         """Every utterance's entry names one of the index's shards, and the entries of each shard lay out its
         tensors as the shard's own records do (`layout_problem`): none points past them or overlaps another,
         so reading an utterance never reads out of bounds. Only the shards' headers are read."""
@@ -365,7 +369,7 @@ class FeatureIndex:
                 and entry.get("shard") in records
                 and all(isinstance(entry.get(k), int) and not isinstance(entry.get(k), bool) for k in fields)
             ):
-                raise UserError(f"{path}: the entry of utterance {brief(utterance_id)} is not one this tool writes")
+                return f"holds the entry of utterance {brief(utterance_id)}, which is not one this tool writes"
             records[entry["shard"]].append([utterance_id, *(entry[k] for k in fields), *(() if with_units else (0, 0))])
         for name, shard_records in records.items():
             rows = tensor_rows(self.folder / name)
@@ -374,7 +378,8 @@ class FeatureIndex:
             shard_records.sort(key=lambda record: (record[1], record[3]))
             problem = layout_problem(rows, shard_records, features)
             if problem is not None:
-                raise UserError(f"{path} does not match shard {name} ({problem}); extract the features again")
+                return f"does not match shard {name} ({problem}); extract the features again"
+        return None
 
     @property
     def ids(self) -> list[str]:

@@ -19,17 +19,15 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..cli import UserError
 from ..files.atomic import atomic_output_file
-from ..files.untrusted import brief, check_regular_file, parse_json
+from ..files.untrusted import brief, open_safetensors, parse_json
 
 CODEBOOK_FORMAT = "armhubert-codebook/1"
 MAX_UNITS = torch.iinfo(torch.int16).max  # unit sequences are int16
@@ -64,22 +62,12 @@ class Codebook:
         return self.centroids.shape[1]
 
 
-def check_num_units(num_units: int) -> int:
-    """`num_units` if k-means can make that many int16 units, else UserError."""
-    if not 2 <= num_units <= MAX_UNITS:
-        raise UserError(
-            f"--units {num_units}: the number of units K must be between 2 and {MAX_UNITS} (units are stored as "
-            "int16); HuBERT-style units use K = 50 to 1000"
-        )
-    return num_units
-
-
 def fit_codebook(features: torch.Tensor, num_units: int, seed: int = 0, iterations: int = 20) -> torch.Tensor:
     """(K, D) float32 k-means centroids of `features` (N, D): k-means++ seeds, then `iterations` Lloyd steps.
 
-    Deterministic for a seed (on one machine and thread count). `num_units` passed `check_num_units` and the
-    `units` extra is installed (the command checks both before anything is read); raises UserError when there
-    are fewer frames than units.
+    Deterministic for a seed (on one machine and thread count). `num_units` is within the bounds of `--units`
+    and the `units` extra is installed (`check_arguments` checks both before anything is read); raises UserError
+    when there are fewer frames than units.
     """
     import faiss
     from sklearn.cluster import kmeans_plusplus
@@ -123,26 +111,18 @@ def save_codebook(codebook: Codebook, path: str | os.PathLike) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _readable(path: str | os.PathLike) -> Iterator[None]:
-    """What makes a codebook file unreadable (not safetensors, a failed mmap) as one UserError."""
-    try:
-        yield
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:  # RuntimeError: a failed mmap
-        raise UserError(f"codebook {path} is not a readable safetensors file: {brief(str(error))}") from None
-
-
 class CodebookFile:
     """An open codebook file whose header passed `open_codebook`'s checks. `header` is its `Codebook` with the
     centroids on the meta device (their shape, no memory), for a caller to check against a model before their
     bytes are read; `read()` then reads them from this same open file, so what was checked is what is read."""
 
-    def __init__(self, path: Path, handle, header: Codebook):
-        self.path, self.handle, self.header = path, handle, header
+    def __init__(self, path: Path, opened: contextlib.ExitStack, handle, header: Codebook):
+        self.path, self.opened, self.handle, self.header = path, opened, handle, header
 
     def read(self) -> Codebook:
-        """The codebook with its centroids (float32); UserError when they are not finite."""
-        with _readable(self.path):
+        """The codebook with its centroids (float32), read once: the file is closed after. UserError when they
+        cannot be read or are not finite."""
+        with self.opened:  # the end of `open_safetensors`'s block: a failed read is its one refusal
             centroids = self.handle.get_tensor("centroids")
         if not bool(torch.isfinite(centroids).all()):
             raise UserError(f"codebook {self.path} holds NaN or infinite centroids; fit a new one with --units K")
@@ -152,45 +132,45 @@ class CodebookFile:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.handle.__exit__(None, None, None)
+        self.opened.close()  # a refusal in the caller's block is not the file's: it is not passed to the door
 
 
 def open_codebook(path: str | os.PathLike) -> CodebookFile:
-    """The door for a codebook file: a regular file of this tool's format whose centroids' declared dtype and
-    shape (K <= MAX_UNITS, D <= MAX_CODEBOOK_WIDTH) are checked before their bytes are read, its metadata
-    bounded before it is built (a small header cannot make this read gigabytes); UserError otherwise."""
+    """The door for a codebook file: a regular file safetensors reads (`open_safetensors`), of this tool's
+    format, whose centroids' declared dtype and shape (K <= MAX_UNITS, D <= MAX_CODEBOOK_WIDTH) are checked
+    before their bytes are read, its metadata bounded before it is built (a small header cannot make this read
+    gigabytes); UserError otherwise."""
     if not os.path.exists(path):
         raise UserError(f"codebook {path} does not exist; give a codebook.safetensors written by --units K")
-    path = check_regular_file(path, f"codebook {path}")
-    with _readable(path):
-        handle = safe_open(path, framework="pt")
-    try:
-        return CodebookFile(path, handle, _checked_header(path, handle))
-    except UserError:
-        handle.__exit__(None, None, None)  # refused: nothing more is read from it
-        raise
-
-
-def _checked_header(path: Path, handle) -> Codebook:
-    """The codebook an open file declares, its centroids on the meta device, once its header passed the checks."""
-    with _readable(path):
+    with contextlib.ExitStack() as opened:  # a refused header closes the file
+        handle = opened.enter_context(open_safetensors(path, f"codebook {path}"))
         metadata = parse_json((handle.metadata() or {}).get("armhubert", "{}"), f"codebook {path}'s metadata")
-        if not isinstance(metadata, dict) or metadata.get("format") != CODEBOOK_FORMAT:
-            raise UserError(
-                f"{path} is not a codebook of this tool (format {CODEBOOK_FORMAT}); make one with --units K"
-            )
-        if "centroids" not in handle.keys():  # noqa: SIM118 -- safe_open has no __contains__
-            raise UserError(f"codebook {path} holds no centroids; make one with --units K")
-        declared = handle.get_slice("centroids")
-        shape, dtype = tuple(declared.get_shape()), declared.get_dtype()
+        shape = dtype = None
+        if "centroids" in handle.keys():  # noqa: SIM118 -- safe_open has no __contains__
+            declared = handle.get_slice("centroids")
+            shape, dtype = tuple(declared.get_shape()), declared.get_dtype()
+        problem = _header_problem(metadata, shape, dtype)
+        if problem is not None:
+            raise UserError(f"codebook {path} {problem}")
+        header = _codebook(torch.empty(shape, device="meta"), metadata)
+        return CodebookFile(Path(path), opened.pop_all(), handle, header)
+
+
+def _header_problem(metadata, shape: tuple[int, ...] | None, dtype: str | None) -> str | None:
+    """What makes a codebook file's header not one this tool writes (`shape` and `dtype` of its centroids,
+    None when it has none), as the rest of a line `codebook PATH ...`; None when it is one."""
+    if not isinstance(metadata, dict) or metadata.get("format") != CODEBOOK_FORMAT:
+        return f"is not a codebook of this tool (format {CODEBOOK_FORMAT}); make one with --units K"
+    if shape is None:
+        return "holds no centroids; make one with --units K"
     if len(shape) != 2 or not 2 <= shape[0] <= MAX_UNITS or not 1 <= shape[1] <= MAX_CODEBOOK_WIDTH:
-        raise UserError(
-            f"codebook {path} holds centroids of shape {brief(shape)}; expected (K, D) with 2 <= K <= "
-            f"{MAX_UNITS} and D <= {MAX_CODEBOOK_WIDTH}"
+        return (
+            f"holds centroids of shape {brief(shape)}; expected (K, D) with 2 <= K <= {MAX_UNITS} and D <= "
+            f"{MAX_CODEBOOK_WIDTH}"
         )
     if dtype not in ("F16", "BF16", "F32", "F64"):
-        raise UserError(f"codebook {path} holds {brief(dtype)} centroids; expected floating-point ones")
-    return _codebook(torch.empty(shape, device="meta"), metadata)
+        return f"holds {brief(dtype)} centroids; expected floating-point ones"
+    return None
 
 
 def load_codebook(path: str | os.PathLike) -> Codebook:
