@@ -277,7 +277,7 @@ def test_a_model_with_non_finite_weights_is_refused_before_encoding(folders, tmp
         ("--chunk_length_s", "nan", "--chunk_length_s must be a finite number"),
         ("--chunk_length_s", "inf", "--chunk_length_s must be a finite number"),
         ("--chunk_length_s", "-3", "--chunk_length_s must be a finite number"),
-        ("--chunk_length_s", "0.01", "shorter than the model's receptive field"),
+        ("--chunk_length_s", "0.01", "--chunk_length_s 0.01 is shorter than the receptive field"),
         ("--stride_length_s", "nan", "--stride_length_s must be a finite number"),
         ("--stride_length_s", "-inf", "--stride_length_s must be a finite number"),
     ],
