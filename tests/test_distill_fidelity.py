@@ -143,7 +143,11 @@ def test_star_defaults_and_the_public_reimplementation_variant():
     variant = DistillTrainingArguments(distill_mode="star", star_variant="public-reimplementation")
     assert (variant.star_normalization, variant.star_reduction, variant.star_layer0) == ("none", "mean", "cnn")
     assert (variant.star_layer_weight, variant.star_intra_weight) == (1.0, 1.0)
-    with pytest.raises(UserError, match="star_variant public-reimplementation sets star_normalization=none"):
+    with pytest.raises(
+        UserError,
+        match="star_variant public-reimplementation sets star_normalization=none; remove star_normalization=l2 from "
+        "the recipe",
+    ):
         DistillTrainingArguments(distill_mode="star", star_variant="public-reimplementation", star_normalization="l2")
     with pytest.raises(UserError, match="star_variant must be one of public-reimplementation"):
         DistillTrainingArguments(distill_mode="star", star_variant="paper")
