@@ -450,7 +450,10 @@ def _state(checkpoint, **fields):
         (lambda c: (c / "trainer_state.json").write_text("[" * 100_000), "not a complete checkpoint folder"),
         (lambda c: (c / "trainer_state.json").write_text("[" + "[]," * 2_500_000 + "[]]"), "more than 2,000,000 JSON"),
         (lambda c: _state(c, global_step=10**15), "says global_step 1000000000000000, but this run's schedule has 4"),
-        (lambda c: _state(c, global_step="2"), "says global_step '2'"),
+        (
+            lambda c: _state(c, global_step="2"),
+            "trainer_state.json says global_step '2', not a step count; resume an earlier checkpoint",
+        ),
         (
             lambda c: (c / "optimizer.pt").write_bytes(np.random.default_rng(0).bytes(5000)),
             "optimizer.pt is not a readable PyTorch checkpoint: it is not the zip",
@@ -458,9 +461,13 @@ def _state(checkpoint, **fields):
         (lambda c: _truncate(c / "optimizer.pt"), "optimizer.pt is not"),
         (lambda c: _bytearray_pickle(c / "optimizer.pt"), "calls builtins.bytearray"),
         (lambda c: _truncate(c / "model.safetensors"), "model.safetensors is not a readable safetensors file"),
-        (lambda c: (c / "model.safetensors").unlink(), "has no model.safetensors"),
+        (lambda c: (c / "model.safetensors").unlink(), "not a complete checkpoint folder (no model.safetensors)"),
         (_other_student, "does not fit this run's student"),
         (lambda c: _truncate(c / "rng_state.pth", 0.9), "rng_state.pth is not"),
+        (
+            lambda c: torch.save({"python": torch.zeros(1)}, c / "rng_state.pth"),
+            "rng_state.pth is not a saved generator state (no 'cpu' tensor)",
+        ),
     ],
     ids=[
         "truncated-state",
@@ -475,6 +482,7 @@ def _state(checkpoint, **fields):
         "no-weights",
         "other-student",
         "truncated-rng",
+        "rng-without-cpu",
     ],
 )
 def test_a_damaged_resume_checkpoint_is_one_line_and_changes_nothing(stopped_run, tmp_path, capsys, damage, message):
