@@ -153,6 +153,16 @@ def test_star_defaults_and_the_public_reimplementation_variant():
         DistillTrainingArguments(distill_mode="star", star_variant="paper")
 
 
+def test_a_masking_batch_without_masks_is_a_callers_programming_error(tmp_path):
+    """Our collator always masks a masking run's batches (run.py gives it the recipe's masker); a Python caller's
+    own collator that does not is told so, as the model tells a caller a mis-shaped mask."""
+    trainer = tiny_trainer(tmp_path, "armhubert-960h")
+    input_values, attention_mask = batch(padded=False)
+    inputs = {"input_values": input_values, "attention_mask": attention_mask}
+    with pytest.raises(ValueError, match=r"masking distillation needs mask_time_indices in the batch \(AudioCollator"):
+        trainer.distillation_loss(trainer.model, inputs, masked=True)
+
+
 def test_public_reimplementation_variant_uses_raw_grams_with_the_cnn_features_as_layer_0(tmp_path):
     trainer = tiny_trainer(tmp_path, "starhubert-100h", "star_variant=public-reimplementation")
     student, teacher = trainer.model.eval(), trainer.teacher.model
