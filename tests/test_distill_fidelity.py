@@ -143,10 +143,24 @@ def test_star_defaults_and_the_public_reimplementation_variant():
     variant = DistillTrainingArguments(distill_mode="star", star_variant="public-reimplementation")
     assert (variant.star_normalization, variant.star_reduction, variant.star_layer0) == ("none", "mean", "cnn")
     assert (variant.star_layer_weight, variant.star_intra_weight) == (1.0, 1.0)
-    with pytest.raises(UserError, match="star_variant public-reimplementation sets star_normalization=none"):
+    with pytest.raises(
+        UserError,
+        match="star_variant public-reimplementation sets star_normalization=none; remove star_normalization=l2 from "
+        "the recipe",
+    ):
         DistillTrainingArguments(distill_mode="star", star_variant="public-reimplementation", star_normalization="l2")
     with pytest.raises(UserError, match="star_variant must be one of public-reimplementation"):
         DistillTrainingArguments(distill_mode="star", star_variant="paper")
+
+
+def test_a_masking_batch_without_masks_is_a_callers_programming_error(tmp_path):
+    """Our collator always masks a masking run's batches (run.py gives it the recipe's masker); a Python caller's
+    own collator that does not is told so, as the model tells a caller a mis-shaped mask."""
+    trainer = tiny_trainer(tmp_path, "armhubert-960h")
+    input_values, attention_mask = batch(padded=False)
+    inputs = {"input_values": input_values, "attention_mask": attention_mask}
+    with pytest.raises(ValueError, match=r"masking distillation needs mask_time_indices in the batch \(AudioCollator"):
+        trainer.distillation_loss(trainer.model, inputs, masked=True)
 
 
 def test_public_reimplementation_variant_uses_raw_grams_with_the_cnn_features_as_layer_0(tmp_path):

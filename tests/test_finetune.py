@@ -324,7 +324,10 @@ def test_classification_refuses_crop_windows_it_cannot_use(tiny_model_dir, tmp_p
         *QUIET,
     ]
     for value, message in (
-        ("0.01", "shorter than the model's receptive field"),
+        (
+            "0.01",
+            "--crop_seconds 0.01 is shorter than the receptive field (400 samples, 0.025 s); give a longer window",
+        ),
         ("nan", "--crop_seconds must be a finite number > 0, got nan"),
         ("-1", "--crop_seconds must be a finite number > 0, got -1.0"),
     ):
@@ -408,6 +411,11 @@ def test_run_arguments_and_model_choice_are_checked_before_any_data_is_read(tmp_
             [*QUIET, *out, "--preset", "p", "--eval_strategy", "epoch", "--load_best_model_at_end", "true"],
             "strategy to match",
         ),
+        (
+            [*QUIET, *out, "--preset", "p", "--max_steps", "0"],
+            r"max_steps must be -1 \(use num_train_epochs\) or a positive number of steps, got 0",
+        ),
+        ([*QUIET, *out, "--preset", "p", "--num_train_epochs", "0"], "num_train_epochs is 0 and max_steps is not set"),
     ]
     for argv, message in cases:
         with pytest.raises(UserError, match=message):
@@ -417,6 +425,8 @@ def test_run_arguments_and_model_choice_are_checked_before_any_data_is_read(tmp_
     )
     assert training_args.remove_unused_columns is False and training_args.length_column_name == "num_samples"
 
+    with pytest.raises(UserError, match="no model given: pass --model_name_or_path"):
+        ModelArguments()  # a Python caller's arguments are checked as the command line's
     with pytest.raises(UserError, match="cannot load the model .*no-model"):
         load_head_model(ARMHubertForCTC, ModelArguments(model_name_or_path=str(tmp_path / "no-model")))
     with pytest.raises(UserError, match="no-such-preset"):

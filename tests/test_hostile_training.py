@@ -66,7 +66,10 @@ def _poison(path, value=float("nan"), everywhere=False):
         (["seed=true"], "--seed: invalid int value: 'true'"),
         (["fp16=maybe"], "--fp16: Truthy value expected: got maybe"),
         (["seed=-1"], "seed must be an integer in [0, 4294967295], got -1"),
-        (["crop_seconds=0.01"], "crop_seconds=0.01 keeps 160 samples, fewer than the 400-sample receptive field"),
+        (
+            ["crop_seconds=0.01"],
+            "crop_seconds=0.01 is shorter than the receptive field (400 samples, 0.025 s); use at least 0.025",
+        ),
         (["learning_rate=[1]"], "learning_rate takes float, not [1]"),
         (["mask_prob=null"], "mask_prob takes float, not None"),
         (["learning_rate=.nan"], "learning_rate must be a finite number > 0, got nan"),
@@ -83,6 +86,16 @@ def _poison(path, value=float("nan"), everywhere=False):
         (["student_config.hidden_size=abc"], "ARMHubertConfig.hidden_size: got 'abc'"),
         (["output_dir=[1]"], "output_dir takes str or null, not [1]"),
         (["output_dir=null"], "the recipe sets no output_dir folder"),
+        (["student=' '"], "student must not be empty"),
+        (["cache_teacher_outputs=true"], "cache_teacher_outputs keeps clean teacher passes only; use it with"),
+        (
+            ["effective_batch_size=12"],
+            "effective_batch_size 12 is not a multiple of per_device_train_batch_size 8 x 1 process(es)",
+        ),
+        (["student=no-such-student"], "student 'no-such-student' is neither a preset (armhubert-960h, "),
+        (["trainable_layers=[0, 4]"], "trainable_layers must name layers in 1..4, got [0, 4]"),
+        (["teacher_layers=[1, 2, 3]"], "teacher_layers must list 4 teacher layers in 1..4, got [1, 2, 3]"),
+        (["teacher_layers=[1, 2, 3, 5]"], "teacher_layers must list 4 teacher layers in 1..4, got [1, 2, 3, 5]"),
     ],
 )
 def test_recipe_values_are_checked_with_type_and_range(tmp_path, capsys, overrides, message):
@@ -437,7 +450,10 @@ def _state(checkpoint, **fields):
         (lambda c: (c / "trainer_state.json").write_text("[" * 100_000), "not a complete checkpoint folder"),
         (lambda c: (c / "trainer_state.json").write_text("[" + "[]," * 2_500_000 + "[]]"), "more than 2,000,000 JSON"),
         (lambda c: _state(c, global_step=10**15), "says global_step 1000000000000000, but this run's schedule has 4"),
-        (lambda c: _state(c, global_step="2"), "says global_step '2'"),
+        (
+            lambda c: _state(c, global_step="2"),
+            "trainer_state.json says global_step '2', not a step count; resume an earlier checkpoint",
+        ),
         (
             lambda c: (c / "optimizer.pt").write_bytes(np.random.default_rng(0).bytes(5000)),
             "optimizer.pt is not a readable PyTorch checkpoint: it is not the zip",
@@ -445,9 +461,13 @@ def _state(checkpoint, **fields):
         (lambda c: _truncate(c / "optimizer.pt"), "optimizer.pt is not"),
         (lambda c: _bytearray_pickle(c / "optimizer.pt"), "calls builtins.bytearray"),
         (lambda c: _truncate(c / "model.safetensors"), "model.safetensors is not a readable safetensors file"),
-        (lambda c: (c / "model.safetensors").unlink(), "has no model.safetensors"),
+        (lambda c: (c / "model.safetensors").unlink(), "not a complete checkpoint folder (no model.safetensors)"),
         (_other_student, "does not fit this run's student"),
         (lambda c: _truncate(c / "rng_state.pth", 0.9), "rng_state.pth is not"),
+        (
+            lambda c: torch.save({"python": torch.zeros(1)}, c / "rng_state.pth"),
+            "rng_state.pth is not a saved generator state (no 'cpu' tensor)",
+        ),
     ],
     ids=[
         "truncated-state",
@@ -462,6 +482,7 @@ def _state(checkpoint, **fields):
         "no-weights",
         "other-student",
         "truncated-rng",
+        "rng-without-cpu",
     ],
 )
 def test_a_damaged_resume_checkpoint_is_one_line_and_changes_nothing(stopped_run, tmp_path, capsys, damage, message):

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from transformers import BatchFeature, Wav2Vec2FeatureExtractor
 
-from armhubert.cli import UserError, above, run_main
+from armhubert.cli import above, run_main
 from armhubert.folders.cards import classification_card
 from armhubert.speech.audio import DataError
+from armhubert.speech.chunking import check_window
 from armhubert.speech.labelled_audio import build_dataset, read_examples
 from armhubert.training.finetune import (
     check_min_duration,
@@ -51,6 +52,14 @@ class DataArguments:
 
     # Paths the output must stay apart from (a class attribute, not an argument).
     INPUT_FIELDS = ("train_dir", "eval_dir", "train_csv", "eval_csv")
+    # Each split has one source (`check_fields` checks it; read_examples trusts it).
+    RULES = tuple(
+        (
+            lambda args, what=what: bool(getattr(args, f"{what}_dir")) == bool(getattr(args, f"{what}_csv")),
+            f"give exactly one of --{what}_dir and --{what}_csv",
+        )
+        for what in ("train", "eval")
+    )
 
     train_dir: str = field(default=None, metadata={"help": "Folder with one sub-folder of audio files per label."})
     eval_dir: str = field(default=None, metadata={"help": "Evaluation folder, same layout as --train_dir."})
@@ -65,11 +74,6 @@ class DataArguments:
             "bounds": above(0),
         },
     )
-
-    def __post_init__(self):
-        for what in ("train", "eval"):  # read_examples trusts that each split has one source
-            if bool(getattr(self, f"{what}_dir")) == bool(getattr(self, f"{what}_csv")):
-                raise UserError(f"give exactly one of --{what}_dir and --{what}_csv")
 
 
 @dataclass
@@ -117,10 +121,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     for dataset, what in ((train, "training"), (evaluation, "evaluation")):
         check_min_duration(dataset, model.config, what)
-    if crop_samples is not None and crop_samples < model.config.receptive_field:
-        raise UserError(
-            f"--crop_seconds {data_args.crop_seconds} is shorter than the model's receptive field "
-            f"({model.config.receptive_field / SAMPLING_RATE:.3f} s); give a longer window"
+    if data_args.crop_seconds is not None:
+        check_window(
+            data_args.crop_seconds,
+            model.config.receptive_field,
+            f"--crop_seconds {data_args.crop_seconds}",
+            "give a longer window",
         )
     feature_extractor = release_feature_extractor()
 

@@ -66,6 +66,11 @@ def _check_fields(values: Mapping[str, object] | None, config_class: type[Pretra
             )
 
 
+def _layers_in(layers: list[int], count: int) -> bool:
+    """Whether `layers` names some of the 1-based layers 1..count, and only those."""
+    return bool(layers) and all(1 <= layer <= count for layer in layers)
+
+
 def _cnn_layer0(args: DistillTrainingArguments) -> bool:
     return args.distill_mode == "star" and args.star_layer0 == "cnn"
 
@@ -73,7 +78,8 @@ def _cnn_layer0(args: DistillTrainingArguments) -> bool:
 # Recipe values that go together only in some models, checked by `refuse_broken`: (whether the rule is broken,
 # given `args` (the recipe) and the models known at that point, the refusal, formatted with the same names).
 # MODEL_RULES need the recipe alone; TEACHER_RULES the loaded `teacher`; STUDENT_RULES the `student`, the
-# teacher's config (`teacher`) and the `width` of the student's distilled outputs.
+# teacher's config (`teacher`) and the `width` of the student's distilled outputs; LAYER_RULES the layer counts
+# of both models (`student_layers`, `teacher_layers`).
 MODEL_RULES = (
     (
         lambda args: bool(args.teacher_config) and args.teacher not in RANDOM_TEACHERS,
@@ -87,6 +93,10 @@ MODEL_RULES = (
         lambda args: bool(args.reuse_layers) and args.student != MIRROR,
         f"reuse_layers applies to `student: {MIRROR}`; give a preset student layer_reuses_attention_map in "
         "student_config",
+    ),
+    (
+        lambda args: args.student != MIRROR and args.student.lower() not in PRESETS and not Path(args.student).exists(),
+        f"student {{args.student!r}} is neither a preset ({', '.join(PRESETS)}) nor an existing config.json / folder",
     ),
 )
 TEACHER_RULES = (
@@ -122,6 +132,22 @@ STUDENT_RULES = (
     (
         lambda args, student, teacher, width: args.distill_mode == "masking" and student.mask_emb is None,
         "masking distillation needs a student with use_mask_embedding=True",
+    ),
+)
+
+LAYER_RULES = (
+    (
+        lambda args, student_layers, teacher_layers: (
+            args.trainable_layers is not None and not _layers_in(args.trainable_layers, student_layers)
+        ),
+        "trainable_layers must name layers in 1..{student_layers}, got {args.trainable_layers}",
+    ),
+    (
+        lambda args, student_layers, teacher_layers: (
+            args.teacher_layers is not None
+            and (len(args.teacher_layers) != student_layers or not _layers_in(args.teacher_layers, teacher_layers))
+        ),
+        "teacher_layers must list {student_layers} teacher layers in 1..{teacher_layers}, got {args.teacher_layers}",
     ),
 )
 
@@ -172,10 +198,9 @@ def load_teacher(distill_args: DistillTrainingArguments, seed: int) -> TeacherEn
 
 
 def freeze_all_but(student: ARMHubertModel, layers: list[int]) -> None:
-    """Train only the 1-based encoder `layers` (and the final LayerNorm with the last layer): the rest is frozen."""
+    """Train only the 1-based encoder `layers` (and the final LayerNorm with the last layer): the rest is frozen.
+    The layers lie in 1..num_hidden_layers (LAYER_RULES)."""
     count = student.config.num_hidden_layers
-    if not layers or any(not 1 <= layer <= count for layer in layers):
-        raise UserError(f"trainable_layers must name layers in 1..{count}, got {layers}")
     student.requires_grad_(False)
     for layer in layers:
         student.encoder.layers[layer - 1].requires_grad_(True)
@@ -196,16 +221,12 @@ def build_student(
 ) -> ARMHubertModel:
     """A random student from a preset or config; projection heads as wide as the teacher."""
     overrides = dict(distill_args.student_config or {})
-    name = distill_args.student
+    name = distill_args.student  # a preset or an existing path (MODEL_RULES)
     try:
         if name.lower() in PRESETS:
             config = ARMHubertConfig.from_preset(name, **overrides)
-        elif Path(name).exists():
-            config = ARMHubertConfig.from_pretrained(name, **overrides)
         else:
-            raise UserError(
-                f"student {name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing config.json / folder"
-            )
+            config = ARMHubertConfig.from_pretrained(name, **overrides)
     except (TypeError, ValueError, OSError) as error:
         raise UserError(f"student config: {str(error).strip().splitlines()[0]}") from None
     if config.has_projection_heads and "projection_head_size" not in overrides:
@@ -226,14 +247,10 @@ def build_student(
 
 
 def layer_pairs(distill_args: DistillTrainingArguments, student_layers: int, teacher_layers: int) -> list[int]:
-    """Teacher layer (1-based) for each student layer 1..L_s."""
+    """Teacher layer (1-based) for each student layer 1..L_s: the recipe's teacher_layers (one for each student
+    layer, each in 1..L_t: LAYER_RULES), or evenly spaced."""
     if distill_args.teacher_layers is not None:
-        pairs = list(distill_args.teacher_layers)  # whole numbers: the recipe's type
-        if len(pairs) != student_layers or not all(1 <= layer <= teacher_layers for layer in pairs):
-            raise UserError(
-                f"teacher_layers must list {student_layers} teacher layers in 1..{teacher_layers}, got {pairs}"
-            )
-        return pairs
+        return list(distill_args.teacher_layers)
     if student_layers == teacher_layers:
         return list(range(1, student_layers + 1))
     return [max(1, round(layer * teacher_layers / student_layers)) for layer in range(1, student_layers + 1)]
@@ -271,8 +288,9 @@ def teacher_and_student(
         student = _mirror_student(distill_args, teacher)
     else:
         student = build_student(distill_args, teacher.config, seed)
+    student_layers, teacher_layers = student.config.num_hidden_layers, teacher.config.num_hidden_layers
+    refuse_broken(LAYER_RULES, args=distill_args, student_layers=student_layers, teacher_layers=teacher_layers)
     if distill_args.trainable_layers is not None:
         freeze_all_but(student, distill_args.trainable_layers)
     check_frame_rates(teacher, student)
-    pairs = layer_pairs(distill_args, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-    return teacher, student, pairs
+    return teacher, student, layer_pairs(distill_args, student_layers, teacher_layers)

@@ -34,11 +34,21 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from configuration_armhubert import PRESETS
 
-from ..cli import CommandParser, UserError, above, at_least, between, check_fields, first_line, type_options
+from ..cli import (
+    CommandParser,
+    UserError,
+    above,
+    at_least,
+    between,
+    check_fields,
+    first_line,
+    refuse_broken,
+    type_options,
+)
 from ..files.untrusted import brief, load_yaml_file, parse_yaml_text
 from ..resources import BUNDLED_RECIPES, HUB_DATASET, recipe_names
 from ..threads import available_cores
-from ..training.guarded_trainer import BoundedTrainingArguments, check_training_steps
+from ..training.guarded_trainer import BoundedTrainingArguments
 from .losses import STAR_LAYER0, STAR_NORMALIZATIONS, STAR_REDUCTIONS
 
 logger = logging.getLogger(__name__)
@@ -78,6 +88,48 @@ TRAINING_FIXED = dict(
 )
 
 
+# Rules between recipe values (`check_fields` checks them after each field's own range and choices): the fixed
+# Trainer settings, the star_* options a star_variant owns, the names a run needs, and what the teacher cache keeps.
+RECIPE_RULES = (
+    *(
+        (
+            lambda args, key=key, value=value: getattr(args, key) != value,
+            f"{key} is fixed to {value!r} by {PROG}; remove it from the recipe",
+        )
+        for key, value in TRAINING_FIXED.items()
+    ),
+    *(
+        (
+            lambda args, variant=variant, key=key, value=value: (
+                args.star_variant == variant and getattr(args, key) not in (None, value)
+            ),
+            f"star_variant {variant} sets {key}={value}; remove {key}={{args.{key}}} from the recipe",
+        )
+        for variant, options in STAR_VARIANTS.items()
+        for key, value in options.items()
+    ),
+    *(
+        (lambda args, name=name: not getattr(args, name).strip(), f"{name} must not be empty")
+        for name in ("teacher", "student", "data_source")
+    ),
+    (
+        lambda args: args.cache_teacher_outputs and args.distill_mode == "masking",
+        "cache_teacher_outputs keeps clean teacher passes only; use it with regression or star",
+    ),
+)
+# Rules over the recipe and the launch: the processes it started (`world_size`) share one optimiser step.
+LAUNCH_RULES = (
+    (
+        lambda args: (
+            args.effective_batch_size is not None
+            and args.effective_batch_size % (args.per_device_train_batch_size * args.world_size) != 0
+        ),
+        "effective_batch_size {args.effective_batch_size} is not a multiple of per_device_train_batch_size "
+        "{args.per_device_train_batch_size} x {args.world_size} process(es); adjust one of them",
+    ),
+)
+
+
 def _report_to_default() -> list[str] | str:
     return ["tensorboard"] if is_tensorboard_available() else "none"
 
@@ -94,9 +146,10 @@ class DistillTrainingArguments(BoundedTrainingArguments):
     """Every option of a distillation run: what to distil, from what, on which data, with which loss, and the
     `TrainingArguments` (whose defaults here are the release's optimiser and schedule).
 
-    `__post_init__` refuses what no run can use (out-of-range values, a fixed Trainer setting changed) with one
-    line each, so the code after parsing trusts every field. `HfArgumentParser` reads it: a value has the type
-    its field declares wherever it was written (recipe file or command line).
+    `__post_init__` refuses what no run can use (out-of-range values; RULES: a fixed Trainer setting changed,
+    options that do not go together) with one line each, so the code after parsing trusts every field.
+    `HfArgumentParser` reads it: a value has the type its field declares wherever it was written (recipe file
+    or command line).
     """
 
     distill_mode: Literal[DISTILL_MODES] = _arg(
@@ -219,21 +272,17 @@ class DistillTrainingArguments(BoundedTrainingArguments):
     greater_is_better: bool | None = _arg(False, "Fixed: a lower eval_loss is better.")
     label_names: list[str] | None = _arg([], "Fixed: distillation has no labels.")
 
+    RULES = (*RECIPE_RULES, *BoundedTrainingArguments.RULES)
+
     def __post_init__(self):
-        self._check_fixed()
         self._read_config_mappings()
-        check_fields(self, prefix="", null="null")  # choices and ranges, every number finite
+        if isinstance(self.train_splits, str):  # a Python caller's single split
+            self.train_splits = [self.train_splits]
+        check_fields(self, prefix="", null="null")  # choices and ranges, every number finite, then RULES
         self._resolve_star_options()
-        self._check_values()
-        check_training_steps(self)
         if self.eval_split is None:
             self.eval_strategy = "no"  # nothing to evaluate on
         super().__post_init__()
-
-    def _check_fixed(self):
-        for key, value in TRAINING_FIXED.items():
-            if getattr(self, key) != value:
-                raise UserError(f"{key} is fixed to {value!r} by {PROG}; remove it from the recipe")
 
     def _read_config_mappings(self):
         """`student_config` / `teacher_config` given as text (a command-line flag) are read as YAML mappings."""
@@ -246,26 +295,12 @@ class DistillTrainingArguments(BoundedTrainingArguments):
             setattr(self, name, value)
 
     def _resolve_star_options(self):
-        """Fill unset star_* options from `star_variant` (which then owns them all) or the documented defaults."""
+        """Fill unset star_* options from `star_variant` (which then owns them all: a different value given is
+        refused by RECIPE_RULES) or the documented defaults."""
         chosen = STAR_DEFAULTS if self.star_variant is None else STAR_VARIANTS[self.star_variant]
         for field, value in chosen.items():
-            given = getattr(self, field)
-            if self.star_variant is not None and given is not None and given != value:
-                raise UserError(
-                    f"star_variant {self.star_variant} sets {field}={value}; remove {field}={given} from the recipe"
-                )
-            if given is None or self.star_variant is not None:
+            if getattr(self, field) is None or self.star_variant is not None:
                 setattr(self, field, value)
-
-    def _check_values(self):
-        """What no field's own range says: names that are not empty, and options that go together."""
-        if isinstance(self.train_splits, str):  # a Python caller's single split
-            self.train_splits = [self.train_splits]
-        for name in ("teacher", "student", "data_source"):
-            if not getattr(self, name).strip():
-                raise UserError(f"{name} must not be empty")
-        if self.cache_teacher_outputs and self.distill_mode == "masking":
-            raise UserError("cache_teacher_outputs keeps clean teacher passes only; use it with regression or star")
 
 
 # The name the rest of the package gives the distillation half of the arguments (one object since the two merged).
@@ -497,15 +532,10 @@ def parse_command_line(argv: Sequence[str]) -> tuple[DistillTrainingArguments, d
 
 def apply_effective_batch_size(arguments: DistillTrainingArguments) -> None:
     """Set gradient accumulation so that per-GPU batch x GPUs x accumulation = effective_batch_size."""
+    refuse_broken(LAUNCH_RULES, args=arguments)
     if arguments.effective_batch_size is None:
         return
-    per_step = arguments.per_device_train_batch_size * arguments.world_size
-    if arguments.effective_batch_size % per_step:
-        raise UserError(
-            f"effective_batch_size {arguments.effective_batch_size} is not a multiple of per_device_train_batch_size "
-            f"{arguments.per_device_train_batch_size} x {arguments.world_size} process(es); adjust one of them"
-        )
-    accumulation = arguments.effective_batch_size // per_step
+    accumulation = arguments.effective_batch_size // (arguments.per_device_train_batch_size * arguments.world_size)
     if accumulation != arguments.gradient_accumulation_steps:
         logger.warning(
             "gradient_accumulation_steps %d -> %d so that %d process(es) x %d x %d = effective_batch_size %d",

@@ -5,10 +5,10 @@ a `global_step` of 10**15 or the weights of another student end in a traceback, 
 with an untrained student whose card claims 10**15 steps. Two steps, one door:
 
 - `find_resume_checkpoint` (before any model is built): the folder `--resume` names, or output_dir's last
-  complete checkpoint, with its trainer state read, bounded: a `ResumeCheckpoint`;
+  complete checkpoint, with its trainer state read, bounded, and its weights file there: a `ResumeCheckpoint`;
 - `check_resume_checkpoint` (once the Trainer is built): its step lies within the run's schedule, every
-  weight has the student's name and shape, and each pickled file the Trainer will read passes the door of
-  `torch.save` files (`armhubert.files.untrusted.load_torch_file`).
+  weight has the student's name and shape (read by `open_safetensors`), and each pickled file the Trainer
+  will read passes the door of `torch.save` files (`armhubert.files.untrusted.load_torch_file`).
 """
 
 import math
@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import safetensors
 import torch
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..cli import UserError
-from ..files.untrusted import Limit, brief, check_state_fits, load_json_file, load_torch_file
+from ..files.untrusted import Limit, brief, check_state_fits, load_json_file, load_torch_file, open_safetensors
 from ..training.checkpoints import complete_checkpoints
 
 MAX_STATE_BYTES = 64 * 1024 * 1024  # trainer_state.json: the log history of a long run is a few MB
@@ -74,18 +73,21 @@ class ResumeCheckpoint:
 
 
 def _read_state(folder: Path, flag: str) -> ResumeCheckpoint:
-    path = folder / TRAINER_STATE_NAME
+    """The checkpoint `folder` if it is complete: a readable trainer state holding a step count, and the weights;
+    else one refusal naming what is wrong."""
+    path, problem, step = folder / TRAINER_STATE_NAME, None, None
     try:  # bounded in bytes, values and depth before anything is built
         state = load_json_file(path, str(path), "a trainer state is a few MB", MAX_STATE_BYTES, MAX_STATE_VALUES)
     except UserError as error:
-        raise UserError(
-            f"{flag} {folder}: not a complete checkpoint folder ({error}); resume an earlier checkpoint"
-        ) from None
-    step = state.get("global_step") if isinstance(state, dict) else None
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise UserError(
-            f"{flag}: {path} says global_step {brief(step)}, not a step count; resume an earlier checkpoint"
-        )
+        problem = f"not a complete checkpoint folder ({error})"
+    else:
+        step = state.get("global_step") if isinstance(state, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            problem = f"{TRAINER_STATE_NAME} says global_step {brief(step)}, not a step count"
+        elif not (folder / "model.safetensors").is_file():
+            problem = "not a complete checkpoint folder (no model.safetensors)"
+    if problem:
+        raise UserError(f"{flag} {folder}: {problem}; resume an earlier checkpoint")
     return ResumeCheckpoint(folder, step, flag)
 
 
@@ -119,15 +121,9 @@ def resolve_resume(resume: str | bool | None, output_dir: str | os.PathLike, fla
 
 
 def _check_weights(checkpoint: Path, student: PreTrainedModel, flag: str) -> None:
-    path = checkpoint / "model.safetensors"
-    if not path.is_file():
-        raise UserError(f"{flag}: {checkpoint} has no model.safetensors; resume a complete checkpoint")
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as weights:
-            shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118 -- safe_open has no __iter__
-    except Exception as error:  # noqa: BLE001 -- SafetensorError, OSError: a truncated or foreign file
-        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
-        raise UserError(f"{flag}: {path} is not a readable safetensors file ({reason})") from None
+    path = checkpoint / "model.safetensors"  # there (`_read_state`); read through the door of safetensors files
+    with open_safetensors(path, f"{flag}: {path}") as weights:
+        shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118 -- safe_open has no __iter__
     expected = {key: value.shape for key, value in student.state_dict().items()}
     check_state_fits(
         shapes, expected, f"{flag}: {path}", "this run's student", "resume a checkpoint of the same student"

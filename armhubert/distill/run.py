@@ -17,6 +17,7 @@ from ..files.atomic import atomic_write_text, check_output_location
 from ..files.lock import output_lock
 from ..files.untrusted import brief, load_yaml_file
 from ..folders.cards import DistillationFacts, distilled_card, format_duration, last_logged
+from ..speech.chunking import check_window
 from ..speech.librispeech import AudioCollator, load_librispeech
 from ..teachers.encoders import TeacherEncoder
 from ..training.checkpoints import train_keeping_complete_checkpoints
@@ -154,12 +155,15 @@ def _distill(recipe: dict, args: DistillTrainingArguments, callbacks: Sequence[T
     if student.config.layerdrop > 0 and "ddp_find_unused_parameters" not in recipe:
         args.ddp_find_unused_parameters = True  # a dropped layer leaves its parameters without gradient
     min_samples = _min_samples(teacher, student)
-    max_samples = None if args.crop_seconds is None else int(args.crop_seconds * SAMPLING_RATE)
-    if max_samples is not None and max_samples < min_samples:
-        raise UserError(
-            f"crop_seconds={args.crop_seconds} keeps {max_samples} samples, fewer than the {min_samples}-sample "
-            f"receptive field of the models; use at least {min_samples / SAMPLING_RATE:.3f}"
+    max_samples = None
+    if args.crop_seconds is not None:
+        check_window(
+            args.crop_seconds,
+            min_samples,
+            f"crop_seconds={args.crop_seconds}",
+            f"use at least {min_samples / SAMPLING_RATE:.3f}",
         )
+        max_samples = int(args.crop_seconds * SAMPLING_RATE)
     train_dataset, eval_dataset = _load_splits(args, min_samples)
     feature_extractor = release_feature_extractor()
     trainer = DistillTrainer(

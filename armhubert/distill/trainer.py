@@ -21,7 +21,6 @@ from transformers.trainer_utils import seed_worker
 
 from configuration_armhubert import SAMPLING_RATE
 
-from ..cli import UserError
 from ..speech.librispeech import AudioCollator, EpochSeededLengthGroupedSampler
 from ..teachers.encoders import TeacherEncoder
 from ..training.checkpoints import CheckpointRotation
@@ -229,8 +228,8 @@ class DistillTrainer(GuardedTrainer):
         d = self.distill_args
         input_values, attention_mask = inputs["input_values"], inputs["attention_mask"]
         mask = inputs.get("mask_time_indices") if masked and d.distill_mode == "masking" else None
-        if masked and d.distill_mode == "masking" and mask is None:
-            raise UserError("masking distillation needs mask_time_indices in the batch (AudioCollator with a masker)")
+        if masked and d.distill_mode == "masking" and mask is None:  # a Python caller's collator: a programming error
+            raise ValueError("masking distillation needs mask_time_indices in the batch (AudioCollator with a masker)")
         cnn_layer0 = d.distill_mode == "star" and d.star_layer0 == "cnn"
         if cnn_layer0:
             capture = capture_cnn_features(self.teacher.model, self.accelerator.unwrap_model(model))

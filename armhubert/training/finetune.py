@@ -27,7 +27,7 @@ from transformers import (
 
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 
-from ..cli import CommandParser, UserError, above
+from ..cli import CommandParser, UserError, above, check_fields
 from ..distill.resume import ResumeCheckpoint, check_resume_checkpoint, find_resume_checkpoint
 from ..files.atomic import check_apart, check_output_folder
 from ..files.lock import output_lock
@@ -37,14 +37,29 @@ from ..folders.remote_code import add_remote_code_entries
 from ..speech.audio import DataError, read_audio, window
 from ..threads import use_machine_threads
 from .checkpoints import CheckpointRotation, train_keeping_complete_checkpoints
-from .guarded_trainer import BoundedTrainingArguments, check_training_steps, save_trained_model
+from .guarded_trainer import BoundedTrainingArguments, save_trained_model
 
 FLAG_RESUME = "--resume_from_checkpoint"
 
 
 @dataclass
 class ModelArguments:
-    """Which encoder to start from and how to train it (`--model_name_or_path` or `--preset`, masking, freezing)."""
+    """Which encoder to start from and how to train it (`--model_name_or_path` or `--preset`, masking, freezing).
+
+    Exactly one of the two model choices is given (`RULES`), checked when the arguments are made: the command
+    parser's and a Python caller's alike, so `load_head_model` trusts it."""
+
+    RULES = (
+        (
+            lambda args: bool(args.model_name_or_path and args.preset),
+            "give either --model_name_or_path or --preset, not both",
+        ),
+        (
+            lambda args: not args.model_name_or_path and not args.preset,
+            "no model given: pass --model_name_or_path (a converted or distilled model folder, or a Hub id) "
+            "or --preset NAME for random weights",
+        ),
+    )
 
     model_name_or_path: str = field(
         default=None,
@@ -77,6 +92,9 @@ class ModelArguments:
     # The checked --model_name_or_path (`parse_run_arguments` opens it), not an argument.
     model_folder: ModelFolder | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self):
+        check_fields(self)
+
     def open_model_folder(self) -> ModelFolder:
         """--model_name_or_path through the model-folder door, once: it takes one model's folder."""
         if self.model_folder is None:
@@ -104,7 +122,13 @@ class OutputArguments:
 
 @dataclass
 class FinetuneTrainingArguments(BoundedTrainingArguments):
-    """`TrainingArguments` (their ranges declared) whose checkpoints stay small unless asked: one kept, model weights only."""
+    """`TrainingArguments` (their ranges declared) whose checkpoints stay small unless asked: one kept, model weights only.
+    --output_dir is required (the Trainer's default `trainer_output` is no place for a model a user asked for)."""
+
+    RULES = (
+        (lambda args: args.output_dir in (None, "trainer_output"), "--output_dir is required"),
+        *BoundedTrainingArguments.RULES,
+    )
 
     save_total_limit: int | None = field(
         default=1, metadata={"help": "Keep at most this many checkpoint-N folders (default 1: the last)."}
@@ -135,13 +159,9 @@ def parse_run_arguments(
     a user's own files are never overwritten.
     """
     parsed = parse_arguments((ModelArguments, data_arguments_class, OutputArguments), argv, prog)
-    model_args, data_args, output_args, training_args = parsed
-    if training_args.output_dir in (None, "trainer_output"):
-        raise UserError("--output_dir is required")
-    check_model_arguments(model_args)
+    model_args, data_args, output_args, training_args = parsed  # each one's fields and RULES checked
     if model_args.model_name_or_path:  # checked before any data is read (and progress shown)
         model_args.open_model_folder()
-    check_training_steps(training_args)
     check_code_text(training_args.output_dir, "--output_dir")  # both appear in the model card's code
     check_code_text(model_args.model_name_or_path or "", "--model_name_or_path")
     data_paths = [getattr(data_args, name) for name in getattr(data_arguments_class, "INPUT_FIELDS", ())]
@@ -169,17 +189,6 @@ def parse_run_arguments(
     return model_args, data_args, training_args
 
 
-def check_model_arguments(model_args: ModelArguments) -> None:
-    """Fail before any data is read when the model choice is missing or ambiguous."""
-    if model_args.model_name_or_path and model_args.preset:
-        raise UserError("give either --model_name_or_path or --preset, not both")
-    if not model_args.model_name_or_path and not model_args.preset:
-        raise UserError(
-            "no model given: pass --model_name_or_path (a converted or distilled model folder, or a Hub id) "
-            "or --preset NAME for random weights"
-        )
-
-
 def load_head_model(
     head_class: type[PreTrainedModel], model_args: ModelArguments, **head_config: Any
 ) -> PreTrainedModel:
@@ -200,8 +209,7 @@ def load_head_model(
         layer_grad_scale=False,
         **head_config,
     )
-    check_model_arguments(model_args)
-    if model_args.model_name_or_path:
+    if model_args.model_name_or_path:  # or else a preset: one of the two (ModelArguments.RULES)
         # the installed class: no folder code
         model = model_args.open_model_folder().load(head_class.from_pretrained, **overrides)
     else:

@@ -29,7 +29,19 @@ def _bounded(name: str, bounds: Bounds) -> Any:
 
 @dataclasses.dataclass
 class BoundedTrainingArguments(TrainingArguments):
-    """`TrainingArguments` whose numbers a recipe or command line may set declare their ranges (`check_fields`)."""
+    """`TrainingArguments` whose numbers a recipe or command line may set declare their ranges, and whose step
+    count is a rule (`check_fields`): max_steps is -1 or positive, and a run takes at least one step."""
+
+    RULES = (
+        (
+            lambda args: args.max_steps == 0 or args.max_steps < -1,
+            "max_steps must be -1 (use num_train_epochs) or a positive number of steps, got {args.max_steps}",
+        ),
+        (
+            lambda args: args.max_steps < 0 and args.num_train_epochs == 0,
+            "num_train_epochs is 0 and max_steps is not set: the run would train no step",
+        ),
+    )
 
     per_device_train_batch_size: int = _bounded("per_device_train_batch_size", at_least(1))
     per_device_eval_batch_size: int = _bounded("per_device_eval_batch_size", at_least(1))
@@ -48,15 +60,6 @@ class BoundedTrainingArguments(TrainingArguments):
     dataloader_num_workers: int = _bounded("dataloader_num_workers", at_least(0))
     seed: int = _bounded("seed", between(0, 2**32 - 1))
     data_seed: int | None = _bounded("data_seed", between(0, 2**32 - 1))
-
-
-def check_training_steps(arguments: TrainingArguments) -> None:
-    """Refuse a max_steps that is neither -1 nor positive, and a run that would take no step."""
-    max_steps = arguments.max_steps
-    if max_steps == 0 or max_steps < -1:
-        raise UserError(f"max_steps must be -1 (use num_train_epochs) or a positive number of steps, got {max_steps}")
-    if max_steps < 0 and arguments.num_train_epochs == 0:
-        raise UserError("num_train_epochs is 0 and max_steps is not set: the run would train no step")
 
 
 class GuardedTrainer(Trainer):
