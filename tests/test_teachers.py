@@ -378,6 +378,24 @@ def test_hostile_ctranslate2_files_give_one_line(tmp_path):
         ),  # after version, name, revision
         "empty": (b"", "expected a CTranslate2 model.bin"),
     }
+    key = 26 + 2  # the first variable's name, then its rank, dims, dtype code and byte count
+    rank = key + struct.unpack_from("<H", blob, 26)[0]
+    dtype = rank + 1 + 4 * blob[rank]
+    size = struct.unpack_from("<I", blob, dtype + 1)[0]
+    target = blob.rindex(b"decoder/embeddings/weight")  # the alias's target, the file's last name
+    cases |= {
+        "name not UTF-8": (blob[:key] + b"\xff" + blob[key + 1 :], f"a name at byte {key} is not UTF-8"),
+        "rank 9": (blob[:rank] + b"\x09" + blob[rank + 1 :], "has rank 9 (at most 4); the file is corrupt"),
+        "dtype 9": (blob[:dtype] + b"\x09" + blob[dtype + 1 :], "has unknown dtype code 9; the file is corrupt"),
+        "size": (
+            blob[: dtype + 1] + struct.pack("<I", size + 2) + blob[dtype + 5 :],
+            f"declares {size + 2} bytes for shape",
+        ),
+        "alias": (
+            blob[:target] + b"decoder/embeddings/wrong!" + blob[target + 25 :],
+            "alias 'decoder/projection/weight' names a missing variable 'decoder/embeddings/wrong!'",
+        ),
+    }
     for case, (data, message) in cases.items():
         (tmp_path / case).mkdir()
         (tmp_path / case / MODEL_FILE).write_bytes(data)
@@ -430,13 +448,15 @@ def test_the_tokenizer_json_is_read_bounded_and_a_fifo_or_huge_one_is_refused(tm
     assert special_token_ids(whisper_tokenizer(good)) == {specials[1]: 3, specials[2]: 4, specials[0]: 2}
 
     cases = {"fifo": "is a FIFO (named pipe), not a regular file", "huge": "is larger than 32,768 KiB"}
-    cases |= {"text": "is not a tokenizers tokenizer.json", "missing": "has no tokenizer.json"}
+    cases |= {"text": "tokenizer.json is not a Whisper tokenizer.json: ", "missing": "tokenizer.json: No such file"}
+    cases |= {"no-specials": "tokenizer.json is not a Whisper tokenizer.json: it lacks Whisper's special tokens"}
     for case in cases:
         (tmp_path / case).mkdir()
     os.mkfifo(tmp_path / "fifo" / TOKENIZER_FILE)  # opening it would wait for a writer forever
     with open(tmp_path / "huge" / TOKENIZER_FILE, "wb") as sparse:
         sparse.truncate(TOKENIZER_BYTES + 1)
     (tmp_path / "text" / TOKENIZER_FILE).write_text("just some notes")
+    Tokenizer(WordLevel({"<unk>": 0, "hello": 1}, "<unk>")).save(str(tmp_path / "no-specials" / TOKENIZER_FILE))
 
     def hung(*_):
         raise TimeoutError("reading the tokenizer hung")
