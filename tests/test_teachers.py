@@ -271,6 +271,33 @@ def test_reuse_layers_drop_query_and_key_and_change_what_follows():
     assert (a.hidden_states[2] - b.hidden_states[2]).abs().max() > 1e-3
 
 
+def test_what_cannot_be_mirrored_is_refused_naming_why():
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    cases = [
+        (bert, (), "cannot mirror a BertModel: student_from_teacher mirrors Whisper encoders and HuBERT / wav2vec2"),
+        (
+            WhisperForConditionalGeneration(WhisperConfig(**WHISPER, activation_function="relu")),
+            (),
+            "only Whisper encoders with GELU activations and unscaled embeddings can be mirrored",
+        ),
+        (
+            HubertModel(HubertConfig(**WAV2VEC2_LIKE, conv_pos_batch_norm=True)),
+            (),
+            "HubertModel cannot be mirrored: its positional embedding is not wav2vec2's",
+        ),
+        (
+            _tiny_whisper(),
+            [3, 2],
+            "reuse_layers must name layers in 2..2 (1-based; layer 1 has no map to reuse), got [2, 3]",
+        ),
+    ]
+    for teacher, reuse_layers, message in cases:
+        with pytest.raises(UserError, match=f"^{re.escape(message)}"):
+            student_from_teacher(teacher, reuse_layers)
+
+
 def test_mirrored_hubert_student_computes_what_hubert_computes():
     torch.manual_seed(0)
     teacher = HubertModel(HubertConfig(**WAV2VEC2_LIKE)).eval()
