@@ -36,7 +36,7 @@ from armhubert.teachers.ctranslate2 import (
     whisper_from_ctranslate2,
     whisper_tokenizer,
 )
-from armhubert.teachers.encoders import WhisperTeacher, teacher_encoder
+from armhubert.teachers.encoders import W2vBertTeacher, WhisperTeacher, teacher_encoder
 from armhubert.teachers.mirror import student_from_teacher
 from armhubert.teachers.transcribe import normalize_text, word_error_rate
 from distill_trainer import main, run
@@ -197,6 +197,15 @@ def test_a_model_that_is_no_speech_encoder_is_refused():
     bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
     with pytest.raises(UserError, match="is not a speech encoder this trainer can feed"):
         teacher_encoder(bert, "bert", random=True)
+
+
+def test_a_w2v_bert_teacher_whose_features_do_not_fit_its_model_is_refused():
+    from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
+
+    model = Wav2Vec2BertModel(Wav2Vec2BertConfig(**W2V_BERT, feature_projection_input_dim=100))
+    message = "teacher 'w': its feature extractor gives 160 features per frame, its model takes 100"
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+        W2vBertTeacher(model, "w")
 
 
 # --------------------------------------------------------------------------------------------------
