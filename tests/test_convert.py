@@ -3,6 +3,7 @@
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -61,6 +62,32 @@ def test_literal_expressions_parse_without_eval():
     for hostile in ["__import__('os').system('true')", "[x for x in range(3)]", "open('f')", "(1).real"]:
         with pytest.raises(UserError, match="only list/tuple literals"):
             parse_literal_expression(hostile)
+    assert parse_literal_expression("-(1 + 2)") == -3
+    refused = {
+        "-True": "uses '-True'; only list/tuple literals",
+        "[1, 2": "cannot be parsed: '[' was never closed",
+        "[1] + (2,)": 'cannot be evaluated (can only concatenate list (not "tuple") to list)',
+        "-'a'": "cannot be evaluated (bad operand type for unary -: 'str')",
+        "-" * 9_999 + "1": "nests too deeply",  # CPython's parser: a MemoryError
+        "1+" * 4_999 + "1": "nests too deeply",  # the evaluation: a RecursionError
+    }
+    for text, message in refused.items():
+        with pytest.raises(UserError, match=re.escape(message)) as refusal:
+            parse_literal_expression(text)
+        assert str(refusal.value).startswith("config expression ") and "\n" not in str(refusal.value)
+
+
+def test_a_distiller_section_that_describes_no_model_is_refused():
+    section = distiller_section(tiny_config())
+    for broken in (None, [section], {"encoder_layers": 4}):
+        with pytest.raises(UserError, match=r"^the config has no usable 'distiller' section \(expected"):
+            config_from_distiller(broken)
+    with pytest.raises(UserError, match=r"^distiller\.reuse_pattern must list 4 booleans \(one per layer\), got"):
+        config_from_distiller({**section, "reuse_pattern": [True] * 3})
+    null_pattern = config_from_distiller({**section, "reuse_pattern": None})  # every layer computes its map
+    assert null_pattern.layer_reuses_attention_map == [False] * 4
+    with pytest.raises(UserError, match="does not describe a valid model: .* not divisible by num_attention_heads=5"):
+        config_from_distiller({**section, "encoder_attention_heads": 5})
 
 
 def test_distiller_flags_are_booleans_or_0_1_never_text():

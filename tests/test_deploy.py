@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
@@ -221,6 +222,21 @@ def test_a_graph_without_the_chosen_products_cannot_be_quantised(fixture_graph, 
     in one line, not with the quantizer's traceback."""
     monkeypatch.setattr(quantize, "node_parts", lambda proto: {})
     with pytest.raises(UserError, match="no matrix products to quantise"):
+        deploy.quantize_int8(fixture_graph)
+
+
+def test_a_quantizer_refusal_is_one_line(fixture_graph, monkeypatch):
+    import onnxruntime.quantization
+
+    def refuses(*args, **kwargs):
+        raise ValueError("the weight of MatMul_3 is computed in the graph\nmore detail")
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_dynamic", refuses)
+    message = (
+        "cannot quantise this model to int8 (the weight of MatMul_3 is computed in the graph); export it with "
+        "--precision fp32, or choose other --int8-parts"
+    )
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
         deploy.quantize_int8(fixture_graph)
 
 

@@ -300,6 +300,14 @@ def test_release_detection_and_names(release_dir, tmp_path, capsys):
     assert code == 2 and "checkpoint MaskHuBERT-960h.ckpt does not have the shape of MaskHuBERT-960h" in stderr
     code, stderr = run_main(capsys, "--all", tmp_path / "c-empty-missing", "--output-dir", tmp_path / "d")
     assert code == 2 and "is not a folder" in stderr
+    (tmp_path / "src" / "notes.txt").write_text("no checkpoint")
+    renamed.unlink()
+    code, stderr = run_main(capsys, "--all", renamed.parent, "--output-dir", tmp_path / "e")
+    assert code == 2 and f"{renamed.parent} holds no .ckpt files" in stderr
+    for name in ("STaRHuBERT-S", "starhubert-s"):  # a release without a public shape: both files are it
+        shutil.copy(TINY_CKPT, renamed.parent / f"{name}.ckpt")
+    code, stderr = run_main(capsys, "--all", renamed.parent, "--output-dir", tmp_path / "f")
+    assert code == 2 and f"two checkpoints of {renamed.parent} are both STaRHuBERT-S" in stderr
     with pytest.raises(UserError, match="--config and --release apply to one CHECKPOINT"):
         convert_checkpoint.parse_args(["--all", str(release_dir.path), "--name", "STaRHuBERT", "--output-dir", "x"])
     assert not [p for p in tmp_path.iterdir() if p.name not in ("src",)]

@@ -36,7 +36,7 @@ from armhubert.teachers.ctranslate2 import (
     whisper_from_ctranslate2,
     whisper_tokenizer,
 )
-from armhubert.teachers.encoders import WhisperTeacher, teacher_encoder
+from armhubert.teachers.encoders import W2vBertTeacher, WhisperTeacher, teacher_encoder
 from armhubert.teachers.mirror import student_from_teacher
 from armhubert.teachers.transcribe import normalize_text, word_error_rate
 from distill_trainer import main, run
@@ -199,6 +199,15 @@ def test_a_model_that_is_no_speech_encoder_is_refused():
         teacher_encoder(bert, "bert", random=True)
 
 
+def test_a_w2v_bert_teacher_whose_features_do_not_fit_its_model_is_refused():
+    from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
+
+    model = Wav2Vec2BertModel(Wav2Vec2BertConfig(**W2V_BERT, feature_projection_input_dim=100))
+    message = "teacher 'w': its feature extractor gives 160 features per frame, its model takes 100"
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+        W2vBertTeacher(model, "w")
+
+
 # --------------------------------------------------------------------------------------------------
 # Mirrored students
 
@@ -269,6 +278,33 @@ def test_reuse_layers_drop_query_and_key_and_change_what_follows():
         a, b = plain(audio, output_hidden_states=True), reusing(audio, output_hidden_states=True)
     torch.testing.assert_close(a.hidden_states[1], b.hidden_states[1])  # layer 1 computes as before
     assert (a.hidden_states[2] - b.hidden_states[2]).abs().max() > 1e-3
+
+
+def test_what_cannot_be_mirrored_is_refused_naming_why():
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    cases = [
+        (bert, (), "cannot mirror a BertModel: student_from_teacher mirrors Whisper encoders and HuBERT / wav2vec2"),
+        (
+            WhisperForConditionalGeneration(WhisperConfig(**WHISPER, activation_function="relu")),
+            (),
+            "only Whisper encoders with GELU activations and unscaled embeddings can be mirrored",
+        ),
+        (
+            HubertModel(HubertConfig(**WAV2VEC2_LIKE, conv_pos_batch_norm=True)),
+            (),
+            "HubertModel cannot be mirrored: its positional embedding is not wav2vec2's",
+        ),
+        (
+            _tiny_whisper(),
+            [3, 2],
+            "reuse_layers must name layers in 2..2 (1-based; layer 1 has no map to reuse), got [2, 3]",
+        ),
+    ]
+    for teacher, reuse_layers, message in cases:
+        with pytest.raises(UserError, match=f"^{re.escape(message)}"):
+            student_from_teacher(teacher, reuse_layers)
 
 
 def test_mirrored_hubert_student_computes_what_hubert_computes():
@@ -378,6 +414,24 @@ def test_hostile_ctranslate2_files_give_one_line(tmp_path):
         ),  # after version, name, revision
         "empty": (b"", "expected a CTranslate2 model.bin"),
     }
+    key = 26 + 2  # the first variable's name, then its rank, dims, dtype code and byte count
+    rank = key + struct.unpack_from("<H", blob, 26)[0]
+    dtype = rank + 1 + 4 * blob[rank]
+    size = struct.unpack_from("<I", blob, dtype + 1)[0]
+    target = blob.rindex(b"decoder/embeddings/weight")  # the alias's target, the file's last name
+    cases |= {
+        "name not UTF-8": (blob[:key] + b"\xff" + blob[key + 1 :], f"a name at byte {key} is not UTF-8"),
+        "rank 9": (blob[:rank] + b"\x09" + blob[rank + 1 :], "has rank 9 (at most 4); the file is corrupt"),
+        "dtype 9": (blob[:dtype] + b"\x09" + blob[dtype + 1 :], "has unknown dtype code 9; the file is corrupt"),
+        "size": (
+            blob[: dtype + 1] + struct.pack("<I", size + 2) + blob[dtype + 5 :],
+            f"declares {size + 2} bytes for shape",
+        ),
+        "alias": (
+            blob[:target] + b"decoder/embeddings/wrong!" + blob[target + 25 :],
+            "alias 'decoder/projection/weight' names a missing variable 'decoder/embeddings/wrong!'",
+        ),
+    }
     for case, (data, message) in cases.items():
         (tmp_path / case).mkdir()
         (tmp_path / case / MODEL_FILE).write_bytes(data)
@@ -430,13 +484,15 @@ def test_the_tokenizer_json_is_read_bounded_and_a_fifo_or_huge_one_is_refused(tm
     assert special_token_ids(whisper_tokenizer(good)) == {specials[1]: 3, specials[2]: 4, specials[0]: 2}
 
     cases = {"fifo": "is a FIFO (named pipe), not a regular file", "huge": "is larger than 32,768 KiB"}
-    cases |= {"text": "is not a tokenizers tokenizer.json", "missing": "has no tokenizer.json"}
+    cases |= {"text": "tokenizer.json is not a Whisper tokenizer.json: ", "missing": "tokenizer.json: No such file"}
+    cases |= {"no-specials": "tokenizer.json is not a Whisper tokenizer.json: it lacks Whisper's special tokens"}
     for case in cases:
         (tmp_path / case).mkdir()
     os.mkfifo(tmp_path / "fifo" / TOKENIZER_FILE)  # opening it would wait for a writer forever
     with open(tmp_path / "huge" / TOKENIZER_FILE, "wb") as sparse:
         sparse.truncate(TOKENIZER_BYTES + 1)
     (tmp_path / "text" / TOKENIZER_FILE).write_text("just some notes")
+    Tokenizer(WordLevel({"<unk>": 0, "hello": 1}, "<unk>")).save(str(tmp_path / "no-specials" / TOKENIZER_FILE))
 
     def hung(*_):
         raise TimeoutError("reading the tokenizer hung")

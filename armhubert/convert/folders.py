@@ -10,16 +10,18 @@ renamed at the end, so an error or interruption leaves the target as it was.
 
 import os
 import shutil
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from transformers import PreTrainedModel
 
 from modeling_armhubert import ARMHubertModel
 from pipeline_armhubert import release_feature_extractor
 
-from ..cli import UserError
+from ..cli import UserError, refuse_broken
 from ..files.atomic import staged_folder
 from ..files.untrusted import check_code_text, check_finite_weights, check_safe_name
 from ..folders.remote_code import add_remote_code_entries, ship_pipeline
@@ -28,9 +30,35 @@ from .hubert_export import hubert_additions, to_hubert_model
 from .original import convert_with_training_config
 from .releases import guess_family, resolve_release
 
-OUTPUT_FORMATS = ("armhubert", "hubert")
+OutputFormat = Literal["armhubert", "hubert"]
+OUTPUT_FORMATS = typing.get_args(OutputFormat)  # the command's --format choices: it refuses any other
 ROOT_FILE_SUFFIXES = (".md", ".py", ".json", ".safetensors", ".txt", ".yaml")  # files a repository's root holds
 PREFERRED_DEFAULT = "ARMHuBERT-960h"  # what a repository's bare id loads when it holds this release
+# What `--all` needs, checked by `refuse_broken` in order: of its `source` folder and the `checkpoints` found there,
+# then of each checkpoint's `path` (its name becomes a subfolder, beside the files a repository's root holds).
+SOURCE_RULES = (
+    (lambda source, checkpoints: not source.is_dir(), "--all needs a folder of checkpoints; {source} is not a folder"),
+    (lambda source, checkpoints: not checkpoints, "{source} holds no .ckpt files"),
+)
+CHECKPOINT_RULES = (
+    (
+        lambda path: path.stem.lower().endswith(ROOT_FILE_SUFFIXES),
+        "checkpoint {path.name}: a subfolder named {path.stem} would look like a repository file; rename it",
+    ),
+)
+# The variant the repository root holds where there is no PREFERRED_DEFAULT (`choose_default`): rules over the
+# variants' `titles` (`choices`: the same, for the message) and the `default` asked for.
+DEFAULT_RULES = (
+    (
+        lambda titles, choices, default: default is None and len(titles) != 1,
+        f"no {PREFERRED_DEFAULT} among the checkpoints, so the repository root needs a model: pass --default NAME "
+        "with one of: {choices}",
+    ),
+    (
+        lambda titles, choices, default: default is not None and default.lower() not in map(str.lower, titles),
+        "--default {default}: no such variant; choose one of: {choices}",
+    ),
+)
 
 
 def _write_model(model, folder):
@@ -84,18 +112,13 @@ def _write_variant(conversion, folder, output_format):
     )
 
 
-def _check_format(output_format):
-    if output_format not in OUTPUT_FORMATS:
-        raise UserError(f"unknown output format {output_format!r}; use one of {', '.join(OUTPUT_FORMATS)}")
-
-
 def convert_checkpoint(
     checkpoint_path: str | os.PathLike,
     output_dir: str | os.PathLike,
     config_path: str | os.PathLike | None = None,
     overwrite: bool = False,
     name: str | None = None,
-    output_format: str = "armhubert",
+    output_format: OutputFormat = "armhubert",
     repo_id: str | None = None,
 ) -> Path:
     """Convert one original checkpoint into a Transformers folder with its model card; returns the folder.
@@ -103,7 +126,6 @@ def convert_checkpoint(
     `name` names the release ("none": it is no release; default: the file's name if it is one, else
     detected); `repo_id` is the Hub id the card's load example uses (default: `output_dir`).
     """
-    _check_format(output_format)
     conversion = Conversion(Path(checkpoint_path), config_path and Path(config_path), name)
     repo = check_code_text(repo_id or str(output_dir), "the repository id / output folder")
     check_code_text(conversion.checkpoint.name, "the checkpoint file name")  # the card shows it
@@ -117,17 +139,11 @@ def convert_checkpoint(
 def find_checkpoints(source_dir: str | os.PathLike) -> list[Conversion]:
     """Every `*.ckpt` of a folder, each with the `.yaml` of the same name when there is one (STaR pairs)."""
     source_dir = Path(source_dir)
-    if not source_dir.is_dir():
-        raise UserError(f"--all needs a folder of checkpoints; {source_dir} is not a folder")
-    checkpoints = sorted(source_dir.glob("*.ckpt"))
-    if not checkpoints:
-        raise UserError(f"{source_dir} holds no .ckpt files")
+    checkpoints = sorted(source_dir.glob("*.ckpt"))  # none where it is not a folder
+    refuse_broken(SOURCE_RULES, source=source_dir, checkpoints=checkpoints)
     for path in checkpoints:  # a file's name becomes a subfolder and appears in the cards' code
         check_safe_name(path.stem, f"checkpoint file name {path.name}: the name")
-        if path.stem.lower().endswith(ROOT_FILE_SUFFIXES):
-            raise UserError(
-                f"checkpoint {path.name}: a subfolder named {path.stem} would look like a repository file; rename it"
-            )
+        refuse_broken(CHECKPOINT_RULES, path=path)
     return [
         Conversion(path, path.with_suffix(".yaml") if path.with_suffix(".yaml").is_file() else None)
         for path in checkpoints
@@ -142,21 +158,12 @@ def _move_code_files_to_root(variant_folder, root):
 
 def choose_default(titles: Sequence[str], default: str | None) -> str:
     """The variant the repository root holds: ARMHuBERT-960h when present, else `default`, else the only
-    variant there is; refuse otherwise (the choice would be arbitrary)."""
+    variant there is; refuse otherwise (DEFAULT_RULES: the choice would be arbitrary)."""
     by_name = {title.lower(): title for title in titles}
     if PREFERRED_DEFAULT.lower() in by_name:
         return by_name[PREFERRED_DEFAULT.lower()]
-    if default is None and len(titles) == 1:
-        return titles[0]
-    if default is not None and default.lower() in by_name:
-        return by_name[default.lower()]
-    choices = ", ".join(titles)
-    if default is not None:
-        raise UserError(f"--default {default}: no such variant; choose one of: {choices}")
-    raise UserError(
-        f"no {PREFERRED_DEFAULT} among the checkpoints, so the repository root needs a model: "
-        f"pass --default NAME with one of: {choices}"
-    )
+    refuse_broken(DEFAULT_RULES, titles=titles, choices=", ".join(titles), default=default)
+    return titles[0] if default is None else by_name[default.lower()]
 
 
 def _copy_variant_to_root(variant_folder, root):
@@ -170,7 +177,7 @@ def convert_folder(
     source_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     overwrite: bool = False,
-    output_format: str = "armhubert",
+    output_format: OutputFormat = "armhubert",
     repo_id: str | None = None,
     default: str | None = None,
 ) -> Path:
@@ -181,7 +188,6 @@ def convert_folder(
     present, else `default`; see `choose_default`) and a card that lists the variants, so the bare
     repository id loads a model. One model is in memory at a time.
     """
-    _check_format(output_format)
     conversions = find_checkpoints(source_dir)
     repo = check_code_text(repo_id or str(output_dir), "the repository id / output folder")
     variants = []

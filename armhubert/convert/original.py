@@ -51,58 +51,64 @@ EXPRESSION_ITEMS = Limit(10_000, "config expression {text} builds more than {mos
 # Reading the original configuration
 
 
+def _is_literal_node(node: ast.AST) -> bool:
+    """Whether a config expression may hold `node`: a literal (number, boolean, text, None), a list, a tuple,
+    unary minus (not of a boolean), `+` or `*` (with the `Load` and operator nodes under them)."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, (int, float, bool, str, type(None)))
+    if isinstance(node, ast.UnaryOp):
+        return isinstance(node.op, ast.USub) and not (
+            isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, bool)
+        )
+    if isinstance(node, ast.BinOp):
+        return isinstance(node.op, (ast.Add, ast.Mult))
+    return isinstance(node, (ast.Expression, ast.List, ast.Tuple, ast.Load, ast.USub, ast.Add, ast.Mult))
+
+
+def _evaluate(node: ast.AST, text: str) -> Any:
+    """The value of an expression node of `text` that `_is_literal_node` allows, with all below it; TypeError for
+    `+` or `*` of values that do not go together, or minus of a non-number. A list, tuple or string longer than
+    EXPRESSION_ITEMS is refused before it is built."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [_evaluate(element, text) for element in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.UnaryOp):
+        return -_evaluate(node.operand, text)
+    left, right, add = _evaluate(node.left, text), _evaluate(node.right, text), isinstance(node.op, ast.Add)
+    if any(isinstance(value, (list, tuple, str)) for value in (left, right)):
+        lengths = [
+            len(v) if isinstance(v, (list, tuple, str)) else abs(v) if isinstance(v, int) else 1 for v in (left, right)
+        ]
+        EXPRESSION_ITEMS.check(sum(lengths) if add else math.prod(lengths), "config expression", text=brief(text))
+    return left + right if add else left * right
+
+
 def parse_literal_expression(text: Any) -> Any:
     """Evaluate the release's config expressions, such as `"[(128, 10, 5)] + [(256, 3, 2)] * 4"`.
 
     Only literals (numbers, booleans, strings, None), lists, tuples, unary minus, `+` and `*` are
-    allowed; anything else (names, calls, attributes) is refused. Nothing is passed to `eval`. The text
-    and every list, tuple or string it builds are bounded (`[0] * 10**9` is refused before it is built).
+    allowed (`_is_literal_node`, checked on the whole tree before anything is built); anything else
+    (names, calls, attributes) is refused. Nothing is passed to `eval`. The text and every list, tuple or
+    string it builds are bounded (`[0] * 10**9` is refused before it is built). What is wrong with an
+    expression is one refusal.
     """
     text = str(text)
     EXPRESSION_CHARACTERS.check(len(text), "config expression")
     try:
         tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError, RecursionError) as error:
-        reason = getattr(error, "msg", None) or type(error).__name__
-        raise UserError(f"cannot parse config expression {brief(text)}: {reason}") from None
-
-    def refuse(node):
-        raise UserError(
-            f"config expression {brief(text)} uses {brief(ast.unparse(node))}; only list/tuple literals, + and * are allowed"
-        )
-
-    def combine(node, left, right):
-        """left + right or left * right, refusing a sequence longer than EXPRESSION_ITEMS before building it."""
-        lengths = [
-            len(v) if isinstance(v, (list, tuple, str)) else abs(v) if isinstance(v, int) else 1 for v in (left, right)
-        ]
-        size = sum(lengths) if isinstance(node.op, ast.Add) else math.prod(lengths)
-        if any(isinstance(v, (list, tuple, str)) for v in (left, right)):
-            EXPRESSION_ITEMS.check(size, "config expression", text=brief(text))
-        try:
-            return left + right if isinstance(node.op, ast.Add) else left * right
-        except TypeError:
-            refuse(node)
-
-    def evaluate(node):
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, bool, str, type(None))):
-            return node.value
-        if isinstance(node, ast.List):
-            return [evaluate(element) for element in node.elts]
-        if isinstance(node, ast.Tuple):
-            return tuple(evaluate(element) for element in node.elts)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            operand = evaluate(node.operand)
-            if isinstance(operand, (int, float)) and not isinstance(operand, bool):
-                return -operand
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-            return combine(node, evaluate(node.left), evaluate(node.right))
-        refuse(node)
-
-    try:
-        return evaluate(tree.body)
-    except RecursionError:
-        raise UserError(f"config expression {brief(text)} nests too deeply") from None
+        unlisted = next((node for node in ast.walk(tree) if not _is_literal_node(node)), None)
+        if unlisted is None:
+            return _evaluate(tree.body, text)
+        problem = f"uses {brief(ast.unparse(unlisted))}; only list/tuple literals, + and * are allowed"
+    except (SyntaxError, ValueError) as error:  # ValueError: a null byte
+        problem = f"cannot be parsed: {getattr(error, 'msg', None) or type(error).__name__}"
+    except TypeError as error:
+        problem = f"cannot be evaluated ({error}); only numbers, text, lists and tuples of them, + and * are allowed"
+    except (RecursionError, MemoryError):  # MemoryError: CPython's parser on thousands of nested `-`
+        problem = "nests too deeply"
+    raise UserError(f"config expression {brief(text)} {problem}")
 
 
 def _literal(value):
@@ -120,8 +126,8 @@ def _is_number(value):
 
 @dataclass(frozen=True)
 class _Field:
-    """A field of the distiller section: its default, what it must be (for the message), the test of that, and
-    whether it may be written as a config expression (`parse_literal_expression`)."""
+    """A field of the distiller section: its default, what it must do (`be ...`, for the message), the test of
+    that, and whether it may be written as a config expression (`parse_literal_expression`)."""
 
     default: Any
     must: str
@@ -130,22 +136,24 @@ class _Field:
 
 
 def _size(default, maximum):
-    return _Field(default, f"an integer in 1..{maximum}", lambda value: _is_integer(value) and 1 <= value <= maximum)
+    return _Field(default, f"be an integer in 1..{maximum}", lambda value: _is_integer(value) and 1 <= value <= maximum)
 
 
 def _rate(default, maximum=1.0):
-    return _Field(default, f"a number in [0, {maximum:g}]", lambda value: _is_number(value) and 0 <= value <= maximum)
+    return _Field(
+        default, f"be a number in [0, {maximum:g}]", lambda value: _is_number(value) and 0 <= value <= maximum
+    )
 
 
 def _flag(default=False):
     """A boolean field; 0 and 1 are accepted as well (as in `reuse_pattern`), not the string "false"."""
     return _Field(
-        default, "true or false", lambda value: isinstance(value, bool) or _is_integer(value) and value in (0, 1)
+        default, "be true or false", lambda value: isinstance(value, bool) or _is_integer(value) and value in (0, 1)
     )
 
 
 def _one_of(*allowed, why=""):
-    return _Field(allowed[0], f"one of {', '.join(map(repr, allowed))}{why}", lambda value: value in allowed)
+    return _Field(allowed[0], f"be one of {', '.join(map(repr, allowed))}{why}", lambda value: value in allowed)
 
 
 MAX_CONV_LAYERS, MAX_CONV_VALUE = 64, 65536
@@ -186,7 +194,7 @@ DISTILLER_FIELDS = {
     "feature_grad_mult": _rate(1.0, maximum=1e6),
     "conv_feature_layers": _Field(
         None,
-        f"a list of 1..{MAX_CONV_LAYERS} (dim, kernel, stride) integers in 1..{MAX_CONV_VALUE}",
+        f"be a list of 1..{MAX_CONV_LAYERS} (dim, kernel, stride) integers in 1..{MAX_CONV_VALUE}",
         _conv_layers_valid,
         expression=True,
     ),
@@ -196,7 +204,7 @@ DISTILLER_FIELDS = {
     "layer_grad_scale": _flag(),
     "layerwise_proj": _flag(),
     "activation_fn": _Field(
-        "gelu", "an activation transformers knows", lambda value: isinstance(value, str) and value in ACT2FN
+        "gelu", "be an activation transformers knows", lambda value: isinstance(value, str) and value in ACT2FN
     ),
     # Architectures no release has: refused rather than converted into something else.
     "pos_conv_depth": _one_of(1, why=UNRELEASED),
@@ -208,27 +216,37 @@ DISTILLER_FIELDS = {
 }
 
 
+def _reuse_pattern(layers: int) -> _Field:
+    """The `reuse_pattern` field of a model of `layers` layers: which layers compute their attention map."""
+
+    def accepts(value):
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == layers
+            and all(isinstance(flag, bool) or flag in (0, 1) for flag in value)
+        )
+
+    return _Field([True] * layers, f"list {layers} booleans (one per layer)", accepts, expression=True)
+
+
+def _checked(name: str, field: _Field, value: Any) -> Any:
+    """`value` of the distiller section's `name` (a config expression parsed first where `field` takes one),
+    if `field` accepts it; else one UserError naming the field."""
+    value = _literal(value) if field.expression else value
+    if not field.accepts(value):
+        raise UserError(f"distiller.{name} must {field.must}, got {brief(value)}")
+    return value
+
+
 def _distiller_values(distiller: dict) -> dict[str, Any]:
-    """{field: value} of every DISTILLER_FIELDS field (its default where the section has none), each checked."""
-    values = {}
-    for name, field in DISTILLER_FIELDS.items():
-        value = distiller.get(name, field.default)
-        value = _literal(value) if field.expression else value
-        if not field.accepts(value):
-            raise UserError(f"distiller.{name} must be {field.must}, got {brief(value)}")
-        values[name] = value
+    """{field: value} of every DISTILLER_FIELDS field (its default where the section has none) and of
+    `reuse_pattern` (every layer computes its map where the section has none or null), each checked."""
+    values = {
+        name: _checked(name, field, distiller.get(name, field.default)) for name, field in DISTILLER_FIELDS.items()
+    }
+    pattern = _reuse_pattern(values["encoder_layers"])
+    values["reuse_pattern"] = _checked("reuse_pattern", pattern, distiller.get("reuse_pattern") or pattern.default)
     return values
-
-
-def _reuse_pattern(distiller, layers):
-    computes = _literal(distiller.get("reuse_pattern") or [True] * layers)
-    if (
-        not isinstance(computes, (list, tuple))
-        or len(computes) != layers
-        or not all(isinstance(flag, bool) or flag in (0, 1) for flag in computes)
-    ):
-        raise UserError(f"distiller.reuse_pattern must list {layers} booleans (one per layer), got {brief(computes)}")
-    return computes
 
 
 def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> ARMHubertConfig:
@@ -240,7 +258,7 @@ def config_from_distiller(distiller: Any, has_mask_embedding: bool = True) -> AR
     values = _distiller_values(distiller)
     layers = values["encoder_layers"]
     dims, kernels, strides = (list(column) for column in zip(*values["conv_feature_layers"]))
-    computes = _reuse_pattern(distiller, layers)
+    computes = values["reuse_pattern"]
     heads = bool(values["layerwise_proj"])
     try:
         return ARMHubertConfig(

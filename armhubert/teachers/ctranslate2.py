@@ -5,7 +5,8 @@ A CTranslate2 model folder has `model.bin` (plain little-endian binary, no pickl
 revision, u32 variable count; per variable a u16-length name, u8 rank, rank x u32 dims, u8 dtype, u32
 byte count and the bytes; then u32 alias count and pairs of u16-length names. Every count and size is
 checked against the file before anything is allocated, so a hostile file costs its own size at most
-(the file is memory-mapped, each weight copied once into its tensor).
+(the file is memory-mapped, each weight copied once into its tensor); what is wrong with a file is one
+refusal naming it (`read_variables`, the door of `model.bin`; `whisper_tokenizer`, that of `tokenizer.json`).
 
 Mapping notes: CTranslate2 fuses self-attention Q, K, V into `linear_0` ([3d, d]) and cross-attention
 K, V into `linear_1` ([2d, d]); transformers' Whisper has no K bias, and CTranslate2's K bias can be
@@ -33,6 +34,7 @@ RANK = Limit(4, "{what}: variable {key!r} has rank {count} (at most {most}); the
 # Whisper's special tokens (the same ids in every English-only and multilingual checkpoint's tokenizer.json
 # are looked up by name, not assumed).
 START, NO_TIMESTAMPS, END = "<|startoftranscript|>", "<|notimestamps|>", "<|endoftext|>"
+SPECIAL_TOKENS = (START, NO_TIMESTAMPS, END)
 TOKENIZER_FILE, TOKENIZER_BYTES = "tokenizer.json", 32 * 1024 * 1024  # Whisper's is 2-3 MB
 
 
@@ -50,66 +52,87 @@ def is_ctranslate2_whisper(folder: str | PathLike) -> bool:
 
 
 class _Reader:
-    """Bounded little-endian reads over a byte buffer; every overrun is one UserError naming the file."""
+    """Bounded little-endian reads over a byte buffer. The first read past the end, or a name that is not UTF-8,
+    is kept as `problem`; from then on every read gives 0 or "" (and `take` None), so that the parse stops at
+    its next look at `problem` and the file is refused once (`read_variables`)."""
 
-    def __init__(self, buffer, name: str):
-        self.buffer, self.name, self.offset = buffer, name, 0
+    def __init__(self, buffer):
+        self.buffer, self.offset, self.problem = buffer, 0, None
 
-    def take(self, size: int):
-        if size < 0 or self.offset + size > len(self.buffer):
-            raise UserError(
-                f"{self.name}: truncated or corrupt CTranslate2 file (a field at byte {self.offset} runs past its "
-                f"end); download or convert the model again"
+    def take(self, size: int) -> int | None:
+        """The offset of the next `size` bytes, consumed; None after a problem."""
+        if self.problem is None and self.offset + size > len(self.buffer):
+            self.problem = (
+                f"truncated or corrupt CTranslate2 file (a field at byte {self.offset} runs past its end); download "
+                "or convert the model again"
             )
+        if self.problem is not None:
+            return None
         start, self.offset = self.offset, self.offset + size
         return start
 
     def number(self, code: str) -> int:
         start = self.take(struct.calcsize(code))
-        return struct.unpack_from("<" + code, self.buffer, start)[0]
+        return 0 if start is None else struct.unpack_from("<" + code, self.buffer, start)[0]
 
     def text(self) -> str:
         size = self.number("H")
         start = self.take(size)
+        if start is None:
+            return ""
         try:
             return bytes(self.buffer[start : start + size]).rstrip(b"\0").decode("utf-8")
         except UnicodeDecodeError:
-            raise UserError(f"{self.name}: a name at byte {start} is not UTF-8; not a CTranslate2 file") from None
+            self.problem = f"a name at byte {start} is not UTF-8; not a CTranslate2 file"
+            return ""
+
+
+def _parse(reader: _Reader, name: str, variables: dict[str, np.ndarray]) -> str | None:
+    """Read a whole `model.bin` into `variables` ({name: array}); what is wrong with the file, or None."""
+    version, spec, _revision = reader.number("I"), reader.text(), reader.number("I")
+    if reader.problem is not None:
+        return reader.problem
+    if spec != "WhisperSpec":
+        return f"it holds a CTranslate2 {spec or 'unnamed'} model (format {version}), not Whisper"
+    for _ in range(VARIABLES.check(reader.number("I"), name)):
+        key = reader.text()
+        dims = [reader.number("I") for _ in range(RANK.check(reader.number("B"), name, key=key))]
+        dtype, size = reader.number("B"), reader.number("I")
+        start = reader.take(size)  # within the file: nothing is allocated before the checks below
+        if reader.problem is not None:
+            return reader.problem
+        if dtype not in DTYPES:
+            return f"variable {key!r} has unknown dtype code {dtype}; the file is corrupt"
+        if size != math.prod(dims) * np.dtype(DTYPES[dtype]).itemsize:
+            return f"variable {key!r} declares {size} bytes for shape {dims}; the file is corrupt"
+        variables[key] = np.frombuffer(reader.buffer, DTYPES[dtype], math.prod(dims), start).reshape(dims)
+    for _ in range(reader.number("I") if reader.offset < len(reader.buffer) else 0):
+        alias, target = reader.text(), reader.text()
+        if reader.problem is not None:
+            return reader.problem
+        if target not in variables:
+            return f"alias {alias!r} names a missing variable {target!r}; the file is corrupt"
+        variables[alias] = variables[target]
+    return None
 
 
 def read_variables(path: str | PathLike) -> dict[str, np.ndarray]:
-    """{name: array} of a CTranslate2 `model.bin` (float16 weights stay float16; aliases resolved).
+    """{name: array} of a CTranslate2 `model.bin` (float16 weights stay float16; aliases resolved): the door of
+    `model.bin` files, one UserError for whatever is wrong with one (`_parse` says what).
 
     The arrays view a private memory map of the file: copy what you keep (`torch.tensor(array)`).
     """
-    name = str(path)
+    name, variables = str(path), {}
     check_regular_file(path, name)  # a FIFO named model.bin would block the open
     try:
         with open(path, "rb") as stream:
             buffer = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_COPY)
     except (OSError, ValueError) as error:  # ValueError: mmap of an empty file
-        raise UserError(f"cannot read {name}: {error}; expected a CTranslate2 model.bin") from None
-    reader = _Reader(buffer, name)
-    version, spec, _revision = reader.number("I"), reader.text(), reader.number("I")
-    if spec != "WhisperSpec":
-        raise UserError(f"{name} holds a CTranslate2 {spec or 'unnamed'} model (format {version}), not Whisper")
-    variables = {}
-    for _ in range(VARIABLES.check(reader.number("I"), name)):
-        key = reader.text()
-        rank = RANK.check(reader.number("B"), name, key=key)
-        dims = [reader.number("I") for _ in range(rank)]
-        dtype, size = reader.number("B"), reader.number("I")
-        if dtype not in DTYPES:
-            raise UserError(f"{name}: variable {key!r} has unknown dtype code {dtype}; the file is corrupt")
-        if size != math.prod(dims) * np.dtype(DTYPES[dtype]).itemsize:
-            raise UserError(f"{name}: variable {key!r} declares {size} bytes for shape {dims}; the file is corrupt")
-        start = reader.take(size)
-        variables[key] = np.frombuffer(buffer, DTYPES[dtype], math.prod(dims), start).reshape(dims)
-    for _ in range(reader.number("I") if reader.offset < len(buffer) else 0):
-        alias, target = reader.text(), reader.text()
-        if target not in variables:
-            raise UserError(f"{name}: alias {alias!r} names a missing variable {target!r}; the file is corrupt")
-        variables[alias] = variables[target]
+        problem = f"cannot be read ({error}); expected a CTranslate2 model.bin"
+    else:
+        problem = _parse(_Reader(buffer), name, variables)
+    if problem is not None:
+        raise UserError(f"{name}: {problem}")
     return variables
 
 
@@ -216,24 +239,26 @@ def whisper_from_ctranslate2(folder: str | PathLike) -> WhisperForConditionalGen
 
 
 def whisper_tokenizer(folder: str | PathLike) -> PreTrainedTokenizerFast:
-    """The folder's `tokenizer.json` as a fast tokenizer (decoding and special-token ids).
+    """The folder's `tokenizer.json` as a fast tokenizer (decoding and special-token ids): the door of
+    `tokenizer.json`, one UserError for a file that is missing, larger than TOKENIZER_BYTES, not a tokenizers
+    tokenizer or one without Whisper's special tokens; `special_token_ids` trusts what it returns.
 
-    Read whole, at most TOKENIZER_BYTES, by `read_bounded` (a FIFO or device is refused before it is opened).
+    Read whole by `read_bounded` (a FIFO or device is refused before it is opened).
     """
     path = Path(folder) / TOKENIZER_FILE
-    if not path.exists():
-        raise UserError(f"{folder} has no {TOKENIZER_FILE}; a CTranslate2 Whisper folder holds one beside model.bin")
     data = read_bounded(path, str(path), TOKENIZER_BYTES, "Whisper's is 2-3 MB")
     try:
-        tokenizer = Tokenizer.from_str(data.decode("utf-8"))
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(data.decode("utf-8")))
     except Exception as error:  # noqa: BLE001 -- UnicodeDecodeError, or the tokenizers library's plain Exception
-        raise UserError(f"{path} is not a tokenizers tokenizer.json: {first_line(error)[:120]}") from None
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+        problem = first_line(error)[:120]
+    else:
+        missing = [token for token in SPECIAL_TOKENS if token not in tokenizer.get_vocab()]
+        problem = f"it lacks Whisper's special tokens {missing}" if missing else None
+    if problem is not None:
+        raise UserError(f"{path} is not a Whisper tokenizer.json: {problem}")
+    return tokenizer
 
 
 def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
-    """Ids of the start, no-timestamps and end tokens, looked up in the tokenizer."""
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (START, NO_TIMESTAMPS, END)}
-    if any(value is None or value == tokenizer.unk_token_id for value in ids.values()):
-        raise UserError(f"the tokenizer lacks Whisper's special tokens {list(ids)}")
-    return ids
+    """Ids of the start, no-timestamps and end tokens of a tokenizer `whisper_tokenizer` read."""
+    return {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}

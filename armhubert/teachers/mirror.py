@@ -11,7 +11,9 @@ student computes what the teacher computes (to float32 rounding). Teachers mirro
 - HuBERT and wav2vec2 (the layout ARMHuBERT inherits: CNN, feature projection, convolutional positions).
 
 The reusing layers use the reused probabilities as they are (`reuse_softmax="probabilities"`): the
-release's second softmax is a quirk of its trained weights, not part of the method.
+release's second softmax is a quirk of its trained weights, not part of the method. What cannot be
+mirrored (another family, a Whisper variant or positional embedding the student lacks, a layer that has no
+map before it to reuse) is refused by the rules of MIRROR_RULES, before anything is built.
 """
 
 from collections.abc import Sequence
@@ -23,7 +25,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from configuration_armhubert import ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
-from ..cli import UserError
+from ..cli import refuse_broken
 from ..files.untrusted import check_state_fits
 from ..folders.remote_code import add_remote_code_entries
 from .encoders import whisper_encoder
@@ -40,21 +42,40 @@ MIRROR_FIELDS = {
     "feat_proj_dropout": 0.0,
 }
 
-
-def reuse_flags(num_layers: int, reuse_layers: Sequence[int]) -> list[bool]:
-    """`layer_reuses_attention_map` for 1-based `reuse_layers` (layer 1 cannot reuse: nothing before it)."""
-    layers = sorted({int(layer) for layer in reuse_layers})
-    if any(not 2 <= layer <= num_layers for layer in layers):
-        raise UserError(
-            f"reuse_layers must name layers in 2..{num_layers} (1-based; layer 1 has no map to reuse), got {layers}"
-        )
-    return [index + 1 in layers for index in range(num_layers)]
+# What `student_from_teacher` mirrors, checked by `refuse_broken` in order: rules over the `teacher`, its Whisper
+# encoder (`whisper`, None for other models), the `layers` of what is mirrored and the 1-based `reuse` layers.
+MIRROR_RULES = (
+    (
+        lambda teacher, whisper, **_: whisper is None and not isinstance(teacher, (HubertModel, Wav2Vec2Model)),
+        "cannot mirror a {teacher.__class__.__name__}: student_from_teacher mirrors Whisper encoders and HuBERT / "
+        "wav2vec2 models; distil a preset student from it instead",
+    ),
+    (
+        lambda whisper, **_: (
+            whisper is not None
+            and (whisper.config.activation_function != "gelu" or getattr(whisper.config, "scale_embedding", False))
+        ),
+        "only Whisper encoders with GELU activations and unscaled embeddings can be mirrored",
+    ),
+    (
+        lambda teacher, whisper, **_: (
+            whisper is None
+            and (
+                getattr(teacher.config, "num_conv_pos_embedding_groups", None) is None
+                or getattr(teacher.config, "conv_pos_batch_norm", False)
+            )
+        ),
+        "{teacher.__class__.__name__} cannot be mirrored: its positional embedding is not wav2vec2's",
+    ),
+    (
+        lambda layers, reuse, **_: any(not 2 <= layer <= layers for layer in reuse),
+        "reuse_layers must name layers in 2..{layers} (1-based; layer 1 has no map to reuse), got {reuse}",
+    ),
+)
 
 
 def _whisper_config(encoder: WhisperEncoder, flags: list[bool]) -> ARMHubertConfig:
     config = encoder.config
-    if config.activation_function != "gelu" or getattr(config, "scale_embedding", False):
-        raise UserError("only Whisper encoders with GELU activations and unscaled embeddings can be mirrored")
     return ARMHubertConfig(
         frontend="log_mel",
         num_mel_bins=config.num_mel_bins,
@@ -109,8 +130,6 @@ def _whisper_weights(encoder: WhisperEncoder, flags: list[bool]) -> dict[str, to
 
 def _wav2vec2_config(teacher: PreTrainedModel, flags: list[bool]) -> ARMHubertConfig:
     config = teacher.config
-    if getattr(config, "num_conv_pos_embedding_groups", None) is None or getattr(config, "conv_pos_batch_norm", False):
-        raise UserError(f"{type(teacher).__name__} cannot be mirrored: its positional embedding is not wav2vec2's")
     return ARMHubertConfig(
         conv_dim=list(config.conv_dim),
         conv_kernel=list(config.conv_kernel),
@@ -153,18 +172,15 @@ def _wav2vec2_weights(teacher: PreTrainedModel, flags: list[bool]) -> dict[str, 
 def student_from_teacher(teacher: PreTrainedModel, reuse_layers: Sequence[int] = ()) -> ARMHubertModel:
     """An `ARMHubertModel` mirroring `teacher`'s encoder, initialised from its weights, with the 1-based
     `reuse_layers` reusing the map of the layer before (their Q and K dropped). Float32, train mode off."""
-    encoder = whisper_encoder(teacher)
-    if encoder is not None:
-        flags = reuse_flags(encoder.config.encoder_layers, reuse_layers)
-        config, state = _whisper_config(encoder, flags), _whisper_weights(encoder, flags)
-    elif isinstance(teacher, (HubertModel, Wav2Vec2Model)):
-        flags = reuse_flags(teacher.config.num_hidden_layers, reuse_layers)
-        config, state = _wav2vec2_config(teacher, flags), _wav2vec2_weights(teacher, flags)
+    whisper = whisper_encoder(teacher)
+    layers = whisper.config.encoder_layers if whisper is not None else getattr(teacher.config, "num_hidden_layers", 0)
+    reuse = sorted({int(layer) for layer in reuse_layers})
+    refuse_broken(MIRROR_RULES, teacher=teacher, whisper=whisper, layers=layers, reuse=reuse)
+    flags = [index + 1 in reuse for index in range(layers)]  # `layer_reuses_attention_map`
+    if whisper is not None:
+        config, state = _whisper_config(whisper, flags), _whisper_weights(whisper, flags)
     else:
-        raise UserError(
-            f"cannot mirror a {type(teacher).__name__}: student_from_teacher mirrors Whisper encoders and "
-            "HuBERT / wav2vec2 models; distil a preset student from it instead"
-        )
+        config, state = _wav2vec2_config(teacher, flags), _wav2vec2_weights(teacher, flags)
     add_remote_code_entries(config)
     student = ARMHubertModel(config)
     expected = {name: value.shape for name, value in student.state_dict().items() if name != "mask_emb"}
