@@ -345,3 +345,10 @@ def test_registration_with_auto_classes():
     config = AutoConfig.for_model("armhubert", hidden_size=48, num_attention_heads=4)
     assert isinstance(config, ARMHubertConfig)
     assert isinstance(AutoModel.from_config(config), ARMHubertModel)
+
+
+def test_an_output_format_the_command_does_not_offer_is_refused_before_anything_is_written(tmp_path):
+    """The command's --format offers OUTPUT_FORMATS only; a Python caller's typo is not silently an armhubert folder."""
+    with pytest.raises(ValueError, match="output_format must be one of armhubert, hubert, got 'hubrt'"):
+        folders.convert_checkpoint(TINY_CKPT, tmp_path / "model", output_format="hubrt")
+    assert not (tmp_path / "model").exists()

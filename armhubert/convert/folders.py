@@ -91,7 +91,10 @@ class Conversion:
 
 
 def _write_variant(conversion, folder, output_format):
-    """Convert one checkpoint into `folder` (model and preprocessor); returns the facts its card needs."""
+    """Convert one checkpoint into `folder` (model and preprocessor); returns the facts its card needs. The command
+    offers OUTPUT_FORMATS only; another `output_format` is a Python caller's mistake (ValueError), not a guess."""
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     model, training = convert_with_training_config(conversion.checkpoint, conversion.config_path)
     release = resolve_release(model.config, training, conversion.checkpoint, conversion.name)
     written, additions = model, {}
