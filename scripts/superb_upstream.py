@@ -17,13 +17,12 @@ From Python (e.g. s3prl's `S3PRLUpstream`-style code): `UpstreamExpert(MODEL_DIR
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from armhubert.cli import CommandParser, UserError, run_main
+from armhubert.cli import UserError, run_main
 from armhubert.folders.model_folders import open_model_folder
 from configuration_armhubert import SAMPLING_RATE
 from modeling_armhubert import ARMHubertModel, superb_layer_outputs
@@ -115,13 +114,6 @@ def armhubert_local(ckpt: str | None, *args, **kwargs) -> UpstreamExpert:
     return UpstreamExpert(ckpt, *args, **kwargs)
 
 
-@dataclass
-class CheckArguments:
-    """The first form's alternative: `--check MODEL_DIR` alone."""
-
-    check: str = field(metadata={"help": "a saved ARMHubert model folder or Hub id: print what the expert returns"})
-
-
 def check(model_dir: str) -> None:
     """Run the expert on two random utterances and print what SUPERB would receive."""
     expert = UpstreamExpert(model_dir)
@@ -138,8 +130,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     """`--check MODEL_DIR`, or s3prl's `run_downstream.py` with `armhubert_local` added to `s3prl.hub`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--check"]:
-        (args,) = CommandParser([CheckArguments], prog=PROG).parse_into_dataclasses(argv)
-        check(args.check)
+        if len(argv) != 2:
+            raise UserError(f"--check takes one argument: {PROG} --check MODEL_DIR")
+        check(argv[1])
         return 0
     try:  # s3prl is optional: imported only to run it
         import s3prl.hub
