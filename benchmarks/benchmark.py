@@ -41,7 +41,7 @@ from instruments.profiling import (
 )
 from transformers import HubertConfig, HubertModel, WavLMConfig, WavLMModel
 
-from armhubert.cli import CommandParser, UserError, at_least, check_cuda, check_fields, run_main
+from armhubert.cli import CommandParser, at_least, check_cuda, check_fields, run_main
 from armhubert.files.atomic import atomic_output_file, atomic_write_text
 from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
@@ -70,6 +70,12 @@ PAPER_UTTERANCE_SECONDS = 10.0
 PAPER_UTTERANCES = 22.5
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+
+
+def split_name(spec):
+    """'armhubert-960h:probabilities' -> ('armhubert-960h', 'probabilities'); no variant -> (name, None)."""
+    name, _, variant = spec.lower().partition(":")
+    return name, variant or None
 
 
 @dataclass
@@ -109,32 +115,49 @@ class BenchmarkArguments:
     machine: str | None = field(default=None, metadata={"help": "Label of the machine for the plot and the JSON."})
     seed: int = 0
 
+    # What the fields' own choices and bounds do not say, checked by `check_fields` in this order.
+    RULES = (
+        (
+            lambda args: args.unknown_models,
+            "unknown model(s) {args.unknown_models}; choose from "
+            + f"{', '.join(MODELS)} or a preset ({', '.join(PRESETS)})",
+        ),
+        (
+            lambda args: args.unknown_variants,
+            f"unknown variant in {{args.unknown_variants}}; presets take :{', :'.join(VARIANTS)}",
+        ),
+        (
+            lambda args: args.dtype == "float16" and args.device == "cpu",
+            "--dtype float16 needs --device cuda (CPU float16 kernels are slow); use bfloat16 or float32",
+        ),
+        (
+            lambda args: args.clock == "process" and args.device == "cuda",
+            "--clock process measures CPU time, not the GPU's; use --clock wall with --device cuda",
+        ),
+        (
+            lambda args: not benchmark_cases(args),
+            "no case fits --max_audio_per_pass {args.max_audio_per_pass:g} s; raise it",
+        ),
+    )
 
-def split_name(spec):
-    """'armhubert-960h:probabilities' -> ('armhubert-960h', 'probabilities'); no variant -> (name, None)."""
-    name, _, variant = spec.lower().partition(":")
-    return name, variant or None
+    @property
+    def unknown_models(self) -> str:
+        """The --models whose name is neither of MODELS nor a preset, comma-separated ("" when none)."""
+        return ", ".join(spec for spec in self.models if split_name(spec)[0] not in (*MODELS, *PRESETS))
+
+    @property
+    def unknown_variants(self) -> str:
+        """The --models with a `:variant` that is not of VARIANTS or follows no preset, comma-separated."""
+        variants = [spec for spec in self.models if split_name(spec)[1] is not None]
+        return ", ".join(
+            spec for spec in variants if split_name(spec)[1] not in VARIANTS or split_name(spec)[0] not in PRESETS
+        )
 
 
 def check_arguments(args):
-    """What the fields' own choices and bounds (checked here for Python callers too) do not say."""
+    """The fields' choices, bounds and RULES (`check_fields`, here for Python callers too), and a GPU for cuda."""
     check_fields(args)
-    unknown = [spec for spec in args.models if split_name(spec)[0] not in MODELS and split_name(spec)[0] not in PRESETS]
-    if unknown:
-        raise UserError(
-            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)} or a preset ({', '.join(PRESETS)})"
-        )
-    variants = [spec for spec in args.models if split_name(spec)[1] is not None]
-    bad = [spec for spec in variants if split_name(spec)[1] not in VARIANTS or split_name(spec)[0] not in PRESETS]
-    if bad:
-        raise UserError(f"unknown variant in {', '.join(bad)}; presets take :{', :'.join(VARIANTS)}")
     check_cuda(args.device)
-    if args.dtype == "float16" and args.device == "cpu":
-        raise UserError("--dtype float16 needs --device cuda (CPU float16 kernels are slow); use bfloat16 or float32")
-    if args.clock == "process" and args.device == "cuda":
-        raise UserError("--clock process measures CPU time, not the GPU's; use --clock wall with --device cuda")
-    if not benchmark_cases(args):
-        raise UserError(f"no case fits --max_audio_per_pass {args.max_audio_per_pass:g} s; raise it")
 
 
 def benchmark_cases(args):
@@ -212,22 +235,18 @@ def paper_check(name, macs_10s):
 def add_ratios(results, baseline=BASELINE, reference=REUSE_REFERENCE):
     """Add ratios to every model's results, in place: `<figure>_ratio` = figure / baseline's figure (same
     case), and for attention-reusing models of the reference's width `latency_vs_reference` /
-    `peak_memory_vs_reference` against `reference` (MaskHuBERT) when it was measured."""
-    if baseline not in results:
-        raise UserError(f"the baseline {baseline} is missing from the results")
+    `peak_memory_vs_reference` against `reference` (MaskHuBERT) when it was measured.
+
+    The results are `measure_models`'s: the baseline always among them, every model timed on the same cases."""
     base = results[baseline]
     for entry in results.values():
-        if len(entry["cases"]) != len(base["cases"]):
-            raise UserError("models were measured on different cases; cannot form ratios")
         entry["parameters_ratio"] = entry["parameters"] / base["parameters"]
         entry["macs_ratio"] = {length: macs / base["macs"][length] for length, macs in entry["macs"].items()}
-        for case, base_case in zip(entry["cases"], base["cases"]):
-            if (case["batch_size"], case["seconds"]) != (base_case["batch_size"], base_case["seconds"]):
-                raise UserError("models were measured on different cases; cannot form ratios")
+        for case, base_case in zip(entry["cases"], base["cases"], strict=True):
             case["latency_ratio"] = case["latency_ms"] / base_case["latency_ms"]
             case["peak_memory_ratio"] = case["peak_memory_mb"] / base_case["peak_memory_mb"]
         if reference in results and entry.get("reuses_maps") and entry["width"] == results[reference]["width"]:
-            for case, ref_case in zip(entry["cases"], results[reference]["cases"]):
+            for case, ref_case in zip(entry["cases"], results[reference]["cases"], strict=True):
                 case["latency_vs_reference"] = case["latency_ms"] / ref_case["latency_ms"]
                 case["peak_memory_vs_reference"] = case["peak_memory_mb"] / ref_case["peak_memory_mb"]
     return results

@@ -80,6 +80,28 @@ class FeatureBenchmarkArguments:
     units_layer: int | None = field(default=None, metadata={"help": "Layer of the units (default: the last)."})
     threads: int = field(default=2, metadata={"help": "torch threads.", "bounds": at_least(1)})
 
+    # What the fields' own types do not say, checked by `check_fields` in this order.
+    RULES = (
+        (
+            lambda args: args.unknown_sections,
+            f"unknown sections {{args.unknown_sections}}; choose from {', '.join(SECTIONS)}",
+        ),
+        (
+            lambda args: "units" in args.section_names and args.units_model is None,
+            "--sections units needs --units_model (a distilled student folder, e.g. runs/quickstart)",
+        ),
+    )
+
+    @property
+    def section_names(self) -> list[str]:
+        """--sections, each item split at commas, in order."""
+        return [name.strip() for item in self.sections for name in item.split(",") if name.strip()]
+
+    @property
+    def unknown_sections(self) -> str:
+        """The sections not of SECTIONS, comma-separated ("" when none)."""
+        return ", ".join(name for name in self.section_names if name not in SECTIONS)
+
 
 def bundled_files(args: FeatureBenchmarkArguments) -> list[Path]:
     files = corpus_files(args.data_dir, args.splits)
@@ -353,8 +375,6 @@ def unit_distances(model, audio, centroids) -> dict[str, float]:
 def units(args: FeatureBenchmarkArguments) -> None:
     import make_corpus
 
-    if args.units_model is None:
-        raise UserError("--sections units needs --units_model (a distilled student folder, e.g. runs/quickstart)")
     encoder = load_encoder(args.units_model, None, False, torch.device("cpu"))
     name, features = corpus_features(args, encoder, args.units_layer)
     data = torch.cat(features)
@@ -384,15 +404,11 @@ def units(args: FeatureBenchmarkArguments) -> None:
 def benchmark(argv: Sequence[str] | None = None) -> None:
     (args,) = CommandParser([FeatureBenchmarkArguments], prog=PROG).parse_into_dataclasses(argv)
     torch.set_num_threads(args.threads)
-    sections = [name.strip() for item in args.sections for name in item.split(",") if name.strip()]
-    unknown = [name for name in sections if name not in SECTIONS]
-    if unknown:
-        raise UserError(f"unknown sections {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     import os
 
     print(f"torch threads {torch.get_num_threads()}, load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     functions = {"throughput": throughput, "chunking": chunking, "fidelity": fidelity, "kmeans": kmeans, "units": units}
-    for name in sections:
+    for name in args.section_names:
         functions[name](args)
     print(f"\nload average at the end {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 

@@ -40,7 +40,7 @@ import torch
 from instruments.profiling import count_parameters
 from transformers import HubertConfig, HubertModel
 
-from armhubert.cli import CommandParser, UserError, at_least, require_extra, run_main
+from armhubert.cli import CommandParser, at_least, require_extra, run_main
 from armhubert.deploy import (
     bfloat16_copy,
     cpu_has_bf16,
@@ -101,22 +101,52 @@ class RuntimeArguments:
     profile: bool = field(default=False, metadata={"help": "Print operator profiles of one call (first case)."})
     output_dir: str = field(default="runs/benchmark_runtimes", metadata={"help": "Where the JSON goes."})
 
+    # What the fields' own types do not say, checked by `check_fields` in this order.
+    RULES = (
+        (
+            lambda args: args.unknown_models,
+            f"unknown model {{args.unknown_models[0]!r}}: choose presets of {', '.join(PRESETS)}",
+        ),
+        (
+            lambda args: args.malformed_cases,
+            "--cases {args.malformed_cases[0]!r}: expected BATCHxSECONDS, e.g. 1x10 or 8x10",
+        ),
+        (
+            lambda args: args.oversized_cases,
+            "--cases {args.oversized_cases[0]!r}: batch >= 1, 0.1-600 s, at most an hour of audio per call",
+        ),
+    )
 
-def parse_case(case: str) -> tuple[int, float]:
+    @property
+    def unknown_models(self) -> list[str]:
+        return [name for name in self.models if name.lower() not in PRESETS]
+
+    @property
+    def malformed_cases(self) -> list[str]:
+        return [case for case in self.cases if parse_case(case) is None]
+
+    @property
+    def oversized_cases(self) -> list[str]:
+        """Well-formed cases outside batch >= 1, 0.1-600 s, an hour of audio per call."""
+        return [case for case in self.cases if (parsed := parse_case(case)) and not fits(*parsed)]
+
+
+def parse_case(case: str) -> tuple[int, float] | None:
+    """BATCHxSECONDS as (batch, seconds); None when it is not of that form."""
     batch, _, seconds = case.partition("x")
     try:
-        parsed = int(batch), float(seconds)
+        return int(batch), float(seconds)
     except ValueError:
-        raise UserError(f"--cases {case!r}: expected BATCHxSECONDS, e.g. 1x10 or 8x10") from None
-    if parsed[0] < 1 or not 0.1 <= parsed[1] <= 600 or parsed[0] * parsed[1] > 3600:
-        raise UserError(f"--cases {case!r}: batch >= 1, 0.1-600 s, at most an hour of audio per call")
-    return parsed
+        return None
+
+
+def fits(batch: int, seconds: float) -> bool:
+    return batch >= 1 and 0.1 <= seconds <= 600 and batch * seconds <= 3600
 
 
 def check_arguments(args: RuntimeArguments) -> list[tuple[int, float]]:
-    unknown = [name for name in args.models if name.lower() not in PRESETS]
-    if unknown:
-        raise UserError(f"unknown model {unknown[0]!r}: choose presets of {', '.join(PRESETS)}")
+    """The checked --cases as (batch, seconds), once the onnx extra is there for ONNX runtimes (the fields and
+    RULES are `CommandParser`'s to check)."""
     onnx_runtimes = [name for name in args.runtimes if name.startswith("onnx")]
     if onnx_runtimes:
         require_extra("onnx", f"--runtimes {' '.join(onnx_runtimes)}")

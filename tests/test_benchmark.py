@@ -12,6 +12,7 @@ from transformers import HubertConfig, HubertModel
 
 from armhubert.cli import UserError
 from armhubert.deploy import timing
+from configuration_armhubert import PRESETS
 from modeling_armhubert import ARMHubertModel
 
 benchmark = load_script("benchmark")
@@ -152,11 +153,6 @@ def test_every_ratio_is_to_hubert_base_in_the_same_case():
     assert [case["latency_ratio"] for case in student["cases"]] == [0.25, 0.5]
     assert [case["peak_memory_ratio"] for case in student["cases"]] == [0.3, 0.1]
     assert [case["latency_ratio"] for case in baseline["cases"]] == [1.0, 1.0]
-    with pytest.raises(UserError, match="baseline"):
-        benchmark.add_ratios({"armhubert-960h": student})
-    results["armhubert-960h"]["cases"].reverse()
-    with pytest.raises(UserError, match="different cases"):
-        benchmark.add_ratios(results)
 
 
 def test_reuse_ratios_are_to_maskhubert_for_models_of_its_width():
@@ -342,3 +338,45 @@ def test_contenders_take_turns_and_each_round_starts_with_the_next():
     assert list(times) == list("abc") and all(len(values) == 4 and min(values) >= 0 for values in times.values())
     medians = timing.medians_taking_turns(runs, repeats=3, warmup=0)
     assert list(medians) == list("abc") and all(value >= 0 for value in medians.values())
+
+
+def test_python_callers_get_the_argument_rules_too():
+    """`check_arguments` runs the fields' checks and RULES for a dataclass built in Python, not parsed."""
+    benchmark.check_arguments(benchmark.BenchmarkArguments(models=["ARMHuBERT-960h:Flex"], seconds=[2.0]))
+    with pytest.raises(UserError, match=r"^unknown model\(s\) armhubert-xl, nope; choose from hubert-base, "):
+        benchmark.check_arguments(benchmark.BenchmarkArguments(models=["armhubert-xl", "nope", "starhubert"]))
+    cuda = benchmark.BenchmarkArguments(device="cuda", clock="process")
+    with pytest.raises(UserError, match="^--clock process measures CPU time, not the GPU's; use --clock wall"):
+        benchmark.check_arguments(cuda)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--models", "armhubert-xl"], f"unknown model 'armhubert-xl': choose presets of {', '.join(PRESETS)}"),
+        (["--cases", "1x10", "1xten"], "--cases '1xten': expected BATCHxSECONDS, e.g. 1x10 or 8x10"),
+        (["--cases", "0x10"], "--cases '0x10': batch >= 1, 0.1-600 s, at most an hour of audio per call"),
+        (["--cases", "8x600"], "--cases '8x600': batch >= 1, 0.1-600 s, at most an hour of audio per call"),
+        (["--cases", "1xnan"], "--cases '1xnan': batch >= 1, 0.1-600 s, at most an hour of audio per call"),
+    ],
+)
+def test_benchmark_runtimes_refuses_bad_arguments_before_any_model(argv, message, capsys, tmp_path):
+    runtimes = load_script("benchmark_runtimes")
+    assert runtimes.main([*argv, "--output_dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"benchmark_runtimes.py: error: {message}"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sections", "throughput,speed", "unit"], "unknown sections speed, unit; choose from throughput, "),
+        (["--sections", "chunking,units"], "--sections units needs --units_model (a distilled student folder"),
+        (["--sections", "kmeans", "--data_dir", "{tmp}"], "no .flac files for train-clean-100,dev-clean,test-clean"),
+    ],
+)
+def test_benchmark_features_refuses_bad_arguments_in_one_line(argv, message, capsys, tmp_path):
+    features = load_script("benchmark_features")
+    assert features.main([item.format(tmp=tmp_path) for item in argv]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"benchmark_features.py: error: {message}") and len(error.splitlines()) == 1, error

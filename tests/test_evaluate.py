@@ -11,6 +11,7 @@ from armhubert.resources import BUNDLED_CORPUS
 
 evaluate = load_script("evaluate")
 DEV = BUNDLED_CORPUS / "dev-clean"
+FLAC = min(DEV.rglob("*.flac"))
 COMMON = ["--use_cpu", "--report_to", "none", "--save_strategy", "no", "--seed", "0", "--learning_rate", "1e-3"]
 
 
@@ -88,6 +89,11 @@ def test_csv_and_saved_datasets_give_the_same_figures(trained, tmp_path):
         (lambda t, p: [str(t["root"] / "sid"), "--data", str(BUNDLED_CORPUS)], "labels the model was not trained on"),
         (lambda t, p: [str(t["root"] / "ctc"), "--data", str(p / "no" / "such")], "does not exist"),
         (
+            lambda t, p: [str(t["root"] / "ctc"), "--data", str(FLAC), "--split", "dev-clean"],
+            f"--data {FLAC} is neither a folder nor a CSV file; give a folder (a LibriSpeech tree with --split), a "
+            "CSV file or a datasets dataset",
+        ),
+        (
             lambda t, p: [str(t["root"] / "sid"), "--data", str(DEV), "--batch_size", "0"],
             "--batch_size must be an integer >= 1, got 0",
         ),
@@ -96,7 +102,16 @@ def test_csv_and_saved_datasets_give_the_same_figures(trained, tmp_path):
             "inside the input",
         ),
     ],
-    ids=["no-data", "encoder", "no-model", "unknown-labels", "no-corpus", "batch-size", "output-in-input"],
+    ids=[
+        "no-data",
+        "encoder",
+        "no-model",
+        "unknown-labels",
+        "no-corpus",
+        "audio-file",
+        "batch-size",
+        "output-in-input",
+    ],
 )
 def test_bad_input_is_one_line_with_status_2(trained, tmp_path, capsys, make_argv, message):
     assert evaluate.main(make_argv(trained, tmp_path)) == 2

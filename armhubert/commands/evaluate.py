@@ -90,13 +90,21 @@ class EvaluateArguments:
     output_json: str = field(default=None, metadata={"help": "Also write the figures to this JSON file."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output_json file."})
 
+    # What the fields' own types do not say, checked by `check_fields` in this order.
+    RULES = (
+        (lambda args: not args.data, "--data is required: a folder, a CSV file or a datasets dataset to evaluate on"),
+        (
+            lambda args: Path(args.data).exists() and not Path(args.data).is_dir() and not _is_csv(args.data),
+            "--data {args.data} is neither a folder nor a CSV file; give a folder (a LibriSpeech tree with --split), "
+            "a CSV file or a datasets dataset",
+        ),
+    )
+
 
 def parse_arguments(argv: Sequence[str] | None) -> tuple[str, EvaluateArguments]:
     parser = CommandParser([EvaluateArguments], prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="A folder written by finetune_ctc.py or finetune_classification.py.")
     args, rest = parser.parse_into_dataclasses(argv)
-    if not args.data:
-        raise UserError("--data is required: a folder, a CSV file or a datasets dataset to evaluate on")
     check_cuda(args.device)
     if args.output_json is not None:
         check_output_json(args, [rest.model, args.data])
@@ -139,6 +147,10 @@ def load_model(folder: ModelFolder, head: type[PreTrainedModel]) -> PreTrainedMo
 
 
 # ---- data: every source becomes a Dataset with `audio` (undecoded), `num_samples` and `target` (text or label name)
+
+
+def _is_csv(data: str) -> bool:
+    return Path(data).suffix.lower() == ".csv"
 
 
 def _is_hub_id(data: str) -> bool:
@@ -206,7 +218,7 @@ def audio_paths(dataset: datasets.Dataset, rows_at_once: int = 10_000) -> list[s
 def load_ctc_data(args: EvaluateArguments) -> datasets.Dataset:
     """Utterances with transcripts (`target`) from a LibriSpeech tree / split, a CSV, or a datasets dataset."""
     path = Path(args.data)
-    if path.suffix.lower() == ".csv":
+    if _is_csv(args.data):
         return _from_csv(args.data, "text")
     if is_saved_dataset(path) or (_is_hub_id(args.data) and args.split not in HUB_SPLITS):
         return _from_datasets(_saved_or_hub_dataset(args), args, args.text_column)
@@ -214,17 +226,15 @@ def load_ctc_data(args: EvaluateArguments) -> datasets.Dataset:
         dataset = load_librispeech(args.data, args.split)
     elif not path.exists():
         raise DataError(f"{args.data} does not exist; give a LibriSpeech folder, a CSV file or a datasets dataset")
-    elif path.is_dir():
-        dataset = load_librispeech(path.parent, path.name)  # the folder of one split
-    else:
-        raise UserError(f"give the LibriSpeech split to evaluate with --split (one of {', '.join(HUB_SPLITS)})")
+    else:  # a folder (EvaluateArguments.RULES): the folder of one split
+        dataset = load_librispeech(path.parent, path.name)
     return dataset.rename_column("text", "target").select_columns(["audio", "num_samples", "target"])
 
 
 def load_classification_data(args: EvaluateArguments) -> datasets.Dataset:
     """Utterances with label names (`target`) from label folders, a CSV, or a datasets dataset."""
     path = Path(args.data)
-    if path.suffix.lower() == ".csv":
+    if _is_csv(args.data):
         return _from_csv(args.data, "label")
     if is_saved_dataset(path) or _is_hub_id(args.data):
         return _from_datasets(_saved_or_hub_dataset(args), args, args.label_column)

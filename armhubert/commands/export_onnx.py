@@ -97,6 +97,11 @@ class ExportArguments:
         default=None, metadata={"help": "CPU threads for both runtimes (default: the cores the load leaves free)"}
     )
 
+    # Checked by `check_fields` after the fields: never e.g. the model's own model.safetensors or config.json.
+    RULES = (
+        (lambda args: Path(args.output).suffix.lower() != ".onnx", "--output {args.output} must name a .onnx file"),
+    )
+
 
 def parity_inputs(config, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Batches unlike the export example's (2 x 1.0 s): 3 x 1.7 s, and 3 rows of 0.6 / 1.1 / 1.7 s padded."""
@@ -152,9 +157,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[str, ExportArguments]
 
 
 def check_output(model: str, args: ExportArguments) -> None:
-    """Before the (slow) export: the output a .onnx file, apart from the model folder."""
-    if Path(args.output).suffix.lower() != ".onnx":  # never e.g. the model's own model.safetensors or config.json
-        raise UserError(f"--output {args.output} must name a .onnx file")
+    """Before the (slow) export: the output (a .onnx file: ExportArguments.RULES) apart from the model folder."""
     check_output_file(args.output, args.overwrite, [model], what="--output")
 
 

@@ -151,7 +151,7 @@ TRANSCRIPT_RE = re.compile(r"^[A-Z']+( [A-Z']+)*$")
 
 
 def check_espeak() -> str:
-    """Return the espeak-ng path, or raise UserError saying how to install it."""
+    """The espeak-ng path; refused (a UserError) when it is not on PATH, saying how to install it."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise UserError("'espeak-ng' not found on PATH; install it with 'apt-get install espeak-ng' and re-run.")

@@ -38,14 +38,14 @@ from armhubert.deploy import (
     node_parts,
     quantize_int8,
 )
-from armhubert.files.untrusted import check_finite_weights
+from armhubert.files.untrusted import Limit, check_finite_weights
 from armhubert.resources import BUNDLED_CORPUS
 from armhubert.speech.audio import read_audio
 from armhubert.threads import use_machine_threads
 from configuration_armhubert import SAMPLING_RATE
 
 PROG = "quantization_report.py"
-MAX_FILES = 1000
+AUDIO_FILES = Limit(1000, "{what} names {count} files; at most {most} (a sample of your audio is enough)")
 
 
 @dataclass
@@ -66,6 +66,14 @@ class ReportArguments:
         default=None, metadata={"help": "CPU threads (default: the cores the load leaves free)"}
     )
 
+    # Checked by `check_fields` after the fields, before any model is read.
+    RULES = ((lambda args: args.missing_audio, "--audio {args.missing_audio[0]} is not a file"),)
+
+    @property
+    def missing_audio(self) -> list[Path]:
+        """The --audio paths that are not regular files: missing, a folder, a FIFO, a device."""
+        return [path for path in self.audio or () if not path.is_file()]
+
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[str, ReportArguments]:
     """(MODEL, the checked options)."""
@@ -76,16 +84,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[str, ReportArguments]
 
 
 def audio_files(paths: Sequence[Path] | None) -> list[Path]:
+    """The --audio files (each a file: ReportArguments.RULES), at most AUDIO_FILES of them; by default the bundled
+    dev-clean utterances."""
     if not paths:
         files = sorted((BUNDLED_CORPUS / "dev-clean").rglob("*.flac"))
         if not files:
             raise UserError(f"no bundled audio under {BUNDLED_CORPUS / 'dev-clean'}; pass --audio FILES")
         return files
-    if len(paths) > MAX_FILES:
-        raise UserError(f"--audio names {len(paths)} files; at most {MAX_FILES} (a sample of your audio is enough)")
-    missing = [path for path in paths if not path.is_file()]
-    if missing:
-        raise UserError(f"--audio {missing[0]} is not a file")
+    AUDIO_FILES.check(len(paths), "--audio")
     return list(paths)
 
 
