@@ -180,7 +180,10 @@ def test_export_writes_a_checked_int8_or_fp16_graph(tiny_folder, tmp_path, capsy
     "extra, message",
     [
         (["--precision", "int3"], "--precision: invalid choice: 'int3' (choose from 'fp32', 'int8', 'fp16')"),
-        (["--precision", "int8", "--int8-parts", "everything"], "unknown int8 part 'everything': choose from cnn"),
+        (
+            ["--precision", "int8", "--int8-parts", "everything"],
+            "--int8_parts: invalid choice: 'everything' (choose from 'cnn'",
+        ),
     ],
 )
 def test_bad_precision_is_one_line_and_writes_nothing(tiny_folder, tmp_path, capsys, extra, message):

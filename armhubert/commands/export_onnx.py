@@ -36,7 +36,7 @@ from armhubert.deploy import (
     OUTPUT_NAMES,
     PRECISIONS,
     QUANTIZABLE_PARTS,
-    check_int8_parts,
+    Int8Part,
     convert_precision,
     export_onnx,
     layer_fidelity,
@@ -66,7 +66,7 @@ class ExportArguments:
     subfolder: str | None = field(default=None, metadata={"help": "variant subfolder of a multi-model repository"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --output"})
     precision: Literal[PRECISIONS] = field(default="fp32", metadata={"help": "number format of the graph"})
-    int8_parts: list[str] = field(
+    int8_parts: list[Int8Part] = field(
         default_factory=lambda: list(DEFAULT_INT8_PARTS),
         metadata={
             "help": "model parts whose products int8 quantises (the rest stays fp32): "
@@ -166,7 +166,6 @@ def export(argv: Sequence[str] | None = None) -> int:
     source, args = parse_args(argv)
     require_extra("onnx", "exporting to ONNX")
     output = Path(args.output)
-    check_int8_parts(args.int8_parts)
     check_output(source, args)
     model = load_model(source, args.subfolder)
     # NaN weights give NaN outputs, which every parity comparison lets through: refused before the export.

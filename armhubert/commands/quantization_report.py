@@ -27,8 +27,8 @@ from armhubert.cli import CommandParser, UserError, above, require_extra, run_ma
 from armhubert.deploy import (
     DEFAULT_INT8_PARTS,
     QUANTIZABLE_PARTS,
+    Int8Part,
     LayerFidelity,
-    check_int8_parts,
     cpu_has_bf16,
     cpu_has_vnni,
     export_onnx,
@@ -57,7 +57,7 @@ class ReportArguments:
     max_seconds: float = field(
         default=20.0, metadata={"help": "longest audio per file (the rest is cut)", "bounds": above(0, 3600)}
     )
-    int8_parts: list[str] = field(
+    int8_parts: list[Int8Part] = field(
         default_factory=lambda: list(DEFAULT_INT8_PARTS),
         metadata={"help": "parts the int8 graph quantises (as export_onnx.py)"},
     )
@@ -140,7 +140,6 @@ def print_table(results: dict[str, list[LayerFidelity]]) -> None:
 def report(argv: Sequence[str] | None = None) -> int:
     source, args = parse_args(argv)
     require_extra("onnx", "the quantisation report")
-    check_int8_parts(args.int8_parts)
     files = audio_files(args.audio)
     model = load_model(source, args.subfolder)
     check_finite_weights(model, f"the model {source}", "its outputs would be NaN; measure a model that trained well")
