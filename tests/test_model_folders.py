@@ -4,7 +4,7 @@ import pytest
 from helpers import load_script, random_model, tiny_config
 
 from armhubert.cli import UserError
-from armhubert.files.atomic import previous_output_problem
+from armhubert.files.placement import previous_output_problem
 from armhubert.folders.model_folders import check_model_folder, is_model_folder, variant_subfolders
 from armhubert.training.finetune import ModelArguments, load_head_model
 from modeling_armhubert import ARMHubertForCTC

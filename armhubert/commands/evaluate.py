@@ -40,8 +40,10 @@ import torch
 from transformers import AutoFeatureExtractor, PreTrainedModel, Wav2Vec2CTCTokenizer
 
 from armhubert.cli import CommandParser, UserError, at_least, check_cuda, run_main
-from armhubert.files.atomic import atomic_write_text, check_output_file
-from armhubert.files.untrusted import brief, check_finite_weights
+from armhubert.files.atomic import atomic_write_text
+from armhubert.files.placement import check_output_file
+from armhubert.files.untrusted import brief
+from armhubert.files.weights import check_finite_weights
 from armhubert.folders.model_folders import ModelFolder, load_folder_part, open_model_folder, refuse_missing
 from armhubert.progress import progress
 from armhubert.speech.audio import DataError

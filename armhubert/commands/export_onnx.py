@@ -48,8 +48,9 @@ from armhubert.deploy import (
     run_torch,
 )
 from armhubert.deploy.timing import medians_taking_turns
-from armhubert.files.atomic import atomic_write_bytes, check_output_file
-from armhubert.files.untrusted import check_finite_weights
+from armhubert.files.atomic import atomic_write_bytes
+from armhubert.files.placement import check_output_file
+from armhubert.files.weights import check_finite_weights
 from armhubert.progress import stages
 from armhubert.threads import use_machine_threads
 from configuration_armhubert import SAMPLING_RATE

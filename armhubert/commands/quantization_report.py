@@ -38,7 +38,8 @@ from armhubert.deploy import (
     node_parts,
     quantize_int8,
 )
-from armhubert.files.untrusted import Limit, check_finite_weights
+from armhubert.files.untrusted import Limit
+from armhubert.files.weights import check_finite_weights
 from armhubert.resources import BUNDLED_CORPUS
 from armhubert.speech.audio import read_audio
 from armhubert.threads import use_machine_threads

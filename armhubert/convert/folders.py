@@ -23,7 +23,8 @@ from pipeline_armhubert import release_feature_extractor
 
 from ..cli import UserError, refuse_broken
 from ..files.atomic import staged_folder
-from ..files.untrusted import check_code_text, check_finite_weights, check_safe_name
+from ..files.untrusted import check_code_text, check_safe_name
+from ..files.weights import check_finite_weights
 from ..folders.remote_code import add_remote_code_entries, ship_pipeline
 from .cards import CardFacts, file_sha256, model_card, repository_card
 from .hubert_export import hubert_additions, to_hubert_model

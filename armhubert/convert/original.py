@@ -24,15 +24,8 @@ from configuration_armhubert import ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError
-from ..files.untrusted import (
-    Limit,
-    brief,
-    check_plain_data,
-    check_state_fits,
-    check_weight_tensor,
-    load_torch_file,
-    load_yaml_file,
-)
+from ..files.untrusted import Limit, brief, check_plain_data, load_torch_file, load_yaml_file
+from ..files.weights import check_state_fits, check_weight_tensor
 from ..progress import progress
 
 STUDENT_PREFIX = "student_model."

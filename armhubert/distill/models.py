@@ -24,7 +24,7 @@ from configuration_armhubert import PRESETS, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
 from ..cli import UserError, refuse_broken
-from ..files.untrusted import check_model_size
+from ..files.weights import check_model_size
 from ..folders.remote_code import add_remote_code_entries
 from ..teachers.ctranslate2 import is_ctranslate2_whisper, whisper_from_ctranslate2
 from ..teachers.encoders import TeacherEncoder, Wav2Vec2StyleTeacher, teacher_encoder

@@ -23,7 +23,8 @@ from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_N
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..cli import UserError
-from ..files.untrusted import Limit, brief, check_state_fits, load_json_file, load_torch_file, open_safetensors
+from ..files.untrusted import Limit, brief, load_json_file, load_torch_file, open_safetensors
+from ..files.weights import check_state_fits
 from ..training.checkpoints import complete_checkpoints
 
 MAX_STATE_BYTES = 64 * 1024 * 1024  # trainer_state.json: the log history of a long run is a few MB

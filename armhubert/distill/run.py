@@ -13,8 +13,9 @@ from configuration_armhubert import SAMPLING_RATE
 from pipeline_armhubert import release_feature_extractor
 
 from ..cli import UserError
-from ..files.atomic import atomic_write_text, check_output_location
+from ..files.atomic import atomic_write_text
 from ..files.lock import output_lock
+from ..files.placement import check_output_location
 from ..files.untrusted import brief, load_yaml_file
 from ..folders.cards import DistillationFacts, distilled_card, format_duration, last_logged
 from ..speech.chunking import check_window

@@ -49,7 +49,8 @@ from modeling_armhubert import (
 from pipeline_armhubert import encode_chunked, encode_windows, release_feature_extractor
 
 from ..cli import UserError, refuse_broken
-from ..files.untrusted import brief, check_finite_weights
+from ..files.untrusted import brief
+from ..files.weights import check_finite_weights
 from ..folders.model_folders import ModelFolder, load_folder_part, open_model_folder, refuse_missing
 from ..speech.audio import DataError
 from ..speech.chunking import file_window_reader

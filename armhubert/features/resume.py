@@ -15,7 +15,7 @@ import torch
 
 from ..cli import UserError
 from ..convert.cards import file_sha256
-from ..files.atomic import check_output_location
+from ..files.placement import check_output_location
 from ..files.untrusted import load_json_file
 from .encoding import Encoder
 from .plan import ExtractionArguments, ShardPlan

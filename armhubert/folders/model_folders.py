@@ -27,7 +27,8 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.utils import logging as transformers_logging
 
 from ..cli import UserError
-from ..files.untrusted import check_model_size, check_regular_file, load_json_file
+from ..files.untrusted import check_regular_file, load_json_file
+from ..files.weights import check_model_size
 
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few kB
 # JSON files of a model folder besides config.json that transformers reads (a vocabulary is a few kB too).

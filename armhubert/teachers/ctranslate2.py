@@ -25,7 +25,8 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
 
 from ..cli import UserError, first_line
-from ..files.untrusted import Limit, check_regular_file, check_state_fits, read_bounded
+from ..files.untrusted import Limit, check_regular_file, read_bounded
+from ..files.weights import check_state_fits
 
 MODEL_FILE = "model.bin"
 DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}

@@ -26,7 +26,7 @@ from configuration_armhubert import ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
 from ..cli import refuse_broken
-from ..files.untrusted import check_state_fits
+from ..files.weights import check_state_fits
 from ..folders.remote_code import add_remote_code_entries
 from .encoders import whisper_encoder
 

@@ -29,8 +29,8 @@ from configuration_armhubert import PRESETS, SAMPLING_RATE, ARMHubertConfig
 
 from ..cli import CommandParser, UserError, above, check_fields
 from ..distill.resume import ResumeCheckpoint, check_resume_checkpoint, find_resume_checkpoint
-from ..files.atomic import check_apart, check_output_folder
 from ..files.lock import output_lock
+from ..files.placement import check_apart, check_output_folder
 from ..files.untrusted import check_code_text
 from ..folders.model_folders import ModelFolder, open_model_folder
 from ..folders.remote_code import add_remote_code_entries

@@ -11,7 +11,7 @@ from transformers import Trainer, TrainingArguments
 
 from ..cli import Bounds, UserError, above, at_least, between
 from ..files.atomic import move_files_into
-from ..files.untrusted import check_finite_weights
+from ..files.weights import check_finite_weights
 from ..folders.remote_code import ship_pipeline
 from ..progress import on_terminal
 from .curves import save_loss_curves
