@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import (
     AutoModel,
     Data2VecAudioConfig,
@@ -23,7 +24,7 @@ from transformers import (
 from configuration_armhubert import PRESETS, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
 
-from ..cli import UserError, refuse_broken
+from ..cli import UserError, first_line, refuse_broken
 from ..files.weights import check_model_size
 from ..folders.remote_code import add_remote_code_entries
 from ..teachers.ctranslate2 import is_ctranslate2_whisper, whisper_from_ctranslate2
@@ -167,8 +168,9 @@ def _load_teacher_model(distill_args: DistillTrainingArguments, seed: int) -> Pr
     if name in RANDOM_TEACHERS:
         try:
             config = RANDOM_TEACHERS[name](**(distill_args.teacher_config or {}))
-        except (TypeError, ValueError) as error:
-            raise UserError(f"teacher_config for {name}: {str(error).splitlines()[0]}") from None
+        except (TypeError, ValueError, StrictDataclassError) as error:  # the config class's own checks
+            reason = error.__cause__ if isinstance(error, StrictDataclassError) and error.__cause__ else error
+            raise UserError(f"teacher_config for {name}: {first_line(reason)}") from None
         check_model_size(lambda: AutoModel.from_config(config), f"teacher_config for {name}")
         torch.manual_seed(seed)
         return AutoModel.from_config(config)

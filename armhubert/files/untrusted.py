@@ -467,15 +467,16 @@ def load_torch_file(
     with torch.serialization.safe_globals(list(safe_globals)):
         try:
             unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            if unknown:
-                raise _refused(what, unknown, allowed)
-            with warnings.catch_warnings():  # e.g. "nested tensors are a prototype": the refusal is the one line
-                warnings.simplefilter("ignore")
-                value = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except UserError:
-            raise
+            if not unknown:
+                with warnings.catch_warnings():  # e.g. "nested tensors are a prototype": the refusal is the one line
+                    warnings.simplefilter("ignore")
+                    value = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except UserError as error:  # a stand-in in `safe_globals` refused what the pickle gave it: name the file
+            raise UserError(f"{what}: {error}") from None
         except Exception as error:  # noqa: BLE001 -- torch raises many types for corrupt, truncated or foreign files
             raise _unreadable(what, error, allowed) from None
+    if unknown:
+        raise _refused(what, unknown, allowed)
     if not isinstance(value, dict):
         raise UserError(f"{what} holds a {type(value).__name__}, not {holds}")
     check_structure(value, what)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from ..cli import Rule, UserError, refuse_broken
-from .untrusted import Limit
+from .untrusted import Limit, brief
 
 
 class _Storage:
@@ -119,7 +119,9 @@ def check_model_size(build: Callable[[], torch.nn.Module], what: str) -> None:
     try:
         with torch.device("meta"):
             model = build()
-    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError, AssertionError) as error:
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError, AssertionError, KeyError) as error:
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        if isinstance(error, KeyError) and error.args:  # a name the library's tables lack (hidden_act: nope)
+            reason = f"unknown name {brief(error.args[0])}"
         raise UserError(f"{what} does not describe a model that can be built: {reason}") from None
     PARAMETERS.check(sum(parameter.numel() for parameter in model.parameters()), what)
