@@ -343,12 +343,12 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, Any]:
     is_ctc = head is ARMHubertForCTC
     with caches_outside_inputs():
         dataset = load_ctc_data(args) if is_ctc else load_classification_data(args)
+    if not len(dataset):  # before anything reads its columns: a dataset mapped from no rows has none
+        raise DataError(f"{args.data} holds no utterance to evaluate")
     if args.output_json is not None:  # apart from every audio file the data names, too
         check_output_json(args, [folder, args.data, *audio_paths(dataset)])
     if args.max_samples is not None:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
-    if not len(dataset):
-        raise DataError(f"{args.data} holds no utterance to evaluate")
     model = load_model(model_folder, head)
     _check_lengths(dataset, model)
     device = torch.device(
