@@ -242,7 +242,10 @@ def load_librispeech(
         if len(dataset) < before:
             logger.info("Dropped %d utterance(s) longer than %.1f s", before - len(dataset), max_duration)
         if not len(dataset):
-            raise DataError(f"no utterance in {source} {splits} is at most {max_duration} s long")
+            names = ", ".join(_split_names(splits))
+            raise DataError(
+                f"no utterance in {source} ({names}) is at most {max_duration} s long; allow longer utterances (--max_duration)"
+            )
     return dataset
 
 
