@@ -7,6 +7,7 @@ Each case goes through the command a user runs and asserts exit status 2, one li
 nothing written where the command writes.
 """
 
+import os
 import shutil
 import zipfile
 
@@ -15,10 +16,13 @@ import pytest
 import soundfile
 import torch
 from helpers import ROOT, TINY_CKPT, random_model, run_main, tiny_config
-from hostile import digest, hidden_entries, refusal
+from hostile import digest, refusal
 
+from armhubert.cli import UserError
 from armhubert.commands import evaluate, export_onnx
 from armhubert.convert.folders import save_model_folder
+from armhubert.files.atomic import atomic_write_bytes
+from armhubert.files.placement import STAGING_NAME_EXTRA, check_output_file
 from distill_trainer import main as distill_main
 
 QUICKSTART = str(ROOT / "conf" / "quickstart.yaml")
@@ -181,16 +185,24 @@ def test_a_folder_of_weights_without_its_config_is_no_model_folder(tmp_path, cap
     assert digest(tmp_path) == before and not output.exists()
 
 
-def test_an_onnx_output_name_too_long_to_stage_is_one_line_after_the_export(tmp_path, capsys):
-    """An --output name the filesystem takes (245 characters) but not the temporary name beside it that the
-    atomic write needs: the write fails after the export and parity check, with one line and no file left."""
+def test_an_onnx_output_name_too_long_to_stage_is_refused_before_the_export(tmp_path, capsys):
+    """An --output name the filesystem takes (245 bytes) but not the temporary name beside it that the atomic write
+    needs: refused with the other output checks, before the model is even opened (it does not exist here)."""
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
-    small = dict(conv_dim=[32, 32, 48], conv_kernel=[10, 8, 4], conv_stride=[5, 8, 8])  # a small graph: a quick export
-    config = tiny_config(**small, num_hidden_layers=1, layer_reuses_attention_map=[False])
-    save_model_folder(random_model(config), tmp_path / "model")
     output = tmp_path / "out" / ("m" * 240 + ".onnx")
     output.parent.mkdir()
-    args = ["--output", output, "--threads", "1", "--latency_seconds", "0.1", "--latency_runs", "1"]
-    line = refusal(capsys, export_onnx.main, tmp_path / "model", *args)
-    assert f"could not write {output} (File name too long)" in line, line
-    assert list(output.parent.iterdir()) == [] and hidden_entries(tmp_path) == []
+    line = refusal(capsys, export_onnx.main, tmp_path / "no-model", "--output", output)
+    longest = os.pathconf(output.parent, "PC_NAME_MAX") - STAGING_NAME_EXTRA  # 207 where names have 255 bytes
+    assert f"--output {output}: a name of 245 bytes, more than the {longest} that fit in {output.parent}" in line, line
+    assert line.endswith("choose a shorter name"), line
+    assert list(tmp_path.iterdir()) == [output.parent] and list(output.parent.iterdir()) == []
+
+
+def test_the_temporary_name_of_a_file_adds_no_more_than_the_name_check_allows(tmp_path):
+    """The name check leaves room for the temporary name `atomic_write_bytes` writes under first: the longest name
+    it lets through is written."""
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX") - STAGING_NAME_EXTRA
+    output = check_output_file(tmp_path / ("m" * (longest - 5) + ".onnx"), overwrite=False)
+    assert atomic_write_bytes(output, b"x").read_bytes() == b"x"
+    with pytest.raises(UserError, match="choose a shorter name"):
+        check_output_file(tmp_path / ("m" * (longest - 4) + ".onnx"), overwrite=False)

@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel
 
-from armhubert.cli import CommandParser, UserError, above, between, require_extra, run_main
+from armhubert.cli import CommandParser, above, between, require_extra, run_main
 from armhubert.deploy import (
     DEFAULT_INT8_PARTS,
     OUTPUT_NAMES,
@@ -187,12 +187,8 @@ def export(argv: Sequence[str] | None = None) -> int:
     with stages(["timing"], "ONNX") as begin:
         begin("timing")
         latency = measure_latency(model, session, args.latency_seconds, args.latency_runs)
-    try:
-        atomic_write_bytes(output, model_bytes, replace=args.overwrite)  # the previous file stays until the rename
-    except OSError as error:  # a full disk, a file-size limit: nothing of the new file is left
-        raise UserError(
-            f"could not write {output} ({error.strerror or error}); free disk space or choose another folder"
-        ) from None
+    # The previous file stays until the rename; a full disk is one line naming the file (`WriteFailure`).
+    atomic_write_bytes(output, model_bytes, replace=args.overwrite)
     speedup = latency["PyTorch"] / latency["onnxruntime"]
     print(
         f"CPU latency, 1 x {args.latency_seconds:g} s, {threads} threads, median of {args.latency_runs}, taking turns: "

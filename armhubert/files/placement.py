@@ -4,8 +4,9 @@ commands (`previous_output_problem`: a user's own files are never replaced).
 
 The refusals are tables of `Rule`s over one `_Output` (the path, and what the rules ask of it, found when they
 ask): APART_RULES, LOCATION_RULES (a folder a run writes into), FOLDER_RULES (a folder a run replaces),
-FILE_RULES. `check_apart`, `check_output_location`, `check_output_folder` and `check_output_file` apply them;
-`armhubert.files.atomic` writes what they let through.
+FILE_RULES (also: a name too long for the temporary name it is first written under). `check_apart`,
+`check_output_location`, `check_output_folder` and `check_output_file` apply them; `armhubert.files.atomic`
+writes what they let through.
 """
 
 import functools
@@ -161,6 +162,12 @@ def is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+# How much longer than its own name the temporary name is that `armhubert.files.atomic` writes a file under first
+# (".NAME.armhubert-tmp-PID-XXXXXXXX", at most 32 bytes more, and a suffix): a name within this of the file
+# system's limit would fail only when the file is written, after the work that made it.
+STAGING_NAME_EXTRA = 48
+
+
 class _Output:
     """An output path as the output rules see it, each fact found when a rule asks: the input it overlaps
     (`overlap`: "is", "contains" or "is inside", and that input as `source`), its nearest existing folder
@@ -200,6 +207,19 @@ class _Output:
         while not existing.exists():
             existing = existing.parent
         return existing
+
+    @property
+    def name_bytes(self) -> int:
+        return len(os.fsencode(self.path.name))
+
+    @functools.cached_property
+    def longest_name(self) -> int:
+        """The longest file name that fits in `existing` beside its temporary name."""
+        try:
+            most = os.pathconf(self.existing, "PC_NAME_MAX")
+        except (OSError, ValueError):  # a file system that does not say: the usual limit
+            most = 255
+        return most - STAGING_NAME_EXTRA
 
     @property
     def non_empty(self) -> bool:
@@ -260,6 +280,11 @@ FILE_RULES: tuple[Rule, ...] = (
         "{what} {out.path} exists and is not a regular file (a device, FIFO or socket); choose a file",
     ),
     *_WRITABLE_RULES,
+    (
+        lambda out, **_: out.name_bytes > out.longest_name,
+        "{what} {out.path}: a name of {out.name_bytes} bytes, more than the {out.longest_name} that fit in "
+        "{out.existing} beside the temporary name it is first written under; choose a shorter name",
+    ),
 )
 
 
