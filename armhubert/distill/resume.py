@@ -115,12 +115,6 @@ def find_resume_checkpoint(
     return _read_state(checkpoints[-1], flag)
 
 
-def resolve_resume(resume: str | bool | None, output_dir: str | os.PathLike, flag: str = "--resume") -> str | None:
-    """`find_resume_checkpoint`'s folder, as the Trainer's `resume_from_checkpoint` takes it (None: a fresh run)."""
-    checkpoint = find_resume_checkpoint(resume, output_dir, flag)
-    return None if checkpoint is None else str(checkpoint.folder)
-
-
 def _check_weights(checkpoint: Path, student: PreTrainedModel, flag: str) -> None:
     path = checkpoint / "model.safetensors"  # there (`_read_state`); read through the door of safetensors files
     with open_safetensors(path, f"{flag}: {path}") as weights:

@@ -1,4 +1,4 @@
-"""All Trainer customisation of distillation: `DistillTrainer`, its callbacks and resuming.
+"""All Trainer customisation of distillation: `DistillTrainer` and its callbacks (resuming: `resume`).
 
 Only public `Trainer` methods are overridden (`get_train_dataloader`, `compute_loss`, `prediction_step`,
 `evaluation_loop`, `log`, `get_decay_parameter_names`) and a callback does the rest (sampler epoch,
@@ -27,7 +27,6 @@ from ..training.checkpoints import CheckpointRotation
 from ..training.guarded_trainer import GuardedTrainer
 from .losses import layer_weights, masking_distillation_loss, regression_loss, star_loss
 from .recipe import DistillTrainingArguments
-from .resume import resolve_resume  # noqa: F401 -- where fine-tuning finds it
 
 logger = logging.getLogger(__name__)
 
