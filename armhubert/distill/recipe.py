@@ -303,9 +303,6 @@ class DistillTrainingArguments(BoundedTrainingArguments):
                 setattr(self, field, value)
 
 
-# The name the rest of the package gives the distillation half of the arguments (one object since the two merged).
-
-
 @functools.cache
 def _field_types() -> dict[str, typing.Any]:
     return typing.get_type_hints(DistillTrainingArguments)
