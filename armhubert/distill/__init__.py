@@ -5,9 +5,9 @@
 - `recipe`: `DistillTrainingArguments` (every option of a run, `TrainingArguments` included, with the release's
   defaults), read by one `HfArgumentParser` from a recipe YAML and the command line (`parse_command_line`);
 - `models`: the frozen teacher, the random student, layer pairing, frame-rate check (`teacher_and_student`);
-- `trainer`: `DistillTrainer`, checkpoint rotation and resuming;
-- `run`: one whole run (`distill_command_line`, as `distill_trainer.py` starts it, or `distill`);
-- `timing`: a data-less trainer driven by hand on synthetic batches (the step benchmark, the GPU check).
+- `trainer`: `DistillTrainer` and its callbacks (checkpoint rotation: `armhubert.training.checkpoints`);
+- `resume`: the checkpoint `--resume` names, checked against the run before the Trainer reads it;
+- `run`: one whole run (`distill_command_line`, as `distill_trainer.py` starts it, or `distill`).
 
 The data side (LibriSpeech, batching, sampling) is `armhubert.speech.librispeech`.
 """
