@@ -284,7 +284,9 @@ def teacher_and_student(
     distill_args: DistillTrainingArguments, seed: int
 ) -> tuple[TeacherEncoder, ARMHubertModel, list[int]]:
     """The frozen teacher, the seeded student (checked to give the teacher's frames) and the teacher layer
-    (1-based) paired with each student layer."""
+    (1-based) paired with each student layer; the recipe's model fields are checked first (`check_config_fields`),
+    so every caller (the command, the step-timing benchmark) refuses what the builders trust."""
+    check_config_fields(distill_args)
     teacher = load_teacher(distill_args, seed)
     if distill_args.student == MIRROR:
         student = _mirror_student(distill_args, teacher)

@@ -24,7 +24,7 @@ from ..teachers.encoders import TeacherEncoder
 from ..training.checkpoints import train_keeping_complete_checkpoints
 from ..training.guarded_trainer import save_trained_model
 from .masks import recipe_masker
-from .models import check_config_fields, teacher_and_student
+from .models import teacher_and_student
 from .recipe import DistillTrainingArguments, apply_effective_batch_size, parse_command_line
 from .resume import check_resume_checkpoint, find_resume_checkpoint
 from .trainer import DistillTrainer
@@ -135,7 +135,6 @@ def distill_command_line(argv: Sequence[str], callbacks: Sequence[TrainerCallbac
     folder; without it, a fresh run, which needs an empty output_dir. `callbacks`: extra `TrainerCallback`s.
     """
     args, recipe = parse_command_line(argv)
-    check_config_fields(args)
     inputs = [args.data_source, args.teacher, args.student]  # those that are paths
     check_output_location(args.output_dir, inputs)
     setup_logging(args)
