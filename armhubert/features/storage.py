@@ -210,11 +210,12 @@ class Shard:
         return digest.hexdigest() == self.sha256
 
 
-def read_shard(path: Path) -> Shard | None:
+def read_shard(path: Path, features: Sequence[str] = ()) -> Shard | None:
     """The door for a shard file: its metadata (bounded before it is built) and its tensors' rows (from the
     header) as a `Shard`; None when there is no file or it is not a shard of this tool (unreadable, other
     metadata, records of other types). A shard of this tool whose records do not lay out its tensors (the
-    header was edited: they would point past the tensors or overlap) is refused."""
+    header was edited: they would point past the tensors or overlap), or that lacks one of `features`, is
+    refused."""
     try:
         if not path.is_file():
             return None
@@ -235,7 +236,7 @@ def read_shard(path: Path) -> Shard | None:
         and all(isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item) for item in skipped)
     ):
         return None
-    problem = layout_problem(rows, records)
+    problem = layout_problem(rows, records, features)
     if problem is not None:
         raise UserError(
             f"shard {path}'s metadata does not match its tensors ({problem}); it was altered: delete it, then run "
@@ -295,10 +296,11 @@ MAX_INDEX_BYTES = 1 << 30
 
 
 def build_index(output_dir: Path, shards: Sequence[ShardPlan], header: dict, skipped: list[list[str]]) -> dict:
-    """index.json's contents from the finished shards (`read_shard`; every planned shard must exist)."""
+    """index.json's contents from the finished shards (`read_shard`; every planned shard must exist and hold
+    the header's features, which the index and the Arrow dataset read)."""
     utterances, all_skipped = {}, list(skipped)
     for plan in shards:
-        shard = read_shard(output_dir / plan.file_name)
+        shard = read_shard(output_dir / plan.file_name, header["features"])
         if shard is None:
             raise UserError(f"shard {plan.file_name} is missing from {output_dir}; run again with --resume")
         for utterance_id, offset, frames, unit_offset, units in shard.records:
