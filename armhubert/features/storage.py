@@ -221,7 +221,7 @@ def read_shard(path: Path, features: Sequence[str] = ()) -> Shard | None:
             return None
         with open_safetensors(path, f"shard {path}") as handle:
             text = (handle.metadata() or {}).get("armhubert", "{}")
-            rows = {name: (handle.get_slice(name).get_shape() or [0])[0] for name in handle.keys()}
+            rows = _rows(handle)
         metadata = parse_json(text, str(path), MAX_METADATA_VALUES)
     except UserError:  # not readable, or metadata beyond bounds: not a shard of this tool, encoded again
         return None
@@ -260,7 +260,12 @@ def tensor_rows(path: Path) -> dict[str, int]:
     """{tensor name: rows} of a safetensors file, from its header (nothing of the tensors is read); UserError when
     the file is not a readable safetensors file (`open_safetensors`)."""
     with open_safetensors(path, f"shard {path}") as handle:
-        return {name: (handle.get_slice(name).get_shape() or [0])[0] for name in handle.keys()}
+        return _rows(handle)
+
+
+def _rows(handle) -> dict[str, int]:
+    """{tensor name: rows} of an open safetensors file, from its header."""
+    return {name: (handle.get_slice(name).get_shape() or [0])[0] for name in handle.keys()}
 
 
 def layout_problem(rows: dict[str, int], records: list[list], features: Sequence[str] = ()) -> str | None:
