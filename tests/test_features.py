@@ -478,5 +478,6 @@ def test_a_model_of_another_family_is_refused_before_its_weights_are_read(tmp_pa
         conv_kernel=(10,), conv_stride=(5,), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=1,
     )  # fmt: skip
     HubertModel(hubert).save_pretrained(tmp_path / "hubert")
+    (tmp_path / "hubert" / "model.safetensors").write_bytes(b"not weights")  # reading them would refuse otherwise
     with pytest.raises(UserError, match="is a HubertConfig model; this tool encodes ARMHuBERT-family models$"):
         load_encoder(str(tmp_path / "hubert"), None, False, torch.device("cpu"))
