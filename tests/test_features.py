@@ -427,7 +427,9 @@ def test_bad_input_gets_one_line_and_exit_status_2(tmp_path, capsys, tiny_model_
     assert "is not the run file of this tool" in line and (broken_run / "run.json").read_text() == "{not json"
 
 
-def test_layer_choices_a_lost_shard_a_missing_index_and_a_bad_device_are_refused_in_one_line(tmp_path, monkeypatch):
+def test_layer_choices_a_lost_or_altered_shard_a_missing_index_and_a_bad_device_are_refused_in_one_line(
+    tmp_path, monkeypatch
+):
     config = tiny_config()
     for layers, units_layer, message in [
         ("4,x", None, r"^--layers '4,x' is not a list of layer numbers such as 4,8,12 \(or last, all, weighted\)$"),
@@ -444,7 +446,12 @@ def test_layer_choices_a_lost_shard_a_missing_index_and_a_bad_device_are_refused
         select_layers(tiny_config(projection_head_size=None), "last", "projected", None, units=False)
 
     with pytest.raises(UserError, match=rf"^shard shard-00000\.safetensors is missing from {tmp_path}; run again"):
-        build_index(tmp_path, [ShardPlan(0, ((0,),))], {}, [])  # e.g. written by a process on another machine
+        build_index(tmp_path, [ShardPlan(0, ((0,),))], {"features": ["layer_4"]}, [])  # e.g. on another machine
+    writer = ShardWriter(tmp_path / "shard-00000.safetensors", {"layer_9": 3}, torch.float32, False)
+    writer.add("a", {"layer_9": torch.ones(2, 3)})
+    writer.close("fingerprint")  # laid out right, but not the features the index names: it would not read them
+    with pytest.raises(UserError, match=r"metadata does not match its tensors \(it holds no tensor layer_4\); it was"):
+        build_index(tmp_path, [ShardPlan(0, ((0,),))], {"features": ["layer_4"]}, [])
     with pytest.raises(
         UserError, match=r"index\.json is missing: not a finished feature folder \(run with --resume\)$"
     ):
@@ -471,5 +478,6 @@ def test_a_model_of_another_family_is_refused_before_its_weights_are_read(tmp_pa
         conv_kernel=(10,), conv_stride=(5,), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=1,
     )  # fmt: skip
     HubertModel(hubert).save_pretrained(tmp_path / "hubert")
+    (tmp_path / "hubert" / "model.safetensors").write_bytes(b"not weights")  # reading them would refuse otherwise
     with pytest.raises(UserError, match="is a HubertConfig model; this tool encodes ARMHuBERT-family models$"):
         load_encoder(str(tmp_path / "hubert"), None, False, torch.device("cpu"))

@@ -200,7 +200,7 @@ LAYER_RULES = (
         "--units_layer '{options.units_layer}': choose layers from {options.choices} of this representation",
     ),
     (
-        lambda options: options.units and options.units_layer is None and len(options.numbers) > 1,
+        lambda options: options.units and options.units_layer is None and options.count > 1,
         "--layers {options.layers} gives {options.count} layers; say which one the units use: --units_layer N",
     ),
 )

@@ -35,8 +35,6 @@ INPUT_TYPES = ("auto", "folder", "librispeech", "dataset")
 REPRESENTATIONS = ("superb", "hidden", "projected")
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 OUTPUT_FORMATS = ("safetensors", "arrow")
-# The float options' bounds (inf and nan never pass): a batch or window longer than the longest file read (an
-# hour) buys nothing; a terabyte shard or 100,000 hours of k-means sample is a typo.
 
 
 @dataclass
@@ -81,6 +79,8 @@ class ExtractionArguments:
     format: Literal[OUTPUT_FORMATS] = field(
         default="safetensors", metadata={"help": "safetensors (shards + index.json) or arrow."}
     )
+    # The float options' bounds (inf and nan never pass): a batch or window longer than the longest file read (an
+    # hour) buys nothing; a terabyte shard or 100,000 hours of k-means sample is a typo.
     max_batch_seconds: float = field(
         default=100.0,
         metadata={"help": "Padded audio per batch, in seconds.", "bounds": above(0, 100 * MAX_AUDIO_SECONDS)},

@@ -210,17 +210,18 @@ class Shard:
         return digest.hexdigest() == self.sha256
 
 
-def read_shard(path: Path) -> Shard | None:
+def read_shard(path: Path, features: Sequence[str] = ()) -> Shard | None:
     """The door for a shard file: its metadata (bounded before it is built) and its tensors' rows (from the
     header) as a `Shard`; None when there is no file or it is not a shard of this tool (unreadable, other
     metadata, records of other types). A shard of this tool whose records do not lay out its tensors (the
-    header was edited: they would point past the tensors or overlap) is refused."""
+    header was edited: they would point past the tensors or overlap), or that lacks one of `features`, is
+    refused."""
     try:
         if not path.is_file():
             return None
         with open_safetensors(path, f"shard {path}") as handle:
             text = (handle.metadata() or {}).get("armhubert", "{}")
-            rows = {name: (handle.get_slice(name).get_shape() or [0])[0] for name in handle.keys()}
+            rows = _rows(handle)
         metadata = parse_json(text, str(path), MAX_METADATA_VALUES)
     except UserError:  # not readable, or metadata beyond bounds: not a shard of this tool, encoded again
         return None
@@ -235,7 +236,7 @@ def read_shard(path: Path) -> Shard | None:
         and all(isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item) for item in skipped)
     ):
         return None
-    problem = layout_problem(rows, records)
+    problem = layout_problem(rows, records, features)
     if problem is not None:
         raise UserError(
             f"shard {path}'s metadata does not match its tensors ({problem}); it was altered: delete it, then run "
@@ -259,7 +260,12 @@ def tensor_rows(path: Path) -> dict[str, int]:
     """{tensor name: rows} of a safetensors file, from its header (nothing of the tensors is read); UserError when
     the file is not a readable safetensors file (`open_safetensors`)."""
     with open_safetensors(path, f"shard {path}") as handle:
-        return {name: (handle.get_slice(name).get_shape() or [0])[0] for name in handle.keys()}
+        return _rows(handle)
+
+
+def _rows(handle) -> dict[str, int]:
+    """{tensor name: rows} of an open safetensors file, from its header."""
+    return {name: (handle.get_slice(name).get_shape() or [0])[0] for name in handle.keys()}
 
 
 def layout_problem(rows: dict[str, int], records: list[list], features: Sequence[str] = ()) -> str | None:
@@ -295,10 +301,11 @@ MAX_INDEX_BYTES = 1 << 30
 
 
 def build_index(output_dir: Path, shards: Sequence[ShardPlan], header: dict, skipped: list[list[str]]) -> dict:
-    """index.json's contents from the finished shards (`read_shard`; every planned shard must exist)."""
+    """index.json's contents from the finished shards (`read_shard`; every planned shard must exist and hold
+    the header's features, which the index and the Arrow dataset read)."""
     utterances, all_skipped = {}, list(skipped)
     for plan in shards:
-        shard = read_shard(output_dir / plan.file_name)
+        shard = read_shard(output_dir / plan.file_name, header["features"])
         if shard is None:
             raise UserError(f"shard {plan.file_name} is missing from {output_dir}; run again with --resume")
         for utterance_id, offset, frames, unit_offset, units in shard.records:
