@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from helpers import ROOT, TINY_CKPT, random_model, run_main, tiny_config
+from helpers import ROOT, TINY_CKPT, random_model, tiny_config
 from hostile import digest, refusal
 
+import convert_checkpoint
 from armhubert.cli import UserError
 from armhubert.commands import evaluate, export_onnx
 from armhubert.convert.folders import save_model_folder
@@ -110,9 +111,8 @@ def _damaged_zip(path):
 def test_a_checkpoint_that_is_no_readable_dict_is_refused(tmp_path, capsys, damage, message):
     checkpoint = tmp_path / "model.ckpt"
     damage(checkpoint)
-    code, err = run_main(capsys, checkpoint, "--output-dir", tmp_path / "out")
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and f"{checkpoint} {message}" in lines[0], err
+    line = refusal(capsys, convert_checkpoint.main, checkpoint, "--output-dir", tmp_path / "out")
+    assert f"{checkpoint} {message}" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"]
 
 
