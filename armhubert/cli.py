@@ -104,7 +104,7 @@ def type_options(annotation: typing.Any) -> tuple:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Rule:
+class _FieldRule:
     """What `check_fields` knows of one field: its bounds, its choices, and how to name its kind of value."""
 
     name: str
@@ -115,7 +115,7 @@ class _Rule:
 
 
 @functools.cache
-def _rules(cls: type) -> tuple[_Rule, ...]:
+def _field_rules(cls: type) -> tuple[_FieldRule, ...]:
     """The rules of a dataclass's fields; a field redeclared without `bounds` keeps those of a base class."""
     bounds = {}
     for klass in reversed(cls.__mro__):
@@ -134,7 +134,7 @@ def _rules(cls: type) -> tuple[_Rule, ...]:
         integer = int in items and float not in items
         optional = type(None) in options
         rules.append(
-            _Rule(declared.name, bounds.get(declared.name), literals[0] if literals else None, integer, optional)
+            _FieldRule(declared.name, bounds.get(declared.name), literals[0] if literals else None, integer, optional)
         )
     return tuple(rules)
 
@@ -159,7 +159,7 @@ def check_fields(arguments: typing.Any, prefix: str = "--", null: str | None = N
     Then the dataclass's `RULES` (rules between fields, subject `args`), in order, once every field passed."""
     from .files.untrusted import brief  # untrusted.py imports this module
 
-    for rule in _rules(type(arguments)):
+    for rule in _field_rules(type(arguments)):
         value = getattr(arguments, rule.name)
         or_null = f" or {null}" if null and rule.optional else ""
         for item in value if isinstance(value, (list, tuple)) else [value]:

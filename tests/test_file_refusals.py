@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from helpers import ROOT, TINY_CKPT, random_model, run_main, tiny_config
+from helpers import ROOT, TINY_CKPT, random_model, tiny_config
 from hostile import digest, refusal
 
+import convert_checkpoint
 from armhubert.cli import UserError
 from armhubert.commands import evaluate, export_onnx
 from armhubert.convert.folders import save_model_folder
-from armhubert.files.atomic import atomic_write_bytes
+from armhubert.files.atomic import atomic_output_file, atomic_write_bytes
 from armhubert.files.placement import STAGING_NAME_EXTRA, check_output_file
 from distill_trainer import main as distill_main
 
@@ -110,9 +111,8 @@ def _damaged_zip(path):
 def test_a_checkpoint_that_is_no_readable_dict_is_refused(tmp_path, capsys, damage, message):
     checkpoint = tmp_path / "model.ckpt"
     damage(checkpoint)
-    code, err = run_main(capsys, checkpoint, "--output-dir", tmp_path / "out")
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and f"{checkpoint} {message}" in lines[0], err
+    line = refusal(capsys, convert_checkpoint.main, checkpoint, "--output-dir", tmp_path / "out")
+    assert f"{checkpoint} {message}" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"]
 
 
@@ -199,10 +199,13 @@ def test_an_onnx_output_name_too_long_to_stage_is_refused_before_the_export(tmp_
 
 
 def test_the_temporary_name_of_a_file_adds_no_more_than_the_name_check_allows(tmp_path):
-    """The name check leaves room for the temporary name `atomic_write_bytes` writes under first: the longest name
-    it lets through is written."""
+    """The name check leaves room for the temporary name the atomic writers write under first (`atomic_output_file`'s
+    also ends in the name's suffix): the longest name it lets through is written by both."""
     longest = os.pathconf(tmp_path, "PC_NAME_MAX") - STAGING_NAME_EXTRA
     output = check_output_file(tmp_path / ("m" * (longest - 5) + ".onnx"), overwrite=False)
     assert atomic_write_bytes(output, b"x").read_bytes() == b"x"
+    with atomic_output_file(output) as staging:
+        staging.write_bytes(b"y")
+    assert output.read_bytes() == b"y"
     with pytest.raises(UserError, match="choose a shorter name"):
         check_output_file(tmp_path / ("m" * (longest - 4) + ".onnx"), overwrite=False)

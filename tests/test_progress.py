@@ -48,25 +48,21 @@ def test_progress_is_drawn_on_a_terminal_only(stderr_is):
     assert "tensors" in stream.text
 
 
-def test_library_bars_are_turned_off_when_piped(stderr_is, monkeypatch):
+def test_library_bars_are_turned_off_when_piped(stderr_is, monkeypatch, progress_bars):
     import datasets
+    import huggingface_hub.utils as hub
     from transformers.utils import logging as transformers_logging
 
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     monkeypatch.delenv("HF_DATASETS_DISABLE_PROGRESS_BARS", raising=False)
-    try:
-        transformers_logging.enable_progress_bar()  # earlier commands in this process ran piped
-        datasets.enable_progress_bars()
-        stderr_is(True)
-        progress.quiet_when_piped()
-        assert transformers_logging.is_progress_bar_enabled()
-        stderr_is(False)
-        progress.quiet_when_piped()
-        assert not transformers_logging.is_progress_bar_enabled()
-        assert not datasets.is_progress_bar_enabled()
-    finally:  # off again, as conftest leaves them for every test
-        transformers_logging.disable_progress_bar()
-        datasets.disable_progress_bars()
+    stderr_is(True)
+    progress.quiet_when_piped()
+    assert transformers_logging.is_progress_bar_enabled()
+    stderr_is(False)
+    progress.quiet_when_piped()
+    assert not transformers_logging.is_progress_bar_enabled()
+    assert not datasets.is_progress_bar_enabled()
+    assert hub.are_progress_bars_disabled()
 
 
 def test_trainer_prints_one_line_per_log_when_piped(stderr_is, tmp_path):

@@ -142,7 +142,8 @@ def give_usual_modes(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Output folders: where they may be, what --overwrite may replace, and what killed runs left behind
+# Output folders: staged beside the target and swapped in, and what killed runs left behind (where an output
+# may be, and what --overwrite may replace: `armhubert.files.placement`)
 
 _PROCESS_START = time.time()  # staging folders of killed runs are older than this process
 _STAGING_TAG, _RETIRED_TAG = "armhubert-staging", "armhubert-old"

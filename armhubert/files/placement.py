@@ -169,8 +169,8 @@ STAGING_NAME_EXTRA = 48
 
 
 class _Output:
-    """An output path as the output rules see it, each fact found when a rule asks: the input it overlaps
-    (`overlap`: "is", "contains" or "is inside", and that input as `source`), its nearest existing folder
+    """An output path as the output rules see it, each fact found when a rule asks: how it overlaps an input
+    (`overlap`: "PATH is / contains / is inside the input INPUT", or None), its nearest existing folder
     (`existing`, from `path`, or from `writable_from` for a file's folder) and, for a non-empty folder to be
     replaced, why it is not a previous output of this tool (`problem`, by the caller's `judge`)."""
 
@@ -178,28 +178,24 @@ class _Output:
         self.path, self.inputs, self.writable_from, self.judge = Path(path), inputs, writable_from, judge
 
     @functools.cached_property
-    def overlap(self) -> tuple[str, Path] | None:
+    def overlap(self) -> str | None:
         resolved = self.path.resolve()
         for item in self.inputs:
-            if item is not None and os.path.lexists(item):
-                source = Path(item).resolve()
-                if is_within(source, resolved) or is_within(resolved, source):
-                    return "is" if source == resolved else "contains" if is_within(
-                        source, resolved
-                    ) else "is inside", source
+            if item is None or not os.path.lexists(item):
+                continue
+            source = Path(item).resolve()
+            relation = (
+                "is"
+                if source == resolved
+                else "contains"
+                if is_within(source, resolved)
+                else "is inside"
+                if is_within(resolved, source)
+                else None
+            )
+            if relation:
+                return f"{resolved} {relation} the input {source}"
         return None
-
-    @property
-    def resolved(self) -> Path:
-        return self.path.resolve()
-
-    @property
-    def relation(self) -> str:
-        return self.overlap[0]
-
-    @property
-    def source(self) -> Path:
-        return self.overlap[1]
 
     @functools.cached_property
     def existing(self) -> Path:
@@ -237,7 +233,7 @@ class _Output:
 APART_RULES: tuple[Rule, ...] = (
     (
         lambda out, **_: out.overlap is not None,
-        "the output {out.resolved} {out.relation} the input {out.source}; choose an output folder apart from the inputs",
+        "the output {out.overlap}; choose an output folder apart from the inputs",
     ),
 )
 _WRITABLE_RULES: tuple[Rule, ...] = (

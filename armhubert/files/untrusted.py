@@ -481,6 +481,3 @@ def load_torch_file(
         raise UserError(f"{what} holds a {type(value).__name__}, not {holds}")
     check_structure(value, what)
     return value
-
-
-# 16 GB of float32 weights: ten HuBERT Large; a config beyond is a typo or hostile.

@@ -102,6 +102,7 @@ def check_state_fits(
         raise UserError(f"{what} does not fit {model}: {'; '.join(parts)}; {advice}")
 
 
+# 16 GB of float32 weights: ten HuBERT Large; a config beyond is a typo or hostile.
 PARAMETERS = Limit(
     4_000_000_000,
     "{what} describes a model of {count:,} parameters, more than the {most:,} this tool builds; check its sizes "

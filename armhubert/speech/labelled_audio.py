@@ -91,7 +91,8 @@ def build_dataset(
 ) -> datasets.Dataset:
     """A `datasets.Dataset` of undecoded audio, label ids and lengths; unreadable files are refused.
 
-    `max_duration`: seconds, a finite number > 0 (the command's arguments are checked). `random_crop` marks the rows the collator may cut to a random window (training rows with --crop_seconds).
+    `max_duration`: seconds, a finite number > 0 (the command's arguments are checked). `random_crop` marks the
+    rows the collator may cut to a random window (training rows with --crop_seconds).
     """
     unknown = sorted({label for _, label in examples} - set(label2id))
     if unknown:
