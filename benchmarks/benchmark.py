@@ -148,9 +148,10 @@ class BenchmarkArguments:
     @property
     def unknown_variants(self) -> str:
         """The --models with a `:variant` that is not of VARIANTS or follows no preset, comma-separated."""
-        variants = [spec for spec in self.models if split_name(spec)[1] is not None]
         return ", ".join(
-            spec for spec in variants if split_name(spec)[1] not in VARIANTS or split_name(spec)[0] not in PRESETS
+            spec
+            for spec, (name, variant) in zip(self.models, map(split_name, self.models))
+            if variant is not None and (variant not in VARIANTS or name not in PRESETS)
         )
 
 

@@ -101,6 +101,11 @@ def test_distiller_flags_are_booleans_or_0_1_never_text():
         for bad in ("false", "True", 2, -1, None, 0.0):
             with pytest.raises(UserError, match=rf"^distiller\.{name} must be true or false, got "):
                 config_from_distiller({**section, name: bad})
+    as_numbers = config_from_distiller({**section, "reuse_pattern": [1, 0, True, False]})  # each flag alike
+    assert as_numbers.layer_reuses_attention_map == [False, True, False, True]
+    for bad in ("false", 1.0, 2):
+        with pytest.raises(UserError, match=r"^distiller\.reuse_pattern must list 4 booleans \(one per layer\)"):
+            config_from_distiller({**section, "reuse_pattern": [True, bad, True, True]})
 
 
 def test_cli_writes_a_complete_folder_that_reproduces_the_fixture(tmp_path):

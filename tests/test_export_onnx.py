@@ -92,6 +92,7 @@ def test_bad_model_is_one_line_and_writes_nothing(tmp_path, capsys):
         (["--output", "{tmp}/x.onnx", "--latency_runs", "0"], "--latency_runs must be an integer in [1, 10000], got 0"),
         (["--output", "{tmp}/x.onnx", "--latency_seconds", "inf"], "--latency_seconds must be a finite number"),
         (["--output", "{tmp}/x.onnx", "--atol", "nan"], "--atol must be a finite number"),
+        (["--output", "{tmp}/x.onnx", "--threads", "-1"], "--threads must be an integer >= 1, got -1"),
     ],
 )
 def test_bad_options_are_one_line_before_any_export(tiny_model_dir, tmp_path, capsys, extra, message):
@@ -104,14 +105,15 @@ def test_bad_options_are_one_line_before_any_export(tiny_model_dir, tmp_path, ca
 
 
 def test_quantization_report_refuses_audio_it_cannot_measure(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    """Too many --audio files, a file shorter than the model's receptive field, and no bundled audio to fall back
-    on: one line each, exit status 2."""
+    """Too many --audio files, a file shorter than the model's receptive field, no bundled audio to fall back on,
+    and a --threads torch cannot set: one line each, exit status 2."""
     report = load_script("quantization_report")
     short, shortest = tmp_path / "short.wav", report.min_samples(tiny_config())
     soundfile.write(short, np.zeros(shortest - 1, dtype=np.float32), 16000)
     cases = {
         "--audio names 1001 files; at most 1000 (a sample of your audio is enough)": ["--audio", *[str(short)] * 1001],
         f"{short} has {shortest - 1} samples at 16 kHz, fewer than the model's {shortest}": ["--audio", str(short)],
+        "--threads must be an integer >= 1, got -1": ["--threads", "-1"],  # was torch's traceback, after the load
     }
     for message, argv in cases.items():
         assert report.main([str(tiny_model_dir), *argv]) == 2

@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel
 
-from armhubert.cli import CommandParser, above, between, require_extra, run_main
+from armhubert.cli import CommandParser, above, at_least, between, require_extra, run_main
 from armhubert.deploy import (
     DEFAULT_INT8_PARTS,
     OUTPUT_NAMES,
@@ -95,7 +95,11 @@ class ExportArguments:
         default=10, metadata={"help": "timed runs per runtime (median reported)", "bounds": between(1, 10_000)}
     )
     threads: int | None = field(
-        default=None, metadata={"help": "CPU threads for both runtimes (default: the cores the load leaves free)"}
+        default=None,
+        metadata={
+            "help": "CPU threads for both runtimes (default: the cores the load leaves free)",
+            "bounds": at_least(1),
+        },
     )
 
     # Checked by `check_fields` after the fields: never e.g. the model's own model.safetensors or config.json.

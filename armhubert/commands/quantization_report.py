@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from armhubert.cli import CommandParser, UserError, above, require_extra, run_main
+from armhubert.cli import CommandParser, UserError, above, at_least, require_extra, run_main
 from armhubert.deploy import (
     DEFAULT_INT8_PARTS,
     QUANTIZABLE_PARTS,
@@ -64,7 +64,7 @@ class ReportArguments:
     )
     each_part: bool = field(default=False, metadata={"help": "also int8 with each part quantised alone"})
     threads: int | None = field(
-        default=None, metadata={"help": "CPU threads (default: the cores the load leaves free)"}
+        default=None, metadata={"help": "CPU threads (default: the cores the load leaves free)", "bounds": at_least(1)}
     )
 
     # Checked by `check_fields` after the fields, before any model is read.

@@ -138,11 +138,13 @@ def _rate(default, maximum=1.0):
     )
 
 
+def _is_flag(value):
+    """A boolean, or the integer 0 or 1; not text such as "false", nor 0.0 or 1.0."""
+    return isinstance(value, bool) or _is_integer(value) and value in (0, 1)
+
+
 def _flag(default=False):
-    """A boolean field; 0 and 1 are accepted as well (as in `reuse_pattern`), not the string "false"."""
-    return _Field(
-        default, "be true or false", lambda value: isinstance(value, bool) or _is_integer(value) and value in (0, 1)
-    )
+    return _Field(default, "be true or false", _is_flag)
 
 
 def _one_of(*allowed, why=""):
@@ -213,11 +215,7 @@ def _reuse_pattern(layers: int) -> _Field:
     """The `reuse_pattern` field of a model of `layers` layers: which layers compute their attention map."""
 
     def accepts(value):
-        return (
-            isinstance(value, (list, tuple))
-            and len(value) == layers
-            and all(isinstance(flag, bool) or flag in (0, 1) for flag in value)
-        )
+        return isinstance(value, (list, tuple)) and len(value) == layers and all(map(_is_flag, value))
 
     return _Field([True] * layers, f"list {layers} booleans (one per layer)", accepts, expression=True)
 
