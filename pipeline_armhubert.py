@@ -30,11 +30,11 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.audio_utils import ffmpeg_read
 
 try:  # loaded as remote code from a model folder
-    from .attention_armhubert import check_attention_mask
     from .configuration_armhubert import SAMPLING_RATE, is_remote_code_copy
+    from .ops_armhubert import check_attention_mask
 except ImportError:  # installed as a top-level module
-    from attention_armhubert import check_attention_mask
     from configuration_armhubert import SAMPLING_RATE, is_remote_code_copy
+    from ops_armhubert import check_attention_mask
 
 FEATURE_EXTRACTION_TASK = "audio-feature-extraction"
 
