@@ -12,7 +12,7 @@ with `--config` (with `--all`, `NAME.yaml` next to `NAME.ckpt` is used). Checkpo
 `torch.load(weights_only=True)`: the few known non-tensor classes of the training stack unpickle
 into inert stand-ins, any other class is refused by name, and nothing from a pickle is ever run.
 
-DIR receives `config.json` (with `auto_map`), `model.safetensors`, the four code files,
+DIR receives `config.json` (with `auto_map`), `model.safetensors`, the five code files,
 `preprocessor_config.json` and a model card (`README.md`), so
 `AutoModel.from_pretrained(DIR, trust_remote_code=True)` loads it. `--all` writes one subfolder per
 release (`from_pretrained(REPO_DIR, subfolder="ARMHuBERT-960h", ...)`) with the code files once at the

@@ -1,11 +1,11 @@
 """PyTorch ARMHuBERT: compressed HuBERT-class speech encoders with attention-map reuse.
 
-Top to bottom, as `transformers`' `modeling_wavlm.py`: the front-ends (`ARMHubertFeatureEncoder`, the
-CNN; `ARMHubertLogMelFrontEnd`, Whisper's), the positional convolution, `ARMHubertAttention` (computing or
-reusing a map), `ARMHubertEncoderLayer`, `ARMHubertEncoder` (which picks the attention path once per
-forward), `ARMHubertPreTrainedModel`, `ARMHubertModel` (+ per-layer projection heads), then the CTC and
-classification heads. The kernels behind them (attention reuse without maps, the attention paths, weight
-caches, FFT convolution, the log-mel spectrogram, input checks) are `kernels`: `attention_armhubert.py`.
+Top to bottom, as `transformers`' `modeling_wavlm.py`: the front-ends (`ARMHubertFeatureEncoder`, the CNN;
+`ARMHubertLogMelFrontEnd`, Whisper's), the positional convolution, `ARMHubertAttention` (computing or reusing a map),
+`ARMHubertEncoderLayer`, `ARMHubertEncoder` (which picks the attention path once per forward),
+`ARMHubertPreTrainedModel`, `ARMHubertModel` (+ per-layer projection heads), then the CTC and classification heads.
+The attention kernels behind them (reuse without maps, the attention paths) are `kernels` (`attention_armhubert.py`);
+weight caches, convolutions, the log-mel spectrogram and input checks `ops`.
 
 Numerics follow the original release (see the project README): post-LN layers, float32 softmax,
 and in reusing layers a second softmax over the reused probability map. Unlike the original, maps
@@ -27,17 +27,21 @@ from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutp
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
-# `save_pretrained` copies this file's relative imports into the folder beside it: the configuration and the
-# kernels (`kernels.*`, attention_armhubert.py). The pipeline file, which this one does not import, is shipped
-# by the code that saves model folders (`armhubert.folders.remote_code.ship_pipeline`).
+# `save_pretrained` copies the files this one imports as `from .x import` (not `from . import x`) beside it: the
+# configuration, `kernels` (attention_armhubert.py) and `ops` (ops_armhubert.py). The pipeline file, which this one
+# does not import, is shipped by the code that saves model folders (`armhubert.folders.remote_code.ship_pipeline`).
 try:  # loaded as remote code from a model folder
     from . import attention_armhubert as kernels
-    from .attention_armhubert import ConvolutionByFFT, DerivedWeightsModule
+    from . import ops_armhubert as ops
+    from .attention_armhubert import AttentionOutput, AttentionPath, Handover, Mask
     from .configuration_armhubert import MEL_HOP, MEL_WINDOW, ARMHubertConfig
+    from .ops_armhubert import ConvolutionByFFT, DerivedWeightsModule
 except ImportError:  # installed as a top-level module
     import attention_armhubert as kernels
-    from attention_armhubert import ConvolutionByFFT, DerivedWeightsModule
+    import ops_armhubert as ops
+    from attention_armhubert import AttentionOutput, AttentionPath, Handover, Mask
     from configuration_armhubert import MEL_HOP, MEL_WINDOW, ARMHubertConfig
+    from ops_armhubert import ConvolutionByFFT, DerivedWeightsModule
 
 logger = logging.get_logger(__name__)
 
@@ -98,7 +102,7 @@ class ARMHubertConvLayer(DerivedWeightsModule):
     def forward(self, hidden_states: Tensor) -> Tensor:
         """(B, C_in, 1, N) -> (B, C_out, 1, N'), both channels-last (see `conv1d_channels_last`)."""
         kernel = self.channels_last_kernel(self.conv) if self.needs_kernel else None
-        hidden_states = kernels.conv1d_channels_last(self.conv, hidden_states, kernel)
+        hidden_states = ops.conv1d_channels_last(self.conv, hidden_states, kernel)
         if isinstance(self.layer_norm, nn.LayerNorm):
             hidden_states = self.layer_norm(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         elif self.layer_norm is not None:
@@ -156,12 +160,12 @@ class ARMHubertLogMelFrontEnd(nn.Module):
 
     def reset_buffers(self) -> None:
         """The slaney mel filters (n_mels, 201) and the Hann window: derived, not saved (also after loading)."""
-        init.copy_(self.mel_filters, kernels.mel_filters(self.num_mel_bins))
+        init.copy_(self.mel_filters, ops.mel_filters(self.num_mel_bins))
         init.copy_(self.window, torch.hann_window(MEL_WINDOW))
 
     def log_mel(self, input_values: Tensor) -> Tensor:
         """(B, N) -> (B, num_mel_bins, N // 160), float32 whatever the weights' dtype."""
-        return kernels.log_mel_spectrogram(input_values, self.window, self.mel_filters)
+        return ops.log_mel_spectrogram(input_values, self.window, self.mel_filters)
 
     def forward(self, input_values: Tensor) -> Tensor:
         """(B, N) -> (B, D, T)."""
@@ -237,12 +241,8 @@ class ARMHubertAttention(nn.Module):
         return tensor.transpose(1, 2).reshape(batch, time, self.embed_dim)
 
     def forward(
-        self,
-        hidden_states: Tensor,
-        key_padding_mask: kernels.Mask,
-        path: kernels.AttentionPath,
-        handover: kernels.Handover | None = None,
-    ) -> kernels.AttentionOutput:
+        self, hidden_states: Tensor, key_padding_mask: Mask, path: AttentionPath, handover: Handover | None = None
+    ) -> AttentionOutput:
         """hidden_states (B, T, D), key_padding_mask (B, T) bool (True = padding) or None; `path` from
         `choose_attention`; `handover` the latest computing layer's. Returns (output (B, T, D), the `Handover` for
         the next layer: a computing layer's own or None, a reusing layer's input; the applied weights (B, H, T, T)
@@ -299,7 +299,7 @@ class ARMHubertEncoderLayer(GradientCheckpointingLayer):
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pre_layer_norm = config.do_stable_layer_norm
 
-    def forward(self, hidden_states: Tensor, *attention_inputs) -> kernels.AttentionOutput:
+    def forward(self, hidden_states: Tensor, *attention_inputs) -> AttentionOutput:
         """(B, T, D) -> ((B, T, D), the `Handover` for the next layer, applied weights or None); `attention_inputs`
         are `ARMHubertAttention.forward`'s key_padding_mask, path and handover."""
         if self.attention.reuses_map:
@@ -380,7 +380,7 @@ class ARMHubertEncoder(nn.Module):
             output, handover, weights = layer(hidden_states, key_padding_mask, path, handover)
             # Keep a (B, H, T, T) map only when it is returned: holding all L of them would dominate memory.
             attentions.append(weights if output_attentions else None)
-            head_input, hidden_states = kernels.split_layer_gradient(output, index, len(self.layers), grad_scale)
+            head_input, hidden_states = ops.split_layer_gradient(output, index, len(self.layers), grad_scale)
             layer_outputs.append(head_input)
 
         if self.config.do_stable_layer_norm:
@@ -549,7 +549,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         mult = self.config.feature_grad_mult
         with torch.set_grad_enabled(torch.is_grad_enabled() and mult != 0.0 and self.feature_extractor._requires_grad):
             features = self.feature_extractor(input_values)
-        return (kernels.scale_gradient(features, mult) if self.training else features).transpose(1, 2)
+        return (ops.scale_gradient(features, mult) if self.training else features).transpose(1, 2)
 
     def _frame_padding_mask(self, num_frames, attention_mask):
         """(B, T) bool, True = padded frame, whenever an attention_mask is given, padded or not (so that the
@@ -570,7 +570,7 @@ class ARMHubertModel(ARMHubertPreTrainedModel):
         The encoder input is where HuBERT masks: after the feature projection, with `mask_time_indices`
         frames replaced by `mask_emb` (and where the task heads apply SpecAugment).
         """
-        kernels.check_model_inputs(self, input_values, attention_mask, mask_time_indices)
+        ops.check_model_inputs(self, input_values, attention_mask, mask_time_indices)
         # float16 / bfloat16 / float64 audio is computed in the weights' dtype (as HF's audio pipelines do)
         input_values = input_values.to(self.dtype)
         features = self._extract_features(input_values)
@@ -843,7 +843,7 @@ class ARMHubertForCTC(ARMHubertTaskModel):
             logit_lengths = frame_mask.sum(-1).long()
         else:
             logit_lengths = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
-        kernels.check_ctc_labels(labels, logit_lengths, self.config)
+        ops.check_ctc_labels(labels, logit_lengths, self.config)
         loss = self.loss_function(
             logits=logits,
             labels=labels,

@@ -4,10 +4,8 @@ Remote code beside the other files; the model does not import it (`armhubert.fol
 it). `pipeline(model=folder, trust_remote_code=True)` finds a folder's pipeline in `config.custom_pipelines`:
 `ARMHubertFeatureExtractionPipeline` for an encoder (the built-in "feature-extraction" task is text-only),
 transformers' ASR / classification pipelines for heads; all read files with `read_audio_file` (soundfile + soxr).
-
-Long inputs run in overlapping windows stitched on the unchunked frame grid (`encode_windows`, and the
-model-level helper `encode_chunked(model, waveform[None])`), for the feature pipeline's `chunk_length_s` /
-`stride_length_s` and the corpus tool (`armhubert.features`) alike.
+Long inputs run in windows stitched on the unchunked frame grid (`encode_windows`, `encode_chunked`), for the feature
+pipeline and the corpus tool (`armhubert.features`) alike.
 """
 
 import dataclasses
@@ -30,11 +28,11 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.audio_utils import ffmpeg_read
 
 try:  # loaded as remote code from a model folder
-    from .attention_armhubert import check_attention_mask
     from .configuration_armhubert import SAMPLING_RATE, is_remote_code_copy
+    from .ops_armhubert import check_attention_mask
 except ImportError:  # installed as a top-level module
-    from attention_armhubert import check_attention_mask
     from configuration_armhubert import SAMPLING_RATE, is_remote_code_copy
+    from ops_armhubert import check_attention_mask
 
 FEATURE_EXTRACTION_TASK = "audio-feature-extraction"
 
@@ -67,14 +65,10 @@ BLOCK_FRAMES = 1 << 16
 
 
 def read_audio_file(source: str | os.PathLike | bytes, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
-    """An audio file (a path, or the file's bytes) -> mono float32 samples (samples,) at `sampling_rate`.
-
-    soundfile decodes it block by block (channels averaged), soxr resamples: no ffmpeg needed. They are
-    imported here (remote code may rely on torch, transformers and numpy only); without them, or for a
-    format soundfile cannot read, ffmpeg decodes it when on PATH (transformers' `ffmpeg_read`).
-    Raises ValueError (one line naming the file): missing, declaring more than MAX_AUDIO_SECONDS /
-    MAX_AUDIO_CHANNELS in its header, non-finite samples, or undecodable.
-    """
+    """An audio file (a path, or the file's bytes) -> mono float32 samples (samples,) at `sampling_rate`, by
+    `decode_blocks` (soundfile and soxr, imported here: remote code may rely on torch, transformers and numpy only);
+    without them, or for a format soundfile cannot read, by ffmpeg when on PATH (transformers' `ffmpeg_read`).
+    ValueError (one line naming the file): missing, declared too long or wide, non-finite samples, or undecodable."""
     name = "<audio bytes>" if isinstance(source, bytes) else os.fspath(source)
     if not isinstance(source, bytes) and not os.path.isfile(name):
         raise ValueError(f"audio file {name} does not exist.")
@@ -157,10 +151,8 @@ STRIDE_LENGTH_S = CHUNK_LENGTH_S / 6  # context dropped on each side: the ASR pi
 
 @dataclasses.dataclass(frozen=True)
 class FrameWindow:
-    """One window of a chunked input, in frames of the whole input's grid.
-
-    The window yields frames [start, start + frames) and contributes [keep_start, keep_end) of them.
-    """
+    """One window of a chunked input, on the whole input's frame grid: it yields frames [start, start + frames)
+    and contributes [keep_start, keep_end) of them."""
 
     start: int
     frames: int
@@ -169,12 +161,9 @@ class FrameWindow:
 
 
 def plan_windows(total_frames: int, window_frames: int, left_frames: int, right_frames: int) -> list[FrameWindow]:
-    """Windows of `window_frames` frames covering [0, total_frames), each frame kept exactly once.
-
-    Inner window edges drop `left_frames` / `right_frames` frames of context. The last window ends at
-    the last frame (dropping more on its left), so all windows have one length and batch without
-    padding. One window of the whole input when it is no longer than a window.
-    """
+    """Windows of `window_frames` frames covering [0, total_frames), each frame kept exactly once; inner window
+    edges drop `left_frames` / `right_frames` frames of context. The last window ends at the last frame (dropping
+    more on its left), so all have one length and batch without padding. One window when the input fits in one."""
     if total_frames <= window_frames:
         return [FrameWindow(0, total_frames, 0, total_frames)]
     step = window_frames - left_frames - right_frames
@@ -227,12 +216,9 @@ def chunk_windows(
     chunk_length_s: float = CHUNK_LENGTH_S,
     stride_length_s: float | Sequence[float] | None = None,
 ) -> list[FrameWindow]:
-    """The windows `encode_chunked` runs for an input of `num_samples` samples.
-
-    `chunk_length_s`: window length (rounded down to whole frames and to `config.crop_seq_to_multiple`, so
-    the model crops nothing off a window); `stride_length_s`: context dropped on each side (rounded to
-    frames), or a (left, right) pair, as the ASR pipeline's option; `None`: chunk_length_s / 6 per side.
-    """
+    """The windows for an input of `num_samples` samples. `chunk_length_s`: window length (rounded down to whole
+    frames and to `config.crop_seq_to_multiple`, so the model crops nothing off a window); `stride_length_s`: context
+    dropped on each side (rounded to frames), or a (left, right) pair, as the ASR pipeline's; `None`: chunk / 6."""
     if not isinstance(chunk_length_s, (int, float)) or not math.isfinite(chunk_length_s) or chunk_length_s <= 0:
         raise ValueError(f"chunk_length_s must be a finite number of seconds above 0, got {chunk_length_s!r}")
     left_s, right_s = _context_seconds(stride_length_s, chunk_length_s)
@@ -278,14 +264,12 @@ def encode_windows(
 ) -> Iterator[tuple[FrameWindow, Mapping]]:
     """Encode one input window by window; yield (window, output) with its kept frames, in frame order.
 
-    `model`: an `ARMHubertModel` (any encoder returning a `ModelOutput`, whose config has the CNN's
-    kernels and strides). `read(start, count)` -> `(count,)` float tensor on the model's device, the
-    input's samples [start, start + count), called once per window in order: an array slice, or a file
-    read (`armhubert.speech.chunking.file_window_reader`), so the input need not be in memory. An input no
-    longer than a window runs whole. `windows_per_batch` windows (of equal length) go to one model call;
-    `transform` is applied to every model output first (e.g. to keep some layers); `forward_kwargs` go to
-    the model. Each yielded `output` has the model's (or `transform`'s) type, every frame-aligned tensor
-    cut to the window's kept frames `(1, keep_end - keep_start, ...)` (tuples too), no mask.
+    `model`: an `ARMHubertModel` (any encoder returning a `ModelOutput` whose config has the CNN's kernels and
+    strides). `read(start, count)` -> the input's samples [start, start + count), a `(count,)` float tensor on the
+    model's device, called once per window in order (an array slice, or a file read: the input need not be in
+    memory). `windows_per_batch` windows go to one model call; `transform` maps every model output first (e.g. to
+    keep some layers); `forward_kwargs` go to the model. Each `output` has the model's (or `transform`'s) type, every
+    frame-aligned tensor cut to the window's kept frames `(1, keep_end - keep_start, ...)`, no mask.
     """
     if forward_kwargs.get("output_attentions"):
         raise ValueError("chunked encoding cannot stitch attention maps (they span a window, not the input)")
@@ -326,12 +310,11 @@ def encode_chunked(
             out = encode_chunked(model, waveform[None])   # 30 s windows, 5 s of context dropped on each side
         out.last_hidden_state   # (1, T, D): T = model(waveform[None]).last_hidden_state.shape[1]
 
-    `input_values` `(B, N)`: raw 16 kHz audio, each row planned by its own length (`attention_mask`
-    `(B, N)`, 1 = real sample: padding is never part of a window); a row no longer than a window runs
-    whole, as `model(row)` would. The other arguments: see `encode_windows` and `chunk_windows`.
-    Returns the model's (or `transform`'s) output type with every frame-aligned tensor `(B, T, ...)`
-    stitched (T = the longest row's frames; zeros past a shorter row's end) and, where the type has the
-    field, `frame_attention_mask` `(B, T)` long (None when no row is shorter).
+    `input_values` `(B, N)`: raw 16 kHz audio, each row planned by its own length (`attention_mask` `(B, N)`,
+    1 = real sample: padding is never part of a window); a row no longer than a window runs whole, as `model(row)`
+    would. The other arguments: `encode_windows`. Returns the model's (or `transform`'s) output type with every
+    frame-aligned tensor `(B, T, ...)` stitched (T = the longest row's frames; zeros past a shorter row's end) and,
+    where the type has the field, `frame_attention_mask` `(B, T)` long (None when no row is shorter).
     """
     if input_values.dim() != 2:
         raise ValueError(f"input_values must have shape (batch, samples), got {tuple(input_values.shape)}")

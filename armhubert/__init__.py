@@ -1,6 +1,6 @@
-"""ARMHuBERT toolkit: everything beside the model's four remote-code files.
+"""ARMHuBERT toolkit: everything beside the model's five remote-code files.
 
-Imports flow one way: `configuration_armhubert` / `attention_armhubert` / `modeling_armhubert` /
+Imports flow one way: `configuration_armhubert` / `attention_armhubert` / `ops_armhubert` / `modeling_armhubert` /
 `pipeline_armhubert` (the Hub repo's remote code, self-contained) <- this package <- the root CLIs
 (`distill_trainer.py`, `convert_checkpoint.py`) and `scripts/`. Measurement (benchmarks, the GPU check)
 lives outside the package, in the repository's `benchmarks/`.

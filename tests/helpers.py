@@ -25,9 +25,15 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY_CKPT = FIXTURES / "armhubert-tiny.ckpt"
 TINY_YAML = FIXTURES / "armhubert-tiny.yaml"
 TINY_IO = FIXTURES / "armhubert-tiny.io.pt"
-# What every model folder this project writes holds: the four remote-code files beside the weights,
+# What every model folder this project writes holds: the five remote-code files beside the weights,
 # config and feature-extractor config.
-REMOTE_CODE = ["attention_armhubert.py", "configuration_armhubert.py", "modeling_armhubert.py", "pipeline_armhubert.py"]
+REMOTE_CODE = [
+    "attention_armhubert.py",
+    "configuration_armhubert.py",
+    "modeling_armhubert.py",
+    "ops_armhubert.py",
+    "pipeline_armhubert.py",
+]
 MODEL_FOLDER_FILES = sorted(["config.json", "model.safetensors", "preprocessor_config.json", *REMOTE_CODE])
 
 

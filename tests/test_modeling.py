@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from helpers import VARIANTS, random_model, tiny_config, waveform
 
-from attention_armhubert import check_attention_mask
 from configuration_armhubert import PRESETS, RUNTIME_FIELDS, ARMHubertConfig
 from modeling_armhubert import ARMHubertModel
+from ops_armhubert import check_attention_mask
 
 ATOL = 1e-5
 

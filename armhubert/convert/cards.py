@@ -228,7 +228,7 @@ def _usage_section(facts, repo, subfolder):
         "A plain `transformers` `HubertModel`: no remote code is needed, and `HubertForCTC` / "
         "`HubertForSequenceClassification` `.from_pretrained(...)` start fine-tuning from these weights."
         if facts.output_format == "hubert"
-        else "The model code (`modeling_armhubert.py`, `attention_armhubert.py`, `configuration_armhubert.py`, `pipeline_armhubert.py`) "
+        else "The model code (`modeling_armhubert.py`, `attention_armhubert.py`, `ops_armhubert.py`, `configuration_armhubert.py`, `pipeline_armhubert.py`) "
         "ships with the repository, "
         "hence `trust_remote_code=True`."
     )

@@ -1,6 +1,6 @@
 """Writing converted models: one folder per checkpoint, or one repository with a subfolder per release.
 
-A folder holds `config.json` (with `auto_map`), `model.safetensors`, the four code files,
+A folder holds `config.json` (with `auto_map`), `model.safetensors`, the five code files,
 `preprocessor_config.json` and a model card (`README.md`), so
 `AutoModel.from_pretrained(DIR, trust_remote_code=True)` loads it. A repository keeps the code files
 once at its root (`from_pretrained(REPO_DIR, subfolder="ARMHuBERT-960h", ...)` finds them there).

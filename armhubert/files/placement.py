@@ -30,6 +30,7 @@ OUTPUT_FILE_NAMES = frozenset(
         "attention_armhubert.py",
         "configuration_armhubert.py",
         "modeling_armhubert.py",
+        "ops_armhubert.py",
         "pipeline_armhubert.py",
         "vocab.json",
         "tokenizer_config.json",

@@ -1,8 +1,8 @@
 """What a saved model folder records so that it opens as remote code: Auto classes and its own pipeline.
 
-The folder's code is the four root files (`configuration_armhubert.py`, `attention_armhubert.py`,
-`modeling_armhubert.py`, `pipeline_armhubert.py`). `save_pretrained` copies the model file and what it
-imports, the first three; `ship_pipeline` adds the pipeline file, which the model does not import. This
+The folder's code is the five root files (`configuration_armhubert.py`, `attention_armhubert.py`,
+`ops_armhubert.py`, `modeling_armhubert.py`, `pipeline_armhubert.py`). `save_pretrained` copies the model file
+and what it imports, the first four; `ship_pipeline` adds the pipeline file, which the model does not import. This
 module also fills `config.auto_map` and `config.custom_pipelines` to point into them.
 """
 
